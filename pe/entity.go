@@ -1,0 +1,147 @@
+package pe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Errors a PE implementation returns (wrapped, with context) so that callers
+// can tell the cases apart: the CLI prints them, the REST API maps them to
+// status codes.
+var (
+	ErrNotFound      = errors.New("not found")
+	ErrExists        = errors.New("already exists")
+	ErrNoData        = errors.New("PE has no data")
+	ErrNoMetadata    = errors.New("PE has no metadata")
+	ErrNotSupported  = errors.New("not supported")
+	ErrInvalidSource = errors.New("invalid source")
+)
+
+// Params are type-specific parameters of snapshot and copy requests, keyed by
+// PE type and then parameter name, as in the reference REST API.
+type Params map[string]map[string]any
+
+// ProtectedEntity is the one API every protected thing offers. A
+// ProtectedEntity obtained for an ID with a snapshot is that snapshot: its
+// Info, Data, Metadata and Components are those of the point in time.
+type ProtectedEntity interface {
+	ID() ID
+	// Info describes the PE (or the snapshot, if ID has one).
+	Info(ctx context.Context) (Info, error)
+
+	// Snapshot takes a new point-in-time snapshot and returns its full ID.
+	Snapshot(ctx context.Context, params Params) (ID, error)
+	// ListSnapshots returns full IDs of all snapshots, oldest first.
+	ListSnapshots(ctx context.Context) ([]ID, error)
+	// DeleteSnapshot removes one snapshot; ErrNotFound if there is none.
+	DeleteSnapshot(ctx context.Context, snapshot string) error
+	// SnapshotInfo returns the info of one snapshot; ErrNotFound if there is none.
+	SnapshotInfo(ctx context.Context, snapshot string) (Info, error)
+
+	// Components returns the component PEs (a PE graph), possibly none.
+	Components(ctx context.Context) ([]ProtectedEntity, error)
+
+	// Data opens the PE's data as a random-access image; ErrNoData if it
+	// has none. The caller closes it.
+	Data(ctx context.Context) (Image, error)
+	// Metadata opens the metadata stream; ErrNoMetadata if it has none.
+	Metadata(ctx context.Context) (io.ReadCloser, error)
+
+	// Overwrite replaces the data and metadata of this (live) PE with those
+	// of src, and its components' if withComponents is set. The ID does not
+	// change.
+	Overwrite(ctx context.Context, src ProtectedEntity, withComponents bool) error
+}
+
+// TypeManager knows all PEs of one type.
+type TypeManager interface {
+	// Type is the type name, e.g. "fs".
+	Type() string
+	// Get returns the PE named by id (which must be of this type). It
+	// returns ErrNotFound for a PE or snapshot that does not exist.
+	Get(ctx context.Context, id ID) (ProtectedEntity, error)
+	// List returns the IDs of all live PEs of this type.
+	List(ctx context.Context) ([]ID, error)
+	// Copy makes a PE of this type from src (any type whose data this type
+	// understands) and returns it.
+	Copy(ctx context.Context, src ProtectedEntity, opts CopyOptions) (ProtectedEntity, error)
+}
+
+// CopyMode says how Copy finds its target, as in the reference.
+type CopyMode int
+
+const (
+	// CreateNew allocates a new PE with a new ID.
+	CreateNew CopyMode = iota + 1
+	// Create makes a PE with the source's ID; it fails if that exists.
+	Create
+	// Update overwrites the existing PE with the source's ID.
+	Update
+)
+
+func (m CopyMode) String() string {
+	switch m {
+	case CreateNew:
+		return "create_new"
+	case Create:
+		return "create"
+	case Update:
+		return "update"
+	}
+	return fmt.Sprintf("CopyMode(%d)", int(m))
+}
+
+// ParseCopyMode parses "create", "create_new" or "update".
+func ParseCopyMode(s string) (CopyMode, error) {
+	switch s {
+	case "create_new":
+		return CreateNew, nil
+	case "create":
+		return Create, nil
+	case "update":
+		return Update, nil
+	}
+	return 0, fmt.Errorf("invalid copy mode %q: want create, create_new or update", s)
+}
+
+// Progress receives the number of bytes a long operation has moved.
+type Progress interface {
+	// Start announces the total (SizeUnknown if unknown).
+	Start(total int64)
+	// Add reports n more bytes done.
+	Add(n int64)
+}
+
+// CopyOptions control TypeManager.Copy.
+type CopyOptions struct {
+	Mode CopyMode
+	// Name is the target's ID part for Create/Update when it should differ
+	// from the source's; empty means the source's name.
+	Name     string
+	Params   Params
+	Progress Progress // may be nil
+}
+
+// AddProgress reports n bytes to p if p is set.
+func (o CopyOptions) AddProgress(n int64) {
+	if o.Progress != nil {
+		o.Progress.Add(n)
+	}
+}
+
+// StartProgress announces total bytes to p if p is set.
+func (o CopyOptions) StartProgress(total int64) {
+	if o.Progress != nil {
+		o.Progress.Start(total)
+	}
+}
+
+// TargetName returns the name a Create/Update copy writes to.
+func (o CopyOptions) TargetName(src ID) string {
+	if o.Name != "" {
+		return o.Name
+	}
+	return src.Name()
+}
