@@ -1,0 +1,46 @@
+# Astrolabe — see README.md for the two commands a newcomer runs.
+GO      ?= go
+BIN     := bin/astrolabe
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+GOBIN   := $(shell $(GO) env GOPATH)/bin
+FUZZTIME ?= 10s
+
+.PHONY: all build demo test deps lint unit fuzz fuzz-long clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/astrolabe
+
+# The main job on the embedded default: sample PEs in a local directory.
+demo: build
+	./scripts/demo.sh
+
+# Everything CI runs: install test tools, lint, all tests, short fuzzing.
+test: deps lint unit fuzz
+
+deps:
+	./scripts/install-test-deps.sh
+
+lint:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GOBIN)/staticcheck ./...
+
+unit:
+	$(GO) test -count=1 ./...
+
+# Seconds of fuzzing per target in CI; `make fuzz-long` for a real run.
+FUZZ_TARGETS := pe:FuzzParseID pe:FuzzOpenZip
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t#*:}; \
+		echo "fuzz $$name ($(FUZZTIME))"; \
+		$(GO) test ./$$pkg -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) || exit 1; \
+	done
+
+fuzz-long:
+	$(MAKE) fuzz FUZZTIME=10m
+
+clean:
+	rm -rf bin

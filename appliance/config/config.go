@@ -1,0 +1,210 @@
+// Package config reads and writes the appliance's configuration directory,
+// laid out as the reference's: pes/<type>.pe.json per PE type and an
+// optional s3config.json.
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+	pedisk "github.com/astrolabe-appliance/astrolabe/pe/disk"
+	pefs "github.com/astrolabe-appliance/astrolabe/pe/fs"
+)
+
+// PEDir is the directory, inside a config dir, holding one <type>.pe.json
+// per configured PE type.
+const PEDir = "pes"
+
+const peSuffix = ".pe.json"
+
+// maxConfigFile bounds what we read of one config file.
+const maxConfigFile = 1 << 20
+
+// RootConfig is the configuration of the types that keep their PEs under one
+// directory (fs, disk).
+type RootConfig struct {
+	Root string `json:"root"`
+}
+
+// Factory builds a type manager from its config file's raw JSON. dir is the
+// config directory, against which relative paths are resolved.
+type Factory func(dir string, raw json.RawMessage) (pe.TypeManager, error)
+
+// Factories returns the PE types this build knows.
+func Factories() map[string]Factory {
+	return map[string]Factory{
+		"fs": func(dir string, raw json.RawMessage) (pe.TypeManager, error) {
+			root, err := rootOf(dir, raw)
+			if err != nil {
+				return nil, err
+			}
+			return pefs.NewTypeManager(root)
+		},
+		"disk": func(dir string, raw json.RawMessage) (pe.TypeManager, error) {
+			root, err := rootOf(dir, raw)
+			if err != nil {
+				return nil, err
+			}
+			return pedisk.NewTypeManager(root)
+		},
+	}
+}
+
+func rootOf(dir string, raw json.RawMessage) (string, error) {
+	var c RootConfig
+	dec := json.NewDecoder(strings.NewReader(string(raw)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return "", fmt.Errorf("parse: %w", err)
+	}
+	if c.Root == "" {
+		return "", fmt.Errorf(`missing "root"`)
+	}
+	if !filepath.IsAbs(c.Root) {
+		return filepath.Join(dir, c.Root), nil
+	}
+	return c.Root, nil
+}
+
+// Load reads the config directory dir and returns a Manager over every
+// configured PE type.
+func Load(dir string, factories map[string]Factory) (*pe.StaticManager, error) {
+	peDir := filepath.Join(dir, PEDir)
+	entries, err := os.ReadDir(peDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		if _, serr := os.Stat(dir); serr != nil {
+			return nil, fmt.Errorf("config directory %s does not exist (create one with 'astrolabe init %s')", dir, dir)
+		}
+		return nil, fmt.Errorf("config directory %s has no %s/ directory (create one with 'astrolabe init')", dir, PEDir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	var tms []pe.TypeManager
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasSuffix(name, peSuffix) || e.IsDir() {
+			continue
+		}
+		typ := strings.TrimSuffix(name, peSuffix)
+		path := filepath.Join(peDir, name)
+		factory, ok := factories[typ]
+		if !ok {
+			return nil, fmt.Errorf("%s: unknown PE type %q (known: %s)", path, typ, strings.Join(known(factories), ", "))
+		}
+		raw, err := readLimited(path)
+		if err != nil {
+			return nil, err
+		}
+		tm, err := factory(dir, raw)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		tms = append(tms, tm)
+	}
+	if len(tms) == 0 {
+		return nil, fmt.Errorf("%s: no PE types configured (no *%s files)", peDir, peSuffix)
+	}
+	return pe.NewManager(tms...)
+}
+
+func readLimited(path string) (json.RawMessage, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() > maxConfigFile {
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxConfigFile)
+	}
+	b := make([]byte, st.Size())
+	if _, err := f.ReadAt(b, 0); err != nil && st.Size() > 0 {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	return b, nil
+}
+
+func known(factories map[string]Factory) []string {
+	names := make([]string, 0, len(factories))
+	for n := range factories {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// WritePEConfig writes pes/<typ>.pe.json in dir with v as JSON, atomically.
+func WritePEConfig(dir, typ string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	peDir := filepath.Join(dir, PEDir)
+	if err := os.MkdirAll(peDir, 0o755); err != nil {
+		return err
+	}
+	return WriteFileAtomic(filepath.Join(peDir, typ+peSuffix), append(b, '\n'), 0o644)
+}
+
+// WriteFileAtomic writes data to a temp file beside path and renames it into
+// place, so readers never see a half-written file.
+func WriteFileAtomic(path string, data []byte, perm fs.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(perm)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// Init writes a working configuration in dir: fs PEs under dir/fs and disk
+// PEs under dir/disk. It refuses a dir that already has PE configs.
+func Init(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	if m, _ := filepath.Glob(filepath.Join(abs, PEDir, "*"+peSuffix)); len(m) > 0 {
+		return fmt.Errorf("%s is already a config directory (%s exists); remove it or choose another", abs, m[0])
+	}
+	for _, typ := range []string{"fs", "disk"} {
+		root := filepath.Join(abs, typ)
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			return fmt.Errorf("init %s: %w", abs, err)
+		}
+		// Absolute roots keep the files readable by the reference's tools,
+		// which resolve paths against their working directory.
+		if err := WritePEConfig(abs, typ, RootConfig{Root: root}); err != nil {
+			return fmt.Errorf("init %s: %w", abs, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,187 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+)
+
+func cpCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "cp",
+		Usage:     "copy a PE to a zip, a zip to a PE type, or a PE to another PE; prints the new PE ID last",
+		ArgsUsage: "SRC DEST",
+		Description: `SRC is a PE ID or a .zip file; DEST is a .zip file, a PE type (e.g. fs) or a
+PE ID (e.g. fs:restored). A SRC without snapshot is snapshotted first, so
+every copy is of one point in time.
+
+--mode says how the target is found, as in the Astrolabe API:
+  create_new  a new PE with a new name (default when DEST is a type)
+  create      a PE named as DEST (or as SRC when DEST is a type); fails if
+              it exists (default when DEST is a PE ID or a zip file)
+  update      overwrite the existing PE (or zip file) of that name`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "mode", Usage: "`MODE`: create, create_new or update (default depends on DEST)"},
+		},
+		Action: func(c *cli.Context) error {
+			a, err := args(c, 2, "SRC DEST")
+			if err != nil {
+				return err
+			}
+			var mode pe.CopyMode
+			if s := c.String("mode"); s != "" {
+				if mode, err = pe.ParseCopyMode(s); err != nil {
+					return usageError{err.Error()}
+				}
+			}
+			m, err := loadManager(c)
+			if err != nil {
+				return err
+			}
+			out, err := copyPE(c.Context, m, a[0], a[1], mode, newProgress(c.App.ErrWriter), c.App.ErrWriter)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(c.App.Writer, out)
+			return nil
+		},
+	}
+}
+
+// copyPE runs one cp and returns the PE ID of the result.
+func copyPE(ctx context.Context, m pe.Manager, srcArg, dstArg string, mode pe.CopyMode, progress *progress, log interface{ Write([]byte) (int, error) }) (pe.ID, error) {
+	src, closeSrc, err := openSource(ctx, m, srcArg, log)
+	if err != nil {
+		return pe.ID{}, err
+	}
+	defer closeSrc()
+
+	if isZipPath(dstArg) && !isPEIDOfConfiguredType(m, dstArg) {
+		if mode == 0 {
+			mode = pe.Create
+		}
+		if mode == pe.CreateNew {
+			return pe.ID{}, usagef("--mode create_new does not apply to a zip file; use create or update")
+		}
+		if err := writeZipFile(ctx, src, dstArg, mode == pe.Update, progress); err != nil {
+			return pe.ID{}, err
+		}
+		return src.ID(), nil
+	}
+
+	opts := pe.CopyOptions{Progress: progress}
+	var tm pe.TypeManager
+	if strings.Contains(dstArg, ":") {
+		dst, err := peArg(dstArg, -1)
+		if err != nil {
+			return pe.ID{}, err
+		}
+		if mode == 0 {
+			mode = pe.Create
+		}
+		if mode == pe.CreateNew {
+			return pe.ID{}, usagef("--mode create_new picks a new name: give a type (%s) as DEST, not a PE ID", dst.Type())
+		}
+		if tm, err = m.Type(dst.Type()); err != nil {
+			return pe.ID{}, err
+		}
+		opts.Name = dst.Name()
+	} else {
+		if err := pe.ValidateTypeName(dstArg); err != nil {
+			return pe.ID{}, usagef("DEST %q is neither a .zip file, a PE type nor a PE ID", dstArg)
+		}
+		if mode == 0 {
+			mode = pe.CreateNew
+		}
+		if tm, err = m.Type(dstArg); err != nil {
+			return pe.ID{}, err
+		}
+	}
+	opts.Mode = mode
+	out, err := tm.Copy(ctx, src, opts)
+	progress.Done()
+	if err != nil {
+		return pe.ID{}, fmt.Errorf("copy %s to %s (%s): %w", src.ID(), dstArg, mode, err)
+	}
+	return out.ID(), nil
+}
+
+// openSource opens SRC: a zip file, a snapshot, or a live PE that is
+// snapshotted first.
+func openSource(ctx context.Context, m pe.Manager, arg string, log interface{ Write([]byte) (int, error) }) (pe.ProtectedEntity, func(), error) {
+	if isZipPath(arg) && !isPEIDOfConfiguredType(m, arg) {
+		p, closer, err := pe.OpenZipFile(ctx, arg)
+		if err != nil {
+			return nil, nil, err
+		}
+		return p, func() { closer.Close() }, nil
+	}
+	id, err := peArg(arg, 0)
+	if err != nil {
+		return nil, nil, usagef("SRC: %v (or give a .zip file)", err)
+	}
+	p, err := m.Get(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !id.HasSnapshot() {
+		snap, err := p.Snapshot(ctx, nil)
+		if err != nil {
+			return nil, nil, fmt.Errorf("snapshot %s before copy: %w", id, err)
+		}
+		fmt.Fprintf(log, "took snapshot %s to copy from\n", snap)
+		if p, err = m.Get(ctx, snap); err != nil {
+			return nil, nil, err
+		}
+	}
+	return p, func() {}, nil
+}
+
+// isPEIDOfConfiguredType tells "disk:backup.zip" (a PE) from "out.zip".
+func isPEIDOfConfiguredType(m pe.Manager, arg string) bool {
+	id, err := pe.ParseID(arg)
+	if err != nil {
+		return false
+	}
+	_, err = m.Type(id.Type())
+	return err == nil
+}
+
+// writeZipFile writes src as a zip to path via a temp file, so an
+// interrupted copy never leaves a truncated zip behind.
+func writeZipFile(ctx context.Context, src pe.ProtectedEntity, path string, overwrite bool, progress *progress) error {
+	if _, err := os.Lstat(path); err == nil && !overwrite {
+		return fmt.Errorf("%s: %w (use --mode update to overwrite)", path, pe.ErrExists)
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	err = pe.WriteZip(ctx, f, src, progress)
+	progress.Done()
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}

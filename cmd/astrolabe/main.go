@@ -1,0 +1,114 @@
+// Command astrolabe is the Astrolabe data-protection appliance: CLI verbs
+// over Protected Entities and, later, the daemon.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args, os.Stdout, os.Stderr))
+}
+
+// usageError marks mistakes in how the command was called (exit status 2).
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+
+func run(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	app := newApp(stdout, stderr)
+	var unknown string
+	app.CommandNotFound = func(_ *cli.Context, name string) { unknown = name }
+	err := app.RunContext(ctx, args)
+	if err == nil && unknown != "" {
+		err = usagef("unknown command %q; run 'astrolabe --help'", unknown)
+	}
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(stderr, "astrolabe: %v\n", err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
+}
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	return &cli.App{
+		Name:    "astrolabe",
+		Usage:   "protect virtual disks, directory trees and VMs as Protected Entities (PEs)",
+		Version: version,
+		Description: `Every protected thing is a PE named <type>:<id>[:<snapshot>], e.g. fs:home or
+disk:vm1.img:20261125T000104.000Z-1a2b3c4d. The configuration directory
+(--config) holds pes/<type>.pe.json for each PE type; 'astrolabe init DIR
+--samples' writes one with sample PEs.`,
+		Writer:          stdout,
+		ErrWriter:       stderr,
+		HideHelpCommand: true,
+		// Errors are printed once, by run; urfave/cli must not exit or print.
+		ExitErrHandler: func(*cli.Context, error) {},
+		Flags: []cli.Flag{
+			&cli.StringFlag{
+				Name:    "config",
+				Aliases: []string{"c"},
+				Usage:   "configuration `DIR`",
+				EnvVars: []string{"ASTROLABE_CONFIG"},
+				Value:   defaultConfigDir(),
+			},
+			&cli.StringFlag{
+				Name:  "log-level",
+				Usage: "log `LEVEL`: debug, info, warn or error",
+				Value: "warn",
+			},
+		},
+		Before: func(c *cli.Context) error {
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+				return usagef("--log-level: %v", err)
+			}
+			slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})))
+			return nil
+		},
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error { return usageError{err.Error()} },
+		Commands: []*cli.Command{
+			initCommand(),
+			typesCommand(),
+			lsCommand(),
+			showCommand(),
+			snapCommand(),
+			lssnCommand(),
+			rmsnCommand(),
+			cpCommand(),
+		},
+	}
+}
+
+// defaultConfigDir is /etc/astrolabe for root (the appliance), else the
+// user's config directory.
+func defaultConfigDir() string {
+	if os.Geteuid() == 0 {
+		return "/etc/astrolabe"
+	}
+	if d, err := os.UserConfigDir(); err == nil {
+		return filepath.Join(d, "astrolabe")
+	}
+	return ".astrolabe"
+}

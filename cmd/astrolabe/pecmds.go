@@ -1,0 +1,228 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/astrolabe-appliance/astrolabe/appliance/config"
+	"github.com/astrolabe-appliance/astrolabe/pe"
+)
+
+func loadManager(c *cli.Context) (pe.Manager, error) {
+	return config.Load(c.String("config"), config.Factories())
+}
+
+// args checks the number of positional arguments.
+func args(c *cli.Context, n int, names string) ([]string, error) {
+	if c.NArg() != n {
+		return nil, usagef("%s: want %s, got %d argument(s); see 'astrolabe %s --help'",
+			c.Command.Name, names, c.NArg(), c.Command.Name)
+	}
+	return c.Args().Slice(), nil
+}
+
+// peArg parses a PE ID argument; wantSnap: 1 required, -1 forbidden, 0 either.
+func peArg(arg string, wantSnap int) (pe.ID, error) {
+	id, err := pe.ParseID(arg)
+	if err != nil {
+		return pe.ID{}, usageError{err.Error()}
+	}
+	switch {
+	case wantSnap > 0 && !id.HasSnapshot():
+		return pe.ID{}, usagef("%s names no snapshot: want <type>:<id>:<snapshot> (see 'astrolabe lssn %s')", id, id)
+	case wantSnap < 0 && id.HasSnapshot():
+		return pe.ID{}, usagef("%s names a snapshot: want <type>:<id>", id)
+	}
+	return id, nil
+}
+
+func typesCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "types",
+		Usage: "list the configured PE types",
+		Action: func(c *cli.Context) error {
+			if _, err := args(c, 0, "no arguments"); err != nil {
+				return err
+			}
+			m, err := loadManager(c)
+			if err != nil {
+				return err
+			}
+			for _, tm := range m.Types() {
+				fmt.Fprintln(c.App.Writer, tm.Type())
+			}
+			return nil
+		},
+	}
+}
+
+func lsCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "ls",
+		Usage:     "list the PEs of a type",
+		ArgsUsage: "TYPE",
+		Action: func(c *cli.Context) error {
+			a, err := args(c, 1, "TYPE")
+			if err != nil {
+				return err
+			}
+			m, err := loadManager(c)
+			if err != nil {
+				return err
+			}
+			tm, err := m.Type(a[0])
+			if err != nil {
+				return err
+			}
+			ids, err := tm.List(c.Context)
+			if err != nil {
+				return fmt.Errorf("list %s: %w", a[0], err)
+			}
+			for _, id := range ids {
+				fmt.Fprintln(c.App.Writer, id)
+			}
+			return nil
+		},
+	}
+}
+
+func showCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "show",
+		Usage:     "print the PE info JSON of a PE or snapshot",
+		ArgsUsage: "PEID",
+		Action: func(c *cli.Context) error {
+			a, err := args(c, 1, "PEID")
+			if err != nil {
+				return err
+			}
+			id, err := peArg(a[0], 0)
+			if err != nil {
+				return err
+			}
+			m, err := loadManager(c)
+			if err != nil {
+				return err
+			}
+			p, err := m.Get(c.Context, id)
+			if err != nil {
+				return err
+			}
+			info, err := p.Info(c.Context)
+			if err != nil {
+				return fmt.Errorf("info %s: %w", id, err)
+			}
+			b, err := json.MarshalIndent(info, "", "  ")
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "%s\n", b)
+			return nil
+		},
+	}
+}
+
+func snapCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "snap",
+		Usage:     "take a snapshot; prints the snapshot's PE ID last",
+		ArgsUsage: "PEID",
+		Action: func(c *cli.Context) error {
+			a, err := args(c, 1, "PEID")
+			if err != nil {
+				return err
+			}
+			id, err := peArg(a[0], -1)
+			if err != nil {
+				return err
+			}
+			m, err := loadManager(c)
+			if err != nil {
+				return err
+			}
+			p, err := m.Get(c.Context, id)
+			if err != nil {
+				return err
+			}
+			snap, err := p.Snapshot(c.Context, nil)
+			if err != nil {
+				return fmt.Errorf("snapshot %s: %w", id, err)
+			}
+			fmt.Fprintln(c.App.Writer, snap)
+			return nil
+		},
+	}
+}
+
+func lssnCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "lssn",
+		Usage:     "list the snapshots of a PE, oldest first",
+		ArgsUsage: "PEID",
+		Action: func(c *cli.Context) error {
+			a, err := args(c, 1, "PEID")
+			if err != nil {
+				return err
+			}
+			id, err := peArg(a[0], -1)
+			if err != nil {
+				return err
+			}
+			m, err := loadManager(c)
+			if err != nil {
+				return err
+			}
+			p, err := m.Get(c.Context, id)
+			if err != nil {
+				return err
+			}
+			snaps, err := p.ListSnapshots(c.Context)
+			if err != nil {
+				return fmt.Errorf("list snapshots of %s: %w", id, err)
+			}
+			for _, s := range snaps {
+				fmt.Fprintln(c.App.Writer, s)
+			}
+			return nil
+		},
+	}
+}
+
+func rmsnCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "rmsn",
+		Usage:     "delete a snapshot",
+		ArgsUsage: "PEID:SNAPSHOT",
+		Action: func(c *cli.Context) error {
+			a, err := args(c, 1, "PEID:SNAPSHOT")
+			if err != nil {
+				return err
+			}
+			id, err := peArg(a[0], 1)
+			if err != nil {
+				return err
+			}
+			m, err := loadManager(c)
+			if err != nil {
+				return err
+			}
+			p, err := m.Get(c.Context, id.Base())
+			if err != nil {
+				return err
+			}
+			if err := p.DeleteSnapshot(c.Context, id.Snapshot()); err != nil {
+				return fmt.Errorf("delete snapshot %s: %w", id, err)
+			}
+			fmt.Fprintf(c.App.ErrWriter, "deleted %s\n", id)
+			return nil
+		},
+	}
+}
+
+// isZipPath tells a zip file argument from a PE ID or type name.
+func isZipPath(arg string) bool {
+	return strings.HasSuffix(strings.ToLower(arg), ".zip")
+}

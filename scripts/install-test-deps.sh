@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a Debian machine: the real tools they run
+# (tar, unzip, e2fsprogs, xfsprogs for the reflink tests, util-linux for loop
+# devices) and the Go linters. Idempotent; run as root (or with sudo).
+set -euo pipefail
+
+STATICCHECK_VERSION=v0.8.2
+
+need=()
+for pair in tar:tar unzip:unzip mke2fs:e2fsprogs mkfs.xfs:xfsprogs losetup:mount; do
+	cmd=${pair%%:*} pkg=${pair#*:}
+	command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+if ((${#need[@]})); then
+	echo "installing Debian packages: ${need[*]}"
+	SUDO=
+	[[ $(id -u) == 0 ]] || SUDO=sudo
+	$SUDO apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+GOBIN=$(go env GOPATH)/bin
+if ! "$GOBIN/staticcheck" -version 2>/dev/null | grep -q "${STATICCHECK_VERSION#v}"; then
+	echo "installing staticcheck $STATICCHECK_VERSION"
+	GOFLAGS= go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
+fi
