@@ -1,0 +1,254 @@
+package disk
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+)
+
+const (
+	kiB = 1 << 10
+	miB = 1 << 20
+	giB = 1 << 30
+)
+
+// newTestRoot returns a type manager over a fresh directory under dir
+// (t.TempDir() if dir is "").
+func newTestRoot(tb testing.TB, dir string) *TypeManager {
+	tb.Helper()
+	if dir == "" {
+		dir = tb.TempDir()
+	}
+	root := filepath.Join(dir, "disks")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	tm, err := NewTypeManager(root)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tm
+}
+
+// randomBytes returns n deterministic pseudo-random bytes (never a zero
+// block in practice).
+func randomBytes(seed uint64, n int) []byte {
+	b := make([]byte, n)
+	r := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), 1, 2, 3})
+	_, _ = r.Read(b)
+	return b
+}
+
+// writeAt writes b into the file at path at off, creating it if needed.
+func writeAt(tb testing.TB, path string, b []byte, off int64) {
+	tb.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, off); err != nil {
+		tb.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// writeRandomFile writes size pseudo-random bytes to path in 16 MiB pieces.
+func writeRandomFile(tb testing.TB, path string, seed uint64, size int64) {
+	tb.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	r := rand.NewChaCha8([32]byte{byte(seed), 7})
+	if _, err := io.CopyN(f, r, size); err != nil {
+		tb.Fatal(err)
+	}
+	// Sync, so that benchmarks do not pay for writing back their setup.
+	if err := f.Sync(); err != nil {
+		tb.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+func truncateFile(tb testing.TB, path string, size int64) {
+	tb.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+func fileSHA(tb testing.TB, path string) string {
+	tb.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		tb.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func imageSHA(tb testing.TB, img pe.Image) string {
+	tb.Helper()
+	h := sha256.New()
+	if _, err := io.Copy(h, pe.NewReader(img)); err != nil {
+		tb.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// peSHA hashes the data of the PE id.
+func peSHA(tb testing.TB, tm *TypeManager, id pe.ID) string {
+	tb.Helper()
+	img := openData(tb, tm, id)
+	defer img.Close()
+	return imageSHA(tb, img)
+}
+
+func getPE(tb testing.TB, tm *TypeManager, id pe.ID) pe.ProtectedEntity {
+	tb.Helper()
+	p, err := tm.Get(context.Background(), id)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+func openData(tb testing.TB, tm *TypeManager, id pe.ID) pe.Image {
+	tb.Helper()
+	img, err := getPE(tb, tm, id).Data(context.Background())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return img
+}
+
+func snapshot(tb testing.TB, tm *TypeManager, id pe.ID) pe.ID {
+	tb.Helper()
+	s, err := getPE(tb, tm, id).Snapshot(context.Background(), nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
+}
+
+func diskID(tb testing.TB, name string) pe.ID {
+	tb.Helper()
+	id, err := pe.NewID(Type, name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return id
+}
+
+// allocated is the space a file occupies on disk.
+func allocated(tb testing.TB, path string) int64 {
+	tb.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Blocks * 512
+}
+
+// snapshotInfoOf reads a snapshot's info.json.
+func snapshotInfoOf(tb testing.TB, tm *TypeManager, id pe.ID) snapshotInfo {
+	tb.Helper()
+	b, err := os.ReadFile(filepath.Join(tm.snapshotPath(id.Name(), id.Snapshot()), infoFile))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var si snapshotInfo
+	if err := json.Unmarshal(b, &si); err != nil {
+		tb.Fatal(err)
+	}
+	return si
+}
+
+// requireTool fails (never skips) when a command the test needs is missing.
+func requireTool(tb testing.TB, cmd, pkg string) {
+	tb.Helper()
+	if _, err := exec.LookPath(cmd); err != nil {
+		tb.Fatalf("%s not found: install %s: apt-get install -y %s", cmd, pkg, pkg)
+	}
+	if os.Geteuid() != 0 {
+		tb.Fatalf("this test uses %s and must run as root", cmd)
+	}
+}
+
+func runCmd(tb testing.TB, name string, args ...string) string {
+	tb.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		tb.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// mountXFS makes a reflink-capable XFS filesystem of size bytes in a file
+// under dir, loop-mounts it and returns the mount point. Cleanup unmounts
+// it, which also detaches the loop device (mount sets autoclear).
+func mountXFS(tb testing.TB, dir string, size int64) string {
+	tb.Helper()
+	requireTool(tb, "mkfs.xfs", "xfsprogs")
+	requireTool(tb, "mount", "mount")
+	img := filepath.Join(dir, "xfs.img")
+	truncateFile(tb, img, size)
+	runCmd(tb, "mkfs.xfs", "-q", "-m", "reflink=1", img)
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	runCmd(tb, "mount", "-o", "loop", img, mnt)
+	tb.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			tb.Errorf("umount %s: %v\n%s", mnt, err, out)
+		}
+	})
+	return mnt
+}
+
+// countingProgress is a pe.Progress that records what it is told.
+type countingProgress struct {
+	mu    sync.Mutex
+	total int64
+	done  int64
+}
+
+func (p *countingProgress) Start(total int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.total = total
+}
+
+func (p *countingProgress) Add(n int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.done += n
+}

@@ -1,0 +1,272 @@
+package disk
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+)
+
+// Files of a snapshot directory.
+const (
+	imageFile  = "image"
+	blocksFile = "blocks"
+	infoFile   = "info.json"
+)
+
+// How a snapshot's image was made.
+const (
+	MethodReflink = "reflink" // FICLONE: shares the source's extents
+	MethodCopy    = "copy"    // read and written, holes and zero blocks kept as holes
+)
+
+// snapshotInfo is the info.json of a snapshot.
+type snapshotInfo struct {
+	Created   time.Time `json:"created"`
+	Size      int64     `json:"size"`
+	BlockSize int64     `json:"blockSize"`
+	Method    string    `json:"method"`
+	// Device is set when the source was a block device.
+	Device bool `json:"device,omitempty"`
+}
+
+// takeSnapshot makes a snapshot of the live PE name and returns its
+// snapshot name. It builds the snapshot in a hidden temporary directory and
+// renames it into place, so a failed snapshot leaves nothing behind.
+//
+// A copy reads the live image while it may be written to: like any
+// snapshot without help from the writer, it is crash-consistent at best.
+// A reflink is atomic.
+func (tm *TypeManager) takeSnapshot(ctx context.Context, name string) (string, error) {
+	kind, err := tm.kindOf(name)
+	if err != nil {
+		return "", err
+	}
+	now := time.Now()
+	snap := pe.NewSnapshotName(now)
+	dir := tm.snapshotsOf(name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	tmp := filepath.Join(dir, ".tmp-"+snap)
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		return "", err
+	}
+	info, err := buildSnapshot(ctx, tm.livePath(name), kind, tmp)
+	if err == nil {
+		info.Created = now
+		err = writeJSONFile(filepath.Join(tmp, infoFile), info)
+	}
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(dir, snap))
+	}
+	if err == nil {
+		err = syncDir(dir)
+	}
+	if err != nil {
+		os.RemoveAll(tmp)
+		return "", err
+	}
+	return snap, nil
+}
+
+// buildSnapshot writes the image and blocks files of a snapshot of src
+// into dir.
+func buildSnapshot(ctx context.Context, src string, kind sourceKind, dir string) (snapshotInfo, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return snapshotInfo{}, err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(filepath.Join(dir, imageFile), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return snapshotInfo{}, err
+	}
+	defer out.Close()
+	sums, err := os.OpenFile(filepath.Join(dir, blocksFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return snapshotInfo{}, err
+	}
+	defer sums.Close()
+
+	info := snapshotInfo{BlockSize: blockSize, Method: MethodCopy, Device: kind == kindDevice}
+	p := pass{holes: true}
+	if kind == kindFile && reflink(out, in) == nil {
+		// Hash the clone, not the source: the clone is what the snapshot
+		// holds, and it cannot change while we read it.
+		info.Method = MethodReflink
+		p.src = out
+	} else {
+		p.src, p.dst, p.holes = in, out, kind == kindFile
+	}
+	if info.Size, err = imageSize(p.src, kind); err != nil {
+		return snapshotInfo{}, err
+	}
+	p.size = info.Size
+	if p.dst != nil {
+		// Truncate to 0 first: whatever a failed clone may have left must
+		// not survive as data where the copy leaves holes.
+		if err := out.Truncate(0); err != nil {
+			return snapshotInfo{}, err
+		}
+		if err := out.Truncate(info.Size); err != nil {
+			return snapshotInfo{}, err
+		}
+	}
+
+	w := bufio.NewWriterSize(sums, 1<<20)
+	if _, err := w.Write(blocksHeaderInfo{blockSize: blockSize, imageSize: info.Size}.marshal()); err != nil {
+		return snapshotInfo{}, err
+	}
+	p.sums = w
+	if err := p.run(ctx); err != nil {
+		return snapshotInfo{}, err
+	}
+	if err := w.Flush(); err != nil {
+		return snapshotInfo{}, err
+	}
+	for _, f := range []*os.File{out, sums} {
+		if err := f.Sync(); err != nil {
+			return snapshotInfo{}, err
+		}
+		if err := f.Close(); err != nil {
+			return snapshotInfo{}, err
+		}
+	}
+	return info, nil
+}
+
+// listSnapshots returns the snapshot names of PE name, oldest first (the
+// names sort by creation time).
+func (tm *TypeManager) listSnapshots(name string) ([]string, error) {
+	entries, err := os.ReadDir(tm.snapshotsOf(name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var snaps []string
+	for _, e := range entries {
+		if e.IsDir() && validSnapName(e.Name()) {
+			snaps = append(snaps, e.Name())
+		}
+	}
+	sort.Strings(snaps)
+	return snaps, nil
+}
+
+// readSnapshotInfo reads info.json of a snapshot; ErrNotFound (wrapped) if
+// the snapshot does not exist.
+func (tm *TypeManager) readSnapshotInfo(name, snap string) (snapshotInfo, error) {
+	var info snapshotInfo
+	if !validSnapName(snap) {
+		return info, fmt.Errorf("snapshot %q: %w", snap, pe.ErrNotFound)
+	}
+	b, err := os.ReadFile(filepath.Join(tm.snapshotPath(name, snap), infoFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return info, fmt.Errorf("snapshot %q: %w", snap, pe.ErrNotFound)
+	}
+	if err != nil {
+		return info, err
+	}
+	if err := json.Unmarshal(b, &info); err != nil {
+		return info, fmt.Errorf("snapshot %q: %s: %w", snap, infoFile, err)
+	}
+	return info, nil
+}
+
+// deleteSnapshot removes one snapshot. It first renames the directory to a
+// hidden name, so that a delete cut short leaves no half snapshot visible.
+func (tm *TypeManager) deleteSnapshot(name, snap string) error {
+	if _, err := tm.readSnapshotInfo(name, snap); err != nil {
+		return err
+	}
+	dir := tm.snapshotPath(name, snap)
+	trash := filepath.Join(tm.snapshotsOf(name), ".del-"+snap)
+	if err := os.Rename(dir, trash); err != nil {
+		if errors.Is(err, fs.ErrNotExist) { // deleted by someone else meanwhile
+			return fmt.Errorf("snapshot %q: %w", snap, pe.ErrNotFound)
+		}
+		return err
+	}
+	return os.RemoveAll(trash)
+}
+
+// openSnapshotImage opens the image of a snapshot.
+func (tm *TypeManager) openSnapshotImage(name, snap string) (*snapshotImage, error) {
+	if _, err := tm.readSnapshotInfo(name, snap); err != nil {
+		return nil, err
+	}
+	im, err := openImage(filepath.Join(tm.snapshotPath(name, snap), imageFile), kindFile)
+	if err != nil {
+		return nil, err
+	}
+	return &snapshotImage{image: im, tm: tm, name: name, snap: snap}, nil
+}
+
+// changedSince compares the blocks files of two snapshots of PE name.
+func (tm *TypeManager) changedSince(ctx context.Context, name, snap, base string) ([]pe.Extent, error) {
+	// Accept a full ID too, as callers often hold one.
+	if id, err := pe.ParseID(base); err == nil {
+		if id.Type() != Type || id.Name() != name || !id.HasSnapshot() {
+			return nil, fmt.Errorf("base %s is not a snapshot of %s:%s: %w", base, Type, name, pe.ErrNotFound)
+		}
+		base = id.Snapshot()
+	}
+	if _, err := tm.readSnapshotInfo(name, base); err != nil {
+		return nil, err
+	}
+	cur, err := openBlocks(filepath.Join(tm.snapshotPath(name, snap), blocksFile))
+	if err != nil {
+		return nil, err
+	}
+	defer cur.Close()
+	old, err := openBlocks(filepath.Join(tm.snapshotPath(name, base), blocksFile))
+	if err != nil {
+		return nil, err
+	}
+	defer old.Close()
+	return changedBlocks(ctx, cur, old)
+}
+
+// writeJSONFile writes v to path and syncs it.
+func writeJSONFile(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -1,0 +1,390 @@
+package fs
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+	"golang.org/x/sys/unix"
+)
+
+// maxMembers bounds what a restore accepts from untrusted input; each
+// member costs some memory until the end.
+const maxMembers = 10_000_000
+
+// kind is what a name of the extracted tree is.
+type kind uint8
+
+const (
+	kindDir kind = iota + 1
+	kindFile
+	kindSymlink
+)
+
+// extractor extracts a tar stream into an empty directory it owns, so that
+// its own record of names is the truth about the directory: it never
+// needs to look at the filesystem to know whether a name is a symlink.
+type extractor struct {
+	ctx   context.Context
+	dir   string
+	chown bool
+
+	kinds    map[string]kind        // every name extracted so far
+	links    map[string]string      // symlink name → target
+	symlinks []*tar.Header          // created last, in archive order
+	dirs     map[string]*tar.Header // attrs to set last; nil for implicit dirs, "." is the root
+	rejected []RejectedMember
+	members  int
+	buf      []byte
+}
+
+// extract extracts the tar stream r into the empty directory dir.
+//
+// A member is refused when it would write outside dir or could later lead
+// outside it: an absolute name or one with a ".." component, a name below
+// a symlink or a file of the archive, a symlink whose target is absolute
+// or, resolved through the archive's other symlinks, leaves the tree, a
+// hard link to a name that is not a regular file earlier in the archive,
+// and a second member of the same name (except directories). Device
+// nodes and fifos are refused too: a device node in a restored tree grants
+// access to the device. Any refusal fails the whole restore with an
+// *UnsafeArchiveError naming up to maxRejected members; from the first one
+// on, nothing more is written and the caller removes dir.
+//
+// Symlinks are created after everything else, so no file is ever written
+// through one, and directory modes and times are set last, so that
+// read-only directories can be filled and keep their mtimes. Owners are
+// restored when running as root; xattrs (PAX SCHILY.xattr.*) as far as
+// the filesystem allows.
+func extract(ctx context.Context, dir string, r io.Reader) error {
+	x := &extractor{
+		ctx:   ctx,
+		dir:   dir,
+		chown: canChown(),
+		kinds: map[string]kind{},
+		links: map[string]string{},
+		dirs:  map[string]*tar.Header{},
+	}
+	tr := tar.NewReader(r)
+	for len(x.rejected) < maxRejected {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			if cerr := ctx.Err(); cerr != nil {
+				return cerr
+			}
+			return fmt.Errorf("read tar after member %d: %w", x.members, err)
+		}
+		if x.members++; x.members > maxMembers {
+			return fmt.Errorf("tar stream has more than %d members", maxMembers)
+		}
+		if err := x.member(h, tr); err != nil {
+			if cerr := ctx.Err(); cerr != nil {
+				return cerr
+			}
+			return fmt.Errorf("tar member %q: %w", h.Name, err)
+		}
+	}
+	if len(x.rejected) == 0 {
+		for _, h := range x.symlinks {
+			name := cleanName(h.Name)
+			if why := symlinkEscapes(name, h.Linkname, x.links); why != "" {
+				x.reject(h, why)
+			}
+		}
+	}
+	if len(x.rejected) > 0 {
+		return &UnsafeArchiveError{Members: x.rejected, More: len(x.rejected) >= maxRejected}
+	}
+	return x.finish()
+}
+
+// writing reports whether members are still extracted: after the first
+// refusal the rest of the stream is only checked.
+func (x *extractor) writing() bool { return len(x.rejected) == 0 }
+
+func (x *extractor) reject(h *tar.Header, why string) {
+	x.rejected = append(x.rejected, RejectedMember{Name: h.Name, Reason: why})
+}
+
+// rejectName refuses the member h named name and still records what the
+// archive says is there, so that later members are judged by it: after a
+// refused symlink l, l/passwd is refused too and both are reported.
+func (x *extractor) rejectName(h *tar.Header, name, why string) {
+	x.reject(h, why)
+	switch h.Typeflag {
+	case tar.TypeDir:
+		x.kinds[name] = kindDir
+	case tar.TypeSymlink:
+		x.kinds[name] = kindSymlink
+	default:
+		x.kinds[name] = kindFile
+	}
+}
+
+// member checks and extracts one member; it returns an error only for
+// failures of the filesystem, refusals are recorded.
+func (x *extractor) member(h *tar.Header, r io.Reader) error {
+	if h.Typeflag == tar.TypeXGlobalHeader {
+		return nil // archive-wide PAX defaults; nothing we use
+	}
+	name, why := memberName(h.Name)
+	if why != "" {
+		x.reject(h, why)
+		return nil
+	}
+	if name == "." {
+		if h.Typeflag != tar.TypeDir {
+			x.reject(h, "the root of the tree is not a directory")
+			return nil
+		}
+		x.dirs["."] = h
+		return nil
+	}
+	for _, p := range parents(name) {
+		switch x.kinds[p] {
+		case kindSymlink:
+			x.rejectName(h, name, fmt.Sprintf("name resolves through the symlink %q earlier in the archive", p))
+			return nil
+		case kindFile:
+			x.rejectName(h, name, fmt.Sprintf("name is below %q, which is not a directory", p))
+			return nil
+		}
+	}
+	if k, ok := x.kinds[name]; ok && (k != kindDir || h.Typeflag != tar.TypeDir) {
+		x.rejectName(h, name, "duplicate name: an earlier member has it")
+		return nil
+	}
+
+	switch h.Typeflag {
+	case tar.TypeDir:
+		return x.mkdir(name, h)
+	case tar.TypeReg, tar.TypeGNUSparse:
+		return x.file(name, h, r)
+	case tar.TypeSymlink:
+		switch {
+		case h.Linkname == "":
+			x.rejectName(h, name, "symlink with an empty target")
+			return nil
+		case filepath.IsAbs(h.Linkname):
+			x.rejectName(h, name, fmt.Sprintf("symlink to absolute %q leaves the tree", h.Linkname))
+			return nil
+		}
+		// Whether it leaves the tree through other symlinks is known
+		// only when all are in; it is created then.
+		if err := x.mkparents(name); err != nil {
+			return err
+		}
+		x.kinds[name] = kindSymlink
+		x.links[name] = h.Linkname
+		x.symlinks = append(x.symlinks, h)
+		return nil
+	case tar.TypeLink:
+		return x.hardlink(name, h)
+	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+		x.rejectName(h, name, "device nodes and fifos are not restored")
+		return nil
+	default:
+		x.rejectName(h, name, fmt.Sprintf("unsupported member type %q", h.Typeflag))
+		return nil
+	}
+}
+
+// mkparents creates the missing parents of name as plain directories.
+// member has checked that the existing ones are directories.
+func (x *extractor) mkparents(name string) error {
+	for _, p := range parents(name) {
+		if _, ok := x.kinds[p]; ok {
+			continue
+		}
+		x.kinds[p] = kindDir
+		if _, ok := x.dirs[p]; !ok {
+			x.dirs[p] = nil
+		}
+		if x.writing() {
+			if err := os.Mkdir(x.path(p), 0o700); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (x *extractor) mkdir(name string, h *tar.Header) error {
+	if err := x.mkparents(name); err != nil {
+		return err
+	}
+	x.dirs[name] = h // a later header of the same directory wins
+	if _, ok := x.kinds[name]; ok {
+		return nil
+	}
+	x.kinds[name] = kindDir
+	if !x.writing() {
+		return nil
+	}
+	// Owner-only until finish sets the archive's mode.
+	return os.Mkdir(x.path(name), 0o700)
+}
+
+func (x *extractor) file(name string, h *tar.Header, r io.Reader) error {
+	if err := x.mkparents(name); err != nil {
+		return err
+	}
+	x.kinds[name] = kindFile
+	if !x.writing() {
+		return nil
+	}
+	p := x.path(name)
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := x.writeSparse(f, r); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return applyAttrs(p, attrsOfHeader(h), x.chown)
+}
+
+// writeSparse copies r to the empty file f, seeking over all-zero chunks
+// so that they stay holes.
+func (x *extractor) writeSparse(f *os.File, r io.Reader) error {
+	if x.buf == nil {
+		x.buf = make([]byte, 1<<20)
+	}
+	var off int64
+	for {
+		if err := x.ctx.Err(); err != nil {
+			return err
+		}
+		n, err := r.Read(x.buf)
+		if n > 0 && !pe.IsZero(x.buf[:n]) {
+			if _, werr := f.WriteAt(x.buf[:n], off); werr != nil {
+				return werr
+			}
+		}
+		off += int64(n)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return f.Truncate(off)
+}
+
+func (x *extractor) hardlink(name string, h *tar.Header) error {
+	target, why := memberName(h.Linkname)
+	if why != "" {
+		x.rejectName(h, name, fmt.Sprintf("hard link to %q: %s", h.Linkname, why))
+		return nil
+	}
+	if x.kinds[target] != kindFile {
+		x.rejectName(h, name, fmt.Sprintf("hard link to %q, which is not a regular file earlier in the archive", h.Linkname))
+		return nil
+	}
+	if err := x.mkparents(name); err != nil {
+		return err
+	}
+	x.kinds[name] = kindFile
+	if !x.writing() {
+		return nil
+	}
+	return os.Link(x.path(target), x.path(name))
+}
+
+// finish creates the symlinks and sets the attrs of directories.
+func (x *extractor) finish() error {
+	for _, h := range x.symlinks {
+		if err := x.ctx.Err(); err != nil {
+			return err
+		}
+		p := x.path(cleanName(h.Name))
+		if err := os.Symlink(h.Linkname, p); err != nil {
+			return err
+		}
+		a := attrsOfHeader(h)
+		a.symlink = true
+		if err := applyAttrs(p, a, x.chown); err != nil {
+			return err
+		}
+	}
+	names := make([]string, 0, len(x.dirs))
+	for name := range x.dirs {
+		names = append(names, name)
+	}
+	// Deepest first, the root last; not needed for correctness (setting
+	// a child's attrs does not touch its parent) but easy to follow.
+	sort.Sort(sort.Reverse(sort.StringSlice(names)))
+	for _, name := range names {
+		h, p := x.dirs[name], x.path(name)
+		if h == nil {
+			// An implicit parent: as tar makes them.
+			if err := os.Chmod(p, 0o755); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := applyAttrs(p, attrsOfHeader(h), x.chown); err != nil {
+			return err
+		}
+	}
+	if _, ok := x.dirs["."]; !ok {
+		return os.Chmod(x.dir, 0o755) // MkdirTemp made it 0700
+	}
+	return nil
+}
+
+// path is where the cleaned member name goes.
+func (x *extractor) path(name string) string {
+	return filepath.Join(x.dir, filepath.FromSlash(name))
+}
+
+// cleanName is the cleaned name of a member memberName accepted.
+func cleanName(raw string) string {
+	name, _ := memberName(raw)
+	return name
+}
+
+// attrsOfHeader is what a tar header says about owner, mode, times and
+// xattrs.
+func attrsOfHeader(h *tar.Header) attrs {
+	a := attrs{
+		uid:   h.Uid,
+		gid:   h.Gid,
+		mode:  uint32(h.Mode & 0o7777),
+		atime: unix.Timespec{Nsec: unix.UTIME_OMIT},
+		mtime: timespec(h.ModTime),
+	}
+	if !h.AccessTime.IsZero() {
+		a.atime = timespec(h.AccessTime)
+	}
+	const prefix = "SCHILY.xattr."
+	for k, v := range h.PAXRecords {
+		if name, ok := strings.CutPrefix(k, prefix); ok && name != "" {
+			if a.xattrs == nil {
+				a.xattrs = map[string]string{}
+			}
+			a.xattrs[name] = v
+		}
+	}
+	return a
+}
+
+func timespec(t time.Time) unix.Timespec {
+	return unix.Timespec{Sec: t.Unix(), Nsec: int64(t.Nanosecond())}
+}

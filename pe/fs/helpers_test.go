@@ -1,0 +1,544 @@
+package fs
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	iofs "io/fs"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+	"golang.org/x/sys/unix"
+)
+
+// newTestRoot returns a manager over a fresh root inside dir.
+func newTestRoot(tb testing.TB, dir string) *TypeManager {
+	tb.Helper()
+	root := filepath.Join(dir, "root")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	tm, err := NewTypeManager(root)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tm
+}
+
+func fsID(tb testing.TB, name string) pe.ID {
+	tb.Helper()
+	id, err := pe.NewID(Type, name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return id
+}
+
+func getPE(tb testing.TB, tm *TypeManager, id pe.ID) pe.ProtectedEntity {
+	tb.Helper()
+	p, err := tm.Get(context.Background(), id)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+func openData(tb testing.TB, p pe.ProtectedEntity) pe.Image {
+	tb.Helper()
+	img, err := p.Data(context.Background())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { img.Close() })
+	return img
+}
+
+func snapshot(tb testing.TB, p pe.ProtectedEntity) pe.ID {
+	tb.Helper()
+	id, err := p.Snapshot(context.Background(), nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return id
+}
+
+func readImage(tb testing.TB, img pe.Image) []byte {
+	tb.Helper()
+	b, err := io.ReadAll(pe.NewReader(img))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if int64(len(b)) != img.Size() {
+		tb.Fatalf("read %d bytes, Size says %d", len(b), img.Size())
+	}
+	return b
+}
+
+func sha(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+func randomBytes(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	b := make([]byte, n)
+	for i := 0; i+8 <= n; i += 8 {
+		v := r.Uint64()
+		for j := range 8 {
+			b[i+j] = byte(v >> (8 * j))
+		}
+	}
+	return b
+}
+
+func writeFile(tb testing.TB, p string, b []byte, mode os.FileMode) {
+	tb.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.WriteFile(p, b, mode); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.Chmod(p, mode); err != nil { // umask
+		tb.Fatal(err)
+	}
+}
+
+func must(tb testing.TB, err error) {
+	tb.Helper()
+	if err != nil {
+		tb.Fatal(err)
+	}
+}
+
+func setXattr(tb testing.TB, p, name, value string) {
+	tb.Helper()
+	if err := unix.Lsetxattr(p, name, []byte(value), 0); err != nil {
+		tb.Fatalf("setxattr %s on %s: %v (the test directory's filesystem needs user xattrs: run the tests with TMPDIR on ext4, xfs or btrfs)", name, p, err)
+	}
+}
+
+// longName is a path of more than 100 bytes: it needs a PAX path record.
+var longName = strings.Repeat("long-directory-name/", 6) + strings.Repeat("x", 40) + ".txt"
+
+// makeTree fills dir with what a tree can hold: files of several sizes,
+// nested and read-only directories, a sparse file, symlinks, hard links,
+// a long name, an xattr, other owners, nanosecond mtimes.
+func makeTree(tb testing.TB, dir string) {
+	tb.Helper()
+	writeFile(tb, filepath.Join(dir, "a.txt"), []byte("hello\n"), 0o644)
+	writeFile(tb, filepath.Join(dir, "empty"), nil, 0o600)
+	writeFile(tb, filepath.Join(dir, "big.bin"), randomBytes(1, 3<<19+123), 0o640) // > 1 MiB
+	writeFile(tb, filepath.Join(dir, "sub", "nested", "deep.txt"), []byte("deep\n"), 0o644)
+	writeFile(tb, filepath.Join(dir, "sub", "run.sh"), []byte("#!/bin/sh\necho hi\n"), 0o4755)
+	writeFile(tb, filepath.Join(dir, ".hidden"), []byte("dotfiles are content"), 0o644)
+	writeFile(tb, filepath.Join(dir, longName), randomBytes(2, 777), 0o644)
+	writeFile(tb, filepath.Join(dir, "hl1"), []byte("linked twice\n"), 0o644)
+	must(tb, os.Link(filepath.Join(dir, "hl1"), filepath.Join(dir, "sub", "hl2")))
+	must(tb, os.Symlink("a.txt", filepath.Join(dir, "link")))
+	must(tb, os.Symlink("../a.txt", filepath.Join(dir, "sub", "up")))
+	must(tb, os.Symlink("missing", filepath.Join(dir, "dangling")))
+
+	sparse := filepath.Join(dir, "sparse.img")
+	f, err := os.Create(sparse)
+	must(tb, err)
+	_, err = f.WriteAt([]byte("data in the middle"), 1<<20)
+	must(tb, err)
+	must(tb, f.Truncate(4<<20))
+	must(tb, f.Close())
+
+	must(tb, os.Mkdir(filepath.Join(dir, "ro"), 0o755))
+	writeFile(tb, filepath.Join(dir, "ro", "f"), []byte("in a read-only dir"), 0o444)
+	must(tb, os.Chmod(filepath.Join(dir, "ro"), 0o555))
+
+	setXattr(tb, filepath.Join(dir, "a.txt"), "user.test", "v1")
+	setXattr(tb, filepath.Join(dir, "sub"), "user.dir", "d\x00binary")
+	if os.Geteuid() == 0 {
+		must(tb, os.Lchown(filepath.Join(dir, "empty"), 1234, 5678))
+		must(tb, os.Lchown(filepath.Join(dir, "link"), 4321, 8765))
+	}
+
+	// Distinct nanosecond mtimes, directories last as their contents
+	// changed them.
+	t0 := time.Date(2026, 3, 4, 5, 6, 7, 123456789, time.UTC)
+	var paths []string
+	must(tb, filepath.WalkDir(dir, func(p string, d iofs.DirEntry, err error) error {
+		paths = append(paths, p)
+		return err
+	}))
+	sort.Sort(sort.Reverse(sort.StringSlice(paths)))
+	for i, p := range paths {
+		mt := t0.Add(time.Duration(i) * 1001 * time.Millisecond)
+		ts := []unix.Timespec{timespec(mt), timespec(mt)}
+		must(tb, unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW))
+	}
+}
+
+// entry is what a test compares of a tree member.
+type entry struct {
+	Type   string // dir, file, symlink
+	Mode   uint32 // permission, setuid, setgid, sticky
+	UID    int
+	GID    int
+	Size   int64
+	SHA    string
+	Link   string
+	MTime  int64 // Unix nanoseconds
+	Xattrs map[string]string
+}
+
+// treeEntries describes the tree at dir by slash-separated names, "." for
+// dir itself, and groups hard links: links maps each name of a multiply
+// linked file to the first one in lexical order.
+func treeEntries(tb testing.TB, dir string) (map[string]entry, map[string]string) {
+	tb.Helper()
+	out := map[string]entry{}
+	inodes := map[uint64][]string{}
+	err := filepath.WalkDir(dir, func(p string, d iofs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		rel = filepath.ToSlash(rel)
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		e := entry{
+			Mode:  st.Mode & 0o7777,
+			UID:   int(st.Uid),
+			GID:   int(st.Gid),
+			MTime: st.Mtim.Nano(),
+		}
+		x, err := listXattrs(p)
+		if err != nil {
+			return err
+		}
+		e.Xattrs = userXattrs(x)
+		switch {
+		case fi.IsDir():
+			e.Type = "dir"
+		case fi.Mode().IsRegular():
+			e.Type = "file"
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			e.Size, e.SHA = int64(len(b)), sha(b)
+			if st.Nlink > 1 {
+				inodes[st.Ino] = append(inodes[st.Ino], rel)
+			}
+		case fi.Mode()&iofs.ModeSymlink != 0:
+			e.Type = "symlink"
+			e.Mode = 0
+			if e.Link, err = os.Readlink(p); err != nil {
+				return err
+			}
+		default:
+			return nil
+		}
+		out[rel] = e
+		return nil
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	links := map[string]string{}
+	for _, names := range inodes {
+		sort.Strings(names)
+		for _, n := range names {
+			links[n] = names[0]
+		}
+	}
+	return out, links
+}
+
+// userXattrs keeps the user.* xattrs: others (security.selinux) depend on
+// the machine, not on what was copied.
+func userXattrs(x map[string]string) map[string]string {
+	var out map[string]string
+	for k, v := range x {
+		if strings.HasPrefix(k, "user.") {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// tarEntries parses a tar stream like treeEntries describes a tree; hard
+// link members become the files they link to.
+func tarEntries(tb testing.TB, r io.Reader) (map[string]entry, map[string]string) {
+	tb.Helper()
+	out := map[string]entry{}
+	links := map[string]string{}
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			tb.Fatal(err)
+		}
+		name := path.Clean(h.Name)
+		e := entry{
+			Mode:  uint32(h.Mode & 0o7777),
+			UID:   h.Uid,
+			GID:   h.Gid,
+			MTime: h.ModTime.UnixNano(),
+		}
+		x := map[string]string{}
+		for k, v := range h.PAXRecords {
+			if n, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
+				x[n] = v
+			}
+		}
+		e.Xattrs = userXattrs(x)
+		switch h.Typeflag {
+		case tar.TypeDir:
+			e.Type = "dir"
+		case tar.TypeReg:
+			e.Type = "file"
+			b, err := io.ReadAll(tr)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			e.Size, e.SHA = int64(len(b)), sha(b)
+		case tar.TypeLink:
+			target := path.Clean(h.Linkname)
+			e = out[target]
+			links[target] = target
+			links[name] = target
+		case tar.TypeSymlink:
+			e.Type = "symlink"
+			e.Mode = 0
+			e.Link = h.Linkname
+		default:
+			tb.Fatalf("unexpected member %q of type %q", h.Name, h.Typeflag)
+		}
+		if _, dup := out[name]; dup {
+			tb.Fatalf("member %q twice", name)
+		}
+		out[name] = e
+	}
+	return out, links
+}
+
+// compareEntries reports the differences of got from want; ignore lists
+// fields ("MTime", "UID") not to compare for some types ("symlink:MTime").
+func compareEntries(tb testing.TB, what string, got, want map[string]entry, ignore ...string) {
+	tb.Helper()
+	skip := func(typ, field string) bool {
+		for _, ig := range ignore {
+			if ig == field || ig == typ+":"+field {
+				return true
+			}
+		}
+		return false
+	}
+	var names []string
+	for n := range want {
+		names = append(names, n)
+	}
+	for n := range got {
+		if _, ok := want[n]; !ok {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	bad := 0
+	for _, n := range names {
+		g, gok := got[n]
+		w, wok := want[n]
+		if !gok || !wok {
+			tb.Errorf("%s: %q: present %v, want %v", what, n, gok, wok)
+			bad++
+			continue
+		}
+		gv, wv := reflect.ValueOf(g), reflect.ValueOf(w)
+		for i := range gv.NumField() {
+			f := gv.Type().Field(i).Name
+			if skip(w.Type, f) {
+				continue
+			}
+			if !reflect.DeepEqual(gv.Field(i).Interface(), wv.Field(i).Interface()) {
+				tb.Errorf("%s: %q: %s = %v, want %v", what, n, f, gv.Field(i).Interface(), wv.Field(i).Interface())
+				bad++
+			}
+		}
+		if bad > 20 {
+			tb.Fatalf("%s: too many differences", what)
+		}
+	}
+}
+
+// tarPE is a PE whose data is a tar stream in memory: the source of
+// restore tests.
+type tarPE struct {
+	id  pe.ID
+	tar []byte
+}
+
+func newTarPE(tb testing.TB, name string, b []byte) *tarPE {
+	tb.Helper()
+	id, err := pe.NewID("tar", name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &tarPE{id: id, tar: b}
+}
+
+func (t *tarPE) ID() pe.ID { return t.id }
+func (t *tarPE) Info(ctx context.Context) (pe.Info, error) {
+	return pe.Info{ID: t.id, Name: t.id.Name(), Size: int64(len(t.tar))}, nil
+}
+func (t *tarPE) Snapshot(ctx context.Context, params pe.Params) (pe.ID, error) {
+	return pe.ID{}, pe.ErrNotSupported
+}
+func (t *tarPE) ListSnapshots(ctx context.Context) ([]pe.ID, error) { return nil, nil }
+func (t *tarPE) DeleteSnapshot(ctx context.Context, snapshot string) error {
+	return pe.ErrNotFound
+}
+func (t *tarPE) SnapshotInfo(ctx context.Context, snapshot string) (pe.Info, error) {
+	return pe.Info{}, pe.ErrNotFound
+}
+func (t *tarPE) Components(ctx context.Context) ([]pe.ProtectedEntity, error) { return nil, nil }
+func (t *tarPE) Data(ctx context.Context) (pe.Image, error) {
+	return bytesImage{bytes.NewReader(t.tar)}, nil
+}
+func (t *tarPE) Metadata(ctx context.Context) (io.ReadCloser, error) {
+	return nil, pe.ErrNoMetadata
+}
+func (t *tarPE) Overwrite(ctx context.Context, src pe.ProtectedEntity, withComponents bool) error {
+	return pe.ErrNotSupported
+}
+
+type bytesImage struct{ *bytes.Reader }
+
+func (b bytesImage) Close() error { return nil }
+func (b bytesImage) Extents(ctx context.Context, off, length int64) ([]pe.Extent, error) {
+	return pe.AllData(off, length, b.Size()), nil
+}
+
+// member is one entry of a tar stream a test builds.
+type tarMember struct {
+	name, link string
+	typ        byte
+	body       string
+}
+
+func buildTar(tb testing.TB, members ...tarMember) []byte {
+	tb.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, m := range members {
+		h := &tar.Header{Name: m.name, Linkname: m.link, Typeflag: m.typ, Mode: 0o644, ModTime: time.Unix(1e9, 0)}
+		if m.typ == tar.TypeReg {
+			h.Size = int64(len(m.body))
+		}
+		if m.typ == tar.TypeDir {
+			h.Mode = 0o755
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			tb.Fatal(err)
+		}
+		if _, err := io.WriteString(tw, m.body); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		tb.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// requireTool fails (never skips) when a command the test needs is missing.
+func requireTool(tb testing.TB, cmd, pkg string) {
+	tb.Helper()
+	if _, err := exec.LookPath(cmd); err != nil {
+		tb.Fatalf("%s not found: install %s: apt-get install -y %s", cmd, pkg, pkg)
+	}
+}
+
+func requireRoot(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		tb.Fatal("this test must run as root (it restores owners and mounts filesystems)")
+	}
+}
+
+func runCmd(tb testing.TB, name string, args ...string) string {
+	tb.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		tb.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// hiddenEntries lists the names starting with "." in dir except the
+// snapshot directory: leftovers of snapshots or restores.
+func hiddenEntries(tb testing.TB, dir string) []string {
+	tb.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var out []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") && e.Name() != snapshotDir {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// countingProgress is a pe.Progress that records what it is told.
+type countingProgress struct {
+	mu    sync.Mutex
+	total int64
+	done  int64
+}
+
+func (p *countingProgress) Start(total int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.total = total
+}
+
+func (p *countingProgress) Add(n int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.done += n
+}
+
+func (p *countingProgress) String() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return fmt.Sprintf("%d/%d", p.done, p.total)
+}
+
+func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
