@@ -3,6 +3,7 @@ module github.com/astrolabe-appliance/astrolabe
 go 1.26.8
 
 require (
+	github.com/klauspost/compress v1.20.4
 	github.com/urfave/cli/v2 v2.27.7
 	golang.org/x/sys v0.50.0
 )
