@@ -136,7 +136,12 @@ func CopyData(ctx context.Context, dst io.WriterAt, src Image, progress Progress
 			}
 			n := min(int64(len(buf)), e.End()-off)
 			b := buf[:n]
-			if _, err := src.ReadAt(b, off); err != nil && err != io.EOF {
+			// An image's ReadAt may return io.EOF with a full read at its
+			// end; a short read is an error, never stale buffer bytes.
+			if nr, err := src.ReadAt(b, off); nr < len(b) || err != nil && err != io.EOF {
+				if err == nil || err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
 				return fmt.Errorf("read at %d: %w", off, err)
 			}
 			if !IsZero(b) {

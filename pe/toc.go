@@ -47,11 +47,14 @@ func ScanTar(ctx context.Context, r io.Reader) ([]TOCEntry, error) {
 	cr := &countingReader{r: r}
 	tr := tar.NewReader(cr)
 	var toc []TOCEntry
+	// tr.Next skips the previous member's content and padding before it
+	// reads a header, so the header starts where that content ends, rounded
+	// up to the 512-byte block, not where the reader stands now.
+	var header int64
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		header := cr.n
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
 			return toc, nil
@@ -88,6 +91,7 @@ func ScanTar(ctx context.Context, r io.Reader) ([]TOCEntry, error) {
 			}
 		}
 		toc = append(toc, e)
+		header = e.Offset + (h.Size+511)&^511
 	}
 }
 

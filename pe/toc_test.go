@@ -62,6 +62,10 @@ func TestScanTarOffsets(t *testing.T) {
 		if e.Name != CleanTarName(f.name) || e.Size != int64(len(f.body)) || e.UID != 1000 || e.Mode.Perm() != 0o640 {
 			t.Errorf("entry %d = %+v", i+1, e)
 		}
+		// Header must point at a header from which a tar reader reads this member.
+		if h, err := tar.NewReader(bytes.NewReader(raw[e.Header:])).Next(); err != nil || CleanTarName(h.Name) != e.Name {
+			t.Errorf("%s: Header offset %d does not start its header (%v)", f.name, e.Header, err)
+		}
 		if got := string(raw[e.Offset : e.Offset+e.Size]); got != f.body {
 			t.Errorf("%s: bytes at offset %d are not the file's", f.name, e.Offset)
 		}
