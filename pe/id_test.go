@@ -83,7 +83,7 @@ func TestInfoJSON(t *testing.T) {
 	comp, _ := ParseID("disk:d1:s1")
 	for _, size := range []int64{SizeUnknown, 0, 1 << 40} {
 		in := Info{ID: id, Name: "home", Size: size,
-			DataTransports:  []Transport{{Type: "s3", Params: map[string]string{"url": "http://127.0.0.1/fs/fs:home:s1"}}},
+			DataTransports: []Transport{{Type: "s3", Params: map[string]string{"url": "http://127.0.0.1/fs/fs:home:s1"}}},
 			ComponentSpecs: []ComponentSpec{{ID: comp}}}
 		b, err := json.Marshal(in)
 		if err != nil {

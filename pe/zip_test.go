@@ -29,9 +29,9 @@ func (e *testEntity) Info(context.Context) (Info, error) {
 	}
 	return info, nil
 }
-func (e *testEntity) Snapshot(context.Context, Params) (ID, error)  { return ID{}, ErrNotSupported }
-func (e *testEntity) ListSnapshots(context.Context) ([]ID, error)   { return nil, nil }
-func (e *testEntity) DeleteSnapshot(context.Context, string) error  { return ErrNotSupported }
+func (e *testEntity) Snapshot(context.Context, Params) (ID, error) { return ID{}, ErrNotSupported }
+func (e *testEntity) ListSnapshots(context.Context) ([]ID, error)  { return nil, nil }
+func (e *testEntity) DeleteSnapshot(context.Context, string) error { return ErrNotSupported }
 func (e *testEntity) SnapshotInfo(context.Context, string) (Info, error) {
 	return Info{}, ErrNotSupported
 }
