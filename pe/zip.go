@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/klauspost/compress/flate"
 )
@@ -94,7 +95,7 @@ func writeZip(ctx context.Context, w io.Writer, p ProtectedEntity, progress Prog
 		return fmt.Errorf("zip %s: components: %w", id, err)
 	}
 	for _, c := range comps {
-		cw, err := zw.CreateHeader(&zip.FileHeader{Name: zipComponentDir + c.ID().String() + zipComponentExt, Method: zip.Store})
+		cw, err := zw.CreateHeader(&zip.FileHeader{Name: zipComponentDir + c.ID().String() + zipComponentExt, Method: zip.Store, Modified: time.Now()})
 		if err != nil {
 			return fmt.Errorf("zip %s: component %s: %w", id, c.ID(), err)
 		}
@@ -109,7 +110,7 @@ func writeZip(ctx context.Context, w io.Writer, p ProtectedEntity, progress Prog
 }
 
 func writeZipEntry(zw *zip.Writer, name string, method uint16, r io.Reader, progress Progress) error {
-	w, err := zw.CreateHeader(&zip.FileHeader{Name: name, Method: method})
+	w, err := zw.CreateHeader(&zip.FileHeader{Name: name, Method: method, Modified: time.Now()})
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}

@@ -14,7 +14,7 @@ if ! command -v mke2fs >/dev/null; then
 fi
 
 rm -rf "$DIR"
-step() { printf '\n\033[1m$ astrolabe %s\033[0m\n' "$*"; "$A" --config "$DIR" "$@"; }
+step() { printf '\n\033[1m$ astrolabe %s\033[0m\n' "$*" >&2; "$A" --config "$DIR" "$@"; }
 
 step init --samples "$DIR"
 step types
