@@ -7,12 +7,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 
+	"github.com/astrolabe-appliance/astrolabe/internal/atomicfile"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	pedisk "github.com/astrolabe-appliance/astrolabe/pe/disk"
 	pefs "github.com/astrolabe-appliance/astrolabe/pe/fs"
@@ -154,35 +156,10 @@ func WritePEConfig(dir, typ string, v any) error {
 	if err := os.MkdirAll(peDir, 0o755); err != nil {
 		return err
 	}
-	return WriteFileAtomic(filepath.Join(peDir, typ+peSuffix), append(b, '\n'), 0o644)
-}
-
-// WriteFileAtomic writes data to a temp file beside path and renames it into
-// place, so readers never see a half-written file.
-func WriteFileAtomic(path string, data []byte, perm fs.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
+	return atomicfile.Write(filepath.Join(peDir, typ+peSuffix), 0o644, func(w io.Writer) error {
+		_, err := w.Write(append(b, '\n'))
 		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(perm)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
+	})
 }
 
 // Init writes a working configuration in dir: fs PEs under dir/fs and disk

@@ -243,7 +243,7 @@ func TestNewName(t *testing.T) {
 		"a/b/c.img":               "a_b_c.img-",
 		".hidden":                 "hidden-",
 		"...":                     "fs-",
-		strings.Repeat("x", 1000): strings.Repeat("x", maxBaseLen) + "-",
+		strings.Repeat("x", 1000): strings.Repeat("x", 200) + "-",
 	} {
 		n := newName(base)
 		if !strings.HasPrefix(n, prefix) || len(n) != len(prefix)+8 || !validName(n) {
