@@ -39,6 +39,35 @@ func peArg(arg string, wantSnap int) (pe.ID, error) {
 	return id, nil
 }
 
+// withPE makes the Action of a verb that takes one PE ID argument (with a
+// snapshot if wantSnap > 0, without if < 0) and works on that PE; for
+// wantSnap > 0 the PE is the live one and id names its snapshot.
+func withPE(argName string, wantSnap int, fn func(c *cli.Context, id pe.ID, p pe.ProtectedEntity) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		a, err := args(c, 1, argName)
+		if err != nil {
+			return err
+		}
+		id, err := peArg(a[0], wantSnap)
+		if err != nil {
+			return err
+		}
+		m, err := loadManager(c)
+		if err != nil {
+			return err
+		}
+		get := id
+		if wantSnap > 0 {
+			get = id.Base()
+		}
+		p, err := m.Get(c.Context, get)
+		if err != nil {
+			return err
+		}
+		return fn(c, id, p)
+	}
+}
+
 func typesCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "types",
@@ -94,23 +123,7 @@ func showCommand() *cli.Command {
 		Name:      "show",
 		Usage:     "print the PE info JSON of a PE or snapshot",
 		ArgsUsage: "PEID",
-		Action: func(c *cli.Context) error {
-			a, err := args(c, 1, "PEID")
-			if err != nil {
-				return err
-			}
-			id, err := peArg(a[0], 0)
-			if err != nil {
-				return err
-			}
-			m, err := loadManager(c)
-			if err != nil {
-				return err
-			}
-			p, err := m.Get(c.Context, id)
-			if err != nil {
-				return err
-			}
+		Action: withPE("PEID", 0, func(c *cli.Context, id pe.ID, p pe.ProtectedEntity) error {
 			info, err := p.Info(c.Context)
 			if err != nil {
 				return fmt.Errorf("info %s: %w", id, err)
@@ -121,7 +134,7 @@ func showCommand() *cli.Command {
 			}
 			fmt.Fprintf(c.App.Writer, "%s\n", b)
 			return nil
-		},
+		}),
 	}
 }
 
@@ -130,30 +143,14 @@ func snapCommand() *cli.Command {
 		Name:      "snap",
 		Usage:     "take a snapshot; prints the snapshot's PE ID last",
 		ArgsUsage: "PEID",
-		Action: func(c *cli.Context) error {
-			a, err := args(c, 1, "PEID")
-			if err != nil {
-				return err
-			}
-			id, err := peArg(a[0], -1)
-			if err != nil {
-				return err
-			}
-			m, err := loadManager(c)
-			if err != nil {
-				return err
-			}
-			p, err := m.Get(c.Context, id)
-			if err != nil {
-				return err
-			}
+		Action: withPE("PEID", -1, func(c *cli.Context, id pe.ID, p pe.ProtectedEntity) error {
 			snap, err := p.Snapshot(c.Context, nil)
 			if err != nil {
 				return fmt.Errorf("snapshot %s: %w", id, err)
 			}
 			fmt.Fprintln(c.App.Writer, snap)
 			return nil
-		},
+		}),
 	}
 }
 
@@ -162,23 +159,7 @@ func lssnCommand() *cli.Command {
 		Name:      "lssn",
 		Usage:     "list the snapshots of a PE, oldest first",
 		ArgsUsage: "PEID",
-		Action: func(c *cli.Context) error {
-			a, err := args(c, 1, "PEID")
-			if err != nil {
-				return err
-			}
-			id, err := peArg(a[0], -1)
-			if err != nil {
-				return err
-			}
-			m, err := loadManager(c)
-			if err != nil {
-				return err
-			}
-			p, err := m.Get(c.Context, id)
-			if err != nil {
-				return err
-			}
+		Action: withPE("PEID", -1, func(c *cli.Context, id pe.ID, p pe.ProtectedEntity) error {
 			snaps, err := p.ListSnapshots(c.Context)
 			if err != nil {
 				return fmt.Errorf("list snapshots of %s: %w", id, err)
@@ -187,7 +168,7 @@ func lssnCommand() *cli.Command {
 				fmt.Fprintln(c.App.Writer, s)
 			}
 			return nil
-		},
+		}),
 	}
 }
 
@@ -196,29 +177,13 @@ func rmsnCommand() *cli.Command {
 		Name:      "rmsn",
 		Usage:     "delete a snapshot",
 		ArgsUsage: "PEID:SNAPSHOT",
-		Action: func(c *cli.Context) error {
-			a, err := args(c, 1, "PEID:SNAPSHOT")
-			if err != nil {
-				return err
-			}
-			id, err := peArg(a[0], 1)
-			if err != nil {
-				return err
-			}
-			m, err := loadManager(c)
-			if err != nil {
-				return err
-			}
-			p, err := m.Get(c.Context, id.Base())
-			if err != nil {
-				return err
-			}
+		Action: withPE("PEID:SNAPSHOT", 1, func(c *cli.Context, id pe.ID, p pe.ProtectedEntity) error {
 			if err := p.DeleteSnapshot(c.Context, id.Snapshot()); err != nil {
 				return fmt.Errorf("delete snapshot %s: %w", id, err)
 			}
 			fmt.Fprintf(c.App.ErrWriter, "deleted %s\n", id)
 			return nil
-		},
+		}),
 	}
 }
 
