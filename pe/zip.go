@@ -39,9 +39,31 @@ const (
 // Astrolabe zip to w.
 func WriteZip(ctx context.Context, w io.Writer, p ProtectedEntity, progress Progress) error {
 	if progress != nil {
-		progress.Start(SizeUnknown)
+		progress.Start(dataSize(ctx, p))
 	}
 	return writeZip(ctx, w, p, progress)
+}
+
+// dataSize adds up the data sizes of p and its components, SizeUnknown if
+// any is unknown.
+func dataSize(ctx context.Context, p ProtectedEntity) int64 {
+	info, err := p.Info(ctx)
+	if err != nil || info.Size < 0 {
+		return SizeUnknown
+	}
+	total := info.Size
+	comps, err := p.Components(ctx)
+	if err != nil {
+		return SizeUnknown
+	}
+	for _, c := range comps {
+		n := dataSize(ctx, c)
+		if n < 0 {
+			return SizeUnknown
+		}
+		total += n
+	}
+	return total
 }
 
 func writeZip(ctx context.Context, w io.Writer, p ProtectedEntity, progress Progress) error {
