@@ -1,0 +1,143 @@
+package nbd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+// Export is one block device served over NBD. ReadAt must be safe for
+// concurrent use: requests on a connection run in parallel.
+type Export interface {
+	io.ReaderAt
+	Size() int64
+}
+
+// Extent is a run of an export with base:allocation state flags
+// (StateHole, StateZero).
+type Extent struct {
+	Length int64
+	Flags  uint32
+}
+
+// Exported base:allocation states.
+const (
+	StateHole = stateHole
+	StateZero = stateZero
+)
+
+// Allocator is offered by exports that know their holes; they get the
+// base:allocation meta context and holes in structured reads.
+type Allocator interface {
+	// Allocation describes [off, off+length) as contiguous extents.
+	Allocation(ctx context.Context, off, length int64) ([]Extent, error)
+}
+
+// ExportInfo names an export for LIST and INFO.
+type ExportInfo struct {
+	Name        string
+	Description string
+}
+
+// Source lists and opens exports. Open returns ErrUnknownExport for names it
+// does not serve; an Export that is an io.Closer is closed when the
+// connection ends.
+type Source interface {
+	List(ctx context.Context) ([]ExportInfo, error)
+	Open(ctx context.Context, name string) (Export, error)
+}
+
+// ErrUnknownExport is returned by Source.Open for names it does not serve.
+var ErrUnknownExport = errors.New("unknown export")
+
+// Options configure a Server. Zero values mean the defaults.
+type Options struct {
+	Logger *slog.Logger
+	// MaxRequest bounds READ lengths (default 32 MiB).
+	MaxRequest int
+	// Concurrency bounds requests in flight per connection (default 16).
+	Concurrency int
+}
+
+// Server serves a Source over NBD.
+type Server struct {
+	src  Source
+	opts Options
+	log  *slog.Logger
+}
+
+const (
+	defaultMaxRequest  = 32 << 20
+	defaultConcurrency = 16
+	maxOptionLength    = 64 << 10 // no option we accept needs more
+	maxOptions         = 1024     // per handshake: bounds a client that never chooses
+	handshakeTimeout   = 30 * time.Second
+)
+
+// NewServer returns a server for src.
+func NewServer(src Source, opts Options) *Server {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.MaxRequest <= 0 {
+		opts.MaxRequest = defaultMaxRequest
+	}
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = defaultConcurrency
+	}
+	return &Server{src: src, opts: opts, log: opts.Logger}
+}
+
+// Serve accepts connections on l until ctx is cancelled, then closes l,
+// waits for connections to finish their requests, and returns nil.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	var wg sync.WaitGroup
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			wg.Wait()
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("nbd accept: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serveConn(ctx, c)
+		}()
+	}
+}
+
+func (s *Server) serveConn(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	log := s.log.With("remote", c.RemoteAddr().String())
+	// A connection ends with the server: unblock reads when ctx is done.
+	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Now()) })
+	defer stop()
+
+	c.SetDeadline(time.Now().Add(handshakeTimeout))
+	conn, err := s.handshake(ctx, c)
+	if err != nil {
+		if !errors.Is(err, errClientDone) {
+			log.Warn("nbd handshake failed", "err", err)
+		}
+		return
+	}
+	c.SetDeadline(time.Time{})
+	if cl, ok := conn.export.(io.Closer); ok {
+		defer cl.Close()
+	}
+	log = log.With("export", conn.name)
+	log.Debug("nbd client connected", "structured", conn.structured)
+	if err := conn.transmit(ctx, log); err != nil && ctx.Err() == nil {
+		log.Warn("nbd connection ended", "err", err)
+	}
+}
