@@ -61,8 +61,8 @@ type fileExport struct {
 }
 
 func (e *fileExport) ReadAt(p []byte, off int64) (int, error) { return e.f.ReadAt(p, off) }
-func (e *fileExport) Size() int64                              { return e.size }
-func (e *fileExport) Close() error                             { return e.f.Close() }
+func (e *fileExport) Size() int64                             { return e.size }
+func (e *fileExport) Close() error                            { return e.f.Close() }
 
 func (e *fileExport) Allocation(ctx context.Context, off, length int64) ([]Extent, error) {
 	var out []Extent
