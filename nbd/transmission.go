@@ -138,41 +138,53 @@ func (cn *conn) read(ctx context.Context, log *slog.Logger, req request) []byte 
 			return cn.errorReply(req, errIO, "extent error")
 		}
 	}
-	var out []byte
+	// Clip the extents to the request, then build the whole reply in one
+	// buffer: one allocation, one copy from the export, one socket write.
+	type piece struct {
+		pos, length int64
+		hole        bool
+	}
+	var pieces []piece
+	total := 0
 	pos := off
-	for i, e := range exts {
+	for _, e := range exts {
 		length := min(e.Length, off+n-pos)
 		if length <= 0 {
 			break
 		}
-		flags := uint16(0)
-		if i == len(exts)-1 || pos+length == off+n {
-			flags = replyFlagDone
-		}
-		if e.Flags&stateHole != 0 || e.Flags&stateZero != 0 {
-			chunk := structHeader(req.cookie, flags, replyOffsetHole, 12)
-			chunk = binary.BigEndian.AppendUint64(chunk, uint64(pos))
-			chunk = binary.BigEndian.AppendUint32(chunk, uint32(length))
-			out = append(out, chunk...)
+		hole := e.Flags&(stateHole|stateZero) != 0
+		pieces = append(pieces, piece{pos, length, hole})
+		if hole {
+			total += 20 + 12
 		} else {
-			chunk := structHeader(req.cookie, flags, replyOffsetData, 8+int(length))
-			chunk = binary.BigEndian.AppendUint64(chunk, uint64(pos))
-			start := len(chunk)
-			chunk = append(chunk, make([]byte, length)...)
-			if _, err := cn.export.ReadAt(chunk[start:], pos); err != nil && !errors.Is(err, io.EOF) {
-				log.Error("nbd read", "offset", pos, "length", length, "err", err)
-				return cn.errorReply(req, errIO, "read error")
-			}
-			out = append(out, chunk...)
+			total += 20 + 8 + int(length)
 		}
 		pos += length
-		if flags&replyFlagDone != 0 {
-			break
-		}
 	}
 	if pos != off+n {
 		log.Error("nbd extents do not cover the read", "offset", off, "length", n, "covered", pos-off)
 		return cn.errorReply(req, errIO, "extent error")
+	}
+	out := make([]byte, 0, total)
+	for i, p := range pieces {
+		flags := uint16(0)
+		if i == len(pieces)-1 {
+			flags = replyFlagDone
+		}
+		if p.hole {
+			out = appendStructHeader(out, req.cookie, flags, replyOffsetHole, 12)
+			out = binary.BigEndian.AppendUint64(out, uint64(p.pos))
+			out = binary.BigEndian.AppendUint32(out, uint32(p.length))
+			continue
+		}
+		out = appendStructHeader(out, req.cookie, flags, replyOffsetData, 8+int(p.length))
+		out = binary.BigEndian.AppendUint64(out, uint64(p.pos))
+		start := len(out)
+		out = out[:start+int(p.length)]
+		if _, err := cn.export.ReadAt(out[start:], p.pos); err != nil && !errors.Is(err, io.EOF) {
+			log.Error("nbd read", "offset", p.pos, "length", p.length, "err", err)
+			return cn.errorReply(req, errIO, "read error")
+		}
 	}
 	return out
 }
@@ -229,11 +241,13 @@ func simpleHeader(cookie uint64, errno uint32, n int) []byte {
 }
 
 func structHeader(cookie uint64, flags, typ uint16, length int) []byte {
-	b := make([]byte, 20, 20+length)
-	binary.BigEndian.PutUint32(b[0:], magicStruct)
-	binary.BigEndian.PutUint16(b[4:], flags)
-	binary.BigEndian.PutUint16(b[6:], typ)
-	binary.BigEndian.PutUint64(b[8:], cookie)
-	binary.BigEndian.PutUint32(b[16:], uint32(length))
-	return b
+	return appendStructHeader(make([]byte, 0, 20+length), cookie, flags, typ, length)
+}
+
+func appendStructHeader(b []byte, cookie uint64, flags, typ uint16, length int) []byte {
+	b = binary.BigEndian.AppendUint32(b, magicStruct)
+	b = binary.BigEndian.AppendUint16(b, flags)
+	b = binary.BigEndian.AppendUint16(b, typ)
+	b = binary.BigEndian.AppendUint64(b, cookie)
+	return binary.BigEndian.AppendUint32(b, uint32(length))
 }
