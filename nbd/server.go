@@ -66,9 +66,10 @@ type Options struct {
 
 // Server serves a Source over NBD.
 type Server struct {
-	src  Source
-	opts Options
-	log  *slog.Logger
+	src     Source
+	opts    Options
+	log     *slog.Logger
+	buffers sync.Pool // of *[]byte, reply buffers
 }
 
 const (

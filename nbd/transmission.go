@@ -74,7 +74,9 @@ func (cn *conn) transmit(ctx context.Context, log *slog.Logger) error {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			send(cn.handle(ctx, log, req))
+			reply := cn.handle(ctx, log, req)
+			send(reply)
+			cn.srv.putBuffer(reply)
 		}()
 		wmu.Lock()
 		err := werr
@@ -165,7 +167,7 @@ func (cn *conn) read(ctx context.Context, log *slog.Logger, req request) []byte 
 		log.Error("nbd extents do not cover the read", "offset", off, "length", n, "covered", pos-off)
 		return cn.errorReply(req, errIO, "extent error")
 	}
-	out := make([]byte, 0, total)
+	out := cn.srv.getBuffer(total)
 	for i, p := range pieces {
 		flags := uint16(0)
 		if i == len(pieces)-1 {
@@ -250,4 +252,20 @@ func appendStructHeader(b []byte, cookie uint64, flags, typ uint16, length int) 
 	b = binary.BigEndian.AppendUint16(b, typ)
 	b = binary.BigEndian.AppendUint64(b, cookie)
 	return binary.BigEndian.AppendUint32(b, uint32(length))
+}
+
+// Read replies are the bulk of the traffic; reusing their buffers (a pool
+// per server) keeps the garbage collector out of the data path.
+func (s *Server) getBuffer(n int) []byte {
+	if b, ok := s.buffers.Get().(*[]byte); ok && cap(*b) >= n {
+		return (*b)[:0]
+	}
+	return make([]byte, 0, n)
+}
+
+func (s *Server) putBuffer(b []byte) {
+	if cap(b) < 64<<10 || cap(b) > 64<<20 {
+		return // small replies are cheap; huge ones should not be pinned
+	}
+	s.buffers.Put(&b)
 }
