@@ -31,7 +31,7 @@ unit:
 	$(GO) test -count=1 ./...
 
 # Seconds of fuzzing per target in CI; `make fuzz-long` for a real run.
-FUZZ_TARGETS := pe:FuzzParseID pe:FuzzOpenZip nbd:FuzzHandshake
+FUZZ_TARGETS := pe:FuzzParseID pe:FuzzOpenZip nbd:FuzzHandshake nbd:FuzzRequests
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t#*:}; \

@@ -3,6 +3,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -15,15 +16,28 @@ import (
 // hanging up after LIST as nbdinfo --list does).
 var errClientDone = errors.New("client ended the handshake")
 
-// conn is the state of one connection after the handshake.
+// conn is the state of one connection.
 type conn struct {
 	srv        *Server
-	c          net.Conn
+	c          net.Conn // the TLS connection once STARTTLS is done
 	r          *bufio.Reader
+	tls        bool
 	name       string
 	export     Export
-	structured bool
-	allocation bool // base:allocation was set
+	structured bool // structured replies, or extended headers (which imply them)
+	extended   bool
+	// contexts are the meta contexts of the last SET_META_CONTEXT, which
+	// applies only if the client goes on to the export it named.
+	contexts     []string
+	contextsFor  string
+	contextsSet  bool
+	blockMaxSize uint32
+}
+
+// option is one option request of the handshake.
+type option struct {
+	code uint32
+	data []byte
 }
 
 func (s *Server) handshake(ctx context.Context, c net.Conn) (*conn, error) {
@@ -46,96 +60,115 @@ func (s *Server) handshake(ctx context.Context, c net.Conn) (*conn, error) {
 		return nil, fmt.Errorf("unknown client flags %#x", cflags)
 	}
 	noZeroes := cflags&flagNoZeroes != 0
-	cn := &conn{srv: s, c: c, r: r}
-	var pending map[string]bool // meta contexts of SET before GO
+	cn := &conn{srv: s, c: c, r: r, blockMaxSize: uint32(s.opts.MaxRequest)}
 	for range maxOptions {
-		var h struct {
-			Magic  uint64
-			Option uint32
-			Length uint32
+		opt, tooBig, err := cn.readOption()
+		if err != nil {
+			return nil, err
 		}
-		if err := binary.Read(r, binary.BigEndian, &h); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil, errClientDone
-			}
-			return nil, fmt.Errorf("option header: %w", err)
-		}
-		if h.Magic != magicOpt {
-			return nil, fmt.Errorf("bad option magic %#x", h.Magic)
-		}
-		if h.Length > maxOptionLength {
-			// Skip what we can bound; a client sending more is broken.
-			if _, err := io.CopyN(io.Discard, r, int64(h.Length)); err != nil {
-				return nil, fmt.Errorf("option %d: %w", h.Option, err)
-			}
-			if err := cn.optReply(h.Option, repErrTooBig, []byte("option too long")); err != nil {
+		if tooBig {
+			if err := cn.optReply(opt.code, repErrTooBig, []byte("option too long")); err != nil {
 				return nil, err
 			}
 			continue
 		}
-		data := make([]byte, h.Length)
-		if _, err := io.ReadFull(r, data); err != nil {
-			return nil, fmt.Errorf("option %d data: %w", h.Option, err)
+		if s.opts.TLSRequired && !cn.tls && opt.code != optStartTLS && opt.code != optAbort {
+			if opt.code == optExportName {
+				// This option cannot be refused with an error: hang up.
+				return nil, errors.New("client chose an export without TLS, which is required")
+			}
+			if err := cn.optReply(opt.code, repErrTLSReqd, []byte("TLS is required: use STARTTLS")); err != nil {
+				return nil, err
+			}
+			continue
 		}
-		switch h.Option {
-		case optExportName:
-			if err := cn.open(ctx, string(data)); err != nil {
-				// The protocol has no error reply here: hang up.
-				return nil, err
-			}
-			var b [10 + 124]byte
-			binary.BigEndian.PutUint64(b[0:], uint64(cn.export.Size()))
-			binary.BigEndian.PutUint16(b[8:], cn.transmissionFlags())
-			n := 10 + 124
-			if noZeroes {
-				n = 10
-			}
-			if _, err := c.Write(b[:n]); err != nil {
-				return nil, err
-			}
-			return cn, nil
-		case optAbort:
-			cn.optReply(h.Option, repAck, nil)
-			return nil, errClientDone
-		case optList:
-			if err := cn.list(ctx, h.Option, data); err != nil {
-				return nil, err
-			}
-		case optStructuredReply:
-			if len(data) != 0 {
-				if err := cn.optReply(h.Option, repErrInvalid, []byte("no data expected")); err != nil {
-					return nil, err
-				}
-				continue
-			}
-			cn.structured = true
-			if err := cn.optReply(h.Option, repAck, nil); err != nil {
-				return nil, err
-			}
-		case optListMetaContext, optSetMetaContext:
-			set, err := cn.metaContext(h.Option, data)
-			if err != nil {
-				return nil, err
-			}
-			if h.Option == optSetMetaContext {
-				pending = set
-			}
-		case optInfo, optGo:
-			done, err := cn.info(ctx, h.Option, data)
-			if err != nil {
-				return nil, err
-			}
-			if done {
-				cn.allocation = pending[contextBaseAllocation]
-				return cn, nil
-			}
-		default:
-			if err := cn.optReply(h.Option, repErrUnsup, []byte(fmt.Sprintf("option %d not supported", h.Option))); err != nil {
-				return nil, err
-			}
+		done, err := cn.option(ctx, opt, noZeroes)
+		if err != nil || done {
+			return cn, err
 		}
 	}
 	return nil, fmt.Errorf("more than %d options without choosing an export", maxOptions)
+}
+
+// readOption reads one option request. An option longer than any we accept
+// is skipped and reported as tooBig, so the client gets an error reply.
+func (cn *conn) readOption() (opt option, tooBig bool, err error) {
+	var h [16]byte
+	if _, err := io.ReadFull(cn.r, h[:]); err != nil {
+		if errors.Is(err, io.EOF) {
+			return opt, false, errClientDone
+		}
+		return opt, false, fmt.Errorf("option header: %w", err)
+	}
+	if m := binary.BigEndian.Uint64(h[0:]); m != magicOpt {
+		return opt, false, fmt.Errorf("bad option magic %#x", m)
+	}
+	opt.code = binary.BigEndian.Uint32(h[8:])
+	length := binary.BigEndian.Uint32(h[12:])
+	if length > maxOptionLength {
+		if _, err := io.CopyN(io.Discard, cn.r, int64(length)); err != nil {
+			return opt, false, fmt.Errorf("option %d: %w", opt.code, err)
+		}
+		return opt, true, nil
+	}
+	opt.data = make([]byte, length)
+	if _, err := io.ReadFull(cn.r, opt.data); err != nil {
+		return opt, false, fmt.Errorf("option %d data: %w", opt.code, err)
+	}
+	return opt, false, nil
+}
+
+// option answers one option; done means the transmission phase begins.
+func (cn *conn) option(ctx context.Context, opt option, noZeroes bool) (done bool, err error) {
+	switch opt.code {
+	case optExportName:
+		if cn.extended {
+			return false, errors.New("EXPORT_NAME after EXTENDED_HEADERS")
+		}
+		if err := cn.open(ctx, string(opt.data)); err != nil {
+			// The protocol has no error reply here: hang up.
+			return false, err
+		}
+		var b [10 + 124]byte
+		binary.BigEndian.PutUint64(b[0:], uint64(cn.export.Size()))
+		binary.BigEndian.PutUint16(b[8:], cn.transmissionFlags())
+		n := len(b)
+		if noZeroes {
+			n = 10
+		}
+		if _, err := cn.c.Write(b[:n]); err != nil {
+			return false, err
+		}
+		cn.contexts = nil // a client without GO cannot have asked for them
+		return true, nil
+	case optAbort:
+		cn.optReply(opt.code, repAck, nil)
+		return false, errClientDone
+	case optList:
+		return false, cn.list(ctx, opt)
+	case optStartTLS:
+		return false, cn.startTLS(ctx, opt)
+	case optStructuredReply:
+		switch {
+		case len(opt.data) != 0:
+			return false, cn.optReply(opt.code, repErrInvalid, []byte("no data expected"))
+		case cn.extended:
+			return false, cn.optReply(opt.code, repErrExtHeaderReqd, []byte("extended headers are already on"))
+		}
+		cn.structured = true
+		return false, cn.optReply(opt.code, repAck, nil)
+	case optExtendedHeaders:
+		if len(opt.data) != 0 {
+			return false, cn.optReply(opt.code, repErrInvalid, []byte("no data expected"))
+		}
+		cn.structured, cn.extended = true, true
+		return false, cn.optReply(opt.code, repAck, nil)
+	case optListMetaContext, optSetMetaContext:
+		return false, cn.metaContext(ctx, opt)
+	case optInfo, optGo:
+		return cn.info(ctx, opt)
+	}
+	return false, cn.optReply(opt.code, repErrUnsup, []byte(fmt.Sprintf("option %d not supported", opt.code)))
 }
 
 func (cn *conn) optReply(opt, typ uint32, data []byte) error {
@@ -150,48 +183,86 @@ func (cn *conn) optReply(opt, typ uint32, data []byte) error {
 	return nil
 }
 
+// startTLS upgrades the connection. Everything negotiated in plain text is
+// forgotten, as the protocol demands: it may have been tampered with.
+func (cn *conn) startTLS(ctx context.Context, opt option) error {
+	switch {
+	case len(opt.data) != 0:
+		return cn.optReply(opt.code, repErrInvalid, []byte("no data expected"))
+	case cn.srv.opts.TLSConfig == nil:
+		return cn.optReply(opt.code, repErrUnsup, []byte("TLS is not configured on this server"))
+	case cn.tls:
+		return cn.optReply(opt.code, repErrInvalid, []byte("TLS is already on"))
+	}
+	if err := cn.optReply(opt.code, repAck, nil); err != nil {
+		return err
+	}
+	if cn.r.Buffered() != 0 {
+		return errors.New("client sent data before the TLS handshake")
+	}
+	tc := tls.Server(cn.c, cn.srv.opts.TLSConfig)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	cn.c, cn.r, cn.tls = tc, bufio.NewReader(tc), true
+	cn.structured, cn.extended = false, false
+	cn.contexts, cn.contextsFor, cn.contextsSet = nil, "", false
+	return nil
+}
+
 func (cn *conn) open(ctx context.Context, name string) error {
 	e, err := cn.srv.src.Open(ctx, name)
 	if err != nil {
 		return fmt.Errorf("open export %q: %w", name, err)
 	}
-	if cn.export != nil {
-		if cl, ok := cn.export.(io.Closer); ok {
-			cl.Close()
-		}
-	}
+	cn.closeExport()
 	cn.name, cn.export = name, e
 	return nil
 }
 
-func (cn *conn) transmissionFlags() uint16 {
-	// Read-only exports are consistent across connections, so clients
-	// may open several (nbdcopy does).
-	return tflagHasFlags | tflagReadOnly | tflagSendFlush | tflagSendDF | tflagCanMultiConn | tflagSendCache
+func (cn *conn) closeExport() {
+	if cl, ok := cn.export.(io.Closer); ok {
+		cl.Close()
+	}
+	cn.export, cn.name = nil, ""
 }
 
-func (cn *conn) list(ctx context.Context, opt uint32, data []byte) error {
-	if len(data) != 0 {
-		return cn.optReply(opt, repErrInvalid, []byte("LIST takes no data"))
+func (cn *conn) transmissionFlags() uint16 {
+	flags := uint16(tflagHasFlags | tflagSendFlush | tflagSendDF | tflagSendCache)
+	if _, ok := cn.export.(Writer); !ok {
+		// Read-only exports are consistent across connections, so
+		// clients may open several (nbdcopy does).
+		return flags | tflagReadOnly | tflagCanMultiConn
+	}
+	flags |= tflagSendFUA | tflagSendWriteZeroes
+	if _, ok := cn.export.(Zeroer); ok {
+		flags |= tflagSendTrim | tflagSendFastZero
+	}
+	return flags
+}
+
+func (cn *conn) list(ctx context.Context, opt option) error {
+	if len(opt.data) != 0 {
+		return cn.optReply(opt.code, repErrInvalid, []byte("LIST takes no data"))
 	}
 	exports, err := cn.srv.src.List(ctx)
 	if err != nil {
 		cn.srv.log.Warn("nbd list exports", "err", err)
-		return cn.optReply(opt, repErrPolicy, []byte("cannot list exports"))
+		return cn.optReply(opt.code, repErrPolicy, []byte("cannot list exports"))
 	}
 	for _, e := range exports {
 		b := binary.BigEndian.AppendUint32(nil, uint32(len(e.Name)))
 		b = append(b, e.Name...)
 		b = append(b, e.Description...)
-		if err := cn.optReply(opt, repServer, b); err != nil {
+		if err := cn.optReply(opt.code, repServer, b); err != nil {
 			return err
 		}
 	}
-	return cn.optReply(opt, repAck, nil)
+	return cn.optReply(opt.code, repAck, nil)
 }
 
-// parseNameAndCount reads the "u32 length, name, then u16 or u32 count"
-// prefix shared by INFO/GO and the meta context options.
+// parseName reads the "u32 length, string" that starts INFO/GO and the meta
+// context options and that each meta context query is.
 func parseName(data []byte) (name string, rest []byte, ok bool) {
 	if len(data) < 4 {
 		return "", nil, false
@@ -204,21 +275,23 @@ func parseName(data []byte) (name string, rest []byte, ok bool) {
 }
 
 // info answers INFO and GO; for GO it reports done once the export is open.
-func (cn *conn) info(ctx context.Context, opt uint32, data []byte) (done bool, err error) {
-	name, rest, ok := parseName(data)
+func (cn *conn) info(ctx context.Context, opt option) (done bool, err error) {
+	name, rest, ok := parseName(opt.data)
 	if !ok || len(rest) < 2 || len(rest) != 2+2*int(binary.BigEndian.Uint16(rest)) {
-		return false, cn.optReply(opt, repErrInvalid, []byte("malformed INFO/GO request"))
+		return false, cn.optReply(opt.code, repErrInvalid, []byte("malformed INFO/GO request"))
 	}
 	var requested []uint16
 	for i := 2; i < len(rest); i += 2 {
 		requested = append(requested, binary.BigEndian.Uint16(rest[i:]))
 	}
 	prev, prevName := cn.export, cn.name
+	cn.export = nil // open must not close the export a GO chose before an INFO
 	if err := cn.open(ctx, name); err != nil {
+		cn.export, cn.name = prev, prevName
 		if !errors.Is(err, ErrUnknownExport) {
 			cn.srv.log.Warn("nbd open", "export", name, "err", err)
 		}
-		return false, cn.optReply(opt, repErrUnknown, []byte(fmt.Sprintf("export %q not available", name)))
+		return false, cn.optReply(opt.code, repErrUnknown, []byte(fmt.Sprintf("export %q not available", name)))
 	}
 	desc := ""
 	if exports, err := cn.srv.src.List(ctx); err == nil {
@@ -229,7 +302,7 @@ func (cn *conn) info(ctx context.Context, opt uint32, data []byte) (done bool, e
 		}
 	}
 	infoReply := func(typ uint16, payload []byte) error {
-		return cn.optReply(opt, repInfo, append(binary.BigEndian.AppendUint16(nil, typ), payload...))
+		return cn.optReply(opt.code, repInfo, append(binary.BigEndian.AppendUint16(nil, typ), payload...))
 	}
 	for _, t := range requested {
 		switch t {
@@ -242,7 +315,7 @@ func (cn *conn) info(ctx context.Context, opt uint32, data []byte) (done bool, e
 		case infoBlockSize:
 			b := binary.BigEndian.AppendUint32(nil, 1)
 			b = binary.BigEndian.AppendUint32(b, 4096)
-			b = binary.BigEndian.AppendUint32(b, uint32(cn.srv.opts.MaxRequest))
+			b = binary.BigEndian.AppendUint32(b, cn.blockMaxSize)
 			err = infoReply(infoBlockSize, b)
 		}
 		if err != nil {
@@ -254,29 +327,36 @@ func (cn *conn) info(ctx context.Context, opt uint32, data []byte) (done bool, e
 	if err := infoReply(infoExport, b); err != nil {
 		return false, err
 	}
-	if err := cn.optReply(opt, repAck, nil); err != nil {
+	if err := cn.optReply(opt.code, repAck, nil); err != nil {
 		return false, err
 	}
-	if opt == optInfo {
+	if opt.code == optInfo {
 		// INFO only looks: keep what GO/EXPORT_NAME chose before, if anything.
-		if cl, ok := cn.export.(io.Closer); ok {
-			cl.Close()
-		}
+		cn.closeExport()
 		cn.export, cn.name = prev, prevName
 		return false, nil
+	}
+	if cl, ok := prev.(io.Closer); ok {
+		cl.Close()
+	}
+	if !cn.contextsSet || cn.contextsFor != name {
+		cn.contexts = nil
 	}
 	return true, nil
 }
 
-// metaContext answers LIST_META_CONTEXT and SET_META_CONTEXT. We offer
-// base:allocation for exports that know their holes.
-func (cn *conn) metaContext(opt uint32, data []byte) (map[string]bool, error) {
-	if opt == optSetMetaContext && !cn.structured {
-		return nil, cn.optReply(opt, repErrInvalid, []byte("SET_META_CONTEXT needs structured replies"))
+// metaContext answers LIST_META_CONTEXT and SET_META_CONTEXT. Every export
+// has base:allocation; a MetaContexter export adds its own. A query that
+// ends in ':' lists every context with that prefix; otherwise it names one
+// context exactly.
+func (cn *conn) metaContext(ctx context.Context, opt option) error {
+	set := opt.code == optSetMetaContext
+	if set && !cn.structured {
+		return cn.optReply(opt.code, repErrInvalid, []byte("SET_META_CONTEXT needs structured replies"))
 	}
-	_, rest, ok := parseName(data)
+	name, rest, ok := parseName(opt.data)
 	if !ok || len(rest) < 4 {
-		return nil, cn.optReply(opt, repErrInvalid, []byte("malformed meta context request"))
+		return cn.optReply(opt.code, repErrInvalid, []byte("malformed meta context request"))
 	}
 	count := binary.BigEndian.Uint32(rest)
 	rest = rest[4:]
@@ -284,27 +364,69 @@ func (cn *conn) metaContext(opt uint32, data []byte) (map[string]bool, error) {
 	for range count {
 		q, r, ok := parseName(rest)
 		if !ok {
-			return nil, cn.optReply(opt, repErrInvalid, []byte("malformed meta context query"))
+			return cn.optReply(opt.code, repErrInvalid, []byte("malformed meta context query"))
 		}
 		queries, rest = append(queries, q), r
 	}
 	if len(rest) != 0 {
-		return nil, cn.optReply(opt, repErrInvalid, []byte("trailing bytes in meta context request"))
+		return cn.optReply(opt.code, repErrInvalid, []byte("trailing bytes in meta context request"))
 	}
-	if len(queries) == 0 && opt == optListMetaContext {
-		queries = []string{"base:"}
+	available, err := cn.availableContexts(ctx, name)
+	if err != nil {
+		if !errors.Is(err, ErrUnknownExport) {
+			cn.srv.log.Warn("nbd meta contexts", "export", name, "err", err)
+		}
+		return cn.optReply(opt.code, repErrUnknown, []byte(fmt.Sprintf("export %q not available", name)))
 	}
-	set := map[string]bool{}
-	for _, q := range queries {
-		if q == contextBaseAllocation || (opt == optListMetaContext && strings.HasPrefix(contextBaseAllocation, q) && strings.HasSuffix(q, ":")) {
-			set[contextBaseAllocation] = true
+	var chosen []string
+	seen := map[string]bool{}
+	for _, c := range available {
+		match := len(queries) == 0 && !set
+		for _, q := range queries {
+			match = match || c == q || (!set && strings.HasSuffix(q, ":") && strings.HasPrefix(c, q))
+		}
+		if match && !seen[c] && len(chosen) < maxMetaContexts {
+			seen[c] = true
+			chosen = append(chosen, c)
 		}
 	}
-	if set[contextBaseAllocation] {
-		b := binary.BigEndian.AppendUint32(nil, baseAllocationID)
-		if err := cn.optReply(opt, repMetaContext, append(b, contextBaseAllocation...)); err != nil {
+	for i, c := range chosen {
+		// LIST replies carry ID 0; SET hands out IDs 1, 2, ... in order.
+		id := uint32(0)
+		if set {
+			id = uint32(i + 1)
+		}
+		b := binary.BigEndian.AppendUint32(nil, id)
+		if err := cn.optReply(opt.code, repMetaContext, append(b, c...)); err != nil {
+			return err
+		}
+	}
+	if set {
+		cn.contexts, cn.contextsFor, cn.contextsSet = chosen, name, true
+	}
+	return cn.optReply(opt.code, repAck, nil)
+}
+
+// availableContexts lists the meta contexts the named export offers.
+func (cn *conn) availableContexts(ctx context.Context, name string) ([]string, error) {
+	e, err := cn.srv.src.Open(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if cl, ok := e.(io.Closer); ok {
+		defer cl.Close()
+	}
+	out := []string{contextBaseAllocation}
+	if mc, ok := e.(MetaContexter); ok {
+		more, err := mc.MetaContexts(ctx)
+		if err != nil {
 			return nil, err
 		}
+		for _, m := range more {
+			if m != contextBaseAllocation {
+				out = append(out, m)
+			}
+		}
 	}
-	return set, cn.optReply(opt, repAck, nil)
+	return out, nil
 }

@@ -22,6 +22,7 @@ import (
 
 // fileSource serves the files of a directory, one export per file name,
 // with holes from SEEK_DATA/SEEK_HOLE: real files, as the PE adapters will.
+// Files named *.rw are writable exports.
 type fileSource struct{ dir string }
 
 func (s fileSource) List(ctx context.Context) ([]ExportInfo, error) {
@@ -40,7 +41,12 @@ func (s fileSource) Open(ctx context.Context, name string) (Export, error) {
 	if name == "" || strings.ContainsAny(name, "/") {
 		return nil, ErrUnknownExport
 	}
-	f, err := os.Open(filepath.Join(s.dir, name))
+	writable := strings.HasSuffix(name, ".rw")
+	flag := os.O_RDONLY
+	if writable {
+		flag = os.O_RDWR
+	}
+	f, err := os.OpenFile(filepath.Join(s.dir, name), flag, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, ErrUnknownExport
 	}
@@ -52,7 +58,25 @@ func (s fileSource) Open(ctx context.Context, name string) (Export, error) {
 		f.Close()
 		return nil, err
 	}
-	return &fileExport{f: f, size: st.Size()}, nil
+	fe := &fileExport{f: f, size: st.Size()}
+	if writable {
+		return &writableFileExport{fe}, nil
+	}
+	return fe, nil
+}
+
+// writableFileExport writes through to its file and zeroes with fallocate.
+type writableFileExport struct{ *fileExport }
+
+func (e *writableFileExport) WriteAt(p []byte, off int64) (int, error) { return e.f.WriteAt(p, off) }
+func (e *writableFileExport) Flush() error                             { return e.f.Sync() }
+
+func (e *writableFileExport) Zero(off, length int64, punch bool) error {
+	mode := uint32(unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE)
+	if punch {
+		mode = unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE
+	}
+	return unix.Fallocate(int(e.f.Fd()), mode, off, length)
 }
 
 type fileExport struct {
@@ -260,7 +284,7 @@ func rawHandshake(t *testing.T, addr string) net.Conn {
 	return c
 }
 
-func option(c net.Conn, opt uint32, data []byte) {
+func sendOption(c net.Conn, opt uint32, data []byte) {
 	var h [16]byte
 	binary.BigEndian.PutUint64(h[0:], magicOpt)
 	binary.BigEndian.PutUint32(h[8:], opt)
@@ -290,12 +314,12 @@ func TestMalformedInput(t *testing.T) {
 
 	// Unknown option: ERR_UNSUP, and the connection goes on.
 	c := rawHandshake(t, addr)
-	option(c, 99, nil)
+	sendOption(c, 99, nil)
 	if typ, _ := readOptReply(t, c); typ != repErrUnsup {
 		t.Errorf("unknown option: reply %#x", typ)
 	}
 	// Oversized option: ERR_TOO_BIG after the server skipped it.
-	option(c, optList, make([]byte, maxOptionLength+1))
+	sendOption(c, optList, make([]byte, maxOptionLength+1))
 	if typ, _ := readOptReply(t, c); typ != repErrTooBig {
 		t.Errorf("oversized option: reply %#x", typ)
 	}
@@ -303,7 +327,7 @@ func TestMalformedInput(t *testing.T) {
 	name := "nope"
 	info := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
 	info = append(append(info, name...), 0, 0)
-	option(c, optInfo, info)
+	sendOption(c, optInfo, info)
 	if typ, _ := readOptReply(t, c); typ != repErrUnknown {
 		t.Errorf("unknown export: reply %#x", typ)
 	}
@@ -317,7 +341,7 @@ func TestMalformedInput(t *testing.T) {
 	// In transmission: bad request, out-of-range read, unknown command,
 	// then a client that vanishes mid-request.
 	c = rawHandshake(t, addr)
-	option(c, optExportName, []byte("a.img"))
+	sendOption(c, optExportName, []byte("a.img"))
 	var ex [10]byte
 	if _, err := io.ReadFull(c, ex[:]); err != nil || binary.BigEndian.Uint64(ex[:]) != 1<<20 {
 		t.Fatalf("EXPORT_NAME reply %x, %v", ex, err)

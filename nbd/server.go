@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -12,10 +13,36 @@ import (
 )
 
 // Export is one block device served over NBD. ReadAt must be safe for
-// concurrent use: requests on a connection run in parallel.
+// concurrent use: requests on a connection run in parallel. An Export is
+// read-only unless it is also a Writer.
 type Export interface {
 	io.ReaderAt
 	Size() int64
+}
+
+// Writer is offered by writable exports. WriteAt must be safe for
+// concurrent use, like ReadAt.
+type Writer interface {
+	io.WriterAt
+	// Flush makes every completed write durable.
+	Flush() error
+}
+
+// Zeroer is offered by writable exports that can zero a range without
+// writing its bytes; it enables TRIM and FAST_ZERO. With punch the range may
+// become a hole; without it the range must stay allocated.
+type Zeroer interface {
+	Zero(off, length int64, punch bool) error
+}
+
+// MetaContexter is offered by exports with meta contexts of their own
+// besides base:allocation (which every export has).
+type MetaContexter interface {
+	// MetaContexts lists the names of the export's contexts.
+	MetaContexts(ctx context.Context) ([]string, error)
+	// MetaStatus describes [off, off+length) in the named context as
+	// contiguous extents with the context's state flags.
+	MetaStatus(ctx context.Context, name string, off, length int64) ([]Extent, error)
 }
 
 // Extent is a run of an export with base:allocation state flags
@@ -62,6 +89,10 @@ type Options struct {
 	MaxRequest int
 	// Concurrency bounds requests in flight per connection (default 16).
 	Concurrency int
+	// TLSConfig enables STARTTLS; TLSRequired refuses every option but
+	// STARTTLS and ABORT until TLS is up (the protocol's FORCEDTLS mode).
+	TLSConfig   *tls.Config
+	TLSRequired bool
 }
 
 // Server serves a Source over NBD.
@@ -94,9 +125,20 @@ func NewServer(src Source, opts Options) *Server {
 	return &Server{src: src, opts: opts, log: opts.Logger}
 }
 
+// Check reports options that cannot work together.
+func (o Options) Check() error {
+	if o.TLSRequired && o.TLSConfig == nil {
+		return errors.New("nbd: TLS required but no certificate configured")
+	}
+	return nil
+}
+
 // Serve accepts connections on l until ctx is cancelled, then closes l,
 // waits for connections to finish their requests, and returns nil.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	if err := s.opts.Check(); err != nil {
+		return err
+	}
 	var wg sync.WaitGroup
 	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()
@@ -133,11 +175,9 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		return
 	}
 	c.SetDeadline(time.Time{})
-	if cl, ok := conn.export.(io.Closer); ok {
-		defer cl.Close()
-	}
+	defer conn.closeExport()
 	log = log.With("export", conn.name)
-	log.Debug("nbd client connected", "structured", conn.structured)
+	log.Debug("nbd client connected", "structured", conn.structured, "extended", conn.extended, "tls", conn.tls)
 	if err := conn.transmit(ctx, log); err != nil && ctx.Err() == nil {
 		log.Warn("nbd connection ended", "err", err)
 	}

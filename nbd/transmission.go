@@ -10,12 +10,50 @@ import (
 	"sync"
 )
 
+// request is one decoded request header. length is the payload length when
+// payload is set (WRITE, or PAYLOAD_LEN with extended headers), else the
+// effect length.
 type request struct {
-	flags  uint16
-	typ    uint16
-	cookie uint64
-	off    uint64
-	length uint32
+	flags   uint16
+	typ     uint16
+	cookie  uint64
+	off     uint64
+	length  uint64
+	payload bool
+}
+
+const (
+	compactRequestSize  = 28
+	extendedRequestSize = 32
+)
+
+// decodeRequest decodes a request header of the size the connection's
+// mode dictates (28 bytes compact, 32 extended).
+func decodeRequest(b []byte, extended bool) (request, error) {
+	want, magic := compactRequestSize, uint32(magicRequest)
+	if extended {
+		want, magic = extendedRequestSize, magicExtRequest
+	}
+	if len(b) != want {
+		return request{}, fmt.Errorf("request header of %d bytes, want %d", len(b), want)
+	}
+	if m := binary.BigEndian.Uint32(b[0:]); m != magic {
+		return request{}, fmt.Errorf("bad request magic %#x", m)
+	}
+	req := request{
+		flags:  binary.BigEndian.Uint16(b[4:]),
+		typ:    binary.BigEndian.Uint16(b[6:]),
+		cookie: binary.BigEndian.Uint64(b[8:]),
+		off:    binary.BigEndian.Uint64(b[16:]),
+	}
+	if extended {
+		req.length = binary.BigEndian.Uint64(b[24:])
+		req.payload = req.flags&cmdFlagPayloadLen != 0
+	} else {
+		req.length = uint64(binary.BigEndian.Uint32(b[24:]))
+		req.payload = req.typ == cmdWrite
+	}
+	return req, nil
 }
 
 // transmit serves requests until the client disconnects. Requests run
@@ -26,9 +64,12 @@ func (cn *conn) transmit(ctx context.Context, log *slog.Logger) error {
 		wg   sync.WaitGroup
 		wmu  sync.Mutex
 		sem  = make(chan struct{}, cn.srv.opts.Concurrency)
-		hdr  [28]byte
 		werr error
 	)
+	hdr := make([]byte, compactRequestSize)
+	if cn.extended {
+		hdr = make([]byte, extendedRequestSize)
+	}
 	defer wg.Wait()
 	send := func(b []byte) {
 		wmu.Lock()
@@ -41,45 +82,43 @@ func (cn *conn) transmit(ctx context.Context, log *slog.Logger) error {
 		}
 	}
 	for {
-		if _, err := io.ReadFull(cn.r, hdr[:]); err != nil {
+		if _, err := io.ReadFull(cn.r, hdr); err != nil {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
 			return fmt.Errorf("request header: %w", err)
 		}
-		if m := binary.BigEndian.Uint32(hdr[0:]); m != magicRequest {
-			return fmt.Errorf("bad request magic %#x", m)
+		req, err := decodeRequest(hdr, cn.extended)
+		if err != nil {
+			return err
 		}
-		req := request{
-			flags:  binary.BigEndian.Uint16(hdr[4:]),
-			typ:    binary.BigEndian.Uint16(hdr[6:]),
-			cookie: binary.BigEndian.Uint64(hdr[8:]),
-			off:    binary.BigEndian.Uint64(hdr[16:]),
-			length: binary.BigEndian.Uint32(hdr[24:]),
-		}
-		switch req.typ {
-		case cmdDisc:
+		if req.typ == cmdDisc {
 			return nil
-		case cmdWrite:
-			// The payload follows the header: consume it to stay in sync,
-			// then refuse; exports are read-only.
-			if _, err := io.CopyN(io.Discard, cn.r, int64(req.length)); err != nil {
-				return fmt.Errorf("write payload: %w", err)
+		}
+		var payload []byte
+		if req.payload {
+			if req.length > uint64(cn.srv.opts.MaxRequest) {
+				// Reading it would cost unbounded memory or time; the
+				// protocol allows hanging up on such a client.
+				return fmt.Errorf("request %d carries %d bytes, more than the %d allowed", req.typ, req.length, cn.srv.opts.MaxRequest)
 			}
-			send(cn.errorReply(req, errPerm, "export is read-only"))
-			continue
+			payload = cn.srv.getBuffer(int(req.length))[:req.length]
+			if _, err := io.ReadFull(cn.r, payload); err != nil {
+				return fmt.Errorf("request payload: %w", err)
+			}
 		}
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			reply := cn.handle(ctx, log, req)
+			reply := cn.handle(ctx, log, req, payload)
+			cn.srv.putBuffer(payload)
 			send(reply)
 			cn.srv.putBuffer(reply)
 		}()
 		wmu.Lock()
-		err := werr
+		err = werr
 		wmu.Unlock()
 		if err != nil {
 			return fmt.Errorf("send reply: %w", err)
@@ -88,38 +127,126 @@ func (cn *conn) transmit(ctx context.Context, log *slog.Logger) error {
 }
 
 // handle runs one request and returns its complete reply.
-func (cn *conn) handle(ctx context.Context, log *slog.Logger, req request) []byte {
+func (cn *conn) handle(ctx context.Context, log *slog.Logger, req request, payload []byte) []byte {
+	if req.flags&^cmdFlagsKnown != 0 {
+		return cn.errorReply(req, errInval, fmt.Sprintf("unknown command flags %#x", req.flags))
+	}
+	if req.payload != (req.typ == cmdWrite) {
+		if req.typ == cmdWrite {
+			return cn.errorReply(req, errInval, "WRITE without PAYLOAD_LEN")
+		}
+		return cn.errorReply(req, errInval, "command takes no payload")
+	}
+	if req.typ > cmdBlockStatus {
+		return cn.errorReply(req, errInval, fmt.Sprintf("unknown command %d", req.typ))
+	}
+	w, writable := cn.export.(Writer)
+	isWrite := req.typ == cmdWrite || req.typ == cmdTrim || req.typ == cmdWriteZeroes
+	if isWrite && !writable {
+		return cn.errorReply(req, errPerm, "export is read-only")
+	}
 	size := uint64(cn.export.Size())
-	switch req.typ {
-	case cmdRead, cmdCache, cmdBlockStatus:
-		if req.length == 0 || req.off > size || uint64(req.length) > size-req.off {
+	if req.length == 0 || req.off > size || req.length > size-req.off {
+		switch req.typ {
+		case cmdFlush:
+		case cmdWrite, cmdWriteZeroes, cmdTrim:
+			if req.length != 0 {
+				return cn.errorReply(req, errNoSpc, "request past the end of the export")
+			}
+			return cn.errorReply(req, errInval, "request of length 0")
+		default:
 			return cn.errorReply(req, errInval, "request outside the export")
 		}
 	}
 	switch req.typ {
 	case cmdRead:
-		if int(req.length) > cn.srv.opts.MaxRequest {
+		if req.length > uint64(cn.srv.opts.MaxRequest) {
 			return cn.errorReply(req, errOverflow, "request too large")
 		}
 		return cn.read(ctx, log, req)
-	case cmdFlush, cmdCache:
+	case cmdCache:
 		return cn.okReply(req)
-	case cmdTrim, cmdWriteZeroes:
-		return cn.errorReply(req, errPerm, "export is read-only")
+	case cmdFlush:
+		if writable {
+			if err := w.Flush(); err != nil {
+				log.Error("nbd flush", "err", err)
+				return cn.errorReply(req, errIO, "flush failed")
+			}
+		}
+		return cn.okReply(req)
+	case cmdWrite, cmdTrim, cmdWriteZeroes:
+		return cn.write(log, w, req, payload)
 	case cmdBlockStatus:
-		if !cn.allocation {
+		if len(cn.contexts) == 0 {
 			return cn.errorReply(req, errInval, "no meta context negotiated")
 		}
 		return cn.blockStatus(ctx, log, req)
 	}
-	return cn.errorReply(req, errInval, fmt.Sprintf("unknown command %d", req.typ))
+	return cn.errorReply(req, errInval, fmt.Sprintf("command %d not supported", req.typ))
 }
 
-func (cn *conn) extents(ctx context.Context, off, length int64) ([]Extent, error) {
+// write runs WRITE, TRIM and WRITE_ZEROES.
+func (cn *conn) write(log *slog.Logger, w Writer, req request, payload []byte) []byte {
+	off, n := int64(req.off), int64(req.length)
+	z, canZero := cn.export.(Zeroer)
+	var err error
+	switch req.typ {
+	case cmdWrite:
+		_, err = w.WriteAt(payload, off)
+	case cmdTrim:
+		// TRIM is advice: without a Zeroer there is nothing to do.
+		if canZero {
+			err = z.Zero(off, n, true)
+		}
+	case cmdWriteZeroes:
+		switch {
+		case canZero:
+			err = z.Zero(off, n, req.flags&cmdFlagNoHole == 0)
+		case req.flags&cmdFlagFastZero != 0:
+			return cn.errorReply(req, errNotSup, "zeroing is not faster than writing here")
+		default:
+			err = writeZeroes(w, off, n)
+		}
+	}
+	if err == nil && req.flags&cmdFlagFUA != 0 {
+		err = w.Flush()
+	}
+	if err != nil {
+		log.Error("nbd write", "command", req.typ, "offset", off, "length", n, "err", err)
+		return cn.errorReply(req, errIO, "write failed")
+	}
+	return cn.okReply(req)
+}
+
+// writeZeroes zeroes a range of an export that cannot do it any better.
+func writeZeroes(w io.WriterAt, off, n int64) error {
+	zeros := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		m := min(n, int64(len(zeros)))
+		if _, err := w.WriteAt(zeros[:m], off); err != nil {
+			return err
+		}
+		off, n = off+m, n-m
+	}
+	return nil
+}
+
+func (cn *conn) allocation(ctx context.Context, off, length int64) ([]Extent, error) {
 	if a, ok := cn.export.(Allocator); ok {
 		return a.Allocation(ctx, off, length)
 	}
 	return []Extent{{Length: length}}, nil
+}
+
+func (cn *conn) status(ctx context.Context, context string, off, length int64) ([]Extent, error) {
+	if context == contextBaseAllocation {
+		return cn.allocation(ctx, off, length)
+	}
+	mc, ok := cn.export.(MetaContexter)
+	if !ok {
+		return nil, fmt.Errorf("export has no meta context %q", context)
+	}
+	return mc.MetaStatus(ctx, context, off, length)
 }
 
 func (cn *conn) read(ctx context.Context, log *slog.Logger, req request) []byte {
@@ -135,7 +262,7 @@ func (cn *conn) read(ctx context.Context, log *slog.Logger, req request) []byte 
 	exts := []Extent{{Length: n}}
 	if req.flags&cmdFlagDF == 0 {
 		var err error
-		if exts, err = cn.extents(ctx, off, n); err != nil {
+		if exts, err = cn.allocation(ctx, off, n); err != nil {
 			log.Error("nbd extents", "offset", off, "length", n, "err", err)
 			return cn.errorReply(req, errIO, "extent error")
 		}
@@ -149,6 +276,7 @@ func (cn *conn) read(ctx context.Context, log *slog.Logger, req request) []byte 
 	var pieces []piece
 	total := 0
 	pos := off
+	hdr := cn.chunkHeaderSize()
 	for _, e := range exts {
 		length := min(e.Length, off+n-pos)
 		if length <= 0 {
@@ -157,9 +285,9 @@ func (cn *conn) read(ctx context.Context, log *slog.Logger, req request) []byte 
 		hole := e.Flags&(stateHole|stateZero) != 0
 		pieces = append(pieces, piece{pos, length, hole})
 		if hole {
-			total += 20 + 12
+			total += hdr + 12
 		} else {
-			total += 20 + 8 + int(length)
+			total += hdr + 8 + int(length)
 		}
 		pos += length
 	}
@@ -174,12 +302,12 @@ func (cn *conn) read(ctx context.Context, log *slog.Logger, req request) []byte 
 			flags = replyFlagDone
 		}
 		if p.hole {
-			out = appendStructHeader(out, req.cookie, flags, replyOffsetHole, 12)
+			out = cn.appendChunkHeader(out, req, flags, replyOffsetHole, 12)
 			out = binary.BigEndian.AppendUint64(out, uint64(p.pos))
 			out = binary.BigEndian.AppendUint32(out, uint32(p.length))
 			continue
 		}
-		out = appendStructHeader(out, req.cookie, flags, replyOffsetData, 8+int(p.length))
+		out = cn.appendChunkHeader(out, req, flags, replyOffsetData, 8+int(p.length))
 		out = binary.BigEndian.AppendUint64(out, uint64(p.pos))
 		start := len(out)
 		out = out[:start+int(p.length)]
@@ -191,34 +319,71 @@ func (cn *conn) read(ctx context.Context, log *slog.Logger, req request) []byte 
 	return out
 }
 
+// blockStatus answers with one chunk per negotiated meta context: 32-bit
+// descriptors in structured mode, 64-bit ones with extended headers.
 func (cn *conn) blockStatus(ctx context.Context, log *slog.Logger, req request) []byte {
-	exts, err := cn.extents(ctx, int64(req.off), int64(req.length))
-	if err != nil {
-		log.Error("nbd block status", "offset", req.off, "err", err)
-		return cn.errorReply(req, errIO, "extent error")
-	}
-	if req.flags&cmdFlagReqOne != 0 && len(exts) > 1 {
-		exts = exts[:1]
-	}
-	payload := binary.BigEndian.AppendUint32(nil, baseAllocationID)
-	left := int64(req.length)
-	for _, e := range exts {
-		// Never describe more than was asked: the request length is 32
-		// bits, so every clipped extent fits the descriptor.
-		n := min(e.Length, left)
-		if n <= 0 {
-			break
+	var out []byte
+	for i, name := range cn.contexts {
+		exts, err := cn.status(ctx, name, int64(req.off), int64(req.length))
+		if err != nil {
+			log.Error("nbd block status", "context", name, "offset", req.off, "err", err)
+			return cn.errorReply(req, errIO, "block status error")
 		}
-		payload = binary.BigEndian.AppendUint32(payload, uint32(n))
-		payload = binary.BigEndian.AppendUint32(payload, e.Flags)
-		left -= n
+		if req.flags&cmdFlagReqOne != 0 && len(exts) > 1 {
+			exts = exts[:1]
+		}
+		if len(exts) > maxStatusDescriptors {
+			exts = exts[:maxStatusDescriptors]
+		}
+		id := uint32(i + 1)
+		var payload []byte
+		if cn.extended {
+			payload = binary.BigEndian.AppendUint32(payload, id)
+			payload = binary.BigEndian.AppendUint32(payload, 0) // count, set below
+		} else {
+			payload = binary.BigEndian.AppendUint32(payload, id)
+		}
+		left := int64(req.length)
+		count := 0
+		for _, e := range exts {
+			// Never describe more than was asked: in compact mode the
+			// request length is 32 bits, so every extent then fits.
+			n := min(e.Length, left)
+			if n <= 0 {
+				break
+			}
+			if cn.extended {
+				payload = binary.BigEndian.AppendUint64(payload, uint64(n))
+				payload = binary.BigEndian.AppendUint64(payload, uint64(e.Flags))
+			} else {
+				payload = binary.BigEndian.AppendUint32(payload, uint32(n))
+				payload = binary.BigEndian.AppendUint32(payload, e.Flags)
+			}
+			left -= n
+			count++
+		}
+		if count == 0 {
+			log.Error("nbd block status: no extents", "context", name, "offset", req.off)
+			return cn.errorReply(req, errIO, "block status error")
+		}
+		typ := uint16(replyBlockStatus)
+		if cn.extended {
+			typ = replyBlockStatusExt
+			binary.BigEndian.PutUint32(payload[4:], uint32(count))
+		}
+		flags := uint16(0)
+		if i == len(cn.contexts)-1 {
+			flags = replyFlagDone
+		}
+		out = cn.appendChunkHeader(out, req, flags, typ, len(payload))
+		out = append(out, payload...)
 	}
-	return append(structHeader(req.cookie, replyFlagDone, replyBlockStatus, len(payload)), payload...)
+	return out
 }
 
 func (cn *conn) okReply(req request) []byte {
-	if cn.structured {
-		return structHeader(req.cookie, replyFlagDone, 0, 0)
+	if cn.extended {
+		return cn.appendChunkHeader(nil, req, replyFlagDone, 0, 0)
 	}
 	return simpleHeader(req.cookie, 0, 0)
 }
@@ -230,7 +395,7 @@ func (cn *conn) errorReply(req request, errno uint32, msg string) []byte {
 	payload := binary.BigEndian.AppendUint32(nil, errno)
 	payload = binary.BigEndian.AppendUint16(payload, uint16(len(msg)))
 	payload = append(payload, msg...)
-	return append(structHeader(req.cookie, replyFlagDone, replyError, len(payload)), payload...)
+	return append(cn.appendChunkHeader(nil, req, replyFlagDone, replyError, len(payload)), payload...)
 }
 
 // simpleHeader returns a simple reply header followed by room for n bytes.
@@ -242,15 +407,28 @@ func simpleHeader(cookie uint64, errno uint32, n int) []byte {
 	return b
 }
 
-func structHeader(cookie uint64, flags, typ uint16, length int) []byte {
-	return appendStructHeader(make([]byte, 0, 20+length), cookie, flags, typ, length)
+func (cn *conn) chunkHeaderSize() int {
+	if cn.extended {
+		return 32
+	}
+	return 20
 }
 
-func appendStructHeader(b []byte, cookie uint64, flags, typ uint16, length int) []byte {
+// appendChunkHeader appends a structured reply chunk header, or an
+// extended one (which repeats the request's offset) when negotiated.
+func (cn *conn) appendChunkHeader(b []byte, req request, flags, typ uint16, length int) []byte {
+	if cn.extended {
+		b = binary.BigEndian.AppendUint32(b, magicExtReply)
+		b = binary.BigEndian.AppendUint16(b, flags)
+		b = binary.BigEndian.AppendUint16(b, typ)
+		b = binary.BigEndian.AppendUint64(b, req.cookie)
+		b = binary.BigEndian.AppendUint64(b, req.off)
+		return binary.BigEndian.AppendUint64(b, uint64(length))
+	}
 	b = binary.BigEndian.AppendUint32(b, magicStruct)
 	b = binary.BigEndian.AppendUint16(b, flags)
 	b = binary.BigEndian.AppendUint16(b, typ)
-	b = binary.BigEndian.AppendUint64(b, cookie)
+	b = binary.BigEndian.AppendUint64(b, req.cookie)
 	return binary.BigEndian.AppendUint32(b, uint32(length))
 }
 
