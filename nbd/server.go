@@ -30,7 +30,9 @@ type Writer interface {
 
 // Zeroer is offered by writable exports that can zero a range without
 // writing its bytes; it enables TRIM and FAST_ZERO. With punch the range may
-// become a hole; without it the range must stay allocated.
+// become a hole; without it the range must stay allocated. An error
+// matching errors.ErrUnsupported means it cannot be done fast: the server
+// then writes zeros, or fails a FAST_ZERO request with ENOTSUP.
 type Zeroer interface {
 	Zero(off, length int64, punch bool) error
 }

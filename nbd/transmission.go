@@ -194,17 +194,21 @@ func (cn *conn) write(log *slog.Logger, w Writer, req request, payload []byte) [
 	case cmdWrite:
 		_, err = w.WriteAt(payload, off)
 	case cmdTrim:
-		// TRIM is advice: without a Zeroer there is nothing to do.
+		// TRIM is advice: where it cannot be done there is nothing to do.
 		if canZero {
-			err = z.Zero(off, n, true)
+			if err = z.Zero(off, n, true); errors.Is(err, errors.ErrUnsupported) {
+				err = nil
+			}
 		}
 	case cmdWriteZeroes:
-		switch {
-		case canZero:
+		err = errors.ErrUnsupported
+		if canZero {
 			err = z.Zero(off, n, req.flags&cmdFlagNoHole == 0)
-		case req.flags&cmdFlagFastZero != 0:
-			return cn.errorReply(req, errNotSup, "zeroing is not faster than writing here")
-		default:
+		}
+		if errors.Is(err, errors.ErrUnsupported) {
+			if req.flags&cmdFlagFastZero != 0 {
+				return cn.errorReply(req, errNotSup, "zeroing is not faster than writing here")
+			}
 			err = writeZeroes(w, off, n)
 		}
 	}

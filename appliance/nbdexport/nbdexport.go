@@ -1,75 +1,153 @@
 // Package nbdexport serves PE snapshots through the nbd package: each
-// export is named by its full PE ID and reads the snapshot's data image.
+// export is named by the full PE ID of a snapshot and reads the snapshot's
+// data image. A writable export is a restore target: its writes land in a
+// new PE copied from the snapshot, never in the snapshot itself.
 package nbdexport
 
 import (
 	"context"
 	"fmt"
+	"sort"
+	"strings"
 	"sync"
 
 	"github.com/astrolabe-appliance/astrolabe/nbd"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 )
 
-// Source is an nbd.Source over a fixed set of PE snapshots.
+// ChangedContextPrefix starts the name of the meta context that marks the
+// blocks changed since an earlier snapshot of the same PE:
+// "astrolabe:changed:<snapshot>". State 1 is changed, 0 unchanged.
+const ChangedContextPrefix = "astrolabe:changed:"
+
+// Source is an nbd.Source over a set of PE snapshots.
 type Source struct {
-	m   pe.Manager
-	mu  sync.Mutex
-	ids []pe.ID
+	m       pe.Manager
+	mu      sync.Mutex
+	entries []entry
 }
 
-// NewSource exports the given snapshots (IDs with a snapshot part).
-func NewSource(m pe.Manager, ids []pe.ID) (*Source, error) {
-	for _, id := range ids {
-		if !id.HasSnapshot() {
-			return nil, fmt.Errorf("export %s: not a snapshot", id)
+type entry struct {
+	id     pe.ID // the export name: a snapshot
+	target pe.ID // the live PE that takes the writes; zero if read-only
+}
+
+// NewSource returns a Source with no exports.
+func NewSource(m pe.Manager) *Source { return &Source{m: m} }
+
+// Add exports snapshot id read-only.
+func (s *Source) Add(id pe.ID) error {
+	return s.add(entry{id: id})
+}
+
+// AddWritable exports snapshot id as a restore target: the snapshot is
+// copied into a new PE (pe.CreateNew), whose data the export then reads and
+// writes. It returns the new PE's ID.
+func (s *Source) AddWritable(ctx context.Context, id pe.ID, progress pe.Progress) (pe.ID, error) {
+	p, err := s.m.Get(ctx, id)
+	if err != nil {
+		return pe.ID{}, fmt.Errorf("export %s: %w", id, err)
+	}
+	// Refuse before copying gigabytes: the copy would be of the same kind.
+	if _, ok := p.(pe.DataWriter); !ok {
+		return pe.ID{}, fmt.Errorf("export %s writable: %s PEs cannot be written in place: %w", id, id.Type(), pe.ErrNotSupported)
+	}
+	tm, err := s.m.Type(id.Type())
+	if err != nil {
+		return pe.ID{}, fmt.Errorf("export %s: %w", id, err)
+	}
+	target, err := tm.Copy(ctx, p, pe.CopyOptions{Mode: pe.CreateNew, Progress: progress})
+	if err != nil {
+		return pe.ID{}, fmt.Errorf("export %s writable: %w", id, err)
+	}
+	if err := s.add(entry{id: id, target: target.ID()}); err != nil {
+		return pe.ID{}, err
+	}
+	return target.ID(), nil
+}
+
+func (s *Source) add(e entry) error {
+	if !e.id.HasSnapshot() {
+		return fmt.Errorf("export %s: not a snapshot", e.id)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.lookup(e.id.String()); ok {
+		return fmt.Errorf("export %s: %w", e.id, pe.ErrExists)
+	}
+	s.entries = append(s.entries, e)
+	return nil
+}
+
+// lookup finds an export by name; s.mu must be held.
+func (s *Source) lookup(name string) (entry, bool) {
+	for _, e := range s.entries {
+		if e.id.String() == name {
+			return e, true
 		}
 	}
-	return &Source{m: m, ids: ids}, nil
+	return entry{}, false
 }
 
 // List implements nbd.Source.
 func (s *Source) List(ctx context.Context) ([]nbd.ExportInfo, error) {
 	s.mu.Lock()
-	ids := append([]pe.ID(nil), s.ids...)
+	entries := append([]entry(nil), s.entries...)
 	s.mu.Unlock()
-	out := make([]nbd.ExportInfo, 0, len(ids))
-	for _, id := range ids {
-		desc := id.Type() + " PE " + id.Name() + ", snapshot " + id.Snapshot()
-		if p, err := s.m.Get(ctx, id); err == nil {
+	out := make([]nbd.ExportInfo, 0, len(entries))
+	for _, e := range entries {
+		desc := e.id.Type() + " PE " + e.id.Name() + ", snapshot " + e.id.Snapshot()
+		if p, err := s.m.Get(ctx, e.id); err == nil {
 			if info, err := p.Info(ctx); err == nil && info.Size >= 0 {
 				desc += fmt.Sprintf(", %d bytes", info.Size)
 			}
 		}
-		out = append(out, nbd.ExportInfo{Name: id.String(), Description: desc})
+		if !e.target.IsZero() {
+			desc += ", writable: writes go to " + e.target.String()
+		}
+		out = append(out, nbd.ExportInfo{Name: e.id.String(), Description: desc})
 	}
 	return out, nil
 }
 
 // Open implements nbd.Source.
 func (s *Source) Open(ctx context.Context, name string) (nbd.Export, error) {
-	id, err := pe.ParseID(name)
-	if err != nil {
-		return nil, nbd.ErrUnknownExport
-	}
 	s.mu.Lock()
-	known := false
-	for _, e := range s.ids {
-		known = known || e == id
-	}
+	e, ok := s.lookup(name)
 	s.mu.Unlock()
-	if !known {
+	if !ok {
 		return nil, nbd.ErrUnknownExport
 	}
-	p, err := s.m.Get(ctx, id)
+	if !e.target.IsZero() {
+		return s.openWritable(ctx, e)
+	}
+	p, err := s.m.Get(ctx, e.id)
 	if err != nil {
-		return nil, fmt.Errorf("export %s: %w", id, err)
+		return nil, fmt.Errorf("export %s: %w", e.id, err)
 	}
 	img, err := p.Data(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("export %s: %w", id, err)
+		return nil, fmt.Errorf("export %s: %w", e.id, err)
 	}
-	return export{img}, nil
+	se := &snapshotExport{export: export{img}, p: p}
+	se.tracker, _ = img.(pe.ChangeTracker)
+	return se, nil
+}
+
+func (s *Source) openWritable(ctx context.Context, e entry) (nbd.Export, error) {
+	p, err := s.m.Get(ctx, e.target)
+	if err != nil {
+		return nil, fmt.Errorf("export %s: target %w", e.id, err)
+	}
+	dw, ok := p.(pe.DataWriter)
+	if !ok {
+		return nil, fmt.Errorf("export %s: target %s: %w", e.id, e.target, pe.ErrNotSupported)
+	}
+	img, err := dw.WritableData(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("export %s: %w", e.id, err)
+	}
+	return writableExport{export{img}, img}, nil
 }
 
 // export adapts a pe.Image: holes and zero ranges become base:allocation
@@ -93,4 +171,106 @@ func (e export) Allocation(ctx context.Context, off, length int64) ([]nbd.Extent
 		out = append(out, nbd.Extent{Length: x.Length, Flags: flags})
 	}
 	return out, nil
+}
+
+// writableExport writes into a live PE's data.
+type writableExport struct {
+	export
+	w pe.WritableImage
+}
+
+func (e writableExport) WriteAt(p []byte, off int64) (int, error) { return e.w.WriteAt(p, off) }
+func (e writableExport) Flush() error                             { return e.w.Sync() }
+func (e writableExport) Zero(off, length int64, punch bool) error {
+	return e.w.Zero(off, length, punch)
+}
+
+// snapshotExport is a read-only snapshot. Where its image tracks changes,
+// it offers astrolabe:changed:<snap> for each earlier snapshot of its PE.
+type snapshotExport struct {
+	export
+	p       pe.ProtectedEntity
+	tracker pe.ChangeTracker
+
+	mu      sync.Mutex
+	changed map[string][]pe.Extent // by base snapshot, computed once per connection
+}
+
+// MetaContexts implements nbd.MetaContexter.
+func (e *snapshotExport) MetaContexts(ctx context.Context) ([]string, error) {
+	if e.tracker == nil {
+		return nil, nil
+	}
+	snaps, err := e.p.ListSnapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, s := range snaps {
+		// Snapshot names start with their UTC creation time.
+		if s.Snapshot() < e.p.ID().Snapshot() {
+			out = append(out, ChangedContextPrefix+s.Snapshot())
+		}
+	}
+	return out, nil
+}
+
+// MetaStatus implements nbd.MetaContexter.
+func (e *snapshotExport) MetaStatus(ctx context.Context, name string, off, length int64) ([]nbd.Extent, error) {
+	base, ok := strings.CutPrefix(name, ChangedContextPrefix)
+	if !ok || e.tracker == nil {
+		return nil, fmt.Errorf("export %s: no meta context %q", e.p.ID(), name)
+	}
+	changed, err := e.changedSince(ctx, base)
+	if err != nil {
+		return nil, err
+	}
+	return changedStates(changed, off, length), nil
+}
+
+func (e *snapshotExport) changedSince(ctx context.Context, base string) ([]pe.Extent, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if exts, ok := e.changed[base]; ok {
+		return exts, nil
+	}
+	exts, err := e.tracker.ChangedSince(ctx, base)
+	if err != nil {
+		return nil, err
+	}
+	if e.changed == nil {
+		e.changed = map[string][]pe.Extent{}
+	}
+	e.changed[base] = exts
+	return exts, nil
+}
+
+// changedStates describes [off, off+length) as contiguous extents, state 1
+// where it overlaps a changed extent (sorted, not overlapping) and 0
+// elsewhere.
+func changedStates(changed []pe.Extent, off, length int64) []nbd.Extent {
+	end := off + length
+	var out []nbd.Extent
+	add := func(n int64, flags uint32) {
+		if n <= 0 {
+			return
+		}
+		if k := len(out); k > 0 && out[k-1].Flags == flags {
+			out[k-1].Length += n
+			return
+		}
+		out = append(out, nbd.Extent{Length: n, Flags: flags})
+	}
+	i := sort.Search(len(changed), func(i int) bool { return changed[i].End() > off })
+	pos := off
+	for ; i < len(changed) && changed[i].Offset < end; i++ {
+		c := changed[i]
+		start := max(c.Offset, pos)
+		add(start-pos, 0)
+		stop := min(c.End(), end)
+		add(stop-start, 1)
+		pos = stop
+	}
+	add(end-pos, 0)
+	return out
 }

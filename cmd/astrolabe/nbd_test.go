@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,63 +14,214 @@ import (
 	"time"
 )
 
-func TestNBDServe(t *testing.T) {
-	for _, tool := range []string{"nbdinfo", "nbdcopy"} {
+func needNBDTools(t *testing.T) {
+	t.Helper()
+	for _, tool := range []string{"nbdinfo", "nbdcopy", "qemu-img", "openssl"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s missing: apt-get install -y libnbd-bin", tool)
+			t.Fatalf("%s missing: apt-get install -y libnbd-bin qemu-utils openssl", tool)
 		}
 	}
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "cfg")
-	mustRun(t, cfg, "init", "--samples", cfg)
+}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, astrolabeBin, "--config", cfg, "nbd", "serve", "--listen", "127.0.0.1:0", "disk:sample.img", "fs:sample")
+// nbdServer is a running 'astrolabe nbd serve'.
+type nbdServer struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	lines  []string // what it printed, one line per export
+	host   string
+	stderr *bytes.Buffer
+}
+
+// startNBD runs 'astrolabe nbd serve' and waits for its n export lines.
+func startNBD(t *testing.T, cfg string, n int, args ...string) *nbdServer {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	args = append([]string{"--config", cfg, "nbd", "serve", "--listen", "127.0.0.1:0"}, args...)
+	cmd := exec.CommandContext(ctx, astrolabeBin, args...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	s := &nbdServer{t: t, cmd: cmd, stderr: &bytes.Buffer{}}
+	cmd.Stderr = s.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	sc := bufio.NewScanner(stdout)
-	var uris []string
-	for len(uris) < 2 && sc.Scan() {
-		uris = append(uris, sc.Text())
+	for len(s.lines) < n && sc.Scan() {
+		s.lines = append(s.lines, sc.Text())
 	}
-	if len(uris) != 2 || !strings.HasPrefix(uris[0], "nbd://127.0.0.1:") || !strings.Contains(uris[0], "/disk:sample.img:") {
-		cmd.Process.Kill()
-		t.Fatalf("nbd serve printed %q; stderr: %s", uris, stderr.String())
+	if len(s.lines) != n || !strings.Contains(s.lines[0], "://127.0.0.1:") {
+		t.Fatalf("nbd serve %v printed %q; stderr: %s", args, s.lines, s.stderr)
 	}
-	host := strings.SplitN(strings.TrimPrefix(uris[0], "nbd://"), "/", 2)[0]
+	s.host = strings.SplitN(strings.SplitN(s.lines[0], "://", 2)[1], "/", 2)[0]
+	return s
+}
 
-	out, err := exec.CommandContext(ctx, "nbdinfo", "--list", "nbd://"+host).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "disk:sample.img:") || !strings.Contains(string(out), "fs:sample:") {
-		t.Errorf("nbdinfo --list: %v\n%s", err, out)
+// uri is the export URI of line i (the first word).
+func (s *nbdServer) uri(i int) string { return strings.Fields(s.lines[i])[0] }
+
+// stop sends sig and expects a clean exit.
+func (s *nbdServer) stop(sig syscall.Signal) {
+	s.t.Helper()
+	s.cmd.Process.Signal(sig)
+	if err := s.cmd.Wait(); err != nil {
+		s.t.Errorf("nbd serve after %v: %v; stderr: %s", sig, err, s.stderr)
+	}
+}
+
+func runTool(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return string(out)
+}
+
+func TestNBDServe(t *testing.T) {
+	needNBDTools(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", "--samples", cfg)
+	s := startNBD(t, cfg, 2, "disk:sample.img", "fs:sample")
+	if !strings.Contains(s.lines[0], "/disk:sample.img:") {
+		t.Fatalf("first export %q", s.lines[0])
+	}
+
+	out := runTool(t, "nbdinfo", "--list", "nbd://"+s.host)
+	if !strings.Contains(out, "disk:sample.img:") || !strings.Contains(out, "fs:sample:") {
+		t.Errorf("nbdinfo --list:\n%s", out)
 	}
 	copied := filepath.Join(dir, "copy.img")
-	if out, err := exec.CommandContext(ctx, "nbdcopy", uris[0], copied).CombinedOutput(); err != nil {
-		t.Fatalf("nbdcopy: %v\n%s", err, out)
-	}
+	runTool(t, "nbdcopy", s.uri(0), copied)
 	a, _ := os.ReadFile(filepath.Join(cfg, "disk", "sample.img"))
 	b, _ := os.ReadFile(copied)
 	if len(a) == 0 || !bytes.Equal(a, b) {
-		t.Errorf("nbdcopy of %s differs from the image (%d vs %d bytes)", uris[0], len(b), len(a))
+		t.Errorf("nbdcopy of %s differs from the image (%d vs %d bytes)", s.uri(0), len(b), len(a))
 	}
 	// The fs export is the snapshot's tar.
 	tarCopy := filepath.Join(dir, "fs.tar")
-	if out, err := exec.CommandContext(ctx, "nbdcopy", uris[1], tarCopy).CombinedOutput(); err != nil {
-		t.Fatalf("nbdcopy fs: %v\n%s", err, out)
+	runTool(t, "nbdcopy", s.uri(1), tarCopy)
+	if out := runTool(t, "tar", "-tf", tarCopy); !strings.Contains(out, "README.txt") {
+		t.Errorf("tar -tf of the fs export:\n%s", out)
 	}
-	if out, err := exec.CommandContext(ctx, "tar", "-tf", tarCopy).CombinedOutput(); err != nil || !strings.Contains(string(out), "README.txt") {
-		t.Errorf("tar -tf of the fs export: %v\n%s", err, out)
-	}
+	s.stop(syscall.SIGINT)
+}
 
-	cmd.Process.Signal(syscall.SIGINT)
-	if err := cmd.Wait(); err != nil {
-		t.Errorf("nbd serve after SIGINT: %v; stderr: %s", err, stderr.String())
+// TestNBDChanged exports the second of two snapshots with the blocks
+// changed since the first as the astrolabe:changed meta context.
+func TestNBDChanged(t *testing.T) {
+	needNBDTools(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", "--samples", cfg)
+	first := mustRun(t, cfg, "snap", "disk:sample.img").lastLine()
+	img := filepath.Join(cfg, "disk", "sample.img")
+	f, err := os.OpenFile(img, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
 	}
+	// Change 4 KiB at 40 MiB: one 64 KiB block of the snapshot's hashes.
+	if _, err := f.WriteAt(bytes.Repeat([]byte{0xAB}, 4096), 40<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	second := mustRun(t, cfg, "snap", "disk:sample.img").lastLine()
+	s := startNBD(t, cfg, 1, second)
+
+	snap1 := strings.Split(first, ":")[2]
+	out := runTool(t, "nbdinfo", s.uri(0))
+	if !strings.Contains(out, "astrolabe:changed:"+snap1) {
+		t.Errorf("nbdinfo does not list astrolabe:changed:%s:\n%s", snap1, out)
+	}
+	out = runTool(t, "nbdinfo", "--map=astrolabe:changed:"+snap1, s.uri(0))
+	got := strings.Join(strings.Fields(out), " ")
+	for _, want := range []string{"0 41943040 0", "41943040 65536 1", "42008576 25100288 0"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("--map=astrolabe:changed lacks %q:\n%s", want, out)
+		}
+	}
+	s.stop(syscall.SIGTERM)
+}
+
+// TestNBDWritable restores an image into a writable export: the writes
+// land in a new PE and the snapshot stays as it was.
+func TestNBDWritable(t *testing.T) {
+	needNBDTools(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", "--samples", cfg)
+	snap := mustRun(t, cfg, "snap", "disk:sample.img").lastLine()
+	sample, _ := os.ReadFile(filepath.Join(cfg, "disk", "sample.img"))
+
+	s := startNBD(t, cfg, 1, "--writable", snap)
+	fields := strings.Fields(s.lines[0])
+	if len(fields) != 4 || fields[2] != "to" || !strings.HasPrefix(fields[3], "disk:sample-") {
+		t.Fatalf("writable export line %q", s.lines[0])
+	}
+	target := strings.TrimPrefix(fields[3], "disk:")
+	if out := runTool(t, "nbdinfo", s.uri(0)); !strings.Contains(out, "is_read_only: false") {
+		t.Errorf("writable export:\n%s", out)
+	}
+	// The restore: a different image of the same size, with holes.
+	restored := make([]byte, len(sample))
+	rand.Read(restored[1<<20 : 3<<20])
+	rand.Read(restored[50<<20 : 51<<20])
+	src := filepath.Join(dir, "restore.img")
+	os.WriteFile(src, restored, 0o644)
+	runTool(t, "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", src, s.uri(0))
+	runTool(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", src, s.uri(0))
+	s.stop(syscall.SIGTERM)
+
+	got, _ := os.ReadFile(filepath.Join(cfg, "disk", target))
+	if !bytes.Equal(got, restored) {
+		t.Error("the new PE does not hold what was written")
+	}
+	copied := filepath.Join(dir, "snap.img")
+	// Export the untouched snapshot again: it still reads as the sample.
+	s = startNBD(t, cfg, 1, snap)
+	runTool(t, "nbdcopy", s.uri(0), copied)
+	if b, _ := os.ReadFile(copied); !bytes.Equal(b, sample) {
+		t.Error("the snapshot changed under a writable export")
+	}
+	s.stop(syscall.SIGINT)
+
+	mustFail(t, cfg, "cannot be written in place", "nbd", "serve", "--listen", "127.0.0.1:0", "--writable", "fs:sample")
+	mustFail(t, cfg, "--tls-required needs", "nbd", "serve", "--tls-required", "disk:sample.img")
+	mustFail(t, cfg, "go together", "nbd", "serve", "--tls-cert", "x.pem", "disk:sample.img")
+}
+
+func TestNBDTLS(t *testing.T) {
+	needNBDTools(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", "--samples", cfg)
+	certs := filepath.Join(dir, "certs")
+	os.Mkdir(certs, 0o700)
+	cert, key := filepath.Join(certs, "ca-cert.pem"), filepath.Join(dir, "key.pem")
+	runTool(t, "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+		"-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+		"-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:TRUE")
+	s := startNBD(t, cfg, 1, "--tls-cert", cert, "--tls-key", key, "--tls-required", "disk:sample.img")
+	if !strings.HasPrefix(s.lines[0], "nbds://") {
+		t.Errorf("TLS export line %q", s.lines[0])
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	plain := strings.Replace(s.uri(0), "nbds://", "nbd://", 1)
+	if out, err := exec.CommandContext(ctx, "nbdinfo", plain).CombinedOutput(); err == nil {
+		t.Errorf("plain client accepted with --tls-required:\n%s", out)
+	}
+	copied := filepath.Join(dir, "copy.img")
+	runTool(t, "nbdcopy", s.uri(0)+"?tls-certificates="+certs, copied)
+	a, _ := os.ReadFile(filepath.Join(cfg, "disk", "sample.img"))
+	if b, _ := os.ReadFile(copied); !bytes.Equal(a, b) {
+		t.Error("nbdcopy over TLS differs from the image")
+	}
+	s.stop(syscall.SIGTERM)
 }

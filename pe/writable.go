@@ -1,0 +1,27 @@
+package pe
+
+import (
+	"context"
+	"io"
+)
+
+// WritableImage is the data of a live PE opened for writing in place: a
+// restore target that block protocols (NBD) write into directly. WriteAt,
+// like ReadAt, must be safe for concurrent use.
+type WritableImage interface {
+	Image
+	io.WriterAt
+	// Sync makes every completed write durable.
+	Sync() error
+	// Zero makes [off, off+length) read as zeros without writing them;
+	// with punch the range may also be deallocated. It returns an error
+	// matching errors.ErrUnsupported when it can only be done by writing
+	// zeros, so that callers can choose how.
+	Zero(off, length int64, punch bool) error
+}
+
+// DataWriter is offered by live PEs whose data can be written in place.
+// Snapshots never are: they are points in time.
+type DataWriter interface {
+	WritableData(ctx context.Context) (WritableImage, error)
+}
