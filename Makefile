@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GOBIN   := $(shell $(GO) env GOPATH)/bin
 FUZZTIME ?= 10s
 
-.PHONY: all build demo test deps lint unit fuzz fuzz-long clean
+.PHONY: all build demo test deps lint generated unit fuzz fuzz-long clean
 
 all: build
 
@@ -22,10 +22,15 @@ test: deps lint unit fuzz
 deps:
 	./scripts/install-test-deps.sh
 
-lint:
+lint: generated
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GOBIN)/staticcheck ./...
+
+# The code generated from api/openapi.yaml must be what the spec gives now.
+generated:
+	$(GO) generate ./api
+	@git diff --exit-code --stat -- api || { echo "api/: generated code is stale; run 'go generate ./api' and commit"; exit 1; }
 
 unit:
 	$(GO) test -count=1 ./...

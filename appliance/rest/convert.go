@@ -1,0 +1,95 @@
+package rest
+
+import (
+	"crypto/subtle"
+
+	"github.com/astrolabe-appliance/astrolabe/api"
+	"github.com/astrolabe-appliance/astrolabe/appliance/tasks"
+	"github.com/astrolabe-appliance/astrolabe/pe"
+)
+
+func constantTimeEqual(a, b string) bool {
+	return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1
+}
+
+func toAPIInfo(i pe.Info) api.ProtectedEntityInfo {
+	out := api.ProtectedEntityInfo{
+		Id: i.ID.String(), Name: i.Name, Size: i.Size, Created: i.Created,
+		DataTransports:     toAPITransports(i.DataTransports),
+		MetadataTransports: toAPITransports(i.MetadataTransports),
+		CombinedTransports: toAPITransports(i.CombinedTransports),
+		ComponentSpecs:     []api.ComponentSpec{},
+	}
+	for _, c := range i.ComponentSpecs {
+		spec := api.ComponentSpec{Id: c.ID.String()}
+		if c.Server != "" {
+			server := c.Server
+			spec.Server = &server
+		}
+		out.ComponentSpecs = append(out.ComponentSpecs, spec)
+	}
+	return out
+}
+
+func toAPITransports(ts []pe.Transport) []api.DataTransport {
+	out := []api.DataTransport{}
+	for _, t := range ts {
+		dt := api.DataTransport{TransportType: t.Type}
+		if t.Params != nil {
+			params := t.Params
+			dt.Params = &params
+		}
+		out = append(out, dt)
+	}
+	return out
+}
+
+func toAPITask(i tasks.Info) api.TaskInfo {
+	out := api.TaskInfo{
+		Id: i.ID, Kind: i.Kind, Completed: i.Done(), Status: api.TaskInfoStatus(i.Status),
+		Progress: i.Progress, StartedTime: i.Started, StartedTimeNS: i.Started.UnixNano(),
+	}
+	if i.Details != "" {
+		d := i.Details
+		out.Details = &d
+	}
+	if i.Done() {
+		f, ns := i.Finished, i.Finished.UnixNano()
+		out.FinishedTime, out.FinishedTimeNS = &f, &ns
+	}
+	if i.Result != nil {
+		r := i.Result
+		out.Result = &r
+	}
+	return out
+}
+
+func toAPIExport(e NBDExport) api.NBDExport {
+	out := api.NBDExport{Id: e.ID.String(), Uri: e.URI, Writable: e.Writable}
+	if !e.Target.IsZero() {
+		t := e.Target.String()
+		out.Target = &t
+	}
+	return out
+}
+
+func toAPIMount(m Mount) api.Mount {
+	allow := m.AllowOther
+	return api.Mount{Id: m.ID, Path: m.Path, AllowOther: &allow}
+}
+
+// toParams turns the reference's parameter list into pe.Params: the outer
+// key is a PE type, the inner list that type's parameters.
+func toParams(list api.OperationParamList) pe.Params {
+	out := pe.Params{}
+	for _, item := range list {
+		m := map[string]any{}
+		if item.Value != nil {
+			for _, kv := range *item.Value {
+				m[kv.Key] = kv.Value
+			}
+		}
+		out[item.Key] = m
+	}
+	return out
+}

@@ -1,0 +1,623 @@
+// Package rest serves the appliance's REST API (api/openapi.yaml) over a
+// pe.Manager, a task manager and the optional data-path services (NBD
+// exports, FUSE mounts, the backup repository).
+package rest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/astrolabe-appliance/astrolabe/api"
+	"github.com/astrolabe-appliance/astrolabe/appliance/tasks"
+	"github.com/astrolabe-appliance/astrolabe/pe"
+)
+
+// NBDExport is one export of the NBD service.
+type NBDExport struct {
+	ID       pe.ID
+	URI      string
+	Writable bool
+	Target   pe.ID // where writes land, for writable exports
+}
+
+// Exports is the NBD service.
+type Exports interface {
+	List() []NBDExport
+	Start(ctx context.Context, id pe.ID, writable bool) (NBDExport, error)
+	Stop(ctx context.Context, id pe.ID) error
+}
+
+// Mount is one FUSE mount.
+type Mount struct {
+	ID         string
+	Path       string
+	AllowOther bool
+}
+
+// Mounts is the FUSE service.
+type Mounts interface {
+	List() []Mount
+	Start(ctx context.Context, path string, allowOther bool) (Mount, error)
+	Stop(ctx context.Context, id string) error
+}
+
+// Repository is the backup repository.
+type Repository interface {
+	// Snapshots lists the repository's snapshots, of one PE if filter is
+	// not zero.
+	Snapshots(ctx context.Context, filter pe.ID) ([]pe.ID, error)
+	Backup(ctx context.Context, id pe.ID, progress pe.Progress) (pe.ID, error)
+	Restore(ctx context.Context, id pe.ID, service string, mode pe.CopyMode, progress pe.Progress) (pe.ID, error)
+}
+
+// Transports tells where a PE's data can be fetched (S3 URLs, NBD URIs).
+type Transports func(id pe.ID) (data, metadata, combined []pe.Transport)
+
+// Config is what the API serves; nil services answer 501.
+type Config struct {
+	Manager    pe.Manager
+	Tasks      *tasks.Manager
+	Exports    Exports
+	Mounts     Mounts
+	Repository Repository
+	Transports Transports
+	Logger     *slog.Logger
+	Version    string
+	// Token is the bearer token every endpoint but /healthz requires.
+	Token string
+	// Context bounds the tasks the API starts (the appliance's lifetime).
+	Context context.Context
+}
+
+// maxBody bounds request bodies: no request of this API needs more.
+const maxBody = 1 << 20
+
+// pageLimit is the default and largest page of listProtectedEntities.
+const pageLimit = 1000
+
+// NewHandler returns the API's http.Handler: authentication, body limits,
+// JSON errors, and the generated routes.
+func NewHandler(cfg Config) http.Handler {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Context == nil {
+		cfg.Context = context.Background()
+	}
+	s := &server{cfg: cfg, log: cfg.Logger}
+	strict := api.NewStrictHandlerWithOptions(s, nil, api.StrictHTTPServerOptions{
+		RequestErrorHandlerFunc:  s.requestError,
+		ResponseErrorHandlerFunc: s.responseError,
+	})
+	r := chi.NewRouter()
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed on "+r.URL.Path)
+	})
+	return api.HandlerWithOptions(strict, api.ChiServerOptions{
+		BaseRouter:       r,
+		Middlewares:      []api.MiddlewareFunc{s.authenticate},
+		ErrorHandlerFunc: s.requestError,
+	})
+}
+
+type server struct {
+	cfg Config
+	log *slog.Logger
+}
+
+var _ api.StrictServerInterface = (*server)(nil)
+
+// authenticate checks the bearer token on every endpoint but /healthz and
+// bounds the request body.
+func (s *server) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		if r.URL.Path != "/healthz" && !validToken(r.Header.Get("Authorization"), s.cfg.Token) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="astrolabe"`)
+			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// httpError carries the status an error should be answered with.
+type httpError struct {
+	status int
+	err    error
+}
+
+func (e *httpError) Error() string { return e.err.Error() }
+func (e *httpError) Unwrap() error { return e.err }
+
+func badRequest(format string, args ...any) error {
+	return &httpError{http.StatusBadRequest, fmt.Errorf(format, args...)}
+}
+
+func notConfigured(what string) error {
+	return &httpError{http.StatusNotImplemented, fmt.Errorf("%s is not configured on this appliance", what)}
+}
+
+// statusOf maps an error to its HTTP status.
+func statusOf(err error) int {
+	var he *httpError
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &he):
+		return he.status
+	case errors.As(err, &mbe):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, pe.ErrNotFound), errors.Is(err, tasks.ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, pe.ErrExists):
+		return http.StatusConflict
+	case errors.Is(err, pe.ErrNotSupported), errors.Is(err, pe.ErrInvalidSource):
+		return http.StatusBadRequest
+	}
+	return http.StatusInternalServerError
+}
+
+func (s *server) requestError(w http.ResponseWriter, r *http.Request, err error) {
+	status := statusOf(err)
+	if status == http.StatusInternalServerError {
+		status = http.StatusBadRequest // the request could not be read
+	}
+	writeError(w, status, err.Error())
+}
+
+func (s *server) responseError(w http.ResponseWriter, r *http.Request, err error) {
+	status := statusOf(err)
+	if status >= 500 && status != http.StatusNotImplemented {
+		s.log.Error("API request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	writeError(w, status, err.Error())
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(api.Error{Code: int32(status), Message: msg})
+}
+
+// parseID parses a PE ID from the request; a bad one is the client's fault.
+func parseID(s string) (pe.ID, error) {
+	id, err := pe.ParseID(s)
+	if err != nil {
+		return pe.ID{}, &httpError{http.StatusBadRequest, err}
+	}
+	return id, nil
+}
+
+// serviceID parses a PE ID from the path and checks it belongs to service.
+func (s *server) serviceID(service, raw string) (pe.ID, error) {
+	if _, err := s.cfg.Manager.Type(service); err != nil {
+		return pe.ID{}, err
+	}
+	id, err := parseID(raw)
+	if err != nil {
+		return pe.ID{}, err
+	}
+	if id.Type() != service {
+		return pe.ID{}, badRequest("PE %s is not of service %s", id, service)
+	}
+	return id, nil
+}
+
+func (s *server) Health(ctx context.Context, _ api.HealthRequestObject) (api.HealthResponseObject, error) {
+	return api.Health200JSONResponse{Status: "ok", Version: s.cfg.Version}, nil
+}
+
+func (s *server) ListServices(ctx context.Context, _ api.ListServicesRequestObject) (api.ListServicesResponseObject, error) {
+	out := api.ListServices200JSONResponse{Services: []string{}}
+	for _, tm := range s.cfg.Manager.Types() {
+		out.Services = append(out.Services, tm.Type())
+	}
+	return out, nil
+}
+
+func (s *server) ListProtectedEntities(ctx context.Context, req api.ListProtectedEntitiesRequestObject) (api.ListProtectedEntitiesResponseObject, error) {
+	tm, err := s.cfg.Manager.Type(req.Service)
+	if err != nil {
+		return nil, err
+	}
+	limit := pageLimit
+	if m := req.Params.MaxResults; m != nil {
+		if *m < 1 {
+			return nil, badRequest("maxResults %d: want at least 1", *m)
+		}
+		limit = min(limit, int(*m))
+	}
+	ids, err := tm.List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", req.Service, err)
+	}
+	names := make([]string, len(ids))
+	for i, id := range ids {
+		names[i] = id.String()
+	}
+	sort.Strings(names)
+	if after := req.Params.IdsAfter; after != nil {
+		names = names[sort.SearchStrings(names, *after+"\x00"):]
+	}
+	out := api.ListProtectedEntities200JSONResponse{List: names, Truncated: len(names) > limit}
+	if out.Truncated {
+		out.List = names[:limit]
+	}
+	return out, nil
+}
+
+func (s *server) GetProtectedEntityInfo(ctx context.Context, req api.GetProtectedEntityInfoRequestObject) (api.GetProtectedEntityInfoResponseObject, error) {
+	id, err := s.serviceID(req.Service, req.ProtectedEntityID)
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.cfg.Manager.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	info, err := p.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if s.cfg.Transports != nil {
+		data, md, combined := s.cfg.Transports(id)
+		info.DataTransports = append(info.DataTransports, data...)
+		info.MetadataTransports = append(info.MetadataTransports, md...)
+		info.CombinedTransports = append(info.CombinedTransports, combined...)
+	}
+	return api.GetProtectedEntityInfo200JSONResponse(toAPIInfo(info)), nil
+}
+
+func (s *server) DeleteProtectedEntity(ctx context.Context, req api.DeleteProtectedEntityRequestObject) (api.DeleteProtectedEntityResponseObject, error) {
+	id, err := s.serviceID(req.Service, req.ProtectedEntityID)
+	if err != nil {
+		return nil, err
+	}
+	if !id.HasSnapshot() {
+		return nil, badRequest("delete %s: only snapshots can be deleted", id)
+	}
+	p, err := s.cfg.Manager.Get(ctx, id.Base())
+	if err != nil {
+		return nil, err
+	}
+	if err := p.DeleteSnapshot(ctx, id.Snapshot()); err != nil {
+		return nil, err
+	}
+	return api.DeleteProtectedEntity200JSONResponse(id.String()), nil
+}
+
+func (s *server) ListSnapshots(ctx context.Context, req api.ListSnapshotsRequestObject) (api.ListSnapshotsResponseObject, error) {
+	id, err := s.serviceID(req.Service, req.ProtectedEntityID)
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.cfg.Manager.Get(ctx, id.Base())
+	if err != nil {
+		return nil, err
+	}
+	snaps, err := p.ListSnapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := api.ListSnapshots200JSONResponse{List: []string{}}
+	for _, sn := range snaps {
+		out.List = append(out.List, sn.String())
+	}
+	return out, nil
+}
+
+func (s *server) CreateSnapshot(ctx context.Context, req api.CreateSnapshotRequestObject) (api.CreateSnapshotResponseObject, error) {
+	id, err := s.serviceID(req.Service, req.ProtectedEntityID)
+	if err != nil {
+		return nil, err
+	}
+	if id.HasSnapshot() {
+		return nil, badRequest("snapshot %s: is a snapshot itself", id)
+	}
+	p, err := s.cfg.Manager.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	var params pe.Params
+	if req.Body != nil {
+		params = toParams(*req.Body)
+	}
+	snap, err := p.Snapshot(ctx, params)
+	if err != nil {
+		return nil, err
+	}
+	return api.CreateSnapshot200JSONResponse(snap.String()), nil
+}
+
+func (s *server) CopyProtectedEntity(ctx context.Context, req api.CopyProtectedEntityRequestObject) (api.CopyProtectedEntityResponseObject, error) {
+	tm, err := s.cfg.Manager.Type(req.Service)
+	if err != nil {
+		return nil, err
+	}
+	mode, err := pe.ParseCopyMode(string(req.Params.Mode))
+	if err != nil {
+		return nil, &httpError{http.StatusBadRequest, err}
+	}
+	if req.Body == nil {
+		return nil, badRequest("copy: the body must name the source PE")
+	}
+	src, err := parseID(req.Body.ProtectedEntityInfo.Id)
+	if err != nil {
+		return nil, err
+	}
+	srcPE, err := s.cfg.Manager.Get(ctx, src)
+	if err != nil {
+		return nil, fmt.Errorf("copy source: %w", err)
+	}
+	var params pe.Params
+	if req.Body.CopyParams != nil {
+		params = toParams(*req.Body.CopyParams)
+	}
+	info, err := s.cfg.Tasks.Start(s.cfg.Context, "copy", fmt.Sprintf("copy %s to %s (%s)", src, req.Service, mode), deref(req.Params.Nexus),
+		func(ctx context.Context, progress pe.Progress) (map[string]string, error) {
+			p := srcPE
+			if !src.HasSnapshot() {
+				// A copy is of a point in time.
+				snap, err := p.Snapshot(ctx, nil)
+				if err != nil {
+					return nil, fmt.Errorf("snapshot %s: %w", src, err)
+				}
+				if p, err = s.cfg.Manager.Get(ctx, snap); err != nil {
+					return nil, err
+				}
+			}
+			out, err := tm.Copy(ctx, p, pe.CopyOptions{Mode: mode, Params: params, Progress: progress})
+			if err != nil {
+				return nil, err
+			}
+			return map[string]string{"id": out.ID().String()}, nil
+		})
+	if err != nil {
+		return nil, err
+	}
+	return api.CopyProtectedEntity202JSONResponse{TaskID: info.ID}, nil
+}
+
+func (s *server) ListTasks(ctx context.Context, _ api.ListTasksRequestObject) (api.ListTasksResponseObject, error) {
+	return api.ListTasks200JSONResponse(append([]string{}, s.cfg.Tasks.List()...)), nil
+}
+
+func (s *server) GetTaskInfo(ctx context.Context, req api.GetTaskInfoRequestObject) (api.GetTaskInfoResponseObject, error) {
+	info, err := s.cfg.Tasks.Get(req.TaskID)
+	if err != nil {
+		return nil, err
+	}
+	return api.GetTaskInfo200JSONResponse(toAPITask(info)), nil
+}
+
+func (s *server) CancelTask(ctx context.Context, req api.CancelTaskRequestObject) (api.CancelTaskResponseObject, error) {
+	info, err := s.cfg.Tasks.Cancel(req.TaskID)
+	if err != nil {
+		return nil, err
+	}
+	return api.CancelTask200JSONResponse(toAPITask(info)), nil
+}
+
+func (s *server) ListTaskNexus(ctx context.Context, _ api.ListTaskNexusRequestObject) (api.ListTaskNexusResponseObject, error) {
+	out := api.ListTaskNexus200JSONResponse{}
+	for _, n := range s.cfg.Tasks.Nexus() {
+		out = append(out, api.TaskNexusInfo{Id: n.ID, AssociatedTasks: append([]string{}, n.Tasks...)})
+	}
+	return out, nil
+}
+
+func (s *server) CreateTaskNexus(ctx context.Context, _ api.CreateTaskNexusRequestObject) (api.CreateTaskNexusResponseObject, error) {
+	return api.CreateTaskNexus200JSONResponse(s.cfg.Tasks.NewNexus()), nil
+}
+
+// maxNexusWait bounds a long poll; clients poll again.
+const maxNexusWait = time.Minute
+
+func (s *server) WaitTaskNexus(ctx context.Context, req api.WaitTaskNexusRequestObject) (api.WaitTaskNexusResponseObject, error) {
+	if req.Params.WaitTime < 0 || req.Params.LastFinishedNS < 0 {
+		return nil, badRequest("waitTime and lastFinishedNS must not be negative")
+	}
+	wait := min(time.Duration(req.Params.WaitTime)*time.Millisecond, maxNexusWait)
+	infos, err := s.cfg.Tasks.WaitNexus(ctx, req.TaskNexusID, time.Unix(0, req.Params.LastFinishedNS), wait)
+	if err != nil {
+		return nil, err
+	}
+	out := api.WaitTaskNexus200JSONResponse{Id: req.TaskNexusID, Finished: []api.TaskInfo{}}
+	for _, i := range infos {
+		out.Finished = append(out.Finished, toAPITask(i))
+	}
+	return out, nil
+}
+
+func (s *server) ListNBDExports(ctx context.Context, _ api.ListNBDExportsRequestObject) (api.ListNBDExportsResponseObject, error) {
+	if s.cfg.Exports == nil {
+		return nil, notConfigured("NBD")
+	}
+	out := api.ListNBDExports200JSONResponse{}
+	for _, e := range s.cfg.Exports.List() {
+		out = append(out, toAPIExport(e))
+	}
+	return out, nil
+}
+
+func (s *server) StartNBDExport(ctx context.Context, req api.StartNBDExportRequestObject) (api.StartNBDExportResponseObject, error) {
+	if s.cfg.Exports == nil {
+		return nil, notConfigured("NBD")
+	}
+	if req.Body == nil {
+		return nil, badRequest("the body must name the PE to export")
+	}
+	id, err := parseID(req.Body.Id)
+	if err != nil {
+		return nil, err
+	}
+	e, err := s.cfg.Exports.Start(ctx, id, deref(req.Body.Writable))
+	if err != nil {
+		return nil, err
+	}
+	return api.StartNBDExport200JSONResponse(toAPIExport(e)), nil
+}
+
+func (s *server) StopNBDExport(ctx context.Context, req api.StopNBDExportRequestObject) (api.StopNBDExportResponseObject, error) {
+	if s.cfg.Exports == nil {
+		return nil, notConfigured("NBD")
+	}
+	id, err := parseID(req.ProtectedEntityID)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.cfg.Exports.Stop(ctx, id); err != nil {
+		return nil, err
+	}
+	return api.StopNBDExport204Response{}, nil
+}
+
+func (s *server) ListMounts(ctx context.Context, _ api.ListMountsRequestObject) (api.ListMountsResponseObject, error) {
+	if s.cfg.Mounts == nil {
+		return nil, notConfigured("FUSE")
+	}
+	out := api.ListMounts200JSONResponse{}
+	for _, m := range s.cfg.Mounts.List() {
+		out = append(out, toAPIMount(m))
+	}
+	return out, nil
+}
+
+func (s *server) StartMount(ctx context.Context, req api.StartMountRequestObject) (api.StartMountResponseObject, error) {
+	if s.cfg.Mounts == nil {
+		return nil, notConfigured("FUSE")
+	}
+	if req.Body == nil || req.Body.Path == "" {
+		return nil, badRequest("the body must give the mount path")
+	}
+	m, err := s.cfg.Mounts.Start(ctx, req.Body.Path, deref(req.Body.AllowOther))
+	if err != nil {
+		return nil, err
+	}
+	return api.StartMount200JSONResponse(toAPIMount(m)), nil
+}
+
+func (s *server) StopMount(ctx context.Context, req api.StopMountRequestObject) (api.StopMountResponseObject, error) {
+	if s.cfg.Mounts == nil {
+		return nil, notConfigured("FUSE")
+	}
+	if err := s.cfg.Mounts.Stop(ctx, req.MountID); err != nil {
+		return nil, err
+	}
+	return api.StopMount204Response{}, nil
+}
+
+func (s *server) ListRepositorySnapshots(ctx context.Context, req api.ListRepositorySnapshotsRequestObject) (api.ListRepositorySnapshotsResponseObject, error) {
+	if s.cfg.Repository == nil {
+		return nil, notConfigured("the backup repository")
+	}
+	var filter pe.ID
+	if f := deref(req.Params.ProtectedEntityID); f != "" {
+		var err error
+		if filter, err = parseID(f); err != nil {
+			return nil, err
+		}
+	}
+	ids, err := s.cfg.Repository.Snapshots(ctx, filter)
+	if err != nil {
+		return nil, err
+	}
+	out := api.ListRepositorySnapshots200JSONResponse{List: []string{}}
+	for _, id := range ids {
+		out.List = append(out.List, id.String())
+	}
+	return out, nil
+}
+
+func (s *server) StartBackup(ctx context.Context, req api.StartBackupRequestObject) (api.StartBackupResponseObject, error) {
+	if s.cfg.Repository == nil {
+		return nil, notConfigured("the backup repository")
+	}
+	if req.Body == nil {
+		return nil, badRequest("the body must name the PE to back up")
+	}
+	id, err := parseID(req.Body.Id)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.cfg.Manager.Get(ctx, id); err != nil {
+		return nil, err
+	}
+	info, err := s.cfg.Tasks.Start(s.cfg.Context, "backup", "backup "+id.String(), deref(req.Params.Nexus),
+		func(ctx context.Context, progress pe.Progress) (map[string]string, error) {
+			out, err := s.cfg.Repository.Backup(ctx, id, progress)
+			if err != nil {
+				return nil, err
+			}
+			return map[string]string{"id": out.String()}, nil
+		})
+	if err != nil {
+		return nil, err
+	}
+	return api.StartBackup202JSONResponse{TaskID: info.ID}, nil
+}
+
+func (s *server) StartRestore(ctx context.Context, req api.StartRestoreRequestObject) (api.StartRestoreResponseObject, error) {
+	if s.cfg.Repository == nil {
+		return nil, notConfigured("the backup repository")
+	}
+	if req.Body == nil {
+		return nil, badRequest("the body must name the repository snapshot")
+	}
+	id, err := parseID(req.Body.Id)
+	if err != nil {
+		return nil, err
+	}
+	mode := pe.CreateNew
+	if m := req.Body.Mode; m != nil {
+		if mode, err = pe.ParseCopyMode(string(*m)); err != nil {
+			return nil, &httpError{http.StatusBadRequest, err}
+		}
+	}
+	service := id.Type()
+	if sv := deref(req.Body.Service); sv != "" {
+		service = sv
+	}
+	if _, err := s.cfg.Manager.Type(service); err != nil {
+		return nil, err
+	}
+	info, err := s.cfg.Tasks.Start(s.cfg.Context, "restore", fmt.Sprintf("restore %s to %s (%s)", id, service, mode), deref(req.Params.Nexus),
+		func(ctx context.Context, progress pe.Progress) (map[string]string, error) {
+			out, err := s.cfg.Repository.Restore(ctx, id, service, mode, progress)
+			if err != nil {
+				return nil, err
+			}
+			return map[string]string{"id": out.String()}, nil
+		})
+	if err != nil {
+		return nil, err
+	}
+	return api.StartRestore202JSONResponse{TaskID: info.ID}, nil
+}
+
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
+
+// validToken compares in constant time, so the token cannot be guessed
+// byte by byte from response times.
+func validToken(header, token string) bool {
+	got, ok := strings.CutPrefix(header, "Bearer ")
+	return ok && token != "" && constantTimeEqual(got, token)
+}

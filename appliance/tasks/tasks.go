@@ -1,0 +1,356 @@
+// Package tasks runs the appliance's long operations (copies, backups,
+// restores) in the background, with progress, cancellation, and nexus that
+// let clients wait for completions. Finished tasks are kept for a retention
+// period so that clients can still read their results.
+package tasks
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+)
+
+// Status of a task.
+type Status string
+
+const (
+	Running   Status = "running"
+	Success   Status = "success"
+	Failed    Status = "failed"
+	Cancelled Status = "cancelled"
+)
+
+// ErrNotFound is returned for unknown task and nexus IDs.
+var ErrNotFound = errors.New("not found")
+
+// Info is a snapshot of a task's state.
+type Info struct {
+	ID       string
+	Kind     string
+	Status   Status
+	Details  string
+	Progress float64 // 0..100
+	Started  time.Time
+	Finished time.Time // zero while running
+	Result   map[string]string
+}
+
+// Done reports whether the task has finished.
+func (i Info) Done() bool { return i.Status != Running }
+
+// Func is the work of a task. It must return soon after ctx is cancelled;
+// progress reports bytes done out of a total. The result is kept in the
+// task on success.
+type Func func(ctx context.Context, progress pe.Progress) (map[string]string, error)
+
+// Options configure a Manager; zero values mean the defaults.
+type Options struct {
+	Logger *slog.Logger
+	// Retention is how long finished tasks are kept (default 1 hour).
+	Retention time.Duration
+	// MaxFinished bounds the finished tasks kept, oldest dropped first
+	// (default 10000), so a flood of tasks cannot exhaust memory.
+	MaxFinished int
+}
+
+// Manager runs tasks.
+type Manager struct {
+	opts Options
+	log  *slog.Logger
+	wg   sync.WaitGroup
+
+	mu      sync.Mutex
+	tasks   map[string]*task
+	order   []string // task IDs, oldest first
+	nexus   map[string]*nexus
+	changed chan struct{} // closed and replaced when a task finishes
+}
+
+type task struct {
+	info   Info
+	cancel context.CancelFunc
+	total  int64
+	done   int64
+}
+
+type nexus struct {
+	id    string
+	tasks []string
+}
+
+// NewManager returns a Manager.
+func NewManager(opts Options) *Manager {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Retention <= 0 {
+		opts.Retention = time.Hour
+	}
+	if opts.MaxFinished <= 0 {
+		opts.MaxFinished = 10000
+	}
+	return &Manager{
+		opts: opts, log: opts.Logger,
+		tasks: map[string]*task{}, nexus: map[string]*nexus{},
+		changed: make(chan struct{}),
+	}
+}
+
+func newID(prefix string) string {
+	var b [8]byte
+	rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+// Start runs fn as a new task of the given kind. The task's context is
+// derived from ctx (the appliance's lifetime, not a request's). With a
+// nexus ID the task is associated with that nexus, which must exist.
+func (m *Manager) Start(ctx context.Context, kind, details, nexusID string, fn Func) (Info, error) {
+	m.mu.Lock()
+	var nx *nexus
+	if nexusID != "" {
+		if nx = m.nexus[nexusID]; nx == nil {
+			m.mu.Unlock()
+			return Info{}, fmt.Errorf("task nexus %q: %w", nexusID, ErrNotFound)
+		}
+	}
+	tctx, cancel := context.WithCancel(ctx)
+	t := &task{
+		info:   Info{ID: newID("task-"), Kind: kind, Status: Running, Details: details, Started: time.Now()},
+		cancel: cancel,
+	}
+	m.tasks[t.info.ID] = t
+	m.order = append(m.order, t.info.ID)
+	if nx != nil {
+		nx.tasks = append(nx.tasks, t.info.ID)
+	}
+	info := t.info
+	m.mu.Unlock()
+
+	m.log.Info("task started", "task", info.ID, "kind", kind, "details", details)
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer cancel()
+		result, err := fn(tctx, &taskProgress{m: m, t: t})
+		m.finish(t, tctx, result, err)
+	}()
+	return info, nil
+}
+
+func (m *Manager) finish(t *task, ctx context.Context, result map[string]string, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t.info.Finished = time.Now()
+	switch {
+	case err == nil:
+		t.info.Status, t.info.Progress, t.info.Result = Success, 100, result
+	case ctx.Err() != nil && errors.Is(err, context.Canceled):
+		t.info.Status, t.info.Details = Cancelled, "cancelled: "+t.info.Details
+	default:
+		t.info.Status, t.info.Details = Failed, err.Error()
+	}
+	m.log.Info("task finished", "task", t.info.ID, "status", t.info.Status, "details", t.info.Details)
+	close(m.changed)
+	m.changed = make(chan struct{})
+	m.prune(time.Now())
+}
+
+// prune drops finished tasks past retention or beyond MaxFinished; m.mu held.
+func (m *Manager) prune(now time.Time) {
+	finished := 0
+	for _, id := range m.order {
+		if m.tasks[id].info.Done() {
+			finished++
+		}
+	}
+	keep := m.order[:0]
+	for _, id := range m.order {
+		t := m.tasks[id]
+		if t.info.Done() && (now.Sub(t.info.Finished) > m.opts.Retention || finished > m.opts.MaxFinished) {
+			finished--
+			delete(m.tasks, id)
+			continue
+		}
+		keep = append(keep, id)
+	}
+	m.order = keep
+	for _, nx := range m.nexus {
+		live := nx.tasks[:0]
+		for _, id := range nx.tasks {
+			if m.tasks[id] != nil {
+				live = append(live, id)
+			}
+		}
+		nx.tasks = live
+	}
+}
+
+// Get returns a task's state.
+func (m *Manager) Get(id string) (Info, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.prune(time.Now())
+	t := m.tasks[id]
+	if t == nil {
+		return Info{}, fmt.Errorf("task %q: %w", id, ErrNotFound)
+	}
+	return t.info, nil
+}
+
+// List returns the IDs of the tasks kept, oldest first.
+func (m *Manager) List() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.prune(time.Now())
+	return append([]string(nil), m.order...)
+}
+
+// Cancel asks a running task to stop and returns its state; cancelling a
+// finished task changes nothing.
+func (m *Manager) Cancel(id string) (Info, error) {
+	m.mu.Lock()
+	t := m.tasks[id]
+	m.mu.Unlock()
+	if t == nil {
+		return Info{}, fmt.Errorf("task %q: %w", id, ErrNotFound)
+	}
+	t.cancel()
+	return m.Get(id)
+}
+
+// Wait blocks until the task finishes or ctx is done.
+func (m *Manager) Wait(ctx context.Context, id string) (Info, error) {
+	for {
+		m.mu.Lock()
+		t, ch := m.tasks[id], m.changed
+		m.mu.Unlock()
+		if t == nil {
+			return Info{}, fmt.Errorf("task %q: %w", id, ErrNotFound)
+		}
+		if info, _ := m.Get(id); info.Done() {
+			return info, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return Info{}, ctx.Err()
+		}
+	}
+}
+
+// Shutdown cancels running tasks after grace and waits for all to end, at
+// most until ctx is done.
+func (m *Manager) Shutdown(ctx context.Context, grace time.Duration) error {
+	done := make(chan struct{})
+	go func() { m.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-time.After(grace):
+	case <-ctx.Done():
+	}
+	m.mu.Lock()
+	for _, t := range m.tasks {
+		t.cancel()
+	}
+	m.mu.Unlock()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("tasks still running at shutdown: %w", ctx.Err())
+	}
+}
+
+// NexusInfo is a nexus and its tasks.
+type NexusInfo struct {
+	ID    string
+	Tasks []string
+}
+
+// NewNexus creates a nexus.
+func (m *Manager) NewNexus() string {
+	id := newID("nexus-")
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.nexus[id] = &nexus{id: id}
+	return id
+}
+
+// Nexus lists the nexus, sorted by ID.
+func (m *Manager) Nexus() []NexusInfo {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.prune(time.Now())
+	out := make([]NexusInfo, 0, len(m.nexus))
+	for _, nx := range m.nexus {
+		out = append(out, NexusInfo{ID: nx.id, Tasks: append([]string(nil), nx.tasks...)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// WaitNexus returns the tasks of the nexus that finished after
+// lastFinished, waiting up to wait for one to finish if none has.
+func (m *Manager) WaitNexus(ctx context.Context, id string, lastFinished time.Time, wait time.Duration) ([]Info, error) {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		m.mu.Lock()
+		nx := m.nexus[id]
+		if nx == nil {
+			m.mu.Unlock()
+			return nil, fmt.Errorf("task nexus %q: %w", id, ErrNotFound)
+		}
+		var out []Info
+		for _, tid := range nx.tasks {
+			if t := m.tasks[tid]; t != nil && t.info.Done() && t.info.Finished.After(lastFinished) {
+				out = append(out, t.info)
+			}
+		}
+		ch := m.changed
+		m.mu.Unlock()
+		if len(out) > 0 {
+			sort.Slice(out, func(i, j int) bool { return out[i].Finished.Before(out[j].Finished) })
+			return out, nil
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			return nil, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// taskProgress is the pe.Progress of a task: it turns bytes into percent.
+type taskProgress struct {
+	m *Manager
+	t *task
+}
+
+func (p *taskProgress) Start(total int64) {
+	p.m.mu.Lock()
+	defer p.m.mu.Unlock()
+	p.t.total, p.t.done = total, 0
+	p.t.info.Progress = 0
+}
+
+func (p *taskProgress) Add(n int64) {
+	p.m.mu.Lock()
+	defer p.m.mu.Unlock()
+	p.t.done += n
+	if p.t.total > 0 && p.t.info.Status == Running {
+		p.t.info.Progress = min(99.9, 100*float64(p.t.done)/float64(p.t.total))
+	}
+}

@@ -1,0 +1,87 @@
+package tasks
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+)
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func TestLifecycle(t *testing.T) {
+	m := NewManager(Options{Logger: quiet()})
+	ctx := context.Background()
+	nx := m.NewNexus()
+	ok, err := m.Start(ctx, "t", "works", nx, func(ctx context.Context, p pe.Progress) (map[string]string, error) {
+		p.Start(200)
+		p.Add(100)
+		return map[string]string{"id": "x"}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad, _ := m.Start(ctx, "t", "fails", nx, func(ctx context.Context, p pe.Progress) (map[string]string, error) {
+		return nil, errors.New("boom")
+	})
+	if _, err := m.Start(ctx, "t", "", "nexus-nope", nil); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown nexus: %v", err)
+	}
+	got, err := m.Wait(ctx, ok.ID)
+	if err != nil || got.Status != Success || got.Progress != 100 || got.Result["id"] != "x" || got.Finished.IsZero() {
+		t.Errorf("ok task: %+v %v", got, err)
+	}
+	got, _ = m.Wait(ctx, bad.ID)
+	if got.Status != Failed || got.Details != "boom" {
+		t.Errorf("failed task: %+v", got)
+	}
+	done, err := m.WaitNexus(ctx, nx, time.Time{}, time.Second)
+	if err != nil || len(done) != 2 {
+		t.Errorf("nexus: %v %v", done, err)
+	}
+	last := done[len(done)-1].Finished
+	if more, _ := m.WaitNexus(ctx, nx, last, 10*time.Millisecond); len(more) != 0 {
+		t.Errorf("nexus after last: %v", more)
+	}
+}
+
+func TestRetention(t *testing.T) {
+	m := NewManager(Options{Logger: quiet(), Retention: 50 * time.Millisecond, MaxFinished: 3})
+	ctx := context.Background()
+	var ids []string
+	for range 5 {
+		info, _ := m.Start(ctx, "t", "", "", func(context.Context, pe.Progress) (map[string]string, error) { return nil, nil })
+		m.Wait(ctx, info.ID)
+		ids = append(ids, info.ID)
+	}
+	if got := m.List(); len(got) != 3 || got[0] != ids[2] {
+		t.Errorf("MaxFinished 3 keeps the newest: %v of %v", got, ids)
+	}
+	time.Sleep(80 * time.Millisecond)
+	if got := m.List(); len(got) != 0 {
+		t.Errorf("after retention: %v", got)
+	}
+	if _, err := m.Get(ids[4]); !errors.Is(err, ErrNotFound) {
+		t.Errorf("expired task: %v", err)
+	}
+}
+
+func TestShutdownCancels(t *testing.T) {
+	m := NewManager(Options{Logger: quiet()})
+	info, _ := m.Start(context.Background(), "t", "", "", func(ctx context.Context, _ pe.Progress) (map[string]string, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := m.Shutdown(ctx, 10*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := m.Get(info.ID); got.Status != Cancelled {
+		t.Errorf("after shutdown: %+v", got)
+	}
+}
