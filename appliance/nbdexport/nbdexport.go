@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/astrolabe-appliance/astrolabe/nbd"
 	"github.com/astrolabe-appliance/astrolabe/pe"
@@ -20,11 +21,13 @@ import (
 // "astrolabe:changed:<snapshot>". State 1 is changed, 0 unchanged.
 const ChangedContextPrefix = "astrolabe:changed:"
 
-// Source is an nbd.Source over a set of PE snapshots.
+// Source is an nbd.Source over a set of PE snapshots. Exports can be
+// added and removed while it serves.
 type Source struct {
-	m       pe.Manager
-	mu      sync.Mutex
-	entries []entry
+	m         pe.Manager
+	bytesRead atomic.Int64
+	mu        sync.Mutex
+	entries   []entry
 }
 
 type entry struct {
@@ -65,6 +68,49 @@ func (s *Source) AddWritable(ctx context.Context, id pe.ID, progress pe.Progress
 	}
 	return target.ID(), nil
 }
+
+// AddTarget exports snapshot id writable into an existing target PE, as
+// AddWritable made it: an appliance restarting restores its exports so.
+func (s *Source) AddTarget(id, target pe.ID) error {
+	if target.IsZero() || target.HasSnapshot() {
+		return fmt.Errorf("export %s: target %s is not a live PE", id, target)
+	}
+	return s.add(entry{id: id, target: target})
+}
+
+// Remove stops exporting id; connected clients keep their export open
+// until they disconnect.
+func (s *Source) Remove(id pe.ID) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, e := range s.entries {
+		if e.id == id {
+			s.entries = append(s.entries[:i], s.entries[i+1:]...)
+			return nil
+		}
+	}
+	return fmt.Errorf("export %s: %w", id, pe.ErrNotFound)
+}
+
+// Export is one export of a Source.
+type Export struct {
+	ID     pe.ID
+	Target pe.ID // zero for read-only exports
+}
+
+// Exports lists the exports in the order they were added.
+func (s *Source) Exports() []Export {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Export, len(s.entries))
+	for i, e := range s.entries {
+		out[i] = Export{ID: e.id, Target: e.target}
+	}
+	return out
+}
+
+// BytesRead is the number of bytes clients have read from all exports.
+func (s *Source) BytesRead() int64 { return s.bytesRead.Load() }
 
 func (s *Source) add(e entry) error {
 	if !e.id.HasSnapshot() {
@@ -129,7 +175,7 @@ func (s *Source) Open(ctx context.Context, name string) (nbd.Export, error) {
 	if err != nil {
 		return nil, fmt.Errorf("export %s: %w", e.id, err)
 	}
-	se := &snapshotExport{export: export{img}, p: p}
+	se := &snapshotExport{export: export{img, &s.bytesRead}, p: p}
 	se.tracker, _ = img.(pe.ChangeTracker)
 	return se, nil
 }
@@ -147,12 +193,21 @@ func (s *Source) openWritable(ctx context.Context, e entry) (nbd.Export, error) 
 	if err != nil {
 		return nil, fmt.Errorf("export %s: %w", e.id, err)
 	}
-	return writableExport{export{img}, img}, nil
+	return writableExport{export{img, &s.bytesRead}, img}, nil
 }
 
 // export adapts a pe.Image: holes and zero ranges become base:allocation
 // states, so clients skip them.
-type export struct{ pe.Image }
+type export struct {
+	pe.Image
+	read *atomic.Int64 // bytes read, for the appliance's metrics
+}
+
+func (e export) ReadAt(p []byte, off int64) (int, error) {
+	n, err := e.Image.ReadAt(p, off)
+	e.read.Add(int64(n))
+	return n, err
+}
 
 func (e export) Allocation(ctx context.Context, off, length int64) ([]nbd.Extent, error) {
 	exts, err := e.Extents(ctx, off, length)

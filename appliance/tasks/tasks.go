@@ -354,3 +354,14 @@ func (p *taskProgress) Add(n int64) {
 		p.t.info.Progress = min(99.9, 100*float64(p.t.done)/float64(p.t.total))
 	}
 }
+
+// Counts returns how many tasks are kept in each status.
+func (m *Manager) Counts() map[Status]int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[Status]int{Running: 0, Success: 0, Failed: 0, Cancelled: 0}
+	for _, t := range m.tasks {
+		out[t.info.Status]++
+	}
+	return out
+}

@@ -74,6 +74,21 @@ disk:vm1.img:20261125T000104.000Z-1a2b3c4d. The configuration directory
 				Value:   defaultConfigDir(),
 			},
 			&cli.StringFlag{
+				Name:    "server",
+				Usage:   "act on the running appliance at `URL` (e.g. https://host:8443) instead of the local configuration",
+				EnvVars: []string{"ASTROLABE_SERVER"},
+			},
+			&cli.StringFlag{
+				Name:    "token",
+				Usage:   "API bearer `TOKEN` for --server",
+				EnvVars: []string{"ASTROLABE_TOKEN"},
+			},
+			&cli.StringFlag{
+				Name:    "server-ca",
+				Usage:   "PEM `FILE` of the certificate(s) to trust for --server (default: CONFIG/tls/cert.pem if present)",
+				EnvVars: []string{"ASTROLABE_SERVER_CA"},
+			},
+			&cli.StringFlag{
 				Name:  "log-level",
 				Usage: "log `LEVEL`: debug, info, warn or error",
 				Value: "warn",
@@ -98,6 +113,7 @@ disk:vm1.img:20261125T000104.000Z-1a2b3c4d. The configuration directory
 			rmsnCommand(),
 			cpCommand(),
 			nbdCommand(),
+			serveCommand(),
 		},
 	}
 }

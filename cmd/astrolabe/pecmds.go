@@ -3,16 +3,37 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/astrolabe-appliance/astrolabe/appliance/config"
+	"github.com/astrolabe-appliance/astrolabe/appliance/remote"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 )
 
+// loadManager returns the PEs to work on: those of the configuration
+// directory, or those of a running appliance with --server.
 func loadManager(c *cli.Context) (pe.Manager, error) {
+	if url := c.String("server"); url != "" {
+		ca := c.String("server-ca")
+		if ca == "" {
+			// The appliance's own self-signed certificate, when this is
+			// its configuration directory.
+			if own := filepath.Join(c.String("config"), "tls", "cert.pem"); fileExists(own) {
+				ca = own
+			}
+		}
+		return remote.New(remote.Options{URL: url, Token: c.String("token"), CAFile: ca})
+	}
 	return config.Load(c.String("config"), config.Factories())
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // args checks the number of positional arguments.

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/astrolabe-appliance/astrolabe/appliance/daemon"
+)
+
+func serveCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "run the appliance: REST API, NBD exports and tasks, until SIGINT/SIGTERM",
+		Description: `Serves the REST API (https, bearer token) under /v1/astrolabe and
+/v1/appliance, health at /healthz and Prometheus metrics at /metrics, and
+the NBD server for the exports started through the API. Exports it starts
+are recorded in the config directory and come back after a restart.
+
+The API token is --token or ASTROLABE_TOKEN, else the one stored in the
+config directory (api-token), else a new one that is stored there and
+printed once. The TLS certificate is the config directory's tls/cert.pem
+and tls/key.pem, generated self-signed on first start. Clients trust
+tls/cert.pem (curl --cacert, or --server-ca for this CLI).
+
+SIGTERM lets running tasks finish (up to --drain) and exits cleanly.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "api", Value: "0.0.0.0:8443", Usage: "REST API `ADDR` (empty: off)"},
+			&cli.StringFlag{Name: "s3", Value: "0.0.0.0:9000", Usage: "S3 data path `ADDR` (empty: off)"},
+			&cli.StringFlag{Name: "nbd", Value: "0.0.0.0:10809", Usage: "NBD `ADDR` (empty: off)"},
+			&cli.StringFlag{Name: "mount", Usage: "mount the PE tree with FUSE at `DIR`"},
+			&cli.BoolFlag{Name: "insecure-http", Usage: "serve the API over plain HTTP (loopback addresses only)"},
+			&cli.StringFlag{Name: "token", EnvVars: []string{"ASTROLABE_TOKEN"}, Usage: "API bearer `TOKEN`"},
+			&cli.StringFlag{Name: "s3-access-key", EnvVars: []string{"ASTROLABE_S3_ACCESS_KEY"}, Usage: "S3 data path access `KEY`"},
+			&cli.StringFlag{Name: "s3-secret-key", EnvVars: []string{"ASTROLABE_S3_SECRET_KEY"}, Usage: "S3 data path secret `KEY`"},
+			&cli.DurationFlag{Name: "drain", Value: daemon.DefaultDrain, Usage: "how long running tasks may finish at shutdown"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 0 {
+				return usagef("serve takes no arguments, got %q", c.Args().First())
+			}
+			w := c.App.Writer
+			return daemon.Run(c.Context, daemon.Options{
+				ConfigDir:    c.String("config"),
+				APIAddr:      c.String("api"),
+				S3Addr:       c.String("s3"),
+				NBDAddr:      c.String("nbd"),
+				MountDir:     c.String("mount"),
+				InsecureHTTP: c.Bool("insecure-http"),
+				Token:        c.String("token"),
+				S3AccessKey:  c.String("s3-access-key"),
+				S3SecretKey:  c.String("s3-secret-key"),
+				DrainTimeout: c.Duration("drain"),
+				Version:      version,
+				Logger:       slog.Default(),
+				Ready: func(ep daemon.Endpoints) {
+					if ep.API != "" {
+						fmt.Fprintf(w, "api: %s/v1/astrolabe\n", ep.API)
+					}
+					if ep.S3 != "" {
+						fmt.Fprintf(w, "s3: %s\n", ep.S3)
+					}
+					if ep.NBD != "" {
+						fmt.Fprintf(w, "nbd: %s\n", ep.NBD)
+					}
+					if ep.CertFile != "" {
+						fmt.Fprintf(w, "certificate: %s\n", ep.CertFile)
+					}
+					if ep.TokenGenerated {
+						fmt.Fprintf(w, "token: %s (generated; stored in the config directory)\n", ep.Token)
+					}
+					fmt.Fprintln(w, "ready")
+				},
+			})
+		},
+	}
+}

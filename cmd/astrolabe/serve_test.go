@@ -1,0 +1,170 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// appliance is a running 'astrolabe serve'.
+type appliance struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	info   map[string]string // what it printed: api, nbd, certificate, token
+	stderr *bytes.Buffer
+	client *http.Client
+}
+
+func startServe(t *testing.T, cfg string, args ...string) *appliance {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	args = append([]string{"--config", cfg, "serve", "--api", "127.0.0.1:0", "--nbd", "127.0.0.1:0", "--s3", ""}, args...)
+	cmd := exec.CommandContext(ctx, astrolabeBin, args...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &appliance{t: t, cmd: cmd, info: map[string]string{}, stderr: &bytes.Buffer{}}
+	cmd.Stderr = a.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() && sc.Text() != "ready" {
+		if k, v, ok := strings.Cut(sc.Text(), ": "); ok {
+			a.info[k] = strings.Fields(v)[0]
+		}
+	}
+	if a.info["api"] == "" {
+		t.Fatalf("serve printed %v; stderr: %s", a.info, a.stderr)
+	}
+	if a.info["token"] == "" {
+		b, _ := os.ReadFile(filepath.Join(cfg, "api-token"))
+		a.info["token"] = strings.TrimSpace(string(b))
+	}
+	pool := x509.NewCertPool()
+	pemBytes, _ := os.ReadFile(filepath.Join(cfg, "tls", "cert.pem"))
+	pool.AppendCertsFromPEM(pemBytes)
+	a.client = &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	return a
+}
+
+// base is the API's scheme://host:port.
+func (a *appliance) base() string { return strings.TrimSuffix(a.info["api"], "/v1/astrolabe") }
+
+func (a *appliance) call(method, path, token, body string) (int, string) {
+	a.t.Helper()
+	req, _ := http.NewRequest(method, a.base()+path, strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := a.client.Do(req)
+	if err != nil {
+		a.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func (a *appliance) stop() {
+	a.t.Helper()
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	if err := a.cmd.Wait(); err != nil {
+		a.t.Errorf("serve after SIGTERM: %v; stderr: %s", err, a.stderr)
+	}
+}
+
+func TestServe(t *testing.T) {
+	needNBDTools(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", "--samples", cfg)
+	a := startServe(t, cfg)
+	if !strings.HasPrefix(a.info["api"], "https://127.0.0.1:") || a.info["certificate"] == "" {
+		t.Fatalf("serve endpoints: %v", a.info)
+	}
+	token := a.info["token"]
+
+	// The CLI verbs act on the appliance through the generated client.
+	remote := []string{"--server", a.base(), "--token", token}
+	if got := mustRun(t, cfg, append(remote, "types")...).stdout; got != "disk\nfs\n" {
+		t.Errorf("remote types: %q", got)
+	}
+	snap := mustRun(t, cfg, append(remote, "snap", "disk:sample.img")...).lastLine()
+	if got := mustRun(t, cfg, append(remote, "lssn", "disk:sample.img")...).stdout; strings.TrimSpace(got) != snap {
+		t.Errorf("remote lssn: %q, want %s", got, snap)
+	}
+	if got := mustRun(t, cfg, append(remote, "show", snap)...).stdout; !strings.Contains(got, `"size": 67108864`) {
+		t.Errorf("remote show: %s", got)
+	}
+	copied := mustRun(t, cfg, append(remote, "cp", snap, "disk")...).lastLine()
+	if !strings.HasPrefix(copied, "disk:sample-") {
+		t.Fatalf("remote cp: %q", copied)
+	}
+	a1, _ := os.ReadFile(filepath.Join(cfg, "disk", "sample.img"))
+	a2, _ := os.ReadFile(filepath.Join(cfg, "disk", strings.TrimPrefix(copied, "disk:")))
+	if !bytes.Equal(a1, a2) {
+		t.Error("the copy made through the appliance differs")
+	}
+	mustFail(t, cfg, "bearer token", "--server", a.base(), "--token", "wrong", "ls", "fs")
+	mustFail(t, cfg, "not carried by the REST API", append(remote, "cp", snap, filepath.Join(dir, "x.zip"))...)
+
+	// An NBD export started through the API, and metrics.
+	status, body := a.call("POST", "/v1/appliance/nbd/exports", token, `{"id":"`+snap+`"}`)
+	if status != 200 {
+		t.Fatalf("start export: %d %s", status, body)
+	}
+	var exp struct{ URI string }
+	json.Unmarshal([]byte(body), &exp)
+	runTool(t, "nbdcopy", exp.URI, filepath.Join(dir, "nbd.img"))
+	if b, _ := os.ReadFile(filepath.Join(dir, "nbd.img")); !bytes.Equal(b, a1) {
+		t.Error("NBD export differs from the image")
+	}
+	if status, body = a.call("GET", "/metrics", token, ""); status != 200 || !strings.Contains(body, `astrolabe_data_bytes_served_total{path="nbd"}`) || !strings.Contains(body, "astrolabe_api_requests_total") {
+		t.Errorf("metrics: %d %.300s", status, body)
+	}
+	if status, _ = a.call("GET", "/metrics", "", ""); status != 401 {
+		t.Errorf("metrics without token: %d", status)
+	}
+	if status, _ = a.call("GET", "/healthz", "", ""); status != 200 {
+		t.Errorf("healthz: %d", status)
+	}
+	_, body = a.call("GET", "/v1/astrolabe/disk/"+strings.ReplaceAll(snap, ":", "%3A"), token, "")
+	if !strings.Contains(body, exp.URI) {
+		t.Errorf("PE info does not advertise the NBD export: %s", body)
+	}
+	a.stop()
+
+	// After a restart the export is back, with the same token.
+	a = startServe(t, cfg)
+	if a.info["token"] != token {
+		t.Errorf("token changed across restarts")
+	}
+	if out := runTool(t, "nbdinfo", "--list", a.info["nbd"]); !strings.Contains(out, snap) {
+		t.Errorf("export not restored after restart:\n%s", out)
+	}
+	if status, body = a.call("DELETE", "/v1/appliance/nbd/exports/"+strings.ReplaceAll(snap, ":", "%3A"), token, ""); status != 204 {
+		t.Errorf("stop export: %d %s", status, body)
+	}
+	if status, body = a.call("GET", "/v1/appliance/nbd/exports", token, ""); status != 200 || strings.TrimSpace(body) != "[]" {
+		t.Errorf("exports after stop: %d %s", status, body)
+	}
+	a.stop()
+
+	mustFail(t, cfg, "loopback", "serve", "--api", "0.0.0.0:0", "--insecure-http", "--nbd", "", "--s3", "")
+}
