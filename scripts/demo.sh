@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: a configuration with sample PEs in a
-# local directory, a snapshot, a copy to a zip and back, and the result.
+# local directory, a snapshot, a copy to a zip and back, and then the
+# appliance itself (astrolabe serve) on loopback, with the URLs to try.
 # Usage: scripts/demo.sh [DIR]   (default: ./demo, recreated each run)
+# DEMO_SERVE=0 skips the server (it runs in the foreground until Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-demo}
@@ -37,3 +39,16 @@ DRESTORED=$(step cp "$DIR/disk.zip" disk | tail -n1)
 echo "$DRESTORED"
 cmp "$DIR/disk/sample.img" "$DIR/disk/${DRESTORED#disk:}" && echo "restored disk equals the source"
 du -h --apparent-size "$DIR/disk/${DRESTORED#disk:}"; du -h "$DIR/disk/${DRESTORED#disk:}"
+
+[[ ${DEMO_SERVE:-1} == 1 ]] || exit 0
+printf '\n\033[1m$ astrolabe serve\033[0m (Ctrl-C stops it)\n' >&2
+TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+CERT="$DIR/tls/cert.pem"
+cat >&2 <<EOT
+Try, in another terminal:
+  curl --cacert $CERT -H 'Authorization: Bearer $TOKEN' https://127.0.0.1:8443/v1/astrolabe/disk
+  curl --cacert $CERT -H 'Authorization: Bearer $TOKEN' -d '{"id":"$DSNAP"}' https://127.0.0.1:8443/v1/appliance/nbd/exports
+  nbdinfo --list nbd://127.0.0.1:10809
+  $A --config $DIR --server https://127.0.0.1:8443 --token $TOKEN ls fs
+EOT
+exec "$A" --config "$DIR" serve --api 127.0.0.1:8443 --nbd 127.0.0.1:10809 --s3 127.0.0.1:9000 --token "$TOKEN"
