@@ -40,23 +40,7 @@ func FuzzHandshake(f *testing.F) {
 	f.Add(append(append(append([]byte{}, flags...), opt(optGo, goReq)...), read...))
 	srv := NewServer(fileSource{dir}, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	f.Fuzz(func(t *testing.T, in []byte) {
-		client, server := net.Pipe()
-		server.SetDeadline(time.Now().Add(5 * time.Second))
-		go io.Copy(io.Discard, client)
-		go func() {
-			client.Write(in)
-			client.Close()
-		}()
-		done := make(chan struct{})
-		go func() {
-			srv.serveConn(context.Background(), server)
-			close(done)
-		}()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Fatal("connection did not end")
-		}
+		feed(t, in, func(server net.Conn) { srv.serveConn(context.Background(), server) })
 	})
 }
 
@@ -115,29 +99,37 @@ func FuzzRequests(f *testing.F) {
 	f.Add(byte(2), req(true, cmdFlagFastZero, cmdWriteZeroes, 0, 8192, nil))
 	srv := NewServer(nil, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), MaxRequest: 1 << 16})
 	f.Fuzz(func(t *testing.T, mode byte, in []byte) {
-		client, server := net.Pipe()
-		server.SetDeadline(time.Now().Add(5 * time.Second))
-		go io.Copy(io.Discard, client)
-		go func() {
-			client.Write(in)
-			client.Close()
-		}()
-		cn := &conn{
-			srv: srv, c: server, r: bufio.NewReader(server), name: "m",
-			export:     &memExport{data: make([]byte, 8192)},
-			structured: mode%3 > 0, extended: mode%3 == 2,
-			contexts: []string{contextBaseAllocation},
-		}
-		done := make(chan struct{})
-		go func() {
+		feed(t, in, func(server net.Conn) {
+			cn := &conn{
+				srv: srv, c: server, r: bufio.NewReader(server), name: "m",
+				export:     &memExport{data: make([]byte, 8192)},
+				structured: mode%3 > 0, extended: mode%3 == 2,
+				contexts: []string{contextBaseAllocation},
+			}
 			cn.transmit(context.Background(), srv.log)
 			server.Close()
-			close(done)
-		}()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Fatal("connection did not end")
-		}
+		})
 	})
+}
+
+// feed plays in as everything a client sends, then hangs up, and runs
+// serve on the server end; serve must return within 10 s.
+func feed(t *testing.T, in []byte, serve func(server net.Conn)) {
+	client, server := net.Pipe()
+	server.SetDeadline(time.Now().Add(5 * time.Second))
+	go io.Copy(io.Discard, client)
+	go func() {
+		client.Write(in)
+		client.Close()
+	}()
+	done := make(chan struct{})
+	go func() {
+		serve(server)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("connection did not end")
+	}
 }

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -128,26 +127,7 @@ func needTools(t *testing.T) {
 // serve starts a server over dir on a loopback port and returns its address.
 func serve(t *testing.T, dir string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	srv := NewServer(fileSource{dir}, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	go func() { done <- srv.Serve(ctx, l) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Serve: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("server did not stop within 10 s")
-		}
-	})
-	return l.Addr().String()
+	return serveWith(t, fileSource{dir}, Options{})
 }
 
 func run(t *testing.T, name string, args ...string) string {
