@@ -557,6 +557,7 @@ func TestLargeSparseManyClients(t *testing.T) {
 	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", src, converted)
 	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", src, uri)
 
+	// 16 clients at once, each with nbdcopy's own 4 connections.
 	const clients = 16
 	errs := make(chan error, clients)
 	for range clients {

@@ -224,25 +224,6 @@ func TestNBDClients(t *testing.T) {
 	}
 	run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", filepath.Join(exports, "disk.img"), uri)
 	run(t, "nbdcopy", "-C", "1", "--request-size=4194304", uri, "null:")
-
-	// Several clients at once.
-	errs := make(chan error, 8)
-	for range 8 {
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			defer cancel()
-			out, err := exec.CommandContext(ctx, "nbdcopy", uri, "null:").CombinedOutput()
-			if err != nil {
-				err = fmt.Errorf("%v: %s", err, out)
-			}
-			errs <- err
-		}()
-	}
-	for range 8 {
-		if err := <-errs; err != nil {
-			t.Errorf("concurrent nbdcopy: %v", err)
-		}
-	}
 }
 
 // rawHandshake connects and does the fixed newstyle greeting.
