@@ -9,7 +9,9 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -25,6 +28,7 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/appliance/config"
 	"github.com/astrolabe-appliance/astrolabe/appliance/nbdexport"
 	"github.com/astrolabe-appliance/astrolabe/appliance/rest"
+	"github.com/astrolabe-appliance/astrolabe/appliance/s3export"
 	"github.com/astrolabe-appliance/astrolabe/appliance/tasks"
 	"github.com/astrolabe-appliance/astrolabe/internal/atomicfile"
 	"github.com/astrolabe-appliance/astrolabe/nbd"
@@ -61,7 +65,9 @@ type Endpoints struct {
 	Token        string
 	// TokenGenerated is set when the token was made at this start.
 	TokenGenerated bool
-	CertFile       string
+	// S3Keys are set when the S3 credentials were made at this start.
+	S3Keys   *S3Keys
+	CertFile string
 }
 
 // DefaultDrain is how long running tasks may finish at shutdown.
@@ -83,8 +89,10 @@ func Run(ctx context.Context, opts Options) error {
 		opts.DrainTimeout = DefaultDrain
 	}
 	log := opts.Logger
-	if opts.InsecureHTTP && !isLoopback(opts.APIAddr) {
-		return fmt.Errorf("--insecure-http is only allowed on a loopback address, not %q", opts.APIAddr)
+	for _, addr := range []string{opts.APIAddr, opts.S3Addr} {
+		if opts.InsecureHTTP && addr != "" && !isLoopback(addr) {
+			return fmt.Errorf("--insecure-http is only allowed on loopback addresses, not %q", addr)
+		}
 	}
 	m, err := config.Load(opts.ConfigDir, config.Factories())
 	if err != nil {
@@ -108,6 +116,7 @@ func Run(ctx context.Context, opts Options) error {
 		wg      sync.WaitGroup
 		errMu   sync.Mutex
 		runErrs []error
+		servers []*http.Server
 	)
 	fail := func(err error) {
 		errMu.Lock()
@@ -140,15 +149,72 @@ func Run(ctx context.Context, opts Options) error {
 			}
 		}()
 	}
-	met := newMetrics(tm, exports)
+	var s3h *s3export.Handler
+	var s3l net.Listener
+	if opts.S3Addr != "" {
+		if s3l, err = net.Listen("tcp", opts.S3Addr); err != nil {
+			return fmt.Errorf("S3 listener: %w", err)
+		}
+		defer s3l.Close()
+		keys, generated, err := loadS3Keys(opts.ConfigDir, opts.S3AccessKey, opts.S3SecretKey)
+		if err != nil {
+			return err
+		}
+		if generated {
+			ep.S3Keys = &keys
+		}
+		s3h, err = s3export.New(s3export.Config{Manager: m, AccessKey: keys.AccessKey, SecretKey: keys.SecretKey, Logger: log})
+		if err != nil {
+			return err
+		}
+	}
+	met := newMetrics(tm, exports, s3h)
+
+	// serve runs handler on l, with the API's TLS certificate unless
+	// --insecure-http, and returns the listener's URL.
+	serve := func(name string, l net.Listener, handler http.Handler) (string, error) {
+		srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		scheme := "http"
+		if !opts.InsecureHTTP {
+			certFile, keyFile, err := ensureCert(filepath.Join(opts.ConfigDir, tlsDir), l.Addr())
+			if err != nil {
+				return "", err
+			}
+			pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+			if err != nil {
+				return "", fmt.Errorf("%s certificate: %w", name, err)
+			}
+			srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+			l = tls.NewListener(l, srv.TLSConfig)
+			scheme, ep.CertFile = "https", certFile
+		}
+		servers = append(servers, srv)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				fail(fmt.Errorf("%s server: %w", name, err))
+				stop()
+			}
+		}()
+		return scheme + "://" + advertised(l.Addr()), nil
+	}
+	if s3h != nil {
+		if ep.S3, err = serve("S3", s3l, met.instrumentS3(s3h)); err != nil {
+			return err
+		}
+	}
 
 	cfg := rest.Config{
 		Manager: m, Tasks: tm, Logger: log, Version: opts.Version, Token: token, Context: taskCtx,
 		Transports: func(id pe.ID) (data, md, combined []pe.Transport) {
-			if exports != nil {
-				data = exports.transports(id)
+			if s3h != nil {
+				data, md, combined = s3export.Transports(ep.S3, id)
 			}
-			return data, nil, nil
+			if exports != nil {
+				data = append(data, exports.transports(id)...)
+			}
+			return data, md, combined
 		},
 	}
 	if exports != nil {
@@ -158,45 +224,15 @@ func Run(ctx context.Context, opts Options) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", requireToken(token, met.handler()))
 	mux.Handle("/", apiHandler)
-
-	var servers []*http.Server
 	if opts.APIAddr != "" {
 		l, err := net.Listen("tcp", opts.APIAddr)
 		if err != nil {
 			return fmt.Errorf("API listener: %w", err)
 		}
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-		scheme := "http"
-		if !opts.InsecureHTTP {
-			certFile, keyFile, err := ensureCert(filepath.Join(opts.ConfigDir, tlsDir), l.Addr())
-			if err != nil {
-				l.Close()
-				return err
-			}
-			pair, err := tls.LoadX509KeyPair(certFile, keyFile)
-			if err != nil {
-				l.Close()
-				return fmt.Errorf("API certificate: %w", err)
-			}
-			srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
-			l = tls.NewListener(l, srv.TLSConfig)
-			scheme, ep.CertFile = "https", certFile
+		if ep.API, err = serve("API", l, mux); err != nil {
+			l.Close()
+			return err
 		}
-		ep.API = scheme + "://" + l.Addr().String()
-		servers = append(servers, srv)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				fail(fmt.Errorf("API server: %w", err))
-				stop()
-			}
-		}()
-	}
-	if opts.S3Addr != "" {
-		// The S3 data path lands with appliance/s3export; until then the
-		// address is refused rather than silently ignored.
-		log.Warn("the S3 data path is not built yet; --s3 ignored", "addr", opts.S3Addr)
 	}
 	if opts.MountDir != "" {
 		log.Warn("FUSE mounts are not built yet; --mount ignored", "dir", opts.MountDir)
@@ -204,7 +240,7 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.Ready != nil {
 		opts.Ready(ep)
 	}
-	log.Info("astrolabe serving", "api", ep.API, "nbd", ep.NBD)
+	log.Info("astrolabe serving", "api", ep.API, "s3", ep.S3, "nbd", ep.NBD)
 
 	<-ctx.Done()
 	log.Info("shutting down: draining tasks", "timeout", opts.DrainTimeout)
@@ -274,4 +310,57 @@ func isLoopback(addr string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// advertised is how clients reach a listener: its address, or this host's
+// name where it listens on all addresses.
+func advertised(a net.Addr) string {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok || !tcp.IP.IsUnspecified() {
+		return a.String()
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, strconv.Itoa(tcp.Port))
+}
+
+// S3Keys are the S3 data path's credentials.
+type S3Keys struct {
+	AccessKey string `json:"accessKey"`
+	SecretKey string `json:"secretKey"`
+}
+
+const s3KeysFile = "s3-credentials.json"
+
+// loadS3Keys returns the given keys, else the stored ones, else new ones
+// that are stored (0600) and reported as generated.
+func loadS3Keys(dir, access, secret string) (S3Keys, bool, error) {
+	if access != "" || secret != "" {
+		if access == "" || secret == "" {
+			return S3Keys{}, false, errors.New("S3 data path: give both the access key and the secret key")
+		}
+		return S3Keys{access, secret}, false, nil
+	}
+	path := filepath.Join(dir, s3KeysFile)
+	var k S3Keys
+	if b, err := os.ReadFile(path); err == nil {
+		if err := json.Unmarshal(b, &k); err != nil || k.AccessKey == "" || k.SecretKey == "" {
+			return S3Keys{}, false, fmt.Errorf("S3 credentials %s: malformed (fix or remove it)", path)
+		}
+		return k, false, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return S3Keys{}, false, fmt.Errorf("S3 credentials: %w", err)
+	}
+	var a [10]byte
+	var sk [30]byte
+	rand.Read(a[:])
+	rand.Read(sk[:])
+	k = S3Keys{AccessKey: "AST" + strings.ToUpper(hex.EncodeToString(a[:])), SecretKey: base64.RawURLEncoding.EncodeToString(sk[:])}
+	err := atomicfile.Write(path, 0o600, func(w io.Writer) error { return json.NewEncoder(w).Encode(k) })
+	if err != nil {
+		return S3Keys{}, false, fmt.Errorf("store S3 credentials: %w", err)
+	}
+	return k, true, nil
 }

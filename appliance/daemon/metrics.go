@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/astrolabe-appliance/astrolabe/appliance/s3export"
 	"github.com/astrolabe-appliance/astrolabe/appliance/tasks"
 )
 
@@ -20,7 +21,7 @@ type metrics struct {
 	requests *prometheus.CounterVec
 }
 
-func newMetrics(tm *tasks.Manager, exports *nbdService) *metrics {
+func newMetrics(tm *tasks.Manager, exports *nbdService, s3h *s3export.Handler) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -43,6 +44,13 @@ func newMetrics(tm *tasks.Manager, exports *nbdService) *metrics {
 			ConstLabels: prometheus.Labels{"path": "nbd"},
 		}, func() float64 { return float64(exports.src.BytesRead()) }))
 	}
+	if s3h != nil {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "astrolabe_data_bytes_served_total",
+			Help:        "Bytes of PE data served, by data path.",
+			ConstLabels: prometheus.Labels{"path": "s3"},
+		}, func() float64 { return float64(s3h.BytesServed()) }))
+	}
 	return m
 }
 
@@ -63,6 +71,15 @@ func (m *metrics) instrument(h http.Handler) http.Handler {
 			route = "unmatched"
 		}
 		m.requests.WithLabelValues(r.Method, route, strconv.Itoa(sw.code)).Inc()
+	})
+}
+
+// instrumentS3 counts S3 requests by method and status.
+func (m *metrics) instrumentS3(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		h.ServeHTTP(sw, r)
+		m.requests.WithLabelValues(r.Method, "s3", strconv.Itoa(sw.code)).Inc()
 	})
 }
 

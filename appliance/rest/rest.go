@@ -273,6 +273,12 @@ func (s *server) GetProtectedEntityInfo(ctx context.Context, req api.GetProtecte
 	}
 	if s.cfg.Transports != nil {
 		data, md, combined := s.cfg.Transports(id)
+		// Advertise metadata only where there is some.
+		if rc, err := p.Metadata(ctx); err == nil {
+			rc.Close()
+		} else {
+			md = nil
+		}
 		info.DataTransports = append(info.DataTransports, data...)
 		info.MetadataTransports = append(info.MetadataTransports, md...)
 		info.CombinedTransports = append(info.CombinedTransports, combined...)

@@ -12,11 +12,18 @@ import (
 func serveCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "serve",
-		Usage: "run the appliance: REST API, NBD exports and tasks, until SIGINT/SIGTERM",
+		Usage: "run the appliance: REST API, S3 and NBD data paths, and tasks, until SIGINT/SIGTERM",
 		Description: `Serves the REST API (https, bearer token) under /v1/astrolabe and
-/v1/appliance, health at /healthz and Prometheus metrics at /metrics, and
-the NBD server for the exports started through the API. Exports it starts
-are recorded in the config directory and come back after a restart.
+/v1/appliance, health at /healthz and Prometheus metrics at /metrics; the
+S3 data path (https, SigV4: buckets are PE types, keys are snapshot PE IDs,
+with .md, .peinfo and .zip objects; zips PUT into the bucket "copy" are
+restored as new PEs); and the NBD server for the exports started through
+the API. Exports it starts are recorded in the config directory and come
+back after a restart.
+
+S3 credentials are --s3-access-key/--s3-secret-key (or their environment
+variables), else those stored in the config directory
+(s3-credentials.json), else new ones that are stored there and printed.
 
 The API token is --token or ASTROLABE_TOKEN, else the one stored in the
 config directory (api-token), else a new one that is stored there and
@@ -66,6 +73,10 @@ SIGTERM lets running tasks finish (up to --drain) and exits cleanly.`,
 					}
 					if ep.CertFile != "" {
 						fmt.Fprintf(w, "certificate: %s\n", ep.CertFile)
+					}
+					if k := ep.S3Keys; k != nil {
+						fmt.Fprintf(w, "s3-access-key: %s (generated; stored in the config directory)\n", k.AccessKey)
+						fmt.Fprintf(w, "s3-secret-key: %s\n", k.SecretKey)
 					}
 					if ep.TokenGenerated {
 						fmt.Fprintf(w, "token: %s (generated; stored in the config directory)\n", ep.Token)

@@ -16,6 +16,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 )
 
 // appliance is a running 'astrolabe serve'.
@@ -31,7 +34,7 @@ func startServe(t *testing.T, cfg string, args ...string) *appliance {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
-	args = append([]string{"--config", cfg, "serve", "--api", "127.0.0.1:0", "--nbd", "127.0.0.1:0", "--s3", ""}, args...)
+	args = append([]string{"--config", cfg, "serve", "--api", "127.0.0.1:0", "--nbd", "127.0.0.1:0", "--s3", "127.0.0.1:0"}, args...)
 	cmd := exec.CommandContext(ctx, astrolabeBin, args...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -49,7 +52,7 @@ func startServe(t *testing.T, cfg string, args ...string) *appliance {
 			a.info[k] = strings.Fields(v)[0]
 		}
 	}
-	if a.info["api"] == "" {
+	if a.info["api"] == "" || a.info["s3"] == "" {
 		t.Fatalf("serve printed %v; stderr: %s", a.info, a.stderr)
 	}
 	if a.info["token"] == "" {
@@ -145,8 +148,30 @@ func TestServe(t *testing.T) {
 		t.Errorf("healthz: %d", status)
 	}
 	_, body = a.call("GET", "/v1/astrolabe/disk/"+strings.ReplaceAll(snap, ":", "%3A"), token, "")
-	if !strings.Contains(body, exp.URI) {
-		t.Errorf("PE info does not advertise the NBD export: %s", body)
+	if !strings.Contains(body, exp.URI) || !strings.Contains(body, a.info["s3"]+"/disk/disk%3Asample.img%3A") || strings.Contains(body, "metadataTransports\":[{") {
+		t.Errorf("PE info does not advertise the NBD export and S3 objects: %s", body)
+	}
+
+	// The S3 data path, over TLS with the appliance's certificate.
+	keys := map[string]string{}
+	kb, _ := os.ReadFile(filepath.Join(cfg, "s3-credentials.json"))
+	json.Unmarshal(kb, &keys)
+	if keys["accessKey"] != a.info["s3-access-key"] || keys["secretKey"] != a.info["s3-secret-key"] {
+		t.Errorf("S3 keys printed %v, stored %v", a.info, keys)
+	}
+	mc, err := minio.New(strings.TrimPrefix(a.info["s3"], "https://"), &minio.Options{
+		Creds: credentials.NewStaticV4(keys["accessKey"], keys["secretKey"], ""), Secure: true,
+		Transport: a.client.Transport, BucketLookup: minio.BucketLookupPath,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := mc.GetObject(context.Background(), "disk", snap, minio.GetObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(obj); err != nil || !bytes.Equal(b, a1) {
+		t.Errorf("S3 GetObject through the appliance: %d bytes, %v", len(b), err)
 	}
 	a.stop()
 
@@ -167,4 +192,5 @@ func TestServe(t *testing.T) {
 	a.stop()
 
 	mustFail(t, cfg, "loopback", "serve", "--api", "0.0.0.0:0", "--insecure-http", "--nbd", "", "--s3", "")
+	mustFail(t, cfg, "loopback", "serve", "--api", "127.0.0.1:0", "--insecure-http", "--nbd", "", "--s3", "0.0.0.0:0")
 }

@@ -1,0 +1,754 @@
+// Package s3export is the appliance's S3 data path: PE snapshots served as
+// S3 objects that real S3 clients read, and zips uploaded into the bucket
+// "copy" restored as new PEs (the Astrolabe spec's copy-by-upload).
+//
+// Buckets are PE types. In bucket <type>, each snapshot <peid> has:
+//
+//	<peid>          its data image (GET with Range, HEAD)
+//	<peid>.md       its metadata stream, where the PE has one
+//	<peid>.peinfo   its PE info JSON, with these URLs as transports
+//	<peid>.zip      the reference's zip of the PE and its components,
+//	                built on first request and cached (not listed: its
+//	                size is unknown until it is built)
+//
+// Only snapshots are objects: a live PE changes under a reader.
+//
+// The S3 subset is written here rather than taken from a library: the
+// Go S3 server libraries on offer either verify no signatures and buffer
+// uploads in memory (gofakes3) or are whole gateways with a 60-method
+// backend interface and their own web framework (versitygw). Serving a
+// few read paths from random-access images, SigV4 and a streamed upload
+// are a small, testable amount of code.
+package s3export
+
+import (
+	"context"
+	"crypto/md5"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+)
+
+// CopyBucket is the bucket that takes zip uploads to restore.
+const CopyBucket = "copy"
+
+// Config configures a Handler.
+type Config struct {
+	Manager pe.Manager
+	// AccessKey and SecretKey are the credentials requests must be
+	// signed with (SigV4).
+	AccessKey, SecretKey string
+	// Region is reported by GetBucketLocation (default us-east-1).
+	Region string
+	// TempDir holds uploads being received and the zip cache (default
+	// the system's temporary directory).
+	TempDir string
+	// MaxUpload bounds an uploaded zip (default 1 TiB).
+	MaxUpload int64
+	Logger    *slog.Logger
+}
+
+// Handler serves the S3 data path.
+type Handler struct {
+	cfg    Config
+	log    *slog.Logger
+	served atomic.Int64
+	zips   *zipCache
+
+	mu      sync.Mutex
+	uploads []upload // recent copy-by-uploads, oldest first
+}
+
+// upload records a restored zip: clients check an upload with HEAD (rclone
+// does), and list the bucket. The zip itself is not kept.
+type upload struct {
+	object
+	pe pe.ID
+}
+
+// maxUploadRecords bounds the uploads remembered.
+const maxUploadRecords = 1000
+
+// New returns a Handler; the credentials must be set.
+func New(cfg Config) (*Handler, error) {
+	if cfg.AccessKey == "" || cfg.SecretKey == "" {
+		return nil, errors.New("S3 data path: access key and secret key must be set")
+	}
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1"
+	}
+	if cfg.TempDir == "" {
+		cfg.TempDir = os.TempDir()
+	}
+	if cfg.MaxUpload <= 0 {
+		cfg.MaxUpload = 1 << 40
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	zc, err := newZipCache(filepath.Join(cfg.TempDir, "astrolabe-s3-zips"))
+	if err != nil {
+		return nil, err
+	}
+	return &Handler{cfg: cfg, log: cfg.Logger, zips: zc}, nil
+}
+
+// BytesServed is the number of object bytes sent to clients.
+func (h *Handler) BytesServed() int64 { return h.served.Load() }
+
+// Transports are the URLs of a snapshot's objects under base (e.g.
+// http://appliance:9000), for its PE info.
+func Transports(base string, id pe.ID) (data, metadata, combined []pe.Transport) {
+	if !id.HasSnapshot() {
+		return nil, nil, nil
+	}
+	mk := func(key string) []pe.Transport {
+		return []pe.Transport{{Type: "s3", Params: map[string]string{
+			"url": objectURL(base, id.Type(), key), "bucket": id.Type(), "key": key,
+		}}}
+	}
+	return mk(id.String()), mk(id.String() + ".md"), mk(id.String() + ".zip")
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	reqID := newRequestID()
+	sig, serr := h.verify(r, time.Now())
+	if serr == nil {
+		serr = h.serve(w, r, sig, reqID)
+	}
+	if serr != nil {
+		if serr.status >= 500 {
+			h.log.Error("S3 request failed", "method", r.Method, "path", r.URL.Path, "code", serr.code, "err", serr.message)
+		} else {
+			h.log.Debug("S3 request refused", "method", r.Method, "path", r.URL.Path, "code", serr.code, "err", serr.message)
+		}
+		writeError(w, r, serr, reqID)
+	}
+}
+
+// serve routes a verified request. Path-style only: /bucket/key.
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, sig *signedRequest, reqID string) *s3Error {
+	w.Header().Set("X-Amz-Request-Id", reqID)
+	bucket, key, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+	q := r.URL.Query()
+	switch {
+	case bucket == "" && r.Method == http.MethodGet:
+		return h.listBuckets(w, r)
+	case bucket == "":
+		return &s3Error{http.StatusMethodNotAllowed, "MethodNotAllowed", "only GET on the service"}
+	case key == "" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
+		typ, err := h.peType(bucket)
+		if err != nil {
+			return err
+		}
+		if r.Method == http.MethodHead {
+			return nil
+		}
+		if q.Has("location") {
+			return h.bucketLocation(w)
+		}
+		if q.Has("uploads") || q.Has("versions") || q.Has("policy") || q.Has("acl") {
+			return errNotImplemented("this bucket query is not supported")
+		}
+		return h.listObjects(w, r, bucket, typ)
+	case key == "" && r.Method == http.MethodPut:
+		// CreateBucket of a bucket that exists: clients (rclone) make
+		// sure of the bucket before they upload; in us-east-1 S3 says
+		// yes to its owner.
+		if _, err := h.peType(bucket); err != nil {
+			return &s3Error{http.StatusForbidden, "AccessDenied", "buckets are the appliance's PE types and " + CopyBucket + ": no others can be created"}
+		}
+		return nil
+	case key == "":
+		return &s3Error{http.StatusMethodNotAllowed, "MethodNotAllowed", "buckets are the appliance's PE types: they cannot be removed or changed"}
+	case bucket == CopyBucket && r.Method == http.MethodPut:
+		if q.Has("uploadId") || q.Has("partNumber") {
+			return errNotImplemented("multipart upload is not supported: upload the zip in one PUT")
+		}
+		return h.upload(w, r, key, sig)
+	case bucket == CopyBucket && r.Method == http.MethodPost && q.Has("uploads"):
+		return errNotImplemented("multipart upload is not supported: upload the zip in one PUT")
+	case bucket == CopyBucket && r.Method == http.MethodHead:
+		u, ok := h.findUpload(key)
+		if !ok {
+			return errNoSuchKey(key)
+		}
+		w.Header().Set("X-Astrolabe-Pe-Id", u.pe.String())
+		return h.sendRange(w, r, bytesImage(nil), u.size, u.modified, "application/zip", u.etag)
+	case bucket == CopyBucket && r.Method == http.MethodGet:
+		if u, ok := h.findUpload(key); ok {
+			return &s3Error{http.StatusNotFound, "NoSuchKey", fmt.Sprintf("%s was restored as %s; uploaded zips are not kept", key, u.pe)}
+		}
+		return errNoSuchKey(key)
+	case r.Method == http.MethodGet || r.Method == http.MethodHead:
+		return h.getObject(w, r, bucket, key)
+	}
+	return &s3Error{http.StatusMethodNotAllowed, "MethodNotAllowed", "objects of the appliance are read-only; upload zips to the bucket " + CopyBucket}
+}
+
+// shortAlias names the alias bucket of PE types with names shorter than
+// S3's 3-character minimum, which some clients (minio-go) enforce: "fs"
+// is also the bucket "fs-pe".
+const shortAlias = "-pe"
+
+// peType resolves a bucket name to its PE type ("" for the copy bucket).
+func (h *Handler) peType(bucket string) (string, *s3Error) {
+	if bucket == CopyBucket {
+		return "", nil
+	}
+	if _, err := h.cfg.Manager.Type(bucket); err == nil {
+		return bucket, nil
+	}
+	if t, ok := strings.CutSuffix(bucket, shortAlias); ok && len(t) < 3 {
+		if _, err := h.cfg.Manager.Type(t); err == nil {
+			return t, nil
+		}
+	}
+	return "", errNoSuchBucket(bucket)
+}
+
+// objectKind is what an object key refers to.
+type objectKind int
+
+const (
+	kindData objectKind = iota
+	kindMetadata
+	kindInfo
+	kindZip
+)
+
+var suffixes = map[objectKind]string{kindMetadata: ".md", kindInfo: ".peinfo", kindZip: ".zip"}
+
+// parseKey splits a key into the snapshot it names and the kind of object.
+func parseKey(typ, key string) (pe.ID, objectKind, *s3Error) {
+	kind := kindData
+	for k, suffix := range suffixes {
+		if s, ok := strings.CutSuffix(key, suffix); ok {
+			key, kind = s, k
+			break
+		}
+	}
+	id, err := pe.ParseID(key)
+	if err != nil || id.Type() != typ {
+		return pe.ID{}, 0, errNoSuchKey(key)
+	}
+	if !id.HasSnapshot() {
+		return pe.ID{}, 0, &s3Error{http.StatusNotFound, "NoSuchKey", key + " is a live PE; only its snapshots are objects"}
+	}
+	return id, kind, nil
+}
+
+// object is one object's description.
+type object struct {
+	key      string
+	size     int64
+	modified time.Time
+	etag     string
+}
+
+// etagOf is a stable ETag for an immutable snapshot image. It is not an MD5
+// of the content (that would mean reading whole disks to list them), so it
+// has the form of a multipart upload's ETag ("<hex>-1"), which clients
+// know not to compare with the MD5 of what they read.
+func etagOf(key string, size int64, modified time.Time) string {
+	sum := sha256.Sum256(fmt.Appendf(nil, "%s\x00%d\x00%d", key, size, modified.UnixNano()))
+	return `"` + hex.EncodeToString(sum[:16]) + `-1"`
+}
+
+// md5ETag is the ETag of small objects and zips: their real MD5.
+func md5ETag(b []byte) string {
+	sum := md5.Sum(b)
+	return `"` + hex.EncodeToString(sum[:]) + `"`
+}
+
+func baseURL(r *http.Request) string {
+	if r.TLS != nil {
+		return "https://" + r.Host
+	}
+	return "http://" + r.Host
+}
+
+// peInfoJSON is a snapshot's info with the S3 transports of this server.
+func peInfoJSON(ctx context.Context, p pe.ProtectedEntity, base string) ([]byte, pe.Info, error) {
+	info, err := p.Info(ctx)
+	if err != nil {
+		return nil, info, err
+	}
+	data, md, combined := Transports(base, p.ID())
+	info.DataTransports = append(info.DataTransports, data...)
+	info.MetadataTransports = append(info.MetadataTransports, md...)
+	info.CombinedTransports = append(info.CombinedTransports, combined...)
+	b, err := json.MarshalIndent(info, "", "  ")
+	return b, info, err
+}
+
+// maxListedMetadata bounds how much metadata is read to learn its size.
+const maxListedMetadata = 64 << 20
+
+// snapshotObjects describes the listed objects of one snapshot.
+func snapshotObjects(ctx context.Context, p pe.ProtectedEntity, base string) ([]object, error) {
+	b, info, err := peInfoJSON(ctx, p, base)
+	if err != nil {
+		return nil, err
+	}
+	modified := time.Unix(0, 0).UTC()
+	if info.Created != nil {
+		modified = info.Created.UTC()
+	}
+	id := p.ID().String()
+	size := info.Size
+	if size < 0 {
+		img, err := p.Data(ctx)
+		if err != nil {
+			return nil, err
+		}
+		size = img.Size()
+		img.Close()
+	}
+	out := []object{
+		{key: id, size: size, modified: modified, etag: etagOf(id, size, modified)},
+		{key: id + ".peinfo", size: int64(len(b)), modified: modified, etag: md5ETag(b)},
+	}
+	md, err := readMetadata(ctx, p)
+	switch {
+	case err == nil:
+		out = append(out, object{key: id + ".md", size: int64(len(md)), modified: modified, etag: md5ETag(md)})
+	case !errors.Is(err, pe.ErrNoMetadata):
+		return nil, err
+	}
+	return out, nil
+}
+
+// readMetadata reads a snapshot's metadata stream, which is small.
+func readMetadata(ctx context.Context, p pe.ProtectedEntity) ([]byte, error) {
+	rc, err := p.Metadata(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, maxListedMetadata+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxListedMetadata {
+		return nil, fmt.Errorf("metadata of %s: larger than %d bytes", p.ID(), maxListedMetadata)
+	}
+	return b, nil
+}
+
+// bucketObjects lists every object of a bucket, sorted by key.
+func (h *Handler) bucketObjects(ctx context.Context, typ, base string) ([]object, error) {
+	if typ == "" {
+		// The copy bucket: the latest upload of each key.
+		h.mu.Lock()
+		latest := map[string]object{}
+		for _, u := range h.uploads {
+			latest[u.key] = u.object
+		}
+		h.mu.Unlock()
+		var out []object
+		for _, o := range latest {
+			out = append(out, o)
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].key < out[j].key })
+		return out, nil
+	}
+	tm, err := h.cfg.Manager.Type(typ)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := tm.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []object
+	for _, id := range ids {
+		p, err := tm.Get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		snaps, err := p.ListSnapshots(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range snaps {
+			sp, err := tm.Get(ctx, s)
+			if errors.Is(err, pe.ErrNotFound) {
+				continue // deleted while we listed
+			}
+			if err != nil {
+				return nil, err
+			}
+			objs, err := snapshotObjects(ctx, sp, base)
+			if err != nil {
+				return nil, fmt.Errorf("list %s: %w", s, err)
+			}
+			out = append(out, objs...)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].key < out[j].key })
+	return out, nil
+}
+
+func (h *Handler) getObject(w http.ResponseWriter, r *http.Request, bucket, key string) *s3Error {
+	typ, serr := h.peType(bucket)
+	if serr != nil {
+		return serr
+	}
+	ctx := r.Context()
+	id, kind, serr := parseKey(typ, key)
+	if serr != nil {
+		return serr
+	}
+	p, err := h.cfg.Manager.Get(ctx, id)
+	if errors.Is(err, pe.ErrNotFound) {
+		return errNoSuchKey(key)
+	}
+	if err != nil {
+		h.log.Error("S3 get", "key", key, "err", err)
+		return errInternal()
+	}
+	info, err := p.Info(ctx)
+	if err != nil {
+		h.log.Error("S3 get", "key", key, "err", err)
+		return errInternal()
+	}
+	modified := time.Unix(0, 0).UTC()
+	if info.Created != nil {
+		modified = info.Created.UTC()
+	}
+	switch kind {
+	case kindData:
+		img, err := p.Data(ctx)
+		if err != nil {
+			h.log.Error("S3 get data", "key", key, "err", err)
+			return errInternal()
+		}
+		defer img.Close()
+		return h.sendRange(w, r, img, img.Size(), modified, "application/octet-stream", etagOf(key, img.Size(), modified))
+	case kindInfo:
+		b, _, err := peInfoJSON(ctx, p, baseURL(r))
+		if err != nil {
+			h.log.Error("S3 get info", "key", key, "err", err)
+			return errInternal()
+		}
+		return h.sendRange(w, r, bytesImage(b), int64(len(b)), modified, "application/json", md5ETag(b))
+	case kindMetadata:
+		b, err := readMetadata(ctx, p)
+		if errors.Is(err, pe.ErrNoMetadata) {
+			return &s3Error{http.StatusNotFound, "NoSuchKey", id.String() + " has no metadata"}
+		}
+		if err != nil {
+			h.log.Error("S3 get metadata", "key", key, "err", err)
+			return errInternal()
+		}
+		return h.sendRange(w, r, bytesImage(b), int64(len(b)), modified, "application/octet-stream", md5ETag(b))
+	default:
+		z, err := h.zips.get(ctx, p)
+		if err != nil {
+			h.log.Error("S3 get zip", "key", key, "err", err)
+			return errInternal()
+		}
+		defer z.f.Close()
+		return h.sendRange(w, r, z.f, z.size, modified, "application/zip", z.etag)
+	}
+}
+
+// sendRange answers GET and HEAD of an object with a single byte range
+// when one is asked for.
+func (h *Handler) sendRange(w http.ResponseWriter, r *http.Request, src io.ReaderAt, size int64, modified time.Time, contentType, etag string) *s3Error {
+	start, length, partial, serr := parseRange(r.Header.Get("Range"), size)
+	if serr != nil {
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+		return serr
+	}
+	hd := w.Header()
+	hd.Set("Content-Type", contentType)
+	hd.Set("Accept-Ranges", "bytes")
+	hd.Set("Last-Modified", modified.Format(http.TimeFormat))
+	hd.Set("ETag", etag)
+	hd.Set("Content-Length", strconv.FormatInt(length, 10))
+	status := http.StatusOK
+	if partial {
+		hd.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, start+length-1, size))
+		status = http.StatusPartialContent
+	}
+	w.WriteHeader(status)
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	buf := make([]byte, 1<<20)
+	n, err := io.CopyBuffer(w, io.NewSectionReader(src, start, length), buf)
+	h.served.Add(n)
+	if err != nil {
+		// Headers are out: all we can do is cut the connection short,
+		// which the client sees as a short body.
+		h.log.Warn("S3 send", "path", r.URL.Path, "sent", n, "of", length, "err", err)
+	}
+	return nil
+}
+
+// parseRange parses a single "bytes=" range; anything else S3 would ignore
+// is answered with the whole object.
+func parseRange(spec string, size int64) (start, length int64, partial bool, _ *s3Error) {
+	rs, ok := strings.CutPrefix(spec, "bytes=")
+	if spec == "" || !ok || strings.Contains(rs, ",") {
+		return 0, size, false, nil
+	}
+	invalid := &s3Error{http.StatusRequestedRangeNotSatisfiable, "InvalidRange", "the requested range is not satisfiable"}
+	first, last, ok := strings.Cut(rs, "-")
+	if !ok {
+		return 0, size, false, nil
+	}
+	if first == "" {
+		n, err := strconv.ParseInt(last, 10, 64)
+		if err != nil || n <= 0 {
+			return 0, 0, false, invalid
+		}
+		n = min(n, size)
+		return size - n, n, true, nil
+	}
+	s, err := strconv.ParseInt(first, 10, 64)
+	if err != nil || s < 0 {
+		return 0, size, false, nil
+	}
+	if s >= size {
+		return 0, 0, false, invalid
+	}
+	e := size - 1
+	if last != "" {
+		if e, err = strconv.ParseInt(last, 10, 64); err != nil || e < s {
+			return 0, size, false, nil
+		}
+		e = min(e, size-1)
+	}
+	return s, e - s + 1, true, nil
+}
+
+// bytesImage serves a small object from memory.
+type bytesImage []byte
+
+func (b bytesImage) ReadAt(p []byte, off int64) (int, error) {
+	if off >= int64(len(b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// upload restores an uploaded zip as a new PE.
+func (h *Handler) upload(w http.ResponseWriter, r *http.Request, key string, sig *signedRequest) *s3Error {
+	if !strings.HasSuffix(strings.ToLower(key), ".zip") {
+		return errInvalidArgument("upload a PE zip (a key ending in .zip) to the bucket " + CopyBucket)
+	}
+	ctx := r.Context()
+	var body io.Reader = r.Body
+	var wantSHA string
+	switch sig.payloadHash {
+	case streamingPayload:
+		body = newChunkedReader(r.Body, sig)
+	case streamingUnsignedTrailer:
+		body = newChunkedReader(r.Body, nil)
+	case unsignedPayload:
+	default:
+		wantSHA = sig.payloadHash
+	}
+	f, err := os.CreateTemp(h.cfg.TempDir, "astrolabe-upload-*.zip")
+	if err != nil {
+		h.log.Error("S3 upload", "err", err)
+		return errInternal()
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	md5sum, shasum := md5.New(), sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, md5sum, shasum), io.LimitReader(body, h.cfg.MaxUpload+1))
+	switch {
+	case errors.Is(err, errChunkSignature):
+		return errSignature()
+	case errors.Is(err, errBadChunk):
+		return &s3Error{http.StatusBadRequest, "IncompleteBody", err.Error()}
+	case err != nil:
+		return &s3Error{http.StatusBadRequest, "IncompleteBody", "upload ended early: " + err.Error()}
+	case n > h.cfg.MaxUpload:
+		return &s3Error{http.StatusBadRequest, "EntityTooLarge", fmt.Sprintf("uploads are limited to %d bytes", h.cfg.MaxUpload)}
+	case wantSHA != "" && !strings.EqualFold(wantSHA, hexSum(shasum)):
+		return &s3Error{http.StatusBadRequest, "XAmzContentSHA256Mismatch", "the body does not match x-amz-content-sha256"}
+	}
+	src, closer, err := pe.OpenZipFile(ctx, f.Name())
+	if err != nil {
+		return &s3Error{http.StatusBadRequest, "InvalidArgument", "not a PE zip: " + err.Error()}
+	}
+	defer closer.Close()
+	tm, err := h.cfg.Manager.Type(src.ID().Type())
+	if err != nil {
+		return &s3Error{http.StatusBadRequest, "InvalidArgument", fmt.Sprintf("the zip holds %s, a PE type this appliance does not have", src.ID())}
+	}
+	out, err := tm.Copy(ctx, src, pe.CopyOptions{Mode: pe.CreateNew})
+	if err != nil {
+		h.log.Error("S3 copy-by-upload", "key", key, "src", src.ID(), "err", err)
+		return errInternal()
+	}
+	h.log.Info("S3 copy-by-upload restored a PE", "key", key, "src", src.ID(), "pe", out.ID(), "bytes", n)
+	etag := `"` + hexSum(md5sum) + `"`
+	h.mu.Lock()
+	h.uploads = append(h.uploads, upload{object{key: key, size: n, modified: time.Now().UTC(), etag: etag}, out.ID()})
+	if len(h.uploads) > maxUploadRecords {
+		h.uploads = h.uploads[1:]
+	}
+	h.mu.Unlock()
+	w.Header().Set("ETag", etag)
+	w.Header().Set("X-Astrolabe-Pe-Id", out.ID().String())
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+func hexSum(h hash.Hash) string { return hex.EncodeToString(h.Sum(nil)) }
+
+func (h *Handler) findUpload(key string) (upload, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i := len(h.uploads) - 1; i >= 0; i-- {
+		if h.uploads[i].key == key {
+			return h.uploads[i], true
+		}
+	}
+	return upload{}, false
+}
+
+func newRequestID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return strings.ToUpper(hex.EncodeToString(b[:]))
+}
+
+// zipCache keeps the zips built for GET, one file per snapshot. Snapshots
+// never change, so a built zip stays right as long as its snapshot exists.
+type zipCache struct {
+	dir   string
+	mu    sync.Mutex
+	locks map[pe.ID]*sync.Mutex
+	etags map[pe.ID]string // MD5 ETags of the zips built
+}
+
+// cachedZip is an open zip of the cache.
+type cachedZip struct {
+	f    *os.File
+	size int64
+	etag string
+}
+
+// maxCachedZips bounds the cache; the oldest are removed first.
+const maxCachedZips = 16
+
+func newZipCache(dir string) (*zipCache, error) {
+	// Zips of an earlier run may belong to deleted snapshots: start empty.
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, fmt.Errorf("zip cache: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("zip cache: %w", err)
+	}
+	return &zipCache{dir: dir, locks: map[pe.ID]*sync.Mutex{}, etags: map[pe.ID]string{}}, nil
+}
+
+func (z *zipCache) get(ctx context.Context, p pe.ProtectedEntity) (cachedZip, error) {
+	id := p.ID()
+	z.mu.Lock()
+	l := z.locks[id]
+	if l == nil {
+		l = &sync.Mutex{}
+		z.locks[id] = l
+	}
+	z.mu.Unlock()
+	l.Lock()
+	defer l.Unlock()
+
+	path := filepath.Join(z.dir, hex.EncodeToString([]byte(id.String()))+".zip")
+	z.mu.Lock()
+	etag, built := z.etags[id]
+	z.mu.Unlock()
+	if built {
+		if c, err := openCached(path, etag); err == nil {
+			return c, nil
+		}
+	}
+	tmp, err := os.CreateTemp(z.dir, ".building-*")
+	if err != nil {
+		return cachedZip{}, err
+	}
+	defer os.Remove(tmp.Name())
+	sum := md5.New()
+	if err := pe.WriteZip(ctx, io.MultiWriter(tmp, sum), p, nil); err != nil {
+		tmp.Close()
+		return cachedZip{}, fmt.Errorf("zip %s: %w", id, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return cachedZip{}, err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return cachedZip{}, err
+	}
+	etag = `"` + hexSum(sum) + `"`
+	z.mu.Lock()
+	z.etags[id] = etag
+	z.mu.Unlock()
+	z.trim()
+	return openCached(path, etag)
+}
+
+func openCached(path, etag string) (cachedZip, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return cachedZip{}, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return cachedZip{}, err
+	}
+	return cachedZip{f: f, size: fi.Size(), etag: etag}, nil
+}
+
+// trim removes the oldest zips beyond maxCachedZips; open readers keep
+// theirs until they close it.
+func (z *zipCache) trim() {
+	entries, err := os.ReadDir(z.dir)
+	if err != nil {
+		return
+	}
+	type aged struct {
+		name string
+		mod  time.Time
+	}
+	var zips []aged
+	for _, e := range entries {
+		if fi, err := e.Info(); err == nil && strings.HasSuffix(e.Name(), ".zip") {
+			zips = append(zips, aged{e.Name(), fi.ModTime()})
+		}
+	}
+	sort.Slice(zips, func(i, j int) bool { return zips[i].mod.Before(zips[j].mod) })
+	for len(zips) > maxCachedZips {
+		os.Remove(filepath.Join(z.dir, zips[0].name))
+		zips = zips[1:]
+	}
+}
