@@ -107,3 +107,22 @@ func (si *snapshotImage) ChangedSince(ctx context.Context, base string) ([]pe.Ex
 	}
 	return exts, nil
 }
+
+var _ pe.BackingFiler = (*image)(nil)
+
+// OpenBacking implements pe.BackingFiler: the whole image of a regular file
+// is that file.
+func (im *image) OpenBacking(ctx context.Context, off, size int64) (*os.File, error) {
+	if !im.holes || off != 0 || size != im.size {
+		return nil, fmt.Errorf("disk image range %d+%d: %w", off, size, pe.ErrNotSupported)
+	}
+	f, err := os.Open(im.f.Name())
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || fi.Size() != im.size {
+		f.Close()
+		return nil, fmt.Errorf("%s: changed size since opened: %w", im.f.Name(), pe.ErrNotSupported)
+	}
+	return f, nil
+}

@@ -218,3 +218,24 @@ func (im *image) TOC(ctx context.Context) ([]pe.TOCEntry, error) {
 	}
 	return toc, nil
 }
+
+var _ pe.BackingFiler = (*image)(nil)
+
+// OpenBacking implements pe.BackingFiler for the content of one regular
+// member: its stored file, checked to be the one laid out.
+func (im *image) OpenBacking(ctx context.Context, off, size int64) (*os.File, error) {
+	ms := im.l.members
+	i := sort.Search(len(ms), func(i int) bool { return ms[i].offset() >= off })
+	if i == len(ms) || ms[i].offset() != off || ms[i].size() != size || ms[i].hdr.Typeflag != tar.TypeReg {
+		return nil, fmt.Errorf("tar image range %d+%d: not one file's content: %w", off, size, pe.ErrNotSupported)
+	}
+	f, err := os.Open(ms[i].path)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkUnchanged(f, &ms[i]); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}

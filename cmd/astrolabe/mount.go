@@ -1,0 +1,49 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/astrolabe-appliance/astrolabe/fusefs"
+)
+
+func mountCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "mount",
+		Usage:     "mount all PEs and their snapshots read-only with FUSE until SIGINT/SIGTERM",
+		ArgsUsage: "MOUNTPOINT",
+		Description: `The tree is MOUNTPOINT/<type>/<pe-id>/snapshots/<snapshot>/ with info.json,
+metadata (if any), and data plus partitions/p1, p2, ... for disk PEs, or
+files/ (the directory tree) for fs PEs; components/ links to component
+PEs. New snapshots appear without remounting. Runs in the foreground; on
+SIGINT/SIGTERM it unmounts (lazily if something still uses the mount).
+Needs /dev/fuse (root, or fuse3 with user_allow_other for --allow-other).`,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "allow-other", Usage: "let other users than the mounting one see the tree"},
+		},
+		Action: func(c *cli.Context) error {
+			a, err := args(c, 1, "MOUNTPOINT")
+			if err != nil {
+				return err
+			}
+			m, err := loadManager(c)
+			if err != nil {
+				return err
+			}
+			srv, err := fusefs.Mount(m, a[0], fusefs.Options{Logger: slog.Default(), AllowOther: c.Bool("allow-other")})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "mounted at %s\n", a[0])
+			<-c.Context.Done()
+			if err := fusefs.Unmount(srv, a[0]); err != nil {
+				return err
+			}
+			srv.Wait()
+			fmt.Fprintf(c.App.ErrWriter, "unmounted %s\n", a[0])
+			return nil
+		},
+	}
+}
