@@ -268,4 +268,3 @@ func mounted(t *testing.T, dir string) bool {
 	b, _ := os.ReadFile("/proc/self/mountinfo")
 	return strings.Contains(string(b), " "+dir+" ")
 }
-
