@@ -115,6 +115,7 @@ disk:vm1.img:20261125T000104.000Z-1a2b3c4d. The configuration directory
 			nbdCommand(),
 			serveCommand(),
 			mountCommand(),
+			flrCommand(),
 		},
 	}
 }
