@@ -220,6 +220,17 @@ func Run(ctx context.Context, opts Options) error {
 	if exports != nil {
 		cfg.Exports = exports
 	}
+	mounts := newMountService(m, st, log)
+	if err := mounts.restore(); err != nil {
+		return err
+	}
+	defer mounts.close() // on early returns; a no-op after shutdown
+	if opts.MountDir != "" && !mountedAt(mounts, opts.MountDir) {
+		if err := mounts.mount("mount-main", opts.MountDir, false); err != nil {
+			return err
+		}
+	}
+	cfg.Mounts = mounts
 	apiHandler := met.instrument(rest.NewHandler(cfg))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", requireToken(token, met.handler()))
@@ -234,9 +245,7 @@ func Run(ctx context.Context, opts Options) error {
 			return err
 		}
 	}
-	if opts.MountDir != "" {
-		log.Warn("FUSE mounts are not built yet; --mount ignored", "dir", opts.MountDir)
-	}
+
 	if opts.Ready != nil {
 		opts.Ready(ep)
 	}
@@ -247,6 +256,9 @@ func Run(ctx context.Context, opts Options) error {
 	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opts.DrainTimeout+10*time.Second)
 	defer cancel()
 	if err := tm.Shutdown(shutCtx, opts.DrainTimeout); err != nil {
+		fail(err)
+	}
+	if err := mounts.close(); err != nil {
 		fail(err)
 	}
 	for _, srv := range servers {
@@ -363,4 +375,19 @@ func loadS3Keys(dir, access, secret string) (S3Keys, bool, error) {
 		return S3Keys{}, false, fmt.Errorf("store S3 credentials: %w", err)
 	}
 	return k, true, nil
+}
+
+// mountedAt reports whether the service has a mount at dir already (one
+// restored from the state).
+func mountedAt(s *mountService, dir string) bool {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return false
+	}
+	for _, m := range s.List() {
+		if m.Path == abs {
+			return true
+		}
+	}
+	return false
 }

@@ -173,15 +173,41 @@ func TestServe(t *testing.T) {
 	if b, err := io.ReadAll(obj); err != nil || !bytes.Equal(b, a1) {
 		t.Errorf("S3 GetObject through the appliance: %d bytes, %v", len(b), err)
 	}
+	// A FUSE mount started through the API.
+	mnt := filepath.Join(dir, "mnt")
+	os.Mkdir(mnt, 0o755)
+	status, body = a.call("POST", "/v1/appliance/mounts", token, `{"path":"`+mnt+`"}`)
+	if status != 200 || !strings.Contains(body, mnt) {
+		t.Fatalf("start mount: %d %s", status, body)
+	}
+	snapFile := filepath.Join(mnt, "disk", "disk:sample.img", "snapshots", strings.Split(snap, ":")[2], "data")
+	if b, err := os.ReadFile(snapFile); err != nil || !bytes.Equal(b, a1) {
+		t.Errorf("read through the API's mount: %v", err)
+	}
 	a.stop()
+	if isMounted(mnt) {
+		t.Error("mount left after the appliance stopped")
+	}
 
-	// After a restart the export is back, with the same token.
+	// After a restart the export and the mount are back, with the same token.
 	a = startServe(t, cfg)
 	if a.info["token"] != token {
 		t.Errorf("token changed across restarts")
 	}
 	if out := runTool(t, "nbdinfo", "--list", a.info["nbd"]); !strings.Contains(out, snap) {
 		t.Errorf("export not restored after restart:\n%s", out)
+	}
+	if _, err := os.Stat(snapFile); err != nil {
+		t.Errorf("mount not restored after restart: %v", err)
+	}
+	var mounts []struct{ ID string }
+	_, body = a.call("GET", "/v1/appliance/mounts", token, "")
+	json.Unmarshal([]byte(body), &mounts)
+	if len(mounts) != 1 {
+		t.Fatalf("mounts after restart: %s", body)
+	}
+	if status, body = a.call("DELETE", "/v1/appliance/mounts/"+mounts[0].ID, token, ""); status != 204 || isMounted(mnt) {
+		t.Errorf("stop mount: %d %s", status, body)
 	}
 	if status, body = a.call("DELETE", "/v1/appliance/nbd/exports/"+strings.ReplaceAll(snap, ":", "%3A"), token, ""); status != 204 {
 		t.Errorf("stop export: %d %s", status, body)
