@@ -1,0 +1,246 @@
+package backend
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+)
+
+// S3Config locates a repository in an S3 bucket.
+type S3Config struct {
+	Endpoint  string // host:port
+	Bucket    string
+	Prefix    string // object names are Prefix/name
+	Region    string
+	AccessKey string
+	SecretKey string
+	Insecure  bool // plain HTTP
+	CAFile    string
+}
+
+// ParseS3URL reads s3://[host:port/]bucket/prefix (TLS) or
+// s3+http://host:port/bucket/prefix (plain HTTP, for test servers); keys
+// and region come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+// AWS_REGION, a CA bundle from AWS_CA_BUNDLE.
+func ParseS3URL(s string) (S3Config, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return S3Config{}, fmt.Errorf("repository URL %q: %w", s, err)
+	}
+	cfg := S3Config{
+		AccessKey: os.Getenv("AWS_ACCESS_KEY_ID"), SecretKey: os.Getenv("AWS_SECRET_ACCESS_KEY"),
+		Region: os.Getenv("AWS_REGION"), CAFile: os.Getenv("AWS_CA_BUNDLE"),
+	}
+	switch u.Scheme {
+	case "s3":
+	case "s3+http":
+		cfg.Insecure = true
+	default:
+		return S3Config{}, fmt.Errorf("repository URL %q: want s3:// or s3+http://", s)
+	}
+	parts := strings.Split(strings.Trim(u.Host+u.Path, "/"), "/")
+	// A first part with a port or a dot is an endpoint, else a bucket on AWS.
+	if strings.ContainsAny(parts[0], ":.") {
+		cfg.Endpoint, parts = parts[0], parts[1:]
+	} else {
+		cfg.Endpoint = "s3.amazonaws.com"
+	}
+	if len(parts) == 0 || parts[0] == "" {
+		return S3Config{}, fmt.Errorf("repository URL %q: no bucket", s)
+	}
+	cfg.Bucket, cfg.Prefix = parts[0], strings.Join(parts[1:], "/")
+	if cfg.AccessKey == "" || cfg.SecretKey == "" {
+		return S3Config{}, errors.New("S3 repository: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+	}
+	return cfg, nil
+}
+
+// S3 is a repository in an S3 bucket, through minio-go.
+type S3 struct {
+	c   *minio.Client
+	cfg S3Config
+}
+
+// NewS3 connects to the bucket, which must exist (it is created if the
+// server lets us).
+func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 16
+	if cfg.CAFile != "" && !cfg.Insecure {
+		pemBytes, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("S3 CA bundle: %w", err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(pemBytes)
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	c, err := minio.New(cfg.Endpoint, &minio.Options{
+		Creds: credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""), Secure: !cfg.Insecure,
+		Region: cfg.Region, BucketLookup: minio.BucketLookupPath, Transport: tr,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("S3 %s: %w", cfg.Endpoint, err)
+	}
+	s := &S3{c: c, cfg: cfg}
+	err = retry(ctx, func() error {
+		ok, err := c.BucketExists(ctx, cfg.Bucket)
+		if err != nil || ok {
+			return err
+		}
+		return c.MakeBucket(ctx, cfg.Bucket, minio.MakeBucketOptions{Region: cfg.Region})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("S3 bucket %s at %s: %w", cfg.Bucket, cfg.Endpoint, err)
+	}
+	return s, nil
+}
+
+// Location implements Backend.
+func (s *S3) Location() string {
+	return fmt.Sprintf("s3://%s/%s/%s", s.cfg.Endpoint, s.cfg.Bucket, s.cfg.Prefix)
+}
+
+func (s *S3) key(name string) string {
+	if s.cfg.Prefix == "" {
+		return name
+	}
+	return s.cfg.Prefix + "/" + name
+}
+
+// retry runs op with backoff while it fails with what may be a passing
+// network or server problem.
+func retry(ctx context.Context, op func() error) error {
+	delay := 200 * time.Millisecond
+	var err error
+	for attempt := range 6 {
+		if err = op(); err == nil || !transient(err) {
+			return err
+		}
+		if attempt == 5 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 5*time.Second)
+	}
+	return fmt.Errorf("after 6 attempts: %w", err)
+}
+
+func transient(err error) bool {
+	var resp minio.ErrorResponse
+	if errors.As(err, &resp) {
+		return resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests || resp.Code == "RequestTimeout"
+	}
+	return !errors.Is(err, context.Canceled) && !errors.Is(err, ErrNotExist)
+}
+
+func notFound(err error) bool {
+	var resp minio.ErrorResponse
+	return errors.As(err, &resp) && (resp.Code == "NoSuchKey" || resp.StatusCode == http.StatusNotFound)
+}
+
+// Save implements Backend. r must be an io.ReadSeeker to be retried; other
+// readers are tried once.
+func (s *S3) Save(ctx context.Context, name string, r io.Reader, size int64) error {
+	rs, seekable := r.(io.ReadSeeker)
+	op := func() error {
+		if seekable {
+			if _, err := rs.Seek(0, io.SeekStart); err != nil {
+				return err
+			}
+		}
+		_, err := s.c.PutObject(ctx, s.cfg.Bucket, s.key(name), r, size, minio.PutObjectOptions{
+			ContentType: "application/octet-stream", DisableMultipart: size < 64<<20,
+		})
+		return err
+	}
+	if !seekable {
+		return op()
+	}
+	return retry(ctx, op)
+}
+
+// Load implements Backend.
+func (s *S3) Load(ctx context.Context, name string, off, length int64) (io.ReadCloser, error) {
+	var out io.ReadCloser
+	err := retry(ctx, func() error {
+		opts := minio.GetObjectOptions{}
+		if length >= 0 {
+			if err := opts.SetRange(off, off+length-1); err != nil {
+				return err
+			}
+		} else if off > 0 {
+			if err := opts.SetRange(off, 0); err != nil {
+				return err
+			}
+		}
+		obj, err := s.c.GetObject(ctx, s.cfg.Bucket, s.key(name), opts)
+		if err != nil {
+			return err
+		}
+		// GetObject is lazy: Stat makes the request, so errors show here.
+		if _, err := obj.Stat(); err != nil {
+			obj.Close()
+			if notFound(err) {
+				return fmt.Errorf("%s: %w", name, ErrNotExist)
+			}
+			return err
+		}
+		out = obj
+		return nil
+	})
+	return out, err
+}
+
+// Stat implements Backend.
+func (s *S3) Stat(ctx context.Context, name string) (int64, error) {
+	var size int64
+	err := retry(ctx, func() error {
+		info, err := s.c.StatObject(ctx, s.cfg.Bucket, s.key(name), minio.StatObjectOptions{})
+		if notFound(err) {
+			return fmt.Errorf("%s: %w", name, ErrNotExist)
+		}
+		size = info.Size
+		return err
+	})
+	return size, err
+}
+
+// List implements Backend.
+func (s *S3) List(ctx context.Context, prefix string, fn func(string, int64) error) error {
+	strip := ""
+	if s.cfg.Prefix != "" {
+		strip = s.cfg.Prefix + "/"
+	}
+	for o := range s.c.ListObjects(ctx, s.cfg.Bucket, minio.ListObjectsOptions{Prefix: s.key(prefix), Recursive: true}) {
+		if o.Err != nil {
+			return o.Err
+		}
+		if err := fn(strings.TrimPrefix(o.Key, strip), o.Size); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Remove implements Backend.
+func (s *S3) Remove(ctx context.Context, name string) error {
+	return retry(ctx, func() error {
+		return s.c.RemoveObject(ctx, s.cfg.Bucket, s.key(name), minio.RemoveObjectOptions{})
+	})
+}

@@ -1,0 +1,422 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+)
+
+// Summary tells what a backup did.
+type Summary struct {
+	ID       pe.ID         // the repository snapshot
+	Read     int64         // bytes read from the PE
+	New      int64         // bytes of chunks the repository did not have
+	Stored   int64         // bytes uploaded (compressed, sealed, packed)
+	Reused   int64         // bytes taken unread from the previous snapshot
+	Duration time.Duration // wall time
+}
+
+// ErrExists is returned when the snapshot is in the repository already.
+var ErrExists = pe.ErrExists
+
+// Backup stores snapshot p (and its components) in the repository. Only
+// what the repository lacks is uploaded; where p's data can tell what
+// changed since the PE's previous snapshot in the repository, only that is
+// read. The snapshot becomes visible when complete.
+func (r *Repository) Backup(ctx context.Context, p pe.ProtectedEntity, progress pe.Progress) (Summary, error) {
+	start := time.Now()
+	if !p.ID().HasSnapshot() {
+		return Summary{}, fmt.Errorf("backup %s: not a snapshot", p.ID())
+	}
+	lock, err := r.lock(ctx, false)
+	if err != nil {
+		return Summary{}, err
+	}
+	defer lock.release()
+	if err := r.loadIndex(ctx); err != nil {
+		return Summary{}, err
+	}
+	b := &backupRun{r: r, ctx: ctx, progress: progress, pk: r.newPacker(ctx)}
+	if err := b.snapshot(p); err != nil {
+		b.pk.finish() // keep what was uploaded indexed, for the next run
+		return Summary{}, fmt.Errorf("backup %s: %w", p.ID(), err)
+	}
+	s := Summary{ID: p.ID(), Read: b.read.Load(), New: b.newBytes.Load(), Stored: b.pk.stored.Load(), Reused: b.reused.Load(), Duration: time.Since(start)}
+	return s, lock.err()
+}
+
+type backupRun struct {
+	r        *Repository
+	ctx      context.Context
+	progress pe.Progress
+	pk       *packer
+	read     atomic.Int64
+	newBytes atomic.Int64
+	reused   atomic.Int64
+}
+
+// snapshot backs up one PE snapshot: components first, then its data and
+// metadata; its info is written last.
+func (b *backupRun) snapshot(p pe.ProtectedEntity) error {
+	ctx, id := b.ctx, p.ID()
+	if _, err := b.r.be.Stat(ctx, snapshotDir(id)+"/info"); err == nil {
+		return fmt.Errorf("%s: %w in %s", id, ErrExists, b.r.Location())
+	}
+	info, err := p.Info(ctx)
+	if err != nil {
+		return err
+	}
+	idx := &snapshotIndex{ID: id.String(), BackedUp: time.Now().UTC()}
+	comps, err := p.Components(ctx)
+	if err != nil {
+		return err
+	}
+	for _, c := range comps {
+		cid := c.ID()
+		if _, err := b.r.be.Stat(ctx, snapshotDir(cid)+"/info"); err != nil {
+			if err := b.snapshot(c); err != nil {
+				return fmt.Errorf("component %s: %w", cid, err)
+			}
+		}
+		idx.Components = append(idx.Components, cid.String())
+	}
+
+	img, err := p.Data(ctx)
+	switch {
+	case errors.Is(err, pe.ErrNoData):
+	case err != nil:
+		return err
+	default:
+		defer img.Close()
+		if toc, ok := img.(pe.TableOfContents); ok {
+			idx.Chunking = chunkingCDC
+			if idx.TOC, err = toc.TOC(ctx); err != nil {
+				return err
+			}
+			if idx.Data, err = b.cdcStream(pe.NewReader(img), img.Size()); err != nil {
+				return err
+			}
+		} else {
+			idx.Chunking = chunkingFixed
+			if idx.Data, err = b.fixedStream(p, img); err != nil {
+				return err
+			}
+		}
+	}
+	md, err := p.Metadata(ctx)
+	switch {
+	case errors.Is(err, pe.ErrNoMetadata):
+	case err != nil:
+		return err
+	default:
+		idx.Metadata, err = b.cdcStream(md, -1)
+		md.Close()
+		if err != nil {
+			return fmt.Errorf("metadata: %w", err)
+		}
+	}
+	// Packs and their index first, then the snapshot's index, then its
+	// info: a snapshot is committed only when all it needs is there.
+	if err := b.pk.finish(); err != nil {
+		return err
+	}
+	if err := b.r.saveJSON(ctx, snapshotDir(id)+"/index", idx); err != nil {
+		return err
+	}
+	return b.r.saveJSON(ctx, snapshotDir(id)+"/info", snapshotInfo{Info: info, BackedUp: idx.BackedUp})
+}
+
+// job is one chunk on its way through hashing, compression and sealing.
+type job struct {
+	i    int // position in the stream's chunk list
+	off  int64
+	data []byte
+	ref  chunkRef
+	skip bool // all zeros: not stored
+	err  error
+}
+
+// pipeline hashes, encodes and packs chunks on all cores; produce feeds it
+// in stream order and refs come back in that order.
+func (b *backupRun) pipeline(produce func(send func(off int64, data []byte) error) error) ([]chunkRef, error) {
+	workers := runtime.GOMAXPROCS(0)
+	jobs := make(chan *job, workers*2)
+	var (
+		mu      sync.Mutex
+		results []*job
+		wg      sync.WaitGroup
+		failed  atomic.Bool
+	)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var enc []byte
+			for j := range jobs {
+				if failed.Load() {
+					continue
+				}
+				j.err = b.storeChunk(j, &enc)
+				if j.err != nil {
+					failed.Store(true)
+				}
+				if b.progress != nil {
+					b.progress.Add(int64(len(j.data)))
+				}
+				j.data = nil
+			}
+		}()
+	}
+	n := 0
+	perr := produce(func(off int64, data []byte) error {
+		if failed.Load() {
+			return errors.New("stopped")
+		}
+		j := &job{i: n, off: off, data: data}
+		n++
+		mu.Lock()
+		results = append(results, j)
+		mu.Unlock()
+		select {
+		case jobs <- j:
+			return nil
+		case <-b.ctx.Done():
+			return b.ctx.Err()
+		}
+	})
+	close(jobs)
+	wg.Wait()
+	for _, j := range results {
+		if j.err != nil {
+			return nil, j.err
+		}
+	}
+	if perr != nil {
+		return nil, perr
+	}
+	refs := make([]chunkRef, 0, len(results))
+	for _, j := range results {
+		if !j.skip {
+			refs = append(refs, j.ref)
+		}
+	}
+	return refs, nil
+}
+
+// storeChunk hashes a chunk and stores it unless the repository has it.
+func (b *backupRun) storeChunk(j *job, enc *[]byte) error {
+	b.read.Add(int64(len(j.data)))
+	if isZero(j.data) {
+		j.skip = true
+		return nil
+	}
+	id := chunkID(j.data)
+	j.ref = chunkRef{Off: j.off, Len: int64(len(j.data)), ID: id}
+	if !b.pk.has(id) {
+		*enc = b.r.encode((*enc)[:0], j.data)
+		added, err := b.pk.add(id, int64(len(j.data)), append([]byte(nil), *enc...))
+		if err != nil {
+			return err
+		}
+		if added {
+			b.newBytes.Add(int64(len(j.data)))
+		}
+	}
+	return nil
+}
+
+// resolve fills in where each chunk was packed, once all are uploaded.
+func (b *backupRun) resolve(refs []chunkRef) error {
+	b.r.mu.Lock()
+	defer b.r.mu.Unlock()
+	for i := range refs {
+		if refs[i].Pack != "" {
+			continue
+		}
+		loc, ok := b.r.idx[refs[i].ID]
+		if !ok {
+			return fmt.Errorf("chunk %.16s was not stored", refs[i].ID)
+		}
+		refs[i].Pack, refs[i].POff, refs[i].PLen = loc.Pack, loc.Off, loc.Len
+	}
+	return nil
+}
+
+// cdcStream stores a stream cut by content; size < 0 if unknown.
+func (b *backupRun) cdcStream(rd io.Reader, size int64) (*stream, error) {
+	if b.progress != nil && size >= 0 {
+		b.progress.Start(size)
+	}
+	var total int64
+	refs, err := b.pipeline(func(send func(int64, []byte) error) error {
+		c := newChunker(rd)
+		for {
+			if err := b.ctx.Err(); err != nil {
+				return err
+			}
+			chunk, err := c.next(nil)
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if err := send(total, chunk); err != nil {
+				return err
+			}
+			total += int64(len(chunk))
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := b.pk.finish(); err != nil {
+		return nil, err
+	}
+	if err := b.resolve(refs); err != nil {
+		return nil, err
+	}
+	return &stream{Size: total, Chunks: refs}, nil
+}
+
+// fixedStream stores a disk image in aligned chunks. Holes and zero
+// ranges are not read; chunks that did not change since the PE's previous
+// snapshot in the repository are taken from it unread, where the image
+// can tell.
+func (b *backupRun) fixedStream(p pe.ProtectedEntity, img pe.Image) (*stream, error) {
+	ctx, cs, size := b.ctx, b.r.cfg.ChunkSize, img.Size()
+	if b.progress != nil {
+		b.progress.Start(size)
+	}
+	unchanged, prev := b.unchanged(p, img)
+	exts, err := img.Extents(ctx, 0, size)
+	if err != nil {
+		return nil, err
+	}
+	var reused []chunkRef
+	refs, err := b.pipeline(func(send func(int64, []byte) error) error {
+		ei := 0
+		for off := int64(0); off < size; off += cs {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			n := min(cs, size-off)
+			for ei < len(exts) && exts[ei].End() <= off {
+				ei++
+			}
+			if !overlapsData(exts[ei:], off, off+n) {
+				if b.progress != nil {
+					b.progress.Add(n)
+				}
+				continue // a hole or zeros: nothing to store
+			}
+			if unchanged != nil && unchanged(off, n) {
+				if ref, ok := prev[off]; ok && ref.Len == n {
+					reused = append(reused, ref)
+					b.reused.Add(n)
+				}
+				if b.progress != nil {
+					b.progress.Add(n)
+				}
+				continue
+			}
+			buf := make([]byte, n)
+			if _, err := img.ReadAt(buf, off); err != nil && !(errors.Is(err, io.EOF)) {
+				return fmt.Errorf("read at %d: %w", off, err)
+			}
+			if err := send(off, buf); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := b.pk.finish(); err != nil {
+		return nil, err
+	}
+	if err := b.resolve(refs); err != nil {
+		return nil, err
+	}
+	refs = append(refs, reused...)
+	sort.Slice(refs, func(i, j int) bool { return refs[i].Off < refs[j].Off })
+	return &stream{Size: size, Chunks: refs}, nil
+}
+
+func overlapsData(exts []pe.Extent, from, to int64) bool {
+	for _, e := range exts {
+		if e.Offset >= to {
+			return false
+		}
+		if e.End() > from && e.Kind == pe.ExtentData {
+			return true
+		}
+	}
+	return false
+}
+
+// unchanged returns, where the image tracks changes and the PE has an
+// earlier snapshot in the repository whose source snapshot still exists,
+// a test of whether a range changed since, and that snapshot's chunks.
+func (b *backupRun) unchanged(p pe.ProtectedEntity, img pe.Image) (func(off, n int64) bool, map[int64]chunkRef) {
+	ct, ok := img.(pe.ChangeTracker)
+	if !ok {
+		return nil, nil
+	}
+	snaps, err := b.r.Snapshots(b.ctx, p.ID().Base())
+	if err != nil || len(snaps) == 0 {
+		return nil, nil
+	}
+	// The newest earlier snapshot that was chunked the same way.
+	for i := len(snaps) - 1; i >= 0; i-- {
+		prevID := snaps[i].ID
+		if prevID.Snapshot() >= p.ID().Snapshot() {
+			continue
+		}
+		idx, _, err := b.r.loadSnapshot(b.ctx, prevID)
+		if err != nil || idx.Chunking != chunkingFixed || idx.Data == nil || idx.Data.Size != img.Size() {
+			continue
+		}
+		changed, err := ct.ChangedSince(b.ctx, prevID.Snapshot())
+		if err != nil {
+			b.r.log.Info("no changed-block tracking for this backup; reading all", "snapshot", p.ID(), "base", prevID, "err", err)
+			return nil, nil
+		}
+		// The previous chunks must still be in the repository (a prune
+		// may have removed packs of forgotten snapshots, not of this one).
+		prev := make(map[int64]chunkRef, len(idx.Data.Chunks))
+		for _, c := range idx.Data.Chunks {
+			prev[c.Off] = c
+		}
+		sort.Slice(changed, func(i, j int) bool { return changed[i].Offset < changed[j].Offset })
+		return func(off, n int64) bool {
+			i := sort.Search(len(changed), func(i int) bool { return changed[i].End() > off })
+			return i == len(changed) || changed[i].Offset >= off+n
+		}, prev
+	}
+	return nil, nil
+}
+
+var zeroChunk = make([]byte, 1<<20)
+
+func isZero(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zeroChunk))
+		if !bytes.Equal(b[:n], zeroChunk[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
+

@@ -1,0 +1,249 @@
+package repo
+
+import (
+	"container/list"
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+)
+
+// OpenSnapshot opens a repository snapshot as a read-only PE: its data is
+// random access (a bounded chunk cache in front of the packs), so it can
+// be restored with a TypeManager's Copy or served over NBD and FUSE as it
+// is.
+func (r *Repository) OpenSnapshot(ctx context.Context, id pe.ID) (pe.ProtectedEntity, error) {
+	idx, si, err := r.loadSnapshot(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return &snapshotPE{r: r, id: id, idx: idx, info: si.Info}, nil
+}
+
+type snapshotPE struct {
+	r    *Repository
+	id   pe.ID
+	idx  *snapshotIndex
+	info pe.Info
+}
+
+var _ pe.ProtectedEntity = (*snapshotPE)(nil)
+
+func (s *snapshotPE) ID() pe.ID { return s.id }
+
+func (s *snapshotPE) Info(ctx context.Context) (pe.Info, error) { return s.info, nil }
+
+func (s *snapshotPE) Snapshot(ctx context.Context, params pe.Params) (pe.ID, error) {
+	return pe.ID{}, fmt.Errorf("snapshot %s: a repository snapshot is one already: %w", s.id, pe.ErrNotSupported)
+}
+
+func (s *snapshotPE) ListSnapshots(ctx context.Context) ([]pe.ID, error) {
+	snaps, err := s.r.Snapshots(ctx, s.id.Base())
+	if err != nil {
+		return nil, err
+	}
+	out := make([]pe.ID, len(snaps))
+	for i, sn := range snaps {
+		out[i] = sn.ID
+	}
+	return out, nil
+}
+
+func (s *snapshotPE) DeleteSnapshot(ctx context.Context, snapshot string) error {
+	return s.r.Forget(ctx, s.id.WithSnapshot(snapshot))
+}
+
+func (s *snapshotPE) SnapshotInfo(ctx context.Context, snapshot string) (pe.Info, error) {
+	p, err := s.r.OpenSnapshot(ctx, s.id.WithSnapshot(snapshot))
+	if err != nil {
+		return pe.Info{}, err
+	}
+	return p.Info(ctx)
+}
+
+func (s *snapshotPE) Components(ctx context.Context) ([]pe.ProtectedEntity, error) {
+	var out []pe.ProtectedEntity
+	for _, c := range s.idx.Components {
+		id, err := pe.ParseID(c)
+		if err != nil {
+			return nil, fmt.Errorf("component of %s: %w", s.id, err)
+		}
+		p, err := s.r.OpenSnapshot(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("component of %s: %w", s.id, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func (s *snapshotPE) Data(ctx context.Context) (pe.Image, error) {
+	if s.idx.Data == nil {
+		return nil, fmt.Errorf("data of %s: %w", s.id, pe.ErrNoData)
+	}
+	img := &streamImage{r: s.r, st: s.idx.Data, cache: newChunkCache(cacheChunks)}
+	if s.idx.TOC != nil {
+		return &tocImage{img, s.idx.TOC}, nil
+	}
+	return img, nil
+}
+
+func (s *snapshotPE) Metadata(ctx context.Context) (io.ReadCloser, error) {
+	if s.idx.Metadata == nil {
+		return nil, fmt.Errorf("metadata of %s: %w", s.id, pe.ErrNoMetadata)
+	}
+	img := &streamImage{r: s.r, st: s.idx.Metadata, cache: newChunkCache(2)}
+	return struct {
+		io.Reader
+		io.Closer
+	}{pe.NewReader(img), img}, nil
+}
+
+func (s *snapshotPE) Overwrite(ctx context.Context, src pe.ProtectedEntity, withComponents bool) error {
+	return fmt.Errorf("overwrite %s: repository snapshots are read-only: %w", s.id, pe.ErrNotSupported)
+}
+
+// cacheChunks bounds the chunks an open image keeps (1 MiB each for disks).
+const cacheChunks = 64
+
+// streamImage is a chunked stream as a pe.Image.
+type streamImage struct {
+	r     *Repository
+	st    *stream
+	cache *chunkCache
+}
+
+var _ pe.Image = (*streamImage)(nil)
+
+func (im *streamImage) Size() int64  { return im.st.Size }
+func (im *streamImage) Close() error { return nil }
+
+// ReadAt implements pe.Image; ranges without chunks read as zeros.
+func (im *streamImage) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("read at %d: negative offset", off)
+	}
+	if off >= im.st.Size {
+		return 0, io.EOF
+	}
+	want := len(p)
+	var short error
+	if int64(want) > im.st.Size-off {
+		want, short = int(im.st.Size-off), io.EOF
+	}
+	p = p[:want]
+	cs := im.st.Chunks
+	i := sort.Search(len(cs), func(i int) bool { return cs[i].Off+cs[i].Len > off })
+	pos := 0
+	for pos < want {
+		at := off + int64(pos)
+		if i >= len(cs) || cs[i].Off >= off+int64(want) {
+			clear(p[pos:])
+			break
+		}
+		c := cs[i]
+		if c.Off > at {
+			n := int(min(c.Off-at, int64(want-pos)))
+			clear(p[pos : pos+n])
+			pos += n
+			continue
+		}
+		data, err := im.chunk(c)
+		if err != nil {
+			return pos, err
+		}
+		pos += copy(p[pos:], data[at-c.Off:])
+		i++
+	}
+	return want, short
+}
+
+func (im *streamImage) chunk(c chunkRef) ([]byte, error) {
+	if b, ok := im.cache.get(c.ID); ok {
+		return b, nil
+	}
+	b, err := im.r.loadChunk(context.Background(), c)
+	if err != nil {
+		return nil, err
+	}
+	im.cache.put(c.ID, b)
+	return b, nil
+}
+
+// Extents implements pe.Image: chunks are data, the rest holes.
+func (im *streamImage) Extents(ctx context.Context, off, length int64) ([]pe.Extent, error) {
+	off, length, ok := pe.ClipRange(off, length, im.st.Size)
+	if !ok {
+		return nil, nil
+	}
+	end := off + length
+	var out []pe.Extent
+	add := func(from, to int64, k pe.ExtentKind) {
+		from, to = max(from, off), min(to, end)
+		if from < to {
+			out = append(out, pe.Extent{Offset: from, Length: to - from, Kind: k})
+		}
+	}
+	cs := im.st.Chunks
+	pos := off
+	for i := sort.Search(len(cs), func(i int) bool { return cs[i].Off+cs[i].Len > off }); i < len(cs) && cs[i].Off < end; i++ {
+		add(pos, cs[i].Off, pe.ExtentHole)
+		add(cs[i].Off, cs[i].Off+cs[i].Len, pe.ExtentData)
+		pos = cs[i].Off + cs[i].Len
+	}
+	add(pos, end, pe.ExtentHole)
+	return pe.MergeExtents(out), nil
+}
+
+// tocImage is the image of an fs snapshot: its table of contents was
+// stored with it, so its files can be listed without reading the tar.
+type tocImage struct {
+	*streamImage
+	toc []pe.TOCEntry
+}
+
+func (t *tocImage) TOC(ctx context.Context) ([]pe.TOCEntry, error) { return t.toc, nil }
+
+// chunkCache is a small LRU of decoded chunks, safe for concurrent use.
+type chunkCache struct {
+	mu    sync.Mutex
+	max   int
+	ll    *list.List
+	items map[string]*list.Element
+}
+
+type cacheItem struct {
+	id   string
+	data []byte
+}
+
+func newChunkCache(max int) *chunkCache {
+	return &chunkCache{max: max, ll: list.New(), items: map[string]*list.Element{}}
+}
+
+func (c *chunkCache) get(id string) ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.items[id]; ok {
+		c.ll.MoveToFront(e)
+		return e.Value.(*cacheItem).data, true
+	}
+	return nil, false
+}
+
+func (c *chunkCache) put(id string, data []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.items[id]; ok {
+		return
+	}
+	c.items[id] = c.ll.PushFront(&cacheItem{id, data})
+	for c.ll.Len() > c.max {
+		e := c.ll.Back()
+		c.ll.Remove(e)
+		delete(c.items, e.Value.(*cacheItem).id)
+	}
+}

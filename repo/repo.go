@@ -1,0 +1,265 @@
+// Package repo is the backup repository: PE snapshots cut into chunks
+// (fixed and aligned for disk images, content-defined for streams), named
+// by the SHA-256 of their content, zstd-compressed, sealed with AES-256-GCM
+// and packed into pack objects in a backend (a directory or S3).
+//
+// Objects:
+//
+//	config                       format version, KDF parameters, the sealed master key
+//	data/<id[:2]>/<id>           packs: sealed blobs, then a sealed header listing them
+//	index/<random>               sealed lists of packs and their blobs, for dedup
+//	snapshots/<peid>/index       a snapshot's chunk map: offset → chunk, pack, position
+//	snapshots/<peid>/info        its PE info, written last: the commit
+//	locks/<random>               who uses the repository (shared or exclusive)
+//
+// A snapshot's index holds where each chunk is, so reading a snapshot
+// needs nothing else; prune deletes only packs no snapshot uses at all,
+// so those positions never move. Every snapshot is a logical full.
+package repo
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/astrolabe-appliance/astrolabe/repo/backend"
+)
+
+const formatVersion = 1
+
+// ErrWrongPassword is returned when the password does not open the key.
+var ErrWrongPassword = errors.New("wrong password or corrupt key")
+
+// ErrNotInitialized is returned by Open where no repository is.
+var ErrNotInitialized = errors.New("no repository here (run 'astrolabe repo init')")
+
+type config struct {
+	Version   int        `json:"version"`
+	ID        string     `json:"id"`
+	ChunkSize int64      `json:"chunkSize"` // fixed chunks of disk images
+	Encrypted bool       `json:"encrypted"`
+	KDF       *kdfParams `json:"kdf,omitempty"`
+	MasterKey []byte     `json:"masterKey,omitempty"` // sealed with the password's key
+}
+
+// Repository is an open repository.
+type Repository struct {
+	be  backend.Backend
+	cfg config
+	key *key
+	log *slog.Logger
+
+	enc *zstd.Encoder
+	dec *zstd.Decoder
+
+	mu  sync.Mutex
+	idx map[string]blobLoc // chunk ID → where it is, loaded for backups
+	// indexed are the packs index files list.
+	indexed map[string]bool
+}
+
+// Options open or create a repository.
+type Options struct {
+	// Password encrypts the repository; empty with Insecure for none.
+	Password string
+	Insecure bool
+	Logger   *slog.Logger
+}
+
+const defaultChunkSize = 1 << 20
+
+// Init creates a repository in an empty backend.
+func Init(ctx context.Context, be backend.Backend, opts Options) error {
+	if _, err := be.Stat(ctx, "config"); err == nil {
+		return fmt.Errorf("%s: a repository exists there already", be.Location())
+	} else if !errors.Is(err, backend.ErrNotExist) {
+		return fmt.Errorf("%s: %w", be.Location(), err)
+	}
+	cfg := config{Version: formatVersion, ChunkSize: defaultChunkSize}
+	var id [16]byte
+	rand.Read(id[:])
+	cfg.ID = hex.EncodeToString(id[:])
+	switch {
+	case opts.Password != "":
+		p := kdfParams{N: 1 << 15, R: 8, P: 1, Salt: make([]byte, 32)}
+		rand.Read(p.Salt)
+		kek, err := deriveKey(opts.Password, p)
+		if err != nil {
+			return err
+		}
+		k, err := newKey(kek)
+		if err != nil {
+			return err
+		}
+		master := make([]byte, 32)
+		rand.Read(master)
+		cfg.Encrypted, cfg.KDF, cfg.MasterKey = true, &p, k.seal(nil, master)
+	case !opts.Insecure:
+		return errors.New("a password is needed (ASTROLABE_PASSWORD or --password-file), or --insecure-no-password for an unencrypted repository")
+	}
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return err
+	}
+	return be.Save(ctx, "config", bytes.NewReader(b), int64(len(b)))
+}
+
+// Open opens the repository in be.
+func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	b, err := backend.ReadAll(ctx, be, "config")
+	if errors.Is(err, backend.ErrNotExist) {
+		return nil, fmt.Errorf("%s: %w", be.Location(), ErrNotInitialized)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", be.Location(), err)
+	}
+	var cfg config
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return nil, fmt.Errorf("%s: config: %w", be.Location(), err)
+	}
+	if cfg.Version != formatVersion {
+		return nil, fmt.Errorf("%s: repository format %d, this astrolabe reads %d", be.Location(), cfg.Version, formatVersion)
+	}
+	r := &Repository{be: be, cfg: cfg, log: opts.Logger}
+	if cfg.Encrypted {
+		if opts.Password == "" {
+			return nil, fmt.Errorf("%s is encrypted: give its password (ASTROLABE_PASSWORD or --password-file)", be.Location())
+		}
+		if cfg.KDF == nil {
+			return nil, fmt.Errorf("%s: config without key parameters", be.Location())
+		}
+		kek, err := deriveKey(opts.Password, *cfg.KDF)
+		if err != nil {
+			return nil, err
+		}
+		k, err := newKey(kek)
+		if err != nil {
+			return nil, err
+		}
+		master, err := k.open(cfg.MasterKey)
+		if err != nil {
+			return nil, ErrWrongPassword
+		}
+		if r.key, err = newKey(master); err != nil {
+			return nil, err
+		}
+	}
+	if r.enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1)); err != nil {
+		return nil, err
+	}
+	if r.dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(64<<20)); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Close releases the repository's resources.
+func (r *Repository) Close() error {
+	r.dec.Close()
+	return r.enc.Close()
+}
+
+// Location says where the repository is.
+func (r *Repository) Location() string { return r.be.Location() }
+
+// chunkID names a chunk by its content.
+func chunkID(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// encode compresses and seals b; the result is what a pack stores.
+func (r *Repository) encode(dst, b []byte) []byte {
+	return r.key.seal(dst, r.enc.EncodeAll(b, make([]byte, 0, len(b)/2+64)))
+}
+
+// decode opens and decompresses a stored blob.
+func (r *Repository) decode(sealed []byte, rawLen int) ([]byte, error) {
+	z, err := r.key.open(sealed)
+	if err != nil {
+		return nil, err
+	}
+	out, err := r.dec.DecodeAll(z, make([]byte, 0, rawLen))
+	if err != nil {
+		return nil, fmt.Errorf("decompress: %w", err)
+	}
+	return out, nil
+}
+
+// loadChunk reads a chunk and checks that it is what its ID says: a
+// damaged chunk is an error, never wrong bytes.
+func (r *Repository) loadChunk(ctx context.Context, c chunkRef) ([]byte, error) {
+	rc, err := r.be.Load(ctx, packName(c.Pack), c.POff, c.PLen)
+	if err != nil {
+		return nil, fmt.Errorf("chunk %.16s in pack %.16s: %w", c.ID, c.Pack, err)
+	}
+	defer rc.Close()
+	sealed := make([]byte, c.PLen)
+	if _, err := ioReadFull(rc, sealed); err != nil {
+		return nil, fmt.Errorf("chunk %.16s in pack %.16s: %w", c.ID, c.Pack, err)
+	}
+	b, err := r.decode(sealed, int(c.Len))
+	if err != nil {
+		return nil, fmt.Errorf("chunk %.16s in pack %.16s is damaged: %w", c.ID, c.Pack, err)
+	}
+	if int64(len(b)) != c.Len || chunkID(b) != c.ID {
+		return nil, fmt.Errorf("chunk %.16s in pack %.16s is damaged: content does not match its ID", c.ID, c.Pack)
+	}
+	return b, nil
+}
+
+// sealJSON encodes v as a compressed, sealed object.
+func (r *Repository) sealJSON(v any) ([]byte, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return r.encode(nil, b), nil
+}
+
+func (r *Repository) openJSON(sealed []byte, v any) error {
+	b, err := r.decode(sealed, len(sealed)*4)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}
+
+func (r *Repository) saveJSON(ctx context.Context, name string, v any) error {
+	b, err := r.sealJSON(v)
+	if err != nil {
+		return err
+	}
+	return r.be.Save(ctx, name, bytes.NewReader(b), int64(len(b)))
+}
+
+func (r *Repository) loadJSON(ctx context.Context, name string, v any) error {
+	b, err := backend.ReadAll(ctx, r.be, name)
+	if err != nil {
+		return err
+	}
+	if err := r.openJSON(b, v); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+func packName(id string) string { return "data/" + id[:2] + "/" + id }
+
+func randomName() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
