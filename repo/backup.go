@@ -419,4 +419,3 @@ func isZero(b []byte) bool {
 	}
 	return true
 }
-

@@ -257,4 +257,3 @@ func (r *Repository) Stats(ctx context.Context) (Stats, error) {
 	s.Snapshots = len(snaps)
 	return s, err
 }
-

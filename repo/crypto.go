@@ -57,13 +57,6 @@ func (k *key) open(sealed []byte) ([]byte, error) {
 	return plain, nil
 }
 
-// overhead is what sealing adds to a blob.
-func (k *key) overhead() int {
-	if k == nil {
-		return 0
-	}
-	return k.aead.NonceSize() + k.aead.Overhead()
-}
 
 // KDF parameters: scrypt as restic uses it, about 0.1 s on these machines.
 type kdfParams struct {
