@@ -57,7 +57,6 @@ func (k *key) open(sealed []byte) ([]byte, error) {
 	return plain, nil
 }
 
-
 // KDF parameters: scrypt as restic uses it, about 0.1 s on these machines.
 type kdfParams struct {
 	N, R, P int

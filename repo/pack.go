@@ -101,21 +101,27 @@ func (p *packer) add(id string, raw int64, enc []byte) (bool, error) {
 	p.blobs = append(p.blobs, packBlob{ID: id, Off: int64(p.buf.Len()), Len: int64(len(enc)), Raw: raw})
 	p.buf.Write(enc)
 	if p.buf.Len() >= packTarget {
-		p.flushLocked()
+		upload := p.closeLocked()
+		// Waiting for an upload slot must not hold the lock the uploads
+		// take to finish.
+		p.mu.Unlock()
+		upload()
+		p.mu.Lock()
 	}
 	return true, nil
 }
 
-// flushLocked closes the current pack and uploads it; p.mu is held.
-func (p *packer) flushLocked() {
+// closeLocked closes the current pack (p.mu is held) and returns the
+// function that uploads it, to be called without the lock.
+func (p *packer) closeLocked() func() {
 	if len(p.blobs) == 0 {
-		return
+		return func() {}
 	}
 	blobs := p.blobs
 	hdr, err := p.r.sealJSON(blobs)
 	if err != nil {
 		p.err = err
-		return
+		return func() {}
 	}
 	data := append(p.buf.Bytes(), hdr...)
 	data = binary.LittleEndian.AppendUint32(data, uint32(len(hdr)))
@@ -123,12 +129,22 @@ func (p *packer) flushLocked() {
 	id := hex.EncodeToString(sum[:])
 	p.buf = bytes.Buffer{}
 	p.blobs = nil
-
-	p.sem <- struct{}{}
 	p.wg.Add(1)
+	return func() { p.upload(id, data, blobs) }
+}
+
+// upload stores a pack, a few at a time, and indexes its chunks.
+func (p *packer) upload(id string, data []byte, blobs []packBlob) {
+	p.sem <- struct{}{}
 	go func() {
 		defer p.wg.Done()
 		defer func() { <-p.sem }()
+		p.mu.Lock()
+		failed := p.err != nil
+		p.mu.Unlock()
+		if failed {
+			return // the backup has failed: do not retry into a dead server
+		}
 		err := p.r.be.Save(p.ctx, packName(id), bytes.NewReader(data), int64(len(data)))
 		p.mu.Lock()
 		defer p.mu.Unlock()
@@ -153,8 +169,9 @@ func (p *packer) flushLocked() {
 // for the new packs.
 func (p *packer) finish() error {
 	p.mu.Lock()
-	p.flushLocked()
+	upload := p.closeLocked()
 	p.mu.Unlock()
+	upload()
 	p.wg.Wait()
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -7,7 +7,7 @@ set -euo pipefail
 STATICCHECK_VERSION=v0.8.2
 
 need=()
-for pair in tar:tar unzip:unzip mke2fs:e2fsprogs mkfs.xfs:xfsprogs losetup:mount nbdinfo:libnbd-bin qemu-img:qemu-utils nbdsh:python3-libnbd rclone:rclone openssl:openssl sfdisk:fdisk mkfs.vfat:dosfstools mcopy:mtools fusermount3:fuse3 fusefat:fusefat; do
+for pair in tar:tar unzip:unzip mke2fs:e2fsprogs mkfs.xfs:xfsprogs losetup:mount nbdinfo:libnbd-bin qemu-img:qemu-utils nbdsh:python3-libnbd rclone:rclone openssl:openssl sfdisk:fdisk mkfs.vfat:dosfstools mcopy:mtools fusermount3:fuse3 fusefat:fusefat restic:restic bc:bc; do
 	cmd=${pair%%:*} pkg=${pair#*:}
 	command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -24,3 +24,6 @@ if ! "$GOBIN/staticcheck" -version 2>/dev/null | grep -q "${STATICCHECK_VERSION#
 	echo "installing staticcheck $STATICCHECK_VERSION"
 	GOFLAGS= go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
 fi
+
+# A real S3 server for the repository tests (scripts/s3-server.sh).
+"$(dirname "$0")/s3-server.sh" install

@@ -89,6 +89,8 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 	c, err := minio.New(cfg.Endpoint, &minio.Options{
 		Creds: credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""), Secure: !cfg.Insecure,
 		Region: cfg.Region, BucketLookup: minio.BucketLookupPath, Transport: tr,
+		// Retries are ours (retry), with one policy for every call.
+		MaxRetries: 1,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("S3 %s: %w", cfg.Endpoint, err)
