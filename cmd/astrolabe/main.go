@@ -116,6 +116,9 @@ disk:vm1.img:20261125T000104.000Z-1a2b3c4d. The configuration directory
 			serveCommand(),
 			mountCommand(),
 			flrCommand(),
+			repoCommand(),
+			backupCommand(),
+			restoreCommand(),
 		},
 	}
 }

@@ -1,0 +1,301 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/repo"
+	"github.com/astrolabe-appliance/astrolabe/repo/backend"
+)
+
+// repoFlags are the flags of every verb that uses the repository.
+func repoFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "repo", EnvVars: []string{"ASTROLABE_REPOSITORY"},
+			Usage: "repository: a `DIR`, s3://[host:port/]bucket/prefix (TLS) or s3+http://host:port/bucket/prefix; S3 keys from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"},
+		&cli.StringFlag{Name: "password-file", Usage: "read the repository password from `FILE` (default: ASTROLABE_PASSWORD)"},
+		&cli.BoolFlag{Name: "insecure-no-password", Usage: "repo init: an unencrypted repository"},
+	}
+}
+
+func openBackend(c *cli.Context) (backend.Backend, error) {
+	loc := c.String("repo")
+	switch {
+	case loc == "":
+		return nil, usagef("no repository: give --repo or set ASTROLABE_REPOSITORY")
+	case strings.HasPrefix(loc, "s3://"), strings.HasPrefix(loc, "s3+http://"):
+		cfg, err := backend.ParseS3URL(loc)
+		if err != nil {
+			return nil, err
+		}
+		return backend.NewS3(c.Context, cfg)
+	case strings.Contains(loc, "://"):
+		return nil, usagef("--repo %q: want a directory, s3:// or s3+http://", loc)
+	}
+	return backend.NewDir(loc)
+}
+
+func repoOptions(c *cli.Context) (repo.Options, error) {
+	opts := repo.Options{Logger: slog.Default(), Insecure: c.Bool("insecure-no-password"), Password: os.Getenv("ASTROLABE_PASSWORD")}
+	if f := c.String("password-file"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return opts, fmt.Errorf("password file: %w", err)
+		}
+		opts.Password = strings.TrimRight(string(b), "\r\n")
+	}
+	return opts, nil
+}
+
+func openRepo(c *cli.Context) (*repo.Repository, error) {
+	be, err := openBackend(c)
+	if err != nil {
+		return nil, err
+	}
+	opts, err := repoOptions(c)
+	if err != nil {
+		return nil, err
+	}
+	return repo.Open(c.Context, be, opts)
+}
+
+// withRepo makes an Action that opens the repository for fn.
+func withRepo(fn func(c *cli.Context, r *repo.Repository) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		r, err := openRepo(c)
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		return fn(c, r)
+	}
+}
+
+func repoCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "repo",
+		Usage: "manage the backup repository (deduplicated, compressed, encrypted)",
+		Subcommands: []*cli.Command{{
+			Name:  "init",
+			Usage: "create a repository",
+			Flags: repoFlags(),
+			Action: func(c *cli.Context) error {
+				be, err := openBackend(c)
+				if err != nil {
+					return err
+				}
+				opts, err := repoOptions(c)
+				if err != nil {
+					return err
+				}
+				if err := repo.Init(c.Context, be, opts); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.App.ErrWriter, "created repository %s\n", be.Location())
+				return nil
+			},
+		}, {
+			Name:      "snapshots",
+			Usage:     "list the snapshots in the repository, oldest first",
+			ArgsUsage: "[PEID]",
+			Flags:     repoFlags(),
+			Action: withRepo(func(c *cli.Context, r *repo.Repository) error {
+				var filter pe.ID
+				if c.NArg() > 1 {
+					return usagef("repo snapshots: want at most one PEID")
+				}
+				if c.NArg() == 1 {
+					var err error
+					if filter, err = peArg(c.Args().First(), 0); err != nil {
+						return err
+					}
+				}
+				snaps, err := r.Snapshots(c.Context, filter)
+				if err != nil {
+					return err
+				}
+				tw := tabwriter.NewWriter(c.App.Writer, 0, 8, 2, ' ', 0)
+				fmt.Fprintln(tw, "SNAPSHOT\tSIZE\tBACKED UP")
+				for _, s := range snaps {
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", s.ID, humanBytes(s.Info.Size), s.BackedUp.Local().Format(time.DateTime))
+				}
+				return tw.Flush()
+			}),
+		}, {
+			Name:  "check",
+			Usage: "verify the repository's structure; --read-data also re-hashes every chunk",
+			Flags: append(repoFlags(), &cli.BoolFlag{Name: "read-data", Usage: "read, decrypt and re-hash every chunk"}),
+			Action: withRepo(func(c *cli.Context, r *repo.Repository) error {
+				p := newProgress(c.App.ErrWriter)
+				problems, err := r.Check(c.Context, c.Bool("read-data"), p)
+				p.Done()
+				if err != nil {
+					return err
+				}
+				for _, pr := range problems {
+					fmt.Fprintln(c.App.Writer, pr)
+				}
+				if len(problems) > 0 {
+					return fmt.Errorf("%d problem(s) found", len(problems))
+				}
+				fmt.Fprintln(c.App.ErrWriter, "no problems found")
+				return nil
+			}),
+		}, {
+			Name:  "prune",
+			Usage: "remove the data no snapshot uses (takes an exclusive lock)",
+			Flags: repoFlags(),
+			Action: withRepo(func(c *cli.Context, r *repo.Repository) error {
+				s, err := r.Prune(c.Context)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(c.App.Writer, "removed %d pack(s), %s; %d incomplete snapshot(s)\n", s.Packs, humanBytes(s.Bytes), s.Incomplete)
+				return nil
+			}),
+		}, {
+			Name:      "forget",
+			Usage:     "remove a snapshot from the repository (its data goes with the next prune)",
+			ArgsUsage: "PEID:SNAPSHOT",
+			Flags:     repoFlags(),
+			Action: withRepo(func(c *cli.Context, r *repo.Repository) error {
+				a, err := args(c, 1, "PEID:SNAPSHOT")
+				if err != nil {
+					return err
+				}
+				id, err := peArg(a[0], 1)
+				if err != nil {
+					return err
+				}
+				if err := r.Forget(c.Context, id); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.App.ErrWriter, "forgot %s\n", id)
+				return nil
+			}),
+		}, {
+			Name:  "unlock",
+			Usage: "remove stale locks (--all: every lock) after a crash",
+			Flags: append(repoFlags(), &cli.BoolFlag{Name: "all", Usage: "remove all locks, also fresh ones"}),
+			Action: withRepo(func(c *cli.Context, r *repo.Repository) error {
+				n, err := r.Unlock(c.Context, c.Bool("all"))
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(c.App.ErrWriter, "removed %d lock(s)\n", n)
+				return nil
+			}),
+		}},
+	}
+}
+
+func backupCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "backup",
+		Usage:     "back up a PE snapshot into the repository; prints the repository snapshot's PE ID last",
+		ArgsUsage: "PEID[:SNAPSHOT]",
+		Description: `A PE without snapshot is snapshotted first. Only what the repository lacks is
+uploaded, and where the PE tracks changed blocks (disk PEs) only what
+changed since its previous snapshot in the repository is read. Every
+snapshot in the repository is complete by itself: forgetting others never
+breaks it. A summary line (read, new, stored, duration) goes to stderr.`,
+		Flags: repoFlags(),
+		Action: withRepo(func(c *cli.Context, r *repo.Repository) error {
+			a, err := args(c, 1, "PEID[:SNAPSHOT]")
+			if err != nil {
+				return err
+			}
+			id, err := peArg(a[0], 0)
+			if err != nil {
+				return err
+			}
+			m, err := loadManager(c)
+			if err != nil {
+				return err
+			}
+			p, err := m.Get(c.Context, id)
+			if err != nil {
+				return err
+			}
+			if !id.HasSnapshot() {
+				if id, err = p.Snapshot(c.Context, nil); err != nil {
+					return fmt.Errorf("snapshot %s: %w", a[0], err)
+				}
+				fmt.Fprintf(c.App.ErrWriter, "took snapshot %s\n", id)
+				if p, err = m.Get(c.Context, id); err != nil {
+					return err
+				}
+			}
+			prog := newProgress(c.App.ErrWriter)
+			s, err := r.Backup(c.Context, p, prog)
+			prog.Done()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.ErrWriter, "backed up %s to %s: read %s, new %s, stored %s, reused unread %s, in %s (%s/s)\n",
+				id, r.Location(), humanBytes(s.Read), humanBytes(s.New), humanBytes(s.Stored), humanBytes(s.Reused),
+				s.Duration.Round(time.Millisecond), humanBytes(int64(float64(s.Read+s.Reused)/max(s.Duration.Seconds(), 1e-3))))
+			fmt.Fprintln(c.App.Writer, s.ID)
+			return nil
+		}),
+	}
+}
+
+func restoreCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "restore",
+		Usage:     "restore a repository snapshot as a PE; prints the restored PE ID last",
+		ArgsUsage: "PEID:SNAPSHOT",
+		Flags: append(repoFlags(),
+			&cli.StringFlag{Name: "to", Usage: "PE `TYPE` to restore into (default: the snapshot's)"},
+			&cli.StringFlag{Name: "mode", Value: "create_new", Usage: "`MODE`: create_new (a new name), create (the snapshot's name, must not exist) or update (overwrite it)"},
+		),
+		Action: withRepo(func(c *cli.Context, r *repo.Repository) error {
+			a, err := args(c, 1, "PEID:SNAPSHOT")
+			if err != nil {
+				return err
+			}
+			id, err := peArg(a[0], 1)
+			if err != nil {
+				return err
+			}
+			mode, err := pe.ParseCopyMode(c.String("mode"))
+			if err != nil {
+				return usageError{err.Error()}
+			}
+			m, err := loadManager(c)
+			if err != nil {
+				return err
+			}
+			typ := id.Type()
+			if t := c.String("to"); t != "" {
+				typ = t
+			}
+			tm, err := m.Type(typ)
+			if err != nil {
+				return err
+			}
+			src, err := r.OpenSnapshot(c.Context, id)
+			if err != nil {
+				return err
+			}
+			start := time.Now()
+			prog := newProgress(c.App.ErrWriter)
+			out, err := tm.Copy(c.Context, src, pe.CopyOptions{Mode: mode, Progress: prog})
+			prog.Done()
+			if err != nil {
+				return fmt.Errorf("restore %s: %w", id, err)
+			}
+			fmt.Fprintf(c.App.ErrWriter, "restored %s as %s in %s\n", id, out.ID(), time.Since(start).Round(time.Millisecond))
+			fmt.Fprintln(c.App.Writer, out.ID())
+			return nil
+		}),
+	}
+}
