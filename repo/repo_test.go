@@ -28,14 +28,14 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 
 // env is a configuration with PEs to back up and a repository.
 type env struct {
-	t   *testing.T
+	t   testing.TB
 	dir string
 	m   pe.Manager
 	be  backend.Backend
 	r   *Repository
 }
 
-func newEnv(t *testing.T, be backend.Backend, opts Options) *env {
+func newEnv(t testing.TB, be backend.Backend, opts Options) *env {
 	t.Helper()
 	dir := t.TempDir()
 	if err := applianceconfig.Init(dir); err != nil {
