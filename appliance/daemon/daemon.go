@@ -33,6 +33,7 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/internal/atomicfile"
 	"github.com/astrolabe-appliance/astrolabe/nbd"
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/repo"
 )
 
 // Options configure the daemon. Addresses are host:port; an empty one
@@ -50,8 +51,11 @@ type Options struct {
 	Token string
 	// S3 data-path credentials.
 	S3AccessKey, S3SecretKey string
-	Version                  string
-	Logger                   *slog.Logger
+	// Repository, if set, is the backup repository the API backs up to
+	// and restores from.
+	Repository *repo.Repository
+	Version    string
+	Logger     *slog.Logger
 	// Ready, if set, is called once every listener is up.
 	Ready func(Endpoints)
 	// DrainTimeout bounds how long running tasks may finish at shutdown
@@ -231,6 +235,9 @@ func Run(ctx context.Context, opts Options) error {
 		}
 	}
 	cfg.Mounts = mounts
+	if opts.Repository != nil {
+		cfg.Repository = &repoService{r: opts.Repository, m: m}
+	}
 	apiHandler := met.instrument(rest.NewHandler(cfg))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", requireToken(token, met.handler()))

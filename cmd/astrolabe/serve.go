@@ -7,6 +7,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/astrolabe-appliance/astrolabe/appliance/daemon"
+	"github.com/astrolabe-appliance/astrolabe/repo"
 )
 
 func serveCommand() *cli.Command {
@@ -31,8 +32,11 @@ printed once. The TLS certificate is the config directory's tls/cert.pem
 and tls/key.pem, generated self-signed on first start. Clients trust
 tls/cert.pem (curl --cacert, or --server-ca for this CLI).
 
+With --repo (and its password) the API backs up to and restores from that
+repository (/v1/appliance/repository/...), as tasks.
+
 SIGTERM lets running tasks finish (up to --drain) and exits cleanly.`,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "api", Value: "0.0.0.0:8443", Usage: "REST API `ADDR` (empty: off)"},
 			&cli.StringFlag{Name: "s3", Value: "0.0.0.0:9000", Usage: "S3 data path `ADDR` (empty: off)"},
 			&cli.StringFlag{Name: "nbd", Value: "0.0.0.0:10809", Usage: "NBD `ADDR` (empty: off)"},
@@ -42,13 +46,22 @@ SIGTERM lets running tasks finish (up to --drain) and exits cleanly.`,
 			&cli.StringFlag{Name: "s3-access-key", EnvVars: []string{"ASTROLABE_S3_ACCESS_KEY"}, Usage: "S3 data path access `KEY`"},
 			&cli.StringFlag{Name: "s3-secret-key", EnvVars: []string{"ASTROLABE_S3_SECRET_KEY"}, Usage: "S3 data path secret `KEY`"},
 			&cli.DurationFlag{Name: "drain", Value: daemon.DefaultDrain, Usage: "how long running tasks may finish at shutdown"},
-		},
+		}, repoFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 0 {
 				return usagef("serve takes no arguments, got %q", c.Args().First())
 			}
 			w := c.App.Writer
+			var r *repo.Repository
+			if c.String("repo") != "" {
+				var err error
+				if r, err = openRepo(c); err != nil {
+					return err
+				}
+				defer r.Close()
+			}
 			return daemon.Run(c.Context, daemon.Options{
+				Repository:   r,
 				ConfigDir:    c.String("config"),
 				APIAddr:      c.String("api"),
 				S3Addr:       c.String("s3"),

@@ -220,3 +220,58 @@ func TestServe(t *testing.T) {
 	mustFail(t, cfg, "loopback", "serve", "--api", "0.0.0.0:0", "--insecure-http", "--nbd", "", "--s3", "")
 	mustFail(t, cfg, "loopback", "serve", "--api", "127.0.0.1:0", "--insecure-http", "--nbd", "", "--s3", "0.0.0.0:0")
 }
+
+// waitTaskResult polls a task through the API until it ends.
+func (a *appliance) waitTaskResult(token, taskID string) map[string]any {
+	a.t.Helper()
+	for range 600 {
+		_, body := a.call("GET", "/v1/astrolabe/tasks/"+taskID, token, "")
+		var ti map[string]any
+		json.Unmarshal([]byte(body), &ti)
+		if ti["completed"] == true {
+			return ti
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	a.t.Fatalf("task %s did not end", taskID)
+	return nil
+}
+
+func TestServeRepository(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", "--samples", cfg)
+	repoDir := filepath.Join(dir, "repo")
+	mustRun(t, cfg, "repo", "init", "--repo", repoDir, "--insecure-no-password")
+	a := startServe(t, cfg, "--repo", repoDir)
+	token := a.info["token"]
+
+	status, body := a.call("POST", "/v1/appliance/repository/backups", token, `{"id":"disk:sample.img"}`)
+	if status != 202 {
+		t.Fatalf("backup: %d %s", status, body)
+	}
+	var task struct{ TaskID string }
+	json.Unmarshal([]byte(body), &task)
+	ti := a.waitTaskResult(token, task.TaskID)
+	if ti["status"] != "success" {
+		t.Fatalf("backup task: %v", ti)
+	}
+	backedUp := ti["result"].(map[string]any)["id"].(string)
+	_, body = a.call("GET", "/v1/appliance/repository/snapshots?protectedEntityID=disk%3Asample.img", token, "")
+	if !strings.Contains(body, backedUp) {
+		t.Errorf("repository snapshots: %s", body)
+	}
+	status, body = a.call("POST", "/v1/appliance/repository/restores", token, `{"id":"`+backedUp+`"}`)
+	if status != 202 {
+		t.Fatalf("restore: %d %s", status, body)
+	}
+	json.Unmarshal([]byte(body), &task)
+	ti = a.waitTaskResult(token, task.TaskID)
+	restored, _ := ti["result"].(map[string]any)["id"].(string)
+	orig, _ := os.ReadFile(filepath.Join(cfg, "disk", "sample.img"))
+	got, _ := os.ReadFile(filepath.Join(cfg, "disk", strings.TrimPrefix(restored, "disk:")))
+	if ti["status"] != "success" || !bytes.Equal(orig, got) {
+		t.Errorf("restore task: %v", ti)
+	}
+	a.stop()
+}
