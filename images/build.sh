@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Builds the appliance: a Debian bookworm root filesystem with the astrolabe
+# binary and its units, a bootable disk (MBR, ext4, GRUB), a streamOptimized
+# VMDK and the OVA. Needs root (loop devices), debootstrap, grub-pc-bin,
+# qemu-utils, e2fsprogs, fdisk.
+#
+#   images/build.sh            build into $OUT (default /var/tmp/astrolabe-image)
+#
+# The debootstrap result is cached in $OUT/cache, keyed by the package list,
+# so a second build with nothing changed downloads nothing and produces the
+# same file list ($OUT/rootfs.list).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/var/tmp/astrolabe-image}
+CACHE=$OUT/cache
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+VERSION=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
+DISK_MIB=${DISK_MIB:-2048}
+# A fixed filesystem UUID: the boot configuration names the root by it.
+ROOT_UUID=6a1c2f4e-0b6d-4d8e-9a51-a57201abe001
+PACKAGES=linux-image-amd64,initramfs-tools,systemd-sysv,udev,kmod,iproute2,ca-certificates,open-vm-tools,fuse3,e2fsprogs,xfsprogs,dosfstools,ntfs-3g,util-linux,mount
+
+for t in debootstrap grub-install qemu-img mke2fs sfdisk losetup; do
+	command -v $t >/dev/null || { echo "missing $t: apt-get install -y debootstrap grub-pc-bin grub2-common qemu-utils e2fsprogs fdisk mount" >&2; exit 1; }
+done
+[[ $(id -u) == 0 ]] || { echo "images/build.sh needs root (debootstrap, loop devices)" >&2; exit 1; }
+mkdir -p "$OUT" "$CACHE"
+ROOT=$OUT/root MNT=$OUT/mnt
+LOOP=
+cleanup() {
+	mountpoint -q "$MNT" && umount "$MNT" || true
+	[[ -n $LOOP ]] && losetup -d "$LOOP" 2>/dev/null || true
+}
+trap cleanup EXIT
+step() { printf '\n== %s (%ds)\n' "$*" "$SECONDS" >&2; }
+
+step "astrolabe $VERSION"
+CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$VERSION" -o "$OUT/astrolabe" ./cmd/astrolabe
+
+KEY=$(echo "bookworm $PACKAGES $MIRROR" | sha256sum | cut -c1-16)
+BASE=$CACHE/rootfs-$KEY.tar
+if [[ ! -f $BASE ]]; then
+	step "debootstrap (cached as $BASE)"
+	rm -rf "$CACHE/debootstrap"
+	mkdir -p "$CACHE/debs"
+	debootstrap --variant=minbase --cache-dir="$CACHE/debs" --include="$PACKAGES" bookworm "$CACHE/debootstrap" "$MIRROR" >&2
+	# Slim: no documentation, translations or package lists; the dpkg
+	# excludes keep it so on upgrades.
+	install -D -m 644 images/rootfs/etc/dpkg/dpkg.cfg.d/01-astrolabe-slim "$CACHE/debootstrap/etc/dpkg/dpkg.cfg.d/01-astrolabe-slim"
+	find "$CACHE/debootstrap/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+	rm -rf "$CACHE/debootstrap"/usr/share/{man,info,lintian} "$CACHE/debootstrap"/var/lib/apt/lists/* "$CACHE/debootstrap"/var/cache/apt/*.bin
+	find "$CACHE/debootstrap/usr/share/locale" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
+	chroot "$CACHE/debootstrap" apt-get clean
+	tar -C "$CACHE/debootstrap" --numeric-owner --xattrs -cf "$BASE.tmp" .
+	mv "$BASE.tmp" "$BASE"
+	rm -rf "$CACHE/debootstrap"
+else
+	step "debootstrap: cached $BASE"
+fi
+
+step "root filesystem"
+rm -rf "$ROOT"
+mkdir -p "$ROOT"
+tar -C "$ROOT" --numeric-owner --xattrs -xf "$BASE"
+cp -a images/rootfs/. "$ROOT/"
+install -m 755 "$OUT/astrolabe" "$ROOT/usr/local/bin/astrolabe"
+echo astrolabe >"$ROOT/etc/hostname"
+printf '127.0.0.1 localhost\n127.0.1.1 astrolabe\n' >"$ROOT/etc/hosts"
+printf 'UUID=%s / ext4 errors=remount-ro 0 1\n' "$ROOT_UUID" >"$ROOT/etc/fstab"
+cat >"$ROOT/etc/issue" <<'EOT'
+Astrolabe data-protection appliance (\n, \l)
+
+  REST API:  https://\4:8443/v1/astrolabe   (health: /healthz)
+  S3:        https://\4:9000    NBD: nbd://\4:10809
+  The API token is in /etc/astrolabe/api-token (or the one given at deploy).
+
+EOT
+# No password logins: root is locked; the console shows the above.
+chroot "$ROOT" passwd -l root >/dev/null
+chroot "$ROOT" systemctl enable astrolabe.service astrolabe-firstboot.service systemd-networkd.service >/dev/null 2>&1
+chroot "$ROOT" systemctl mask apt-daily.timer apt-daily-upgrade.timer >/dev/null 2>&1 || true
+KERNEL=$(cd "$ROOT/boot" && ls vmlinuz-* | sort -V | tail -n1)
+INITRD=initrd.img-${KERNEL#vmlinuz-}
+(cd "$ROOT" && find . -xdev | LC_ALL=C sort) >"$OUT/rootfs.list"
+
+step "disk image"
+ROOTFS=$OUT/rootfs.ext4
+rm -f "$ROOTFS"
+mke2fs -q -t ext4 -L astrolabe-root -U "$ROOT_UUID" -E root_owner=0:0 -d "$ROOT" "$ROOTFS" "$((DISK_MIB - 2))M"
+RAW=$OUT/disk.raw
+rm -f "$RAW"
+truncate -s "${DISK_MIB}M" "$RAW"
+echo 'label: dos
+start=2048, type=83, bootable' | sfdisk -q --no-reread --no-tell-kernel "$RAW"
+dd if="$ROOTFS" of="$RAW" bs=1M seek=1 conv=notrunc,sparse status=none
+rm -f "$ROOTFS"
+
+step "boot loader"
+LOOP=$(losetup --find --show --partscan "$RAW")
+mkdir -p "$MNT"
+for _ in $(seq 50); do [[ -b ${LOOP}p1 ]] && break; sleep 0.1; done
+mount "${LOOP}p1" "$MNT"
+grub-install --target=i386-pc --boot-directory="$MNT/boot" --modules="part_msdos ext2" "$LOOP" >&2
+cat >"$MNT/boot/grub/grub.cfg" <<EOT
+set timeout=1
+serial --unit=0 --speed=115200
+terminal_input console serial
+terminal_output console serial
+menuentry "Astrolabe appliance $VERSION" {
+	search --no-floppy --fs-uuid --set=root $ROOT_UUID
+	linux /boot/$KERNEL root=UUID=$ROOT_UUID ro quiet console=tty0 console=ttyS0,115200
+	initrd /boot/$INITRD
+}
+EOT
+umount "$MNT"
+losetup -d "$LOOP"
+LOOP=
+
+step "VMDK and OVA"
+VMDK=$OUT/astrolabe-appliance-disk1.vmdk
+qemu-img convert -f raw -O vmdk -o subformat=streamOptimized "$RAW" "$VMDK"
+OVA=$OUT/astrolabe-appliance-$VERSION.ova
+go run ./images/ovagen -vmdk "$VMDK" -disk-capacity "$((DISK_MIB << 20))" -version "$VERSION" -out "$OVA"
+step "done"
+ls -l "$OVA" "$RAW" >&2
+echo "$OVA"
