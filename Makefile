@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GOBIN   := $(shell $(GO) env GOPATH)/bin
 FUZZTIME ?= 10s
 
-.PHONY: all build demo test deps lint generated unit fuzz fuzz-long clean
+.PHONY: all build demo test deps lint generated unit fuzz fuzz-long clean image image-test image-boot-test image-ci
 
 all: build
 
@@ -17,7 +17,7 @@ demo: build
 	./scripts/demo.sh
 
 # Everything CI runs: install test tools, lint, all tests, short fuzzing.
-test: deps lint unit fuzz
+test: deps lint unit fuzz image-ci
 
 deps:
 	./scripts/install-test-deps.sh
@@ -49,3 +49,17 @@ fuzz-long:
 
 clean:
 	rm -rf bin
+
+# The appliance image (root; see images/build.sh) and its boot test.
+image:
+	./images/build.sh
+
+image-test:
+	$(GO) test -count=1 ./images/...
+
+image-boot-test: image
+	./images/boot-test.sh
+
+# Build twice (cache and file list checked), size budget, boot test.
+image-ci:
+	./images/ci.sh

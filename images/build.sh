@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the appliance: a Debian bookworm root filesystem with the astrolabe
-# binary and its units, a bootable disk (MBR, ext4, GRUB), a streamOptimized
-# VMDK and the OVA. Needs root (loop devices), debootstrap, grub-pc-bin,
-# qemu-utils, e2fsprogs, fdisk.
+# binary and its units, a bootable disk (MBR, ext4, extlinux), a streamOptimized
+# VMDK and the OVA. Needs root (a loop mount), debootstrap, extlinux,
+# syslinux-common, qemu-utils, e2fsprogs, fdisk.
 #
 #   images/build.sh            build into $OUT (default /var/tmp/astrolabe-image)
 #
@@ -20,17 +20,15 @@ DISK_MIB=${DISK_MIB:-2048}
 ROOT_UUID=6a1c2f4e-0b6d-4d8e-9a51-a57201abe001
 PACKAGES=linux-image-amd64,initramfs-tools,systemd-sysv,udev,kmod,iproute2,ca-certificates,open-vm-tools,fuse3,e2fsprogs,xfsprogs,dosfstools,ntfs-3g,util-linux,mount
 
-for t in debootstrap grub-install qemu-img mke2fs sfdisk losetup; do
-	command -v $t >/dev/null || { echo "missing $t: apt-get install -y debootstrap grub-pc-bin grub2-common qemu-utils e2fsprogs fdisk mount" >&2; exit 1; }
+for t in debootstrap extlinux qemu-img mke2fs sfdisk; do
+	command -v $t >/dev/null || { echo "missing $t: apt-get install -y debootstrap extlinux syslinux-common qemu-utils e2fsprogs fdisk" >&2; exit 1; }
 done
+SYSLINUX_MBR=/usr/lib/syslinux/mbr/mbr.bin
+[[ -f $SYSLINUX_MBR ]] || { echo "missing $SYSLINUX_MBR: apt-get install -y syslinux-common" >&2; exit 1; }
 [[ $(id -u) == 0 ]] || { echo "images/build.sh needs root (debootstrap, loop devices)" >&2; exit 1; }
 mkdir -p "$OUT" "$CACHE"
 ROOT=$OUT/root MNT=$OUT/mnt
-LOOP=
-cleanup() {
-	mountpoint -q "$MNT" && umount "$MNT" || true
-	[[ -n $LOOP ]] && losetup -d "$LOOP" 2>/dev/null || true
-}
+cleanup() { mountpoint -q "$MNT" && umount "$MNT" || true; }
 trap cleanup EXIT
 step() { printf '\n== %s (%ds)\n' "$*" "$SECONDS" >&2; }
 
@@ -81,40 +79,51 @@ chroot "$ROOT" systemctl enable astrolabe.service astrolabe-firstboot.service sy
 chroot "$ROOT" systemctl mask apt-daily.timer apt-daily-upgrade.timer >/dev/null 2>&1 || true
 KERNEL=$(cd "$ROOT/boot" && ls vmlinuz-* | sort -V | tail -n1)
 INITRD=initrd.img-${KERNEL#vmlinuz-}
+# A VM appliance has no wireless, sound, cameras, InfiniBand or desktop
+# GPUs: their modules are most of the kernel package's 400 MB. (The initrd,
+# built with all of them present, keeps what booting needs.)
+KMOD=$ROOT/usr/lib/modules/${KERNEL#vmlinuz-}/kernel
+rm -rf "$KMOD"/sound "$KMOD"/net/wireless "$KMOD"/net/mac80211 "$KMOD"/net/bluetooth \
+	"$KMOD"/drivers/{net/wireless,media,infiniband,bluetooth,staging,isdn,iio,sound,comedi,hwmon,power,thunderbolt} \
+	"$KMOD"/drivers/gpu/drm/{amd,nouveau,i915,radeon,xe,gma500,mgag200,ast} \
+	"$KMOD"/drivers/net/ethernet/{mellanox,broadcom,chelsio,qlogic,marvell,cavium,huawei,sfc,netronome,pensando,emulex}
+chroot "$ROOT" depmod "${KERNEL#vmlinuz-}"
 (cd "$ROOT" && find . -xdev | LC_ALL=C sort) >"$OUT/rootfs.list"
 
 step "disk image"
 ROOTFS=$OUT/rootfs.ext4
 rm -f "$ROOTFS"
-mke2fs -q -t ext4 -L astrolabe-root -U "$ROOT_UUID" -E root_owner=0:0 -d "$ROOT" "$ROOTFS" "$((DISK_MIB - 2))M"
+# extlinux reads ext4 without the newer features (64bit, metadata checksums,
+# orphan file); a 2 GiB root needs none of them.
+mke2fs -q -t ext4 -O ^64bit,^metadata_csum,^metadata_csum_seed,^orphan_file -L astrolabe-root -U "$ROOT_UUID" -E root_owner=0:0 -d "$ROOT" "$ROOTFS" "$((DISK_MIB - 1))M"
+
+step "boot loader"
+# extlinux is installed into the filesystem image before it goes into the
+# disk: its sector lists are relative to the filesystem, and the MBR code
+# chain-loads the active partition. No partition devices are needed.
+mkdir -p "$MNT"
+mount -o loop "$ROOTFS" "$MNT"
+mkdir -p "$MNT/boot/extlinux"
+extlinux --install "$MNT/boot/extlinux" >&2
+cat >"$MNT/boot/extlinux/extlinux.conf" <<EOT
+DEFAULT astrolabe
+TIMEOUT 10
+SERIAL 0 115200
+LABEL astrolabe
+	MENU LABEL Astrolabe appliance $VERSION
+	LINUX /boot/$KERNEL
+	INITRD /boot/$INITRD
+	APPEND root=UUID=$ROOT_UUID ro console=tty0 console=ttyS0,115200
+EOT
+umount "$MNT"
 RAW=$OUT/disk.raw
 rm -f "$RAW"
 truncate -s "${DISK_MIB}M" "$RAW"
 echo 'label: dos
 start=2048, type=83, bootable' | sfdisk -q --no-reread --no-tell-kernel "$RAW"
 dd if="$ROOTFS" of="$RAW" bs=1M seek=1 conv=notrunc,sparse status=none
+dd if="$SYSLINUX_MBR" of="$RAW" bs=440 count=1 conv=notrunc status=none
 rm -f "$ROOTFS"
-
-step "boot loader"
-LOOP=$(losetup --find --show --partscan "$RAW")
-mkdir -p "$MNT"
-for _ in $(seq 50); do [[ -b ${LOOP}p1 ]] && break; sleep 0.1; done
-mount "${LOOP}p1" "$MNT"
-grub-install --target=i386-pc --boot-directory="$MNT/boot" --modules="part_msdos ext2" "$LOOP" >&2
-cat >"$MNT/boot/grub/grub.cfg" <<EOT
-set timeout=1
-serial --unit=0 --speed=115200
-terminal_input console serial
-terminal_output console serial
-menuentry "Astrolabe appliance $VERSION" {
-	search --no-floppy --fs-uuid --set=root $ROOT_UUID
-	linux /boot/$KERNEL root=UUID=$ROOT_UUID ro quiet console=tty0 console=ttyS0,115200
-	initrd /boot/$INITRD
-}
-EOT
-umount "$MNT"
-losetup -d "$LOOP"
-LOOP=
 
 step "VMDK and OVA"
 VMDK=$OUT/astrolabe-appliance-disk1.vmdk

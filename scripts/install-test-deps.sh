@@ -7,10 +7,11 @@ set -euo pipefail
 STATICCHECK_VERSION=v0.8.2
 
 need=()
-for pair in tar:tar unzip:unzip mke2fs:e2fsprogs mkfs.xfs:xfsprogs losetup:mount nbdinfo:libnbd-bin qemu-img:qemu-utils nbdsh:python3-libnbd rclone:rclone openssl:openssl sfdisk:fdisk mkfs.vfat:dosfstools mcopy:mtools fusermount3:fuse3 fusefat:fusefat restic:restic bc:bc; do
+for pair in tar:tar unzip:unzip mke2fs:e2fsprogs mkfs.xfs:xfsprogs losetup:mount nbdinfo:libnbd-bin qemu-img:qemu-utils nbdsh:python3-libnbd rclone:rclone openssl:openssl sfdisk:fdisk mkfs.vfat:dosfstools mcopy:mtools fusermount3:fuse3 fusefat:fusefat restic:restic bc:bc debootstrap:debootstrap extlinux:extlinux qemu-system-x86_64:qemu-system-x86 curl:curl; do
 	cmd=${pair%%:*} pkg=${pair#*:}
 	command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
+[[ -f /usr/lib/syslinux/mbr/mbr.bin ]] || need+=(syslinux-common) # the image's MBR code
 if ((${#need[@]})); then
 	echo "installing Debian packages: ${need[*]}"
 	SUDO=
