@@ -2,7 +2,6 @@ package fusefs
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"io"
 	"io/fs"
@@ -15,8 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/astrolabe-appliance/astrolabe/appliance/config"
-	"github.com/astrolabe-appliance/astrolabe/appliance/samples"
+	"github.com/astrolabe-appliance/astrolabe/internal/testpe"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/partition"
 )
@@ -37,40 +35,8 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	dir := t.TempDir()
-	if err := config.Init(dir); err != nil {
-		t.Fatal(err)
-	}
-	tree := filepath.Join(dir, "fs", "sample")
-	if err := samples.WriteTree(tree); err != nil {
-		t.Fatal(err)
-	}
-	// A disk image with a hole before its partition's data.
-	if err := samples.WriteDisk(context.Background(), filepath.Join(dir, "disk", "sample.img"), tree); err != nil {
-		t.Fatal(err)
-	}
-	m, err := config.Load(dir, config.Factories())
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{dir: dir, m: m}
-	f.fsSnap = snap(t, m, "fs:sample")
-	f.dskSnap = snap(t, m, "disk:sample.img")
-	return f
-}
-
-func snap(t *testing.T, m pe.Manager, id string) pe.ID {
-	t.Helper()
-	pid, _ := pe.ParseID(id)
-	p, err := m.Get(context.Background(), pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := p.Snapshot(context.Background(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+	dir, m := testpe.Config(t)
+	return &fixture{dir: dir, m: m, fsSnap: testpe.Snapshot(t, m, "fs:sample"), dskSnap: testpe.Snapshot(t, m, "disk:sample.img")}
 }
 
 // mount mounts m in a fresh directory and unmounts at the end of the test.
@@ -151,7 +117,7 @@ func TestFilesOfSnapshot(t *testing.T) {
 	}
 
 	// A new snapshot shows up without remounting.
-	newer := snap(t, f.m, "fs:sample")
+	newer := testpe.Snapshot(t, f.m, "fs:sample")
 	b, err := os.ReadFile(filepath.Join(snapDir(mnt, newer), "files", "README.txt"))
 	if err != nil || string(b) != "changed" {
 		t.Errorf("new snapshot: %q %v", b, err)

@@ -234,6 +234,18 @@ func (b *backupRun) storeChunk(j *job, enc *[]byte) error {
 	return nil
 }
 
+// complete waits for a stream's chunks to be uploaded (after the pipeline
+// ended with err) and fills in where each was packed.
+func (b *backupRun) complete(refs []chunkRef, err error) error {
+	if err != nil {
+		return err
+	}
+	if err := b.pk.finish(); err != nil {
+		return err
+	}
+	return b.resolve(refs)
+}
+
 // resolve fills in where each chunk was packed, once all are uploaded.
 func (b *backupRun) resolve(refs []chunkRef) error {
 	b.r.mu.Lock()
@@ -276,13 +288,7 @@ func (b *backupRun) cdcStream(rd io.Reader, size int64) (*stream, error) {
 			total += int64(len(chunk))
 		}
 	})
-	if err != nil {
-		return nil, err
-	}
-	if err := b.pk.finish(); err != nil {
-		return nil, err
-	}
-	if err := b.resolve(refs); err != nil {
+	if err := b.complete(refs, err); err != nil {
 		return nil, err
 	}
 	return &stream{Size: total, Chunks: refs}, nil
@@ -339,13 +345,7 @@ func (b *backupRun) fixedStream(p pe.ProtectedEntity, img pe.Image) (*stream, er
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	if err := b.pk.finish(); err != nil {
-		return nil, err
-	}
-	if err := b.resolve(refs); err != nil {
+	if err := b.complete(refs, err); err != nil {
 		return nil, err
 	}
 	refs = append(refs, reused...)

@@ -21,8 +21,7 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
-	"github.com/astrolabe-appliance/astrolabe/appliance/config"
-	"github.com/astrolabe-appliance/astrolabe/appliance/samples"
+	"github.com/astrolabe-appliance/astrolabe/internal/testpe"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 )
 
@@ -43,39 +42,9 @@ type fixture struct {
 
 func newFixture(t *testing.T, maxUpload int64) *fixture {
 	t.Helper()
-	dir := t.TempDir()
-	if err := config.Init(dir); err != nil {
-		t.Fatal(err)
-	}
-	tree := filepath.Join(dir, "fs", "sample")
-	if err := samples.WriteTree(tree); err != nil {
-		t.Fatal(err)
-	}
-	if err := samples.WriteDisk(context.Background(), filepath.Join(dir, "disk", "sample.img"), tree); err != nil {
-		t.Fatal(err)
-	}
-	m, err := config.Load(dir, config.Factories())
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{dir: dir, m: m}
-	ctx := context.Background()
-	for _, id := range []string{"disk:sample.img", "fs:sample"} {
-		pid, _ := pe.ParseID(id)
-		p, err := m.Get(ctx, pid)
-		if err != nil {
-			t.Fatal(err)
-		}
-		snap, err := p.Snapshot(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if pid.Type() == "disk" {
-			f.diskSnap = snap
-		} else {
-			f.fsSnap = snap
-		}
-	}
+	dir, m := testpe.Config(t)
+	f := &fixture{dir: dir, m: m, diskSnap: testpe.Snapshot(t, m, "disk:sample.img"), fsSnap: testpe.Snapshot(t, m, "fs:sample")}
+	var err error
 	f.h, err = New(Config{Manager: m, AccessKey: accessKey, SecretKey: secretKey, TempDir: t.TempDir(), MaxUpload: maxUpload,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
