@@ -222,7 +222,7 @@ func (b *backupRun) storeChunk(j *job, enc *[]byte) error {
 	id := chunkID(j.data)
 	j.ref = chunkRef{Off: j.off, Len: int64(len(j.data)), ID: id}
 	if !b.pk.has(id) {
-		*enc = b.r.encode((*enc)[:0], j.data)
+		*enc = b.r.encode((*enc)[:0], j.data, []byte(id))
 		added, err := b.pk.add(id, int64(len(j.data)), append([]byte(nil), *enc...))
 		if err != nil {
 			return err

@@ -116,7 +116,7 @@ func (r *Repository) Check(ctx context.Context, readData bool, progress pe.Progr
 			if _, ok := packs[c.Pack]; !ok {
 				continue // reported above
 			}
-			if _, err := r.loadChunk(ctx, c); err != nil {
+			if _, err := r.loadChunk(ctx, c, true); err != nil {
 				problems = append(problems, Problem{Chunk: c.ID, Pack: c.Pack, Snapshots: users[c.ID], Detail: err.Error()})
 			}
 			if progress != nil {

@@ -27,22 +27,23 @@ func newKey(raw []byte) (*key, error) {
 	return &key{aead: aead}, nil
 }
 
-// seal appends nonce || ciphertext+tag of plain to dst.
-func (k *key) seal(dst, plain []byte) []byte {
+// seal appends nonce || ciphertext+tag of plain to dst; aad is
+// authenticated with it (a chunk's ID: the blob opens only as that chunk).
+func (k *key) seal(dst, plain, aad []byte) []byte {
 	if k == nil {
 		return append(dst, plain...)
 	}
 	nonce := make([]byte, k.aead.NonceSize())
 	rand.Read(nonce) // never fails (the runtime aborts if it cannot)
 	dst = append(dst, nonce...)
-	return k.aead.Seal(dst, nonce, plain, nil)
+	return k.aead.Seal(dst, nonce, plain, aad)
 }
 
 // errAuth means a sealed object failed authentication: tampered with,
 // corrupted, or sealed with another key.
 var errAuth = errors.New("authentication failed (corrupt data or wrong key)")
 
-func (k *key) open(sealed []byte) ([]byte, error) {
+func (k *key) open(sealed, aad []byte) ([]byte, error) {
 	if k == nil {
 		return sealed, nil
 	}
@@ -50,7 +51,7 @@ func (k *key) open(sealed []byte) ([]byte, error) {
 	if len(sealed) < n+k.aead.Overhead() {
 		return nil, errAuth
 	}
-	plain, err := k.aead.Open(nil, sealed[:n], sealed[n:], nil)
+	plain, err := k.aead.Open(nil, sealed[:n], sealed[n:], aad)
 	if err != nil {
 		return nil, errAuth
 	}

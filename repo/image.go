@@ -109,12 +109,22 @@ func (s *snapshotPE) Overwrite(ctx context.Context, src pe.ProtectedEntity, with
 // cacheChunks bounds the chunks an open image keeps (1 MiB each for disks).
 const cacheChunks = 64
 
-// streamImage is a chunked stream as a pe.Image.
+// streamImage is a chunked stream as a pe.Image. Sequential reads (a
+// restore, dd through FUSE, an NBD copy) make it fetch the next chunks in
+// the background, so that decrypting and decompressing overlap the reads.
 type streamImage struct {
 	r     *Repository
 	st    *stream
 	cache *chunkCache
+
+	mu       sync.Mutex
+	inflight map[string]chan struct{} // chunks being fetched
+	next     int                      // chunk a sequential reader wants next
+	fetching int                      // background fetches running
 }
+
+// readahead is how many chunks a sequential reader has fetched ahead.
+const readahead = 4
 
 var _ pe.Image = (*streamImage)(nil)
 
@@ -156,21 +166,70 @@ func (im *streamImage) ReadAt(p []byte, off int64) (int, error) {
 			return pos, err
 		}
 		pos += copy(p[pos:], data[at-c.Off:])
+		im.sequential(i)
 		i++
 	}
 	return want, short
 }
 
+// sequential notes a read of chunk i and, when reads go forward chunk by
+// chunk, fetches the following chunks in the background.
+func (im *streamImage) sequential(i int) {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	seq := i == im.next || i == im.next-1
+	im.next = i + 1
+	if !seq {
+		return
+	}
+	cs := im.st.Chunks
+	for j := i + 1; j < min(i+1+readahead, len(cs)) && im.fetching < readahead; j++ {
+		c := cs[j]
+		if _, busy := im.inflight[c.ID]; busy {
+			continue
+		}
+		if _, ok := im.cache.get(c.ID); ok {
+			continue
+		}
+		im.fetching++
+		go func() {
+			im.chunk(c) // an error shows when the reader gets there
+			im.mu.Lock()
+			im.fetching--
+			im.mu.Unlock()
+		}()
+	}
+}
+
+// chunk returns a chunk from the cache, or fetches it once however many
+// readers want it at the same time.
 func (im *streamImage) chunk(c chunkRef) ([]byte, error) {
-	if b, ok := im.cache.get(c.ID); ok {
-		return b, nil
+	for {
+		if b, ok := im.cache.get(c.ID); ok {
+			return b, nil
+		}
+		im.mu.Lock()
+		if im.inflight == nil {
+			im.inflight = map[string]chan struct{}{}
+		}
+		wait, busy := im.inflight[c.ID]
+		if !busy {
+			done := make(chan struct{})
+			im.inflight[c.ID] = done
+			im.mu.Unlock()
+			b, err := im.r.loadChunk(context.Background(), c, false)
+			if err == nil {
+				im.cache.put(c.ID, b)
+			}
+			im.mu.Lock()
+			delete(im.inflight, c.ID)
+			im.mu.Unlock()
+			close(done)
+			return b, err
+		}
+		im.mu.Unlock()
+		<-wait // then take it from the cache, or fetch it if that failed
 	}
-	b, err := im.r.loadChunk(context.Background(), c)
-	if err != nil {
-		return nil, err
-	}
-	im.cache.put(c.ID, b)
-	return b, nil
 }
 
 // Extents implements pe.Image: chunks are data, the rest holes.

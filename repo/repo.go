@@ -1,6 +1,7 @@
 // Package repo is the backup repository: PE snapshots cut into chunks
 // (fixed and aligned for disk images, content-defined for streams), named
 // by the SHA-256 of their content, zstd-compressed, sealed with AES-256-GCM
+// (with the chunk ID as additional data, so a blob opens only as its chunk)
 // and packed into pack objects in a backend (a directory or S3).
 //
 // Objects:
@@ -102,7 +103,7 @@ func Init(ctx context.Context, be backend.Backend, opts Options) error {
 		}
 		master := make([]byte, 32)
 		rand.Read(master)
-		cfg.Encrypted, cfg.KDF, cfg.MasterKey = true, &p, k.seal(nil, master)
+		cfg.Encrypted, cfg.KDF, cfg.MasterKey = true, &p, k.seal(nil, master, nil)
 	case !opts.Insecure:
 		return errors.New("a password is needed (ASTROLABE_PASSWORD or --password-file), or --insecure-no-password for an unencrypted repository")
 	}
@@ -148,7 +149,7 @@ func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, e
 		if err != nil {
 			return nil, err
 		}
-		master, err := k.open(cfg.MasterKey)
+		master, err := k.open(cfg.MasterKey, nil)
 		if err != nil {
 			return nil, ErrWrongPassword
 		}
@@ -180,14 +181,15 @@ func chunkID(b []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// encode compresses and seals b; the result is what a pack stores.
-func (r *Repository) encode(dst, b []byte) []byte {
-	return r.key.seal(dst, r.enc.EncodeAll(b, make([]byte, 0, len(b)/2+64)))
+// encode compresses and seals b; the result is what a pack stores. aad
+// is authenticated with it: a chunk's ID, nil for other objects.
+func (r *Repository) encode(dst, b, aad []byte) []byte {
+	return r.key.seal(dst, r.enc.EncodeAll(b, make([]byte, 0, len(b)/2+64)), aad)
 }
 
 // decode opens and decompresses a stored blob.
-func (r *Repository) decode(sealed []byte, rawLen int) ([]byte, error) {
-	z, err := r.key.open(sealed)
+func (r *Repository) decode(sealed []byte, rawLen int, aad []byte) ([]byte, error) {
+	z, err := r.key.open(sealed, aad)
 	if err != nil {
 		return nil, err
 	}
@@ -200,7 +202,7 @@ func (r *Repository) decode(sealed []byte, rawLen int) ([]byte, error) {
 
 // loadChunk reads a chunk and checks that it is what its ID says: a
 // damaged chunk is an error, never wrong bytes.
-func (r *Repository) loadChunk(ctx context.Context, c chunkRef) ([]byte, error) {
+func (r *Repository) loadChunk(ctx context.Context, c chunkRef, verify bool) ([]byte, error) {
 	rc, err := r.be.Load(ctx, packName(c.Pack), c.POff, c.PLen)
 	if err != nil {
 		return nil, fmt.Errorf("chunk %.16s in pack %.16s: %w", c.ID, c.Pack, err)
@@ -210,11 +212,17 @@ func (r *Repository) loadChunk(ctx context.Context, c chunkRef) ([]byte, error) 
 	if _, err := ioReadFull(rc, sealed); err != nil {
 		return nil, fmt.Errorf("chunk %.16s in pack %.16s: %w", c.ID, c.Pack, err)
 	}
-	b, err := r.decode(sealed, int(c.Len))
+	b, err := r.decode(sealed, int(c.Len), []byte(c.ID))
 	if err != nil {
 		return nil, fmt.Errorf("chunk %.16s in pack %.16s is damaged: %w", c.ID, c.Pack, err)
 	}
-	if int64(len(b)) != c.Len || chunkID(b) != c.ID {
+	if int64(len(b)) != c.Len {
+		return nil, fmt.Errorf("chunk %.16s in pack %.16s is damaged: %d bytes, want %d", c.ID, c.Pack, len(b), c.Len)
+	}
+	// Sealed chunks are authenticated together with their ID: a chunk
+	// that opens is that chunk. Unsealed ones are hashed again; so are
+	// all chunks when verify is asked for (check --read-data).
+	if (r.key == nil || verify) && chunkID(b) != c.ID {
 		return nil, fmt.Errorf("chunk %.16s in pack %.16s is damaged: content does not match its ID", c.ID, c.Pack)
 	}
 	return b, nil
@@ -226,11 +234,11 @@ func (r *Repository) sealJSON(v any) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return r.encode(nil, b), nil
+	return r.encode(nil, b, nil), nil
 }
 
 func (r *Repository) openJSON(sealed []byte, v any) error {
-	b, err := r.decode(sealed, len(sealed)*4)
+	b, err := r.decode(sealed, len(sealed)*4, nil)
 	if err != nil {
 		return err
 	}

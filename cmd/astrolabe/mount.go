@@ -19,19 +19,22 @@ metadata (if any), and data plus partitions/p1, p2, ... for disk PEs, or
 files/ (the directory tree) for fs PEs; components/ links to component
 PEs. New snapshots appear without remounting. Runs in the foreground; on
 SIGINT/SIGTERM it unmounts (lazily if something still uses the mount).
+With --repo it mounts the snapshots in that backup repository instead,
+read straight from it (nothing is restored first).
 Needs /dev/fuse (root, or fuse3 with user_allow_other for --allow-other).`,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.BoolFlag{Name: "allow-other", Usage: "let other users than the mounting one see the tree"},
-		},
+		}, repoSourceFlags()...),
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 1, "MOUNTPOINT")
 			if err != nil {
 				return err
 			}
-			m, err := loadManager(c)
+			m, done, err := sourceManager(c)
 			if err != nil {
 				return err
 			}
+			defer done()
 			srv, err := fusefs.Mount(m, a[0], fusefs.Options{Logger: slog.Default(), AllowOther: c.Bool("allow-other")})
 			if err != nil {
 				return err

@@ -35,14 +35,17 @@ astrolabe:changed:<snapshot> for each earlier snapshot of its PE: state 1
 marks the blocks changed since then ('nbdinfo --map=astrolabe:changed:S').
 
 With --tls-cert and --tls-key clients may upgrade with STARTTLS (nbds://);
---tls-required refuses those that do not.`,
-			Flags: []cli.Flag{
+--tls-required refuses those that do not.
+
+With --repo the exports are snapshots in that backup repository, read
+straight from it (name them with their snapshot IDs).`,
+			Flags: append([]cli.Flag{
 				&cli.StringFlag{Name: "listen", Value: "127.0.0.1:10809", Usage: "`ADDR` to listen on"},
 				&cli.BoolFlag{Name: "writable", Usage: "export restore targets: writes land in new PEs copied from the snapshots"},
 				&cli.StringFlag{Name: "tls-cert", Usage: "X.509 certificate chain `FILE` (PEM) for STARTTLS"},
 				&cli.StringFlag{Name: "tls-key", Usage: "private key `FILE` (PEM) of --tls-cert"},
 				&cli.BoolFlag{Name: "tls-required", Usage: "refuse clients that do not use TLS"},
-			},
+			}, repoSourceFlags()...),
 			Action: nbdServe,
 		}},
 	}
@@ -66,10 +69,11 @@ func nbdServe(c *cli.Context) error {
 	case opts.TLSRequired:
 		return usagef("nbd serve: --tls-required needs --tls-cert and --tls-key")
 	}
-	m, err := loadManager(c)
+	m, done, err := sourceManager(c)
 	if err != nil {
 		return err
 	}
+	defer done()
 	src := nbdexport.NewSource(m)
 	var ids, targets []pe.ID
 	for _, arg := range c.Args().Slice() {

@@ -299,3 +299,26 @@ func restoreCommand() *cli.Command {
 		}),
 	}
 }
+
+// sourceManager is where mount and nbd serve find PEs: the configuration's,
+// or with --repo the repository's backed-up snapshots, served as they are.
+func sourceManager(c *cli.Context) (pe.Manager, func(), error) {
+	if c.String("repo") == "" {
+		m, err := loadManager(c)
+		return m, func() {}, err
+	}
+	r, err := openRepo(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	return r.Manager(), func() { r.Close() }, nil
+}
+
+// repoSourceFlags select the repository as the source of PEs.
+func repoSourceFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "repo", EnvVars: []string{"ASTROLABE_REPOSITORY"},
+			Usage: "serve the snapshots backed up in this repository (`DIR` or s3://...) instead of the configuration's PEs"},
+		&cli.StringFlag{Name: "password-file", Usage: "read the repository password from `FILE` (default: ASTROLABE_PASSWORD)"},
+	}
+}

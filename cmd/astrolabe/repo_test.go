@@ -1,11 +1,16 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestRepoCommands(t *testing.T) {
@@ -52,4 +57,53 @@ func TestRepoCommands(t *testing.T) {
 
 	os.WriteFile(pw, []byte("wrong\n"), 0o600)
 	mustFail(t, cfg, "wrong password", cmd("repo", "snapshots")...)
+}
+
+// TestServeFromRepository mounts and exports backed-up snapshots straight
+// from the repository.
+func TestServeFromRepository(t *testing.T) {
+	needNBDTools(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", "--samples", cfg)
+	r := []string{"--repo", filepath.Join(dir, "repo")}
+	mustRun(t, cfg, append([]string{"repo", "init", "--insecure-no-password"}, r...)...)
+	disk := mustRun(t, cfg, append(append([]string{"backup"}, r...), "disk:sample.img")...).lastLine()
+	fsSnap := mustRun(t, cfg, append(append([]string{"backup"}, r...), "fs:sample")...).lastLine()
+	image, _ := os.ReadFile(filepath.Join(cfg, "disk", "sample.img"))
+
+	s := startNBD(t, cfg, 1, append(r, disk)...)
+	copied := filepath.Join(dir, "nbd.img")
+	runTool(t, "nbdcopy", s.uri(0), copied)
+	if b, _ := os.ReadFile(copied); !bytes.Equal(b, image) {
+		t.Error("NBD export from the repository differs from the image")
+	}
+	s.stop(syscall.SIGTERM)
+
+	mnt := filepath.Join(dir, "mnt")
+	os.Mkdir(mnt, 0o755)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, astrolabeBin, append(append([]string{"--config", cfg, "mount"}, r...), mnt)...)
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait(); syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	bufio.NewScanner(stdout).Scan()
+	snapDir := func(id string) string {
+		p := strings.Split(id, ":")
+		return filepath.Join(mnt, p[0], p[0]+":"+p[1], "snapshots", p[2])
+	}
+	if b, err := os.ReadFile(filepath.Join(snapDir(disk), "data")); err != nil || !bytes.Equal(b, image) {
+		t.Errorf("disk data from the repository mount: %v", err)
+	}
+	want, _ := os.ReadFile(filepath.Join(cfg, "fs", "sample", "README.txt"))
+	if b, err := os.ReadFile(filepath.Join(snapDir(fsSnap), "files", "README.txt")); err != nil || !bytes.Equal(b, want) {
+		t.Errorf("fs file from the repository mount: %v", err)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("mount --repo after SIGTERM: %v", err)
+	}
 }

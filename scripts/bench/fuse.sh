@@ -2,18 +2,23 @@
 # Benchmark: sequential read (dd bs=1M) of a 4 GiB file through
 # `astrolabe mount` (a disk snapshot's data and an fs snapshot's file) and
 # directly from the source file, RUNS runs each with a warm page cache;
-# prints medians and the ratio of speeds (mount / direct). Needs root and
-# /dev/fuse. Everything is removed on exit.
+# prints medians and the ratio of speeds (mount / direct). Then, with
+# restic installed, the first read of the same file backed up into a local
+# repository, through `astrolabe mount --repo` and through `restic mount`
+# (one run each: later reads would come from the page cache). Needs root
+# and /dev/fuse. Everything is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-5}
 SIZE_MIB=${SIZE_MIB:-4096}
 WORK=$(mktemp -d /var/tmp/astrolabe-bench-fuse.XXXXXX)
 MNT=$WORK/mnt
-PID=
+PID= PIDS=()
 cleanup() {
 	[[ -n $PID ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
-	umount -l "$MNT" 2>/dev/null || true
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	umount -l "$MNT" "$WORK/rmnt" "$WORK/smnt" 2>/dev/null || true
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -52,3 +57,19 @@ printf '%-28s %10s %10s\n' "read of ${SIZE_MIB} MiB" "seconds" "vs direct"
 printf '%-28s %10.3f %10s\n' "direct (source file)" "$direct" "1.00"
 printf '%-28s %10.3f %10.2f\n' "mount: disk snapshot data" "$data" "$(echo "$direct / $data" | bc -l)"
 printf '%-28s %10.3f %10.2f\n' "mount: fs snapshot file" "$file" "$(echo "$direct / $file" | bc -l)"
+
+command -v restic >/dev/null || { echo "(restic not installed: no repository comparison)" >&2; exit 0; }
+export ASTROLABE_PASSWORD=bench RESTIC_PASSWORD=bench
+mkdir -p "$WORK/rmnt" "$WORK/smnt"
+$A repo init --repo "$WORK/arepo" 2>/dev/null
+$A backup --repo "$WORK/arepo" "$DSNAP" >/dev/null 2>&1
+restic -r "$WORK/rrepo" init >/dev/null 2>&1
+restic -r "$WORK/rrepo" backup --stdin --stdin-filename big.img <"$WORK/cfg/disk/big.img" >/dev/null 2>&1
+$A mount --repo "$WORK/arepo" "$WORK/rmnt" >/dev/null 2>&1 & PIDS+=($!)
+restic -r "$WORK/rrepo" mount "$WORK/smnt" >/dev/null 2>&1 & PIDS+=($!)
+for _ in $(seq 100); do mountpoint -q "$WORK/rmnt" && mountpoint -q "$WORK/smnt" && break; sleep 0.1; done
+sleep 1
+ours=$(readtime "$WORK/rmnt/disk/disk:big.img/snapshots/${DSNAP##*:}/data")
+theirs=$(readtime "$WORK/smnt/snapshots/latest/big.img")
+printf '%-28s %10.3f %10s\n' "repository: astrolabe mount" "$ours" "$(echo "$theirs / $ours" | bc -l | cut -c1-5)x restic"
+printf '%-28s %10.3f\n' "repository: restic mount" "$theirs"
