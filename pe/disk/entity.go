@@ -52,20 +52,12 @@ func (e *entity) Snapshot(ctx context.Context, params pe.Params) (pe.ID, error) 
 // ListSnapshots implements pe.ProtectedEntity; on a snapshot it lists the
 // snapshots of its PE.
 func (e *entity) ListSnapshots(ctx context.Context) ([]pe.ID, error) {
-	snaps, err := e.tm.listSnapshots(e.id.Name())
-	if err != nil {
-		return nil, fmt.Errorf("list snapshots of %s: %w", e.id.Base(), err)
-	}
-	ids := make([]pe.ID, len(snaps))
-	for i, s := range snaps {
-		ids[i] = e.id.WithSnapshot(s)
-	}
-	return ids, nil
+	return e.tm.snaps.IDs(e.id)
 }
 
 // DeleteSnapshot implements pe.ProtectedEntity.
 func (e *entity) DeleteSnapshot(ctx context.Context, snapshot string) error {
-	if err := e.tm.deleteSnapshot(e.id.Name(), snapshot); err != nil {
+	if err := e.tm.snaps.Delete(e.id.Name(), snapshot); err != nil {
 		return fmt.Errorf("delete snapshot %s: %w", e.id.WithSnapshot(snapshot), err)
 	}
 	return nil

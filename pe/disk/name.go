@@ -5,10 +5,6 @@ import "github.com/astrolabe-appliance/astrolabe/pe"
 // validName reports whether name can be a disk PE: one visible entry of the root.
 func validName(name string) bool { return pe.IsLocalName(name) }
 
-// validSnapName is validName for snapshot parts; hidden names are the
-// temporary directories of snapshots being taken or deleted.
-func validSnapName(snap string) bool { return pe.IsLocalName(snap) }
-
 // newName derives a fresh, valid PE name from base, keeping an extension
 // such as .img at the end: <stem>-<8 hex digits><ext>.
 func newName(base string) string { return pe.NewLocalName(base, Type, true) }

@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/snapdir"
 )
 
 // maxNameTries bounds the attempts of CreateNew to find an unused name; with
@@ -89,7 +90,7 @@ func (tm *TypeManager) create(ctx context.Context, src pe.ProtectedEntity, targe
 		err := os.Link(tmp, tm.livePath(name))
 		switch {
 		case err == nil:
-			return name, syncDir(tm.root)
+			return name, snapdir.SyncDir(tm.root)
 		case !errors.Is(err, fs.ErrExist):
 			return "", err
 		case !fresh:
@@ -133,7 +134,7 @@ func (tm *TypeManager) overwrite(ctx context.Context, name string, src pe.Protec
 		os.Remove(tmp)
 		return err
 	}
-	return syncDir(tm.root)
+	return snapdir.SyncDir(tm.root)
 }
 
 // sourceData opens src's data; a source without data is an invalid source.

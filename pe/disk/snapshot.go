@@ -3,13 +3,9 @@ package disk
 import (
 	"bufio"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
@@ -19,7 +15,6 @@ import (
 const (
 	imageFile  = "image"
 	blocksFile = "blocks"
-	infoFile   = "info.json"
 )
 
 // How a snapshot's image was made.
@@ -50,32 +45,11 @@ func (tm *TypeManager) takeSnapshot(ctx context.Context, name string) (string, e
 	if err != nil {
 		return "", err
 	}
-	now := time.Now()
-	snap := pe.NewSnapshotName(now)
-	dir := tm.snapshotsOf(name)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", err
-	}
-	tmp := filepath.Join(dir, ".tmp-"+snap)
-	if err := os.Mkdir(tmp, 0o700); err != nil {
-		return "", err
-	}
-	info, err := buildSnapshot(ctx, tm.livePath(name), kind, tmp)
-	if err == nil {
+	return tm.snaps.Take(ctx, name, func(ctx context.Context, dir string, now time.Time) (any, error) {
+		info, err := buildSnapshot(ctx, tm.livePath(name), kind, dir)
 		info.Created = now
-		err = writeJSONFile(filepath.Join(tmp, infoFile), info)
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, snap))
-	}
-	if err == nil {
-		err = syncDir(dir)
-	}
-	if err != nil {
-		os.RemoveAll(tmp)
-		return "", err
-	}
-	return snap, nil
+		return info, err
+	})
 }
 
 // buildSnapshot writes the image and blocks files of a snapshot of src
@@ -144,61 +118,12 @@ func buildSnapshot(ctx context.Context, src string, kind sourceKind, dir string)
 	return info, nil
 }
 
-// listSnapshots returns the snapshot names of PE name, oldest first (the
-// names sort by creation time).
-func (tm *TypeManager) listSnapshots(name string) ([]string, error) {
-	entries, err := os.ReadDir(tm.snapshotsOf(name))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var snaps []string
-	for _, e := range entries {
-		if e.IsDir() && validSnapName(e.Name()) {
-			snaps = append(snaps, e.Name())
-		}
-	}
-	sort.Strings(snaps)
-	return snaps, nil
-}
-
 // readSnapshotInfo reads info.json of a snapshot; ErrNotFound (wrapped) if
 // the snapshot does not exist.
 func (tm *TypeManager) readSnapshotInfo(name, snap string) (snapshotInfo, error) {
 	var info snapshotInfo
-	if !validSnapName(snap) {
-		return info, fmt.Errorf("snapshot %q: %w", snap, pe.ErrNotFound)
-	}
-	b, err := os.ReadFile(filepath.Join(tm.snapshotPath(name, snap), infoFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		return info, fmt.Errorf("snapshot %q: %w", snap, pe.ErrNotFound)
-	}
-	if err != nil {
-		return info, err
-	}
-	if err := json.Unmarshal(b, &info); err != nil {
-		return info, fmt.Errorf("snapshot %q: %s: %w", snap, infoFile, err)
-	}
-	return info, nil
-}
-
-// deleteSnapshot removes one snapshot. It first renames the directory to a
-// hidden name, so that a delete cut short leaves no half snapshot visible.
-func (tm *TypeManager) deleteSnapshot(name, snap string) error {
-	if _, err := tm.readSnapshotInfo(name, snap); err != nil {
-		return err
-	}
-	dir := tm.snapshotPath(name, snap)
-	trash := filepath.Join(tm.snapshotsOf(name), ".del-"+snap)
-	if err := os.Rename(dir, trash); err != nil {
-		if errors.Is(err, fs.ErrNotExist) { // deleted by someone else meanwhile
-			return fmt.Errorf("snapshot %q: %w", snap, pe.ErrNotFound)
-		}
-		return err
-	}
-	return os.RemoveAll(trash)
+	err := tm.snaps.ReadInfo(name, snap, &info)
+	return info, err
 }
 
 // openSnapshotImage opens the image of a snapshot.
@@ -236,37 +161,4 @@ func (tm *TypeManager) changedSince(ctx context.Context, name, snap, base string
 	}
 	defer old.Close()
 	return changedBlocks(ctx, cur, old)
-}
-
-// writeJSONFile writes v to path and syncs it.
-func writeJSONFile(path string, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(append(b, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/snapdir"
 	"golang.org/x/sys/unix"
 )
 
@@ -509,7 +510,7 @@ func hiddenEntries(tb testing.TB, dir string) []string {
 	}
 	var out []string
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), ".") && e.Name() != snapshotDir {
+		if strings.HasPrefix(e.Name(), ".") && e.Name() != snapdir.Dir {
 			out = append(out, e.Name())
 		}
 	}

@@ -18,18 +18,16 @@ import (
 	"sort"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/snapdir"
 )
 
 // Type is the PE type name.
 const Type = "fs"
 
-// snapshotDir is the directory, inside the root, that holds all snapshots.
-// It is hidden so that it is never taken for a PE.
-const snapshotDir = ".snapshots"
-
 // TypeManager knows the fs PEs under one root directory.
 type TypeManager struct {
-	root string
+	root  string
+	snaps snapdir.Store
 }
 
 var _ pe.TypeManager = (*TypeManager)(nil)
@@ -48,7 +46,7 @@ func NewTypeManager(root string) (*TypeManager, error) {
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("fs root %s: not a directory", abs)
 	}
-	return &TypeManager{root: abs}, nil
+	return &TypeManager{root: abs, snaps: snapdir.New(abs)}, nil
 }
 
 // Type implements pe.TypeManager.
@@ -122,14 +120,10 @@ func (tm *TypeManager) checkLive(name string) error {
 func (tm *TypeManager) livePath(name string) string { return filepath.Join(tm.root, name) }
 
 // snapshotsOf is the directory holding the snapshots of one PE.
-func (tm *TypeManager) snapshotsOf(name string) string {
-	return filepath.Join(tm.root, snapshotDir, name)
-}
+func (tm *TypeManager) snapshotsOf(name string) string { return tm.snaps.Of(name) }
 
 // snapshotPath is the directory of one snapshot.
-func (tm *TypeManager) snapshotPath(name, snap string) string {
-	return filepath.Join(tm.snapshotsOf(name), snap)
-}
+func (tm *TypeManager) snapshotPath(name, snap string) string { return tm.snaps.Path(name, snap) }
 
 // treePath is the copy of the tree inside a snapshot.
 func (tm *TypeManager) treePath(name, snap string) string {

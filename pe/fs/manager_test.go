@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/snapdir"
 )
 
 func TestNewTypeManagerNeedsDirectory(t *testing.T) {
@@ -130,7 +131,7 @@ func TestSnapshotLifecycle(t *testing.T) {
 
 	// The snapshot directory is complete: tree, info.json, no leftovers.
 	var si snapshotInfo
-	b, err := os.ReadFile(filepath.Join(tm.snapshotPath("data", s1.Snapshot()), infoFile))
+	b, err := os.ReadFile(filepath.Join(tm.snapshotPath("data", s1.Snapshot()), snapdir.InfoFile))
 	must(t, err)
 	must(t, json.Unmarshal(b, &si))
 	if si.Files == 0 || si.Files != si.Reflinked+si.Copied || si.ImageSize != img.Size() {

@@ -9,8 +9,10 @@ import (
 	iofs "io/fs"
 	"os"
 
-	"github.com/astrolabe-appliance/astrolabe/pe"
 	"golang.org/x/sys/unix"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/snapdir"
 )
 
 // maxNameTries bounds the attempts of CreateNew to find an unused name; with
@@ -91,7 +93,7 @@ func (tm *TypeManager) create(ctx context.Context, name string, src pe.Protected
 		}
 		return err
 	}
-	return syncDir(tm.root)
+	return snapdir.SyncDir(tm.root)
 }
 
 // createNew extracts src to a new directory with a fresh name and returns
@@ -111,7 +113,7 @@ func (tm *TypeManager) createNew(ctx context.Context, src pe.ProtectedEntity, op
 			os.RemoveAll(tmp)
 			return "", err
 		}
-		return name, syncDir(tm.root)
+		return name, snapdir.SyncDir(tm.root)
 	}
 	os.RemoveAll(tmp)
 	return "", fmt.Errorf("no unused name for a copy of %s after %d tries", src.ID(), maxNameTries)
@@ -141,7 +143,7 @@ func (tm *TypeManager) update(ctx context.Context, name string, src pe.Protected
 		os.RemoveAll(tmp)
 		return fmt.Errorf("swap restored tree into %s: %w", target, err)
 	}
-	if err := syncDir(tm.root); err != nil {
+	if err := snapdir.SyncDir(tm.root); err != nil {
 		return err
 	}
 	// tmp now holds the old tree.
