@@ -4,6 +4,7 @@
 package config
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	pedisk "github.com/astrolabe-appliance/astrolabe/pe/disk"
 	pefs "github.com/astrolabe-appliance/astrolabe/pe/fs"
+	peivd "github.com/astrolabe-appliance/astrolabe/pe/ivd"
 )
 
 // PEDir is the directory, inside a config dir, holding one <type>.pe.json
@@ -55,6 +57,20 @@ func Factories() map[string]Factory {
 				return nil, err
 			}
 			return pedisk.NewTypeManager(root)
+		},
+		"ivd": func(dir string, raw json.RawMessage) (pe.TypeManager, error) {
+			var cfg peivd.Config
+			dec := json.NewDecoder(bytes.NewReader(raw))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&cfg); err != nil {
+				return nil, fmt.Errorf("ivd config: %w", err)
+			}
+			for _, p := range []*string{&cfg.PasswordFile, &cfg.CAFile} {
+				if *p != "" && !filepath.IsAbs(*p) {
+					*p = filepath.Join(dir, *p)
+				}
+			}
+			return peivd.NewTypeManager(cfg, nil)
 		},
 	}
 }

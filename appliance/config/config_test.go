@@ -31,7 +31,7 @@ func TestLoad(t *testing.T) {
 	}
 
 	for name, tc := range map[string]struct{ file, body, want string }{
-		"unknown type":  {"nosuch.pe.json", `{"root":"/"}`, `unknown PE type "nosuch" (known: disk, fs)`},
+		"unknown type":  {"nosuch.pe.json", `{"root":"/"}`, `unknown PE type "nosuch" (known: disk, fs, ivd)`},
 		"missing root":  {"fs.pe.json", `{}`, `missing "root"`},
 		"unknown field": {"fs.pe.json", `{"root":"/tmp","rooot":1}`, `unknown field`},
 		"missing dir":   {"disk.pe.json", `{"root":"/nonexistent/astrolabe"}`, `no such file`},
@@ -49,5 +49,25 @@ func TestLoad(t *testing.T) {
 	}
 	if err := Init(dir); err == nil || !strings.Contains(err.Error(), "already a config directory") {
 		t.Errorf("Init over an existing config: %v", err)
+	}
+}
+
+func TestIvdConfig(t *testing.T) {
+	dir := t.TempDir()
+	if err := WritePEConfig(dir, "ivd", map[string]any{"vcenter": "https://vc.example:443/sdk", "user": "u", "passwordFile": "pw", "insecure": true}); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "pw"), []byte("secret\n"), 0o600)
+	m, err := Load(dir, Factories())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Type("ivd"); err != nil {
+		t.Errorf("ivd type: %v", err)
+	}
+	bad := t.TempDir()
+	WritePEConfig(bad, "ivd", map[string]any{"vcenter": "https://vc/sdk", "user": "u", "bogus": 1})
+	if _, err := Load(bad, Factories()); err == nil || !strings.Contains(err.Error(), "bogus") {
+		t.Errorf("unknown field: %v", err)
 	}
 }
