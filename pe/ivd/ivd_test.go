@@ -3,93 +3,66 @@ package ivd
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
+	"errors"
 	"io"
-	"log/slog"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/simulator"
-	"github.com/vmware/govmomi/vim25/mo"
-	"github.com/vmware/govmomi/vim25/types"
-	"github.com/vmware/govmomi/vslm"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
 )
 
+// readAll reads a PE's whole data.
+func readAll(t *testing.T, p pe.ProtectedEntity) []byte {
+	t.Helper()
+	img, err := p.Data(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	b := make([]byte, img.Size())
+	if _, err := img.ReadAt(b, 0); err != nil && err != io.EOF {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func dataBytes(t *testing.T, p pe.ProtectedEntity) int64 {
+	t.Helper()
+	ctx := context.Background()
+	img, err := p.Data(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	exts, err := img.Extents(ctx, 0, img.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, x := range exts {
+		if x.Kind == pe.ExtentData {
+			n += x.Length
+		}
+	}
+	return n
+}
+
 // TestOnVcsim runs the ivd PE against govmomi's vCenter simulator, with
 // real VMDK content written where the simulator keeps the FCD's backing.
 func TestOnVcsim(t *testing.T) {
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Fatal("qemu-img missing: apt-get install -y qemu-utils")
-	}
-	model := simulator.VPX()
-	if err := model.Create(); err != nil {
-		t.Fatal(err)
-	}
-	defer model.Remove()
-	srv := model.Service.NewServer()
-	defer srv.Close()
+	s := startSim(t)
 	ctx := context.Background()
-	pass, _ := srv.URL.User.Password()
-	u := *srv.URL
-	u.User = nil
-	tm, err := NewTypeManager(Config{VCenter: u.String(), User: srv.URL.User.Username(), Password: pass, Insecure: true},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := tm.client(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := randomDisk(64<<20, 1<<20, 3<<20)
+	uuid := s.createFCD("disk1", raw, "monolithicSparse")
 
-	// An FCD of 64 MiB, then real content in its backing files.
-	f := find.NewFinder(c.Client)
-	dc, _ := f.DefaultDatacenter(ctx)
-	f.SetDatacenter(dc)
-	ds, err := f.DefaultDatastore(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := vslm.NewObjectManager(c.Client)
-	task, err := m.CreateDisk(ctx, types.VslmCreateSpec{
-		Name: "disk1", CapacityInMB: 64,
-		BackingSpec: &types.VslmCreateSpecDiskFileBackingSpec{
-			VslmCreateSpecBackingSpec: types.VslmCreateSpecBackingSpec{Datastore: ds.Reference()},
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := task.WaitForResult(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	obj := res.Result.(types.VStorageObject)
-	var mds mo.Datastore
-	if err := ds.Properties(ctx, ds.Reference(), []string{"summary"}, &mds); err != nil {
-		t.Fatal(err)
-	}
-	backing := obj.Config.Backing.(*types.BaseConfigInfoDiskFileBackingInfo).FilePath
-	local := filepath.Join(mds.Summary.Url, strings.TrimSpace(backing[strings.Index(backing, "]")+1:]))
-	raw := make([]byte, 64<<20)
-	rand.Read(raw[1<<20 : 3<<20])
-	rawPath := filepath.Join(t.TempDir(), "disk.raw")
-	os.WriteFile(rawPath, raw, 0o644)
-	if out, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicSparse", rawPath, local).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-img: %v\n%s", err, out)
-	}
-
-	ids, err := tm.List(ctx)
-	if err != nil || len(ids) != 1 || ids[0].Name() != obj.Config.Id.Id {
+	ids, err := s.tm.List(ctx)
+	if err != nil || len(ids) != 1 || ids[0].Name() != uuid {
 		t.Fatalf("list: %v %v", ids, err)
 	}
-	p, err := tm.Get(ctx, ids[0])
+	p, err := s.tm.Get(ctx, ids[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,31 +70,15 @@ func TestOnVcsim(t *testing.T) {
 	if info.Name != "disk1" || info.Size != 64<<20 {
 		t.Errorf("info %+v", info)
 	}
-	img, err := p.Data(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := make([]byte, len(raw))
-	if _, err := img.ReadAt(got, 0); err != nil && err != io.EOF {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, raw) {
+	if !bytes.Equal(readAll(t, p), raw) {
 		t.Error("FCD data differs from its backing's content")
 	}
-	exts, _ := img.Extents(ctx, 0, img.Size())
-	var data int64
-	for _, x := range exts {
-		if x.Kind == pe.ExtentData {
-			data += x.Length
-		}
+	if n := dataBytes(t, p); n != 2<<20 {
+		t.Errorf("allocated %d bytes, want 2 MiB", n)
 	}
-	if data != 2<<20 {
-		t.Errorf("allocated %d bytes, want 2 MiB", data)
-	}
-	img.Close()
 	md, _ := p.Metadata(ctx)
 	mb, _ := io.ReadAll(md)
-	if !strings.Contains(string(mb), obj.Config.Id.Id) {
+	if !strings.Contains(string(mb), uuid) {
 		t.Errorf("metadata: %.200s", mb)
 	}
 
@@ -134,7 +91,7 @@ func TestOnVcsim(t *testing.T) {
 	if err != nil || len(snaps) != 1 || snaps[0] != snap {
 		t.Fatalf("snapshots %v %v", snaps, err)
 	}
-	sp, err := tm.Get(ctx, snap)
+	sp, err := s.tm.Get(ctx, snap)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,10 +106,196 @@ func TestOnVcsim(t *testing.T) {
 	}
 
 	// A lost session is replaced by a new login.
-	if err := c.SessionManager.Logout(ctx); err != nil {
+	if err := s.c.SessionManager.Logout(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if ids, err := tm.List(ctx); err != nil || len(ids) != 1 {
+	if ids, err := s.tm.List(ctx); err != nil || len(ids) != 1 {
 		t.Errorf("list after the session was lost: %v %v", ids, err)
+	}
+}
+
+// TestSnapshotData reads a snapshot after the live disk changed under it:
+// the snapshot keeps the old bytes, the live disk (now a delta on top of
+// it) shows the new ones.
+func TestSnapshotData(t *testing.T) {
+	requireTool(t, "qemu-io", "qemu-utils")
+	s := startSim(t)
+	ctx := context.Background()
+	raw := randomDisk(32<<20, 4<<20, 6<<20)
+	uuid := s.createFCD("db", raw, "streamOptimized")
+	id, _ := pe.NewID(Type, uuid)
+	p, err := s.tm.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := p.Snapshot(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Write into the live disk, which is now the snapshot's delta.
+	live, err := s.tm.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backing := s.local(mustRef(t, live).path)
+	if out, err := exec.Command("qemu-io", "-f", "vmdk", "-c", "write -P 0x5a 5M 2M", backing).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io: %v\n%s", err, out)
+	}
+	want := bytes.Clone(raw)
+	for i := 5 << 20; i < 7<<20; i++ {
+		want[i] = 0x5a
+	}
+
+	sp, err := s.tm.Get(ctx, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(readAll(t, sp), raw) {
+		t.Error("the snapshot's data changed with the live disk")
+	}
+	if n := dataBytes(t, sp); n != 2<<20 {
+		t.Errorf("snapshot: %d allocated bytes, want 2 MiB", n)
+	}
+	if !bytes.Equal(readAll(t, live), want) {
+		t.Error("live data after the write through the delta is wrong")
+	}
+	// The live disk holds data in [4, 7) MiB: its own delta and its parent.
+	if n := dataBytes(t, live); n != 3<<20 {
+		t.Errorf("live: %d allocated bytes, want 3 MiB", n)
+	}
+}
+
+func mustRef(t *testing.T, p pe.ProtectedEntity) diskRef {
+	t.Helper()
+	ref, err := p.(*entity).diskRef(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
+// TestRestore copies a snapshot to a new FCD and then updates that FCD
+// from another disk, as backups are restored.
+func TestRestore(t *testing.T) {
+	s := startSim(t)
+	ctx := context.Background()
+	a := randomDisk(16<<20, 0, 3<<20)
+	b := randomDisk(16<<20, 8<<20, 9<<20)
+	big := randomDisk(32<<20, 0, 1<<20)
+	ida, _ := pe.NewID(Type, s.createFCD("a", a, "monolithicSparse"))
+	idb, _ := pe.NewID(Type, s.createFCD("b", b, "monolithicFlat"))
+	idBig, _ := pe.NewID(Type, s.createFCD("big", big, "monolithicSparse"))
+	pa, _ := s.tm.Get(ctx, ida)
+	snap, err := pa.Snapshot(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, _ := s.tm.Get(ctx, snap)
+
+	var prog progressCount
+	got, err := s.tm.Copy(ctx, src, pe.CopyOptions{Mode: pe.CreateNew, Progress: &prog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID().Name() == ida.Name() || got.ID().HasSnapshot() {
+		t.Fatalf("create_new gave %s", got.ID())
+	}
+	fresh, err := s.tm.Get(ctx, got.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := fresh.Info(ctx); info.Name != "a" || info.Size != 16<<20 {
+		t.Errorf("restored FCD info %+v", info)
+	}
+	if !bytes.Equal(readAll(t, fresh), a) {
+		t.Error("restored FCD's data differs from the snapshot's")
+	}
+	if prog.total != 16<<20 || prog.done != 16<<20 {
+		t.Errorf("progress %+v", prog)
+	}
+
+	// update: b's bytes into the restored FCD, then a source that is
+	// too large is refused and leaves the FCD as it was.
+	pb, _ := s.tm.Get(ctx, idb)
+	if _, err := s.tm.Copy(ctx, pb, pe.CopyOptions{Mode: pe.Update, Name: got.ID().Name()}); err != nil {
+		t.Fatal(err)
+	}
+	fresh, _ = s.tm.Get(ctx, got.ID())
+	if !bytes.Equal(readAll(t, fresh), b) {
+		t.Error("updated FCD's data differs from the source's")
+	}
+	pbig, _ := s.tm.Get(ctx, idBig)
+	if _, err := s.tm.Copy(ctx, pbig, pe.CopyOptions{Mode: pe.Update, Name: got.ID().Name()}); err == nil || !strings.Contains(err.Error(), "do not fit") {
+		t.Errorf("update from a larger disk: %v", err)
+	}
+	if !bytes.Equal(readAll(t, fresh), b) {
+		t.Error("a refused update changed the FCD")
+	}
+	// create cannot choose the uuid; update of a missing FCD is NotFound.
+	if _, err := s.tm.Copy(ctx, pb, pe.CopyOptions{Mode: pe.Create}); !errors.Is(err, pe.ErrNotSupported) {
+		t.Errorf("create: %v", err)
+	}
+	if _, err := s.tm.Copy(ctx, pb, pe.CopyOptions{Mode: pe.Update, Name: "00000000-0000-0000-0000-000000000000"}); !errors.Is(err, pe.ErrNotFound) {
+		t.Errorf("update of a missing FCD: %v", err)
+	}
+	// The live disk of a (now delta-backed) snapshotted FCD cannot be
+	// written without VDDK, and says so.
+	if _, err := s.tm.Copy(ctx, pb, pe.CopyOptions{Mode: pe.Update, Name: ida.Name()}); !errors.Is(err, pe.ErrNotSupported) {
+		t.Errorf("update of a delta-backed FCD: %v", err)
+	}
+	if !bytes.Equal(readAll(t, pa), a) {
+		t.Error("a refused update changed the FCD")
+	}
+}
+
+type progressCount struct{ total, done int64 }
+
+func (p *progressCount) Start(total int64) { p.total = total }
+func (p *progressCount) Add(n int64)       { p.done += n }
+
+// TestRetries injects faults with the simulator: the transient ones are
+// retried until the operation goes through, the others fail at once.
+func TestRetries(t *testing.T) {
+	s := startSim(t)
+	ctx := context.Background()
+	id, _ := pe.NewID(Type, s.createFCD("busy", randomDisk(8<<20, 0, 1<<20), "monolithicSparse"))
+	p, err := s.tm.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.model.Service.AddFaultRule(&simulator.FaultInjectionRule{
+		MethodName: "VStorageObjectCreateSnapshot_Task", ObjectType: "*", ObjectName: "*",
+		Probability: 1, FaultType: simulator.FaultTypeInvalidState, MaxCount: 2, Enabled: true,
+	})
+	snap, err := p.Snapshot(ctx, nil)
+	if err != nil {
+		t.Fatalf("snapshot with two InvalidState faults first: %v", err)
+	}
+	if st := s.model.Service.GetFaultStats(); st["rule_0_count"] != int64(2) {
+		t.Errorf("fault stats %v, want the fault given twice", st)
+	}
+	if snaps, _ := p.ListSnapshots(ctx); len(snaps) != 1 || snaps[0] != snap {
+		t.Errorf("snapshots %v after retries, want just %s", snaps, snap)
+	}
+
+	// More busy faults than attempts: it gives up, saying so.
+	s.model.Service.ClearFaultRules()
+	s.model.Service.AddFaultRule(&simulator.FaultInjectionRule{
+		MethodName: "DeleteSnapshot_Task", ObjectType: "*", ObjectName: "*",
+		Probability: 1, FaultType: simulator.FaultTypeResourceInUse, Enabled: true,
+	})
+	s.model.Service.AddFaultRule(&simulator.FaultInjectionRule{
+		MethodName: "VStorageObjectCreateSnapshot_Task", ObjectType: "*", ObjectName: "*",
+		Probability: 1, FaultType: simulator.FaultTypeInvalidState, Enabled: true,
+	})
+	if _, err := p.Snapshot(ctx, nil); err == nil || !strings.Contains(err.Error(), "gave up after 5 attempts") {
+		t.Errorf("snapshot that stays busy: %v", err)
+	}
+	// A fault that is not transient is not retried.
+	if err := p.DeleteSnapshot(ctx, snap.Snapshot()); err == nil {
+		t.Error("delete with ResourceInUse succeeded")
+	}
+	if st := s.model.Service.GetFaultStats(); st["rule_0_count"] != int64(1) || st["rule_1_count"] != int64(5) {
+		t.Errorf("fault stats %v: want delete tried once, snapshot 5 times", st)
 	}
 }

@@ -77,6 +77,7 @@ type extent struct {
 	start, size int64 // in the disk
 	kind        string
 	flat        File // FLAT/VMFS: bytes at flatOffset
+	flatName    string
 	flatOffset  int64
 	sparse      *sparseExtent
 	zero        bool
@@ -211,7 +212,7 @@ func parseDescriptor(open Opener, name string, desc []byte, embedded *sparseExte
 			if err != nil {
 				return d, err
 			}
-			e.flat = f
+			e.flat, e.flatName = f, file
 		case "SPARSE", "VMFSSPARSE":
 			if embedded != nil && (file == "" || file == name || path.Base(file) == path.Base(name)) {
 				e.sparse = embedded
@@ -323,6 +324,21 @@ func (d *Disk) readExtent(e *extent, p []byte, at int64) error {
 		clear(q)
 		return nil
 	}, e.start)
+}
+
+// FlatFile returns the name, relative to the descriptor, of the one raw
+// extent file that holds the whole disk from its first byte, for writers
+// that replace a disk's bytes; ok is false for any other layout (sparse
+// extents, several extents, a delta chain).
+func (d *Disk) FlatFile() (name string, ok bool) {
+	if d.parent != nil || len(d.extents) != 1 {
+		return "", false
+	}
+	e := d.extents[0]
+	if e.flat == nil || e.flatOffset != 0 || e.size != d.size {
+		return "", false
+	}
+	return e.flatName, true
 }
 
 // Allocated describes [0, Size) as extents allocated in this disk or its

@@ -1,0 +1,158 @@
+package ivd
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vim25/types"
+	"github.com/vmware/govmomi/vslm"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+)
+
+// Copy implements pe.TypeManager. create_new makes a new FCD on the
+// configured datastore and writes src's data into it; update overwrites
+// the FCD named by the target after checking that src fits. create is
+// refused: vCenter, not the caller, chooses an FCD's uuid.
+func (tm *TypeManager) Copy(ctx context.Context, src pe.ProtectedEntity, opts pe.CopyOptions) (pe.ProtectedEntity, error) {
+	switch opts.Mode {
+	case pe.CreateNew:
+		e, err := tm.createNew(ctx, src, opts.Progress)
+		if err != nil {
+			return nil, fmt.Errorf("copy %s (%s): %w", src.ID(), opts.Mode, err)
+		}
+		return e, nil
+	case pe.Update:
+		id, err := pe.NewID(Type, opts.TargetName(src.ID()))
+		if err != nil {
+			return nil, fmt.Errorf("copy %s (%s): %w", src.ID(), opts.Mode, err)
+		}
+		target, err := tm.Get(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("copy %s (%s): %w", src.ID(), opts.Mode, err)
+		}
+		if err := target.(*entity).overwrite(ctx, src, opts.Progress); err != nil {
+			return nil, fmt.Errorf("copy %s (%s): %w", src.ID(), opts.Mode, err)
+		}
+		return target, nil
+	case pe.Create:
+		return nil, fmt.Errorf("copy %s (create): vCenter chooses FCD ids; use create_new, or update an existing FCD: %w", src.ID(), pe.ErrNotSupported)
+	}
+	return nil, fmt.Errorf("copy %s: invalid copy mode %v", src.ID(), opts.Mode)
+}
+
+// createNew makes an FCD as large as src's data and fills it; on failure
+// the new FCD is deleted again.
+func (tm *TypeManager) createNew(ctx context.Context, src pe.ProtectedEntity, progress pe.Progress) (*entity, error) {
+	img, err := src.Data(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: data of %s: %w", pe.ErrInvalidSource, src.ID(), err)
+	}
+	defer img.Close()
+	name := src.ID().Name()
+	if info, err := src.Info(ctx); err == nil && info.Name != "" {
+		name = info.Name
+	}
+	c, err := tm.client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ds, err := tm.restoreDatastore(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m := vslm.NewObjectManager(c.Client)
+	task, err := m.CreateDisk(ctx, types.VslmCreateSpec{
+		Name:         name,
+		CapacityInMB: (img.Size() + 1<<20 - 1) >> 20,
+		BackingSpec: &types.VslmCreateSpecDiskFileBackingSpec{
+			VslmCreateSpecBackingSpec: types.VslmCreateSpecBackingSpec{Datastore: ds.Reference()},
+			ProvisioningType:          string(types.BaseConfigInfoDiskFileBackingInfoProvisioningTypeThin),
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create FCD %q on %s: %w", name, ds.Name(), err)
+	}
+	res, err := task.WaitForResult(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("create FCD %q on %s: %w", name, ds.Name(), err)
+	}
+	obj, ok := res.Result.(types.VStorageObject)
+	if !ok {
+		return nil, fmt.Errorf("create FCD %q: task returned %T", name, res.Result)
+	}
+	id, err := pe.NewID(Type, obj.Config.Id.Id)
+	if err != nil {
+		return nil, err
+	}
+	e := &entity{tm: tm, id: id, ds: ds, obj: &obj}
+	ref, err := e.diskRef(ctx)
+	if err == nil {
+		err = tm.access.write(ctx, c, ref, img, true, progress)
+	}
+	if err != nil {
+		// A half-written disk is worse than none.
+		if t, derr := m.Delete(context.WithoutCancel(ctx), ds, obj.Config.Id.Id); derr == nil {
+			derr = t.Wait(context.WithoutCancel(ctx))
+			if derr != nil {
+				tm.log.Warn("deleting the FCD of a failed restore", "id", id, "err", derr)
+			}
+		}
+		return nil, fmt.Errorf("write %s: %w", id, err)
+	}
+	return e, nil
+}
+
+// restoreDatastore is the configured datastore, or the datacenter's only
+// one.
+func (tm *TypeManager) restoreDatastore(ctx context.Context) (*object.Datastore, error) {
+	c, err := tm.client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	f := find.NewFinder(c.Client)
+	dc, err := f.DatacenterOrDefault(ctx, tm.cfg.Datacenter)
+	if err != nil {
+		return nil, err
+	}
+	f.SetDatacenter(dc)
+	ds, err := f.DatastoreOrDefault(ctx, tm.cfg.Datastore)
+	if err != nil {
+		return nil, fmt.Errorf("datastore for restores (set \"datastore\" in ivd.pe.json): %w", err)
+	}
+	return ds, nil
+}
+
+// Overwrite implements pe.ProtectedEntity: the live FCD's bytes become
+// src's. Components do not apply to FCDs.
+func (e *entity) Overwrite(ctx context.Context, src pe.ProtectedEntity, withComponents bool) error {
+	if err := e.overwrite(ctx, src, nil); err != nil {
+		return fmt.Errorf("overwrite %s from %s: %w", e.id, src.ID(), err)
+	}
+	return nil
+}
+
+func (e *entity) overwrite(ctx context.Context, src pe.ProtectedEntity, progress pe.Progress) error {
+	if e.id.HasSnapshot() {
+		return fmt.Errorf("%s is a snapshot: %w", e.id, pe.ErrNotSupported)
+	}
+	img, err := src.Data(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: data of %s: %w", pe.ErrInvalidSource, src.ID(), err)
+	}
+	defer img.Close()
+	if capacity := e.obj.Config.CapacityInMB << 20; img.Size() > capacity {
+		return fmt.Errorf("the source's %d bytes do not fit %s's %d; extend the FCD first", img.Size(), e.id, capacity)
+	}
+	c, err := e.tm.client(ctx)
+	if err != nil {
+		return err
+	}
+	ref, err := e.diskRef(ctx)
+	if err != nil {
+		return err
+	}
+	return e.tm.access.write(ctx, c, ref, img, false, progress)
+}
