@@ -208,7 +208,6 @@ func (tm *TypeManager) Get(ctx context.Context, id pe.ID) (pe.ProtectedEntity, e
 	return nil, fmt.Errorf("%s: %w", id.Base(), pe.ErrNotFound)
 }
 
-
 // entity is one FCD, or a snapshot of it.
 type entity struct {
 	tm  *TypeManager
@@ -345,7 +344,6 @@ func (e *entity) Metadata(ctx context.Context) (io.ReadCloser, error) {
 	}
 	return io.NopCloser(strings.NewReader(string(b))), nil
 }
-
 
 // retryAttempts bounds retry: with a 1 s first delay the last attempt
 // starts 15 s after the first.
