@@ -8,7 +8,7 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
-	"github.com/astrolabe-appliance/astrolabe/vddk"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/vsphere"
 )
 
 // Data implements pe.ProtectedEntity: the live disk's bytes, or those of
@@ -18,81 +18,44 @@ func (e *entity) Data(ctx context.Context) (pe.Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("data of %s: %w", e.id, err)
 	}
-	c, err := e.tm.client(ctx)
+	c, err := e.tm.s.Client(ctx)
 	if err != nil {
 		return nil, err
 	}
-	d, err := e.tm.access.open(ctx, c, ref)
+	d, err := e.tm.s.Access.Open(ctx, c, ref)
 	if err != nil {
 		return nil, fmt.Errorf("data of %s: %w", e.id, err)
 	}
-	return &image{d}, nil
+	return vsphere.NewImage(d), nil
 }
 
 // diskRef names the disk behind e: the FCD's backing, or its snapshot's.
-func (e *entity) diskRef(ctx context.Context) (diskRef, error) {
-	ref := diskRef{ds: e.ds, id: e.id.Name(), snapshot: e.id.Snapshot()}
+func (e *entity) diskRef(ctx context.Context) (vsphere.DiskRef, error) {
+	ref := vsphere.DiskRef{Datastore: e.ds, FCD: e.id.Name(), FCDSnapshot: e.id.Snapshot()}
 	if !e.id.HasSnapshot() {
 		b, ok := e.obj.Config.Backing.(*types.BaseConfigInfoDiskFileBackingInfo)
 		if !ok {
-			return diskRef{}, fmt.Errorf("backing %T: %w", e.obj.Config.Backing, pe.ErrNotSupported)
+			return vsphere.DiskRef{}, fmt.Errorf("backing %T: %w", e.obj.Config.Backing, pe.ErrNotSupported)
 		}
-		ref.path = b.FilePath
+		ref.Path = b.FilePath
 		return ref, nil
 	}
-	c, err := e.tm.client(ctx)
+	c, err := e.tm.s.Client(ctx)
 	if err != nil {
-		return diskRef{}, err
+		return vsphere.DiskRef{}, err
 	}
 	res, err := methods.RetrieveSnapshotDetails(ctx, c.Client, &types.RetrieveSnapshotDetails{
 		This:       *c.ServiceContent.VStorageObjectManager,
-		Id:         types.ID{Id: ref.id},
+		Id:         types.ID{Id: ref.FCD},
 		Datastore:  e.ds.Reference(),
-		SnapshotId: types.ID{Id: ref.snapshot},
+		SnapshotId: types.ID{Id: ref.FCDSnapshot},
 	})
 	if err != nil {
-		if isFault[*types.MethodNotFound](err) {
-			return diskRef{}, fmt.Errorf("vCenter cannot name the snapshot's backing (RetrieveSnapshotDetails): %w", pe.ErrNotSupported)
+		if vsphere.IsFault[*types.MethodNotFound](err) {
+			return vsphere.DiskRef{}, fmt.Errorf("vCenter cannot name the snapshot's backing (RetrieveSnapshotDetails): %w", pe.ErrNotSupported)
 		}
-		return diskRef{}, fmt.Errorf("snapshot details: %w", err)
+		return vsphere.DiskRef{}, fmt.Errorf("snapshot details: %w", err)
 	}
-	ref.path = res.Returnval.Path
+	ref.Path = res.Returnval.Path
 	return ref, nil
-}
-
-// image is a vddk.Disk as a pe.Image.
-type image struct{ d vddk.Disk }
-
-func (im *image) ReadAt(p []byte, off int64) (int, error) { return im.d.ReadAt(p, off) }
-func (im *image) Size() int64                             { return im.d.Size() }
-func (im *image) Close() error                            { return im.d.Close() }
-
-// Extents implements pe.Image from the disk's allocated blocks.
-func (im *image) Extents(ctx context.Context, off, length int64) ([]pe.Extent, error) {
-	off, length, ok := pe.ClipRange(off, length, im.d.Size())
-	if !ok {
-		return nil, nil
-	}
-	alloc, err := im.d.Allocated(ctx)
-	if err != nil {
-		return nil, err
-	}
-	end := off + length
-	var out []pe.Extent
-	pos := off
-	for _, a := range alloc {
-		from, to := max(a.Offset, off), min(a.Offset+a.Length, end)
-		if from >= to {
-			continue
-		}
-		if from > pos {
-			out = append(out, pe.Extent{Offset: pos, Length: from - pos, Kind: pe.ExtentHole})
-		}
-		out = append(out, pe.Extent{Offset: from, Length: to - from, Kind: pe.ExtentData})
-		pos = to
-	}
-	if pos < end {
-		out = append(out, pe.Extent{Offset: pos, Length: end - pos, Kind: pe.ExtentHole})
-	}
-	return pe.MergeExtents(out), nil
 }

@@ -46,7 +46,7 @@ func TestBackupRestoreAndExport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := repo.Options{Password: "fcd", Logger: s.tm.log}
+	opts := repo.Options{Password: "fcd", Logger: s.tm.s.Log}
 	if err := repo.Init(ctx, be, opts); err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestBackupRestoreAndExport(t *testing.T) {
 	}
 	sctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- nbd.NewServer(src, nbd.Options{Logger: s.tm.log}).Serve(sctx, l) }()
+	go func() { done <- nbd.NewServer(src, nbd.Options{Logger: s.tm.s.Log}).Serve(sctx, l) }()
 	defer func() { stop(); <-done }()
 	uri := "nbd://" + l.Addr().String() + "/" + snapID.String()
 	out, err := exec.Command("nbdinfo", "--map", uri).CombinedOutput()

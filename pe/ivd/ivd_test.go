@@ -12,6 +12,7 @@ import (
 	"github.com/vmware/govmomi/simulator"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/vsphere"
 )
 
 // readAll reads a PE's whole data.
@@ -137,7 +138,7 @@ func TestSnapshotData(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	backing := s.local(mustRef(t, live).path)
+	backing := s.local(mustRef(t, live).Path)
 	if out, err := exec.Command("qemu-io", "-f", "vmdk", "-c", "write -P 0x5a 5M 2M", backing).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-io: %v\n%s", err, out)
 	}
@@ -165,7 +166,7 @@ func TestSnapshotData(t *testing.T) {
 	}
 }
 
-func mustRef(t *testing.T, p pe.ProtectedEntity) diskRef {
+func mustRef(t *testing.T, p pe.ProtectedEntity) vsphere.DiskRef {
 	t.Helper()
 	ref, err := p.(*entity).diskRef(context.Background())
 	if err != nil {

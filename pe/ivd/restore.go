@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/vmware/govmomi/find"
-	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
 	"github.com/vmware/govmomi/vslm"
 
@@ -55,11 +53,11 @@ func (tm *TypeManager) createNew(ctx context.Context, src pe.ProtectedEntity, pr
 	if info, err := src.Info(ctx); err == nil && info.Name != "" {
 		name = info.Name
 	}
-	c, err := tm.client(ctx)
+	c, err := tm.s.Client(ctx)
 	if err != nil {
 		return nil, err
 	}
-	ds, err := tm.restoreDatastore(ctx)
+	ds, err := tm.s.RestoreDatastore(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -90,39 +88,19 @@ func (tm *TypeManager) createNew(ctx context.Context, src pe.ProtectedEntity, pr
 	e := &entity{tm: tm, id: id, ds: ds, obj: &obj}
 	ref, err := e.diskRef(ctx)
 	if err == nil {
-		err = tm.access.write(ctx, c, ref, img, true, progress)
+		err = tm.s.Access.Write(ctx, c, ref, img, true, progress)
 	}
 	if err != nil {
 		// A half-written disk is worse than none.
 		if t, derr := m.Delete(context.WithoutCancel(ctx), ds, obj.Config.Id.Id); derr == nil {
 			derr = t.Wait(context.WithoutCancel(ctx))
 			if derr != nil {
-				tm.log.Warn("deleting the FCD of a failed restore", "id", id, "err", derr)
+				tm.s.Log.Warn("deleting the FCD of a failed restore", "id", id, "err", derr)
 			}
 		}
 		return nil, fmt.Errorf("write %s: %w", id, err)
 	}
 	return e, nil
-}
-
-// restoreDatastore is the configured datastore, or the datacenter's only
-// one.
-func (tm *TypeManager) restoreDatastore(ctx context.Context) (*object.Datastore, error) {
-	c, err := tm.client(ctx)
-	if err != nil {
-		return nil, err
-	}
-	f := find.NewFinder(c.Client)
-	dc, err := f.DatacenterOrDefault(ctx, tm.cfg.Datacenter)
-	if err != nil {
-		return nil, err
-	}
-	f.SetDatacenter(dc)
-	ds, err := f.DatastoreOrDefault(ctx, tm.cfg.Datastore)
-	if err != nil {
-		return nil, fmt.Errorf("datastore for restores (set \"datastore\" in ivd.pe.json): %w", err)
-	}
-	return ds, nil
 }
 
 // Overwrite implements pe.ProtectedEntity: the live FCD's bytes become
@@ -146,7 +124,7 @@ func (e *entity) overwrite(ctx context.Context, src pe.ProtectedEntity, progress
 	if capacity := e.obj.Config.CapacityInMB << 20; img.Size() > capacity {
 		return fmt.Errorf("the source's %d bytes do not fit %s's %d; extend the FCD first", img.Size(), e.id, capacity)
 	}
-	c, err := e.tm.client(ctx)
+	c, err := e.tm.s.Client(ctx)
 	if err != nil {
 		return err
 	}
@@ -154,5 +132,5 @@ func (e *entity) overwrite(ctx context.Context, src pe.ProtectedEntity, progress
 	if err != nil {
 		return err
 	}
-	return e.tm.access.write(ctx, c, ref, img, false, progress)
+	return e.tm.s.Access.Write(ctx, c, ref, img, false, progress)
 }

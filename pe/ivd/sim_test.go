@@ -61,8 +61,8 @@ func startSim(t *testing.T) *sim {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tm.retryDelay = 10 * time.Millisecond
-	c, err := tm.client(ctx)
+	tm.s.RetryDelay = 10 * time.Millisecond
+	c, err := tm.s.Client(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
