@@ -107,7 +107,7 @@ func TestOnVcsim(t *testing.T) {
 	}
 
 	// A lost session is replaced by a new login.
-	if err := s.c.SessionManager.Logout(ctx); err != nil {
+	if err := s.tm.mustClient(t).SessionManager.Logout(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if ids, err := s.tm.List(ctx); err != nil || len(ids) != 1 {
@@ -138,7 +138,7 @@ func TestSnapshotData(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	backing := s.local(mustRef(t, live).Path)
+	backing := s.Local(mustRef(t, live).Path)
 	if out, err := exec.Command("qemu-io", "-f", "vmdk", "-c", "write -P 0x5a 5M 2M", backing).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-io: %v\n%s", err, out)
 	}
@@ -264,7 +264,7 @@ func TestRetries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.model.Service.AddFaultRule(&simulator.FaultInjectionRule{
+	s.Model.Service.AddFaultRule(&simulator.FaultInjectionRule{
 		MethodName: "VStorageObjectCreateSnapshot_Task", ObjectType: "*", ObjectName: "*",
 		Probability: 1, FaultType: simulator.FaultTypeInvalidState, MaxCount: 2, Enabled: true,
 	})
@@ -272,7 +272,7 @@ func TestRetries(t *testing.T) {
 	if err != nil {
 		t.Fatalf("snapshot with two InvalidState faults first: %v", err)
 	}
-	if st := s.model.Service.GetFaultStats(); st["rule_0_count"] != int64(2) {
+	if st := s.Model.Service.GetFaultStats(); st["rule_0_count"] != int64(2) {
 		t.Errorf("fault stats %v, want the fault given twice", st)
 	}
 	if snaps, _ := p.ListSnapshots(ctx); len(snaps) != 1 || snaps[0] != snap {
@@ -280,12 +280,12 @@ func TestRetries(t *testing.T) {
 	}
 
 	// More busy faults than attempts: it gives up, saying so.
-	s.model.Service.ClearFaultRules()
-	s.model.Service.AddFaultRule(&simulator.FaultInjectionRule{
+	s.Model.Service.ClearFaultRules()
+	s.Model.Service.AddFaultRule(&simulator.FaultInjectionRule{
 		MethodName: "DeleteSnapshot_Task", ObjectType: "*", ObjectName: "*",
 		Probability: 1, FaultType: simulator.FaultTypeResourceInUse, Enabled: true,
 	})
-	s.model.Service.AddFaultRule(&simulator.FaultInjectionRule{
+	s.Model.Service.AddFaultRule(&simulator.FaultInjectionRule{
 		MethodName: "VStorageObjectCreateSnapshot_Task", ObjectType: "*", ObjectName: "*",
 		Probability: 1, FaultType: simulator.FaultTypeInvalidState, Enabled: true,
 	})
@@ -296,7 +296,7 @@ func TestRetries(t *testing.T) {
 	if err := p.DeleteSnapshot(ctx, snap.Snapshot()); err == nil {
 		t.Error("delete with ResourceInUse succeeded")
 	}
-	if st := s.model.Service.GetFaultStats(); st["rule_0_count"] != int64(1) || st["rule_1_count"] != int64(5) {
+	if st := s.Model.Service.GetFaultStats(); st["rule_0_count"] != int64(1) || st["rule_1_count"] != int64(5) {
 		t.Errorf("fault stats %v: want delete tried once, snapshot 5 times", st)
 	}
 }

@@ -2,12 +2,9 @@ package ivd
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -15,118 +12,61 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi"
-	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/methods"
-	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 	"github.com/vmware/govmomi/vslm"
+
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/vsphere/vcsimtest"
+)
+
+var (
+	requireTool = vcsimtest.RequireTool
+	randomDisk  = vcsimtest.RandomDisk
 )
 
 // sim is an in-process vcsim with the ivd type manager connected to it.
 type sim struct {
-	t     *testing.T
-	model *simulator.Model
-	tm    *TypeManager
-	c     *govmomi.Client
-	ds    *object.Datastore
-	dir   string // the datastore's local directory
-}
-
-func requireTool(t *testing.T, name, pkg string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		t.Fatalf("%s missing: apt-get install -y %s", name, pkg)
-	}
+	*vcsimtest.Sim
+	tm *TypeManager
 }
 
 func startSim(t *testing.T) *sim {
 	t.Helper()
-	requireTool(t, "qemu-img", "qemu-utils")
-	model := simulator.VPX()
-	if err := model.Create(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(model.Remove)
-	srv := model.Service.NewServer()
-	t.Cleanup(srv.Close)
-	ctx := context.Background()
-	pass, _ := srv.URL.User.Password()
-	u := *srv.URL
-	u.User = nil
-	tm, err := NewTypeManager(Config{VCenter: u.String(), User: srv.URL.User.Username(), Password: pass, Insecure: true},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	vs := vcsimtest.Start(t)
+	tm, err := NewTypeManager(vs.Config, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	tm.s.RetryDelay = 10 * time.Millisecond
-	c, err := tm.s.Client(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := find.NewFinder(c.Client)
-	dc, _ := f.DefaultDatacenter(ctx)
-	f.SetDatacenter(dc)
-	ds, err := f.DefaultDatastore(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mds mo.Datastore
-	if err := ds.Properties(ctx, ds.Reference(), []string{"summary"}, &mds); err != nil {
-		t.Fatal(err)
-	}
-	s := &sim{t: t, model: model, tm: tm, c: c, ds: ds, dir: mds.Summary.Url}
-	installSnapshotModel(t, model, s.dir)
-	return s
+	installSnapshotModel(vs.Model, vs.Dir)
+	return &sim{Sim: vs, tm: tm}
 }
 
 // createFCD makes an FCD and writes raw into its backing as a VMDK of the
 // given qemu-img subformat; it returns the FCD's uuid.
 func (s *sim) createFCD(name string, raw []byte, subformat string) string {
-	s.t.Helper()
+	s.T.Helper()
 	ctx := context.Background()
-	m := vslm.NewObjectManager(s.c.Client)
+	m := vslm.NewObjectManager(s.Client.Client)
 	task, err := m.CreateDisk(ctx, types.VslmCreateSpec{
 		Name: name, CapacityInMB: int64(len(raw) >> 20),
 		BackingSpec: &types.VslmCreateSpecDiskFileBackingSpec{
-			VslmCreateSpecBackingSpec: types.VslmCreateSpecBackingSpec{Datastore: s.ds.Reference()},
+			VslmCreateSpecBackingSpec: types.VslmCreateSpecBackingSpec{Datastore: s.DS.Reference()},
 		},
 	})
 	if err != nil {
-		s.t.Fatal(err)
+		s.T.Fatal(err)
 	}
 	res, err := task.WaitForResult(ctx, nil)
 	if err != nil {
-		s.t.Fatal(err)
+		s.T.Fatal(err)
 	}
 	obj := res.Result.(types.VStorageObject)
-	rawPath := filepath.Join(s.t.TempDir(), "disk.raw")
-	if err := os.WriteFile(rawPath, raw, 0o644); err != nil {
-		s.t.Fatal(err)
-	}
-	local := s.local(obj.Config.Backing.(*types.BaseConfigInfoDiskFileBackingInfo).FilePath)
-	if out, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat="+subformat, rawPath, local).CombinedOutput(); err != nil {
-		s.t.Fatalf("qemu-img: %v\n%s", err, out)
-	}
+	s.WriteVMDK(obj.Config.Backing.(*types.BaseConfigInfoDiskFileBackingInfo).FilePath, raw, subformat)
 	return obj.Config.Id.Id
-}
-
-// local maps a datastore path to the simulator's file.
-func (s *sim) local(dsPath string) string {
-	var p object.DatastorePath
-	if !p.FromString(dsPath) {
-		s.t.Fatalf("datastore path %q", dsPath)
-	}
-	return filepath.Join(s.dir, p.Path)
-}
-
-// randomDisk is size bytes, zero but for random data in [from, to).
-func randomDisk(size, from, to int) []byte {
-	b := make([]byte, size)
-	rand.Read(b[from:to])
-	return b
 }
 
 // snapshotModel makes the simulator's FCD snapshots behave as vSphere's
@@ -143,7 +83,7 @@ type snapshotModel struct {
 	details map[string]string // snapshot id → datastore path of its backing
 }
 
-func installSnapshotModel(t *testing.T, model *simulator.Model, dir string) {
+func installSnapshotModel(model *simulator.Model, dir string) {
 	// Registry.VStorageObjectManager asserts the original type, which the
 	// simulator does only when attaching FCDs to VMs: not done here.
 	reg := model.Map()
@@ -162,10 +102,8 @@ func (m *snapshotModel) VStorageObjectCreateSnapshotTask(ctx *simulator.Context,
 		p.FromString(b.FilePath)
 		n := len(obj.Snapshots) + 1
 		delta := fmt.Sprintf("%s/%s-%06d.vmdk", filepath.Dir(p.Path), req.Id.Id, n)
-		cmd := exec.Command("qemu-img", "create", "-q", "-f", "vmdk", "-b", filepath.Base(p.Path), "-F", "vmdk", filepath.Base(delta))
-		cmd.Dir = filepath.Join(m.dir, filepath.Dir(p.Path))
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return nil, &types.FileFault{File: fmt.Sprintf("%s: %v %s", delta, err, out)}
+		if err := vcsimtest.MakeDelta(filepath.Join(m.dir, filepath.Dir(p.Path)), filepath.Base(p.Path), filepath.Base(delta)); err != nil {
+			return nil, &types.FileFault{File: err.Error()}
 		}
 		sid := types.ID{Id: fmt.Sprintf("snap-%s-%d", req.Id.Id[:8], n)}
 		m.mu.Lock()
@@ -193,4 +131,13 @@ func (m *snapshotModel) RetrieveSnapshotDetails(ctx *simulator.Context, req *typ
 	}
 	body.Res = &types.RetrieveSnapshotDetailsResponse{Returnval: types.VStorageObjectSnapshotDetails{Path: p}}
 	return body
+}
+
+func (tm *TypeManager) mustClient(t *testing.T) *govmomi.Client {
+	t.Helper()
+	c, err := tm.s.Client(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
