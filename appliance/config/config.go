@@ -20,6 +20,7 @@ import (
 	pedisk "github.com/astrolabe-appliance/astrolabe/pe/disk"
 	pefs "github.com/astrolabe-appliance/astrolabe/pe/fs"
 	peivd "github.com/astrolabe-appliance/astrolabe/pe/ivd"
+	pevm "github.com/astrolabe-appliance/astrolabe/pe/vm"
 )
 
 // PEDir is the directory, inside a config dir, holding one <type>.pe.json
@@ -59,20 +60,41 @@ func Factories() map[string]Factory {
 			return pedisk.NewTypeManager(root)
 		},
 		"ivd": func(dir string, raw json.RawMessage) (pe.TypeManager, error) {
-			var cfg peivd.Config
-			dec := json.NewDecoder(bytes.NewReader(raw))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(&cfg); err != nil {
-				return nil, fmt.Errorf("ivd config: %w", err)
-			}
-			for _, p := range []*string{&cfg.PasswordFile, &cfg.CAFile} {
-				if *p != "" && !filepath.IsAbs(*p) {
-					*p = filepath.Join(dir, *p)
-				}
+			cfg, err := vsphereConfig("ivd", dir, raw)
+			if err != nil {
+				return nil, err
 			}
 			return peivd.NewTypeManager(cfg, nil)
 		},
+		"vm": func(dir string, raw json.RawMessage) (pe.TypeManager, error) {
+			cfg, err := vsphereConfig("vm", dir, raw)
+			if err != nil {
+				return nil, err
+			}
+			return pevm.NewTypeManager(cfg, nil)
+		},
 	}
+}
+
+// vsphereConfig reads pes/ivd.pe.json or pes/vm.pe.json; file names in it
+// are relative to the config directory.
+func vsphereConfig(typ, dir string, raw json.RawMessage) (peivd.Config, error) {
+	var cfg peivd.Config
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cfg); err != nil {
+		return cfg, fmt.Errorf("%s config: %w", typ, err)
+	}
+	paths := []*string{&cfg.PasswordFile, &cfg.CAFile}
+	if cfg.VDDK != nil {
+		paths = append(paths, &cfg.VDDK.Library)
+	}
+	for _, p := range paths {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	return cfg, nil
 }
 
 func rootOf(dir string, raw json.RawMessage) (string, error) {

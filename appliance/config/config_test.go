@@ -31,7 +31,7 @@ func TestLoad(t *testing.T) {
 	}
 
 	for name, tc := range map[string]struct{ file, body, want string }{
-		"unknown type":  {"nosuch.pe.json", `{"root":"/"}`, `unknown PE type "nosuch" (known: disk, fs, ivd)`},
+		"unknown type":  {"nosuch.pe.json", `{"root":"/"}`, `unknown PE type "nosuch" (known: disk, fs, ivd, vm)`},
 		"missing root":  {"fs.pe.json", `{}`, `missing "root"`},
 		"unknown field": {"fs.pe.json", `{"root":"/tmp","rooot":1}`, `unknown field`},
 		"missing dir":   {"disk.pe.json", `{"root":"/nonexistent/astrolabe"}`, `no such file`},
@@ -52,18 +52,22 @@ func TestLoad(t *testing.T) {
 	}
 }
 
-func TestIvdConfig(t *testing.T) {
+func TestVSphereConfig(t *testing.T) {
 	dir := t.TempDir()
-	if err := WritePEConfig(dir, "ivd", map[string]any{"vcenter": "https://vc.example:443/sdk", "user": "u", "passwordFile": "pw", "insecure": true}); err != nil {
-		t.Fatal(err)
+	for _, typ := range []string{"ivd", "vm"} {
+		if err := WritePEConfig(dir, typ, map[string]any{"vcenter": "https://vc.example:443/sdk", "user": "u", "passwordFile": "pw", "insecure": true}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	os.WriteFile(filepath.Join(dir, "pw"), []byte("secret\n"), 0o600)
 	m, err := Load(dir, Factories())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Type("ivd"); err != nil {
-		t.Errorf("ivd type: %v", err)
+	for _, typ := range []string{"ivd", "vm"} {
+		if _, err := m.Type(typ); err != nil {
+			t.Errorf("%s type: %v", typ, err)
+		}
 	}
 	bad := t.TempDir()
 	WritePEConfig(bad, "ivd", map[string]any{"vcenter": "https://vc/sdk", "user": "u", "bogus": 1})
