@@ -6,9 +6,10 @@
 #
 #   images/build.sh            build into $OUT (default /var/tmp/astrolabe-image)
 #
-# The debootstrap result is cached in $OUT/cache, keyed by the package list,
-# so a second build with nothing changed downloads nothing and produces the
-# same file list ($OUT/rootfs.list).
+# The debootstrap result is cached in $OUT/cache, keyed by what makes it
+# (suite, packages, mirror, the step's code), so a second build with nothing
+# changed downloads nothing and produces the same file list ($OUT/rootfs.list).
+# Outputs: $OUT/astrolabe-appliance-$VERSION.ova, $OUT/disk.raw (boot test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/var/tmp/astrolabe-image}
@@ -28,17 +29,39 @@ SYSLINUX_MBR=/usr/lib/syslinux/mbr/mbr.bin
 [[ $(id -u) == 0 ]] || { echo "images/build.sh needs root (debootstrap, loop devices)" >&2; exit 1; }
 mkdir -p "$OUT" "$CACHE"
 ROOT=$OUT/root MNT=$OUT/mnt
-cleanup() { mountpoint -q "$MNT" && umount "$MNT" || true; }
+# unmount_below DIR unmounts whatever is mounted at or below DIR (an
+# interrupted debootstrap can leave /proc and /sys mounted in its target),
+# so that rm -rf never reaches into them.
+unmount_below() {
+	local m
+	findmnt -rn -o TARGET | awk -v d="$1" '$0 == d || index($0, d "/") == 1' | sort -r | while read -r m; do
+		umount "$m" || umount -l "$m"
+	done
+}
+cleanup() {
+	unmount_below "$MNT"
+	unmount_below "$CACHE/debootstrap"
+	unmount_below "$ROOT"
+}
 trap cleanup EXIT
 step() { printf '\n== %s (%ds)\n' "$*" "$SECONDS" >&2; }
 
 step "astrolabe $VERSION"
 CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$VERSION" -o "$OUT/astrolabe" ./cmd/astrolabe
+CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$OUT/astrolabe-firstboot" ./images/firstboot
 
-KEY=$(echo "bookworm $PACKAGES $MIRROR" | sha256sum | cut -c1-16)
+# The key covers what the cached tree is made of: the suite, packages and
+# mirror, the dpkg excludes and this step's own text (between the markers).
+KEY=$({
+	echo "bookworm $PACKAGES $MIRROR"
+	cat images/rootfs/etc/dpkg/dpkg.cfg.d/01-astrolabe-slim
+	sed -n '/^# >>> base$/,/^# <<< base$/p' images/build.sh
+} | sha256sum | cut -c1-16)
 BASE=$CACHE/rootfs-$KEY.tar
+# >>> base
 if [[ ! -f $BASE ]]; then
 	step "debootstrap (cached as $BASE)"
+	unmount_below "$CACHE/debootstrap"
 	rm -rf "$CACHE/debootstrap"
 	mkdir -p "$CACHE/debs"
 	debootstrap --variant=minbase --cache-dir="$CACHE/debs" --include="$PACKAGES" bookworm "$CACHE/debootstrap" "$MIRROR" >&2
@@ -52,16 +75,21 @@ if [[ ! -f $BASE ]]; then
 	tar -C "$CACHE/debootstrap" --numeric-owner --xattrs -cf "$BASE.tmp" .
 	mv "$BASE.tmp" "$BASE"
 	rm -rf "$CACHE/debootstrap"
+	find "$CACHE" -maxdepth 1 -name 'rootfs-*.tar' -not -name "${BASE##*/}" -delete # stale keys
 else
 	step "debootstrap: cached $BASE"
 fi
+# <<< base
 
 step "root filesystem"
+unmount_below "$ROOT"
 rm -rf "$ROOT"
 mkdir -p "$ROOT"
 tar -C "$ROOT" --numeric-owner --xattrs -xf "$BASE"
 cp -a images/rootfs/. "$ROOT/"
 install -m 755 "$OUT/astrolabe" "$ROOT/usr/local/bin/astrolabe"
+install -m 755 "$OUT/astrolabe-firstboot" "$ROOT/usr/local/sbin/astrolabe-firstboot"
+mkdir -p "$ROOT/mnt/astrolabe" # for FUSE mounts through the API
 echo astrolabe >"$ROOT/etc/hostname"
 printf '127.0.0.1 localhost\n127.0.1.1 astrolabe\n' >"$ROOT/etc/hosts"
 printf 'UUID=%s / ext4 errors=remount-ro 0 1\n' "$ROOT_UUID" >"$ROOT/etc/fstab"
@@ -70,7 +98,8 @@ Astrolabe data-protection appliance (\n, \l)
 
   REST API:  https://\4:8443/v1/astrolabe   (health: /healthz)
   S3:        https://\4:9000    NBD: nbd://\4:10809
-  The API token is in /etc/astrolabe/api-token (or the one given at deploy).
+  The API token is the one given at deploy, else generated into
+  /etc/astrolabe/api-token; S3 keys in /etc/astrolabe/s3-credentials.json.
 
 EOT
 # No password logins: root is locked; the console shows the above.
@@ -129,6 +158,8 @@ step "VMDK and OVA"
 VMDK=$OUT/astrolabe-appliance-disk1.vmdk
 qemu-img convert -f raw -O vmdk -o subformat=streamOptimized "$RAW" "$VMDK"
 OVA=$OUT/astrolabe-appliance-$VERSION.ova
+# Earlier versions' OVAs would pile up here.
+find "$OUT" -maxdepth 1 -name 'astrolabe-appliance-*.ova' -not -name "${OVA##*/}" -delete
 go run ./images/ovagen -vmdk "$VMDK" -disk-capacity "$((DISK_MIB << 20))" -version "$VERSION" -out "$OVA"
 step "done"
 ls -l "$OVA" "$RAW" >&2

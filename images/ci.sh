@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What CI checks of the appliance image: it builds; a second build with
 # nothing changed reuses the debootstrap cache and yields the same root
-# filesystem file list; the OVA stays within its size budget; and the disk
-# boots and serves (images/boot-test.sh).
+# filesystem file list; the OVA stays within its size budget, has the
+# structure the OVA tests want and imports into vcsim; and the disk boots
+# and serves (images/boot-test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/var/tmp/astrolabe-image}
@@ -16,4 +17,5 @@ ova=$(ls -t "$OUT"/astrolabe-appliance-*.ova | head -n1)
 mb=$(($(stat -c %s "$ova") / 1048576))
 echo "OVA $ova: $mb MB (budget $MAX_OVA_MB MB); file lists of two builds identical" >&2
 ((mb <= MAX_OVA_MB)) || { echo "the OVA is over its size budget" >&2; exit 1; }
+ASTROLABE_OVA=$ova go test -count=1 ./images/ova
 ./images/boot-test.sh
