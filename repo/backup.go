@@ -377,10 +377,17 @@ func (b *backupRun) unchanged(p pe.ProtectedEntity, img pe.Image) (func(off, n i
 	if err != nil || len(snaps) == 0 {
 		return nil, nil
 	}
-	// The newest earlier snapshot that was chunked the same way.
+	// The newest earlier snapshot that was chunked the same way. Earlier
+	// by the PEs' snapshot times where both have one: snapshot names of
+	// vSphere (uuids, morefs) do not sort by time.
+	cur, _ := p.Info(b.ctx)
 	for i := len(snaps) - 1; i >= 0; i-- {
-		prevID := snaps[i].ID
-		if prevID.Snapshot() >= p.ID().Snapshot() {
+		prevID, prevCreated := snaps[i].ID, snaps[i].Info.Created
+		if cur.Created != nil && prevCreated != nil {
+			if !prevCreated.Before(*cur.Created) {
+				continue
+			}
+		} else if prevID.Snapshot() >= p.ID().Snapshot() {
 			continue
 		}
 		idx, _, err := b.r.loadSnapshot(b.ctx, prevID)

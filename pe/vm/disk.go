@@ -80,7 +80,10 @@ func (d *disk) Data(ctx context.Context) (pe.Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("data of %s: %w", d.ID(), err)
 	}
-	return vsphere.NewImage(dd), nil
+	if d.vm.snap == nil {
+		return vsphere.NewImage(dd), nil
+	}
+	return &changeTrackedImage{Image: vsphere.NewImage(dd), d: d}, nil
 }
 
 func (d *disk) diskRef(ctx context.Context) (vsphere.DiskRef, error) {

@@ -258,6 +258,9 @@ func (v *entity) Snapshot(ctx context.Context, params pe.Params) (pe.ID, error) 
 	case string:
 		quiesce, _ = strconv.ParseBool(q)
 	}
+	if err := v.enableCBT(ctx); err != nil {
+		return pe.ID{}, fmt.Errorf("snapshot %s: %w", v.id, err)
+	}
 	var sid string
 	err := v.tm.s.Retry(ctx, "snapshot "+v.id.String(), func() error {
 		task, err := v.obj.CreateSnapshot(ctx, "astrolabe "+time.Now().UTC().Format(time.RFC3339), "taken by Astrolabe", false, quiesce)
@@ -279,6 +282,24 @@ func (v *entity) Snapshot(ctx context.Context, params pe.Params) (pe.ID, error) 
 		return pe.ID{}, fmt.Errorf("snapshot %s: %w", v.id, err)
 	}
 	return v.id.WithSnapshot(sid), nil
+}
+
+// enableCBT turns on changed block tracking, as backup software does, so
+// that backups after the first read only what changed. It takes effect
+// with the snapshot that follows.
+func (v *entity) enableCBT(ctx context.Context) error {
+	if v.config.ChangeTrackingEnabled != nil && *v.config.ChangeTrackingEnabled {
+		return nil
+	}
+	v.tm.s.Log.Info("enabling changed block tracking", "vm", v.mo.Name, "id", v.id)
+	task, err := v.obj.Reconfigure(ctx, types.VirtualMachineConfigSpec{ChangeTrackingEnabled: types.NewBool(true)})
+	if err == nil {
+		err = task.Wait(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("enable changed block tracking: %w", err)
+	}
+	return nil
 }
 
 func (v *entity) ListSnapshots(ctx context.Context) ([]pe.ID, error) {

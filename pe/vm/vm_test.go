@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -85,6 +87,42 @@ func createVM(t *testing.T, s *vcsimtest.Sim, name string, disks ...[]byte) *obj
 		s.WriteVMDK(backing(d), disks[i], sub)
 	}
 	return vm
+}
+
+// newDelta does what vSphere does to a disk when it takes a snapshot and
+// vcsim does not: the disk gets a new delta over the file the snapshot
+// keeps. It returns the delta's datastore path.
+func newDelta(t *testing.T, s *vcsimtest.Sim, vm *object.VirtualMachine, d *types.VirtualDisk) string {
+	t.Helper()
+	parent := backing(d)
+	dir := filepath.Dir(s.Local(parent))
+	var deltaName string
+	for n := 1; ; n++ {
+		deltaName = fmt.Sprintf("disk%d-%06d.vmdk", d.Key, n)
+		if _, err := os.Stat(filepath.Join(dir, deltaName)); err != nil {
+			break
+		}
+	}
+	delta := s.Delta(parent, deltaName)
+	d.Backing.(*types.VirtualDiskFlatVer2BackingInfo).FileName = delta
+	editDisk(t, vm, d)
+	return delta
+}
+
+// editDisk reconfigures a disk without a file operation: govmomi's
+// EditDevice asks to replace the file, which vcsim then overwrites.
+func editDisk(t *testing.T, vm *object.VirtualMachine, d *types.VirtualDisk) {
+	t.Helper()
+	ctx := context.Background()
+	task, err := vm.Reconfigure(ctx, types.VirtualMachineConfigSpec{DeviceChange: []types.BaseVirtualDeviceConfigSpec{
+		&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationEdit, Device: d},
+	}})
+	if err == nil {
+		err = task.Wait(ctx)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 func vmDisks(t *testing.T, vm *object.VirtualMachine) []*types.VirtualDisk {
@@ -225,17 +263,8 @@ func TestVM(t *testing.T) {
 	// What vSphere does on disk that vcsim does not: each disk gets a
 	// delta over the file the snapshot keeps. Then the live disks change.
 	changed := make([][]byte, len(disks))
-	// vcsim writes a disk of its own where the edited backing points,
-	// so the delta is made after the edit.
 	for i, d := range vmDisks(t, vm) {
-		parent := backing(d)
-		deltaName := strings.TrimSuffix(filepath.Base(s.Local(parent)), ".vmdk") + "-000001.vmdk"
-		delta := parent[:strings.LastIndex(parent, "/")+1] + deltaName
-		d.Backing.(*types.VirtualDiskFlatVer2BackingInfo).FileName = delta
-		if err := vm.EditDevice(ctx, d); err != nil {
-			t.Fatal(err)
-		}
-		s.Delta(parent, deltaName)
+		delta := newDelta(t, s, vm, d)
 		if out, err := exec.Command("qemu-io", "-f", "vmdk", "-c", "write -P 0x77 0 64k", s.Local(delta)).CombinedOutput(); err != nil {
 			t.Fatalf("qemu-io: %v\n%s", err, out)
 		}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/vmware/govmomi"
@@ -30,6 +31,9 @@ type Sim struct {
 	Finder *find.Finder // set to the default datacenter
 	DS     *object.Datastore
 	Dir    string // the datastore's local directory
+
+	mu      sync.Mutex
+	answers map[string]AnswerFunc
 }
 
 // RequireTool fails the test when a command is missing, naming the
@@ -52,6 +56,9 @@ func Start(t *testing.T) *Sim {
 	t.Cleanup(model.Remove)
 	srv := model.Service.NewServer()
 	t.Cleanup(srv.Close)
+	s := &Sim{T: t, Model: model, answers: map[string]AnswerFunc{}}
+	// Before the first request.
+	srv.Config.Handler = s.intercept(srv.Config.Handler)
 	ctx := context.Background()
 	pass, _ := srv.URL.User.Password()
 	u := *srv.URL
@@ -75,7 +82,8 @@ func Start(t *testing.T) *Sim {
 	if err := ds.Properties(ctx, ds.Reference(), []string{"summary"}, &mds); err != nil {
 		t.Fatal(err)
 	}
-	return &Sim{T: t, Model: model, Config: cfg, Client: c, Finder: f, DS: ds, Dir: mds.Summary.Url}
+	s.Config, s.Client, s.Finder, s.DS, s.Dir = cfg, c, f, ds, mds.Summary.Url
+	return s
 }
 
 // Local maps a datastore path to the simulator's file.
