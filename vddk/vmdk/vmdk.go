@@ -362,9 +362,12 @@ func (d *Disk) Allocated() ([]Extent, error) {
 			return nil, err
 		}
 	}
+	// parent is sorted and covers the disk: the extents that may overlap
+	// [off, off+n) start at the last one that begins at or before off.
 	parentAllocated := func(off, n int64) bool {
-		for _, x := range parent {
-			if x.Allocated && x.Offset < off+n && x.Offset+x.Length > off {
+		i := sort.Search(len(parent), func(i int) bool { return parent[i].Offset > off }) - 1
+		for i = max(i, 0); i < len(parent) && parent[i].Offset < off+n; i++ {
+			if x := parent[i]; x.Allocated && x.Offset+x.Length > off {
 				return true
 			}
 		}
