@@ -1,0 +1,237 @@
+/*
+ * A stand-in for libvixDiskLib for the binding's tests: the calls the
+ * binding makes, over local raw files, checking their arguments as VDDK
+ * does. Build: gcc -shared -fPIC -o libvixDiskLib.so fakevddk.c
+ *
+ * Disks: Open's path is a local file, except for connections to a First
+ * Class Disk, where it is $FAKE_VDDK_ROOT/fcd/<id>-flat.vmdk (the flat
+ * extent of a monolithicFlat VMDK, as the vcsim tests lay FCDs out). With
+ * $FAKE_VDDK_RECORD set, ConnectEx appends what it was given to that file.
+ * Asynchronous reads are queued and done at Wait, so a caller that does
+ * not wait, or frees its buffer early, gets wrong data.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../vixdisklib.h"
+
+static int initialised;
+
+struct conn {
+	int readOnly;
+	char *fcd; /* FCD uuid, or NULL for a VM */
+};
+
+struct pending {
+	uint64_t start, count;
+	uint8_t *buf;
+	VixDiskLibCompletionCB cb;
+	void *data;
+};
+
+struct disk {
+	int fd;
+	int readOnly;
+	uint64_t sectors;
+	struct pending queue[64];
+	int queued;
+};
+
+static char *dupstr(const char *s) { return s ? strdup(s) : NULL; }
+
+VixError VixDiskLib_InitEx(uint32_t major, uint32_t minor, VixDiskLibGenericLogFunc *log,
+                           VixDiskLibGenericLogFunc *warn, VixDiskLibGenericLogFunc *panic,
+                           const char *libDir, const char *configFile) {
+	if (major < 6) return VIX_E_NOT_SUPPORTED;
+	initialised = 1;
+	return VIX_OK;
+}
+
+void VixDiskLib_Exit(void) { initialised = 0; }
+
+VixError VixDiskLib_ConnectEx(const VixDiskLibConnectParams *p, char readOnly, const char *snapshotRef,
+                              const char *transportModes, VixDiskLibConnection *out) {
+	if (!initialised) return VIX_E_FAIL;
+	if (!p || !out || !p->serverName || p->credType != VIXDISKLIB_CRED_UID) return VIX_E_INVALID_ARG;
+	if (p->specType == VIXDISKLIB_SPEC_VSTORAGE_OBJECT && !p->spec.vStorageObjSpec.id) return VIX_E_INVALID_ARG;
+	if (p->specType == VIXDISKLIB_SPEC_VMX && !p->vmxSpec) return VIX_E_INVALID_ARG;
+	const char *rec = getenv("FAKE_VDDK_RECORD");
+	if (rec) {
+		FILE *f = fopen(rec, "a");
+		if (f) {
+			fprintf(f, "server=%s port=%u thumbprint=%s user=%s password=%s spec=%d vmx=%s fcd=%s ds=%s ssid=%s snapshot=%s transports=%s readonly=%d\n",
+			        p->serverName, p->port, p->thumbPrint ? p->thumbPrint : "", p->creds.uid.userName,
+			        p->creds.uid.password, p->specType, p->vmxSpec ? p->vmxSpec : "",
+			        p->specType == VIXDISKLIB_SPEC_VSTORAGE_OBJECT ? p->spec.vStorageObjSpec.id : "",
+			        p->specType == VIXDISKLIB_SPEC_VSTORAGE_OBJECT && p->spec.vStorageObjSpec.datastoreMoRef ? p->spec.vStorageObjSpec.datastoreMoRef : "",
+			        p->specType == VIXDISKLIB_SPEC_VSTORAGE_OBJECT && p->spec.vStorageObjSpec.ssId ? p->spec.vStorageObjSpec.ssId : "",
+			        snapshotRef ? snapshotRef : "", transportModes ? transportModes : "", readOnly);
+			fclose(f);
+		}
+	}
+	struct conn *c = calloc(1, sizeof *c);
+	c->readOnly = readOnly;
+	if (p->specType == VIXDISKLIB_SPEC_VSTORAGE_OBJECT) c->fcd = dupstr(p->spec.vStorageObjSpec.id);
+	*out = c;
+	return VIX_OK;
+}
+
+VixError VixDiskLib_Disconnect(VixDiskLibConnection connection) {
+	struct conn *c = connection;
+	if (!c) return VIX_E_INVALID_ARG;
+	free(c->fcd);
+	free(c);
+	return VIX_OK;
+}
+
+VixError VixDiskLib_Open(const VixDiskLibConnection connection, const char *path, uint32_t flags,
+                         VixDiskLibHandle *out) {
+	struct conn *c = connection;
+	if (!c || !out) return VIX_E_INVALID_ARG;
+	char fcdPath[4096];
+	if (c->fcd) {
+		const char *root = getenv("FAKE_VDDK_ROOT");
+		snprintf(fcdPath, sizeof fcdPath, "%s/fcd/%s-flat.vmdk", root ? root : ".", c->fcd);
+		path = fcdPath;
+	}
+	int ro = c->readOnly || (flags & VIXDISKLIB_FLAG_OPEN_READ_ONLY);
+	int fd = open(path, ro ? O_RDONLY : O_RDWR);
+	if (fd < 0) return errno == ENOENT ? VIX_E_FILE_NOT_FOUND : VIX_E_FAIL;
+	struct stat st;
+	fstat(fd, &st);
+	struct disk *d = calloc(1, sizeof *d);
+	d->fd = fd;
+	d->readOnly = ro;
+	d->sectors = st.st_size / VIXDISKLIB_SECTOR_SIZE;
+	*out = d;
+	return VIX_OK;
+}
+
+VixError VixDiskLib_Close(VixDiskLibHandle h) {
+	struct disk *d = h;
+	if (!d) return VIX_E_INVALID_ARG;
+	if (d->queued) return VIX_E_FAIL; /* reads still in flight */
+	close(d->fd);
+	free(d);
+	return VIX_OK;
+}
+
+VixError VixDiskLib_GetInfo(VixDiskLibHandle h, VixDiskLibInfo **info) {
+	struct disk *d = h;
+	if (!d || !info) return VIX_E_INVALID_ARG;
+	*info = calloc(1, sizeof **info);
+	(*info)->capacity = d->sectors;
+	(*info)->numLinks = 1;
+	return VIX_OK;
+}
+
+void VixDiskLib_FreeInfo(VixDiskLibInfo *info) { free(info); }
+
+const char *VixDiskLib_GetTransportMode(VixDiskLibHandle h) { return "file"; }
+
+static VixError io(struct disk *d, uint64_t start, uint64_t count, uint8_t *buf, int write) {
+	if (start + count > d->sectors) return VIX_E_INVALID_ARG;
+	size_t len = count * VIXDISKLIB_SECTOR_SIZE, done = 0;
+	off_t off = start * VIXDISKLIB_SECTOR_SIZE;
+	while (done < len) {
+		ssize_t n = write ? pwrite(d->fd, buf + done, len - done, off + done) : pread(d->fd, buf + done, len - done, off + done);
+		if (n <= 0) return VIX_E_FAIL;
+		done += n;
+	}
+	return VIX_OK;
+}
+
+VixError VixDiskLib_Read(VixDiskLibHandle h, VixDiskLibSectorType start, VixDiskLibSectorType count, uint8_t *buf) {
+	struct disk *d = h;
+	if (!d || !buf) return VIX_E_INVALID_ARG;
+	return io(d, start, count, buf, 0);
+}
+
+VixError VixDiskLib_Write(VixDiskLibHandle h, VixDiskLibSectorType start, VixDiskLibSectorType count, const uint8_t *buf) {
+	struct disk *d = h;
+	if (!d || !buf) return VIX_E_INVALID_ARG;
+	if (d->readOnly) return VIX_E_FILE_READ_ONLY;
+	return io(d, start, count, (uint8_t *)buf, 1);
+}
+
+VixError VixDiskLib_ReadAsync(VixDiskLibHandle h, VixDiskLibSectorType start, VixDiskLibSectorType count,
+                              uint8_t *buf, VixDiskLibCompletionCB cb, void *data) {
+	struct disk *d = h;
+	if (!d || !buf || !cb) return VIX_E_INVALID_ARG;
+	if (d->queued == (int)(sizeof d->queue / sizeof d->queue[0])) return VIX_E_FAIL;
+	d->queue[d->queued++] = (struct pending){start, count, buf, cb, data};
+	return VIX_ASYNC;
+}
+
+VixError VixDiskLib_Wait(VixDiskLibHandle h) {
+	struct disk *d = h;
+	if (!d) return VIX_E_INVALID_ARG;
+	for (int i = 0; i < d->queued; i++) {
+		struct pending *p = &d->queue[i];
+		p->cb(p->data, io(d, p->start, p->count, p->buf, 0));
+	}
+	d->queued = 0;
+	return VIX_OK;
+}
+
+VixError VixDiskLib_QueryAllocatedBlocks(VixDiskLibHandle h, VixDiskLibSectorType start, VixDiskLibSectorType count,
+                                         VixDiskLibSectorType chunk, VixDiskLibBlockList **out) {
+	struct disk *d = h;
+	if (!d || !out) return VIX_E_INVALID_ARG;
+	if (chunk < VIXDISKLIB_MIN_CHUNK_SIZE || (chunk & (chunk - 1)) != 0) return VIX_E_INVALID_ARG;
+	if (start % chunk || count % chunk || count / chunk > VIXDISKLIB_MAX_CHUNK_NUMBER) return VIX_E_INVALID_ARG;
+	if (start + count > d->sectors) return VIX_E_INVALID_ARG;
+	off_t pos = start * VIXDISKLIB_SECTOR_SIZE, end = (start + count) * VIXDISKLIB_SECTOR_SIZE;
+	off_t cb = chunk * VIXDISKLIB_SECTOR_SIZE;
+	uint32_t n = 0, cap = 16;
+	VixDiskLibBlockList *l = malloc(sizeof *l + cap * sizeof(VixDiskLibBlock));
+	while (pos < end) {
+		off_t data = lseek(d->fd, pos, SEEK_DATA);
+		if (data < 0 || data >= end) break;
+		off_t hole = lseek(d->fd, data, SEEK_HOLE);
+		if (hole < 0 || hole > end) hole = end;
+		off_t from = data / cb * cb, to = (hole + cb - 1) / cb * cb;
+		if (to > end) to = end;
+		if (n > 0 && (off_t)((l->blocks[n - 1].offset + l->blocks[n - 1].length) * VIXDISKLIB_SECTOR_SIZE) >= from) {
+			l->blocks[n - 1].length = to / VIXDISKLIB_SECTOR_SIZE - l->blocks[n - 1].offset;
+		} else {
+			if (n == cap) {
+				cap *= 2;
+				l = realloc(l, sizeof *l + cap * sizeof(VixDiskLibBlock));
+			}
+			l->blocks[n].offset = from / VIXDISKLIB_SECTOR_SIZE;
+			l->blocks[n].length = (to - from) / VIXDISKLIB_SECTOR_SIZE;
+			n++;
+		}
+		pos = to;
+	}
+	l->numBlocks = n;
+	*out = l;
+	return VIX_OK;
+}
+
+VixError VixDiskLib_FreeBlockList(VixDiskLibBlockList *l) {
+	free(l);
+	return VIX_OK;
+}
+
+char *VixDiskLib_GetErrorText(VixError err, const char *locale) {
+	const char *t;
+	switch (err & 0xffff) {
+	case VIX_E_FAIL: t = "Unknown error"; break;
+	case VIX_E_INVALID_ARG: t = "One of the parameters was invalid"; break;
+	case VIX_E_FILE_NOT_FOUND: t = "The file was not found"; break;
+	case VIX_E_NOT_SUPPORTED: t = "The operation is not supported"; break;
+	case VIX_E_FILE_READ_ONLY: t = "The file is write-protected"; break;
+	default: t = "Unknown error code";
+	}
+	return strdup(t);
+}
+
+void VixDiskLib_FreeErrorText(char *t) { free(t); }
