@@ -22,10 +22,15 @@ test: deps lint unit fuzz image-ci
 deps:
 	./scripts/install-test-deps.sh
 
+# The VDDK binding (cgo, build tag vddk) and the code that uses it.
+VDDK_PKGS := ./vddk/... ./pe/internal/... ./pe/ivd ./pe/vm
+
 lint: generated
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags vddk $(VDDK_PKGS)
 	$(GOBIN)/staticcheck ./...
+	$(GOBIN)/staticcheck -tags vddk $(VDDK_PKGS)
 
 # The code generated from api/openapi.yaml must be what the spec gives now.
 generated:
@@ -34,6 +39,7 @@ generated:
 
 unit:
 	$(GO) test -count=1 ./...
+	$(GO) test -count=1 -tags vddk $(VDDK_PKGS)
 
 # Seconds of fuzzing per target in CI; `make fuzz-long` for a real run.
 FUZZ_TARGETS := pe:FuzzParseID pe:FuzzOpenZip nbd:FuzzHandshake nbd:FuzzRequests

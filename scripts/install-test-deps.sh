@@ -7,7 +7,7 @@ set -euo pipefail
 STATICCHECK_VERSION=v0.8.2
 
 need=()
-for pair in tar:tar unzip:unzip mke2fs:e2fsprogs mkfs.xfs:xfsprogs losetup:mount nbdinfo:libnbd-bin qemu-img:qemu-utils nbdsh:python3-libnbd rclone:rclone openssl:openssl sfdisk:fdisk mkfs.vfat:dosfstools mcopy:mtools fusermount3:fuse3 fusefat:fusefat restic:restic bc:bc debootstrap:debootstrap extlinux:extlinux qemu-system-x86_64:qemu-system-x86 curl:curl; do
+for pair in tar:tar unzip:unzip mke2fs:e2fsprogs mkfs.xfs:xfsprogs losetup:mount nbdinfo:libnbd-bin qemu-img:qemu-utils nbdsh:python3-libnbd rclone:rclone openssl:openssl sfdisk:fdisk mkfs.vfat:dosfstools mcopy:mtools fusermount3:fuse3 fusefat:fusefat restic:restic bc:bc debootstrap:debootstrap extlinux:extlinux qemu-system-x86_64:qemu-system-x86 curl:curl gcc:gcc qemu-io:qemu-utils; do
 	cmd=${pair%%:*} pkg=${pair#*:}
 	command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -8,29 +8,16 @@ import (
 	"crypto/rand"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/astrolabe-appliance/astrolabe/vddk"
+	"github.com/astrolabe-appliance/astrolabe/vddk/vixdisklib/vddktest"
 )
 
-// BuildFake compiles testdata/fakevddk.c into dir and returns the
-// library's path.
-func buildFake(t *testing.T) string {
-	t.Helper()
-	if _, err := exec.LookPath("gcc"); err != nil {
-		t.Fatal("gcc missing: apt-get install -y gcc")
-	}
-	so := filepath.Join(t.TempDir(), "lib64", "libvixDiskLib.so.8")
-	os.MkdirAll(filepath.Dir(so), 0o755)
-	if out, err := exec.Command("gcc", "-shared", "-fPIC", "-Wall", "-Werror", "-o", so, "testdata/fakevddk.c").CombinedOutput(); err != nil {
-		t.Fatalf("gcc: %v\n%s", err, out)
-	}
-	return so
-}
+var buildFake = vddktest.Build
 
 // sparseFile writes a 64 MiB file, zero but for random data at 1 MiB
 // (100 KiB) and at 40 MiB + 7 (3 MiB), and returns its path and bytes.
@@ -192,6 +179,7 @@ func TestFCD(t *testing.T) {
 	want := make([]byte, 4<<20)
 	rand.Read(want)
 	os.WriteFile(filepath.Join(root, "fcd", "0b6e-flat.vmdk"), want, 0o644)
+	os.WriteFile(filepath.Join(root, "fcd", "0b6e.vmdk"), []byte("# Disk DescriptorFile\nRW 8192 VMFS \"0b6e-flat.vmdk\"\n"), 0o644)
 	c, err := l.Connect(ctx, ConnectParams{Server: "vc", User: "u", Password: "p", FCD: "0b6e", FCDDatastore: "datastore-12", FCDSnapshot: "s1", ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)

@@ -5,7 +5,9 @@
  *
  * Disks: Open's path is a local file, except for connections to a First
  * Class Disk, where it is $FAKE_VDDK_ROOT/fcd/<id>-flat.vmdk (the flat
- * extent of a monolithicFlat VMDK, as the vcsim tests lay FCDs out). With
+ * extent of a monolithicFlat VMDK, as the vcsim tests lay FCDs out); its
+ * capacity is the one in the descriptor fcd/<id>.vmdk, and a writable open
+ * creates a missing extent, as a new FCD's is. With
  * $FAKE_VDDK_RECORD set, ConnectEx appends what it was given to that file.
  * Asynchronous reads are queued and done at Wait, so a caller that does
  * not wait, or frees its buffer early, gets wrong data.
@@ -90,6 +92,23 @@ VixError VixDiskLib_Disconnect(VixDiskLibConnection connection) {
 	return VIX_OK;
 }
 
+/* descriptorSectors reads an extent line ("RW <sectors> ...") of the
+ * descriptor beside a flat extent "<x>-flat.vmdk": "<x>.vmdk". */
+static uint64_t descriptorSectors(const char *flat) {
+	char desc[4096], line[1024];
+	size_t n = strlen(flat);
+	if (n < 10 || n >= sizeof desc || strcmp(flat + n - 10, "-flat.vmdk") != 0) return 0;
+	memcpy(desc, flat, n - 10);
+	strcpy(desc + n - 10, ".vmdk");
+	FILE *f = fopen(desc, "r");
+	if (!f) return 0;
+	unsigned long long sectors = 0;
+	while (fgets(line, sizeof line, f))
+		if (sscanf(line, "RW %llu", &sectors) == 1) break;
+	fclose(f);
+	return sectors;
+}
+
 VixError VixDiskLib_Open(const VixDiskLibConnection connection, const char *path, uint32_t flags,
                          VixDiskLibHandle *out) {
 	struct conn *c = connection;
@@ -101,14 +120,16 @@ VixError VixDiskLib_Open(const VixDiskLibConnection connection, const char *path
 		path = fcdPath;
 	}
 	int ro = c->readOnly || (flags & VIXDISKLIB_FLAG_OPEN_READ_ONLY);
-	int fd = open(path, ro ? O_RDONLY : O_RDWR);
+	uint64_t sectors = 0;
+	if (c->fcd && (sectors = descriptorSectors(fcdPath)) == 0) return VIX_E_FILE_NOT_FOUND;
+	int fd = open(path, ro ? O_RDONLY : (c->fcd ? O_RDWR | O_CREAT : O_RDWR), 0644);
 	if (fd < 0) return errno == ENOENT ? VIX_E_FILE_NOT_FOUND : VIX_E_FAIL;
 	struct stat st;
 	fstat(fd, &st);
 	struct disk *d = calloc(1, sizeof *d);
 	d->fd = fd;
 	d->readOnly = ro;
-	d->sectors = st.st_size / VIXDISKLIB_SECTOR_SIZE;
+	d->sectors = sectors ? sectors : st.st_size / VIXDISKLIB_SECTOR_SIZE;
 	*out = d;
 	return VIX_OK;
 }

@@ -6,6 +6,7 @@ package vcsimtest
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"fmt"
 	"os"
 	"os/exec"
@@ -54,6 +55,8 @@ func Start(t *testing.T) *Sim {
 		t.Fatal(err)
 	}
 	t.Cleanup(model.Remove)
+	// Over TLS, as vCenter: VDDK's thumbprint check needs a certificate.
+	model.Service.TLS = new(tls.Config)
 	srv := model.Service.NewServer()
 	t.Cleanup(srv.Close)
 	s := &Sim{T: t, Model: model, answers: map[string]AnswerFunc{}}
