@@ -5,12 +5,16 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GOBIN   := $(shell $(GO) env GOPATH)/bin
 FUZZTIME ?= 10s
 
-.PHONY: all build demo test deps lint generated unit fuzz fuzz-long clean image image-test image-boot-test image-ci
+.PHONY: all build build-vddk demo test deps lint generated unit fuzz fuzz-long clean image image-test image-boot-test image-ci
 
 all: build
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/astrolabe
+
+# With the VDDK binding (cgo; VDDK itself is loaded at run time).
+build-vddk:
+	CGO_ENABLED=1 $(GO) build -tags vddk -ldflags "-X main.version=$(VERSION)" -o $(BIN)-vddk ./cmd/astrolabe
 
 # The main job on the embedded default: sample PEs in a local directory.
 demo: build
