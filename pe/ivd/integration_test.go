@@ -15,8 +15,7 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/appliance/nbdexport"
 	"github.com/astrolabe-appliance/astrolabe/nbd"
 	"github.com/astrolabe-appliance/astrolabe/pe"
-	"github.com/astrolabe-appliance/astrolabe/repo"
-	"github.com/astrolabe-appliance/astrolabe/repo/backend"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/vsphere/vcsimtest"
 )
 
 // TestBackupRestoreAndExport backs an FCD snapshot up into a repository,
@@ -42,19 +41,7 @@ func TestBackupRestoreAndExport(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	be, err := backend.NewDir(filepath.Join(t.TempDir(), "repo"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts := repo.Options{Password: "fcd", Logger: s.tm.s.Log}
-	if err := repo.Init(ctx, be, opts); err != nil {
-		t.Fatal(err)
-	}
-	r, err := repo.Open(ctx, be, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r := vcsimtest.Repository(t)
 	sum, err := r.Backup(ctx, snap, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -15,21 +15,6 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/vsphere"
 )
 
-// readAll reads a PE's whole data.
-func readAll(t *testing.T, p pe.ProtectedEntity) []byte {
-	t.Helper()
-	img, err := p.Data(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
-	b := make([]byte, img.Size())
-	if _, err := img.ReadAt(b, 0); err != nil && err != io.EOF {
-		t.Fatal(err)
-	}
-	return b
-}
-
 func dataBytes(t *testing.T, p pe.ProtectedEntity) int64 {
 	t.Helper()
 	ctx := context.Background()

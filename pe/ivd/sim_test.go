@@ -3,8 +3,6 @@ package ivd
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -25,6 +23,7 @@ import (
 var (
 	requireTool = vcsimtest.RequireTool
 	randomDisk  = vcsimtest.RandomDisk
+	readAll     = vcsimtest.ReadAll
 )
 
 // sim is an in-process vcsim with the ivd type manager connected to it.
@@ -36,7 +35,7 @@ type sim struct {
 func startSim(t *testing.T) *sim {
 	t.Helper()
 	vs := vcsimtest.Start(t)
-	tm, err := NewTypeManager(vs.Config, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	tm, err := NewTypeManager(vs.Config, vcsimtest.Quiet())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,8 +5,6 @@ package ivd
 import (
 	"bytes"
 	"context"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -15,6 +13,7 @@ import (
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/vsphere"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/vsphere/vcsimtest"
 	"github.com/astrolabe-appliance/astrolabe/vddk/vixdisklib/vddktest"
 )
 
@@ -30,7 +29,7 @@ func TestVDDK(t *testing.T) {
 	t.Setenv("FAKE_VDDK_RECORD", record)
 	cfg := s.Config
 	cfg.VDDK = &vsphere.VDDKConfig{Library: so, Transports: []string{"hotadd", "nbdssl"}}
-	tm, err := NewTypeManager(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	tm, err := NewTypeManager(cfg, vcsimtest.Quiet())
 	if err != nil {
 		t.Fatal(err)
 	}

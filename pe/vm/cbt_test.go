@@ -3,10 +3,7 @@ package vm
 import (
 	"bytes"
 	"context"
-	"io"
-	"log/slog"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -18,8 +15,6 @@ import (
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/vsphere/vcsimtest"
-	"github.com/astrolabe-appliance/astrolabe/repo"
-	"github.com/astrolabe-appliance/astrolabe/repo/backend"
 	"github.com/astrolabe-appliance/astrolabe/vddk/vmdk"
 )
 
@@ -114,7 +109,7 @@ func TestIncrementalBackupWithCBT(t *testing.T) {
 	ctx := context.Background()
 	cfg := s.Config
 	cfg.ResourcePool = pool
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := vcsimtest.Quiet()
 	tm, err := NewTypeManager(cfg, log)
 	if err != nil {
 		t.Fatal(err)
@@ -158,19 +153,7 @@ func TestIncrementalBackupWithCBT(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	be, err := backend.NewDir(filepath.Join(t.TempDir(), "repo"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts := repo.Options{Password: "cbt", Logger: log}
-	if err := repo.Init(ctx, be, opts); err != nil {
-		t.Fatal(err)
-	}
-	r, err := repo.Open(ctx, be, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r := vcsimtest.Repository(t)
 	var reads []int64
 	for _, sid := range []pe.ID{snap1, snap2} {
 		sp, err := tm.Get(ctx, sid)

@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,9 +18,9 @@ import (
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/vsphere/vcsimtest"
-	"github.com/astrolabe-appliance/astrolabe/repo"
-	"github.com/astrolabe-appliance/astrolabe/repo/backend"
 )
+
+var readAll = vcsimtest.ReadAll
 
 const (
 	pool    = "/DC0/host/DC0_C0/Resources"
@@ -142,20 +140,6 @@ func backing(d *types.VirtualDisk) string {
 	return d.Backing.(*types.VirtualDiskFlatVer2BackingInfo).FileName
 }
 
-func readAll(t *testing.T, p pe.ProtectedEntity) []byte {
-	t.Helper()
-	img, err := p.Data(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
-	b := make([]byte, img.Size())
-	if _, err := img.ReadAt(b, 0); err != nil && err != io.EOF {
-		t.Fatal(err)
-	}
-	return b
-}
-
 func hardware(t *testing.T, p pe.ProtectedEntity) Hardware {
 	t.Helper()
 	md, err := p.Metadata(context.Background())
@@ -205,7 +189,7 @@ func TestVM(t *testing.T) {
 	ctx := context.Background()
 	cfg := s.Config
 	cfg.ResourcePool = pool
-	tm, err := NewTypeManager(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	tm, err := NewTypeManager(cfg, vcsimtest.Quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,19 +290,7 @@ func TestVM(t *testing.T) {
 	checkRestored(t, restored, hw, disks)
 
 	// Back the snapshot up with its disks and restore it from there.
-	be, err := backend.NewDir(filepath.Join(t.TempDir(), "repo"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts := repo.Options{Password: "vm", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	if err := repo.Init(ctx, be, opts); err != nil {
-		t.Fatal(err)
-	}
-	r, err := repo.Open(ctx, be, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r := vcsimtest.Repository(t)
 	sum, err := r.Backup(ctx, snap, nil)
 	if err != nil {
 		t.Fatal(err)
