@@ -77,12 +77,19 @@ func createVM(t *testing.T, s *vcsimtest.Sim, name string, disks ...[]byte) *obj
 		t.Fatal(err)
 	}
 	vm := object.NewVirtualMachine(s.Client.Client, res.Result.(types.ManagedObjectReference))
+	// The content goes into files of its own that the disks are then
+	// pointed at: vcsim may still touch the disk files it created (seen
+	// once, under load, as a torn descriptor).
 	for i, d := range vmDisks(t, vm) {
 		sub := "monolithicSparse"
 		if i%2 == 1 {
 			sub = "monolithicFlat"
 		}
-		s.WriteVMDK(backing(d), disks[i], sub)
+		p := backing(d)
+		content := p[:strings.LastIndex(p, "/")+1] + fmt.Sprintf("content%d.vmdk", d.Key)
+		s.WriteVMDK(content, disks[i], sub)
+		d.Backing.(*types.VirtualDiskFlatVer2BackingInfo).FileName = content
+		editDisk(t, vm, d)
 	}
 	return vm
 }
