@@ -151,7 +151,7 @@ func TestSnapshotData(t *testing.T) {
 	}
 }
 
-func mustRef(t *testing.T, p pe.ProtectedEntity) vsphere.DiskRef {
+func mustRef(t testing.TB, p pe.ProtectedEntity) vsphere.DiskRef {
 	t.Helper()
 	ref, err := p.(*entity).diskRef(context.Background())
 	if err != nil {

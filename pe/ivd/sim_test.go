@@ -32,7 +32,7 @@ type sim struct {
 	tm *TypeManager
 }
 
-func startSim(t *testing.T) *sim {
+func startSim(t testing.TB) *sim {
 	t.Helper()
 	vs := vcsimtest.Start(t)
 	tm, err := NewTypeManager(vs.Config, vcsimtest.Quiet())
@@ -132,7 +132,7 @@ func (m *snapshotModel) RetrieveSnapshotDetails(ctx *simulator.Context, req *typ
 	return body
 }
 
-func (tm *TypeManager) mustClient(t *testing.T) *govmomi.Client {
+func (tm *TypeManager) mustClient(t testing.TB) *govmomi.Client {
 	t.Helper()
 	c, err := tm.s.Client(context.Background())
 	if err != nil {

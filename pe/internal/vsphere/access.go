@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"path"
+	"sync"
 
 	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/object"
@@ -125,13 +126,29 @@ func (r *progressReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// dsFile is a datastore file read with ranged HTTP GETs.
+// dsFile is a datastore file read with ranged HTTP GETs. Sparse and
+// streamOptimized VMDKs are read a grain (64 KiB or less) at a time; one
+// GET per grain would make a backup crawl, so small reads are served from
+// a few windows of readWindow bytes fetched whole.
 type dsFile struct {
 	ctx  context.Context
 	ds   *object.Datastore
 	c    *soap.Client
 	path string
+
+	mu      sync.Mutex
+	windows []window // most recently used last
 }
+
+type window struct {
+	off  int64
+	data []byte // shorter than readWindow at the end of the file
+}
+
+const (
+	readWindow = 2 << 20
+	maxWindows = 4
+)
 
 func (f *dsFile) Size() (int64, error) {
 	fi, err := f.ds.Stat(f.ctx, f.path)
@@ -145,6 +162,47 @@ func (f *dsFile) ReadAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if len(p) >= readWindow/2 {
+		return f.fetch(p, off)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	w, err := f.window(off, int64(len(p)))
+	if err != nil {
+		return 0, err
+	}
+	n := copy(p, w.data[off-w.off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// window returns a window holding [off, off+n), or as much of it as the
+// file has, fetching one if none does. f.mu is held.
+func (f *dsFile) window(off, n int64) (window, error) {
+	for i := len(f.windows) - 1; i >= 0; i-- {
+		w := f.windows[i]
+		if off >= w.off && (off+n <= w.off+int64(len(w.data)) || (len(w.data) < readWindow && off <= w.off+int64(len(w.data)))) {
+			f.windows = append(append(f.windows[:i:i], f.windows[i+1:]...), w)
+			return w, nil
+		}
+	}
+	buf := make([]byte, readWindow)
+	got, err := f.fetch(buf, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return window{}, err
+	}
+	w := window{off: off, data: buf[:got]}
+	if len(f.windows) == maxWindows {
+		f.windows = f.windows[1:]
+	}
+	f.windows = append(f.windows, w)
+	return w, nil
+}
+
+// fetch reads [off, off+len(p)) with one GET.
+func (f *dsFile) fetch(p []byte, off int64) (int, error) {
 	u := f.ds.NewURL(f.path)
 	res, err := f.c.DownloadRequest(f.ctx, u, &soap.Download{Method: http.MethodGet, Headers: map[string]string{
 		"Range": fmt.Sprintf("bytes=%d-%d", off, off+int64(len(p))-1),

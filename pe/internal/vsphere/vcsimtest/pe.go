@@ -16,7 +16,7 @@ import (
 func Quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // ReadAll reads a PE's whole data.
-func ReadAll(t *testing.T, p pe.ProtectedEntity) []byte {
+func ReadAll(t testing.TB, p pe.ProtectedEntity) []byte {
 	t.Helper()
 	img, err := p.Data(context.Background())
 	if err != nil {
@@ -32,7 +32,7 @@ func ReadAll(t *testing.T, p pe.ProtectedEntity) []byte {
 
 // Repository is a new repository in a temporary directory, closed when
 // the test ends.
-func Repository(t *testing.T) *repo.Repository {
+func Repository(t testing.TB) *repo.Repository {
 	t.Helper()
 	ctx := context.Background()
 	be, err := backend.NewDir(filepath.Join(t.TempDir(), "repo"))

@@ -25,7 +25,7 @@ import (
 
 // Sim is a running simulator.
 type Sim struct {
-	T      *testing.T
+	T      testing.TB
 	Model  *simulator.Model
 	Config vsphere.Config // logs in as the simulator's user
 	Client *govmomi.Client
@@ -39,7 +39,7 @@ type Sim struct {
 
 // RequireTool fails the test when a command is missing, naming the
 // Debian package that has it.
-func RequireTool(t *testing.T, name, pkg string) {
+func RequireTool(t testing.TB, name, pkg string) {
 	t.Helper()
 	if _, err := exec.LookPath(name); err != nil {
 		t.Fatalf("%s missing: apt-get install -y %s", name, pkg)
@@ -47,7 +47,7 @@ func RequireTool(t *testing.T, name, pkg string) {
 }
 
 // Start runs a simulated vCenter (the VPX model) until the test ends.
-func Start(t *testing.T) *Sim {
+func Start(t testing.TB) *Sim {
 	t.Helper()
 	RequireTool(t, "qemu-img", "qemu-utils")
 	model := simulator.VPX()
