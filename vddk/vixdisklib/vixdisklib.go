@@ -5,6 +5,7 @@ package vixdisklib
 /*
 #cgo LDFLAGS: -ldl
 #include <dlfcn.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "vixdisklib.h"
@@ -27,6 +28,7 @@ typedef struct {
 	__typeof__(&VixDiskLib_FreeErrorText) FreeErrorText;
 	__typeof__(&VixDiskLib_GetTransportMode) GetTransportMode;           // optional
 	__typeof__(&VixDiskLib_ReadAsync) ReadAsync;                         // optional
+	__typeof__(&VixDiskLib_WriteAsync) WriteAsync;                       // optional
 	__typeof__(&VixDiskLib_Wait) Wait;                                   // optional
 	__typeof__(&VixDiskLib_QueryAllocatedBlocks) QueryAllocatedBlocks;   // optional
 	__typeof__(&VixDiskLib_FreeBlockList) FreeBlockList;                 // optional
@@ -34,12 +36,14 @@ typedef struct {
 
 #define VIX_SYM(l, name, required) do { \
 	*(void **)&(l)->name = dlsym((l)->dl, "VixDiskLib_" #name); \
-	if ((required) && !(l)->name) return "VixDiskLib_" #name; \
+	if ((required) && !(l)->name) { *missing = "VixDiskLib_" #name; return NULL; } \
 } while (0)
 
-// vix_open loads the library; it returns NULL, or what is missing.
-static const char *vix_open(vix_lib *l, const char *path) {
+// vix_open loads the library. On failure it returns dlerror's text, or
+// NULL with *missing naming the first required symbol it lacks.
+static const char *vix_open(vix_lib *l, const char *path, const char **missing) {
 	memset(l, 0, sizeof *l);
+	*missing = NULL;
 	l->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
 	if (!l->dl) return dlerror();
 	VIX_SYM(l, InitEx, 1);
@@ -56,19 +60,28 @@ static const char *vix_open(vix_lib *l, const char *path) {
 	VIX_SYM(l, FreeErrorText, 1);
 	VIX_SYM(l, GetTransportMode, 0);
 	VIX_SYM(l, ReadAsync, 0);
+	VIX_SYM(l, WriteAsync, 0);
 	VIX_SYM(l, Wait, 0);
 	VIX_SYM(l, QueryAllocatedBlocks, 0);
 	VIX_SYM(l, FreeBlockList, 0);
-	if (!l->Wait) l->ReadAsync = NULL;
+	if (!l->Wait) l->ReadAsync = NULL, l->WriteAsync = NULL;
 	if (!l->FreeBlockList) l->QueryAllocatedBlocks = NULL;
 	return NULL;
 }
 
 static void vix_close(vix_lib *l) { if (l->dl) dlclose(l->dl); l->dl = NULL; }
 
+// VDDK's routine logging goes nowhere; its warnings and panics (after
+// which it aborts) are worth a line on stderr.
+static void vix_log_discard(const char *fmt, va_list args) {}
+static void vix_log_stderr(const char *fmt, va_list args) {
+	fputs("vixDiskLib: ", stderr);
+	vfprintf(stderr, fmt, args);
+}
+
 // Calls through the table: cgo cannot call function pointers itself.
 static VixError vix_init(vix_lib *l, const char *libDir, const char *config) {
-	return l->InitEx(7, 0, NULL, NULL, NULL, libDir, config);
+	return l->InitEx(7, 0, vix_log_discard, vix_log_stderr, vix_log_stderr, libDir, config);
 }
 static void vix_exit(vix_lib *l) { l->Exit(); }
 static VixError vix_connect(vix_lib *l, VixDiskLibConnectParams *p, char ro, const char *snap, const char *transports, VixDiskLibConnection *c) {
@@ -91,18 +104,20 @@ static VixError vix_capacity(vix_lib *l, VixDiskLibHandle h, uint64_t *sectors) 
 static const char *vix_transport(vix_lib *l, VixDiskLibHandle h) {
 	return l->GetTransportMode ? l->GetTransportMode(h) : NULL;
 }
-static VixError vix_read(vix_lib *l, VixDiskLibHandle h, uint64_t s, uint64_t n, uint8_t *b) { return l->Read(h, s, n, b); }
-static VixError vix_write(vix_lib *l, VixDiskLibHandle h, uint64_t s, uint64_t n, const uint8_t *b) { return l->Write(h, s, n, b); }
-static int vix_has_async(vix_lib *l) { return l->ReadAsync != NULL; }
+static VixError vix_io(vix_lib *l, VixDiskLibHandle h, int write, uint64_t s, uint64_t n, uint8_t *b) {
+	return write ? l->Write(h, s, n, b) : l->Read(h, s, n, b);
+}
+static int vix_has_async(vix_lib *l, int write) { return write ? l->WriteAsync != NULL : l->ReadAsync != NULL; }
 static int vix_has_qab(vix_lib *l) { return l->QueryAllocatedBlocks != NULL; }
 
-// An asynchronous read's result, set by vix_done when it completes.
+// An asynchronous request's result, set by vix_done (on a thread of the
+// library's) when it completes, and read after VixDiskLib_Wait.
 typedef struct { VixError err; int done; } vix_req;
 static void vix_done(void *data, VixError err) { vix_req *r = data; r->err = err; r->done = 1; }
-static VixError vix_read_async(vix_lib *l, VixDiskLibHandle h, uint64_t s, uint64_t n, uint8_t *b, vix_req *r) {
+static VixError vix_io_async(vix_lib *l, VixDiskLibHandle h, int write, uint64_t s, uint64_t n, uint8_t *b, vix_req *r) {
 	r->done = 0;
 	r->err = VIX_OK;
-	return l->ReadAsync(h, s, n, b, vix_done, r);
+	return write ? l->WriteAsync(h, s, n, b, vix_done, r) : l->ReadAsync(h, s, n, b, vix_done, r);
 }
 static VixError vix_wait(vix_lib *l, VixDiskLibHandle h) { return l->Wait(h); }
 
@@ -119,8 +134,6 @@ static char *vix_error_text(vix_lib *l, VixError err) {
 	if (t) l->FreeErrorText(t);
 	return out;
 }
-
-static VixDiskLibConnectParams *vix_params(void) { return calloc(1, sizeof(VixDiskLibConnectParams)); }
 */
 import "C"
 
@@ -143,8 +156,12 @@ const sector = C.VIXDISKLIB_SECTOR_SIZE
 // Library is a loaded and initialised libvixDiskLib. VDDK allows one per
 // process: load it once and share it.
 type Library struct {
-	lib  *C.vix_lib
 	path string
+
+	// mu serialises ConnectEx, Disconnect, Open and Close, which VDDK
+	// does not make safe to call from several threads at once.
+	mu  sync.Mutex
+	lib *C.vix_lib
 }
 
 // Load loads libvixDiskLib from path (the .so, or a VDDK distribution's
@@ -156,13 +173,22 @@ func Load(path, configFile string) (*Library, error) {
 		return nil, err
 	}
 	l := &Library{lib: (*C.vix_lib)(C.calloc(1, C.size_t(unsafe.Sizeof(C.vix_lib{})))), path: so}
-	cso := C.CString(so)
-	defer C.free(unsafe.Pointer(cso))
-	if missing := C.vix_open(l.lib, cso); missing != nil {
-		msg := C.GoString(missing)
+	if l.lib == nil {
+		return nil, errors.New("load VDDK: out of memory")
+	}
+	fail := func(err error) (*Library, error) {
 		C.vix_close(l.lib)
 		C.free(unsafe.Pointer(l.lib))
-		return nil, fmt.Errorf("load VDDK %s: %s", so, msg)
+		return nil, err
+	}
+	cso := C.CString(so)
+	defer C.free(unsafe.Pointer(cso))
+	var missing *C.char
+	if msg := C.vix_open(l.lib, cso, &missing); msg != nil {
+		return fail(fmt.Errorf("load VDDK: %s", C.GoString(msg)))
+	}
+	if missing != nil {
+		return fail(fmt.Errorf("load VDDK %s: no symbol %s: not a VDDK 7 or later libvixDiskLib", so, C.GoString(missing)))
 	}
 	cdir, ccfg := C.CString(libDir), (*C.char)(nil)
 	defer C.free(unsafe.Pointer(cdir))
@@ -170,33 +196,46 @@ func Load(path, configFile string) (*Library, error) {
 		ccfg = C.CString(configFile)
 		defer C.free(unsafe.Pointer(ccfg))
 	}
-	if err := l.check("VixDiskLib_InitEx", C.vix_init(l.lib, cdir, ccfg)); err != nil {
-		C.vix_close(l.lib)
-		C.free(unsafe.Pointer(l.lib))
-		return nil, err
+	if err := l.check("VixDiskLib_InitEx "+so, C.vix_init(l.lib, cdir, ccfg)); err != nil {
+		return fail(err)
 	}
 	return l, nil
 }
 
-// findLibrary resolves path to the library file and VDDK's directory.
+// libraryNames are where a VDDK distribution keeps the library, newest
+// first; the directory-level names serve stand-ins and copies.
+var libraryNames = []string{
+	"lib64/libvixDiskLib.so", "lib64/libvixDiskLib.so.9", "lib64/libvixDiskLib.so.8", "lib64/libvixDiskLib.so.7",
+	"libvixDiskLib.so", "libvixDiskLib.so.9", "libvixDiskLib.so.8", "libvixDiskLib.so.7",
+}
+
+// findLibrary resolves path to the library file and the directory that
+// InitEx wants: the distribution's, above lib64.
 func findLibrary(path string) (so, libDir string, err error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return "", "", fmt.Errorf("VDDK library: %w", err)
 	}
-	if !fi.IsDir() {
-		return path, filepath.Dir(filepath.Dir(path)), nil
-	}
-	for _, name := range []string{"lib64/libvixDiskLib.so", "lib64/libvixDiskLib.so.8", "lib64/libvixDiskLib.so.7", "libvixDiskLib.so", "libvixDiskLib.so.8"} {
-		if _, err := os.Stat(filepath.Join(path, name)); err == nil {
-			return filepath.Join(path, name), path, nil
+	if fi.IsDir() {
+		for _, name := range libraryNames {
+			if _, err := os.Stat(filepath.Join(path, name)); err == nil {
+				return filepath.Join(path, name), path, nil
+			}
 		}
+		return "", "", fmt.Errorf("VDDK library: no libvixDiskLib.so in %s or its lib64", path)
 	}
-	return "", "", fmt.Errorf("VDDK library: no libvixDiskLib.so in %s or its lib64", path)
+	libDir = filepath.Dir(path)
+	if filepath.Base(libDir) == "lib64" {
+		libDir = filepath.Dir(libDir)
+	}
+	return path, libDir, nil
 }
 
-// Close ends the library's use (VixDiskLib_Exit) and unloads it.
+// Close ends the library's use (VixDiskLib_Exit) and unloads it. Its
+// connections must be closed first.
 func (l *Library) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.lib == nil {
 		return nil
 	}
@@ -210,11 +249,16 @@ func (l *Library) Close() error {
 // Error is a VixError with the library's text for it.
 type Error struct {
 	Op   string
-	Code uint64
+	Code uint64 // the VIX_E_ code: the low 16 bits of the VixError
 	Text string
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("%s: %s (VixError %d)", e.Op, e.Text, e.Code) }
+
+// Is makes VDDK's refusal to write a read-only disk vddk.ErrReadOnly.
+func (e *Error) Is(target error) bool {
+	return target == vddk.ErrReadOnly && e.Code == CodeReadOnly
+}
 
 // Code of the error kinds callers tell apart.
 const (
@@ -228,7 +272,7 @@ func (l *Library) check(op string, err C.VixError) error {
 	}
 	t := C.vix_error_text(l.lib, err)
 	defer C.free(unsafe.Pointer(t))
-	// The low 16 bits are the error code; the others may carry details.
+	// The bits above the low 16 may carry details the text already gives.
 	return &Error{Op: op, Code: uint64(err) & 0xffff, Text: strings.TrimSpace(C.GoString(t))}
 }
 
@@ -262,7 +306,14 @@ func (l *Library) Connect(ctx context.Context, p ConnectParams) (*Conn, error) {
 	if (p.FCD == "") == (p.VM == "") {
 		return nil, errors.New("VDDK connect: name either an FCD or a VM")
 	}
-	c := &Conn{l: l, params: C.vix_params()}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	// C memory: the structure holds C pointers and VDDK may keep it.
+	c := &Conn{l: l, params: (*C.VixDiskLibConnectParams)(C.calloc(1, C.size_t(unsafe.Sizeof(C.VixDiskLibConnectParams{}))))}
+	if c.params == nil {
+		return nil, errors.New("VDDK connect: out of memory")
+	}
 	str := func(s string) *C.char {
 		if s == "" {
 			return nil
@@ -276,6 +327,7 @@ func (l *Library) Connect(ctx context.Context, p ConnectParams) (*Conn, error) {
 	cp.thumbPrint = str(p.Thumbprint)
 	cp.port = C.uint32_t(p.Port)
 	cp.credType = C.VIXDISKLIB_CRED_UID
+	// cgo cannot name a union's members.
 	uid := (*struct{ userName, password *C.char })(unsafe.Pointer(&cp.creds))
 	uid.userName, uid.password = str(p.User), str(p.Password)
 	var snapshotRef *C.char
@@ -296,7 +348,14 @@ func (l *Library) Connect(ctx context.Context, p ConnectParams) (*Conn, error) {
 	if p.ReadOnly {
 		ro = 1
 	}
-	if err := l.check("VixDiskLib_ConnectEx "+p.Server, C.vix_connect(l.lib, cp, ro, snapshotRef, str(strings.Join(transports, ":")), &c.c)); err != nil {
+	ctransports := str(strings.Join(transports, ":"))
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lib == nil {
+		c.free()
+		return nil, errors.New("VDDK connect: library closed")
+	}
+	if err := l.check("VixDiskLib_ConnectEx "+p.Server, C.vix_connect(l.lib, cp, ro, snapshotRef, ctransports, &c.c)); err != nil {
 		c.free()
 		return nil, err
 	}
@@ -312,8 +371,10 @@ func (c *Conn) free() {
 	c.params = nil
 }
 
-// Close disconnects.
+// Close disconnects. The connection's disks must be closed first.
 func (c *Conn) Close() error {
+	c.l.mu.Lock()
+	defer c.l.mu.Unlock()
 	if c.params == nil {
 		return nil
 	}
@@ -325,13 +386,21 @@ func (c *Conn) Close() error {
 // Open opens a disk of the connection: path is the disk's datastore path
 // ("[ds] vm/vm.vmdk") for a VM, and is ignored by VDDK for an FCD.
 func (c *Conn) Open(ctx context.Context, path string, writable bool) (*Disk, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	flags := C.uint32_t(C.VIXDISKLIB_FLAG_OPEN_READ_ONLY)
 	if writable {
 		flags = 0
 	}
-	d := &Disk{l: c.l}
+	d := &Disk{l: c.l, name: path}
+	c.l.mu.Lock()
+	defer c.l.mu.Unlock()
+	if c.params == nil {
+		return nil, fmt.Errorf("open %s: connection closed", path)
+	}
 	if err := c.l.check("VixDiskLib_Open "+path, C.vix_diskopen(c.l.lib, c.c, cpath, flags, &d.h)); err != nil {
 		return nil, err
 	}
@@ -341,7 +410,11 @@ func (c *Conn) Open(ctx context.Context, path string, writable bool) (*Disk, err
 		return nil, err
 	}
 	d.size = int64(sectors) * sector
-	d.name = path
+	d.reqs = (*[inFlight]C.vix_req)(C.calloc(inFlight, C.size_t(unsafe.Sizeof(C.vix_req{}))))
+	if d.reqs == nil {
+		C.vix_diskclose(c.l.lib, d.h)
+		return nil, fmt.Errorf("open %s: out of memory", path)
+	}
 	return d, nil
 }
 
@@ -352,16 +425,20 @@ type Disk struct {
 	name string
 	size int64
 
-	mu sync.Mutex
-	h  C.VixDiskLibHandle
+	mu   sync.Mutex
+	h    C.VixDiskLibHandle
+	reqs *[inFlight]C.vix_req // the asynchronous requests' results
 }
 
 var _ vddk.Disk = (*Disk)(nil)
 
-// Reads are split into requests of this size, this many in flight.
+// I/O is split into requests of requestSectors, inFlight of them at a
+// time, staged in C memory of at most window sectors: VDDK may use a
+// buffer until Wait returns, which Go memory does not allow.
 const (
 	requestSectors = 2048 // 1 MiB
 	inFlight       = 4
+	window         = requestSectors * inFlight
 )
 
 // Size implements vddk.Disk.
@@ -377,8 +454,16 @@ func (d *Disk) TransportMode() string {
 	return C.GoString(C.vix_transport(d.l.lib, d.h))
 }
 
-// ReadAt implements vddk.Disk. VDDK reads whole sectors into C memory:
-// the range is widened to sectors and copied out.
+// stage allocates the C buffer for a transfer of n bytes from off.
+func stage(off, n int64) (unsafe.Pointer, []byte) {
+	first, end := off/sector, (off+n+sector-1)/sector
+	size := min(end-first, window) * sector
+	buf := C.malloc(C.size_t(size)) // cgo's malloc does not return nil
+	return buf, unsafe.Slice((*byte)(buf), size)
+}
+
+// ReadAt implements vddk.Disk. VDDK reads whole sectors: the range is
+// widened to sectors, read a window at a time and copied out.
 func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("read %s: negative offset", d.name)
@@ -387,63 +472,129 @@ func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
 		return 0, io.EOF
 	}
 	want := min(int64(len(p)), d.size-off)
-	first, end := off/sector, (off+want+sector-1)/sector
-	buf := C.malloc(C.size_t((end - first) * sector))
-	if buf == nil {
-		return 0, errors.New("out of memory")
+	if want == 0 {
+		return 0, nil
 	}
+	buf, b := stage(off, want)
 	defer C.free(buf)
-	d.mu.Lock()
-	err := d.readSectors(uint64(first), uint64(end-first), buf)
-	d.mu.Unlock()
-	if err != nil {
-		return 0, err
+	var n int64
+	for n < want {
+		pos := off + n
+		first := pos / sector
+		end := min((off+want+sector-1)/sector, first+window)
+		d.mu.Lock()
+		err := d.transfer(false, uint64(first), uint64(end-first), buf)
+		d.mu.Unlock()
+		if err != nil {
+			return int(n), err
+		}
+		n += int64(copy(p[n:want], b[pos-first*sector:(end-first)*sector]))
 	}
-	n := copy(p, unsafe.Slice((*byte)(buf), (end-first)*sector)[off-first*sector:])
-	if int64(n) < int64(len(p)) {
-		return n, io.EOF
+	if n < int64(len(p)) {
+		return int(n), io.EOF
 	}
-	return n, nil
+	return int(n), nil
 }
 
-// readSectors reads into buf, several requests in flight when the library
-// has ReadAsync. d.mu is held.
-func (d *Disk) readSectors(first, count uint64, buf unsafe.Pointer) error {
+// WriteAt implements vddk.Disk; partial sectors at either end are read,
+// merged and written whole.
+func (d *Disk) WriteAt(p []byte, off int64) (int, error) {
+	end := off + int64(len(p))
+	if off < 0 || end > d.size {
+		return 0, fmt.Errorf("write %s: [%d, %d) is outside the disk's %d bytes", d.name, off, end, d.size)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	buf, b := stage(off, int64(len(p)))
+	defer C.free(buf)
+	var n int64
+	for n < int64(len(p)) {
+		pos := off + n
+		first := pos / sector
+		last := min((end+sector-1)/sector, first+window)
+		stop := min(end, last*sector) // of this window's bytes of p
+		w := b[:(last-first)*sector]
+		if err := d.writeWindow(uint64(first), uint64(last-first), buf, w, p[n:n+stop-pos], pos-first*sector); err != nil {
+			return int(n), err
+		}
+		n += stop - pos
+	}
+	return len(p), nil
+}
+
+// writeWindow writes p at byte head of the sectors [first, first+count)
+// staged in buf (w), reading first the partial sectors p does not cover.
+// The lock spans the read and the write so that no other write comes
+// between.
+func (d *Disk) writeWindow(first, count uint64, buf unsafe.Pointer, w, p []byte, head int64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if head != 0 {
+		if err := d.transfer(false, first, 1, buf); err != nil {
+			return err
+		}
+	}
+	if tail := head + int64(len(p)); tail%sector != 0 && (count > 1 || head == 0) {
+		if err := d.transfer(false, first+count-1, 1, unsafe.Pointer(&w[len(w)-sector])); err != nil {
+			return err
+		}
+	}
+	copy(w[head:], p)
+	return d.transfer(true, first, count, buf)
+}
+
+// transfer reads or writes count sectors from first, with buf, C memory,
+// as source or destination; several requests in flight when the library
+// can. d.mu is held.
+func (d *Disk) transfer(write bool, first, count uint64, buf unsafe.Pointer) error {
 	if d.h == nil {
-		return fmt.Errorf("read %s: disk is closed", d.name)
+		return fmt.Errorf("%s: disk is closed", d.name)
+	}
+	op, cwrite := "Read", C.int(0)
+	if write {
+		op, cwrite = "Write", 1
 	}
 	at := func(s uint64) *C.uint8_t { return (*C.uint8_t)(unsafe.Add(buf, (s-first)*sector)) }
-	if C.vix_has_async(d.l.lib) == 0 || count <= requestSectors {
+	if C.vix_has_async(d.l.lib, cwrite) == 0 || count <= requestSectors {
 		for s := first; s < first+count; s += requestSectors {
 			n := min(requestSectors, first+count-s)
-			if err := d.l.check(fmt.Sprintf("VixDiskLib_Read %s at sector %d", d.name, s), C.vix_read(d.l.lib, d.h, C.uint64_t(s), C.uint64_t(n), at(s))); err != nil {
+			if err := d.l.check(fmt.Sprintf("VixDiskLib_%s %s at sector %d", op, d.name, s), C.vix_io(d.l.lib, d.h, cwrite, C.uint64_t(s), C.uint64_t(n), at(s))); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	reqs := (*[inFlight]C.vix_req)(C.calloc(inFlight, C.size_t(unsafe.Sizeof(C.vix_req{}))))
-	defer C.free(unsafe.Pointer(reqs))
 	for s := first; s < first+count; {
-		var issued []uint64
-		for i := 0; i < inFlight && s < first+count; i++ {
+		var issued [inFlight]uint64
+		var pending [inFlight]bool
+		k := 0
+		for ; k < inFlight && s < first+count; k++ {
 			n := min(requestSectors, first+count-s)
-			err := C.vix_read_async(d.l.lib, d.h, C.uint64_t(s), C.uint64_t(n), at(s), &reqs[i])
-			if err != C.VIX_ASYNC && err != C.VIX_OK {
-				C.vix_wait(d.l.lib, d.h) // buffers must outlive what was issued
-				return d.l.check(fmt.Sprintf("VixDiskLib_ReadAsync %s at sector %d", d.name, s), err)
+			switch err := C.vix_io_async(d.l.lib, d.h, cwrite, C.uint64_t(s), C.uint64_t(n), at(s), &d.reqs[k]); err {
+			case C.VIX_ASYNC:
+				pending[k] = true
+			case C.VIX_OK: // done already
+			default:
+				// What was issued may still use buf: wait before
+				// returning, and so before the caller frees it.
+				C.vix_wait(d.l.lib, d.h)
+				return d.l.check(fmt.Sprintf("VixDiskLib_%sAsync %s at sector %d", op, d.name, s), err)
 			}
-			issued = append(issued, s)
+			issued[k] = s
 			s += n
 		}
 		if err := d.l.check("VixDiskLib_Wait "+d.name, C.vix_wait(d.l.lib, d.h)); err != nil {
 			return err
 		}
-		for i, at := range issued {
-			if reqs[i].done == 0 {
-				return fmt.Errorf("VixDiskLib_ReadAsync %s at sector %d: not completed after Wait", d.name, at)
+		for i := range k {
+			if !pending[i] {
+				continue
 			}
-			if err := d.l.check(fmt.Sprintf("VixDiskLib_ReadAsync %s at sector %d", d.name, at), reqs[i].err); err != nil {
+			if d.reqs[i].done == 0 {
+				return fmt.Errorf("VixDiskLib_%sAsync %s at sector %d: not completed after VixDiskLib_Wait", op, d.name, issued[i])
+			}
+			if err := d.l.check(fmt.Sprintf("VixDiskLib_%sAsync %s at sector %d", op, d.name, issued[i]), d.reqs[i].err); err != nil {
 				return err
 			}
 		}
@@ -451,51 +602,8 @@ func (d *Disk) readSectors(first, count uint64, buf unsafe.Pointer) error {
 	return nil
 }
 
-// WriteAt implements vddk.Disk; partial sectors at either end are read,
-// merged and written whole.
-func (d *Disk) WriteAt(p []byte, off int64) (int, error) {
-	if off < 0 || off+int64(len(p)) > d.size {
-		return 0, fmt.Errorf("write %s: [%d, %d) is outside the disk's %d bytes", d.name, off, off+int64(len(p)), d.size)
-	}
-	if len(p) == 0 {
-		return 0, nil
-	}
-	first, end := off/sector, (off+int64(len(p))+sector-1)/sector
-	size := (end - first) * sector
-	buf := C.malloc(C.size_t(size))
-	if buf == nil {
-		return 0, errors.New("out of memory")
-	}
-	defer C.free(buf)
-	b := unsafe.Slice((*byte)(buf), size)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.h == nil {
-		return 0, fmt.Errorf("write %s: disk is closed", d.name)
-	}
-	if off%sector != 0 {
-		if err := d.readSectors(uint64(first), 1, buf); err != nil {
-			return 0, err
-		}
-	}
-	if tail := (off + int64(len(p))) % sector; tail != 0 && (end-1 > first || off%sector == 0) {
-		if err := d.readSectors(uint64(end-1), 1, unsafe.Add(buf, size-sector)); err != nil {
-			return 0, err
-		}
-	}
-	copy(b[off-first*sector:], p)
-	for s := first; s < end; s += requestSectors {
-		n := min(requestSectors, end-s)
-		if err := d.l.check(fmt.Sprintf("VixDiskLib_Write %s at sector %d", d.name, s),
-			C.vix_write(d.l.lib, d.h, C.uint64_t(s), C.uint64_t(n), (*C.uint8_t)(unsafe.Add(buf, (s-first)*sector)))); err != nil {
-			return 0, err
-		}
-	}
-	return len(p), nil
-}
-
 // queryChunk is the granularity of allocation queries (64 KiB), and
-// queryPiece the most one call asks about.
+// queryPiece the most one call asks about, well below VDDK's limit.
 const (
 	queryChunk = C.VIXDISKLIB_MIN_CHUNK_SIZE
 	queryPiece = 1 << 21 // sectors: 1 GiB
@@ -515,14 +623,14 @@ func (d *Disk) Allocated(ctx context.Context) ([]vddk.Range, error) {
 	}
 	var out []vddk.Range
 	add := func(off, n int64) {
-		if k := len(out); k > 0 && out[k-1].Offset+out[k-1].Length == off {
-			out[k-1].Length += n
+		if k := len(out); k > 0 && out[k-1].Offset+out[k-1].Length >= off {
+			out[k-1].Length = max(out[k-1].Length, off+n-out[k-1].Offset)
 			return
 		}
 		out = append(out, vddk.Range{Offset: off, Length: n})
 	}
 	// The query wants whole chunks; a tail shorter than one is reported
-	// allocated.
+	// allocated rather than asked about past the disk's end.
 	aligned := total / queryChunk * queryChunk
 	for s := uint64(0); s < aligned; s += queryPiece {
 		if err := ctx.Err(); err != nil {
@@ -553,7 +661,11 @@ func (d *Disk) Close() error {
 	if d.h == nil {
 		return nil
 	}
+	d.l.mu.Lock()
 	err := d.l.check("VixDiskLib_Close "+d.name, C.vix_diskclose(d.l.lib, d.h))
+	d.l.mu.Unlock()
 	d.h = nil
+	C.free(unsafe.Pointer(d.reqs))
+	d.reqs = nil
 	return err
 }

@@ -21,6 +21,7 @@ enum {
 	VIX_E_FAIL = 1,
 	VIX_E_INVALID_ARG = 3,
 	VIX_E_FILE_NOT_FOUND = 4,
+	VIX_E_OBJECT_IS_BUSY = 5,
 	VIX_E_NOT_SUPPORTED = 6,
 	VIX_E_FILE_READ_ONLY = 11,
 	VIX_ASYNC = 25000,
@@ -39,6 +40,10 @@ enum VixDiskLibCredType {
 	VIXDISKLIB_CRED_UNKNOWN = 256,
 };
 
+/*
+ * VDDK's own headers number the object spec 1; its "datastore" spec (128)
+ * is internal and not declared here.
+ */
 enum VixDiskLibSpecType {
 	VIXDISKLIB_SPEC_VMX = 0,
 	VIXDISKLIB_SPEC_VSTORAGE_OBJECT = 1,
@@ -81,12 +86,24 @@ typedef struct {
 	enum VixDiskLibSpecType specType;
 } VixDiskLibConnectParams;
 
+#if defined(__LP64__) && !defined(__cplusplus)
+#include <stddef.h>
+/* The offsets VDDK's own header gives on 64-bit Linux. */
+_Static_assert(offsetof(VixDiskLibConnectParams, creds) == 40, "VixDiskLibConnectParams ABI");
+_Static_assert(offsetof(VixDiskLibConnectParams, port) == 64, "VixDiskLibConnectParams ABI");
+_Static_assert(offsetof(VixDiskLibConnectParams, spec) == 96, "VixDiskLibConnectParams ABI");
+_Static_assert(offsetof(VixDiskLibConnectParams, specType) == 120, "VixDiskLibConnectParams ABI");
+_Static_assert(sizeof(VixDiskLibConnectParams) == 128, "VixDiskLibConnectParams ABI");
+#endif
+
 typedef struct {
 	uint32_t cylinders;
 	uint32_t heads;
 	uint32_t sectors;
 } VixDiskLibGeometry;
 
+/* Allocated by the library, which adds fields at the end (7.0 adds
+ * sector sizes): only read through a pointer it returned. */
 typedef struct {
 	VixDiskLibGeometry biosGeo;
 	VixDiskLibGeometry physGeo;
@@ -132,6 +149,9 @@ VixError VixDiskLib_Write(VixDiskLibHandle handle, VixDiskLibSectorType startSec
 VixError VixDiskLib_ReadAsync(VixDiskLibHandle handle, VixDiskLibSectorType startSector,
                               VixDiskLibSectorType numSectors, uint8_t *buf,
                               VixDiskLibCompletionCB callback, void *cbData);
+VixError VixDiskLib_WriteAsync(VixDiskLibHandle handle, VixDiskLibSectorType startSector,
+                               VixDiskLibSectorType numSectors, const uint8_t *buf,
+                               VixDiskLibCompletionCB callback, void *cbData);
 VixError VixDiskLib_Wait(VixDiskLibHandle handle);
 VixError VixDiskLib_QueryAllocatedBlocks(VixDiskLibHandle handle,
                                          VixDiskLibSectorType startSector,

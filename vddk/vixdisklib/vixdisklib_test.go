@@ -7,7 +7,10 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -44,9 +47,6 @@ func TestBinding(t *testing.T) {
 	record := filepath.Join(t.TempDir(), "record")
 	t.Setenv("FAKE_VDDK_RECORD", record)
 
-	if _, err := Load(filepath.Join(t.TempDir(), "nothing.so"), ""); err == nil {
-		t.Error("loading a missing library succeeded")
-	}
 	// The VDDK directory works as well as the file.
 	l, err := Load(filepath.Dir(filepath.Dir(so)), "")
 	if err != nil {
@@ -76,7 +76,7 @@ func TestBinding(t *testing.T) {
 	if d.Size() != int64(len(want)) {
 		t.Fatalf("size %d, want %d", d.Size(), len(want))
 	}
-	if d.TransportMode() != "file" {
+	if d.TransportMode() != "hotadd" {
 		t.Errorf("transport %q", d.TransportMode())
 	}
 	for _, r := range []struct{ off, n int64 }{{0, 4096}, {1<<20 - 3, 1000}, {40<<20 + 1, 5 << 20}, {64<<20 - 700, 700}, {5, 1}} {
@@ -116,9 +116,26 @@ func TestBinding(t *testing.T) {
 	if _, err := d.WriteAt(patch, d.Size()-10); err == nil {
 		t.Error("a write past the end succeeded")
 	}
+	// A write of several windows, at odd ends, with writes in flight.
+	big := make([]byte, 9<<20+3)
+	rand.Read(big)
+	if n, err := d.WriteAt(big, 10<<20+300); err != nil || n != len(big) {
+		t.Fatalf("large write: %d %v", n, err)
+	}
+	copy(want[10<<20+300:], big)
+	got := make([]byte, len(big)+2000)
+	if _, err := d.ReadAt(got, 10<<20-700); err != nil || !bytes.Equal(got, want[10<<20-700:10<<20-700+len(got)]) {
+		t.Errorf("read back of the large write: %v", err)
+	}
 	onDisk, _ := os.ReadFile(path)
 	if !bytes.Equal(onDisk, want) {
 		t.Error("the file after the writes differs")
+	}
+	if n, err := d.ReadAt(nil, 5); n != 0 || err != nil {
+		t.Errorf("empty read: %d %v", n, err)
+	}
+	if n, err := d.ReadAt(got[:1], d.Size()); n != 0 || err != io.EOF {
+		t.Errorf("read at the end: %d %v, want EOF", n, err)
 	}
 
 	// Concurrent readers get their own bytes.
@@ -152,8 +169,12 @@ func TestBinding(t *testing.T) {
 	}
 	defer ro.Close()
 	var verr *Error
-	if _, err := ro.WriteAt(patch, 0); !errors.As(err, &verr) || verr.Code != CodeReadOnly || !strings.Contains(err.Error(), "write-protected") {
+	if _, err := ro.WriteAt(patch, 0); !errors.As(err, &verr) || verr.Code != CodeReadOnly || !strings.Contains(err.Error(), "write-protected") || !errors.Is(err, vddk.ErrReadOnly) {
 		t.Errorf("write to a read-only disk: %v", err)
+	}
+	// Large writes fail in their asynchronous requests' results.
+	if _, err := ro.WriteAt(big, 0); !errors.Is(err, vddk.ErrReadOnly) || !strings.Contains(err.Error(), "VixDiskLib_WriteAsync") {
+		t.Errorf("large write to a read-only disk: %v", err)
 	}
 	if _, err := c.Open(ctx, filepath.Join(t.TempDir(), "missing.vmdk"), false); !errors.As(err, &verr) || verr.Code != CodeFileNotFound || !strings.Contains(err.Error(), "not found") {
 		t.Errorf("open of a missing disk: %v", err)
@@ -196,5 +217,116 @@ func TestFCD(t *testing.T) {
 	got := make([]byte, len(want))
 	if _, err := d.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
 		t.Errorf("FCD read: %v", err)
+	}
+}
+
+// TestLoadErrors: a library that is missing, or is not VDDK, says so.
+func TestLoadErrors(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "nothing.so")
+	if _, err := Load(missing, ""); err == nil || !strings.Contains(err.Error(), missing) || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("loading a missing library: %v", err)
+	}
+	if _, err := Load(t.TempDir(), ""); err == nil || !strings.Contains(err.Error(), "no libvixDiskLib.so") {
+		t.Errorf("loading from an empty directory: %v", err)
+	}
+	notSO := filepath.Join(t.TempDir(), "libvixDiskLib.so.8")
+	os.WriteFile(notSO, []byte("not ELF"), 0o644)
+	if _, err := Load(notSO, ""); err == nil || !strings.Contains(err.Error(), notSO) {
+		t.Errorf("loading a file that is no library: %v", err)
+	}
+
+	buildFake(t) // for its gcc check
+	dir := t.TempDir()
+	src, so := filepath.Join(dir, "partial.c"), filepath.Join(dir, "libvixDiskLib.so.8")
+	os.WriteFile(src, []byte("unsigned long long VixDiskLib_InitEx(void) { return 0; }\n"), 0o644)
+	if out, err := exec.Command("gcc", "-shared", "-fPIC", "-o", so, src).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	if _, err := Load(so, ""); err == nil || !strings.Contains(err.Error(), "no symbol VixDiskLib_Exit") {
+		t.Errorf("loading a library without VDDK's calls: %v", err)
+	}
+}
+
+// TestConcurrentOpen: disks opened and closed from several goroutines at
+// once reach VDDK one at a time, as it requires; the stand-in fails
+// calls that overlap.
+func TestConcurrentOpen(t *testing.T) {
+	ctx := context.Background()
+	l, err := Load(buildFake(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := l.Connect(ctx, ConnectParams{Server: "vc", User: "u", Password: "p", VM: "vm-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	path, want := sparseFile(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d, err := c.Open(ctx, path, false)
+			if err != nil {
+				errs <- err
+				return
+			}
+			got := make([]byte, 1<<20)
+			if _, err := d.ReadAt(got, int64(i)<<20); err != nil || !bytes.Equal(got, want[i<<20:(i+1)<<20]) {
+				errs <- fmt.Errorf("read: %v", err)
+			}
+			if err := d.Close(); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// TestOddSize: a disk that is not a whole number of 64 KiB chunks reports
+// its last partial chunk allocated, as VDDK cannot be asked about it.
+func TestOddSize(t *testing.T) {
+	ctx := context.Background()
+	l, err := Load(buildFake(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := l.Connect(ctx, ConnectParams{Server: "vc", User: "u", Password: "p", VM: "vm-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	path := filepath.Join(t.TempDir(), "odd.raw")
+	size := int64(1<<20 + 3*512)
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(path, size)
+	d, err := c.Open(ctx, path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, err := d.WriteAt([]byte("tail"), size-4); err != nil {
+		t.Fatal(err)
+	}
+	alloc, err := d.Allocated(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(alloc) != 1 || alloc[0] != (vddk.Range{Offset: 1 << 20, Length: 3 * 512}) {
+		t.Errorf("allocated %v", alloc)
+	}
+	got := make([]byte, 10)
+	if n, err := d.ReadAt(got, size-4); n != 4 || err != io.EOF || string(got[:4]) != "tail" {
+		t.Errorf("read of the tail: %d %v %q", n, err, got[:n])
 	}
 }

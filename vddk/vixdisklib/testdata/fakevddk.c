@@ -9,8 +9,10 @@
  * capacity is the one in the descriptor fcd/<id>.vmdk, and a writable open
  * creates a missing extent, as a new FCD's is. With
  * $FAKE_VDDK_RECORD set, ConnectEx appends what it was given to that file.
- * Asynchronous reads are queued and done at Wait, so a caller that does
- * not wait, or frees its buffer early, gets wrong data.
+ * Asynchronous reads and writes are queued and done at Wait, so a caller
+ * that does not wait, or frees its buffer early, gets wrong data. VDDK's
+ * thread-safety rules are checked: calls on a handle, and Open and Close
+ * anywhere, that overlap fail with VIX_E_OBJECT_IS_BUSY.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -27,12 +29,14 @@ static int initialised;
 
 struct conn {
 	int readOnly;
-	char *fcd; /* FCD uuid, or NULL for a VM */
+	char *fcd;          /* FCD uuid, or NULL for a VM */
+	char transport[32]; /* the first of those asked for */
 };
 
 struct pending {
 	uint64_t start, count;
 	uint8_t *buf;
+	int write;
 	VixDiskLibCompletionCB cb;
 	void *data;
 };
@@ -41,9 +45,19 @@ struct disk {
 	int fd;
 	int readOnly;
 	uint64_t sectors;
+	char transport[32];
+	int busy;
 	struct pending queue[64];
 	int queued;
 };
+
+/* Overlapping use of a handle, or of Open and Close, is the caller's bug:
+ * enter fails when another thread is inside. The sleep in Open widens
+ * the window so that the tests see it. */
+static int enter(int *busy) { return __atomic_exchange_n(busy, 1, __ATOMIC_ACQUIRE) == 0; }
+static void leave(int *busy) { __atomic_store_n(busy, 0, __ATOMIC_RELEASE); }
+static int openClose;
+#define ENTER(d) do { if (!enter(&(d)->busy)) return VIX_E_OBJECT_IS_BUSY; } while (0)
 
 static char *dupstr(const char *s) { return s ? strdup(s) : NULL; }
 
@@ -79,6 +93,8 @@ VixError VixDiskLib_ConnectEx(const VixDiskLibConnectParams *p, char readOnly, c
 	}
 	struct conn *c = calloc(1, sizeof *c);
 	c->readOnly = readOnly;
+	const char *t = transportModes && *transportModes ? transportModes : "nbd";
+	snprintf(c->transport, sizeof c->transport, "%.*s", (int)strcspn(t, ":"), t);
 	if (p->specType == VIXDISKLIB_SPEC_VSTORAGE_OBJECT) c->fcd = dupstr(p->spec.vStorageObjSpec.id);
 	*out = c;
 	return VIX_OK;
@@ -109,10 +125,20 @@ static uint64_t descriptorSectors(const char *flat) {
 	return sectors;
 }
 
+static VixError diskOpen(struct conn *c, const char *path, uint32_t flags, VixDiskLibHandle *out);
+
 VixError VixDiskLib_Open(const VixDiskLibConnection connection, const char *path, uint32_t flags,
                          VixDiskLibHandle *out) {
 	struct conn *c = connection;
 	if (!c || !out) return VIX_E_INVALID_ARG;
+	if (!enter(&openClose)) return VIX_E_OBJECT_IS_BUSY;
+	usleep(2000);
+	VixError err = diskOpen(c, path, flags, out);
+	leave(&openClose);
+	return err;
+}
+
+static VixError diskOpen(struct conn *c, const char *path, uint32_t flags, VixDiskLibHandle *out) {
 	char fcdPath[4096];
 	if (c->fcd) {
 		const char *root = getenv("FAKE_VDDK_ROOT");
@@ -130,6 +156,7 @@ VixError VixDiskLib_Open(const VixDiskLibConnection connection, const char *path
 	d->fd = fd;
 	d->readOnly = ro;
 	d->sectors = sectors ? sectors : st.st_size / VIXDISKLIB_SECTOR_SIZE;
+	memcpy(d->transport, c->transport, sizeof d->transport);
 	*out = d;
 	return VIX_OK;
 }
@@ -137,24 +164,36 @@ VixError VixDiskLib_Open(const VixDiskLibConnection connection, const char *path
 VixError VixDiskLib_Close(VixDiskLibHandle h) {
 	struct disk *d = h;
 	if (!d) return VIX_E_INVALID_ARG;
-	if (d->queued) return VIX_E_FAIL; /* reads still in flight */
+	if (!enter(&openClose)) return VIX_E_OBJECT_IS_BUSY;
+	ENTER(d);
+	if (d->queued) { /* requests still in flight */
+		leave(&d->busy);
+		leave(&openClose);
+		return VIX_E_FAIL;
+	}
 	close(d->fd);
 	free(d);
+	leave(&openClose);
 	return VIX_OK;
 }
 
 VixError VixDiskLib_GetInfo(VixDiskLibHandle h, VixDiskLibInfo **info) {
 	struct disk *d = h;
 	if (!d || !info) return VIX_E_INVALID_ARG;
+	ENTER(d);
 	*info = calloc(1, sizeof **info);
 	(*info)->capacity = d->sectors;
 	(*info)->numLinks = 1;
+	leave(&d->busy);
 	return VIX_OK;
 }
 
 void VixDiskLib_FreeInfo(VixDiskLibInfo *info) { free(info); }
 
-const char *VixDiskLib_GetTransportMode(VixDiskLibHandle h) { return "file"; }
+const char *VixDiskLib_GetTransportMode(VixDiskLibHandle h) {
+	struct disk *d = h;
+	return d ? d->transport : NULL;
+}
 
 static VixError io(struct disk *d, uint64_t start, uint64_t count, uint8_t *buf, int write) {
 	if (start + count > d->sectors) return VIX_E_INVALID_ARG;
@@ -171,33 +210,59 @@ static VixError io(struct disk *d, uint64_t start, uint64_t count, uint8_t *buf,
 VixError VixDiskLib_Read(VixDiskLibHandle h, VixDiskLibSectorType start, VixDiskLibSectorType count, uint8_t *buf) {
 	struct disk *d = h;
 	if (!d || !buf) return VIX_E_INVALID_ARG;
-	return io(d, start, count, buf, 0);
+	ENTER(d);
+	VixError err = io(d, start, count, buf, 0);
+	leave(&d->busy);
+	return err;
 }
 
 VixError VixDiskLib_Write(VixDiskLibHandle h, VixDiskLibSectorType start, VixDiskLibSectorType count, const uint8_t *buf) {
 	struct disk *d = h;
 	if (!d || !buf) return VIX_E_INVALID_ARG;
 	if (d->readOnly) return VIX_E_FILE_READ_ONLY;
-	return io(d, start, count, (uint8_t *)buf, 1);
+	ENTER(d);
+	VixError err = io(d, start, count, (uint8_t *)buf, 1);
+	leave(&d->busy);
+	return err;
+}
+
+static VixError queue(VixDiskLibHandle h, VixDiskLibSectorType start, VixDiskLibSectorType count,
+                      uint8_t *buf, int write, VixDiskLibCompletionCB cb, void *data) {
+	struct disk *d = h;
+	if (!d || !buf || !cb) return VIX_E_INVALID_ARG;
+	ENTER(d);
+	VixError err = VIX_ASYNC;
+	if (d->queued == (int)(sizeof d->queue / sizeof d->queue[0]))
+		err = VIX_E_FAIL;
+	else
+		d->queue[d->queued++] = (struct pending){start, count, buf, write, cb, data};
+	leave(&d->busy);
+	return err;
 }
 
 VixError VixDiskLib_ReadAsync(VixDiskLibHandle h, VixDiskLibSectorType start, VixDiskLibSectorType count,
                               uint8_t *buf, VixDiskLibCompletionCB cb, void *data) {
-	struct disk *d = h;
-	if (!d || !buf || !cb) return VIX_E_INVALID_ARG;
-	if (d->queued == (int)(sizeof d->queue / sizeof d->queue[0])) return VIX_E_FAIL;
-	d->queue[d->queued++] = (struct pending){start, count, buf, cb, data};
-	return VIX_ASYNC;
+	return queue(h, start, count, buf, 0, cb, data);
 }
 
+VixError VixDiskLib_WriteAsync(VixDiskLibHandle h, VixDiskLibSectorType start, VixDiskLibSectorType count,
+                               const uint8_t *buf, VixDiskLibCompletionCB cb, void *data) {
+	return queue(h, start, count, (uint8_t *)buf, 1, cb, data);
+}
+
+/* Wait completes the queued requests; a read-only disk's writes fail
+ * there, in their callbacks, as a server's refusal would. */
 VixError VixDiskLib_Wait(VixDiskLibHandle h) {
 	struct disk *d = h;
 	if (!d) return VIX_E_INVALID_ARG;
+	ENTER(d);
 	for (int i = 0; i < d->queued; i++) {
 		struct pending *p = &d->queue[i];
-		p->cb(p->data, io(d, p->start, p->count, p->buf, 0));
+		VixError err = p->write && d->readOnly ? VIX_E_FILE_READ_ONLY : io(d, p->start, p->count, p->buf, p->write);
+		p->cb(p->data, err);
 	}
 	d->queued = 0;
+	leave(&d->busy);
 	return VIX_OK;
 }
 
@@ -208,6 +273,7 @@ VixError VixDiskLib_QueryAllocatedBlocks(VixDiskLibHandle h, VixDiskLibSectorTyp
 	if (chunk < VIXDISKLIB_MIN_CHUNK_SIZE || (chunk & (chunk - 1)) != 0) return VIX_E_INVALID_ARG;
 	if (start % chunk || count % chunk || count / chunk > VIXDISKLIB_MAX_CHUNK_NUMBER) return VIX_E_INVALID_ARG;
 	if (start + count > d->sectors) return VIX_E_INVALID_ARG;
+	ENTER(d);
 	off_t pos = start * VIXDISKLIB_SECTOR_SIZE, end = (start + count) * VIXDISKLIB_SECTOR_SIZE;
 	off_t cb = chunk * VIXDISKLIB_SECTOR_SIZE;
 	uint32_t n = 0, cap = 16;
@@ -234,6 +300,7 @@ VixError VixDiskLib_QueryAllocatedBlocks(VixDiskLibHandle h, VixDiskLibSectorTyp
 	}
 	l->numBlocks = n;
 	*out = l;
+	leave(&d->busy);
 	return VIX_OK;
 }
 
@@ -248,6 +315,7 @@ char *VixDiskLib_GetErrorText(VixError err, const char *locale) {
 	case VIX_E_FAIL: t = "Unknown error"; break;
 	case VIX_E_INVALID_ARG: t = "One of the parameters was invalid"; break;
 	case VIX_E_FILE_NOT_FOUND: t = "The file was not found"; break;
+	case VIX_E_OBJECT_IS_BUSY: t = "The object is busy"; break;
 	case VIX_E_NOT_SUPPORTED: t = "The operation is not supported"; break;
 	case VIX_E_FILE_READ_ONLY: t = "The file is write-protected"; break;
 	default: t = "Unknown error code";
