@@ -16,6 +16,7 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/nbd"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/vsphere/vcsimtest"
+	"github.com/vmware/govmomi/vim25/types"
 )
 
 // TestBackupRestoreAndExport backs an FCD snapshot up into a repository,
@@ -32,10 +33,11 @@ func TestBackupRestoreAndExport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	snapID, err := p.Snapshot(ctx, nil)
-	if err != nil {
+	kv := []types.KeyValue{{Key: "app", Value: "billing"}}
+	if err := p.(*entity).setKeyValues(ctx, kv); err != nil {
 		t.Fatal(err)
 	}
+	snapID := s.snapshot(p)
 	snap, err := s.tm.Get(ctx, snapID)
 	if err != nil {
 		t.Fatal(err)
@@ -69,6 +71,9 @@ func TestBackupRestoreAndExport(t *testing.T) {
 	}
 	if !bytes.Equal(readAll(t, restored), raw) {
 		t.Error("the FCD restored from the repository differs from the snapshot")
+	}
+	if got, err := restored.(*entity).keyValues(ctx); err != nil || len(got) != 1 || got[0] != kv[0] {
+		t.Errorf("restored key/value metadata %v %v, want %v", got, err, kv)
 	}
 
 	m, err := pe.NewManager(s.tm)

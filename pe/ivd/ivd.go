@@ -11,18 +11,20 @@
 package ivd
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
 	"github.com/vmware/govmomi/vslm"
+	vslmmethods "github.com/vmware/govmomi/vslm/methods"
+	vslmtypes "github.com/vmware/govmomi/vslm/types"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/vsphere"
@@ -243,11 +245,43 @@ func (e *entity) SnapshotInfo(ctx context.Context, snapshot string) (pe.Info, er
 
 func (e *entity) Components(ctx context.Context) ([]pe.ProtectedEntity, error) { return nil, nil }
 
-// Metadata is the FCD's VStorageObject as JSON.
+// Metadata is the FCD's VStorageObject as JSON, with its key/value
+// metadata (of the snapshot, for a snapshot) as "keyValueMetadata".
 func (e *entity) Metadata(ctx context.Context) (io.ReadCloser, error) {
-	b, err := json.MarshalIndent(e.obj, "", "  ")
+	kv, err := e.keyValues(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("metadata of %s: %w", e.id, err)
+	}
+	b, err := json.MarshalIndent(struct {
+		*types.VStorageObject
+		KeyValueMetadata []types.KeyValue `json:"keyValueMetadata,omitempty"`
+	}{e.obj, kv}, "", "  ")
 	if err != nil {
 		return nil, err
 	}
-	return io.NopCloser(strings.NewReader(string(b))), nil
+	return io.NopCloser(bytes.NewReader(b)), nil
+}
+
+// keyValues reads the FCD's key/value metadata. vCenter serves it only
+// through its storage lifecycle (vslm) endpoint; a server without one has
+// none to give.
+func (e *entity) keyValues(ctx context.Context) ([]types.KeyValue, error) {
+	c, err := e.tm.s.Client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	vc, err := vslm.NewClient(ctx, c.Client)
+	if err != nil {
+		e.tm.s.Log.Warn("no vslm endpoint: FCD key/value metadata left out", "id", e.id, "err", err)
+		return nil, nil
+	}
+	req := vslmtypes.VslmRetrieveVStorageObjectMetadata{This: vc.ServiceContent.VStorageObjectManager, Id: types.ID{Id: e.id.Name()}}
+	if e.id.HasSnapshot() {
+		req.SnapshotId = &types.ID{Id: e.id.Snapshot()}
+	}
+	res, err := vslmmethods.VslmRetrieveVStorageObjectMetadata(ctx, vc, &req)
+	if err != nil {
+		return nil, fmt.Errorf("key/value metadata: %w", err)
+	}
+	return res.Returnval, nil
 }

@@ -3,13 +3,16 @@ package ivd
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
-	"io"
 	"os/exec"
 	"strings"
 	"testing"
 
+	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/methods"
+	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/vsphere"
@@ -62,17 +65,40 @@ func TestOnVcsim(t *testing.T) {
 	if n := dataBytes(t, p); n != 2<<20 {
 		t.Errorf("allocated %d bytes, want 2 MiB", n)
 	}
-	md, _ := p.Metadata(ctx)
-	mb, _ := io.ReadAll(md)
-	if !strings.Contains(string(mb), uuid) {
-		t.Errorf("metadata: %.200s", mb)
-	}
-
-	// Snapshots: create, list, info, delete (twice: gone is done).
-	snap, err := p.Snapshot(ctx, nil)
+	// Metadata: the VStorageObject and its key/value metadata, which
+	// vCenter gives through its vslm endpoint.
+	c := s.tm.mustClient(t)
+	task, err := methods.VCenterUpdateVStorageObjectMetadataEx_Task(ctx, c.Client, &types.VCenterUpdateVStorageObjectMetadataEx_Task{
+		This: *c.ServiceContent.VStorageObjectManager, Id: types.ID{Id: uuid}, Datastore: s.DS.Reference(),
+		Metadata: []types.KeyValue{{Key: "cns.tag", Value: "pvc-7"}, {Key: "app", Value: "db"}},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := object.NewTask(c.Client, task.Returnval).Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	md, err := p.Metadata(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var meta struct {
+		Config struct {
+			Id   types.ID `json:"id"`
+			Name string   `json:"name"`
+		} `json:"config"`
+		KeyValueMetadata []types.KeyValue `json:"keyValueMetadata"`
+	}
+	if err := json.NewDecoder(md).Decode(&meta); err != nil {
+		t.Fatal(err)
+	}
+	md.Close()
+	if meta.Config.Id.Id != uuid || meta.Config.Name != "disk1" || len(meta.KeyValueMetadata) != 2 || meta.KeyValueMetadata[0] != (types.KeyValue{Key: "cns.tag", Value: "pvc-7"}) {
+		t.Errorf("metadata %+v", meta)
+	}
+
+	// Snapshots: create, list, info, delete (twice: gone is done).
+	snap := s.snapshot(p)
 	snaps, err := p.ListSnapshots(ctx)
 	if err != nil || len(snaps) != 1 || snaps[0] != snap {
 		t.Fatalf("snapshots %v %v", snaps, err)
@@ -114,10 +140,7 @@ func TestSnapshotData(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	snap, err := p.Snapshot(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	snap := s.snapshot(p)
 	// Write into the live disk, which is now the snapshot's delta.
 	live, err := s.tm.Get(ctx, id)
 	if err != nil {
@@ -172,10 +195,7 @@ func TestRestore(t *testing.T) {
 	idb, _ := pe.NewID(Type, s.createFCD("b", b, "monolithicFlat"))
 	idBig, _ := pe.NewID(Type, s.createFCD("big", big, "monolithicSparse"))
 	pa, _ := s.tm.Get(ctx, ida)
-	snap, err := pa.Snapshot(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	snap := s.snapshot(pa)
 	src, _ := s.tm.Get(ctx, snap)
 
 	var prog progressCount

@@ -2,8 +2,12 @@ package ivd
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vim25/methods"
 	"github.com/vmware/govmomi/vim25/types"
 	"github.com/vmware/govmomi/vslm"
 
@@ -90,6 +94,9 @@ func (tm *TypeManager) createNew(ctx context.Context, src pe.ProtectedEntity, pr
 	if err == nil {
 		err = tm.s.Access.Write(ctx, c, ref, img, true, progress)
 	}
+	if err == nil {
+		err = e.setKeyValues(ctx, sourceKeyValues(ctx, src))
+	}
 	if err != nil {
 		// A half-written disk is worse than none.
 		if t, derr := m.Delete(context.WithoutCancel(ctx), ds, obj.Config.Id.Id); derr == nil {
@@ -133,4 +140,45 @@ func (e *entity) overwrite(ctx context.Context, src pe.ProtectedEntity, progress
 		return err
 	}
 	return e.tm.s.Access.Write(ctx, c, ref, img, false, progress)
+}
+
+// sourceKeyValues is the key/value metadata of an FCD source (live, in a
+// snapshot, or backed up), or none for other sources.
+func sourceKeyValues(ctx context.Context, src pe.ProtectedEntity) []types.KeyValue {
+	if src.ID().Type() != Type {
+		return nil
+	}
+	md, err := src.Metadata(ctx)
+	if err != nil {
+		return nil
+	}
+	defer md.Close()
+	var m struct {
+		KeyValueMetadata []types.KeyValue `json:"keyValueMetadata"`
+	}
+	if json.NewDecoder(io.LimitReader(md, 16<<20)).Decode(&m) != nil {
+		return nil
+	}
+	return m.KeyValueMetadata
+}
+
+// setKeyValues gives the FCD key/value metadata.
+func (e *entity) setKeyValues(ctx context.Context, kv []types.KeyValue) error {
+	if len(kv) == 0 {
+		return nil
+	}
+	c, err := e.tm.s.Client(ctx)
+	if err != nil {
+		return err
+	}
+	res, err := methods.VCenterUpdateVStorageObjectMetadataEx_Task(ctx, c.Client, &types.VCenterUpdateVStorageObjectMetadataEx_Task{
+		This: *c.ServiceContent.VStorageObjectManager, Id: types.ID{Id: e.id.Name()}, Datastore: e.ds.Reference(), Metadata: kv,
+	})
+	if err == nil {
+		err = object.NewTask(c.Client, res.Returnval).Wait(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("key/value metadata of %s: %w", e.id, err)
+	}
+	return nil
 }

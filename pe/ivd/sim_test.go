@@ -1,22 +1,23 @@
 package ivd
 
 import (
+	// The vslm endpoint, for FCD key/value metadata.
 	"context"
 	"fmt"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	_ "github.com/vmware/govmomi/vslm/simulator"
+
 	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
-	"github.com/vmware/govmomi/vim25/methods"
-	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 	"github.com/vmware/govmomi/vslm"
 
+	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/vsphere/vcsimtest"
 )
 
@@ -30,6 +31,9 @@ var (
 type sim struct {
 	*vcsimtest.Sim
 	tm *TypeManager
+
+	mu      sync.Mutex
+	details map[string]string // snapshot id → datastore path of its backing
 }
 
 func startSim(t testing.TB) *sim {
@@ -40,8 +44,9 @@ func startSim(t testing.TB) *sim {
 		t.Fatal(err)
 	}
 	tm.s.RetryDelay = 10 * time.Millisecond
-	installSnapshotModel(vs.Model, vs.Dir)
-	return &sim{Sim: vs, tm: tm}
+	s := &sim{Sim: vs, tm: tm, details: map[string]string{}}
+	vs.Answer("RetrieveSnapshotDetails", s.retrieveSnapshotDetails)
+	return s
 }
 
 // createFCD makes an FCD and writes raw into its backing as a VMDK of the
@@ -68,68 +73,50 @@ func (s *sim) createFCD(name string, raw []byte, subformat string) string {
 	return obj.Config.Id.Id
 }
 
-// snapshotModel makes the simulator's FCD snapshots behave as vSphere's
-// do on the datastore, which vcsim (govmomi v0.56) does not model: taking
-// a snapshot freezes the current backing file and gives the FCD a new
-// delta disk on top of it (made with qemu-img, so the delta chain is a
-// real VMDK one), and RetrieveSnapshotDetails, which vcsim does not have,
-// names the frozen file.
-type snapshotModel struct {
-	*simulator.VcenterVStorageObjectManager
-	dir string
-
-	mu      sync.Mutex
-	details map[string]string // snapshot id → datastore path of its backing
-}
-
-func installSnapshotModel(model *simulator.Model, dir string) {
-	// Registry.VStorageObjectManager asserts the original type, which the
-	// simulator does only when attaching FCDs to VMs: not done here.
-	reg := model.Map()
-	orig := reg.VStorageObjectManager()
-	reg.Put(&snapshotModel{VcenterVStorageObjectManager: orig, dir: dir, details: map[string]string{}})
-}
-
-func (m *snapshotModel) VStorageObjectCreateSnapshotTask(ctx *simulator.Context, req *types.VStorageObjectCreateSnapshot_Task) soap.HasFault {
-	task := simulator.CreateTask(m, "createSnapshot", func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
-		obj := m.Catalog()[req.Datastore][req.Id]
-		if obj == nil {
-			return nil, new(types.InvalidArgument)
-		}
-		b := obj.Config.Backing.(*types.BaseConfigInfoDiskFileBackingInfo)
-		var p object.DatastorePath
-		p.FromString(b.FilePath)
-		n := len(obj.Snapshots) + 1
-		delta := fmt.Sprintf("%s/%s-%06d.vmdk", filepath.Dir(p.Path), req.Id.Id, n)
-		if err := vcsimtest.MakeDelta(filepath.Join(m.dir, filepath.Dir(p.Path)), filepath.Base(p.Path), filepath.Base(delta)); err != nil {
-			return nil, &types.FileFault{File: err.Error()}
-		}
-		sid := types.ID{Id: fmt.Sprintf("snap-%s-%d", req.Id.Id[:8], n)}
-		m.mu.Lock()
-		m.details[sid.Id] = b.FilePath
-		m.mu.Unlock()
-		b.FilePath = (&object.DatastorePath{Datastore: p.Datastore, Path: delta}).String()
-		obj.Snapshots = append(obj.Snapshots, types.VStorageObjectSnapshotInfoVStorageObjectSnapshot{
-			Id: &sid, BackingObjectId: sid.Id, CreateTime: time.Now(), Description: req.Description,
-		})
-		return sid, nil
-	})
-	return &methods.VStorageObjectCreateSnapshot_TaskBody{
-		Res: &types.VStorageObjectCreateSnapshot_TaskResponse{Returnval: task.Run(ctx)},
+// snapshot takes a snapshot of an FCD through the PE, then does on the
+// datastore what vSphere does and vcsim (govmomi v0.56) does not: the
+// current backing file is frozen as the snapshot's and the FCD gets a new
+// delta disk on top of it (made with qemu-img, so the chain is a real VMDK
+// one). RetrieveSnapshotDetails, which vcsim lacks, is answered from what
+// this records.
+func (s *sim) snapshot(p pe.ProtectedEntity) pe.ID {
+	s.T.Helper()
+	id, err := p.Snapshot(context.Background(), nil)
+	if err != nil {
+		s.T.Fatal(err)
 	}
+	var obj *simulator.VStorageObject
+	for _, objs := range s.Model.Map().VStorageObjectManager().Catalog() {
+		if o := objs[types.ID{Id: id.Name()}]; o != nil {
+			obj = o
+		}
+	}
+	if obj == nil {
+		s.T.Fatalf("%s is not in the simulator's catalog", id)
+	}
+	b := obj.Config.Backing.(*types.BaseConfigInfoDiskFileBackingInfo)
+	var path object.DatastorePath
+	path.FromString(b.FilePath)
+	delta := fmt.Sprintf("%s/%s-%06d.vmdk", filepath.Dir(path.Path), id.Name(), len(obj.Snapshots))
+	if err := vcsimtest.MakeDelta(filepath.Join(s.Dir, filepath.Dir(path.Path)), filepath.Base(path.Path), filepath.Base(delta)); err != nil {
+		s.T.Fatal(err)
+	}
+	s.mu.Lock()
+	s.details[id.Snapshot()] = b.FilePath
+	s.mu.Unlock()
+	b.FilePath = (&object.DatastorePath{Datastore: path.Datastore, Path: delta}).String()
+	return id
 }
 
-func (m *snapshotModel) RetrieveSnapshotDetails(ctx *simulator.Context, req *types.RetrieveSnapshotDetails) soap.HasFault {
-	body := new(methods.RetrieveSnapshotDetailsBody)
-	m.mu.Lock()
-	p, ok := m.details[req.SnapshotId.Id]
-	m.mu.Unlock()
-	if !ok || !strings.Contains(req.SnapshotId.Id, req.Id.Id[:8]) {
-		body.Fault_ = simulator.Fault("", &types.NotFound{})
-		return body
+func (s *sim) retrieveSnapshotDetails(req any) (any, types.BaseMethodFault) {
+	r := req.(*types.RetrieveSnapshotDetails)
+	s.mu.Lock()
+	p, ok := s.details[r.SnapshotId.Id]
+	s.mu.Unlock()
+	if !ok {
+		return nil, &types.NotFound{}
 	}
-	body.Res = &types.RetrieveSnapshotDetailsResponse{Returnval: types.VStorageObjectSnapshotDetails{Path: p}}
-	return body
+	return types.VStorageObjectSnapshotDetails{Path: p}, nil
 }
 
 func (tm *TypeManager) mustClient(t testing.TB) *govmomi.Client {

@@ -57,6 +57,8 @@ func Start(t testing.TB) *Sim {
 	t.Cleanup(model.Remove)
 	// Over TLS, as vCenter: VDDK's thumbprint check needs a certificate.
 	model.Service.TLS = new(tls.Config)
+	// Endpoints besides vim25 (vslm, when its simulator is imported).
+	model.Service.RegisterEndpoints = true
 	srv := model.Service.NewServer()
 	t.Cleanup(srv.Close)
 	s := &Sim{T: t, Model: model, answers: map[string]AnswerFunc{}}
