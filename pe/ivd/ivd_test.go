@@ -305,3 +305,55 @@ func TestRetries(t *testing.T) {
 		t.Errorf("fault stats %v: want delete tried once, snapshot 5 times", st)
 	}
 }
+
+// TestRestoreOnSameVCenter restores an FCD snapshot of the same vCenter
+// with CreateDiskFromSnapshot: no bytes through the appliance.
+func TestRestoreOnSameVCenter(t *testing.T) {
+	requireTool(t, "qemu-io", "qemu-utils")
+	s := startSim(t)
+	s.Answer("CreateDiskFromSnapshot_Task", s.createDiskFromSnapshot)
+	ctx := context.Background()
+	raw := randomDisk(16<<20, 1<<20, 2<<20)
+	id, _ := pe.NewID(Type, s.createFCD("web", raw, "monolithicSparse"))
+	p, err := s.tm.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv := []types.KeyValue{{Key: "tier", Value: "gold"}}
+	if err := p.(*entity).setKeyValues(ctx, kv); err != nil {
+		t.Fatal(err)
+	}
+	snap := s.snapshot(p)
+	live, _ := s.tm.Get(ctx, id)
+	if out, err := exec.Command("qemu-io", "-f", "vmdk", "-c", "write -P 0x11 1M 1M", s.Local(mustRef(t, live).Path)).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io: %v\n%s", err, out)
+	}
+	sp, err := s.tm.Get(ctx, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var prog progressCount
+	restored, err := s.tm.Copy(ctx, sp, pe.CopyOptions{Mode: pe.CreateNew, Progress: &prog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.fromSnapshot != 1 {
+		t.Errorf("CreateDiskFromSnapshot called %d times, want once", s.fromSnapshot)
+	}
+	if restored.ID() == id || prog.done != 16<<20 {
+		t.Errorf("restored %s, progress %+v", restored.ID(), prog)
+	}
+	fresh, err := s.tm.Get(ctx, restored.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := fresh.Info(ctx); info.Name != "web" {
+		t.Errorf("restored info %+v", info)
+	}
+	if !bytes.Equal(readAll(t, fresh), raw) {
+		t.Error("the disk created from the snapshot differs from it")
+	}
+	if got, err := fresh.(*entity).keyValues(ctx); err != nil || len(got) != 1 || got[0] != kv[0] {
+		t.Errorf("key/value metadata %v %v, want %v", got, err, kv)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"github.com/vmware/govmomi/vslm"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/vsphere"
 )
 
 // Copy implements pe.TypeManager. create_new makes a new FCD on the
@@ -21,6 +22,12 @@ import (
 func (tm *TypeManager) Copy(ctx context.Context, src pe.ProtectedEntity, opts pe.CopyOptions) (pe.ProtectedEntity, error) {
 	switch opts.Mode {
 	case pe.CreateNew:
+		if e, ok, err := tm.createFromSnapshot(ctx, src, opts.Progress); ok || err != nil {
+			if err != nil {
+				return nil, fmt.Errorf("copy %s (%s): %w", src.ID(), opts.Mode, err)
+			}
+			return e, nil
+		}
 		e, err := tm.createNew(ctx, src, opts.Progress)
 		if err != nil {
 			return nil, fmt.Errorf("copy %s (%s): %w", src.ID(), opts.Mode, err)
@@ -43,6 +50,60 @@ func (tm *TypeManager) Copy(ctx context.Context, src pe.ProtectedEntity, opts pe
 		return nil, fmt.Errorf("copy %s (create): vCenter chooses FCD ids; use create_new, or update an existing FCD: %w", src.ID(), pe.ErrNotSupported)
 	}
 	return nil, fmt.Errorf("copy %s: invalid copy mode %v", src.ID(), opts.Mode)
+}
+
+// createFromSnapshot restores a snapshot of an FCD of the same vCenter
+// with CreateDiskFromSnapshot, which moves no bytes through us. ok is false
+// when it does not apply: another source, a restore datastore other than
+// the snapshot's, or a vCenter without the call.
+func (tm *TypeManager) createFromSnapshot(ctx context.Context, src pe.ProtectedEntity, progress pe.Progress) (e *entity, ok bool, err error) {
+	se, isFCD := src.(*entity)
+	if !isFCD || !se.id.HasSnapshot() || se.tm.s.Config.VCenter != tm.s.Config.VCenter {
+		return nil, false, nil
+	}
+	if tm.s.Config.Datastore != "" && tm.s.Config.Datastore != se.ds.Name() {
+		return nil, false, nil
+	}
+	info, err := src.Info(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	c, err := tm.s.Client(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	res, err := methods.CreateDiskFromSnapshot_Task(ctx, c.Client, &types.CreateDiskFromSnapshot_Task{
+		This: *c.ServiceContent.VStorageObjectManager, Id: types.ID{Id: se.id.Name()}, Datastore: se.ds.Reference(),
+		SnapshotId: types.ID{Id: se.id.Snapshot()}, Name: info.Name,
+	})
+	if vsphere.IsFault[*types.MethodNotFound](err) || vsphere.IsFault[*types.NotSupported](err) {
+		tm.s.Log.Info("vCenter cannot create a disk from a snapshot; copying the bytes", "snapshot", se.id, "err", err)
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, true, fmt.Errorf("create a disk from %s: %w", se.id, err)
+	}
+	tr, err := object.NewTask(c.Client, res.Returnval).WaitForResult(ctx, nil)
+	if err != nil {
+		return nil, true, fmt.Errorf("create a disk from %s: %w", se.id, err)
+	}
+	obj, isObj := tr.Result.(types.VStorageObject)
+	if !isObj {
+		return nil, true, fmt.Errorf("create a disk from %s: task returned %T", se.id, tr.Result)
+	}
+	id, err := pe.NewID(Type, obj.Config.Id.Id)
+	if err != nil {
+		return nil, true, err
+	}
+	e = &entity{tm: tm, id: id, ds: se.ds, obj: &obj}
+	if err := e.setKeyValues(ctx, sourceKeyValues(ctx, src)); err != nil {
+		return nil, true, err
+	}
+	if progress != nil {
+		progress.Start(info.Size)
+		progress.Add(info.Size)
+	}
+	return e, true, nil
 }
 
 // createNew makes an FCD as large as src's data and fills it; on failure

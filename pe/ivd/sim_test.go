@@ -4,6 +4,7 @@ import (
 	// The vslm endpoint, for FCD key/value metadata.
 	"context"
 	"fmt"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -32,8 +33,9 @@ type sim struct {
 	*vcsimtest.Sim
 	tm *TypeManager
 
-	mu      sync.Mutex
-	details map[string]string // snapshot id → datastore path of its backing
+	mu           sync.Mutex
+	details      map[string]string // snapshot id → datastore path of its backing
+	fromSnapshot int               // CreateDiskFromSnapshot calls answered
 }
 
 func startSim(t testing.TB) *sim {
@@ -126,4 +128,45 @@ func (tm *TypeManager) mustClient(t testing.TB) *govmomi.Client {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// createDiskFromSnapshot answers CreateDiskFromSnapshot_Task, which vcsim
+// lacks, as vSphere does: a new FCD on the snapshot's datastore holding the
+// snapshot's bytes. It makes the FCD through the simulator itself, fills
+// its backing with qemu-img, and returns the simulator's (finished) task.
+func (s *sim) createDiskFromSnapshot(req any) (any, types.BaseMethodFault) {
+	r := req.(*types.CreateDiskFromSnapshot_Task)
+	s.mu.Lock()
+	p, ok := s.details[r.SnapshotId.Id]
+	s.fromSnapshot++
+	s.mu.Unlock()
+	var capMB int64
+	for _, objs := range s.Model.Map().VStorageObjectManager().Catalog() {
+		if o := objs[r.Id]; o != nil {
+			capMB = o.Config.CapacityInMB
+		}
+	}
+	if !ok || capMB == 0 {
+		return nil, &types.NotFound{}
+	}
+	ctx := context.Background()
+	task, err := vslm.NewObjectManager(s.Client.Client).CreateDisk(ctx, types.VslmCreateSpec{
+		Name: r.Name, CapacityInMB: capMB,
+		BackingSpec: &types.VslmCreateSpecDiskFileBackingSpec{
+			VslmCreateSpecBackingSpec: types.VslmCreateSpecBackingSpec{Datastore: r.Datastore},
+		},
+	})
+	if err != nil {
+		return nil, &types.FileFault{File: err.Error()}
+	}
+	res, err := task.WaitForResult(ctx, nil)
+	if err != nil {
+		return nil, &types.FileFault{File: err.Error()}
+	}
+	backing := res.Result.(types.VStorageObject).Config.Backing.(*types.BaseConfigInfoDiskFileBackingInfo).FilePath
+	out, err := exec.Command("qemu-img", "convert", "-f", "vmdk", "-O", "vmdk", "-o", "subformat=monolithicFlat", s.Local(p), s.Local(backing)).CombinedOutput()
+	if err != nil {
+		return nil, &types.FileFault{File: fmt.Sprintf("qemu-img: %v %s", err, out)}
+	}
+	return task.Reference(), nil
 }
