@@ -78,8 +78,7 @@ func createVM(t *testing.T, s *vcsimtest.Sim, name string, disks ...[]byte) *obj
 	}
 	vm := object.NewVirtualMachine(s.Client.Client, res.Result.(types.ManagedObjectReference))
 	// The content goes into files of its own that the disks are then
-	// pointed at: vcsim may still touch the disk files it created (seen
-	// once, under load, as a torn descriptor).
+	// pointed at, leaving vcsim's own disk files as it made them.
 	for i, d := range vmDisks(t, vm) {
 		sub := "monolithicSparse"
 		if i%2 == 1 {

@@ -160,7 +160,14 @@ type parsed struct {
 // parseDescriptor reads a text descriptor and opens its extents.
 func parseDescriptor(open Opener, name string, desc []byte, embedded *sparseExtent) (parsed, error) {
 	d := parsed{Disk: &Disk{}}
-	sc := bufio.NewScanner(bytes.NewReader(bytes.TrimRight(desc, "\x00")))
+	// The text ends at the first NUL. What follows may be the tail of an
+	// older, longer descriptor: qemu rewrites the embedded descriptor in
+	// place when it updates the CID, and a shorter CID leaves the old
+	// text's last bytes behind the terminator.
+	if i := bytes.IndexByte(desc, 0); i >= 0 {
+		desc = desc[:i]
+	}
+	sc := bufio.NewScanner(bytes.NewReader(desc))
 	var pos int64
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())

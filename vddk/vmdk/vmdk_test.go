@@ -145,3 +145,37 @@ func TestCorrupt(t *testing.T) {
 		t.Error("garbage was accepted")
 	}
 }
+
+// TestDescriptorTail reads a sparse disk whose embedded descriptor has
+// bytes after its terminating NUL, as qemu leaves when it rewrites the
+// descriptor with a shorter CID (about one image in sixteen).
+func TestDescriptorTail(t *testing.T) {
+	dir := t.TempDir()
+	raw, want := rawDisk(t, dir)
+	p := filepath.Join(dir, "disk.vmdk")
+	qemuImg(t, "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicSparse", raw, p)
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	region := make([]byte, 20*512)
+	if _, err := f.ReadAt(region, 512); err != nil {
+		t.Fatal(err)
+	}
+	end := bytes.IndexByte(region, 0)
+	if end < 0 {
+		t.Fatal("no NUL after the embedded descriptor")
+	}
+	if _, err := f.WriteAt([]byte("\x00\x007\"\nddb.toolsVersion = \"0\"\n"), int64(512+end)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	d, err := OpenFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if got := readAll(t, d); !bytes.Equal(got, want) {
+		t.Error("content differs")
+	}
+}
