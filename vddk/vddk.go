@@ -49,16 +49,12 @@ func (d vmdkDisk) Allocated(ctx context.Context) ([]Range, error) {
 	if err != nil {
 		return nil, err
 	}
+	// vmdk merges neighbours of a kind: allocated extents never touch.
 	var out []Range
 	for _, e := range exts {
-		if !e.Allocated {
-			continue
+		if e.Allocated {
+			out = append(out, Range{Offset: e.Offset, Length: e.Length})
 		}
-		if n := len(out); n > 0 && out[n-1].Offset+out[n-1].Length == e.Offset {
-			out[n-1].Length += e.Length
-			continue
-		}
-		out = append(out, Range{Offset: e.Offset, Length: e.Length})
 	}
 	return out, nil
 }

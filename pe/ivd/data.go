@@ -18,15 +18,11 @@ func (e *entity) Data(ctx context.Context) (pe.Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("data of %s: %w", e.id, err)
 	}
-	c, err := e.tm.s.Client(ctx)
-	if err != nil {
-		return nil, err
-	}
-	d, err := e.tm.s.Access.Open(ctx, c, ref)
+	img, err := e.tm.s.OpenImage(ctx, ref)
 	if err != nil {
 		return nil, fmt.Errorf("data of %s: %w", e.id, err)
 	}
-	return vsphere.NewImage(d), nil
+	return img, nil
 }
 
 // diskRef names the disk behind e: the FCD's backing, or its snapshot's.

@@ -59,7 +59,7 @@ func (tm *TypeManager) Type() string { return Type }
 
 // datastores lists the datacenter's datastores.
 func (tm *TypeManager) datastores(ctx context.Context) (*govmomi.Client, []*object.Datastore, error) {
-	c, f, err := tm.s.Finder(ctx)
+	c, _, f, err := tm.s.Finder(ctx)
 	if err != nil {
 		return nil, nil, err
 	}

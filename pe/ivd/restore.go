@@ -153,7 +153,7 @@ func (tm *TypeManager) createNew(ctx context.Context, src pe.ProtectedEntity, pr
 	e := &entity{tm: tm, id: id, ds: ds, obj: &obj}
 	ref, err := e.diskRef(ctx)
 	if err == nil {
-		err = tm.s.Access.Write(ctx, c, ref, img, true, progress)
+		err = tm.s.WriteDisk(ctx, ref, img, true, progress)
 	}
 	if err == nil {
 		err = e.setKeyValues(ctx, sourceKeyValues(ctx, src))
@@ -192,15 +192,11 @@ func (e *entity) overwrite(ctx context.Context, src pe.ProtectedEntity, progress
 	if capacity := e.obj.Config.CapacityInMB << 20; img.Size() > capacity {
 		return fmt.Errorf("the source's %d bytes do not fit %s's %d; extend the FCD first", img.Size(), e.id, capacity)
 	}
-	c, err := e.tm.s.Client(ctx)
-	if err != nil {
-		return err
-	}
 	ref, err := e.diskRef(ctx)
 	if err != nil {
 		return err
 	}
-	return e.tm.s.Access.Write(ctx, c, ref, img, false, progress)
+	return e.tm.s.WriteDisk(ctx, ref, img, false, progress)
 }
 
 // sourceKeyValues is the key/value metadata of an FCD source (live, in a

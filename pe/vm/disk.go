@@ -72,18 +72,14 @@ func (d *disk) Data(ctx context.Context) (pe.Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("data of %s: %w", d.ID(), err)
 	}
-	c, err := d.vm.tm.s.Client(ctx)
-	if err != nil {
-		return nil, err
-	}
-	dd, err := d.vm.tm.s.Access.Open(ctx, c, ref)
+	img, err := d.vm.tm.s.OpenImage(ctx, ref)
 	if err != nil {
 		return nil, fmt.Errorf("data of %s: %w", d.ID(), err)
 	}
 	if d.vm.snap == nil {
-		return vsphere.NewImage(dd), nil
+		return img, nil
 	}
-	return &changeTrackedImage{Image: vsphere.NewImage(dd), d: d}, nil
+	return &changeTrackedImage{Image: img, d: d}, nil
 }
 
 func (d *disk) diskRef(ctx context.Context) (vsphere.DiskRef, error) {
@@ -101,7 +97,7 @@ func diskRefOf(ctx context.Context, s *vsphere.Session, dev *types.VirtualDisk, 
 	if !p.FromString(name) {
 		return vsphere.DiskRef{}, fmt.Errorf("disk %d: backing %q is not a datastore path", dev.Key, name)
 	}
-	_, f, err := s.Finder(ctx)
+	_, _, f, err := s.Finder(ctx)
 	if err != nil {
 		return vsphere.DiskRef{}, err
 	}

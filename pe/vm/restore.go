@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/mo"
@@ -43,7 +42,7 @@ func (tm *TypeManager) createNew(ctx context.Context, src pe.ProtectedEntity, pr
 	if err != nil {
 		return nil, err
 	}
-	c, f, err := tm.s.Finder(ctx)
+	c, _, f, err := tm.s.Finder(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -243,10 +242,6 @@ func (tm *TypeManager) fillDisks(ctx context.Context, vm *object.VirtualMachine,
 		progress.Start(total)
 		progress = startless{progress}
 	}
-	c, err := tm.s.Client(ctx)
-	if err != nil {
-		return nil, err
-	}
 	for _, d := range hw.Disks {
 		ctl := oldCtl[d.ControllerKey]
 		target := findDisk(devices, ctl, d.UnitNumber)
@@ -257,7 +252,7 @@ func (tm *TypeManager) fillDisks(ctx context.Context, vm *object.VirtualMachine,
 		if err != nil {
 			return nil, err
 		}
-		if err := writeDisk(ctx, tm.s, c, ref, comps[d.Key], progress); err != nil {
+		if err := writeDisk(ctx, tm.s, ref, comps[d.Key], progress); err != nil {
 			return nil, fmt.Errorf("disk %d: %w", d.Key, err)
 		}
 	}
@@ -268,13 +263,13 @@ func (tm *TypeManager) fillDisks(ctx context.Context, vm *object.VirtualMachine,
 	return tm.Get(ctx, id)
 }
 
-func writeDisk(ctx context.Context, s *vsphere.Session, c *govmomi.Client, ref vsphere.DiskRef, src pe.ProtectedEntity, progress pe.Progress) error {
+func writeDisk(ctx context.Context, s *vsphere.Session, ref vsphere.DiskRef, src pe.ProtectedEntity, progress pe.Progress) error {
 	img, err := src.Data(ctx)
 	if err != nil {
 		return fmt.Errorf("%w: data of %s: %w", pe.ErrInvalidSource, src.ID(), err)
 	}
 	defer img.Close()
-	return s.Access.Write(ctx, c, ref, img, true, progress)
+	return s.WriteDisk(ctx, ref, img, true, progress)
 }
 
 // findDisk finds the disk at unit on the controller of ctl's type and bus.

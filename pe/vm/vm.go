@@ -64,7 +64,7 @@ var vmProps = []string{"name", "config", "snapshot"}
 // List implements pe.TypeManager: the datacenter's VMs, templates
 // included.
 func (tm *TypeManager) List(ctx context.Context) ([]pe.ID, error) {
-	c, f, err := tm.s.Finder(ctx)
+	c, _, f, err := tm.s.Finder(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -132,11 +132,7 @@ func (tm *TypeManager) Get(ctx context.Context, id pe.ID) (pe.ProtectedEntity, e
 
 // findVM finds a VM by instance uuid and reads its properties.
 func (tm *TypeManager) findVM(ctx context.Context, uuid string) (*entity, error) {
-	c, f, err := tm.s.Finder(ctx)
-	if err != nil {
-		return nil, err
-	}
-	dc, err := f.DatacenterOrDefault(ctx, tm.s.Config.Datacenter)
+	c, dc, _, err := tm.s.Finder(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -247,21 +247,29 @@ func TestLoadErrors(t *testing.T) {
 	}
 }
 
+// connectFake loads the stand-in library and connects to a VM, both
+// closed when the test ends.
+func connectFake(t *testing.T) *Conn {
+	t.Helper()
+	l, err := Load(buildFake(t), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	c, err := l.Connect(context.Background(), ConnectParams{Server: "vc", User: "u", Password: "p", VM: "vm-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // TestConcurrentOpen: disks opened and closed from several goroutines at
 // once reach VDDK one at a time, as it requires; the stand-in fails
 // calls that overlap.
 func TestConcurrentOpen(t *testing.T) {
 	ctx := context.Background()
-	l, err := Load(buildFake(t), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	c, err := l.Connect(ctx, ConnectParams{Server: "vc", User: "u", Password: "p", VM: "vm-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := connectFake(t)
 	path, want := sparseFile(t)
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -294,16 +302,7 @@ func TestConcurrentOpen(t *testing.T) {
 // its last partial chunk allocated, as VDDK cannot be asked about it.
 func TestOddSize(t *testing.T) {
 	ctx := context.Background()
-	l, err := Load(buildFake(t), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	c, err := l.Connect(ctx, ConnectParams{Server: "vc", User: "u", Password: "p", VM: "vm-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := connectFake(t)
 	path := filepath.Join(t.TempDir(), "odd.raw")
 	size := int64(1<<20 + 3*512)
 	if err := os.WriteFile(path, nil, 0o644); err != nil {

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
@@ -133,25 +134,49 @@ func (s *Session) Client(ctx context.Context) (*govmomi.Client, error) {
 	return c, nil
 }
 
-// Finder returns a client and a finder set to the configured datacenter.
-func (s *Session) Finder(ctx context.Context) (*govmomi.Client, *find.Finder, error) {
+// Finder returns a client, the configured datacenter and a finder set to
+// it.
+func (s *Session) Finder(ctx context.Context) (*govmomi.Client, *object.Datacenter, *find.Finder, error) {
 	c, err := s.Client(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	f := find.NewFinder(c.Client)
 	dc, err := f.DatacenterOrDefault(ctx, s.Config.Datacenter)
 	if err != nil {
-		return nil, nil, fmt.Errorf("datacenter: %w", err)
+		return nil, nil, nil, fmt.Errorf("datacenter: %w", err)
 	}
 	f.SetDatacenter(dc)
-	return c, f, nil
+	return c, dc, f, nil
+}
+
+// OpenImage opens the disk ref names, read-only, as a pe.Image.
+func (s *Session) OpenImage(ctx context.Context, ref DiskRef) (pe.Image, error) {
+	c, err := s.Client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	d, err := s.Access.Open(ctx, c, ref)
+	if err != nil {
+		return nil, err
+	}
+	return NewImage(d), nil
+}
+
+// WriteDisk makes the disk ref names hold src's bytes (see
+// DiskAccess.Write).
+func (s *Session) WriteDisk(ctx context.Context, ref DiskRef, src pe.Image, fresh bool, progress pe.Progress) error {
+	c, err := s.Client(ctx)
+	if err != nil {
+		return err
+	}
+	return s.Access.Write(ctx, c, ref, src, fresh, progress)
 }
 
 // RestoreDatastore is the configured datastore, or the datacenter's only
 // one.
 func (s *Session) RestoreDatastore(ctx context.Context) (*object.Datastore, error) {
-	_, f, err := s.Finder(ctx)
+	_, _, f, err := s.Finder(ctx)
 	if err != nil {
 		return nil, err
 	}
