@@ -17,6 +17,10 @@ var (
 	ErrNoMetadata    = errors.New("PE has no metadata")
 	ErrNotSupported  = errors.New("not supported")
 	ErrInvalidSource = errors.New("invalid source")
+	// ErrLimit is returned when a copy would pass a configured bound
+	// (expansion of untrusted input, free space on the target); what the
+	// copy wrote is removed.
+	ErrLimit = errors.New("limit exceeded")
 )
 
 // Params are type-specific parameters of snapshot and copy requests, keyed by
@@ -122,6 +126,28 @@ type CopyOptions struct {
 	Name     string
 	Params   Params
 	Progress Progress // may be nil
+	// KeepPrivileges restores what grants privilege — owners,
+	// setuid/setgid bits, file capabilities, trusted.* and security.*
+	// xattrs, device nodes — even from an untrusted source (see
+	// Untrusted). It is an administrator's explicit choice; callers log it.
+	// From trusted sources these are always restored.
+	KeepPrivileges bool
+	// MaxExpansion bounds the bytes a copy from an untrusted source may
+	// write, as a multiple of the source's stored (compressed) size;
+	// 0 means DefaultMaxExpansion, negative means no bound.
+	MaxExpansion int
+}
+
+// DefaultMaxExpansion is CopyOptions.MaxExpansion's default.
+const DefaultMaxExpansion = 100
+
+// Untrusted reports whether p comes from outside the appliance (an
+// uploaded zip, a zip named on the command line): restoring it must not
+// grant privileges unless CopyOptions.KeepPrivileges says so. A PE is
+// trusted unless it says otherwise through an Untrusted() bool method.
+func Untrusted(p ProtectedEntity) bool {
+	u, ok := p.(interface{ Untrusted() bool })
+	return ok && u.Untrusted()
 }
 
 // AddProgress reports n bytes to p if p is set.
