@@ -97,7 +97,8 @@ func readCert(path string) (*x509.Certificate, error) {
 func generated(c *x509.Certificate) bool {
 	return slices.Equal(c.Subject.Organization, []string{certOrg}) &&
 		strings.HasPrefix(c.Subject.CommonName, "astrolabe appliance") &&
-		c.CheckSignatureFrom(c) == nil
+		// Self-signed (CheckSignatureFrom refuses a leaf as a parent).
+		c.CheckSignature(c.SignatureAlgorithm, c.RawTBSCertificate, c.Signature) == nil
 }
 
 // certProblem says why a generated certificate must be made again, or "".
