@@ -94,6 +94,7 @@ const (
 	tokenFile = "api-token"
 	stateFile = "state.json"
 	tlsDir    = "tls"
+	s3TempDir = "tmp"
 )
 
 // Run serves until ctx is cancelled, then drains and returns.
@@ -179,7 +180,13 @@ func Run(ctx context.Context, opts Options) error {
 		if generated {
 			ep.S3Keys = &keys
 		}
-		s3h, err = s3export.New(s3export.Config{Manager: m, AccessKey: keys.AccessKey, SecretKey: keys.SecretKey, Logger: log})
+		// Uploads and built zips in the config directory: the appliance's
+		// own (0700), not /tmp shared with other appliances on the host.
+		tmp := filepath.Join(opts.ConfigDir, s3TempDir)
+		if err := os.MkdirAll(tmp, 0o700); err != nil {
+			return fmt.Errorf("S3 temporary directory: %w", err)
+		}
+		s3h, err = s3export.New(s3export.Config{Manager: m, AccessKey: keys.AccessKey, SecretKey: keys.SecretKey, Logger: log, TempDir: tmp})
 		if err != nil {
 			return err
 		}

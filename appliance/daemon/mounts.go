@@ -142,15 +142,33 @@ func (s *mountService) apiPath(asked string) (string, error) {
 	if !under(p, s.root) {
 		return "", fmt.Errorf("mount %s: API mounts must be under the appliance's mount root (serve --mount-root): %w", asked, pe.ErrInvalidSource)
 	}
+	// A symlink inside the root must not lead out of it: check the part
+	// that exists before making the rest.
+	if !s.resolvesUnder(p) {
+		return "", fmt.Errorf("mount %s: leads out of the mount root: %w", asked, pe.ErrInvalidSource)
+	}
 	if err := os.MkdirAll(p, 0o755); err != nil {
 		return "", fmt.Errorf("mount %s: cannot make the directory: %s: %w", asked, redact.Error(err), pe.ErrInvalidSource)
 	}
-	// A symlink inside the root must not lead out of it.
 	real, err := filepath.EvalSymlinks(p)
 	if err != nil || !under(real, s.root) {
 		return "", fmt.Errorf("mount %s: leads out of the mount root: %w", asked, pe.ErrInvalidSource)
 	}
 	return real, nil
+}
+
+// resolvesUnder reports whether the longest existing prefix of p, with its
+// symlinks resolved, is the root or under it.
+func (s *mountService) resolvesUnder(p string) bool {
+	for q := p; ; q = filepath.Dir(q) {
+		real, err := filepath.EvalSymlinks(q)
+		if err == nil {
+			return real == s.root || under(real, s.root)
+		}
+		if !errors.Is(err, os.ErrNotExist) || q == filepath.Dir(q) {
+			return false
+		}
+	}
 }
 
 // checkPath refuses a mountpoint outside the root, or one that is not an
