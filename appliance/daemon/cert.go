@@ -26,19 +26,14 @@ import (
 // were put there by the administrator and are used as they are.
 const certOrg = "Astrolabe"
 
-// ensureCert is ensureCertLogged with the default logger.
-func ensureCert(dir string, addrs ...net.Addr) (certFile, keyFile string, err error) {
-	return ensureCertLogged(slog.Default(), dir, addrs...)
-}
-
-// ensureCertLogged returns the appliance's certificate and key in dir. On first
+// ensureCert returns the appliance's certificate and key in dir. On first
 // start it generates a self-signed leaf certificate (not a CA: it can sign
 // nothing) for this host's names and addresses and the listeners'
 // addresses; clients trust it by pinning the file as their only root. A
 // certificate the appliance generated earlier is generated again, with a
 // new key, when it is a CA (as before issue 22) or lacks one of those
 // names; a configured pair is used as it is.
-func ensureCertLogged(log *slog.Logger, dir string, addrs ...net.Addr) (certFile, keyFile string, err error) {
+func ensureCert(log *slog.Logger, dir string, addrs ...net.Addr) (certFile, keyFile string, err error) {
 	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	dns, ips := certNames(addrs)
 	old, err := readCert(certFile)

@@ -28,7 +28,7 @@ func loopbackAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), P
 // clients that pin it as their only root accept it.
 func TestCertLeaf(t *testing.T) {
 	dir := t.TempDir()
-	certFile, keyFile, err := ensureCertLogged(quiet(), dir, loopbackAddr(), &net.TCPAddr{IP: net.IPv4zero, Port: 9000})
+	certFile, keyFile, err := ensureCert(quiet(), dir, loopbackAddr(), &net.TCPAddr{IP: net.IPv4zero, Port: 9000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestCertCARegenerated(t *testing.T) {
 	oldCert(t, dir, certOrg)
 	oldKey, _ := os.ReadFile(filepath.Join(dir, "key.pem"))
 	var logs bytes.Buffer
-	certFile, _, err := ensureCertLogged(slog.New(slog.NewTextHandler(&logs, nil)), dir, loopbackAddr())
+	certFile, _, err := ensureCert(slog.New(slog.NewTextHandler(&logs, nil)), dir, loopbackAddr())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,12 +142,12 @@ func TestCertCARegenerated(t *testing.T) {
 	}
 	// Stable from then on.
 	before, _ := os.ReadFile(certFile)
-	ensureCertLogged(quiet(), dir, loopbackAddr())
+	ensureCert(quiet(), dir, loopbackAddr())
 	if after, _ := os.ReadFile(certFile); !bytes.Equal(before, after) {
 		t.Error("a good certificate was generated again")
 	}
 	// A listener on a new address: generated again with it and the old names.
-	ensureCertLogged(quiet(), dir, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2), Port: 1})
+	ensureCert(quiet(), dir, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2), Port: 1})
 	c, _ = readCert(certFile)
 	if c.VerifyHostname("127.0.0.2") != nil || c.VerifyHostname("127.0.0.1") != nil {
 		t.Errorf("SANs after a new address: %v", c.IPAddresses)
@@ -159,7 +159,7 @@ func TestCertConfiguredKept(t *testing.T) {
 	dir := t.TempDir()
 	oldCert(t, dir, "Example Corp")
 	before, _ := os.ReadFile(filepath.Join(dir, "cert.pem"))
-	if _, _, err := ensureCertLogged(quiet(), dir, loopbackAddr()); err != nil {
+	if _, _, err := ensureCert(quiet(), dir, loopbackAddr()); err != nil {
 		t.Fatal(err)
 	}
 	if after, _ := os.ReadFile(filepath.Join(dir, "cert.pem")); !bytes.Equal(before, after) {

@@ -208,7 +208,7 @@ func Run(ctx context.Context, opts Options) error {
 				addrs = append(addrs, l.Addr())
 			}
 		}
-		certFile, keyFile, err := ensureCertLogged(log, filepath.Join(opts.ConfigDir, tlsDir), addrs...)
+		certFile, keyFile, err := ensureCert(log, filepath.Join(opts.ConfigDir, tlsDir), addrs...)
 		if err != nil {
 			return err
 		}
