@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
@@ -11,6 +12,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/astrolabe-appliance/astrolabe/api"
@@ -254,4 +256,20 @@ func mustID(t *testing.T, s string) pe.ID {
 		t.Fatal(err)
 	}
 	return id
+}
+
+func TestStatusOfRefusedInput(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want int
+	}{
+		{fmt.Errorf("copy: %w", pe.ErrLimit), http.StatusRequestEntityTooLarge},
+		{fmt.Errorf("copy: %w", pe.ErrInvalidSource), http.StatusBadRequest},
+		{fmt.Errorf("get: %w", syscall.ENAMETOOLONG), http.StatusBadRequest},
+		{fmt.Errorf("nexus: %w", tasks.ErrTooMany), http.StatusTooManyRequests},
+	} {
+		if got := statusOf(tc.err); got != tc.want {
+			t.Errorf("%v: %d, want %d", tc.err, got, tc.want)
+		}
+	}
 }
