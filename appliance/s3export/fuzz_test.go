@@ -172,6 +172,9 @@ func FuzzChunked(f *testing.F) {
 	f.Add([]byte("3;chunk-signature=00\r\nabc\r\n0;chunk-signature=00\r\nx-amz-checksum-crc32:AAAA\r\n\r\n"), []byte("x"), uint16(0), uint16(9))
 	f.Add([]byte("-1\r\n"), []byte("data"), uint16(64), uint16(100))
 	f.Fuzz(func(t *testing.T, body, data []byte, chunk, flip uint16) {
+		// Small inputs keep the fuzzer fast: a megabyte in one-byte
+		// chunks is a million signatures and tests nothing more.
+		data = data[:min(len(data), 64<<10)]
 		for _, s := range []*signedRequest{nil, sig} {
 			n, _ := io.Copy(io.Discard, io.LimitReader(newChunkedReader(bytes.NewReader(body), s), 1<<20))
 			if n > int64(len(body)) {
