@@ -150,9 +150,11 @@ type MountRequest struct {
 	// Force Mount over a directory that is not empty, hiding its content.
 	Force *bool `json:"force,omitempty"`
 
-	// Path An existing, empty directory under the appliance's mount root
-	// (`astrolabe serve --mount-root`); a path outside it is refused
-	// with 400.
+	// Path A directory under the appliance's mount root (`astrolabe serve
+	// --mount-root`, default mounts/ in its config directory):
+	// absolute, or relative to the root. It is made if missing and
+	// must be empty unless force is set. A path outside the root,
+	// also through a symlink, is refused with 400.
 	Path string `json:"path"`
 }
 
