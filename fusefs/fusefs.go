@@ -64,7 +64,8 @@ func Mount(m pe.Manager, dir string, opts Options) (*fuse.Server, error) {
 	if err := checkMountpoint(dir); err != nil {
 		return nil, err
 	}
-	root := &rootNode{fsys: &fsys{m: m, log: opts.Logger}}
+	self := owner{uid: uint32(os.Getuid()), gid: uint32(os.Getgid()), perm: 0o400}
+	root := &rootNode{fsys: &fsys{m: m, log: opts.Logger, ownerOnly: self}}
 	stable, zero := stableTimeout, time.Duration(0)
 	srv, err := fs.Mount(dir, root, &fs.Options{
 		EntryTimeout:    &stable,
@@ -145,6 +146,9 @@ func unescapeMount(s string) string {
 type fsys struct {
 	m   pe.Manager
 	log *slog.Logger
+	// ownerOnly is the owner of data whose own owner is unknown: the
+	// safe default is the mounting user (the appliance's: root) alone.
+	ownerOnly owner
 }
 
 // eio logs an error met while serving a request and answers EIO: the
@@ -183,10 +187,6 @@ type owner struct {
 	uid, gid uint32
 	perm     uint32 // permission bits only: no setuid, setgid or sticky
 }
-
-// rootOnly is the owner of data whose own owner is unknown: the safe
-// default is the appliance's user (root) alone.
-var rootOnly = owner{perm: 0o400}
 
 // everyone is the owner of what describes a snapshot without its content
 // (info.json).
@@ -492,7 +492,7 @@ func (n *snapNode) image(ctx context.Context) (pe.Image, error) {
 
 // dataOwner is the owner and mode of the snapshot's data: those of the
 // file that holds it, where one does (a disk snapshot's image, which the
-// disk type keeps 0600), else root alone. A PE type whose data is not a
+// disk type keeps 0600), else the mounting user alone (0400). A PE type whose data is not a
 // local file (ivd, vm, repository snapshots) says nothing about who may
 // read it, so only the appliance's user may.
 func (n *snapNode) dataOwner(ctx context.Context, img pe.Image) owner {
@@ -501,7 +501,7 @@ func (n *snapNode) dataOwner(ctx context.Context, img pe.Image) owner {
 	if n.owner != nil {
 		return *n.owner
 	}
-	o := rootOnly
+	o := n.fsys.ownerOnly
 	if b, ok := img.(pe.BackingFiler); ok && img.Size() > 0 {
 		if f, err := b.OpenBacking(ctx, 0, img.Size()); err == nil {
 			if fi, err := f.Stat(); err == nil {
@@ -591,7 +591,7 @@ func (n *snapNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 			return nil, n.fsys.eio("metadata of "+n.p.ID().String(), err)
 		}
 		// Metadata says what the data holds: it is guarded as the data.
-		o := rootOnly
+		o := n.fsys.ownerOnly
 		if img, err := n.image(ctx); err == nil {
 			o = n.dataOwner(ctx, img)
 		}

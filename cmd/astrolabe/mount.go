@@ -22,7 +22,7 @@ SIGINT/SIGTERM it unmounts (lazily if something still uses the mount).
 With --repo it mounts the snapshots in that backup repository instead,
 read straight from it (nothing is restored first).
 Files show the owners and modes of the PE (a disk snapshot's data those
-of its image file; root-only 0400 where a PE type keeps no file, such as
+of its image file; the mounting user only, 0400, where a PE type keeps no file, such as
 repository snapshots) and the kernel checks them, so --allow-other lets
 other users read only what they could read of the PE itself.
 Needs /dev/fuse (root, or fuse3 with user_allow_other for --allow-other).`,
