@@ -46,7 +46,8 @@ unit:
 	$(GO) test -count=1 -tags vddk $(VDDK_PKGS)
 
 # Seconds of fuzzing per target in CI; `make fuzz-long` for a real run.
-FUZZ_TARGETS := pe:FuzzParseID pe:FuzzOpenZip nbd:FuzzHandshake nbd:FuzzRequests
+FUZZ_TARGETS := pe:FuzzParseID pe:FuzzOpenZip nbd:FuzzHandshake nbd:FuzzRequests \
+	appliance/s3export:FuzzS3Request appliance/s3export:FuzzSigV4 appliance/s3export:FuzzChunked
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t#*:}; \

@@ -98,7 +98,15 @@ type ComponentSpec struct {
 
 // CopyParameters defines model for CopyParameters.
 type CopyParameters struct {
-	CopyParams          *OperationParamList `json:"copyParams,omitempty"`
+	CopyParams *OperationParamList `json:"copyParams,omitempty"`
+
+	// KeepPrivileges Restore what grants privilege (owners, setuid/setgid bits, file
+	// capabilities, trusted.* and security.* xattrs, device nodes)
+	// even when the source is untrusted (an uploaded zip). Trusted
+	// sources (the appliance's own snapshots, repository snapshots)
+	// are always restored whole. An administrator's explicit choice;
+	// the appliance logs every request that sets it.
+	KeepPrivileges      *bool               `json:"keepPrivileges,omitempty"`
 	ProtectedEntityInfo ProtectedEntityInfo `json:"protectedEntityInfo"`
 }
 
@@ -135,8 +143,19 @@ type Mount struct {
 
 // MountRequest defines model for MountRequest.
 type MountRequest struct {
-	AllowOther *bool  `json:"allowOther,omitempty"`
-	Path       string `json:"path"`
+	// AllowOther Let users other than the appliance's see the tree. Files keep
+	// their owners and modes and the kernel checks them.
+	AllowOther *bool `json:"allowOther,omitempty"`
+
+	// Force Mount over a directory that is not empty, hiding its content.
+	Force *bool `json:"force,omitempty"`
+
+	// Path A directory under the appliance's mount root (`astrolabe serve
+	// --mount-root`, default mounts/ in its config directory):
+	// absolute, or relative to the root. It is made if missing and
+	// must be empty unless force is set. A path outside the root,
+	// also through a symlink, is refused with 400.
+	Path string `json:"path"`
 }
 
 // NBDExport defines model for NBDExport.
@@ -289,7 +308,7 @@ type ListRepositorySnapshotsParams struct {
 
 // WaitTaskNexusParams defines parameters for WaitTaskNexus.
 type WaitTaskNexusParams struct {
-	// WaitTime Milliseconds to wait for a task to finish (at most 60000)
+	// WaitTime Milliseconds to wait for a task to finish; longer waits are cut to 60000
 	WaitTime int64 `form:"waitTime" json:"waitTime"`
 
 	// LastFinishedNS The finished time of the last task this client saw finish on the

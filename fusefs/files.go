@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	iofs "io/fs"
 	"os"
 	"path"
 	"sort"
@@ -28,9 +29,8 @@ type rangeFile struct {
 	off, size int64
 	mtime     time.Time
 	name      string // for log lines
-	// Attributes of tree files; zero values mean read-only root-owned.
-	mode     uint32
-	uid, gid uint32
+	snap      pe.ID  // the snapshot it is of
+	owner     owner
 }
 
 var (
@@ -41,11 +41,7 @@ var (
 )
 
 func (f *rangeFile) attr(out *fuse.Attr) {
-	staticFileAttr(out, f.size, f.mtime)
-	if f.mode != 0 {
-		out.Mode = syscall.S_IFREG | f.mode
-	}
-	out.Uid, out.Gid = f.uid, f.gid
+	staticFileAttr(out, f.size, f.mtime, f.owner)
 }
 
 func (f *rangeFile) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -73,9 +69,17 @@ func (f *rangeFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR) != 0 {
 		return nil, 0, syscall.EROFS
 	}
+	// The kernel keeps the nodes of a snapshot deleted since: its files
+	// are gone (ENOENT), even where an image opened earlier could still
+	// be read.
+	if _, err := f.fsys.m.Get(ctx, f.snap); err != nil {
+		return nil, 0, f.fsys.eio("open "+f.name, err)
+	}
 	if b, ok := f.img.(pe.BackingFiler); ok && f.size > 0 {
 		if file, err := b.OpenBacking(ctx, f.off, f.size); err == nil {
 			return &passthrough{file}, 0, 0
+		} else if errors.Is(err, iofs.ErrNotExist) {
+			return nil, 0, syscall.ENOENT
 		} else if !errors.Is(err, pe.ErrNotSupported) {
 			f.fsys.log.Warn("fuse: no passthrough", "file", f.name, "err", err)
 		}
@@ -135,6 +139,8 @@ type partitionsDir struct {
 	img   pe.Image
 	mtime time.Time
 	name  string
+	snap  pe.ID
+	owner owner // of the disk's data, which its partitions are
 }
 
 var (
@@ -180,7 +186,7 @@ func (d *partitionsDir) Lookup(ctx context.Context, name string, out *fuse.Entry
 	}
 	for _, p := range ps {
 		if fmt.Sprintf("p%d", p.Number) == name {
-			f := &rangeFile{fsys: d.fsys, img: d.img, off: p.Start, size: p.Size, mtime: d.mtime, name: d.name + "/" + name}
+			f := &rangeFile{fsys: d.fsys, img: d.img, off: p.Start, size: p.Size, mtime: d.mtime, name: d.name + "/" + name, snap: d.snap, owner: d.owner}
 			f.attr(&out.Attr)
 			return d.NewInode(ctx, f, fs.StableAttr{Mode: syscall.S_IFREG}), 0
 		}
@@ -237,6 +243,7 @@ type treeDir struct {
 	dir   string
 	mtime time.Time
 	entry *pe.TOCEntry // nil for the root and implied directories
+	snap  pe.ID
 }
 
 var (
@@ -302,7 +309,7 @@ func (d *treeDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	}
 	full := path.Join(d.dir, name)
 	if i < 0 {
-		child := &treeDir{fsys: d.fsys, img: d.img, tree: d.tree, dir: full, mtime: d.mtime}
+		child := &treeDir{fsys: d.fsys, img: d.img, tree: d.tree, dir: full, mtime: d.mtime, snap: d.snap}
 		child.attr(&out.Attr)
 		return d.NewInode(ctx, child, fs.StableAttr{Mode: syscall.S_IFDIR}), 0
 	}
@@ -317,7 +324,7 @@ func (d *treeDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	}
 	switch {
 	case e.Mode.IsDir():
-		child := &treeDir{fsys: d.fsys, img: d.img, tree: d.tree, dir: full, mtime: d.mtime, entry: e}
+		child := &treeDir{fsys: d.fsys, img: d.img, tree: d.tree, dir: full, mtime: d.mtime, entry: e, snap: d.snap}
 		child.attr(&out.Attr)
 		return d.NewInode(ctx, child, fs.StableAttr{Mode: syscall.S_IFDIR}), 0
 	case e.Mode&os.ModeSymlink != 0:
@@ -327,14 +334,17 @@ func (d *treeDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		out.Attr.SetTimes(nil, &e.ModTime, &e.ModTime)
 		return d.NewInode(ctx, &fs.MemSymlink{Data: []byte(e.Linkname), Attr: out.Attr}, fs.StableAttr{Mode: syscall.S_IFLNK}), 0
 	case e.Mode.IsRegular():
-		f := &rangeFile{fsys: d.fsys, img: d.img, off: e.Offset, size: e.Size, mtime: e.ModTime, name: full,
-			mode: uint32(e.Mode.Perm()), uid: uint32(e.UID), gid: uint32(e.GID)}
+		// The file's own owner and mode, as in the PE: a file only its
+		// owner could read stays so (0000 stays 0000).
+		f := &rangeFile{fsys: d.fsys, img: d.img, off: e.Offset, size: e.Size, mtime: e.ModTime, name: full, snap: d.snap,
+			owner: owner{uid: uint32(e.UID), gid: uint32(e.GID), perm: uint32(e.Mode.Perm())}}
 		f.attr(&out.Attr)
 		return d.NewInode(ctx, f, fs.StableAttr{Mode: syscall.S_IFREG}), 0
 	}
 	// Devices and fifos are listed but not recreated: this is a view
 	// for reading files.
 	out.Attr.Mode = modeType(e.Mode) | uint32(e.Mode.Perm())
+	out.Attr.Uid, out.Attr.Gid = uint32(e.UID), uint32(e.GID)
 	out.Attr.SetTimes(nil, &e.ModTime, &e.ModTime)
 	return d.NewInode(ctx, &fs.Inode{}, fs.StableAttr{Mode: modeType(e.Mode)}), 0
 }

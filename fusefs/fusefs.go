@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	iofs "io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -63,7 +64,8 @@ func Mount(m pe.Manager, dir string, opts Options) (*fuse.Server, error) {
 	if err := checkMountpoint(dir); err != nil {
 		return nil, err
 	}
-	root := &rootNode{fsys: &fsys{m: m, log: opts.Logger}}
+	self := owner{uid: uint32(os.Getuid()), gid: uint32(os.Getgid()), perm: 0o400}
+	root := &rootNode{fsys: &fsys{m: m, log: opts.Logger, ownerOnly: self}}
 	stable, zero := stableTimeout, time.Duration(0)
 	srv, err := fs.Mount(dir, root, &fs.Options{
 		EntryTimeout:    &stable,
@@ -144,12 +146,17 @@ func unescapeMount(s string) string {
 type fsys struct {
 	m   pe.Manager
 	log *slog.Logger
+	// ownerOnly is the owner of data whose own owner is unknown: the
+	// safe default is the mounting user (the appliance's: root) alone.
+	ownerOnly owner
 }
 
 // eio logs an error met while serving a request and answers EIO: the
 // caller sees an I/O error, never a hang.
 func (f *fsys) eio(what string, err error) syscall.Errno {
-	if errors.Is(err, pe.ErrNotFound) {
+	// A snapshot deleted while the kernel still knows its nodes: its
+	// files are gone, which is ENOENT, not an I/O error.
+	if errors.Is(err, pe.ErrNotFound) || errors.Is(err, iofs.ErrNotExist) {
 		return syscall.ENOENT
 	}
 	if errors.Is(err, context.Canceled) {
@@ -173,9 +180,26 @@ func dirAttr(out *fuse.Attr) {
 	out.Nlink = 2
 }
 
+// owner is who may read a file: the kernel checks it (default_permissions)
+// against the caller, so that a mount other users see (allowOther) shows
+// them only what they could read of the PE itself.
+type owner struct {
+	uid, gid uint32
+	perm     uint32 // permission bits only: no setuid, setgid or sticky
+}
+
+// everyone is the owner of what describes a snapshot without its content
+// (info.json).
+var everyone = owner{perm: 0o444}
+
+func (o owner) set(out *fuse.Attr, typ uint32) {
+	out.Mode = typ | o.perm
+	out.Uid, out.Gid = o.uid, o.gid
+}
+
 // staticFileAttr describes a read-only regular file.
-func staticFileAttr(out *fuse.Attr, size int64, mtime time.Time) {
-	out.Mode = syscall.S_IFREG | 0o444
+func staticFileAttr(out *fuse.Attr, size int64, mtime time.Time, o owner) {
+	o.set(out, syscall.S_IFREG)
 	out.Size = uint64(size)
 	out.Nlink = 1
 	out.Blocks = (uint64(size) + 511) / 512
@@ -422,8 +446,9 @@ type snapNode struct {
 	p    pe.ProtectedEntity
 	info pe.Info
 
-	mu  sync.Mutex
-	img pe.Image
+	mu    sync.Mutex
+	img   pe.Image
+	owner *owner // of the data, once known
 }
 
 var (
@@ -463,6 +488,32 @@ func (n *snapNode) image(ctx context.Context) (pe.Image, error) {
 		n.img = img
 	}
 	return n.img, nil
+}
+
+// dataOwner is the owner and mode of the snapshot's data: those of the
+// file that holds it, where one does (a disk snapshot's image, which the
+// disk type keeps 0600), else the mounting user alone (0400). A PE type whose data is not a
+// local file (ivd, vm, repository snapshots) says nothing about who may
+// read it, so only the appliance's user may.
+func (n *snapNode) dataOwner(ctx context.Context, img pe.Image) owner {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.owner != nil {
+		return *n.owner
+	}
+	o := n.fsys.ownerOnly
+	if b, ok := img.(pe.BackingFiler); ok && img.Size() > 0 {
+		if f, err := b.OpenBacking(ctx, 0, img.Size()); err == nil {
+			if fi, err := f.Stat(); err == nil {
+				if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+					o = owner{uid: st.Uid, gid: st.Gid, perm: uint32(fi.Mode().Perm())}
+				}
+			}
+			f.Close()
+		}
+	}
+	n.owner = &o
+	return o
 }
 
 func (n *snapNode) OnForget() {
@@ -527,8 +578,8 @@ func (n *snapNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 			return nil, n.fsys.eio("info of "+n.p.ID().String(), err)
 		}
 		b = append(b, '\n')
-		staticFileAttr(&out.Attr, int64(len(b)), mtime)
-		return n.NewInode(ctx, &bytesFile{data: b, mtime: mtime}, fs.StableAttr{Mode: syscall.S_IFREG}), 0
+		staticFileAttr(&out.Attr, int64(len(b)), mtime, everyone)
+		return n.NewInode(ctx, &bytesFile{data: b, mtime: mtime, owner: everyone}, fs.StableAttr{Mode: syscall.S_IFREG}), 0
 	case "metadata":
 		rc, err := n.p.Metadata(ctx)
 		if err != nil {
@@ -539,8 +590,13 @@ func (n *snapNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		if err != nil {
 			return nil, n.fsys.eio("metadata of "+n.p.ID().String(), err)
 		}
-		staticFileAttr(&out.Attr, int64(len(b)), mtime)
-		return n.NewInode(ctx, &bytesFile{data: b, mtime: mtime}, fs.StableAttr{Mode: syscall.S_IFREG}), 0
+		// Metadata says what the data holds: it is guarded as the data.
+		o := n.fsys.ownerOnly
+		if img, err := n.image(ctx); err == nil {
+			o = n.dataOwner(ctx, img)
+		}
+		staticFileAttr(&out.Attr, int64(len(b)), mtime, o)
+		return n.NewInode(ctx, &bytesFile{data: b, mtime: mtime, owner: o}, fs.StableAttr{Mode: syscall.S_IFREG}), 0
 	}
 	img, err := n.image(ctx)
 	if err != nil {
@@ -548,7 +604,8 @@ func (n *snapNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	}
 	switch name {
 	case "data":
-		f := &rangeFile{fsys: n.fsys, img: img, off: 0, size: img.Size(), mtime: mtime, name: n.p.ID().String()}
+		f := &rangeFile{fsys: n.fsys, img: img, off: 0, size: img.Size(), mtime: mtime, name: n.p.ID().String(),
+			snap: n.p.ID(), owner: n.dataOwner(ctx, img)}
 		f.attr(&out.Attr)
 		return n.NewInode(ctx, f, fs.StableAttr{Mode: syscall.S_IFREG}), 0
 	case "files":
@@ -557,11 +614,11 @@ func (n *snapNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 			return nil, n.fsys.eio("table of contents of "+n.p.ID().String(), err)
 		}
 		t := newTree(toc)
-		d := &treeDir{fsys: n.fsys, img: img, tree: t, dir: "", mtime: mtime}
+		d := &treeDir{fsys: n.fsys, img: img, tree: t, dir: "", mtime: mtime, snap: n.p.ID()}
 		d.attr(&out.Attr)
 		return n.NewInode(ctx, d, fs.StableAttr{Mode: syscall.S_IFDIR}), 0
 	case "partitions":
-		d := &partitionsDir{fsys: n.fsys, img: img, mtime: mtime, name: n.p.ID().String()}
+		d := &partitionsDir{fsys: n.fsys, img: img, mtime: mtime, name: n.p.ID().String(), snap: n.p.ID(), owner: n.dataOwner(ctx, img)}
 		dirAttr(&out.Attr)
 		return n.NewInode(ctx, d, fs.StableAttr{Mode: syscall.S_IFDIR}), 0
 	}
@@ -573,6 +630,7 @@ type bytesFile struct {
 	fs.Inode
 	data  []byte
 	mtime time.Time
+	owner owner
 }
 
 var (
@@ -582,7 +640,7 @@ var (
 )
 
 func (f *bytesFile) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	staticFileAttr(&out.Attr, int64(len(f.data)), f.mtime)
+	staticFileAttr(&out.Attr, int64(len(f.data)), f.mtime, f.owner)
 	return 0
 }
 

@@ -3,12 +3,15 @@ package fusefs
 import (
 	"bytes"
 	"crypto/sha256"
+	"errors"
 	"io"
 	"io/fs"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -233,4 +236,114 @@ func mounted(t *testing.T, dir string) bool {
 	t.Helper()
 	b, _ := os.ReadFile("/proc/self/mountinfo")
 	return strings.Contains(string(b), " "+dir+" ")
+}
+
+// mountShared mounts m with allowOther in a directory every user can
+// reach (t.TempDir is 0700), so that only the mount's own modes decide.
+func mountShared(t *testing.T, m pe.Manager) string {
+	t.Helper()
+	needFUSE(t)
+	parent, err := os.MkdirTemp("", "fusefs-shared-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(parent) })
+	mnt := filepath.Join(parent, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil || os.Chmod(parent, 0o755) != nil {
+		t.Fatal(err)
+	}
+	srv, err := Mount(m, mnt, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), AllowOther: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := Unmount(srv, mnt); err != nil {
+			t.Errorf("unmount: %v", err)
+		}
+		srv.Wait()
+	})
+	return mnt
+}
+
+// asNobody runs cat of path as the user nobody and returns its output.
+func asNobody(t *testing.T, path string) (string, error) {
+	t.Helper()
+	if _, err := exec.LookPath("runuser"); err != nil {
+		t.Fatal("runuser missing: install util-linux")
+	}
+	out, err := exec.Command("runuser", "-u", "nobody", "--", "cat", path).CombinedOutput()
+	return string(out), err
+}
+
+// With allowOther, other users see the tree but read only what the PE
+// would let them: a disk snapshot's data is its image's (0600 root), a
+// file of an fs snapshot keeps its own mode, and the kernel checks.
+func TestSecurityAllowOtherKeepsModes(t *testing.T) {
+	f := newFixture(t)
+	src := filepath.Join(f.dir, "fs", "sample")
+	// A private file in the fs PE, snapshotted.
+	if err := os.WriteFile(filepath.Join(src, "secret.txt"), []byte("secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(src, "README.txt"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fsSnap := testpe.Snapshot(t, f.m, "fs:sample")
+	mnt := mountShared(t, f.m)
+	sd := snapDir(mnt, f.dskSnap)
+
+	// nobody reaches the mount: info.json is for everyone.
+	if out, err := asNobody(t, filepath.Join(sd, "info.json")); err != nil || !strings.Contains(out, f.dskSnap.String()) {
+		t.Fatalf("nobody reads info.json: %v %s", err, out)
+	}
+	for _, p := range []string{filepath.Join(sd, "data"), filepath.Join(sd, "partitions", "p1"), filepath.Join(snapDir(mnt, fsSnap), "files", "secret.txt")} {
+		out, err := asNobody(t, p)
+		if err == nil || !strings.Contains(out, "Permission denied") {
+			t.Errorf("nobody read %s: %v %q", p, err, out)
+		}
+	}
+	if out, err := asNobody(t, filepath.Join(snapDir(mnt, fsSnap), "files", "README.txt")); err != nil {
+		t.Errorf("nobody cannot read a 0644 file: %v %s", err, out)
+	}
+	fi, err := os.Stat(filepath.Join(sd, "data"))
+	if err != nil || fi.Mode().Perm() != 0o600 || fi.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Errorf("data: %v %v, want 0600 root", fi.Mode(), err)
+	}
+	// Root, the owner, reads.
+	if b, err := os.ReadFile(filepath.Join(sd, "data")); err != nil || len(b) == 0 {
+		t.Errorf("root reads data: %d bytes, %v", len(b), err)
+	}
+	if b, err := os.ReadFile(filepath.Join(snapDir(mnt, fsSnap), "files", "secret.txt")); err != nil || string(b) != "secret\n" {
+		t.Errorf("root reads secret.txt: %q %v", b, err)
+	}
+}
+
+// A snapshot deleted while the kernel still knows its nodes gives ENOENT,
+// not EIO.
+func TestDeletedSnapshotENOENT(t *testing.T) {
+	f := newFixture(t)
+	mnt := mount(t, f.m)
+	data := filepath.Join(snapDir(mnt, f.dskSnap), "data")
+	file := filepath.Join(snapDir(mnt, f.fsSnap), "files", "README.txt")
+	for _, p := range []string{data, file} {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := t.Context()
+	for _, id := range []pe.ID{f.dskSnap, f.fsSnap} {
+		p, err := f.m.Get(ctx, id.Base())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.DeleteSnapshot(ctx, id.Snapshot()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range []string{data, file} {
+		_, err := os.ReadFile(p)
+		if !errors.Is(err, syscall.ENOENT) {
+			t.Errorf("read %s of a deleted snapshot: %v, want ENOENT", p, err)
+		}
+	}
 }

@@ -8,6 +8,7 @@ package daemon
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
@@ -43,8 +44,14 @@ type Options struct {
 	APIAddr   string
 	S3Addr    string
 	NBDAddr   string
-	// MountDir, if set, gets a FUSE mount of all PEs at start.
+	// MountDir, if set, gets a FUSE mount of all PEs at start. The
+	// operator chose it: it may be anywhere.
 	MountDir string
+	// MountRoot is the directory API mounts must be under (default
+	// <ConfigDir>/mounts, made at start).
+	MountRoot string
+	// HTTP bounds the API's and the S3 data path's connections.
+	HTTP HTTPLimits
 	// InsecureHTTP serves the API without TLS; only on loopback.
 	InsecureHTTP bool
 	// Token is the API bearer token; empty means the stored or a new one.
@@ -74,6 +81,11 @@ type Endpoints struct {
 	CertFile string
 }
 
+// DefaultMountRoot is where API mounts go, in the config directory: it is
+// the appliance's own, lasts across restarts (mounts are restored) and
+// differs between appliances on one host.
+const DefaultMountRoot = "mounts"
+
 // DefaultDrain is how long running tasks may finish at shutdown.
 const DefaultDrain = 30 * time.Second
 
@@ -82,6 +94,7 @@ const (
 	tokenFile = "api-token"
 	stateFile = "state.json"
 	tlsDir    = "tls"
+	s3TempDir = "tmp"
 )
 
 // Run serves until ctx is cancelled, then drains and returns.
@@ -154,7 +167,7 @@ func Run(ctx context.Context, opts Options) error {
 		}()
 	}
 	var s3h *s3export.Handler
-	var s3l net.Listener
+	var s3l, apil net.Listener
 	if opts.S3Addr != "" {
 		if s3l, err = net.Listen("tcp", opts.S3Addr); err != nil {
 			return fmt.Errorf("S3 listener: %w", err)
@@ -167,30 +180,52 @@ func Run(ctx context.Context, opts Options) error {
 		if generated {
 			ep.S3Keys = &keys
 		}
-		s3h, err = s3export.New(s3export.Config{Manager: m, AccessKey: keys.AccessKey, SecretKey: keys.SecretKey, Logger: log})
+		// Uploads and built zips in the config directory: the appliance's
+		// own (0700), not /tmp shared with other appliances on the host.
+		tmp := filepath.Join(opts.ConfigDir, s3TempDir)
+		if err := os.MkdirAll(tmp, 0o700); err != nil {
+			return fmt.Errorf("S3 temporary directory: %w", err)
+		}
+		s3h, err = s3export.New(s3export.Config{Manager: m, AccessKey: keys.AccessKey, SecretKey: keys.SecretKey, Logger: log, TempDir: tmp})
 		if err != nil {
 			return err
 		}
 	}
+	if opts.APIAddr != "" {
+		if apil, err = net.Listen("tcp", opts.APIAddr); err != nil {
+			return fmt.Errorf("API listener: %w", err)
+		}
+		defer apil.Close()
+	}
 	met := newMetrics(tm, exports, s3h)
 
-	// serve runs handler on l, with the API's TLS certificate unless
-	// --insecure-http, and returns the listener's URL.
+	// One certificate for both listeners, naming the addresses of both.
+	var tlsCfg *tls.Config
+	if !opts.InsecureHTTP && (s3l != nil || apil != nil) {
+		var addrs []net.Addr
+		for _, l := range []net.Listener{s3l, apil} {
+			if l != nil {
+				addrs = append(addrs, l.Addr())
+			}
+		}
+		certFile, keyFile, err := ensureCert(log, filepath.Join(opts.ConfigDir, tlsDir), addrs...)
+		if err != nil {
+			return err
+		}
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return fmt.Errorf("TLS certificate: %w", err)
+		}
+		tlsCfg, ep.CertFile = tlsConfig(pair), certFile
+	}
+
+	// serve runs handler on l, with the appliance's TLS certificate
+	// unless --insecure-http, and returns the listener's URL.
 	serve := func(name string, l net.Listener, handler http.Handler) (string, error) {
-		srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		srv, l := newHTTPServer(l, handler, tlsCfg, opts.HTTP, log)
 		scheme := "http"
-		if !opts.InsecureHTTP {
-			certFile, keyFile, err := ensureCert(filepath.Join(opts.ConfigDir, tlsDir), l.Addr())
-			if err != nil {
-				return "", err
-			}
-			pair, err := tls.LoadX509KeyPair(certFile, keyFile)
-			if err != nil {
-				return "", fmt.Errorf("%s certificate: %w", name, err)
-			}
-			srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
-			l = tls.NewListener(l, srv.TLSConfig)
-			scheme, ep.CertFile = "https", certFile
+		if tlsCfg != nil {
+			scheme = "https"
 		}
 		servers = append(servers, srv)
 		wg.Add(1)
@@ -224,7 +259,17 @@ func Run(ctx context.Context, opts Options) error {
 	if exports != nil {
 		cfg.Exports = exports
 	}
-	mounts := newMountService(m, st, log)
+	if s3h != nil {
+		cfg.SnapshotDeleted = s3h.Forget
+	}
+	mountRoot := opts.MountRoot
+	if mountRoot == "" {
+		mountRoot = filepath.Join(opts.ConfigDir, DefaultMountRoot)
+	}
+	mounts, err := newMountService(m, st, log, mountRoot)
+	if err != nil {
+		return err
+	}
 	if err := mounts.restore(); err != nil {
 		return err
 	}
@@ -242,13 +287,8 @@ func Run(ctx context.Context, opts Options) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", requireToken(token, met.handler()))
 	mux.Handle("/", apiHandler)
-	if opts.APIAddr != "" {
-		l, err := net.Listen("tcp", opts.APIAddr)
-		if err != nil {
-			return fmt.Errorf("API listener: %w", err)
-		}
-		if ep.API, err = serve("API", l, mux); err != nil {
-			l.Close()
+	if apil != nil {
+		if ep.API, err = serve("API", apil, mux); err != nil {
 			return err
 		}
 	}
@@ -280,7 +320,8 @@ func Run(ctx context.Context, opts Options) error {
 // requireToken guards handlers outside the generated API (metrics).
 func requireToken(token string, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Authorization") != "Bearer "+token {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || token == "" || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="astrolabe"`)
 			http.Error(w, `{"code":401,"message":"missing or wrong bearer token"}`, http.StatusUnauthorized)
 			return

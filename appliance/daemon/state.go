@@ -33,6 +33,7 @@ type mountState struct {
 	ID         string `json:"id"`
 	Path       string `json:"path"`
 	AllowOther bool   `json:"allowOther,omitempty"`
+	Force      bool   `json:"force,omitempty"`
 }
 
 func openState(path string) (*state, error) {

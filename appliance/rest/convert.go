@@ -4,6 +4,7 @@ import (
 	"crypto/subtle"
 
 	"github.com/astrolabe-appliance/astrolabe/api"
+	"github.com/astrolabe-appliance/astrolabe/appliance/redact"
 	"github.com/astrolabe-appliance/astrolabe/appliance/tasks"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 )
@@ -50,7 +51,8 @@ func toAPITask(i tasks.Info) api.TaskInfo {
 		Progress: i.Progress, StartedTime: i.Started, StartedTimeNS: i.Started.UnixNano(),
 	}
 	if i.Details != "" {
-		d := i.Details
+		// A failed task's details are its error.
+		d := redact.Message(i.Details)
 		out.Details = &d
 	}
 	if i.Done() {

@@ -12,11 +12,13 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 
 	"github.com/astrolabe-appliance/astrolabe/api"
+	"github.com/astrolabe-appliance/astrolabe/appliance/redact"
 	"github.com/astrolabe-appliance/astrolabe/appliance/tasks"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 )
@@ -43,10 +45,18 @@ type Mount struct {
 	AllowOther bool
 }
 
+// MountRequest asks for a FUSE mount.
+type MountRequest struct {
+	Path       string
+	AllowOther bool
+	// Force mounts over a directory that is not empty.
+	Force bool
+}
+
 // Mounts is the FUSE service.
 type Mounts interface {
 	List() []Mount
-	Start(ctx context.Context, path string, allowOther bool) (Mount, error)
+	Start(ctx context.Context, req MountRequest) (Mount, error)
 	Stop(ctx context.Context, id string) error
 }
 
@@ -76,6 +86,9 @@ type Config struct {
 	Token string
 	// Context bounds the tasks the API starts (the appliance's lifetime).
 	Context context.Context
+	// SnapshotDeleted, if set, is told of each snapshot the API deleted,
+	// so that caches of it (the S3 zips) go with it.
+	SnapshotDeleted func(id pe.ID)
 }
 
 // maxBody bounds request bodies: no request of this API needs more.
@@ -129,8 +142,21 @@ func (s *server) authenticate(next http.Handler) http.Handler {
 			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
 			return
 		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestKey{}, r)))
 	})
+}
+
+// requestKey keeps the HTTP request in the context of the strict
+// handlers, for audit lines that name who asked.
+type requestKey struct{}
+
+// caller describes the request of ctx for the log.
+func caller(ctx context.Context) slog.Attr {
+	r, ok := ctx.Value(requestKey{}).(*http.Request)
+	if !ok {
+		return slog.Group("request")
+	}
+	return slog.Group("request", "remote", r.RemoteAddr, "method", r.Method, "uri", r.RequestURI, "user_agent", r.UserAgent())
 }
 
 // httpError carries the status an error should be answered with.
@@ -163,7 +189,13 @@ func statusOf(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, pe.ErrExists):
 		return http.StatusConflict
-	case errors.Is(err, pe.ErrNotSupported), errors.Is(err, pe.ErrInvalidSource):
+	case errors.Is(err, pe.ErrLimit):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, tasks.ErrTooMany):
+		return http.StatusTooManyRequests
+	case errors.Is(err, pe.ErrNotSupported), errors.Is(err, pe.ErrInvalidSource),
+		// A name longer than a file name can be (IDs may be 1024 bytes).
+		errors.Is(err, syscall.ENAMETOOLONG):
 		return http.StatusBadRequest
 	}
 	return http.StatusInternalServerError
@@ -174,17 +206,23 @@ func (s *server) requestError(w http.ResponseWriter, r *http.Request, err error)
 	if status == http.StatusInternalServerError {
 		status = http.StatusBadRequest // the request could not be read
 	}
-	writeError(w, status, err.Error())
+	writeError(w, status, redact.Error(err))
 }
 
 func (s *server) responseError(w http.ResponseWriter, r *http.Request, err error) {
 	status := statusOf(err)
-	if status >= 500 && status != http.StatusNotImplemented {
+	switch {
+	case status >= 500 && status != http.StatusNotImplemented:
 		s.log.Error("API request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	case errors.Is(err, pe.ErrLimit), errors.Is(err, pe.ErrInvalidSource):
+		// The client's input was refused: worth a line, not an alarm.
+		s.log.Info("API request refused", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
 	}
-	writeError(w, status, err.Error())
+	writeError(w, status, redact.Error(err))
 }
 
+// writeError answers an error; msg must say what failed, not where on
+// the appliance (see package redact).
 func writeError(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
@@ -301,7 +339,26 @@ func (s *server) DeleteProtectedEntity(ctx context.Context, req api.DeleteProtec
 	if err := p.DeleteSnapshot(ctx, id.Snapshot()); err != nil {
 		return nil, err
 	}
+	s.forget(ctx, id)
 	return api.DeleteProtectedEntity200JSONResponse(id.String()), nil
+}
+
+// forget drops what the appliance serves of a deleted snapshot: its NBD
+// export (which could read it no more) and cached zips.
+func (s *server) forget(ctx context.Context, id pe.ID) {
+	if s.cfg.Exports != nil {
+		for _, e := range s.cfg.Exports.List() {
+			if e.ID != id {
+				continue
+			}
+			if err := s.cfg.Exports.Stop(ctx, id); err != nil && !errors.Is(err, pe.ErrNotFound) {
+				s.log.Warn("NBD export of a deleted snapshot not stopped", "export", id, "err", err)
+			}
+		}
+	}
+	if s.cfg.SnapshotDeleted != nil {
+		s.cfg.SnapshotDeleted(id)
+	}
 }
 
 func (s *server) ListSnapshots(ctx context.Context, req api.ListSnapshotsRequestObject) (api.ListSnapshotsResponseObject, error) {
@@ -371,6 +428,11 @@ func (s *server) CopyProtectedEntity(ctx context.Context, req api.CopyProtectedE
 	if req.Body.CopyParams != nil {
 		params = toParams(*req.Body.CopyParams)
 	}
+	opts := pe.CopyOptions{Mode: mode, Params: params, KeepPrivileges: deref(req.Body.KeepPrivileges)}
+	if opts.KeepPrivileges {
+		s.log.LogAttrs(ctx, slog.LevelWarn, "copy keeps privileges (owners, setuid/setgid, capabilities, security xattrs, devices) at the API's request",
+			slog.String("src", src.String()), slog.String("service", req.Service), caller(ctx))
+	}
 	info, err := s.cfg.Tasks.Start(s.cfg.Context, "copy", fmt.Sprintf("copy %s to %s (%s)", src, req.Service, mode), deref(req.Params.Nexus),
 		func(ctx context.Context, progress pe.Progress) (map[string]string, error) {
 			p := srcPE
@@ -384,7 +446,8 @@ func (s *server) CopyProtectedEntity(ctx context.Context, req api.CopyProtectedE
 					return nil, err
 				}
 			}
-			out, err := tm.Copy(ctx, p, pe.CopyOptions{Mode: mode, Params: params, Progress: progress})
+			opts.Progress = progress
+			out, err := tm.Copy(ctx, p, opts)
 			if err != nil {
 				return nil, err
 			}
@@ -425,17 +488,30 @@ func (s *server) ListTaskNexus(ctx context.Context, _ api.ListTaskNexusRequestOb
 }
 
 func (s *server) CreateTaskNexus(ctx context.Context, _ api.CreateTaskNexusRequestObject) (api.CreateTaskNexusResponseObject, error) {
-	return api.CreateTaskNexus200JSONResponse(s.cfg.Tasks.NewNexus()), nil
+	id, err := s.cfg.Tasks.NewNexus()
+	if err != nil {
+		return nil, err
+	}
+	return api.CreateTaskNexus200JSONResponse(id), nil
 }
 
 // maxNexusWait bounds a long poll; clients poll again.
 const maxNexusWait = time.Minute
 
+// nexusWait is the wait a client asked for, in milliseconds, bounded
+// before it becomes a Duration (which a large count would overflow).
+func nexusWait(ms int64) time.Duration {
+	if ms >= maxNexusWait.Milliseconds() {
+		return maxNexusWait
+	}
+	return time.Duration(ms) * time.Millisecond
+}
+
 func (s *server) WaitTaskNexus(ctx context.Context, req api.WaitTaskNexusRequestObject) (api.WaitTaskNexusResponseObject, error) {
 	if req.Params.WaitTime < 0 || req.Params.LastFinishedNS < 0 {
 		return nil, badRequest("waitTime and lastFinishedNS must not be negative")
 	}
-	wait := min(time.Duration(req.Params.WaitTime)*time.Millisecond, maxNexusWait)
+	wait := nexusWait(req.Params.WaitTime)
 	infos, err := s.cfg.Tasks.WaitNexus(ctx, req.TaskNexusID, time.Unix(0, req.Params.LastFinishedNS), wait)
 	if err != nil {
 		return nil, err
@@ -508,7 +584,7 @@ func (s *server) StartMount(ctx context.Context, req api.StartMountRequestObject
 	if req.Body == nil || req.Body.Path == "" {
 		return nil, badRequest("the body must give the mount path")
 	}
-	m, err := s.cfg.Mounts.Start(ctx, req.Body.Path, deref(req.Body.AllowOther))
+	m, err := s.cfg.Mounts.Start(ctx, MountRequest{Path: req.Body.Path, AllowOther: deref(req.Body.AllowOther), Force: deref(req.Body.Force)})
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,8 @@ package s3export
 import (
 	"encoding/xml"
 	"net/http"
+
+	"github.com/astrolabe-appliance/astrolabe/appliance/redact"
 )
 
 // s3Error is an error answer in S3's XML form.
@@ -35,6 +37,10 @@ func errNoSuchKey(key string) *s3Error {
 	return &s3Error{http.StatusNotFound, "NoSuchKey", "the specified key does not exist: " + key}
 }
 
+func errKeyTooLong() *s3Error {
+	return &s3Error{http.StatusBadRequest, "KeyTooLongError", "your key is too long: a PE ID part must fit a file name (255 bytes)"}
+}
+
 func errNotImplemented(msg string) *s3Error {
 	return &s3Error{http.StatusNotImplemented, "NotImplemented", msg}
 }
@@ -59,5 +65,6 @@ func writeError(w http.ResponseWriter, r *http.Request, e *s3Error, requestID st
 		return
 	}
 	w.Write([]byte(xml.Header))
-	xml.NewEncoder(w).Encode(errorXML{Code: e.code, Message: e.message, Resource: r.URL.Path, RequestID: requestID})
+	// What failed, not where on the appliance.
+	xml.NewEncoder(w).Encode(errorXML{Code: e.code, Message: redact.Message(e.message), Resource: r.URL.Path, RequestID: requestID})
 }

@@ -41,8 +41,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
+	"github.com/astrolabe-appliance/astrolabe/appliance/redact"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 )
 
@@ -103,12 +105,16 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	zc, err := newZipCache(filepath.Join(cfg.TempDir, "astrolabe-s3-zips"))
+	zc, err := newZipCache(filepath.Join(cfg.TempDir, "astrolabe-s3-zips"), cfg.Manager)
 	if err != nil {
 		return nil, err
 	}
 	return &Handler{cfg: cfg, log: cfg.Logger, zips: zc}, nil
 }
+
+// Forget drops what the handler keeps of a deleted snapshot (its zip).
+// Zips of snapshots deleted otherwise go at the cache's next trim.
+func (h *Handler) Forget(id pe.ID) { h.zips.remove(id) }
 
 // BytesServed is the number of object bytes sent to clients.
 func (h *Handler) BytesServed() int64 { return h.served.Load() }
@@ -421,6 +427,9 @@ func (h *Handler) getObject(w http.ResponseWriter, r *http.Request, bucket, key 
 	if errors.Is(err, pe.ErrNotFound) {
 		return errNoSuchKey(key)
 	}
+	if errors.Is(err, syscall.ENAMETOOLONG) {
+		return errKeyTooLong()
+	}
 	if err != nil {
 		h.log.Error("S3 get", "key", key, "err", err)
 		return errInternal()
@@ -596,17 +605,24 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request, key string, sig
 	}
 	src, closer, err := pe.OpenZipFile(ctx, f.Name())
 	if err != nil {
-		return &s3Error{http.StatusBadRequest, "InvalidArgument", "not a PE zip: " + err.Error()}
+		return &s3Error{http.StatusBadRequest, "InvalidArgument", "not a PE zip: " + redact.Error(err)}
 	}
 	defer closer.Close()
 	tm, err := h.cfg.Manager.Type(src.ID().Type())
 	if err != nil {
 		return &s3Error{http.StatusBadRequest, "InvalidArgument", fmt.Sprintf("the zip holds %s, a PE type this appliance does not have", src.ID())}
 	}
-	out, err := tm.Copy(ctx, src, pe.CopyOptions{Mode: pe.CreateNew})
-	if err != nil {
-		h.log.Error("S3 copy-by-upload", "key", key, "src", src.ID(), "err", err)
-		return errInternal()
+	// An upload is untrusted input: it never keeps privileges (owners,
+	// setuid, capabilities, devices); that takes an administrator's
+	// explicit copy through the API.
+	out, err := tm.Copy(ctx, src, pe.CopyOptions{Mode: pe.CreateNew, KeepPrivileges: false})
+	if serr := copyError(err); serr != nil {
+		if serr.status >= 500 {
+			h.log.Error("S3 copy-by-upload", "key", key, "src", src.ID(), "err", err)
+		} else {
+			h.log.Info("S3 copy-by-upload refused", "key", key, "src", src.ID(), "status", serr.status, "err", err)
+		}
+		return serr
 	}
 	h.log.Info("S3 copy-by-upload restored a PE", "key", key, "src", src.ID(), "pe", out.ID(), "bytes", n)
 	etag := `"` + hexSum(md5sum) + `"`
@@ -620,6 +636,23 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request, key string, sig
 	w.Header().Set("X-Astrolabe-Pe-Id", out.ID().String())
 	w.WriteHeader(http.StatusOK)
 	return nil
+}
+
+// copyError is the answer to a failed restore of an upload: a zip the
+// appliance refuses (unsafe paths, devices, too large an expansion) is
+// the client's fault and says why; anything else is ours.
+func copyError(err error) *s3Error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, pe.ErrLimit):
+		return &s3Error{http.StatusRequestEntityTooLarge, "EntityTooLarge", "the zip was refused: " + redact.Error(err)}
+	case errors.Is(err, pe.ErrInvalidSource), errors.Is(err, pe.ErrNotSupported), errors.Is(err, pe.ErrExists):
+		return &s3Error{http.StatusBadRequest, "InvalidArgument", "the zip was refused: " + redact.Error(err)}
+	case errors.Is(err, syscall.ENAMETOOLONG):
+		return errKeyTooLong()
+	}
+	return errInternal()
 }
 
 func hexSum(h hash.Hash) string { return hex.EncodeToString(h.Sum(nil)) }
@@ -645,6 +678,7 @@ func newRequestID() string {
 // never change, so a built zip stays right as long as its snapshot exists.
 type zipCache struct {
 	dir   string
+	m     pe.Manager // to drop zips of deleted snapshots
 	mu    sync.Mutex
 	locks map[pe.ID]*sync.Mutex
 	etags map[pe.ID]string // MD5 ETags of the zips built
@@ -660,7 +694,7 @@ type cachedZip struct {
 // maxCachedZips bounds the cache; the oldest are removed first.
 const maxCachedZips = 16
 
-func newZipCache(dir string) (*zipCache, error) {
+func newZipCache(dir string, m pe.Manager) (*zipCache, error) {
 	// Zips of an earlier run may belong to deleted snapshots: start empty.
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, fmt.Errorf("zip cache: %w", err)
@@ -668,7 +702,20 @@ func newZipCache(dir string) (*zipCache, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("zip cache: %w", err)
 	}
-	return &zipCache{dir: dir, locks: map[pe.ID]*sync.Mutex{}, etags: map[pe.ID]string{}}, nil
+	return &zipCache{dir: dir, m: m, locks: map[pe.ID]*sync.Mutex{}, etags: map[pe.ID]string{}}, nil
+}
+
+func (z *zipCache) path(id pe.ID) string {
+	return filepath.Join(z.dir, hex.EncodeToString([]byte(id.String()))+".zip")
+}
+
+// remove drops the zip of id; a reader that has it open keeps reading.
+func (z *zipCache) remove(id pe.ID) {
+	z.mu.Lock()
+	delete(z.etags, id)
+	delete(z.locks, id)
+	z.mu.Unlock()
+	os.Remove(z.path(id))
 }
 
 func (z *zipCache) get(ctx context.Context, p pe.ProtectedEntity) (cachedZip, error) {
@@ -683,7 +730,7 @@ func (z *zipCache) get(ctx context.Context, p pe.ProtectedEntity) (cachedZip, er
 	l.Lock()
 	defer l.Unlock()
 
-	path := filepath.Join(z.dir, hex.EncodeToString([]byte(id.String()))+".zip")
+	path := z.path(id)
 	z.mu.Lock()
 	etag, built := z.etags[id]
 	z.mu.Unlock()
@@ -712,7 +759,7 @@ func (z *zipCache) get(ctx context.Context, p pe.ProtectedEntity) (cachedZip, er
 	z.mu.Lock()
 	z.etags[id] = etag
 	z.mu.Unlock()
-	z.trim()
+	z.trim(ctx)
 	return openCached(path, etag)
 }
 
@@ -729,26 +776,40 @@ func openCached(path, etag string) (cachedZip, error) {
 	return cachedZip{f: f, size: fi.Size(), etag: etag}, nil
 }
 
-// trim removes the oldest zips beyond maxCachedZips; open readers keep
-// theirs until they close it.
-func (z *zipCache) trim() {
+// trim removes the zips of snapshots deleted since they were built, then
+// the oldest beyond maxCachedZips; open readers keep theirs until they
+// close it.
+func (z *zipCache) trim(ctx context.Context) {
 	entries, err := os.ReadDir(z.dir)
 	if err != nil {
 		return
 	}
 	type aged struct {
-		name string
-		mod  time.Time
+		id  pe.ID
+		mod time.Time
 	}
 	var zips []aged
 	for _, e := range entries {
-		if fi, err := e.Info(); err == nil && strings.HasSuffix(e.Name(), ".zip") {
-			zips = append(zips, aged{e.Name(), fi.ModTime()})
+		name, ok := strings.CutSuffix(e.Name(), ".zip")
+		fi, err := e.Info()
+		if !ok || err != nil {
+			continue
 		}
+		raw, err := hex.DecodeString(name)
+		id, perr := pe.ParseID(string(raw))
+		if err != nil || perr != nil {
+			os.Remove(filepath.Join(z.dir, e.Name()))
+			continue
+		}
+		if _, err := z.m.Get(ctx, id); errors.Is(err, pe.ErrNotFound) {
+			z.remove(id)
+			continue
+		}
+		zips = append(zips, aged{id, fi.ModTime()})
 	}
 	sort.Slice(zips, func(i, j int) bool { return zips[i].mod.Before(zips[j].mod) })
 	for len(zips) > maxCachedZips {
-		os.Remove(filepath.Join(z.dir, zips[0].name))
+		z.remove(zips[0].id)
 		zips = zips[1:]
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -293,5 +295,27 @@ func TestRclone(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(f.dir, "disk", restored[0])); sum(b) != sum(image) {
 		t.Error("the disk restored from rclone's upload differs")
+	}
+}
+
+// Refused restores of uploads are the client's: 400 with the reason, 413
+// for limits; only other failures are 500.
+func TestCopyError(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want int
+	}{
+		{fmt.Errorf("restore fs:x: expansion 1000x: %w", pe.ErrLimit), http.StatusRequestEntityTooLarge},
+		{fmt.Errorf("tar stream refused: %w", pe.ErrInvalidSource), http.StatusBadRequest},
+		{fmt.Errorf("create /srv/pes/%s: %w", strings.Repeat("a", 300), syscall.ENAMETOOLONG), http.StatusBadRequest},
+		{errors.New("disk on fire"), http.StatusInternalServerError},
+	} {
+		got := copyError(tc.err)
+		if got.status != tc.want {
+			t.Errorf("%v: %d, want %d", tc.err, got.status, tc.want)
+		}
+		if strings.Contains(got.message, "/srv/") {
+			t.Errorf("%v: message %q shows a path", tc.err, got.message)
+		}
 	}
 }

@@ -31,6 +31,10 @@ const (
 // ErrNotFound is returned for unknown task and nexus IDs.
 var ErrNotFound = errors.New("not found")
 
+// ErrTooMany is returned when a new nexus would pass MaxNexus and none
+// can be dropped.
+var ErrTooMany = errors.New("too many")
+
 // Info is a snapshot of a task's state.
 type Info struct {
 	ID       string
@@ -59,6 +63,10 @@ type Options struct {
 	// MaxFinished bounds the finished tasks kept, oldest dropped first
 	// (default 10000), so a flood of tasks cannot exhaust memory.
 	MaxFinished int
+	// MaxNexus bounds the nexus kept (default 1000). A nexus unused
+	// (no waits, no running task) for Retention expires; when a new one
+	// would pass the bound, the least recently used idle one goes.
+	MaxNexus int
 }
 
 // Manager runs tasks.
@@ -84,6 +92,7 @@ type task struct {
 type nexus struct {
 	id    string
 	tasks []string
+	used  time.Time // created, last waited on, or last given a task
 }
 
 // NewManager returns a Manager.
@@ -96,6 +105,9 @@ func NewManager(opts Options) *Manager {
 	}
 	if opts.MaxFinished <= 0 {
 		opts.MaxFinished = 10000
+	}
+	if opts.MaxNexus <= 0 {
+		opts.MaxNexus = 1000
 	}
 	return &Manager{
 		opts: opts, log: opts.Logger,
@@ -131,6 +143,7 @@ func (m *Manager) Start(ctx context.Context, kind, details, nexusID string, fn F
 	m.order = append(m.order, t.info.ID)
 	if nx != nil {
 		nx.tasks = append(nx.tasks, t.info.ID)
+		nx.used = time.Now()
 	}
 	info := t.info
 	m.mu.Unlock()
@@ -183,7 +196,7 @@ func (m *Manager) prune(now time.Time) {
 		keep = append(keep, id)
 	}
 	m.order = keep
-	for _, nx := range m.nexus {
+	for id, nx := range m.nexus {
 		live := nx.tasks[:0]
 		for _, id := range nx.tasks {
 			if m.tasks[id] != nil {
@@ -191,7 +204,20 @@ func (m *Manager) prune(now time.Time) {
 			}
 		}
 		nx.tasks = live
+		if m.idle(nx) && now.Sub(nx.used) > m.opts.Retention {
+			delete(m.nexus, id)
+		}
 	}
+}
+
+// idle reports whether no task of nx runs; m.mu held.
+func (m *Manager) idle(nx *nexus) bool {
+	for _, id := range nx.tasks {
+		if !m.tasks[id].info.Done() {
+			return false
+		}
+	}
+	return true
 }
 
 // Get returns a task's state.
@@ -277,13 +303,28 @@ type NexusInfo struct {
 	Tasks []string
 }
 
-// NewNexus creates a nexus.
-func (m *Manager) NewNexus() string {
+// NewNexus creates a nexus. At MaxNexus it drops the least recently used
+// idle nexus, or fails with ErrTooMany if all have running tasks.
+func (m *Manager) NewNexus() (string, error) {
 	id := newID("nexus-")
+	now := time.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.nexus[id] = &nexus{id: id}
-	return id
+	m.prune(now)
+	if len(m.nexus) >= m.opts.MaxNexus {
+		var lru *nexus
+		for _, nx := range m.nexus {
+			if m.idle(nx) && (lru == nil || nx.used.Before(lru.used)) {
+				lru = nx
+			}
+		}
+		if lru == nil {
+			return "", fmt.Errorf("task nexus: %d kept, all with running tasks: %w", len(m.nexus), ErrTooMany)
+		}
+		delete(m.nexus, lru.id)
+	}
+	m.nexus[id] = &nexus{id: id, used: now}
+	return id, nil
 }
 
 // Nexus lists the nexus, sorted by ID.
@@ -311,6 +352,7 @@ func (m *Manager) WaitNexus(ctx context.Context, id string, lastFinished time.Ti
 			m.mu.Unlock()
 			return nil, fmt.Errorf("task nexus %q: %w", id, ErrNotFound)
 		}
+		nx.used = time.Now()
 		var out []Info
 		for _, tid := range nx.tasks {
 			if t := m.tasks[tid]; t != nil && t.info.Done() && t.info.Finished.After(lastFinished) {

@@ -16,7 +16,10 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 func TestLifecycle(t *testing.T) {
 	m := NewManager(Options{Logger: quiet()})
 	ctx := context.Background()
-	nx := m.NewNexus()
+	nx, err := m.NewNexus()
+	if err != nil {
+		t.Fatal(err)
+	}
 	ok, err := m.Start(ctx, "t", "works", nx, func(ctx context.Context, p pe.Progress) (map[string]string, error) {
 		p.Start(200)
 		p.Add(100)
@@ -83,5 +86,50 @@ func TestShutdownCancels(t *testing.T) {
 	}
 	if got, _ := m.Get(info.ID); got.Status != Cancelled {
 		t.Errorf("after shutdown: %+v", got)
+	}
+}
+
+// A flood of nexus is bounded: idle ones expire after the retention, and
+// at MaxNexus the least recently used idle one makes room; nexus with
+// running tasks are kept and the next one is refused.
+func TestNexusBounded(t *testing.T) {
+	m := NewManager(Options{Logger: quiet(), Retention: 50 * time.Millisecond, MaxNexus: 10})
+	ctx := context.Background()
+	var ids []string
+	for range 25 {
+		id, err := m.NewNexus()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if got := len(m.Nexus()); got != 10 {
+		t.Errorf("%d nexus kept, want MaxNexus 10", got)
+	}
+	if _, err := m.WaitNexus(ctx, ids[0], time.Time{}, 0); !errors.Is(err, ErrNotFound) {
+		t.Errorf("oldest nexus: %v, want dropped", err)
+	}
+	time.Sleep(80 * time.Millisecond)
+	if got := m.Nexus(); len(got) != 0 {
+		t.Errorf("after retention: %v", got)
+	}
+
+	release := make(chan struct{})
+	defer close(release)
+	for range 10 {
+		id, _ := m.NewNexus()
+		if _, err := m.Start(ctx, "t", "", id, func(ctx context.Context, _ pe.Progress) (map[string]string, error) {
+			<-release
+			return nil, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := m.NewNexus(); !errors.Is(err, ErrTooMany) {
+		t.Errorf("nexus past the bound with all busy: %v, want ErrTooMany", err)
+	}
+	time.Sleep(80 * time.Millisecond)
+	if got := len(m.Nexus()); got != 10 {
+		t.Errorf("busy nexus expired: %d left", got)
 	}
 }

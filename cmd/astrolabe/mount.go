@@ -21,9 +21,13 @@ PEs. New snapshots appear without remounting. Runs in the foreground; on
 SIGINT/SIGTERM it unmounts (lazily if something still uses the mount).
 With --repo it mounts the snapshots in that backup repository instead,
 read straight from it (nothing is restored first).
+Files show the owners and modes of the PE (a disk snapshot's data those
+of its image file; the mounting user only, 0400, where a PE type keeps no file, such as
+repository snapshots) and the kernel checks them, so --allow-other lets
+other users read only what they could read of the PE itself.
 Needs /dev/fuse (root, or fuse3 with user_allow_other for --allow-other).`,
 		Flags: append([]cli.Flag{
-			&cli.BoolFlag{Name: "allow-other", Usage: "let other users than the mounting one see the tree"},
+			&cli.BoolFlag{Name: "allow-other", Usage: "let other users than the mounting one see the tree (off by default; file modes still apply)"},
 		}, repoSourceFlags()...),
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 1, "MOUNTPOINT")

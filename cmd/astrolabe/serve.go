@@ -29,8 +29,27 @@ variables), else those stored in the config directory
 The API token is --token or ASTROLABE_TOKEN, else the one stored in the
 config directory (api-token), else a new one that is stored there and
 printed once. The TLS certificate is the config directory's tls/cert.pem
-and tls/key.pem, generated self-signed on first start. Clients trust
-tls/cert.pem (curl --cacert, or --server-ca for this CLI).
+and tls/key.pem, generated on first start: a self-signed leaf certificate
+(it can sign no others) for this host's names and addresses. Clients pin
+tls/cert.pem as their only trusted root (curl --cacert, or --server-ca for
+this CLI). A generated certificate that is a CA (from before) or lacks one
+of those names is generated again, with a new key, and the log says so; a
+certificate the administrator put there is used as it is. TLS 1.2 offers
+only ECDHE with AES-GCM or ChaCha20-Poly1305; TLS 1.3 is preferred.
+
+FUSE mounts started through the API must be under --mount-root (default
+the config directory's mounts/, made at start), in a directory that is
+empty (it is made if missing) unless the request sets force. --mount is
+the operator's and may be anywhere. Mounts show each PE's owners and
+modes and the kernel checks them; other users see them only with
+allowOther.
+
+Each HTTP listener (API, S3) serves at most --http-max-conns connections
+at once (more wait to be accepted), closes connections idle between
+requests after --http-idle-timeout, that send no request headers within
+--http-header-timeout, and that make no progress reading a request body or
+a response for --http-stall-timeout. Long transfers that keep moving are
+never cut.
 
 With --repo (and its password) the API backs up to and restores from that
 repository (/v1/appliance/repository/...), as tasks.
@@ -41,6 +60,11 @@ SIGTERM lets running tasks finish (up to --drain) and exits cleanly.`,
 			&cli.StringFlag{Name: "s3", Value: "0.0.0.0:9000", Usage: "S3 data path `ADDR` (empty: off)"},
 			&cli.StringFlag{Name: "nbd", Value: "0.0.0.0:10809", Usage: "NBD `ADDR` (empty: off)"},
 			&cli.StringFlag{Name: "mount", Usage: "mount the PE tree with FUSE at `DIR`"},
+			&cli.StringFlag{Name: "mount-root", Usage: "API mounts must be under `DIR` (default: mounts/ in the config directory)"},
+			&cli.DurationFlag{Name: "http-idle-timeout", Value: daemon.DefaultHTTPIdleTimeout, Usage: "close HTTP connections idle between requests after this long"},
+			&cli.DurationFlag{Name: "http-header-timeout", Value: daemon.DefaultHTTPHeaderTimeout, Usage: "close HTTP connections that send no request headers within this long"},
+			&cli.DurationFlag{Name: "http-stall-timeout", Value: daemon.DefaultHTTPStallTimeout, Usage: "close HTTP connections whose transfer makes no progress for this long"},
+			&cli.IntFlag{Name: "http-max-conns", Value: daemon.DefaultHTTPMaxConns, Usage: "connections each HTTP listener serves at once"},
 			&cli.BoolFlag{Name: "insecure-http", Usage: "serve the API over plain HTTP (loopback addresses only)"},
 			&cli.StringFlag{Name: "token", EnvVars: []string{"ASTROLABE_TOKEN"}, Usage: "API bearer `TOKEN`"},
 			&cli.StringFlag{Name: "s3-access-key", EnvVars: []string{"ASTROLABE_S3_ACCESS_KEY"}, Usage: "S3 data path access `KEY`"},
@@ -61,12 +85,19 @@ SIGTERM lets running tasks finish (up to --drain) and exits cleanly.`,
 				defer r.Close()
 			}
 			return daemon.Run(c.Context, daemon.Options{
-				Repository:   r,
-				ConfigDir:    c.String("config"),
-				APIAddr:      c.String("api"),
-				S3Addr:       c.String("s3"),
-				NBDAddr:      c.String("nbd"),
-				MountDir:     c.String("mount"),
+				Repository: r,
+				ConfigDir:  c.String("config"),
+				APIAddr:    c.String("api"),
+				S3Addr:     c.String("s3"),
+				NBDAddr:    c.String("nbd"),
+				MountDir:   c.String("mount"),
+				MountRoot:  c.String("mount-root"),
+				HTTP: daemon.HTTPLimits{
+					HeaderTimeout: c.Duration("http-header-timeout"),
+					IdleTimeout:   c.Duration("http-idle-timeout"),
+					StallTimeout:  c.Duration("http-stall-timeout"),
+					MaxConns:      c.Int("http-max-conns"),
+				},
 				InsecureHTTP: c.Bool("insecure-http"),
 				Token:        c.String("token"),
 				S3AccessKey:  c.String("s3-access-key"),

@@ -174,8 +174,9 @@ func TestServe(t *testing.T) {
 		t.Errorf("S3 GetObject through the appliance: %d bytes, %v", len(b), err)
 	}
 	// A FUSE mount started through the API.
-	mnt := filepath.Join(dir, "mnt")
-	os.Mkdir(mnt, 0o755)
+	// Under the mount root (the config directory's mounts/), made by the
+	// appliance.
+	mnt := filepath.Join(cfg, "mounts", "mnt")
 	status, body = a.call("POST", "/v1/appliance/mounts", token, `{"path":"`+mnt+`"}`)
 	if status != 200 || !strings.Contains(body, mnt) {
 		t.Fatalf("start mount: %d %s", status, body)
