@@ -43,6 +43,22 @@ type Options struct {
 	APIAddr   string
 	S3Addr    string
 	NBDAddr   string
+	// NBD offers TLS with the API's certificate, and requires it and a
+	// client certificate (see IssueNBDClientCert) off loopback. On
+	// loopback NBDAnonymousRead lets clients without a certificate read
+	// read-only exports; writable exports always need one.
+	NBDAnonymousRead bool
+	// NBDClientCA is a PEM file of more CAs whose client certificates
+	// authenticate, besides the config directory's own.
+	NBDClientCA string
+	// NBDMemory bounds the bytes of NBD requests and replies in flight
+	// (0: the nbd package's default); NBDMaxConns and
+	// NBDMaxConnsPerClient bound connections, NBDIdleTimeout closes idle
+	// ones (0: defaults; negative idle timeout: never).
+	NBDMemory            int64
+	NBDMaxConns          int
+	NBDMaxConnsPerClient int
+	NBDIdleTimeout       time.Duration
 	// MountDir, if set, gets a FUSE mount of all PEs at start.
 	MountDir string
 	// InsecureHTTP serves the API without TLS; only on loopback.
@@ -72,6 +88,8 @@ type Endpoints struct {
 	// S3Keys are set when the S3 credentials were made at this start.
 	S3Keys   *S3Keys
 	CertFile string
+	// NBDClientCA is the CA of NBD client certificates.
+	NBDClientCA string
 }
 
 // DefaultDrain is how long running tasks may finish at shutdown.
@@ -136,14 +154,22 @@ func Run(ctx context.Context, opts Options) error {
 		if err != nil {
 			return fmt.Errorf("NBD listener: %w", err)
 		}
+		nopts, err := nbdOptions(opts, l.Addr(), log)
+		if err != nil {
+			l.Close()
+			return err
+		}
 		src := nbdexport.NewSource(m)
-		ep.NBD = "nbd://" + l.Addr().String()
-		exports = &nbdService{m: m, src: src, base: ep.NBD, state: st, log: log}
+		ep.NBD, ep.NBDClientCA = "nbd://"+advertised(l.Addr()), nopts.clientCA
+		if nopts.TLSRequired {
+			ep.NBD = "nbds://" + advertised(l.Addr())
+		}
+		exports = &nbdService{m: m, src: src, hostPort: advertised(l.Addr()), tlsRequired: nopts.TLSRequired, state: st, log: log}
 		if err := exports.restore(ctx); err != nil {
 			l.Close()
 			return err
 		}
-		srv := nbd.NewServer(src, nbd.Options{Logger: log})
+		srv := nbd.NewServer(src, nopts.Options)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
