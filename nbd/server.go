@@ -111,8 +111,7 @@ type Options struct {
 	MemoryBudget int64
 	// MaxConns bounds the connections in all (default 256) and
 	// MaxConnsPerClient those from one IP address (default 64: 16
-	// nbdcopy runs of 4 connections each); more are
-	// closed at once.
+	// nbdcopy runs of 4 connections each); more are closed at once.
 	MaxConns          int
 	MaxConnsPerClient int
 	// IdleTimeout closes a connection that sends no request while none

@@ -65,7 +65,7 @@ func decodeRequest(b []byte, extended bool) (request, error) {
 // from the server's pool, at most the connection's share of it: a client
 // that does not read its replies soon has all its requests waiting for
 // buffers, and then is not read from until it does.
-func (cn *conn) transmit(ctx context.Context, log *slog.Logger) error {
+func (cn *conn) transmit(ctx context.Context, log *slog.Logger) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // after wg.Wait below: requests in flight get their replies
 	var (
@@ -81,6 +81,11 @@ func (cn *conn) transmit(ctx context.Context, log *slog.Logger) error {
 		hdr = make([]byte, extendedRequestSize)
 	}
 	defer wg.Wait()
+	defer func() {
+		if err != nil {
+			cancel() // nobody will read the replies: stop waiting for buffers
+		}
+	}()
 	send := func(b []byte) {
 		wmu.Lock()
 		defer wmu.Unlock()

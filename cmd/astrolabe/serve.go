@@ -90,13 +90,6 @@ SIGTERM lets running tasks finish (up to --drain) and exits cleanly.`,
 				S3AccessKey:  c.String("s3-access-key"),
 				S3SecretKey:  c.String("s3-secret-key"),
 				DrainTimeout: c.Duration("drain"),
-
-				NBDAnonymousRead:     c.Bool("nbd-anonymous-read"),
-				NBDClientCA:          c.String("nbd-client-ca"),
-				NBDMemory:            int64(c.Int("nbd-memory-mib")) << 20,
-				NBDMaxConns:          c.Int("nbd-max-conns"),
-				NBDMaxConnsPerClient: c.Int("nbd-max-conns-per-client"),
-				NBDIdleTimeout:       idleTimeout(c.Duration("nbd-idle-timeout")),
 				Version:      version,
 				Logger:       slog.Default(),
 				Ready: func(ep daemon.Endpoints) {
@@ -124,6 +117,13 @@ SIGTERM lets running tasks finish (up to --drain) and exits cleanly.`,
 					}
 					fmt.Fprintln(w, "ready")
 				},
+
+				NBDAnonymousRead:     c.Bool("nbd-anonymous-read"),
+				NBDClientCA:          c.String("nbd-client-ca"),
+				NBDMemory:            int64(c.Int("nbd-memory-mib")) << 20,
+				NBDMaxConns:          c.Int("nbd-max-conns"),
+				NBDMaxConnsPerClient: c.Int("nbd-max-conns-per-client"),
+				NBDIdleTimeout:       idleTimeout(c.Duration("nbd-idle-timeout")),
 			})
 		},
 	}
