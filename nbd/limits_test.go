@@ -219,8 +219,8 @@ func TestConnectionLimits(t *testing.T) {
 
 func TestIdleTimeout(t *testing.T) {
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "a.img"), make([]byte, 4096), 0o644)
-	_, addr := startServer(t, dir, Options{IdleTimeout: 200 * time.Millisecond})
+	os.WriteFile(filepath.Join(dir, "a.img"), make([]byte, 64*mib), 0o644)
+	srv, addr := startServer(t, dir, Options{IdleTimeout: 200 * time.Millisecond})
 	rc := &rawClient{t, rawHandshake(t, addr)}
 	defer rc.c.Close()
 	rc.goExport("a.img")
@@ -234,4 +234,51 @@ func TestIdleTimeout(t *testing.T) {
 	if _, err := rc.c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 		t.Errorf("idle connection: read %v, want EOF from the server closing it", err)
 	}
+
+	// A client that reads no replies is dropped too, and its buffers
+	// come back.
+	stalled := &rawClient{t, rawHandshake(t, addr)}
+	defer stalled.c.Close()
+	stalled.goExport("a.img")
+	stalled.c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	for i := range 256 {
+		if _, err := stalled.c.Write(readRequest(uint64(i), 0, 32*mib)); err != nil {
+			break
+		}
+	}
+	for range 500 {
+		srv.conns.mu.Lock()
+		n := srv.conns.total
+		srv.conns.mu.Unlock()
+		if n == 0 && srv.buffers.inUse() == 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Errorf("a client that reads no replies was not dropped: %d bytes of buffers in use", srv.buffers.inUse())
+}
+
+// TestShutdownStalledClient: a client that reads no replies does not hold
+// up the server's shutdown (startServer's cleanup waits 20 s at most).
+func TestShutdownStalledClient(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "a.img"), make([]byte, 64*mib), 0o644)
+	var stalled *rawClient
+	t.Cleanup(func() { stalled.c.Close() }) // after the server's cleanup, which is registered later
+	srv, addr := startServer(t, dir, Options{})
+	stalled = &rawClient{t, rawHandshake(t, addr)}
+	stalled.goExport("a.img")
+	stalled.c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	for i := range 64 {
+		if _, err := stalled.c.Write(readRequest(uint64(i), 0, 32*mib)); err != nil {
+			break
+		}
+	}
+	for range 500 {
+		if srv.buffers.inUse() > 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Error("the stalled client's reads never took buffers")
 }

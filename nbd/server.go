@@ -165,6 +165,7 @@ const (
 	maxOptionLength          = 64 << 10 // no option we accept needs more
 	maxOptions               = 1024     // per handshake: bounds a client that never chooses
 	handshakeTimeout         = 30 * time.Second
+	shutdownGrace            = 5 * time.Second // for replies in flight when the server stops
 )
 
 // NewServer returns a server for src.
@@ -261,8 +262,12 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	log := s.log.With("remote", c.RemoteAddr().String())
-	// A connection ends with the server: unblock reads when ctx is done.
-	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Now()) })
+	// A connection ends with the server: unblock reads when ctx is done,
+	// and writes to a client that does not read soon after.
+	stop := context.AfterFunc(ctx, func() {
+		c.SetReadDeadline(time.Now())
+		c.SetWriteDeadline(time.Now().Add(shutdownGrace))
+	})
 	defer stop()
 
 	c.SetDeadline(time.Now().Add(handshakeTimeout))

@@ -95,6 +95,10 @@ func (cn *conn) transmit(ctx context.Context, log *slog.Logger) (err error) {
 		if idle := cn.srv.opts.IdleTimeout; idle > 0 {
 			cn.c.SetWriteDeadline(time.Now().Add(idle))
 		}
+		if ctx.Err() != nil {
+			// Shutting down: a client that does not read gets little time.
+			cn.c.SetWriteDeadline(time.Now().Add(shutdownGrace))
+		}
 		if _, err := cn.c.Write(b); err != nil {
 			werr = err
 			cancel() // requests waiting for buffers give up

@@ -406,8 +406,10 @@ func TestSecurityNBDMemory(t *testing.T) {
 	if b, _ := os.ReadFile(copied); !bytes.Equal(b, sample) {
 		t.Error("the copy after the attack differs")
 	}
-	if strings.Contains(a.stderr.String(), "level=WARN") && strings.Contains(a.stderr.String(), "nbd") {
-		t.Errorf("anonymous NBD clients were logged as warnings:\n%.2000s", a.stderr)
+	for _, line := range strings.Split(a.stderr.String(), "\n") {
+		if strings.Contains(line, "level=WARN") && strings.Contains(line, "nbd") {
+			t.Errorf("an anonymous NBD client was logged as a warning: %s", line)
+		}
 	}
 	a.stop()
 }
