@@ -106,7 +106,13 @@ func (cn *conn) transmit(ctx context.Context, log *slog.Logger) (err error) {
 	}
 	for {
 		if err := cn.readRequest(ctx, hdr, func() bool { return inFlight.Load() > 0 }); err != nil {
-			if errors.Is(err, io.EOF) {
+			wmu.Lock()
+			failed := werr
+			wmu.Unlock()
+			switch {
+			case failed != nil: // the read ended because a reply could not be sent
+				return fmt.Errorf("send reply: %w", failed)
+			case errors.Is(err, io.EOF):
 				return nil
 			}
 			return err
