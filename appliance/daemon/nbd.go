@@ -60,6 +60,7 @@ func nbdOptions(opts Options, addr net.Addr, log *slog.Logger) (nbdServerOptions
 	if err := o.Check(); err != nil {
 		return nbdServerOptions{}, err
 	}
+	log.Info("NBD access", "tlsRequired", o.TLSRequired, "clientCA", caFile, "anonymous", o.Anonymous.String())
 	return nbdServerOptions{o, caFile}, nil
 }
 

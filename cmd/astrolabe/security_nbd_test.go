@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -207,6 +208,24 @@ func TestSecurityNBDAuth(t *testing.T) {
 	}
 	runTool(t, "nbdinfo", withCerts("nbds://"+strings.TrimPrefix(a.info["nbd"], "nbd://")+"/"+snapRO, certs))
 	a.stop()
+
+	// 'nbd serve' with --tls-client-ca: the same rule for its writable
+	// exports; without it, --writable off loopback is refused.
+	tlsDir := filepath.Join(cfg, "tls")
+	s := startNBD(t, cfg, 1, "--writable", "--tls-cert", filepath.Join(tlsDir, "cert.pem"), "--tls-key", filepath.Join(tlsDir, "key.pem"),
+		"--tls-client-ca", filepath.Join(tlsDir, "nbd-client-ca.pem"), snapRO)
+	if !strings.Contains(s.uri(0), snapRO+"/") {
+		t.Errorf("nbd serve --writable printed %q", s.lines[0])
+	}
+	if out, err := tryTool(t, "nbdinfo", s.uri(0)); err == nil {
+		t.Errorf("plain client opened nbd serve's writable export:\n%s", out)
+	}
+	tlsW := withCerts(strings.Replace(s.uri(0), "nbd://", "nbds://", 1), certs)
+	if out := runTool(t, "nbdinfo", tlsW); !strings.Contains(out, "is_read_only: false") {
+		t.Errorf("nbd serve's writable export with a certificate:\n%s", out)
+	}
+	s.stop(syscall.SIGTERM)
+	mustFail(t, cfg, "--tls-client-ca", "nbd", "serve", "--listen", "0.0.0.0:0", "--writable", snapRO)
 }
 
 // TestSecurityNBDWritableOnce: 10 parallel requests for a writable export
