@@ -36,7 +36,13 @@ type nbdServerOptions struct {
 // of read-only exports if opts.NBDAnonymousRead.
 func nbdOptions(opts Options, addr net.Addr, log *slog.Logger) (nbdServerOptions, error) {
 	dir := filepath.Join(opts.ConfigDir, tlsDir)
-	certFile, keyFile, err := ensureCert(dir, addr)
+	// The API's certificate: made for the API's address if this is its
+	// first start, as it was before NBD used it.
+	certAddr := addr
+	if a, err := net.ResolveTCPAddr("tcp", opts.APIAddr); opts.APIAddr != "" && err == nil {
+		certAddr = a
+	}
+	certFile, keyFile, err := ensureCert(dir, certAddr)
 	if err != nil {
 		return nbdServerOptions{}, err
 	}
