@@ -147,7 +147,7 @@ func TestExtendedHeaders(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "x.rw")
 	sparseImage(t, path, 16*mib, map[int64]int{mib: mib})
-	addr := serveWith(t, fileSource{dir}, Options{})
+	addr := serveWith(t, fileSource{dir}, Options{Anonymous: AnonymousReadWrite})
 	rc := &rawClient{t, rawHandshake(t, addr)}
 	defer rc.c.Close()
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 )
@@ -64,21 +65,21 @@ func (s *Server) handshake(ctx context.Context, c net.Conn) (*conn, error) {
 	for range maxOptions {
 		opt, tooBig, err := cn.readOption()
 		if err != nil {
-			return nil, err
+			return cn, err
 		}
 		if tooBig {
 			if err := cn.optReply(opt.code, repErrTooBig, []byte("option too long")); err != nil {
-				return nil, err
+				return cn, err
 			}
 			continue
 		}
 		if s.opts.TLSRequired && !cn.tls && opt.code != optStartTLS && opt.code != optAbort {
 			if opt.code == optExportName {
 				// This option cannot be refused with an error: hang up.
-				return nil, errors.New("client chose an export without TLS, which is required")
+				return cn, errors.New("client chose an export without TLS, which is required")
 			}
 			if err := cn.optReply(opt.code, repErrTLSReqd, []byte("TLS is required: use STARTTLS")); err != nil {
-				return nil, err
+				return cn, err
 			}
 			continue
 		}
@@ -87,7 +88,64 @@ func (s *Server) handshake(ctx context.Context, c net.Conn) (*conn, error) {
 			return cn, err
 		}
 	}
-	return nil, fmt.Errorf("more than %d options without choosing an export", maxOptions)
+	return cn, fmt.Errorf("more than %d options without choosing an export", maxOptions)
+}
+
+// errNotAllowed refuses an export to a client that is not authenticated.
+var errNotAllowed = errors.New("a client certificate is required")
+
+// authenticated reports whether the client showed a certificate that
+// verified against the server's client CAs.
+func (cn *conn) authenticated() bool {
+	if cn == nil {
+		return false
+	}
+	tc, ok := cn.c.(*tls.Conn)
+	return ok && len(tc.ConnectionState().VerifiedChains) > 0
+}
+
+// clientName is the subject of the client's verified certificate, or "".
+func (cn *conn) clientName() string {
+	if !cn.authenticated() {
+		return ""
+	}
+	return cn.c.(*tls.Conn).ConnectionState().VerifiedChains[0][0].Subject.String()
+}
+
+// logLevel is how loudly the connection's failures are logged: only
+// authenticated clients' are warnings.
+func (cn *conn) logLevel() slog.Level {
+	if cn.authenticated() {
+		return slog.LevelWarn
+	}
+	return slog.LevelDebug
+}
+
+// mayList reports whether the client may see an export in LIST.
+func (cn *conn) mayList(e ExportInfo) bool {
+	switch {
+	case cn.authenticated() || cn.srv.opts.Anonymous == AnonymousReadWrite:
+		return true
+	case cn.srv.opts.Anonymous == AnonymousNone:
+		return false
+	}
+	return !e.Writable
+}
+
+// mayOpen checks that the client may use export e. A writable export is
+// refused as unknown: its name is all that protects it, and a client
+// without the right to it learns nothing of whether it exists.
+func (cn *conn) mayOpen(e Export) error {
+	if cn.authenticated() || cn.srv.opts.Anonymous == AnonymousReadWrite {
+		return nil
+	}
+	if _, writable := e.(Writer); writable {
+		return fmt.Errorf("writable export for an anonymous client: %w", ErrUnknownExport)
+	}
+	if cn.srv.opts.Anonymous == AnonymousNone {
+		return errNotAllowed
+	}
+	return nil
 }
 
 // readOption reads one option request. An option longer than any we accept
@@ -211,13 +269,39 @@ func (cn *conn) startTLS(ctx context.Context, opt option) error {
 }
 
 func (cn *conn) open(ctx context.Context, name string) error {
-	e, err := cn.srv.src.Open(ctx, name)
+	e, err := cn.openChecked(ctx, name)
 	if err != nil {
-		return fmt.Errorf("open export %q: %w", name, err)
+		return err
 	}
 	cn.closeExport()
 	cn.name, cn.export = name, e
 	return nil
+}
+
+// openChecked opens an export the client may use.
+func (cn *conn) openChecked(ctx context.Context, name string) (Export, error) {
+	e, err := cn.srv.src.Open(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("open export %q: %w", name, err)
+	}
+	if err := cn.mayOpen(e); err != nil {
+		if cl, ok := e.(io.Closer); ok {
+			cl.Close()
+		}
+		return nil, fmt.Errorf("open export %q: %w", name, err)
+	}
+	return e, nil
+}
+
+// refuseOpen answers an option whose export could not be opened.
+func (cn *conn) refuseOpen(code uint32, name string, err error) error {
+	switch {
+	case errors.Is(err, errNotAllowed):
+		return cn.optReply(code, repErrPolicy, []byte(errNotAllowed.Error()))
+	case !errors.Is(err, ErrUnknownExport):
+		cn.srv.log.Warn("nbd open", "export", name, "err", err)
+	}
+	return cn.optReply(code, repErrUnknown, []byte(fmt.Sprintf("export %q not available", name)))
 }
 
 func (cn *conn) closeExport() {
@@ -245,12 +329,18 @@ func (cn *conn) list(ctx context.Context, opt option) error {
 	if len(opt.data) != 0 {
 		return cn.optReply(opt.code, repErrInvalid, []byte("LIST takes no data"))
 	}
+	if !cn.authenticated() && cn.srv.opts.Anonymous == AnonymousNone {
+		return cn.optReply(opt.code, repErrPolicy, []byte(errNotAllowed.Error()))
+	}
 	exports, err := cn.srv.src.List(ctx)
 	if err != nil {
 		cn.srv.log.Warn("nbd list exports", "err", err)
 		return cn.optReply(opt.code, repErrPolicy, []byte("cannot list exports"))
 	}
 	for _, e := range exports {
+		if !cn.mayList(e) {
+			continue
+		}
 		b := binary.BigEndian.AppendUint32(nil, uint32(len(e.Name)))
 		b = append(b, e.Name...)
 		b = append(b, e.Description...)
@@ -288,10 +378,7 @@ func (cn *conn) info(ctx context.Context, opt option) (done bool, err error) {
 	cn.export = nil // open must not close the export a GO chose before an INFO
 	if err := cn.open(ctx, name); err != nil {
 		cn.export, cn.name = prev, prevName
-		if !errors.Is(err, ErrUnknownExport) {
-			cn.srv.log.Warn("nbd open", "export", name, "err", err)
-		}
-		return false, cn.optReply(opt.code, repErrUnknown, []byte(fmt.Sprintf("export %q not available", name)))
+		return false, cn.refuseOpen(opt.code, name, err)
 	}
 	desc := ""
 	if exports, err := cn.srv.src.List(ctx); err == nil {
@@ -373,10 +460,7 @@ func (cn *conn) metaContext(ctx context.Context, opt option) error {
 	}
 	available, err := cn.availableContexts(ctx, name)
 	if err != nil {
-		if !errors.Is(err, ErrUnknownExport) {
-			cn.srv.log.Warn("nbd meta contexts", "export", name, "err", err)
-		}
-		return cn.optReply(opt.code, repErrUnknown, []byte(fmt.Sprintf("export %q not available", name)))
+		return cn.refuseOpen(opt.code, name, err)
 	}
 	var chosen []string
 	seen := map[string]bool{}
@@ -409,7 +493,7 @@ func (cn *conn) metaContext(ctx context.Context, opt option) error {
 
 // availableContexts lists the meta contexts the named export offers.
 func (cn *conn) availableContexts(ctx context.Context, name string) ([]string, error) {
-	e, err := cn.srv.src.Open(ctx, name)
+	e, err := cn.openChecked(ctx, name)
 	if err != nil {
 		return nil, err
 	}

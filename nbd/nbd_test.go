@@ -31,7 +31,7 @@ func (s fileSource) List(ctx context.Context) ([]ExportInfo, error) {
 	}
 	var out []ExportInfo
 	for _, e := range entries {
-		out = append(out, ExportInfo{Name: e.Name(), Description: "file " + e.Name()})
+		out = append(out, ExportInfo{Name: e.Name(), Description: "file " + e.Name(), Writable: strings.HasSuffix(e.Name(), ".rw")})
 	}
 	return out, nil
 }
@@ -124,10 +124,12 @@ func needTools(t *testing.T) {
 	}
 }
 
-// serve starts a server over dir on a loopback port and returns its address.
+// serve starts a server over dir on a loopback port and returns its
+// address. Anonymous clients may write: TestClientCertificates tests who
+// may do what.
 func serve(t *testing.T, dir string) string {
 	t.Helper()
-	return serveWith(t, fileSource{dir}, Options{})
+	return serveWith(t, fileSource{dir}, Options{Anonymous: AnonymousReadWrite})
 }
 
 func run(t *testing.T, name string, args ...string) string {

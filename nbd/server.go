@@ -67,10 +67,12 @@ type Allocator interface {
 	Allocation(ctx context.Context, off, length int64) ([]Extent, error)
 }
 
-// ExportInfo names an export for LIST and INFO.
+// ExportInfo names an export for LIST and INFO. Writable exports are
+// listed only to authenticated clients.
 type ExportInfo struct {
 	Name        string
 	Description string
+	Writable    bool
 }
 
 // Source lists and opens exports. Open returns ErrUnknownExport for names it
@@ -95,6 +97,53 @@ type Options struct {
 	// STARTTLS and ABORT until TLS is up (the protocol's FORCEDTLS mode).
 	TLSConfig   *tls.Config
 	TLSRequired bool
+	// Anonymous is what a client without a verified TLS client
+	// certificate may do; the default is AnonymousReadOnly. Client
+	// certificates are verified against TLSConfig.ClientCAs, so its
+	// ClientAuth must ask for them (tls.VerifyClientCertIfGiven, or
+	// tls.RequireAndVerifyClientCert to refuse clients without one).
+	Anonymous Anonymous
+
+	// MemoryBudget bounds the bytes of request payloads and replies in
+	// flight on all connections together (default 256 MiB); one
+	// connection may hold a quarter of it, or one largest reply. A
+	// client that does not read its replies stops being read from.
+	MemoryBudget int64
+	// MaxConns bounds the connections in all (default 256) and
+	// MaxConnsPerClient those from one IP address (default 64: 16
+	// nbdcopy runs of 4 connections each); more are closed at once.
+	MaxConns          int
+	MaxConnsPerClient int
+	// IdleTimeout closes a connection that sends no request while none
+	// is in flight, or reads no reply, for that long (default 15
+	// minutes; negative: never).
+	IdleTimeout time.Duration
+}
+
+// Anonymous is what clients without a client certificate may do.
+type Anonymous int
+
+const (
+	// AnonymousReadOnly lets them list and read read-only exports;
+	// writable exports are neither listed to them nor opened.
+	AnonymousReadOnly Anonymous = iota
+	// AnonymousNone refuses them every export and the list.
+	AnonymousNone
+	// AnonymousReadWrite lets them do everything: for servers that
+	// authenticate otherwise (a private socket, a test).
+	AnonymousReadWrite
+)
+
+func (a Anonymous) String() string {
+	switch a {
+	case AnonymousReadOnly:
+		return "read-only"
+	case AnonymousNone:
+		return "none"
+	case AnonymousReadWrite:
+		return "read-write"
+	}
+	return fmt.Sprintf("Anonymous(%d)", int(a))
 }
 
 // Server serves a Source over NBD.
@@ -102,15 +151,21 @@ type Server struct {
 	src     Source
 	opts    Options
 	log     *slog.Logger
-	buffers sync.Pool // of *[]byte, reply buffers
+	buffers *bufferPool // of request payloads and replies, all connections
+	conns   connCounter
 }
 
 const (
-	defaultMaxRequest  = 32 << 20
-	defaultConcurrency = 16
-	maxOptionLength    = 64 << 10 // no option we accept needs more
-	maxOptions         = 1024     // per handshake: bounds a client that never chooses
-	handshakeTimeout   = 30 * time.Second
+	defaultMaxRequest        = 32 << 20
+	defaultConcurrency       = 16
+	defaultMemoryBudget      = 256 << 20
+	defaultMaxConns          = 256
+	defaultMaxConnsPerClient = 64
+	defaultIdleTimeout       = 15 * time.Minute
+	maxOptionLength          = 64 << 10 // no option we accept needs more
+	maxOptions               = 1024     // per handshake: bounds a client that never chooses
+	handshakeTimeout         = 30 * time.Second
+	shutdownGrace            = 5 * time.Second // for replies in flight when the server stops
 )
 
 // NewServer returns a server for src.
@@ -124,7 +179,23 @@ func NewServer(src Source, opts Options) *Server {
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = defaultConcurrency
 	}
-	return &Server{src: src, opts: opts, log: opts.Logger}
+	if opts.MemoryBudget <= 0 {
+		opts.MemoryBudget = defaultMemoryBudget
+	}
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = defaultMaxConns
+	}
+	if opts.MaxConnsPerClient <= 0 {
+		opts.MaxConnsPerClient = defaultMaxConnsPerClient
+	}
+	if opts.IdleTimeout == 0 {
+		opts.IdleTimeout = defaultIdleTimeout
+	}
+	return &Server{
+		src: src, opts: opts, log: opts.Logger,
+		buffers: newBufferPool(opts.MemoryBudget),
+		conns:   connCounter{max: opts.MaxConns, per: opts.MaxConnsPerClient, perClient: map[string]int{}},
+	}
 }
 
 // Check reports options that cannot work together.
@@ -132,7 +203,25 @@ func (o Options) Check() error {
 	if o.TLSRequired && o.TLSConfig == nil {
 		return errors.New("nbd: TLS required but no certificate configured")
 	}
+	if o.MemoryBudget > 0 && o.MemoryBudget < maxReplySize(o.MaxRequest) {
+		return fmt.Errorf("nbd: memory budget of %d bytes does not hold one reply of %d", o.MemoryBudget, maxReplySize(o.MaxRequest))
+	}
 	return nil
+}
+
+// maxReplySize bounds the reply to a READ of n bytes: the data, and a
+// chunk header for each extent of at least 4 KiB (smaller extents are
+// sent as data, see read). n <= 0 means the default request size.
+func maxReplySize(n int) int64 {
+	if n <= 0 {
+		n = defaultMaxRequest
+	}
+	return int64(n) + (int64(n)/4096+2)*(32+12)
+}
+
+// connShare is what one connection may hold of the memory budget.
+func (s *Server) connShare() int64 {
+	return max(s.opts.MemoryBudget/4, maxReplySize(s.opts.MaxRequest))
 }
 
 // Serve accepts connections on l until ctx is cancelled, then closes l,
@@ -153,9 +242,18 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			}
 			return fmt.Errorf("nbd accept: %w", err)
 		}
+		key := clientKey(c.RemoteAddr())
+		if ok, why := s.conns.add(key); !ok {
+			// Debug: anyone can knock, and a warning each time would
+			// let them fill the log.
+			s.log.Debug("nbd connection refused", "remote", c.RemoteAddr().String(), "reason", why)
+			c.Close()
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer s.conns.remove(key)
 			s.serveConn(ctx, c)
 		}()
 	}
@@ -164,23 +262,32 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	log := s.log.With("remote", c.RemoteAddr().String())
-	// A connection ends with the server: unblock reads when ctx is done.
-	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Now()) })
+	// A connection ends with the server: unblock reads when ctx is done,
+	// and writes to a client that does not read soon after.
+	stop := context.AfterFunc(ctx, func() {
+		c.SetReadDeadline(time.Now())
+		c.SetWriteDeadline(time.Now().Add(shutdownGrace))
+	})
 	defer stop()
 
 	c.SetDeadline(time.Now().Add(handshakeTimeout))
 	conn, err := s.handshake(ctx, c)
 	if err != nil {
 		if !errors.Is(err, errClientDone) {
-			log.Warn("nbd handshake failed", "err", err)
+			// Failures of clients nobody vouches for are theirs, not
+			// the server's: they go to debug, as anonymous connects do.
+			log.Log(ctx, conn.logLevel(), "nbd handshake failed", "err", err, "client", conn.clientName())
 		}
 		return
 	}
 	c.SetDeadline(time.Time{})
 	defer conn.closeExport()
 	log = log.With("export", conn.name)
+	if name := conn.clientName(); name != "" {
+		log = log.With("client", name)
+	}
 	log.Debug("nbd client connected", "structured", conn.structured, "extended", conn.extended, "tls", conn.tls)
 	if err := conn.transmit(ctx, log); err != nil && ctx.Err() == nil {
-		log.Warn("nbd connection ended", "err", err)
+		log.Log(ctx, conn.logLevel(), "nbd connection ended", "err", err)
 	}
 }

@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // request is one decoded request header. length is the payload length when
@@ -58,35 +61,61 @@ func decodeRequest(b []byte, extended bool) (request, error) {
 
 // transmit serves requests until the client disconnects. Requests run
 // concurrently (bounded); replies are written whole under a lock, so they
-// may complete out of order as the protocol allows.
-func (cn *conn) transmit(ctx context.Context, log *slog.Logger) error {
+// may complete out of order as the protocol allows. Their buffers come
+// from the server's pool, at most the connection's share of it: a client
+// that does not read its replies soon has all its requests waiting for
+// buffers, and then is not read from until it does.
+func (cn *conn) transmit(ctx context.Context, log *slog.Logger) (err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // after wg.Wait below: requests in flight get their replies
 	var (
-		wg   sync.WaitGroup
-		wmu  sync.Mutex
-		sem  = make(chan struct{}, cn.srv.opts.Concurrency)
-		werr error
+		wg       sync.WaitGroup
+		wmu      sync.Mutex
+		sem      = make(chan struct{}, cn.srv.opts.Concurrency)
+		share    = newLimiter(cn.srv.connShare())
+		inFlight atomic.Int32
+		werr     error
 	)
 	hdr := make([]byte, compactRequestSize)
 	if cn.extended {
 		hdr = make([]byte, extendedRequestSize)
 	}
 	defer wg.Wait()
+	defer func() {
+		if err != nil {
+			cancel() // nobody will read the replies: stop waiting for buffers
+		}
+	}()
 	send := func(b []byte) {
 		wmu.Lock()
 		defer wmu.Unlock()
 		if werr != nil {
 			return
 		}
+		if idle := cn.srv.opts.IdleTimeout; idle > 0 {
+			cn.c.SetWriteDeadline(time.Now().Add(idle))
+		}
+		if ctx.Err() != nil {
+			// Shutting down: a client that does not read gets little time.
+			cn.c.SetWriteDeadline(time.Now().Add(shutdownGrace))
+		}
 		if _, err := cn.c.Write(b); err != nil {
 			werr = err
+			cancel() // requests waiting for buffers give up
 		}
 	}
 	for {
-		if _, err := io.ReadFull(cn.r, hdr); err != nil {
-			if errors.Is(err, io.EOF) {
+		if err := cn.readRequest(ctx, hdr, func() bool { return inFlight.Load() > 0 }); err != nil {
+			wmu.Lock()
+			failed := werr
+			wmu.Unlock()
+			switch {
+			case failed != nil: // the read ended because a reply could not be sent
+				return fmt.Errorf("send reply: %w", failed)
+			case errors.Is(err, io.EOF):
 				return nil
 			}
-			return fmt.Errorf("request header: %w", err)
+			return err
 		}
 		req, err := decodeRequest(hdr, cn.extended)
 		if err != nil {
@@ -95,27 +124,36 @@ func (cn *conn) transmit(ctx context.Context, log *slog.Logger) error {
 		if req.typ == cmdDisc {
 			return nil
 		}
-		var payload []byte
+		sem <- struct{}{}
+		var (
+			payload []byte
+			pb      *pooledBuf
+		)
 		if req.payload {
 			if req.length > uint64(cn.srv.opts.MaxRequest) {
 				// Reading it would cost unbounded memory or time; the
 				// protocol allows hanging up on such a client.
 				return fmt.Errorf("request %d carries %d bytes, more than the %d allowed", req.typ, req.length, cn.srv.opts.MaxRequest)
 			}
-			payload = cn.srv.getBuffer(int(req.length))[:req.length]
+			if pb, err = cn.getBuffer(ctx, share, int(req.length)); err != nil {
+				return fmt.Errorf("request payload: %w", err)
+			}
+			payload = pb.b[:req.length]
 			if _, err := io.ReadFull(cn.r, payload); err != nil {
+				cn.putBuffer(share, pb)
 				return fmt.Errorf("request payload: %w", err)
 			}
 		}
-		sem <- struct{}{}
+		inFlight.Add(1)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			reply := cn.handle(ctx, log, req, payload)
-			cn.srv.putBuffer(payload)
+			defer inFlight.Add(-1)
+			reply, rb := cn.handle(ctx, log, share, req, payload)
+			cn.putBuffer(share, pb)
 			send(reply)
-			cn.srv.putBuffer(reply)
+			cn.putBuffer(share, rb)
 		}()
 		wmu.Lock()
 		err = werr
@@ -126,8 +164,105 @@ func (cn *conn) transmit(ctx context.Context, log *slog.Logger) error {
 	}
 }
 
-// handle runs one request and returns its complete reply.
-func (cn *conn) handle(ctx context.Context, log *slog.Logger, req request, payload []byte) []byte {
+// readRequest reads a request header. It waits for one at most the idle
+// timeout, and longer only while busy() (requests are in flight). A header
+// split by a timeout is read on where it stopped.
+func (cn *conn) readRequest(ctx context.Context, hdr []byte, busy func() bool) error {
+	idle := cn.srv.opts.IdleTimeout
+	for n := 0; n < len(hdr); {
+		if idle > 0 {
+			cn.c.SetReadDeadline(time.Now().Add(idle))
+		}
+		// The server's shutdown sets a deadline of now; one set just
+		// above must not undo it.
+		if ctx.Err() != nil {
+			return io.EOF
+		}
+		m, err := cn.r.Read(hdr[n:])
+		n += m
+		var ne net.Error
+		switch {
+		case err == nil:
+		case errors.Is(err, io.EOF) && n == 0:
+			return io.EOF
+		case errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil && busy():
+		case errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil:
+			return fmt.Errorf("idle for %v: %w", idle, err)
+		case ctx.Err() != nil:
+			return io.EOF
+		default:
+			return fmt.Errorf("request header: %w", err)
+		}
+	}
+	return nil
+}
+
+// pooledBuf is a buffer of the server's pool, counted against a
+// connection's share of it.
+type pooledBuf struct {
+	b     []byte
+	share int64
+}
+
+// getBuffer takes a buffer for n bytes from the server's pool, within the
+// connection's share of it.
+func (cn *conn) getBuffer(ctx context.Context, share *limiter, n int) (*pooledBuf, error) {
+	if err := share.acquire(ctx, int64(n)); err != nil {
+		return nil, err
+	}
+	b, err := cn.srv.buffers.get(ctx, n)
+	if err != nil {
+		share.release(int64(n))
+		return nil, err
+	}
+	return &pooledBuf{b, int64(n)}, nil
+}
+
+// putBuffer gives back a buffer of getBuffer; nil is ignored.
+func (cn *conn) putBuffer(share *limiter, pb *pooledBuf) {
+	if pb == nil {
+		return
+	}
+	cn.srv.buffers.put(pb.b)
+	share.release(pb.share)
+}
+
+// handle runs one request and returns its complete reply, and the pool's
+// buffer it is in, if it is.
+func (cn *conn) handle(ctx context.Context, log *slog.Logger, share *limiter, req request, payload []byte) ([]byte, *pooledBuf) {
+	if reply := cn.check(req); reply != nil {
+		return reply, nil
+	}
+	w, writable := cn.export.(Writer)
+	switch req.typ {
+	case cmdRead:
+		if req.length > uint64(cn.srv.opts.MaxRequest) {
+			return cn.errorReply(req, errOverflow, "request too large"), nil
+		}
+		return cn.read(ctx, log, share, req)
+	case cmdCache:
+		return cn.okReply(req), nil
+	case cmdFlush:
+		if writable {
+			if err := w.Flush(); err != nil {
+				log.Error("nbd flush", "err", err)
+				return cn.errorReply(req, errIO, "flush failed"), nil
+			}
+		}
+		return cn.okReply(req), nil
+	case cmdWrite, cmdTrim, cmdWriteZeroes:
+		return cn.write(log, w, req, payload), nil
+	case cmdBlockStatus:
+		if len(cn.contexts) == 0 {
+			return cn.errorReply(req, errInval, "no meta context negotiated"), nil
+		}
+		return cn.blockStatus(ctx, log, req), nil
+	}
+	return cn.errorReply(req, errInval, fmt.Sprintf("command %d not supported", req.typ)), nil
+}
+
+// check returns the error reply to a request that cannot run, or nil.
+func (cn *conn) check(req request) []byte {
 	if req.flags&^cmdFlagsKnown != 0 {
 		return cn.errorReply(req, errInval, fmt.Sprintf("unknown command flags %#x", req.flags))
 	}
@@ -140,7 +275,7 @@ func (cn *conn) handle(ctx context.Context, log *slog.Logger, req request, paylo
 	if req.typ > cmdBlockStatus {
 		return cn.errorReply(req, errInval, fmt.Sprintf("unknown command %d", req.typ))
 	}
-	w, writable := cn.export.(Writer)
+	_, writable := cn.export.(Writer)
 	isWrite := req.typ == cmdWrite || req.typ == cmdTrim || req.typ == cmdWriteZeroes
 	if isWrite && !writable {
 		return cn.errorReply(req, errPerm, "export is read-only")
@@ -158,31 +293,7 @@ func (cn *conn) handle(ctx context.Context, log *slog.Logger, req request, paylo
 			return cn.errorReply(req, errInval, "request outside the export")
 		}
 	}
-	switch req.typ {
-	case cmdRead:
-		if req.length > uint64(cn.srv.opts.MaxRequest) {
-			return cn.errorReply(req, errOverflow, "request too large")
-		}
-		return cn.read(ctx, log, req)
-	case cmdCache:
-		return cn.okReply(req)
-	case cmdFlush:
-		if writable {
-			if err := w.Flush(); err != nil {
-				log.Error("nbd flush", "err", err)
-				return cn.errorReply(req, errIO, "flush failed")
-			}
-		}
-		return cn.okReply(req)
-	case cmdWrite, cmdTrim, cmdWriteZeroes:
-		return cn.write(log, w, req, payload)
-	case cmdBlockStatus:
-		if len(cn.contexts) == 0 {
-			return cn.errorReply(req, errInval, "no meta context negotiated")
-		}
-		return cn.blockStatus(ctx, log, req)
-	}
-	return cn.errorReply(req, errInval, fmt.Sprintf("command %d not supported", req.typ))
+	return nil
 }
 
 // write runs WRITE, TRIM and WRITE_ZEROES.
@@ -253,30 +364,91 @@ func (cn *conn) status(ctx context.Context, context string, off, length int64) (
 	return mc.MetaStatus(ctx, context, off, length)
 }
 
-func (cn *conn) read(ctx context.Context, log *slog.Logger, req request) []byte {
+// read answers a READ in a buffer of the server's pool, which it may wait
+// for. In structured mode holes are sent as such, unless the export is so
+// fragmented that their chunk headers would cost more than the data.
+func (cn *conn) read(ctx context.Context, log *slog.Logger, share *limiter, req request) ([]byte, *pooledBuf) {
 	off, n := int64(req.off), int64(req.length)
 	if !cn.structured {
-		b := simpleHeader(req.cookie, 0, int(n))
-		if _, err := cn.export.ReadAt(b[16:], off); err != nil && !(errors.Is(err, io.EOF)) {
-			log.Error("nbd read", "offset", off, "length", n, "err", err)
-			return cn.errorReply(req, errIO, "read error")
+		pb, err := cn.getBuffer(ctx, share, 16+int(n))
+		if err != nil {
+			return cn.errorReply(req, errIO, "server shutting down"), nil
 		}
-		return b
+		b := appendSimpleHeader(pb.b, req.cookie, 0)[:16+n]
+		if err := readFull(cn.export, b[16:], off); err != nil {
+			cn.putBuffer(share, pb)
+			log.Error("nbd read", "offset", off, "length", n, "err", err)
+			return cn.errorReply(req, errIO, "read error"), nil
+		}
+		return b, pb
 	}
 	exts := []Extent{{Length: n}}
 	if req.flags&cmdFlagDF == 0 {
 		var err error
 		if exts, err = cn.allocation(ctx, off, n); err != nil {
 			log.Error("nbd extents", "offset", off, "length", n, "err", err)
-			return cn.errorReply(req, errIO, "extent error")
+			return cn.errorReply(req, errIO, "extent error"), nil
 		}
 	}
-	// Clip the extents to the request, then build the whole reply in one
-	// buffer: one allocation, one copy from the export, one socket write.
-	type piece struct {
-		pos, length int64
-		hole        bool
+	pieces, total, err := cn.readPieces(exts, off, n)
+	if err != nil {
+		log.Error("nbd extents do not cover the read", "offset", off, "length", n, "err", err)
+		return cn.errorReply(req, errIO, "extent error"), nil
 	}
+	pb, err := cn.getBuffer(ctx, share, total)
+	if err != nil {
+		return cn.errorReply(req, errIO, "server shutting down"), nil
+	}
+	// The whole reply in one buffer: one copy from the export, one
+	// socket write.
+	out := pb.b
+	for i, p := range pieces {
+		flags := uint16(0)
+		if i == len(pieces)-1 {
+			flags = replyFlagDone
+		}
+		if p.hole {
+			out = cn.appendChunkHeader(out, req, flags, replyOffsetHole, 12)
+			out = binary.BigEndian.AppendUint64(out, uint64(p.pos))
+			out = binary.BigEndian.AppendUint32(out, uint32(p.length))
+			continue
+		}
+		out = cn.appendChunkHeader(out, req, flags, replyOffsetData, 8+int(p.length))
+		out = binary.BigEndian.AppendUint64(out, uint64(p.pos))
+		start := len(out)
+		out = out[:start+int(p.length)]
+		if err := readFull(cn.export, out[start:], p.pos); err != nil {
+			cn.putBuffer(share, pb)
+			log.Error("nbd read", "offset", p.pos, "length", p.length, "err", err)
+			return cn.errorReply(req, errIO, "read error"), nil
+		}
+	}
+	return out, pb
+}
+
+// readFull fills p from off; what lies past the export's end reads as
+// zeros, not as what a reused buffer held before.
+func readFull(r io.ReaderAt, p []byte, off int64) error {
+	n, err := r.ReadAt(p, off)
+	if n < len(p) {
+		clear(p[n:])
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
+}
+
+// piece is one chunk of a structured read reply.
+type piece struct {
+	pos, length int64
+	hole        bool
+}
+
+// readPieces clips extents to the read [off, off+n) and returns its chunks
+// and the reply's size. More chunks than one per 4 KiB become a single
+// data chunk, which bounds the reply by maxReplySize.
+func (cn *conn) readPieces(exts []Extent, off, n int64) ([]piece, int, error) {
 	var pieces []piece
 	total := 0
 	pos := off
@@ -294,33 +466,14 @@ func (cn *conn) read(ctx context.Context, log *slog.Logger, req request) []byte 
 			total += hdr + 8 + int(length)
 		}
 		pos += length
+		if int64(len(pieces)) > n/4096+1 {
+			return []piece{{off, n, false}}, hdr + 8 + int(n), nil
+		}
 	}
 	if pos != off+n {
-		log.Error("nbd extents do not cover the read", "offset", off, "length", n, "covered", pos-off)
-		return cn.errorReply(req, errIO, "extent error")
+		return nil, 0, fmt.Errorf("extents cover %d bytes", pos-off)
 	}
-	out := cn.srv.getBuffer(total)
-	for i, p := range pieces {
-		flags := uint16(0)
-		if i == len(pieces)-1 {
-			flags = replyFlagDone
-		}
-		if p.hole {
-			out = cn.appendChunkHeader(out, req, flags, replyOffsetHole, 12)
-			out = binary.BigEndian.AppendUint64(out, uint64(p.pos))
-			out = binary.BigEndian.AppendUint32(out, uint32(p.length))
-			continue
-		}
-		out = cn.appendChunkHeader(out, req, flags, replyOffsetData, 8+int(p.length))
-		out = binary.BigEndian.AppendUint64(out, uint64(p.pos))
-		start := len(out)
-		out = out[:start+int(p.length)]
-		if _, err := cn.export.ReadAt(out[start:], p.pos); err != nil && !errors.Is(err, io.EOF) {
-			log.Error("nbd read", "offset", p.pos, "length", p.length, "err", err)
-			return cn.errorReply(req, errIO, "read error")
-		}
-	}
-	return out
+	return pieces, total, nil
 }
 
 // blockStatus answers with one chunk per negotiated meta context: 32-bit
@@ -404,11 +557,13 @@ func (cn *conn) errorReply(req request, errno uint32, msg string) []byte {
 
 // simpleHeader returns a simple reply header followed by room for n bytes.
 func simpleHeader(cookie uint64, errno uint32, n int) []byte {
-	b := make([]byte, 16+n)
-	binary.BigEndian.PutUint32(b[0:], magicSimple)
-	binary.BigEndian.PutUint32(b[4:], errno)
-	binary.BigEndian.PutUint64(b[8:], cookie)
-	return b
+	return appendSimpleHeader(make([]byte, 0, 16+n), cookie, errno)[:16+n]
+}
+
+func appendSimpleHeader(b []byte, cookie uint64, errno uint32) []byte {
+	b = binary.BigEndian.AppendUint32(b, magicSimple)
+	b = binary.BigEndian.AppendUint32(b, errno)
+	return binary.BigEndian.AppendUint64(b, cookie)
 }
 
 func (cn *conn) chunkHeaderSize() int {
@@ -434,20 +589,4 @@ func (cn *conn) appendChunkHeader(b []byte, req request, flags, typ uint16, leng
 	b = binary.BigEndian.AppendUint16(b, typ)
 	b = binary.BigEndian.AppendUint64(b, req.cookie)
 	return binary.BigEndian.AppendUint32(b, uint32(length))
-}
-
-// Read replies are the bulk of the traffic; reusing their buffers (a pool
-// per server) keeps the garbage collector out of the data path.
-func (s *Server) getBuffer(n int) []byte {
-	if b, ok := s.buffers.Get().(*[]byte); ok && cap(*b) >= n {
-		return (*b)[:0]
-	}
-	return make([]byte, 0, n)
-}
-
-func (s *Server) putBuffer(b []byte) {
-	if cap(b) < 64<<10 || cap(b) > 64<<20 {
-		return // small replies are cheap; huge ones should not be pinned
-	}
-	s.buffers.Put(&b)
 }

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -27,16 +26,21 @@ import (
 const certOrg = "Astrolabe"
 
 // ensureCert returns the appliance's certificate and key in dir. On first
-// start it generates a self-signed leaf certificate (not a CA: it can sign
-// nothing) for this host's names and addresses and the listeners'
-// addresses; clients trust it by pinning the file as their only root. A
-// certificate the appliance generated earlier is generated again, with a
-// new key, when it is a CA (as before issue 22) or lacks one of those
-// names; a configured pair is used as it is.
+// start it generates a server certificate for this host's names and
+// addresses and the listeners' addresses, signed by a CA made for it alone:
+// the CA may sign only for those names (name constraints, path length 0)
+// and its key is thrown away once it has signed, so nothing else can ever
+// chain to it. cert.pem holds the server certificate and then the CA.
+// Clients trust it by pinning the file (Go, curl) or its CA (GnuTLS-based
+// libnbd and qemu, which accept only a CA as a trust anchor).
+//
+// A certificate the appliance generated earlier is generated again, with
+// new keys, when it is of an older form (a self-signed CA or leaf), has
+// expired or lacks one of those names; a configured pair is used as it is.
 func ensureCert(log *slog.Logger, dir string, addrs ...net.Addr) (certFile, keyFile string, err error) {
 	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	dns, ips := certNames(addrs)
-	old, err := readCert(certFile)
+	old, err := readCerts(certFile)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 	case err != nil:
@@ -52,12 +56,12 @@ func ensureCert(log *slog.Logger, dir string, addrs ...net.Addr) (certFile, keyF
 			"reason", why, "cert", certFile)
 		// Keep the names it had, so that listeners of an earlier start
 		// on other addresses stay valid.
-		dns, ips = union(dns, old.DNSNames), unionIP(ips, old.IPAddresses)
+		dns, ips = union(dns, old[0].DNSNames), unionIP(ips, old[0].IPAddresses)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", "", fmt.Errorf("TLS directory: %w", err)
 	}
-	der, keyDER, err := newLeafCert(dns, ips)
+	chain, keyDER, err := newCertChain(dns, ips)
 	if err != nil {
 		return "", "", err
 	}
@@ -66,51 +70,69 @@ func ensureCert(log *slog.Logger, dir string, addrs ...net.Addr) (certFile, keyF
 	if err := writePEM(keyFile, 0o600, "EC PRIVATE KEY", keyDER); err != nil {
 		return "", "", err
 	}
-	if err := writePEM(certFile, 0o644, "CERTIFICATE", der); err != nil {
+	if err := writePEM(certFile, 0o644, "CERTIFICATE", chain...); err != nil {
 		return "", "", err
 	}
 	return certFile, keyFile, nil
 }
 
-func readCert(path string) (*x509.Certificate, error) {
+// readCerts reads the certificates of a PEM file, in order.
+func readCerts(path string) ([]*x509.Certificate, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	blk, _ := pem.Decode(b)
-	if blk == nil || blk.Type != "CERTIFICATE" {
+	var certs []*x509.Certificate
+	for {
+		var blk *pem.Block
+		if blk, b = pem.Decode(b); blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("TLS certificate %s: %w", filepath.Base(path), err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
 		return nil, fmt.Errorf("TLS certificate %s: no PEM certificate", filepath.Base(path))
 	}
-	c, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("TLS certificate %s: %w", filepath.Base(path), err)
-	}
-	return c, nil
+	return certs, nil
 }
 
-// generated reports whether c is a certificate the appliance made.
-func generated(c *x509.Certificate) bool {
+// generated reports whether the chain is one the appliance made: its last
+// certificate self-signed by the appliance (older versions made only that
+// one certificate).
+func generated(chain []*x509.Certificate) bool {
+	c := chain[len(chain)-1]
 	return slices.Equal(c.Subject.Organization, []string{certOrg}) &&
 		strings.HasPrefix(c.Subject.CommonName, "astrolabe appliance") &&
 		// Self-signed (CheckSignatureFrom refuses a leaf as a parent).
 		c.CheckSignature(c.SignatureAlgorithm, c.RawTBSCertificate, c.Signature) == nil
 }
 
-// certProblem says why a generated certificate must be made again, or "".
-func certProblem(c *x509.Certificate, dns []string, ips []net.IP) string {
-	if c.IsCA || c.KeyUsage&x509.KeyUsageCertSign != 0 {
-		return "it is a CA"
+// certProblem says why a generated chain must be made again, or "".
+func certProblem(chain []*x509.Certificate, dns []string, ips []net.IP) string {
+	if len(chain) != 2 {
+		return "it is of an older form (one self-signed certificate)"
 	}
-	if time.Now().After(c.NotAfter) {
+	leaf, ca := chain[0], chain[1]
+	if leaf.IsCA || !ca.IsCA || !ca.PermittedDNSDomainsCritical || leaf.CheckSignatureFrom(ca) != nil {
+		return "it is not a server certificate under a constrained CA"
+	}
+	if time.Now().After(leaf.NotAfter) || time.Now().After(ca.NotAfter) {
 		return "it expired"
 	}
 	for _, n := range dns {
-		if !slices.Contains(c.DNSNames, n) {
+		if !slices.Contains(leaf.DNSNames, n) {
 			return "it lacks the name " + n
 		}
 	}
 	for _, ip := range ips {
-		if !slices.ContainsFunc(c.IPAddresses, ip.Equal) {
+		if !slices.ContainsFunc(leaf.IPAddresses, ip.Equal) {
 			return "it lacks the address " + ip.String()
 		}
 	}
@@ -169,33 +191,61 @@ func unionIP(a, b []net.IP) []net.IP {
 	return a
 }
 
-// newLeafCert makes a self-signed server certificate for the names and a
-// new P-256 key; it returns both DER-encoded.
-func newLeafCert(dns []string, ips []net.IP) (cert, key []byte, err error) {
+// newCertChain makes a server certificate for the names and a new P-256
+// key, signed by a new CA that may sign only for those names and whose key
+// is dropped here. It returns the certificates (server, CA) and the
+// server's key, DER-encoded.
+func newCertChain(dns []string, ips []net.IP) (chain [][]byte, key []byte, err error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
 	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+	host, _ := os.Hostname()
+	notBefore, notAfter := time.Now().Add(-time.Hour), time.Now().AddDate(10, 0, 0)
+	var ranges []*net.IPNet
+	for _, ip := range ips {
+		ranges = append(ranges, &net.IPNet{IP: ip, Mask: net.CIDRMask(len(ip)*8, len(ip)*8)})
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber: randomSerial(),
+		Subject:      pkix.Name{CommonName: "astrolabe appliance CA " + host, Organization: []string{certOrg}},
+		NotBefore:    notBefore,
+		NotAfter:     notAfter,
+		KeyUsage:     x509.KeyUsageCertSign,
+		// It signs one server certificate for these names and nothing
+		// else: no intermediate, no other name.
+		BasicConstraintsValid:       true,
+		IsCA:                        true,
+		MaxPathLenZero:              true,
+		PermittedDNSDomainsCritical: true,
+		PermittedDNSDomains:         dns,
+		PermittedIPRanges:           ranges,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
 	if err != nil {
 		return nil, nil, err
 	}
-	host, _ := os.Hostname()
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return nil, nil, err
+	}
 	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: "astrolabe appliance " + host, Organization: []string{certOrg}},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().AddDate(10, 0, 0),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		// A leaf: it cannot sign certificates for other names, so a
-		// client that pins it trusts this appliance and nothing else.
+		SerialNumber:          randomSerial(),
+		Subject:               pkix.Name{CommonName: "astrolabe appliance " + host, Organization: []string{certOrg}},
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
 		IsCA:                  false,
 		DNSNames:              dns,
 		IPAddresses:           ips,
 	}
-	cert, err = x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -203,11 +253,16 @@ func newLeafCert(dns []string, ips []net.IP) (cert, key []byte, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return cert, key, nil
+	return [][]byte{der, caDER}, key, nil
 }
 
-func writePEM(path string, perm os.FileMode, typ string, der []byte) error {
+func writePEM(path string, perm os.FileMode, typ string, ders ...[]byte) error {
 	return atomicfile.Write(path, perm, func(w io.Writer) error {
-		return pem.Encode(w, &pem.Block{Type: typ, Bytes: der})
+		for _, der := range ders {
+			if err := pem.Encode(w, &pem.Block{Type: typ, Bytes: der}); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 }

@@ -24,17 +24,24 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 
 func loopbackAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8443} }
 
-// The generated certificate is a leaf for the appliance's names, and Go
-// clients that pin it as their only root accept it.
+// The generated certificate is a leaf for the appliance's names under a CA
+// constrained to those names, and Go clients that pin the file accept it.
 func TestCertLeaf(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile, err := ensureCert(quiet(), dir, loopbackAddr(), &net.TCPAddr{IP: net.IPv4zero, Port: 9000})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := readCert(certFile)
+	chain, err := readCerts(certFile)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(chain) != 2 {
+		t.Fatalf("cert.pem holds %d certificates, want the server's and its CA", len(chain))
+	}
+	c, ca := chain[0], chain[1]
+	if !ca.IsCA || ca.MaxPathLen != 0 || !ca.MaxPathLenZero || len(ca.PermittedDNSDomains) == 0 || len(ca.PermittedIPRanges) == 0 {
+		t.Errorf("CA not constrained: path len %d, DNS %v, IP %v", ca.MaxPathLen, ca.PermittedDNSDomains, ca.PermittedIPRanges)
 	}
 	if c.IsCA || c.KeyUsage != x509.KeyUsageDigitalSignature || len(c.ExtKeyUsage) != 1 || c.ExtKeyUsage[0] != x509.ExtKeyUsageServerAuth {
 		t.Errorf("not a server leaf: CA %v, key usage %v, ext %v", c.IsCA, c.KeyUsage, c.ExtKeyUsage)
@@ -60,9 +67,19 @@ func TestCertLeaf(t *testing.T) {
 		}
 	}
 	pool := x509.NewCertPool()
-	pool.AddCert(c)
+	pem, _ := os.ReadFile(certFile)
+	pool.AppendCertsFromPEM(pem)
 	if _, err := c.Verify(x509.VerifyOptions{Roots: pool, DNSName: "localhost"}); err != nil {
-		t.Errorf("the pinned leaf does not verify as its own root: %v", err)
+		t.Errorf("the pinned file does not verify the server: %v", err)
+	}
+	// The CA signs nothing outside the appliance's names.
+	caOnly := x509.NewCertPool()
+	caOnly.AddCert(ca)
+	if _, err := c.Verify(x509.VerifyOptions{Roots: caOnly, DNSName: "localhost"}); err != nil {
+		t.Errorf("the CA does not verify the server: %v", err)
+	}
+	if err := ca.CheckSignatureFrom(ca); err != nil {
+		t.Errorf("CA not self-signed: %v", err)
 	}
 
 	// A real handshake: TLS 1.2 with a CBC suite is refused, AEAD works.
@@ -130,14 +147,14 @@ func TestCertCARegenerated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := readCert(certFile)
-	if err != nil || c.IsCA || c.KeyUsage&x509.KeyUsageCertSign != 0 {
-		t.Fatalf("after start: CA %v, usage %v, %v", c.IsCA, c.KeyUsage, err)
+	chain, err := readCerts(certFile)
+	if err != nil || len(chain) != 2 || chain[0].IsCA || chain[0].KeyUsage&x509.KeyUsageCertSign != 0 {
+		t.Fatalf("after start: %d certificates, %v", len(chain), err)
 	}
 	if newKey, _ := os.ReadFile(filepath.Join(dir, "key.pem")); bytes.Equal(newKey, oldKey) {
 		t.Error("the key of the CA was kept")
 	}
-	if !strings.Contains(logs.String(), "it is a CA") {
+	if !strings.Contains(logs.String(), "older form") {
 		t.Errorf("not logged: %s", logs.String())
 	}
 	// Stable from then on.
@@ -148,7 +165,8 @@ func TestCertCARegenerated(t *testing.T) {
 	}
 	// A listener on a new address: generated again with it and the old names.
 	ensureCert(quiet(), dir, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2), Port: 1})
-	c, _ = readCert(certFile)
+	chain, _ = readCerts(certFile)
+	c := chain[0]
 	if c.VerifyHostname("127.0.0.2") != nil || c.VerifyHostname("127.0.0.1") != nil {
 		t.Errorf("SANs after a new address: %v", c.IPAddresses)
 	}

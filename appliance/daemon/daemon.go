@@ -44,6 +44,22 @@ type Options struct {
 	APIAddr   string
 	S3Addr    string
 	NBDAddr   string
+	// NBD offers TLS with the API's certificate, and requires it and a
+	// client certificate (see IssueNBDClientCert) off loopback. On
+	// loopback NBDAnonymousRead lets clients without a certificate read
+	// read-only exports; writable exports always need one.
+	NBDAnonymousRead bool
+	// NBDClientCA is a PEM file of more CAs whose client certificates
+	// authenticate, besides the config directory's own.
+	NBDClientCA string
+	// NBDMemory bounds the bytes of NBD requests and replies in flight
+	// (0: the nbd package's default); NBDMaxConns and
+	// NBDMaxConnsPerClient bound connections, NBDIdleTimeout closes idle
+	// ones (0: defaults; negative idle timeout: never).
+	NBDMemory            int64
+	NBDMaxConns          int
+	NBDMaxConnsPerClient int
+	NBDIdleTimeout       time.Duration
 	// MountDir, if set, gets a FUSE mount of all PEs at start. The
 	// operator chose it: it may be anywhere.
 	MountDir string
@@ -79,6 +95,8 @@ type Endpoints struct {
 	// S3Keys are set when the S3 credentials were made at this start.
 	S3Keys   *S3Keys
 	CertFile string
+	// NBDClientCA is the CA of NBD client certificates.
+	NBDClientCA string
 }
 
 // DefaultMountRoot is where API mounts go, in the config directory: it is
@@ -143,29 +161,6 @@ func Run(ctx context.Context, opts Options) error {
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 
-	var exports *nbdService
-	if opts.NBDAddr != "" {
-		l, err := net.Listen("tcp", opts.NBDAddr)
-		if err != nil {
-			return fmt.Errorf("NBD listener: %w", err)
-		}
-		src := nbdexport.NewSource(m)
-		ep.NBD = "nbd://" + l.Addr().String()
-		exports = &nbdService{m: m, src: src, base: ep.NBD, state: st, log: log}
-		if err := exports.restore(ctx); err != nil {
-			l.Close()
-			return err
-		}
-		srv := nbd.NewServer(src, nbd.Options{Logger: log})
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := srv.Serve(ctx, l); err != nil {
-				fail(err)
-				stop()
-			}
-		}()
-	}
 	var s3h *s3export.Handler
 	var s3l, apil net.Listener
 	if opts.S3Addr != "" {
@@ -197,27 +192,63 @@ func Run(ctx context.Context, opts Options) error {
 		}
 		defer apil.Close()
 	}
-	met := newMetrics(tm, exports, s3h)
-
-	// One certificate for both listeners, naming the addresses of both.
-	var tlsCfg *tls.Config
-	if !opts.InsecureHTTP && (s3l != nil || apil != nil) {
-		var addrs []net.Addr
-		for _, l := range []net.Listener{s3l, apil} {
-			if l != nil {
-				addrs = append(addrs, l.Addr())
-			}
+	var nbdl net.Listener
+	if opts.NBDAddr != "" {
+		if nbdl, err = net.Listen("tcp", opts.NBDAddr); err != nil {
+			return fmt.Errorf("NBD listener: %w", err)
 		}
-		certFile, keyFile, err := ensureCert(log, filepath.Join(opts.ConfigDir, tlsDir), addrs...)
-		if err != nil {
+		defer nbdl.Close()
+	}
+
+	// One certificate for every listener, naming all their addresses:
+	// NBD always offers TLS, HTTP unless --insecure-http.
+	var addrs []net.Addr
+	for _, l := range []net.Listener{s3l, apil, nbdl} {
+		if l != nil {
+			addrs = append(addrs, l.Addr())
+		}
+	}
+	var certFile, keyFile string
+	if len(addrs) > 0 {
+		if certFile, keyFile, err = ensureCert(log, filepath.Join(opts.ConfigDir, tlsDir), addrs...); err != nil {
 			return err
 		}
+	}
+	var tlsCfg *tls.Config
+	if !opts.InsecureHTTP && (s3l != nil || apil != nil) {
 		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
 		if err != nil {
 			return fmt.Errorf("TLS certificate: %w", err)
 		}
 		tlsCfg, ep.CertFile = tlsConfig(pair), certFile
 	}
+	var exports *nbdService
+	if nbdl != nil {
+		l := nbdl
+		nopts, err := nbdOptions(opts, l.Addr(), certFile, keyFile, log)
+		if err != nil {
+			return err
+		}
+		src := nbdexport.NewSource(m)
+		ep.NBD, ep.NBDClientCA = "nbd://"+advertised(l.Addr()), nopts.clientCA
+		if nopts.TLSRequired {
+			ep.NBD = "nbds://" + advertised(l.Addr())
+		}
+		exports = &nbdService{m: m, src: src, hostPort: advertised(l.Addr()), tlsRequired: nopts.TLSRequired, state: st, log: log}
+		if err := exports.restore(ctx); err != nil {
+			return err
+		}
+		srv := nbd.NewServer(src, nopts.Options)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(ctx, l); err != nil {
+				fail(err)
+				stop()
+			}
+		}()
+	}
+	met := newMetrics(tm, exports, s3h)
 
 	// serve runs handler on l, with the appliance's TLS certificate
 	// unless --insecure-http, and returns the listener's URL.

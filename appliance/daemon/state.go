@@ -27,6 +27,9 @@ type stateData struct {
 type exportState struct {
 	ID     string `json:"id"`
 	Target string `json:"target,omitempty"` // writable exports: the PE that takes the writes
+	// Name is a writable export's NBD name (the ID and a secret token);
+	// one recorded before names had tokens gets a new one on restore.
+	Name string `json:"name,omitempty"`
 }
 
 type mountState struct {

@@ -1,11 +1,17 @@
 // Package nbdexport serves PE snapshots through the nbd package: each
-// export is named by the full PE ID of a snapshot and reads the snapshot's
-// data image. A writable export is a restore target: its writes land in a
-// new PE copied from the snapshot, never in the snapshot itself.
+// read-only export is named by the full PE ID of a snapshot and reads the
+// snapshot's data image. A writable export is a restore target: its writes
+// land in a new PE copied from the snapshot, never in the snapshot itself.
+// Its name is the snapshot's ID, a slash and a random token, so that only
+// those told the name can find it (the nbd server lists it only to
+// authenticated clients).
 package nbdexport
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -28,54 +34,118 @@ type Source struct {
 	bytesRead atomic.Int64
 	mu        sync.Mutex
 	entries   []entry
+	// pending are snapshots whose writable export is being made: a second
+	// request for one is refused before it copies anything.
+	pending map[pe.ID]bool
 }
 
 type entry struct {
-	id     pe.ID // the export name: a snapshot
-	target pe.ID // the live PE that takes the writes; zero if read-only
+	id     pe.ID  // the snapshot
+	name   string // the export name
+	target pe.ID  // the live PE that takes the writes; zero if read-only
 }
 
 // NewSource returns a Source with no exports.
-func NewSource(m pe.Manager) *Source { return &Source{m: m} }
+func NewSource(m pe.Manager) *Source { return &Source{m: m, pending: map[pe.ID]bool{}} }
 
-// Add exports snapshot id read-only.
+// tokenBytes is the randomness in a writable export's name: 128 bits.
+const tokenBytes = 16
+
+// WritableName returns a new export name for a writable export of
+// snapshot id: its ID, a slash and a random 128-bit token in hex.
+func WritableName(id pe.ID) string {
+	var b [tokenBytes]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on Linux
+	return id.String() + "/" + hex.EncodeToString(b[:])
+}
+
+// Add exports snapshot id read-only, named by its ID.
 func (s *Source) Add(id pe.ID) error {
-	return s.add(entry{id: id})
+	return s.add(entry{id: id, name: id.String()}, false)
 }
 
 // AddWritable exports snapshot id as a restore target: the snapshot is
 // copied into a new PE (pe.CreateNew), whose data the export then reads and
-// writes. It returns the new PE's ID.
-func (s *Source) AddWritable(ctx context.Context, id pe.ID, progress pe.Progress) (pe.ID, error) {
+// writes, under a name of WritableName. A snapshot that is exported
+// already, or being exported, is refused (pe.ErrExists) before anything
+// is copied; a copy that cannot be exported is removed again.
+func (s *Source) AddWritable(ctx context.Context, id pe.ID, progress pe.Progress) (Export, error) {
+	if err := s.reserve(id); err != nil {
+		return Export{}, err
+	}
+	defer s.unreserve(id)
 	p, err := s.m.Get(ctx, id)
 	if err != nil {
-		return pe.ID{}, fmt.Errorf("export %s: %w", id, err)
+		return Export{}, fmt.Errorf("export %s: %w", id, err)
 	}
 	// Refuse before copying gigabytes: the copy would be of the same kind.
 	if _, ok := p.(pe.DataWriter); !ok {
-		return pe.ID{}, fmt.Errorf("export %s writable: %s PEs cannot be written in place: %w", id, id.Type(), pe.ErrNotSupported)
+		return Export{}, fmt.Errorf("export %s writable: %s PEs cannot be written in place: %w", id, id.Type(), pe.ErrNotSupported)
 	}
 	tm, err := s.m.Type(id.Type())
 	if err != nil {
-		return pe.ID{}, fmt.Errorf("export %s: %w", id, err)
+		return Export{}, fmt.Errorf("export %s: %w", id, err)
 	}
 	target, err := tm.Copy(ctx, p, pe.CopyOptions{Mode: pe.CreateNew, Progress: progress})
 	if err != nil {
-		return pe.ID{}, fmt.Errorf("export %s writable: %w", id, err)
+		return Export{}, fmt.Errorf("export %s writable: %w", id, err)
 	}
-	if err := s.add(entry{id: id, target: target.ID()}); err != nil {
-		return pe.ID{}, err
+	e := entry{id: id, name: WritableName(id), target: target.ID()}
+	if err := s.add(e, true); err != nil {
+		return Export{}, errors.Join(err, s.Discard(ctx, target.ID()))
 	}
-	return target.ID(), nil
+	return e.export(), nil
 }
 
-// AddTarget exports snapshot id writable into an existing target PE, as
-// AddWritable made it: an appliance restarting restores its exports so.
-func (s *Source) AddTarget(id, target pe.ID) error {
-	if target.IsZero() || target.HasSnapshot() {
-		return fmt.Errorf("export %s: target %s is not a live PE", id, target)
+// Discard removes a restore target that AddWritable made, for a caller
+// that cannot keep its export (it failed to record it).
+func (s *Source) Discard(ctx context.Context, target pe.ID) error {
+	p, err := s.m.Get(ctx, target)
+	if err != nil {
+		return fmt.Errorf("discard %s: %w", target, err)
 	}
-	return s.add(entry{id: id, target: target})
+	r, ok := p.(pe.Remover)
+	if !ok {
+		return fmt.Errorf("discard %s: %s PEs cannot be removed: %w", target, target.Type(), pe.ErrNotSupported)
+	}
+	return r.Remove(ctx)
+}
+
+// reserve marks id as being exported writable, unless it is exported.
+func (s *Source) reserve(id pe.ID) error {
+	if !id.HasSnapshot() {
+		return fmt.Errorf("export %s: not a snapshot", id)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.lookupID(id); ok || s.pending[id] {
+		return fmt.Errorf("export %s: %w", id, pe.ErrExists)
+	}
+	s.pending[id] = true
+	return nil
+}
+
+func (s *Source) unreserve(id pe.ID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.pending, id)
+}
+
+// AddTarget exports snapshot id writable under name into an existing
+// target PE, as AddWritable made them: an appliance restarting restores
+// its exports so. An empty name gets a new one of WritableName.
+func (s *Source) AddTarget(id, target pe.ID, name string) (Export, error) {
+	if target.IsZero() || target.HasSnapshot() {
+		return Export{}, fmt.Errorf("export %s: target %s is not a live PE", id, target)
+	}
+	if name == "" {
+		name = WritableName(id)
+	}
+	if !strings.HasPrefix(name, id.String()+"/") || len(name) < len(id.String())+1+2*tokenBytes {
+		return Export{}, fmt.Errorf("export %s: name %q is not one of WritableName", id, name)
+	}
+	e := entry{id: id, name: name, target: target}
+	return e.export(), s.add(e, false)
 }
 
 // Remove stops exporting id; connected clients keep their export open
@@ -95,8 +165,11 @@ func (s *Source) Remove(id pe.ID) error {
 // Export is one export of a Source.
 type Export struct {
 	ID     pe.ID
-	Target pe.ID // zero for read-only exports
+	Name   string // the NBD export name
+	Target pe.ID  // zero for read-only exports
 }
+
+func (e entry) export() Export { return Export{ID: e.id, Name: e.name, Target: e.target} }
 
 // Exports lists the exports in the order they were added.
 func (s *Source) Exports() []Export {
@@ -104,7 +177,7 @@ func (s *Source) Exports() []Export {
 	defer s.mu.Unlock()
 	out := make([]Export, len(s.entries))
 	for i, e := range s.entries {
-		out[i] = Export{ID: e.id, Target: e.target}
+		out[i] = e.export()
 	}
 	return out
 }
@@ -112,13 +185,15 @@ func (s *Source) Exports() []Export {
 // BytesRead is the number of bytes clients have read from all exports.
 func (s *Source) BytesRead() int64 { return s.bytesRead.Load() }
 
-func (s *Source) add(e entry) error {
+// add adds an export of a snapshot not exported yet; reserved says the
+// caller holds the snapshot's reservation.
+func (s *Source) add(e entry, reserved bool) error {
 	if !e.id.HasSnapshot() {
 		return fmt.Errorf("export %s: not a snapshot", e.id)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.lookup(e.id.String()); ok {
+	if _, ok := s.lookupID(e.id); ok || (s.pending[e.id] && !reserved) {
 		return fmt.Errorf("export %s: %w", e.id, pe.ErrExists)
 	}
 	s.entries = append(s.entries, e)
@@ -128,7 +203,17 @@ func (s *Source) add(e entry) error {
 // lookup finds an export by name; s.mu must be held.
 func (s *Source) lookup(name string) (entry, bool) {
 	for _, e := range s.entries {
-		if e.id.String() == name {
+		if e.name == name {
+			return e, true
+		}
+	}
+	return entry{}, false
+}
+
+// lookupID finds the export of a snapshot; s.mu must be held.
+func (s *Source) lookupID(id pe.ID) (entry, bool) {
+	for _, e := range s.entries {
+		if e.id == id {
 			return e, true
 		}
 	}
@@ -151,7 +236,7 @@ func (s *Source) List(ctx context.Context) ([]nbd.ExportInfo, error) {
 		if !e.target.IsZero() {
 			desc += ", writable: writes go to " + e.target.String()
 		}
-		out = append(out, nbd.ExportInfo{Name: e.id.String(), Description: desc})
+		out = append(out, nbd.ExportInfo{Name: e.name, Description: desc, Writable: !e.target.IsZero()})
 	}
 	return out, nil
 }

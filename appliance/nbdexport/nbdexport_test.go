@@ -1,10 +1,19 @@
 package nbdexport
 
 import (
+	"context"
+	"encoding/hex"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 
+	"github.com/astrolabe-appliance/astrolabe/nbd"
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/disk"
 )
 
 func TestChangedStates(t *testing.T) {
@@ -29,5 +38,128 @@ func TestChangedStates(t *testing.T) {
 	}
 	if got := fmt.Sprint(changedStates(nil, 5, 10)); got != "[{10 0}]" {
 		t.Errorf("nothing changed: %s", got)
+	}
+}
+
+// diskSource is a Source over a disk type manager in a temporary
+// directory with one snapshot of a 4 MiB image.
+func diskSource(t *testing.T) (*Source, string, pe.ID) {
+	t.Helper()
+	root := t.TempDir()
+	img := make([]byte, 4<<20)
+	copy(img[1<<20:], "some data")
+	if err := os.WriteFile(filepath.Join(root, "a.img"), img, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tm, err := disk.NewTypeManager(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := pe.NewManager(tm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := pe.ParseID("disk:a.img")
+	p, err := m.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := p.Snapshot(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return NewSource(m), root, snap
+}
+
+// liveImages lists the live disk PEs in root.
+func liveImages(t *testing.T, root string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range entries {
+		if e.Type().IsRegular() && !strings.HasPrefix(e.Name(), ".") {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// TestAddWritableOnce: parallel requests for one snapshot copy it once;
+// the others are refused before copying and leave nothing behind.
+func TestAddWritableOnce(t *testing.T) {
+	src, root, snap := diskSource(t)
+	const n = 10
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	exports := make([]Export, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			exports[i], errs[i] = src.AddWritable(context.Background(), snap, nil)
+		}()
+	}
+	wg.Wait()
+	var ok []Export
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			ok = append(ok, exports[i])
+		case !errors.Is(err, pe.ErrExists):
+			t.Errorf("AddWritable: %v, want ErrExists", err)
+		}
+	}
+	if len(ok) != 1 {
+		t.Fatalf("%d of %d parallel AddWritable succeeded, want 1", len(ok), n)
+	}
+	if got := liveImages(t, root); len(got) != 2 {
+		t.Errorf("disk PEs after %d parallel requests: %v, want a.img and one copy", n, got)
+	}
+	x := ok[0]
+	token, found := strings.CutPrefix(x.Name, snap.String()+"/")
+	if b, err := hex.DecodeString(token); !found || err != nil || len(b) != 16 {
+		t.Errorf("writable export name %q: want %s/<128-bit hex token>", x.Name, snap)
+	}
+	// Listed as writable under its secret name, opened by it only.
+	list, _ := src.List(context.Background())
+	if len(list) != 1 || list[0].Name != x.Name || !list[0].Writable {
+		t.Errorf("List: %+v", list)
+	}
+	if _, err := src.Open(context.Background(), snap.String()); !errors.Is(err, nbd.ErrUnknownExport) {
+		t.Errorf("a writable export opened by its snapshot ID: %v", err)
+	}
+	e, err := src.Open(context.Background(), x.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := e.(nbd.Writer); !ok {
+		t.Error("the writable export does not write")
+	}
+	e.(interface{ Close() error }).Close()
+	// Read-only on top of it: refused.
+	if err := src.Add(snap); !errors.Is(err, pe.ErrExists) {
+		t.Errorf("Add of a snapshot exported writable: %v", err)
+	}
+
+	// Discard removes the copy.
+	if err := src.Remove(snap); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Discard(context.Background(), x.Target); err != nil {
+		t.Fatal(err)
+	}
+	if got := liveImages(t, root); len(got) != 1 {
+		t.Errorf("disk PEs after Discard: %v", got)
+	}
+	// A recorded name comes back as it was; a malformed one is refused.
+	if _, err := src.AddTarget(snap, x.Target, x.Name); err != nil {
+		t.Error(err)
+	}
+	src.Remove(snap)
+	if _, err := src.AddTarget(snap, x.Target, snap.String()); err == nil {
+		t.Error("AddTarget took a name without a token")
 	}
 }

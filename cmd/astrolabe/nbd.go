@@ -2,15 +2,18 @@ package main
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/astrolabe-appliance/astrolabe/appliance/daemon"
 	"github.com/astrolabe-appliance/astrolabe/appliance/nbdexport"
 	"github.com/astrolabe-appliance/astrolabe/nbd"
-	"github.com/astrolabe-appliance/astrolabe/pe"
 )
 
 func nbdCommand() *cli.Command {
@@ -28,14 +31,20 @@ nbd://127.0.0.1:10809' lists the exports.
 
 Exports are read-only. With --writable each becomes a restore target: the
 snapshot is first copied into a new PE (e.g. disk:vm1-1a2b3c4d.img), and
-writes land there; the snapshot never changes. The new PE IDs are printed.
+writes land there; the snapshot never changes. A writable export is named
+by the snapshot ID, a slash and a random 128-bit token; its URI and the
+new PE ID are printed.
 
 Besides base:allocation, a disk snapshot export offers the meta context
 astrolabe:changed:<snapshot> for each earlier snapshot of its PE: state 1
 marks the blocks changed since then ('nbdinfo --map=astrolabe:changed:S').
 
 With --tls-cert and --tls-key clients may upgrade with STARTTLS (nbds://);
---tls-required refuses those that do not.
+--tls-required refuses those that do not. With --tls-client-ca client
+certificates signed by that CA authenticate: then only authenticated
+clients see and open writable exports, and with --tls-required only they
+open anything. Without it every client may use every export, so
+--writable off loopback needs it.
 
 With --repo the exports are snapshots in that backup repository, read
 straight from it (name them with their snapshot IDs).`,
@@ -45,8 +54,40 @@ straight from it (name them with their snapshot IDs).`,
 				&cli.StringFlag{Name: "tls-cert", Usage: "X.509 certificate chain `FILE` (PEM) for STARTTLS"},
 				&cli.StringFlag{Name: "tls-key", Usage: "private key `FILE` (PEM) of --tls-cert"},
 				&cli.BoolFlag{Name: "tls-required", Usage: "refuse clients that do not use TLS"},
+				&cli.StringFlag{Name: "tls-client-ca", Usage: "CA `FILE` (PEM) whose client certificates authenticate"},
 			}, repoSourceFlags()...),
 			Action: nbdServe,
+		}, {
+			Name:      "client-cert",
+			Usage:     "issue a client certificate for the NBD server of 'astrolabe serve'",
+			ArgsUsage: "DIR",
+			Description: `Writes a client certificate signed by the config directory's NBD client
+CA (tls/nbd-client-ca.pem) into DIR as libnbd and qemu read it:
+ca-cert.pem (the appliance's CA and the client CA), client-cert.pem and
+client-key.pem (0600). Use it with
+
+  nbdinfo 'nbds://HOST:10809/EXPORT?tls-certificates=DIR'
+  qemu-img info --object tls-creds-x509,id=tls0,dir=DIR,endpoint=client \
+    --image-opts driver=nbd,host=HOST,port=10809,export=EXPORT,tls-creds=tls0
+
+It needs the appliance's certificate, which 'astrolabe serve' makes on its
+first start. Anyone with DIR's key may write into writable exports whose
+names they know: keep it like a password.`,
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "name", Value: "astrolabe NBD client", Usage: "`NAME` in the certificate's subject (and the appliance's log)"},
+				&cli.DurationFlag{Name: "valid-for", Value: 365 * 24 * time.Hour, Usage: "how long the certificate is valid"},
+			},
+			Action: func(c *cli.Context) error {
+				if c.NArg() != 1 {
+					return usagef("nbd client-cert: want one DIR")
+				}
+				dir := c.Args().First()
+				if err := daemon.IssueNBDClientCert(c.String("config"), dir, c.String("name"), c.Duration("valid-for")); err != nil {
+					return err
+				}
+				fmt.Fprintln(c.App.Writer, dir)
+				return nil
+			},
 		}},
 	}
 }
@@ -56,7 +97,7 @@ func nbdServe(c *cli.Context) error {
 		return usagef("nbd serve: want at least one PEID")
 	}
 	opts := nbd.Options{Logger: slog.Default(), TLSRequired: c.Bool("tls-required")}
-	cert, key := c.String("tls-cert"), c.String("tls-key")
+	cert, key, clientCA := c.String("tls-cert"), c.String("tls-key"), c.String("tls-client-ca")
 	switch {
 	case (cert == "") != (key == ""):
 		return usagef("nbd serve: --tls-cert and --tls-key go together")
@@ -69,13 +110,36 @@ func nbdServe(c *cli.Context) error {
 	case opts.TLSRequired:
 		return usagef("nbd serve: --tls-required needs --tls-cert and --tls-key")
 	}
+	switch {
+	case clientCA != "" && opts.TLSConfig == nil:
+		return usagef("nbd serve: --tls-client-ca needs --tls-cert and --tls-key")
+	case clientCA != "":
+		b, err := os.ReadFile(clientCA)
+		if err != nil {
+			return fmt.Errorf("client CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return fmt.Errorf("client CA %s: no PEM certificate in it", clientCA)
+		}
+		opts.TLSConfig.ClientCAs, opts.TLSConfig.ClientAuth = pool, tls.VerifyClientCertIfGiven
+		if opts.TLSRequired {
+			opts.Anonymous = nbd.AnonymousNone
+		}
+	case c.Bool("writable") && !loopbackAddr(c.String("listen")):
+		return usagef("nbd serve: --writable off loopback needs --tls-client-ca: anyone could write")
+	default:
+		// The operator named each export; without client certificates
+		// there is nobody to tell apart.
+		opts.Anonymous = nbd.AnonymousReadWrite
+	}
 	m, done, err := sourceManager(c)
 	if err != nil {
 		return err
 	}
 	defer done()
 	src := nbdexport.NewSource(m)
-	var ids, targets []pe.ID
+	var exports []nbdexport.Export
 	for _, arg := range c.Args().Slice() {
 		id, err := peArg(arg, 0)
 		if err != nil {
@@ -90,16 +154,15 @@ func nbdServe(c *cli.Context) error {
 				return fmt.Errorf("snapshot %s: %w", arg, err)
 			}
 		}
+		x := nbdexport.Export{ID: id, Name: id.String()}
 		if c.Bool("writable") {
-			target, err := src.AddWritable(c.Context, id, newProgress(c.App.ErrWriter))
-			if err != nil {
+			if x, err = src.AddWritable(c.Context, id, newProgress(c.App.ErrWriter)); err != nil {
 				return err
 			}
-			targets = append(targets, target)
 		} else if err := src.Add(id); err != nil {
 			return err
 		}
-		ids = append(ids, id)
+		exports = append(exports, x)
 	}
 	l, err := net.Listen("tcp", c.String("listen"))
 	if err != nil {
@@ -109,12 +172,22 @@ func nbdServe(c *cli.Context) error {
 	if opts.TLSRequired {
 		scheme = "nbds"
 	}
-	for i, id := range ids {
-		if targets != nil {
-			fmt.Fprintf(c.App.Writer, "%s://%s/%s writes to %s\n", scheme, l.Addr(), id, targets[i])
+	for _, x := range exports {
+		if !x.Target.IsZero() {
+			fmt.Fprintf(c.App.Writer, "%s://%s/%s writes to %s\n", scheme, l.Addr(), x.Name, x.Target)
 			continue
 		}
-		fmt.Fprintf(c.App.Writer, "%s://%s/%s\n", scheme, l.Addr(), id)
+		fmt.Fprintf(c.App.Writer, "%s://%s/%s\n", scheme, l.Addr(), x.Name)
 	}
 	return nbd.NewServer(src, opts).Serve(c.Context, l)
+}
+
+// loopbackAddr reports whether addr (host:port) is a loopback address.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return host == "localhost" || (ip != nil && ip.IsLoopback())
 }

@@ -401,7 +401,7 @@ func TestSecurityServeDeleteExported(t *testing.T) {
 	a.stop()
 }
 
-// The certificate is a leaf for the appliance's names that clients pin
+// The certificate is a leaf for the appliance's names, under a CA constrained to them, that clients pin
 // (Go and curl), and TLS 1.2 offers no CBC suites. A CA certificate from
 // before is replaced at start.
 func TestSecurityServeCertificate(t *testing.T) {

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -29,10 +30,12 @@ variables), else those stored in the config directory
 The API token is --token or ASTROLABE_TOKEN, else the one stored in the
 config directory (api-token), else a new one that is stored there and
 printed once. The TLS certificate is the config directory's tls/cert.pem
-and tls/key.pem, generated on first start: a self-signed leaf certificate
-(it can sign no others) for this host's names and addresses. Clients pin
-tls/cert.pem as their only trusted root (curl --cacert, or --server-ca for
-this CLI). A generated certificate that is a CA (from before) or lacks one
+and tls/key.pem, generated on first start: a server certificate for this host's names and
+addresses, followed by the CA that signed it, which may sign only for those
+names and whose key is thrown away. Clients pin tls/cert.pem as their only
+trusted root (curl --cacert, or --server-ca for this CLI; libnbd and qemu
+take the CA, see 'nbd client-cert'). A generated certificate of an older
+form (one self-signed certificate) or lacking one
 of those names is generated again, with a new key, and the log says so; a
 certificate the administrator put there is used as it is. TLS 1.2 offers
 only ECDHE with AES-GCM or ChaCha20-Poly1305; TLS 1.3 is preferred.
@@ -50,6 +53,17 @@ requests after --http-idle-timeout, that send no request headers within
 --http-header-timeout, and that make no progress reading a request body or
 a response for --http-stall-timeout. Long transfers that keep moving are
 never cut.
+
+NBD offers TLS (STARTTLS, nbds://) with the same certificate. Clients
+authenticate with client certificates signed by the config directory's
+tls/nbd-client-ca.pem (made on first start; 'astrolabe nbd client-cert DIR'
+issues one into DIR as libnbd and qemu read it) or by --nbd-client-ca.
+Off loopback NBD requires TLS and a client certificate for everything. On
+loopback, clients without a certificate may list and read read-only
+exports (--nbd-anonymous-read=false refuses them); writable exports need
+a certificate everywhere, are listed only to authenticated clients, and
+are named by their snapshot ID, a slash and a random 128-bit token (the
+API returns the name).
 
 With --repo (and its password) the API backs up to and restores from that
 repository (/v1/appliance/repository/...), as tasks.
@@ -70,6 +84,12 @@ SIGTERM lets running tasks finish (up to --drain) and exits cleanly.`,
 			&cli.StringFlag{Name: "s3-access-key", EnvVars: []string{"ASTROLABE_S3_ACCESS_KEY"}, Usage: "S3 data path access `KEY`"},
 			&cli.StringFlag{Name: "s3-secret-key", EnvVars: []string{"ASTROLABE_S3_SECRET_KEY"}, Usage: "S3 data path secret `KEY`"},
 			&cli.DurationFlag{Name: "drain", Value: daemon.DefaultDrain, Usage: "how long running tasks may finish at shutdown"},
+			&cli.BoolFlag{Name: "nbd-anonymous-read", Value: true, Usage: "on loopback, let NBD clients without a client certificate read read-only exports"},
+			&cli.StringFlag{Name: "nbd-client-ca", Usage: "PEM `FILE` of more CAs whose certificates authenticate NBD clients"},
+			&cli.IntFlag{Name: "nbd-memory-mib", Value: 256, Usage: "`MiB` of NBD requests and replies in flight, all connections together"},
+			&cli.IntFlag{Name: "nbd-max-conns", Value: 256, Usage: "NBD connections in all (`N`)"},
+			&cli.IntFlag{Name: "nbd-max-conns-per-client", Value: 64, Usage: "NBD connections from one IP address (`N`)"},
+			&cli.DurationFlag{Name: "nbd-idle-timeout", Value: 15 * time.Minute, Usage: "close NBD connections idle this long (0: never)"},
 		}, repoFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 0 {
@@ -115,6 +135,9 @@ SIGTERM lets running tasks finish (up to --drain) and exits cleanly.`,
 					if ep.NBD != "" {
 						fmt.Fprintf(w, "nbd: %s\n", ep.NBD)
 					}
+					if ep.NBDClientCA != "" {
+						fmt.Fprintf(w, "nbd-client-ca: %s\n", ep.NBDClientCA)
+					}
 					if ep.CertFile != "" {
 						fmt.Fprintf(w, "certificate: %s\n", ep.CertFile)
 					}
@@ -127,7 +150,22 @@ SIGTERM lets running tasks finish (up to --drain) and exits cleanly.`,
 					}
 					fmt.Fprintln(w, "ready")
 				},
+
+				NBDAnonymousRead:     c.Bool("nbd-anonymous-read"),
+				NBDClientCA:          c.String("nbd-client-ca"),
+				NBDMemory:            int64(c.Int("nbd-memory-mib")) << 20,
+				NBDMaxConns:          c.Int("nbd-max-conns"),
+				NBDMaxConnsPerClient: c.Int("nbd-max-conns-per-client"),
+				NBDIdleTimeout:       idleTimeout(c.Duration("nbd-idle-timeout")),
 			})
 		},
 	}
+}
+
+// idleTimeout maps the flag's 0 (never) to the nbd package's negative.
+func idleTimeout(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
