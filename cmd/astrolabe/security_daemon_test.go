@@ -18,7 +18,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -225,20 +227,26 @@ func TestSecurityServeHTTPLimits(t *testing.T) {
 			resp.Body.Close()
 			served <- time.Now()
 		}()
-		// Every held connection is closed by the server.
-		firstClosed := time.Time{}
+		// Every held connection is closed by the server. Each is watched
+		// on its own, so the first close is seen when it happens.
+		closedAt := make([]time.Time, len(conns))
+		var wg sync.WaitGroup
 		for i, c := range conns {
-			c.SetReadDeadline(time.Now().Add(time.Minute))
-			_, err := io.Copy(io.Discard, readers[i])
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				t.Fatalf("%s: connection %d still open after a minute", addr, i)
-			}
-			if firstClosed.IsZero() {
-				firstClosed = time.Now()
-			}
-			c.Close()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c.SetReadDeadline(time.Now().Add(time.Minute))
+				_, err := io.Copy(io.Discard, readers[i])
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					t.Errorf("%s: connection %d still open after a minute", addr, i)
+				}
+				closedAt[i] = time.Now()
+				c.Close()
+			}()
 		}
+		wg.Wait()
+		firstClosed := slices.MinFunc(closedAt, time.Time.Compare)
 		at := <-served
 		if at.IsZero() {
 			t.Fatalf("%s: the client past the cap was never served", addr)
