@@ -42,6 +42,9 @@ func (r *Repository) Backup(ctx context.Context, p pe.ProtectedEntity, progress 
 		return Summary{}, err
 	}
 	defer lock.release()
+	if err := r.upgradeConfig(ctx); err != nil {
+		return Summary{}, err
+	}
 	if err := r.loadIndex(ctx); err != nil {
 		return Summary{}, err
 	}
@@ -129,10 +132,7 @@ func (b *backupRun) snapshot(p pe.ProtectedEntity) error {
 	if err := b.pk.finish(); err != nil {
 		return err
 	}
-	if err := b.r.saveJSON(ctx, snapshotDir(id)+"/index", idx); err != nil {
-		return err
-	}
-	return b.r.saveJSON(ctx, snapshotDir(id)+"/info", snapshotInfo{Info: info, BackedUp: idx.BackedUp})
+	return b.r.saveSnapshot(ctx, id, idx, snapshotInfo{Info: info, BackedUp: idx.BackedUp})
 }
 
 // job is one chunk on its way through hashing, compression and sealing.
