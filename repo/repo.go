@@ -253,7 +253,7 @@ func (r *Repository) loadChunk(ctx context.Context, c chunkRef, verify bool) ([]
 // openChunk opens a stored chunk of raw bytes; its error reads after
 // the chunk's name ("is damaged: ...").
 func (r *Repository) openChunk(sealed []byte, id string, raw int64, verify bool) ([]byte, error) {
-	b, err := r.decode(sealed, int(min(raw, maxChunk)), []byte(id))
+	b, err := r.decode(sealed, int(min(max(raw, 0), cdcMax)), []byte(id)) // a capacity hint: raw is not trusted before the chunk opens
 	if err != nil {
 		return nil, fmt.Errorf("is damaged: %w", err)
 	}
