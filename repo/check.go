@@ -106,7 +106,7 @@ func (r *Repository) Check(ctx context.Context, readData bool, progress pe.Progr
 		}
 	}
 	for _, p := range sortedKeys(byPack) {
-		size, ok := packs[p]
+		size, ok := r.packSize(ctx, packs, p)
 		for _, c := range byPack[p] {
 			switch {
 			case !ok:
@@ -154,12 +154,30 @@ func (r *Repository) checkIndexFiles(ctx context.Context, packs map[string]int64
 	}
 	for _, name := range sortedKeys(files) {
 		for _, p := range files[name].Packs {
-			if _, ok := packs[p.ID]; !ok {
+			if _, ok := r.packSize(ctx, packs, p.ID); !ok {
 				problems = append(problems, Problem{Pack: p.ID, Detail: fmt.Sprintf("listed by index file %s, but missing (run 'astrolabe repo check --repair-index')", name)})
 			}
 		}
 	}
 	return problems, nil
+}
+
+// packSize looks a pack up in the list taken at the start of a check, or
+// in the backend: a concurrent backup uploads packs before it writes the
+// index files and snapshots that name them.
+func (r *Repository) packSize(ctx context.Context, packs map[string]int64, id string) (int64, bool) {
+	if size, ok := packs[id]; ok {
+		return size, true
+	}
+	if !validID(id) {
+		return 0, false
+	}
+	size, err := r.be.Stat(ctx, packName(id))
+	if err != nil {
+		return 0, false
+	}
+	packs[id] = size
+	return size, true
 }
 
 // checkPack verifies a whole pack: that its header opens, that the header
