@@ -78,6 +78,7 @@ func (b *backupRun) snapshot(p pe.ProtectedEntity) error {
 	if err != nil {
 		return err
 	}
+	info.ID = id // what the snapshot is named in the repository, whatever the PE says
 	idx := &snapshotIndex{ID: id.String(), BackedUp: time.Now().UTC()}
 	comps, err := p.Components(ctx)
 	if err != nil {

@@ -108,6 +108,17 @@ func TestSnapshotBoundToID(t *testing.T) {
 			if probs := e.check(true); len(probs) != 0 {
 				t.Errorf("check after putting them back: %v", probs)
 			}
+
+			// Other objects sealed with the key but no ID (index files)
+			// do not pass for a snapshot's info written before format 2.
+			info := filepath.Join(e.snapDir(r1), "info")
+			orig, _ := os.ReadFile(info)
+			idxFile, _ := os.ReadFile(e.files("index")[0])
+			os.WriteFile(info, idxFile, 0o600)
+			if _, err := e.r.OpenSnapshot(ctx, r1); !errors.Is(err, errBadObject) {
+				t.Errorf("open with an index file as info: %v", err)
+			}
+			os.WriteFile(info, orig, 0o600)
 		})
 	}
 }

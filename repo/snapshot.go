@@ -200,9 +200,11 @@ func (r *Repository) loadInfo(ctx context.Context, id pe.ID) (*snapshotInfo, err
 	if err != nil {
 		return nil, err
 	}
-	// The ID inside is what binds an unencrypted or old snapshot.
-	if !si.Info.ID.IsZero() && si.Info.ID != id {
-		return nil, badObject("repository snapshot %s: its info is that of %s: %w", id, si.Info.ID, errMisplaced)
+	// The ID inside is what binds an unencrypted or old snapshot; it must
+	// be there: other objects sealed without an ID (index files, locks)
+	// open as an info too, with none.
+	if si.Info.ID != id {
+		return nil, badObject("repository snapshot %s: its info is that of %q: %w", id, si.Info.ID, errMisplaced)
 	}
 	si.legacy = legacy || si.Index == ""
 	return &si, nil
