@@ -303,6 +303,17 @@ func TestDamagedIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// So does a prune.
+	for _, f := range e.files("index") {
+		os.Truncate(f, 10)
+	}
+	if _, err := e.r.Prune(ctx); err != nil {
+		t.Fatalf("prune over a damaged index: %v", err)
+	}
+	if probs := e.check(true); len(probs) != 0 {
+		t.Errorf("check after a prune over a damaged index: %v", probs)
+	}
+
 	// An index naming a pack that is gone: check says so, backups do not
 	// refer to it, repair drops it.
 	e.disk("d.img", 2*mib, map[int64]int64{0: 2 * mib})
