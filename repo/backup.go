@@ -42,6 +42,9 @@ func (r *Repository) Backup(ctx context.Context, p pe.ProtectedEntity, progress 
 		return Summary{}, err
 	}
 	defer lock.release()
+	if err := r.upgradeConfig(ctx); err != nil {
+		return Summary{}, err
+	}
 	if err := r.loadIndex(ctx); err != nil {
 		return Summary{}, err
 	}
@@ -75,6 +78,7 @@ func (b *backupRun) snapshot(p pe.ProtectedEntity) error {
 	if err != nil {
 		return err
 	}
+	info.ID = id // what the snapshot is named in the repository, whatever the PE says
 	idx := &snapshotIndex{ID: id.String(), BackedUp: time.Now().UTC()}
 	comps, err := p.Components(ctx)
 	if err != nil {
@@ -129,10 +133,7 @@ func (b *backupRun) snapshot(p pe.ProtectedEntity) error {
 	if err := b.pk.finish(); err != nil {
 		return err
 	}
-	if err := b.r.saveJSON(ctx, snapshotDir(id)+"/index", idx); err != nil {
-		return err
-	}
-	return b.r.saveJSON(ctx, snapshotDir(id)+"/info", snapshotInfo{Info: info, BackedUp: idx.BackedUp})
+	return b.r.saveSnapshot(ctx, id, idx, snapshotInfo{Info: info, BackedUp: idx.BackedUp})
 }
 
 // job is one chunk on its way through hashing, compression and sealing.

@@ -2,25 +2,34 @@ package repo
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/repo/backend"
 )
 
 // Problem is one thing Check found wrong.
 type Problem struct {
 	Chunk     string   // chunk ID, if the problem is a chunk's
 	Pack      string   // pack ID, if known
+	Snapshot  string   // the snapshot, if the problem is a snapshot's own
 	Snapshots []string // the snapshots it affects
 	Detail    string
 }
 
 func (p Problem) String() string {
 	s := p.Detail
-	if p.Chunk != "" {
+	switch {
+	case p.Chunk != "":
 		s = fmt.Sprintf("chunk %s (pack %s): %s", p.Chunk, p.Pack, p.Detail)
+	case p.Pack != "":
+		s = fmt.Sprintf("pack %s: %s", p.Pack, p.Detail)
+	case p.Snapshot != "" && !strings.Contains(p.Detail, p.Snapshot):
+		s = fmt.Sprintf("snapshot %s: %s", p.Snapshot, p.Detail)
 	}
 	if len(p.Snapshots) > 0 {
 		s += "; used by " + strings.Join(p.Snapshots, ", ")
@@ -28,9 +37,14 @@ func (p Problem) String() string {
 	return s
 }
 
-// Check verifies that every snapshot's chunks are in packs that exist and
-// hold them; with readData it also reads, decrypts, decompresses and
-// re-hashes every chunk the snapshots use.
+// legacyDetail is what Check says of a snapshot written before format 2.
+const legacyDetail = "not bound to its ID (written by an older version): run 'astrolabe repo migrate'"
+
+// Check verifies that every index file opens and lists packs that exist,
+// that every snapshot is what its name says, and that their chunks are in
+// packs that exist and hold them. With readData it also reads every pack
+// whole: its hash, its header, that header and blobs account for every
+// byte, and every blob decrypted, decompressed and re-hashed.
 func (r *Repository) Check(ctx context.Context, readData bool, progress pe.Progress) ([]Problem, error) {
 	lock, err := r.lock(ctx, false)
 	if err != nil {
@@ -44,27 +58,36 @@ func (r *Repository) Check(ctx context.Context, readData bool, progress pe.Progr
 	}); err != nil {
 		return nil, err
 	}
-	snaps, err := r.Snapshots(ctx, pe.ID{})
+	problems, err := r.checkIndexFiles(ctx, packs)
 	if err != nil {
 		return nil, err
 	}
-	var problems []Problem
+	ids, err := r.snapshotIDs(ctx, pe.ID{})
+	if err != nil {
+		return nil, err
+	}
 	users := map[string][]string{}    // chunk → snapshots
 	refs := map[string]chunkRef{}     // chunk → where a snapshot says it is
 	byPack := map[string][]chunkRef{} // pack → chunks used
-	for _, s := range snaps {
-		idx, _, err := r.loadSnapshot(ctx, s.ID)
+	for _, id := range ids {
+		idx, si, err := r.loadSnapshot(ctx, id)
+		if errors.Is(err, pe.ErrNotFound) {
+			continue // forgotten meanwhile
+		}
 		if err != nil {
-			problems = append(problems, Problem{Snapshots: []string{s.ID.String()}, Detail: err.Error()})
+			problems = append(problems, Problem{Snapshot: id.String(), Detail: err.Error()})
 			continue
+		}
+		if si.legacy {
+			problems = append(problems, Problem{Snapshot: id.String(), Detail: legacyDetail})
 		}
 		for _, st := range []*stream{idx.Data, idx.Metadata} {
 			if st == nil {
 				continue
 			}
 			for _, c := range st.Chunks {
-				if len(users[c.ID]) == 0 || users[c.ID][len(users[c.ID])-1] != s.ID.String() {
-					users[c.ID] = append(users[c.ID], s.ID.String())
+				if len(users[c.ID]) == 0 || users[c.ID][len(users[c.ID])-1] != id.String() {
+					users[c.ID] = append(users[c.ID], id.String())
 				}
 				if _, seen := refs[c.ID]; !seen {
 					refs[c.ID] = c
@@ -78,15 +101,13 @@ func (r *Repository) Check(ctx context.Context, readData bool, progress pe.Progr
 				_, err = r.be.Stat(ctx, snapshotDir(cid)+"/info")
 			}
 			if err != nil {
-				problems = append(problems, Problem{Snapshots: []string{s.ID.String()}, Detail: fmt.Sprintf("component %s: %v", comp, err)})
+				problems = append(problems, Problem{Snapshots: []string{id.String()}, Detail: fmt.Sprintf("component %s: %v", comp, err)})
 			}
 		}
 	}
-	var total int64
-	for p, cs := range byPack {
-		size, ok := packs[p]
-		for _, c := range cs {
-			total += c.PLen
+	for _, p := range sortedKeys(byPack) {
+		size, ok := r.packSize(ctx, packs, p)
+		for _, c := range byPack[p] {
 			switch {
 			case !ok:
 				problems = append(problems, Problem{Chunk: c.ID, Pack: p, Snapshots: users[c.ID], Detail: "its pack is missing"})
@@ -96,35 +117,149 @@ func (r *Repository) Check(ctx context.Context, readData bool, progress pe.Progr
 		}
 	}
 	if readData {
+		var total int64
+		for _, size := range packs {
+			total += size
+		}
 		if progress != nil {
 			progress.Start(total)
 		}
-		ids := make([]string, 0, len(refs))
-		for id := range refs {
-			ids = append(ids, id)
-		}
-		// Pack by pack, in pack order: sequential reads of each pack.
-		sort.Slice(ids, func(i, j int) bool {
-			a, b := refs[ids[i]], refs[ids[j]]
-			return a.Pack < b.Pack || a.Pack == b.Pack && a.POff < b.POff
-		})
-		for _, id := range ids {
+		for _, p := range sortedKeys(packs) {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
-			c := refs[id]
-			if _, ok := packs[c.Pack]; !ok {
-				continue // reported above
+			data, err := backend.ReadAll(ctx, r.be, packName(p))
+			if err != nil {
+				return nil, fmt.Errorf("read pack %.16s: %w", p, err)
 			}
-			if _, err := r.loadChunk(ctx, c, true); err != nil {
-				problems = append(problems, Problem{Chunk: c.ID, Pack: c.Pack, Snapshots: users[c.ID], Detail: err.Error()})
-			}
+			problems = append(problems, r.checkPack(p, data, byPack[p], users)...)
 			if progress != nil {
-				progress.Add(c.PLen)
+				progress.Add(packs[p])
 			}
 		}
 	}
 	return problems, lock.err()
+}
+
+// checkIndexFiles reads and authenticates every index file and checks
+// that the packs they list exist.
+func (r *Repository) checkIndexFiles(ctx context.Context, packs map[string]int64) ([]Problem, error) {
+	files, damaged, err := r.readIndexFiles(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var problems []Problem
+	for _, name := range sortedKeys(damaged) {
+		problems = append(problems, Problem{Detail: fmt.Sprintf("index file %s is damaged: %v (run 'astrolabe repo check --repair-index')", name, damaged[name])})
+	}
+	for _, name := range sortedKeys(files) {
+		for _, p := range files[name].Packs {
+			if _, ok := r.packSize(ctx, packs, p.ID); !ok {
+				problems = append(problems, Problem{Pack: p.ID, Detail: fmt.Sprintf("listed by index file %s, but missing (run 'astrolabe repo check --repair-index')", name)})
+			}
+		}
+	}
+	return problems, nil
+}
+
+// packSize looks a pack up in the list taken at the start of a check, or
+// in the backend: a concurrent backup uploads packs before it writes the
+// index files and snapshots that name them.
+func (r *Repository) packSize(ctx context.Context, packs map[string]int64, id string) (int64, bool) {
+	if size, ok := packs[id]; ok {
+		return size, true
+	}
+	if !validID(id) {
+		return 0, false
+	}
+	size, err := r.be.Stat(ctx, packName(id))
+	if err != nil {
+		return 0, false
+	}
+	packs[id] = size
+	return size, true
+}
+
+// checkPack verifies a whole pack: that its header opens, that the header
+// and its blobs account for every byte, that every blob is the chunk it
+// says, that the chunks snapshots use are where they say, and that the
+// pack hashes to its name.
+func (r *Repository) checkPack(id string, data []byte, used []chunkRef, users map[string][]string) []Problem {
+	var problems []Problem
+	var packUsers []string
+	for _, c := range used {
+		packUsers = appendNew(packUsers, users[c.ID]...)
+	}
+	sort.Strings(packUsers)
+	reported := map[string]bool{}
+	chunkProblem := func(chunk string, err error) {
+		if !reported[chunk] {
+			reported[chunk] = true
+			problems = append(problems, Problem{Chunk: chunk, Pack: id, Snapshots: users[chunk], Detail: err.Error()})
+		}
+	}
+	verify := func(chunk string, off, n, raw int64) {
+		if off < 0 || n <= 0 || off+n > int64(len(data)) {
+			chunkProblem(chunk, fmt.Errorf("is damaged: not within its pack of %d bytes", len(data)))
+			return
+		}
+		if _, err := r.openChunk(data[off:off+n], chunk, raw, true); err != nil {
+			chunkProblem(chunk, err)
+		}
+	}
+	blobs, hdrStart, err := r.parsePack(data)
+	inHeader := map[string]packBlob{}
+	if err != nil {
+		problems = append(problems, Problem{Pack: id, Snapshots: packUsers, Detail: fmt.Sprintf("its header is damaged: %v", err)})
+	} else {
+		if err := coverage(blobs, hdrStart); err != nil {
+			problems = append(problems, Problem{Pack: id, Snapshots: packUsers, Detail: fmt.Sprintf("its header does not account for every byte: %v", err)})
+		}
+		for _, b := range blobs {
+			inHeader[b.ID] = b
+			verify(b.ID, b.Off, b.Len, b.Raw)
+		}
+	}
+	for _, c := range used {
+		if b, ok := inHeader[c.ID]; ok && b.Off == c.POff && b.Len == c.PLen {
+			continue // verified above
+		}
+		if err == nil {
+			chunkProblem(c.ID, fmt.Errorf("is not in its pack's header where its snapshots say (%d+%d)", c.POff, c.PLen))
+		}
+		verify(c.ID, c.POff, c.PLen, c.Len)
+	}
+	if len(problems) == 0 && objectHash(data) != id {
+		problems = append(problems, Problem{Pack: id, Snapshots: packUsers, Detail: "is damaged: its content does not hash to its name"})
+	}
+	return problems
+}
+
+// coverage checks that a pack's blobs follow each other from its start
+// to its header, with nothing between and nothing overlapping.
+func coverage(blobs []packBlob, hdrStart int64) error {
+	sorted := append([]packBlob(nil), blobs...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Off < sorted[j].Off })
+	var pos int64
+	for _, b := range sorted {
+		if b.Off != pos {
+			return fmt.Errorf("chunk %.16s at %d, want %d", b.ID, b.Off, pos)
+		}
+		pos = b.Off + b.Len
+	}
+	if pos != hdrStart {
+		return fmt.Errorf("the chunks end at %d, the header starts at %d", pos, hdrStart)
+	}
+	return nil
+}
+
+func appendNew(list []string, items ...string) []string {
+	for _, it := range items {
+		if !slices.Contains(list, it) {
+			list = append(list, it)
+		}
+	}
+	return list
 }
 
 // PruneSummary tells what Prune removed.

@@ -1,10 +1,13 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -25,6 +28,62 @@ type lockInfo struct {
 	PID       int       `json:"pid"`
 	Time      time.Time `json:"time"`
 	Exclusive bool      `json:"exclusive"`
+	// Where and since when the process runs, so that another process on
+	// the same host can tell it died even if its PID was reused: the
+	// kernel's boot ID, the PID namespace, and the process's start time
+	// (clock ticks after boot, /proc/PID/stat). Empty in older locks.
+	BootID    string `json:"bootID,omitempty"`
+	PIDNS     string `json:"pidNS,omitempty"`
+	StartTime uint64 `json:"startTime,omitempty"`
+}
+
+// thisProcess describes the running process as its locks record it.
+func thisProcess() lockInfo {
+	host, _ := os.Hostname()
+	li := lockInfo{Host: host, PID: os.Getpid()}
+	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
+		li.BootID = strings.TrimSpace(string(b))
+	}
+	li.PIDNS, _ = os.Readlink("/proc/self/ns/pid")
+	li.StartTime, _ = processStart(li.PID)
+	return li
+}
+
+// processStart returns when process pid started, in clock ticks after
+// boot (field 22 of /proc/PID/stat); an error wrapping fs.ErrNotExist if
+// there is no such process.
+func processStart(pid int) (uint64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces and parentheses: the
+	// fields to count start after its last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// dead reports whether the lock belongs to a process known to be gone:
+// one of this host, this boot and this PID namespace whose PID is no
+// longer running, or now runs a process started at another time. A lock
+// of another host or boot, or an older lock without those, is never known
+// dead: only its age tells.
+func (li lockInfo) dead(self lockInfo) bool {
+	if li.Host != self.Host || li.BootID == "" || li.BootID != self.BootID || li.PIDNS == "" || li.PIDNS != self.PIDNS || li.PID <= 0 {
+		return false
+	}
+	start, err := processStart(li.PID)
+	if errors.Is(err, fs.ErrNotExist) {
+		return true
+	}
+	return err == nil && li.StartTime != 0 && start != li.StartTime
 }
 
 // heldLock is a lock this process holds.
@@ -42,8 +101,10 @@ type heldLock struct {
 var ErrLocked = errors.New("repository is locked")
 
 func (r *Repository) lock(ctx context.Context, exclusive bool) (*heldLock, error) {
-	host, _ := os.Hostname()
-	l := &heldLock{r: r, name: "locks/" + randomName(), info: lockInfo{Host: host, PID: os.Getpid(), Time: time.Now().UTC(), Exclusive: exclusive}, stop: make(chan struct{})}
+	self := thisProcess()
+	info := self
+	info.Time, info.Exclusive = time.Now().UTC(), exclusive
+	l := &heldLock{r: r, name: "locks/" + randomName(), info: info, stop: make(chan struct{})}
 	if err := l.write(ctx); err != nil {
 		return nil, fmt.Errorf("lock %s: %w", r.Location(), err)
 	}
@@ -55,6 +116,15 @@ func (r *Repository) lock(ctx context.Context, exclusive bool) (*heldLock, error
 		var other lockInfo
 		if err := r.loadJSON(ctx, name, &other); err != nil {
 			return nil // removed meanwhile, or not ours to read
+		}
+		if other.dead(self) {
+			// Its process is gone, killed or crashed: the lock protects
+			// nothing any more, whatever kind it is.
+			r.log.Warn("removing the lock of a dead process", "host", other.Host, "pid", other.PID, "since", other.Time, "exclusive", other.Exclusive)
+			if err := r.be.Remove(ctx, name); err != nil {
+				return fmt.Errorf("remove dead lock: %w", err)
+			}
+			return nil
 		}
 		if time.Since(other.Time) > staleAfter {
 			if exclusive {
@@ -122,15 +192,22 @@ func (l *heldLock) release() {
 	l.r.be.Remove(context.Background(), l.name)
 }
 
-// Unlock removes stale locks (all locks with force), as after a crash.
+// Unlock removes stale locks and those of processes of this host that
+// are gone (all locks with force), as after a crash or kill -9.
 func (r *Repository) Unlock(ctx context.Context, force bool) (int, error) {
+	self := thisProcess()
 	n := 0
 	err := r.be.List(ctx, "locks/", func(name string, _ int64) error {
 		var li lockInfo
-		if err := r.loadJSON(ctx, name, &li); err != nil && !errors.Is(err, backend.ErrNotExist) && !strings.Contains(err.Error(), "authentication") {
+		err := r.loadJSON(ctx, name, &li)
+		switch {
+		case errors.Is(err, backend.ErrNotExist):
+			return nil // released meanwhile
+		case err != nil && !errors.Is(err, errAuth):
 			return err
 		}
-		if force || time.Since(li.Time) > staleAfter {
+		// A lock that does not open counts as stale.
+		if force || time.Since(li.Time) > staleAfter || li.dead(self) {
 			n++
 			return r.be.Remove(ctx, name)
 		}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -118,7 +119,7 @@ func (p *packer) closeLocked() func() {
 		return func() {}
 	}
 	blobs := p.blobs
-	hdr, err := p.r.sealJSON(blobs)
+	hdr, err := p.r.sealJSON(blobs, nil)
 	if err != nil {
 		p.err = err
 		return func() {}
@@ -194,26 +195,19 @@ func (p *packer) finish() error {
 }
 
 // loadIndex reads every index file, then indexes packs no index file
-// lists (left by an interrupted backup) from their own headers, so that
-// what they hold is not uploaded again.
+// lists (left by an interrupted backup, or listed by a damaged index
+// file) from their own headers, so that what they hold is not uploaded
+// again. Damaged index files are replaced that way and removed, with a
+// warning; entries for packs that are gone are dropped, so that no new
+// snapshot refers to them.
 func (r *Repository) loadIndex(ctx context.Context) error {
+	files, damaged, err := r.readIndexFiles(ctx)
+	if err != nil {
+		return fmt.Errorf("read index: %w", err)
+	}
 	idx := map[string]blobLoc{}
 	indexed := map[string]bool{}
-	var names []string
-	if err := r.be.List(ctx, "index/", func(name string, _ int64) error {
-		names = append(names, name)
-		return nil
-	}); err != nil {
-		return fmt.Errorf("list index: %w", err)
-	}
-	for _, name := range names {
-		var f indexFile
-		if err := r.loadJSON(ctx, name, &f); err != nil {
-			if errors.Is(err, backend.ErrNotExist) {
-				continue // removed by a concurrent prune's rewrite
-			}
-			return fmt.Errorf("read index: %w", err)
-		}
+	for _, f := range files {
 		for _, p := range f.Packs {
 			indexed[p.ID] = true
 			for _, b := range p.Blobs {
@@ -221,10 +215,12 @@ func (r *Repository) loadIndex(ctx context.Context) error {
 			}
 		}
 	}
+	present := map[string]bool{}
 	var orphans []indexPack
-	err := r.be.List(ctx, "data/", func(name string, size int64) error {
+	err = r.be.List(ctx, "data/", func(name string, size int64) error {
 		id := name[strings.LastIndex(name, "/")+1:]
-		if indexed[id] {
+		present[id] = true
+		if indexed[id] || !validID(id) {
 			return nil
 		}
 		blobs, err := r.packHeader(ctx, id, size)
@@ -241,8 +237,18 @@ func (r *Repository) loadIndex(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list packs: %w", err)
 	}
+	missing := map[string]bool{}
+	for id, loc := range idx {
+		if !present[loc.Pack] {
+			missing[loc.Pack] = true
+			delete(idx, id)
+		}
+	}
+	if len(missing) > 0 {
+		r.log.Warn("the index lists packs that are missing: what they held is stored again (run 'astrolabe repo check')", "packs", len(missing))
+	}
 	if len(orphans) > 0 {
-		r.log.Info("indexed packs of an interrupted backup", "packs", len(orphans))
+		r.log.Info("indexed packs from their headers", "packs", len(orphans))
 		if err := r.saveJSON(ctx, "index/"+randomName(), indexFile{Packs: orphans}); err != nil {
 			return err
 		}
@@ -250,10 +256,97 @@ func (r *Repository) loadIndex(ctx context.Context) error {
 			indexed[o.ID] = true
 		}
 	}
+	// Their packs are indexed again now: the damaged files can go.
+	for _, name := range sortedKeys(damaged) {
+		r.log.Warn("index file is damaged: replaced by an index read from the pack headers", "file", name, "err", damaged[name])
+		if err := r.be.Remove(ctx, name); err != nil {
+			return fmt.Errorf("remove damaged index file: %w", err)
+		}
+	}
 	r.mu.Lock()
 	r.idx, r.indexed = idx, indexed
 	r.mu.Unlock()
 	return nil
+}
+
+// readIndexFiles reads every index file. Those that do not open or hold
+// nonsense (truncated, damaged) come back apart with the reason; errors
+// of the backend are errors.
+func (r *Repository) readIndexFiles(ctx context.Context) (map[string]indexFile, map[string]error, error) {
+	var names []string
+	if err := r.be.List(ctx, "index/", func(name string, _ int64) error {
+		names = append(names, name)
+		return nil
+	}); err != nil {
+		return nil, nil, fmt.Errorf("list index: %w", err)
+	}
+	files, damaged := map[string]indexFile{}, map[string]error{}
+	for _, name := range names {
+		b, err := backend.ReadAll(ctx, r.be, name)
+		if errors.Is(err, backend.ErrNotExist) {
+			continue // removed by a concurrent prune's rewrite
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		f, err := r.parseIndexFile(b)
+		if err != nil {
+			damaged[name] = err
+			continue
+		}
+		files[name] = f
+	}
+	return files, damaged, nil
+}
+
+// parseIndexFile opens a stored index file and checks that what it says
+// can be used: pack and chunk IDs, positions.
+func (r *Repository) parseIndexFile(b []byte) (indexFile, error) {
+	var f indexFile
+	if err := r.openJSON(b, &f, nil); err != nil {
+		return f, err
+	}
+	for _, p := range f.Packs {
+		if !validID(p.ID) {
+			return f, fmt.Errorf("bad pack ID %q", p.ID)
+		}
+		if err := validBlobs(p.Blobs, -1); err != nil {
+			return f, fmt.Errorf("pack %.16s: %w", p.ID, err)
+		}
+	}
+	return f, nil
+}
+
+// validID reports whether s is a pack or chunk ID: a hex SHA-256.
+func validID(s string) bool {
+	if len(s) != 2*sha256.Size {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil
+}
+
+// validBlobs checks a pack's list of blobs: IDs, and positions within
+// the first end bytes (end < 0: anywhere).
+func validBlobs(blobs []packBlob, end int64) error {
+	for _, b := range blobs {
+		if !validID(b.ID) {
+			return fmt.Errorf("bad chunk ID %q", b.ID)
+		}
+		if b.Off < 0 || b.Len <= 0 || b.Raw < 0 || end >= 0 && b.Off+b.Len > end {
+			return fmt.Errorf("chunk %.16s at %d+%d: out of place", b.ID, b.Off, b.Len)
+		}
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // packHeader reads the list of blobs at the end of a pack.
@@ -272,7 +365,7 @@ func (r *Repository) packHeader(ctx context.Context, id string, size int64) ([]p
 		return nil, err
 	}
 	hlen := int64(binary.LittleEndian.Uint32(l[:]))
-	if hlen > size-4 || hlen > 64<<20 {
+	if hlen > size-4 || hlen > maxHeader {
 		return nil, fmt.Errorf("header length %d in a pack of %d bytes", hlen, size)
 	}
 	rc, err = r.be.Load(ctx, packName(id), size-4-hlen, hlen)
@@ -284,11 +377,38 @@ func (r *Repository) packHeader(ctx context.Context, id string, size int64) ([]p
 	if _, err := ioReadFull(rc, sealed); err != nil {
 		return nil, err
 	}
+	return r.openPackHeader(sealed, size-4-hlen)
+}
+
+// maxHeader bounds a pack header's length.
+const maxHeader = 64 << 20
+
+// openPackHeader opens a pack's sealed header, which starts at hdrStart.
+func (r *Repository) openPackHeader(sealed []byte, hdrStart int64) ([]packBlob, error) {
 	var blobs []packBlob
-	if err := r.openJSON(sealed, &blobs); err != nil {
+	if err := r.openJSON(sealed, &blobs, nil); err != nil {
+		return nil, fmt.Errorf("pack header: %w", err)
+	}
+	if err := validBlobs(blobs, hdrStart); err != nil {
 		return nil, fmt.Errorf("pack header: %w", err)
 	}
 	return blobs, nil
+}
+
+// parsePack splits a whole pack into its header's blobs and where the
+// header starts.
+func (r *Repository) parsePack(data []byte) ([]packBlob, int64, error) {
+	size := int64(len(data))
+	if size < 4 {
+		return nil, 0, errors.New("pack too short")
+	}
+	hlen := int64(binary.LittleEndian.Uint32(data[size-4:]))
+	if hlen > size-4 || hlen > maxHeader {
+		return nil, 0, fmt.Errorf("header length %d in a pack of %d bytes", hlen, size)
+	}
+	start := size - 4 - hlen
+	blobs, err := r.openPackHeader(data[start:size-4], start)
+	return blobs, start, err
 }
 
 func ioReadFull(r io.Reader, b []byte) (int, error) { return io.ReadFull(r, b) }

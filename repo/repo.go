@@ -10,12 +10,18 @@
 //	data/<id[:2]>/<id>           packs: sealed blobs, then a sealed header listing them
 //	index/<random>               sealed lists of packs and their blobs, for dedup
 //	snapshots/<peid>/index       a snapshot's chunk map: offset → chunk, pack, position
-//	snapshots/<peid>/info        its PE info, written last: the commit
+//	snapshots/<peid>/info        its PE info and the index's hash, written last: the commit
 //	locks/<random>               who uses the repository (shared or exclusive)
 //
 // A snapshot's index holds where each chunk is, so reading a snapshot
 // needs nothing else; prune deletes only packs no snapshot uses at all,
 // so those positions never move. Every snapshot is a logical full.
+//
+// Format 2 seals a snapshot's index and info with the snapshot's ID as
+// additional data, and the info holds the index's hash: a snapshot moved,
+// renamed or swapped under another ID does not open. Format 1 snapshots
+// stay readable (the IDs written inside them are checked) until Migrate
+// seals them again.
 package repo
 
 import (
@@ -35,7 +41,10 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/repo/backend"
 )
 
-const formatVersion = 1
+// formatVersion is the format this package writes; it reads 1 as well.
+// A repository is raised to it by the first backup or migration, so that
+// older versions refuse it rather than fail on its newer snapshots.
+const formatVersion = 2
 
 // ErrWrongPassword is returned when the password does not open the key.
 var ErrWrongPassword = errors.New("wrong password or corrupt key")
@@ -130,8 +139,8 @@ func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, e
 	if err := json.Unmarshal(b, &cfg); err != nil {
 		return nil, fmt.Errorf("%s: config: %w", be.Location(), err)
 	}
-	if cfg.Version != formatVersion {
-		return nil, fmt.Errorf("%s: repository format %d, this astrolabe reads %d", be.Location(), cfg.Version, formatVersion)
+	if cfg.Version < 1 || cfg.Version > formatVersion {
+		return nil, fmt.Errorf("%s: repository format %d, this astrolabe reads 1 to %d", be.Location(), cfg.Version, formatVersion)
 	}
 	r := &Repository{be: be, cfg: cfg, log: opts.Logger}
 	if cfg.Encrypted {
@@ -164,6 +173,28 @@ func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, e
 		return nil, err
 	}
 	return r, nil
+}
+
+// upgradeConfig raises the config's format version before a format 2
+// snapshot is written into a format 1 repository.
+func (r *Repository) upgradeConfig(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cfg.Version >= formatVersion {
+		return nil
+	}
+	cfg := r.cfg
+	cfg.Version = formatVersion
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := r.be.Save(ctx, "config", bytes.NewReader(b), int64(len(b))); err != nil {
+		return fmt.Errorf("upgrade the repository to format %d: %w", formatVersion, err)
+	}
+	r.log.Info("repository upgraded", "format", formatVersion, "location", r.Location())
+	r.cfg = cfg
+	return nil
 }
 
 // Close releases the repository's resources.
@@ -212,33 +243,44 @@ func (r *Repository) loadChunk(ctx context.Context, c chunkRef, verify bool) ([]
 	if _, err := ioReadFull(rc, sealed); err != nil {
 		return nil, fmt.Errorf("chunk %.16s in pack %.16s: %w", c.ID, c.Pack, err)
 	}
-	b, err := r.decode(sealed, int(c.Len), []byte(c.ID))
+	b, err := r.openChunk(sealed, c.ID, c.Len, verify)
 	if err != nil {
-		return nil, fmt.Errorf("chunk %.16s in pack %.16s is damaged: %w", c.ID, c.Pack, err)
-	}
-	if int64(len(b)) != c.Len {
-		return nil, fmt.Errorf("chunk %.16s in pack %.16s is damaged: %d bytes, want %d", c.ID, c.Pack, len(b), c.Len)
-	}
-	// Sealed chunks are authenticated together with their ID: a chunk
-	// that opens is that chunk. Unsealed ones are hashed again; so are
-	// all chunks when verify is asked for (check --read-data).
-	if (r.key == nil || verify) && chunkID(b) != c.ID {
-		return nil, fmt.Errorf("chunk %.16s in pack %.16s is damaged: content does not match its ID", c.ID, c.Pack)
+		return nil, fmt.Errorf("chunk %.16s in pack %.16s %w", c.ID, c.Pack, err)
 	}
 	return b, nil
 }
 
-// sealJSON encodes v as a compressed, sealed object.
-func (r *Repository) sealJSON(v any) ([]byte, error) {
+// openChunk opens a stored chunk of raw bytes; its error reads after
+// the chunk's name ("is damaged: ...").
+func (r *Repository) openChunk(sealed []byte, id string, raw int64, verify bool) ([]byte, error) {
+	b, err := r.decode(sealed, int(min(max(raw, 0), cdcMax)), []byte(id)) // a capacity hint: raw is not trusted before the chunk opens
+	if err != nil {
+		return nil, fmt.Errorf("is damaged: %w", err)
+	}
+	if int64(len(b)) != raw {
+		return nil, fmt.Errorf("is damaged: %d bytes, want %d", len(b), raw)
+	}
+	// Sealed chunks are authenticated together with their ID: a chunk
+	// that opens is that chunk. Unsealed ones are hashed again; so are
+	// all chunks when verify is asked for (check --read-data).
+	if (r.key == nil || verify) && chunkID(b) != id {
+		return nil, errors.New("is damaged: content does not match its ID")
+	}
+	return b, nil
+}
+
+// sealJSON encodes v as a compressed, sealed object; aad is
+// authenticated with it (a snapshot's ID for its objects, else nil).
+func (r *Repository) sealJSON(v any, aad []byte) ([]byte, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return nil, err
 	}
-	return r.encode(nil, b, nil), nil
+	return r.encode(nil, b, aad), nil
 }
 
-func (r *Repository) openJSON(sealed []byte, v any) error {
-	b, err := r.decode(sealed, len(sealed)*4, nil)
+func (r *Repository) openJSON(sealed []byte, v any, aad []byte) error {
+	b, err := r.decode(sealed, len(sealed)*4, aad)
 	if err != nil {
 		return err
 	}
@@ -246,7 +288,7 @@ func (r *Repository) openJSON(sealed []byte, v any) error {
 }
 
 func (r *Repository) saveJSON(ctx context.Context, name string, v any) error {
-	b, err := r.sealJSON(v)
+	b, err := r.sealJSON(v, nil)
 	if err != nil {
 		return err
 	}
@@ -258,7 +300,7 @@ func (r *Repository) loadJSON(ctx context.Context, name string, v any) error {
 	if err != nil {
 		return err
 	}
-	if err := r.openJSON(b, v); err != nil {
+	if err := r.openJSON(b, v, nil); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	return nil

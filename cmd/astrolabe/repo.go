@@ -130,9 +130,26 @@ func repoCommand() *cli.Command {
 			}),
 		}, {
 			Name:  "check",
-			Usage: "verify the repository's structure; --read-data also re-hashes every chunk",
-			Flags: append(repoFlags(), &cli.BoolFlag{Name: "read-data", Usage: "read, decrypt and re-hash every chunk"}),
+			Usage: "verify the repository's structure; --read-data also reads every pack whole",
+			Flags: append(repoFlags(),
+				&cli.BoolFlag{Name: "read-data", Usage: "read every pack whole: its header, and every chunk decrypted and re-hashed"},
+				&cli.BoolFlag{Name: "repair-index", Usage: "first rebuild damaged index files from the pack headers (takes an exclusive lock)"},
+			),
 			Action: withRepo(func(c *cli.Context, r *repo.Repository) error {
+				if c.Bool("repair-index") {
+					s, err := r.RepairIndex(c.Context)
+					if err != nil {
+						return err
+					}
+					if s.Repaired() {
+						fmt.Fprintf(c.App.ErrWriter, "repaired the index: %d damaged index file(s) replaced, %d pack(s) indexed from their headers, %d missing pack(s) dropped\n", s.Damaged, s.Read, s.Dropped)
+					} else {
+						fmt.Fprintln(c.App.ErrWriter, "the index needs no repair")
+					}
+					for _, p := range s.BadPacks {
+						fmt.Fprintf(c.App.ErrWriter, "pack %s has a damaged header: not indexed\n", p)
+					}
+				}
 				p := newProgress(c.App.ErrWriter)
 				problems, err := r.Check(c.Context, c.Bool("read-data"), p)
 				p.Done()
@@ -146,6 +163,23 @@ func repoCommand() *cli.Command {
 					return fmt.Errorf("%d problem(s) found", len(problems))
 				}
 				fmt.Fprintln(c.App.ErrWriter, "no problems found")
+				return nil
+			}),
+		}, {
+			Name:  "migrate",
+			Usage: "bind the snapshots of older versions to their IDs (takes an exclusive lock)",
+			Description: `Since repository format 2 each snapshot is sealed with its ID, so that a
+snapshot moved, renamed or copied under another ID fails check and restore.
+Snapshots written by older versions stay readable (the IDs written inside
+them are checked); migrate seals them again with their IDs. A snapshot that
+is not what its name says is left as it is and reported.`,
+			Flags: repoFlags(),
+			Action: withRepo(func(c *cli.Context, r *repo.Repository) error {
+				n, err := r.Migrate(c.Context)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(c.App.ErrWriter, "bound %d snapshot(s) to their IDs\n", n)
 				return nil
 			}),
 		}, {
@@ -182,7 +216,7 @@ func repoCommand() *cli.Command {
 			}),
 		}, {
 			Name:  "unlock",
-			Usage: "remove stale locks (--all: every lock) after a crash",
+			Usage: "remove stale locks and those of dead processes of this host (--all: every lock) after a crash",
 			Flags: append(repoFlags(), &cli.BoolFlag{Name: "all", Usage: "remove all locks, also fresh ones"}),
 			Action: withRepo(func(c *cli.Context, r *repo.Repository) error {
 				n, err := r.Unlock(c.Context, c.Bool("all"))
