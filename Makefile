@@ -46,7 +46,7 @@ unit:
 	$(GO) test -count=1 -tags vddk $(VDDK_PKGS)
 
 # Seconds of fuzzing per target in CI; `make fuzz-long` for a real run.
-FUZZ_TARGETS := pe:FuzzParseID pe:FuzzOpenZip nbd:FuzzHandshake nbd:FuzzRequests
+FUZZ_TARGETS := pe:FuzzParseID pe:FuzzOpenZip pe/fs:FuzzExtract nbd:FuzzHandshake nbd:FuzzRequests
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t#*:}; \

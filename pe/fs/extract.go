@@ -359,6 +359,11 @@ func (x *extractor) writeSparse(f *os.File, r io.Reader) error {
 			return err
 		}
 		n, err := r.Read(x.buf)
+		if n > 0 && x.budget != nil {
+			if berr := x.budget.Produce(int64(n)); berr != nil {
+				return berr
+			}
+		}
 		if n > 0 && !pe.IsZero(x.buf[:n]) {
 			if x.budget != nil {
 				if berr := x.budget.Add(int64(n)); berr != nil {

@@ -201,7 +201,7 @@ func (tm *TypeManager) extractTemp(ctx context.Context, src pe.ProtectedEntity, 
 		return "", fmt.Errorf("data of %s: %w", src.ID(), err)
 	}
 	defer img.Close()
-	b, err := budget.New(tm.root, src, opts, budget.DataBytes(ctx, img))
+	b, err := budget.New(ctx, tm.root, src, img, opts)
 	if err != nil {
 		return "", err
 	}
@@ -228,6 +228,7 @@ func (tm *TypeManager) extractTemp(ctx context.Context, src pe.ProtectedEntity, 
 		err = syncFS(tmp)
 	}
 	if err != nil {
+		err = budget.Full(err)
 		if rerr := os.RemoveAll(tmp); rerr != nil {
 			err = fmt.Errorf("%w (and removing the partly restored tree failed: %v)", err, rerr)
 		}

@@ -7,6 +7,7 @@ package budget
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"golang.org/x/sys/unix"
@@ -29,20 +30,26 @@ const (
 type Budget struct {
 	dir       string // on the target filesystem
 	src       pe.ID
-	limit     int64 // bytes; negative: no expansion bound
+	limit     int64 // bytes written; negative: no expansion bound
 	stored    int64
 	expansion int64
 	reserve   int64
 	written   int64
 	unchecked int64
+	// Content produced, zeros included: a tar's sparse members can
+	// describe a petabyte of holes in a few bytes, costing no disk but
+	// the time to produce the zeros. Bounded for untrusted input by the
+	// larger of the stream's size and the expansion bound.
+	produced, produceLimit int64
 }
 
-// New returns the budget of restoring src into the filesystem holding dir
-// under opts. It fails with pe.ErrLimit unless the filesystem has room
-// for need bytes (what src declares it will write; no more than its
-// expansion bound) beyond its reserve.
-func New(dir string, src pe.ProtectedEntity, opts pe.CopyOptions, need int64) (*Budget, error) {
-	b := &Budget{dir: dir, src: src.ID(), limit: opts.ExpansionLimit(src)}
+// New returns the budget of restoring img, the data of src, into the
+// filesystem holding dir under opts. It fails with pe.ErrLimit unless the
+// filesystem has room for what img declares it holds (its data extents;
+// no more than the expansion bound) beyond a reserve.
+func New(ctx context.Context, dir string, src pe.ProtectedEntity, img pe.Image, opts pe.CopyOptions) (*Budget, error) {
+	b := &Budget{dir: dir, src: src.ID(), limit: opts.ExpansionLimit(src), produceLimit: -1}
+	need := DataBytes(ctx, img)
 	if b.limit >= 0 {
 		b.stored, _ = pe.StoredSize(src)
 		b.expansion = int64(opts.MaxExpansion)
@@ -50,6 +57,7 @@ func New(dir string, src pe.ProtectedEntity, opts pe.CopyOptions, need int64) (*
 			b.expansion = pe.DefaultMaxExpansion
 		}
 		need = min(need, b.limit)
+		b.produceLimit = max(img.Size(), b.limit)
 	}
 	avail, total, err := b.statfs()
 	if err != nil {
@@ -63,14 +71,26 @@ func New(dir string, src pe.ProtectedEntity, opts pe.CopyOptions, need int64) (*
 	return b, nil
 }
 
+// Produce accounts for n more bytes of content produced, whether written
+// or left a hole; it fails with pe.ErrLimit past the bound of untrusted
+// input.
+func (b *Budget) Produce(n int64) error {
+	b.produced += n
+	if b.produceLimit >= 0 && b.produced > b.produceLimit {
+		return fmt.Errorf("%w: restoring %s, untrusted input, would make files of more than %d bytes, holes included: more than its data holds and more than its expansion bound; if that is expected, pass a larger --max-expansion (a negative one removes the bound)",
+			pe.ErrLimit, b.src, b.produceLimit)
+	}
+	return nil
+}
+
 // Add accounts for n more bytes about to be written; it fails with
 // pe.ErrLimit when they pass the expansion bound, or when the free space
 // has dropped below the reserve.
 func (b *Budget) Add(n int64) error {
 	b.written += n
 	if b.limit >= 0 && b.written > b.limit {
-		return fmt.Errorf("%w: %s is untrusted input stored in %d bytes and would write more than %d×, %d bytes; if that is expected, restore it with a larger --max-expansion (a negative one removes the bound)",
-			pe.ErrLimit, b.src, b.stored, b.expansion, b.limit)
+		return fmt.Errorf("%w: restoring %s, untrusted input stored in %d bytes, would write more than %d bytes (%d times its stored size, at least 1 MiB); if that is expected, pass a larger --max-expansion (a negative one removes the bound)",
+			pe.ErrLimit, b.src, b.stored, b.limit, b.expansion)
 	}
 	if b.unchecked += n; b.unchecked < checkEvery {
 		return nil
@@ -85,6 +105,16 @@ func (b *Budget) Add(n int64) error {
 			pe.ErrLimit, avail, b.reserve, b.written, b.src)
 	}
 	return nil
+}
+
+// Full turns a write error that says the filesystem or a quota is full
+// (ENOSPC, EDQUOT: another writer took the space between two looks) into
+// a pe.ErrLimit; other errors it returns as they are.
+func Full(err error) error {
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		return fmt.Errorf("%w: the target filesystem is full: %w", pe.ErrLimit, err)
+	}
+	return err
 }
 
 // Written is the total of Add.
