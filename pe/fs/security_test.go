@@ -54,6 +54,8 @@ func privilegedTar(t testing.TB) []byte {
 				"SCHILY.xattr.trusted.x":           "root only",
 				"SCHILY.xattr.user.note":           "kept",
 			}},
+		{Name: "link", Typeflag: tar.TypeSymlink, Linkname: "cap", ModTime: mt,
+			PAXRecords: map[string]string{"SCHILY.xattr.trusted.l": "on a symlink"}},
 	} {
 		h.Format = tar.FormatPAX
 		must(t, tw.WriteHeader(h))
@@ -71,10 +73,11 @@ type privileges struct {
 	suidMode, sgidMode uint32
 	capOwner           int
 	xattrs             []string // of cap, sorted, user.* security.capability trusted.*
+	linkXattr          bool     // trusted.l on the symlink link
 }
 
 func (p privileges) equal(q privileges) bool {
-	return p.suidMode == q.suidMode && p.sgidMode == q.sgidMode && p.capOwner == q.capOwner &&
+	return p.suidMode == q.suidMode && p.sgidMode == q.sgidMode && p.capOwner == q.capOwner && p.linkXattr == q.linkXattr &&
 		strings.Join(p.xattrs, " ") == strings.Join(q.xattrs, " ")
 }
 
@@ -95,6 +98,9 @@ func privilegesOf(t *testing.T, dir string) privileges {
 			p.xattrs = append(p.xattrs, k)
 		}
 	}
+	x, err = listXattrs(filepath.Join(dir, "link"))
+	must(t, err)
+	_, p.linkXattr = x["trusted.l"]
 	return p
 }
 
@@ -108,7 +114,7 @@ func TestSecurityRestoreUntrustedDropsPrivileges(t *testing.T) {
 	tm := newTestRoot(t, t.TempDir())
 	tr := privilegedTar(t)
 	untrusted := untrustedPE{newTarPE(t, "upload", tr), int64(len(tr))}
-	all := privileges{suidMode: 0o4755, sgidMode: 0o2775, capOwner: 1234, xattrs: []string{"security.capability", "trusted.x", "user.note"}}
+	all := privileges{suidMode: 0o4755, sgidMode: 0o2775, capOwner: 1234, xattrs: []string{"security.capability", "trusted.x", "user.note"}, linkXattr: true}
 
 	for _, tt := range []struct {
 		what string
@@ -140,7 +146,7 @@ func TestSecuritySnapshotRestoreKeepsPrivileges(t *testing.T) {
 	live := filepath.Join(tm.Root(), "data")
 	must(t, extract(ctx, mkdir(t, live), bytes.NewReader(privilegedTar(t)), extractOptions{}))
 	want := privilegesOf(t, live)
-	if want.suidMode != 0o4755 || len(want.xattrs) != 3 {
+	if want.suidMode != 0o4755 || len(want.xattrs) != 3 || !want.linkXattr {
 		t.Fatalf("the source tree lacks its privileges: %+v", want)
 	}
 	sid := snapshot(t, getPE(t, tm, fsID(t, "data")))
