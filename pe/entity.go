@@ -129,9 +129,10 @@ type CopyOptions struct {
 	Progress Progress // may be nil
 	// KeepPrivileges restores what grants privilege — owners,
 	// setuid/setgid bits, file capabilities, trusted.* and security.*
-	// xattrs, device nodes — even from an untrusted source (see
-	// Untrusted). It is an administrator's explicit choice; callers log it.
-	// From trusted sources these are always restored.
+	// xattrs — even from an untrusted source (see Untrusted). It is an
+	// administrator's explicit choice; callers log it. From trusted
+	// sources these are always restored. (Device nodes are never
+	// restored by fs: its snapshots leave them out.)
 	KeepPrivileges bool
 	// MaxExpansion bounds the bytes a copy from an untrusted source may
 	// write, as a multiple of the source's stored (compressed) size;

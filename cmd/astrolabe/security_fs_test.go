@@ -334,6 +334,7 @@ func TestSecurityFsZipBomb(t *testing.T) {
 		if !strings.Contains(r.stderr, "--max-expansion") || !strings.Contains(r.stderr, strconv.Itoa(pe.DefaultMaxExpansion)+" times") {
 			t.Errorf("cp %s %s: the message does not say which bound and how to raise it: %s", tt.zip, tt.typ, r.stderr)
 		}
+		t.Logf("cp %s: %s", tt.typ, strings.TrimSpace(r.stderr))
 		mustFail(t, cfg, "limit exceeded", "cp", "--max-expansion", "200", tt.zip, tt.typ)
 		if left := dirNames(t, root); len(left) != 0 {
 			t.Errorf("%s: left behind after refused restores: %v", tt.typ, left)
