@@ -43,6 +43,11 @@ func openImage(ctx context.Context, dir string) (*image, error) {
 // Size implements pe.Image.
 func (im *image) Size() int64 { return im.l.size }
 
+// Allocated is what the tree's files take on disk, holes left out: a
+// restore of the image writes about that much, though the tar stream
+// holds every hole as zeros.
+func (im *image) Allocated() int64 { return im.l.allocated }
+
 // Close implements pe.Image.
 func (im *image) Close() error {
 	if im.closed.Swap(true) {

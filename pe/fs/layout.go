@@ -60,6 +60,9 @@ type layout struct {
 	root    *os.File // the directory dir
 	members []member
 	size    int64
+	// allocated is what the content files take on disk, holes left
+	// out: about what a restore writes.
+	allocated int64
 }
 
 // close closes the root.
@@ -221,6 +224,7 @@ func (w *layoutWalker) regular(f *os.File, rel string, st *unix.Stat_t) error {
 	}
 	h.Typeflag = tar.TypeReg
 	h.Size = st.Size
+	w.l.allocated += min(st.Blocks*512, st.Size)
 	x, err := fdXattrs(int(f.Fd()))
 	if err != nil {
 		return fmt.Errorf("%s: %w", rel, err)

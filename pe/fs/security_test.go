@@ -279,6 +279,20 @@ func TestSecurityRestoreFreeSpace(t *testing.T) {
 	if ids, err := tm.List(ctx); err != nil || len(ids) != 0 {
 		t.Errorf("PEs after refused restores: %v, %v", ids, err)
 	}
+
+	// A snapshot of a sparse file larger than the filesystem fits: its
+	// holes stay holes, and the check counts what the files take.
+	sparse := filepath.Join(tm.Root(), "sparse", "holes")
+	writeFile(t, sparse, []byte("data"), 0o644)
+	must(t, os.Truncate(sparse, 256<<20))
+	sid := snapshot(t, getPE(t, tm, fsID(t, "sparse")))
+	p, err := tm.Copy(ctx, getPE(t, tm, sid), pe.CopyOptions{Mode: pe.CreateNew})
+	if err != nil {
+		t.Fatalf("restore of a 256 MiB sparse file into 48 MiB: %v", err)
+	}
+	must(t, os.RemoveAll(filepath.Join(tm.Root(), p.ID().Name())))
+	must(t, os.RemoveAll(filepath.Join(tm.Root(), "sparse")))
+	must(t, getPE(t, tm, sid).DeleteSnapshot(ctx, sid.Snapshot()))
 	if h := hiddenEntries(t, tm.Root()); len(h) != 0 {
 		t.Errorf("leftovers in the root: %v", h)
 	}

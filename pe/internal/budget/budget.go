@@ -137,8 +137,14 @@ func (b *Budget) statfs() (avail, total int64, err error) {
 
 // DataBytes is what restoring img writes at most: the bytes of its data
 // extents (holes and known zeros are not written), or its size if it
-// cannot tell.
+// cannot tell. An image that knows better — a tar image of a tree, whose
+// files' holes are data in the stream but holes again when restored —
+// says so with an Allocated() int64 method: the bytes its content takes
+// on disk.
 func DataBytes(ctx context.Context, img pe.Image) int64 {
+	if a, ok := img.(interface{ Allocated() int64 }); ok {
+		return a.Allocated()
+	}
 	exts, err := img.Extents(ctx, 0, img.Size())
 	if err != nil {
 		return img.Size()
