@@ -100,6 +100,9 @@ func (c *treeCopier) copyEntry(src, dst *os.File, rel string) error {
 	case unix.S_IFDIR:
 		return c.copySubdir(f, dst, rel, &st)
 	case unix.S_IFREG:
+		if f == nil {
+			return fmt.Errorf("open %s: %w", rel, unix.EACCES)
+		}
 		return c.copyRegular(f, dst, rel, &st)
 	case unix.S_IFLNK:
 		return c.copySymlink(src, dst, rel, &st)
@@ -202,7 +205,7 @@ func (c *treeCopier) copySymlink(src, dst *os.File, rel string, st *unix.Stat_t)
 	if err != nil {
 		return fmt.Errorf("readlink %s: %w", rel, err)
 	}
-	x, err := symlinkXattrs(int(src.Fd()), name)
+	x, err := atXattrs(int(src.Fd()), name)
 	if err != nil {
 		return fmt.Errorf("%s: %w", rel, err)
 	}

@@ -93,8 +93,9 @@ func openDir(path string) (*os.File, error) {
 // a symlink, and opens it if it is a directory or a regular file. It
 // returns the entry's stat — of the opened descriptor when it opened one,
 // so that what is described is what is read — and the open file, nil for
-// other types. A name that changes type between the stat and the open is
-// looked at again. The error is ENOENT (unwrapped) if the name is gone.
+// other types and for regular files we may not read. A name that changes
+// type between the stat and the open is looked at again. The error is
+// ENOENT (unwrapped) if the name is gone.
 func openEntry(dir int, name string) (unix.Stat_t, *os.File, error) {
 	var st unix.Stat_t
 	for range maxTypeChanges {
@@ -114,6 +115,11 @@ func openEntry(dir int, name string) (unix.Stat_t, *os.File, error) {
 		fd, err := unix.Openat(dir, name, flags|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ENOENT) {
 			continue // replaced since the stat
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFREG && (errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM)) {
+			// Not ours to read (we are not root): described, not
+			// opened; who needs the content fails on it.
+			return st, nil, nil
 		}
 		if err != nil {
 			return st, nil, err
@@ -161,12 +167,13 @@ func fdXattrs(fd int) (map[string]string, error) {
 		func(name string, b []byte) (int, error) { return unix.Fgetxattr(fd, name, b) })
 }
 
-// symlinkXattrs returns the extended attributes of the symlink name in
-// dir. Symlinks cannot be opened for fgetxattr, so they are read through
-// /proc (procPath); without /proc, a symlink has none: only trusted.* and
-// security.* can be set on symlinks, rarely are, and losing them on such a
-// system beats reading them through a path that could be swapped.
-func symlinkXattrs(dir int, name string) (map[string]string, error) {
+// atXattrs returns the extended attributes of the entry name of dir, a
+// symlink or a file we may not open, without following it. They are read
+// through /proc (procPath), as symlinks cannot be opened for fgetxattr;
+// without /proc such an entry has none: on symlinks only trusted.* and
+// security.* can be set, and rarely are, and losing them on such a system
+// beats reading them through a path that could be swapped.
+func atXattrs(dir int, name string) (map[string]string, error) {
 	p := procPath(dir, name)
 	x, err := readXattrs(
 		func(b []byte) (int, error) { return unix.Llistxattr(p, b) },

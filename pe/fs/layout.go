@@ -186,7 +186,7 @@ func (w *layoutWalker) entry(d *os.File, rel string) error {
 	case unix.S_IFDIR:
 		return w.dir(f, rel, &st)
 	case unix.S_IFREG:
-		return w.regular(f, rel, &st)
+		return w.regular(d, f, rel, &st)
 	case unix.S_IFLNK:
 		target, err := readlinkAt(int(d.Fd()), name)
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) {
@@ -195,7 +195,7 @@ func (w *layoutWalker) entry(d *os.File, rel string) error {
 		if err != nil {
 			return fmt.Errorf("readlink %s: %w", rel, err)
 		}
-		x, err := symlinkXattrs(int(d.Fd()), name)
+		x, err := atXattrs(int(d.Fd()), name)
 		if err != nil {
 			return fmt.Errorf("%s: %w", rel, err)
 		}
@@ -209,8 +209,9 @@ func (w *layoutWalker) entry(d *os.File, rel string) error {
 	}
 }
 
-// regular adds the open regular file f, a hard link if seen before.
-func (w *layoutWalker) regular(f *os.File, rel string, st *unix.Stat_t) error {
+// regular adds the regular file rel of the directory d, open as f (nil if
+// we may not read it), a hard link if seen before.
+func (w *layoutWalker) regular(d, f *os.File, rel string, st *unix.Stat_t) error {
 	h := header(st)
 	h.Name = rel
 	key := fileKey{dev: st.Dev, ino: st.Ino}
@@ -225,7 +226,13 @@ func (w *layoutWalker) regular(f *os.File, rel string, st *unix.Stat_t) error {
 	h.Typeflag = tar.TypeReg
 	h.Size = st.Size
 	w.l.allocated += min(st.Blocks*512, st.Size)
-	x, err := fdXattrs(int(f.Fd()))
+	var x map[string]string
+	var err error
+	if f != nil {
+		x, err = fdXattrs(int(f.Fd()))
+	} else {
+		x, err = atXattrs(int(d.Fd()), path.Base(rel))
+	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", rel, err)
 	}
