@@ -46,13 +46,14 @@ unit:
 	$(GO) test -count=1 -tags vddk $(VDDK_PKGS)
 
 # Seconds of fuzzing per target in CI; `make fuzz-long` for a real run.
-FUZZ_TARGETS := pe:FuzzParseID pe:FuzzOpenZip nbd:FuzzHandshake nbd:FuzzRequests \
-	appliance/s3export:FuzzS3Request appliance/s3export:FuzzSigV4 appliance/s3export:FuzzChunked
+FUZZ_TARGETS := pe:FuzzParseID pe:FuzzOpenZip pe/fs:FuzzExtract nbd:FuzzHandshake nbd:FuzzRequests \
+	appliance/s3export:FuzzS3Request appliance/s3export:FuzzSigV4 appliance/s3export:FuzzChunked \
+	repo:FuzzCheckPack repo:FuzzOpenIndex
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t#*:}; \
 		echo "fuzz $$name ($(FUZZTIME))"; \
-		$(GO) test ./$$pkg -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) || exit 1; \
+		$(GO) test ./$$pkg -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 10s || exit 1; \
 	done
 
 fuzz-long:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 )
 
 // Errors a PE implementation returns (wrapped, with context) so that callers
@@ -128,9 +129,10 @@ type CopyOptions struct {
 	Progress Progress // may be nil
 	// KeepPrivileges restores what grants privilege — owners,
 	// setuid/setgid bits, file capabilities, trusted.* and security.*
-	// xattrs, device nodes — even from an untrusted source (see
-	// Untrusted). It is an administrator's explicit choice; callers log it.
-	// From trusted sources these are always restored.
+	// xattrs — even from an untrusted source (see Untrusted). It is an
+	// administrator's explicit choice; callers log it. From trusted
+	// sources these are always restored. (Device nodes are never
+	// restored by fs: its snapshots leave them out.)
 	KeepPrivileges bool
 	// MaxExpansion bounds the bytes a copy from an untrusted source may
 	// write, as a multiple of the source's stored (compressed) size;
@@ -148,6 +150,45 @@ const DefaultMaxExpansion = 100
 func Untrusted(p ProtectedEntity) bool {
 	u, ok := p.(interface{ Untrusted() bool })
 	return ok && u.Untrusted()
+}
+
+// StoredSize reports how many bytes p's data takes where it is stored (a
+// zip entry's compressed size), if p says so through a StoredSize() int64
+// method: the measure MaxExpansion multiplies.
+func StoredSize(p ProtectedEntity) (int64, bool) {
+	s, ok := p.(interface{ StoredSize() int64 })
+	if !ok {
+		return 0, false
+	}
+	return s.StoredSize(), true
+}
+
+// minExpansionBound is the least an expansion bound allows, so that a zip
+// of a few small files, whose deflate framing dwarfs its content, is never
+// refused: a bomb needs far more than this to hurt.
+const minExpansionBound = 1 << 20
+
+// ExpansionLimit is the most bytes a copy of src may write under o:
+// MaxExpansion (DefaultMaxExpansion if 0) times src's stored size, at
+// least 1 MiB, for an untrusted source that reports its stored size; -1
+// (no bound) for trusted sources, for a negative MaxExpansion and for
+// sources that do not report a stored size.
+func (o CopyOptions) ExpansionLimit(src ProtectedEntity) int64 {
+	if o.MaxExpansion < 0 || !Untrusted(src) {
+		return -1
+	}
+	stored, ok := StoredSize(src)
+	if !ok || stored < 0 {
+		return -1
+	}
+	x := int64(o.MaxExpansion)
+	if x == 0 {
+		x = DefaultMaxExpansion
+	}
+	if stored > math.MaxInt64/x {
+		return math.MaxInt64
+	}
+	return max(stored*x, minExpansionBound)
 }
 
 // AddProgress reports n bytes to p if p is set.

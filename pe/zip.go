@@ -191,7 +191,9 @@ func OpenZipFile(ctx context.Context, path string) (ProtectedEntity, io.Closer, 
 
 // OpenZip reads an Astrolabe zip as a read-only PE. The zip is untrusted:
 // every entry name is checked against the layout, sizes and nesting are
-// bounded, and nothing proportional to declared sizes is allocated.
+// bounded, and nothing proportional to declared sizes is allocated. The PE
+// and its components say so (see Untrusted): a restore of them grants no
+// privileges and is bounded in what it writes (CopyOptions).
 func OpenZip(ctx context.Context, r io.ReaderAt, size int64) (ProtectedEntity, error) {
 	return openZip(ctx, r, size, 0)
 }
@@ -207,7 +209,7 @@ func openZip(ctx context.Context, r io.ReaderAt, size int64, depth int) (*zipEnt
 	if len(zr.File) > maxZipEntries {
 		return nil, fmt.Errorf("invalid PE zip: %d entries (at most %d)", len(zr.File), maxZipEntries)
 	}
-	z := &zipEntity{}
+	z := &zipEntity{size: size}
 	var info, md, data *zip.File
 	var comps []*zip.File
 	seen := make(map[string]bool, len(zr.File))
@@ -352,9 +354,27 @@ func openZipComponent(ctx context.Context, r io.ReaderAt, size int64, f *zip.Fil
 // zipEntity is a PE read from a zip: a frozen copy, so the snapshot
 // operations are not supported.
 type zipEntity struct {
+	size       int64 // of the zip holding it
 	info       Info
 	md, data   *zip.File
 	components []*zipEntity
+}
+
+// Untrusted implements the method pe.Untrusted looks for: a zip comes from
+// outside the appliance (an upload, a file named on the command line), and
+// nothing in it is authenticated, so restoring it grants no privileges
+// unless asked to.
+func (z *zipEntity) Untrusted() bool { return true }
+
+// StoredSize implements the method pe.StoredSize looks for: the compressed
+// size of the data entry, what an expansion bound multiplies. The zip
+// declares it, so it counts no more than the zip's own size: the entry
+// cannot hold more than that.
+func (z *zipEntity) StoredSize() int64 {
+	if z.data == nil {
+		return 0
+	}
+	return int64(min(z.data.CompressedSize64, uint64(z.size)))
 }
 
 func (z *zipEntity) ID() ID                                 { return z.info.ID }

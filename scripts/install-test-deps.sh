@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a Debian machine: the real tools they run
 # (tar, unzip, e2fsprogs, xfsprogs for the reflink tests, util-linux for loop
-# devices) and the Go linters. Idempotent; run as root (or with sudo).
+# devices and runuser, libcap2-bin's setcap for the privilege tests) and the
+# Go linters. Idempotent; run as root (or with sudo).
 set -euo pipefail
 
 STATICCHECK_VERSION=v0.8.2
 
 need=()
-for pair in tar:tar unzip:unzip mke2fs:e2fsprogs mkfs.xfs:xfsprogs losetup:mount nbdinfo:libnbd-bin qemu-img:qemu-utils nbdsh:python3-libnbd rclone:rclone openssl:openssl sfdisk:fdisk mkfs.vfat:dosfstools mcopy:mtools fusermount3:fuse3 fusefat:fusefat restic:restic bc:bc debootstrap:debootstrap extlinux:extlinux qemu-system-x86_64:qemu-system-x86 curl:curl gcc:gcc qemu-io:qemu-utils; do
+for pair in tar:tar unzip:unzip mke2fs:e2fsprogs mkfs.xfs:xfsprogs losetup:mount nbdinfo:libnbd-bin qemu-img:qemu-utils nbdsh:python3-libnbd rclone:rclone openssl:openssl sfdisk:fdisk mkfs.vfat:dosfstools mcopy:mtools fusermount3:fuse3 fusefat:fusefat restic:restic bc:bc debootstrap:debootstrap extlinux:extlinux qemu-system-x86_64:qemu-system-x86 curl:curl gcc:gcc qemu-io:qemu-utils setcap:libcap2-bin getcap:libcap2-bin runuser:util-linux; do
 	cmd=${pair%%:*} pkg=${pair#*:}
 	command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"strings"
 
@@ -28,10 +29,15 @@ every copy is of one point in time.
   create_new  a new PE with a new name (default when DEST is a type)
   create      a PE named as DEST (or as SRC when DEST is a type); fails if
               it exists (default when DEST is a PE ID or a zip file)
-  update      overwrite the existing PE (or zip file) of that name`,
-		Flags: []cli.Flag{
+  update      overwrite the existing PE (or zip file) of that name
+
+A zip is untrusted input: restored from it, files belong to the restoring
+user and lose setuid/setgid bits, file capabilities and trusted.* and
+security.* xattrs, unless --keep-privileges is given; what it may write is
+bounded by --max-expansion. Snapshots are trusted and restored as they were.`,
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "mode", Usage: "`MODE`: create, create_new or update (default depends on DEST)"},
-		},
+		}, restoreFlags()...),
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 2, "SRC DEST")
 			if err != nil {
@@ -47,7 +53,9 @@ every copy is of one point in time.
 			if err != nil {
 				return err
 			}
-			out, err := copyPE(c.Context, m, a[0], a[1], mode, newProgress(c.App.ErrWriter), c.App.ErrWriter)
+			opts := restoreOptions(c)
+			opts.Mode = mode
+			out, err := copyPE(c.Context, m, a[0], a[1], opts, newProgress(c.App.ErrWriter), c.App.ErrWriter)
 			if err != nil {
 				return err
 			}
@@ -57,8 +65,32 @@ every copy is of one point in time.
 	}
 }
 
-// copyPE runs one cp and returns the PE ID of the result.
-func copyPE(ctx context.Context, m pe.Manager, srcArg, dstArg string, mode pe.CopyMode, progress *progress, log interface{ Write([]byte) (int, error) }) (pe.ID, error) {
+// restoreFlags are the flags of the verbs that restore: cp and restore.
+func restoreFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.BoolFlag{Name: "keep-privileges", Usage: "restore untrusted input (a zip) with its owners, setuid/setgid bits, file capabilities and trusted.*/security.* xattrs; without it they are dropped (trusted snapshots keep them anyway); logged"},
+		&cli.IntFlag{Name: "max-expansion", Value: pe.DefaultMaxExpansion, Usage: "a restore of untrusted input (a zip) may write at most `N` times the compressed size of its data (all-zero blocks, left as holes, do not count); 0 means the default, a negative N no bound"},
+	}
+}
+
+// restoreOptions are the copy options restoreFlags set.
+func restoreOptions(c *cli.Context) pe.CopyOptions {
+	return pe.CopyOptions{KeepPrivileges: c.Bool("keep-privileges"), MaxExpansion: c.Int("max-expansion")}
+}
+
+// logKeepPrivileges records that privileges are restored from untrusted
+// input: an administrator's explicit choice, to be found again.
+func logKeepPrivileges(src pe.ProtectedEntity, dest string, opts pe.CopyOptions) {
+	if opts.KeepPrivileges && pe.Untrusted(src) {
+		slog.Warn("restoring untrusted input with its privileges (owners, setuid/setgid, capabilities, trusted/security xattrs) as asked by --keep-privileges",
+			"src", src.ID().String(), "dest", dest)
+	}
+}
+
+// copyPE runs one cp and returns the PE ID of the result. opts.Mode 0
+// means the default for DEST.
+func copyPE(ctx context.Context, m pe.Manager, srcArg, dstArg string, opts pe.CopyOptions, progress *progress, log interface{ Write([]byte) (int, error) }) (pe.ID, error) {
+	mode := opts.Mode
 	src, closeSrc, err := openSource(ctx, m, srcArg, log)
 	if err != nil {
 		return pe.ID{}, err
@@ -78,7 +110,7 @@ func copyPE(ctx context.Context, m pe.Manager, srcArg, dstArg string, mode pe.Co
 		return src.ID(), nil
 	}
 
-	opts := pe.CopyOptions{Progress: progress}
+	opts.Progress = progress
 	var tm pe.TypeManager
 	if strings.Contains(dstArg, ":") {
 		dst, err := peArg(dstArg, -1)
@@ -107,6 +139,7 @@ func copyPE(ctx context.Context, m pe.Manager, srcArg, dstArg string, mode pe.Co
 		}
 	}
 	opts.Mode = mode
+	logKeepPrivileges(src, dstArg, opts)
 	out, err := tm.Copy(ctx, src, opts)
 	progress.Done()
 	if err != nil {

@@ -287,10 +287,14 @@ func restoreCommand() *cli.Command {
 		Name:      "restore",
 		Usage:     "restore a repository snapshot as a PE; prints the restored PE ID last",
 		ArgsUsage: "PEID:SNAPSHOT",
-		Flags: append(repoFlags(),
+		Flags: append(append(repoFlags(),
 			&cli.StringFlag{Name: "to", Usage: "PE `TYPE` to restore into (default: the snapshot's)"},
 			&cli.StringFlag{Name: "mode", Value: "create_new", Usage: "`MODE`: create_new (a new name), create (the snapshot's name, must not exist) or update (overwrite it)"},
-		),
+		), restoreFlags()...),
+		Description: `Repository snapshots are trusted (authenticated by the repository key):
+owners, setuid/setgid bits, capabilities and xattrs are restored as they
+were. --keep-privileges and --max-expansion apply to untrusted input only,
+as in cp.`,
 		Action: withRepo(func(c *cli.Context, r *repo.Repository) error {
 			a, err := args(c, 1, "PEID:SNAPSHOT")
 			if err != nil {
@@ -322,7 +326,10 @@ func restoreCommand() *cli.Command {
 			}
 			start := time.Now()
 			prog := newProgress(c.App.ErrWriter)
-			out, err := tm.Copy(c.Context, src, pe.CopyOptions{Mode: mode, Progress: prog})
+			opts := restoreOptions(c)
+			opts.Mode, opts.Progress = mode, prog
+			logKeepPrivileges(src, typ, opts)
+			out, err := tm.Copy(c.Context, src, opts)
 			prog.Done()
 			if err != nil {
 				return fmt.Errorf("restore %s: %w", id, err)

@@ -113,7 +113,7 @@ func (e *entity) Overwrite(ctx context.Context, src pe.ProtectedEntity, withComp
 	if e.id.HasSnapshot() {
 		return fmt.Errorf("overwrite %s: snapshots are read-only: %w", e.id, pe.ErrNotSupported)
 	}
-	if err := e.tm.overwrite(ctx, e.id.Name(), src, nil); err != nil {
+	if err := e.tm.overwrite(ctx, e.id.Name(), src, pe.CopyOptions{}); err != nil {
 		return fmt.Errorf("overwrite %s from %s: %w", e.id, src.ID(), err)
 	}
 	return nil

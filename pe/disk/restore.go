@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"syscall"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/budget"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/snapdir"
 )
 
@@ -25,7 +28,11 @@ const maxNameTries = 10
 //
 // New and replaced files are written to a hidden temporary file first, so
 // that a failed or cancelled copy changes nothing; holes and all-zero
-// blocks of the source stay holes.
+// blocks of the source stay holes. What is written is bounded (package
+// budget): by the free space of the root's filesystem, and for untrusted
+// sources by opts.ExpansionLimit; a bound that is hit fails the copy with
+// pe.ErrLimit and removes the temporary file. A block device is written in
+// place, within its size, and not bounded.
 func (tm *TypeManager) Copy(ctx context.Context, src pe.ProtectedEntity, opts pe.CopyOptions) (pe.ProtectedEntity, error) {
 	var (
 		name string
@@ -33,19 +40,19 @@ func (tm *TypeManager) Copy(ctx context.Context, src pe.ProtectedEntity, opts pe
 	)
 	switch opts.Mode {
 	case pe.CreateNew:
-		name, err = tm.create(ctx, src, src.ID().Name(), true, opts.Progress)
+		name, err = tm.create(ctx, src, src.ID().Name(), true, opts)
 	case pe.Create:
 		name = opts.TargetName(src.ID())
 		if !validName(name) {
 			return nil, fmt.Errorf("copy %s: invalid disk name %q (a file name in the root, not hidden)", src.ID(), name)
 		}
-		name, err = tm.create(ctx, src, name, false, opts.Progress)
+		name, err = tm.create(ctx, src, name, false, opts)
 	case pe.Update:
 		name = opts.TargetName(src.ID())
 		if !validName(name) {
 			return nil, fmt.Errorf("copy %s to %s:%s: %w", src.ID(), Type, name, pe.ErrNotFound)
 		}
-		err = tm.overwrite(ctx, name, src, opts.Progress)
+		err = tm.overwrite(ctx, name, src, opts)
 	default:
 		return nil, fmt.Errorf("copy %s: invalid copy mode %v", src.ID(), opts.Mode)
 	}
@@ -61,7 +68,7 @@ func (tm *TypeManager) Copy(ctx context.Context, src pe.ProtectedEntity, opts pe
 
 // create writes src to a new image and returns its name: target itself, or
 // a fresh name derived from target when fresh is set.
-func (tm *TypeManager) create(ctx context.Context, src pe.ProtectedEntity, target string, fresh bool, progress pe.Progress) (string, error) {
+func (tm *TypeManager) create(ctx context.Context, src pe.ProtectedEntity, target string, fresh bool, opts pe.CopyOptions) (string, error) {
 	if !fresh {
 		// Fail before writing gigabytes; the link below catches a race.
 		if _, err := os.Lstat(tm.livePath(target)); err == nil {
@@ -75,7 +82,7 @@ func (tm *TypeManager) create(ctx context.Context, src pe.ProtectedEntity, targe
 		return "", err
 	}
 	defer img.Close()
-	tmp, err := tm.writeTemp(ctx, img, progress)
+	tmp, err := tm.writeTemp(ctx, src, img, opts)
 	if err != nil {
 		return "", err
 	}
@@ -104,7 +111,7 @@ func (tm *TypeManager) create(ctx context.Context, src pe.ProtectedEntity, targe
 // overwrite replaces the data of the existing PE name with src's. A file is
 // replaced by a new one renamed over it, keeping its permissions and owner;
 // a block device is written in place.
-func (tm *TypeManager) overwrite(ctx context.Context, name string, src pe.ProtectedEntity, progress pe.Progress) error {
+func (tm *TypeManager) overwrite(ctx context.Context, name string, src pe.ProtectedEntity, opts pe.CopyOptions) error {
 	kind, err := tm.kindOf(name)
 	if err != nil {
 		return err
@@ -116,13 +123,13 @@ func (tm *TypeManager) overwrite(ctx context.Context, name string, src pe.Protec
 	defer img.Close()
 	path := tm.livePath(name)
 	if kind == kindDevice {
-		return writeDevice(ctx, path, img, progress)
+		return writeDevice(ctx, path, img, opts.Progress)
 	}
 	fi, err := os.Lstat(path)
 	if err != nil {
 		return err
 	}
-	tmp, err := tm.writeTemp(ctx, img, progress)
+	tmp, err := tm.writeTemp(ctx, src, img, opts)
 	if err != nil {
 		return err
 	}
@@ -146,15 +153,16 @@ func sourceData(ctx context.Context, src pe.ProtectedEntity) (pe.Image, error) {
 	return img, nil
 }
 
-// writeTemp writes img to a new hidden file in the root and returns its
-// path; on failure nothing is left. An image that is a whole file on the
-// same filesystem (a snapshot being restored) is reflinked where possible.
-func (tm *TypeManager) writeTemp(ctx context.Context, img pe.Image, progress pe.Progress) (string, error) {
+// writeTemp writes img, the data of src, to a new hidden file in the root
+// and returns its path; on failure nothing is left. An image that is a
+// whole file on the same filesystem (a snapshot being restored) is
+// reflinked where possible.
+func (tm *TypeManager) writeTemp(ctx context.Context, src pe.ProtectedEntity, img pe.Image, opts pe.CopyOptions) (string, error) {
 	f, err := os.CreateTemp(tm.root, ".tmp-restore-*")
 	if err != nil {
 		return "", err
 	}
-	err = writeImageFile(ctx, f, img, progress)
+	err = writeImageFile(ctx, f, src, img, opts)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -163,19 +171,22 @@ func (tm *TypeManager) writeTemp(ctx context.Context, img pe.Image, progress pe.
 	}
 	if err != nil {
 		os.Remove(f.Name())
-		return "", err
+		return "", budget.Full(err)
 	}
 	return f.Name(), nil
 }
 
-// writeImageFile fills the empty file f with img.
-func writeImageFile(ctx context.Context, f *os.File, img pe.Image, progress pe.Progress) error {
-	if src := wholeFileOf(img); src != nil && reflink(f, src) == nil {
-		if progress != nil {
-			progress.Start(img.Size())
-			progress.Add(img.Size())
-		}
+// writeImageFile fills the empty file f with img, the data of src, within
+// the budget of a restore of src (a reflink costs none).
+func writeImageFile(ctx context.Context, f *os.File, src pe.ProtectedEntity, img pe.Image, opts pe.CopyOptions) error {
+	if whole := wholeFileOf(img); whole != nil && reflink(f, whole) == nil {
+		opts.StartProgress(img.Size())
+		opts.AddProgress(img.Size())
 		return nil
+	}
+	b, err := budget.New(ctx, filepath.Dir(f.Name()), src, img, opts)
+	if err != nil {
+		return err
 	}
 	if err := f.Truncate(0); err != nil { // whatever a failed clone left
 		return err
@@ -183,7 +194,21 @@ func writeImageFile(ctx context.Context, f *os.File, img pe.Image, progress pe.P
 	if err := f.Truncate(img.Size()); err != nil {
 		return err
 	}
-	return pe.CopyData(ctx, f, img, progress)
+	return pe.CopyData(ctx, budgetWriter{f, b}, img, opts.Progress)
+}
+
+// budgetWriter writes to w what b allows. pe.CopyData writes only blocks
+// that are not all zeros: holes cost nothing.
+type budgetWriter struct {
+	w io.WriterAt
+	b *budget.Budget
+}
+
+func (bw budgetWriter) WriteAt(p []byte, off int64) (int, error) {
+	if err := bw.b.Add(int64(len(p))); err != nil {
+		return 0, err
+	}
+	return bw.w.WriteAt(p, off)
 }
 
 // wholeFileOf returns the file behind img if img is a disk image that is

@@ -10,25 +10,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// copyFile copies the regular file src to the new file dst and returns
-// whether it could share src's extents (FICLONE) and how many bytes dst
-// has. Otherwise it copies the data ranges with copy_file_range, or read
-// and write where that fails, and keeps holes holes.
-func copyFile(ctx context.Context, src, dst string) (reflinked bool, size int64, err error) {
-	in, err := os.OpenFile(src, os.O_RDONLY|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return false, 0, err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return false, 0, err
-	}
-	defer func() {
-		if cerr := out.Close(); err == nil && cerr != nil {
-			err = cerr
-		}
-	}()
+// copyFile copies the open regular file in to the new, empty file out and
+// returns whether it could share in's extents (FICLONE) and how many bytes
+// out has. Otherwise it copies the data ranges with copy_file_range, or
+// read and write where that fails, and keeps holes holes.
+func copyFile(ctx context.Context, in, out *os.File) (reflinked bool, size int64, err error) {
 	if err := unix.IoctlFileClone(int(out.Fd()), int(in.Fd())); err == nil {
 		fi, err := out.Stat()
 		if err != nil {
@@ -37,10 +23,10 @@ func copyFile(ctx context.Context, src, dst string) (reflinked bool, size int64,
 		return true, fi.Size(), nil
 	}
 	// ext4, tmpfs, different filesystems: copy. A failed clone has left
-	// dst empty.
+	// out empty.
 	size, err = copySparse(ctx, out, in)
 	if err != nil {
-		return false, 0, fmt.Errorf("copy %s: %w", src, err)
+		return false, 0, err
 	}
 	return false, size, nil
 }

@@ -2,10 +2,13 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"syscall"
+	"path"
+	"sort"
+
+	"golang.org/x/sys/unix"
 )
 
 // fileKey identifies an inode, to keep hard links hard links.
@@ -13,12 +16,14 @@ type fileKey struct {
 	dev, ino uint64
 }
 
-// treeCopier copies a directory tree for a snapshot and counts what it did.
+// treeCopier copies a directory tree for a snapshot and counts what it
+// did. Both trees are walked through directory descriptors (see dirfd.go):
+// nothing outside the source is read, nothing outside the copy written.
 type treeCopier struct {
 	ctx   context.Context
 	chown bool
-	root  string             // source root, to name skipped files
-	links map[fileKey]string // inode of a multiply linked source file → its copy
+	dst   *os.File           // root of the copy
+	links map[fileKey]string // inode of a multiply linked source file → name of its copy
 
 	files, bytes      int64
 	reflinked, copied int64
@@ -32,82 +37,132 @@ func newTreeCopier(ctx context.Context) *treeCopier {
 
 // copyTree copies the directory src to dst, which must not exist.
 func (c *treeCopier) copyTree(src, dst string) error {
-	c.root = src
-	fi, err := os.Lstat(src)
+	sf, err := openDir(src)
 	if err != nil {
 		return err
 	}
-	if !fi.IsDir() {
-		return fmt.Errorf("%s: not a directory", src)
+	defer sf.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(sf.Fd()), &st); err != nil {
+		return fmt.Errorf("stat %s: %w", src, err)
 	}
-	return c.copyEntry(src, dst, fi)
+	if err := os.Mkdir(dst, 0o700); err != nil {
+		return err
+	}
+	df, err := openDir(dst)
+	if err != nil {
+		return err
+	}
+	defer df.Close()
+	c.dst = df
+	return c.copyDir(sf, df, ".", &st)
 }
 
-// copyEntry copies one entry of any type; directories recursively.
-func (c *treeCopier) copyEntry(src, dst string, fi os.FileInfo) error {
+// copyDir copies the contents of the open directory src, named rel in the
+// tree, into the new directory dst and then gives dst src's attrs.
+func (c *treeCopier) copyDir(src, dst *os.File, rel string, st *unix.Stat_t) error {
+	names, err := src.Readdirnames(-1)
+	if err != nil {
+		return fmt.Errorf("read directory %s: %w", rel, err)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if err := c.copyEntry(src, dst, path.Join(rel, name)); err != nil {
+			return err
+		}
+	}
+	// Times last: adding the entries changed the directory's mtime.
+	x, err := fdXattrs(int(src.Fd()))
+	if err != nil {
+		return fmt.Errorf("%s: %w", rel, err)
+	}
+	return applyFdAttrs(int(dst.Fd()), rel, attrsOfStat(st, x), c.chown)
+}
+
+// copyEntry copies the entry rel of the open directory src into dst;
+// directories recursively.
+func (c *treeCopier) copyEntry(src, dst *os.File, rel string) error {
 	if err := c.ctx.Err(); err != nil {
 		return err
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return fmt.Errorf("%s: no stat data", src)
+	name := path.Base(rel)
+	st, f, err := openEntry(int(src.Fd()), name)
+	if errors.Is(err, unix.ENOENT) {
+		return nil // deleted since listed: not part of this snapshot
 	}
-	switch st.Mode & syscall.S_IFMT {
-	case syscall.S_IFDIR:
-		return c.copyDir(src, dst, st)
-	case syscall.S_IFREG:
-		return c.copyRegular(src, dst, st)
-	case syscall.S_IFLNK:
-		return c.copySymlink(src, dst, st)
+	if err != nil {
+		return fmt.Errorf("%s: %w", rel, err)
+	}
+	if f != nil {
+		defer f.Close()
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return c.copySubdir(f, dst, rel, &st)
+	case unix.S_IFREG:
+		if f == nil {
+			return fmt.Errorf("open %s: %w", rel, unix.EACCES)
+		}
+		return c.copyRegular(f, dst, rel, &st)
+	case unix.S_IFLNK:
+		return c.copySymlink(src, dst, rel, &st)
 	default:
 		// Sockets, fifos and device nodes hold no data; the tar image
 		// leaves them out too (see layout.go).
 		c.skippedCount++
 		if len(c.skipped) < maxSkippedNames {
-			rel, _ := filepath.Rel(c.root, src)
-			c.skipped = append(c.skipped, filepath.ToSlash(rel))
+			c.skipped = append(c.skipped, rel)
 		}
 		return nil
 	}
 }
 
-func (c *treeCopier) copyDir(src, dst string, st *syscall.Stat_t) error {
+func (c *treeCopier) copySubdir(src, dst *os.File, rel string, st *unix.Stat_t) error {
+	name := path.Base(rel)
 	// Owner-only until the contents are in: the final mode may forbid
 	// writing, and nobody else should see a half-made tree.
-	if err := os.Mkdir(dst, 0o700); err != nil {
-		return err
+	if err := unix.Mkdirat(int(dst.Fd()), name, 0o700); err != nil {
+		return fmt.Errorf("mkdir %s: %w", rel, err)
 	}
-	entries, err := os.ReadDir(src)
+	fd, err := unix.Openat(int(dst.Fd()), name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return err
+		return fmt.Errorf("open %s: %w", rel, err)
 	}
-	for _, e := range entries {
-		s := filepath.Join(src, e.Name())
-		fi, err := os.Lstat(s)
-		if os.IsNotExist(err) {
-			continue // deleted since ReadDir: not part of this snapshot
-		}
-		if err != nil {
-			return err
-		}
-		if err := c.copyEntry(s, filepath.Join(dst, e.Name()), fi); err != nil {
-			return err
-		}
-	}
-	// Times last: adding the entries changed the directory's mtime.
-	return c.applyFrom(src, dst, st)
+	d := os.NewFile(uintptr(fd), rel)
+	defer d.Close()
+	return c.copyDir(src, d, rel, st)
 }
 
-func (c *treeCopier) copyRegular(src, dst string, st *syscall.Stat_t) error {
+func (c *treeCopier) copyRegular(in, dst *os.File, rel string, st *unix.Stat_t) error {
 	key := fileKey{dev: st.Dev, ino: st.Ino}
 	if st.Nlink > 1 {
 		if first, ok := c.links[key]; ok {
-			return os.Link(first, dst)
+			return c.link(first, dst, rel)
 		}
 	}
-	reflinked, n, err := copyFile(c.ctx, src, dst)
+	fd, err := unix.Openat(int(dst.Fd()), path.Base(rel), unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", rel, err)
+	}
+	out := os.NewFile(uintptr(fd), rel)
+	err = c.copyContent(in, out, rel, st)
+	if cerr := out.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
 	if err != nil {
 		return err
+	}
+	if st.Nlink > 1 {
+		c.links[key] = rel
+	}
+	return nil
+}
+
+// copyContent copies the content and attrs of in to the new file out.
+func (c *treeCopier) copyContent(in, out *os.File, rel string, st *unix.Stat_t) error {
+	reflinked, n, err := copyFile(c.ctx, in, out)
+	if err != nil {
+		return fmt.Errorf("copy %s: %w", rel, err)
 	}
 	if reflinked {
 		c.reflinked++
@@ -116,28 +171,46 @@ func (c *treeCopier) copyRegular(src, dst string, st *syscall.Stat_t) error {
 	}
 	c.files++
 	c.bytes += n
-	if st.Nlink > 1 {
-		c.links[key] = dst
+	x, err := fdXattrs(int(in.Fd()))
+	if err != nil {
+		return fmt.Errorf("%s: %w", rel, err)
 	}
-	return c.applyFrom(src, dst, st)
+	return applyFdAttrs(int(out.Fd()), rel, attrsOfStat(st, x), c.chown)
 }
 
-func (c *treeCopier) copySymlink(src, dst string, st *syscall.Stat_t) error {
-	target, err := os.Readlink(src)
-	if err != nil {
-		return err
+// link makes rel in the directory dst a hard link to first, the copy of
+// an earlier name of the same file.
+func (c *treeCopier) link(first string, dst *os.File, rel string) error {
+	dir := int(c.dst.Fd())
+	if d := path.Dir(first); d != "." {
+		fd, err := openBeneath(dir, d, unix.O_PATH|unix.O_DIRECTORY)
+		if err != nil {
+			return fmt.Errorf("link %s to %s: %w", rel, first, err)
+		}
+		defer unix.Close(fd)
+		dir = fd
 	}
-	if err := os.Symlink(target, dst); err != nil {
-		return err
+	if err := unix.Linkat(dir, path.Base(first), int(dst.Fd()), path.Base(rel), 0); err != nil {
+		return fmt.Errorf("link %s to %s: %w", rel, first, err)
 	}
-	return c.applyFrom(src, dst, st)
+	return nil
 }
 
-// applyFrom gives dst the owner, mode, xattrs and times of src.
-func (c *treeCopier) applyFrom(src, dst string, st *syscall.Stat_t) error {
-	a, err := attrsOf(src, st)
-	if err != nil {
-		return err
+func (c *treeCopier) copySymlink(src, dst *os.File, rel string, st *unix.Stat_t) error {
+	name := path.Base(rel)
+	target, err := readlinkAt(int(src.Fd()), name)
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) {
+		return nil // deleted, or replaced by a non-symlink, since the stat
 	}
-	return applyAttrs(dst, a, c.chown)
+	if err != nil {
+		return fmt.Errorf("readlink %s: %w", rel, err)
+	}
+	x, err := atXattrs(int(src.Fd()), name)
+	if err != nil {
+		return fmt.Errorf("%s: %w", rel, err)
+	}
+	if err := unix.Symlinkat(target, int(dst.Fd()), name); err != nil {
+		return fmt.Errorf("symlink %s: %w", rel, err)
+	}
+	return applySymlinkAttrs(int(dst.Fd()), name, rel, attrsOfStat(st, x), c.chown)
 }

@@ -29,6 +29,7 @@ func (e *entity) Info(ctx context.Context) (pe.Info, error) {
 	if err != nil {
 		return pe.Info{}, fmt.Errorf("info %s: %w", e.id, err)
 	}
+	lay.close()
 	return pe.Info{ID: e.id, Name: e.id.Name(), Size: lay.size}, nil
 }
 

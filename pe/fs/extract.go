@@ -7,13 +7,16 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
-	"github.com/astrolabe-appliance/astrolabe/pe"
 	"golang.org/x/sys/unix"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/budget"
 )
 
 // maxMembers bounds what a restore accepts from untrusted input; each
@@ -32,10 +35,21 @@ const (
 // extractor extracts a tar stream into an empty directory it owns, so that
 // its own record of names is the truth about the directory: it never
 // needs to look at the filesystem to know whether a name is a symlink.
+// It writes through directory descriptors (see dirfd.go), relative to the
+// directory of each name opened below root with RESOLVE_NO_SYMLINKS, and
+// creates with O_EXCL|O_NOFOLLOW, so no write passes through a symlink
+// even if something else changed the directory under it.
 type extractor struct {
-	ctx   context.Context
-	dir   string
-	chown bool
+	ctx    context.Context
+	root   *os.File
+	chown  bool
+	drop   bool           // untrusted input: see attrs.withoutPrivileges
+	budget *budget.Budget // nil: unbounded
+
+	// The directory of the last name written, open (O_PATH): members
+	// come directory by directory.
+	parentName string
+	parentFD   int
 
 	kinds    map[string]kind        // every name extracted so far
 	links    map[string]string      // symlink name → target
@@ -44,6 +58,17 @@ type extractor struct {
 	rejected []RejectedMember
 	members  int
 	buf      []byte
+}
+
+// extractOptions say how extract treats what it writes.
+type extractOptions struct {
+	// dropPrivileges restores untrusted input: no owners (everything
+	// belongs to the restoring user), no setuid or setgid bits, only
+	// unprivileged xattrs (see attrs.withoutPrivileges).
+	dropPrivileges bool
+	// budget, if set, is told every byte written; its error stops the
+	// extraction.
+	budget *budget.Budget
 }
 
 // extract extracts the tar stream r into the empty directory dir.
@@ -62,17 +87,27 @@ type extractor struct {
 // Symlinks are created after everything else, so no file is ever written
 // through one, and directory modes and times are set last, so that
 // read-only directories can be filled and keep their mtimes. Owners are
-// restored when running as root; xattrs (PAX SCHILY.xattr.*) as far as
-// the filesystem allows.
-func extract(ctx context.Context, dir string, r io.Reader) error {
-	x := &extractor{
-		ctx:   ctx,
-		dir:   dir,
-		chown: canChown(),
-		kinds: map[string]kind{},
-		links: map[string]string{},
-		dirs:  map[string]*tar.Header{},
+// restored when running as root unless opts drop privileges; xattrs (PAX
+// SCHILY.xattr.*) as far as the filesystem allows. All-zero blocks of
+// files stay holes and cost nothing in the budget.
+func extract(ctx context.Context, dir string, r io.Reader, opts extractOptions) error {
+	root, err := openDir(dir)
+	if err != nil {
+		return err
 	}
+	defer root.Close()
+	x := &extractor{
+		ctx:      ctx,
+		root:     root,
+		chown:    canChown() && !opts.dropPrivileges,
+		drop:     opts.dropPrivileges,
+		budget:   opts.budget,
+		parentFD: -1,
+		kinds:    map[string]kind{},
+		links:    map[string]string{},
+		dirs:     map[string]*tar.Header{},
+	}
+	defer x.closeParent()
 	tr := tar.NewReader(r)
 	for len(x.rejected) < maxRejected {
 		h, err := tr.Next()
@@ -107,6 +142,43 @@ func extract(ctx context.Context, dir string, r io.Reader) error {
 		return &UnsafeArchiveError{Members: x.rejected, More: len(x.rejected) >= maxRejected}
 	}
 	return x.finish()
+}
+
+// parentOf returns the open directory that holds name, and name's last
+// component.
+func (x *extractor) parentOf(name string) (int, string, error) {
+	dir, base := path.Split(name)
+	dir = strings.TrimSuffix(dir, "/")
+	if dir == "" {
+		return int(x.root.Fd()), base, nil
+	}
+	if x.parentFD >= 0 && x.parentName == dir {
+		return x.parentFD, base, nil
+	}
+	x.closeParent()
+	fd, err := openBeneath(int(x.root.Fd()), dir, unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return -1, "", fmt.Errorf("open directory %s: %w", dir, err)
+	}
+	x.parentName, x.parentFD = dir, fd
+	return fd, base, nil
+}
+
+func (x *extractor) closeParent() {
+	if x.parentFD >= 0 {
+		unix.Close(x.parentFD)
+		x.parentFD = -1
+	}
+}
+
+// attrsOf is what h says about owner, mode, times and xattrs, without
+// privileges for untrusted input.
+func (x *extractor) attrsOf(h *tar.Header) attrs {
+	a := attrsOfHeader(h)
+	if x.drop {
+		a = a.withoutPrivileges()
+	}
+	return a
 }
 
 // writing reports whether members are still extracted: after the first
@@ -212,10 +284,23 @@ func (x *extractor) mkparents(name string) error {
 			x.dirs[p] = nil
 		}
 		if x.writing() {
-			if err := os.Mkdir(x.path(p), 0o700); err != nil {
+			if err := x.mkdirat(p); err != nil {
 				return err
 			}
 		}
+	}
+	return nil
+}
+
+// mkdirat creates the directory name, owner-only until finish sets its
+// mode.
+func (x *extractor) mkdirat(name string) error {
+	dir, base, err := x.parentOf(name)
+	if err != nil {
+		return err
+	}
+	if err := unix.Mkdirat(dir, base, 0o700); err != nil {
+		return fmt.Errorf("mkdir %s: %w", name, err)
 	}
 	return nil
 }
@@ -232,8 +317,7 @@ func (x *extractor) mkdir(name string, h *tar.Header) error {
 	if !x.writing() {
 		return nil
 	}
-	// Owner-only until finish sets the archive's mode.
-	return os.Mkdir(x.path(name), 0o700)
+	return x.mkdirat(name)
 }
 
 func (x *extractor) file(name string, h *tar.Header, r io.Reader) error {
@@ -244,19 +328,23 @@ func (x *extractor) file(name string, h *tar.Header, r io.Reader) error {
 	if !x.writing() {
 		return nil
 	}
-	p := x.path(name)
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	dir, base, err := x.parentOf(name)
 	if err != nil {
 		return err
 	}
-	if err := x.writeSparse(f, r); err != nil {
-		f.Close()
-		return err
+	fd, err := unix.Openat(dir, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", name, err)
 	}
-	if err := f.Close(); err != nil {
-		return err
+	f := os.NewFile(uintptr(fd), name)
+	err = x.writeSparse(f, r)
+	if err == nil {
+		err = applyFdAttrs(fd, name, x.attrsOf(h), x.chown)
 	}
-	return applyAttrs(p, attrsOfHeader(h), x.chown)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // writeSparse copies r to the empty file f, seeking over all-zero chunks
@@ -271,7 +359,17 @@ func (x *extractor) writeSparse(f *os.File, r io.Reader) error {
 			return err
 		}
 		n, err := r.Read(x.buf)
+		if n > 0 && x.budget != nil {
+			if berr := x.budget.Produce(int64(n)); berr != nil {
+				return berr
+			}
+		}
 		if n > 0 && !pe.IsZero(x.buf[:n]) {
+			if x.budget != nil {
+				if berr := x.budget.Add(int64(n)); berr != nil {
+					return berr
+				}
+			}
 			if _, werr := f.WriteAt(x.buf[:n], off); werr != nil {
 				return werr
 			}
@@ -304,7 +402,23 @@ func (x *extractor) hardlink(name string, h *tar.Header) error {
 	if !x.writing() {
 		return nil
 	}
-	return os.Link(x.path(target), x.path(name))
+	tdir, tbase := int(x.root.Fd()), target
+	if d, b := path.Split(target); d != "" {
+		fd, err := openBeneath(tdir, strings.TrimSuffix(d, "/"), unix.O_PATH|unix.O_DIRECTORY)
+		if err != nil {
+			return fmt.Errorf("link %s to %s: %w", name, target, err)
+		}
+		defer unix.Close(fd)
+		tdir, tbase = fd, b
+	}
+	dir, base, err := x.parentOf(name)
+	if err != nil {
+		return err
+	}
+	if err := unix.Linkat(tdir, tbase, dir, base, 0); err != nil {
+		return fmt.Errorf("link %s to %s: %w", name, target, err)
+	}
+	return nil
 }
 
 // finish creates the symlinks and sets the attrs of directories.
@@ -313,45 +427,57 @@ func (x *extractor) finish() error {
 		if err := x.ctx.Err(); err != nil {
 			return err
 		}
-		p := x.path(cleanName(h.Name))
-		if err := os.Symlink(h.Linkname, p); err != nil {
+		name := cleanName(h.Name)
+		dir, base, err := x.parentOf(name)
+		if err != nil {
 			return err
 		}
-		a := attrsOfHeader(h)
-		a.symlink = true
-		if err := applyAttrs(p, a, x.chown); err != nil {
+		if err := unix.Symlinkat(h.Linkname, dir, base); err != nil {
+			return fmt.Errorf("symlink %s: %w", name, err)
+		}
+		if err := applySymlinkAttrs(dir, base, name, x.attrsOf(h), x.chown); err != nil {
 			return err
 		}
 	}
+	x.closeParent()
 	names := make([]string, 0, len(x.dirs))
 	for name := range x.dirs {
-		names = append(names, name)
+		if name != "." {
+			names = append(names, name)
+		}
 	}
-	// Deepest first, the root last; not needed for correctness (setting
-	// a child's attrs does not touch its parent) but easy to follow.
+	// Deepest first, the root last: a directory's mode may forbid
+	// opening what is below it.
 	sort.Sort(sort.Reverse(sort.StringSlice(names)))
 	for _, name := range names {
-		h, p := x.dirs[name], x.path(name)
-		if h == nil {
-			// An implicit parent: as tar makes them.
-			if err := os.Chmod(p, 0o755); err != nil {
-				return err
-			}
-			continue
+		if err := x.ctx.Err(); err != nil {
+			return err
 		}
-		if err := applyAttrs(p, attrsOfHeader(h), x.chown); err != nil {
+		fd, err := openBeneath(int(x.root.Fd()), name, unix.O_RDONLY|unix.O_DIRECTORY)
+		if err != nil {
+			return fmt.Errorf("open directory %s: %w", name, err)
+		}
+		err = x.dirAttrs(fd, name)
+		unix.Close(fd)
+		if err != nil {
 			return err
 		}
 	}
-	if _, ok := x.dirs["."]; !ok {
-		return os.Chmod(x.dir, 0o755) // MkdirTemp made it 0700
-	}
-	return nil
+	return x.dirAttrs(int(x.root.Fd()), ".")
 }
 
-// path is where the cleaned member name goes.
-func (x *extractor) path(name string) string {
-	return filepath.Join(x.dir, filepath.FromSlash(name))
+// dirAttrs sets the attrs of the directory name, open as fd.
+func (x *extractor) dirAttrs(fd int, name string) error {
+	h := x.dirs[name]
+	if h == nil {
+		// An implicit parent, or a root the archive does not describe:
+		// as tar makes them.
+		if err := unix.Fchmod(fd, 0o755); err != nil {
+			return fmt.Errorf("chmod %s: %w", name, err)
+		}
+		return nil
+	}
+	return applyFdAttrs(fd, name, x.attrsOf(h), x.chown)
 }
 
 // cleanName is the cleaned name of a member memberName accepted.

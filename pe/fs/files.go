@@ -5,18 +5,16 @@ import (
 	"errors"
 	"os"
 	"sync"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
-
-type statT = syscall.Stat_t
 
 // openFiles keeps the content files of an image open between reads, at
 // most max of them idle: a sequential read opens each file once, and a
 // tree of a million files does not run out of descriptors. Files in use
 // by a ReadAt are never closed under it.
 type openFiles struct {
+	l    *layout
 	mu   sync.Mutex
 	max  int
 	open map[int]*openFile // by member index
@@ -31,8 +29,8 @@ type openFile struct {
 	elem *list.Element // in idle, nil while in use
 }
 
-func newOpenFiles(max int) *openFiles {
-	return &openFiles{max: max, open: map[int]*openFile{}}
+func newOpenFiles(l *layout, max int) *openFiles {
+	return &openFiles{l: l, max: max, open: map[int]*openFile{}}
 }
 
 // acquire returns the open content file of member idx; release it after use.
@@ -50,17 +48,9 @@ func (o *openFiles) acquire(idx int, m *member) (*openFile, error) {
 	o.mu.Unlock()
 
 	// Open outside the lock: opening can be slow (NFS, cold cache) and
-	// other readers should not wait for it. O_NOFOLLOW: a live tree may
-	// have replaced the file by a symlink since it was laid out.
-	f, err := os.OpenFile(m.path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	// other readers should not wait for it.
+	f, err := o.l.openContent(m)
 	if err != nil {
-		if errors.Is(err, unix.ELOOP) || errors.Is(err, os.ErrNotExist) {
-			return nil, &os.PathError{Op: "open", Path: m.path, Err: errChanged}
-		}
-		return nil, err
-	}
-	if err := checkUnchanged(f, m); err != nil {
-		f.Close()
 		return nil, err
 	}
 
@@ -114,6 +104,37 @@ func (o *openFiles) trim() {
 		delete(o.open, of.idx)
 		of.f.Close()
 	}
+}
+
+// openContent opens the content file of m below the layout's root, never
+// through a symlink (a live tree may have swapped one in since it was laid
+// out), and checks that it is the file laid out.
+func (l *layout) openContent(m *member) (*os.File, error) {
+	rc, err := l.root.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	fd, oerr := -1, error(nil)
+	// Control keeps the root open while it runs, even if the image is
+	// closed meanwhile: the descriptor cannot be reused under us.
+	err = rc.Control(func(root uintptr) {
+		fd, oerr = openBeneath(int(root), m.rel, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if oerr != nil {
+		if errors.Is(oerr, unix.ELOOP) || errors.Is(oerr, unix.ENOENT) || errors.Is(oerr, unix.ENOTDIR) || errors.Is(oerr, unix.EXDEV) {
+			oerr = errChanged
+		}
+		return nil, &os.PathError{Op: "open", Path: l.path(m), Err: oerr}
+	}
+	f := os.NewFile(uintptr(fd), l.path(m))
+	if err := checkUnchanged(f, m); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 // closeAll closes the idle files; files in use are closed on release.

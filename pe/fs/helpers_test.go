@@ -543,3 +543,10 @@ func (p *countingProgress) String() string {
 }
 
 func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
+
+// listXattrs returns the xattrs of path, not following a symlink.
+func listXattrs(path string) (map[string]string, error) {
+	return readXattrs(
+		func(b []byte) (int, error) { return unix.Llistxattr(path, b) },
+		func(name string, b []byte) (int, error) { return unix.Lgetxattr(path, name, b) })
+}

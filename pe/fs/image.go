@@ -10,6 +10,8 @@ import (
 	"sort"
 	"sync/atomic"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/astrolabe-appliance/astrolabe/pe"
 )
 
@@ -35,18 +37,23 @@ func openImage(ctx context.Context, dir string) (*image, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &image{l: l, files: newOpenFiles(maxOpenFiles)}, nil
+	return &image{l: l, files: newOpenFiles(l, maxOpenFiles)}, nil
 }
 
 // Size implements pe.Image.
 func (im *image) Size() int64 { return im.l.size }
+
+// Allocated is what the tree's files take on disk, holes left out: a
+// restore of the image writes about that much, though the tar stream
+// holds every hole as zeros.
+func (im *image) Allocated() int64 { return im.l.allocated }
 
 // Close implements pe.Image.
 func (im *image) Close() error {
 	if im.closed.Swap(true) {
 		return nil
 	}
-	return im.files.closeAll()
+	return errors.Join(im.files.closeAll(), im.l.close())
 }
 
 // ReadAt implements pe.Image. It is safe for concurrent use.
@@ -126,7 +133,7 @@ func (im *image) readContent(p []byte, i int, rel int64) (int, error) {
 	defer im.files.release(f)
 	k, err := f.f.ReadAt(p[:want], rel)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return k, fmt.Errorf("read %s: %w", m.path, err)
+		return k, fmt.Errorf("read %s: %w", f.f.Name(), err)
 	}
 	// Checked after reading, so that a change during the read is seen
 	// too (up to mtime granularity); a short read means it shrank.
@@ -134,7 +141,7 @@ func (im *image) readContent(p []byte, i int, rel int64) (int, error) {
 		return 0, err
 	}
 	if int64(k) < want {
-		return 0, fmt.Errorf("read %s: %w", m.path, errChanged)
+		return 0, fmt.Errorf("read %s: %w", f.f.Name(), errChanged)
 	}
 	return k, nil
 }
@@ -144,16 +151,12 @@ var errChanged = errors.New("file changed since the tar image was laid out (snap
 
 // checkUnchanged fails if f is not the file m was laid out from.
 func checkUnchanged(f *os.File, m *member) error {
-	fi, err := f.Stat()
-	if err != nil {
-		return err
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return &os.PathError{Op: "stat", Path: f.Name(), Err: err}
 	}
-	st, ok := fi.Sys().(*statT)
-	if !ok {
-		return fmt.Errorf("%s: no stat data", m.path)
-	}
-	if st.Dev != m.key.dev || st.Ino != m.key.ino || st.Size != m.hdr.Size || st.Mtim != m.mtime {
-		return fmt.Errorf("%s: %w", m.path, errChanged)
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Dev != m.key.dev || st.Ino != m.key.ino || st.Size != m.hdr.Size || st.Mtim != m.mtime {
+		return fmt.Errorf("%s: %w", f.Name(), errChanged)
 	}
 	return nil
 }
@@ -229,13 +232,5 @@ func (im *image) OpenBacking(ctx context.Context, off, size int64) (*os.File, er
 	if i == len(ms) || ms[i].offset() != off || ms[i].size() != size || ms[i].hdr.Typeflag != tar.TypeReg {
 		return nil, fmt.Errorf("tar image range %d+%d: not one file's content: %w", off, size, pe.ErrNotSupported)
 	}
-	f, err := os.Open(ms[i].path)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkUnchanged(f, &ms[i]); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
+	return im.l.openContent(&ms[i])
 }

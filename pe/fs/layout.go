@@ -4,12 +4,15 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path"
 	"path/filepath"
-	"syscall"
+	"sort"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // blockSize is the tar block size: headers and padded contents are
@@ -26,11 +29,11 @@ type member struct {
 	hdr    *tar.Header
 	header int64  // offset of the first header block
 	hdrLen int64  // bytes of header blocks, PAX records included
-	path   string // file to read the content from (regular files)
+	rel    string // regular files: the content's name below the layout's root
 	// What the content file was when laid out: ReadAt refuses to read a
 	// file that is not that any more.
 	key   fileKey
-	mtime syscall.Timespec
+	mtime unix.Timespec
 }
 
 // offset is where the content starts.
@@ -49,30 +52,47 @@ func (m *member) end() int64 { return m.offset() + padded(m.size()) }
 
 func padded(n int64) int64 { return (n + blockSize - 1) / blockSize * blockSize }
 
-// layout is a tar stream laid out over a directory tree.
+// layout is a tar stream laid out over a directory tree. It keeps the
+// tree's root open: contents are opened below it, never through a
+// symlink, so that a live tree changed since cannot make a read leave it.
 type layout struct {
-	dir     string
+	dir     string   // for messages
+	root    *os.File // the directory dir
 	members []member
 	size    int64
+	// allocated is what the content files take on disk, holes left
+	// out: about what a restore writes.
+	allocated int64
 }
+
+// close closes the root.
+func (l *layout) close() error { return l.root.Close() }
+
+// path names the content of m in messages.
+func (l *layout) path(m *member) string { return filepath.Join(l.dir, filepath.FromSlash(m.rel)) }
 
 // layoutTree walks dir once, in lexical order per directory, and lays out
 // the tar stream of its contents: "./" for dir itself, then every entry
 // under its slash-separated relative name, directories with a trailing
 // slash. A regular file seen before under another name is a hard link to
 // that name. Sockets, fifos and device nodes are left out: they hold no
-// data, and restoring device nodes is a way to give someone a disk.
+// data, and restoring device nodes is a way to give someone a disk. The
+// walk goes through directory descriptors (see dirfd.go). Close the
+// layout when done with it.
 func layoutTree(ctx context.Context, dir string) (*layout, error) {
-	l := &layout{dir: dir}
-	w := &layoutWalker{ctx: ctx, l: l, links: map[fileKey]string{}}
-	fi, err := os.Lstat(dir)
+	root, err := openDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("lay out tar: %w", err)
 	}
-	if !fi.IsDir() {
-		return nil, fmt.Errorf("lay out tar: %s: not a directory", dir)
+	l := &layout{dir: dir, root: root}
+	w := &layoutWalker{ctx: ctx, l: l, links: map[fileKey]string{}}
+	var st unix.Stat_t
+	err = unix.Fstat(int(root.Fd()), &st)
+	if err == nil {
+		err = w.dir(root, "", &st)
 	}
-	if err := w.walk(dir, "", fi); err != nil {
+	if err != nil {
+		root.Close()
 		return nil, fmt.Errorf("lay out tar of %s: %w", dir, err)
 	}
 	l.size += trailerSize
@@ -85,17 +105,9 @@ type layoutWalker struct {
 	links map[fileKey]string // first tar name of multiply linked files
 }
 
-// walk adds the entry at abs, named rel ("" for the root), and for a
-// directory its contents.
-func (w *layoutWalker) walk(abs, rel string, fi os.FileInfo) error {
-	if err := w.ctx.Err(); err != nil {
-		return err
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return fmt.Errorf("%s: no stat data", abs)
-	}
-	h := &tar.Header{
+// header starts the tar header of an entry from its stat.
+func header(st *unix.Stat_t) *tar.Header {
+	return &tar.Header{
 		Mode:    int64(st.Mode & 0o7777),
 		Uid:     int(st.Uid),
 		Gid:     int(st.Gid),
@@ -104,50 +116,16 @@ func (w *layoutWalker) walk(abs, rel string, fi os.FileInfo) error {
 		// adds extended records only to members that need them.
 		Format: tar.FormatPAX,
 	}
-	m := member{hdr: h}
-	switch st.Mode & syscall.S_IFMT {
-	case syscall.S_IFDIR:
-		h.Typeflag = tar.TypeDir
-		h.Name = rel + "/"
-		if rel == "" {
-			h.Name = "./"
+}
+
+// add lays out the member m, with xattrs x.
+func (w *layoutWalker) add(m member, x map[string]string) error {
+	h := m.hdr
+	for k, v := range x {
+		if h.PAXRecords == nil {
+			h.PAXRecords = map[string]string{}
 		}
-	case syscall.S_IFREG:
-		h.Name = rel
-		key := fileKey{dev: st.Dev, ino: st.Ino}
-		if first, ok := w.links[key]; ok {
-			h.Typeflag = tar.TypeLink
-			h.Linkname = first
-			break
-		}
-		if st.Nlink > 1 {
-			w.links[key] = rel
-		}
-		h.Typeflag = tar.TypeReg
-		h.Size = st.Size
-		m.path, m.key, m.mtime = abs, key, st.Mtim
-	case syscall.S_IFLNK:
-		target, err := os.Readlink(abs)
-		if err != nil {
-			return err
-		}
-		h.Typeflag = tar.TypeSymlink
-		h.Name = rel
-		h.Linkname = target
-	default:
-		return nil
-	}
-	if h.Typeflag != tar.TypeLink {
-		x, err := listXattrs(abs)
-		if err != nil {
-			return err
-		}
-		for k, v := range x {
-			if h.PAXRecords == nil {
-				h.PAXRecords = map[string]string{}
-			}
-			h.PAXRecords["SCHILY.xattr."+k] = v
-		}
+		h.PAXRecords["SCHILY.xattr."+k] = v
 	}
 	hb, err := encodeHeader(h)
 	if err != nil {
@@ -156,28 +134,109 @@ func (w *layoutWalker) walk(abs, rel string, fi os.FileInfo) error {
 	m.header, m.hdrLen = w.l.size, int64(len(hb))
 	w.l.members = append(w.l.members, m)
 	w.l.size = m.end()
+	return nil
+}
 
-	if h.Typeflag != tar.TypeDir {
-		return nil
-	}
-	entries, err := os.ReadDir(abs) // sorted by name
-	if err != nil {
+// dir adds the open directory d, named rel ("" for the root), and its
+// contents.
+func (w *layoutWalker) dir(d *os.File, rel string, st *unix.Stat_t) error {
+	if err := w.ctx.Err(); err != nil {
 		return err
 	}
-	for _, e := range entries {
-		a := filepath.Join(abs, e.Name())
-		fi, err := os.Lstat(a)
-		if os.IsNotExist(err) {
-			continue // deleted since ReadDir (live trees only)
-		}
-		if err != nil {
-			return err
-		}
-		if err := w.walk(a, path.Join(rel, e.Name()), fi); err != nil {
+	h := header(st)
+	h.Typeflag = tar.TypeDir
+	h.Name = rel + "/"
+	if rel == "" {
+		h.Name = "./"
+	}
+	x, err := fdXattrs(int(d.Fd()))
+	if err != nil {
+		return fmt.Errorf("%s: %w", h.Name, err)
+	}
+	if err := w.add(member{hdr: h}, x); err != nil {
+		return err
+	}
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return fmt.Errorf("read directory %s: %w", h.Name, err)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if err := w.entry(d, path.Join(rel, name)); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// entry adds the entry rel of the open directory d.
+func (w *layoutWalker) entry(d *os.File, rel string) error {
+	name := path.Base(rel)
+	st, f, err := openEntry(int(d.Fd()), name)
+	if errors.Is(err, unix.ENOENT) {
+		return nil // deleted since listed (live trees only)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", rel, err)
+	}
+	if f != nil {
+		defer f.Close()
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return w.dir(f, rel, &st)
+	case unix.S_IFREG:
+		return w.regular(d, f, rel, &st)
+	case unix.S_IFLNK:
+		target, err := readlinkAt(int(d.Fd()), name)
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) {
+			return nil // deleted, or replaced by a non-symlink, since the stat
+		}
+		if err != nil {
+			return fmt.Errorf("readlink %s: %w", rel, err)
+		}
+		x, err := atXattrs(int(d.Fd()), name)
+		if err != nil {
+			return fmt.Errorf("%s: %w", rel, err)
+		}
+		h := header(&st)
+		h.Typeflag = tar.TypeSymlink
+		h.Name = rel
+		h.Linkname = target
+		return w.add(member{hdr: h}, x)
+	default:
+		return nil
+	}
+}
+
+// regular adds the regular file rel of the directory d, open as f (nil if
+// we may not read it), a hard link if seen before.
+func (w *layoutWalker) regular(d, f *os.File, rel string, st *unix.Stat_t) error {
+	h := header(st)
+	h.Name = rel
+	key := fileKey{dev: st.Dev, ino: st.Ino}
+	if first, ok := w.links[key]; ok {
+		h.Typeflag = tar.TypeLink
+		h.Linkname = first
+		return w.add(member{hdr: h}, nil)
+	}
+	if st.Nlink > 1 {
+		w.links[key] = rel
+	}
+	h.Typeflag = tar.TypeReg
+	h.Size = st.Size
+	w.l.allocated += min(st.Blocks*512, st.Size)
+	var x map[string]string
+	var err error
+	if f != nil {
+		x, err = fdXattrs(int(f.Fd()))
+	} else {
+		x, err = atXattrs(int(d.Fd()), path.Base(rel))
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", rel, err)
+	}
+	return w.add(member{hdr: h, rel: rel, key: key, mtime: st.Mtim}, x)
 }
 
 // encodeHeader returns the header blocks archive/tar writes for h.

@@ -2,10 +2,8 @@ package fs
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"strings"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -17,75 +15,74 @@ type attrs struct {
 	atime    unix.Timespec
 	mtime    unix.Timespec
 	xattrs   map[string]string
-	symlink  bool // mode does not apply
 }
 
-// attrsOf collects the attrs of path from its lstat result.
-func attrsOf(path string, st *syscall.Stat_t) (attrs, error) {
-	x, err := listXattrs(path)
-	if err != nil {
-		return attrs{}, err
-	}
+// attrsOfStat is the attrs of a file from its stat and xattrs.
+func attrsOfStat(st *unix.Stat_t, x map[string]string) attrs {
 	return attrs{
-		uid:     int(st.Uid),
-		gid:     int(st.Gid),
-		mode:    st.Mode & 0o7777,
-		atime:   unix.Timespec(st.Atim),
-		mtime:   unix.Timespec(st.Mtim),
-		xattrs:  x,
-		symlink: st.Mode&syscall.S_IFMT == syscall.S_IFLNK,
-	}, nil
+		uid:    int(st.Uid),
+		gid:    int(st.Gid),
+		mode:   st.Mode & 0o7777,
+		atime:  st.Atim,
+		mtime:  st.Mtim,
+		xattrs: x,
+	}
 }
 
-// applyAttrs sets a on path, which it does not follow if it is a symlink.
-// Ownership comes first because chown clears setuid bits and file
-// capabilities, times last because setting xattrs is a change.
-func applyAttrs(path string, a attrs, chown bool) error {
-	if chown {
-		if err := os.Lchown(path, a.uid, a.gid); err != nil {
-			return err
+// withoutPrivileges is a as restored from untrusted input: no setuid or
+// setgid bit, and only the xattrs that grant nothing — user.* (data of
+// the owner's applications) and POSIX ACLs (system.posix_acl_access and
+// _default: they grant access as the mode bits do, and those are
+// restored too). Dropped are file capabilities (security.capability),
+// SELinux and other LSM labels (security.*), trusted.* (readable and
+// acted on only by root) and anything else.
+func (a attrs) withoutPrivileges() attrs {
+	a.mode &^= unix.S_ISUID | unix.S_ISGID
+	var keep map[string]string
+	for k, v := range a.xattrs {
+		if unprivilegedXattr(k) {
+			if keep == nil {
+				keep = map[string]string{}
+			}
+			keep[k] = v
 		}
 	}
-	if !a.symlink {
-		if err := unix.Fchmodat(unix.AT_FDCWD, path, a.mode, 0); err != nil {
-			return fmt.Errorf("chmod %s: %w", path, err)
-		}
-	}
-	if err := setXattrs(path, a.xattrs); err != nil {
-		return err
-	}
-	ts := []unix.Timespec{a.atime, a.mtime}
-	if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fmt.Errorf("set times of %s: %w", path, err)
-	}
-	return nil
+	a.xattrs = keep
+	return a
+}
+
+// unprivilegedXattr reports whether restoring the xattr name from
+// untrusted input grants no privilege; see withoutPrivileges.
+func unprivilegedXattr(name string) bool {
+	return strings.HasPrefix(name, "user.") ||
+		name == "system.posix_acl_access" || name == "system.posix_acl_default"
 }
 
 // canChown reports whether we may give files away: as root we keep owners,
 // as anyone else files belong to us.
 func canChown() bool { return os.Geteuid() == 0 }
 
-// listXattrs returns the extended attributes of path, not following a
-// symlink. A filesystem without xattrs has none.
-func listXattrs(path string) (map[string]string, error) {
-	names, err := readXattrBuf(func(b []byte) (int, error) { return unix.Llistxattr(path, b) })
+// readXattrs returns the extended attributes list and get report. A
+// filesystem without xattrs has none.
+func readXattrs(list func([]byte) (int, error), get func(string, []byte) (int, error)) (map[string]string, error) {
+	names, err := readXattrBuf(list)
 	if xattrUnsupported(err) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("list xattrs of %s: %w", path, err)
+		return nil, &os.SyscallError{Syscall: "listxattr", Err: err}
 	}
 	var out map[string]string
 	for _, name := range strings.Split(string(names), "\x00") {
 		if name == "" {
 			continue
 		}
-		v, err := readXattrBuf(func(b []byte) (int, error) { return unix.Lgetxattr(path, name, b) })
+		v, err := readXattrBuf(func(b []byte) (int, error) { return get(name, b) })
 		if errors.Is(err, unix.ENODATA) || xattrUnsupported(err) {
 			continue // removed since listing, or not ours to read
 		}
 		if err != nil {
-			return nil, fmt.Errorf("get xattr %s of %s: %w", name, path, err)
+			return nil, &os.SyscallError{Syscall: "getxattr " + name, Err: err}
 		}
 		if out == nil {
 			out = map[string]string{}
@@ -119,20 +116,9 @@ func readXattrBuf(get func([]byte) (int, error)) ([]byte, error) {
 	return nil, unix.ERANGE
 }
 
-// setXattrs sets xattrs on path, not following a symlink, as far as the
-// filesystem and our privileges allow: user.* on a symlink, trusted.* as
-// non-root or any xattr on tmpfs are refused, and that must not fail a
-// snapshot or restore.
-func setXattrs(path string, xattrs map[string]string) error {
-	for name, v := range xattrs {
-		err := unix.Lsetxattr(path, name, []byte(v), 0)
-		if err != nil && !xattrUnsupported(err) {
-			return fmt.Errorf("set xattr %s of %s: %w", name, path, err)
-		}
-	}
-	return nil
-}
-
+// xattrUnsupported reports an xattr the filesystem or our privileges do
+// not allow: user.* on a symlink, trusted.* as non-root, any xattr on
+// some tmpfs; that must not fail a snapshot or restore.
 func xattrUnsupported(err error) bool {
 	return errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EOPNOTSUPP) ||
 		errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES)

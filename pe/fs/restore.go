@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/budget"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/snapdir"
 )
 
@@ -189,12 +190,21 @@ func renameNoReplace(from, to string) error {
 
 // extractTemp extracts src's tar stream into a new hidden directory of the
 // root and returns it; on failure nothing is left.
+//
+// From untrusted input (pe.Untrusted) without opts.KeepPrivileges the tree
+// is restored without privileges (see extractOptions); what it may write is
+// bounded by opts.ExpansionLimit. Any restore needs the free space its
+// source declares, and stops when the filesystem runs low (package budget).
 func (tm *TypeManager) extractTemp(ctx context.Context, src pe.ProtectedEntity, opts pe.CopyOptions) (string, error) {
 	img, err := src.Data(ctx)
 	if err != nil {
 		return "", fmt.Errorf("data of %s: %w", src.ID(), err)
 	}
 	defer img.Close()
+	b, err := budget.New(ctx, tm.root, src, img, opts)
+	if err != nil {
+		return "", err
+	}
 	opts.StartProgress(img.Size())
 	tmp, err := os.MkdirTemp(tm.root, restorePrefix)
 	if err != nil {
@@ -203,7 +213,8 @@ func (tm *TypeManager) extractTemp(ctx context.Context, src pe.ProtectedEntity, 
 	// tar reads 512-byte blocks; buffer so that the source sees large
 	// reads (it may be remote).
 	r := bufio.NewReaderSize(&progressReader{ctx: ctx, r: pe.NewReader(img), opts: opts}, 1<<20)
-	err = extract(ctx, tmp, r)
+	xo := extractOptions{dropPrivileges: pe.Untrusted(src) && !opts.KeepPrivileges, budget: b}
+	err = extract(ctx, tmp, r, xo)
 	if err == nil {
 		// tar stops reading at the end-of-archive blocks; GNU tar pads
 		// to 10 KiB records after them. Read that too, so that progress
@@ -217,8 +228,9 @@ func (tm *TypeManager) extractTemp(ctx context.Context, src pe.ProtectedEntity, 
 		err = syncFS(tmp)
 	}
 	if err != nil {
+		err = budget.Full(err)
 		if rerr := os.RemoveAll(tmp); rerr != nil {
-			err = fmt.Errorf("%w (and removing %s failed: %v)", err, tmp, rerr)
+			err = fmt.Errorf("%w (and removing the partly restored tree failed: %v)", err, rerr)
 		}
 		return "", err
 	}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
@@ -134,7 +135,7 @@ func TestRestoreForeignTar(t *testing.T) {
 	}
 }
 
-type syscallStat = statT
+type syscallStat = syscall.Stat_t
 
 func TestRestoreRejectsUnsafeTars(t *testing.T) {
 	ctx := context.Background()

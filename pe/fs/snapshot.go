@@ -70,6 +70,7 @@ func buildSnapshot(ctx context.Context, src, dir string) (snapshotInfo, error) {
 	if err != nil {
 		return snapshotInfo{}, err
 	}
+	lay.close()
 	return snapshotInfo{
 		ImageSize:    lay.size,
 		Files:        c.files,

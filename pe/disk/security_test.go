@@ -1,0 +1,88 @@
+package disk
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+)
+
+// zipOf returns snapshot id of tm as an (untrusted) zip PE.
+func zipOf(t *testing.T, tm *TypeManager, id pe.ID) pe.ProtectedEntity {
+	t.Helper()
+	ctx := context.Background()
+	var buf bytes.Buffer
+	if err := pe.WriteZip(ctx, &buf, getPE(t, tm, id), nil); err != nil {
+		t.Fatal(err)
+	}
+	z, err := pe.OpenZip(ctx, bytes.NewReader(buf.Bytes()), int64(buf.Len()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !pe.Untrusted(z) {
+		t.Fatal("a zip PE is not untrusted")
+	}
+	return z
+}
+
+// TestSecurityRestoreExpansionLimit: a disk restore from a zip stops at
+// its expansion bound with pe.ErrLimit, leaving no PE, no temporary file
+// and an updated image as it was; zeros (holes) do not count, and a
+// negative MaxExpansion lifts the bound (issue 22, item 8).
+func TestSecurityRestoreExpansionLimit(t *testing.T) {
+	ctx := context.Background()
+	tm := newTestRoot(t, "")
+	src := filepath.Join(tm.Root(), "src.img")
+	truncateFile(t, src, 64*miB)
+	writeAt(t, src, bytes.Repeat([]byte("BOOM"), 4*miB), 8*miB) // 16 MiB, compresses well
+	old := filepath.Join(tm.Root(), "old.img")
+	writeRandomFile(t, old, 7, 2*miB)
+	oldSHA := fileSHA(t, old)
+	bomb := zipOf(t, tm, snapshot(t, tm, diskID(t, "src.img")))
+	stored, _ := pe.StoredSize(bomb)
+	t.Logf("16 MiB of data in a zip of %d bytes", stored)
+
+	for _, opts := range []pe.CopyOptions{
+		{Mode: pe.CreateNew, MaxExpansion: 2},
+		{Mode: pe.Create, Name: "new.img", MaxExpansion: 2},
+		{Mode: pe.Update, Name: "old.img", MaxExpansion: 2},
+	} {
+		_, err := tm.Copy(ctx, bomb, opts)
+		if !errors.Is(err, pe.ErrLimit) || !strings.Contains(err.Error(), "--max-expansion") {
+			t.Errorf("%v: %v, want pe.ErrLimit naming --max-expansion", opts.Mode, err)
+		}
+	}
+	ids, err := tm.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ids) != 2 {
+		t.Errorf("PEs after refused restores: %v, want src.img and old.img", ids)
+	}
+	if got := fileSHA(t, old); got != oldSHA {
+		t.Error("a refused update changed old.img")
+	}
+	if l := leftovers(t, tm); len(l) != 0 {
+		t.Errorf("temporary files left: %v", l)
+	}
+
+	p, err := tm.Copy(ctx, bomb, pe.CopyOptions{Mode: pe.CreateNew, MaxExpansion: -1})
+	if err != nil {
+		t.Fatalf("MaxExpansion -1: %v", err)
+	}
+	if got, want := fileSHA(t, filepath.Join(tm.Root(), p.ID().Name())), fileSHA(t, src); got != want {
+		t.Error("the restored image differs from the source")
+	}
+
+	// 64 MiB of zeros and 256 KiB of data: the default bound holds.
+	sparse := filepath.Join(tm.Root(), "sparse.img")
+	truncateFile(t, sparse, 64*miB)
+	writeAt(t, sparse, randomBytes(3, 256*kiB), 32*miB)
+	if _, err := tm.Copy(ctx, zipOf(t, tm, snapshot(t, tm, diskID(t, "sparse.img"))), pe.CopyOptions{Mode: pe.CreateNew}); err != nil {
+		t.Errorf("restore of a mostly sparse image: %v", err)
+	}
+}
