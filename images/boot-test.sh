@@ -130,7 +130,7 @@ banner "appliance (astrolabe-drive"
 banner "https://10.0.2.20:8443"
 code=$(api GET /v1/appliance/repository/snapshots)
 [[ $code == 200 ]] || fail "repository snapshots: $code $(cat "$WORK/body")"
-code=$(api POST /v1/appliance/mounts '{"path": "/mnt/astrolabe"}')
+code=$(api POST /v1/appliance/mounts '{"path": "/mnt/astrolabe/pes"}')
 [[ $code == 200 ]] || fail "FUSE mount: $code $(cat "$WORK/body")"
 id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$WORK/body")
 code=$(api DELETE "/v1/appliance/mounts/$id")

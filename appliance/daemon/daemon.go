@@ -68,6 +68,9 @@ type Options struct {
 	MountRoot string
 	// HTTP bounds the API's and the S3 data path's connections.
 	HTTP HTTPLimits
+	// MaxExpansion bounds what the restore of a zip uploaded over S3
+	// writes (pe.CopyOptions.MaxExpansion).
+	MaxExpansion int
 	// InsecureHTTP serves the API without TLS; only on loopback.
 	InsecureHTTP bool
 	// Token is the API bearer token; empty means the stored or a new one.
@@ -181,7 +184,7 @@ func Run(ctx context.Context, opts Options) error {
 		if err := os.MkdirAll(tmp, 0o700); err != nil {
 			return fmt.Errorf("S3 temporary directory: %w", err)
 		}
-		s3h, err = s3export.New(s3export.Config{Manager: m, AccessKey: keys.AccessKey, SecretKey: keys.SecretKey, Logger: log, TempDir: tmp})
+		s3h, err = s3export.New(s3export.Config{Manager: m, AccessKey: keys.AccessKey, SecretKey: keys.SecretKey, Logger: log, TempDir: tmp, MaxExpansion: opts.MaxExpansion})
 		if err != nil {
 			return err
 		}

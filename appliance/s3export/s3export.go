@@ -64,6 +64,9 @@ type Config struct {
 	TempDir string
 	// MaxUpload bounds an uploaded zip (default 1 TiB).
 	MaxUpload int64
+	// MaxExpansion bounds what the restore of an uploaded zip writes, as
+	// a multiple of its compressed data (pe.CopyOptions.MaxExpansion).
+	MaxExpansion int
 	Logger    *slog.Logger
 }
 
@@ -613,9 +616,9 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request, key string, sig
 		return &s3Error{http.StatusBadRequest, "InvalidArgument", fmt.Sprintf("the zip holds %s, a PE type this appliance does not have", src.ID())}
 	}
 	// An upload is untrusted input: it never keeps privileges (owners,
-	// setuid, capabilities, devices); that takes an administrator's
-	// explicit copy through the API.
-	out, err := tm.Copy(ctx, src, pe.CopyOptions{Mode: pe.CreateNew, KeepPrivileges: false})
+	// setuid, capabilities, devices); an administrator who trusts a zip
+	// restores it on the appliance with 'astrolabe cp --keep-privileges'.
+	out, err := tm.Copy(ctx, src, pe.CopyOptions{Mode: pe.CreateNew, KeepPrivileges: false, MaxExpansion: h.cfg.MaxExpansion})
 	if serr := copyError(err); serr != nil {
 		if serr.status >= 500 {
 			h.log.Error("S3 copy-by-upload", "key", key, "src", src.ID(), "err", err)

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -357,11 +358,24 @@ func TestSecurityFsZipBomb(t *testing.T) {
 	}
 	_, err = s3Client(t, a, cfg).PutObject(context.Background(), "copy", "bomb.zip", bytes.NewReader(b), int64(len(b)), minio.PutObjectOptions{})
 	var er minio.ErrorResponse
-	if err == nil || !errors.As(err, &er) {
-		t.Errorf("upload of a zip bomb: %v, want it refused", err)
+	if err == nil || !errors.As(err, &er) || er.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(er.Message, "--max-expansion") {
+		t.Errorf("upload of a zip bomb: %v, want 413 naming the limit", err)
+	}
+	if strings.Contains(a.stderr.String(), "level=ERROR") {
+		t.Errorf("a refused upload was logged as an error:\n%s", a.stderr)
 	}
 	if left := fsPEs(t, cfg); len(left) != 0 {
 		t.Errorf("left behind after a refused upload: %v", left)
+	}
+	a.stop()
+
+	// The operator lifts the bound for uploads with serve --max-expansion.
+	a = startServe(t, cfg, "--max-expansion", "-1")
+	if _, err := s3Client(t, a, cfg).PutObject(context.Background(), "copy", "bomb.zip", bytes.NewReader(b), int64(len(b)), minio.PutObjectOptions{}); err != nil {
+		t.Errorf("upload with serve --max-expansion -1: %v", err)
+	}
+	if got := fsPEs(t, cfg); len(got) != 1 {
+		t.Errorf("after an allowed upload: PEs %v, want one", got)
 	}
 	a.stop()
 }

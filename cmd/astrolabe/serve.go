@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/astrolabe-appliance/astrolabe/appliance/daemon"
+	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/repo"
 )
 
@@ -79,6 +80,7 @@ SIGTERM lets running tasks finish (up to --drain) and exits cleanly.`,
 			&cli.DurationFlag{Name: "http-header-timeout", Value: daemon.DefaultHTTPHeaderTimeout, Usage: "close HTTP connections that send no request headers within this long"},
 			&cli.DurationFlag{Name: "http-stall-timeout", Value: daemon.DefaultHTTPStallTimeout, Usage: "close HTTP connections whose transfer makes no progress for this long"},
 			&cli.IntFlag{Name: "http-max-conns", Value: daemon.DefaultHTTPMaxConns, Usage: "connections each HTTP listener serves at once"},
+			&cli.IntFlag{Name: "max-expansion", Value: pe.DefaultMaxExpansion, Usage: "the restore of a zip uploaded over S3 may write at most `N` times the zip's compressed data (holes do not count); a negative N: no bound"},
 			&cli.BoolFlag{Name: "insecure-http", Usage: "serve the API over plain HTTP (loopback addresses only)"},
 			&cli.StringFlag{Name: "token", EnvVars: []string{"ASTROLABE_TOKEN"}, Usage: "API bearer `TOKEN`"},
 			&cli.StringFlag{Name: "s3-access-key", EnvVars: []string{"ASTROLABE_S3_ACCESS_KEY"}, Usage: "S3 data path access `KEY`"},
@@ -157,6 +159,7 @@ SIGTERM lets running tasks finish (up to --drain) and exits cleanly.`,
 				NBDMaxConns:          c.Int("nbd-max-conns"),
 				NBDMaxConnsPerClient: c.Int("nbd-max-conns-per-client"),
 				NBDIdleTimeout:       idleTimeout(c.Duration("nbd-idle-timeout")),
+				MaxExpansion:         c.Int("max-expansion"),
 			})
 		},
 	}
