@@ -493,7 +493,9 @@ func (ca testCA) issue(t *testing.T, tmpl *x509.Certificate) (der []byte, key *e
 	return der, key
 }
 
-func (ca testCA) pem() []byte { return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.der}) }
+func (ca testCA) pem() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.der})
+}
 
 // testCerts writes a CA and a server certificate for 127.0.0.1, and the
 // CA as libnbd wants it: ca-cert.pem in a directory.

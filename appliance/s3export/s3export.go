@@ -67,7 +67,7 @@ type Config struct {
 	// MaxExpansion bounds what the restore of an uploaded zip writes, as
 	// a multiple of its compressed data (pe.CopyOptions.MaxExpansion).
 	MaxExpansion int
-	Logger    *slog.Logger
+	Logger       *slog.Logger
 }
 
 // Handler serves the S3 data path.
