@@ -199,6 +199,7 @@ func (d *partitionsDir) Lookup(ctx context.Context, name string, out *fuse.Entry
 type tree struct {
 	entries []pe.TOCEntry
 	dirs    map[string]map[string]int // dir → child name → entry (-1: implied dir)
+	root    *pe.TOCEntry              // the tree's own directory; nil if the TOC has none
 }
 
 func newTree(toc []pe.TOCEntry) *tree {
@@ -217,6 +218,11 @@ func newTree(toc []pe.TOCEntry) *tree {
 	}
 	for i, e := range toc {
 		if e.Name == "" || e.Name == "." {
+			// Its owner and mode guard the whole tree, as they did on
+			// the live PE (a 0700 home directory).
+			if e.Mode.IsDir() {
+				t.root = &toc[i]
+			}
 			continue
 		}
 		parent, base := splitPath(e.Name)
@@ -242,7 +248,7 @@ type treeDir struct {
 	tree  *tree
 	dir   string
 	mtime time.Time
-	entry *pe.TOCEntry // nil for the root and implied directories
+	entry *pe.TOCEntry // nil for implied directories (and a root the TOC lacks)
 	snap  pe.ID
 }
 

@@ -614,7 +614,7 @@ func (n *snapNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 			return nil, n.fsys.eio("table of contents of "+n.p.ID().String(), err)
 		}
 		t := newTree(toc)
-		d := &treeDir{fsys: n.fsys, img: img, tree: t, dir: "", mtime: mtime, snap: n.p.ID()}
+		d := &treeDir{fsys: n.fsys, img: img, tree: t, dir: "", mtime: mtime, entry: t.root, snap: n.p.ID()}
 		d.attr(&out.Attr)
 		return n.NewInode(ctx, d, fs.StableAttr{Mode: syscall.S_IFDIR}), 0
 	case "partitions":

@@ -289,6 +289,12 @@ func TestSecurityAllowOtherKeepsModes(t *testing.T) {
 		t.Fatal(err)
 	}
 	fsSnap := testpe.Snapshot(t, f.m, "fs:sample")
+	// The same tree with a private root (a 0700 home directory): its
+	// 0644 files are out of reach too.
+	if err := os.Chmod(src, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	privSnap := testpe.Snapshot(t, f.m, "fs:sample")
 	mnt := mountShared(t, f.m)
 	sd := snapDir(mnt, f.dskSnap)
 
@@ -304,6 +310,16 @@ func TestSecurityAllowOtherKeepsModes(t *testing.T) {
 	}
 	if out, err := asNobody(t, filepath.Join(snapDir(mnt, fsSnap), "files", "README.txt")); err != nil {
 		t.Errorf("nobody cannot read a 0644 file: %v %s", err, out)
+	}
+	privFiles := filepath.Join(snapDir(mnt, privSnap), "files")
+	if fi, err := os.Stat(privFiles); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("files/ of a snapshot of a 0700 tree: %v %v", fi.Mode(), err)
+	}
+	if out, err := asNobody(t, filepath.Join(privFiles, "README.txt")); err == nil || !strings.Contains(out, "Permission denied") {
+		t.Errorf("nobody read a file below a 0700 root: %v %q", err, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(privFiles, "README.txt")); err != nil || len(b) == 0 {
+		t.Errorf("root reads below a 0700 root: %v", err)
 	}
 	fi, err := os.Stat(filepath.Join(sd, "data"))
 	if err != nil || fi.Mode().Perm() != 0o600 || fi.Sys().(*syscall.Stat_t).Uid != 0 {
