@@ -143,6 +143,13 @@ type CopyOptions struct {
 // DefaultMaxExpansion is CopyOptions.MaxExpansion's default.
 const DefaultMaxExpansion = 100
 
+// GrantsUntrustedPrivileges reports whether a copy of src with o restores
+// privileges from untrusted input: the administrator's choice that
+// callers log.
+func (o CopyOptions) GrantsUntrustedPrivileges(src ProtectedEntity) bool {
+	return o.KeepPrivileges && Untrusted(src)
+}
+
 // Untrusted reports whether p comes from outside the appliance (an
 // uploaded zip, a zip named on the command line): restoring it must not
 // grant privileges unless CopyOptions.KeepPrivileges says so. A PE is

@@ -430,7 +430,7 @@ func (s *server) CopyProtectedEntity(ctx context.Context, req api.CopyProtectedE
 	}
 	opts := pe.CopyOptions{Mode: mode, Params: params, KeepPrivileges: deref(req.Body.KeepPrivileges)}
 	if opts.KeepPrivileges {
-		s.log.LogAttrs(ctx, slog.LevelWarn, "copy keeps privileges (owners, setuid/setgid, capabilities, security xattrs, devices) at the API's request",
+		s.log.LogAttrs(ctx, slog.LevelWarn, "copy keeps privileges (owners, setuid/setgid, capabilities, security xattrs) even from untrusted input, at the API's request",
 			slog.String("src", src.String()), slog.String("service", req.Service), caller(ctx))
 	}
 	info, err := s.cfg.Tasks.Start(s.cfg.Context, "copy", fmt.Sprintf("copy %s to %s (%s)", src, req.Service, mode), deref(req.Params.Nexus),

@@ -81,7 +81,7 @@ func restoreOptions(c *cli.Context) pe.CopyOptions {
 // logKeepPrivileges records that privileges are restored from untrusted
 // input: an administrator's explicit choice, to be found again.
 func logKeepPrivileges(src pe.ProtectedEntity, dest string, opts pe.CopyOptions) {
-	if opts.KeepPrivileges && pe.Untrusted(src) {
+	if opts.GrantsUntrustedPrivileges(src) {
 		slog.Warn("restoring untrusted input with its privileges (owners, setuid/setgid, capabilities, trusted/security xattrs) as asked by --keep-privileges",
 			"src", src.ID().String(), "dest", dest)
 	}
