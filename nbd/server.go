@@ -119,8 +119,7 @@ type Options struct {
 	MaxConns          int
 	MaxConnsPerClient int
 	// IdleTimeout closes a connection that sends no request while none
-	// is in flight, or reads no reply, for that long (default 15
-	// minutes; negative: never).
+	// is in flight for that long (default 15 minutes; negative: never).
 	IdleTimeout time.Duration
 	// WriteStallTimeout closes a connection on which a reply makes no
 	// progress for that long, which gives its buffers back (default 30

@@ -62,9 +62,11 @@ func decodeRequest(b []byte, extended bool) (request, error) {
 // transmit serves requests until the client disconnects. Requests run
 // concurrently (bounded); replies are written whole under a lock, so they
 // may complete out of order as the protocol allows. Their buffers come
-// from the server's pool, at most the connection's share of it: a client
-// that does not read its replies soon has all its requests waiting for
-// buffers, and then is not read from until it does.
+// from the server's pool, at most the connection's share of it (and the
+// anonymous connections' share, for an anonymous client): a client that
+// does not read its replies soon has all its requests waiting for
+// buffers, and then is not read from until it does, or until the write
+// stall timeout closes the connection.
 func (cn *conn) transmit(ctx context.Context, log *slog.Logger) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // after wg.Wait below: requests in flight get their replies
