@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -82,14 +83,28 @@ func readRequest(cookie, off uint64, length uint32) []byte {
 }
 
 // TestMemoryBudget: clients that queue reads and never read the replies
-// hold at most the budget; the server stops reading their requests, and
-// serves others again once they are gone.
+// hold at most the budget (anonymous ones: their share of it); the server
+// stops reading their requests, and serves others again once they are
+// gone.
 func TestMemoryBudget(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		anon Anonymous
+	}{{"trusted", AnonymousReadWrite}, {"anonymous", AnonymousReadOnly}} {
+		t.Run(tc.name, func(t *testing.T) { testMemoryBudget(t, tc.anon) })
+	}
+}
+
+func testMemoryBudget(t *testing.T, anon Anonymous) {
 	dir := t.TempDir()
 	sparseImage(t, filepath.Join(dir, "a.img"), 64*mib, map[int64]int{0: 64 * mib})
 	const budget = 8 * mib
 	var reads atomic.Int64
-	srv, addr := startServerOf(t, countingSource{fileSource{dir}, &reads}, Options{MemoryBudget: budget, MaxRequest: mib})
+	srv, addr := startServerOf(t, countingSource{fileSource{dir}, &reads}, Options{MemoryBudget: budget, MaxRequest: mib, Anonymous: anon})
+	limit := int64(budget)
+	if anon != AnonymousReadWrite {
+		limit = srv.anonShare()
+	}
 
 	const clients, requests = 8, 400
 	var (
@@ -118,31 +133,19 @@ func TestMemoryBudget(t *testing.T) {
 			}
 		}()
 	}
-	var peak int64
-	for done := false; !done; {
-		ch := make(chan struct{})
-		go func() { wg.Wait(); close(ch) }()
-		select {
-		case <-ch:
-			done = true
-		case <-time.After(10 * time.Millisecond):
-		}
-		if n := srv.buffers.inUse(); n > peak {
-			peak = n
-		}
+	peak := watchPeak(&wg, srv.buffers.inUse)
+	if peak > limit {
+		t.Errorf("buffers in flight peaked at %d bytes, limit %d", peak, limit)
 	}
-	if peak > budget {
-		t.Errorf("buffers in flight peaked at %d bytes, budget %d", peak, budget)
-	}
-	if peak < budget/2 {
-		t.Errorf("buffers in flight peaked at %d bytes: the attack did not reach the budget of %d", peak, budget)
+	if peak < limit/2 {
+		t.Errorf("buffers in flight peaked at %d bytes: the attack did not reach the limit of %d", peak, limit)
 	}
 	// Requests wait for buffers, not the other way round: most were
 	// never served (each served one went into a socket buffer).
 	if n := reads.Load(); n > clients*requests/2 {
 		t.Errorf("%d of %d requests served to clients that read no reply", n, clients*requests)
 	}
-	t.Logf("peak %d bytes in flight (budget %d), %d of %d requests sent, %d served", peak, budget, sent, clients*requests, reads.Load())
+	t.Logf("peak %d bytes in flight (limit %d), %d of %d requests sent, %d served", peak, limit, sent, clients*requests, reads.Load())
 	for _, c := range attacker {
 		c.Close()
 	}
@@ -159,6 +162,78 @@ func TestMemoryBudget(t *testing.T) {
 	if _, err := io.CopyN(io.Discard, rc.c, mib); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// watchPeak samples inUse until wg is done and returns its largest value.
+func watchPeak(wg *sync.WaitGroup, inUse func() int64) int64 {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	var peak int64
+	for {
+		peak = max(peak, inUse())
+		select {
+		case <-done:
+			return max(peak, inUse())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// TestAnonymousShare: anonymous clients that queue reads and never read
+// the replies fill their share of the memory budget and no more; an
+// authenticated client (a restore target) is served while they stall.
+// Both timeouts are long, as an attacker would have them.
+func TestAnonymousShare(t *testing.T) {
+	needTools(t)
+	dir := t.TempDir()
+	want := sparseImage(t, filepath.Join(dir, "a.img"), 64*mib, map[int64]int{0: 64 * mib})
+	cfg, serverCerts := testCerts(t)
+	pool, withCert := clientCerts(t, serverCerts)
+	cfg.ClientCAs, cfg.ClientAuth = pool, tls.VerifyClientCertIfGiven
+	const budget, request = 64 * mib, 4 * mib
+	srv, addr := startServer(t, dir, Options{TLSConfig: cfg, MemoryBudget: budget, MaxRequest: request,
+		IdleTimeout: time.Hour, WriteStallTimeout: time.Hour})
+
+	// Each anonymous connection alone could hold a quarter of the budget:
+	// four of them all of it.
+	const clients, requests = 4, 256
+	var wg sync.WaitGroup
+	for range clients {
+		rc := &rawClient{t, rawHandshake(t, addr)}
+		rc.goExport("a.img")
+		t.Cleanup(func() { rc.c.Close() }) // before the server stops
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rc.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			for i := range requests {
+				if _, err := rc.c.Write(readRequest(uint64(i), uint64(i%16)*request, mib-16)); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	peak := watchPeak(&wg, srv.buffers.inUse)
+	share := srv.anonShare()
+	if peak > share {
+		t.Errorf("anonymous clients held %d bytes of buffers, their share is %d", peak, share)
+	}
+	if peak < share/2 {
+		t.Errorf("anonymous clients held %d bytes at most: the attack did not fill their share of %d", peak, share)
+	}
+
+	// They stall; a client with a certificate reads the whole export.
+	out := filepath.Join(t.TempDir(), "out.img")
+	if msg, err := tryTool(t, "nbdcopy", "nbds://"+addr+"/a.img?tls-certificates="+withCert, out); err != nil {
+		t.Fatalf("authenticated nbdcopy while anonymous clients stall: %v\n%s", err, msg)
+	}
+	if got := fileSum(t, out); string(got) != string(want) {
+		t.Error("authenticated nbdcopy: the copy differs")
+	}
+	if n := srv.anon.inUse(); n == 0 {
+		t.Error("the anonymous clients no longer stalled when the authenticated one was served")
+	}
+	t.Logf("anonymous clients peaked at %d bytes (share %d of a budget of %d)", peak, share, budget)
 }
 
 // refused reports whether the server closed c without its greeting.
@@ -220,7 +295,7 @@ func TestConnectionLimits(t *testing.T) {
 func TestIdleTimeout(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "a.img"), make([]byte, 64*mib), 0o644)
-	srv, addr := startServer(t, dir, Options{IdleTimeout: 200 * time.Millisecond})
+	_, addr := startServer(t, dir, Options{IdleTimeout: 200 * time.Millisecond})
 	rc := &rawClient{t, rawHandshake(t, addr)}
 	defer rc.c.Close()
 	rc.goExport("a.img")
@@ -234,9 +309,15 @@ func TestIdleTimeout(t *testing.T) {
 	if _, err := rc.c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 		t.Errorf("idle connection: read %v, want EOF from the server closing it", err)
 	}
+}
 
-	// A client that reads no replies is dropped too, and its buffers
-	// come back.
+// TestWriteStallTimeout: a client that reads no replies is dropped after
+// the write stall timeout, long before the idle timeout, and its buffers
+// come back.
+func TestWriteStallTimeout(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "a.img"), make([]byte, 64*mib), 0o644)
+	srv, addr := startServer(t, dir, Options{IdleTimeout: time.Hour, WriteStallTimeout: 300 * time.Millisecond})
 	stalled := &rawClient{t, rawHandshake(t, addr)}
 	defer stalled.c.Close()
 	stalled.goExport("a.img")
@@ -247,15 +328,12 @@ func TestIdleTimeout(t *testing.T) {
 		}
 	}
 	for range 500 {
-		srv.conns.mu.Lock()
-		n := srv.conns.total
-		srv.conns.mu.Unlock()
-		if n == 0 && srv.buffers.inUse() == 0 {
+		if srv.conns.Total() == 0 && srv.buffers.inUse() == 0 {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Errorf("a client that reads no replies was not dropped: %d bytes of buffers in use", srv.buffers.inUse())
+	t.Errorf("a client that reads no replies was not dropped: %d connections, %d bytes of buffers in use", srv.conns.Total(), srv.buffers.inUse())
 }
 
 // TestShutdownStalledClient: a client that reads no replies does not hold

@@ -10,6 +10,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/astrolabe-appliance/astrolabe/internal/connlimit"
 )
 
 // Export is one block device served over NBD. ReadAt must be safe for
@@ -106,8 +108,10 @@ type Options struct {
 
 	// MemoryBudget bounds the bytes of request payloads and replies in
 	// flight on all connections together (default 256 MiB); one
-	// connection may hold a quarter of it, or one largest reply. A
-	// client that does not read its replies stops being read from.
+	// connection may hold a quarter of it, or one largest reply, and
+	// anonymous connections all together an eighth of it (or one largest
+	// reply), so that they cannot starve authenticated clients. A client
+	// that does not read its replies stops being read from.
 	MemoryBudget int64
 	// MaxConns bounds the connections in all (default 256) and
 	// MaxConnsPerClient those from one IP address (default 64: 16
@@ -115,9 +119,13 @@ type Options struct {
 	MaxConns          int
 	MaxConnsPerClient int
 	// IdleTimeout closes a connection that sends no request while none
-	// is in flight, or reads no reply, for that long (default 15
-	// minutes; negative: never).
+	// is in flight for that long (default 15 minutes; negative: never).
 	IdleTimeout time.Duration
+	// WriteStallTimeout closes a connection on which a reply makes no
+	// progress for that long, which gives its buffers back (default 30
+	// seconds; negative: never). A slow reader that keeps reading is
+	// not cut.
+	WriteStallTimeout time.Duration
 }
 
 // Anonymous is what clients without a client certificate may do.
@@ -152,7 +160,8 @@ type Server struct {
 	opts    Options
 	log     *slog.Logger
 	buffers *bufferPool // of request payloads and replies, all connections
-	conns   connCounter
+	anon    *limiter    // anonymous connections' share of buffers
+	conns   *connlimit.Counter
 }
 
 const (
@@ -162,6 +171,7 @@ const (
 	defaultMaxConns          = 256
 	defaultMaxConnsPerClient = 64
 	defaultIdleTimeout       = 15 * time.Minute
+	defaultWriteStallTimeout = 30 * time.Second
 	maxOptionLength          = 64 << 10 // no option we accept needs more
 	maxOptions               = 1024     // per handshake: bounds a client that never chooses
 	handshakeTimeout         = 30 * time.Second
@@ -191,11 +201,16 @@ func NewServer(src Source, opts Options) *Server {
 	if opts.IdleTimeout == 0 {
 		opts.IdleTimeout = defaultIdleTimeout
 	}
-	return &Server{
+	if opts.WriteStallTimeout == 0 {
+		opts.WriteStallTimeout = defaultWriteStallTimeout
+	}
+	s := &Server{
 		src: src, opts: opts, log: opts.Logger,
 		buffers: newBufferPool(opts.MemoryBudget),
-		conns:   connCounter{max: opts.MaxConns, per: opts.MaxConnsPerClient, perClient: map[string]int{}},
+		conns:   connlimit.New(opts.MaxConns, opts.MaxConnsPerClient),
 	}
+	s.anon = newLimiter(s.anonShare())
+	return s
 }
 
 // Check reports options that cannot work together.
@@ -224,6 +239,13 @@ func (s *Server) connShare() int64 {
 	return max(s.opts.MemoryBudget/4, maxReplySize(s.opts.MaxRequest))
 }
 
+// anonShare is what anonymous connections may hold of the memory budget
+// all together: anyone who can connect can make the server hold
+// replies, for as long as the write stall timeout each time.
+func (s *Server) anonShare() int64 {
+	return max(s.opts.MemoryBudget/8, maxReplySize(s.opts.MaxRequest))
+}
+
 // Serve accepts connections on l until ctx is cancelled, then closes l,
 // waits for connections to finish their requests, and returns nil.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
@@ -242,8 +264,8 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			}
 			return fmt.Errorf("nbd accept: %w", err)
 		}
-		key := clientKey(c.RemoteAddr())
-		if ok, why := s.conns.add(key); !ok {
+		key := connlimit.Key(c.RemoteAddr())
+		if ok, why := s.conns.Add(key); !ok {
 			// Debug: anyone can knock, and a warning each time would
 			// let them fill the log.
 			s.log.Debug("nbd connection refused", "remote", c.RemoteAddr().String(), "reason", why)
@@ -253,7 +275,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer s.conns.remove(key)
+			defer s.conns.Remove(key)
 			s.serveConn(ctx, c)
 		}()
 	}

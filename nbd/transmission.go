@@ -62,9 +62,11 @@ func decodeRequest(b []byte, extended bool) (request, error) {
 // transmit serves requests until the client disconnects. Requests run
 // concurrently (bounded); replies are written whole under a lock, so they
 // may complete out of order as the protocol allows. Their buffers come
-// from the server's pool, at most the connection's share of it: a client
-// that does not read its replies soon has all its requests waiting for
-// buffers, and then is not read from until it does.
+// from the server's pool, at most the connection's share of it (and the
+// anonymous connections' share, for an anonymous client): a client that
+// does not read its replies soon has all its requests waiting for
+// buffers, and then is not read from until it does, or until the write
+// stall timeout closes the connection.
 func (cn *conn) transmit(ctx context.Context, log *slog.Logger) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // after wg.Wait below: requests in flight get their replies
@@ -92,16 +94,12 @@ func (cn *conn) transmit(ctx context.Context, log *slog.Logger) (err error) {
 		if werr != nil {
 			return
 		}
-		if idle := cn.srv.opts.IdleTimeout; idle > 0 {
-			cn.c.SetWriteDeadline(time.Now().Add(idle))
-		}
-		if ctx.Err() != nil {
-			// Shutting down: a client that does not read gets little time.
-			cn.c.SetWriteDeadline(time.Now().Add(shutdownGrace))
-		}
-		if _, err := cn.c.Write(b); err != nil {
+		if err := cn.writeReply(ctx, b); err != nil {
 			werr = err
 			cancel() // requests waiting for buffers give up
+			// and the loop below stops waiting for requests: this
+			// connection is done, its buffers go back now.
+			cn.c.SetReadDeadline(time.Now())
 		}
 	}
 	for {
@@ -164,6 +162,36 @@ func (cn *conn) transmit(ctx context.Context, log *slog.Logger) (err error) {
 	}
 }
 
+// stallChunk is what a reply is written in pieces of: each must be taken
+// by the client within the write stall timeout.
+const stallChunk = 256 << 10
+
+// writeReply writes b, cutting a client that takes no piece of it for the
+// write stall timeout (the buffers of its replies are then given back),
+// or for the shutdown grace once ctx is done.
+func (cn *conn) writeReply(ctx context.Context, b []byte) error {
+	stall := cn.srv.opts.WriteStallTimeout
+	for len(b) > 0 {
+		n := min(len(b), stallChunk)
+		var deadline time.Time
+		if stall > 0 {
+			deadline = time.Now().Add(stall)
+		}
+		cn.c.SetWriteDeadline(deadline)
+		// Checked after setting it: the server's shutdown sets a short
+		// deadline once ctx is done, which the one above must not undo.
+		if ctx.Err() != nil && (stall <= 0 || stall > shutdownGrace) {
+			// Shutting down: a client that does not read gets little time.
+			cn.c.SetWriteDeadline(time.Now().Add(shutdownGrace))
+		}
+		if _, err := cn.c.Write(b[:n]); err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
 // readRequest reads a request header. It waits for one at most the idle
 // timeout, and longer only while busy() (requests are in flight). A header
 // split by a timeout is read on where it stopped.
@@ -198,24 +226,40 @@ func (cn *conn) readRequest(ctx context.Context, hdr []byte, busy func() bool) e
 }
 
 // pooledBuf is a buffer of the server's pool, counted against a
-// connection's share of it.
+// connection's share of it, and the anonymous connections' if anon.
 type pooledBuf struct {
 	b     []byte
 	share int64
+	anon  bool
+}
+
+// trusted reports whether the connection may use the memory budget beyond
+// the anonymous connections' share.
+func (cn *conn) trusted() bool {
+	return cn.authenticated() || cn.srv.opts.Anonymous == AnonymousReadWrite
 }
 
 // getBuffer takes a buffer for n bytes from the server's pool, within the
-// connection's share of it.
+// connection's share of it and, for an anonymous client, within the
+// anonymous clients' share.
 func (cn *conn) getBuffer(ctx context.Context, share *limiter, n int) (*pooledBuf, error) {
-	if err := share.acquire(ctx, int64(n)); err != nil {
+	pb := &pooledBuf{share: int64(n), anon: !cn.trusted()}
+	if err := share.acquire(ctx, pb.share); err != nil {
 		return nil, err
+	}
+	if pb.anon {
+		if err := cn.srv.anon.acquire(ctx, pb.share); err != nil {
+			share.release(pb.share)
+			return nil, err
+		}
 	}
 	b, err := cn.srv.buffers.get(ctx, n)
 	if err != nil {
-		share.release(int64(n))
+		cn.releaseShares(share, pb)
 		return nil, err
 	}
-	return &pooledBuf{b, int64(n)}, nil
+	pb.b = b
+	return pb, nil
 }
 
 // putBuffer gives back a buffer of getBuffer; nil is ignored.
@@ -224,6 +268,13 @@ func (cn *conn) putBuffer(share *limiter, pb *pooledBuf) {
 		return
 	}
 	cn.srv.buffers.put(pb.b)
+	cn.releaseShares(share, pb)
+}
+
+func (cn *conn) releaseShares(share *limiter, pb *pooledBuf) {
+	if pb.anon {
+		cn.srv.anon.release(pb.share)
+	}
 	share.release(pb.share)
 }
 

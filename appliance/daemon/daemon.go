@@ -55,11 +55,13 @@ type Options struct {
 	// NBDMemory bounds the bytes of NBD requests and replies in flight
 	// (0: the nbd package's default); NBDMaxConns and
 	// NBDMaxConnsPerClient bound connections, NBDIdleTimeout closes idle
-	// ones (0: defaults; negative idle timeout: never).
+	// ones, NBDWriteStallTimeout those whose replies make no progress
+	// (0: defaults; negative timeouts: never).
 	NBDMemory            int64
 	NBDMaxConns          int
 	NBDMaxConnsPerClient int
 	NBDIdleTimeout       time.Duration
+	NBDWriteStallTimeout time.Duration
 	// MountDir, if set, gets a FUSE mount of all PEs at start. The
 	// operator chose it: it may be anywhere.
 	MountDir string

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/net/netutil"
+
+	"github.com/astrolabe-appliance/astrolabe/internal/connlimit"
 )
 
 // HTTPLimits bound what one client can hold of an HTTP listener (the API
@@ -27,14 +29,18 @@ type HTTPLimits struct {
 	// MaxConns caps the connections a listener serves at once; further
 	// clients wait in the kernel's accept queue until one closes.
 	MaxConns int
+	// MaxConnsPerClient caps those from one IP address; more are closed
+	// at once, so that one client cannot take all MaxConns.
+	MaxConnsPerClient int
 }
 
 // Defaults of HTTPLimits.
 const (
-	DefaultHTTPHeaderTimeout = 10 * time.Second
-	DefaultHTTPIdleTimeout   = 2 * time.Minute
-	DefaultHTTPStallTimeout  = 2 * time.Minute
-	DefaultHTTPMaxConns      = 128
+	DefaultHTTPHeaderTimeout     = 10 * time.Second
+	DefaultHTTPIdleTimeout       = 2 * time.Minute
+	DefaultHTTPStallTimeout      = 2 * time.Minute
+	DefaultHTTPMaxConns          = 128
+	DefaultHTTPMaxConnsPerClient = 32
 )
 
 func (l HTTPLimits) withDefaults() HTTPLimits {
@@ -49,6 +55,9 @@ func (l HTTPLimits) withDefaults() HTTPLimits {
 	}
 	if l.MaxConns <= 0 {
 		l.MaxConns = DefaultHTTPMaxConns
+	}
+	if l.MaxConnsPerClient <= 0 {
+		l.MaxConnsPerClient = DefaultHTTPMaxConnsPerClient
 	}
 	return l
 }
@@ -72,7 +81,8 @@ func tlsConfig(pair tls.Certificate) *tls.Config {
 }
 
 // newHTTPServer returns a server for handler and the listener to serve it
-// on: l capped at lim.MaxConns, with TLS if tlsCfg is set. The server has
+// on: l capped at lim.MaxConns in all and lim.MaxConnsPerClient per
+// client IP address, with TLS if tlsCfg is set. The server has
 // no whole-request read or write timeout (that would cut long transfers);
 // stallGuard bounds the time without progress instead.
 func newHTTPServer(l net.Listener, handler http.Handler, tlsCfg *tls.Config, lim HTTPLimits, log *slog.Logger) (*http.Server, net.Listener) {
@@ -85,6 +95,11 @@ func newHTTPServer(l net.Listener, handler http.Handler, tlsCfg *tls.Config, lim
 		TLSConfig:         tlsCfg,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	// Per client inside the cap in all: refused connections never take
+	// one of its places.
+	l = connlimit.Listener(l, connlimit.New(0, lim.MaxConnsPerClient), func(c net.Conn, why string) {
+		log.Debug("HTTP connection refused", "remote", c.RemoteAddr().String(), "reason", why)
+	})
 	l = netutil.LimitListener(l, lim.MaxConns)
 	if tlsCfg != nil {
 		l = tls.NewListener(l, tlsCfg)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -80,5 +81,55 @@ func TestStallGuard(t *testing.T) {
 	conn.SetReadDeadline(time.Now().Add(time.Minute))
 	if _, err := io.Copy(io.Discard, bufio.NewReader(conn)); err != nil {
 		t.Errorf("stalled connection not closed: %v", err)
+	}
+}
+
+// One client's connections past MaxConnsPerClient are closed at once,
+// while another client is still served: one client cannot take every
+// connection of the listener.
+func TestHTTPMaxConnsPerClient(t *testing.T) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const per = 4
+	srv, sl := newHTTPServer(l, h, nil, HTTPLimits{MaxConns: 3 * per, MaxConnsPerClient: per}, quiet())
+	go srv.Serve(sl)
+	defer srv.Close()
+
+	// dial connects from the loopback address from (Linux routes all of
+	// 127/8 to lo) and sends a keep-alive request.
+	dial := func(from string) (net.Conn, *bufio.Reader) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
+		c, err := d.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		return c, bufio.NewReader(c)
+	}
+	served := func(br *bufio.Reader) error {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		_, err = io.Copy(io.Discard, resp.Body)
+		return err
+	}
+	for i := range per {
+		if _, br := dial("127.0.0.1"); served(br) != nil {
+			t.Fatalf("connection %d of 127.0.0.1 not served", i+1)
+		}
+	}
+	_, br := dial("127.0.0.1")
+	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("connection %d of 127.0.0.1: %v, want it closed at once", per+1, err)
+	}
+	if _, br := dial("127.0.0.2"); served(br) != nil {
+		t.Error("another client is not served while 127.0.0.1 holds its connections")
 	}
 }

@@ -48,7 +48,7 @@ func nbdOptions(opts Options, addr net.Addr, certFile, keyFile string, log *slog
 	o := nbd.Options{
 		Logger: log, TLSConfig: cfg, TLSRequired: !loopback, Anonymous: nbd.AnonymousNone,
 		MemoryBudget: opts.NBDMemory, MaxConns: opts.NBDMaxConns, MaxConnsPerClient: opts.NBDMaxConnsPerClient,
-		IdleTimeout: opts.NBDIdleTimeout,
+		IdleTimeout: opts.NBDIdleTimeout, WriteStallTimeout: opts.NBDWriteStallTimeout,
 	}
 	if loopback && opts.NBDAnonymousRead {
 		o.Anonymous = nbd.AnonymousReadOnly

@@ -43,22 +43,13 @@ func nbdTLSConfig(certFile, keyFile string, clientCAs *x509.CertPool, requireCer
 	if err != nil {
 		return nil, fmt.Errorf("NBD certificate: %w", err)
 	}
-	auth := tls.VerifyClientCertIfGiven
+	cfg := tlsConfig(pair)
+	cfg.ClientCAs = clientCAs
+	cfg.ClientAuth = tls.VerifyClientCertIfGiven
 	if requireCert {
-		auth = tls.RequireAndVerifyClientCert
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
 	}
-	return &tls.Config{
-		Certificates: []tls.Certificate{pair},
-		ClientCAs:    clientCAs,
-		ClientAuth:   auth,
-		MinVersion:   tls.VersionTLS12,
-		// TLS 1.2 without CBC: AEAD suites only (TLS 1.3 has no others).
-		CipherSuites: []uint16{
-			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-		},
-	}, nil
+	return cfg, nil
 }
 
 // nbdClientCAs returns the pool of the config directory's client CA
@@ -157,17 +148,16 @@ func randomSerial() *big.Int {
 // appliance's certificate: 'astrolabe serve' makes it on first start.
 func IssueNBDClientCert(configDir, outDir, name string, validFor time.Duration) error {
 	dir := filepath.Join(configDir, tlsDir)
-	serverPEM, err := os.ReadFile(filepath.Join(dir, "cert.pem"))
+	chain, err := readCerts(filepath.Join(dir, "cert.pem"))
 	if errors.Is(err, os.ErrNotExist) {
 		return errors.New("no appliance certificate yet: start 'astrolabe serve' once first")
 	}
 	if err != nil {
 		return fmt.Errorf("appliance certificate: %w", err)
 	}
-	root, err := trustRoot(serverPEM)
-	if err != nil {
-		return err
-	}
+	// What a client trusts to verify the appliance: the chain's last
+	// certificate, its CA (or the certificate itself when self-signed).
+	root := chain[len(chain)-1].Raw
 	ca, caKey, _, err := ensureNBDClientCA(dir)
 	if err != nil {
 		return err
@@ -206,26 +196,6 @@ func IssueNBDClientCert(configDir, outDir, name string, validFor time.Duration) 
 		return err
 	}
 	return writePEM(filepath.Join(outDir, clientCertName), 0o644, "CERTIFICATE", der)
-}
-
-// trustRoot is what a client trusts to verify the appliance's certificate
-// chain in certPEM: its last certificate (the chain's CA, or the
-// certificate itself when it is self-signed).
-func trustRoot(certPEM []byte) ([]byte, error) {
-	var last []byte
-	for rest := certPEM; ; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		if b.Type == "CERTIFICATE" {
-			last = b.Bytes
-		}
-	}
-	if last == nil {
-		return nil, errors.New("appliance certificate: no PEM certificate in it")
-	}
-	return last, nil
 }
 
 func writeFile(path string, perm os.FileMode, b []byte) error {

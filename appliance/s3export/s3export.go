@@ -683,8 +683,16 @@ type zipCache struct {
 	dir   string
 	m     pe.Manager // to drop zips of deleted snapshots
 	mu    sync.Mutex
-	locks map[pe.ID]*sync.Mutex
+	locks map[pe.ID]*idLock
 	etags map[pe.ID]string // MD5 ETags of the zips built
+}
+
+// idLock makes the GETs of one snapshot build its zip once. It stays in
+// zipCache.locks while anyone holds or waits for it, so that all of them
+// share it.
+type idLock struct {
+	sync.Mutex
+	refs int // holders and waiters, under zipCache.mu
 }
 
 // cachedZip is an open zip of the cache.
@@ -705,65 +713,96 @@ func newZipCache(dir string, m pe.Manager) (*zipCache, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("zip cache: %w", err)
 	}
-	return &zipCache{dir: dir, m: m, locks: map[pe.ID]*sync.Mutex{}, etags: map[pe.ID]string{}}, nil
+	return &zipCache{dir: dir, m: m, locks: map[pe.ID]*idLock{}, etags: map[pe.ID]string{}}, nil
 }
 
 func (z *zipCache) path(id pe.ID) string {
 	return filepath.Join(z.dir, hex.EncodeToString([]byte(id.String()))+".zip")
 }
 
-// remove drops the zip of id; a reader that has it open keeps reading.
+// remove drops the zip of id; a reader that has it open keeps reading,
+// and a GET building it still returns what it built.
 func (z *zipCache) remove(id pe.ID) {
 	z.mu.Lock()
 	delete(z.etags, id)
-	delete(z.locks, id)
 	z.mu.Unlock()
 	os.Remove(z.path(id))
 }
 
-func (z *zipCache) get(ctx context.Context, p pe.ProtectedEntity) (cachedZip, error) {
-	id := p.ID()
+// lock takes the lock of id and returns its unlock.
+func (z *zipCache) lock(id pe.ID) (unlock func()) {
 	z.mu.Lock()
 	l := z.locks[id]
 	if l == nil {
-		l = &sync.Mutex{}
+		l = &idLock{}
 		z.locks[id] = l
 	}
+	l.refs++
 	z.mu.Unlock()
 	l.Lock()
-	defer l.Unlock()
+	return func() {
+		l.Unlock()
+		z.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(z.locks, id)
+		}
+		z.mu.Unlock()
+	}
+}
 
-	path := z.path(id)
+func (z *zipCache) get(ctx context.Context, p pe.ProtectedEntity) (cachedZip, error) {
+	id := p.ID()
+	unlock := z.lock(id)
+	defer unlock()
+
 	z.mu.Lock()
 	etag, built := z.etags[id]
 	z.mu.Unlock()
 	if built {
-		if c, err := openCached(path, etag); err == nil {
+		if c, err := openCached(z.path(id), etag); err == nil {
 			return c, nil
 		}
 	}
+	c, err := z.build(ctx, p)
+	if err != nil {
+		return cachedZip{}, err
+	}
+	z.trim(ctx)
+	return c, nil
+}
+
+// build writes the zip of p into the cache and returns it open: trim may
+// remove the file (for another GET) before this one reads it.
+func (z *zipCache) build(ctx context.Context, p pe.ProtectedEntity) (cachedZip, error) {
+	id := p.ID()
 	tmp, err := os.CreateTemp(z.dir, ".building-*")
 	if err != nil {
 		return cachedZip{}, err
 	}
-	defer os.Remove(tmp.Name())
+	fail := func(err error) (cachedZip, error) {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return cachedZip{}, err
+	}
 	sum := md5.New()
 	if err := pe.WriteZip(ctx, io.MultiWriter(tmp, sum), p, nil); err != nil {
-		tmp.Close()
-		return cachedZip{}, fmt.Errorf("zip %s: %w", id, err)
+		return fail(fmt.Errorf("zip %s: %w", id, err))
 	}
-	if err := tmp.Close(); err != nil {
-		return cachedZip{}, err
+	size, err := tmp.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return fail(err)
 	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return cachedZip{}, err
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		return fail(err)
 	}
-	etag = `"` + hexSum(sum) + `"`
+	if err := os.Rename(tmp.Name(), z.path(id)); err != nil {
+		return fail(err)
+	}
+	etag := `"` + hexSum(sum) + `"`
 	z.mu.Lock()
 	z.etags[id] = etag
 	z.mu.Unlock()
-	z.trim(ctx)
-	return openCached(path, etag)
+	return cachedZip{f: tmp, size: size, etag: etag}, nil
 }
 
 func openCached(path, etag string) (cachedZip, error) {

@@ -189,7 +189,7 @@ func TestSecurityServeHTTPLimits(t *testing.T) {
 	mustRun(t, cfg, "init", cfg)
 	const maxConns, silent = 40, 4
 	a := startServe(t, cfg, "--nbd", "", "--http-idle-timeout", "1s", "--http-header-timeout", "1s",
-		"--http-max-conns", fmt.Sprint(maxConns))
+		"--http-max-conns", fmt.Sprint(maxConns), "--http-max-conns-per-client", fmt.Sprint(maxConns+1))
 	pool := x509.NewCertPool()
 	pem, _ := os.ReadFile(filepath.Join(cfg, "tls", "cert.pem"))
 	pool.AppendCertsFromPEM(pem)
