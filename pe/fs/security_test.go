@@ -2,10 +2,12 @@ package fs
 
 import (
 	"archive/tar"
+	"archive/zip"
 	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -330,4 +332,81 @@ func TestSecurityRestoreSparseBomb(t *testing.T) {
 	if h := hiddenEntries(t, tm.Root()); len(h) != 0 {
 		t.Errorf("leftovers in the root: %v", h)
 	}
+}
+
+// TestSecurityRestoreZipDeclaredSizeBomb: a zip of a few KiB whose data
+// entry declares 1 PiB and holds a tar with one sparse member of 8 TiB of
+// holes. The declared size is no allowance (archive/zip checks it only at
+// the end of the stream): the restore fails with pe.ErrLimit at once, not
+// after hours of producing zeros. On the old bound (the larger of the
+// declared size and the expansion bound) the 60 s deadline ends it
+// instead.
+func TestSecurityRestoreZipDeclaredSizeBomb(t *testing.T) {
+	requireTool(t, "tar", "tar")
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	writeFile(t, filepath.Join(src, "holes"), []byte("x"), 0o644)
+	must(t, os.Truncate(filepath.Join(src, "holes"), 8<<40))
+	archive := filepath.Join(dir, "sparse.tar")
+	runCmd(t, "tar", "--sparse", "-C", src, "-cf", archive, ".")
+	must(t, os.Remove(filepath.Join(src, "holes")))
+	tr, err := os.ReadFile(archive)
+	must(t, err)
+	// archive/zip drops the last chunk of an entry shorter than declared:
+	// zeros after the end of the archive keep the tar itself well before
+	// that end (and cost a few KiB of deflate).
+	tr = append(tr, make([]byte, 8<<20)...)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var zbuf bytes.Buffer
+	must(t, pe.WriteZip(ctx, &zbuf, newTarPE(t, "sparse", tr), nil))
+	bomb := declareDataSize(t, zbuf.Bytes(), 1<<50)
+	if len(bomb) > 64<<10 {
+		t.Fatalf("the bomb zip has %d bytes; want a few KiB", len(bomb))
+	}
+	z, err := pe.OpenZip(ctx, bytes.NewReader(bomb), int64(len(bomb)))
+	must(t, err)
+	img, err := z.Data(ctx)
+	must(t, err)
+	if img.Size() != 1<<50 {
+		t.Fatalf("the zip's data declares %d bytes, want 1 PiB", img.Size())
+	}
+	img.Close()
+
+	tm := newTestRoot(t, mkdir(t, filepath.Join(dir, "root")))
+	_, err = tm.Copy(ctx, z, pe.CopyOptions{Mode: pe.CreateNew})
+	if !errors.Is(err, pe.ErrLimit) || !strings.Contains(err.Error(), "holes included") {
+		t.Fatalf("restore of a zip declaring 1 PiB of a tar of 8 TiB of holes: %v, want pe.ErrLimit", err)
+	}
+	if ids, err := tm.List(ctx); err != nil || len(ids) != 0 {
+		t.Errorf("PEs after the refused restore: %v, %v", ids, err)
+	}
+	if h := hiddenEntries(t, tm.Root()); len(h) != 0 {
+		t.Errorf("leftovers in the root: %v", h)
+	}
+}
+
+// declareDataSize rewrites the PE zip z so that its data entry declares
+// size uncompressed bytes, keeping its compressed bytes.
+func declareDataSize(t testing.TB, z []byte, size uint64) []byte {
+	t.Helper()
+	zr, err := zip.NewReader(bytes.NewReader(z), int64(len(z)))
+	must(t, err)
+	var out bytes.Buffer
+	zw := zip.NewWriter(&out)
+	for _, f := range zr.File {
+		h := f.FileHeader
+		if strings.HasSuffix(h.Name, ".data") {
+			h.UncompressedSize64 = size
+		}
+		r, err := f.OpenRaw()
+		must(t, err)
+		w, err := zw.CreateRaw(&h)
+		must(t, err)
+		_, err = io.Copy(w, r)
+		must(t, err)
+	}
+	must(t, zw.Close())
+	return out.Bytes()
 }
