@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -39,7 +40,7 @@ const (
 
 // Budget is the allowance of one restore.
 type Budget struct {
-	dir       string // on the target filesystem
+	dir       string // on the target filesystem; "": its free space is not checked
 	src       pe.ID
 	limit     int64 // bytes written; negative: no expansion bound
 	stored    int64
@@ -59,19 +60,11 @@ type Budget struct {
 // filesystem has room for what img declares it holds (its data extents;
 // no more than the expansion bound) beyond a reserve.
 func New(ctx context.Context, dir string, src pe.ProtectedEntity, img pe.Image, opts pe.CopyOptions) (*Budget, error) {
-	b := &Budget{dir: dir, src: src.ID(), limit: opts.ExpansionLimit(src), produceLimit: -1}
+	b := NewRemote(src, opts)
+	b.dir = dir
 	need := DataBytes(ctx, img)
 	if b.limit >= 0 {
-		b.stored, _ = pe.StoredSize(src)
-		b.expansion = int64(opts.MaxExpansion)
-		if b.expansion == 0 {
-			b.expansion = pe.DefaultMaxExpansion
-		}
 		need = min(need, b.limit)
-		b.produceLimit = b.limit
-		if b.limit <= math.MaxInt64/produceFactor {
-			b.produceLimit = b.limit * produceFactor
-		}
 	}
 	avail, total, err := b.statfs()
 	if err != nil {
@@ -85,13 +78,32 @@ func New(ctx context.Context, dir string, src pe.ProtectedEntity, img pe.Image, 
 	return b, nil
 }
 
+// NewRemote returns the budget of restoring src under opts onto a target
+// whose free space cannot be seen from here (a vSphere datastore): only
+// the bounds of untrusted input apply.
+func NewRemote(src pe.ProtectedEntity, opts pe.CopyOptions) *Budget {
+	b := &Budget{src: src.ID(), limit: opts.ExpansionLimit(src), produceLimit: -1}
+	if b.limit >= 0 {
+		b.stored, _ = pe.StoredSize(src)
+		b.expansion = int64(opts.MaxExpansion)
+		if b.expansion == 0 {
+			b.expansion = pe.DefaultMaxExpansion
+		}
+		b.produceLimit = b.limit
+		if b.limit <= math.MaxInt64/produceFactor {
+			b.produceLimit = b.limit * produceFactor
+		}
+	}
+	return b
+}
+
 // Produce accounts for n more bytes of content produced, whether written
 // or left a hole; it fails with pe.ErrLimit past the bound of untrusted
 // input.
 func (b *Budget) Produce(n int64) error {
 	b.produced += n
 	if b.produceLimit >= 0 && b.produced > b.produceLimit {
-		return fmt.Errorf("%w: restoring %s, untrusted input, would make files of more than %d bytes, holes included (%d times its expansion bound); if that is expected, pass a larger --max-expansion (a negative one removes the bound)",
+		return fmt.Errorf("%w: restoring %s, untrusted input, would produce more than %d bytes, holes and zeros included (%d times its expansion bound); if that is expected, pass a larger --max-expansion (a negative one removes the bound)",
 			pe.ErrLimit, b.src, b.produceLimit, produceFactor)
 	}
 	return nil
@@ -106,7 +118,7 @@ func (b *Budget) Add(n int64) error {
 		return fmt.Errorf("%w: restoring %s, untrusted input stored in %d bytes, would write more than %d bytes (%d times its stored size, at least 1 MiB); if that is expected, pass a larger --max-expansion (a negative one removes the bound)",
 			pe.ErrLimit, b.src, b.stored, b.limit, b.expansion)
 	}
-	if b.unchecked += n; b.unchecked < checkEvery {
+	if b.unchecked += n; b.dir == "" || b.unchecked < checkEvery {
 		return nil
 	}
 	b.unchecked = 0
@@ -170,4 +182,32 @@ func DataBytes(ctx context.Context, img pe.Image) int64 {
 		}
 	}
 	return n
+}
+
+// Image returns img read through b, for writers that take an image rather
+// than report their writes (the vSphere disk writers): every byte read
+// is produced, and every read that is not all zeros counts as written.
+// The writers read each byte once, in order; a read past a bound fails
+// with the budget's error.
+func Image(img pe.Image, b *Budget) pe.Image { return &budgetImage{Image: img, b: b} }
+
+type budgetImage struct {
+	pe.Image
+	mu sync.Mutex // a Budget is not safe for concurrent use
+	b  *Budget
+}
+
+func (bi *budgetImage) ReadAt(p []byte, off int64) (int, error) {
+	n, err := bi.Image.ReadAt(p, off)
+	bi.mu.Lock()
+	defer bi.mu.Unlock()
+	if berr := bi.b.Produce(int64(n)); berr != nil {
+		return 0, berr
+	}
+	if n > 0 && !pe.IsZero(p[:n]) {
+		if berr := bi.b.Add(int64(n)); berr != nil {
+			return 0, berr
+		}
+	}
+	return n, err
 }

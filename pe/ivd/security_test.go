@@ -1,0 +1,74 @@
+package ivd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+)
+
+// bombDisk is n bytes of a repeated non-zero pattern: deflate packs it
+// far beyond the default expansion bound, and it is all data.
+func bombDisk(n int) []byte { return bytes.Repeat([]byte("BOOM"), n/4) }
+
+// TestSecurityRestoreUntrustedZipBomb: an FCD in an uploaded zip whose
+// data expands beyond the bound (100 × its stored size) is refused with
+// pe.ErrLimit while it is written to the datastore, and the FCD made for
+// it is deleted again (issue 22: an untrusted zip must not fill a
+// datastore). Trusted, the same data restores.
+func TestSecurityRestoreUntrustedZipBomb(t *testing.T) {
+	requireTool(t, "qemu-img", "qemu-utils")
+	s := startSim(t)
+	ctx := context.Background()
+	const size = 32 << 20
+	id, err := pe.NewID(Type, s.createFCD("bomb", bombDisk(size), "monolithicFlat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := s.tm.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := pe.WriteZip(ctx, &buf, p, nil); err != nil {
+		t.Fatal(err)
+	}
+	if buf.Len()*pe.DefaultMaxExpansion >= size {
+		t.Fatalf("the zip of %d bytes of pattern has %d bytes: not a bomb", size, buf.Len())
+	}
+	z, err := pe.OpenZip(ctx, bytes.NewReader(buf.Bytes()), int64(buf.Len()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := s.tm.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.tm.Copy(ctx, z, pe.CopyOptions{Mode: pe.CreateNew})
+	if !errors.Is(err, pe.ErrLimit) {
+		t.Fatalf("restore of a %d-byte zip of %d bytes: %v, want pe.ErrLimit", buf.Len(), size, err)
+	}
+	t.Logf("refused: %v", err)
+	after, err := s.tm.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(before, func(a, b pe.ID) int { return strings.Compare(a.String(), b.String()) })
+	slices.SortFunc(after, func(a, b pe.ID) int { return strings.Compare(a.String(), b.String()) })
+	if !slices.Equal(before, after) {
+		t.Errorf("FCDs after the refused restore: %v, want %v", after, before)
+	}
+
+	// A larger bound lets it through.
+	got, err := s.tm.Copy(ctx, z, pe.CopyOptions{Mode: pe.CreateNew, MaxExpansion: -1})
+	if err != nil {
+		t.Fatalf("restore with no expansion bound: %v", err)
+	}
+	if !bytes.Equal(readAll(t, got), bombDisk(size)) {
+		t.Error("the restored FCD's data differs from the zip's")
+	}
+}
