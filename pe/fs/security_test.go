@@ -325,7 +325,7 @@ func TestSecurityRestoreSparseBomb(t *testing.T) {
 	tm := newTestRoot(t, dir)
 	start := time.Now()
 	_, err = tm.Copy(ctx, untrustedPE{newTarPE(t, "sparse", tr), int64(len(tr))}, pe.CopyOptions{Mode: pe.CreateNew})
-	if !errors.Is(err, pe.ErrLimit) || !strings.Contains(err.Error(), "holes included") {
+	if !errors.Is(err, pe.ErrLimit) || !strings.Contains(err.Error(), "holes and zeros included") {
 		t.Errorf("restore of a 64 GiB sparse member: %v, want pe.ErrLimit", err)
 	}
 	t.Logf("refused after %v: %v", time.Since(start).Round(time.Millisecond), err)
@@ -376,7 +376,7 @@ func TestSecurityRestoreZipDeclaredSizeBomb(t *testing.T) {
 
 	tm := newTestRoot(t, mkdir(t, filepath.Join(dir, "root")))
 	_, err = tm.Copy(ctx, z, pe.CopyOptions{Mode: pe.CreateNew})
-	if !errors.Is(err, pe.ErrLimit) || !strings.Contains(err.Error(), "holes included") {
+	if !errors.Is(err, pe.ErrLimit) || !strings.Contains(err.Error(), "holes and zeros included") {
 		t.Fatalf("restore of a zip declaring 1 PiB of a tar of 8 TiB of holes: %v, want pe.ErrLimit", err)
 	}
 	if ids, err := tm.List(ctx); err != nil || len(ids) != 0 {
@@ -409,4 +409,73 @@ func declareDataSize(t testing.TB, z []byte, size uint64) []byte {
 	}
 	must(t, zw.Close())
 	return out.Bytes()
+}
+
+// mkdeep makes depth nested directories "d" below dir, holding one
+// descriptor at a time, as an unprivileged user of a live tree can.
+func mkdeep(t *testing.T, dir string, depth int) {
+	t.Helper()
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	must(t, err)
+	for range depth {
+		must(t, unix.Mkdirat(fd, "d", 0o755))
+		next, err := unix.Openat(fd, "d", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		unix.Close(fd)
+		must(t, err)
+		fd = next
+	}
+	unix.Close(fd)
+}
+
+// atDepth runs f on the directory depth levels of "d" below dir: deeper
+// than a path can name.
+func atDepth(t *testing.T, dir string, depth int, f func(fd int) error) error {
+	t.Helper()
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	must(t, err)
+	for range depth {
+		next, err := unix.Openat(fd, "d", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		unix.Close(fd)
+		must(t, err)
+		fd = next
+	}
+	defer unix.Close(fd)
+	return f(fd)
+}
+
+// TestSecurityDeepTree: the walks of a live tree (its size for Info, the
+// copy of a snapshot) hold a descriptor per level, so they stop at
+// maxTreeDepth levels with an error naming where, instead of running the
+// process out of descriptors on a tree 100,000 levels deep; a tree of
+// exactly maxTreeDepth levels is still snapshotted.
+func TestSecurityDeepTree(t *testing.T) {
+	ctx := context.Background()
+	tm := newTestRoot(t, t.TempDir())
+	top := mkdir(t, filepath.Join(tm.Root(), "deep"))
+	mkdeep(t, top, maxTreeDepth+1)
+	p := getPE(t, tm, fsID(t, "deep"))
+	const want = "d/d/d/d/… is nested more than 2048 levels deep"
+	if _, err := p.Info(ctx); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("info of a tree %d levels deep: %v, want an error saying %q", maxTreeDepth+1, err, want)
+	}
+	if _, err := p.Snapshot(ctx, nil); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("snapshot of a tree %d levels deep: %v, want an error saying %q", maxTreeDepth+1, err, want)
+	}
+	if snaps, err := p.ListSnapshots(ctx); err != nil || len(snaps) != 0 {
+		t.Errorf("snapshots after the refused one: %v, %v", snaps, err)
+	}
+	if h := hiddenEntries(t, tm.Root()); len(h) != 0 {
+		t.Errorf("leftovers in the root: %v", h)
+	}
+
+	// One level less is within the bound.
+	must(t, atDepth(t, top, maxTreeDepth, func(fd int) error { return unix.Unlinkat(fd, "d", unix.AT_REMOVEDIR) }))
+	if _, err := p.Info(ctx); err != nil {
+		t.Errorf("info of a tree %d levels deep: %v", maxTreeDepth, err)
+	}
+	sid, err := p.Snapshot(ctx, nil)
+	if err != nil {
+		t.Fatalf("snapshot of a tree %d levels deep: %v", maxTreeDepth, err)
+	}
+	must(t, p.DeleteSnapshot(ctx, sid.Snapshot()))
 }
