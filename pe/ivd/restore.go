@@ -117,6 +117,11 @@ func (tm *TypeManager) createNew(ctx context.Context, src pe.ProtectedEntity, op
 		return nil, fmt.Errorf("%w: data of %s: %w", pe.ErrInvalidSource, src.ID(), err)
 	}
 	defer img.Close()
+	// The size is the source's word (a zip declares it): the FCD is made
+	// that large, and the datastore's file access writes it whole.
+	if err := budget.Declared(src, opts, img.Size()); err != nil {
+		return nil, fmt.Errorf("an FCD of %d bytes: %w", img.Size(), err)
+	}
 	name := src.ID().Name()
 	if info, err := src.Info(ctx); err == nil && info.Name != "" {
 		name = info.Name

@@ -1,9 +1,11 @@
 package ivd
 
 import (
+	"archive/zip"
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"slices"
 	"strings"
 	"testing"
@@ -63,7 +65,46 @@ func TestSecurityRestoreUntrustedZipBomb(t *testing.T) {
 		t.Errorf("FCDs after the refused restore: %v, want %v", after, before)
 	}
 
-	// A larger bound lets it through.
+	// The size a zip declares for its data is no allowance either: an
+	// FCD of 1 PiB is not even created for 1 MiB of random data.
+	sid, err := pe.NewID(Type, s.createFCD("small", randomDisk(1<<20, 0, 1<<20), "monolithicFlat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	small, err := s.tm.Get(ctx, sid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sbuf bytes.Buffer
+	if err := pe.WriteZip(ctx, &sbuf, small, nil); err != nil {
+		t.Fatal(err)
+	}
+	if before, err = s.tm.List(ctx); err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(before, func(a, b pe.ID) int { return strings.Compare(a.String(), b.String()) })
+	declared := rewriteZip(t, sbuf.Bytes(), func(h *zip.FileHeader) {
+		if strings.HasSuffix(h.Name, ".data") {
+			h.UncompressedSize64 = 1 << 50
+		}
+	})
+	zd, err := pe.OpenZip(ctx, bytes.NewReader(declared), int64(len(declared)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.tm.Copy(ctx, zd, pe.CopyOptions{Mode: pe.CreateNew}); !errors.Is(err, pe.ErrLimit) {
+		t.Errorf("restore of a zip declaring 1 PiB: %v, want pe.ErrLimit", err)
+	}
+	after, err = s.tm.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(after, func(a, b pe.ID) int { return strings.Compare(a.String(), b.String()) })
+	if !slices.Equal(before, after) {
+		t.Errorf("FCDs after the refused restores: %v, want %v", after, before)
+	}
+
+	// Without the bound the zip restores.
 	got, err := s.tm.Copy(ctx, z, pe.CopyOptions{Mode: pe.CreateNew, MaxExpansion: -1})
 	if err != nil {
 		t.Fatalf("restore with no expansion bound: %v", err)
@@ -71,4 +112,35 @@ func TestSecurityRestoreUntrustedZipBomb(t *testing.T) {
 	if !bytes.Equal(readAll(t, got), bombDisk(size)) {
 		t.Error("the restored FCD's data differs from the zip's")
 	}
+}
+
+// rewriteZip copies the zip z, its entries' bytes as they are, with the
+// headers edit changes.
+func rewriteZip(t *testing.T, z []byte, edit func(*zip.FileHeader)) []byte {
+	t.Helper()
+	zr, err := zip.NewReader(bytes.NewReader(z), int64(len(z)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	zw := zip.NewWriter(&out)
+	for _, f := range zr.File {
+		h := f.FileHeader
+		edit(&h)
+		r, err := f.OpenRaw()
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := zw.CreateRaw(&h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(w, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
 }

@@ -43,6 +43,13 @@ func (tm *TypeManager) createNew(ctx context.Context, src pe.ProtectedEntity, op
 	if err != nil {
 		return nil, err
 	}
+	for _, d := range hw.Disks {
+		// Capacities come from the source too, and the datastore's file
+		// access writes a disk whole, zeros past the data included.
+		if err := budget.Declared(comps[d.Key], opts, d.CapacityBytes); err != nil {
+			return nil, fmt.Errorf("disk %d of %d bytes: %w", d.Key, d.CapacityBytes, err)
+		}
+	}
 	c, _, f, err := tm.s.Finder(ctx)
 	if err != nil {
 		return nil, err

@@ -1,9 +1,12 @@
 package vm
 
 import (
+	"archive/zip"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
 	"slices"
 	"strings"
 	"testing"
@@ -62,6 +65,35 @@ func TestSecurityRestoreUntrustedZipBomb(t *testing.T) {
 		t.Errorf("VMs after the refused restore: %v, want %v", after, before)
 	}
 
+	// The capacity a zip's hardware declares is no allowance either: a
+	// VM with a disk of 256 MiB, which the datastore's file access would
+	// write whole, is not made from 64 KiB of random data.
+	svm := createVM(t, s, "small", vcsimtest.RandomDisk(64<<10, 0, 64<<10))
+	if err := svm.Properties(ctx, svm.Reference(), []string{"config.instanceUuid"}, &mvm); err != nil {
+		t.Fatal(err)
+	}
+	sid, _ := pe.NewID(Type, mvm.Config.InstanceUuid)
+	small, err := tm.Get(ctx, sid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sbuf bytes.Buffer
+	if err := pe.WriteZip(ctx, &sbuf, small, nil); err != nil {
+		t.Fatal(err)
+	}
+	before = sortedIDs(t, tm)
+	huge := withCapacity(t, sbuf.Bytes(), 256<<20)
+	zh, err := pe.OpenZip(ctx, bytes.NewReader(huge), int64(len(huge)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tm.Copy(ctx, zh, pe.CopyOptions{Mode: pe.CreateNew}); !errors.Is(err, pe.ErrLimit) {
+		t.Errorf("restore of a zip declaring a 256 MiB disk of 64 KiB: %v, want pe.ErrLimit", err)
+	}
+	if after := sortedIDs(t, tm); !slices.Equal(before, after) {
+		t.Errorf("VMs after the refused restores: %v, want %v", after, before)
+	}
+
 	// Without the bound the same zip restores.
 	got, err := tm.Copy(ctx, z, pe.CopyOptions{Mode: pe.CreateNew, MaxExpansion: -1})
 	if err != nil {
@@ -78,4 +110,55 @@ func sortedIDs(t *testing.T, tm *TypeManager) []pe.ID {
 	}
 	slices.SortFunc(ids, func(a, b pe.ID) int { return strings.Compare(a.String(), b.String()) })
 	return ids
+}
+
+// withCapacity rewrites the VM zip z so that its hardware declares every
+// disk capacity bytes large.
+func withCapacity(t *testing.T, z []byte, capacity int64) []byte {
+	t.Helper()
+	zr, err := zip.NewReader(bytes.NewReader(z), int64(len(z)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	zw := zip.NewWriter(&out)
+	for _, f := range zr.File {
+		if !strings.HasSuffix(f.Name, ".md") {
+			r, err := f.OpenRaw()
+			if err != nil {
+				t.Fatal(err)
+			}
+			w, err := zw.CreateRaw(&f.FileHeader)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.Copy(w, r); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		r, err := f.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var hw Hardware
+		if err := json.NewDecoder(r).Decode(&hw); err != nil {
+			t.Fatal(err)
+		}
+		r.Close()
+		for i := range hw.Disks {
+			hw.Disks[i].CapacityBytes = capacity
+		}
+		w, err := zw.Create(f.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.NewEncoder(w).Encode(hw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
 }

@@ -97,6 +97,14 @@ func NewRemote(src pe.ProtectedEntity, opts pe.CopyOptions) *Budget {
 	return b
 }
 
+// Declared checks, before anything is made, that a target of n bytes that
+// src declares (the capacity of a disk, which a writer may fill with
+// zeros past src's data) is within what src, if untrusted, may produce
+// under opts. It fails with pe.ErrLimit.
+func Declared(src pe.ProtectedEntity, opts pe.CopyOptions, n int64) error {
+	return NewRemote(src, opts).Produce(n)
+}
+
 // Produce accounts for n more bytes of content produced, whether written
 // or left a hole; it fails with pe.ErrLimit past the bound of untrusted
 // input.
