@@ -118,6 +118,9 @@ func (c *treeCopier) copyEntry(src, dst *os.File, rel string) error {
 }
 
 func (c *treeCopier) copySubdir(src, dst *os.File, rel string, st *unix.Stat_t) error {
+	if err := checkDepth(rel); err != nil {
+		return err
+	}
 	name := path.Base(rel)
 	// Owner-only until the contents are in: the final mode may forbid
 	// writing, and nobody else should see a half-made tree.
@@ -181,16 +184,7 @@ func (c *treeCopier) copyContent(in, out *os.File, rel string, st *unix.Stat_t) 
 // link makes rel in the directory dst a hard link to first, the copy of
 // an earlier name of the same file.
 func (c *treeCopier) link(first string, dst *os.File, rel string) error {
-	dir := int(c.dst.Fd())
-	if d := path.Dir(first); d != "." {
-		fd, err := openBeneath(dir, d, unix.O_PATH|unix.O_DIRECTORY)
-		if err != nil {
-			return fmt.Errorf("link %s to %s: %w", rel, first, err)
-		}
-		defer unix.Close(fd)
-		dir = fd
-	}
-	if err := unix.Linkat(dir, path.Base(first), int(dst.Fd()), path.Base(rel), 0); err != nil {
+	if err := linkBeneath(int(c.dst.Fd()), first, int(dst.Fd()), path.Base(rel)); err != nil {
 		return fmt.Errorf("link %s to %s: %w", rel, first, err)
 	}
 	return nil

@@ -232,3 +232,41 @@ func applySymlinkAttrs(dir int, name, rel string, a attrs, chown bool) error {
 	}
 	return nil
 }
+
+// maxTreeDepth bounds how deep the walks of a tree (layout.go, copytree.go)
+// go. They hold the descriptors of every directory above the one they
+// read (two per level when copying), so a tree 100,000 levels deep, which
+// any user of a live tree can make, would run the process out of
+// descriptors, failing this walk and everything else the appliance does.
+// 2048 is PATH_MAX/2: the depth of the deepest tree whose paths fit in
+// PATH_MAX (4096) with one-character names, so a deeper tree cannot be
+// named by path at all and no ordinary tool (tar, rsync, a restore of its
+// tar) handles it either. A copy holds at most 4096 descriptors for it.
+const maxTreeDepth = 2048
+
+// checkDepth fails for a directory rel (a slash-separated name below the
+// root) nested more than maxTreeDepth levels deep, naming the start of
+// its path: the whole of it would be thousands of components.
+func checkDepth(rel string) error {
+	if strings.Count(rel, "/") < maxTreeDepth {
+		return nil
+	}
+	head := strings.SplitN(rel, "/", 5)
+	return fmt.Errorf("directory %s/… is nested more than %d levels deep; a snapshot walks no deeper: flatten the tree", strings.Join(head[:4], "/"), maxTreeDepth)
+}
+
+// linkBeneath makes name in the directory dir a hard link to target, a
+// slash-separated name below the directory root, resolved without
+// following any symlink.
+func linkBeneath(root int, target string, dir int, name string) error {
+	tdir, tbase := root, target
+	if i := strings.LastIndexByte(target, '/'); i >= 0 {
+		fd, err := openBeneath(root, target[:i], unix.O_PATH|unix.O_DIRECTORY)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		tdir, tbase = fd, target[i+1:]
+	}
+	return unix.Linkat(tdir, tbase, dir, name, 0)
+}

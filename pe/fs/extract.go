@@ -402,20 +402,11 @@ func (x *extractor) hardlink(name string, h *tar.Header) error {
 	if !x.writing() {
 		return nil
 	}
-	tdir, tbase := int(x.root.Fd()), target
-	if d, b := path.Split(target); d != "" {
-		fd, err := openBeneath(tdir, strings.TrimSuffix(d, "/"), unix.O_PATH|unix.O_DIRECTORY)
-		if err != nil {
-			return fmt.Errorf("link %s to %s: %w", name, target, err)
-		}
-		defer unix.Close(fd)
-		tdir, tbase = fd, b
-	}
 	dir, base, err := x.parentOf(name)
 	if err != nil {
 		return err
 	}
-	if err := unix.Linkat(tdir, tbase, dir, base, 0); err != nil {
+	if err := linkBeneath(int(x.root.Fd()), target, dir, base); err != nil {
 		return fmt.Errorf("link %s to %s: %w", name, target, err)
 	}
 	return nil

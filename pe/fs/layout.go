@@ -143,6 +143,9 @@ func (w *layoutWalker) dir(d *os.File, rel string, st *unix.Stat_t) error {
 	if err := w.ctx.Err(); err != nil {
 		return err
 	}
+	if err := checkDepth(rel); err != nil {
+		return err
+	}
 	h := header(st)
 	h.Typeflag = tar.TypeDir
 	h.Name = rel + "/"

@@ -2,10 +2,12 @@ package fs
 
 import (
 	"archive/tar"
+	"archive/zip"
 	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -323,11 +325,157 @@ func TestSecurityRestoreSparseBomb(t *testing.T) {
 	tm := newTestRoot(t, dir)
 	start := time.Now()
 	_, err = tm.Copy(ctx, untrustedPE{newTarPE(t, "sparse", tr), int64(len(tr))}, pe.CopyOptions{Mode: pe.CreateNew})
-	if !errors.Is(err, pe.ErrLimit) || !strings.Contains(err.Error(), "holes included") {
+	if !errors.Is(err, pe.ErrLimit) || !strings.Contains(err.Error(), "holes and zeros included") {
 		t.Errorf("restore of a 64 GiB sparse member: %v, want pe.ErrLimit", err)
 	}
 	t.Logf("refused after %v: %v", time.Since(start).Round(time.Millisecond), err)
 	if h := hiddenEntries(t, tm.Root()); len(h) != 0 {
 		t.Errorf("leftovers in the root: %v", h)
 	}
+}
+
+// TestSecurityRestoreZipDeclaredSizeBomb: a zip of a few KiB whose data
+// entry declares 1 PiB and holds a tar with one sparse member of 8 TiB of
+// holes. The declared size is no allowance (archive/zip checks it only at
+// the end of the stream): the restore fails with pe.ErrLimit at once, not
+// after hours of producing zeros. On the old bound (the larger of the
+// declared size and the expansion bound) the 60 s deadline ends it
+// instead.
+func TestSecurityRestoreZipDeclaredSizeBomb(t *testing.T) {
+	requireTool(t, "tar", "tar")
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	writeFile(t, filepath.Join(src, "holes"), []byte("x"), 0o644)
+	must(t, os.Truncate(filepath.Join(src, "holes"), 8<<40))
+	archive := filepath.Join(dir, "sparse.tar")
+	runCmd(t, "tar", "--sparse", "-C", src, "-cf", archive, ".")
+	must(t, os.Remove(filepath.Join(src, "holes")))
+	tr, err := os.ReadFile(archive)
+	must(t, err)
+	// archive/zip drops the last chunk of an entry shorter than declared:
+	// zeros after the end of the archive keep the tar itself well before
+	// that end (and cost a few KiB of deflate).
+	tr = append(tr, make([]byte, 8<<20)...)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var zbuf bytes.Buffer
+	must(t, pe.WriteZip(ctx, &zbuf, newTarPE(t, "sparse", tr), nil))
+	bomb := declareDataSize(t, zbuf.Bytes(), 1<<50)
+	if len(bomb) > 64<<10 {
+		t.Fatalf("the bomb zip has %d bytes; want a few KiB", len(bomb))
+	}
+	z, err := pe.OpenZip(ctx, bytes.NewReader(bomb), int64(len(bomb)))
+	must(t, err)
+	img, err := z.Data(ctx)
+	must(t, err)
+	if img.Size() != 1<<50 {
+		t.Fatalf("the zip's data declares %d bytes, want 1 PiB", img.Size())
+	}
+	img.Close()
+
+	tm := newTestRoot(t, mkdir(t, filepath.Join(dir, "root")))
+	_, err = tm.Copy(ctx, z, pe.CopyOptions{Mode: pe.CreateNew})
+	if !errors.Is(err, pe.ErrLimit) || !strings.Contains(err.Error(), "holes and zeros included") {
+		t.Fatalf("restore of a zip declaring 1 PiB of a tar of 8 TiB of holes: %v, want pe.ErrLimit", err)
+	}
+	if ids, err := tm.List(ctx); err != nil || len(ids) != 0 {
+		t.Errorf("PEs after the refused restore: %v, %v", ids, err)
+	}
+	if h := hiddenEntries(t, tm.Root()); len(h) != 0 {
+		t.Errorf("leftovers in the root: %v", h)
+	}
+}
+
+// declareDataSize rewrites the PE zip z so that its data entry declares
+// size uncompressed bytes, keeping its compressed bytes.
+func declareDataSize(t testing.TB, z []byte, size uint64) []byte {
+	t.Helper()
+	zr, err := zip.NewReader(bytes.NewReader(z), int64(len(z)))
+	must(t, err)
+	var out bytes.Buffer
+	zw := zip.NewWriter(&out)
+	for _, f := range zr.File {
+		h := f.FileHeader
+		if strings.HasSuffix(h.Name, ".data") {
+			h.UncompressedSize64 = size
+		}
+		r, err := f.OpenRaw()
+		must(t, err)
+		w, err := zw.CreateRaw(&h)
+		must(t, err)
+		_, err = io.Copy(w, r)
+		must(t, err)
+	}
+	must(t, zw.Close())
+	return out.Bytes()
+}
+
+// mkdeep makes depth nested directories "d" below dir, holding one
+// descriptor at a time, as an unprivileged user of a live tree can.
+func mkdeep(t *testing.T, dir string, depth int) {
+	t.Helper()
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	must(t, err)
+	for range depth {
+		must(t, unix.Mkdirat(fd, "d", 0o755))
+		next, err := unix.Openat(fd, "d", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		unix.Close(fd)
+		must(t, err)
+		fd = next
+	}
+	unix.Close(fd)
+}
+
+// atDepth runs f on the directory depth levels of "d" below dir: deeper
+// than a path can name.
+func atDepth(t *testing.T, dir string, depth int, f func(fd int) error) error {
+	t.Helper()
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	must(t, err)
+	for range depth {
+		next, err := unix.Openat(fd, "d", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		unix.Close(fd)
+		must(t, err)
+		fd = next
+	}
+	defer unix.Close(fd)
+	return f(fd)
+}
+
+// TestSecurityDeepTree: the walks of a live tree (its size for Info, the
+// copy of a snapshot) hold a descriptor per level, so they stop at
+// maxTreeDepth levels with an error naming where, instead of running the
+// process out of descriptors on a tree 100,000 levels deep; a tree of
+// exactly maxTreeDepth levels is still snapshotted.
+func TestSecurityDeepTree(t *testing.T) {
+	ctx := context.Background()
+	tm := newTestRoot(t, t.TempDir())
+	top := mkdir(t, filepath.Join(tm.Root(), "deep"))
+	mkdeep(t, top, maxTreeDepth+1)
+	p := getPE(t, tm, fsID(t, "deep"))
+	const want = "d/d/d/d/… is nested more than 2048 levels deep"
+	if _, err := p.Info(ctx); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("info of a tree %d levels deep: %v, want an error saying %q", maxTreeDepth+1, err, want)
+	}
+	if _, err := p.Snapshot(ctx, nil); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("snapshot of a tree %d levels deep: %v, want an error saying %q", maxTreeDepth+1, err, want)
+	}
+	if snaps, err := p.ListSnapshots(ctx); err != nil || len(snaps) != 0 {
+		t.Errorf("snapshots after the refused one: %v, %v", snaps, err)
+	}
+	if h := hiddenEntries(t, tm.Root()); len(h) != 0 {
+		t.Errorf("leftovers in the root: %v", h)
+	}
+
+	// One level less is within the bound.
+	must(t, atDepth(t, top, maxTreeDepth, func(fd int) error { return unix.Unlinkat(fd, "d", unix.AT_REMOVEDIR) }))
+	if _, err := p.Info(ctx); err != nil {
+		t.Errorf("info of a tree %d levels deep: %v", maxTreeDepth, err)
+	}
+	sid, err := p.Snapshot(ctx, nil)
+	if err != nil {
+		t.Fatalf("snapshot of a tree %d levels deep: %v", maxTreeDepth, err)
+	}
+	must(t, p.DeleteSnapshot(ctx, sid.Snapshot()))
 }

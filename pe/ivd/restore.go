@@ -12,6 +12,7 @@ import (
 	"github.com/vmware/govmomi/vslm"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/budget"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/vsphere"
 )
 
@@ -28,7 +29,7 @@ func (tm *TypeManager) Copy(ctx context.Context, src pe.ProtectedEntity, opts pe
 			}
 			return e, nil
 		}
-		e, err := tm.createNew(ctx, src, opts.Progress)
+		e, err := tm.createNew(ctx, src, opts)
 		if err != nil {
 			return nil, fmt.Errorf("copy %s (%s): %w", src.ID(), opts.Mode, err)
 		}
@@ -42,7 +43,7 @@ func (tm *TypeManager) Copy(ctx context.Context, src pe.ProtectedEntity, opts pe
 		if err != nil {
 			return nil, fmt.Errorf("copy %s (%s): %w", src.ID(), opts.Mode, err)
 		}
-		if err := target.(*entity).overwrite(ctx, src, opts.Progress); err != nil {
+		if err := target.(*entity).overwrite(ctx, src, opts); err != nil {
 			return nil, fmt.Errorf("copy %s (%s): %w", src.ID(), opts.Mode, err)
 		}
 		return target, nil
@@ -106,14 +107,21 @@ func (tm *TypeManager) createFromSnapshot(ctx context.Context, src pe.ProtectedE
 	return e, true, nil
 }
 
-// createNew makes an FCD as large as src's data and fills it; on failure
-// the new FCD is deleted again.
-func (tm *TypeManager) createNew(ctx context.Context, src pe.ProtectedEntity, progress pe.Progress) (*entity, error) {
+// createNew makes an FCD as large as src's data and fills it within the
+// budget of src under opts (the expansion bound of untrusted input; a
+// datastore's free space is not ours to see); on failure the new FCD is
+// deleted again.
+func (tm *TypeManager) createNew(ctx context.Context, src pe.ProtectedEntity, opts pe.CopyOptions) (*entity, error) {
 	img, err := src.Data(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%w: data of %s: %w", pe.ErrInvalidSource, src.ID(), err)
 	}
 	defer img.Close()
+	// The size is the source's word (a zip declares it): the FCD is made
+	// that large, and the datastore's file access writes it whole.
+	if err := budget.Declared(src, opts, img.Size()); err != nil {
+		return nil, fmt.Errorf("an FCD of %d bytes: %w", img.Size(), err)
+	}
 	name := src.ID().Name()
 	if info, err := src.Info(ctx); err == nil && info.Name != "" {
 		name = info.Name
@@ -153,7 +161,7 @@ func (tm *TypeManager) createNew(ctx context.Context, src pe.ProtectedEntity, pr
 	e := &entity{tm: tm, id: id, ds: ds, obj: &obj}
 	ref, err := e.diskRef(ctx)
 	if err == nil {
-		err = tm.s.WriteDisk(ctx, ref, img, true, progress)
+		err = tm.s.WriteDisk(ctx, ref, budget.Image(img, budget.NewRemote(src, opts)), true, opts.Progress)
 	}
 	if err == nil {
 		err = e.setKeyValues(ctx, sourceKeyValues(ctx, src))
@@ -174,13 +182,13 @@ func (tm *TypeManager) createNew(ctx context.Context, src pe.ProtectedEntity, pr
 // Overwrite implements pe.ProtectedEntity: the live FCD's bytes become
 // src's. Components do not apply to FCDs.
 func (e *entity) Overwrite(ctx context.Context, src pe.ProtectedEntity, withComponents bool) error {
-	if err := e.overwrite(ctx, src, nil); err != nil {
+	if err := e.overwrite(ctx, src, pe.CopyOptions{Mode: pe.Update}); err != nil {
 		return fmt.Errorf("overwrite %s from %s: %w", e.id, src.ID(), err)
 	}
 	return nil
 }
 
-func (e *entity) overwrite(ctx context.Context, src pe.ProtectedEntity, progress pe.Progress) error {
+func (e *entity) overwrite(ctx context.Context, src pe.ProtectedEntity, opts pe.CopyOptions) error {
 	if e.id.HasSnapshot() {
 		return fmt.Errorf("%s is a snapshot: %w", e.id, pe.ErrNotSupported)
 	}
@@ -196,7 +204,7 @@ func (e *entity) overwrite(ctx context.Context, src pe.ProtectedEntity, progress
 	if err != nil {
 		return err
 	}
-	return e.tm.s.WriteDisk(ctx, ref, img, false, progress)
+	return e.tm.s.WriteDisk(ctx, ref, budget.Image(img, budget.NewRemote(src, opts)), false, opts.Progress)
 }
 
 // sourceKeyValues is the key/value metadata of an FCD source (live, in a

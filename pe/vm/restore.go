@@ -16,6 +16,7 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/budget"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/vsphere"
 )
 
@@ -30,17 +31,24 @@ func (tm *TypeManager) Copy(ctx context.Context, src pe.ProtectedEntity, opts pe
 	if opts.Mode != pe.CreateNew {
 		return nil, fmt.Errorf("copy %s (%s): VMs are restored as new VMs (create_new): %w", src.ID(), opts.Mode, pe.ErrNotSupported)
 	}
-	p, err := tm.createNew(ctx, src, opts.Progress)
+	p, err := tm.createNew(ctx, src, opts)
 	if err != nil {
 		return nil, fmt.Errorf("copy %s (%s): %w", src.ID(), opts.Mode, err)
 	}
 	return p, nil
 }
 
-func (tm *TypeManager) createNew(ctx context.Context, src pe.ProtectedEntity, progress pe.Progress) (pe.ProtectedEntity, error) {
+func (tm *TypeManager) createNew(ctx context.Context, src pe.ProtectedEntity, opts pe.CopyOptions) (pe.ProtectedEntity, error) {
 	hw, comps, err := readSource(ctx, src)
 	if err != nil {
 		return nil, err
+	}
+	for _, d := range hw.Disks {
+		// Capacities come from the source too, and the datastore's file
+		// access writes a disk whole, zeros past the data included.
+		if err := budget.Declared(comps[d.Key], opts, d.CapacityBytes); err != nil {
+			return nil, fmt.Errorf("disk %d of %d bytes: %w", d.Key, d.CapacityBytes, err)
+		}
 	}
 	c, _, f, err := tm.s.Finder(ctx)
 	if err != nil {
@@ -75,7 +83,7 @@ func (tm *TypeManager) createNew(ctx context.Context, src pe.ProtectedEntity, pr
 		return nil, fmt.Errorf("create VM %q: %w", name, err)
 	}
 	vm := object.NewVirtualMachine(c.Client, res.Result.(types.ManagedObjectReference))
-	p, err := tm.fillDisks(ctx, vm, hw, comps, progress)
+	p, err := tm.fillDisks(ctx, vm, hw, comps, opts)
 	if err != nil {
 		// A VM with disks half restored is worse than none.
 		dctx := context.WithoutCancel(ctx)
@@ -223,8 +231,11 @@ func (tm *TypeManager) configSpec(ctx context.Context, f *find.Finder, hw Hardwa
 }
 
 // fillDisks writes each of hw's disks from its component into the disk
-// the new VM got at the same controller position.
-func (tm *TypeManager) fillDisks(ctx context.Context, vm *object.VirtualMachine, hw Hardware, comps map[int32]pe.ProtectedEntity, progress pe.Progress) (pe.ProtectedEntity, error) {
+// the new VM got at the same controller position, each within the budget
+// of its component (the expansion bound of untrusted input; a
+// datastore's free space is not ours to see).
+func (tm *TypeManager) fillDisks(ctx context.Context, vm *object.VirtualMachine, hw Hardware, comps map[int32]pe.ProtectedEntity, opts pe.CopyOptions) (pe.ProtectedEntity, error) {
+	progress := opts.Progress
 	var mvm mo.VirtualMachine
 	if err := vm.Properties(ctx, vm.Reference(), []string{"config"}, &mvm); err != nil {
 		return nil, err
@@ -252,7 +263,7 @@ func (tm *TypeManager) fillDisks(ctx context.Context, vm *object.VirtualMachine,
 		if err != nil {
 			return nil, err
 		}
-		if err := writeDisk(ctx, tm.s, ref, comps[d.Key], progress); err != nil {
+		if err := writeDisk(ctx, tm.s, ref, comps[d.Key], progress, opts); err != nil {
 			return nil, fmt.Errorf("disk %d: %w", d.Key, err)
 		}
 	}
@@ -263,13 +274,13 @@ func (tm *TypeManager) fillDisks(ctx context.Context, vm *object.VirtualMachine,
 	return tm.Get(ctx, id)
 }
 
-func writeDisk(ctx context.Context, s *vsphere.Session, ref vsphere.DiskRef, src pe.ProtectedEntity, progress pe.Progress) error {
+func writeDisk(ctx context.Context, s *vsphere.Session, ref vsphere.DiskRef, src pe.ProtectedEntity, progress pe.Progress, opts pe.CopyOptions) error {
 	img, err := src.Data(ctx)
 	if err != nil {
 		return fmt.Errorf("%w: data of %s: %w", pe.ErrInvalidSource, src.ID(), err)
 	}
 	defer img.Close()
-	return s.WriteDisk(ctx, ref, img, true, progress)
+	return s.WriteDisk(ctx, ref, budget.Image(img, budget.NewRemote(src, opts)), true, progress)
 }
 
 // findDisk finds the disk at unit on the controller of ctl's type and bus.

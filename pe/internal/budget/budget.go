@@ -9,6 +9,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -24,11 +26,21 @@ const (
 	// room a restore leaves to everyone else.
 	minReserve = 1 << 20
 	maxReserve = 1 << 30
+	// produceFactor times the expansion bound is what untrusted input
+	// may produce, holes included. Not its declared size: a zip declares
+	// its entries' sizes (up to 1 PiB) and nothing checks them before
+	// the end of the stream, while a tar's sparse members describe any
+	// amount of holes in a few bytes. 16 × the default bound of 100 is
+	// 1600 × the stored size, above deflate's best ratio (1032:1), so
+	// the zeros of a tar without sparse members always fit at the
+	// default; only holes beyond that, which cost a restore time and no
+	// disk, are refused, fast (1 MiB of zip: 1.6 GB of zeros at most).
+	produceFactor = 16
 )
 
 // Budget is the allowance of one restore.
 type Budget struct {
-	dir       string // on the target filesystem
+	dir       string // on the target filesystem; "": its free space is not checked
 	src       pe.ID
 	limit     int64 // bytes written; negative: no expansion bound
 	stored    int64
@@ -38,8 +50,8 @@ type Budget struct {
 	unchecked int64
 	// Content produced, zeros included: a tar's sparse members can
 	// describe a petabyte of holes in a few bytes, costing no disk but
-	// the time to produce the zeros. Bounded for untrusted input by the
-	// larger of the stream's size and the expansion bound.
+	// the time to produce the zeros. Bounded for untrusted input by
+	// produceFactor times the expansion bound.
 	produced, produceLimit int64
 }
 
@@ -48,16 +60,11 @@ type Budget struct {
 // filesystem has room for what img declares it holds (its data extents;
 // no more than the expansion bound) beyond a reserve.
 func New(ctx context.Context, dir string, src pe.ProtectedEntity, img pe.Image, opts pe.CopyOptions) (*Budget, error) {
-	b := &Budget{dir: dir, src: src.ID(), limit: opts.ExpansionLimit(src), produceLimit: -1}
+	b := NewRemote(src, opts)
+	b.dir = dir
 	need := DataBytes(ctx, img)
 	if b.limit >= 0 {
-		b.stored, _ = pe.StoredSize(src)
-		b.expansion = int64(opts.MaxExpansion)
-		if b.expansion == 0 {
-			b.expansion = pe.DefaultMaxExpansion
-		}
 		need = min(need, b.limit)
-		b.produceLimit = max(img.Size(), b.limit)
 	}
 	avail, total, err := b.statfs()
 	if err != nil {
@@ -71,14 +78,41 @@ func New(ctx context.Context, dir string, src pe.ProtectedEntity, img pe.Image, 
 	return b, nil
 }
 
+// NewRemote returns the budget of restoring src under opts onto a target
+// whose free space cannot be seen from here (a vSphere datastore): only
+// the bounds of untrusted input apply.
+func NewRemote(src pe.ProtectedEntity, opts pe.CopyOptions) *Budget {
+	b := &Budget{src: src.ID(), limit: opts.ExpansionLimit(src), produceLimit: -1}
+	if b.limit >= 0 {
+		b.stored, _ = pe.StoredSize(src)
+		b.expansion = int64(opts.MaxExpansion)
+		if b.expansion == 0 {
+			b.expansion = pe.DefaultMaxExpansion
+		}
+		b.produceLimit = b.limit
+		if b.limit <= math.MaxInt64/produceFactor {
+			b.produceLimit = b.limit * produceFactor
+		}
+	}
+	return b
+}
+
+// Declared checks, before anything is made, that a target of n bytes that
+// src declares (the capacity of a disk, which a writer may fill with
+// zeros past src's data) is within what src, if untrusted, may produce
+// under opts. It fails with pe.ErrLimit.
+func Declared(src pe.ProtectedEntity, opts pe.CopyOptions, n int64) error {
+	return NewRemote(src, opts).Produce(n)
+}
+
 // Produce accounts for n more bytes of content produced, whether written
 // or left a hole; it fails with pe.ErrLimit past the bound of untrusted
 // input.
 func (b *Budget) Produce(n int64) error {
 	b.produced += n
 	if b.produceLimit >= 0 && b.produced > b.produceLimit {
-		return fmt.Errorf("%w: restoring %s, untrusted input, would make files of more than %d bytes, holes included: more than its data holds and more than its expansion bound; if that is expected, pass a larger --max-expansion (a negative one removes the bound)",
-			pe.ErrLimit, b.src, b.produceLimit)
+		return fmt.Errorf("%w: restoring %s, untrusted input, would produce more than %d bytes, holes and zeros included (%d times its expansion bound); if that is expected, pass a larger --max-expansion (a negative one removes the bound)",
+			pe.ErrLimit, b.src, b.produceLimit, produceFactor)
 	}
 	return nil
 }
@@ -92,7 +126,7 @@ func (b *Budget) Add(n int64) error {
 		return fmt.Errorf("%w: restoring %s, untrusted input stored in %d bytes, would write more than %d bytes (%d times its stored size, at least 1 MiB); if that is expected, pass a larger --max-expansion (a negative one removes the bound)",
 			pe.ErrLimit, b.src, b.stored, b.limit, b.expansion)
 	}
-	if b.unchecked += n; b.unchecked < checkEvery {
+	if b.unchecked += n; b.dir == "" || b.unchecked < checkEvery {
 		return nil
 	}
 	b.unchecked = 0
@@ -156,4 +190,32 @@ func DataBytes(ctx context.Context, img pe.Image) int64 {
 		}
 	}
 	return n
+}
+
+// Image returns img read through b, for writers that take an image rather
+// than report their writes (the vSphere disk writers): every byte read
+// is produced, and every read that is not all zeros counts as written.
+// The writers read each byte once, in order; a read past a bound fails
+// with the budget's error.
+func Image(img pe.Image, b *Budget) pe.Image { return &budgetImage{Image: img, b: b} }
+
+type budgetImage struct {
+	pe.Image
+	mu sync.Mutex // a Budget is not safe for concurrent use
+	b  *Budget
+}
+
+func (bi *budgetImage) ReadAt(p []byte, off int64) (int, error) {
+	n, err := bi.Image.ReadAt(p, off)
+	bi.mu.Lock()
+	defer bi.mu.Unlock()
+	if berr := bi.b.Produce(int64(n)); berr != nil {
+		return 0, berr
+	}
+	if n > 0 && !pe.IsZero(p[:n]) {
+		if berr := bi.b.Add(int64(n)); berr != nil {
+			return 0, berr
+		}
+	}
+	return n, err
 }
