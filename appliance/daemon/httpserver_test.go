@@ -15,7 +15,7 @@ import (
 // A response that keeps moving runs longer than the stall timeout; one
 // the client stops reading is cut after it.
 func TestStallGuard(t *testing.T) {
-	const chunk, chunks = 1 << 20, 48
+	const chunk, chunks = 1 << 20, 64
 	writeErr := make(chan error, 4)
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", fmt.Sprint(chunk*chunks))
@@ -32,11 +32,13 @@ func TestStallGuard(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, sl := newHTTPServer(l, h, nil, HTTPLimits{StallTimeout: time.Second}, quiet())
+	// 3 s: one 1 MiB write must finish within it even on a loaded machine.
+	srv, sl := newHTTPServer(l, h, nil, HTTPLimits{StallTimeout: 3 * time.Second}, quiet())
 	go srv.Serve(sl)
 	defer srv.Close()
 
-	// A slow reader: 48 MiB at about 10 MiB/s takes several stall timeouts.
+	// A slow reader: 64 MiB at about 10 MiB/s takes about two stall
+	// timeouts.
 	start := time.Now()
 	resp, err := http.Get("http://" + l.Addr().String() + "/")
 	if err != nil {
@@ -56,7 +58,7 @@ func TestStallGuard(t *testing.T) {
 	if n != chunk*chunks || <-writeErr != nil {
 		t.Fatalf("slow download: %d of %d bytes", n, chunk*chunks)
 	}
-	t.Logf("slow download of %d MiB took %v with a 1s stall timeout", n>>20, time.Since(start).Round(time.Millisecond))
+	t.Logf("slow download of %d MiB took %v with a 3s stall timeout", n>>20, time.Since(start).Round(time.Millisecond))
 
 	// A client that asks and never reads.
 	conn, err := net.Dial("tcp", l.Addr().String())

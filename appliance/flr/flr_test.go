@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/appliance/config"
 	"github.com/astrolabe-appliance/astrolabe/pe"
@@ -125,7 +126,14 @@ func TestMountUmount(t *testing.T) {
 	if left := mountsBelow(mnt); len(left) != 0 {
 		t.Errorf("mounts left: %v", left)
 	}
-	if loops := loopsOf(st.Image); len(loops) != 0 {
+	// A detached loop device goes once its last opener (udev probing it,
+	// now and then) closes it: wait for that, boundedly.
+	loops := loopsOf(st.Image)
+	for i := 0; i < 50 && len(loops) != 0; i++ {
+		time.Sleep(100 * time.Millisecond)
+		loops = loopsOf(st.Image)
+	}
+	if len(loops) != 0 {
 		t.Errorf("loop devices left: %v (orphan was %s)", loops, orphan)
 	}
 	if entries, _ := os.ReadDir(mnt); len(entries) != 0 {
