@@ -13,7 +13,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/big"
 	mrand "math/rand/v2"
 	"net"
@@ -30,28 +29,8 @@ const mib = 1 << 20
 // serveWith starts a server for src with opts on a loopback port.
 func serveWith(t *testing.T, src Source, opts Options) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- NewServer(src, opts).Serve(ctx, l) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Serve: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("server did not stop within 10 s")
-		}
-	})
-	return l.Addr().String()
+	_, addr := startServerOf(t, src, opts)
+	return addr
 }
 
 // rawClient speaks the protocol byte by byte, for what Debian's libnbd
