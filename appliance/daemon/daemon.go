@@ -130,7 +130,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	log := opts.Logger
 	for _, addr := range []string{opts.APIAddr, opts.S3Addr} {
-		if opts.InsecureHTTP && addr != "" && !isLoopback(addr) {
+		if opts.InsecureHTTP && addr != "" && !IsLoopback(addr) {
 			return fmt.Errorf("--insecure-http is only allowed on loopback addresses, not %q", addr)
 		}
 	}
@@ -396,7 +396,8 @@ func loadToken(dir, given string) (token string, generated bool, err error) {
 	return token, true, nil
 }
 
-func isLoopback(addr string) bool {
+// IsLoopback reports whether addr (host:port) is on a loopback address.
+func IsLoopback(addr string) bool {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return false

@@ -40,7 +40,7 @@ func nbdOptions(opts Options, addr net.Addr, certFile, keyFile string, log *slog
 	if err != nil {
 		return nbdServerOptions{}, err
 	}
-	loopback := nbdLoopback(addr)
+	loopback := IsLoopback(addr.String())
 	cfg, err := nbdTLSConfig(certFile, keyFile, pool, !loopback)
 	if err != nil {
 		return nbdServerOptions{}, err

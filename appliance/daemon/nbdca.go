@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -203,10 +202,4 @@ func writeFile(path string, perm os.FileMode, b []byte) error {
 		_, err := w.Write(b)
 		return err
 	})
-}
-
-// nbdLoopback reports whether the NBD server listens only on loopback.
-func nbdLoopback(a net.Addr) bool {
-	tcp, ok := a.(*net.TCPAddr)
-	return ok && tcp.IP.IsLoopback()
 }

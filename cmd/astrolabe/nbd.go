@@ -126,7 +126,7 @@ func nbdServe(c *cli.Context) error {
 		if opts.TLSRequired {
 			opts.Anonymous = nbd.AnonymousNone
 		}
-	case c.Bool("writable") && !loopbackAddr(c.String("listen")):
+	case c.Bool("writable") && !daemon.IsLoopback(c.String("listen")):
 		return usagef("nbd serve: --writable off loopback needs --tls-client-ca: anyone could write")
 	default:
 		// The operator named each export; without client certificates
@@ -180,14 +180,4 @@ func nbdServe(c *cli.Context) error {
 		fmt.Fprintf(c.App.Writer, "%s://%s/%s\n", scheme, l.Addr(), x.Name)
 	}
 	return nbd.NewServer(src, opts).Serve(c.Context, l)
-}
-
-// loopbackAddr reports whether addr (host:port) is a loopback address.
-func loopbackAddr(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	ip := net.ParseIP(host)
-	return host == "localhost" || (ip != nil && ip.IsLoopback())
 }
