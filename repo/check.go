@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -105,7 +106,7 @@ func (r *Repository) Check(ctx context.Context, readData bool, progress pe.Progr
 			}
 		}
 	}
-	for _, p := range sortedKeys(byPack) {
+	for _, p := range slices.Sorted(maps.Keys(byPack)) {
 		size, ok := r.packSize(ctx, packs, p)
 		for _, c := range byPack[p] {
 			switch {
@@ -124,7 +125,7 @@ func (r *Repository) Check(ctx context.Context, readData bool, progress pe.Progr
 		if progress != nil {
 			progress.Start(total)
 		}
-		for _, p := range sortedKeys(packs) {
+		for _, p := range slices.Sorted(maps.Keys(packs)) {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
@@ -149,10 +150,10 @@ func (r *Repository) checkIndexFiles(ctx context.Context, packs map[string]int64
 		return nil, err
 	}
 	var problems []Problem
-	for _, name := range sortedKeys(damaged) {
+	for _, name := range slices.Sorted(maps.Keys(damaged)) {
 		problems = append(problems, Problem{Detail: fmt.Sprintf("index file %s is damaged: %v (run 'astrolabe repo check --repair-index')", name, damaged[name])})
 	}
-	for _, name := range sortedKeys(files) {
+	for _, name := range slices.Sorted(maps.Keys(files)) {
 		for _, p := range files[name].Packs {
 			if _, ok := r.packSize(ctx, packs, p.ID); !ok {
 				problems = append(problems, Problem{Pack: p.ID, Detail: fmt.Sprintf("listed by index file %s, but missing (run 'astrolabe repo check --repair-index')", name)})

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
@@ -53,7 +55,7 @@ func (r *Repository) RepairIndex(ctx context.Context) (IndexRepair, error) {
 			packs[p.ID] = p.Blobs
 		}
 	}
-	for _, id := range sortedKeys(sizes) {
+	for _, id := range slices.Sorted(maps.Keys(sizes)) {
 		if _, ok := packs[id]; ok {
 			continue
 		}
@@ -75,7 +77,7 @@ func (r *Repository) RepairIndex(ctx context.Context) (IndexRepair, error) {
 		return sum, lock.err()
 	}
 	var f indexFile
-	for _, id := range sortedKeys(packs) {
+	for _, id := range slices.Sorted(maps.Keys(packs)) {
 		f.Packs = append(f.Packs, indexPack{ID: id, Blobs: packs[id]})
 	}
 	// The new index first, then the old go: there is always an index of
@@ -83,7 +85,7 @@ func (r *Repository) RepairIndex(ctx context.Context) (IndexRepair, error) {
 	if err := r.saveJSON(ctx, "index/"+randomName(), f); err != nil {
 		return sum, fmt.Errorf("write index: %w", err)
 	}
-	for _, name := range append(sortedKeys(files), sortedKeys(damaged)...) {
+	for _, name := range append(slices.Sorted(maps.Keys(files)), slices.Sorted(maps.Keys(damaged))...) {
 		if err := r.be.Remove(ctx, name); err != nil {
 			return sum, fmt.Errorf("remove old index file: %w", err)
 		}

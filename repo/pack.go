@@ -9,7 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -257,7 +258,7 @@ func (r *Repository) loadIndex(ctx context.Context) error {
 		}
 	}
 	// Their packs are indexed again now: the damaged files can go.
-	for _, name := range sortedKeys(damaged) {
+	for _, name := range slices.Sorted(maps.Keys(damaged)) {
 		r.log.Warn("index file is damaged: replaced by an index read from the pack headers", "file", name, "err", damaged[name])
 		if err := r.be.Remove(ctx, name); err != nil {
 			return fmt.Errorf("remove damaged index file: %w", err)
@@ -338,15 +339,6 @@ func validBlobs(blobs []packBlob, end int64) error {
 		}
 	}
 	return nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // packHeader reads the list of blobs at the end of a pack.
