@@ -9,23 +9,13 @@ import (
 	"testing"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/ziptest"
 )
 
 // zipOf returns snapshot id of tm as an (untrusted) zip PE.
 func zipOf(t *testing.T, tm *TypeManager, id pe.ID) pe.ProtectedEntity {
 	t.Helper()
-	ctx := context.Background()
-	var buf bytes.Buffer
-	if err := pe.WriteZip(ctx, &buf, getPE(t, tm, id), nil); err != nil {
-		t.Fatal(err)
-	}
-	z, err := pe.OpenZip(ctx, bytes.NewReader(buf.Bytes()), int64(buf.Len()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !pe.Untrusted(z) {
-		t.Fatal("a zip PE is not untrusted")
-	}
+	z, _ := ziptest.Of(t, getPE(t, tm, id))
 	return z
 }
 

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/ziptest"
 )
 
 // bombDisk is n bytes of a repeated non-zero pattern: deflate packs it
@@ -35,16 +36,9 @@ func TestSecurityRestoreUntrustedZipBomb(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var buf bytes.Buffer
-	if err := pe.WriteZip(ctx, &buf, p, nil); err != nil {
-		t.Fatal(err)
-	}
-	if buf.Len()*pe.DefaultMaxExpansion >= size {
-		t.Fatalf("the zip of %d bytes of pattern has %d bytes: not a bomb", size, buf.Len())
-	}
-	z, err := pe.OpenZip(ctx, bytes.NewReader(buf.Bytes()), int64(buf.Len()))
-	if err != nil {
-		t.Fatal(err)
+	z, n := ziptest.Of(t, p)
+	if n*pe.DefaultMaxExpansion >= size {
+		t.Fatalf("the zip of %d bytes of pattern has %d bytes: not a bomb", size, n)
 	}
 	before, err := s.tm.List(ctx)
 	if err != nil {
@@ -52,7 +46,7 @@ func TestSecurityRestoreUntrustedZipBomb(t *testing.T) {
 	}
 	_, err = s.tm.Copy(ctx, z, pe.CopyOptions{Mode: pe.CreateNew})
 	if !errors.Is(err, pe.ErrLimit) {
-		t.Fatalf("restore of a %d-byte zip of %d bytes: %v, want pe.ErrLimit", buf.Len(), size, err)
+		t.Fatalf("restore of a %d-byte zip of %d bytes: %v, want pe.ErrLimit", n, size, err)
 	}
 	t.Logf("refused: %v", err)
 	after, err := s.tm.List(ctx)

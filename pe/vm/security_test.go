@@ -15,6 +15,7 @@ import (
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/vsphere/vcsimtest"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/ziptest"
 )
 
 // TestSecurityRestoreUntrustedZipBomb: a VM in an uploaded zip whose disk
@@ -44,21 +45,14 @@ func TestSecurityRestoreUntrustedZipBomb(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var buf bytes.Buffer
-	if err := pe.WriteZip(ctx, &buf, p, nil); err != nil {
-		t.Fatal(err)
-	}
-	if buf.Len()*pe.DefaultMaxExpansion >= size {
-		t.Fatalf("the zip of a disk of %d bytes of pattern has %d bytes: not a bomb", size, buf.Len())
-	}
-	z, err := pe.OpenZip(ctx, bytes.NewReader(buf.Bytes()), int64(buf.Len()))
-	if err != nil {
-		t.Fatal(err)
+	z, n := ziptest.Of(t, p)
+	if n*pe.DefaultMaxExpansion >= size {
+		t.Fatalf("the zip of a disk of %d bytes of pattern has %d bytes: not a bomb", size, n)
 	}
 	before := sortedIDs(t, tm)
 	_, err = tm.Copy(ctx, z, pe.CopyOptions{Mode: pe.CreateNew})
 	if !errors.Is(err, pe.ErrLimit) {
-		t.Fatalf("restore of a %d-byte zip of a %d-byte disk: %v, want pe.ErrLimit", buf.Len(), size, err)
+		t.Fatalf("restore of a %d-byte zip of a %d-byte disk: %v, want pe.ErrLimit", n, size, err)
 	}
 	t.Logf("refused: %v", err)
 	if after := sortedIDs(t, tm); !slices.Equal(before, after) {
