@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,7 +12,9 @@ import (
 
 	"github.com/astrolabe-appliance/astrolabe/appliance/config"
 	"github.com/astrolabe-appliance/astrolabe/appliance/remote"
+	"github.com/astrolabe-appliance/astrolabe/appliance/usecase"
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/repo"
 )
 
 // loadManager returns the PEs to work on: those of the configuration
@@ -29,6 +32,16 @@ func loadManager(c *cli.Context) (pe.Manager, error) {
 		return remote.New(remote.Options{URL: url, Token: c.String("token"), CAFile: ca})
 	}
 	return config.Load(c.String("config"), config.Factories())
+}
+
+// useCases are the use cases over the PEs of loadManager, backing up to
+// and restoring from r if it is not nil.
+func useCases(c *cli.Context, r *repo.Repository) (*usecase.Service, error) {
+	m, err := loadManager(c)
+	if err != nil {
+		return nil, err
+	}
+	return usecase.New(usecase.Config{Manager: m, Repository: r, Logger: slog.Default()})
 }
 
 func fileExists(path string) bool {
@@ -101,7 +114,11 @@ func typesCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			for _, tm := range m.Types() {
+			types, err := m.Types(c.Context)
+			if err != nil {
+				return err
+			}
+			for _, tm := range types {
 				fmt.Fprintln(c.App.Writer, tm.Type())
 			}
 			return nil
@@ -123,7 +140,7 @@ func lsCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			tm, err := m.Type(a[0])
+			tm, err := m.Type(c.Context, a[0])
 			if err != nil {
 				return err
 			}
@@ -164,14 +181,26 @@ func snapCommand() *cli.Command {
 		Name:      "snap",
 		Usage:     "take a snapshot; prints the snapshot's PE ID last",
 		ArgsUsage: "PEID",
-		Action: withPE("PEID", -1, func(c *cli.Context, id pe.ID, p pe.ProtectedEntity) error {
-			snap, err := p.Snapshot(c.Context, nil)
+		Action: func(c *cli.Context) error {
+			a, err := args(c, 1, "PEID")
 			if err != nil {
-				return fmt.Errorf("snapshot %s: %w", id, err)
+				return err
+			}
+			id, err := peArg(a[0], -1)
+			if err != nil {
+				return err
+			}
+			uc, err := useCases(c, nil)
+			if err != nil {
+				return err
+			}
+			snap, err := uc.Snapshot(c.Context, id, nil)
+			if err != nil {
+				return err
 			}
 			fmt.Fprintln(c.App.Writer, snap)
 			return nil
-		}),
+		},
 	}
 }
 
