@@ -181,7 +181,7 @@ func Run(ctx context.Context, opts Options) error {
 		ep.S3 = run.serveHTTP("S3", ls.s3, met.instrumentS3(s3h), certs.http, opts.HTTP, log)
 	}
 	if ls.api != nil {
-		api := apiHandler(opts, uc, tm, taskCtx, token, ep.S3, s3h, src != nil, met)
+		api := apiHandler(taskCtx, opts, uc, tm, token, ep.S3, s3h, src != nil, met)
 		ep.API = run.serveHTTP("API", ls.api, api, certs.http, opts.HTTP, log)
 	}
 	if opts.Ready != nil {
@@ -190,16 +190,22 @@ func Run(ctx context.Context, opts Options) error {
 	log.Info("astrolabe serving", "api", ep.API, "s3", ep.S3, "nbd", ep.NBD)
 
 	<-ctx.Done()
-	log.Info("shutting down: draining tasks", "timeout", opts.DrainTimeout)
-	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opts.DrainTimeout+10*time.Second)
+	return drain(ctx, opts, tm, uc, run)
+}
+
+// drain lets running tasks finish (up to opts.DrainTimeout), unmounts
+// and stops the servers.
+func drain(ctx context.Context, opts Options, tm *tasks.Manager, uc *usecase.Service, run *servers) error {
+	opts.Logger.Info("shutting down: draining tasks", "timeout", opts.DrainTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opts.DrainTimeout+10*time.Second)
 	defer cancel()
-	if err := tm.Shutdown(shutCtx, opts.DrainTimeout); err != nil {
+	if err := tm.Shutdown(ctx, opts.DrainTimeout); err != nil {
 		run.fail(err)
 	}
 	if err := uc.Close(); err != nil {
 		run.fail(err)
 	}
-	return run.shutdown(shutCtx)
+	return run.shutdown(ctx)
 }
 
 // withDefaults fills in the options left zero.
@@ -227,7 +233,7 @@ func (opts Options) checkInsecure() error {
 }
 
 // apiHandler is the REST API over the use cases, with /metrics beside it.
-func apiHandler(opts Options, uc *usecase.Service, tm *tasks.Manager, taskCtx context.Context, token, s3URL string, s3h *s3export.Handler, nbd bool, met *metrics) http.Handler {
+func apiHandler(taskCtx context.Context, opts Options, uc *usecase.Service, tm *tasks.Manager, token, s3URL string, s3h *s3export.Handler, nbd bool, met *metrics) http.Handler {
 	cfg := rest.Config{
 		UseCases: uc, Mounts: uc, Tasks: tm, Logger: opts.Logger, Version: opts.Version, Token: token, Context: taskCtx,
 		Transports: func(id pe.ID) (data, md, combined []pe.Transport) {

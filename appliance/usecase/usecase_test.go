@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -120,41 +121,33 @@ func snapshots(t *testing.T, m pe.Manager, x pe.ID) []pe.ID {
 	return snaps
 }
 
-// journal records what a Service tells it.
+// journal records what a Service tells it, one line an event.
 type journal struct {
-	mu      sync.Mutex
-	exports []Export
-	mounts  []Mount
-	stopped []string
+	mu     sync.Mutex
+	events []string
+}
+
+func (j *journal) record(event string) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.events = append(j.events, event)
+	return nil
+}
+
+func (j *journal) recorded() []string {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return slices.Clone(j.events)
 }
 
 func (j *journal) ExportStarted(e Export) error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	j.exports = append(j.exports, e)
-	return nil
+	return j.record(fmt.Sprintf("export %s %s %s", e.ID, e.Name, e.Target))
 }
-
-func (j *journal) ExportStopped(id pe.ID) error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	j.stopped = append(j.stopped, id.String())
-	return nil
-}
-
+func (j *journal) ExportStopped(id pe.ID) error { return j.record("stop " + id.String()) }
 func (j *journal) MountStarted(m Mount) error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	j.mounts = append(j.mounts, m)
-	return nil
+	return j.record(fmt.Sprintf("mount %s %s %v %v", m.ID, m.Path, m.AllowOther, m.Force))
 }
-
-func (j *journal) MountStopped(id string) error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	j.stopped = append(j.stopped, id)
-	return nil
-}
+func (j *journal) MountStopped(id string) error { return j.record("unmount " + id) }
 
 // TestResolveSnapshotsLive: a live PE is snapshotted, once per Resolve; a
 // snapshot is returned as it is.
@@ -348,12 +341,14 @@ func TestExports(t *testing.T) {
 	if got := e.uc.ExportTransports(w.ID); got != nil {
 		t.Errorf("a writable export is advertised: %v", got)
 	}
-	if n := len(e.uc.Exports()); n != 2 || len(e.journal.exports) != 2 {
-		t.Fatalf("%d exports, %d journaled", n, len(e.journal.exports))
+	wantJournal := []string{fmt.Sprintf("export %s %s ", x.ID, x.Name), fmt.Sprintf("export %s %s %s", w.ID, w.Name, w.Target)}
+	if n := len(e.uc.Exports()); n != 2 || !slices.Equal(e.journal.recorded(), wantJournal) {
+		t.Fatalf("%d exports, journal %q, want %q", n, e.journal.recorded(), wantJournal)
 	}
 	must(t, e.uc.StopExport(ctx, x.ID))
-	if ex := e.uc.Exports(); len(ex) != 1 || ex[0].ID != snap2 || !slices.Equal(e.journal.stopped, []string{x.ID.String()}) {
-		t.Errorf("after stop: exports %+v, journal stopped %v", ex, e.journal.stopped)
+	wantJournal = append(wantJournal, "stop "+x.ID.String())
+	if ex := e.uc.Exports(); len(ex) != 1 || ex[0].ID != snap2 || !slices.Equal(e.journal.recorded(), wantJournal) {
+		t.Errorf("after stop: exports %+v, journal %q", ex, e.journal.recorded())
 	}
 	// A restarted appliance resumes the writable export under its name.
 	fresh, err := New(Config{Manager: e.m, Exports: nbdexport.NewSource(e.m)})
@@ -378,8 +373,9 @@ func TestMounts(t *testing.T) {
 	}
 	m, err := e.uc.Mount(ctx, MountRequest{Path: "m"})
 	must(t, err)
-	if filepath.Base(m.Path) != "m" || len(e.journal.mounts) != 1 || e.journal.mounts[0] != m {
-		t.Fatalf("mount %+v, journal %+v", m, e.journal.mounts)
+	wantJournal := []string{fmt.Sprintf("mount %s %s false false", m.ID, m.Path)}
+	if filepath.Base(m.Path) != "m" || !slices.Equal(e.journal.recorded(), wantJournal) {
+		t.Fatalf("mount %+v, journal %q", m, e.journal.recorded())
 	}
 	entries, err := os.ReadDir(m.Path)
 	must(t, err)
@@ -394,8 +390,9 @@ func TestMounts(t *testing.T) {
 	if entries, err := os.ReadDir(m.Path); err != nil || len(entries) != 0 {
 		t.Errorf("after unmount: %v, %v", entries, err)
 	}
-	if len(e.uc.Mounts()) != 0 || !slices.Equal(e.journal.stopped, []string{m.ID}) {
-		t.Errorf("after unmount: mounts %v, journal %v", e.uc.Mounts(), e.journal.stopped)
+	wantJournal = append(wantJournal, "unmount "+m.ID)
+	if len(e.uc.Mounts()) != 0 || !slices.Equal(e.journal.recorded(), wantJournal) {
+		t.Errorf("after unmount: mounts %v, journal %q", e.uc.Mounts(), e.journal.recorded())
 	}
 }
 
