@@ -73,10 +73,9 @@ func peArg(arg string, wantSnap int) (pe.ID, error) {
 	return id, nil
 }
 
-// withPE makes the Action of a verb that takes one PE ID argument (with a
-// snapshot if wantSnap > 0, without if < 0) and works on that PE; for
-// wantSnap > 0 the PE is the live one and id names its snapshot.
-func withPE(argName string, wantSnap int, fn func(c *cli.Context, id pe.ID, p pe.ProtectedEntity) error) cli.ActionFunc {
+// withID makes the Action of a verb that takes one PE ID argument (with
+// a snapshot if wantSnap > 0, without if < 0) and runs a use case on it.
+func withID(argName string, wantSnap int, fn func(c *cli.Context, id pe.ID, uc *usecase.Service) error) cli.ActionFunc {
 	return func(c *cli.Context) error {
 		a, err := args(c, 1, argName)
 		if err != nil {
@@ -86,20 +85,28 @@ func withPE(argName string, wantSnap int, fn func(c *cli.Context, id pe.ID, p pe
 		if err != nil {
 			return err
 		}
-		m, err := loadManager(c)
+		uc, err := useCases(c, nil)
 		if err != nil {
 			return err
 		}
+		return fn(c, id, uc)
+	}
+}
+
+// withPE is withID for verbs that work on the PE itself; for wantSnap > 0
+// the PE is the live one and id names its snapshot.
+func withPE(argName string, wantSnap int, fn func(c *cli.Context, id pe.ID, p pe.ProtectedEntity) error) cli.ActionFunc {
+	return withID(argName, wantSnap, func(c *cli.Context, id pe.ID, uc *usecase.Service) error {
 		get := id
 		if wantSnap > 0 {
 			get = id.Base()
 		}
-		p, err := m.Get(c.Context, get)
+		p, err := uc.Manager().Get(c.Context, get)
 		if err != nil {
 			return err
 		}
 		return fn(c, id, p)
-	}
+	})
 }
 
 func typesCommand() *cli.Command {
@@ -181,26 +188,14 @@ func snapCommand() *cli.Command {
 		Name:      "snap",
 		Usage:     "take a snapshot; prints the snapshot's PE ID last",
 		ArgsUsage: "PEID",
-		Action: func(c *cli.Context) error {
-			a, err := args(c, 1, "PEID")
-			if err != nil {
-				return err
-			}
-			id, err := peArg(a[0], -1)
-			if err != nil {
-				return err
-			}
-			uc, err := useCases(c, nil)
-			if err != nil {
-				return err
-			}
+		Action: withID("PEID", -1, func(c *cli.Context, id pe.ID, uc *usecase.Service) error {
 			snap, err := uc.Snapshot(c.Context, id, nil)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintln(c.App.Writer, snap)
 			return nil
-		},
+		}),
 	}
 }
 
