@@ -5,8 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 
-	"github.com/astrolabe-appliance/astrolabe/appliance/usecase"
 	"github.com/urfave/cli/v2"
+
+	"github.com/astrolabe-appliance/astrolabe/appliance/usecase"
 )
 
 func mountCommand() *cli.Command {
