@@ -224,15 +224,19 @@ func (n *rootNode) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrO
 }
 
 func (n *rootNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	types, err := n.fsys.m.Types(ctx)
+	if err != nil {
+		return nil, n.fsys.eio("list types", err)
+	}
 	var entries []fuse.DirEntry
-	for _, tm := range n.fsys.m.Types() {
+	for _, tm := range types {
 		entries = append(entries, fuse.DirEntry{Name: tm.Type(), Mode: syscall.S_IFDIR})
 	}
 	return fs.NewListDirStream(entries), 0
 }
 
 func (n *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	tm, err := n.fsys.m.Type(name)
+	tm, err := n.fsys.m.Type(ctx, name)
 	if err != nil {
 		return nil, syscall.ENOENT
 	}

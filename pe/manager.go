@@ -9,9 +9,9 @@ import (
 // Manager gives access to the PEs of all configured types.
 type Manager interface {
 	// Types returns the type managers, sorted by type name.
-	Types() []TypeManager
+	Types(ctx context.Context) ([]TypeManager, error)
 	// Type returns the manager of one type; ErrNotFound if not configured.
-	Type(name string) (TypeManager, error)
+	Type(ctx context.Context, name string) (TypeManager, error)
 	// Get returns the PE (or snapshot) named by id.
 	Get(ctx context.Context, id ID) (ProtectedEntity, error)
 }
@@ -34,17 +34,17 @@ func NewManager(tms ...TypeManager) (*StaticManager, error) {
 }
 
 // Types implements Manager.
-func (m *StaticManager) Types() []TypeManager {
+func (m *StaticManager) Types(ctx context.Context) ([]TypeManager, error) {
 	out := make([]TypeManager, 0, len(m.types))
 	for _, tm := range m.types {
 		out = append(out, tm)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Type() < out[j].Type() })
-	return out
+	return out, nil
 }
 
 // Type implements Manager.
-func (m *StaticManager) Type(name string) (TypeManager, error) {
+func (m *StaticManager) Type(ctx context.Context, name string) (TypeManager, error) {
 	tm, ok := m.types[name]
 	if !ok {
 		return nil, fmt.Errorf("PE type %q: %w (configured: %v)", name, ErrNotFound, m.typeNames())
@@ -54,7 +54,7 @@ func (m *StaticManager) Type(name string) (TypeManager, error) {
 
 // Get implements Manager.
 func (m *StaticManager) Get(ctx context.Context, id ID) (ProtectedEntity, error) {
-	tm, err := m.Type(id.Type())
+	tm, err := m.Type(ctx, id.Type())
 	if err != nil {
 		return nil, err
 	}

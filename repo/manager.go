@@ -34,22 +34,21 @@ func (m *repoManager) types(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-// Types implements pe.Manager; an unreachable repository has none.
-func (m *repoManager) Types() []pe.TypeManager {
-	names, err := m.types(context.Background())
+// Types implements pe.Manager.
+func (m *repoManager) Types(ctx context.Context) ([]pe.TypeManager, error) {
+	names, err := m.types(ctx)
 	if err != nil {
-		m.r.log.Warn("repository: list types", "err", err)
-		return nil
+		return nil, err
 	}
 	out := make([]pe.TypeManager, len(names))
 	for i, n := range names {
 		out[i] = &repoType{r: m.r, name: n}
 	}
-	return out
+	return out, nil
 }
 
-func (m *repoManager) Type(name string) (pe.TypeManager, error) {
-	names, err := m.types(context.Background())
+func (m *repoManager) Type(ctx context.Context, name string) (pe.TypeManager, error) {
+	names, err := m.types(ctx)
 	if err != nil {
 		return nil, err
 	}

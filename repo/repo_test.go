@@ -110,7 +110,7 @@ func (e *env) restore(id pe.ID) (pe.ID, error) {
 	if err != nil {
 		return pe.ID{}, err
 	}
-	tm, _ := e.m.Type(id.Type())
+	tm, _ := e.m.Type(ctx, id.Type())
 	out, err := tm.Copy(ctx, src, pe.CopyOptions{Mode: pe.CreateNew})
 	if err != nil {
 		return pe.ID{}, err

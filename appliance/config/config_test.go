@@ -1,6 +1,7 @@
 package config
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,8 +17,8 @@ func TestLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := len(m.Types()); n != 2 {
-		t.Fatalf("%d types, want 2", n)
+	if types, err := m.Types(context.Background()); err != nil || len(types) != 2 {
+		t.Fatalf("%d types (%v), want 2", len(types), err)
 	}
 	// Relative roots resolve against the config directory, not the cwd.
 	if err := os.MkdirAll(filepath.Join(dir, "rel"), 0o755); err != nil {
@@ -65,7 +66,7 @@ func TestVSphereConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, typ := range []string{"ivd", "vm"} {
-		if _, err := m.Type(typ); err != nil {
+		if _, err := m.Type(context.Background(), typ); err != nil {
 			t.Errorf("%s type: %v", typ, err)
 		}
 	}

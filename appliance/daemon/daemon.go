@@ -8,8 +8,6 @@ package daemon
 import (
 	"context"
 	"crypto/rand"
-	"crypto/subtle"
-	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -23,16 +21,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/appliance/config"
-	"github.com/astrolabe-appliance/astrolabe/appliance/nbdexport"
 	"github.com/astrolabe-appliance/astrolabe/appliance/rest"
 	"github.com/astrolabe-appliance/astrolabe/appliance/s3export"
 	"github.com/astrolabe-appliance/astrolabe/appliance/tasks"
+	"github.com/astrolabe-appliance/astrolabe/appliance/usecase"
 	"github.com/astrolabe-appliance/astrolabe/internal/atomicfile"
-	"github.com/astrolabe-appliance/astrolabe/nbd"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/repo"
 )
@@ -122,17 +118,10 @@ const (
 
 // Run serves until ctx is cancelled, then drains and returns.
 func Run(ctx context.Context, opts Options) error {
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
-	if opts.DrainTimeout <= 0 {
-		opts.DrainTimeout = DefaultDrain
-	}
+	opts = opts.withDefaults()
 	log := opts.Logger
-	for _, addr := range []string{opts.APIAddr, opts.S3Addr} {
-		if opts.InsecureHTTP && addr != "" && !IsLoopback(addr) {
-			return fmt.Errorf("--insecure-http is only allowed on loopback addresses, not %q", addr)
-		}
+	if err := opts.checkInsecure(); err != nil {
+		return err
 	}
 	m, err := config.Load(opts.ConfigDir, config.Factories())
 	if err != nil {
@@ -146,218 +135,155 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	ls, err := listen(opts)
+	if err != nil {
+		return err
+	}
+	defer ls.close()
+	ep := Endpoints{Token: token, TokenGenerated: generated}
+	certs, err := ls.certificate(opts, &ep)
+	if err != nil {
+		return err
+	}
+	s3h, err := newS3Handler(opts, m, ls.s3, &ep)
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := context.WithCancel(ctx)
+	run := &servers{stop: stop}
+	defer run.wait() // on early returns; at once after shutdown
+	src, exportURI, err := startNBD(ctx, opts, m, ls.nbd, certs, &ep, run)
+	if err != nil {
+		return err
+	}
+	uc, err := usecase.New(usecase.Config{
+		Manager: m, Repository: opts.Repository, Exports: src, ExportURI: exportURI,
+		MountRoot: opts.MountRoot, Journal: st, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer uc.Close() // on early returns; a no-op after shutdown
+	if err := resume(ctx, uc, st, src != nil, log); err != nil {
+		return err
+	}
+	if err := mountMain(ctx, uc, opts.MountDir); err != nil {
+		return err
+	}
 
 	// Tasks outlive the requests that start them, not the daemon.
 	taskCtx, cancelTasks := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelTasks()
 	tm := tasks.NewManager(tasks.Options{Logger: log})
-	ep := Endpoints{Token: token, TokenGenerated: generated}
-	var (
-		wg      sync.WaitGroup
-		errMu   sync.Mutex
-		runErrs []error
-		servers []*http.Server
-	)
-	fail := func(err error) {
-		errMu.Lock()
-		runErrs = append(runErrs, err)
-		errMu.Unlock()
-	}
-	ctx, stop := context.WithCancel(ctx)
-	defer stop()
-
-	var s3h *s3export.Handler
-	var s3l, apil net.Listener
-	if opts.S3Addr != "" {
-		if s3l, err = net.Listen("tcp", opts.S3Addr); err != nil {
-			return fmt.Errorf("S3 listener: %w", err)
-		}
-		defer s3l.Close()
-		keys, generated, err := loadS3Keys(opts.ConfigDir, opts.S3AccessKey, opts.S3SecretKey)
-		if err != nil {
-			return err
-		}
-		if generated {
-			ep.S3Keys = &keys
-		}
-		// Uploads and built zips in the config directory: the appliance's
-		// own (0700), not /tmp shared with other appliances on the host.
-		tmp := filepath.Join(opts.ConfigDir, s3TempDir)
-		if err := os.MkdirAll(tmp, 0o700); err != nil {
-			return fmt.Errorf("S3 temporary directory: %w", err)
-		}
-		s3h, err = s3export.New(s3export.Config{Manager: m, AccessKey: keys.AccessKey, SecretKey: keys.SecretKey, Logger: log, TempDir: tmp, MaxExpansion: opts.MaxExpansion})
-		if err != nil {
-			return err
-		}
-	}
-	if opts.APIAddr != "" {
-		if apil, err = net.Listen("tcp", opts.APIAddr); err != nil {
-			return fmt.Errorf("API listener: %w", err)
-		}
-		defer apil.Close()
-	}
-	var nbdl net.Listener
-	if opts.NBDAddr != "" {
-		if nbdl, err = net.Listen("tcp", opts.NBDAddr); err != nil {
-			return fmt.Errorf("NBD listener: %w", err)
-		}
-		defer nbdl.Close()
-	}
-
-	// One certificate for every listener, naming all their addresses:
-	// NBD always offers TLS, HTTP unless --insecure-http.
-	var addrs []net.Addr
-	for _, l := range []net.Listener{s3l, apil, nbdl} {
-		if l != nil {
-			addrs = append(addrs, l.Addr())
-		}
-	}
-	var certFile, keyFile string
-	if len(addrs) > 0 {
-		if certFile, keyFile, err = ensureCert(log, filepath.Join(opts.ConfigDir, tlsDir), addrs...); err != nil {
-			return err
-		}
-	}
-	var tlsCfg *tls.Config
-	if !opts.InsecureHTTP && (s3l != nil || apil != nil) {
-		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			return fmt.Errorf("TLS certificate: %w", err)
-		}
-		tlsCfg, ep.CertFile = tlsConfig(pair), certFile
-	}
-	var exports *nbdService
-	if nbdl != nil {
-		l := nbdl
-		nopts, err := nbdOptions(opts, l.Addr(), certFile, keyFile, log)
-		if err != nil {
-			return err
-		}
-		src := nbdexport.NewSource(m)
-		ep.NBD, ep.NBDClientCA = "nbd://"+advertised(l.Addr()), nopts.clientCA
-		if nopts.TLSRequired {
-			ep.NBD = "nbds://" + advertised(l.Addr())
-		}
-		exports = &nbdService{m: m, src: src, hostPort: advertised(l.Addr()), tlsRequired: nopts.TLSRequired, state: st, log: log}
-		if err := exports.restore(ctx); err != nil {
-			return err
-		}
-		srv := nbd.NewServer(src, nopts.Options)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := srv.Serve(ctx, l); err != nil {
-				fail(err)
-				stop()
-			}
-		}()
-	}
-	met := newMetrics(tm, exports, s3h)
-
-	// serve runs handler on l, with the appliance's TLS certificate
-	// unless --insecure-http, and returns the listener's URL.
-	serve := func(name string, l net.Listener, handler http.Handler) (string, error) {
-		srv, l := newHTTPServer(l, handler, tlsCfg, opts.HTTP, log)
-		scheme := "http"
-		if tlsCfg != nil {
-			scheme = "https"
-		}
-		servers = append(servers, srv)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				fail(fmt.Errorf("%s server: %w", name, err))
-				stop()
-			}
-		}()
-		return scheme + "://" + advertised(l.Addr()), nil
-	}
+	met := newMetrics(tm, src, s3h)
 	if s3h != nil {
-		if ep.S3, err = serve("S3", s3l, met.instrumentS3(s3h)); err != nil {
-			return err
-		}
+		ep.S3 = run.serveHTTP("S3", ls.s3, met.instrumentS3(s3h), certs.http, opts.HTTP, log)
 	}
-
-	cfg := rest.Config{
-		Manager: m, Tasks: tm, Logger: log, Version: opts.Version, Token: token, Context: taskCtx,
-		Transports: func(id pe.ID) (data, md, combined []pe.Transport) {
-			if s3h != nil {
-				data, md, combined = s3export.Transports(ep.S3, id)
-			}
-			if exports != nil {
-				data = append(data, exports.transports(id)...)
-			}
-			return data, md, combined
-		},
+	if ls.api != nil {
+		api := apiHandler(taskCtx, opts, uc, tm, token, ep.S3, s3h, src != nil, met)
+		ep.API = run.serveHTTP("API", ls.api, api, certs.http, opts.HTTP, log)
 	}
-	if exports != nil {
-		cfg.Exports = exports
-	}
-	if s3h != nil {
-		cfg.SnapshotDeleted = s3h.Forget
-	}
-	mountRoot := opts.MountRoot
-	if mountRoot == "" {
-		mountRoot = filepath.Join(opts.ConfigDir, DefaultMountRoot)
-	}
-	mounts, err := newMountService(m, st, log, mountRoot)
-	if err != nil {
-		return err
-	}
-	if err := mounts.restore(); err != nil {
-		return err
-	}
-	defer mounts.close() // on early returns; a no-op after shutdown
-	if opts.MountDir != "" && !mountedAt(mounts, opts.MountDir) {
-		if err := mounts.mount("mount-main", opts.MountDir, false); err != nil {
-			return err
-		}
-	}
-	cfg.Mounts = mounts
-	if opts.Repository != nil {
-		cfg.Repository = &repoService{r: opts.Repository, m: m}
-	}
-	apiHandler := met.instrument(rest.NewHandler(cfg))
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", requireToken(token, met.handler()))
-	mux.Handle("/", apiHandler)
-	if apil != nil {
-		if ep.API, err = serve("API", apil, mux); err != nil {
-			return err
-		}
-	}
-
 	if opts.Ready != nil {
 		opts.Ready(ep)
 	}
 	log.Info("astrolabe serving", "api", ep.API, "s3", ep.S3, "nbd", ep.NBD)
 
 	<-ctx.Done()
-	log.Info("shutting down: draining tasks", "timeout", opts.DrainTimeout)
-	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opts.DrainTimeout+10*time.Second)
+	return drain(ctx, opts, tm, uc, run)
+}
+
+// drain lets running tasks finish (up to opts.DrainTimeout), unmounts
+// and stops the servers.
+func drain(ctx context.Context, opts Options, tm *tasks.Manager, uc *usecase.Service, run *servers) error {
+	opts.Logger.Info("shutting down: draining tasks", "timeout", opts.DrainTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opts.DrainTimeout+10*time.Second)
 	defer cancel()
-	if err := tm.Shutdown(shutCtx, opts.DrainTimeout); err != nil {
-		fail(err)
+	if err := tm.Shutdown(ctx, opts.DrainTimeout); err != nil {
+		run.fail(err)
 	}
-	if err := mounts.close(); err != nil {
-		fail(err)
+	if err := uc.Close(); err != nil {
+		run.fail(err)
 	}
-	for _, srv := range servers {
-		if err := srv.Shutdown(shutCtx); err != nil {
-			fail(fmt.Errorf("API shutdown: %w", err))
+	return run.shutdown(ctx)
+}
+
+// withDefaults fills in the options left zero.
+func (opts Options) withDefaults() Options {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.DrainTimeout <= 0 {
+		opts.DrainTimeout = DefaultDrain
+	}
+	if opts.MountRoot == "" {
+		opts.MountRoot = filepath.Join(opts.ConfigDir, DefaultMountRoot)
+	}
+	return opts
+}
+
+// checkInsecure refuses plain HTTP off loopback.
+func (opts Options) checkInsecure() error {
+	for _, addr := range []string{opts.APIAddr, opts.S3Addr} {
+		if opts.InsecureHTTP && addr != "" && !IsLoopback(addr) {
+			return fmt.Errorf("--insecure-http is only allowed on loopback addresses, not %q", addr)
 		}
 	}
-	wg.Wait()
-	return errors.Join(runErrs...)
+	return nil
+}
+
+// apiHandler is the REST API over the use cases, with /metrics beside it.
+func apiHandler(taskCtx context.Context, opts Options, uc *usecase.Service, tm *tasks.Manager, token, s3URL string, s3h *s3export.Handler, nbd bool, met *metrics) http.Handler {
+	cfg := rest.Config{
+		UseCases: uc, Mounts: uc, Tasks: tm, Logger: opts.Logger, Version: opts.Version, Token: token, Context: taskCtx,
+		Transports: func(id pe.ID) (data, md, combined []pe.Transport) {
+			if s3h != nil {
+				data, md, combined = s3export.Transports(s3URL, id)
+			}
+			return append(data, uc.ExportTransports(id)...), md, combined
+		},
+	}
+	if nbd {
+		cfg.Exports = uc
+	}
+	if opts.Repository != nil {
+		cfg.Repository = uc
+	}
+	if s3h != nil {
+		cfg.SnapshotDeleted = s3h.Forget
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", requireToken(token, met.handler()))
+	mux.Handle("/", met.instrument(rest.NewHandler(cfg)))
+	return mux
+}
+
+// newS3Handler makes the S3 data path's handler if it has a listener,
+// with the given, stored or new credentials.
+func newS3Handler(opts Options, m pe.Manager, l net.Listener, ep *Endpoints) (*s3export.Handler, error) {
+	if l == nil {
+		return nil, nil
+	}
+	keys, generated, err := loadS3Keys(opts.ConfigDir, opts.S3AccessKey, opts.S3SecretKey)
+	if err != nil {
+		return nil, err
+	}
+	if generated {
+		ep.S3Keys = &keys
+	}
+	// Uploads and built zips in the config directory: the appliance's
+	// own (0700), not /tmp shared with other appliances on the host.
+	tmp := filepath.Join(opts.ConfigDir, s3TempDir)
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return nil, fmt.Errorf("S3 temporary directory: %w", err)
+	}
+	return s3export.New(s3export.Config{Manager: m, AccessKey: keys.AccessKey, SecretKey: keys.SecretKey, Logger: opts.Logger, TempDir: tmp, MaxExpansion: opts.MaxExpansion})
 }
 
 // requireToken guards handlers outside the generated API (metrics).
 func requireToken(token string, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || token == "" || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+		if !rest.ValidToken(r.Header.Get("Authorization"), token) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="astrolabe"`)
 			http.Error(w, `{"code":401,"message":"missing or wrong bearer token"}`, http.StatusUnauthorized)
 			return
@@ -460,19 +386,4 @@ func loadS3Keys(dir, access, secret string) (S3Keys, bool, error) {
 		return S3Keys{}, false, fmt.Errorf("store S3 credentials: %w", err)
 	}
 	return k, true, nil
-}
-
-// mountedAt reports whether the service has a mount at dir already (one
-// restored from the state).
-func mountedAt(s *mountService, dir string) bool {
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return false
-	}
-	for _, m := range s.List() {
-		if m.Path == abs {
-			return true
-		}
-	}
-	return false
 }

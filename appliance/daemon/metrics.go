@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/astrolabe-appliance/astrolabe/appliance/nbdexport"
 	"github.com/astrolabe-appliance/astrolabe/appliance/s3export"
 	"github.com/astrolabe-appliance/astrolabe/appliance/tasks"
 )
@@ -21,7 +22,7 @@ type metrics struct {
 	requests *prometheus.CounterVec
 }
 
-func newMetrics(tm *tasks.Manager, exports *nbdService, s3h *s3export.Handler) *metrics {
+func newMetrics(tm *tasks.Manager, exports *nbdexport.Source, s3h *s3export.Handler) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -42,7 +43,7 @@ func newMetrics(tm *tasks.Manager, exports *nbdService, s3h *s3export.Handler) *
 			Name:        "astrolabe_data_bytes_served_total",
 			Help:        "Bytes of PE data served, by data path.",
 			ConstLabels: prometheus.Labels{"path": "nbd"},
-		}, func() float64 { return float64(exports.src.BytesRead()) }))
+		}, func() float64 { return float64(exports.BytesRead()) }))
 	}
 	if s3h != nil {
 		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{

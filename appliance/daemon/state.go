@@ -1,14 +1,20 @@
 package daemon
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"path/filepath"
+	"slices"
 	"sync"
 
+	"github.com/astrolabe-appliance/astrolabe/appliance/usecase"
 	"github.com/astrolabe-appliance/astrolabe/internal/atomicfile"
+	"github.com/astrolabe-appliance/astrolabe/pe"
 )
 
 // state is what the daemon restores after a restart: the exports and
@@ -77,4 +83,98 @@ func (st *state) snapshot() stateData {
 		Exports: append([]exportState(nil), st.data.Exports...),
 		Mounts:  append([]mountState(nil), st.data.Mounts...),
 	}
+}
+
+// The state is the use cases' journal.
+var _ usecase.Journal = (*state)(nil)
+
+func (st *state) ExportStarted(e usecase.Export) error {
+	rec := exportState{ID: e.ID.String()}
+	if e.Writable {
+		rec.Target, rec.Name = e.Target.String(), e.Name
+	}
+	return st.update(func(d *stateData) { d.Exports = append(d.Exports, rec) })
+}
+
+func (st *state) ExportStopped(id pe.ID) error {
+	return st.update(func(d *stateData) {
+		d.Exports = slices.DeleteFunc(d.Exports, func(e exportState) bool { return e.ID == id.String() })
+	})
+}
+
+func (st *state) MountStarted(m usecase.Mount) error {
+	return st.update(func(d *stateData) {
+		d.Mounts = append(d.Mounts, mountState{ID: m.ID, Path: m.Path, AllowOther: m.AllowOther, Force: m.Force})
+	})
+}
+
+func (st *state) MountStopped(id string) error {
+	return st.update(func(d *stateData) {
+		d.Mounts = slices.DeleteFunc(d.Mounts, func(m mountState) bool { return m.ID == id })
+	})
+}
+
+// resume starts again the mounts, and with NBD the exports, that the
+// state records. One that cannot come back (its snapshot was deleted, its
+// directory is no longer empty) is logged and dropped, not fatal.
+func resume(ctx context.Context, uc *usecase.Service, st *state, nbd bool, log *slog.Logger) error {
+	recorded := st.snapshot()
+	if nbd {
+		var keep []exportState
+		for _, e := range recorded.Exports {
+			x, err := resumeExport(ctx, uc, e)
+			if err != nil {
+				log.Warn("NBD export not restored", "export", e.ID, "err", err)
+				continue
+			}
+			if e.Target != "" {
+				e.Name = x.Name
+			}
+			keep = append(keep, e)
+		}
+		if err := st.update(func(d *stateData) { d.Exports = keep }); err != nil {
+			return err
+		}
+	}
+	var keep []mountState
+	for _, ms := range recorded.Mounts {
+		m := usecase.Mount{ID: ms.ID, Path: ms.Path, AllowOther: ms.AllowOther, Force: ms.Force}
+		if err := uc.ResumeMount(ctx, m); err != nil {
+			log.Warn("FUSE mount not restored", "path", ms.Path, "err", err)
+			continue
+		}
+		keep = append(keep, ms)
+	}
+	return st.update(func(d *stateData) { d.Mounts = keep })
+}
+
+func resumeExport(ctx context.Context, uc *usecase.Service, e exportState) (usecase.Export, error) {
+	id, err := pe.ParseID(e.ID)
+	if err != nil {
+		return usecase.Export{}, err
+	}
+	x := usecase.Export{ID: id, Name: e.Name}
+	if e.Target != "" {
+		if x.Target, err = pe.ParseID(e.Target); err != nil {
+			return usecase.Export{}, err
+		}
+	}
+	return uc.ResumeExport(ctx, x)
+}
+
+// mountMain mounts the operator's --mount directory, unless a mount
+// restored from the state is there already.
+func mountMain(ctx context.Context, uc *usecase.Service, dir string) error {
+	if dir == "" {
+		return nil
+	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		for _, m := range uc.Mounts() {
+			if m.Path == abs {
+				return nil
+			}
+		}
+	}
+	_, err := uc.MountAt(ctx, "mount-main", dir, false)
+	return err
 }

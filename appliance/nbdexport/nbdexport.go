@@ -82,7 +82,7 @@ func (s *Source) AddWritable(ctx context.Context, id pe.ID, progress pe.Progress
 	if _, ok := p.(pe.DataWriter); !ok {
 		return Export{}, fmt.Errorf("export %s writable: %s PEs cannot be written in place: %w", id, id.Type(), pe.ErrNotSupported)
 	}
-	tm, err := s.m.Type(id.Type())
+	tm, err := s.m.Type(ctx, id.Type())
 	if err != nil {
 		return Export{}, fmt.Errorf("export %s: %w", id, err)
 	}

@@ -94,36 +94,44 @@ func apiError(status int, e *api.Error, body []byte) error {
 	return fmt.Errorf("appliance: %s (%w)", msg, kind)
 }
 
-// Types implements pe.Manager. A failure to reach the appliance yields no
-// types; Type reports the error.
-func (m *Manager) Types() []pe.TypeManager {
-	r, err := m.c.ListServicesWithResponse(context.Background())
-	if err != nil || r.JSON200 == nil {
-		return nil
+// Types implements pe.Manager.
+func (m *Manager) Types(ctx context.Context) ([]pe.TypeManager, error) {
+	names, err := m.services(ctx)
+	if err != nil {
+		return nil, err
 	}
-	out := make([]pe.TypeManager, 0, len(r.JSON200.Services))
-	for _, s := range r.JSON200.Services {
+	out := make([]pe.TypeManager, 0, len(names))
+	for _, s := range names {
 		out = append(out, &typeManager{m: m, name: s})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Type() < out[j].Type() })
-	return out
+	return out, nil
 }
 
 // Type implements pe.Manager.
-func (m *Manager) Type(name string) (pe.TypeManager, error) {
-	r, err := m.c.ListServicesWithResponse(context.Background())
+func (m *Manager) Type(ctx context.Context, name string) (pe.TypeManager, error) {
+	names, err := m.services(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range names {
+		if s == name {
+			return &typeManager{m: m, name: s}, nil
+		}
+	}
+	return nil, fmt.Errorf("PE type %q: %w (appliance has: %v)", name, pe.ErrNotFound, names)
+}
+
+// services lists the appliance's PE types.
+func (m *Manager) services(ctx context.Context) ([]string, error) {
+	r, err := m.c.ListServicesWithResponse(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("appliance: %w", err)
 	}
 	if r.JSON200 == nil {
 		return nil, apiError(r.StatusCode(), r.JSONDefault, r.Body)
 	}
-	for _, s := range r.JSON200.Services {
-		if s == name {
-			return &typeManager{m: m, name: s}, nil
-		}
-	}
-	return nil, fmt.Errorf("PE type %q: %w (appliance has: %v)", name, pe.ErrNotFound, r.JSON200.Services)
+	return r.JSON200.Services, nil
 }
 
 // Get implements pe.Manager: it checks the PE exists.

@@ -1,17 +1,11 @@
 package rest
 
 import (
-	"crypto/subtle"
-
 	"github.com/astrolabe-appliance/astrolabe/api"
 	"github.com/astrolabe-appliance/astrolabe/appliance/redact"
 	"github.com/astrolabe-appliance/astrolabe/appliance/tasks"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 )
-
-func constantTimeEqual(a, b string) bool {
-	return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1
-}
 
 func toAPIInfo(i pe.Info) api.ProtectedEntityInfo {
 	out := api.ProtectedEntityInfo{

@@ -20,6 +20,7 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/appliance/config"
 	"github.com/astrolabe-appliance/astrolabe/appliance/samples"
 	"github.com/astrolabe-appliance/astrolabe/appliance/tasks"
+	"github.com/astrolabe-appliance/astrolabe/appliance/usecase"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 )
 
@@ -31,6 +32,16 @@ type fixture struct {
 	tasks  *tasks.Manager
 	url    string
 	client *api.ClientWithResponses
+}
+
+// useCases are the use cases over m, without repository, NBD or mounts.
+func useCases(t *testing.T, m pe.Manager) *usecase.Service {
+	t.Helper()
+	uc, err := usecase.New(usecase.Config{Manager: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uc
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -54,7 +65,7 @@ func newFixture(t *testing.T) *fixture {
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	tm := tasks.NewManager(tasks.Options{Logger: log})
-	srv := httptest.NewServer(NewHandler(Config{Manager: m, Tasks: tm, Logger: log, Version: "test", Token: token}))
+	srv := httptest.NewServer(NewHandler(Config{UseCases: useCases(t, m), Tasks: tm, Logger: log, Version: "test", Token: token}))
 	t.Cleanup(srv.Close)
 	c, err := api.NewClientWithResponses(srv.URL, api.WithRequestEditorFn(func(ctx context.Context, r *http.Request) error {
 		r.Header.Set("Authorization", "Bearer "+token)

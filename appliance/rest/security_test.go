@@ -32,8 +32,8 @@ type recordingType struct {
 	r *recorder
 }
 
-func (r *recorder) Type(name string) (pe.TypeManager, error) {
-	tm, err := r.Manager.Type(name)
+func (r *recorder) Type(ctx context.Context, name string) (pe.TypeManager, error) {
+	tm, err := r.Manager.Type(ctx, name)
 	if err != nil {
 		return nil, err
 	}
@@ -54,13 +54,13 @@ type fakeExports struct {
 	stopped []pe.ID
 }
 
-func (e *fakeExports) List() []NBDExport {
+func (e *fakeExports) Exports() []NBDExport {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return append([]NBDExport(nil), e.exports...)
 }
 
-func (e *fakeExports) Start(ctx context.Context, id pe.ID, writable bool) (NBDExport, error) {
+func (e *fakeExports) StartExport(ctx context.Context, id pe.ID, writable bool, _ pe.Progress) (NBDExport, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	x := NBDExport{ID: id, URI: "nbd://x/" + id.String()}
@@ -68,7 +68,7 @@ func (e *fakeExports) Start(ctx context.Context, id pe.ID, writable bool) (NBDEx
 	return x, nil
 }
 
-func (e *fakeExports) Stop(ctx context.Context, id pe.ID) error {
+func (e *fakeExports) StopExport(ctx context.Context, id pe.ID) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.stopped = append(e.stopped, id)
@@ -78,12 +78,12 @@ func (e *fakeExports) Stop(ctx context.Context, id pe.ID) error {
 // fakeMounts records the mount requests.
 type fakeMounts struct{ reqs []MountRequest }
 
-func (m *fakeMounts) List() []Mount { return nil }
-func (m *fakeMounts) Start(ctx context.Context, req MountRequest) (Mount, error) {
+func (m *fakeMounts) Mounts() []Mount { return nil }
+func (m *fakeMounts) Mount(ctx context.Context, req MountRequest) (Mount, error) {
 	m.reqs = append(m.reqs, req)
 	return Mount{ID: "m", Path: req.Path, AllowOther: req.AllowOther}, nil
 }
-func (m *fakeMounts) Stop(ctx context.Context, id string) error { return nil }
+func (m *fakeMounts) Unmount(ctx context.Context, id string) error { return nil }
 
 type secFixture struct {
 	*fixture
@@ -117,7 +117,7 @@ func newSecFixture(t *testing.T) *secFixture {
 	sf := &secFixture{rec: &recorder{Manager: base.m}, exports: &fakeExports{}, mounts: &fakeMounts{}, logs: &syncBuffer{}}
 	log := slog.New(slog.NewTextHandler(sf.logs, nil))
 	tm := tasks.NewManager(tasks.Options{Logger: log})
-	srv := httptest.NewServer(NewHandler(Config{Manager: sf.rec, Tasks: tm, Logger: log, Token: token,
+	srv := httptest.NewServer(NewHandler(Config{UseCases: useCases(t, sf.rec), Tasks: tm, Logger: log, Token: token,
 		Exports: sf.exports, Mounts: sf.mounts, SnapshotDeleted: func(id pe.ID) { sf.deleted = append(sf.deleted, id) }}))
 	t.Cleanup(srv.Close)
 	c, err := api.NewClientWithResponses(srv.URL, api.WithRequestEditorFn(func(ctx context.Context, r *http.Request) error {
@@ -226,7 +226,7 @@ func TestSecurityDeleteStopsExport(t *testing.T) {
 	ctx := context.Background()
 	p, _ := f.m.Get(ctx, mustID(t, "disk:sample.img"))
 	snap, _ := p.Snapshot(ctx, nil)
-	f.exports.Start(ctx, snap, false)
+	f.exports.StartExport(ctx, snap, false, nil)
 	code, out := f.do(t, http.MethodDelete, "/v1/astrolabe/disk/"+snap.String(), "")
 	if code != http.StatusOK {
 		t.Fatal(code, out)

@@ -38,7 +38,12 @@ var epoch = time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC).Format("2006-01-02T15:04
 
 func (h *Handler) listBuckets(w http.ResponseWriter, r *http.Request) *s3Error {
 	out := listBucketsXML{NS: s3NS, Owner: ownerXML{ID: "astrolabe", DisplayName: "astrolabe"}}
-	for _, tm := range h.cfg.Manager.Types() {
+	types, err := h.cfg.Manager.Types(r.Context())
+	if err != nil {
+		h.log.Error("S3 list buckets", "err", err)
+		return errInternal()
+	}
+	for _, tm := range types {
 		out.Buckets = append(out.Buckets, bucketXML{Name: tm.Type(), CreationDate: epoch})
 		if len(tm.Type()) < 3 {
 			out.Buckets = append(out.Buckets, bucketXML{Name: tm.Type() + shortAlias, CreationDate: epoch})

@@ -163,7 +163,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, sig *signedReque
 	case bucket == "":
 		return &s3Error{http.StatusMethodNotAllowed, "MethodNotAllowed", "only GET on the service"}
 	case key == "" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
-		typ, err := h.peType(bucket)
+		typ, err := h.peType(r.Context(), bucket)
 		if err != nil {
 			return err
 		}
@@ -181,7 +181,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, sig *signedReque
 		// CreateBucket of a bucket that exists: clients (rclone) make
 		// sure of the bucket before they upload; in us-east-1 S3 says
 		// yes to its owner.
-		if _, err := h.peType(bucket); err != nil {
+		if _, err := h.peType(r.Context(), bucket); err != nil {
 			return &s3Error{http.StatusForbidden, "AccessDenied", "buckets are the appliance's PE types and " + CopyBucket + ": no others can be created"}
 		}
 		return nil
@@ -218,15 +218,15 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, sig *signedReque
 const shortAlias = "-pe"
 
 // peType resolves a bucket name to its PE type ("" for the copy bucket).
-func (h *Handler) peType(bucket string) (string, *s3Error) {
+func (h *Handler) peType(ctx context.Context, bucket string) (string, *s3Error) {
 	if bucket == CopyBucket {
 		return "", nil
 	}
-	if _, err := h.cfg.Manager.Type(bucket); err == nil {
+	if _, err := h.cfg.Manager.Type(ctx, bucket); err == nil {
 		return bucket, nil
 	}
 	if t, ok := strings.CutSuffix(bucket, shortAlias); ok && len(t) < 3 {
-		if _, err := h.cfg.Manager.Type(t); err == nil {
+		if _, err := h.cfg.Manager.Type(ctx, t); err == nil {
 			return t, nil
 		}
 	}
@@ -379,7 +379,7 @@ func (h *Handler) bucketObjects(ctx context.Context, typ, base string) ([]object
 		sort.Slice(out, func(i, j int) bool { return out[i].key < out[j].key })
 		return out, nil
 	}
-	tm, err := h.cfg.Manager.Type(typ)
+	tm, err := h.cfg.Manager.Type(ctx, typ)
 	if err != nil {
 		return nil, err
 	}
@@ -417,7 +417,7 @@ func (h *Handler) bucketObjects(ctx context.Context, typ, base string) ([]object
 }
 
 func (h *Handler) getObject(w http.ResponseWriter, r *http.Request, bucket, key string) *s3Error {
-	typ, serr := h.peType(bucket)
+	typ, serr := h.peType(r.Context(), bucket)
 	if serr != nil {
 		return serr
 	}
@@ -611,7 +611,7 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request, key string, sig
 		return &s3Error{http.StatusBadRequest, "InvalidArgument", "not a PE zip: " + redact.Error(err)}
 	}
 	defer closer.Close()
-	tm, err := h.cfg.Manager.Type(src.ID().Type())
+	tm, err := h.cfg.Manager.Type(ctx, src.ID().Type())
 	if err != nil {
 		return &s3Error{http.StatusBadRequest, "InvalidArgument", fmt.Sprintf("the zip holds %s, a PE type this appliance does not have", src.ID())}
 	}

@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"log/slog"
 	"os"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/astrolabe-appliance/astrolabe/appliance/usecase"
 	"github.com/astrolabe-appliance/astrolabe/internal/atomicfile"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 )
@@ -49,13 +49,13 @@ bounded by --max-expansion. Snapshots are trusted and restored as they were.`,
 					return usageError{err.Error()}
 				}
 			}
-			m, err := loadManager(c)
+			uc, err := useCases(c, nil)
 			if err != nil {
 				return err
 			}
 			opts := restoreOptions(c)
 			opts.Mode = mode
-			out, err := copyPE(c.Context, m, a[0], a[1], opts, newProgress(c.App.ErrWriter), c.App.ErrWriter)
+			out, err := copyPE(c.Context, uc, a[0], a[1], opts, newProgress(c.App.ErrWriter), c.App.ErrWriter)
 			if err != nil {
 				return err
 			}
@@ -78,26 +78,18 @@ func restoreOptions(c *cli.Context) pe.CopyOptions {
 	return pe.CopyOptions{KeepPrivileges: c.Bool("keep-privileges"), MaxExpansion: c.Int("max-expansion")}
 }
 
-// logKeepPrivileges records that privileges are restored from untrusted
-// input: an administrator's explicit choice, to be found again.
-func logKeepPrivileges(src pe.ProtectedEntity, dest string, opts pe.CopyOptions) {
-	if opts.GrantsUntrustedPrivileges(src) {
-		slog.Warn("restoring untrusted input with its privileges (owners, setuid/setgid, capabilities, trusted/security xattrs) as asked by --keep-privileges",
-			"src", src.ID().String(), "dest", dest)
-	}
-}
-
 // copyPE runs one cp and returns the PE ID of the result. opts.Mode 0
 // means the default for DEST.
-func copyPE(ctx context.Context, m pe.Manager, srcArg, dstArg string, opts pe.CopyOptions, progress *progress, log interface{ Write([]byte) (int, error) }) (pe.ID, error) {
+func copyPE(ctx context.Context, uc *usecase.Service, srcArg, dstArg string, opts pe.CopyOptions, progress *progress, log io.Writer) (pe.ID, error) {
+	m := uc.Manager()
 	mode := opts.Mode
-	src, closeSrc, err := openSource(ctx, m, srcArg, log)
+	src, closeSrc, err := openSource(ctx, uc, srcArg, log)
 	if err != nil {
 		return pe.ID{}, err
 	}
 	defer closeSrc()
 
-	if isZipPath(dstArg) && !isPEIDOfConfiguredType(m, dstArg) {
+	if isZipPath(dstArg) && !isPEIDOfConfiguredType(ctx, m, dstArg) {
 		if mode == 0 {
 			mode = pe.Create
 		}
@@ -110,8 +102,7 @@ func copyPE(ctx context.Context, m pe.Manager, srcArg, dstArg string, opts pe.Co
 		return src.ID(), nil
 	}
 
-	opts.Progress = progress
-	var tm pe.TypeManager
+	typ := dstArg
 	if strings.Contains(dstArg, ":") {
 		dst, err := peArg(dstArg, -1)
 		if err != nil {
@@ -123,10 +114,7 @@ func copyPE(ctx context.Context, m pe.Manager, srcArg, dstArg string, opts pe.Co
 		if mode == pe.CreateNew {
 			return pe.ID{}, usagef("--mode create_new picks a new name: give a type (%s) as DEST, not a PE ID", dst.Type())
 		}
-		if tm, err = m.Type(dst.Type()); err != nil {
-			return pe.ID{}, err
-		}
-		opts.Name = dst.Name()
+		typ, opts.Name = dst.Type(), dst.Name()
 	} else {
 		if err := pe.ValidateTypeName(dstArg); err != nil {
 			return pe.ID{}, usagef("DEST %q is neither a .zip file, a PE type nor a PE ID", dstArg)
@@ -134,24 +122,20 @@ func copyPE(ctx context.Context, m pe.Manager, srcArg, dstArg string, opts pe.Co
 		if mode == 0 {
 			mode = pe.CreateNew
 		}
-		if tm, err = m.Type(dstArg); err != nil {
-			return pe.ID{}, err
-		}
 	}
 	opts.Mode = mode
-	logKeepPrivileges(src, dstArg, opts)
-	out, err := tm.Copy(ctx, src, opts)
+	out, err := uc.Copy(ctx, src, typ, opts, progress)
 	progress.Done()
 	if err != nil {
-		return pe.ID{}, fmt.Errorf("copy %s to %s (%s): %w", src.ID(), dstArg, mode, err)
+		return pe.ID{}, err
 	}
 	return out.ID(), nil
 }
 
 // openSource opens SRC: a zip file, a snapshot, or a live PE that is
 // snapshotted first.
-func openSource(ctx context.Context, m pe.Manager, arg string, log interface{ Write([]byte) (int, error) }) (pe.ProtectedEntity, func(), error) {
-	if isZipPath(arg) && !isPEIDOfConfiguredType(m, arg) {
+func openSource(ctx context.Context, uc *usecase.Service, arg string, log io.Writer) (pe.ProtectedEntity, func(), error) {
+	if isZipPath(arg) && !isPEIDOfConfiguredType(ctx, uc.Manager(), arg) {
 		p, closer, err := pe.OpenZipFile(ctx, arg)
 		if err != nil {
 			return nil, nil, err
@@ -162,30 +146,23 @@ func openSource(ctx context.Context, m pe.Manager, arg string, log interface{ Wr
 	if err != nil {
 		return nil, nil, usagef("SRC: %v (or give a .zip file)", err)
 	}
-	p, err := m.Get(ctx, id)
+	p, err := uc.Resolve(ctx, id)
 	if err != nil {
 		return nil, nil, err
 	}
 	if !id.HasSnapshot() {
-		snap, err := p.Snapshot(ctx, nil)
-		if err != nil {
-			return nil, nil, fmt.Errorf("snapshot %s before copy: %w", id, err)
-		}
-		fmt.Fprintf(log, "took snapshot %s to copy from\n", snap)
-		if p, err = m.Get(ctx, snap); err != nil {
-			return nil, nil, err
-		}
+		fmt.Fprintf(log, "took snapshot %s to copy from\n", p.ID())
 	}
 	return p, func() {}, nil
 }
 
 // isPEIDOfConfiguredType tells "disk:backup.zip" (a PE) from "out.zip".
-func isPEIDOfConfiguredType(m pe.Manager, arg string) bool {
+func isPEIDOfConfiguredType(ctx context.Context, m pe.Manager, arg string) bool {
 	id, err := pe.ParseID(arg)
 	if err != nil {
 		return false
 	}
-	_, err = m.Type(id.Type())
+	_, err = m.Type(ctx, id.Type())
 	return err == nil
 }
 

@@ -1,12 +1,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/astrolabe-appliance/astrolabe/fusefs"
+	"github.com/astrolabe-appliance/astrolabe/appliance/usecase"
 )
 
 func mountCommand() *cli.Command {
@@ -39,16 +40,19 @@ Needs /dev/fuse (root, or fuse3 with user_allow_other for --allow-other).`,
 				return err
 			}
 			defer done()
-			srv, err := fusefs.Mount(m, a[0], fusefs.Options{Logger: slog.Default(), AllowOther: c.Bool("allow-other")})
+			uc, err := usecase.New(usecase.Config{Manager: m, Logger: slog.Default()})
+			if err != nil {
+				return err
+			}
+			mnt, err := uc.MountAt(c.Context, "mount", a[0], c.Bool("allow-other"))
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(c.App.Writer, "mounted at %s\n", a[0])
 			<-c.Context.Done()
-			if err := fusefs.Unmount(srv, a[0]); err != nil {
+			if err := uc.Unmount(context.WithoutCancel(c.Context), mnt.ID); err != nil {
 				return err
 			}
-			srv.Wait()
 			fmt.Fprintf(c.App.ErrWriter, "unmounted %s\n", a[0])
 			return nil
 		},

@@ -13,7 +13,9 @@ import (
 
 	"github.com/astrolabe-appliance/astrolabe/appliance/daemon"
 	"github.com/astrolabe-appliance/astrolabe/appliance/nbdexport"
+	"github.com/astrolabe-appliance/astrolabe/appliance/usecase"
 	"github.com/astrolabe-appliance/astrolabe/nbd"
+	"github.com/astrolabe-appliance/astrolabe/pe"
 )
 
 func nbdCommand() *cli.Command {
@@ -133,51 +135,47 @@ func nbdServe(c *cli.Context) error {
 		// there is nobody to tell apart.
 		opts.Anonymous = nbd.AnonymousReadWrite
 	}
+	ids := make([]pe.ID, c.NArg())
+	for i, arg := range c.Args().Slice() {
+		var err error
+		if ids[i], err = peArg(arg, 0); err != nil {
+			return err
+		}
+	}
 	m, done, err := sourceManager(c)
 	if err != nil {
 		return err
 	}
 	defer done()
-	src := nbdexport.NewSource(m)
-	var exports []nbdexport.Export
-	for _, arg := range c.Args().Slice() {
-		id, err := peArg(arg, 0)
-		if err != nil {
-			return err
-		}
-		p, err := m.Get(c.Context, id)
-		if err != nil {
-			return err
-		}
-		if !id.HasSnapshot() {
-			if id, err = p.Snapshot(c.Context, nil); err != nil {
-				return fmt.Errorf("snapshot %s: %w", arg, err)
-			}
-		}
-		x := nbdexport.Export{ID: id, Name: id.String()}
-		if c.Bool("writable") {
-			if x, err = src.AddWritable(c.Context, id, newProgress(c.App.ErrWriter)); err != nil {
-				return err
-			}
-		} else if err := src.Add(id); err != nil {
-			return err
-		}
-		exports = append(exports, x)
-	}
 	l, err := net.Listen("tcp", c.String("listen"))
 	if err != nil {
 		return err
 	}
+	defer l.Close()
 	scheme := "nbd"
 	if opts.TLSRequired {
 		scheme = "nbds"
 	}
+	src := nbdexport.NewSource(m)
+	uc, err := usecase.New(usecase.Config{Manager: m, Exports: src, Logger: slog.Default(),
+		ExportURI: func(name string, _ bool) string { return fmt.Sprintf("%s://%s/%s", scheme, l.Addr(), name) }})
+	if err != nil {
+		return err
+	}
+	var exports []usecase.Export
+	for _, id := range ids {
+		x, err := uc.StartExport(c.Context, id, c.Bool("writable"), newProgress(c.App.ErrWriter))
+		if err != nil {
+			return err
+		}
+		exports = append(exports, x)
+	}
 	for _, x := range exports {
-		if !x.Target.IsZero() {
-			fmt.Fprintf(c.App.Writer, "%s://%s/%s writes to %s\n", scheme, l.Addr(), x.Name, x.Target)
+		if x.Writable {
+			fmt.Fprintf(c.App.Writer, "%s writes to %s\n", x.URI, x.Target)
 			continue
 		}
-		fmt.Fprintf(c.App.Writer, "%s://%s/%s\n", scheme, l.Addr(), x.Name)
+		fmt.Fprintln(c.App.Writer, x.URI)
 	}
 	return nbd.NewServer(src, opts).Serve(c.Context, l)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,7 +12,9 @@ import (
 
 	"github.com/astrolabe-appliance/astrolabe/appliance/config"
 	"github.com/astrolabe-appliance/astrolabe/appliance/remote"
+	"github.com/astrolabe-appliance/astrolabe/appliance/usecase"
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/repo"
 )
 
 // loadManager returns the PEs to work on: those of the configuration
@@ -29,6 +32,16 @@ func loadManager(c *cli.Context) (pe.Manager, error) {
 		return remote.New(remote.Options{URL: url, Token: c.String("token"), CAFile: ca})
 	}
 	return config.Load(c.String("config"), config.Factories())
+}
+
+// useCases are the use cases over the PEs of loadManager, backing up to
+// and restoring from r if it is not nil.
+func useCases(c *cli.Context, r *repo.Repository) (*usecase.Service, error) {
+	m, err := loadManager(c)
+	if err != nil {
+		return nil, err
+	}
+	return usecase.New(usecase.Config{Manager: m, Repository: r, Logger: slog.Default()})
 }
 
 func fileExists(path string) bool {
@@ -60,10 +73,9 @@ func peArg(arg string, wantSnap int) (pe.ID, error) {
 	return id, nil
 }
 
-// withPE makes the Action of a verb that takes one PE ID argument (with a
-// snapshot if wantSnap > 0, without if < 0) and works on that PE; for
-// wantSnap > 0 the PE is the live one and id names its snapshot.
-func withPE(argName string, wantSnap int, fn func(c *cli.Context, id pe.ID, p pe.ProtectedEntity) error) cli.ActionFunc {
+// withID makes the Action of a verb that takes one PE ID argument (with
+// a snapshot if wantSnap > 0, without if < 0) and runs a use case on it.
+func withID(argName string, wantSnap int, fn func(c *cli.Context, id pe.ID, uc *usecase.Service) error) cli.ActionFunc {
 	return func(c *cli.Context) error {
 		a, err := args(c, 1, argName)
 		if err != nil {
@@ -73,20 +85,28 @@ func withPE(argName string, wantSnap int, fn func(c *cli.Context, id pe.ID, p pe
 		if err != nil {
 			return err
 		}
-		m, err := loadManager(c)
+		uc, err := useCases(c, nil)
 		if err != nil {
 			return err
 		}
+		return fn(c, id, uc)
+	}
+}
+
+// withPE is withID for verbs that work on the PE itself; for wantSnap > 0
+// the PE is the live one and id names its snapshot.
+func withPE(argName string, wantSnap int, fn func(c *cli.Context, id pe.ID, p pe.ProtectedEntity) error) cli.ActionFunc {
+	return withID(argName, wantSnap, func(c *cli.Context, id pe.ID, uc *usecase.Service) error {
 		get := id
 		if wantSnap > 0 {
 			get = id.Base()
 		}
-		p, err := m.Get(c.Context, get)
+		p, err := uc.Manager().Get(c.Context, get)
 		if err != nil {
 			return err
 		}
 		return fn(c, id, p)
-	}
+	})
 }
 
 func typesCommand() *cli.Command {
@@ -101,7 +121,11 @@ func typesCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			for _, tm := range m.Types() {
+			types, err := m.Types(c.Context)
+			if err != nil {
+				return err
+			}
+			for _, tm := range types {
 				fmt.Fprintln(c.App.Writer, tm.Type())
 			}
 			return nil
@@ -123,7 +147,7 @@ func lsCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			tm, err := m.Type(a[0])
+			tm, err := m.Type(c.Context, a[0])
 			if err != nil {
 				return err
 			}
@@ -164,10 +188,10 @@ func snapCommand() *cli.Command {
 		Name:      "snap",
 		Usage:     "take a snapshot; prints the snapshot's PE ID last",
 		ArgsUsage: "PEID",
-		Action: withPE("PEID", -1, func(c *cli.Context, id pe.ID, p pe.ProtectedEntity) error {
-			snap, err := p.Snapshot(c.Context, nil)
+		Action: withID("PEID", -1, func(c *cli.Context, id pe.ID, uc *usecase.Service) error {
+			snap, err := uc.Snapshot(c.Context, id, nil)
 			if err != nil {
-				return fmt.Errorf("snapshot %s: %w", id, err)
+				return err
 			}
 			fmt.Fprintln(c.App.Writer, snap)
 			return nil

@@ -250,25 +250,21 @@ breaks it. A summary line (read, new, stored, duration) goes to stderr.`,
 			if err != nil {
 				return err
 			}
-			m, err := loadManager(c)
+			uc, err := useCases(c, r)
 			if err != nil {
 				return err
 			}
-			p, err := m.Get(c.Context, id)
+			// Resolved here, to tell of the snapshot before the progress.
+			p, err := uc.Resolve(c.Context, id)
 			if err != nil {
 				return err
 			}
 			if !id.HasSnapshot() {
-				if id, err = p.Snapshot(c.Context, nil); err != nil {
-					return fmt.Errorf("snapshot %s: %w", a[0], err)
-				}
-				fmt.Fprintf(c.App.ErrWriter, "took snapshot %s\n", id)
-				if p, err = m.Get(c.Context, id); err != nil {
-					return err
-				}
+				fmt.Fprintf(c.App.ErrWriter, "took snapshot %s\n", p.ID())
 			}
+			id = p.ID()
 			prog := newProgress(c.App.ErrWriter)
-			s, err := r.Backup(c.Context, p, prog)
+			s, err := uc.Backup(c.Context, id, prog)
 			prog.Done()
 			if err != nil {
 				return err
@@ -308,7 +304,7 @@ as in cp.`,
 			if err != nil {
 				return usageError{err.Error()}
 			}
-			m, err := loadManager(c)
+			uc, err := useCases(c, r)
 			if err != nil {
 				return err
 			}
@@ -316,23 +312,14 @@ as in cp.`,
 			if t := c.String("to"); t != "" {
 				typ = t
 			}
-			tm, err := m.Type(typ)
-			if err != nil {
-				return err
-			}
-			src, err := r.OpenSnapshot(c.Context, id)
-			if err != nil {
-				return err
-			}
 			start := time.Now()
 			prog := newProgress(c.App.ErrWriter)
 			opts := restoreOptions(c)
-			opts.Mode, opts.Progress = mode, prog
-			logKeepPrivileges(src, typ, opts)
-			out, err := tm.Copy(c.Context, src, opts)
+			opts.Mode = mode
+			out, err := uc.Restore(c.Context, id, typ, opts, prog)
 			prog.Done()
 			if err != nil {
-				return fmt.Errorf("restore %s: %w", id, err)
+				return err
 			}
 			fmt.Fprintf(c.App.ErrWriter, "restored %s as %s in %s\n", id, out.ID(), time.Since(start).Round(time.Millisecond))
 			fmt.Fprintln(c.App.Writer, out.ID())

@@ -1,0 +1,49 @@
+package usecase
+
+import (
+	"context"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/repo"
+)
+
+// Backup backs up the PE id names into the repository, snapshotting a
+// live PE first (Resolve); the summary's ID is the repository snapshot.
+func (s *Service) Backup(ctx context.Context, id pe.ID, progress pe.Progress) (repo.Summary, error) {
+	r, err := s.repository()
+	if err != nil {
+		return repo.Summary{}, err
+	}
+	p, err := s.Resolve(ctx, id)
+	if err != nil {
+		return repo.Summary{}, err
+	}
+	return r.Backup(ctx, p, progress)
+}
+
+// RepositorySnapshots lists the IDs of the repository's snapshots, oldest
+// first; of one PE if filter is not zero.
+func (s *Service) RepositorySnapshots(ctx context.Context, filter pe.ID) ([]pe.ID, error) {
+	r, err := s.repository()
+	if err != nil {
+		return nil, err
+	}
+	// TODO(issue 14): (*repo.Repository).SnapshotIDs once the index
+	// rewrite lands; until then this is the one place that converts.
+	snaps, err := r.Snapshots(ctx, filter)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]pe.ID, len(snaps))
+	for i, sn := range snaps {
+		out[i] = sn.ID
+	}
+	return out, nil
+}
+
+func (s *Service) repository() (*repo.Repository, error) {
+	if s.repo == nil {
+		return nil, notConfigured("the backup repository")
+	}
+	return s.repo, nil
+}
