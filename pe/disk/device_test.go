@@ -70,7 +70,7 @@ func TestBlockDevice(t *testing.T) {
 		t.Errorf("snapshot sha %s, want %s", got, want)
 	}
 	// The device has no holes, but its zero blocks become holes.
-	simg := filepath.Join(tm.snapshotPath("dev0", snap.Snapshot()), imageFile)
+	simg := filepath.Join(tm.disks.Snapshots().Path("dev0", snap.Snapshot()), imageFile)
 	if used := allocated(t, simg); used > 2*miB+64*kiB {
 		t.Errorf("device snapshot occupies %d bytes, want about 2 MiB", used)
 	}

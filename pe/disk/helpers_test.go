@@ -181,7 +181,7 @@ func allocated(tb testing.TB, path string) int64 {
 // snapshotInfoOf reads a snapshot's info.json.
 func snapshotInfoOf(tb testing.TB, tm *TypeManager, id pe.ID) snapshotInfo {
 	tb.Helper()
-	b, err := os.ReadFile(filepath.Join(tm.snapshotPath(id.Name(), id.Snapshot()), snapdir.InfoFile))
+	b, err := os.ReadFile(filepath.Join(tm.disks.Snapshots().Path(id.Name(), id.Snapshot()), snapdir.InfoFile))
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -24,7 +24,7 @@ func snapshotImage(t *testing.T) (*TypeManager, pe.Image, string) {
 	live := filepath.Join(tm.Root(), "data")
 	makeTree(t, live)
 	sid := snapshot(t, getPE(t, tm, fsID(t, "data")))
-	return tm, openData(t, getPE(t, tm, sid)), tm.treePath("data", sid.Snapshot())
+	return tm, openData(t, getPE(t, tm, sid)), tm.trees.treePath("data", sid.Snapshot())
 }
 
 func TestImageMatchesTree(t *testing.T) {

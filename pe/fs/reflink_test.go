@@ -41,12 +41,12 @@ func TestReflinkSnapshot(t *testing.T) {
 	makeTree(t, live)
 	want, _ := treeEntries(t, live)
 	sid := snapshot(t, getPE(t, tm, fsID(t, "data")))
-	si, err := tm.readSnapshotInfo("data", sid.Snapshot())
+	si, err := tm.trees.readSnapshotInfo("data", sid.Snapshot())
 	must(t, err)
 	if si.Copied != 0 || si.Reflinked != si.Files {
 		t.Errorf("on XFS %d files reflinked, %d copied; want all reflinked", si.Reflinked, si.Copied)
 	}
 	writeFile(t, filepath.Join(live, "big.bin"), []byte("overwritten"), 0o640)
-	got, _ := treeEntries(t, tm.treePath("data", sid.Snapshot()))
+	got, _ := treeEntries(t, tm.trees.treePath("data", sid.Snapshot()))
 	compareEntries(t, "reflinked snapshot", got, want)
 }

@@ -21,7 +21,7 @@ func TestRestoreModes(t *testing.T) {
 	makeTree(t, filepath.Join(tm.Root(), "data"))
 	sid := snapshot(t, getPE(t, tm, fsID(t, "data")))
 	src := getPE(t, tm, sid)
-	want, wantLinks := treeEntries(t, tm.treePath("data", sid.Snapshot()))
+	want, wantLinks := treeEntries(t, tm.trees.treePath("data", sid.Snapshot()))
 
 	checkTree := func(what string, p pe.ProtectedEntity) {
 		t.Helper()
@@ -265,7 +265,7 @@ func TestRestoreCancelled(t *testing.T) {
 	if h := hiddenEntries(t, tm.Root()); len(h) != 0 {
 		t.Errorf("leftovers in the root: %v", h)
 	}
-	if h := hiddenEntries(t, tm.snapshotsOf("data")); len(h) != 0 {
+	if h := hiddenEntries(t, tm.trees.Snapshots().Of("data")); len(h) != 0 {
 		t.Errorf("leftovers in the snapshot directory: %v", h)
 	}
 	if ids, _ := tm.List(ctx); len(ids) != 1 {
