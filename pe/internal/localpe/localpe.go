@@ -4,28 +4,27 @@
 // snapshots, and Copy's three modes with their errors. Each type supplies
 // what is its own through a Backend.
 //
-// Both types so return the same sentinel errors, in messages of the same
-// shape, for the same situation:
+// So both types return the same sentinel errors, in messages of the same
+// shape, for the same situation (errors_test.go holds them to it):
 //
-//	no such PE or snapshot, a name that is no entry   pe.ErrNotFound
-//	the target of a create exists                     pe.ErrExists
-//	a snapshot of a snapshot, overwriting a snapshot,
-//	a bad copy mode, a target name that cannot be     pe.ErrNotSupported
-//	the source's data cannot be opened                pe.ErrInvalidSource
+//	no such PE or snapshot; a name that is no entry    pe.ErrNotFound
+//	the target of a create exists                      pe.ErrExists
+//	a snapshot of a snapshot; writing to a snapshot;
+//	a bad copy mode; a create target that is no entry  pe.ErrNotSupported
+//	the source's data cannot be opened                 pe.ErrInvalidSource
+//	a copy past its bound (package budget)             pe.ErrLimit
+//	metadata (a PE's data is all of it)                pe.ErrNoMetadata
 package localpe
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/snapdir"
@@ -231,7 +230,7 @@ func (m *Manager) create(ctx context.Context, src pe.ProtectedEntity, target str
 			return "", err
 		}
 	}
-	img, err := SourceData(ctx, src)
+	img, err := sourceData(ctx, src)
 	if err != nil {
 		return "", err
 	}
@@ -281,7 +280,7 @@ func (m *Manager) update(ctx context.Context, name string, src pe.ProtectedEntit
 	if err := m.b.Live(name); err != nil {
 		return err
 	}
-	img, err := SourceData(ctx, src)
+	img, err := sourceData(ctx, src)
 	if err != nil {
 		return err
 	}
@@ -289,162 +288,12 @@ func (m *Manager) update(ctx context.Context, name string, src pe.ProtectedEntit
 	return m.b.Update(ctx, name, src, img, opts)
 }
 
-// SourceData opens src's data for a copy; a source without data is an
+// sourceData opens src's data for a copy; a source without data is an
 // invalid source.
-func SourceData(ctx context.Context, src pe.ProtectedEntity) (pe.Image, error) {
+func sourceData(ctx context.Context, src pe.ProtectedEntity) (pe.Image, error) {
 	img, err := src.Data(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%w: data of %s: %w", pe.ErrInvalidSource, src.ID(), err)
 	}
 	return img, nil
-}
-
-// placeNew renames the entry from to the name to, which must not exist: an
-// error matching fs.ErrExist if it does. A plain rename would replace a
-// file, or an empty directory, made there meanwhile.
-func placeNew(from, to string) error {
-	err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE)
-	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
-		return placeNewWithoutRenameat2(from, to)
-	}
-	if err != nil {
-		return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
-	}
-	return nil
-}
-
-// placeNewWithoutRenameat2 is placeNew on filesystems without
-// RENAME_NOREPLACE: a file is linked, which never replaces anything, and
-// then unlinked from its old name; a directory cannot be linked, so it is
-// checked for, then renamed: racy, but rare.
-func placeNewWithoutRenameat2(from, to string) error {
-	fi, err := os.Lstat(from)
-	if err != nil {
-		return err
-	}
-	if !fi.IsDir() {
-		if err := os.Link(from, to); err != nil {
-			return err
-		}
-		return os.Remove(from)
-	}
-	if _, err := os.Lstat(to); err == nil {
-		return &os.LinkError{Op: "rename", Old: from, New: to, Err: fs.ErrExist}
-	}
-	return os.Rename(from, to)
-}
-
-// Entity is one PE of a root, or one of its snapshots when its ID has a
-// snapshot part. It implements pe.ProtectedEntity; a PE has no components
-// and no metadata: all of it is in its data.
-type Entity struct {
-	m  *Manager
-	id pe.ID
-}
-
-var _ pe.ProtectedEntity = (*Entity)(nil)
-
-// ID implements pe.ProtectedEntity.
-func (e *Entity) ID() pe.ID { return e.id }
-
-// Info implements pe.ProtectedEntity. The size of a live PE is that of
-// its data as it is now, which for a tree means walking it.
-func (e *Entity) Info(ctx context.Context) (pe.Info, error) {
-	if e.id.HasSnapshot() {
-		return e.SnapshotInfo(ctx, e.id.Snapshot())
-	}
-	img, err := e.m.b.OpenLive(ctx, e.id.Name())
-	if err != nil {
-		return pe.Info{}, fmt.Errorf("info %s: %w", e.id, err)
-	}
-	defer img.Close()
-	return pe.Info{ID: e.id, Name: e.id.Name(), Size: img.Size()}, nil
-}
-
-// Snapshot implements pe.ProtectedEntity. Params are not used.
-func (e *Entity) Snapshot(ctx context.Context, params pe.Params) (pe.ID, error) {
-	if e.id.HasSnapshot() {
-		return pe.ID{}, fmt.Errorf("snapshot %s: is a snapshot itself, snapshot %s: %w", e.id, e.id.Base(), pe.ErrNotSupported)
-	}
-	snap, err := e.m.b.TakeSnapshot(ctx, e.id.Name())
-	if err != nil {
-		return pe.ID{}, fmt.Errorf("snapshot %s: %w", e.id, err)
-	}
-	return e.id.WithSnapshot(snap), nil
-}
-
-// ListSnapshots implements pe.ProtectedEntity; on a snapshot it lists the
-// snapshots of its PE.
-func (e *Entity) ListSnapshots(ctx context.Context) ([]pe.ID, error) {
-	return e.m.root.snaps.IDs(e.id)
-}
-
-// DeleteSnapshot implements pe.ProtectedEntity.
-func (e *Entity) DeleteSnapshot(ctx context.Context, snapshot string) error {
-	if err := e.m.root.snaps.Delete(e.id.Name(), snapshot); err != nil {
-		return fmt.Errorf("delete snapshot %s: %w", e.id.WithSnapshot(snapshot), err)
-	}
-	return nil
-}
-
-// SnapshotInfo implements pe.ProtectedEntity: the size is that recorded
-// when the snapshot was taken.
-func (e *Entity) SnapshotInfo(ctx context.Context, snapshot string) (pe.Info, error) {
-	id := e.id.WithSnapshot(snapshot)
-	si, err := e.m.b.SnapshotInfo(e.id.Name(), snapshot)
-	if err != nil {
-		return pe.Info{}, fmt.Errorf("info %s: %w", id, err)
-	}
-	created := si.Created
-	return pe.Info{ID: id, Name: e.id.Name(), Size: si.Size, Created: &created}, nil
-}
-
-// Components implements pe.ProtectedEntity: there are none.
-func (e *Entity) Components(ctx context.Context) ([]pe.ProtectedEntity, error) {
-	return nil, nil
-}
-
-// Data implements pe.ProtectedEntity.
-func (e *Entity) Data(ctx context.Context) (pe.Image, error) {
-	var (
-		img pe.Image
-		err error
-	)
-	if e.id.HasSnapshot() {
-		img, err = e.m.b.OpenSnapshot(ctx, e.id.Name(), e.id.Snapshot())
-	} else {
-		img, err = e.m.b.OpenLive(ctx, e.id.Name())
-	}
-	if err != nil {
-		return nil, fmt.Errorf("data of %s: %w", e.id, err)
-	}
-	return img, nil
-}
-
-// Metadata implements pe.ProtectedEntity: there is none.
-func (e *Entity) Metadata(ctx context.Context) (io.ReadCloser, error) {
-	return nil, fmt.Errorf("metadata of %s: %w", e.id, pe.ErrNoMetadata)
-}
-
-// Overwrite implements pe.ProtectedEntity: it replaces the live PE's data
-// with src's, as Copy with pe.Update does. There are no components, so
-// withComponents changes nothing.
-func (e *Entity) Overwrite(ctx context.Context, src pe.ProtectedEntity, withComponents bool) error {
-	if err := e.RequireLive("overwrite"); err != nil {
-		return err
-	}
-	if err := e.m.update(ctx, e.id.Name(), src, pe.CopyOptions{Mode: pe.Update}); err != nil {
-		return fmt.Errorf("overwrite %s from %s: %w", e.id, src.ID(), err)
-	}
-	return nil
-}
-
-// RequireLive refuses op on a snapshot: snapshots are read-only. Types
-// call it too in what they offer besides pe.ProtectedEntity, so that all
-// refuse alike.
-func (e *Entity) RequireLive(op string) error {
-	if e.id.HasSnapshot() {
-		return fmt.Errorf("%s %s: snapshots are read-only: %w", op, e.id, pe.ErrNotSupported)
-	}
-	return nil
 }
