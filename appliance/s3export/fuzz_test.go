@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/astrolabe-appliance/astrolabe/internal/testpe"
+	"github.com/astrolabe-appliance/astrolabe/appliance/samples/samplestest"
 )
 
 // fuzzNow is the clock of the fuzz targets: signatures are made for it.
@@ -46,8 +46,8 @@ func sign(r *http.Request, access, secret, payload string) {
 // parsing, ranges, uploads. Nothing may panic, every answer is a valid
 // status, and only the copy bucket ever takes a write.
 func FuzzS3Request(f *testing.F) {
-	_, m := testpe.Config(f)
-	snap := testpe.Snapshot(f, m, "disk:sample.img")
+	_, m := samplestest.Config(f)
+	snap := samplestest.Snapshot(f, m, "disk:sample.img")
 	h, err := New(Config{Manager: m, AccessKey: accessKey, SecretKey: secretKey, TempDir: f.TempDir(), MaxUpload: 1 << 20,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {

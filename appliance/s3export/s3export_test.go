@@ -23,7 +23,7 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
-	"github.com/astrolabe-appliance/astrolabe/internal/testpe"
+	"github.com/astrolabe-appliance/astrolabe/appliance/samples/samplestest"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 )
 
@@ -44,8 +44,8 @@ type fixture struct {
 
 func newFixture(t *testing.T, maxUpload int64) *fixture {
 	t.Helper()
-	dir, m := testpe.Config(t)
-	f := &fixture{dir: dir, m: m, diskSnap: testpe.Snapshot(t, m, "disk:sample.img"), fsSnap: testpe.Snapshot(t, m, "fs:sample")}
+	dir, m := samplestest.Config(t)
+	f := &fixture{dir: dir, m: m, diskSnap: samplestest.Snapshot(t, m, "disk:sample.img"), fsSnap: samplestest.Snapshot(t, m, "fs:sample")}
 	var err error
 	f.h, err = New(Config{Manager: m, AccessKey: accessKey, SecretKey: secretKey, TempDir: t.TempDir(), MaxUpload: maxUpload,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})

@@ -4,6 +4,8 @@ import (
 	"context"
 	"path/filepath"
 	"testing"
+
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/petest"
 )
 
 // BenchmarkSnapshot1GiB snapshots a fully written 1 GiB image, by copy on
@@ -37,7 +39,7 @@ func BenchmarkSnapshot1GiB(b *testing.B) {
 		bench(b, newTestRoot(b, ""), MethodCopy)
 	})
 	b.Run("reflink", func(b *testing.B) {
-		mnt := mountXFS(b, b.TempDir(), 3*giB)
+		mnt := petest.MountXFS(b, b.TempDir(), 3*giB)
 		bench(b, newTestRoot(b, mnt), MethodReflink)
 	})
 }

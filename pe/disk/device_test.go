@@ -9,15 +9,17 @@ import (
 	"testing"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/petest"
 )
 
 // attachLoop attaches file to a free loop device and returns the device;
 // cleanup detaches it.
 func attachLoop(t *testing.T, file string) string {
 	t.Helper()
-	requireTool(t, "losetup", "mount")
-	dev := runCmd(t, "losetup", "-f", "--show", file)
-	t.Cleanup(func() { runCmd(t, "losetup", "-d", dev) })
+	petest.RequireRoot(t, "attaches a loop device")
+	petest.RequireTool(t, "losetup", "mount")
+	dev := petest.Run(t, "losetup", "-f", "--show", file)
+	t.Cleanup(func() { petest.Run(t, "losetup", "-d", dev) })
 	return dev
 }
 
@@ -70,7 +72,7 @@ func TestBlockDevice(t *testing.T) {
 		t.Errorf("snapshot sha %s, want %s", got, want)
 	}
 	// The device has no holes, but its zero blocks become holes.
-	simg := filepath.Join(tm.snapshotPath("dev0", snap.Snapshot()), imageFile)
+	simg := filepath.Join(tm.disks.Snapshots().Path("dev0", snap.Snapshot()), imageFile)
 	if used := allocated(t, simg); used > 2*miB+64*kiB {
 		t.Errorf("device snapshot occupies %d bytes, want about 2 MiB", used)
 	}

@@ -210,7 +210,7 @@ func TestFailedSnapshotLeavesNothing(t *testing.T) {
 	if _, err := p.Snapshot(ctx, nil); !errors.Is(err, context.Canceled) {
 		t.Fatalf("snapshot with cancelled context: %v", err)
 	}
-	entries, err := os.ReadDir(tm.snapshotsOf("vm.img"))
+	entries, err := os.ReadDir(tm.disks.Snapshots().Of("vm.img"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,9 +263,9 @@ func TestNewName(t *testing.T) {
 		"x.verylongextension": `^x\.verylongextension-[0-9a-f]{8}$`,
 		"...":                 `^disk-[0-9a-f]{8}$`,
 	} {
-		got := newName(in)
-		if !regexp.MustCompile(re).MatchString(got) || !validName(got) {
-			t.Errorf("newName(%q) = %q, want match of %s", in, got, re)
+		got := new(disks).NewName(in)
+		if !regexp.MustCompile(re).MatchString(got) || !pe.IsLocalName(got) {
+			t.Errorf("NewName(%q) = %q, want match of %s", in, got, re)
 		}
 	}
 }

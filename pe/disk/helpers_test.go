@@ -8,10 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 
@@ -181,7 +178,7 @@ func allocated(tb testing.TB, path string) int64 {
 // snapshotInfoOf reads a snapshot's info.json.
 func snapshotInfoOf(tb testing.TB, tm *TypeManager, id pe.ID) snapshotInfo {
 	tb.Helper()
-	b, err := os.ReadFile(filepath.Join(tm.snapshotPath(id.Name(), id.Snapshot()), snapdir.InfoFile))
+	b, err := os.ReadFile(filepath.Join(tm.disks.Snapshots().Path(id.Name(), id.Snapshot()), snapdir.InfoFile))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -190,66 +187,4 @@ func snapshotInfoOf(tb testing.TB, tm *TypeManager, id pe.ID) snapshotInfo {
 		tb.Fatal(err)
 	}
 	return si
-}
-
-// requireTool fails (never skips) when a command the test needs is missing.
-func requireTool(tb testing.TB, cmd, pkg string) {
-	tb.Helper()
-	if _, err := exec.LookPath(cmd); err != nil {
-		tb.Fatalf("%s not found: install %s: apt-get install -y %s", cmd, pkg, pkg)
-	}
-	if os.Geteuid() != 0 {
-		tb.Fatalf("this test uses %s and must run as root", cmd)
-	}
-}
-
-func runCmd(tb testing.TB, name string, args ...string) string {
-	tb.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		tb.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return strings.TrimSpace(string(out))
-}
-
-// mountXFS makes a reflink-capable XFS filesystem of size bytes in a file
-// under dir, loop-mounts it and returns the mount point. Cleanup unmounts
-// it, which also detaches the loop device (mount sets autoclear).
-func mountXFS(tb testing.TB, dir string, size int64) string {
-	tb.Helper()
-	requireTool(tb, "mkfs.xfs", "xfsprogs")
-	requireTool(tb, "mount", "mount")
-	img := filepath.Join(dir, "xfs.img")
-	truncateFile(tb, img, size)
-	runCmd(tb, "mkfs.xfs", "-q", "-m", "reflink=1", img)
-	mnt := filepath.Join(dir, "mnt")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		tb.Fatal(err)
-	}
-	runCmd(tb, "mount", "-o", "loop", img, mnt)
-	tb.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			tb.Errorf("umount %s: %v\n%s", mnt, err, out)
-		}
-	})
-	return mnt
-}
-
-// countingProgress is a pe.Progress that records what it is told.
-type countingProgress struct {
-	mu    sync.Mutex
-	total int64
-	done  int64
-}
-
-func (p *countingProgress) Start(total int64) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.total = total
-}
-
-func (p *countingProgress) Add(n int64) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.done += n
 }

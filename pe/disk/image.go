@@ -91,9 +91,9 @@ func (im *image) Close() error { return im.f.Close() }
 // can tell what changed since an earlier snapshot of the same PE.
 type snapshotImage struct {
 	*image
-	tm   *TypeManager
-	name string
-	snap string
+	disks *disks
+	name  string
+	snap  string
 }
 
 var _ pe.ChangeTracker = (*snapshotImage)(nil)
@@ -101,7 +101,7 @@ var _ pe.ChangeTracker = (*snapshotImage)(nil)
 // ChangedSince implements pe.ChangeTracker by comparing the two snapshots'
 // block hashes; neither image is read.
 func (si *snapshotImage) ChangedSince(ctx context.Context, base string) ([]pe.Extent, error) {
-	exts, err := si.tm.changedSince(ctx, si.name, si.snap, base)
+	exts, err := si.disks.changedSince(ctx, si.name, si.snap, base)
 	if err != nil {
 		return nil, fmt.Errorf("changes of %s:%s:%s since %s: %w", Type, si.name, si.snap, base, err)
 	}

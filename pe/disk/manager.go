@@ -14,6 +14,16 @@
 // built as .tmp-<snapshot> beside it and renamed into place when complete.
 // Comparing two blocks files tells the blocks changed between snapshots
 // without reading either image again.
+//
+// A copy to disk (TypeManager.Copy) writes the source's data as an image:
+// with pe.CreateNew one named after the source with a random suffix
+// before the extension (vm1.img → vm1-1a2b3c4d.img). New and replaced
+// files are written to a hidden temporary file first; holes and all-zero
+// blocks of the source stay holes. What is written is bounded (package
+// budget): by the free space of the root's filesystem, and for untrusted
+// sources by opts.ExpansionLimit; a bound that is hit fails the copy with
+// pe.ErrLimit and removes the temporary file. A block device is written
+// in place, within its size, and not bounded.
 package disk
 
 import (
@@ -22,20 +32,20 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
-	"sort"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
-	"github.com/astrolabe-appliance/astrolabe/pe/internal/snapdir"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/localpe"
 )
 
 // Type is the PE type name.
 const Type = "disk"
 
-// TypeManager knows the disk PEs under one root directory.
+// TypeManager knows the disk PEs under one root directory. What fs and
+// disk PEs have in common is package localpe's; disks is what is disk's
+// own.
 type TypeManager struct {
-	root  string
-	snaps snapdir.Store
+	*localpe.Manager
+	disks *disks
 }
 
 var _ pe.TypeManager = (*TypeManager)(nil)
@@ -43,72 +53,21 @@ var _ pe.TypeManager = (*TypeManager)(nil)
 // NewTypeManager returns the manager of the disk PEs in root, which must be
 // an existing directory.
 func NewTypeManager(root string) (*TypeManager, error) {
-	abs, err := filepath.Abs(root)
+	r, err := localpe.NewRoot(Type, root)
 	if err != nil {
-		return nil, fmt.Errorf("disk root %q: %w", root, err)
+		return nil, err
 	}
-	fi, err := os.Stat(abs)
-	if err != nil {
-		return nil, fmt.Errorf("disk root: %w", err)
-	}
-	if !fi.IsDir() {
-		return nil, fmt.Errorf("disk root %s: not a directory", abs)
-	}
-	return &TypeManager{root: abs, snaps: snapdir.New(abs)}, nil
+	d := &disks{Root: r}
+	return &TypeManager{Manager: localpe.NewManager(r, d), disks: d}, nil
 }
 
-// Type implements pe.TypeManager.
-func (tm *TypeManager) Type() string { return Type }
-
-// Root is the directory holding the PEs.
-func (tm *TypeManager) Root() string { return tm.root }
-
-// List implements pe.TypeManager: the IDs of all live PEs, sorted by name.
-func (tm *TypeManager) List(ctx context.Context) ([]pe.ID, error) {
-	entries, err := os.ReadDir(tm.root)
-	if err != nil {
-		return nil, fmt.Errorf("list disk PEs: %w", err)
-	}
-	var ids []pe.ID
-	for _, e := range entries {
-		if !validName(e.Name()) {
-			continue
-		}
-		if _, err := tm.kindOf(e.Name()); err != nil {
-			// Directories, sockets, symlinks to files, dangling links:
-			// not disks. A file that vanished since ReadDir is no PE either.
-			continue
-		}
-		id, err := pe.NewID(Type, e.Name())
-		if err != nil {
-			continue
-		}
-		ids = append(ids, id)
-	}
-	sort.Slice(ids, func(i, j int) bool { return ids[i].Name() < ids[j].Name() })
-	return ids, nil
+// disks is the localpe.Backend of disk: each PE is an image file or a
+// link to a block device.
+type disks struct {
+	*localpe.Root
 }
 
-// Get implements pe.TypeManager. A live PE must exist; a snapshot must
-// exist, but its live PE need not (the image may have been deleted since).
-func (tm *TypeManager) Get(ctx context.Context, id pe.ID) (pe.ProtectedEntity, error) {
-	if id.Type() != Type {
-		return nil, fmt.Errorf("get %s: type %q is not %q: %w", id, id.Type(), Type, pe.ErrNotFound)
-	}
-	if !validName(id.Name()) {
-		return nil, fmt.Errorf("get %s: %w", id, pe.ErrNotFound)
-	}
-	if id.HasSnapshot() {
-		if _, err := tm.readSnapshotInfo(id.Name(), id.Snapshot()); err != nil {
-			return nil, fmt.Errorf("get %s: %w", id, err)
-		}
-		return &entity{tm: tm, id: id}, nil
-	}
-	if _, err := tm.kindOf(id.Name()); err != nil {
-		return nil, fmt.Errorf("get %s: %w", id, err)
-	}
-	return &entity{tm: tm, id: id}, nil
-}
+var _ localpe.Backend = (*disks)(nil)
 
 // sourceKind says how a live PE's bytes are stored.
 type sourceKind int
@@ -118,10 +77,17 @@ const (
 	kindDevice                       // a symlink to a block device
 )
 
+// Live implements localpe.Backend.
+func (d *disks) Live(name string) error {
+	_, err := d.kindOf(name)
+	return err
+}
+
 // kindOf classifies the live PE name; ErrNotFound (wrapped) if it is
-// missing or not something this type manages.
-func (tm *TypeManager) kindOf(name string) (sourceKind, error) {
-	p := tm.livePath(name)
+// missing or not something this type manages: directories, sockets,
+// symlinks to files, dangling links are not disks.
+func (d *disks) kindOf(name string) (sourceKind, error) {
+	p := d.Path(name)
 	fi, err := os.Lstat(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, fmt.Errorf("%s: %w", p, pe.ErrNotFound)
@@ -147,10 +113,22 @@ func (tm *TypeManager) kindOf(name string) (sourceKind, error) {
 	return kindDevice, nil
 }
 
-func (tm *TypeManager) livePath(name string) string { return filepath.Join(tm.root, name) }
+// NewName implements localpe.Backend, keeping an extension such as .img
+// at the end: <stem>-<8 hex digits><ext>.
+func (d *disks) NewName(base string) string { return pe.NewLocalName(base, Type, true) }
 
-// snapshotsOf is the directory holding the snapshots of one PE.
-func (tm *TypeManager) snapshotsOf(name string) string { return tm.snaps.Of(name) }
+// OpenLive implements localpe.Backend. Its image does not implement
+// pe.ChangeTracker, as nothing records the writes to a live image.
+func (d *disks) OpenLive(ctx context.Context, name string) (pe.Image, error) {
+	kind, err := d.kindOf(name)
+	if err != nil {
+		return nil, err
+	}
+	return openImage(d.Path(name), kind)
+}
 
-// snapshotPath is the directory of one snapshot.
-func (tm *TypeManager) snapshotPath(name, snap string) string { return tm.snaps.Path(name, snap) }
+// OpenSnapshot implements localpe.Backend; the image of a snapshot also
+// implements pe.ChangeTracker.
+func (d *disks) OpenSnapshot(ctx context.Context, name, snap string) (pe.Image, error) {
+	return d.openSnapshotImage(name, snap)
+}

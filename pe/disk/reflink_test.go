@@ -7,11 +7,12 @@ import (
 	"testing"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/petest"
 )
 
 func TestReflinkSnapshot(t *testing.T) {
 	ctx := context.Background()
-	mnt := mountXFS(t, t.TempDir(), 512*miB)
+	mnt := petest.MountXFS(t, t.TempDir(), 512*miB)
 	tm := newTestRoot(t, mnt)
 	path := filepath.Join(tm.Root(), "vm.img")
 	writeRandomFile(t, path, 5, 256*miB)

@@ -6,7 +6,6 @@ import (
 	"os"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
-	"github.com/astrolabe-appliance/astrolabe/pe/internal/snapdir"
 )
 
 var _ pe.Remover = (*entity)(nil)
@@ -15,25 +14,26 @@ var _ pe.Remover = (*entity)(nil)
 // without snapshots. Links to block devices are not removed: the device
 // was there before the PE.
 func (e *entity) Remove(ctx context.Context) error {
-	if e.id.HasSnapshot() {
-		return fmt.Errorf("remove %s: is a snapshot: %w", e.id, pe.ErrNotSupported)
+	if err := e.RequireLive("remove"); err != nil {
+		return err
 	}
-	kind, err := e.tm.kindOf(e.id.Name())
+	id := e.ID()
+	kind, err := e.disks.kindOf(id.Name())
 	if err != nil {
-		return fmt.Errorf("remove %s: %w", e.id, err)
+		return fmt.Errorf("remove %s: %w", id, err)
 	}
 	if kind != kindFile {
-		return fmt.Errorf("remove %s: not an image file: %w", e.id, pe.ErrNotSupported)
+		return fmt.Errorf("remove %s: not an image file: %w", id, pe.ErrNotSupported)
 	}
-	snaps, err := e.tm.snaps.List(e.id.Name())
+	snaps, err := e.disks.Snapshots().List(id.Name())
 	if err != nil {
-		return fmt.Errorf("remove %s: %w", e.id, err)
+		return fmt.Errorf("remove %s: %w", id, err)
 	}
 	if len(snaps) > 0 {
-		return fmt.Errorf("remove %s: it has %d snapshots: %w", e.id, len(snaps), pe.ErrExists)
+		return fmt.Errorf("remove %s: it has %d snapshots: %w", id, len(snaps), pe.ErrExists)
 	}
-	if err := os.Remove(e.tm.livePath(e.id.Name())); err != nil {
-		return fmt.Errorf("remove %s: %w", e.id, err)
+	if err := os.Remove(e.disks.Path(id.Name())); err != nil {
+		return fmt.Errorf("remove %s: %w", id, err)
 	}
-	return snapdir.SyncDir(e.tm.root)
+	return e.disks.Sync()
 }

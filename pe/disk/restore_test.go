@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/petest"
 )
 
 // makeSparseSource writes a 256 MiB image with 12 MiB of data in three
@@ -63,7 +64,7 @@ func TestRestore(t *testing.T) {
 	sp := getPE(t, tm, snap)
 
 	t.Run("create_new", func(t *testing.T) {
-		prog := &countingProgress{}
+		prog := &petest.Progress{}
 		p, err := tm.Copy(ctx, sp, pe.CopyOptions{Mode: pe.CreateNew, Progress: prog})
 		if err != nil {
 			t.Fatal(err)
@@ -72,8 +73,8 @@ func TestRestore(t *testing.T) {
 			t.Errorf("new name %q", p.ID().Name())
 		}
 		checkRestored(t, tm, filepath.Join(tm.Root(), p.ID().Name()), want, data)
-		if prog.total != 256*miB || prog.done != 256*miB {
-			t.Errorf("progress %d of %d", prog.done, prog.total)
+		if done, total := prog.Counts(); total != 256*miB || done != 256*miB {
+			t.Errorf("progress %s, want all of 256 MiB", prog)
 		}
 		if _, err := tm.Get(ctx, p.ID()); err != nil {
 			t.Errorf("Get of the new PE: %v", err)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/localpe"
 )
 
 // Files of a snapshot directory.
@@ -33,20 +34,19 @@ type snapshotInfo struct {
 	Device bool `json:"device,omitempty"`
 }
 
-// takeSnapshot makes a snapshot of the live PE name and returns its
-// snapshot name. It builds the snapshot in a hidden temporary directory and
-// renames it into place, so a failed snapshot leaves nothing behind.
+// TakeSnapshot implements localpe.Backend: it snapshots the image and
+// hashes its blocks.
 //
 // A copy reads the live image while it may be written to: like any
 // snapshot without help from the writer, it is crash-consistent at best.
 // A reflink is atomic.
-func (tm *TypeManager) takeSnapshot(ctx context.Context, name string) (string, error) {
-	kind, err := tm.kindOf(name)
+func (d *disks) TakeSnapshot(ctx context.Context, name string) (string, error) {
+	kind, err := d.kindOf(name)
 	if err != nil {
 		return "", err
 	}
-	return tm.snaps.Take(ctx, name, func(ctx context.Context, dir string, now time.Time) (any, error) {
-		info, err := buildSnapshot(ctx, tm.livePath(name), kind, dir)
+	return d.Snapshots().Take(ctx, name, func(ctx context.Context, dir string, now time.Time) (any, error) {
+		info, err := buildSnapshot(ctx, d.Path(name), kind, dir)
 		info.Created = now
 		return info, err
 	})
@@ -120,26 +120,32 @@ func buildSnapshot(ctx context.Context, src string, kind sourceKind, dir string)
 
 // readSnapshotInfo reads info.json of a snapshot; ErrNotFound (wrapped) if
 // the snapshot does not exist.
-func (tm *TypeManager) readSnapshotInfo(name, snap string) (snapshotInfo, error) {
+func (d *disks) readSnapshotInfo(name, snap string) (snapshotInfo, error) {
 	var info snapshotInfo
-	err := tm.snaps.ReadInfo(name, snap, &info)
+	err := d.Snapshots().ReadInfo(name, snap, &info)
 	return info, err
 }
 
+// SnapshotInfo implements localpe.Backend.
+func (d *disks) SnapshotInfo(name, snap string) (localpe.Snapshot, error) {
+	si, err := d.readSnapshotInfo(name, snap)
+	return localpe.Snapshot{Created: si.Created, Size: si.Size}, err
+}
+
 // openSnapshotImage opens the image of a snapshot.
-func (tm *TypeManager) openSnapshotImage(name, snap string) (*snapshotImage, error) {
-	if _, err := tm.readSnapshotInfo(name, snap); err != nil {
+func (d *disks) openSnapshotImage(name, snap string) (*snapshotImage, error) {
+	if _, err := d.readSnapshotInfo(name, snap); err != nil {
 		return nil, err
 	}
-	im, err := openImage(filepath.Join(tm.snapshotPath(name, snap), imageFile), kindFile)
+	im, err := openImage(filepath.Join(d.Snapshots().Path(name, snap), imageFile), kindFile)
 	if err != nil {
 		return nil, err
 	}
-	return &snapshotImage{image: im, tm: tm, name: name, snap: snap}, nil
+	return &snapshotImage{image: im, disks: d, name: name, snap: snap}, nil
 }
 
 // changedSince compares the blocks files of two snapshots of PE name.
-func (tm *TypeManager) changedSince(ctx context.Context, name, snap, base string) ([]pe.Extent, error) {
+func (d *disks) changedSince(ctx context.Context, name, snap, base string) ([]pe.Extent, error) {
 	// Accept a full ID too, as callers often hold one.
 	if id, err := pe.ParseID(base); err == nil {
 		if id.Type() != Type || id.Name() != name || !id.HasSnapshot() {
@@ -147,15 +153,15 @@ func (tm *TypeManager) changedSince(ctx context.Context, name, snap, base string
 		}
 		base = id.Snapshot()
 	}
-	if _, err := tm.readSnapshotInfo(name, base); err != nil {
+	if _, err := d.readSnapshotInfo(name, base); err != nil {
 		return nil, err
 	}
-	cur, err := openBlocks(filepath.Join(tm.snapshotPath(name, snap), blocksFile))
+	cur, err := openBlocks(filepath.Join(d.Snapshots().Path(name, snap), blocksFile))
 	if err != nil {
 		return nil, err
 	}
 	defer cur.Close()
-	old, err := openBlocks(filepath.Join(tm.snapshotPath(name, base), blocksFile))
+	old, err := openBlocks(filepath.Join(d.Snapshots().Path(name, base), blocksFile))
 	if err != nil {
 		return nil, err
 	}

@@ -52,7 +52,7 @@ func TestSparseSnapshot(t *testing.T) {
 	}
 
 	snap := snapshot(t, tm, id)
-	simg := filepath.Join(tm.snapshotPath(id.Name(), snap.Snapshot()), imageFile)
+	simg := filepath.Join(tm.disks.Snapshots().Path(id.Name(), snap.Snapshot()), imageFile)
 	if used := allocated(t, simg); used < 64*miB || used > 66*miB {
 		t.Errorf("snapshot image occupies %d bytes (%.1f MiB), want 64–66 MiB", used, float64(used)/miB)
 	}

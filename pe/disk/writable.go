@@ -16,22 +16,23 @@ var _ pe.DataWriter = (*entity)(nil)
 // WritableData implements pe.DataWriter for the live image (a file or a
 // block device); snapshots are read-only.
 func (e *entity) WritableData(ctx context.Context) (pe.WritableImage, error) {
-	if e.id.HasSnapshot() {
-		return nil, fmt.Errorf("write %s: snapshots are read-only: %w", e.id, pe.ErrNotSupported)
+	if err := e.RequireLive("write"); err != nil {
+		return nil, err
 	}
-	kind, err := e.tm.kindOf(e.id.Name())
+	id := e.ID()
+	kind, err := e.disks.kindOf(id.Name())
 	if err != nil {
-		return nil, fmt.Errorf("write %s: %w", e.id, err)
+		return nil, fmt.Errorf("write %s: %w", id, err)
 	}
-	path := e.tm.livePath(e.id.Name())
+	path := e.disks.Path(id.Name())
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
-		return nil, fmt.Errorf("write %s: %w", e.id, err)
+		return nil, fmt.Errorf("write %s: %w", id, err)
 	}
 	size, err := imageSize(f, kind)
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("write %s: %s: %w", e.id, path, err)
+		return nil, fmt.Errorf("write %s: %s: %w", id, path, err)
 	}
 	return &writableImage{image{f: f, size: size, holes: kind == kindFile}}, nil
 }

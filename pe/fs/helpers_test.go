@@ -7,18 +7,15 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	iofs "io/fs"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"reflect"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -476,30 +473,6 @@ func buildTar(tb testing.TB, members ...tarMember) []byte {
 	return buf.Bytes()
 }
 
-// requireTool fails (never skips) when a command the test needs is missing.
-func requireTool(tb testing.TB, cmd, pkg string) {
-	tb.Helper()
-	if _, err := exec.LookPath(cmd); err != nil {
-		tb.Fatalf("%s not found: install %s: apt-get install -y %s", cmd, pkg, pkg)
-	}
-}
-
-func requireRoot(tb testing.TB) {
-	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Fatal("this test must run as root (it restores owners and mounts filesystems)")
-	}
-}
-
-func runCmd(tb testing.TB, name string, args ...string) string {
-	tb.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		tb.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return strings.TrimSpace(string(out))
-}
-
 // hiddenEntries lists the names starting with "." in dir except the
 // snapshot directory: leftovers of snapshots or restores.
 func hiddenEntries(tb testing.TB, dir string) []string {
@@ -515,31 +488,6 @@ func hiddenEntries(tb testing.TB, dir string) []string {
 		}
 	}
 	return out
-}
-
-// countingProgress is a pe.Progress that records what it is told.
-type countingProgress struct {
-	mu    sync.Mutex
-	total int64
-	done  int64
-}
-
-func (p *countingProgress) Start(total int64) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.total = total
-}
-
-func (p *countingProgress) Add(n int64) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.done += n
-}
-
-func (p *countingProgress) String() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return fmt.Sprintf("%d/%d", p.done, p.total)
 }
 
 func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }

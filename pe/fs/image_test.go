@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/petest"
 )
 
 // snapshotImage makes a tree, snapshots it and opens the snapshot's data.
@@ -24,7 +25,7 @@ func snapshotImage(t *testing.T) (*TypeManager, pe.Image, string) {
 	live := filepath.Join(tm.Root(), "data")
 	makeTree(t, live)
 	sid := snapshot(t, getPE(t, tm, fsID(t, "data")))
-	return tm, openData(t, getPE(t, tm, sid)), tm.treePath("data", sid.Snapshot())
+	return tm, openData(t, getPE(t, tm, sid)), tm.trees.treePath("data", sid.Snapshot())
 }
 
 func TestImageMatchesTree(t *testing.T) {
@@ -48,13 +49,13 @@ func TestImageMatchesTree(t *testing.T) {
 }
 
 func TestGNUTarReadsImage(t *testing.T) {
-	requireTool(t, "tar", "tar")
+	petest.RequireTool(t, "tar", "tar")
 	_, img, tree := snapshotImage(t)
 	dir := t.TempDir()
 	archive := filepath.Join(dir, "image.tar")
 	must(t, os.WriteFile(archive, readImage(t, img), 0o644))
 
-	list := runCmd(t, "tar", "-tvf", archive)
+	list := petest.Run(t, "tar", "-tvf", archive)
 	for _, want := range []string{"./", "a.txt", "sub/nested/deep.txt", "link -> a.txt", "sub/hl2 link to hl1", longName} {
 		if !strings.Contains(list, want) {
 			t.Errorf("tar -tvf does not show %q:\n%s", want, list)
@@ -63,7 +64,7 @@ func TestGNUTarReadsImage(t *testing.T) {
 
 	out := filepath.Join(dir, "out")
 	must(t, os.Mkdir(out, 0o755))
-	runCmd(t, "tar", "-xf", archive, "-C", out, "--xattrs", "--xattrs-include=user.*", "--numeric-owner")
+	petest.Run(t, "tar", "-xf", archive, "-C", out, "--xattrs", "--xattrs-include=user.*", "--numeric-owner")
 	got, gotLinks := treeEntries(t, out)
 	want, wantLinks := treeEntries(t, tree)
 	compareEntries(t, "extracted by GNU tar", got, want)

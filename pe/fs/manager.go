@@ -6,6 +6,12 @@
 // else copied keeping holes) plus info.json. A PE's data is a tar stream
 // that is laid out, not written: any byte of it can be read at any offset
 // without materialising the archive.
+//
+// A copy to fs (TypeManager.Copy) extracts the source's data, a tar
+// stream, into a directory of the root; with pe.CreateNew one named
+// <source name>-<8 hex digits> ("/" in the source name becomes "_",
+// leading dots are dropped, and a name that is still unusable becomes
+// "fs"). See extract for what a tar stream may hold.
 package fs
 
 import (
@@ -15,19 +21,19 @@ import (
 	iofs "io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
-	"github.com/astrolabe-appliance/astrolabe/pe/internal/snapdir"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/localpe"
 )
 
 // Type is the PE type name.
 const Type = "fs"
 
-// TypeManager knows the fs PEs under one root directory.
+// TypeManager knows the fs PEs under one root directory. What fs and disk
+// PEs have in common is package localpe's; trees is what is fs's own.
 type TypeManager struct {
-	root  string
-	snaps snapdir.Store
+	*localpe.Manager
+	trees *trees
 }
 
 var _ pe.TypeManager = (*TypeManager)(nil)
@@ -35,75 +41,25 @@ var _ pe.TypeManager = (*TypeManager)(nil)
 // NewTypeManager returns the manager of the fs PEs in root, which must be
 // an existing directory.
 func NewTypeManager(root string) (*TypeManager, error) {
-	abs, err := filepath.Abs(root)
+	r, err := localpe.NewRoot(Type, root)
 	if err != nil {
-		return nil, fmt.Errorf("fs root %q: %w", root, err)
+		return nil, err
 	}
-	fi, err := os.Stat(abs)
-	if err != nil {
-		return nil, fmt.Errorf("fs root: %w", err)
-	}
-	if !fi.IsDir() {
-		return nil, fmt.Errorf("fs root %s: not a directory", abs)
-	}
-	return &TypeManager{root: abs, snaps: snapdir.New(abs)}, nil
+	t := &trees{Root: r}
+	return &TypeManager{Manager: localpe.NewManager(r, t), trees: t}, nil
 }
 
-// Type implements pe.TypeManager.
-func (tm *TypeManager) Type() string { return Type }
-
-// Root is the directory holding the PEs.
-func (tm *TypeManager) Root() string { return tm.root }
-
-// List implements pe.TypeManager: the IDs of all live PEs, sorted by name.
-func (tm *TypeManager) List(ctx context.Context) ([]pe.ID, error) {
-	entries, err := os.ReadDir(tm.root)
-	if err != nil {
-		return nil, fmt.Errorf("list fs PEs: %w", err)
-	}
-	var ids []pe.ID
-	for _, e := range entries {
-		// DirEntry.IsDir is from lstat: symlinks to directories are not
-		// PEs, their trees live somewhere we do not manage.
-		if !e.IsDir() || !validName(e.Name()) {
-			continue
-		}
-		id, err := pe.NewID(Type, e.Name())
-		if err != nil {
-			continue
-		}
-		ids = append(ids, id)
-	}
-	sort.Slice(ids, func(i, j int) bool { return ids[i].Name() < ids[j].Name() })
-	return ids, nil
+// trees is the localpe.Backend of fs: each PE is a directory tree.
+type trees struct {
+	*localpe.Root
 }
 
-// Get implements pe.TypeManager. A live PE must exist; a snapshot must
-// exist, but its live PE need not: restoring a deleted tree from its
-// snapshot is what snapshots are for.
-func (tm *TypeManager) Get(ctx context.Context, id pe.ID) (pe.ProtectedEntity, error) {
-	if id.Type() != Type {
-		return nil, fmt.Errorf("get %s: type %q is not %q: %w", id, id.Type(), Type, pe.ErrNotFound)
-	}
-	if !validName(id.Name()) {
-		return nil, fmt.Errorf("get %s: not a directory name in the root: %w", id, pe.ErrNotFound)
-	}
-	if id.HasSnapshot() {
-		if _, err := tm.readSnapshotInfo(id.Name(), id.Snapshot()); err != nil {
-			return nil, fmt.Errorf("get %s: %w", id, err)
-		}
-		return &entity{tm: tm, id: id}, nil
-	}
-	if err := tm.checkLive(id.Name()); err != nil {
-		return nil, fmt.Errorf("get %s: %w", id, err)
-	}
-	return &entity{tm: tm, id: id}, nil
-}
+var _ localpe.Backend = (*trees)(nil)
 
-// checkLive returns ErrNotFound (wrapped) unless the live PE name is a
-// directory.
-func (tm *TypeManager) checkLive(name string) error {
-	p := tm.livePath(name)
+// Live implements localpe.Backend: the entry must be a directory, not a
+// symlink to one (its tree lives somewhere we do not manage).
+func (t *trees) Live(name string) error {
+	p := t.Path(name)
 	fi, err := os.Lstat(p)
 	if errors.Is(err, iofs.ErrNotExist) {
 		return fmt.Errorf("%s: %w", p, pe.ErrNotFound)
@@ -117,15 +73,36 @@ func (tm *TypeManager) checkLive(name string) error {
 	return nil
 }
 
-func (tm *TypeManager) livePath(name string) string { return filepath.Join(tm.root, name) }
+// NewName implements localpe.Backend: <base>-<8 hex digits>.
+func (t *trees) NewName(base string) string { return pe.NewLocalName(base, Type, false) }
 
-// snapshotsOf is the directory holding the snapshots of one PE.
-func (tm *TypeManager) snapshotsOf(name string) string { return tm.snaps.Of(name) }
+// OpenLive implements localpe.Backend: the tar stream of the tree, laid
+// out now and read from the files on demand.
+//
+// Unlike a snapshot's, it is not the same bytes every time: it is the tree
+// as walked now, and ReadAt fails when a file's size, mtime or inode has
+// changed since, rather than return bytes that do not match the headers.
+// Snapshot first for a consistent copy.
+func (t *trees) OpenLive(ctx context.Context, name string) (pe.Image, error) {
+	if err := t.Live(name); err != nil {
+		return nil, err
+	}
+	return openImage(ctx, t.Path(name))
+}
 
-// snapshotPath is the directory of one snapshot.
-func (tm *TypeManager) snapshotPath(name, snap string) string { return tm.snaps.Path(name, snap) }
+// OpenSnapshot implements localpe.Backend: the tar stream of the
+// snapshot's copy of the tree.
+func (t *trees) OpenSnapshot(ctx context.Context, name, snap string) (pe.Image, error) {
+	if _, err := t.readSnapshotInfo(name, snap); err != nil {
+		return nil, err
+	}
+	return openImage(ctx, t.treePath(name, snap))
+}
+
+// Entity implements localpe.Backend: an fs PE offers nothing more.
+func (t *trees) Entity(e *localpe.Entity) pe.ProtectedEntity { return e }
 
 // treePath is the copy of the tree inside a snapshot.
-func (tm *TypeManager) treePath(name, snap string) string {
-	return filepath.Join(tm.snapshotPath(name, snap), treeDir)
+func (t *trees) treePath(name, snap string) string {
+	return filepath.Join(t.Snapshots().Path(name, snap), treeDir)
 }

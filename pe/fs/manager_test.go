@@ -131,13 +131,13 @@ func TestSnapshotLifecycle(t *testing.T) {
 
 	// The snapshot directory is complete: tree, info.json, no leftovers.
 	var si snapshotInfo
-	b, err := os.ReadFile(filepath.Join(tm.snapshotPath("data", s1.Snapshot()), snapdir.InfoFile))
+	b, err := os.ReadFile(filepath.Join(tm.trees.Snapshots().Path("data", s1.Snapshot()), snapdir.InfoFile))
 	must(t, err)
 	must(t, json.Unmarshal(b, &si))
 	if si.Files == 0 || si.Files != si.Reflinked+si.Copied || si.ImageSize != img.Size() {
 		t.Errorf("info.json = %+v", si)
 	}
-	if h := hiddenEntries(t, tm.snapshotsOf("data")); len(h) != 0 {
+	if h := hiddenEntries(t, tm.trees.Snapshots().Of("data")); len(h) != 0 {
 		t.Errorf("leftovers in the snapshot directory: %v", h)
 	}
 
@@ -176,7 +176,7 @@ func TestSnapshotCopiesTree(t *testing.T) {
 	makeTree(t, live)
 	must(t, syscall.Mkfifo(filepath.Join(live, "fifo"), 0o644))
 	sid := snapshot(t, getPE(t, tm, fsID(t, "data")))
-	tree := tm.treePath("data", sid.Snapshot())
+	tree := tm.trees.treePath("data", sid.Snapshot())
 
 	want, wantLinks := treeEntries(t, live)
 	got, gotLinks := treeEntries(t, tree)
@@ -187,7 +187,7 @@ func TestSnapshotCopiesTree(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(tree, "fifo")); !os.IsNotExist(err) {
 		t.Errorf("fifo copied: %v", err)
 	}
-	si, err := tm.readSnapshotInfo("data", sid.Snapshot())
+	si, err := tm.trees.readSnapshotInfo("data", sid.Snapshot())
 	must(t, err)
 	if si.SkippedCount != 1 || !reflect.DeepEqual(si.Skipped, []string{"fifo"}) {
 		t.Errorf("skipped %d %v, want the fifo", si.SkippedCount, si.Skipped)
@@ -246,12 +246,12 @@ func TestNewName(t *testing.T) {
 		"...":                     "fs-",
 		strings.Repeat("x", 1000): strings.Repeat("x", 200) + "-",
 	} {
-		n := newName(base)
-		if !strings.HasPrefix(n, prefix) || len(n) != len(prefix)+8 || !validName(n) {
-			t.Errorf("newName(%.20q) = %q, want %s<8 hex digits>", base, n, prefix)
+		n := new(trees).NewName(base)
+		if !strings.HasPrefix(n, prefix) || len(n) != len(prefix)+8 || !pe.IsLocalName(n) {
+			t.Errorf("NewName(%.20q) = %q, want %s<8 hex digits>", base, n, prefix)
 		}
 	}
-	if a, b := newName("data"), newName("data"); a == b {
-		t.Error("newName is not random")
+	if a, b := new(trees).NewName("data"), new(trees).NewName("data"); a == b {
+		t.Error("NewName is not random")
 	}
 }

@@ -110,7 +110,7 @@ func TestSecuritySnapshotSymlinkSwap(t *testing.T) {
 		if err != nil {
 			t.Fatalf("round %d: snapshot: %v", rounds, err)
 		}
-		if f := treeHolds(t, tm.treePath("data", id.Snapshot()), outsideSecret); f != "" {
+		if f := treeHolds(t, tm.trees.treePath("data", id.Snapshot()), outsideSecret); f != "" {
 			t.Fatalf("round %d: snapshot %s holds a file from outside the PE: %s", rounds, id, f)
 		}
 		must(t, p.DeleteSnapshot(ctx, id.Snapshot()))

@@ -12,16 +12,17 @@ import (
 	"testing"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/petest"
 )
 
 func TestRestoreModes(t *testing.T) {
-	requireRoot(t) // owners are compared
+	petest.RequireRoot(t, "compares owners")
 	ctx := context.Background()
 	tm := newTestRoot(t, t.TempDir())
 	makeTree(t, filepath.Join(tm.Root(), "data"))
 	sid := snapshot(t, getPE(t, tm, fsID(t, "data")))
 	src := getPE(t, tm, sid)
-	want, wantLinks := treeEntries(t, tm.treePath("data", sid.Snapshot()))
+	want, wantLinks := treeEntries(t, tm.trees.treePath("data", sid.Snapshot()))
 
 	checkTree := func(what string, p pe.ProtectedEntity) {
 		t.Helper()
@@ -36,7 +37,7 @@ func TestRestoreModes(t *testing.T) {
 	}
 
 	// create_new: a fresh name every time.
-	var progress countingProgress
+	var progress petest.Progress
 	p1, err := tm.Copy(ctx, src, pe.CopyOptions{Mode: pe.CreateNew, Progress: &progress})
 	must(t, err)
 	if !strings.HasPrefix(p1.ID().Name(), "data-") || p1.ID().Type() != Type {
@@ -44,7 +45,7 @@ func TestRestoreModes(t *testing.T) {
 	}
 	checkTree("create_new", p1)
 	img := openData(t, src)
-	if progress.total != img.Size() || progress.done != img.Size() {
+	if done, total := progress.Counts(); total != img.Size() || done != img.Size() {
 		t.Errorf("progress %s, want %d/%d", progress.String(), img.Size(), img.Size())
 	}
 	p2, err := tm.Copy(ctx, src, pe.CopyOptions{Mode: pe.CreateNew})
@@ -265,7 +266,7 @@ func TestRestoreCancelled(t *testing.T) {
 	if h := hiddenEntries(t, tm.Root()); len(h) != 0 {
 		t.Errorf("leftovers in the root: %v", h)
 	}
-	if h := hiddenEntries(t, tm.snapshotsOf("data")); len(h) != 0 {
+	if h := hiddenEntries(t, tm.trees.Snapshots().Of("data")); len(h) != 0 {
 		t.Errorf("leftovers in the snapshot directory: %v", h)
 	}
 	if ids, _ := tm.List(ctx); len(ids) != 1 {

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/petest"
 )
 
 // untrustedPE is a tarPE that says it comes from outside, as a zip does,
@@ -111,7 +112,7 @@ func privilegesOf(t *testing.T, dir string) privileges {
 // and security.* xattrs and owners; KeepPrivileges and trusted sources
 // restore them (issue 22, item 1).
 func TestSecurityRestoreUntrustedDropsPrivileges(t *testing.T) {
-	requireRoot(t) // trusted.* and capabilities need root to be set at all
+	petest.RequireRoot(t, "sets trusted.* xattrs and capabilities")
 	ctx := context.Background()
 	tm := newTestRoot(t, t.TempDir())
 	tr := privilegedTar(t)
@@ -142,7 +143,7 @@ func TestSecurityRestoreUntrustedDropsPrivileges(t *testing.T) {
 // snapshots are trusted: a restore gives back setuid bits, capabilities
 // and trusted.* xattrs.
 func TestSecuritySnapshotRestoreKeepsPrivileges(t *testing.T) {
-	requireRoot(t)
+	petest.RequireRoot(t, "restores owners, setuid bits and capabilities")
 	ctx := context.Background()
 	tm := newTestRoot(t, t.TempDir())
 	live := filepath.Join(tm.Root(), "data")
@@ -262,7 +263,7 @@ func (z zeroExtents) Extents(ctx context.Context, off, length int64) ([]pe.Exten
 // filesystem is refused before it writes, and one that fills it while
 // writing stops, with pe.ErrLimit, leaving nothing (issue 22, item 8).
 func TestSecurityRestoreFreeSpace(t *testing.T) {
-	requireRoot(t) // mounts a tmpfs
+	petest.RequireRoot(t, "mounts a tmpfs")
 	ctx := context.Background()
 	dir := t.TempDir()
 	must(t, unix.Mount("tmpfs", dir, "tmpfs", 0, "size=48m"))
@@ -309,14 +310,14 @@ func TestSecurityRestoreFreeSpace(t *testing.T) {
 // 64 GiB of holes (GNU tar --sparse); from untrusted input that is bounded
 // too, before the restore spends minutes producing zeros.
 func TestSecurityRestoreSparseBomb(t *testing.T) {
-	requireTool(t, "tar", "tar")
+	petest.RequireTool(t, "tar", "tar")
 	ctx := context.Background()
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src")
 	writeFile(t, filepath.Join(src, "holes"), []byte("x"), 0o644)
 	must(t, os.Truncate(filepath.Join(src, "holes"), 64<<30))
 	archive := filepath.Join(dir, "sparse.tar")
-	runCmd(t, "tar", "--sparse", "-C", src, "-cf", archive, ".")
+	petest.Run(t, "tar", "--sparse", "-C", src, "-cf", archive, ".")
 	tr, err := os.ReadFile(archive)
 	must(t, err)
 	if len(tr) > 1<<20 {
@@ -342,13 +343,13 @@ func TestSecurityRestoreSparseBomb(t *testing.T) {
 // declared size and the expansion bound) the 60 s deadline ends it
 // instead.
 func TestSecurityRestoreZipDeclaredSizeBomb(t *testing.T) {
-	requireTool(t, "tar", "tar")
+	petest.RequireTool(t, "tar", "tar")
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src")
 	writeFile(t, filepath.Join(src, "holes"), []byte("x"), 0o644)
 	must(t, os.Truncate(filepath.Join(src, "holes"), 8<<40))
 	archive := filepath.Join(dir, "sparse.tar")
-	runCmd(t, "tar", "--sparse", "-C", src, "-cf", archive, ".")
+	petest.Run(t, "tar", "--sparse", "-C", src, "-cf", archive, ".")
 	must(t, os.Remove(filepath.Join(src, "holes")))
 	tr, err := os.ReadFile(archive)
 	must(t, err)

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/localpe"
 )
 
 // Files of a snapshot directory.
@@ -36,19 +38,18 @@ type snapshotInfo struct {
 	SkippedCount int64    `json:"skippedCount,omitempty"`
 }
 
-// takeSnapshot copies the live tree name into a new snapshot and returns
-// its snapshot name. It builds the snapshot in a hidden temporary directory
-// and renames it into place, so a failed snapshot leaves nothing behind.
+// TakeSnapshot implements localpe.Backend: it copies the live tree name
+// into a new snapshot.
 //
 // Files are reflinked or copied one by one while the tree may be written
 // to: like any snapshot without help from the writer, it is crash
 // consistent per file at best. Once taken it never changes.
-func (tm *TypeManager) takeSnapshot(ctx context.Context, name string) (string, error) {
-	if err := tm.checkLive(name); err != nil {
+func (t *trees) TakeSnapshot(ctx context.Context, name string) (string, error) {
+	if err := t.Live(name); err != nil {
 		return "", err
 	}
-	return tm.snaps.Take(ctx, name, func(ctx context.Context, dir string, now time.Time) (any, error) {
-		info, err := buildSnapshot(ctx, tm.livePath(name), dir)
+	return t.Snapshots().Take(ctx, name, func(ctx context.Context, dir string, now time.Time) (any, error) {
+		info, err := buildSnapshot(ctx, t.Path(name), dir)
 		if err != nil {
 			return nil, err
 		}
@@ -84,10 +85,16 @@ func buildSnapshot(ctx context.Context, src, dir string) (snapshotInfo, error) {
 
 // readSnapshotInfo reads info.json of a snapshot; ErrNotFound (wrapped) if
 // the snapshot does not exist.
-func (tm *TypeManager) readSnapshotInfo(name, snap string) (snapshotInfo, error) {
+func (t *trees) readSnapshotInfo(name, snap string) (snapshotInfo, error) {
 	var si snapshotInfo
-	err := tm.snaps.ReadInfo(name, snap, &si)
+	err := t.Snapshots().ReadInfo(name, snap, &si)
 	return si, err
+}
+
+// SnapshotInfo implements localpe.Backend.
+func (t *trees) SnapshotInfo(name, snap string) (localpe.Snapshot, error) {
+	si, err := t.readSnapshotInfo(name, snap)
+	return localpe.Snapshot{Created: si.Created, Size: si.ImageSize}, err
 }
 
 // syncFS flushes the filesystem that holds path.

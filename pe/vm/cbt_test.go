@@ -153,7 +153,7 @@ func TestIncrementalBackupWithCBT(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	r := vcsimtest.Repository(t)
+	r := newRepository(t)
 	var reads []int64
 	for _, sid := range []pe.ID{snap1, snap2} {
 		sp, err := tm.Get(ctx, sid)

@@ -4,12 +4,9 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"path/filepath"
 	"testing"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
-	"github.com/astrolabe-appliance/astrolabe/repo"
-	"github.com/astrolabe-appliance/astrolabe/repo/backend"
 )
 
 // Quiet is a logger that drops everything.
@@ -28,25 +25,4 @@ func ReadAll(t testing.TB, p pe.ProtectedEntity) []byte {
 		t.Fatal(err)
 	}
 	return b
-}
-
-// Repository is a new repository in a temporary directory, closed when
-// the test ends.
-func Repository(t testing.TB) *repo.Repository {
-	t.Helper()
-	ctx := context.Background()
-	be, err := backend.NewDir(filepath.Join(t.TempDir(), "repo"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts := repo.Options{Password: "vcsimtest", Logger: Quiet()}
-	if err := repo.Init(ctx, be, opts); err != nil {
-		t.Fatal(err)
-	}
-	r, err := repo.Open(ctx, be, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
-	return r
 }

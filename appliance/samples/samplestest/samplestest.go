@@ -1,9 +1,9 @@
-// Package testpe gives tests of the packages that serve PEs a
+// Package samplestest gives tests of the packages that serve PEs a
 // configuration with the sample PEs: fs:sample (a small tree) and
 // disk:sample.img (a 64 MiB sparse disk with an ext4 partition holding
 // that tree). Real files, made by the same code as 'astrolabe init
 // --samples'.
-package testpe
+package samplestest
 
 import (
 	"context"
