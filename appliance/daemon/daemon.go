@@ -153,12 +153,13 @@ func Run(ctx context.Context, opts Options) error {
 	ctx, stop := context.WithCancel(ctx)
 	run := &servers{stop: stop}
 	defer run.wait() // on early returns; at once after shutdown
-	src, exportURI, err := startNBD(ctx, opts, m, ls.nbd, certs, &ep, run)
+	nbds, err := newNBD(ctx, opts, m, ls.nbd, certs, &ep, run)
 	if err != nil {
 		return err
 	}
+	src := nbds.src
 	uc, err := usecase.New(usecase.Config{
-		Manager: m, Repository: opts.Repository, Exports: src, ExportURI: exportURI,
+		Manager: m, Repository: opts.Repository, Exports: src, ExportURI: nbds.uri,
 		MountRoot: opts.MountRoot, Journal: st, Logger: log,
 	})
 	if err != nil {
@@ -168,6 +169,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err := resume(ctx, uc, st, src != nil, log); err != nil {
 		return err
 	}
+	nbds.serve()
 	if err := mountMain(ctx, uc, opts.MountDir); err != nil {
 		return err
 	}

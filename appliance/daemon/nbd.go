@@ -17,15 +17,26 @@ type nbdServerOptions struct {
 	clientCA string
 }
 
-// startNBD serves the NBD exports of a new source on l, if there is an
-// NBD listener, and returns the source and where clients reach an export.
-func startNBD(ctx context.Context, opts Options, m pe.Manager, l net.Listener, c certs, ep *Endpoints, run *servers) (*nbdexport.Source, func(name string, writable bool) string, error) {
+// nbdService is the NBD server of a new export source, not serving yet.
+type nbdService struct {
+	src *nbdexport.Source
+	// uri tells where clients reach an export of a name.
+	uri func(name string, writable bool) string
+	// serve starts answering clients.
+	serve func()
+}
+
+// newNBD makes the NBD server of a new source for l, if there is an NBD
+// listener. It serves only once serve is called: after the exports of
+// the last run are resumed, so that a client reconnecting after a restart
+// waits in the listen backlog instead of finding its export unknown.
+func newNBD(ctx context.Context, opts Options, m pe.Manager, l net.Listener, c certs, ep *Endpoints, run *servers) (nbdService, error) {
 	if l == nil {
-		return nil, nil, nil
+		return nbdService{serve: func() {}}, nil
 	}
 	nopts, err := nbdOptions(opts, l.Addr(), c.certFile, c.keyFile, opts.Logger)
 	if err != nil {
-		return nil, nil, err
+		return nbdService{}, err
 	}
 	hostPort := advertised(l.Addr())
 	ep.NBD, ep.NBDClientCA = "nbd://"+hostPort, nopts.clientCA
@@ -34,7 +45,7 @@ func startNBD(ctx context.Context, opts Options, m pe.Manager, l net.Listener, c
 	}
 	src := nbdexport.NewSource(m)
 	srv := nbd.NewServer(src, nopts.Options)
-	run.serve(func() error { return srv.Serve(ctx, l) })
+	serve := func() { run.serve(func() error { return srv.Serve(ctx, l) }) }
 	// Clients must use TLS off loopback, and to a writable export.
 	uri := func(name string, writable bool) string {
 		scheme := "nbd"
@@ -43,7 +54,7 @@ func startNBD(ctx context.Context, opts Options, m pe.Manager, l net.Listener, c
 		}
 		return scheme + "://" + hostPort + "/" + name
 	}
-	return src, uri, nil
+	return nbdService{src: src, uri: uri, serve: serve}, nil
 }
 
 // nbdOptions configures the NBD server listening on addr: TLS with the

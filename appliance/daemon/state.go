@@ -60,19 +60,23 @@ func openState(path string) (*state, error) {
 	return st, nil
 }
 
-// update changes the state under its lock and saves it.
+// update changes the state under its lock and saves it. The change is
+// kept only once saved: a change the caller undoes after a failed save
+// must not come back with the next one.
 func (st *state) update(fn func(*stateData)) error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	fn(&st.data)
+	next := stateData{Exports: slices.Clone(st.data.Exports), Mounts: slices.Clone(st.data.Mounts)}
+	fn(&next)
 	err := atomicfile.Write(st.path, 0o600, func(w io.Writer) error {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		return enc.Encode(st.data)
+		return enc.Encode(next)
 	})
 	if err != nil {
 		return fmt.Errorf("save appliance state: %w", err)
 	}
+	st.data = next
 	return nil
 }
 

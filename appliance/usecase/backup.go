@@ -10,11 +10,19 @@ import (
 // Backup backs up the PE id names into the repository, snapshotting a
 // live PE first (Resolve); the summary's ID is the repository snapshot.
 func (s *Service) Backup(ctx context.Context, id pe.ID, progress pe.Progress) (repo.Summary, error) {
-	r, err := s.repository()
-	if err != nil {
+	if _, err := s.repository(); err != nil {
 		return repo.Summary{}, err
 	}
 	p, err := s.Resolve(ctx, id)
+	if err != nil {
+		return repo.Summary{}, err
+	}
+	return s.BackupResolved(ctx, p, progress)
+}
+
+// BackupResolved backs up p, a PE Resolve returned.
+func (s *Service) BackupResolved(ctx context.Context, p pe.ProtectedEntity, progress pe.Progress) (repo.Summary, error) {
+	r, err := s.repository()
 	if err != nil {
 		return repo.Summary{}, err
 	}

@@ -66,7 +66,8 @@ func (s *Service) StartExport(ctx context.Context, id pe.ID, writable bool, prog
 	if err := s.journal.ExportStarted(e); err != nil {
 		src.Remove(id)
 		if writable {
-			err = errors.Join(err, src.Discard(ctx, x.Target))
+			// The client may be gone; the copy must not be left behind.
+			err = errors.Join(err, src.Discard(context.WithoutCancel(ctx), x.Target))
 		}
 		return Export{}, err
 	}

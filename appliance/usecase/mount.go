@@ -102,15 +102,50 @@ func (s *Service) mount(m Mount) (Mount, error) {
 		return Mount{}, err
 	}
 	m.Path = abs
+	if err := s.reserve(abs); err != nil {
+		return Mount{}, err
+	}
 	srv, err := fusefs.Mount(s.m, abs, fusefs.Options{Logger: s.log, AllowOther: m.AllowOther})
+	s.mu.Lock()
+	delete(s.mounting, abs)
+	closed := s.closed
+	if err == nil && !closed {
+		s.mounts[m.ID] = &mounted{m, srv}
+	}
+	s.mu.Unlock()
 	if err != nil {
 		return Mount{}, err
 	}
-	s.mu.Lock()
-	s.mounts[m.ID] = &mounted{m, srv}
-	s.mu.Unlock()
+	if closed {
+		// Close ran while this mount was being made: nobody would
+		// unmount it.
+		return Mount{}, errors.Join(errClosed, s.unmount(&mounted{m, srv}))
+	}
 	s.log.Info("FUSE mount started", "path", abs)
 	return m, nil
+}
+
+// errClosed refuses mounts once the Service is closed.
+var errClosed = errors.New("the appliance is shutting down")
+
+// reserve claims path for a mount being made: two requests for one empty
+// directory must not both mount there (the second would hide the first,
+// and both would come back stacked after a restart).
+func (s *Service) reserve(path string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errClosed
+	}
+	busy := s.mounting[path]
+	for _, m := range s.mounts {
+		busy = busy || m.Path == path
+	}
+	if busy {
+		return fmt.Errorf("a mount is there already: %w", pe.ErrExists)
+	}
+	s.mounting[path] = true
+	return nil
 }
 
 // apiPath resolves a path a client asked for: absolute, or relative to
@@ -209,6 +244,7 @@ func (s *Service) unmount(m *mounted) error {
 // mounts come back with the next start.
 func (s *Service) Close() error {
 	s.mu.Lock()
+	s.closed = true
 	ms := make([]*mounted, 0, len(s.mounts))
 	for id, m := range s.mounts {
 		ms = append(ms, m)

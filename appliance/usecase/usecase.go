@@ -58,8 +58,10 @@ type Service struct {
 	journal   Journal
 	log       *slog.Logger
 
-	mu     sync.Mutex
-	mounts map[string]*mounted
+	mu       sync.Mutex
+	mounts   map[string]*mounted
+	mounting map[string]bool // paths being mounted
+	closed   bool            // no more mounts
 }
 
 // New returns a Service over cfg, making the mount root (0755: users that
@@ -67,7 +69,7 @@ type Service struct {
 func New(cfg Config) (*Service, error) {
 	s := &Service{
 		m: cfg.Manager, repo: cfg.Repository, exports: cfg.Exports, exportURI: cfg.ExportURI,
-		journal: cfg.Journal, log: cfg.Logger, mounts: map[string]*mounted{},
+		journal: cfg.Journal, log: cfg.Logger, mounts: map[string]*mounted{}, mounting: map[string]bool{},
 	}
 	if s.log == nil {
 		s.log = slog.Default()

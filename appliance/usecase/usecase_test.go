@@ -396,6 +396,42 @@ func TestMounts(t *testing.T) {
 	}
 }
 
+// TestMountsRace asks for one path many times at once: one mount wins,
+// the others are refused, and after Close nothing can mount.
+func TestMountsRace(t *testing.T) {
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Fatalf("FUSE mounts need /dev/fuse (modprobe fuse; apt-get install fuse3): %v", err)
+	}
+	e := newEnv(t)
+	ctx := context.Background()
+	const n = 6
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			_, err := e.uc.Mount(ctx, MountRequest{Path: "same"})
+			errs <- err
+		}()
+	}
+	var won int
+	for range n {
+		if err := <-errs; err == nil {
+			won++
+		} else if !errors.Is(err, pe.ErrExists) && !errors.Is(err, pe.ErrInvalidSource) {
+			t.Errorf("a losing mount: %v", err)
+		}
+	}
+	if won != 1 || len(e.uc.Mounts()) != 1 {
+		t.Fatalf("%d mounts of one path succeeded, %d listed; want 1", won, len(e.uc.Mounts()))
+	}
+	must(t, e.uc.Close())
+	if _, err := e.uc.Mount(ctx, MountRequest{Path: "after"}); err == nil {
+		t.Errorf("a mount after Close succeeded")
+	}
+	if len(e.uc.Mounts()) != 0 {
+		t.Errorf("after Close: %v", e.uc.Mounts())
+	}
+}
+
 type counter struct {
 	mu sync.Mutex
 	n  int64

@@ -264,7 +264,7 @@ breaks it. A summary line (read, new, stored, duration) goes to stderr.`,
 			}
 			id = p.ID()
 			prog := newProgress(c.App.ErrWriter)
-			s, err := uc.Backup(c.Context, id, prog)
+			s, err := uc.BackupResolved(c.Context, p, prog)
 			prog.Done()
 			if err != nil {
 				return err
