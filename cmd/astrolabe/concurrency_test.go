@@ -1,0 +1,771 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The stress tests of issue 14: concurrent backups through the REST API
+// of one appliance while a mount and an NBD export read the repository,
+// and two appliances sharing one S3 bucket with prune and kill -9 among
+// them. They assert outcomes only: every backup that reports success is
+// in the repository and restores byte-exact, nothing else fails, and
+// check finds no problem. Sizes are small so that a run takes about a
+// minute on two cores; every loop is bounded in count and time.
+
+// stressSeed makes a run reproducible: ASTROLABE_STRESS_SEED, else the clock.
+func stressSeed(t *testing.T) uint64 {
+	t.Helper()
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("ASTROLABE_STRESS_SEED"); s != "" {
+		if _, err := fmt.Sscan(s, &seed); err != nil {
+			t.Fatalf("ASTROLABE_STRESS_SEED=%q: %v", s, err)
+		}
+	}
+	t.Logf("seed %d (rerun with ASTROLABE_STRESS_SEED=%d)", seed, seed)
+	return seed
+}
+
+// gen makes random content: ints and bytes from one seeded source.
+type gen struct {
+	mu  sync.Mutex
+	src *rand.ChaCha8
+	rnd *rand.Rand
+}
+
+func newGen(seed uint64) *gen {
+	var s [32]byte
+	for i := range 4 {
+		s[i*8] = byte(seed >> (8 * i))
+		s[i*8+1] = byte(seed >> (8*i + 32))
+	}
+	src := rand.NewChaCha8(s)
+	return &gen{src: src, rnd: rand.New(src)}
+}
+
+func (g *gen) intN(n int) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.rnd.IntN(n)
+}
+
+func (g *gen) bytes(n int) []byte {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	b := make([]byte, n)
+	g.src.Read(b)
+	return b
+}
+
+func (g *gen) delay(upTo time.Duration) time.Duration {
+	return time.Duration(g.intN(int(upTo/time.Millisecond)+1)) * time.Millisecond
+}
+
+// stressPE is a live PE of a config directory the tests write into.
+type stressPE struct {
+	id   string // disk:<name>.img or fs:<name>
+	path string
+}
+
+func (p stressPE) disk() bool { return strings.HasPrefix(p.id, "disk:") }
+
+// content is what a PE held when it was snapshotted.
+type content struct {
+	digest string            // disk: sha256 of the image; fs: treeDigest
+	files  map[string]string // fs: regular file → sha256
+}
+
+func fileSHA(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func contentOf(t *testing.T, p stressPE) content {
+	t.Helper()
+	if p.disk() {
+		d, err := fileSHA(p.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return content{digest: d}
+	}
+	c := content{digest: treeDigest(t, p.path), files: map[string]string{}}
+	err := filepath.WalkDir(p.path, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		rel, _ := filepath.Rel(p.path, path)
+		c.files[rel], err = fileSHA(path)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+const (
+	kib = 1 << 10
+	mib = 1 << 20
+)
+
+// stressData is the content all PEs of a test draw from, so that some
+// chunks are shared between PEs and dedup matters.
+type stressData struct {
+	g      *gen
+	shared []byte // 1 MiB in every PE
+	mtime  time.Time
+}
+
+// writeDisk makes a sparse disk image: random data, the shared MiB at
+// 1 MiB, a hole at the end.
+func (d *stressData) writeDisk(t *testing.T, path string, size int64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	for off := int64(0); off < size-mib; off += mib {
+		b := d.g.bytes(mib)
+		if off == mib {
+			b = d.shared
+		}
+		if _, err := f.WriteAt(b, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// mutateDisk changes a few ranges of a disk image; now and then it
+// copies the shared MiB or a whole chunk of another image in, aligned,
+// so that the changed chunk is one the repository has.
+func (d *stressData) mutateDisk(t *testing.T, path string, others []string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	chunks := int(fi.Size() / mib)
+	for range 1 + d.g.intN(3) {
+		n := 1 + d.g.intN(128*kib)
+		off := int64(d.g.intN(int(fi.Size()) - n))
+		if _, err := f.WriteAt(d.g.bytes(n), off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	switch d.g.intN(4) {
+	case 0:
+		f.WriteAt(d.shared, int64(d.g.intN(chunks))*mib)
+	case 1:
+		if len(others) > 0 {
+			b, err := os.ReadFile(others[d.g.intN(len(others))])
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := int64(d.g.intN(chunks)) * mib
+			f.WriteAt(b[c:c+mib], c)
+		}
+	}
+}
+
+// writeTree makes an fs PE: random files, one holding half the shared
+// MiB, a subdirectory and a symlink.
+func (d *stressData) writeTree(t *testing.T, dir string) {
+	t.Helper()
+	must := func(err error) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(dir, "sub", "deeper"), 0o755))
+	must(os.WriteFile(filepath.Join(dir, "common.bin"), d.shared[:512*kib], 0o644))
+	for i := range 6 {
+		must(os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%d.bin", i)), d.g.bytes(d.g.intN(600*kib)), 0o644))
+	}
+	must(os.WriteFile(filepath.Join(dir, "sub", "deeper", "note.txt"), []byte("a file two levels down\n"), 0o600))
+	must(os.Symlink("sub/deeper/note.txt", filepath.Join(dir, "link")))
+	d.settle(t, dir)
+}
+
+// mutateTree changes one file in place, adds one and removes one; now
+// and then it copies a file of another tree in.
+func (d *stressData) mutateTree(t *testing.T, dir string, others []string) {
+	t.Helper()
+	names, _ := filepath.Glob(filepath.Join(dir, "f*.bin"))
+	if len(names) > 0 {
+		name := names[d.g.intN(len(names))]
+		b, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) > 0 {
+			at := d.g.intN(len(b))
+			copy(b[at:], d.g.bytes(min(len(b)-at, 4*kib)))
+		}
+		if err := os.WriteFile(name, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(names) > 3 {
+		os.Remove(names[d.g.intN(len(names))])
+	}
+	added := filepath.Join(dir, fmt.Sprintf("f%d.bin", 100+d.g.intN(1000)))
+	if d.g.intN(3) == 0 && len(others) > 0 {
+		src, _ := filepath.Glob(filepath.Join(others[d.g.intN(len(others))], "f*.bin"))
+		if len(src) > 0 {
+			b, _ := os.ReadFile(src[d.g.intN(len(src))])
+			os.WriteFile(added, b, 0o644)
+		}
+	} else {
+		os.WriteFile(added, d.g.bytes(d.g.intN(400*kib)), 0o644)
+	}
+	d.settle(t, dir)
+}
+
+// settle gives every file of a tree one modification time, so that two
+// appliances' copies of a tree are equal to the byte.
+func (d *stressData) settle(t *testing.T, dir string) {
+	t.Helper()
+	if d.mtime.IsZero() {
+		return
+	}
+	var paths []string
+	filepath.WalkDir(dir, func(path string, de fs.DirEntry, err error) error {
+		if err == nil && de.Type()&fs.ModeSymlink == 0 {
+			paths = append(paths, path)
+		}
+		return err
+	})
+	// Deepest first: setting a directory's time before its entries'
+	// would not stick.
+	slices.Reverse(paths)
+	for _, p := range paths {
+		if err := os.Chtimes(p, d.mtime, d.mtime); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// mutate changes a PE; others are paths of PEs of the same type.
+func (d *stressData) mutate(t *testing.T, p stressPE, all []stressPE) {
+	t.Helper()
+	var others []string
+	for _, o := range all {
+		if o.disk() == p.disk() && o.id != p.id {
+			others = append(others, o.path)
+		}
+	}
+	if p.disk() {
+		d.mutateDisk(t, p.path, others)
+	} else {
+		d.mutateTree(t, p.path, others)
+	}
+}
+
+// taskInfo is a task as GET /v1/astrolabe/tasks/{id} returns it.
+type taskInfo struct {
+	ID        string            `json:"id"`
+	Status    string            `json:"status"`
+	Details   string            `json:"details"`
+	Completed bool              `json:"completed"`
+	Result    map[string]string `json:"result"`
+}
+
+// request calls the appliance's API from any goroutine: it returns
+// errors instead of failing the test.
+func (a *appliance) request(ctx context.Context, method, path, body string) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, a.base()+path, strings.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+a.info["token"])
+	resp, err := a.client.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}
+
+// runTask starts a task with a POST to path and waits for it to end.
+// An error means the task could not be started or followed (the
+// appliance is gone); a task that failed comes back with its status.
+func (a *appliance) runTask(ctx context.Context, path, body string) (taskInfo, error) {
+	status, b, err := a.request(ctx, "POST", path, body)
+	if err != nil {
+		return taskInfo{}, err
+	}
+	if status != http.StatusAccepted {
+		return taskInfo{}, fmt.Errorf("POST %s %s: %d %s", path, body, status, b)
+	}
+	var started struct{ TaskID string }
+	if err := json.Unmarshal(b, &started); err != nil || started.TaskID == "" {
+		return taskInfo{}, fmt.Errorf("POST %s: %q: %v", path, b, err)
+	}
+	for {
+		status, b, err := a.request(ctx, "GET", "/v1/astrolabe/tasks/"+started.TaskID, "")
+		if err != nil {
+			return taskInfo{}, err
+		}
+		var ti taskInfo
+		if status != http.StatusOK || json.Unmarshal(b, &ti) != nil {
+			return taskInfo{}, fmt.Errorf("task %s: %d %s", started.TaskID, status, b)
+		}
+		if ti.Completed {
+			return ti, nil
+		}
+		select {
+		case <-ctx.Done():
+			return ti, fmt.Errorf("task %s (%s %s) did not end: %w", started.TaskID, path, body, ctx.Err())
+		case <-time.After(30 * time.Millisecond):
+		}
+	}
+}
+
+// backup backs a live PE up through the API; it returns the repository
+// snapshot's ID.
+func (a *appliance) backup(ctx context.Context, id string) (string, taskInfo, error) {
+	ti, err := a.runTask(ctx, "/v1/appliance/repository/backups", `{"id":"`+id+`"}`)
+	if err == nil && ti.Status != "success" {
+		err = fmt.Errorf("backup %s: task %s", id, ti.Status)
+	}
+	if err != nil {
+		return "", ti, err
+	}
+	return ti.Result["id"], ti, nil
+}
+
+// repoSnapshots lists the repository's snapshots through the API.
+func (a *appliance) repoSnapshots(ctx context.Context) ([]string, error) {
+	status, b, err := a.request(ctx, "GET", "/v1/appliance/repository/snapshots", "")
+	if err != nil {
+		return nil, err
+	}
+	var l struct {
+		List      []string
+		Truncated bool
+	}
+	if status != http.StatusOK || json.Unmarshal(b, &l) != nil || l.Truncated {
+		return nil, fmt.Errorf("repository snapshots: %d %.300s", status, b)
+	}
+	return l.List, nil
+}
+
+// restore restores a repository snapshot through the API as a new PE;
+// it returns the new PE's ID.
+func (a *appliance) restore(ctx context.Context, snap string) (string, error) {
+	ti, err := a.runTask(ctx, "/v1/appliance/repository/restores", `{"id":"`+snap+`"}`)
+	if err != nil {
+		return "", err
+	}
+	if ti.Status != "success" {
+		return "", fmt.Errorf("restore %s: task %s: %s", snap, ti.Status, ti.Details)
+	}
+	return ti.Result["id"], nil
+}
+
+// restoreAll restores snapshots through the API, a few at once, and
+// compares each restored PE of cfg with what was backed up; it removes
+// them after.
+func restoreAll(ctx context.Context, t *testing.T, a *appliance, cfg string, snaps []backedUp) {
+	t.Helper()
+	type restored struct {
+		b   backedUp
+		id  string
+		err error
+	}
+	jobs, results := make(chan backedUp), make(chan restored)
+	var workers sync.WaitGroup
+	for range 4 {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for b := range jobs {
+				id, err := a.restore(ctx, b.snap)
+				results <- restored{b, id, err}
+			}
+		}()
+	}
+	go func() {
+		for _, b := range snaps {
+			jobs <- b
+		}
+		close(jobs)
+		workers.Wait()
+		close(results)
+	}()
+	failed := 0
+	for r := range results {
+		if r.err != nil {
+			failed++
+			t.Errorf("restore %s: %v", r.b.snap, r.err)
+			continue
+		}
+		typ, name, _ := strings.Cut(r.id, ":")
+		path := filepath.Join(cfg, typ, name)
+		if got := contentOf(t, stressPE{id: r.id, path: path}); got.digest != r.b.want.digest {
+			failed++
+			t.Errorf("snapshot %s restores as %s, which differs from what was backed up:\n%s\nwant:\n%s", r.b.snap, r.id, got.digest, r.b.want.digest)
+		}
+		os.RemoveAll(path)
+	}
+	t.Logf("restored %d snapshots, %d failed", len(snaps), failed)
+}
+
+// errorList collects errors from goroutines; the test reports them.
+type errorList struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (l *errorList) add(err error) {
+	l.mu.Lock()
+	l.errs = append(l.errs, err)
+	l.mu.Unlock()
+}
+
+func (l *errorList) report(t *testing.T, what string) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i, err := range l.errs {
+		if i == 10 {
+			t.Errorf("%s: %d more errors", what, len(l.errs)-i)
+			break
+		}
+		t.Errorf("%s: %v", what, err)
+	}
+}
+
+// backedUp is a committed repository snapshot and what it holds.
+type backedUp struct {
+	snap string
+	pe   stressPE
+	want content
+}
+
+// snapPath is a repository snapshot's directory in a repository mount.
+func snapPath(mnt, snap string) string {
+	p := strings.Split(snap, ":")
+	return filepath.Join(mnt, p[0], p[0]+":"+p[1], "snapshots", p[2])
+}
+
+// readThroughMount reads a snapshot's data (disk) or one of its files
+// (fs) through a repository mount and compares it with what was backed up.
+func readThroughMount(mnt string, b backedUp, g *gen) error {
+	dir := snapPath(mnt, b.snap)
+	if b.pe.disk() {
+		got, err := fileSHA(filepath.Join(dir, "data"))
+		if err != nil {
+			return fmt.Errorf("mount: %w", err)
+		}
+		if got != b.want.digest {
+			return fmt.Errorf("mount: %s/data differs from what was backed up", dir)
+		}
+		return nil
+	}
+	names := slices.Sorted(func(yield func(string) bool) {
+		for n := range b.want.files {
+			if !yield(n) {
+				return
+			}
+		}
+	})
+	name := names[g.intN(len(names))]
+	got, err := fileSHA(filepath.Join(dir, "files", name))
+	if err != nil {
+		return fmt.Errorf("mount: %w", err)
+	}
+	if got != b.want.files[name] {
+		return fmt.Errorf("mount: %s/files/%s differs from what was backed up", dir, name)
+	}
+	return nil
+}
+
+// startRepoMount runs 'astrolabe mount --repo' at mnt until the test ends.
+func startRepoMount(t *testing.T, cfg, mnt string, repoArgs ...string) *exec.Cmd {
+	t.Helper()
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Fatal("/dev/fuse missing: run as root with the fuse module loaded")
+	}
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	t.Cleanup(cancel)
+	cmd := exec.CommandContext(ctx, astrolabeBin, append(append([]string{"--config", cfg, "mount"}, repoArgs...), mnt)...)
+	stdout, _ := cmd.StdoutPipe()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait(); syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	if sc := bufio.NewScanner(stdout); !sc.Scan() || !strings.HasPrefix(sc.Text(), "mounted at") {
+		cmd.Wait()
+		t.Fatalf("mount --repo did not start: %s", stderr.String())
+	}
+	return cmd
+}
+
+// nbdSHA reads a whole NBD export with nbdcopy and hashes it.
+func nbdSHA(ctx context.Context, uri string) (string, error) {
+	cmd := exec.CommandContext(ctx, "nbdcopy", uri, "-")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", err
+	}
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	_, cerr := io.Copy(h, out)
+	if err := cmd.Wait(); err != nil {
+		return "", fmt.Errorf("nbdcopy %s: %v: %s", uri, err, stderr.String())
+	}
+	if cerr != nil {
+		return "", cerr
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// TestConcurrentBackupsStress starts backups of 8 disk and fs PEs
+// together through the REST API of one appliance, with random delays,
+// round after round, while a FUSE mount and an NBD export of the same
+// repository read snapshots backed up earlier. Every backup must
+// succeed, every snapshot restore byte-exact and check --read-data find
+// nothing.
+func TestConcurrentBackupsStress(t *testing.T) {
+	needNBDTools(t)
+	const (
+		rounds   = 20
+		diskSize = 16 * mib
+	)
+	deadline := time.Now().Add(100 * time.Second) // for the rounds; a slower machine runs fewer
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", cfg)
+	pw := filepath.Join(dir, "pw")
+	os.WriteFile(pw, []byte("stress\n"), 0o600)
+	repoArgs := []string{"--repo", filepath.Join(dir, "repo"), "--password-file", pw}
+	mustRun(t, cfg, append([]string{"repo", "init"}, repoArgs...)...)
+
+	seed := stressSeed(t)
+	g, jitter := newGen(seed), newGen(seed+1) // content; delays and picks
+	data := &stressData{g: g, shared: g.bytes(mib)}
+	var pes []stressPE
+	for i := range 4 {
+		name := fmt.Sprintf("d%d.img", i)
+		p := stressPE{id: "disk:" + name, path: filepath.Join(cfg, "disk", name)}
+		data.writeDisk(t, p.path, diskSize)
+		pes = append(pes, p)
+	}
+	for i := range 4 {
+		name := fmt.Sprintf("t%d", i)
+		p := stressPE{id: "fs:" + name, path: filepath.Join(cfg, "fs", name)}
+		data.writeTree(t, p.path)
+		pes = append(pes, p)
+	}
+
+	a := startServe(t, cfg, repoArgs...)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+
+	var (
+		mu        sync.Mutex
+		committed []backedUp // in the order their rounds ended
+		readErrs  errorList
+		reads     [2]atomic.Int64 // mount, NBD
+		stop      = make(chan struct{})
+		readers   sync.WaitGroup
+	)
+	var backupErrs errorList
+	failures := 0
+	round := func(r int) {
+		wants := make([]content, len(pes))
+		for i, p := range pes {
+			if r > 0 {
+				data.mutate(t, p, pes)
+			}
+			wants[i] = contentOf(t, p)
+		}
+		var wg sync.WaitGroup
+		done := make([]backedUp, len(pes))
+		errs := make([]error, len(pes))
+		for i, p := range pes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				time.Sleep(jitter.delay(150 * time.Millisecond))
+				snap, ti, err := a.backup(ctx, p.id)
+				if err != nil {
+					errs[i] = fmt.Errorf("round %d: %w: %s", r, err, ti.Details)
+					return
+				}
+				done[i] = backedUp{snap: snap, pe: p, want: wants[i]}
+			}()
+		}
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		for i := range pes {
+			if errs[i] != nil {
+				failures++
+				backupErrs.add(fmt.Errorf("backup of %s: %w", pes[i].id, errs[i]))
+				continue
+			}
+			committed = append(committed, done[i])
+		}
+	}
+
+	// Round 0 gives the readers snapshots to read.
+	round(0)
+	first := slices.Clone(committed)
+	mnt := filepath.Join(dir, "mnt")
+	mount := startRepoMount(t, cfg, mnt, repoArgs...)
+	var exported []backedUp
+	var exportArgs []string
+	for _, b := range first {
+		if b.pe.disk() {
+			exported = append(exported, b)
+			exportArgs = append(exportArgs, b.snap)
+		}
+	}
+	if len(exported) == 0 || len(first) < 2 {
+		backupErrs.report(t, "round 0")
+		t.Fatal("round 0 left too few snapshots to read")
+	}
+	nbdSrv := startNBD(t, cfg, len(exported), append(repoArgs, exportArgs...)...)
+
+	// The readers: each pass reads one snapshot, until the rounds end.
+	const maxReads = 5000
+	readers.Add(2)
+	go func() {
+		defer readers.Done()
+		for range maxReads {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			mu.Lock()
+			b := committed[jitter.intN(len(committed))]
+			mu.Unlock()
+			if err := readThroughMount(mnt, b, jitter); err != nil {
+				readErrs.add(err)
+			}
+			reads[0].Add(1)
+		}
+	}()
+	go func() {
+		defer readers.Done()
+		for n := range maxReads {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			i := n % len(exported)
+			got, err := nbdSHA(ctx, nbdSrv.uri(i))
+			if err == nil && got != exported[i].want.digest {
+				err = fmt.Errorf("NBD export %s differs from what was backed up", nbdSrv.uri(i))
+			}
+			if err != nil {
+				readErrs.add(err)
+			}
+			reads[1].Add(1)
+		}
+	}()
+
+	ran := 1
+	for r := 1; r < rounds && time.Now().Before(deadline) ; r++ {
+		before := [2]int64{reads[0].Load(), reads[1].Load()}
+		round(r)
+		ran++
+		// Both readers read during every round (or the round was too
+		// short for a read to end: then they read into the next one).
+		for i := range reads {
+			for w := 0; reads[i].Load() == before[i] && w < 600; w++ {
+				time.Sleep(50 * time.Millisecond)
+			}
+			if reads[i].Load() == before[i] {
+				t.Errorf("reader %d made no progress for 30 s in round %d", i, r)
+			}
+		}
+	}
+	close(stop)
+	readers.Wait()
+	backupErrs.report(t, "concurrent backups")
+	readErrs.report(t, "reading the repository during backups")
+	t.Logf("%d rounds, %d snapshots committed, %d backups failed; %d mount reads, %d NBD reads", ran, len(committed), failures, reads[0].Load(), reads[1].Load())
+	if ran < rounds {
+		t.Logf("stopped after %d of %d rounds (deadline or failures)", ran, rounds)
+	}
+
+	// The repository holds exactly the snapshots that were reported
+	// backed up, and each restores as it was.
+	listed, err := a.repoSnapshots(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, b := range committed {
+		want = append(want, b.snap)
+	}
+	sort.Strings(listed)
+	sort.Strings(want)
+	if !slices.Equal(listed, want) {
+		t.Errorf("the repository lists %d snapshots, %d were backed up:\nlisted %v\nbacked up %v", len(listed), len(want), listed, want)
+	}
+	restoreStart := time.Now()
+	restoreAll(ctx, t, a, cfg, committed)
+	t.Logf("restores took %s", time.Since(restoreStart).Round(time.Millisecond))
+
+	a.stop()
+	mount.Process.Signal(syscall.SIGTERM)
+	if err := mount.Wait(); err != nil {
+		t.Errorf("mount --repo after SIGTERM: %v", err)
+	}
+	nbdSrv.stop(syscall.SIGTERM)
+	r := mustRun(t, cfg, append([]string{"repo", "check", "--read-data"}, repoArgs...)...)
+	if !strings.Contains(r.stderr, "no problems found") {
+		t.Errorf("repo check --read-data: %s%s", r.stdout, r.stderr)
+	}
+}
