@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -715,7 +716,7 @@ func TestConcurrentBackupsStress(t *testing.T) {
 	}()
 
 	ran := 1
-	for r := 1; r < rounds && time.Now().Before(deadline) ; r++ {
+	for r := 1; r < rounds && time.Now().Before(deadline); r++ {
 		before := [2]int64{reads[0].Load(), reads[1].Load()}
 		round(r)
 		ran++
@@ -767,5 +768,437 @@ func TestConcurrentBackupsStress(t *testing.T) {
 	r := mustRun(t, cfg, append([]string{"repo", "check", "--read-data"}, repoArgs...)...)
 	if !strings.Contains(r.stderr, "no problems found") {
 		t.Errorf("repo check --read-data: %s%s", r.stdout, r.stderr)
+	}
+}
+
+// versitygw is a versitygw S3 server on 127.0.0.1, started with
+// scripts/s3-server.sh.
+type versitygw struct {
+	endpoint string // host:port
+	dir      string // what it serves: buckets are directories
+}
+
+func startVersitygw(t *testing.T) versitygw {
+	t.Helper()
+	if _, err := exec.LookPath("versitygw"); err != nil {
+		gopath, _ := exec.Command("go", "env", "GOPATH").Output()
+		if _, err := os.Stat(filepath.Join(strings.TrimSpace(string(gopath)), "bin", "versitygw")); err != nil {
+			t.Fatal("versitygw missing: run scripts/s3-server.sh install (go install github.com/versity/versitygw/cmd/versitygw@v1.8.0)")
+		}
+	}
+	dir := t.TempDir()
+	script, _ := filepath.Abs(filepath.Join("..", "..", "scripts", "s3-server.sh"))
+	out, err := exec.Command("bash", script, "start", dir).Output()
+	t.Cleanup(func() { exec.Command("bash", script, "stop", dir).Run() })
+	if err != nil {
+		log, _ := os.ReadFile(filepath.Join(dir, "versitygw.log"))
+		t.Fatalf("s3-server.sh start: %v\n%s", err, log)
+	}
+	// export AWS_ACCESS_KEY_ID=.. AWS_SECRET_ACCESS_KEY=.. S3_ENDPOINT=.. S3_PID=..
+	env := map[string]string{}
+	for _, kv := range strings.Fields(strings.TrimPrefix(strings.TrimSpace(string(out)), "export ")) {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	if env["S3_ENDPOINT"] == "" {
+		t.Fatalf("s3-server.sh start printed %q", out)
+	}
+	// The appliances and the CLI take the keys from the environment.
+	t.Setenv("AWS_ACCESS_KEY_ID", env["AWS_ACCESS_KEY_ID"])
+	t.Setenv("AWS_SECRET_ACCESS_KEY", env["AWS_SECRET_ACCESS_KEY"])
+	os.Unsetenv("AWS_CA_BUNDLE")
+	return versitygw{endpoint: env["S3_ENDPOINT"], dir: filepath.Join(dir, "data")}
+}
+
+// packBytes is the size of the packs of the repository at prefix in
+// bucket: the bytes backups stored.
+func (s versitygw) packBytes(t *testing.T, bucket, prefix string) int64 {
+	t.Helper()
+	var n int64
+	root := filepath.Join(s.dir, bucket, prefix, "data")
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if rel, _ := filepath.Rel(root, path); d.Type().IsRegular() && len(rel) == 2+1+64 {
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			n += fi.Size()
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// cliRun is an astrolabe command run in the background.
+type cliRun struct {
+	cmd            *exec.Cmd
+	stdout, stderr bytes.Buffer
+	done           chan struct{}
+	err            error
+}
+
+func startCLI(ctx context.Context, cfg string, args ...string) (*cliRun, error) {
+	c := &cliRun{cmd: exec.CommandContext(ctx, astrolabeBin, append([]string{"--config", cfg}, args...)...), done: make(chan struct{})}
+	c.cmd.Stdout, c.cmd.Stderr = &c.stdout, &c.stderr
+	if err := c.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { c.err = c.cmd.Wait(); close(c.done) }()
+	return c, nil
+}
+
+// killed reports whether the command died of SIGKILL.
+func (c *cliRun) killed() bool {
+	var ee *exec.ExitError
+	if errors.As(c.err, &ee) {
+		ws, ok := ee.Sys().(syscall.WaitStatus)
+		return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+	}
+	return false
+}
+
+// kill9 kills an appliance with SIGKILL and reaps it, so that its
+// locks belong to a dead process.
+func (a *appliance) kill9() {
+	a.cmd.Process.Kill()
+	a.cmd.Wait()
+}
+
+// TestTwoAppliancesOneBucket runs two appliances on one repository in a
+// versitygw bucket. What the first stored, the second does not store
+// again; prune from a third process, with forget, during their backups
+// removes nothing a committed snapshot needs; kill -9 of any of them
+// leaves a repository that check passes, and the backup run again
+// completes. At the end every committed snapshot restores byte-exact.
+func TestTwoAppliancesOneBucket(t *testing.T) {
+	const (
+		rounds   = 8
+		diskSize = 8 * mib
+	)
+	s3 := startVersitygw(t)
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	os.WriteFile(pw, []byte("two appliances\n"), 0o600)
+	const bucket, prefix = "backups", "astrolabe"
+	repoArgs := []string{"--repo", "s3+http://" + s3.endpoint + "/" + bucket + "/" + prefix, "--password-file", pw}
+	cfgs := []string{filepath.Join(dir, "a"), filepath.Join(dir, "b")}
+	for _, cfg := range cfgs {
+		mustRun(t, cfg, "init", cfg)
+	}
+	mustRun(t, cfgs[0], append([]string{"repo", "init"}, repoArgs...)...)
+
+	seed := stressSeed(t)
+	g, jitter := newGen(seed), newGen(seed+1)
+	// One modification time for every file, so that the two copies of a
+	// tree are the same to the byte, metadata too.
+	data := &stressData{g: g, shared: g.bytes(mib), mtime: time.Now().Add(time.Hour).Truncate(time.Second)}
+	// newPE makes a PE in appliance i's config directory.
+	newPE := func(i int, id string) stressPE {
+		typ, name, _ := strings.Cut(id, ":")
+		p := stressPE{id: id, path: filepath.Join(cfgs[i], typ, name)}
+		if p.disk() {
+			data.writeDisk(t, p.path, diskSize)
+		} else {
+			data.writeTree(t, p.path)
+		}
+		return p
+	}
+	// twin copies a PE of appliance 0 into appliance 1's config directory.
+	twin := func(p stressPE) stressPE {
+		q := stressPE{id: p.id, path: strings.Replace(p.path, cfgs[0], cfgs[1], 1)}
+		os.RemoveAll(q.path)
+		runTool(t, "cp", "-a", p.path, q.path)
+		if !p.disk() {
+			data.settle(t, q.path)
+		}
+		return q
+	}
+
+	apps := []*appliance{startServe(t, cfgs[0], repoArgs...), startServe(t, cfgs[1], repoArgs...)}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+
+	var (
+		committed []backedUp
+		forgotten = map[string]bool{}
+	)
+	mustBackup := func(i int, p stressPE) string {
+		t.Helper()
+		want := contentOf(t, p)
+		snap, ti, err := apps[i].backup(ctx, p.id)
+		if err != nil {
+			t.Fatalf("appliance %d: %v: %s", i, err, ti.Details)
+		}
+		committed = append(committed, backedUp{snap: snap, pe: p, want: want})
+		return snap
+	}
+	// dedup backs p up on the first appliance, then its twin on the
+	// second: the second stores (almost) nothing new.
+	dedup := func(p stressPE) {
+		t.Helper()
+		q := twin(p)
+		before := s3.packBytes(t, bucket, prefix)
+		mustBackup(0, p)
+		first := s3.packBytes(t, bucket, prefix) - before
+		mustBackup(1, q)
+		second := s3.packBytes(t, bucket, prefix) - before - first
+		t.Logf("%s: the first appliance stored %d bytes, the second %d", p.id, first, second)
+		if first == 0 || second > first/50 {
+			t.Errorf("%s: the first appliance stored %d bytes, the second %d more: want (almost) nothing", p.id, first, second)
+		}
+	}
+	// Both appliances were started before either backed up: the second
+	// sees what the first uploaded since it opened the repository.
+	dedup(newPE(0, "disk:same.img"))
+	dedup(newPE(0, "fs:same"))
+
+	// What prune removed is stored again, not deduplicated against
+	// packs that are gone, by appliances that have been running since
+	// before the prune.
+	rev := newPE(0, "disk:rev.img")
+	revB := twin(rev)
+	for i, p := range []stressPE{rev, revB} {
+		snap := mustBackup(i, p)
+		mustRun(t, cfgs[0], append([]string{"repo", "forget"}, append(repoArgs, snap)...)...)
+		forgotten[snap] = true
+	}
+	pruned := mustRun(t, cfgs[0], append([]string{"repo", "prune"}, repoArgs...)...)
+	if !strings.HasPrefix(pruned.stdout, "removed ") || strings.HasPrefix(pruned.stdout, "removed 0 ") {
+		t.Errorf("prune after forgetting %s: %s, want packs removed", rev.id, pruned.stdout)
+	}
+	before := s3.packBytes(t, bucket, prefix)
+	mustBackup(0, rev)
+	if stored := s3.packBytes(t, bucket, prefix) - before; stored < diskSize*3/4 {
+		t.Errorf("%s backed up again after prune stored %d bytes: its data is gone, want it stored again", rev.id, stored)
+	}
+	mustBackup(1, revB)
+
+	// Rounds of concurrent backups on both, a forget and a prune from a
+	// third process, and kill -9 of one of the three.
+	pes := [][]stressPE{
+		{newPE(0, "disk:a0.img"), newPE(0, "disk:a1.img"), newPE(0, "fs:ta")},
+		{newPE(1, "disk:b0.img"), newPE(1, "disk:b1.img"), newPE(1, "fs:tb")},
+	}
+	const none, prune = -1, 2
+	victims := []int{0, 1, prune, 0, 1, prune, none, none}
+	rand.New(rand.NewPCG(seed, 2)).Shuffle(len(victims), func(i, j int) { victims[i], victims[j] = victims[j], victims[i] })
+	deadline := time.Now().Add(90 * time.Second)
+	var unexpected errorList
+	stats := map[string]int{}
+	for r := 0; r < rounds && time.Now().Before(deadline); r++ {
+		wants := map[string]content{}
+		for i := range pes {
+			for _, p := range pes[i] {
+				if r > 0 {
+					data.mutate(t, p, pes[i])
+				}
+				wants[p.id] = contentOf(t, p)
+			}
+		}
+		victim := victims[r]
+		// A committed snapshot of an earlier round for prune to free.
+		var forget string
+		for _, k := range jitter.rnd.Perm(len(committed)) {
+			if !forgotten[committed[k].snap] {
+				forget = committed[k].snap
+				break
+			}
+		}
+		type outcome struct {
+			app  int
+			pe   stressPE
+			snap string
+			err  error
+		}
+		var (
+			wg       sync.WaitGroup
+			mu       sync.Mutex
+			outcomes []outcome
+			pruneRun *cliRun
+			forgot   bool
+		)
+		for i := range pes {
+			for _, p := range pes[i] {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					time.Sleep(jitter.delay(300 * time.Millisecond))
+					snap, ti, err := apps[i].backup(ctx, p.id)
+					if err != nil && ti.Details != "" {
+						err = fmt.Errorf("%w: %s", err, ti.Details)
+					}
+					mu.Lock()
+					outcomes = append(outcomes, outcome{i, p, snap, err})
+					mu.Unlock()
+				}()
+			}
+		}
+		if forget != "" {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				time.Sleep(jitter.delay(300 * time.Millisecond))
+				f, err := startCLI(ctx, cfgs[0], append([]string{"repo", "forget"}, append(repoArgs, forget)...)...)
+				if err != nil {
+					unexpected.add(err)
+					return
+				}
+				<-f.done
+				if f.err != nil {
+					unexpected.add(fmt.Errorf("round %d: repo forget %s: %v: %s", r, forget, f.err, f.stderr.String()))
+				}
+				forgot = f.err == nil
+			}()
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Mostly during the backups (refused: locked), now and then after.
+			time.Sleep(jitter.delay(800 * time.Millisecond))
+			p, err := startCLI(ctx, cfgs[0], append([]string{"repo", "prune"}, repoArgs...)...)
+			if err != nil {
+				unexpected.add(err)
+				return
+			}
+			if victim == prune {
+				select {
+				case <-p.done:
+				case <-time.After(jitter.delay(300 * time.Millisecond)):
+					p.cmd.Process.Kill()
+				}
+			}
+			<-p.done
+			pruneRun = p
+		}()
+		if victim == 0 || victim == 1 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				time.Sleep(jitter.delay(600 * time.Millisecond))
+				apps[victim].kill9()
+			}()
+		}
+		wg.Wait()
+
+		if forgot {
+			forgotten[forget] = true
+		}
+		switch {
+		case pruneRun == nil:
+		case pruneRun.err == nil:
+			stats["prune ran"]++
+			t.Logf("round %d: prune: %s", r, strings.TrimSpace(pruneRun.stdout.String()))
+		case pruneRun.killed():
+			stats["prune killed"]++
+		case strings.Contains(pruneRun.stderr.String(), "repository is locked"):
+			stats["prune refused: locked"]++
+		default:
+			unexpected.add(fmt.Errorf("round %d: repo prune: %v: %s", r, pruneRun.err, pruneRun.stderr.String()))
+		}
+		if victim == 0 || victim == 1 {
+			stats[fmt.Sprintf("appliance %d killed", victim)]++
+			apps[victim] = startServe(t, cfgs[victim], repoArgs...)
+		}
+
+		// The repository is sound after every round, whoever died.
+		if res := astrolabe(t, cfgs[0], append([]string{"repo", "check"}, repoArgs...)...); res.code != 0 {
+			t.Errorf("round %d (victim %d): repo check: exit %d\n%s%s", r, victim, res.code, res.stdout, res.stderr)
+		}
+		// Backups that did not complete (their appliance died, or prune
+		// held the lock) complete when run again.
+		for _, o := range outcomes {
+			if o.err == nil {
+				stats["backup ok"]++
+				committed = append(committed, backedUp{snap: o.snap, pe: o.pe, want: wants[o.pe.id]})
+				continue
+			}
+			switch {
+			case strings.Contains(o.err.Error(), "repository is locked"):
+				stats["backup refused: locked"]++
+			case o.app == victim:
+				stats["backup lost: appliance killed"]++
+			default:
+				unexpected.add(fmt.Errorf("round %d: appliance %d: %v", r, o.app, o.err))
+			}
+			snap, ti, err := apps[o.app].backup(ctx, o.pe.id)
+			if err != nil {
+				unexpected.add(fmt.Errorf("round %d: appliance %d: backup run again: %v: %s", r, o.app, err, ti.Details))
+				continue
+			}
+			committed = append(committed, backedUp{snap: snap, pe: o.pe, want: wants[o.pe.id]})
+		}
+		// A backup an appliance committed just before it was killed is
+		// in the repository without the test knowing its ID: it holds
+		// this round's content.
+		listed, err := apps[0].repoSnapshots(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		known := map[string]bool{}
+		for _, b := range committed {
+			known[b.snap] = true
+		}
+		for _, s := range listed {
+			if known[s] || forgotten[s] {
+				continue
+			}
+			base := s[:strings.LastIndex(s, ":")]
+			for i := range pes {
+				for _, p := range pes[i] {
+					if p.id == base && i == victim {
+						stats["backup committed by a killed appliance"]++
+						committed = append(committed, backedUp{snap: s, pe: p, want: wants[p.id]})
+						known[s] = true
+					}
+				}
+			}
+			if !known[s] {
+				unexpected.add(fmt.Errorf("round %d: the repository lists %s, which no backup reported", r, s))
+			}
+		}
+	}
+	unexpected.report(t, "two appliances")
+	t.Logf("outcomes: %v", stats)
+
+	// After all that: the second appliance still stores nothing the
+	// first stored.
+	dedup(newPE(0, "disk:late.img"))
+
+	// A prune with nothing running removes what is forgotten, and no
+	// more: every committed snapshot restores as it was backed up.
+	pruned = mustRun(t, cfgs[0], append([]string{"repo", "prune"}, repoArgs...)...)
+	t.Logf("final prune: %s", strings.TrimSpace(pruned.stdout))
+	if r := mustRun(t, cfgs[0], append([]string{"repo", "check", "--read-data"}, repoArgs...)...); !strings.Contains(r.stderr, "no problems found") {
+		t.Errorf("repo check --read-data: %s%s", r.stdout, r.stderr)
+	}
+	var live []backedUp
+	var want []string
+	for _, b := range committed {
+		if !forgotten[b.snap] {
+			live = append(live, b)
+			want = append(want, b.snap)
+		}
+	}
+	listed, err := apps[0].repoSnapshots(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(listed)
+	sort.Strings(want)
+	if !slices.Equal(listed, want) {
+		t.Errorf("the repository lists %d snapshots, want the %d committed and not forgotten:\nlisted %v\nwant %v", len(listed), len(want), listed, want)
+	}
+	restoreAll(ctx, t, apps[0], cfgs[0], live)
+	for _, a := range apps {
+		a.stop()
 	}
 }
