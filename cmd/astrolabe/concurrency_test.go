@@ -12,6 +12,7 @@ import (
 	"io"
 	"io/fs"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -338,8 +339,14 @@ func (a *appliance) runTask(ctx context.Context, path, body string) (taskInfo, e
 	if err := json.Unmarshal(b, &started); err != nil || started.TaskID == "" {
 		return taskInfo{}, fmt.Errorf("POST %s: %q: %v", path, b, err)
 	}
-	for {
+	for timeouts := 0; ; {
 		status, b, err := a.request(ctx, "GET", "/v1/astrolabe/tasks/"+started.TaskID, "")
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil && timeouts < 3 {
+			// A loaded machine: the task goes on, ask again.
+			timeouts++
+			continue
+		}
 		if err != nil {
 			return taskInfo{}, err
 		}
