@@ -96,19 +96,20 @@ func openAgain(t *testing.T, be backend.Backend, opts Options) *Repository {
 // while readers read every committed snapshot through its image: every
 // read and every restore is byte-exact, and check reads everything clean.
 func TestConcurrentBackupsOneRepository(t *testing.T) {
-	e := newEnv(t, nil, Options{Password: "pw"})
+	dir, err := backend.NewDir(filepath.Join(t.TempDir(), "repo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, &slowIndex{Backend: dir, delay: 50 * time.Millisecond}, Options{Password: "pw"})
 	ctx := context.Background()
-	const size, rounds = 4 * mib, 3
+	const size, rounds = 4 * mib, 4
 	var names []string
 	for i := range 3 {
 		names = append(names, fmt.Sprintf("own%d.img", i))
 		e.disk(names[i], size, map[int64]int64{0: 3 * mib})
 	}
 	same := e.disk("same0.img", size, map[int64]int64{mib: 3 * mib})
-	data, err := os.ReadFile(same)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := mustRead(t, same)
 	names = append(names, "same0.img")
 	for i := 1; i < 3; i++ {
 		names = append(names, fmt.Sprintf("same%d.img", i))
@@ -154,6 +155,8 @@ func TestConcurrentBackupsOneRepository(t *testing.T) {
 					errs <- err
 					return
 				}
+				// Out of step: one backup's refresh meets another's uploads.
+				time.Sleep(time.Duration(mrand.IntN(200)) * time.Millisecond)
 				if _, err := e.r.Backup(ctx, p, nil); err != nil {
 					errs <- fmt.Errorf("backup %s round %d: %w", name, round, err)
 					return
@@ -299,6 +302,30 @@ func testTwoAppliances(t *testing.T, e *env, r2 *Repository) {
 			}
 		}
 	}
+}
+
+// slowIndex lists packs and writes index files slowly, as a remote
+// bucket does: the packs of other backups land while a backup refreshes
+// its index, and a backup's packs are uploaded a while before the index
+// file that lists them.
+type slowIndex struct {
+	backend.Backend
+	delay time.Duration
+}
+
+func (s *slowIndex) List(ctx context.Context, prefix string, fn func(string, int64) error) error {
+	err := s.Backend.List(ctx, prefix, fn)
+	if prefix == "data/" {
+		time.Sleep(s.delay)
+	}
+	return err
+}
+
+func (s *slowIndex) Save(ctx context.Context, name string, r io.Reader, size int64) error {
+	if strings.HasPrefix(name, "index/") {
+		time.Sleep(s.delay)
+	}
+	return s.Backend.Save(ctx, name, r, size)
 }
 
 // faultyBackend fails listings or reads of objects under a prefix, and

@@ -2,11 +2,14 @@ package repo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/astrolabe-appliance/astrolabe/repo/backend"
 )
 
 // index is the repository's one long-lived index of chunks, for dedup:
@@ -279,4 +282,48 @@ func (r *Repository) saveIndexFile(ctx context.Context, f indexFile) error {
 	}
 	r.idx.saved(name, int64(len(b)))
 	return nil
+}
+
+// listIndexFiles lists the index files and their sizes.
+func (r *Repository) listIndexFiles(ctx context.Context) (map[string]int64, error) {
+	files := map[string]int64{}
+	if err := r.be.List(ctx, "index/", func(name string, size int64) error {
+		files[name] = size
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("list index: %w", err)
+	}
+	return files, nil
+}
+
+// readIndexFiles reads the named index files. Those that do not open or
+// hold nonsense (truncated, damaged) come back apart with the reason;
+// errors of the backend are errors.
+func (r *Repository) readIndexFiles(ctx context.Context, names []string) (map[string]indexFile, map[string]error, error) {
+	files, damaged := map[string]indexFile{}, map[string]error{}
+	for _, name := range names {
+		b, err := backend.ReadAll(ctx, r.be, name)
+		if errors.Is(err, backend.ErrNotExist) {
+			continue // removed by a concurrent prune's rewrite
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		f, err := r.parseIndexFile(b)
+		if err != nil {
+			damaged[name] = err
+			continue
+		}
+		files[name] = f
+	}
+	return files, damaged, nil
+}
+
+// readAllIndexFiles reads every index file.
+func (r *Repository) readAllIndexFiles(ctx context.Context) (map[string]indexFile, map[string]error, error) {
+	listing, err := r.listIndexFiles(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return r.readIndexFiles(ctx, slices.Sorted(maps.Keys(listing)))
 }

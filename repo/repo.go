@@ -17,6 +17,14 @@
 // needs nothing else; prune deletes only packs no snapshot uses at all,
 // so those positions never move. Every snapshot is a logical full.
 //
+// Several processes may share a repository (appliances on one bucket),
+// and one process may run any number of backups, restores and mounts at
+// once. Each Repository keeps one long-lived index of the chunks stored
+// (index.go), which every backup refreshes under its shared lock before
+// it stores anything, so that it dedups against what all others stored.
+// Prune takes the exclusive lock; a backup checks that its lock still
+// holds before it commits, so no snapshot names a pack a prune removed.
+//
 // Format 2 seals a snapshot's index and info with the snapshot's ID as
 // additional data, and the info holds the index's hash: a snapshot moved,
 // renamed or swapped under another ID does not open. Format 1 snapshots
