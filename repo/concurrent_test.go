@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -613,5 +614,37 @@ func TestPruneDuringBackups(t *testing.T) {
 	}
 	if probs := e.check(true); len(probs) != 0 {
 		t.Errorf("check after the last prune: %v", probs)
+	}
+}
+
+// TestReadGivenUp reads a snapshot's image with a context given up: the
+// read stops with the context's error and fetches nothing; the image
+// reads on for others.
+func TestReadGivenUp(t *testing.T) {
+	e := newEnv(t, nil, Options{Password: "pw"})
+	ctx := context.Background()
+	path := e.disk("a.img", 4*mib, map[int64]int64{0: 4 * mib})
+	id := e.backup("disk:a.img")
+	p, err := e.r.OpenSnapshot(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := p.Data(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	buf := make([]byte, 4096)
+	if n, err := pe.ReadAt(cancelled, img, buf, mib); !errors.Is(err, context.Canceled) || n != 0 {
+		t.Errorf("read given up: %d bytes, %v", n, err)
+	}
+	want := make([]byte, len(buf))
+	f, _ := os.Open(path)
+	f.ReadAt(want, mib)
+	f.Close()
+	if _, err := pe.ReadAt(ctx, img, buf, mib); err != nil || !bytes.Equal(buf, want) {
+		t.Errorf("read after one given up: %v", err)
 	}
 }
