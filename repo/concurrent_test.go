@@ -69,6 +69,22 @@ func imageSum(ctx context.Context, r *Repository, id pe.ID) ([32]byte, error) {
 	return [32]byte(h.Sum(nil)), nil
 }
 
+// image opens the data of a repository snapshot, until the test ends.
+func (e *env) image(id pe.ID) pe.Image {
+	e.t.Helper()
+	ctx := context.Background()
+	p, err := e.r.OpenSnapshot(ctx, id)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	img, err := p.Data(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { img.Close() })
+	return img
+}
+
 // restoredSum restores a disk snapshot and hashes the disk made.
 func (e *env) restoredSum(id pe.ID) [32]byte {
 	e.t.Helper()
@@ -624,16 +640,7 @@ func TestReadGivenUp(t *testing.T) {
 	e := newEnv(t, nil, Options{Password: "pw"})
 	ctx := context.Background()
 	path := e.disk("a.img", 4*mib, map[int64]int64{0: 4 * mib})
-	id := e.backup("disk:a.img")
-	p, err := e.r.OpenSnapshot(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := p.Data(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img := e.image(e.backup("disk:a.img"))
 	cancelled, cancel := context.WithCancel(ctx)
 	cancel()
 	buf := make([]byte, 4096)
