@@ -101,7 +101,7 @@ func (f *rangeFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off
 		return fuse.ReadResultData(nil), 0
 	}
 	n := min(int64(len(dest)), f.size-off)
-	k, err := f.img.ReadAt(dest[:n], f.off+off)
+	k, err := pe.ReadAt(ctx, f.img, dest[:n], f.off+off)
 	if err != nil && !(errors.Is(err, io.EOF) && int64(k) == n) {
 		return nil, f.fsys.eio(fmt.Sprintf("read %s at %d", f.name, off), err)
 	}

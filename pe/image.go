@@ -19,6 +19,22 @@ type Image interface {
 	Extents(ctx context.Context, off, length int64) ([]Extent, error)
 }
 
+// ContextReaderAt is offered by images whose reads can be given up: a
+// read for a request that was cancelled (a FUSE interrupt, an NBD client
+// gone) stops its backend reads, with ctx's error.
+type ContextReaderAt interface {
+	ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
+}
+
+// ReadAt reads from r with ctx where r takes one (ContextReaderAt), else
+// with its ReadAt.
+func ReadAt(ctx context.Context, r io.ReaderAt, p []byte, off int64) (int, error) {
+	if c, ok := r.(ContextReaderAt); ok {
+		return c.ReadAtContext(ctx, p, off)
+	}
+	return r.ReadAt(p, off)
+}
+
 // ChangeTracker is offered by images that can tell which ranges differ from
 // an earlier snapshot of the same PE (changed block tracking).
 type ChangeTracker interface {

@@ -45,21 +45,24 @@ func (r *Repository) Backup(ctx context.Context, p pe.ProtectedEntity, progress 
 	if err := r.upgradeConfig(ctx); err != nil {
 		return Summary{}, err
 	}
-	if err := r.loadIndex(ctx); err != nil {
-		return Summary{}, err
+	// Under the shared lock no prune removes a pack: what the refreshed
+	// index holds exists until the snapshot is committed.
+	if err := r.refreshIndex(ctx); err != nil {
+		return Summary{}, fmt.Errorf("backup %s: %w", p.ID(), err)
 	}
-	b := &backupRun{r: r, ctx: ctx, progress: progress, pk: r.newPacker(ctx)}
+	b := &backupRun{r: r, ctx: ctx, lock: lock, progress: progress, pk: newPacker(ctx, r)}
 	if err := b.snapshot(p); err != nil {
 		b.pk.finish() // keep what was uploaded indexed, for the next run
 		return Summary{}, fmt.Errorf("backup %s: %w", p.ID(), err)
 	}
 	s := Summary{ID: p.ID(), Read: b.read.Load(), New: b.newBytes.Load(), Stored: b.pk.stored.Load(), Reused: b.reused.Load(), Duration: time.Since(start)}
-	return s, lock.err()
+	return s, nil
 }
 
 type backupRun struct {
 	r        *Repository
 	ctx      context.Context
+	lock     *heldLock
 	progress pe.Progress
 	pk       *packer
 	read     atomic.Int64
@@ -131,6 +134,11 @@ func (b *backupRun) snapshot(p pe.ProtectedEntity) error {
 	// Packs and their index first, then the snapshot's index, then its
 	// info: a snapshot is committed only when all it needs is there.
 	if err := b.pk.finish(); err != nil {
+		return err
+	}
+	// The lock still held proves that no prune ran since the index was
+	// refreshed: every pack the snapshot names is there.
+	if err := b.lock.check(ctx); err != nil {
 		return err
 	}
 	return b.r.saveSnapshot(ctx, id, idx, snapshotInfo{Info: info, BackedUp: idx.BackedUp})
@@ -222,15 +230,23 @@ func (b *backupRun) storeChunk(j *job, enc *[]byte) error {
 	}
 	id := chunkID(j.data)
 	j.ref = chunkRef{Off: j.off, Len: int64(len(j.data)), ID: id}
-	if !b.pk.has(id) {
+	// Where a stored chunk is, is taken when it is found: the snapshot
+	// refers to the pack dedup chose, whatever the index learns later.
+	loc, stored, pending := b.pk.lookup(id)
+	if !stored && !pending {
 		*enc = b.r.encode((*enc)[:0], j.data, []byte(id))
-		added, err := b.pk.add(id, int64(len(j.data)), append([]byte(nil), *enc...))
+		var added bool
+		var err error
+		loc, added, err = b.pk.add(id, int64(len(j.data)), append([]byte(nil), *enc...))
 		if err != nil {
 			return err
 		}
 		if added {
 			b.newBytes.Add(int64(len(j.data)))
 		}
+	}
+	if loc.Pack != "" {
+		j.ref.Pack, j.ref.POff, j.ref.PLen = loc.Pack, loc.Off, loc.Len
 	}
 	return nil
 }
@@ -247,16 +263,15 @@ func (b *backupRun) complete(refs []chunkRef, err error) error {
 	return b.resolve(refs)
 }
 
-// resolve fills in where each chunk was packed, once all are uploaded.
+// resolve fills in where this backup packed each chunk that was not
+// stored before it, once all are uploaded.
 func (b *backupRun) resolve(refs []chunkRef) error {
-	b.r.mu.Lock()
-	defer b.r.mu.Unlock()
 	for i := range refs {
 		if refs[i].Pack != "" {
 			continue
 		}
-		loc, ok := b.r.idx[refs[i].ID]
-		if !ok {
+		loc, stored, _ := b.pk.lookup(refs[i].ID)
+		if !stored {
 			return fmt.Errorf("chunk %.16s was not stored", refs[i].ID)
 		}
 		refs[i].Pack, refs[i].POff, refs[i].PLen = loc.Pack, loc.Off, loc.Len
@@ -327,14 +342,21 @@ func (b *backupRun) fixedStream(p pe.ProtectedEntity, img pe.Image) (*stream, er
 				continue // a hole or zeros: nothing to store
 			}
 			if unchanged != nil && unchanged(off, n) {
-				if ref, ok := prev[off]; ok && ref.Len == n {
+				// Unchanged zeros, or a chunk of the previous snapshot in
+				// a pack that exists: nothing to read. (A pack that went
+				// missing is read and stored again.)
+				ref, ok := prev[off]
+				reuse := ok && ref.Len == n && b.r.idx.hasPack(ref.Pack)
+				if reuse {
 					reused = append(reused, ref)
 					b.reused.Add(n)
 				}
-				if b.progress != nil {
-					b.progress.Add(n)
+				if !ok || reuse {
+					if b.progress != nil {
+						b.progress.Add(n)
+					}
+					continue
 				}
-				continue
 			}
 			buf := make([]byte, n)
 			if _, err := img.ReadAt(buf, off); err != nil && !(errors.Is(err, io.EOF)) {

@@ -2,10 +2,13 @@ package repo
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"testing"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/repo/backend"
 )
 
 // BenchmarkRandomRead reads 4 KiB at random offsets of the data of a
@@ -50,4 +53,37 @@ func BenchmarkRandomRead(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkBackup backs up a 512 MiB disk holding 256 MiB of random data
+// into a new local repository each time: the throughput of a full backup
+// (chunking, hashing, compressing, sealing, packing, writing).
+func BenchmarkBackup(b *testing.B) {
+	e := newEnv(b, nil, Options{Password: "bench"})
+	e.disk("b.img", 512*mib, map[int64]int64{0: 256 * mib})
+	ctx := context.Background()
+	b.SetBytes(256 * mib)
+	for i := range b.N {
+		b.StopTimer()
+		be, err := backend.NewDir(filepath.Join(b.TempDir(), fmt.Sprint(i)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		opts := Options{Password: "bench", Logger: quiet()}
+		if err := Init(ctx, be, opts); err != nil {
+			b.Fatal(err)
+		}
+		r, err := Open(ctx, be, opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		p := e.snap("disk:b.img")
+		b.StartTimer()
+		if _, err := r.Backup(ctx, p, nil); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		r.Close()
+		b.StartTimer()
+	}
 }

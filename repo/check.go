@@ -63,7 +63,7 @@ func (r *Repository) Check(ctx context.Context, readData bool, progress pe.Progr
 	if err != nil {
 		return nil, err
 	}
-	ids, err := r.snapshotIDs(ctx, pe.ID{})
+	ids, err := r.committedIDs(ctx, pe.ID{})
 	if err != nil {
 		return nil, err
 	}
@@ -145,7 +145,7 @@ func (r *Repository) Check(ctx context.Context, readData bool, progress pe.Progr
 // checkIndexFiles reads and authenticates every index file and checks
 // that the packs they list exist.
 func (r *Repository) checkIndexFiles(ctx context.Context, packs map[string]int64) ([]Problem, error) {
-	files, damaged, err := r.readIndexFiles(ctx)
+	files, damaged, err := r.readAllIndexFiles(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -272,6 +272,14 @@ type PruneSummary struct {
 // Prune removes the packs no snapshot uses, and the leftovers of failed
 // backups. Packs that some snapshot uses stay whole (they are not
 // repacked), so chunk positions in snapshot indexes never move.
+//
+// Prune holds the exclusive lock throughout: no backup runs meanwhile
+// (backups hold shared locks from their index refresh to their commit,
+// and check theirs before committing). Everything is listed and read
+// before anything is removed, and any error of the backend stops it
+// there. Right before removing, it checks its lock and lists the
+// snapshots again, keeping the packs of any committed meanwhile by a
+// writer that does not lock.
 func (r *Repository) Prune(ctx context.Context) (PruneSummary, error) {
 	lock, err := r.lock(ctx, true)
 	if err != nil {
@@ -280,6 +288,68 @@ func (r *Repository) Prune(ctx context.Context) (PruneSummary, error) {
 	defer lock.release()
 	var sum PruneSummary
 	used := map[string]bool{}
+	seen := map[pe.ID]bool{}
+	incomplete, err := r.markUsed(ctx, used, seen)
+	if err != nil {
+		return sum, err
+	}
+	if err := r.refreshIndex(ctx); err != nil {
+		return sum, fmt.Errorf("prune: %w", err)
+	}
+	sizes := map[string]int64{}
+	if err := r.be.List(ctx, "data/", func(name string, size int64) error {
+		sizes[name[strings.LastIndex(name, "/")+1:]] = size
+		return nil
+	}); err != nil {
+		return sum, fmt.Errorf("prune: list packs: %w", err)
+	}
+	if err := lock.check(ctx); err != nil {
+		return sum, fmt.Errorf("prune: %w", err)
+	}
+	if _, err := r.markUsed(ctx, used, seen); err != nil {
+		return sum, err
+	}
+	var remove []string
+	for _, id := range slices.Sorted(maps.Keys(sizes)) {
+		if !used[id] {
+			remove = append(remove, id)
+		}
+	}
+	// The index is rewritten to list only the packs that stay, before any
+	// pack goes, so that no index names a missing pack.
+	f, oldIndex := r.idx.usedPacks(used)
+	if err := r.saveIndexFile(ctx, f); err != nil {
+		return sum, err
+	}
+	for _, name := range oldIndex {
+		if err := r.be.Remove(ctx, name); err != nil {
+			return sum, err
+		}
+	}
+	r.idx.forget(remove, oldIndex)
+	for _, id := range incomplete {
+		if seen[id] {
+			continue // committed since the first listing
+		}
+		if err := r.be.Remove(ctx, snapshotDir(id)+"/index"); err != nil {
+			return sum, err
+		}
+		sum.Incomplete++
+	}
+	for _, id := range remove {
+		if err := r.be.Remove(ctx, packName(id)); err != nil {
+			return sum, err
+		}
+		sum.Packs++
+		sum.Bytes += sizes[id]
+	}
+	return sum, lock.err()
+}
+
+// markUsed adds the packs of the committed snapshots not in seen to used
+// (and them to seen), and returns the snapshots with an index and no
+// info: under the exclusive lock, failed backups'.
+func (r *Repository) markUsed(ctx context.Context, used map[string]bool, seen map[pe.ID]bool) ([]pe.ID, error) {
 	dirs := map[string]map[string]bool{} // snapshot dir → objects
 	if err := r.be.List(ctx, "snapshots/", func(name string, _ int64) error {
 		dir, obj, ok := strings.Cut(strings.TrimPrefix(name, "snapshots/"), "/")
@@ -291,26 +361,28 @@ func (r *Repository) Prune(ctx context.Context) (PruneSummary, error) {
 		}
 		return nil
 	}); err != nil {
-		return sum, err
+		return nil, fmt.Errorf("prune: list snapshots: %w", err)
 	}
-	for dir, objs := range dirs {
+	var incomplete []pe.ID
+	for _, dir := range slices.Sorted(maps.Keys(dirs)) {
 		id, err := snapshotIDFromDir(dir)
-		if err != nil {
+		if err != nil || seen[id] {
 			continue
 		}
-		if !objs["info"] {
-			// Under the exclusive lock no backup is running: an index
-			// without info is a failed backup's.
-			if err := r.be.Remove(ctx, snapshotDir(id)+"/index"); err != nil {
-				return sum, err
+		if !dirs[dir]["info"] {
+			if dirs[dir]["index"] {
+				incomplete = append(incomplete, id)
 			}
-			sum.Incomplete++
 			continue
 		}
 		idx, _, err := r.loadSnapshot(ctx, id)
-		if err != nil {
-			return sum, fmt.Errorf("prune: %w (run check)", err)
+		if errors.Is(err, pe.ErrNotFound) {
+			continue // forgotten meanwhile
 		}
+		if err != nil {
+			return nil, fmt.Errorf("prune: %w (run check)", err)
+		}
+		seen[id] = true
 		for _, st := range []*stream{idx.Data, idx.Metadata} {
 			if st != nil {
 				for _, c := range st.Chunks {
@@ -319,57 +391,7 @@ func (r *Repository) Prune(ctx context.Context) (PruneSummary, error) {
 			}
 		}
 	}
-	var remove []string
-	sizes := map[string]int64{}
-	if err := r.be.List(ctx, "data/", func(name string, size int64) error {
-		id := name[strings.LastIndex(name, "/")+1:]
-		if !used[id] {
-			remove = append(remove, id)
-			sizes[id] = size
-		}
-		return nil
-	}); err != nil {
-		return sum, err
-	}
-	// The index is rewritten to list only the packs that stay, before any
-	// pack goes, so that no index names a missing pack.
-	if err := r.loadIndex(ctx); err != nil {
-		return sum, err
-	}
-	var oldIndex []string
-	r.be.List(ctx, "index/", func(name string, _ int64) error {
-		oldIndex = append(oldIndex, name)
-		return nil
-	})
-	keep := map[string][]packBlob{}
-	r.mu.Lock()
-	for id, loc := range r.idx {
-		if used[loc.Pack] {
-			keep[loc.Pack] = append(keep[loc.Pack], packBlob{ID: id, Off: loc.Off, Len: loc.Len, Raw: loc.Raw})
-		}
-	}
-	r.mu.Unlock()
-	var f indexFile
-	for p, blobs := range keep {
-		sort.Slice(blobs, func(i, j int) bool { return blobs[i].Off < blobs[j].Off })
-		f.Packs = append(f.Packs, indexPack{ID: p, Blobs: blobs})
-	}
-	if err := r.saveJSON(ctx, "index/"+randomName(), f); err != nil {
-		return sum, err
-	}
-	for _, name := range oldIndex {
-		if err := r.be.Remove(ctx, name); err != nil {
-			return sum, err
-		}
-	}
-	for _, id := range remove {
-		if err := r.be.Remove(ctx, packName(id)); err != nil {
-			return sum, err
-		}
-		sum.Packs++
-		sum.Bytes += sizes[id]
-	}
-	return sum, lock.err()
+	return incomplete, nil
 }
 
 // Stats are the repository's sizes.

@@ -41,15 +41,7 @@ func (s *snapshotPE) Snapshot(ctx context.Context, params pe.Params) (pe.ID, err
 }
 
 func (s *snapshotPE) ListSnapshots(ctx context.Context) ([]pe.ID, error) {
-	snaps, err := s.r.Snapshots(ctx, s.id.Base())
-	if err != nil {
-		return nil, err
-	}
-	out := make([]pe.ID, len(snaps))
-	for i, sn := range snaps {
-		out[i] = sn.ID
-	}
-	return out, nil
+	return s.r.SnapshotIDs(ctx, s.id.Base())
 }
 
 func (s *snapshotPE) DeleteSnapshot(ctx context.Context, snapshot string) error {
@@ -84,7 +76,7 @@ func (s *snapshotPE) Data(ctx context.Context) (pe.Image, error) {
 	if s.idx.Data == nil {
 		return nil, fmt.Errorf("data of %s: %w", s.id, pe.ErrNoData)
 	}
-	img := &streamImage{r: s.r, st: s.idx.Data, cache: newChunkCache(cacheChunks)}
+	img := newStreamImage(s.r, s.idx.Data, cacheChunks)
 	if s.idx.TOC != nil {
 		return &tocImage{img, s.idx.TOC}, nil
 	}
@@ -95,7 +87,7 @@ func (s *snapshotPE) Metadata(ctx context.Context) (io.ReadCloser, error) {
 	if s.idx.Metadata == nil {
 		return nil, fmt.Errorf("metadata of %s: %w", s.id, pe.ErrNoMetadata)
 	}
-	img := &streamImage{r: s.r, st: s.idx.Metadata, cache: newChunkCache(2)}
+	img := newStreamImage(s.r, s.idx.Metadata, 2)
 	return struct {
 		io.Reader
 		io.Closer
@@ -116,6 +108,10 @@ type streamImage struct {
 	r     *Repository
 	st    *stream
 	cache *chunkCache
+	// ctx lives as long as the image: for reads without one of their
+	// own and for fetching ahead; Close cancels it.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu       sync.Mutex
 	inflight map[string]chan struct{} // chunks being fetched
@@ -126,13 +122,31 @@ type streamImage struct {
 // readahead is how many chunks a sequential reader has fetched ahead.
 const readahead = 4
 
-var _ pe.Image = (*streamImage)(nil)
+var (
+	_ pe.Image           = (*streamImage)(nil)
+	_ pe.ContextReaderAt = (*streamImage)(nil)
+)
 
-func (im *streamImage) Size() int64  { return im.st.Size }
-func (im *streamImage) Close() error { return nil }
+func newStreamImage(r *Repository, st *stream, cached int) *streamImage {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &streamImage{r: r, st: st, cache: newChunkCache(cached), ctx: ctx, cancel: cancel}
+}
+
+func (im *streamImage) Size() int64 { return im.st.Size }
+
+func (im *streamImage) Close() error {
+	im.cancel()
+	return nil
+}
 
 // ReadAt implements pe.Image; ranges without chunks read as zeros.
 func (im *streamImage) ReadAt(p []byte, off int64) (int, error) {
+	return im.ReadAtContext(im.ctx, p, off)
+}
+
+// ReadAtContext implements pe.ContextReaderAt: a read given up stops
+// fetching its chunks.
+func (im *streamImage) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("read at %d: negative offset", off)
 	}
@@ -161,7 +175,7 @@ func (im *streamImage) ReadAt(p []byte, off int64) (int, error) {
 			pos += n
 			continue
 		}
-		data, err := im.chunk(c)
+		data, err := im.chunk(ctx, c)
 		if err != nil {
 			return pos, err
 		}
@@ -193,7 +207,7 @@ func (im *streamImage) sequential(i int) {
 		}
 		im.fetching++
 		go func() {
-			im.chunk(c) // an error shows when the reader gets there
+			im.chunk(im.ctx, c) // an error shows when the reader gets there
 			im.mu.Lock()
 			im.fetching--
 			im.mu.Unlock()
@@ -202,11 +216,15 @@ func (im *streamImage) sequential(i int) {
 }
 
 // chunk returns a chunk from the cache, or fetches it once however many
-// readers want it at the same time.
-func (im *streamImage) chunk(c chunkRef) ([]byte, error) {
+// readers want it at the same time. A reader that gives up waiting, or
+// whose fetch is given up, leaves the chunk to the others to fetch.
+func (im *streamImage) chunk(ctx context.Context, c chunkRef) ([]byte, error) {
 	for {
 		if b, ok := im.cache.get(c.ID); ok {
 			return b, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
 		}
 		im.mu.Lock()
 		if im.inflight == nil {
@@ -217,7 +235,7 @@ func (im *streamImage) chunk(c chunkRef) ([]byte, error) {
 			done := make(chan struct{})
 			im.inflight[c.ID] = done
 			im.mu.Unlock()
-			b, err := im.r.loadChunk(context.Background(), c, false)
+			b, err := im.r.loadChunk(ctx, c, false)
 			if err == nil {
 				im.cache.put(c.ID, b)
 			}
@@ -228,7 +246,11 @@ func (im *streamImage) chunk(c chunkRef) ([]byte, error) {
 			return b, err
 		}
 		im.mu.Unlock()
-		<-wait // then take it from the cache, or fetch it if that failed
+		select { // then take it from the cache, or fetch it if that failed
+		case <-wait:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 }
 

@@ -33,7 +33,7 @@ func (r *Repository) RepairIndex(ctx context.Context) (IndexRepair, error) {
 		return sum, err
 	}
 	defer lock.release()
-	files, damaged, err := r.readIndexFiles(ctx)
+	files, damaged, err := r.readAllIndexFiles(ctx)
 	if err != nil {
 		return sum, err
 	}
@@ -107,7 +107,7 @@ func (r *Repository) Migrate(ctx context.Context) (int, error) {
 	if err := r.upgradeConfig(ctx); err != nil {
 		return 0, err
 	}
-	ids, err := r.snapshotIDs(ctx, pe.ID{})
+	ids, err := r.committedIDs(ctx, pe.ID{})
 	if err != nil {
 		return 0, err
 	}

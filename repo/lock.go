@@ -95,6 +95,9 @@ type heldLock struct {
 	wg    sync.WaitGroup
 	mu    sync.Mutex
 	lastE error
+	// written is when the lock object was last written: others take it
+	// for stale staleAfter later.
+	written time.Time
 }
 
 // ErrLocked is returned when the repository is locked against us.
@@ -155,7 +158,32 @@ func (r *Repository) lock(ctx context.Context, exclusive bool) (*heldLock, error
 }
 
 func (l *heldLock) write(ctx context.Context) error {
-	return l.r.saveJSON(ctx, l.name, l.info)
+	if err := l.r.saveJSON(ctx, l.name, l.info); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.written = l.info.Time
+	l.mu.Unlock()
+	return nil
+}
+
+// check confirms, before a commit or a deletion, that the lock still
+// holds: its object is there (no exclusive locker took it for stale and
+// removed it, nor 'unlock --force') and was written recently enough
+// that none could.
+func (l *heldLock) check(ctx context.Context) error {
+	l.mu.Lock()
+	written, lastE := l.written, l.lastE
+	l.mu.Unlock()
+	if age := time.Since(written); age > staleAfter/2 {
+		return fmt.Errorf("lock %s: not refreshed for %s: %v", l.r.Location(), age.Round(time.Second), lastE)
+	}
+	if _, err := l.r.be.Stat(ctx, l.name); errors.Is(err, backend.ErrNotExist) {
+		return fmt.Errorf("lock %s: removed by another process (unlock --force?): %w", l.r.Location(), ErrLocked)
+	} else if err != nil {
+		return fmt.Errorf("lock %s: %w", l.r.Location(), err)
+	}
+	return nil
 }
 
 func (l *heldLock) refresh(ctx context.Context) {

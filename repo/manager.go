@@ -129,15 +129,7 @@ func (p *backedUpPE) Snapshot(ctx context.Context, params pe.Params) (pe.ID, err
 }
 
 func (p *backedUpPE) ListSnapshots(ctx context.Context) ([]pe.ID, error) {
-	snaps, err := p.r.Snapshots(ctx, p.id)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]pe.ID, len(snaps))
-	for i, s := range snaps {
-		out[i] = s.ID
-	}
-	return out, nil
+	return p.r.SnapshotIDs(ctx, p.id)
 }
 
 func (p *backedUpPE) DeleteSnapshot(ctx context.Context, snapshot string) error {

@@ -9,13 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
-	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
-
-	"github.com/astrolabe-appliance/astrolabe/repo/backend"
 )
 
 // packTarget is the size at which a pack is closed and uploaded.
@@ -49,55 +44,70 @@ type indexFile struct {
 	Packs []indexPack `json:"packs"`
 }
 
+// packStore is what a packer needs of its repository: where chunks are
+// stored already, sealing, storing packs and index files, and being told
+// of each pack uploaded, so that other backups find its chunks at once.
+type packStore interface {
+	lookup(chunk string) (blobLoc, bool)
+	sealJSON(v any, aad []byte) ([]byte, error)
+	savePack(ctx context.Context, id string, data []byte) error
+	packUploaded(id string, blobs []packBlob)
+	saveIndexFile(ctx context.Context, f indexFile) error
+}
+
 // packer collects encoded chunks into packs and uploads them in the
-// background, a few at a time.
+// background, a few at a time. It is one backup's: it knows where the
+// chunks it stored are.
 type packer struct {
-	r       *Repository
+	store   packStore
 	ctx     context.Context
 	mu      sync.Mutex
 	buf     bytes.Buffer
 	blobs   []packBlob
-	pending map[string]bool // chunk IDs in packs not yet uploaded
-	done    []indexPack     // packs uploaded
+	pending map[string]bool    // chunk IDs in packs not yet uploaded
+	where   map[string]blobLoc // chunks this packer uploaded
+	done    []indexPack        // packs uploaded, not yet in an index file
 	sem     chan struct{}
 	wg      sync.WaitGroup
 	err     error
 	stored  atomic.Int64 // bytes uploaded
 }
 
-func (r *Repository) newPacker(ctx context.Context) *packer {
-	return &packer{r: r, ctx: ctx, pending: map[string]bool{}, sem: make(chan struct{}, maxUploads)}
+func newPacker(ctx context.Context, store packStore) *packer {
+	return &packer{store: store, ctx: ctx, pending: map[string]bool{}, where: map[string]blobLoc{}, sem: make(chan struct{}, maxUploads)}
 }
 
-// has reports whether the chunk is stored or on its way.
-func (p *packer) has(id string) bool {
-	p.r.mu.Lock()
-	_, ok := p.r.idx[id]
-	p.r.mu.Unlock()
-	if ok {
-		return true
-	}
+// lookup says where a chunk is stored, by this packer or before it, or
+// whether it is on its way in one of this packer's packs.
+func (p *packer) lookup(id string) (loc blobLoc, stored, pending bool) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.pending[id]
+	loc, stored = p.where[id]
+	pending = p.pending[id]
+	p.mu.Unlock()
+	if stored || pending {
+		return loc, stored, pending
+	}
+	loc, stored = p.store.lookup(id)
+	return loc, stored, false
 }
 
-// add stores an encoded chunk unless it is there already; it reports
-// whether it was new.
-func (p *packer) add(id string, raw int64, enc []byte) (bool, error) {
+// add stores an encoded chunk unless it is there already. It returns
+// where the chunk is if it was found stored meanwhile, and whether it
+// was new.
+func (p *packer) add(id string, raw int64, enc []byte) (blobLoc, bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.err != nil {
-		return false, p.err
+		return blobLoc{}, false, p.err
+	}
+	if loc, ok := p.where[id]; ok {
+		return loc, false, nil
 	}
 	if p.pending[id] {
-		return false, nil
+		return blobLoc{}, false, nil
 	}
-	p.r.mu.Lock()
-	_, known := p.r.idx[id]
-	p.r.mu.Unlock()
-	if known {
-		return false, nil
+	if loc, ok := p.store.lookup(id); ok {
+		return loc, false, nil
 	}
 	p.pending[id] = true
 	p.blobs = append(p.blobs, packBlob{ID: id, Off: int64(p.buf.Len()), Len: int64(len(enc)), Raw: raw})
@@ -110,7 +120,7 @@ func (p *packer) add(id string, raw int64, enc []byte) (bool, error) {
 		upload()
 		p.mu.Lock()
 	}
-	return true, nil
+	return blobLoc{}, true, nil
 }
 
 // closeLocked closes the current pack (p.mu is held) and returns the
@@ -120,7 +130,7 @@ func (p *packer) closeLocked() func() {
 		return func() {}
 	}
 	blobs := p.blobs
-	hdr, err := p.r.sealJSON(blobs, nil)
+	hdr, err := p.store.sealJSON(blobs, nil)
 	if err != nil {
 		p.err = err
 		return func() {}
@@ -135,7 +145,7 @@ func (p *packer) closeLocked() func() {
 	return func() { p.upload(id, data, blobs) }
 }
 
-// upload stores a pack, a few at a time, and indexes its chunks.
+// upload stores a pack, a few at a time, and reports it.
 func (p *packer) upload(id string, data []byte, blobs []packBlob) {
 	p.sem <- struct{}{}
 	go func() {
@@ -147,7 +157,7 @@ func (p *packer) upload(id string, data []byte, blobs []packBlob) {
 		if failed {
 			return // the backup has failed: do not retry into a dead server
 		}
-		err := p.r.be.Save(p.ctx, packName(id), bytes.NewReader(data), int64(len(data)))
+		err := p.store.savePack(p.ctx, id, data)
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		if err != nil {
@@ -158,12 +168,11 @@ func (p *packer) upload(id string, data []byte, blobs []packBlob) {
 		}
 		p.stored.Add(int64(len(data)))
 		p.done = append(p.done, indexPack{ID: id, Blobs: blobs})
-		p.r.mu.Lock()
 		for _, b := range blobs {
-			p.r.idx[b.ID] = blobLoc{Pack: id, Off: b.Off, Len: b.Len, Raw: b.Raw}
+			p.where[b.ID] = blobLoc{Pack: id, Off: b.Off, Len: b.Len, Raw: b.Raw}
 			delete(p.pending, b.ID)
 		}
-		p.r.mu.Unlock()
+		p.store.packUploaded(id, blobs)
 	}()
 }
 
@@ -183,121 +192,11 @@ func (p *packer) finish() error {
 	if len(p.done) == 0 {
 		return nil
 	}
-	if err := p.r.saveJSON(p.ctx, "index/"+randomName(), indexFile{Packs: p.done}); err != nil {
-		return fmt.Errorf("write index: %w", err)
+	if err := p.store.saveIndexFile(p.ctx, indexFile{Packs: p.done}); err != nil {
+		return err
 	}
-	p.r.mu.Lock()
-	for _, ip := range p.done {
-		p.r.indexed[ip.ID] = true
-	}
-	p.r.mu.Unlock()
 	p.done = nil
 	return nil
-}
-
-// loadIndex reads every index file, then indexes packs no index file
-// lists (left by an interrupted backup, or listed by a damaged index
-// file) from their own headers, so that what they hold is not uploaded
-// again. Damaged index files are replaced that way and removed, with a
-// warning; entries for packs that are gone are dropped, so that no new
-// snapshot refers to them.
-func (r *Repository) loadIndex(ctx context.Context) error {
-	files, damaged, err := r.readIndexFiles(ctx)
-	if err != nil {
-		return fmt.Errorf("read index: %w", err)
-	}
-	idx := map[string]blobLoc{}
-	indexed := map[string]bool{}
-	for _, f := range files {
-		for _, p := range f.Packs {
-			indexed[p.ID] = true
-			for _, b := range p.Blobs {
-				idx[b.ID] = blobLoc{Pack: p.ID, Off: b.Off, Len: b.Len, Raw: b.Raw}
-			}
-		}
-	}
-	present := map[string]bool{}
-	var orphans []indexPack
-	err = r.be.List(ctx, "data/", func(name string, size int64) error {
-		id := name[strings.LastIndex(name, "/")+1:]
-		present[id] = true
-		if indexed[id] || !validID(id) {
-			return nil
-		}
-		blobs, err := r.packHeader(ctx, id, size)
-		if err != nil {
-			r.log.Warn("pack without index and with a bad header: ignored (prune removes it)", "pack", id, "err", err)
-			return nil
-		}
-		orphans = append(orphans, indexPack{ID: id, Blobs: blobs})
-		for _, b := range blobs {
-			idx[b.ID] = blobLoc{Pack: id, Off: b.Off, Len: b.Len, Raw: b.Raw}
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("list packs: %w", err)
-	}
-	missing := map[string]bool{}
-	for id, loc := range idx {
-		if !present[loc.Pack] {
-			missing[loc.Pack] = true
-			delete(idx, id)
-		}
-	}
-	if len(missing) > 0 {
-		r.log.Warn("the index lists packs that are missing: what they held is stored again (run 'astrolabe repo check')", "packs", len(missing))
-	}
-	if len(orphans) > 0 {
-		r.log.Info("indexed packs from their headers", "packs", len(orphans))
-		if err := r.saveJSON(ctx, "index/"+randomName(), indexFile{Packs: orphans}); err != nil {
-			return err
-		}
-		for _, o := range orphans {
-			indexed[o.ID] = true
-		}
-	}
-	// Their packs are indexed again now: the damaged files can go.
-	for _, name := range slices.Sorted(maps.Keys(damaged)) {
-		r.log.Warn("index file is damaged: replaced by an index read from the pack headers", "file", name, "err", damaged[name])
-		if err := r.be.Remove(ctx, name); err != nil {
-			return fmt.Errorf("remove damaged index file: %w", err)
-		}
-	}
-	r.mu.Lock()
-	r.idx, r.indexed = idx, indexed
-	r.mu.Unlock()
-	return nil
-}
-
-// readIndexFiles reads every index file. Those that do not open or hold
-// nonsense (truncated, damaged) come back apart with the reason; errors
-// of the backend are errors.
-func (r *Repository) readIndexFiles(ctx context.Context) (map[string]indexFile, map[string]error, error) {
-	var names []string
-	if err := r.be.List(ctx, "index/", func(name string, _ int64) error {
-		names = append(names, name)
-		return nil
-	}); err != nil {
-		return nil, nil, fmt.Errorf("list index: %w", err)
-	}
-	files, damaged := map[string]indexFile{}, map[string]error{}
-	for _, name := range names {
-		b, err := backend.ReadAll(ctx, r.be, name)
-		if errors.Is(err, backend.ErrNotExist) {
-			continue // removed by a concurrent prune's rewrite
-		}
-		if err != nil {
-			return nil, nil, err
-		}
-		f, err := r.parseIndexFile(b)
-		if err != nil {
-			damaged[name] = err
-			continue
-		}
-		files[name] = f
-	}
-	return files, damaged, nil
 }
 
 // parseIndexFile opens a stored index file and checks that what it says

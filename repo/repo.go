@@ -17,6 +17,14 @@
 // needs nothing else; prune deletes only packs no snapshot uses at all,
 // so those positions never move. Every snapshot is a logical full.
 //
+// Several processes may share a repository (appliances on one bucket),
+// and one process may run any number of backups, restores and mounts at
+// once. Each Repository keeps one long-lived index of the chunks stored
+// (index.go), which every backup refreshes under its shared lock before
+// it stores anything, so that it dedups against what all others stored.
+// Prune takes the exclusive lock; a backup checks that its lock still
+// holds before it commits, so no snapshot names a pack a prune removed.
+//
 // Format 2 seals a snapshot's index and info with the snapshot's ID as
 // additional data, and the info holds the index's hash: a snapshot moved,
 // renamed or swapped under another ID does not open. Format 1 snapshots
@@ -71,10 +79,8 @@ type Repository struct {
 	enc *zstd.Encoder
 	dec *zstd.Decoder
 
-	mu  sync.Mutex
-	idx map[string]blobLoc // chunk ID → where it is, loaded for backups
-	// indexed are the packs index files list.
-	indexed map[string]bool
+	cfgMu sync.Mutex // guards cfg.Version, raised by the first backup
+	idx   *index     // for dedup; loaded at a backup's first need
 }
 
 // Options open or create a repository.
@@ -142,7 +148,7 @@ func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, e
 	if cfg.Version < 1 || cfg.Version > formatVersion {
 		return nil, fmt.Errorf("%s: repository format %d, this astrolabe reads 1 to %d", be.Location(), cfg.Version, formatVersion)
 	}
-	r := &Repository{be: be, cfg: cfg, log: opts.Logger}
+	r := &Repository{be: be, cfg: cfg, log: opts.Logger, idx: newIndex()}
 	if cfg.Encrypted {
 		if opts.Password == "" {
 			return nil, fmt.Errorf("%s is encrypted: give its password (ASTROLABE_PASSWORD or --password-file)", be.Location())
@@ -178,8 +184,8 @@ func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, e
 // upgradeConfig raises the config's format version before a format 2
 // snapshot is written into a format 1 repository.
 func (r *Repository) upgradeConfig(ctx context.Context) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.cfgMu.Lock()
+	defer r.cfgMu.Unlock()
 	if r.cfg.Version >= formatVersion {
 		return nil
 	}
@@ -193,7 +199,7 @@ func (r *Repository) upgradeConfig(ctx context.Context) error {
 		return fmt.Errorf("upgrade the repository to format %d: %w", formatVersion, err)
 	}
 	r.log.Info("repository upgraded", "format", formatVersion, "location", r.Location())
-	r.cfg = cfg
+	r.cfg.Version = cfg.Version // only: backups read the rest meanwhile
 	return nil
 }
 
@@ -292,8 +298,22 @@ func (r *Repository) saveJSON(ctx context.Context, name string, v any) error {
 	if err != nil {
 		return err
 	}
+	return r.saveObject(ctx, name, b)
+}
+
+func (r *Repository) saveObject(ctx context.Context, name string, b []byte) error {
 	return r.be.Save(ctx, name, bytes.NewReader(b), int64(len(b)))
 }
+
+// The packer's view of the repository (packStore).
+
+func (r *Repository) lookup(chunk string) (blobLoc, bool) { return r.idx.lookup(chunk) }
+
+func (r *Repository) savePack(ctx context.Context, id string, data []byte) error {
+	return r.saveObject(ctx, packName(id), data)
+}
+
+func (r *Repository) packUploaded(id string, blobs []packBlob) { r.idx.added(id, blobs) }
 
 func (r *Repository) loadJSON(ctx context.Context, name string, v any) error {
 	b, err := backend.ReadAll(ctx, r.be, name)

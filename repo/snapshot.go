@@ -102,7 +102,7 @@ type Snapshot struct {
 // snapshot whose info does not open as its own (damaged, or moved from
 // another ID) is left out with a warning; check reports it.
 func (r *Repository) Snapshots(ctx context.Context, filter pe.ID) ([]Snapshot, error) {
-	ids, err := r.snapshotIDs(ctx, filter)
+	ids, err := r.committedIDs(ctx, filter)
 	if err != nil {
 		return nil, err
 	}
@@ -129,9 +129,23 @@ func (r *Repository) Snapshots(ctx context.Context, filter pe.ID) ([]Snapshot, e
 	return out, nil
 }
 
-// snapshotIDs lists the IDs of the snapshot directories that have an
+// SnapshotIDs lists the IDs of the committed snapshots as Snapshots
+// does: of one PE if filter is not zero, oldest first.
+func (r *Repository) SnapshotIDs(ctx context.Context, filter pe.ID) ([]pe.ID, error) {
+	snaps, err := r.Snapshots(ctx, filter)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]pe.ID, len(snaps))
+	for i, s := range snaps {
+		ids[i] = s.ID
+	}
+	return ids, nil
+}
+
+// committedIDs lists the IDs of the snapshot directories that have an
 // info object, as their names say.
-func (r *Repository) snapshotIDs(ctx context.Context, filter pe.ID) ([]pe.ID, error) {
+func (r *Repository) committedIDs(ctx context.Context, filter pe.ID) ([]pe.ID, error) {
 	var ids []pe.ID
 	err := r.be.List(ctx, "snapshots/", func(name string, _ int64) error {
 		dir, obj, ok := strings.Cut(strings.TrimPrefix(name, "snapshots/"), "/")

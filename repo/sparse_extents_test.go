@@ -30,15 +30,7 @@ func TestSecuritySparseFSExtents(t *testing.T) {
 	if _, err := e.r.Backup(ctx, p, nil); err != nil {
 		t.Fatal(err)
 	}
-	src, err := e.r.OpenSnapshot(ctx, p.ID())
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := src.Data(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img := e.image(p.ID())
 	exts, err := img.Extents(ctx, 0, img.Size())
 	if err != nil {
 		t.Fatal(err)
