@@ -14,6 +14,12 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/internal/connlimit"
 )
 
+// ContextReaderAt is offered by exports whose reads can be given up:
+// a read for a connection that ended stops with ctx's error.
+type ContextReaderAt interface {
+	ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
+}
+
 // Export is one block device served over NBD. ReadAt must be safe for
 // concurrent use: requests on a connection run in parallel. An Export is
 // read-only unless it is also a Writer.

@@ -111,6 +111,11 @@ func (cn *conn) transmit(ctx context.Context, log *slog.Logger) (err error) {
 			case failed != nil: // the read ended because a reply could not be sent
 				return fmt.Errorf("send reply: %w", failed)
 			case errors.Is(err, io.EOF):
+				// Gone without NBD_CMD_DISC: nobody reads the replies
+				// of its reads, so they stop (an export that takes a
+				// context stops its backend reads). Writes in flight
+				// still land: they do not take the context.
+				cancel()
 				return nil
 			}
 			return err
@@ -426,7 +431,7 @@ func (cn *conn) read(ctx context.Context, log *slog.Logger, share *limiter, req 
 			return cn.errorReply(req, errIO, "server shutting down"), nil
 		}
 		b := appendSimpleHeader(pb.b, req.cookie, 0)[:16+n]
-		if err := readFull(cn.export, b[16:], off); err != nil {
+		if err := readFull(ctx, cn.export, b[16:], off); err != nil {
 			cn.putBuffer(share, pb)
 			log.Error("nbd read", "offset", off, "length", n, "err", err)
 			return cn.errorReply(req, errIO, "read error"), nil
@@ -468,7 +473,7 @@ func (cn *conn) read(ctx context.Context, log *slog.Logger, share *limiter, req 
 		out = binary.BigEndian.AppendUint64(out, uint64(p.pos))
 		start := len(out)
 		out = out[:start+int(p.length)]
-		if err := readFull(cn.export, out[start:], p.pos); err != nil {
+		if err := readFull(ctx, cn.export, out[start:], p.pos); err != nil {
 			cn.putBuffer(share, pb)
 			log.Error("nbd read", "offset", p.pos, "length", p.length, "err", err)
 			return cn.errorReply(req, errIO, "read error"), nil
@@ -478,9 +483,16 @@ func (cn *conn) read(ctx context.Context, log *slog.Logger, share *limiter, req 
 }
 
 // readFull fills p from off; what lies past the export's end reads as
-// zeros, not as what a reused buffer held before.
-func readFull(r io.ReaderAt, p []byte, off int64) error {
-	n, err := r.ReadAt(p, off)
+// zeros, not as what a reused buffer held before. An export that takes
+// a context (ContextReaderAt) gives the read up when the client is gone.
+func readFull(ctx context.Context, r io.ReaderAt, p []byte, off int64) error {
+	var n int
+	var err error
+	if c, ok := r.(ContextReaderAt); ok {
+		n, err = c.ReadAtContext(ctx, p, off)
+	} else {
+		n, err = r.ReadAt(p, off)
+	}
 	if n < len(p) {
 		clear(p[n:])
 	}

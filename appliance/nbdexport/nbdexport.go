@@ -289,7 +289,13 @@ type export struct {
 }
 
 func (e export) ReadAt(p []byte, off int64) (int, error) {
-	n, err := e.Image.ReadAt(p, off)
+	return e.ReadAtContext(context.Background(), p, off)
+}
+
+// ReadAtContext stops the image's backend reads (a repository's chunk
+// loads) once the client's connection is gone.
+func (e export) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
+	n, err := pe.ReadAt(ctx, e.Image, p, off)
 	e.read.Add(int64(n))
 	return n, err
 }

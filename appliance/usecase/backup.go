@@ -36,17 +36,7 @@ func (s *Service) RepositorySnapshots(ctx context.Context, filter pe.ID) ([]pe.I
 	if err != nil {
 		return nil, err
 	}
-	// TODO(issue 14): (*repo.Repository).SnapshotIDs once the index
-	// rewrite lands; until then this is the one place that converts.
-	snaps, err := r.Snapshots(ctx, filter)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]pe.ID, len(snaps))
-	for i, sn := range snaps {
-		out[i] = sn.ID
-	}
-	return out, nil
+	return r.SnapshotIDs(ctx, filter)
 }
 
 func (s *Service) repository() (*repo.Repository, error) {
