@@ -74,6 +74,12 @@ func writeImageFile(ctx context.Context, f *os.File, src pe.ProtectedEntity, img
 		opts.AddProgress(img.Size())
 		return nil
 	}
+	// A zip declares its data's size and nothing checks it before the end
+	// of the stream: an untrusted source may not make a file, sparse or
+	// not, nor have us read zeros, past what it may produce.
+	if err := budget.Declared(src, opts, img.Size()); err != nil {
+		return err
+	}
 	b, err := budget.New(ctx, filepath.Dir(f.Name()), src, img, opts)
 	if err != nil {
 		return err
