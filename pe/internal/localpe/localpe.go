@@ -261,10 +261,7 @@ func (m *Manager) create(ctx context.Context, src pe.ProtectedEntity, target str
 	}
 	name, err := m.place(tmp, src, target)
 	if err != nil {
-		if rerr := os.RemoveAll(tmp); rerr != nil {
-			err = fmt.Errorf("%w (and removing %s failed: %v)", err, tmp, rerr)
-		}
-		return "", err
+		return "", discard(tmp, err)
 	}
 	return name, m.root.Sync()
 }
@@ -317,15 +314,20 @@ func (m *Manager) update(ctx context.Context, name string, src pe.ProtectedEntit
 		return err
 	}
 	if err := m.b.Replace(name, tmp); err != nil {
-		if rerr := os.RemoveAll(tmp); rerr != nil {
-			err = fmt.Errorf("%w (and removing %s failed: %v)", err, tmp, rerr)
-		}
-		return err
+		return discard(tmp, err)
 	}
 	err = m.root.Sync()
 	// tmp now holds the old data, if anything.
 	if rerr := os.RemoveAll(tmp); rerr != nil {
 		err = errors.Join(err, fmt.Errorf("updated, but removing the old data at %s failed: %w", tmp, rerr))
+	}
+	return err
+}
+
+// discard removes the temporary entry tmp of a copy that failed with err.
+func discard(tmp string, err error) error {
+	if rerr := os.RemoveAll(tmp); rerr != nil {
+		return fmt.Errorf("%w (and removing %s failed: %v)", err, tmp, rerr)
 	}
 	return err
 }
