@@ -17,7 +17,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/astrolabe-appliance/astrolabe/appliance/samples/samplestest"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/partition"
 )
@@ -38,8 +37,8 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	dir, m := samplestest.Config(t)
-	return &fixture{dir: dir, m: m, fsSnap: samplestest.Snapshot(t, m, "fs:sample"), dskSnap: samplestest.Snapshot(t, m, "disk:sample.img")}
+	dir, m := newSamples(t)
+	return &fixture{dir: dir, m: m, fsSnap: snapshot(t, m, "fs:sample"), dskSnap: snapshot(t, m, "disk:sample.img")}
 }
 
 // mount mounts m in a fresh directory and unmounts at the end of the test.
@@ -120,7 +119,7 @@ func TestFilesOfSnapshot(t *testing.T) {
 	}
 
 	// A new snapshot shows up without remounting.
-	newer := samplestest.Snapshot(t, f.m, "fs:sample")
+	newer := snapshot(t, f.m, "fs:sample")
 	b, err := os.ReadFile(filepath.Join(snapDir(mnt, newer), "files", "README.txt"))
 	if err != nil || string(b) != "changed" {
 		t.Errorf("new snapshot: %q %v", b, err)
@@ -288,13 +287,13 @@ func TestSecurityAllowOtherKeepsModes(t *testing.T) {
 	if err := os.Chmod(filepath.Join(src, "README.txt"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	fsSnap := samplestest.Snapshot(t, f.m, "fs:sample")
+	fsSnap := snapshot(t, f.m, "fs:sample")
 	// The same tree with a private root (a 0700 home directory): its
 	// 0644 files are out of reach too.
 	if err := os.Chmod(src, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	privSnap := samplestest.Snapshot(t, f.m, "fs:sample")
+	privSnap := snapshot(t, f.m, "fs:sample")
 	mnt := mountShared(t, f.m)
 	sd := snapDir(mnt, f.dskSnap)
 

@@ -13,7 +13,7 @@ type entity struct {
 	disks *disks
 }
 
-// Entity implements localpe.Backend.
-func (d *disks) Entity(e *localpe.Entity) pe.ProtectedEntity {
+// Wrap implements localpe.Backend.
+func (d *disks) Wrap(e *localpe.Entity) pe.ProtectedEntity {
 	return &entity{Entity: e, disks: d}
 }

@@ -53,12 +53,16 @@ var _ pe.TypeManager = (*TypeManager)(nil)
 // NewTypeManager returns the manager of the disk PEs in root, which must be
 // an existing directory.
 func NewTypeManager(root string) (*TypeManager, error) {
-	r, err := localpe.NewRoot(Type, root)
+	tm := &TypeManager{}
+	m, err := localpe.NewManager(Type, root, func(r *localpe.Root) localpe.Backend {
+		tm.disks = &disks{Root: r}
+		return tm.disks
+	})
 	if err != nil {
 		return nil, err
 	}
-	d := &disks{Root: r}
-	return &TypeManager{Manager: localpe.NewManager(r, d), disks: d}, nil
+	tm.Manager = m
+	return tm, nil
 }
 
 // disks is the localpe.Backend of disk: each PE is an image file or a
@@ -67,7 +71,10 @@ type disks struct {
 	*localpe.Root
 }
 
-var _ localpe.Backend = (*disks)(nil)
+var (
+	_ localpe.Backend        = (*disks)(nil)
+	_ localpe.InPlaceUpdater = (*disks)(nil)
+)
 
 // sourceKind says how a live PE's bytes are stored.
 type sourceKind int
@@ -77,8 +84,8 @@ const (
 	kindDevice                       // a symlink to a block device
 )
 
-// Live implements localpe.Backend.
-func (d *disks) Live(name string) error {
+// CheckLive implements localpe.Backend.
+func (d *disks) CheckLive(name string) error {
 	_, err := d.kindOf(name)
 	return err
 }

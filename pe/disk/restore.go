@@ -3,6 +3,7 @@ package disk
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -13,35 +14,31 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/budget"
 )
 
-// Update implements localpe.Backend. A file is replaced by a new one
-// renamed over it, keeping its permissions and owner; a block device is
-// written in place.
-func (d *disks) Update(ctx context.Context, name string, src pe.ProtectedEntity, img pe.Image, opts pe.CopyOptions) error {
+// UpdateInPlace implements localpe.InPlaceUpdater: a block device is
+// written in place; a file is replaced (Replace).
+func (d *disks) UpdateInPlace(ctx context.Context, name string, img pe.Image, opts pe.CopyOptions) (bool, error) {
 	kind, err := d.kindOf(name)
-	if err != nil {
-		return err
+	if err != nil || kind != kindDevice {
+		return false, err
 	}
+	return true, writeDevice(ctx, d.Path(name), img, opts.Progress)
+}
+
+// Replace implements localpe.Backend: the new file tmp is renamed over the
+// image file name, keeping its permissions and owner.
+func (d *disks) Replace(name, tmp string) error {
 	path := d.Path(name)
-	if kind == kindDevice {
-		return writeDevice(ctx, path, img, opts.Progress)
-	}
 	fi, err := os.Lstat(path)
-	if err != nil {
-		return err
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s:%s vanished during the restore: %w", Type, name, pe.ErrNotFound)
 	}
-	tmp, err := d.WriteTemp(ctx, src, img, opts)
 	if err != nil {
 		return err
 	}
 	if err := keepOwnership(tmp, fi); err != nil {
-		os.Remove(tmp)
 		return err
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return d.Sync()
+	return os.Rename(tmp, path)
 }
 
 // WriteTemp implements localpe.Backend: it writes img, the data of src, to
@@ -73,6 +70,12 @@ func writeImageFile(ctx context.Context, f *os.File, src pe.ProtectedEntity, img
 		opts.StartProgress(img.Size())
 		opts.AddProgress(img.Size())
 		return nil
+	}
+	// A zip declares its data's size and nothing checks it before the end
+	// of the stream: an untrusted source may not make a file, sparse or
+	// not, nor have us read zeros, past what it may produce.
+	if err := budget.Declared(src, opts, img.Size()); err != nil {
+		return err
 	}
 	b, err := budget.New(ctx, filepath.Dir(f.Name()), src, img, opts)
 	if err != nil {

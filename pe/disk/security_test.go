@@ -76,3 +76,44 @@ func TestSecurityRestoreExpansionLimit(t *testing.T) {
 		t.Errorf("restore of a mostly sparse image: %v", err)
 	}
 }
+
+// TestSecurityRestoreZipDeclaredSizeBomb: a few KiB of zip whose disk
+// image declares 1 PiB is refused with pe.ErrLimit under the default
+// expansion bound before anything is made or read: no PE, no temporary
+// file, an updated image as it was. The declared size is the capacity of
+// the image made, all but the zip's data of it holes; before the check
+// the restore made a 1 PiB sparse file (or failed with EFBIG where the
+// filesystem cannot) and read every declared byte.
+func TestSecurityRestoreZipDeclaredSizeBomb(t *testing.T) {
+	ctx := context.Background()
+	tm := newTestRoot(t, "")
+	writeAt(t, filepath.Join(tm.Root(), "small.img"), randomBytes(5, 64*kiB), 0)
+	old := filepath.Join(tm.Root(), "old.img")
+	writeRandomFile(t, old, 7, 1*miB)
+	oldSHA := fileSHA(t, old)
+	bomb := ziptest.Declaring(t, getPE(t, tm, snapshot(t, tm, diskID(t, "small.img"))), 1<<50)
+
+	for _, opts := range []pe.CopyOptions{
+		{Mode: pe.CreateNew},
+		{Mode: pe.Create, Name: "new.img"},
+		{Mode: pe.Update, Name: "old.img"},
+	} {
+		_, err := tm.Copy(ctx, bomb, opts)
+		if !errors.Is(err, pe.ErrLimit) || !strings.Contains(err.Error(), "holes and zeros included") {
+			t.Errorf("%v: %v, want pe.ErrLimit on what the source may produce", opts.Mode, err)
+		}
+	}
+	ids, err := tm.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ids) != 2 {
+		t.Errorf("PEs after refused restores: %v, want small.img and old.img", ids)
+	}
+	if got := fileSHA(t, old); got != oldSHA {
+		t.Error("a refused update changed old.img")
+	}
+	if l := leftovers(t, tm); len(l) != 0 {
+		t.Errorf("temporary files left: %v", l)
+	}
+}

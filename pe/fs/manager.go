@@ -41,12 +41,16 @@ var _ pe.TypeManager = (*TypeManager)(nil)
 // NewTypeManager returns the manager of the fs PEs in root, which must be
 // an existing directory.
 func NewTypeManager(root string) (*TypeManager, error) {
-	r, err := localpe.NewRoot(Type, root)
+	tm := &TypeManager{}
+	m, err := localpe.NewManager(Type, root, func(r *localpe.Root) localpe.Backend {
+		tm.trees = &trees{Root: r}
+		return tm.trees
+	})
 	if err != nil {
 		return nil, err
 	}
-	t := &trees{Root: r}
-	return &TypeManager{Manager: localpe.NewManager(r, t), trees: t}, nil
+	tm.Manager = m
+	return tm, nil
 }
 
 // trees is the localpe.Backend of fs: each PE is a directory tree.
@@ -56,9 +60,9 @@ type trees struct {
 
 var _ localpe.Backend = (*trees)(nil)
 
-// Live implements localpe.Backend: the entry must be a directory, not a
-// symlink to one (its tree lives somewhere we do not manage).
-func (t *trees) Live(name string) error {
+// CheckLive implements localpe.Backend: the entry must be a directory,
+// not a symlink to one (its tree lives somewhere we do not manage).
+func (t *trees) CheckLive(name string) error {
 	p := t.Path(name)
 	fi, err := os.Lstat(p)
 	if errors.Is(err, iofs.ErrNotExist) {
@@ -84,7 +88,7 @@ func (t *trees) NewName(base string) string { return pe.NewLocalName(base, Type,
 // changed since, rather than return bytes that do not match the headers.
 // Snapshot first for a consistent copy.
 func (t *trees) OpenLive(ctx context.Context, name string) (pe.Image, error) {
-	if err := t.Live(name); err != nil {
+	if err := t.CheckLive(name); err != nil {
 		return nil, err
 	}
 	return openImage(ctx, t.Path(name))
@@ -99,8 +103,8 @@ func (t *trees) OpenSnapshot(ctx context.Context, name, snap string) (pe.Image, 
 	return openImage(ctx, t.treePath(name, snap))
 }
 
-// Entity implements localpe.Backend: an fs PE offers nothing more.
-func (t *trees) Entity(e *localpe.Entity) pe.ProtectedEntity { return e }
+// Wrap implements localpe.Backend: an fs PE offers nothing more.
+func (t *trees) Wrap(e *localpe.Entity) pe.ProtectedEntity { return e }
 
 // treePath is the copy of the tree inside a snapshot.
 func (t *trees) treePath(name, snap string) string {

@@ -21,34 +21,21 @@ const maxTrailing = 1 << 20
 // into, inside the root so that renaming them into place is atomic.
 const restorePrefix = ".restore-"
 
-// Update implements localpe.Backend: it replaces the tree of the existing
-// PE name with the one in img. The new tree is swapped in with one atomic
-// rename, so the PE is never missing nor half restored; its snapshots are
-// not touched.
-func (t *trees) Update(ctx context.Context, name string, src pe.ProtectedEntity, img pe.Image, opts pe.CopyOptions) error {
-	tmp, err := t.WriteTemp(ctx, src, img, opts)
-	if err != nil {
-		return err
-	}
+// Replace implements localpe.Backend: the restored tree tmp and the tree
+// of the existing PE name are exchanged with one atomic rename, so the PE
+// is never missing nor half restored, and tmp holds the old tree; its
+// snapshots are not touched. Without RENAME_EXCHANGE see swapAside.
+func (t *trees) Replace(name, tmp string) error {
 	target := t.Path(name)
-	err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, target, unix.RENAME_EXCHANGE)
+	err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, target, unix.RENAME_EXCHANGE)
 	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
 		err = swapAside(tmp, target)
 	}
 	if errors.Is(err, unix.ENOENT) {
-		os.RemoveAll(tmp)
 		return fmt.Errorf("%s:%s vanished during the restore: %w", Type, name, pe.ErrNotFound)
 	}
 	if err != nil {
-		os.RemoveAll(tmp)
 		return fmt.Errorf("swap restored tree into %s: %w", target, err)
-	}
-	if err := t.Sync(); err != nil {
-		return err
-	}
-	// tmp now holds the old tree.
-	if err := os.RemoveAll(tmp); err != nil {
-		return fmt.Errorf("restored, but removing the old tree %s failed: %w", tmp, err)
 	}
 	return nil
 }

@@ -2,12 +2,10 @@ package fs
 
 import (
 	"archive/tar"
-	"archive/zip"
 	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/petest"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/ziptest"
 )
 
 // untrustedPE is a tarPE that says it comes from outside, as a zip does,
@@ -362,7 +361,7 @@ func TestSecurityRestoreZipDeclaredSizeBomb(t *testing.T) {
 	defer cancel()
 	var zbuf bytes.Buffer
 	must(t, pe.WriteZip(ctx, &zbuf, newTarPE(t, "sparse", tr), nil))
-	bomb := declareDataSize(t, zbuf.Bytes(), 1<<50)
+	bomb := ziptest.DeclareDataSize(t, zbuf.Bytes(), 1<<50)
 	if len(bomb) > 64<<10 {
 		t.Fatalf("the bomb zip has %d bytes; want a few KiB", len(bomb))
 	}
@@ -386,30 +385,6 @@ func TestSecurityRestoreZipDeclaredSizeBomb(t *testing.T) {
 	if h := hiddenEntries(t, tm.Root()); len(h) != 0 {
 		t.Errorf("leftovers in the root: %v", h)
 	}
-}
-
-// declareDataSize rewrites the PE zip z so that its data entry declares
-// size uncompressed bytes, keeping its compressed bytes.
-func declareDataSize(t testing.TB, z []byte, size uint64) []byte {
-	t.Helper()
-	zr, err := zip.NewReader(bytes.NewReader(z), int64(len(z)))
-	must(t, err)
-	var out bytes.Buffer
-	zw := zip.NewWriter(&out)
-	for _, f := range zr.File {
-		h := f.FileHeader
-		if strings.HasSuffix(h.Name, ".data") {
-			h.UncompressedSize64 = size
-		}
-		r, err := f.OpenRaw()
-		must(t, err)
-		w, err := zw.CreateRaw(&h)
-		must(t, err)
-		_, err = io.Copy(w, r)
-		must(t, err)
-	}
-	must(t, zw.Close())
-	return out.Bytes()
 }
 
 // mkdeep makes depth nested directories "d" below dir, holding one

@@ -45,7 +45,7 @@ type snapshotInfo struct {
 // to: like any snapshot without help from the writer, it is crash
 // consistent per file at best. Once taken it never changes.
 func (t *trees) TakeSnapshot(ctx context.Context, name string) (string, error) {
-	if err := t.Live(name); err != nil {
+	if err := t.CheckLive(name); err != nil {
 		return "", err
 	}
 	return t.Snapshots().Take(ctx, name, func(ctx context.Context, dir string, now time.Time) (any, error) {

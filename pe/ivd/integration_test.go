@@ -15,9 +15,7 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/appliance/nbdexport"
 	"github.com/astrolabe-appliance/astrolabe/nbd"
 	"github.com/astrolabe-appliance/astrolabe/pe"
-	"github.com/astrolabe-appliance/astrolabe/pe/internal/vsphere/vcsimtest"
-	"github.com/astrolabe-appliance/astrolabe/repo"
-	"github.com/astrolabe-appliance/astrolabe/repo/backend"
+	"github.com/astrolabe-appliance/astrolabe/repo/repotest"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -45,7 +43,7 @@ func TestBackupRestoreAndExport(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	r := newRepository(t)
+	r := repotest.New(t)
 	sum, err := r.Backup(ctx, snap, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -119,25 +117,4 @@ func TestBackupRestoreAndExport(t *testing.T) {
 	if got, err := os.ReadFile(dump); err != nil || !bytes.Equal(got, raw) {
 		t.Error("nbdcopy of the snapshot differs from its data")
 	}
-}
-
-// newRepository is a new repository in a temporary directory, closed when
-// the test ends: where a backup of the simulator's PEs goes.
-func newRepository(t testing.TB) *repo.Repository {
-	t.Helper()
-	ctx := context.Background()
-	be, err := backend.NewDir(filepath.Join(t.TempDir(), "repo"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts := repo.Options{Password: "vcsimtest", Logger: vcsimtest.Quiet()}
-	if err := repo.Init(ctx, be, opts); err != nil {
-		t.Fatal(err)
-	}
-	r, err := repo.Open(ctx, be, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
-	return r
 }

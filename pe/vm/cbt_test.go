@@ -15,6 +15,7 @@ import (
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/vsphere/vcsimtest"
+	"github.com/astrolabe-appliance/astrolabe/repo/repotest"
 	"github.com/astrolabe-appliance/astrolabe/vddk/vmdk"
 )
 
@@ -153,7 +154,7 @@ func TestIncrementalBackupWithCBT(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	r := newRepository(t)
+	r := repotest.New(t)
 	var reads []int64
 	for _, sid := range []pe.ID{snap1, snap2} {
 		sp, err := tm.Get(ctx, sid)

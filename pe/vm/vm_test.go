@@ -18,8 +18,7 @@ import (
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/vsphere/vcsimtest"
-	"github.com/astrolabe-appliance/astrolabe/repo"
-	"github.com/astrolabe-appliance/astrolabe/repo/backend"
+	"github.com/astrolabe-appliance/astrolabe/repo/repotest"
 )
 
 var readAll = vcsimtest.ReadAll
@@ -298,7 +297,7 @@ func TestVM(t *testing.T) {
 	checkRestored(t, restored, hw, disks)
 
 	// Back the snapshot up with its disks and restore it from there.
-	r := newRepository(t)
+	r := repotest.New(t)
 	sum, err := r.Backup(ctx, snap, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -339,25 +338,4 @@ func containsID(ids []pe.ID, id pe.ID) bool {
 		}
 	}
 	return false
-}
-
-// newRepository is a new repository in a temporary directory, closed when
-// the test ends: where a backup of the simulator's PEs goes.
-func newRepository(t testing.TB) *repo.Repository {
-	t.Helper()
-	ctx := context.Background()
-	be, err := backend.NewDir(filepath.Join(t.TempDir(), "repo"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts := repo.Options{Password: "vcsimtest", Logger: vcsimtest.Quiet()}
-	if err := repo.Init(ctx, be, opts); err != nil {
-		t.Fatal(err)
-	}
-	r, err := repo.Open(ctx, be, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
-	return r
 }

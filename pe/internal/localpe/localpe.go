@@ -42,9 +42,9 @@ type Root struct {
 	snaps snapdir.Store
 }
 
-// NewRoot returns the root dir of the PEs of type typ; dir must be an
+// newRoot returns the root dir of the PEs of type typ; dir must be an
 // existing directory.
-func NewRoot(typ, dir string) (*Root, error) {
+func newRoot(typ, dir string) (*Root, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("%s root %q: %w", typ, dir, err)
@@ -85,8 +85,8 @@ type Snapshot struct {
 // returns an error matching pe.ErrNotFound when there is none, as is one
 // given a snapshot that does not exist.
 type Backend interface {
-	// Live checks that name is a live PE of this type.
-	Live(name string) error
+	// CheckLive checks that name is a live PE of this type.
+	CheckLive(name string) error
 	// NewName derives a fresh valid name from base, a source's name that
 	// may be of another type and invalid here.
 	NewName(base string) string
@@ -101,12 +101,25 @@ type Backend interface {
 	// WriteTemp writes img, the data of src, to a new hidden entry of the
 	// root and returns its path; on failure it leaves nothing.
 	WriteTemp(ctx context.Context, src pe.ProtectedEntity, img pe.Image, opts pe.CopyOptions) (string, error)
-	// Update replaces the data of the live PE name with img, the data of
-	// src, so that the PE is never missing nor half written.
-	Update(ctx context.Context, name string, src pe.ProtectedEntity, img pe.Image, opts pe.CopyOptions) error
-	// Entity is the PE e as the type hands it out: e itself, or e
-	// embedded in a type that offers more (pe.Remover, say).
-	Entity(e *Entity) pe.ProtectedEntity
+	// Replace puts tmp, an entry made by WriteTemp, in the place of the
+	// live PE name, so that the PE is never half written: with one
+	// rename where the filesystem can, which leaves the old data at tmp
+	// or nothing; where it cannot, the PE may be missing for a moment.
+	// The Manager removes whatever is left at tmp, whether Replace
+	// succeeds or not.
+	Replace(name, tmp string) error
+	// Wrap is the PE e as the type hands it out: e itself, or e embedded
+	// in a type that offers more (pe.Remover, say).
+	Wrap(e *Entity) pe.ProtectedEntity
+}
+
+// An InPlaceUpdater is a Backend some of whose PEs are updated by writing
+// over their data rather than by Replace (a block device, which cannot be
+// renamed over).
+type InPlaceUpdater interface {
+	// UpdateInPlace writes img over the data of the live PE name if that
+	// is how it is updated, and reports whether it was.
+	UpdateInPlace(ctx context.Context, name string, img pe.Image, opts pe.CopyOptions) (bool, error)
 }
 
 // Manager implements pe.TypeManager over a Root and a Backend.
@@ -117,8 +130,15 @@ type Manager struct {
 
 var _ pe.TypeManager = (*Manager)(nil)
 
-// NewManager returns the manager of the PEs in root.
-func NewManager(root *Root, b Backend) *Manager { return &Manager{root: root, b: b} }
+// NewManager returns the manager of the PEs of type typ in dir, which must
+// be an existing directory, and what newBackend makes of their root.
+func NewManager(typ, dir string, newBackend func(*Root) Backend) (*Manager, error) {
+	r, err := newRoot(typ, dir)
+	if err != nil {
+		return nil, err
+	}
+	return &Manager{root: r, b: newBackend(r)}, nil
+}
 
 // Type implements pe.TypeManager.
 func (m *Manager) Type() string { return m.root.typ }
@@ -136,7 +156,7 @@ func (m *Manager) List(ctx context.Context) ([]pe.ID, error) {
 	for _, e := range entries {
 		// An entry that is not the type's, or vanished since ReadDir,
 		// is no PE.
-		if !pe.IsLocalName(e.Name()) || m.b.Live(e.Name()) != nil {
+		if !pe.IsLocalName(e.Name()) || m.b.CheckLive(e.Name()) != nil {
 			continue
 		}
 		id, err := pe.NewID(m.root.typ, e.Name())
@@ -163,7 +183,7 @@ func (m *Manager) Get(ctx context.Context, id pe.ID) (pe.ProtectedEntity, error)
 	if id.HasSnapshot() {
 		_, err = m.b.SnapshotInfo(id.Name(), id.Snapshot())
 	} else {
-		err = m.b.Live(id.Name())
+		err = m.b.CheckLive(id.Name())
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get %s: %w", id, err)
@@ -172,7 +192,7 @@ func (m *Manager) Get(ctx context.Context, id pe.ID) (pe.ProtectedEntity, error)
 }
 
 func (m *Manager) entity(id pe.ID) pe.ProtectedEntity {
-	return m.b.Entity(&Entity{m: m, id: id})
+	return m.b.Wrap(&Entity{m: m, id: id})
 }
 
 // Copy implements pe.TypeManager: it writes src's data as a PE of the root.
@@ -181,7 +201,7 @@ func (m *Manager) entity(id pe.ID) pe.ProtectedEntity {
 //   - pe.Create: the entry opts.TargetName(src.ID()), which must not exist
 //     (pe.ErrExists);
 //   - pe.Update: replaces the data of that existing PE (pe.ErrNotFound if
-//     there is none), see Backend.Update.
+//     there is none), see Backend.Replace and InPlaceUpdater.
 //
 // A new PE is written to a hidden temporary entry first and put in place
 // only when complete, so that a failed, rejected or cancelled copy changes
@@ -241,10 +261,7 @@ func (m *Manager) create(ctx context.Context, src pe.ProtectedEntity, target str
 	}
 	name, err := m.place(tmp, src, target)
 	if err != nil {
-		if rerr := os.RemoveAll(tmp); rerr != nil {
-			err = fmt.Errorf("%w (and removing %s failed: %v)", err, tmp, rerr)
-		}
-		return "", err
+		return "", discard(tmp, err)
 	}
 	return name, m.root.Sync()
 }
@@ -274,10 +291,12 @@ func (m *Manager) exists(name string) error {
 	return fmt.Errorf("%s:%s: %w", m.root.typ, name, pe.ErrExists)
 }
 
-// update replaces the data of the live PE name with src's.
+// update replaces the data of the live PE name with src's: in place if
+// the backend updates it so, else written to a hidden entry first and put
+// in its place when complete (Backend.Replace).
 func (m *Manager) update(ctx context.Context, name string, src pe.ProtectedEntity, opts pe.CopyOptions) error {
 	// Fail before reading the source.
-	if err := m.b.Live(name); err != nil {
+	if err := m.b.CheckLive(name); err != nil {
 		return err
 	}
 	img, err := sourceData(ctx, src)
@@ -285,7 +304,32 @@ func (m *Manager) update(ctx context.Context, name string, src pe.ProtectedEntit
 		return err
 	}
 	defer img.Close()
-	return m.b.Update(ctx, name, src, img, opts)
+	if u, ok := m.b.(InPlaceUpdater); ok {
+		if done, err := u.UpdateInPlace(ctx, name, img, opts); done || err != nil {
+			return err
+		}
+	}
+	tmp, err := m.b.WriteTemp(ctx, src, img, opts)
+	if err != nil {
+		return err
+	}
+	if err := m.b.Replace(name, tmp); err != nil {
+		return discard(tmp, err)
+	}
+	err = m.root.Sync()
+	// tmp now holds the old data, if anything.
+	if rerr := os.RemoveAll(tmp); rerr != nil {
+		err = errors.Join(err, fmt.Errorf("updated, but removing the old data at %s failed: %w", tmp, rerr))
+	}
+	return err
+}
+
+// discard removes the temporary entry tmp of a copy that failed with err.
+func discard(tmp string, err error) error {
+	if rerr := os.RemoveAll(tmp); rerr != nil {
+		return fmt.Errorf("%w (and removing %s failed: %v)", err, tmp, rerr)
+	}
+	return err
 }
 
 // sourceData opens src's data for a copy; a source without data is an

@@ -3,6 +3,7 @@ package localpe
 import (
 	"errors"
 	"io/fs"
+	"log/slog"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -26,6 +27,11 @@ func placeNew(from, to string) error {
 // RENAME_NOREPLACE: a file is linked, which never replaces anything, and
 // then unlinked from its old name; a directory cannot be linked, so it is
 // checked for, then renamed: racy, but rare.
+//
+// Once the link is made the entry is in place: failing then would leave a
+// PE the caller believes was not made (an orphan of a CreateNew, a name
+// taken on a retried Create). So the old name is removed on a best-effort
+// basis; a hidden name left behind is no PE, only a second link to one.
 func placeNewWithoutRenameat2(from, to string) error {
 	fi, err := os.Lstat(from)
 	if err != nil {
@@ -35,7 +41,10 @@ func placeNewWithoutRenameat2(from, to string) error {
 		if err := os.Link(from, to); err != nil {
 			return err
 		}
-		return os.Remove(from)
+		if err := os.Remove(from); err != nil {
+			slog.Warn("placed a new entry, but its temporary name is left", "entry", to, "err", err)
+		}
+		return nil
 	}
 	if _, err := os.Lstat(to); err == nil {
 		return &os.LinkError{Op: "rename", Old: from, New: to, Err: fs.ErrExist}

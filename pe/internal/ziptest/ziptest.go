@@ -3,8 +3,11 @@
 package ziptest
 
 import (
+	"archive/zip"
 	"bytes"
 	"context"
+	"io"
+	"strings"
 	"testing"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
@@ -27,4 +30,56 @@ func Of(t testing.TB, p pe.ProtectedEntity) (z pe.ProtectedEntity, size int) {
 		t.Fatal("a zip PE is not untrusted")
 	}
 	return z, buf.Len()
+}
+
+// DeclareDataSize rewrites the PE zip z so that its data entry declares
+// size uncompressed bytes, keeping its compressed bytes: the declared
+// size is what the zip's data image says it holds, and archive/zip checks
+// it only at the end of the stream.
+func DeclareDataSize(t testing.TB, z []byte, size uint64) []byte {
+	t.Helper()
+	zr, err := zip.NewReader(bytes.NewReader(z), int64(len(z)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	zw := zip.NewWriter(&out)
+	for _, f := range zr.File {
+		h := f.FileHeader
+		if strings.HasSuffix(h.Name, ".data") {
+			h.UncompressedSize64 = size
+		}
+		r, err := f.OpenRaw()
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := zw.CreateRaw(&h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(w, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
+}
+
+// Declaring is p as a PE zip whose data entry declares size bytes (see
+// DeclareDataSize), opened: an untrusted PE.
+func Declaring(t testing.TB, p pe.ProtectedEntity, size uint64) pe.ProtectedEntity {
+	t.Helper()
+	ctx := context.Background()
+	var buf bytes.Buffer
+	if err := pe.WriteZip(ctx, &buf, p, nil); err != nil {
+		t.Fatal(err)
+	}
+	z := DeclareDataSize(t, buf.Bytes(), size)
+	zp, err := pe.OpenZip(ctx, bytes.NewReader(z), int64(len(z)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return zp
 }
