@@ -8,11 +8,13 @@ import (
 	"io"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/repo/backend"
 )
 
 // Summary tells what a backup did.
@@ -137,11 +139,65 @@ func (b *backupRun) snapshot(p pe.ProtectedEntity) error {
 		return err
 	}
 	// The lock still held proves that no prune ran since the index was
-	// refreshed: every pack the snapshot names is there.
-	if err := b.lock.check(ctx); err != nil {
+	// refreshed, unless a pruner failed to see it (a listing that lags):
+	// the locks are listed again, and the packs the snapshot takes from
+	// before this run confirmed.
+	if err := b.lock.recheck(ctx); err != nil {
+		return err
+	}
+	if err := b.confirmPacks(idx); err != nil {
 		return err
 	}
 	return b.r.saveSnapshot(ctx, id, idx, snapshotInfo{Info: info, BackedUp: idx.BackedUp})
+}
+
+// statMax is how many packs a commit confirms one by one; more are
+// confirmed by a listing of data/.
+const statMax = 256
+
+// confirmPacks checks that the packs the snapshot names that this run did
+// not upload exist: no prune removed them since the index was refreshed.
+func (b *backupRun) confirmPacks(idx *snapshotIndex) error {
+	need := map[string]bool{}
+	for _, st := range []*stream{idx.Data, idx.Metadata} {
+		if st == nil {
+			continue
+		}
+		for _, c := range st.Chunks {
+			if !need[c.Pack] && !b.pk.uploaded(c.Pack) {
+				need[c.Pack] = true
+			}
+		}
+	}
+	if len(need) > statMax {
+		present := map[string]bool{}
+		if err := b.r.be.List(b.ctx, "data/", func(name string, _ int64) error {
+			present[name[strings.LastIndex(name, "/")+1:]] = true
+			return nil
+		}); err != nil {
+			return fmt.Errorf("confirm packs: %w", err)
+		}
+		for p := range need {
+			if !present[p] {
+				return packRemoved(p)
+			}
+		}
+		return nil
+	}
+	for p := range need {
+		_, err := b.r.be.Stat(b.ctx, packName(p))
+		if errors.Is(err, backend.ErrNotExist) {
+			return packRemoved(p)
+		}
+		if err != nil {
+			return fmt.Errorf("confirm packs: %w", err)
+		}
+	}
+	return nil
+}
+
+func packRemoved(pack string) error {
+	return fmt.Errorf("pack %.16s was removed during the backup (a prune that did not see its lock?): %w", pack, ErrLocked)
 }
 
 // job is one chunk on its way through hashing, compression and sealing.

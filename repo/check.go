@@ -315,6 +315,11 @@ func (r *Repository) Prune(ctx context.Context) (PruneSummary, error) {
 			remove = append(remove, id)
 		}
 	}
+	// A lock written since ours, which a lagging listing did not show,
+	// stops the prune before it changes anything.
+	if err := lock.recheck(ctx); err != nil {
+		return sum, fmt.Errorf("prune: %w", err)
+	}
 	// The index is rewritten to list only the packs that stay, before any
 	// pack goes, so that no index names a missing pack.
 	f, oldIndex := r.idx.usedPacks(used)

@@ -111,14 +111,40 @@ func (r *Repository) lock(ctx context.Context, exclusive bool) (*heldLock, error
 	if err := l.write(ctx); err != nil {
 		return nil, fmt.Errorf("lock %s: %w", r.Location(), err)
 	}
+	err := r.scanLocks(ctx, self, l.name, exclusive)
+	if err != nil {
+		r.be.Remove(context.WithoutCancel(ctx), l.name)
+		return nil, err
+	}
+	l.wg.Add(1)
+	go l.refresh(ctx)
+	return l, nil
+}
+
+// scanLocks lists the locks other than own and fails with ErrLocked if
+// one conflicts with a lock of the given kind: an exclusive lock, or any
+// lock if exclusive. Locks of dead processes are removed; stale ones are
+// ignored (and removed if exclusive). A lock that cannot be read, other
+// than because it is gone, is a conflict: its kind is unknown, and a
+// backup's shared lock that a pruner fails to read (an S3 503) must still
+// keep the prune from removing the packs the backup dedups against.
+func (r *Repository) scanLocks(ctx context.Context, self lockInfo, own string, exclusive bool) error {
 	var conflict error
 	err := r.be.List(ctx, "locks/", func(name string, _ int64) error {
-		if name == l.name || conflict != nil {
+		if name == own || conflict != nil {
 			return nil
 		}
 		var other lockInfo
-		if err := r.loadJSON(ctx, name, &other); err != nil {
-			return nil // removed meanwhile, or not ours to read
+		err := r.loadJSON(ctx, name, &other)
+		if errors.Is(err, backend.ErrNotExist) {
+			return nil // released meanwhile
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			conflict = fmt.Errorf("%w: lock %s cannot be read (if it is damaged, 'astrolabe repo unlock' removes it): %v", ErrLocked, name, err)
+			return nil
 		}
 		if other.dead(self) {
 			// Its process is gone, killed or crashed: the lock protects
@@ -145,16 +171,23 @@ func (r *Repository) lock(ctx context.Context, exclusive bool) (*heldLock, error
 		}
 		return nil
 	})
-	if err == nil {
-		err = conflict
-	}
 	if err != nil {
-		r.be.Remove(context.WithoutCancel(ctx), l.name)
-		return nil, err
+		return fmt.Errorf("list locks: %w", err)
 	}
-	l.wg.Add(1)
-	go l.refresh(ctx)
-	return l, nil
+	return conflict
+}
+
+// recheck lists the locks again, right before a commit or a deletion: a
+// lock written since ours (a listing of S3 may lag behind writes) that
+// conflicts with ours stops the operation.
+func (l *heldLock) recheck(ctx context.Context) error {
+	if err := l.check(ctx); err != nil {
+		return err
+	}
+	if err := l.r.scanLocks(ctx, thisProcess(), l.name, l.info.Exclusive); err != nil {
+		return fmt.Errorf("lock %s: %w", l.r.Location(), err)
+	}
+	return nil
 }
 
 func (l *heldLock) write(ctx context.Context) error {

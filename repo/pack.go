@@ -66,6 +66,7 @@ type packer struct {
 	blobs   []packBlob
 	pending map[string]bool    // chunk IDs in packs not yet uploaded
 	where   map[string]blobLoc // chunks this packer uploaded
+	packs   map[string]bool    // packs this packer uploaded
 	done    []indexPack        // packs uploaded, not yet in an index file
 	sem     chan struct{}
 	wg      sync.WaitGroup
@@ -74,7 +75,7 @@ type packer struct {
 }
 
 func newPacker(ctx context.Context, store packStore) *packer {
-	return &packer{store: store, ctx: ctx, pending: map[string]bool{}, where: map[string]blobLoc{}, sem: make(chan struct{}, maxUploads)}
+	return &packer{store: store, ctx: ctx, pending: map[string]bool{}, where: map[string]blobLoc{}, packs: map[string]bool{}, sem: make(chan struct{}, maxUploads)}
 }
 
 // lookup says where a chunk is stored, by this packer or before it, or
@@ -168,12 +169,20 @@ func (p *packer) upload(id string, data []byte, blobs []packBlob) {
 		}
 		p.stored.Add(int64(len(data)))
 		p.done = append(p.done, indexPack{ID: id, Blobs: blobs})
+		p.packs[id] = true
 		for _, b := range blobs {
 			p.where[b.ID] = blobLoc{Pack: id, Off: b.Off, Len: b.Len, Raw: b.Raw}
 			delete(p.pending, b.ID)
 		}
 		p.store.packUploaded(id, blobs)
 	}()
+}
+
+// uploaded reports whether this packer uploaded the pack.
+func (p *packer) uploaded(pack string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.packs[pack]
 }
 
 // finish uploads the last pack, waits for all, and writes an index file

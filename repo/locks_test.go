@@ -1,0 +1,144 @@
+package repo
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/repo/backend"
+)
+
+// pausedBackup starts a backup of a new snapshot of disk name that stops
+// after it has taken its lock and refreshed its index; resume lets it go
+// on, and wait returns its error.
+func (e *env) pausedBackup(name string) (p *pausedPE, resume func(), wait func() error) {
+	p = &pausedPE{ProtectedEntity: e.snap("disk:" + name), reached: make(chan struct{}), resume: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.r.Backup(context.Background(), p, nil)
+		done <- err
+	}()
+	<-p.reached
+	return p, func() { close(p.resume) }, func() error { return <-done }
+}
+
+// TestUnreadableLockIsAConflict: a lock that fails to read (an S3 503)
+// may be a running backup's or an exclusive one: prune does not run
+// beside it, nor a backup.
+func TestUnreadableLockIsAConflict(t *testing.T) {
+	e := newEnv(t, nil, Options{Password: "pw"})
+	ctx := context.Background()
+	e.disk("a.img", 4*mib, map[int64]int64{0: 3 * mib})
+	old := e.backup("disk:a.img")
+	if err := e.r.Forget(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	_, resume, wait := e.pausedBackup("a.img")
+	f := &faultyBackend{Backend: e.be, failLoad: "locks/"}
+	pruner := openAgain(t, f, Options{Password: "pw"})
+	if _, err := pruner.Prune(ctx); !errors.Is(err, ErrLocked) {
+		t.Errorf("prune beside an unreadable lock: %v", err)
+	}
+	if len(f.removed) != 0 {
+		t.Errorf("prune beside an unreadable lock removed %v", f.removed)
+	}
+	resume()
+	if err := wait(); err != nil {
+		t.Errorf("backup: %v", err)
+	}
+
+	// An exclusive lock that fails to read stops a backup.
+	exclusive := "locks/" + randomName()
+	if err := e.r.saveJSON(ctx, exclusive, lockInfo{Host: "other", PID: 1, Time: time.Now().UTC(), Exclusive: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := openAgain(t, f, Options{Password: "pw"}).Backup(ctx, e.snap("disk:a.img"), nil); !errors.Is(err, ErrLocked) {
+		t.Errorf("backup beside an unreadable exclusive lock: %v", err)
+	}
+	if err := e.be.Remove(ctx, exclusive); err != nil {
+		t.Fatal(err)
+	}
+	if probs := e.check(true); len(probs) != 0 {
+		t.Errorf("check: %v", probs)
+	}
+}
+
+// laggingLocks hides every lock from the first listing of locks/, as a
+// listing that lags behind writes may.
+type laggingLocks struct {
+	backend.Backend
+	listed atomic.Bool
+}
+
+func (l *laggingLocks) List(ctx context.Context, prefix string, fn func(string, int64) error) error {
+	if prefix == "locks/" && !l.listed.Swap(true) {
+		return nil
+	}
+	return l.Backend.List(ctx, prefix, fn)
+}
+
+// TestPruneRelistsLocks: a prune whose first listing of the locks missed a
+// running backup's lock sees it before it changes anything.
+func TestPruneRelistsLocks(t *testing.T) {
+	e := newEnv(t, nil, Options{Password: "pw"})
+	ctx := context.Background()
+	e.disk("a.img", 4*mib, map[int64]int64{0: 3 * mib})
+	old := e.backup("disk:a.img")
+	if err := e.r.Forget(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	_, resume, wait := e.pausedBackup("a.img")
+	f := &faultyBackend{Backend: &laggingLocks{Backend: e.be}}
+	if _, err := openAgain(t, f, Options{Password: "pw"}).Prune(ctx); !errors.Is(err, ErrLocked) {
+		t.Errorf("prune beside a lock its first listing missed: %v", err)
+	}
+	if len(f.removed) != 0 {
+		t.Errorf("prune removed %v", f.removed)
+	}
+	resume()
+	if err := wait(); err != nil {
+		t.Errorf("backup: %v", err)
+	}
+	if probs := e.check(true); len(probs) != 0 {
+		t.Errorf("check: %v", probs)
+	}
+}
+
+// TestBackupConfirmsPacks: the packs a backup dedups against, removed
+// while it runs by a prune that did not see its lock, are missed before
+// the snapshot is committed; run again, the backup stores them anew.
+func TestBackupConfirmsPacks(t *testing.T) {
+	e := newEnv(t, nil, Options{Password: "pw"})
+	ctx := context.Background()
+	path := e.disk("a.img", 4*mib, map[int64]int64{0: 3 * mib})
+	old := e.backup("disk:a.img")
+	if err := e.r.Forget(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	p, resume, wait := e.pausedBackup("a.img")
+	if err := os.RemoveAll(filepath.Join(e.be.Location(), "data")); err != nil {
+		t.Fatal(err)
+	}
+	resume()
+	if err := wait(); !errors.Is(err, ErrLocked) {
+		t.Errorf("backup whose packs were removed: %v", err)
+	}
+	if _, err := e.be.Stat(ctx, snapshotDir(p.ID())+"/info"); !errors.Is(err, backend.ErrNotExist) {
+		t.Errorf("the snapshot was committed: %v", err)
+	}
+	s, err := e.r.Backup(ctx, e.snap("disk:a.img"), nil)
+	if err != nil || s.New != 3*mib {
+		t.Errorf("backup again: %+v %v", s, err)
+	}
+	if e.restoredSum(s.ID) != fileSum(t, path) {
+		t.Error("restore differs")
+	}
+	if snaps, err := e.r.Snapshots(ctx, pe.ID{}); err != nil || len(snaps) != 1 {
+		t.Errorf("snapshots: %v %v", snaps, err)
+	}
+}
