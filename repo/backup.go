@@ -39,9 +39,17 @@ func (r *Repository) Backup(ctx context.Context, p pe.ProtectedEntity, progress 
 	if !p.ID().HasSnapshot() {
 		return Summary{}, fmt.Errorf("backup %s: not a snapshot", p.ID())
 	}
-	lock, err := r.lock(ctx, false)
+	// One backup of a snapshot at a time: in this process by a claim
+	// (a second waits, then finds it committed), across processes by the
+	// claim its lock records.
+	release, err := r.claim(ctx, p.ID())
 	if err != nil {
-		return Summary{}, err
+		return Summary{}, fmt.Errorf("backup %s: %w", p.ID(), err)
+	}
+	defer release()
+	lock, err := r.lockFor(ctx, false, p.ID().String())
+	if err != nil {
+		return Summary{}, fmt.Errorf("backup %s: %w", p.ID(), err)
 	}
 	defer lock.release()
 	if err := r.upgradeConfig(ctx); err != nil {
@@ -72,11 +80,66 @@ type backupRun struct {
 	reused   atomic.Int64
 }
 
+// component backs up a component unless it is committed already.
+func (b *backupRun) component(c pe.ProtectedEntity) error {
+	release, err := b.r.claim(b.ctx, c.ID())
+	if err != nil {
+		return err
+	}
+	defer release()
+	if done, err := b.r.committed(b.ctx, c.ID()); err != nil || done {
+		return err
+	}
+	return b.snapshot(c)
+}
+
+// claim makes this process's backups of snapshot id take turns: it waits
+// for one running and returns the function that ends this one's turn.
+func (r *Repository) claim(ctx context.Context, id pe.ID) (release func(), err error) {
+	for {
+		r.claimMu.Lock()
+		running, ok := r.claims[id.String()]
+		if !ok {
+			done := make(chan struct{})
+			r.claims[id.String()] = done
+			r.claimMu.Unlock()
+			return func() {
+				r.claimMu.Lock()
+				delete(r.claims, id.String())
+				r.claimMu.Unlock()
+				close(done)
+			}, nil
+		}
+		r.claimMu.Unlock()
+		select {
+		case <-running:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// committed reports whether snapshot id is in the repository; an error
+// of the backend is an error (not a reason to write over it).
+func (r *Repository) committed(ctx context.Context, id pe.ID) (bool, error) {
+	_, err := r.be.Stat(ctx, snapshotDir(id)+"/info")
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, backend.ErrNotExist):
+		return false, nil
+	default:
+		return false, fmt.Errorf("snapshot %s: %w", id, err)
+	}
+}
+
 // snapshot backs up one PE snapshot: components first, then its data and
 // metadata; its info is written last.
 func (b *backupRun) snapshot(p pe.ProtectedEntity) error {
 	ctx, id := b.ctx, p.ID()
-	if _, err := b.r.be.Stat(ctx, snapshotDir(id)+"/info"); err == nil {
+	if done, err := b.r.committed(ctx, id); err != nil {
+		return err
+	} else if done {
 		return fmt.Errorf("%s: %w in %s", id, ErrExists, b.r.Location())
 	}
 	info, err := p.Info(ctx)
@@ -90,13 +153,10 @@ func (b *backupRun) snapshot(p pe.ProtectedEntity) error {
 		return err
 	}
 	for _, c := range comps {
-		cid := c.ID()
-		if _, err := b.r.be.Stat(ctx, snapshotDir(cid)+"/info"); err != nil {
-			if err := b.snapshot(c); err != nil {
-				return fmt.Errorf("component %s: %w", cid, err)
-			}
+		if err := b.component(c); err != nil {
+			return fmt.Errorf("component %s: %w", c.ID(), err)
 		}
-		idx.Components = append(idx.Components, cid.String())
+		idx.Components = append(idx.Components, c.ID().String())
 	}
 
 	img, err := p.Data(ctx)

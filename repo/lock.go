@@ -35,6 +35,9 @@ type lockInfo struct {
 	BootID    string `json:"bootID,omitempty"`
 	PIDNS     string `json:"pidNS,omitempty"`
 	StartTime uint64 `json:"startTime,omitempty"`
+	// Snapshot is the snapshot a backup's lock claims: no other backup of
+	// it runs meanwhile. Empty in other locks and older ones.
+	Snapshot string `json:"snapshot,omitempty"`
 }
 
 // thisProcess describes the running process as its locks record it.
@@ -104,14 +107,22 @@ type heldLock struct {
 var ErrLocked = errors.New("repository is locked")
 
 func (r *Repository) lock(ctx context.Context, exclusive bool) (*heldLock, error) {
+	return r.lockFor(ctx, exclusive, "")
+}
+
+// lockFor takes a lock; a backup's shared lock claims its snapshot. Each
+// process writes its claim before it lists the others', so of two
+// backups of one snapshot, at least one sees the other's claim and
+// fails (both may).
+func (r *Repository) lockFor(ctx context.Context, exclusive bool, snapshot string) (*heldLock, error) {
 	self := thisProcess()
 	info := self
-	info.Time, info.Exclusive = time.Now().UTC(), exclusive
+	info.Time, info.Exclusive, info.Snapshot = time.Now().UTC(), exclusive, snapshot
 	l := &heldLock{r: r, name: "locks/" + randomName(), info: info, stop: make(chan struct{})}
 	if err := l.write(ctx); err != nil {
 		return nil, fmt.Errorf("lock %s: %w", r.Location(), err)
 	}
-	err := r.scanLocks(ctx, self, l.name, exclusive)
+	err := r.scanLocks(ctx, self, l.name, exclusive, snapshot)
 	if err != nil {
 		r.be.Remove(context.WithoutCancel(ctx), l.name)
 		return nil, err
@@ -127,8 +138,9 @@ func (r *Repository) lock(ctx context.Context, exclusive bool) (*heldLock, error
 // ignored (and removed if exclusive). A lock that cannot be read, other
 // than because it is gone, is a conflict: its kind is unknown, and a
 // backup's shared lock that a pruner fails to read (an S3 503) must still
-// keep the prune from removing the packs the backup dedups against.
-func (r *Repository) scanLocks(ctx context.Context, self lockInfo, own string, exclusive bool) error {
+// keep the prune from removing the packs the backup dedups against. A
+// lock claiming snapshot (if not empty) conflicts too, with ErrExists.
+func (r *Repository) scanLocks(ctx context.Context, self lockInfo, own string, exclusive bool, snapshot string) error {
 	var conflict error
 	err := r.be.List(ctx, "locks/", func(name string, _ int64) error {
 		if name == own || conflict != nil {
@@ -162,6 +174,10 @@ func (r *Repository) scanLocks(ctx context.Context, self lockInfo, own string, e
 			}
 			return nil
 		}
+		if snapshot != "" && other.Snapshot == snapshot {
+			conflict = fmt.Errorf("snapshot %s is being backed up by %s (pid %d) since %s: %w", snapshot, other.Host, other.PID, other.Time.Format(time.RFC3339), ErrExists)
+			return nil
+		}
 		if exclusive || other.Exclusive {
 			kind := "shared"
 			if other.Exclusive {
@@ -179,12 +195,13 @@ func (r *Repository) scanLocks(ctx context.Context, self lockInfo, own string, e
 
 // recheck lists the locks again, right before a commit or a deletion: a
 // lock written since ours (a listing of S3 may lag behind writes) that
-// conflicts with ours stops the operation.
+// conflicts with ours stops the operation. Snapshot claims are not
+// checked again: the first listing settled them.
 func (l *heldLock) recheck(ctx context.Context) error {
 	if err := l.check(ctx); err != nil {
 		return err
 	}
-	if err := l.r.scanLocks(ctx, thisProcess(), l.name, l.info.Exclusive); err != nil {
+	if err := l.r.scanLocks(ctx, thisProcess(), l.name, l.info.Exclusive, ""); err != nil {
 		return fmt.Errorf("lock %s: %w", l.r.Location(), err)
 	}
 	return nil

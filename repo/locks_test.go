@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -140,5 +141,108 @@ func TestBackupConfirmsPacks(t *testing.T) {
 	}
 	if snaps, err := e.r.Snapshots(ctx, pe.ID{}); err != nil || len(snaps) != 1 {
 		t.Errorf("snapshots: %v %v", snaps, err)
+	}
+}
+
+// snapshotObjects reads a snapshot's index and info as stored.
+func (e *env) snapshotObjects(id pe.ID) string {
+	e.t.Helper()
+	var out string
+	for _, obj := range []string{"index", "info"} {
+		b, err := backend.ReadAll(context.Background(), e.be, snapshotDir(id)+"/"+obj)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		out += objectHash(b)
+	}
+	return out
+}
+
+// TestOneBackupPerSnapshot backs up one snapshot twice at once, in one
+// process (a double submit) and in two (two appliances): one commits,
+// the other gets ErrExists, and the snapshot opens; backing up a
+// committed snapshot again is refused and leaves it as it was.
+func TestOneBackupPerSnapshot(t *testing.T) {
+	e := newEnv(t, nil, Options{Password: "pw"})
+	ctx := context.Background()
+	path := e.disk("a.img", 4*mib, map[int64]int64{0: 3 * mib})
+	sum := fileSum(t, path)
+	other := openAgain(t, e.be, Options{Password: "pw"})
+	for _, c := range []struct {
+		name   string
+		second *Repository
+	}{{"one process", e.r}, {"two processes", other}} {
+		p, resume, wait := e.pausedBackup("a.img")
+		second := make(chan error, 1)
+		go func() {
+			_, err := c.second.Backup(ctx, p.ProtectedEntity, nil)
+			second <- err
+		}()
+		if c.second == other {
+			// The other process sees the claim at once.
+			if err := <-second; !errors.Is(err, ErrExists) {
+				t.Errorf("%s: second backup: %v", c.name, err)
+			}
+		}
+		resume()
+		if err := wait(); err != nil {
+			t.Errorf("%s: first backup: %v", c.name, err)
+		}
+		if c.second == e.r {
+			// This process's second waits for the first, then finds
+			// the snapshot committed.
+			if err := <-second; !errors.Is(err, ErrExists) {
+				t.Errorf("%s: second backup: %v", c.name, err)
+			}
+		}
+		if _, _, err := e.r.loadSnapshot(ctx, p.ID()); err != nil {
+			t.Errorf("%s: %v", c.name, err)
+		}
+		if e.restoredSum(p.ID()) != sum {
+			t.Errorf("%s: restore differs", c.name)
+		}
+		before := e.snapshotObjects(p.ID())
+		for _, r := range []*Repository{e.r, other} {
+			if _, err := r.Backup(ctx, p.ProtectedEntity, nil); !errors.Is(err, ErrExists) {
+				t.Errorf("%s: backup of a committed snapshot: %v", c.name, err)
+			}
+		}
+		if e.snapshotObjects(p.ID()) != before {
+			t.Errorf("%s: backing up a committed snapshot again changed it", c.name)
+		}
+	}
+	if probs := e.check(true); len(probs) != 0 {
+		t.Errorf("check: %v", probs)
+	}
+}
+
+// failingStat fails the Stat of snapshot objects, as a server that is
+// down for a moment does.
+type failingStat struct{ backend.Backend }
+
+func (f failingStat) Stat(ctx context.Context, name string) (int64, error) {
+	if strings.HasPrefix(name, "snapshots/") {
+		return 0, errInjected
+	}
+	return f.Backend.Stat(ctx, name)
+}
+
+// TestBackupStatError: a backup that cannot tell whether its snapshot is
+// committed fails; it does not write over it.
+func TestBackupStatError(t *testing.T) {
+	e := newEnv(t, nil, Options{Password: "pw"})
+	ctx := context.Background()
+	e.disk("a.img", 4*mib, map[int64]int64{0: 3 * mib})
+	id := e.backup("disk:a.img")
+	before := e.snapshotObjects(id)
+	p, err := e.m.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := openAgain(t, failingStat{e.be}, Options{Password: "pw"}).Backup(ctx, p, nil); !errors.Is(err, errInjected) {
+		t.Errorf("backup with Stat failing: %v", err)
+	}
+	if e.snapshotObjects(id) != before {
+		t.Error("the snapshot was written over")
 	}
 }

@@ -81,6 +81,9 @@ type Repository struct {
 
 	cfgMu sync.Mutex // guards cfg.Version, raised by the first backup
 	idx   *index     // for dedup; loaded at a backup's first need
+
+	claimMu sync.Mutex
+	claims  map[string]chan struct{} // snapshots being backed up: closed when done
 }
 
 // Options open or create a repository.
@@ -148,7 +151,7 @@ func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, e
 	if cfg.Version < 1 || cfg.Version > formatVersion {
 		return nil, fmt.Errorf("%s: repository format %d, this astrolabe reads 1 to %d", be.Location(), cfg.Version, formatVersion)
 	}
-	r := &Repository{be: be, cfg: cfg, log: opts.Logger, idx: newIndex()}
+	r := &Repository{be: be, cfg: cfg, log: opts.Logger, idx: newIndex(), claims: map[string]chan struct{}{}}
 	if cfg.Encrypted {
 		if opts.Password == "" {
 			return nil, fmt.Errorf("%s is encrypted: give its password (ASTROLABE_PASSWORD or --password-file)", be.Location())
