@@ -326,8 +326,16 @@ func (r *Repository) Prune(ctx context.Context) (PruneSummary, error) {
 	if err := r.saveIndexFile(ctx, f); err != nil {
 		return sum, err
 	}
+	// Each removal is preceded by a test of the lock: a prune that lost
+	// it (unlock --force, no refresh for long) stops at once.
+	remove1 := func(name string) error {
+		if err := lock.checkOften(ctx); err != nil {
+			return fmt.Errorf("prune: %w", err)
+		}
+		return r.be.Remove(ctx, name)
+	}
 	for _, name := range oldIndex {
-		if err := r.be.Remove(ctx, name); err != nil {
+		if err := remove1(name); err != nil {
 			return sum, err
 		}
 	}
@@ -336,13 +344,13 @@ func (r *Repository) Prune(ctx context.Context) (PruneSummary, error) {
 		if seen[id] {
 			continue // committed since the first listing
 		}
-		if err := r.be.Remove(ctx, snapshotDir(id)+"/index"); err != nil {
+		if err := remove1(snapshotDir(id) + "/index"); err != nil {
 			return sum, err
 		}
 		sum.Incomplete++
 	}
 	for _, id := range remove {
-		if err := r.be.Remove(ctx, packName(id)); err != nil {
+		if err := remove1(packName(id)); err != nil {
 			return sum, err
 		}
 		sum.Packs++

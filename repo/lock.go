@@ -101,6 +101,8 @@ type heldLock struct {
 	// written is when the lock object was last written: others take it
 	// for stale staleAfter later.
 	written time.Time
+	// confirmed is when the lock object was last seen there.
+	confirmed time.Time
 }
 
 // ErrLocked is returned when the repository is locked against us.
@@ -232,6 +234,25 @@ func (l *heldLock) check(ctx context.Context) error {
 		return fmt.Errorf("lock %s: removed by another process (unlock --force?): %w", l.r.Location(), ErrLocked)
 	} else if err != nil {
 		return fmt.Errorf("lock %s: %w", l.r.Location(), err)
+	}
+	l.mu.Lock()
+	l.confirmed = time.Now()
+	l.mu.Unlock()
+	return nil
+}
+
+// checkOften is check for every step of a long operation (each removal
+// of a prune): the age of the lock is tested each time, its object at
+// most every lockStatEvery.
+func (l *heldLock) checkOften(ctx context.Context) error {
+	l.mu.Lock()
+	written, confirmed, lastE := l.written, l.confirmed, l.lastE
+	l.mu.Unlock()
+	if time.Since(confirmed) >= l.r.lockStatEvery {
+		return l.check(ctx)
+	}
+	if age := time.Since(written); age > staleAfter/2 {
+		return fmt.Errorf("lock %s: not refreshed for %s: %v", l.r.Location(), age.Round(time.Second), lastE)
 	}
 	return nil
 }

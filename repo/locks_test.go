@@ -246,3 +246,46 @@ func TestBackupStatError(t *testing.T) {
 		t.Error("the snapshot was written over")
 	}
 }
+
+// lockThief removes every lock when the first pack is removed, as
+// 'unlock --force' on another host while a prune runs.
+type lockThief struct {
+	*faultyBackend
+	stolen atomic.Bool
+}
+
+func (l *lockThief) Remove(ctx context.Context, name string) error {
+	err := l.faultyBackend.Remove(ctx, name)
+	if strings.HasPrefix(name, "data/") && !l.stolen.Swap(true) {
+		l.Backend.List(ctx, "locks/", func(lock string, _ int64) error { return l.Backend.Remove(ctx, lock) })
+	}
+	return err
+}
+
+// TestPruneChecksItsLockBeforeEachRemoval: a prune whose lock is removed
+// while it removes packs stops at the next.
+func TestPruneChecksItsLockBeforeEachRemoval(t *testing.T) {
+	e := newEnv(t, nil, Options{Password: "pw"})
+	ctx := context.Background()
+	for _, name := range []string{"a.img", "b.img", "c.img"} {
+		e.disk(name, 2*mib, map[int64]int64{0: mib})
+		if err := e.r.Forget(ctx, e.backup("disk:"+name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := &lockThief{faultyBackend: &faultyBackend{Backend: e.be}}
+	pruner := openAgain(t, f, Options{Password: "pw"})
+	pruner.lockStatEvery = 0
+	if _, err := pruner.Prune(ctx); !errors.Is(err, ErrLocked) {
+		t.Errorf("prune that lost its lock: %v", err)
+	}
+	var packs []string
+	for _, name := range f.removed {
+		if strings.HasPrefix(name, "data/") {
+			packs = append(packs, name)
+		}
+	}
+	if len(packs) != 1 {
+		t.Errorf("prune that lost its lock went on removing: %v", packs)
+	}
+}

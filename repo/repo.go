@@ -43,6 +43,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -81,6 +82,10 @@ type Repository struct {
 
 	cfgMu sync.Mutex // guards cfg.Version, raised by the first backup
 	idx   *index     // for dedup; loaded at a backup's first need
+
+	// lockStatEvery bounds how often a long operation confirms that its
+	// lock object is still there (tests lower it).
+	lockStatEvery time.Duration
 
 	claimMu sync.Mutex
 	claims  map[string]chan struct{} // snapshots being backed up: closed when done
@@ -151,7 +156,7 @@ func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, e
 	if cfg.Version < 1 || cfg.Version > formatVersion {
 		return nil, fmt.Errorf("%s: repository format %d, this astrolabe reads 1 to %d", be.Location(), cfg.Version, formatVersion)
 	}
-	r := &Repository{be: be, cfg: cfg, log: opts.Logger, idx: newIndex(), claims: map[string]chan struct{}{}}
+	r := &Repository{be: be, cfg: cfg, log: opts.Logger, idx: newIndex(), claims: map[string]chan struct{}{}, lockStatEvery: time.Minute}
 	if cfg.Encrypted {
 		if opts.Password == "" {
 			return nil, fmt.Errorf("%s is encrypted: give its password (ASTROLABE_PASSWORD or --password-file)", be.Location())
