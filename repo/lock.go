@@ -169,7 +169,7 @@ func (r *Repository) scanLocks(ctx context.Context, self lockInfo, own string, e
 			}
 			return nil
 		}
-		if time.Since(other.Time) > staleAfter {
+		if r.stale(ctx, name, other) {
 			if exclusive {
 				r.log.Warn("removing a stale lock", "host", other.Host, "pid", other.PID, "since", other.Time)
 				r.be.Remove(ctx, name)
@@ -193,6 +193,19 @@ func (r *Repository) scanLocks(ctx context.Context, self lockInfo, own string, e
 		return fmt.Errorf("list locks: %w", err)
 	}
 	return conflict
+}
+
+// stale reports whether a lock was not refreshed for staleAfter: by the
+// time it holds, written by its process's clock, and by when its object
+// was written, by the backend's. A host whose clock is behind does not
+// make its live locks stale for others (nor one ahead of the others make
+// theirs stale for itself), unless the backend's clock is off too.
+func (r *Repository) stale(ctx context.Context, name string, li lockInfo) bool {
+	if time.Since(li.Time) <= staleAfter {
+		return false
+	}
+	written, err := r.be.ModTime(ctx, name)
+	return err == nil && time.Since(written) > staleAfter
 }
 
 // recheck lists the locks again, right before a commit or a deletion: a
@@ -306,7 +319,7 @@ func (r *Repository) Unlock(ctx context.Context, force bool) (int, error) {
 			return err
 		}
 		// A lock that does not open counts as stale.
-		if force || time.Since(li.Time) > staleAfter || li.dead(self) {
+		if force || err != nil || r.stale(ctx, name, li) || li.dead(self) {
 			n++
 			return r.be.Remove(ctx, name)
 		}

@@ -289,3 +289,32 @@ func TestPruneChecksItsLockBeforeEachRemoval(t *testing.T) {
 		t.Errorf("prune that lost its lock went on removing: %v", packs)
 	}
 }
+
+// TestLockStalenessByBackendClock: a live lock written by a host whose
+// clock is two hours behind is not stale (its object is new); it is once
+// its object is old too.
+func TestLockStalenessByBackendClock(t *testing.T) {
+	e := newEnv(t, nil, Options{Password: "pw"})
+	ctx := context.Background()
+	e.disk("a.img", mib, map[int64]int64{0: mib})
+	name := "locks/" + randomName()
+	behind := time.Now().Add(-2 * time.Hour).UTC()
+	if err := e.r.saveJSON(ctx, name, lockInfo{Host: "skewed", PID: 1, Time: behind, Exclusive: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.r.Backup(ctx, e.snap("disk:a.img"), nil); !errors.Is(err, ErrLocked) {
+		t.Errorf("backup beside a live exclusive lock of a skewed clock: %v", err)
+	}
+	if n, err := e.r.Unlock(ctx, false); err != nil || n != 0 {
+		t.Errorf("unlock removed %d locks: %v", n, err)
+	}
+	if err := os.Chtimes(filepath.Join(e.be.Location(), name), behind, behind); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.r.Backup(ctx, e.snap("disk:a.img"), nil); err != nil {
+		t.Errorf("backup beside a stale exclusive lock: %v", err)
+	}
+	if n, err := e.r.Unlock(ctx, false); err != nil || n != 1 {
+		t.Errorf("unlock removed %d locks: %v", n, err)
+	}
+}
