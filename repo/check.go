@@ -379,7 +379,15 @@ func (r *Repository) markUsed(ctx context.Context, used map[string]bool, seen ma
 	var incomplete []pe.ID
 	for _, dir := range slices.Sorted(maps.Keys(dirs)) {
 		id, err := snapshotIDFromDir(dir)
-		if err != nil || seen[id] {
+		if err != nil {
+			if dirs[dir]["info"] {
+				// Maybe a snapshot of a newer version's ID scheme, or a
+				// damaged name: its packs cannot be told unused.
+				return nil, fmt.Errorf("prune: snapshot folder %q has an info but its name does not parse (%v): stopped, nothing removed", dir, err)
+			}
+			continue
+		}
+		if seen[id] {
 			continue
 		}
 		if !dirs[dir]["info"] {

@@ -318,3 +318,22 @@ func TestLockStalenessByBackendClock(t *testing.T) {
 		t.Errorf("unlock removed %d locks: %v", n, err)
 	}
 }
+
+// TestPruneStopsAtUnparsableSnapshotFolder: a snapshot folder with an
+// info whose name does not parse stops prune before it removes its packs.
+func TestPruneStopsAtUnparsableSnapshotFolder(t *testing.T) {
+	e := newEnv(t, nil, Options{Password: "pw"})
+	ctx := context.Background()
+	e.disk("a.img", 2*mib, map[int64]int64{0: mib})
+	id := e.backup("disk:a.img")
+	if err := os.Rename(e.snapDir(id), filepath.Join(e.be.Location(), "snapshots", "not-an-id")); err != nil {
+		t.Fatal(err)
+	}
+	f := &faultyBackend{Backend: e.be}
+	if _, err := openAgain(t, f, Options{Password: "pw"}).Prune(ctx); err == nil || !strings.Contains(err.Error(), "not-an-id") {
+		t.Errorf("prune beside an unparsable snapshot folder: %v", err)
+	}
+	if len(f.removed) != 0 {
+		t.Errorf("prune removed %v", f.removed)
+	}
+}
