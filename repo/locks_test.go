@@ -18,10 +18,15 @@ import (
 // after it has taken its lock and refreshed its index; resume lets it go
 // on, and wait returns its error.
 func (e *env) pausedBackup(name string) (p *pausedPE, resume func(), wait func() error) {
+	return e.pausedBackupIn(e.r, name)
+}
+
+// pausedBackupIn is pausedBackup in Repository r.
+func (e *env) pausedBackupIn(r *Repository, name string) (p *pausedPE, resume func(), wait func() error) {
 	p = &pausedPE{ProtectedEntity: e.snap("disk:" + name), reached: make(chan struct{}), resume: make(chan struct{})}
 	done := make(chan error, 1)
 	go func() {
-		_, err := e.r.Backup(context.Background(), p, nil)
+		_, err := r.Backup(context.Background(), p, nil)
 		done <- err
 	}()
 	<-p.reached
@@ -335,5 +340,56 @@ func TestPruneStopsAtUnparsableSnapshotFolder(t *testing.T) {
 	}
 	if len(f.removed) != 0 {
 		t.Errorf("prune removed %v", f.removed)
+	}
+}
+
+// TestDedupSurvivesPruneOfOneCopy: two appliances store the same chunks
+// at once, each in its own pack; once a prune removes one of the packs,
+// the other appliance's index finds the chunks in the other pack.
+func TestDedupSurvivesPruneOfOneCopy(t *testing.T) {
+	e := newEnv(t, nil, Options{Password: "pw"})
+	ctx := context.Background()
+	path := e.disk("a.img", 4*mib, map[int64]int64{0: 3 * mib})
+	if err := os.WriteFile(filepath.Join(e.dir, "disk", "b.img"), mustRead(t, path), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	other := openAgain(t, e.be, Options{Password: "pw"})
+	a, resumeA, waitA := e.pausedBackupIn(e.r, "a.img")
+	_, resumeB, waitB := e.pausedBackupIn(other, "b.img")
+	resumeA()
+	resumeB()
+	if err := waitA(); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitB(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.r.refreshIndex(ctx); err != nil { // it learns b's pack
+		t.Fatal(err)
+	}
+	if err := e.r.Forget(ctx, a.ID()); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := openAgain(t, e.be, Options{Password: "pw"}).Prune(ctx); err != nil || s.Packs != 1 {
+		t.Fatalf("prune: %+v %v", s, err)
+	}
+	s, err := e.r.Backup(ctx, e.snap("disk:a.img"), nil)
+	if err != nil || s.New != 0 {
+		t.Errorf("backup after the prune of one copy: %+v %v", s, err)
+	}
+	if e.restoredSum(s.ID) != fileSum(t, path) {
+		t.Error("restore differs")
+	}
+
+	// Prune's own forgetting keeps the chunks of a pack it removes that
+	// another pack holds too.
+	ix := newIndex()
+	blob := packBlob{ID: strings.Repeat("c", 64), Off: 0, Len: 10, Raw: 8}
+	x, y := strings.Repeat("1", 64), strings.Repeat("2", 64)
+	ix.added(x, []packBlob{blob})
+	ix.added(y, []packBlob{{ID: strings.Repeat("d", 64), Len: 5, Raw: 4}, {ID: blob.ID, Off: 5, Len: 10, Raw: 8}})
+	ix.forget([]string{x}, nil)
+	if loc, ok := ix.lookup(blob.ID); !ok || loc.Pack != y || loc.Off != 5 {
+		t.Errorf("after the prune of one copy: %+v %v", loc, ok)
 	}
 }
