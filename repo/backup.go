@@ -62,7 +62,9 @@ func (r *Repository) Backup(ctx context.Context, p pe.ProtectedEntity, progress 
 	}
 	b := &backupRun{r: r, ctx: ctx, lock: lock, progress: progress, pk: newPacker(ctx, r)}
 	if err := b.snapshot(p); err != nil {
-		b.pk.finish() // keep what was uploaded indexed, for the next run
+		// What was uploaded is indexed for the next run, as far as the
+		// backend lets (else the next run reads the packs' headers).
+		b.pk.finish()
 		return Summary{}, fmt.Errorf("backup %s: %w", p.ID(), err)
 	}
 	s := Summary{ID: p.ID(), Read: b.read.Load(), New: b.newBytes.Load(), Stored: b.pk.stored.Load(), Reused: b.reused.Load(), Duration: time.Since(start)}

@@ -3,6 +3,7 @@ package repo
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -391,5 +392,54 @@ func TestDedupSurvivesPruneOfOneCopy(t *testing.T) {
 	ix.forget([]string{x}, nil)
 	if loc, ok := ix.lookup(blob.ID); !ok || loc.Pack != y || loc.Off != 5 {
 		t.Errorf("after the prune of one copy: %+v %v", loc, ok)
+	}
+}
+
+// failSecondPack fails the upload of the second pack, once the first
+// is stored.
+type failSecondPack struct {
+	backend.Backend
+	packs    atomic.Int32
+	firstOut chan struct{}
+}
+
+func (f *failSecondPack) Save(ctx context.Context, name string, r io.Reader, size int64) error {
+	if !strings.HasPrefix(name, "data/") {
+		return f.Backend.Save(ctx, name, r, size)
+	}
+	if f.packs.Add(1) == 1 {
+		defer close(f.firstOut)
+		return f.Backend.Save(ctx, name, r, size)
+	}
+	<-f.firstOut
+	return errInjected
+}
+
+// TestFailedBackupIndexesItsPacks: the packs a failed backup uploaded
+// are listed by an index file.
+func TestFailedBackupIndexesItsPacks(t *testing.T) {
+	e := newEnv(t, nil, Options{Password: "pw"})
+	ctx := context.Background()
+	e.disk("a.img", 40*mib, map[int64]int64{0: 40 * mib})
+	f := &failSecondPack{Backend: e.be, firstOut: make(chan struct{})}
+	if _, err := openAgain(t, f, Options{Password: "pw"}).Backup(ctx, e.snap("disk:a.img"), nil); !errors.Is(err, errInjected) {
+		t.Fatalf("backup: %v", err)
+	}
+	packs := e.files("data")
+	if len(packs) != 1 {
+		t.Fatalf("packs: %v", packs)
+	}
+	files, damaged, err := e.r.readAllIndexFiles(ctx)
+	if err != nil || len(damaged) != 0 {
+		t.Fatal(err, damaged)
+	}
+	var listed []string
+	for _, file := range files {
+		for _, p := range file.Packs {
+			listed = append(listed, p.ID)
+		}
+	}
+	if len(listed) != 1 || !strings.HasSuffix(packs[0], listed[0]) {
+		t.Errorf("index files list %v, the packs are %v", listed, packs)
 	}
 }

@@ -186,7 +186,8 @@ func (p *packer) uploaded(pack string) bool {
 }
 
 // finish uploads the last pack, waits for all, and writes an index file
-// for the new packs.
+// for the new packs: also when an upload failed, for those uploaded, so
+// that the next backup finds them without reading their headers.
 func (p *packer) finish() error {
 	p.mu.Lock()
 	upload := p.closeLocked()
@@ -195,17 +196,13 @@ func (p *packer) finish() error {
 	p.wg.Wait()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.err != nil {
-		return p.err
+	if len(p.done) > 0 {
+		if err := p.store.saveIndexFile(p.ctx, indexFile{Packs: p.done}); err != nil {
+			return errors.Join(p.err, err)
+		}
+		p.done = nil
 	}
-	if len(p.done) == 0 {
-		return nil
-	}
-	if err := p.store.saveIndexFile(p.ctx, indexFile{Packs: p.done}); err != nil {
-		return err
-	}
-	p.done = nil
-	return nil
+	return p.err
 }
 
 // parseIndexFile opens a stored index file and checks that what it says
