@@ -89,6 +89,11 @@ func (li lockInfo) dead(self lockInfo) bool {
 	return err == nil && li.StartTime != 0 && start != li.StartTime
 }
 
+// sameProcess reports whether the lock is one of process self's.
+func (li lockInfo) sameProcess(self lockInfo) bool {
+	return li.Host == self.Host && li.BootID != "" && li.BootID == self.BootID && li.PIDNS == self.PIDNS && li.PID == self.PID && li.StartTime == self.StartTime
+}
+
 // heldLock is a lock this process holds.
 type heldLock struct {
 	r     *Repository
@@ -176,7 +181,10 @@ func (r *Repository) scanLocks(ctx context.Context, self lockInfo, own string, e
 			}
 			return nil
 		}
-		if snapshot != "" && other.Snapshot == snapshot {
+		// This process's own claims are settled by its claim map: one
+		// left here is that of a backup whose lock could not be removed
+		// (the backend was down), not a backup running.
+		if snapshot != "" && other.Snapshot == snapshot && !other.sameProcess(self) {
 			conflict = fmt.Errorf("snapshot %s is being backed up by %s (pid %d) since %s: %w", snapshot, other.Host, other.PID, other.Time.Format(time.RFC3339), ErrExists)
 			return nil
 		}

@@ -443,3 +443,32 @@ func TestFailedBackupIndexesItsPacks(t *testing.T) {
 		t.Errorf("index files list %v, the packs are %v", listed, packs)
 	}
 }
+
+// TestClaimLeftByThisProcess: a backup's lock left behind because the
+// backend failed its removal does not keep this process from backing up
+// the snapshot again; another process's does.
+func TestClaimLeftByThisProcess(t *testing.T) {
+	e := newEnv(t, nil, Options{Password: "pw"})
+	ctx := context.Background()
+	e.disk("a.img", mib, map[int64]int64{0: mib})
+	p := e.snap("disk:a.img")
+	left := thisProcess()
+	left.Time, left.Snapshot = time.Now().UTC(), p.ID().String()
+	if err := e.r.saveJSON(ctx, "locks/"+randomName(), left); err != nil {
+		t.Fatal(err)
+	}
+	left.Host += "-other" // alive as far as this host can tell
+	otherName := "locks/" + randomName()
+	if err := e.r.saveJSON(ctx, otherName, left); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.r.Backup(ctx, p, nil); !errors.Is(err, ErrExists) {
+		t.Errorf("backup beside another process's claim: %v", err)
+	}
+	if err := e.be.Remove(ctx, otherName); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.r.Backup(ctx, p, nil); err != nil {
+		t.Errorf("backup beside this process's own left claim: %v", err)
+	}
+}
