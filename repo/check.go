@@ -279,7 +279,8 @@ type PruneSummary struct {
 // before anything is removed, and any error of the backend stops it
 // there. Right before removing, it checks its lock and lists the
 // snapshots again, keeping the packs of any committed meanwhile by a
-// writer that does not lock.
+// writer that does not lock, then lists the locks again (a listing may
+// lag behind a backup's lock); it tests its lock before each removal.
 func (r *Repository) Prune(ctx context.Context) (PruneSummary, error) {
 	lock, err := r.lock(ctx, true)
 	if err != nil {

@@ -89,11 +89,6 @@ func (li lockInfo) dead(self lockInfo) bool {
 	return err == nil && li.StartTime != 0 && start != li.StartTime
 }
 
-// sameProcess reports whether the lock is one of process self's.
-func (li lockInfo) sameProcess(self lockInfo) bool {
-	return li.Host == self.Host && li.BootID != "" && li.BootID == self.BootID && li.PIDNS == self.PIDNS && li.PID == self.PID && li.StartTime == self.StartTime
-}
-
 // heldLock is a lock this process holds.
 type heldLock struct {
 	r     *Repository
@@ -153,6 +148,14 @@ func (r *Repository) scanLocks(ctx context.Context, self lockInfo, own string, e
 		if name == own || conflict != nil {
 			return nil
 		}
+		if r.releasedLock(name) {
+			// Ours, released when the backend failed to remove it: it
+			// protects nothing (nor claims a snapshot); removed now.
+			if err := r.be.Remove(ctx, name); err == nil {
+				r.forgetReleased(name)
+			}
+			return nil
+		}
 		var other lockInfo
 		err := r.loadJSON(ctx, name, &other)
 		if errors.Is(err, backend.ErrNotExist) {
@@ -181,10 +184,7 @@ func (r *Repository) scanLocks(ctx context.Context, self lockInfo, own string, e
 			}
 			return nil
 		}
-		// This process's own claims are settled by its claim map: one
-		// left here is that of a backup whose lock could not be removed
-		// (the backend was down), not a backup running.
-		if snapshot != "" && other.Snapshot == snapshot && !other.sameProcess(self) {
+		if snapshot != "" && other.Snapshot == snapshot {
 			conflict = fmt.Errorf("snapshot %s is being backed up by %s (pid %d) since %s: %w", snapshot, other.Host, other.PID, other.Time.Format(time.RFC3339), ErrExists)
 			return nil
 		}
@@ -309,7 +309,26 @@ func (l *heldLock) err() error {
 func (l *heldLock) release() {
 	close(l.stop)
 	l.wg.Wait()
-	l.r.be.Remove(context.Background(), l.name)
+	if err := l.r.be.Remove(context.Background(), l.name); err != nil {
+		l.r.log.Warn("cannot remove a lock: it is removed at the next locking", "lock", l.name, "err", err)
+		l.r.lockMu.Lock()
+		l.r.released[l.name] = true
+		l.r.lockMu.Unlock()
+	}
+}
+
+// releasedLock reports whether lock name is one this Repository released
+// but failed to remove.
+func (r *Repository) releasedLock(name string) bool {
+	r.lockMu.Lock()
+	defer r.lockMu.Unlock()
+	return r.released[name]
+}
+
+func (r *Repository) forgetReleased(name string) {
+	r.lockMu.Lock()
+	defer r.lockMu.Unlock()
+	delete(r.released, name)
 }
 
 // Unlock removes stale locks and those of processes of this host that

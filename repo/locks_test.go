@@ -444,31 +444,51 @@ func TestFailedBackupIndexesItsPacks(t *testing.T) {
 	}
 }
 
-// TestClaimLeftByThisProcess: a backup's lock left behind because the
-// backend failed its removal does not keep this process from backing up
-// the snapshot again; another process's does.
-func TestClaimLeftByThisProcess(t *testing.T) {
+// dropLockRemoval fails the removal of locks while drop is set, as a
+// backend that is down for a moment does.
+type dropLockRemoval struct {
+	backend.Backend
+	drop atomic.Bool
+}
+
+func (d *dropLockRemoval) Remove(ctx context.Context, name string) error {
+	if d.drop.Load() && strings.HasPrefix(name, "locks/") {
+		return errInjected
+	}
+	return d.Backend.Remove(ctx, name)
+}
+
+// TestClaimLeftByThisRepository: a backup's lock left behind because the
+// backend failed its removal does not keep the Repository from backing
+// up the snapshot again (it removes it then); another's claim does.
+func TestClaimLeftByThisRepository(t *testing.T) {
 	e := newEnv(t, nil, Options{Password: "pw"})
 	ctx := context.Background()
 	e.disk("a.img", mib, map[int64]int64{0: mib})
 	p := e.snap("disk:a.img")
-	left := thisProcess()
-	left.Time, left.Snapshot = time.Now().UTC(), p.ID().String()
-	if err := e.r.saveJSON(ctx, "locks/"+randomName(), left); err != nil {
-		t.Fatal(err)
+	d := &dropLockRemoval{Backend: e.be}
+	r := openAgain(t, d, Options{Password: "pw"})
+	// A backup that fails (its PE's data is gone) and cannot remove its lock.
+	d.drop.Store(true)
+	if _, err := r.Backup(ctx, failingData{p}, nil); !errors.Is(err, errInjected) {
+		t.Fatalf("backup: %v", err)
 	}
-	left.Host += "-other" // alive as far as this host can tell
-	otherName := "locks/" + randomName()
-	if err := e.r.saveJSON(ctx, otherName, left); err != nil {
-		t.Fatal(err)
+	d.drop.Store(false)
+	if n := len(e.files("locks")); n != 1 {
+		t.Fatalf("%d locks left", n)
 	}
-	if _, err := e.r.Backup(ctx, p, nil); !errors.Is(err, ErrExists) {
-		t.Errorf("backup beside another process's claim: %v", err)
+	if _, err := openAgain(t, e.be, Options{Password: "pw"}).Backup(ctx, p, nil); !errors.Is(err, ErrExists) {
+		t.Errorf("backup beside another Repository's claim: %v", err)
 	}
-	if err := e.be.Remove(ctx, otherName); err != nil {
-		t.Fatal(err)
+	if _, err := r.Backup(ctx, p, nil); err != nil {
+		t.Errorf("backup beside this Repository's own left claim: %v", err)
 	}
-	if _, err := e.r.Backup(ctx, p, nil); err != nil {
-		t.Errorf("backup beside this process's own left claim: %v", err)
+	if n := len(e.files("locks")); n != 0 {
+		t.Errorf("%d locks left", n)
 	}
 }
+
+// failingData fails where the backup asks for the PE's data.
+type failingData struct{ pe.ProtectedEntity }
+
+func (f failingData) Data(ctx context.Context) (pe.Image, error) { return nil, errInjected }

@@ -87,6 +87,9 @@ type Repository struct {
 	// lock object is still there (tests lower it).
 	lockStatEvery time.Duration
 
+	lockMu   sync.Mutex
+	released map[string]bool // locks released whose removal failed
+
 	claimMu sync.Mutex
 	claims  map[string]chan struct{} // snapshots being backed up: closed when done
 }
@@ -156,7 +159,7 @@ func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, e
 	if cfg.Version < 1 || cfg.Version > formatVersion {
 		return nil, fmt.Errorf("%s: repository format %d, this astrolabe reads 1 to %d", be.Location(), cfg.Version, formatVersion)
 	}
-	r := &Repository{be: be, cfg: cfg, log: opts.Logger, idx: newIndex(), claims: map[string]chan struct{}{}, lockStatEvery: time.Minute}
+	r := &Repository{be: be, cfg: cfg, log: opts.Logger, idx: newIndex(), claims: map[string]chan struct{}{}, released: map[string]bool{}, lockStatEvery: time.Minute}
 	if cfg.Encrypted {
 		if opts.Password == "" {
 			return nil, fmt.Errorf("%s is encrypted: give its password (ASTROLABE_PASSWORD or --password-file)", be.Location())
