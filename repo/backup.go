@@ -8,11 +8,13 @@ import (
 	"io"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/repo/backend"
 )
 
 // Summary tells what a backup did.
@@ -37,9 +39,17 @@ func (r *Repository) Backup(ctx context.Context, p pe.ProtectedEntity, progress 
 	if !p.ID().HasSnapshot() {
 		return Summary{}, fmt.Errorf("backup %s: not a snapshot", p.ID())
 	}
-	lock, err := r.lock(ctx, false)
+	// One backup of a snapshot at a time: in this process by a claim
+	// (a second waits, then finds it committed), across processes by the
+	// claim its lock records.
+	release, err := r.claim(ctx, p.ID())
 	if err != nil {
-		return Summary{}, err
+		return Summary{}, fmt.Errorf("backup %s: %w", p.ID(), err)
+	}
+	defer release()
+	lock, err := r.lockFor(ctx, false, p.ID().String())
+	if err != nil {
+		return Summary{}, fmt.Errorf("backup %s: %w", p.ID(), err)
 	}
 	defer lock.release()
 	if err := r.upgradeConfig(ctx); err != nil {
@@ -52,7 +62,9 @@ func (r *Repository) Backup(ctx context.Context, p pe.ProtectedEntity, progress 
 	}
 	b := &backupRun{r: r, ctx: ctx, lock: lock, progress: progress, pk: newPacker(ctx, r)}
 	if err := b.snapshot(p); err != nil {
-		b.pk.finish() // keep what was uploaded indexed, for the next run
+		// What was uploaded is indexed for the next run, as far as the
+		// backend lets (else the next run reads the packs' headers).
+		b.pk.finish()
 		return Summary{}, fmt.Errorf("backup %s: %w", p.ID(), err)
 	}
 	s := Summary{ID: p.ID(), Read: b.read.Load(), New: b.newBytes.Load(), Stored: b.pk.stored.Load(), Reused: b.reused.Load(), Duration: time.Since(start)}
@@ -70,11 +82,66 @@ type backupRun struct {
 	reused   atomic.Int64
 }
 
+// component backs up a component unless it is committed already.
+func (b *backupRun) component(c pe.ProtectedEntity) error {
+	release, err := b.r.claim(b.ctx, c.ID())
+	if err != nil {
+		return err
+	}
+	defer release()
+	if done, err := b.r.committed(b.ctx, c.ID()); err != nil || done {
+		return err
+	}
+	return b.snapshot(c)
+}
+
+// claim makes this process's backups of snapshot id take turns: it waits
+// for one running and returns the function that ends this one's turn.
+func (r *Repository) claim(ctx context.Context, id pe.ID) (release func(), err error) {
+	for {
+		r.claimMu.Lock()
+		running, ok := r.claims[id.String()]
+		if !ok {
+			done := make(chan struct{})
+			r.claims[id.String()] = done
+			r.claimMu.Unlock()
+			return func() {
+				r.claimMu.Lock()
+				delete(r.claims, id.String())
+				r.claimMu.Unlock()
+				close(done)
+			}, nil
+		}
+		r.claimMu.Unlock()
+		select {
+		case <-running:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// committed reports whether snapshot id is in the repository; an error
+// of the backend is an error (not a reason to write over it).
+func (r *Repository) committed(ctx context.Context, id pe.ID) (bool, error) {
+	_, err := r.be.Stat(ctx, snapshotDir(id)+"/info")
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, backend.ErrNotExist):
+		return false, nil
+	default:
+		return false, fmt.Errorf("snapshot %s: %w", id, err)
+	}
+}
+
 // snapshot backs up one PE snapshot: components first, then its data and
 // metadata; its info is written last.
 func (b *backupRun) snapshot(p pe.ProtectedEntity) error {
 	ctx, id := b.ctx, p.ID()
-	if _, err := b.r.be.Stat(ctx, snapshotDir(id)+"/info"); err == nil {
+	if done, err := b.r.committed(ctx, id); err != nil {
+		return err
+	} else if done {
 		return fmt.Errorf("%s: %w in %s", id, ErrExists, b.r.Location())
 	}
 	info, err := p.Info(ctx)
@@ -88,13 +155,10 @@ func (b *backupRun) snapshot(p pe.ProtectedEntity) error {
 		return err
 	}
 	for _, c := range comps {
-		cid := c.ID()
-		if _, err := b.r.be.Stat(ctx, snapshotDir(cid)+"/info"); err != nil {
-			if err := b.snapshot(c); err != nil {
-				return fmt.Errorf("component %s: %w", cid, err)
-			}
+		if err := b.component(c); err != nil {
+			return fmt.Errorf("component %s: %w", c.ID(), err)
 		}
-		idx.Components = append(idx.Components, cid.String())
+		idx.Components = append(idx.Components, c.ID().String())
 	}
 
 	img, err := p.Data(ctx)
@@ -137,11 +201,65 @@ func (b *backupRun) snapshot(p pe.ProtectedEntity) error {
 		return err
 	}
 	// The lock still held proves that no prune ran since the index was
-	// refreshed: every pack the snapshot names is there.
-	if err := b.lock.check(ctx); err != nil {
+	// refreshed, unless a pruner failed to see it (a listing that lags):
+	// the locks are listed again, and the packs the snapshot takes from
+	// before this run confirmed.
+	if err := b.lock.recheck(ctx); err != nil {
+		return err
+	}
+	if err := b.confirmPacks(idx); err != nil {
 		return err
 	}
 	return b.r.saveSnapshot(ctx, id, idx, snapshotInfo{Info: info, BackedUp: idx.BackedUp})
+}
+
+// statMax is how many packs a commit confirms one by one; more are
+// confirmed by a listing of data/.
+const statMax = 256
+
+// confirmPacks checks that the packs the snapshot names that this run did
+// not upload exist: no prune removed them since the index was refreshed.
+func (b *backupRun) confirmPacks(idx *snapshotIndex) error {
+	need := map[string]bool{}
+	for _, st := range []*stream{idx.Data, idx.Metadata} {
+		if st == nil {
+			continue
+		}
+		for _, c := range st.Chunks {
+			if !need[c.Pack] && !b.pk.uploaded(c.Pack) {
+				need[c.Pack] = true
+			}
+		}
+	}
+	if len(need) > statMax {
+		present := map[string]bool{}
+		if err := b.r.be.List(b.ctx, "data/", func(name string, _ int64) error {
+			present[name[strings.LastIndex(name, "/")+1:]] = true
+			return nil
+		}); err != nil {
+			return fmt.Errorf("confirm packs: %w", err)
+		}
+		for p := range need {
+			if !present[p] {
+				return packRemoved(p)
+			}
+		}
+		return nil
+	}
+	for p := range need {
+		_, err := b.r.be.Stat(b.ctx, packName(p))
+		if errors.Is(err, backend.ErrNotExist) {
+			return packRemoved(p)
+		}
+		if err != nil {
+			return fmt.Errorf("confirm packs: %w", err)
+		}
+	}
+	return nil
+}
+
+func packRemoved(pack string) error {
+	return fmt.Errorf("pack %.16s was removed during the backup (a prune that did not see its lock?): %w", pack, ErrLocked)
 }
 
 // job is one chunk on its way through hashing, compression and sealing.

@@ -279,7 +279,8 @@ type PruneSummary struct {
 // before anything is removed, and any error of the backend stops it
 // there. Right before removing, it checks its lock and lists the
 // snapshots again, keeping the packs of any committed meanwhile by a
-// writer that does not lock.
+// writer that does not lock, then lists the locks again (a listing may
+// lag behind a backup's lock); it tests its lock before each removal.
 func (r *Repository) Prune(ctx context.Context) (PruneSummary, error) {
 	lock, err := r.lock(ctx, true)
 	if err != nil {
@@ -315,14 +316,27 @@ func (r *Repository) Prune(ctx context.Context) (PruneSummary, error) {
 			remove = append(remove, id)
 		}
 	}
+	// A lock written since ours, which a lagging listing did not show,
+	// stops the prune before it changes anything.
+	if err := lock.recheck(ctx); err != nil {
+		return sum, fmt.Errorf("prune: %w", err)
+	}
 	// The index is rewritten to list only the packs that stay, before any
 	// pack goes, so that no index names a missing pack.
 	f, oldIndex := r.idx.usedPacks(used)
 	if err := r.saveIndexFile(ctx, f); err != nil {
 		return sum, err
 	}
+	// Each removal is preceded by a test of the lock: a prune that lost
+	// it (unlock --force, no refresh for long) stops at once.
+	remove1 := func(name string) error {
+		if err := lock.checkOften(ctx); err != nil {
+			return fmt.Errorf("prune: %w", err)
+		}
+		return r.be.Remove(ctx, name)
+	}
 	for _, name := range oldIndex {
-		if err := r.be.Remove(ctx, name); err != nil {
+		if err := remove1(name); err != nil {
 			return sum, err
 		}
 	}
@@ -331,13 +345,13 @@ func (r *Repository) Prune(ctx context.Context) (PruneSummary, error) {
 		if seen[id] {
 			continue // committed since the first listing
 		}
-		if err := r.be.Remove(ctx, snapshotDir(id)+"/index"); err != nil {
+		if err := remove1(snapshotDir(id) + "/index"); err != nil {
 			return sum, err
 		}
 		sum.Incomplete++
 	}
 	for _, id := range remove {
-		if err := r.be.Remove(ctx, packName(id)); err != nil {
+		if err := remove1(packName(id)); err != nil {
 			return sum, err
 		}
 		sum.Packs++
@@ -366,7 +380,15 @@ func (r *Repository) markUsed(ctx context.Context, used map[string]bool, seen ma
 	var incomplete []pe.ID
 	for _, dir := range slices.Sorted(maps.Keys(dirs)) {
 		id, err := snapshotIDFromDir(dir)
-		if err != nil || seen[id] {
+		if err != nil {
+			if dirs[dir]["info"] {
+				// Maybe a snapshot of a newer version's ID scheme, or a
+				// damaged name: its packs cannot be told unused.
+				return nil, fmt.Errorf("prune: snapshot folder %q has an info but its name does not parse (%v): stopped, nothing removed", dir, err)
+			}
+			continue
+		}
+		if seen[id] {
 			continue
 		}
 		if !dirs[dir]["info"] {

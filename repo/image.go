@@ -117,6 +117,7 @@ type streamImage struct {
 	inflight map[string]chan struct{} // chunks being fetched
 	next     int                      // chunk a sequential reader wants next
 	fetching int                      // background fetches running
+	bg       sync.WaitGroup           // the background fetches, for Close
 }
 
 // readahead is how many chunks a sequential reader has fetched ahead.
@@ -134,8 +135,11 @@ func newStreamImage(r *Repository, st *stream, cached int) *streamImage {
 
 func (im *streamImage) Size() int64 { return im.st.Size }
 
+// Close stops the background fetches and waits for them: none outlives
+// the image (nor uses a Repository closed after it).
 func (im *streamImage) Close() error {
 	im.cancel()
+	im.bg.Wait()
 	return nil
 }
 
@@ -206,7 +210,9 @@ func (im *streamImage) sequential(i int) {
 			continue
 		}
 		im.fetching++
+		im.bg.Add(1)
 		go func() {
+			defer im.bg.Done()
 			im.chunk(im.ctx, c) // an error shows when the reader gets there
 			im.mu.Lock()
 			im.fetching--

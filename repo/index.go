@@ -90,8 +90,9 @@ func (ix *index) mergeLocked(pack string, blobs []packBlob) {
 	}
 }
 
-// forgetLocked drops a pack and its chunks.
-func (ix *index) forgetLocked(pack string) {
+// forgetLocked drops a pack and its chunks, adding to dropped those it
+// was the place of.
+func (ix *index) forgetLocked(pack string, dropped map[string]bool) {
 	p := ix.packs[pack]
 	if p == nil {
 		return
@@ -99,18 +100,37 @@ func (ix *index) forgetLocked(pack string) {
 	for _, b := range p.blobs {
 		if ix.chunks[b.ID].Pack == pack {
 			delete(ix.chunks, b.ID)
+			dropped[b.ID] = true
 		}
 	}
 	delete(ix.packs, pack)
+}
+
+// repointLocked finds the chunks dropped with a forgotten pack in the
+// packs that remain: a chunk may be in two packs (two appliances stored
+// it at once), and dedup must not lose it with one of them.
+func (ix *index) repointLocked(dropped map[string]bool) {
+	if len(dropped) == 0 {
+		return
+	}
+	for _, id := range slices.Sorted(maps.Keys(ix.packs)) {
+		for _, b := range ix.packs[id].blobs {
+			if _, ok := ix.chunks[b.ID]; !ok && dropped[b.ID] {
+				ix.chunks[b.ID] = blobLoc{Pack: id, Off: b.Off, Len: b.Len, Raw: b.Raw}
+			}
+		}
+	}
 }
 
 // forget drops packs that were removed, and index files that were.
 func (ix *index) forget(packs, files []string) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	dropped := map[string]bool{}
 	for _, p := range packs {
-		ix.forgetLocked(p)
+		ix.forgetLocked(p, dropped)
 	}
+	ix.repointLocked(dropped)
 	for _, f := range files {
 		delete(ix.files, f)
 	}
@@ -209,7 +229,16 @@ func (r *Repository) refreshIndex(ctx context.Context) error {
 			p.listed = false
 		}
 	}
+	// Packs gone are forgotten before new ones are merged: a chunk of a
+	// pack gone that a new one holds too then points at the new one.
 	missing := map[string]bool{}
+	dropped := map[string]bool{}
+	for id, p := range ix.packs {
+		if _, ok := present[id]; !ok && p.seq <= start {
+			missing[id] = true
+			ix.forgetLocked(id, dropped)
+		}
+	}
 	for _, name := range slices.Sorted(maps.Keys(files)) {
 		for _, p := range files[name].Packs {
 			if _, ok := present[p.ID]; ok {
@@ -220,12 +249,7 @@ func (r *Repository) refreshIndex(ctx context.Context) error {
 		}
 		ix.files[name] = listing[name]
 	}
-	for id, p := range ix.packs {
-		if _, ok := present[id]; !ok && p.seq <= start {
-			missing[id] = true
-			ix.forgetLocked(id)
-		}
-	}
+	ix.repointLocked(dropped)
 	var unlisted []string
 	for id := range present {
 		if p := ix.packs[id]; (p == nil || !p.listed) && validID(id) {

@@ -35,6 +35,9 @@ type lockInfo struct {
 	BootID    string `json:"bootID,omitempty"`
 	PIDNS     string `json:"pidNS,omitempty"`
 	StartTime uint64 `json:"startTime,omitempty"`
+	// Snapshot is the snapshot a backup's lock claims: no other backup of
+	// it runs meanwhile. Empty in other locks and older ones.
+	Snapshot string `json:"snapshot,omitempty"`
 }
 
 // thisProcess describes the running process as its locks record it.
@@ -98,27 +101,72 @@ type heldLock struct {
 	// written is when the lock object was last written: others take it
 	// for stale staleAfter later.
 	written time.Time
+	// confirmed is when the lock object was last seen there.
+	confirmed time.Time
 }
 
 // ErrLocked is returned when the repository is locked against us.
 var ErrLocked = errors.New("repository is locked")
 
 func (r *Repository) lock(ctx context.Context, exclusive bool) (*heldLock, error) {
+	return r.lockFor(ctx, exclusive, "")
+}
+
+// lockFor takes a lock; a backup's shared lock claims its snapshot. Each
+// process writes its claim before it lists the others', so of two
+// backups of one snapshot, at least one sees the other's claim and
+// fails (both may).
+func (r *Repository) lockFor(ctx context.Context, exclusive bool, snapshot string) (*heldLock, error) {
 	self := thisProcess()
 	info := self
-	info.Time, info.Exclusive = time.Now().UTC(), exclusive
+	info.Time, info.Exclusive, info.Snapshot = time.Now().UTC(), exclusive, snapshot
 	l := &heldLock{r: r, name: "locks/" + randomName(), info: info, stop: make(chan struct{})}
 	if err := l.write(ctx); err != nil {
 		return nil, fmt.Errorf("lock %s: %w", r.Location(), err)
 	}
+	err := r.scanLocks(ctx, self, l.name, exclusive, snapshot)
+	if err != nil {
+		r.be.Remove(context.WithoutCancel(ctx), l.name)
+		return nil, err
+	}
+	l.wg.Add(1)
+	go l.refresh(ctx)
+	return l, nil
+}
+
+// scanLocks lists the locks other than own and fails with ErrLocked if
+// one conflicts with a lock of the given kind: an exclusive lock, or any
+// lock if exclusive. Locks of dead processes are removed; stale ones are
+// ignored (and removed if exclusive). A lock that cannot be read, other
+// than because it is gone, is a conflict: its kind is unknown, and a
+// backup's shared lock that a pruner fails to read (an S3 503) must still
+// keep the prune from removing the packs the backup dedups against. A
+// lock claiming snapshot (if not empty) conflicts too, with ErrExists.
+func (r *Repository) scanLocks(ctx context.Context, self lockInfo, own string, exclusive bool, snapshot string) error {
 	var conflict error
 	err := r.be.List(ctx, "locks/", func(name string, _ int64) error {
-		if name == l.name || conflict != nil {
+		if name == own || conflict != nil {
+			return nil
+		}
+		if r.releasedLock(name) {
+			// Ours, released when the backend failed to remove it: it
+			// protects nothing (nor claims a snapshot); removed now.
+			if err := r.be.Remove(ctx, name); err == nil {
+				r.forgetReleased(name)
+			}
 			return nil
 		}
 		var other lockInfo
-		if err := r.loadJSON(ctx, name, &other); err != nil {
-			return nil // removed meanwhile, or not ours to read
+		err := r.loadJSON(ctx, name, &other)
+		if errors.Is(err, backend.ErrNotExist) {
+			return nil // released meanwhile
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			conflict = fmt.Errorf("%w: lock %s cannot be read (if it is damaged, 'astrolabe repo unlock' removes it): %v", ErrLocked, name, err)
+			return nil
 		}
 		if other.dead(self) {
 			// Its process is gone, killed or crashed: the lock protects
@@ -129,11 +177,15 @@ func (r *Repository) lock(ctx context.Context, exclusive bool) (*heldLock, error
 			}
 			return nil
 		}
-		if time.Since(other.Time) > staleAfter {
+		if r.stale(ctx, name, other) {
 			if exclusive {
 				r.log.Warn("removing a stale lock", "host", other.Host, "pid", other.PID, "since", other.Time)
 				r.be.Remove(ctx, name)
 			}
+			return nil
+		}
+		if snapshot != "" && other.Snapshot == snapshot {
+			conflict = fmt.Errorf("snapshot %s is being backed up by %s (pid %d) since %s: %w", snapshot, other.Host, other.PID, other.Time.Format(time.RFC3339), ErrExists)
 			return nil
 		}
 		if exclusive || other.Exclusive {
@@ -145,16 +197,37 @@ func (r *Repository) lock(ctx context.Context, exclusive bool) (*heldLock, error
 		}
 		return nil
 	})
-	if err == nil {
-		err = conflict
-	}
 	if err != nil {
-		r.be.Remove(context.WithoutCancel(ctx), l.name)
-		return nil, err
+		return fmt.Errorf("list locks: %w", err)
 	}
-	l.wg.Add(1)
-	go l.refresh(ctx)
-	return l, nil
+	return conflict
+}
+
+// stale reports whether a lock was not refreshed for staleAfter: by the
+// time it holds, written by its process's clock, and by when its object
+// was written, by the backend's. A host whose clock is behind does not
+// make its live locks stale for others (nor one ahead of the others make
+// theirs stale for itself), unless the backend's clock is off too.
+func (r *Repository) stale(ctx context.Context, name string, li lockInfo) bool {
+	if time.Since(li.Time) <= staleAfter {
+		return false
+	}
+	written, err := r.be.ModTime(ctx, name)
+	return err == nil && time.Since(written) > staleAfter
+}
+
+// recheck lists the locks again, right before a commit or a deletion: a
+// lock written since ours (a listing of S3 may lag behind writes) that
+// conflicts with ours stops the operation. Snapshot claims are not
+// checked again: the first listing settled them.
+func (l *heldLock) recheck(ctx context.Context) error {
+	if err := l.check(ctx); err != nil {
+		return err
+	}
+	if err := l.r.scanLocks(ctx, thisProcess(), l.name, l.info.Exclusive, ""); err != nil {
+		return fmt.Errorf("lock %s: %w", l.r.Location(), err)
+	}
+	return nil
 }
 
 func (l *heldLock) write(ctx context.Context) error {
@@ -182,6 +255,25 @@ func (l *heldLock) check(ctx context.Context) error {
 		return fmt.Errorf("lock %s: removed by another process (unlock --force?): %w", l.r.Location(), ErrLocked)
 	} else if err != nil {
 		return fmt.Errorf("lock %s: %w", l.r.Location(), err)
+	}
+	l.mu.Lock()
+	l.confirmed = time.Now()
+	l.mu.Unlock()
+	return nil
+}
+
+// checkOften is check for every step of a long operation (each removal
+// of a prune): the age of the lock is tested each time, its object at
+// most every lockStatEvery.
+func (l *heldLock) checkOften(ctx context.Context) error {
+	l.mu.Lock()
+	written, confirmed, lastE := l.written, l.confirmed, l.lastE
+	l.mu.Unlock()
+	if time.Since(confirmed) >= l.r.lockStatEvery {
+		return l.check(ctx)
+	}
+	if age := time.Since(written); age > staleAfter/2 {
+		return fmt.Errorf("lock %s: not refreshed for %s: %v", l.r.Location(), age.Round(time.Second), lastE)
 	}
 	return nil
 }
@@ -217,7 +309,26 @@ func (l *heldLock) err() error {
 func (l *heldLock) release() {
 	close(l.stop)
 	l.wg.Wait()
-	l.r.be.Remove(context.Background(), l.name)
+	if err := l.r.be.Remove(context.Background(), l.name); err != nil {
+		l.r.log.Warn("cannot remove a lock: it is removed at the next locking", "lock", l.name, "err", err)
+		l.r.lockMu.Lock()
+		l.r.released[l.name] = true
+		l.r.lockMu.Unlock()
+	}
+}
+
+// releasedLock reports whether lock name is one this Repository released
+// but failed to remove.
+func (r *Repository) releasedLock(name string) bool {
+	r.lockMu.Lock()
+	defer r.lockMu.Unlock()
+	return r.released[name]
+}
+
+func (r *Repository) forgetReleased(name string) {
+	r.lockMu.Lock()
+	defer r.lockMu.Unlock()
+	delete(r.released, name)
 }
 
 // Unlock removes stale locks and those of processes of this host that
@@ -235,7 +346,7 @@ func (r *Repository) Unlock(ctx context.Context, force bool) (int, error) {
 			return err
 		}
 		// A lock that does not open counts as stale.
-		if force || time.Since(li.Time) > staleAfter || li.dead(self) {
+		if force || err != nil || r.stale(ctx, name, li) || li.dead(self) {
 			n++
 			return r.be.Remove(ctx, name)
 		}

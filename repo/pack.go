@@ -66,6 +66,7 @@ type packer struct {
 	blobs   []packBlob
 	pending map[string]bool    // chunk IDs in packs not yet uploaded
 	where   map[string]blobLoc // chunks this packer uploaded
+	packs   map[string]bool    // packs this packer uploaded
 	done    []indexPack        // packs uploaded, not yet in an index file
 	sem     chan struct{}
 	wg      sync.WaitGroup
@@ -74,7 +75,7 @@ type packer struct {
 }
 
 func newPacker(ctx context.Context, store packStore) *packer {
-	return &packer{store: store, ctx: ctx, pending: map[string]bool{}, where: map[string]blobLoc{}, sem: make(chan struct{}, maxUploads)}
+	return &packer{store: store, ctx: ctx, pending: map[string]bool{}, where: map[string]blobLoc{}, packs: map[string]bool{}, sem: make(chan struct{}, maxUploads)}
 }
 
 // lookup says where a chunk is stored, by this packer or before it, or
@@ -168,6 +169,7 @@ func (p *packer) upload(id string, data []byte, blobs []packBlob) {
 		}
 		p.stored.Add(int64(len(data)))
 		p.done = append(p.done, indexPack{ID: id, Blobs: blobs})
+		p.packs[id] = true
 		for _, b := range blobs {
 			p.where[b.ID] = blobLoc{Pack: id, Off: b.Off, Len: b.Len, Raw: b.Raw}
 			delete(p.pending, b.ID)
@@ -176,8 +178,16 @@ func (p *packer) upload(id string, data []byte, blobs []packBlob) {
 	}()
 }
 
+// uploaded reports whether this packer uploaded the pack.
+func (p *packer) uploaded(pack string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.packs[pack]
+}
+
 // finish uploads the last pack, waits for all, and writes an index file
-// for the new packs.
+// for the new packs: also when an upload failed, for those uploaded, so
+// that the next backup finds them without reading their headers.
 func (p *packer) finish() error {
 	p.mu.Lock()
 	upload := p.closeLocked()
@@ -186,17 +196,13 @@ func (p *packer) finish() error {
 	p.wg.Wait()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.err != nil {
-		return p.err
+	if len(p.done) > 0 {
+		if err := p.store.saveIndexFile(p.ctx, indexFile{Packs: p.done}); err != nil {
+			return errors.Join(p.err, err)
+		}
+		p.done = nil
 	}
-	if len(p.done) == 0 {
-		return nil
-	}
-	if err := p.store.saveIndexFile(p.ctx, indexFile{Packs: p.done}); err != nil {
-		return err
-	}
-	p.done = nil
-	return nil
+	return p.err
 }
 
 // parseIndexFile opens a stored index file and checks that what it says

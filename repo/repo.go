@@ -43,6 +43,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -81,6 +82,16 @@ type Repository struct {
 
 	cfgMu sync.Mutex // guards cfg.Version, raised by the first backup
 	idx   *index     // for dedup; loaded at a backup's first need
+
+	// lockStatEvery bounds how often a long operation confirms that its
+	// lock object is still there (tests lower it).
+	lockStatEvery time.Duration
+
+	lockMu   sync.Mutex
+	released map[string]bool // locks released whose removal failed
+
+	claimMu sync.Mutex
+	claims  map[string]chan struct{} // snapshots being backed up: closed when done
 }
 
 // Options open or create a repository.
@@ -148,7 +159,7 @@ func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, e
 	if cfg.Version < 1 || cfg.Version > formatVersion {
 		return nil, fmt.Errorf("%s: repository format %d, this astrolabe reads 1 to %d", be.Location(), cfg.Version, formatVersion)
 	}
-	r := &Repository{be: be, cfg: cfg, log: opts.Logger, idx: newIndex()}
+	r := &Repository{be: be, cfg: cfg, log: opts.Logger, idx: newIndex(), claims: map[string]chan struct{}{}, released: map[string]bool{}, lockStatEvery: time.Minute}
 	if cfg.Encrypted {
 		if opts.Password == "" {
 			return nil, fmt.Errorf("%s is encrypted: give its password (ASTROLABE_PASSWORD or --password-file)", be.Location())

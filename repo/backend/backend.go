@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"time"
 )
 
 // ErrNotExist is returned for objects that do not exist.
@@ -20,6 +21,9 @@ type Backend interface {
 	Load(ctx context.Context, name string, off, length int64) (io.ReadCloser, error)
 	// Stat returns an object's size.
 	Stat(ctx context.Context, name string) (int64, error)
+	// ModTime returns when the object was written, by the clock of the
+	// backend (the file system's, the S3 server's).
+	ModTime(ctx context.Context, name string) (time.Time, error)
 	// List calls fn for every object whose name starts with prefix.
 	List(ctx context.Context, prefix string, fn func(name string, size int64) error) error
 	// Remove deletes an object; removing a missing one is not an error.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // Dir is a repository in a local directory.
@@ -115,6 +116,22 @@ func (d *Dir) Stat(ctx context.Context, name string) (int64, error) {
 		return 0, err
 	}
 	return fi.Size(), nil
+}
+
+// ModTime implements Backend.
+func (d *Dir) ModTime(ctx context.Context, name string) (time.Time, error) {
+	p, err := d.path(name)
+	if err != nil {
+		return time.Time{}, err
+	}
+	fi, err := os.Stat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return time.Time{}, fmt.Errorf("%s: %w", name, ErrNotExist)
+	}
+	if err != nil {
+		return time.Time{}, err
+	}
+	return fi.ModTime(), nil
 }
 
 // List implements Backend, in name order.

@@ -223,6 +223,20 @@ func (s *S3) Stat(ctx context.Context, name string) (int64, error) {
 	return size, err
 }
 
+// ModTime implements Backend.
+func (s *S3) ModTime(ctx context.Context, name string) (time.Time, error) {
+	var t time.Time
+	err := retry(ctx, func() error {
+		info, err := s.c.StatObject(ctx, s.cfg.Bucket, s.key(name), minio.StatObjectOptions{})
+		if notFound(err) {
+			return fmt.Errorf("%s: %w", name, ErrNotExist)
+		}
+		t = info.LastModified
+		return err
+	})
+	return t, err
+}
+
 // List implements Backend.
 func (s *S3) List(ctx context.Context, prefix string, fn func(string, int64) error) error {
 	strip := ""
