@@ -1,11 +1,9 @@
 package ivd
 
 import (
-	"archive/zip"
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"slices"
 	"strings"
 	"testing"
@@ -77,11 +75,7 @@ func TestSecurityRestoreUntrustedZipBomb(t *testing.T) {
 		t.Fatal(err)
 	}
 	slices.SortFunc(before, func(a, b pe.ID) int { return strings.Compare(a.String(), b.String()) })
-	declared := rewriteZip(t, sbuf.Bytes(), func(h *zip.FileHeader) {
-		if strings.HasSuffix(h.Name, ".data") {
-			h.UncompressedSize64 = 1 << 50
-		}
-	})
+	declared := ziptest.DeclareDataSize(t, sbuf.Bytes(), 1<<50)
 	zd, err := pe.OpenZip(ctx, bytes.NewReader(declared), int64(len(declared)))
 	if err != nil {
 		t.Fatal(err)
@@ -106,35 +100,4 @@ func TestSecurityRestoreUntrustedZipBomb(t *testing.T) {
 	if !bytes.Equal(readAll(t, got), bombDisk(size)) {
 		t.Error("the restored FCD's data differs from the zip's")
 	}
-}
-
-// rewriteZip copies the zip z, its entries' bytes as they are, with the
-// headers edit changes.
-func rewriteZip(t *testing.T, z []byte, edit func(*zip.FileHeader)) []byte {
-	t.Helper()
-	zr, err := zip.NewReader(bytes.NewReader(z), int64(len(z)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out bytes.Buffer
-	zw := zip.NewWriter(&out)
-	for _, f := range zr.File {
-		h := f.FileHeader
-		edit(&h)
-		r, err := f.OpenRaw()
-		if err != nil {
-			t.Fatal(err)
-		}
-		w, err := zw.CreateRaw(&h)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.Copy(w, r); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return out.Bytes()
 }

@@ -38,6 +38,17 @@ func Of(t testing.TB, p pe.ProtectedEntity) (z pe.ProtectedEntity, size int) {
 // it only at the end of the stream.
 func DeclareDataSize(t testing.TB, z []byte, size uint64) []byte {
 	t.Helper()
+	return rewrite(t, z, func(h *zip.FileHeader) {
+		if strings.HasSuffix(h.Name, ".data") {
+			h.UncompressedSize64 = size
+		}
+	})
+}
+
+// rewrite copies the zip z, its entries' bytes as they are, with the
+// headers edit changes.
+func rewrite(t testing.TB, z []byte, edit func(*zip.FileHeader)) []byte {
+	t.Helper()
 	zr, err := zip.NewReader(bytes.NewReader(z), int64(len(z)))
 	if err != nil {
 		t.Fatal(err)
@@ -46,9 +57,7 @@ func DeclareDataSize(t testing.TB, z []byte, size uint64) []byte {
 	zw := zip.NewWriter(&out)
 	for _, f := range zr.File {
 		h := f.FileHeader
-		if strings.HasSuffix(h.Name, ".data") {
-			h.UncompressedSize64 = size
-		}
+		edit(&h)
 		r, err := f.OpenRaw()
 		if err != nil {
 			t.Fatal(err)
