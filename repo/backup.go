@@ -8,7 +8,6 @@ import (
 	"io"
 	"runtime"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -232,15 +231,12 @@ func (b *backupRun) confirmPacks(idx *snapshotIndex) error {
 		}
 	}
 	if len(need) > statMax {
-		present := map[string]bool{}
-		if err := b.r.be.List(b.ctx, "data/", func(name string, _ int64) error {
-			present[name[strings.LastIndex(name, "/")+1:]] = true
-			return nil
-		}); err != nil {
+		present, err := b.r.listPacks(b.ctx)
+		if err != nil {
 			return fmt.Errorf("confirm packs: %w", err)
 		}
 		for p := range need {
-			if !present[p] {
+			if _, ok := present[p]; !ok {
 				return packRemoved(p)
 			}
 		}

@@ -52,11 +52,8 @@ func (r *Repository) Check(ctx context.Context, readData bool, progress pe.Progr
 		return nil, err
 	}
 	defer lock.release()
-	packs := map[string]int64{}
-	if err := r.be.List(ctx, "data/", func(name string, size int64) error {
-		packs[name[strings.LastIndex(name, "/")+1:]] = size
-		return nil
-	}); err != nil {
+	packs, err := r.listPacks(ctx)
+	if err != nil {
 		return nil, err
 	}
 	problems, err := r.checkIndexFiles(ctx, packs)
@@ -297,12 +294,9 @@ func (r *Repository) Prune(ctx context.Context) (PruneSummary, error) {
 	if err := r.refreshIndex(ctx); err != nil {
 		return sum, fmt.Errorf("prune: %w", err)
 	}
-	sizes := map[string]int64{}
-	if err := r.be.List(ctx, "data/", func(name string, size int64) error {
-		sizes[name[strings.LastIndex(name, "/")+1:]] = size
-		return nil
-	}); err != nil {
-		return sum, fmt.Errorf("prune: list packs: %w", err)
+	sizes, err := r.listPacks(ctx)
+	if err != nil {
+		return sum, fmt.Errorf("prune: %w", err)
 	}
 	if err := lock.check(ctx); err != nil {
 		return sum, fmt.Errorf("prune: %w", err)

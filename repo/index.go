@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/astrolabe-appliance/astrolabe/repo/backend"
@@ -215,12 +214,9 @@ func (r *Repository) refreshIndex(ctx context.Context) error {
 		maps.Copy(files, more)
 		maps.Copy(damaged, moreDamaged)
 	}
-	present := map[string]int64{}
-	if err := r.be.List(ctx, "data/", func(name string, size int64) error {
-		present[name[strings.LastIndex(name, "/")+1:]] = size
-		return nil
-	}); err != nil {
-		return fmt.Errorf("list packs: %w", err)
+	present, err := r.listPacks(ctx)
+	if err != nil {
+		return err
 	}
 
 	ix.mu.Lock()

@@ -37,12 +37,9 @@ func (r *Repository) RepairIndex(ctx context.Context) (IndexRepair, error) {
 	if err != nil {
 		return sum, err
 	}
-	sizes := map[string]int64{}
-	if err := r.be.List(ctx, "data/", func(name string, size int64) error {
-		sizes[name[strings.LastIndex(name, "/")+1:]] = size
-		return nil
-	}); err != nil {
-		return sum, fmt.Errorf("list packs: %w", err)
+	sizes, err := r.listPacks(ctx)
+	if err != nil {
+		return sum, err
 	}
 	packs := map[string][]packBlob{}
 	dropped := map[string]bool{}

@@ -245,11 +245,8 @@ func (l *heldLock) write(ctx context.Context) error {
 // removed it, nor 'unlock --force') and was written recently enough
 // that none could.
 func (l *heldLock) check(ctx context.Context) error {
-	l.mu.Lock()
-	written, lastE := l.written, l.lastE
-	l.mu.Unlock()
-	if age := time.Since(written); age > staleAfter/2 {
-		return fmt.Errorf("lock %s: not refreshed for %s: %v", l.r.Location(), age.Round(time.Second), lastE)
+	if err := l.unrefreshed(); err != nil {
+		return err
 	}
 	if _, err := l.r.be.Stat(ctx, l.name); errors.Is(err, backend.ErrNotExist) {
 		return fmt.Errorf("lock %s: removed by another process (unlock --force?): %w", l.r.Location(), ErrLocked)
@@ -267,11 +264,20 @@ func (l *heldLock) check(ctx context.Context) error {
 // most every lockStatEvery.
 func (l *heldLock) checkOften(ctx context.Context) error {
 	l.mu.Lock()
-	written, confirmed, lastE := l.written, l.confirmed, l.lastE
+	confirmed := l.confirmed
 	l.mu.Unlock()
 	if time.Since(confirmed) >= l.r.lockStatEvery {
 		return l.check(ctx)
 	}
+	return l.unrefreshed()
+}
+
+// unrefreshed fails for a lock not written for half the stale limit:
+// others may soon take it for stale.
+func (l *heldLock) unrefreshed() error {
+	l.mu.Lock()
+	written, lastE := l.written, l.lastE
+	l.mu.Unlock()
 	if age := time.Since(written); age > staleAfter/2 {
 		return fmt.Errorf("lock %s: not refreshed for %s: %v", l.r.Location(), age.Round(time.Second), lastE)
 	}

@@ -42,6 +42,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -338,6 +339,19 @@ func (r *Repository) loadJSON(ctx context.Context, name string, v any) error {
 }
 
 func packName(id string) string { return "data/" + id[:2] + "/" + id }
+
+// listPacks lists data/: each pack's ID and size.
+func (r *Repository) listPacks(ctx context.Context) (map[string]int64, error) {
+	packs := map[string]int64{}
+	err := r.be.List(ctx, "data/", func(name string, size int64) error {
+		packs[name[strings.LastIndex(name, "/")+1:]] = size
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list packs: %w", err)
+	}
+	return packs, nil
+}
 
 func randomName() string {
 	var b [16]byte
