@@ -533,8 +533,9 @@ func readThroughMount(mnt string, b backedUp, g *gen) error {
 	return nil
 }
 
-// startRepoMount runs 'astrolabe mount --repo' at mnt until the test ends.
-func startRepoMount(t *testing.T, cfg, mnt string, repoArgs ...string) *exec.Cmd {
+// startMount runs 'astrolabe mount [args] mnt' until the test ends; its
+// Stderr is a *bytes.Buffer.
+func startMount(t *testing.T, cfg, mnt string, args ...string) *exec.Cmd {
 	t.Helper()
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		t.Fatal("/dev/fuse missing: run as root with the fuse module loaded")
@@ -544,7 +545,7 @@ func startRepoMount(t *testing.T, cfg, mnt string, repoArgs ...string) *exec.Cmd
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
-	cmd := exec.CommandContext(ctx, astrolabeBin, append(append([]string{"--config", cfg, "mount"}, repoArgs...), mnt)...)
+	cmd := exec.CommandContext(ctx, astrolabeBin, append(append([]string{"--config", cfg, "mount"}, args...), mnt)...)
 	stdout, _ := cmd.StdoutPipe()
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -554,7 +555,7 @@ func startRepoMount(t *testing.T, cfg, mnt string, repoArgs ...string) *exec.Cmd
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait(); syscall.Unmount(mnt, syscall.MNT_DETACH) })
 	if sc := bufio.NewScanner(stdout); !sc.Scan() || !strings.HasPrefix(sc.Text(), "mounted at") {
 		cmd.Wait()
-		t.Fatalf("mount --repo did not start: %s", stderr.String())
+		t.Fatalf("mount %s did not start: %s", strings.Join(args, " "), stderr.String())
 	}
 	return cmd
 }
@@ -696,7 +697,7 @@ func TestConcurrentBackupsStress(t *testing.T) {
 	round(0)
 	first := slices.Clone(committed)
 	mnt := filepath.Join(dir, "mnt")
-	mount := startRepoMount(t, cfg, mnt, repoArgs...)
+	mount := startMount(t, cfg, mnt, repoArgs...)
 	var exported []backedUp
 	var exportArgs []string
 	for _, b := range first {

@@ -1,16 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
-	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 )
 
 func isMounted(dir string) bool {
@@ -32,19 +28,7 @@ func TestMountCommand(t *testing.T) {
 	os.Mkdir(mnt, 0o755)
 	mustFail(t, cfg, "no such file", "mount", filepath.Join(dir, "missing"))
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, astrolabeBin, "--config", cfg, "mount", mnt)
-	stdout, _ := cmd.StdoutPipe()
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait(); syscall.Unmount(mnt, syscall.MNT_DETACH) })
-	if sc := bufio.NewScanner(stdout); !sc.Scan() || !strings.HasPrefix(sc.Text(), "mounted at") {
-		t.Fatalf("mount did not start: %s", stderr.String())
-	}
+	cmd := startMount(t, cfg, mnt)
 	parts := strings.Split(snap, ":")
 	file := filepath.Join(mnt, "fs", "fs:sample", "snapshots", parts[2], "files", "README.txt")
 	want, _ := os.ReadFile(filepath.Join(cfg, "fs", "sample", "README.txt"))
@@ -54,7 +38,7 @@ func TestMountCommand(t *testing.T) {
 	mustFail(t, cfg, "busy", "mount", mnt)
 	cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
-		t.Errorf("mount after SIGTERM: %v; stderr: %s", err, stderr.String())
+		t.Errorf("mount after SIGTERM: %v; stderr: %s", err, cmd.Stderr)
 	}
 	if isMounted(mnt) {
 		t.Error("still mounted after SIGTERM")
