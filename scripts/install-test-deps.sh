@@ -29,3 +29,10 @@ fi
 
 # A real S3 server for the repository tests (scripts/s3-server.sh).
 "$(dirname "$0")/s3-server.sh" install
+
+# Each part's own tools (clients of the S3 and NBD exports, linters of the
+# API spec ...), one script per part so that each says why it needs them.
+for part in "$(dirname "$0")"/deps.d/*.sh; do
+	[[ -e $part ]] || continue
+	"$part"
+done
