@@ -25,6 +25,9 @@ type TOCEntry struct {
 	Linkname string            `json:"linkname,omitempty"` // symlink target or hard-link name
 	HardLink bool              `json:"hardlink,omitempty"`
 	Xattrs   map[string]string `json:"xattrs,omitempty"`
+	// Devmajor and Devminor number a character or block device.
+	Devmajor int64 `json:"devmajor,omitempty"`
+	Devminor int64 `json:"devminor,omitempty"`
 	// Header is the offset of the member's first header block, Offset that
 	// of its content.
 	Header int64 `json:"header"`
@@ -75,6 +78,8 @@ func ScanTar(ctx context.Context, r io.Reader) ([]TOCEntry, error) {
 			GID:      h.Gid,
 			Linkname: h.Linkname,
 			HardLink: h.Typeflag == tar.TypeLink,
+			Devmajor: h.Devmajor,
+			Devminor: h.Devminor,
 			Header:   header,
 			Offset:   cr.n,
 		}
