@@ -190,4 +190,3 @@ func (d *partitionsDir) Lookup(ctx context.Context, name string, out *fuse.Entry
 	}
 	return nil, syscall.ENOENT
 }
-
