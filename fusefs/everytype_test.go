@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	pefs "github.com/astrolabe-appliance/astrolabe/pe/fs"
 )
 
 // requireTool fails (never skips) when a command the test needs is
@@ -489,5 +490,39 @@ func TestFilesViewKeepsEveryFileType(t *testing.T) {
 		if !strings.Contains(out, name) {
 			t.Errorf("rsync after changing %s in the source:\n%s", name, out)
 		}
+	}
+}
+
+// The files/ view of a snapshot the fs PE took is its source tree, and a
+// sparse file takes on disk what the snapshot's copy of it takes.
+func TestFilesViewOfFsSnapshot(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "fs")
+	src := filepath.Join(root, "tree")
+	// The fs PE of this tree leaves FIFOs and device nodes out of its
+	// snapshots; the tar test above has them.
+	writeEveryType(t, src, false)
+	tm, err := pefs.NewTypeManager(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := pe.NewManager(tm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := snapshot(t, m, "fs:tree")
+	mnt := mount(t, m)
+	view := filepath.Join(snapDir(mnt, snap), "files")
+
+	if out := rsyncChanges(t, src, view); out != "" {
+		t.Errorf("rsync -aHAXn finds differences between the source and the view:\n%s", out)
+	}
+	checkSameStats(t, src, view)
+	checkHardlinks(t, view)
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(view, "var/sparse.img"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Size != 8<<20 || st.Blocks*512 > 1<<20 {
+		t.Errorf("sparse.img: %d bytes in %d blocks, want 8 MiB in at most 1 MiB", st.Size, st.Blocks)
 	}
 }

@@ -206,6 +206,8 @@ func (t *tree) typeBits(n int) uint32 {
 // those of a regular file's size; the caller may know better.
 func (t *tree) attr(n int, out *fuse.Attr) {
 	out.Ino = t.ino(n)
+	// Set, so that go-fuse leaves Blocks as we say.
+	out.Blksize = blockSize
 	if !t.isEntry(n) {
 		dirAttr(out)
 		out.Nlink = t.dirLinks(t.dirPath(n))
@@ -225,12 +227,22 @@ func (t *tree) attr(n int, out *fuse.Attr) {
 		out.Nlink = t.dirLinks(t.dirPath(n))
 	case syscall.S_IFREG:
 		out.Size = uint64(e.Size)
-		out.Blocks = (out.Size + 511) / 512
+		out.Blocks = sizeBlocks(e.Size)
 	case syscall.S_IFLNK:
 		out.Size = uint64(len(e.Linkname))
 	case syscall.S_IFCHR, syscall.S_IFBLK:
 		out.Rdev = encodeDev(e.Devmajor, e.Devminor)
 	}
+}
+
+// blockSize is the st_blksize of the view's files: the page size, which
+// the kernel reads in.
+const blockSize = 4096
+
+// sizeBlocks is st_blocks of a file of size bytes without holes, in
+// 512-byte units of whole blocks, as a local filesystem reports it.
+func sizeBlocks(size int64) uint64 {
+	return uint64((size+blockSize-1)/blockSize) * (blockSize / 512)
 }
 
 // dirLinks is a directory's link count as Linux filesystems report it:

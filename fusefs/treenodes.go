@@ -158,16 +158,17 @@ func allocatedBlocks(ctx context.Context, img pe.Image, off, size int64) uint64 
 			}
 		}
 	}
-	data := size
-	if exts, err := img.Extents(ctx, off, size); err == nil {
-		data = 0
-		for _, e := range exts {
-			if !e.Kind.ReadsZero() {
-				data += e.Length
-			}
+	exts, err := img.Extents(ctx, off, size)
+	if err != nil {
+		return sizeBlocks(size)
+	}
+	var blocks uint64
+	for _, e := range exts {
+		if !e.Kind.ReadsZero() {
+			blocks += sizeBlocks(e.Length)
 		}
 	}
-	return (uint64(data) + 511) / 512
+	return min(blocks, sizeBlocks(size))
 }
 
 // treeSymlink is a symbolic link of the tree: its target as stored,
