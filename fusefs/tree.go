@@ -52,6 +52,9 @@ func newTree(toc []pe.TOCEntry, mtime time.Time, inoBase uint64) *tree {
 			}
 			continue
 		}
+		if !cleanName(e.Name) {
+			continue // not a name a tree has: "a/../b", "a//b"
+		}
 		parent, base := splitPath(e.Name)
 		t.ensureDir(parent)
 		t.dirs[parent][base] = i
@@ -163,6 +166,17 @@ func (t *tree) lookup(p string) (int, bool) {
 	dir, base := splitPath(p)
 	n, ok := t.dirs[dir][base]
 	return n, ok
+}
+
+// cleanName reports whether name is a path below the root with no empty,
+// "." or ".." element: a TOC from untrusted input may hold others.
+func cleanName(name string) bool {
+	for _, elem := range strings.Split(name, "/") {
+		if elem == "" || elem == "." || elem == ".." {
+			return false
+		}
+	}
+	return true
 }
 
 func splitPath(p string) (dir, base string) {
