@@ -43,7 +43,8 @@ const inoBits = 40
 
 func newTree(toc []pe.TOCEntry, mtime time.Time, inoBase uint64) *tree {
 	t := &tree{entries: toc, dirs: map[string]map[string]int{"": {}}, root: -1, mtime: mtime, inoBase: inoBase}
-	for i, e := range toc {
+	for i := range toc {
+		e := &toc[i]
 		if e.Name == "" || e.Name == "." {
 			// Its owner and mode guard the whole tree, as they did on
 			// the live PE (a 0700 home directory).
@@ -130,7 +131,8 @@ func (t *tree) linkHardLinks() {
 	// The file's own name, where it still names it (a later member of
 	// the same name replaces it).
 	for target := range t.names {
-		if parent, base := splitPath(t.entries[target].Name); t.dirs[parent][base] == target {
+		parent, base := splitPath(t.entries[target].Name)
+		if n, ok := t.dirs[parent][base]; ok && n == target {
 			t.names[target]++
 		}
 	}
