@@ -16,6 +16,14 @@
 // by the kernel, while listings of PEs and snapshots are fresh on each
 // lookup. Where the data is a local file, reads are passed through to it
 // by the kernel (FUSE passthrough).
+//
+// files/ shows the tree as it was: every file type (regular, directory,
+// symlink, hard links as one inode with its link count, FIFO, device),
+// modes with setuid, setgid and sticky bits, owners, nanosecond mtimes,
+// xattrs and POSIX ACLs, which the kernel enforces. rsync -aHAX from the
+// source to files/ finds nothing to change. The mount is nosuid and nodev:
+// a setuid program of a snapshot runs without its privileges, a device
+// node opens nothing.
 package fusefs
 
 import (
@@ -71,6 +79,9 @@ func Mount(m pe.Manager, dir string, opts Options) (*fuse.Server, error) {
 		EntryTimeout:    &stable,
 		AttrTimeout:     &stable,
 		NegativeTimeout: &zero,
+		// Mode 0000 is a mode (a file nobody but root may read), not
+		// "unset" for go-fuse to make 0644.
+		NullPermissions: true,
 		MountOptions: fuse.MountOptions{
 			AllowOther:   opts.AllowOther,
 			FsName:       "astrolabe",
@@ -81,7 +92,13 @@ func Mount(m pe.Manager, dir string, opts Options) (*fuse.Server, error) {
 			// Several readers of one file at once, as NBD and backup
 			// tools do.
 			MaxBackground: 64,
-			Options:       []string{"ro", "default_permissions"},
+			// Snapshots hold setuid files and device nodes: running
+			// or opening them from the view must give nothing.
+			Options: []string{"ro", "default_permissions", "nosuid", "nodev"},
+			// The kernel checks POSIX ACLs as the source's filesystem
+			// did: a mount other users see lets them read what the
+			// PE let them, no more.
+			EnableAcl: true,
 		},
 	})
 	if err != nil {
@@ -149,6 +166,32 @@ type fsys struct {
 	// ownerOnly is the owner of data whose own owner is unknown: the
 	// safe default is the mounting user (the appliance's: root) alone.
 	ownerOnly owner
+
+	mu sync.Mutex
+	// inoBases number the trees of fs snapshots (see tree): one range
+	// of inode numbers per snapshot, kept for the mount's life, so that
+	// a tree the kernel forgot and looks up again keeps its numbers.
+	inoBases map[string]uint64
+}
+
+// inoBase returns the base of the inode numbers of the tree of snapshot
+// id, or 0 once the ranges below go-fuse's own numbers (from 1<<63) are
+// used up: then go-fuse numbers its nodes.
+func (f *fsys) inoBase(id pe.ID) uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if b, ok := f.inoBases[id.String()]; ok {
+		return b
+	}
+	b := uint64(len(f.inoBases)+1) << inoBits
+	if b >= 1<<63 {
+		return 0
+	}
+	if f.inoBases == nil {
+		f.inoBases = map[string]uint64{}
+	}
+	f.inoBases[id.String()] = b
+	return b
 }
 
 // eio logs an error met while serving a request and answers EIO: the
@@ -617,10 +660,10 @@ func (n *snapNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		if err != nil {
 			return nil, n.fsys.eio("table of contents of "+n.p.ID().String(), err)
 		}
-		t := newTree(toc)
-		d := &treeDir{fsys: n.fsys, img: img, tree: t, dir: "", mtime: mtime, entry: t.root, snap: n.p.ID()}
-		d.attr(&out.Attr)
-		return n.NewInode(ctx, d, fs.StableAttr{Mode: syscall.S_IFDIR}), 0
+		t := newTree(toc, mtime, n.fsys.inoBase(n.p.ID()))
+		d := &treeDir{treeNode: treeNode{tree: t, n: t.root}, fsys: n.fsys, img: img, snap: n.p.ID()}
+		t.attr(t.root, &out.Attr)
+		return n.NewInode(ctx, d, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: t.ino(t.root)}), 0
 	case "partitions":
 		d := &partitionsDir{fsys: n.fsys, img: img, mtime: mtime, name: n.p.ID().String(), snap: n.p.ID(), owner: n.dataOwner(ctx, img)}
 		dirAttr(&out.Attr)
