@@ -1,0 +1,79 @@
+package pe
+
+import (
+	"encoding/json"
+	"unicode/utf8"
+)
+
+// Names and xattr values in a Linux tree are bytes, not text: a file name
+// may be in Latin-1 and security.capability or a POSIX ACL is binary.
+// encoding/json replaces invalid UTF-8 with U+FFFD, so a TOC stored as
+// JSON (a repository snapshot's) would show other names and corrupt xattrs.
+// Such strings go into base64 fields beside the text ones instead; a reader
+// that does not know those fields still gets every valid name and value.
+
+// tocEntryFields is TOCEntry without its JSON methods.
+type tocEntryFields TOCEntry
+
+type tocEntryJSON struct {
+	tocEntryFields
+	NameBytes     []byte            `json:"nameBase64,omitempty"`
+	LinknameBytes []byte            `json:"linknameBase64,omitempty"`
+	XattrBytes    map[string][]byte `json:"xattrsBase64,omitempty"`
+}
+
+// MarshalJSON keeps strings that are not valid UTF-8 exact.
+func (e TOCEntry) MarshalJSON() ([]byte, error) {
+	j := tocEntryJSON{tocEntryFields: tocEntryFields(e)}
+	if !utf8.ValidString(e.Name) {
+		j.Name, j.NameBytes = "", []byte(e.Name)
+	}
+	if !utf8.ValidString(e.Linkname) {
+		j.Linkname, j.LinknameBytes = "", []byte(e.Linkname)
+	}
+	for k, v := range e.Xattrs {
+		if utf8.ValidString(k) && utf8.ValidString(v) {
+			continue
+		}
+		if j.XattrBytes == nil {
+			j.XattrBytes = map[string][]byte{}
+			// Copy before deleting: the map belongs to e's owner.
+			text := make(map[string]string, len(e.Xattrs))
+			for k, v := range e.Xattrs {
+				text[k] = v
+			}
+			j.Xattrs = text
+		}
+		// A key that is not UTF-8 cannot be a JSON object key either;
+		// xattr names are ASCII in practice (namespace.name), so such a
+		// key is kept as well as JSON can, under its mangled name.
+		delete(j.Xattrs, k)
+		j.XattrBytes[k] = []byte(v)
+	}
+	if len(j.Xattrs) == 0 {
+		j.Xattrs = nil
+	}
+	return json.Marshal(j)
+}
+
+// UnmarshalJSON reads both the text and the base64 forms.
+func (e *TOCEntry) UnmarshalJSON(b []byte) error {
+	var j tocEntryJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*e = TOCEntry(j.tocEntryFields)
+	if j.NameBytes != nil {
+		e.Name = string(j.NameBytes)
+	}
+	if j.LinknameBytes != nil {
+		e.Linkname = string(j.LinknameBytes)
+	}
+	for k, v := range j.XattrBytes {
+		if e.Xattrs == nil {
+			e.Xattrs = map[string]string{}
+		}
+		e.Xattrs[k] = string(v)
+	}
+	return nil
+}
