@@ -243,7 +243,7 @@ func TestAPI(t *testing.T) {
 	if err != nil || del.JSON200 == nil || *del.JSON200 != snap {
 		t.Fatalf("delete: %v %s", err, del.Body)
 	}
-	if info, _ := c.GetProtectedEntityInfoWithResponse(ctx, "fs", snap); info.StatusCode() != http.StatusNotFound || info.JSONDefault == nil || info.JSONDefault.Code != 404 {
+	if info, _ := c.GetProtectedEntityInfoWithResponse(ctx, "fs", snap); info.StatusCode() != http.StatusNotFound || info.JSON404 == nil || info.JSON404.Code != 404 {
 		t.Errorf("info of a deleted snapshot: %d %s", info.StatusCode(), info.Body)
 	}
 }
