@@ -46,6 +46,12 @@ func useCases(t *testing.T, m pe.Manager) *usecase.Service {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
+	return newFixtureWith(t, tasks.Options{})
+}
+
+// newFixtureWith is newFixture with a task manager of the given options.
+func newFixtureWith(t *testing.T, opts tasks.Options) *fixture {
+	t.Helper()
 	dir := t.TempDir()
 	if err := config.Init(dir); err != nil {
 		t.Fatal(err)
@@ -64,7 +70,8 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	tm := tasks.NewManager(tasks.Options{Logger: log})
+	opts.Logger = log
+	tm := tasks.NewManager(opts)
 	srv := httptest.NewServer(NewHandler(Config{UseCases: useCases(t, m), Tasks: tm, Logger: log, Version: "test", Token: token}))
 	t.Cleanup(srv.Close)
 	c, err := api.NewClientWithResponses(srv.URL, api.WithRequestEditorFn(func(ctx context.Context, r *http.Request) error {
