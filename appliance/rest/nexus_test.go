@@ -193,7 +193,7 @@ func (f *fixture) request(ctx context.Context, method, path string) (int, []byte
 		return 0, nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := f.http.Do(req)
 	if err != nil {
 		return 0, nil, err
 	}

@@ -32,6 +32,9 @@ type fixture struct {
 	tasks  *tasks.Manager
 	url    string
 	client *api.ClientWithResponses
+	// http is the client of the tests that make their own requests; it
+	// and client check every answer against the spec.
+	http *http.Client
 }
 
 // useCases are the use cases over m, without repository, NBD or mounts.
@@ -74,14 +77,17 @@ func newFixtureWith(t *testing.T, opts tasks.Options) *fixture {
 	tm := tasks.NewManager(opts)
 	srv := httptest.NewServer(NewHandler(Config{UseCases: useCases(t, m), Tasks: tm, Logger: log, Version: "test", Token: token}))
 	t.Cleanup(srv.Close)
-	c, err := api.NewClientWithResponses(srv.URL, api.WithRequestEditorFn(func(ctx context.Context, r *http.Request) error {
+	spec := newSpecChecker(t)
+	t.Cleanup(func() { spec.report(t) })
+	hc := &http.Client{Transport: spec}
+	c, err := api.NewClientWithResponses(srv.URL, api.WithHTTPClient(hc), api.WithRequestEditorFn(func(ctx context.Context, r *http.Request) error {
 		r.Header.Set("Authorization", "Bearer "+token)
 		return nil
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{cfgDir: dir, m: m, tasks: tm, url: srv.URL, client: c}
+	return &fixture{cfgDir: dir, m: m, tasks: tm, url: srv.URL, client: c, http: hc}
 }
 
 // waitTask polls a task until it finishes.
@@ -265,7 +271,7 @@ func TestAPIErrors(t *testing.T) {
 			req.Header.Set("Authorization", "Bearer "+tok)
 		}
 		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := f.http.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
