@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GOBIN   := $(shell $(GO) env GOPATH)/bin
 FUZZTIME ?= 10s
 
-.PHONY: all build build-vddk demo test deps lint generated unit fuzz fuzz-long clean image image-test image-boot-test image-ci
+.PHONY: all build build-vddk demo test deps lint lint-api generated unit fuzz fuzz-long clean image image-test image-boot-test image-ci
 
 all: build
 
@@ -29,12 +29,21 @@ deps:
 # The VDDK binding (cgo, build tag vddk) and the code that uses it.
 VDDK_PKGS := ./vddk/... ./pe/internal/... ./pe/ivd ./pe/vm
 
-lint: generated
+lint: generated lint-api
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags vddk $(VDDK_PKGS)
 	$(GOBIN)/staticcheck ./...
 	$(GOBIN)/staticcheck -tags vddk $(VDDK_PKGS)
+
+# api/openapi.yaml: no error, warning, info or hint from either linter
+# (Redocly's recommended rules with warnings as errors, Spectral's OpenAPI
+# rules); scripts/deps.d/openapi-lint.sh fetches the versions pinned here.
+include api/lint-tools.env
+NPX := REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true npm_config_update_notifier=false npx --yes --prefer-offline
+lint-api:
+	$(NPX) @redocly/cli@$(REDOCLY_CLI_VERSION) lint --extends recommended-strict --format stylish api/openapi.yaml
+	$(NPX) @stoplight/spectral-cli@$(SPECTRAL_CLI_VERSION) lint --fail-severity hint --ruleset api/.spectral.yaml api/openapi.yaml
 
 # The code generated from api/openapi.yaml must be what the spec gives now.
 generated:

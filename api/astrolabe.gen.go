@@ -242,20 +242,33 @@ type TaskInfo struct {
 	Completed bool `json:"completed"`
 
 	// Details What is being done, or why it failed
-	Details        *string    `json:"details,omitempty"`
-	FinishedTime   *time.Time `json:"finishedTime,omitempty"`
-	FinishedTimeNS *int64     `json:"finishedTimeNS,omitempty"`
-	Id             TaskID     `json:"id"`
+	Details *string `json:"details,omitempty"`
+
+	// FinishedTime When the task finished (absent while it runs): RFC 3339 in UTC
+	// with the nanoseconds, exactly finishedTimeNS
+	FinishedTime *time.Time `json:"finishedTime,omitempty"`
+
+	// FinishedTimeNS The reference's finish time in nanoseconds since the epoch: a
+	// multiple of 8192, which a double holds exactly, and no other
+	// task's (see waitTaskNexus)
+	FinishedTimeNS *int64 `json:"finishedTimeNS,omitempty"`
+	Id             TaskID `json:"id"`
 
 	// Kind What the task does (copy, backup, restore)
 	Kind     string  `json:"kind"`
 	Progress float64 `json:"progress"`
 
 	// Result On success: id, the PE ID the task made
-	Result        *map[string]string `json:"result,omitempty"`
-	StartedTime   time.Time          `json:"startedTime"`
-	StartedTimeNS int64              `json:"startedTimeNS"`
-	Status        TaskInfoStatus     `json:"status"`
+	Result *map[string]string `json:"result,omitempty"`
+
+	// StartedTime When the task started: RFC 3339 in UTC with the nanoseconds
+	// (trailing zeros of the fraction dropped), exactly startedTimeNS
+	StartedTime time.Time `json:"startedTime"`
+
+	// StartedTimeNS The reference's start time in nanoseconds since the epoch; a
+	// double (a JavaScript number) rounds it: read startedTime
+	StartedTimeNS int64          `json:"startedTimeNS"`
+	Status        TaskInfoStatus `json:"status"`
 }
 
 // TaskInfoStatus defines model for TaskInfo.Status.
@@ -275,6 +288,16 @@ type TaskNexusList = []TaskNexusInfo
 
 // TaskNexusResponse defines model for TaskNexusResponse.
 type TaskNexusResponse struct {
+	// Cursor The lastFinishedNS to wait with next, in decimal digits: the
+	// finishedTimeNS of the last task in finished, or, when none
+	// finished, the lastFinishedNS the request stood for. A string, so
+	// that clients whose numbers are doubles keep it exact.
+	//
+	//
+	// Example: 1796458123456782336
+	Cursor string `json:"cursor"`
+
+	// Finished The tasks that finished after lastFinishedNS, oldest first
 	Finished []TaskInfo  `json:"finished"`
 	Id       TaskNexusID `json:"id"`
 }
@@ -287,6 +310,27 @@ type PEIDPath = string
 
 // ServicePath defines model for ServicePath.
 type ServicePath = string
+
+// TaskIDPath defines model for TaskIDPath.
+type TaskIDPath = string
+
+// BadRequest defines model for BadRequest.
+type BadRequest = Error
+
+// ClientError defines model for ClientError.
+type ClientError = Error
+
+// Conflict defines model for Conflict.
+type Conflict = Error
+
+// NotFound defines model for NotFound.
+type NotFound = Error
+
+// TooManyRequests defines model for TooManyRequests.
+type TooManyRequests = Error
+
+// Unauthorized defines model for Unauthorized.
+type Unauthorized = Error
 
 // StartBackupParams defines parameters for StartBackup.
 type StartBackupParams struct {
@@ -311,8 +355,10 @@ type WaitTaskNexusParams struct {
 	// WaitTime Milliseconds to wait for a task to finish; longer waits are cut to 60000
 	WaitTime int64 `form:"waitTime" json:"waitTime"`
 
-	// LastFinishedNS The finished time of the last task this client saw finish on the
-	// nexus; tasks that finished after it are returned, 0 for all.
+	// LastFinishedNS The `cursor` of the previous answer, or the finished time (in
+	// nanoseconds since the epoch) of the last task this client saw
+	// finish on the nexus; tasks that finished after it are returned,
+	// 0 for all.
 	LastFinishedNS int64 `form:"lastFinishedNS" json:"lastFinishedNS"`
 }
 
@@ -433,15 +479,24 @@ type ClientInterface interface {
 
 	// Health Liveness check; needs no token
 	//
+	// Answers 200 while the appliance serves requests, with the version of
+	// the binary. It takes no token, so that load balancers and service
+	// managers can call it.
+	//
 	// Corresponds with GET /healthz (the `Health` operationId).
 	Health(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListMounts The FUSE mounts of the appliance
 	//
+	// Every mount with its directory; 501 where the appliance has no FUSE.
+	//
 	// Corresponds with GET /v1/appliance/mounts (the `ListMounts` operationId).
 	ListMounts(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// StartMountWithBody Mount the PE tree (all services and snapshots) at a directory
+	//
+	// Mounts the read-only tree of services, PEs and snapshots at a
+	// directory under the appliance's mount root.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -450,6 +505,9 @@ type ClientInterface interface {
 
 	// StartMount Mount the PE tree (all services and snapshots) at a directory
 	//
+	// Mounts the read-only tree of services, PEs and snapshots at a
+	// directory under the appliance's mount root.
+	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/appliance/mounts (the `StartMount` operationId).
@@ -457,15 +515,22 @@ type ClientInterface interface {
 
 	// StopMount Unmount
 	//
+	// Unmounts the tree; the directory is left in place.
+	//
 	// Corresponds with DELETE /v1/appliance/mounts/{mountID} (the `StopMount` operationId).
 	StopMount(ctx context.Context, mountID string, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListNBDExports The NBD exports of the appliance
 	//
+	// Every export with its URI; 501 where the appliance serves no NBD.
+	//
 	// Corresponds with GET /v1/appliance/nbd/exports (the `ListNBDExports` operationId).
 	ListNBDExports(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// StartNBDExportWithBody Export a PE snapshot over NBD (a PE without snapshot is snapshotted first)
+	//
+	// Exports the snapshot read-only, or writable as a restore target whose
+	// writes land in a new PE copied from the snapshot.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -474,6 +539,9 @@ type ClientInterface interface {
 
 	// StartNBDExport Export a PE snapshot over NBD (a PE without snapshot is snapshotted first)
 	//
+	// Exports the snapshot read-only, or writable as a restore target whose
+	// writes land in a new PE copied from the snapshot.
+	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/appliance/nbd/exports (the `StartNBDExport` operationId).
@@ -481,10 +549,15 @@ type ClientInterface interface {
 
 	// StopNBDExport Stop exporting a snapshot; connected clients finish their requests
 	//
+	// Removes the export; new connections to it are refused.
+	//
 	// Corresponds with DELETE /v1/appliance/nbd/exports/{protectedEntityID} (the `StopNBDExport` operationId).
 	StopNBDExport(ctx context.Context, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// StartBackupWithBody Back up a PE snapshot into the repository, as a task
+	//
+	// Backs the PE up (a live PE is snapshotted first); the task's result
+	// is the repository snapshot's PE ID.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -493,12 +566,18 @@ type ClientInterface interface {
 
 	// StartBackup Back up a PE snapshot into the repository, as a task
 	//
+	// Backs the PE up (a live PE is snapshotted first); the task's result
+	// is the repository snapshot's PE ID.
+	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/appliance/repository/backups (the `StartBackup` operationId).
 	StartBackup(ctx context.Context, params *StartBackupParams, body StartBackupJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// StartRestoreWithBody Restore a repository snapshot as a PE, as a task
+	//
+	// Restores the repository snapshot into a service (by default the
+	// snapshot's own); the task's result is the restored PE's ID.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -507,6 +586,9 @@ type ClientInterface interface {
 
 	// StartRestore Restore a repository snapshot as a PE, as a task
 	//
+	// Restores the repository snapshot into a service (by default the
+	// snapshot's own); the task's result is the restored PE's ID.
+	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/appliance/repository/restores (the `StartRestore` operationId).
@@ -514,20 +596,29 @@ type ClientInterface interface {
 
 	// ListRepositorySnapshots Snapshots in the backup repository
 	//
+	// The PE IDs of the repository's snapshots, all or one PE's.
+	//
 	// Corresponds with GET /v1/appliance/repository/snapshots (the `ListRepositorySnapshots` operationId).
 	ListRepositorySnapshots(ctx context.Context, params *ListRepositorySnapshotsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListServices List the services (PE types) of this appliance
+	//
+	// The PE types this appliance is configured with (e.g. fs, disk), sorted.
 	//
 	// Corresponds with GET /v1/astrolabe (the `ListServices` operationId).
 	ListServices(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListTasks IDs of running and recent tasks (finished ones are kept at least an hour)
 	//
+	// Running tasks and finished ones until their retention passes
+	// (`astrolabe serve` keeps them an hour, at most 10000), oldest first.
+	//
 	// Corresponds with GET /v1/astrolabe/tasks (the `ListTasks` operationId).
 	ListTasks(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListTaskNexus List the task nexus
+	//
+	// The nexus kept, sorted by ID, each with the tasks associated with it.
 	//
 	// Corresponds with GET /v1/astrolabe/tasks/nexus (the `ListTaskNexus` operationId).
 	ListTaskNexus(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -536,31 +627,59 @@ type ClientInterface interface {
 	//
 	// Operations that start tasks take `nexus=<id>` to associate their task
 	// with the nexus; GET on the nexus then long-polls for their completion.
+	// A nexus unused for the retention expires; when too many are kept and
+	// all have running tasks, a new one is refused with 429.
 	//
 	// Corresponds with POST /v1/astrolabe/tasks/nexus (the `CreateTaskNexus` operationId).
 	CreateTaskNexus(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// WaitTaskNexus Wait for tasks of the nexus to finish
 	//
+	// Returns the tasks of the nexus that finished after lastFinishedNS,
+	// oldest first, as soon as there is one, or an empty list after
+	// waitTime. To see each finished task exactly once, pass the answer's
+	// `cursor` as lastFinishedNS of the next call (the reference's way,
+	// the largest `finishedTimeNS` seen, works too).
+	//
+	// No two tasks finish at the same time: finish times are distinct
+	// multiples of 8192 ns, which a double holds exactly, and
+	// lastFinishedNS is taken as the multiple nearest to it. So a client
+	// that holds times as doubles (JavaScript) and sends back a
+	// `finishedTimeNS` off by up to 4095 ns neither gets that task again
+	// nor misses the next.
+	//
 	// Corresponds with GET /v1/astrolabe/tasks/nexus/{taskNexusID} (the `WaitTaskNexus` operationId).
 	WaitTaskNexus(ctx context.Context, taskNexusID string, params *WaitTaskNexusParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// CancelTask Cancel a running task; its work stops
 	//
+	// Asks the task to stop and answers its state; the task ends as
+	// cancelled soon after. Cancelling a finished task changes nothing.
+	//
 	// Corresponds with DELETE /v1/astrolabe/tasks/{taskID} (the `CancelTask` operationId).
-	CancelTask(ctx context.Context, taskID string, reqEditors ...RequestEditorFn) (*http.Response, error)
+	CancelTask(ctx context.Context, taskID TaskIDPath, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetTaskInfo A running or recently finished task
 	//
+	// Its status, progress and, once finished, its result or error.
+	//
 	// Corresponds with GET /v1/astrolabe/tasks/{taskID} (the `GetTaskInfo` operationId).
-	GetTaskInfo(ctx context.Context, taskID string, reqEditors ...RequestEditorFn) (*http.Response, error)
+	GetTaskInfo(ctx context.Context, taskID TaskIDPath, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListProtectedEntities List the PEs of a service, in ID order, paged
+	//
+	// PE IDs sorted as strings, at most maxResults of them; when truncated
+	// is set, ask again with idsAfter set to the last ID of the page.
 	//
 	// Corresponds with GET /v1/astrolabe/{service} (the `ListProtectedEntities` operationId).
 	ListProtectedEntities(ctx context.Context, service ServicePath, params *ListProtectedEntitiesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// CopyProtectedEntityWithBody Copy a PE into this service, as a task
+	//
+	// Copies the PE the body names (a live PE is snapshotted first) into
+	// this service. The copy runs as a task; the answer carries its ID and
+	// the task's result the new PE's ID. A failure of the copy itself
+	// (e.g. the target exists with mode create) is the task's.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -569,6 +688,11 @@ type ClientInterface interface {
 
 	// CopyProtectedEntity Copy a PE into this service, as a task
 	//
+	// Copies the PE the body names (a live PE is snapshotted first) into
+	// this service. The copy runs as a task; the answer carries its ID and
+	// the task's result the new PE's ID. A failure of the copy itself
+	// (e.g. the target exists with mode create) is the task's.
+	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/astrolabe/{service} (the `CopyProtectedEntity` operationId).
@@ -576,20 +700,30 @@ type ClientInterface interface {
 
 	// DeleteProtectedEntity Delete a snapshot (deleting live PEs is not offered)
 	//
+	// Deletes a snapshot, stops its NBD export and drops the cached zips
+	// of it. An ID without a snapshot is refused with 400.
+	//
 	// Corresponds with DELETE /v1/astrolabe/{service}/{protectedEntityID} (the `DeleteProtectedEntity` operationId).
 	DeleteProtectedEntity(ctx context.Context, service ServicePath, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetProtectedEntityInfo The PE info of a PE or snapshot
+	//
+	// Its name, size, components and where its data can be read: the
+	// transports list the appliance's S3 URLs and NBD exports of it.
 	//
 	// Corresponds with GET /v1/astrolabe/{service}/{protectedEntityID} (the `GetProtectedEntityInfo` operationId).
 	GetProtectedEntityInfo(ctx context.Context, service ServicePath, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListSnapshots The snapshots of a PE, oldest first
 	//
+	// The snapshot PE IDs of the PE (a snapshot ID in the path stands for its PE).
+	//
 	// Corresponds with GET /v1/astrolabe/{service}/{protectedEntityID}/snapshots (the `ListSnapshots` operationId).
 	ListSnapshots(ctx context.Context, service ServicePath, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// CreateSnapshotWithBody Snapshot a PE
+	//
+	// Takes a snapshot of a live PE now and answers its PE ID.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -598,6 +732,8 @@ type ClientInterface interface {
 
 	// CreateSnapshot Snapshot a PE
 	//
+	// Takes a snapshot of a live PE now and answers its PE ID.
+	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/astrolabe/{service}/{protectedEntityID}/snapshots (the `CreateSnapshot` operationId).
@@ -605,6 +741,10 @@ type ClientInterface interface {
 }
 
 // Health Liveness check; needs no token
+//
+// Answers 200 while the appliance serves requests, with the version of
+// the binary. It takes no token, so that load balancers and service
+// managers can call it.
 //
 // Corresponds with GET /healthz (the `Health` operationId).
 func (c *Client) Health(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -621,6 +761,8 @@ func (c *Client) Health(ctx context.Context, reqEditors ...RequestEditorFn) (*ht
 
 // ListMounts The FUSE mounts of the appliance
 //
+// Every mount with its directory; 501 where the appliance has no FUSE.
+//
 // Corresponds with GET /v1/appliance/mounts (the `ListMounts` operationId).
 func (c *Client) ListMounts(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewListMountsRequest(c.Server)
@@ -635,6 +777,9 @@ func (c *Client) ListMounts(ctx context.Context, reqEditors ...RequestEditorFn) 
 }
 
 // StartMountWithBody Mount the PE tree (all services and snapshots) at a directory
+//
+// Mounts the read-only tree of services, PEs and snapshots at a
+// directory under the appliance's mount root.
 //
 // Takes any type of body and a specified content type.
 //
@@ -653,6 +798,9 @@ func (c *Client) StartMountWithBody(ctx context.Context, contentType string, bod
 
 // StartMount Mount the PE tree (all services and snapshots) at a directory
 //
+// Mounts the read-only tree of services, PEs and snapshots at a
+// directory under the appliance's mount root.
+//
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/appliance/mounts (the `StartMount` operationId).
@@ -670,6 +818,8 @@ func (c *Client) StartMount(ctx context.Context, body StartMountJSONRequestBody,
 
 // StopMount Unmount
 //
+// Unmounts the tree; the directory is left in place.
+//
 // Corresponds with DELETE /v1/appliance/mounts/{mountID} (the `StopMount` operationId).
 func (c *Client) StopMount(ctx context.Context, mountID string, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewStopMountRequest(c.Server, mountID)
@@ -685,6 +835,8 @@ func (c *Client) StopMount(ctx context.Context, mountID string, reqEditors ...Re
 
 // ListNBDExports The NBD exports of the appliance
 //
+// Every export with its URI; 501 where the appliance serves no NBD.
+//
 // Corresponds with GET /v1/appliance/nbd/exports (the `ListNBDExports` operationId).
 func (c *Client) ListNBDExports(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewListNBDExportsRequest(c.Server)
@@ -699,6 +851,9 @@ func (c *Client) ListNBDExports(ctx context.Context, reqEditors ...RequestEditor
 }
 
 // StartNBDExportWithBody Export a PE snapshot over NBD (a PE without snapshot is snapshotted first)
+//
+// Exports the snapshot read-only, or writable as a restore target whose
+// writes land in a new PE copied from the snapshot.
 //
 // Takes any type of body and a specified content type.
 //
@@ -717,6 +872,9 @@ func (c *Client) StartNBDExportWithBody(ctx context.Context, contentType string,
 
 // StartNBDExport Export a PE snapshot over NBD (a PE without snapshot is snapshotted first)
 //
+// Exports the snapshot read-only, or writable as a restore target whose
+// writes land in a new PE copied from the snapshot.
+//
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/appliance/nbd/exports (the `StartNBDExport` operationId).
@@ -734,6 +892,8 @@ func (c *Client) StartNBDExport(ctx context.Context, body StartNBDExportJSONRequ
 
 // StopNBDExport Stop exporting a snapshot; connected clients finish their requests
 //
+// Removes the export; new connections to it are refused.
+//
 // Corresponds with DELETE /v1/appliance/nbd/exports/{protectedEntityID} (the `StopNBDExport` operationId).
 func (c *Client) StopNBDExport(ctx context.Context, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewStopNBDExportRequest(c.Server, protectedEntityID)
@@ -748,6 +908,9 @@ func (c *Client) StopNBDExport(ctx context.Context, protectedEntityID PEIDPath, 
 }
 
 // StartBackupWithBody Back up a PE snapshot into the repository, as a task
+//
+// Backs the PE up (a live PE is snapshotted first); the task's result
+// is the repository snapshot's PE ID.
 //
 // Takes any type of body and a specified content type.
 //
@@ -766,6 +929,9 @@ func (c *Client) StartBackupWithBody(ctx context.Context, params *StartBackupPar
 
 // StartBackup Back up a PE snapshot into the repository, as a task
 //
+// Backs the PE up (a live PE is snapshotted first); the task's result
+// is the repository snapshot's PE ID.
+//
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/appliance/repository/backups (the `StartBackup` operationId).
@@ -782,6 +948,9 @@ func (c *Client) StartBackup(ctx context.Context, params *StartBackupParams, bod
 }
 
 // StartRestoreWithBody Restore a repository snapshot as a PE, as a task
+//
+// Restores the repository snapshot into a service (by default the
+// snapshot's own); the task's result is the restored PE's ID.
 //
 // Takes any type of body and a specified content type.
 //
@@ -800,6 +969,9 @@ func (c *Client) StartRestoreWithBody(ctx context.Context, params *StartRestoreP
 
 // StartRestore Restore a repository snapshot as a PE, as a task
 //
+// Restores the repository snapshot into a service (by default the
+// snapshot's own); the task's result is the restored PE's ID.
+//
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/appliance/repository/restores (the `StartRestore` operationId).
@@ -817,6 +989,8 @@ func (c *Client) StartRestore(ctx context.Context, params *StartRestoreParams, b
 
 // ListRepositorySnapshots Snapshots in the backup repository
 //
+// The PE IDs of the repository's snapshots, all or one PE's.
+//
 // Corresponds with GET /v1/appliance/repository/snapshots (the `ListRepositorySnapshots` operationId).
 func (c *Client) ListRepositorySnapshots(ctx context.Context, params *ListRepositorySnapshotsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewListRepositorySnapshotsRequest(c.Server, params)
@@ -831,6 +1005,8 @@ func (c *Client) ListRepositorySnapshots(ctx context.Context, params *ListReposi
 }
 
 // ListServices List the services (PE types) of this appliance
+//
+// The PE types this appliance is configured with (e.g. fs, disk), sorted.
 //
 // Corresponds with GET /v1/astrolabe (the `ListServices` operationId).
 func (c *Client) ListServices(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -847,6 +1023,9 @@ func (c *Client) ListServices(ctx context.Context, reqEditors ...RequestEditorFn
 
 // ListTasks IDs of running and recent tasks (finished ones are kept at least an hour)
 //
+// Running tasks and finished ones until their retention passes
+// (`astrolabe serve` keeps them an hour, at most 10000), oldest first.
+//
 // Corresponds with GET /v1/astrolabe/tasks (the `ListTasks` operationId).
 func (c *Client) ListTasks(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewListTasksRequest(c.Server)
@@ -861,6 +1040,8 @@ func (c *Client) ListTasks(ctx context.Context, reqEditors ...RequestEditorFn) (
 }
 
 // ListTaskNexus List the task nexus
+//
+// The nexus kept, sorted by ID, each with the tasks associated with it.
 //
 // Corresponds with GET /v1/astrolabe/tasks/nexus (the `ListTaskNexus` operationId).
 func (c *Client) ListTaskNexus(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -879,6 +1060,8 @@ func (c *Client) ListTaskNexus(ctx context.Context, reqEditors ...RequestEditorF
 //
 // Operations that start tasks take `nexus=<id>` to associate their task
 // with the nexus; GET on the nexus then long-polls for their completion.
+// A nexus unused for the retention expires; when too many are kept and
+// all have running tasks, a new one is refused with 429.
 //
 // Corresponds with POST /v1/astrolabe/tasks/nexus (the `CreateTaskNexus` operationId).
 func (c *Client) CreateTaskNexus(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -895,6 +1078,19 @@ func (c *Client) CreateTaskNexus(ctx context.Context, reqEditors ...RequestEdito
 
 // WaitTaskNexus Wait for tasks of the nexus to finish
 //
+// Returns the tasks of the nexus that finished after lastFinishedNS,
+// oldest first, as soon as there is one, or an empty list after
+// waitTime. To see each finished task exactly once, pass the answer's
+// `cursor` as lastFinishedNS of the next call (the reference's way,
+// the largest `finishedTimeNS` seen, works too).
+//
+// No two tasks finish at the same time: finish times are distinct
+// multiples of 8192 ns, which a double holds exactly, and
+// lastFinishedNS is taken as the multiple nearest to it. So a client
+// that holds times as doubles (JavaScript) and sends back a
+// `finishedTimeNS` off by up to 4095 ns neither gets that task again
+// nor misses the next.
+//
 // Corresponds with GET /v1/astrolabe/tasks/nexus/{taskNexusID} (the `WaitTaskNexus` operationId).
 func (c *Client) WaitTaskNexus(ctx context.Context, taskNexusID string, params *WaitTaskNexusParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewWaitTaskNexusRequest(c.Server, taskNexusID, params)
@@ -910,8 +1106,11 @@ func (c *Client) WaitTaskNexus(ctx context.Context, taskNexusID string, params *
 
 // CancelTask Cancel a running task; its work stops
 //
+// Asks the task to stop and answers its state; the task ends as
+// cancelled soon after. Cancelling a finished task changes nothing.
+//
 // Corresponds with DELETE /v1/astrolabe/tasks/{taskID} (the `CancelTask` operationId).
-func (c *Client) CancelTask(ctx context.Context, taskID string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+func (c *Client) CancelTask(ctx context.Context, taskID TaskIDPath, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewCancelTaskRequest(c.Server, taskID)
 	if err != nil {
 		return nil, err
@@ -925,8 +1124,10 @@ func (c *Client) CancelTask(ctx context.Context, taskID string, reqEditors ...Re
 
 // GetTaskInfo A running or recently finished task
 //
+// Its status, progress and, once finished, its result or error.
+//
 // Corresponds with GET /v1/astrolabe/tasks/{taskID} (the `GetTaskInfo` operationId).
-func (c *Client) GetTaskInfo(ctx context.Context, taskID string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+func (c *Client) GetTaskInfo(ctx context.Context, taskID TaskIDPath, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewGetTaskInfoRequest(c.Server, taskID)
 	if err != nil {
 		return nil, err
@@ -939,6 +1140,9 @@ func (c *Client) GetTaskInfo(ctx context.Context, taskID string, reqEditors ...R
 }
 
 // ListProtectedEntities List the PEs of a service, in ID order, paged
+//
+// PE IDs sorted as strings, at most maxResults of them; when truncated
+// is set, ask again with idsAfter set to the last ID of the page.
 //
 // Corresponds with GET /v1/astrolabe/{service} (the `ListProtectedEntities` operationId).
 func (c *Client) ListProtectedEntities(ctx context.Context, service ServicePath, params *ListProtectedEntitiesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -954,6 +1158,11 @@ func (c *Client) ListProtectedEntities(ctx context.Context, service ServicePath,
 }
 
 // CopyProtectedEntityWithBody Copy a PE into this service, as a task
+//
+// Copies the PE the body names (a live PE is snapshotted first) into
+// this service. The copy runs as a task; the answer carries its ID and
+// the task's result the new PE's ID. A failure of the copy itself
+// (e.g. the target exists with mode create) is the task's.
 //
 // Takes any type of body and a specified content type.
 //
@@ -972,6 +1181,11 @@ func (c *Client) CopyProtectedEntityWithBody(ctx context.Context, service Servic
 
 // CopyProtectedEntity Copy a PE into this service, as a task
 //
+// Copies the PE the body names (a live PE is snapshotted first) into
+// this service. The copy runs as a task; the answer carries its ID and
+// the task's result the new PE's ID. A failure of the copy itself
+// (e.g. the target exists with mode create) is the task's.
+//
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/astrolabe/{service} (the `CopyProtectedEntity` operationId).
@@ -989,6 +1203,9 @@ func (c *Client) CopyProtectedEntity(ctx context.Context, service ServicePath, p
 
 // DeleteProtectedEntity Delete a snapshot (deleting live PEs is not offered)
 //
+// Deletes a snapshot, stops its NBD export and drops the cached zips
+// of it. An ID without a snapshot is refused with 400.
+//
 // Corresponds with DELETE /v1/astrolabe/{service}/{protectedEntityID} (the `DeleteProtectedEntity` operationId).
 func (c *Client) DeleteProtectedEntity(ctx context.Context, service ServicePath, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewDeleteProtectedEntityRequest(c.Server, service, protectedEntityID)
@@ -1003,6 +1220,9 @@ func (c *Client) DeleteProtectedEntity(ctx context.Context, service ServicePath,
 }
 
 // GetProtectedEntityInfo The PE info of a PE or snapshot
+//
+// Its name, size, components and where its data can be read: the
+// transports list the appliance's S3 URLs and NBD exports of it.
 //
 // Corresponds with GET /v1/astrolabe/{service}/{protectedEntityID} (the `GetProtectedEntityInfo` operationId).
 func (c *Client) GetProtectedEntityInfo(ctx context.Context, service ServicePath, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -1019,6 +1239,8 @@ func (c *Client) GetProtectedEntityInfo(ctx context.Context, service ServicePath
 
 // ListSnapshots The snapshots of a PE, oldest first
 //
+// The snapshot PE IDs of the PE (a snapshot ID in the path stands for its PE).
+//
 // Corresponds with GET /v1/astrolabe/{service}/{protectedEntityID}/snapshots (the `ListSnapshots` operationId).
 func (c *Client) ListSnapshots(ctx context.Context, service ServicePath, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewListSnapshotsRequest(c.Server, service, protectedEntityID)
@@ -1033,6 +1255,8 @@ func (c *Client) ListSnapshots(ctx context.Context, service ServicePath, protect
 }
 
 // CreateSnapshotWithBody Snapshot a PE
+//
+// Takes a snapshot of a live PE now and answers its PE ID.
 //
 // Takes any type of body and a specified content type.
 //
@@ -1050,6 +1274,8 @@ func (c *Client) CreateSnapshotWithBody(ctx context.Context, service ServicePath
 }
 
 // CreateSnapshot Snapshot a PE
+//
+// Takes a snapshot of a live PE now and answers its PE ID.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -1657,7 +1883,7 @@ func NewWaitTaskNexusRequest(server string, taskNexusID string, params *WaitTask
 }
 
 // NewCancelTaskRequest constructs an http.Request for the CancelTask method
-func NewCancelTaskRequest(server string, taskID string) (*http.Request, error) {
+func NewCancelTaskRequest(server string, taskID TaskIDPath) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -1691,7 +1917,7 @@ func NewCancelTaskRequest(server string, taskID string) (*http.Request, error) {
 }
 
 // NewGetTaskInfoRequest constructs an http.Request for the GetTaskInfo method
-func NewGetTaskInfoRequest(server string, taskID string) (*http.Request, error) {
+func NewGetTaskInfoRequest(server string, taskID TaskIDPath) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -2102,12 +2328,18 @@ type ClientWithResponsesInterface interface {
 
 	// HealthWithResponse Liveness check; needs no token
 	//
+	// Answers 200 while the appliance serves requests, with the version of
+	// the binary. It takes no token, so that load balancers and service
+	// managers can call it.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /healthz (the `Health` operationId).
 	HealthWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*HealthResponse, error)
 
 	// ListMountsWithResponse The FUSE mounts of the appliance
+	//
+	// Every mount with its directory; 501 where the appliance has no FUSE.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2116,12 +2348,18 @@ type ClientWithResponsesInterface interface {
 
 	// StartMountWithBodyWithResponse Mount the PE tree (all services and snapshots) at a directory
 	//
+	// Mounts the read-only tree of services, PEs and snapshots at a
+	// directory under the appliance's mount root.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/appliance/mounts (the `StartMount` operationId).
 	StartMountWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*StartMountResponse, error)
 
 	// StartMountWithResponse Mount the PE tree (all services and snapshots) at a directory
+	//
+	// Mounts the read-only tree of services, PEs and snapshots at a
+	// directory under the appliance's mount root.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -2130,12 +2368,16 @@ type ClientWithResponsesInterface interface {
 
 	// StopMountWithResponse Unmount
 	//
+	// Unmounts the tree; the directory is left in place.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /v1/appliance/mounts/{mountID} (the `StopMount` operationId).
 	StopMountWithResponse(ctx context.Context, mountID string, reqEditors ...RequestEditorFn) (*StopMountResponse, error)
 
 	// ListNBDExportsWithResponse The NBD exports of the appliance
+	//
+	// Every export with its URI; 501 where the appliance serves no NBD.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2144,12 +2386,18 @@ type ClientWithResponsesInterface interface {
 
 	// StartNBDExportWithBodyWithResponse Export a PE snapshot over NBD (a PE without snapshot is snapshotted first)
 	//
+	// Exports the snapshot read-only, or writable as a restore target whose
+	// writes land in a new PE copied from the snapshot.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/appliance/nbd/exports (the `StartNBDExport` operationId).
 	StartNBDExportWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*StartNBDExportResponse, error)
 
 	// StartNBDExportWithResponse Export a PE snapshot over NBD (a PE without snapshot is snapshotted first)
+	//
+	// Exports the snapshot read-only, or writable as a restore target whose
+	// writes land in a new PE copied from the snapshot.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -2158,12 +2406,17 @@ type ClientWithResponsesInterface interface {
 
 	// StopNBDExportWithResponse Stop exporting a snapshot; connected clients finish their requests
 	//
+	// Removes the export; new connections to it are refused.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /v1/appliance/nbd/exports/{protectedEntityID} (the `StopNBDExport` operationId).
 	StopNBDExportWithResponse(ctx context.Context, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*StopNBDExportResponse, error)
 
 	// StartBackupWithBodyWithResponse Back up a PE snapshot into the repository, as a task
+	//
+	// Backs the PE up (a live PE is snapshotted first); the task's result
+	// is the repository snapshot's PE ID.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -2172,12 +2425,18 @@ type ClientWithResponsesInterface interface {
 
 	// StartBackupWithResponse Back up a PE snapshot into the repository, as a task
 	//
+	// Backs the PE up (a live PE is snapshotted first); the task's result
+	// is the repository snapshot's PE ID.
+	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/appliance/repository/backups (the `StartBackup` operationId).
 	StartBackupWithResponse(ctx context.Context, params *StartBackupParams, body StartBackupJSONRequestBody, reqEditors ...RequestEditorFn) (*StartBackupResponse, error)
 
 	// StartRestoreWithBodyWithResponse Restore a repository snapshot as a PE, as a task
+	//
+	// Restores the repository snapshot into a service (by default the
+	// snapshot's own); the task's result is the restored PE's ID.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -2186,12 +2445,17 @@ type ClientWithResponsesInterface interface {
 
 	// StartRestoreWithResponse Restore a repository snapshot as a PE, as a task
 	//
+	// Restores the repository snapshot into a service (by default the
+	// snapshot's own); the task's result is the restored PE's ID.
+	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/appliance/repository/restores (the `StartRestore` operationId).
 	StartRestoreWithResponse(ctx context.Context, params *StartRestoreParams, body StartRestoreJSONRequestBody, reqEditors ...RequestEditorFn) (*StartRestoreResponse, error)
 
 	// ListRepositorySnapshotsWithResponse Snapshots in the backup repository
+	//
+	// The PE IDs of the repository's snapshots, all or one PE's.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2200,6 +2464,8 @@ type ClientWithResponsesInterface interface {
 
 	// ListServicesWithResponse List the services (PE types) of this appliance
 	//
+	// The PE types this appliance is configured with (e.g. fs, disk), sorted.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/astrolabe (the `ListServices` operationId).
@@ -2207,12 +2473,17 @@ type ClientWithResponsesInterface interface {
 
 	// ListTasksWithResponse IDs of running and recent tasks (finished ones are kept at least an hour)
 	//
+	// Running tasks and finished ones until their retention passes
+	// (`astrolabe serve` keeps them an hour, at most 10000), oldest first.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/astrolabe/tasks (the `ListTasks` operationId).
 	ListTasksWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListTasksResponse, error)
 
 	// ListTaskNexusWithResponse List the task nexus
+	//
+	// The nexus kept, sorted by ID, each with the tasks associated with it.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2223,6 +2494,8 @@ type ClientWithResponsesInterface interface {
 	//
 	// Operations that start tasks take `nexus=<id>` to associate their task
 	// with the nexus; GET on the nexus then long-polls for their completion.
+	// A nexus unused for the retention expires; when too many are kept and
+	// all have running tasks, a new one is refused with 429.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2231,6 +2504,19 @@ type ClientWithResponsesInterface interface {
 
 	// WaitTaskNexusWithResponse Wait for tasks of the nexus to finish
 	//
+	// Returns the tasks of the nexus that finished after lastFinishedNS,
+	// oldest first, as soon as there is one, or an empty list after
+	// waitTime. To see each finished task exactly once, pass the answer's
+	// `cursor` as lastFinishedNS of the next call (the reference's way,
+	// the largest `finishedTimeNS` seen, works too).
+	//
+	// No two tasks finish at the same time: finish times are distinct
+	// multiples of 8192 ns, which a double holds exactly, and
+	// lastFinishedNS is taken as the multiple nearest to it. So a client
+	// that holds times as doubles (JavaScript) and sends back a
+	// `finishedTimeNS` off by up to 4095 ns neither gets that task again
+	// nor misses the next.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/astrolabe/tasks/nexus/{taskNexusID} (the `WaitTaskNexus` operationId).
@@ -2238,19 +2524,27 @@ type ClientWithResponsesInterface interface {
 
 	// CancelTaskWithResponse Cancel a running task; its work stops
 	//
+	// Asks the task to stop and answers its state; the task ends as
+	// cancelled soon after. Cancelling a finished task changes nothing.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /v1/astrolabe/tasks/{taskID} (the `CancelTask` operationId).
-	CancelTaskWithResponse(ctx context.Context, taskID string, reqEditors ...RequestEditorFn) (*CancelTaskResponse, error)
+	CancelTaskWithResponse(ctx context.Context, taskID TaskIDPath, reqEditors ...RequestEditorFn) (*CancelTaskResponse, error)
 
 	// GetTaskInfoWithResponse A running or recently finished task
+	//
+	// Its status, progress and, once finished, its result or error.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/astrolabe/tasks/{taskID} (the `GetTaskInfo` operationId).
-	GetTaskInfoWithResponse(ctx context.Context, taskID string, reqEditors ...RequestEditorFn) (*GetTaskInfoResponse, error)
+	GetTaskInfoWithResponse(ctx context.Context, taskID TaskIDPath, reqEditors ...RequestEditorFn) (*GetTaskInfoResponse, error)
 
 	// ListProtectedEntitiesWithResponse List the PEs of a service, in ID order, paged
+	//
+	// PE IDs sorted as strings, at most maxResults of them; when truncated
+	// is set, ask again with idsAfter set to the last ID of the page.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2259,12 +2553,22 @@ type ClientWithResponsesInterface interface {
 
 	// CopyProtectedEntityWithBodyWithResponse Copy a PE into this service, as a task
 	//
+	// Copies the PE the body names (a live PE is snapshotted first) into
+	// this service. The copy runs as a task; the answer carries its ID and
+	// the task's result the new PE's ID. A failure of the copy itself
+	// (e.g. the target exists with mode create) is the task's.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/astrolabe/{service} (the `CopyProtectedEntity` operationId).
 	CopyProtectedEntityWithBodyWithResponse(ctx context.Context, service ServicePath, params *CopyProtectedEntityParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CopyProtectedEntityResponse, error)
 
 	// CopyProtectedEntityWithResponse Copy a PE into this service, as a task
+	//
+	// Copies the PE the body names (a live PE is snapshotted first) into
+	// this service. The copy runs as a task; the answer carries its ID and
+	// the task's result the new PE's ID. A failure of the copy itself
+	// (e.g. the target exists with mode create) is the task's.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -2273,12 +2577,18 @@ type ClientWithResponsesInterface interface {
 
 	// DeleteProtectedEntityWithResponse Delete a snapshot (deleting live PEs is not offered)
 	//
+	// Deletes a snapshot, stops its NBD export and drops the cached zips
+	// of it. An ID without a snapshot is refused with 400.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /v1/astrolabe/{service}/{protectedEntityID} (the `DeleteProtectedEntity` operationId).
 	DeleteProtectedEntityWithResponse(ctx context.Context, service ServicePath, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*DeleteProtectedEntityResponse, error)
 
 	// GetProtectedEntityInfoWithResponse The PE info of a PE or snapshot
+	//
+	// Its name, size, components and where its data can be read: the
+	// transports list the appliance's S3 URLs and NBD exports of it.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -2287,6 +2597,8 @@ type ClientWithResponsesInterface interface {
 
 	// ListSnapshotsWithResponse The snapshots of a PE, oldest first
 	//
+	// The snapshot PE IDs of the PE (a snapshot ID in the path stands for its PE).
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/astrolabe/{service}/{protectedEntityID}/snapshots (the `ListSnapshots` operationId).
@@ -2294,12 +2606,16 @@ type ClientWithResponsesInterface interface {
 
 	// CreateSnapshotWithBodyWithResponse Snapshot a PE
 	//
+	// Takes a snapshot of a live PE now and answers its PE ID.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/astrolabe/{service}/{protectedEntityID}/snapshots (the `CreateSnapshot` operationId).
 	CreateSnapshotWithBodyWithResponse(ctx context.Context, service ServicePath, protectedEntityID PEIDPath, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateSnapshotResponse, error)
 
 	// CreateSnapshotWithResponse Snapshot a PE
+	//
+	// Takes a snapshot of a live PE now and answers its PE ID.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -2312,11 +2628,18 @@ type HealthResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *Health
+	// JSON4XX the response for an HTTP 4XX `application/json` response
+	JSON4XX *ClientError
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r HealthResponse) GetJSON200() *Health {
 	return r.JSON200
+}
+
+// GetJSON4XX returns the response for an HTTP 4XX `application/json` response
+func (r HealthResponse) GetJSON4XX() *ClientError {
+	return r.JSON4XX
 }
 
 // GetBody returns the raw response body bytes
@@ -2353,6 +2676,8 @@ type ListMountsResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *[]Mount
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -2360,6 +2685,11 @@ type ListMountsResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r ListMountsResponse) GetJSON200() *[]Mount {
 	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListMountsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -2401,6 +2731,12 @@ type StartMountResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *Mount
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Conflict
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -2408,6 +2744,21 @@ type StartMountResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r StartMountResponse) GetJSON200() *Mount {
 	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r StartMountResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r StartMountResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r StartMountResponse) GetJSON409() *Conflict {
+	return r.JSON409
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -2447,8 +2798,22 @@ func (r StartMountResponse) ContentType() string {
 type StopMountResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r StopMountResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r StopMountResponse) GetJSON404() *NotFound {
+	return r.JSON404
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -2490,6 +2855,8 @@ type ListNBDExportsResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *[]NBDExport
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -2497,6 +2864,11 @@ type ListNBDExportsResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r ListNBDExportsResponse) GetJSON200() *[]NBDExport {
 	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListNBDExportsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -2538,6 +2910,12 @@ type StartNBDExportResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *NBDExport
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -2545,6 +2923,21 @@ type StartNBDExportResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r StartNBDExportResponse) GetJSON200() *NBDExport {
 	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r StartNBDExportResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r StartNBDExportResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r StartNBDExportResponse) GetJSON404() *NotFound {
+	return r.JSON404
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -2584,8 +2977,29 @@ func (r StartNBDExportResponse) ContentType() string {
 type StopNBDExportResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r StopNBDExportResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r StopNBDExportResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r StopNBDExportResponse) GetJSON404() *NotFound {
+	return r.JSON404
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -2627,6 +3041,12 @@ type StartBackupResponse struct {
 	HTTPResponse *http.Response
 	// JSON202 the response for an HTTP 202 `application/json` response
 	JSON202 *CreateInProgressResponse
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -2634,6 +3054,21 @@ type StartBackupResponse struct {
 // GetJSON202 returns the response for an HTTP 202 `application/json` response
 func (r StartBackupResponse) GetJSON202() *CreateInProgressResponse {
 	return r.JSON202
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r StartBackupResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r StartBackupResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r StartBackupResponse) GetJSON404() *NotFound {
+	return r.JSON404
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -2675,6 +3110,12 @@ type StartRestoreResponse struct {
 	HTTPResponse *http.Response
 	// JSON202 the response for an HTTP 202 `application/json` response
 	JSON202 *CreateInProgressResponse
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -2682,6 +3123,21 @@ type StartRestoreResponse struct {
 // GetJSON202 returns the response for an HTTP 202 `application/json` response
 func (r StartRestoreResponse) GetJSON202() *CreateInProgressResponse {
 	return r.JSON202
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r StartRestoreResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r StartRestoreResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r StartRestoreResponse) GetJSON404() *NotFound {
+	return r.JSON404
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -2723,6 +3179,10 @@ type ListRepositorySnapshotsResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *ProtectedEntityList
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -2730,6 +3190,16 @@ type ListRepositorySnapshotsResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r ListRepositorySnapshotsResponse) GetJSON200() *ProtectedEntityList {
 	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ListRepositorySnapshotsResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListRepositorySnapshotsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -2771,6 +3241,8 @@ type ListServicesResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *ServiceList
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -2778,6 +3250,11 @@ type ListServicesResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r ListServicesResponse) GetJSON200() *ServiceList {
 	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListServicesResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -2819,6 +3296,8 @@ type ListTasksResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *TaskIDList
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -2826,6 +3305,11 @@ type ListTasksResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r ListTasksResponse) GetJSON200() *TaskIDList {
 	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListTasksResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -2867,6 +3351,8 @@ type ListTaskNexusResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *TaskNexusList
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -2874,6 +3360,11 @@ type ListTaskNexusResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r ListTaskNexusResponse) GetJSON200() *TaskNexusList {
 	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListTaskNexusResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -2915,6 +3406,10 @@ type CreateTaskNexusResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *TaskNexusID
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *TooManyRequests
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -2922,6 +3417,16 @@ type CreateTaskNexusResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r CreateTaskNexusResponse) GetJSON200() *TaskNexusID {
 	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CreateTaskNexusResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r CreateTaskNexusResponse) GetJSON429() *TooManyRequests {
+	return r.JSON429
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -2963,6 +3468,12 @@ type WaitTaskNexusResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *TaskNexusResponse
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -2970,6 +3481,21 @@ type WaitTaskNexusResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r WaitTaskNexusResponse) GetJSON200() *TaskNexusResponse {
 	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r WaitTaskNexusResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r WaitTaskNexusResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r WaitTaskNexusResponse) GetJSON404() *NotFound {
+	return r.JSON404
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -3011,6 +3537,10 @@ type CancelTaskResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *TaskInfo
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -3018,6 +3548,16 @@ type CancelTaskResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r CancelTaskResponse) GetJSON200() *TaskInfo {
 	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CancelTaskResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r CancelTaskResponse) GetJSON404() *NotFound {
+	return r.JSON404
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -3059,6 +3599,10 @@ type GetTaskInfoResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *TaskInfo
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -3066,6 +3610,16 @@ type GetTaskInfoResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r GetTaskInfoResponse) GetJSON200() *TaskInfo {
 	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetTaskInfoResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetTaskInfoResponse) GetJSON404() *NotFound {
+	return r.JSON404
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -3107,6 +3661,12 @@ type ListProtectedEntitiesResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *ProtectedEntityList
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -3114,6 +3674,21 @@ type ListProtectedEntitiesResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r ListProtectedEntitiesResponse) GetJSON200() *ProtectedEntityList {
 	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ListProtectedEntitiesResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListProtectedEntitiesResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r ListProtectedEntitiesResponse) GetJSON404() *NotFound {
+	return r.JSON404
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -3155,6 +3730,12 @@ type CopyProtectedEntityResponse struct {
 	HTTPResponse *http.Response
 	// JSON202 the response for an HTTP 202 `application/json` response
 	JSON202 *CreateInProgressResponse
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -3162,6 +3743,21 @@ type CopyProtectedEntityResponse struct {
 // GetJSON202 returns the response for an HTTP 202 `application/json` response
 func (r CopyProtectedEntityResponse) GetJSON202() *CreateInProgressResponse {
 	return r.JSON202
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r CopyProtectedEntityResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CopyProtectedEntityResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r CopyProtectedEntityResponse) GetJSON404() *NotFound {
+	return r.JSON404
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -3203,6 +3799,12 @@ type DeleteProtectedEntityResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *ProtectedEntityID
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -3210,6 +3812,21 @@ type DeleteProtectedEntityResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r DeleteProtectedEntityResponse) GetJSON200() *ProtectedEntityID {
 	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r DeleteProtectedEntityResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r DeleteProtectedEntityResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r DeleteProtectedEntityResponse) GetJSON404() *NotFound {
+	return r.JSON404
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -3251,6 +3868,12 @@ type GetProtectedEntityInfoResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *ProtectedEntityInfo
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -3258,6 +3881,21 @@ type GetProtectedEntityInfoResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r GetProtectedEntityInfoResponse) GetJSON200() *ProtectedEntityInfo {
 	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r GetProtectedEntityInfoResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetProtectedEntityInfoResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetProtectedEntityInfoResponse) GetJSON404() *NotFound {
+	return r.JSON404
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -3299,6 +3937,12 @@ type ListSnapshotsResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *ProtectedEntityList
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -3306,6 +3950,21 @@ type ListSnapshotsResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r ListSnapshotsResponse) GetJSON200() *ProtectedEntityList {
 	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ListSnapshotsResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListSnapshotsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r ListSnapshotsResponse) GetJSON404() *NotFound {
+	return r.JSON404
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -3347,6 +4006,12 @@ type CreateSnapshotResponse struct {
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
 	JSON200 *ProtectedEntitySnapshotID
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
 }
@@ -3354,6 +4019,21 @@ type CreateSnapshotResponse struct {
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
 func (r CreateSnapshotResponse) GetJSON200() *ProtectedEntitySnapshotID {
 	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r CreateSnapshotResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CreateSnapshotResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r CreateSnapshotResponse) GetJSON404() *NotFound {
+	return r.JSON404
 }
 
 // GetJSONDefault returns the response for an HTTP default `application/json` response
@@ -3392,6 +4072,10 @@ func (r CreateSnapshotResponse) ContentType() string {
 
 // HealthWithResponse Liveness check; needs no token
 //
+// Answers 200 while the appliance serves requests, with the version of
+// the binary. It takes no token, so that load balancers and service
+// managers can call it.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /healthz (the `Health` operationId).
@@ -3404,6 +4088,8 @@ func (c *ClientWithResponses) HealthWithResponse(ctx context.Context, reqEditors
 }
 
 // ListMountsWithResponse The FUSE mounts of the appliance
+//
+// Every mount with its directory; 501 where the appliance has no FUSE.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3418,6 +4104,9 @@ func (c *ClientWithResponses) ListMountsWithResponse(ctx context.Context, reqEdi
 
 // StartMountWithBodyWithResponse Mount the PE tree (all services and snapshots) at a directory
 //
+// Mounts the read-only tree of services, PEs and snapshots at a
+// directory under the appliance's mount root.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/appliance/mounts (the `StartMount` operationId).
@@ -3430,6 +4119,9 @@ func (c *ClientWithResponses) StartMountWithBodyWithResponse(ctx context.Context
 }
 
 // StartMountWithResponse Mount the PE tree (all services and snapshots) at a directory
+//
+// Mounts the read-only tree of services, PEs and snapshots at a
+// directory under the appliance's mount root.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3444,6 +4136,8 @@ func (c *ClientWithResponses) StartMountWithResponse(ctx context.Context, body S
 
 // StopMountWithResponse Unmount
 //
+// Unmounts the tree; the directory is left in place.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with DELETE /v1/appliance/mounts/{mountID} (the `StopMount` operationId).
@@ -3456,6 +4150,8 @@ func (c *ClientWithResponses) StopMountWithResponse(ctx context.Context, mountID
 }
 
 // ListNBDExportsWithResponse The NBD exports of the appliance
+//
+// Every export with its URI; 501 where the appliance serves no NBD.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3470,6 +4166,9 @@ func (c *ClientWithResponses) ListNBDExportsWithResponse(ctx context.Context, re
 
 // StartNBDExportWithBodyWithResponse Export a PE snapshot over NBD (a PE without snapshot is snapshotted first)
 //
+// Exports the snapshot read-only, or writable as a restore target whose
+// writes land in a new PE copied from the snapshot.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/appliance/nbd/exports (the `StartNBDExport` operationId).
@@ -3482,6 +4181,9 @@ func (c *ClientWithResponses) StartNBDExportWithBodyWithResponse(ctx context.Con
 }
 
 // StartNBDExportWithResponse Export a PE snapshot over NBD (a PE without snapshot is snapshotted first)
+//
+// Exports the snapshot read-only, or writable as a restore target whose
+// writes land in a new PE copied from the snapshot.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3496,6 +4198,8 @@ func (c *ClientWithResponses) StartNBDExportWithResponse(ctx context.Context, bo
 
 // StopNBDExportWithResponse Stop exporting a snapshot; connected clients finish their requests
 //
+// Removes the export; new connections to it are refused.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with DELETE /v1/appliance/nbd/exports/{protectedEntityID} (the `StopNBDExport` operationId).
@@ -3508,6 +4212,9 @@ func (c *ClientWithResponses) StopNBDExportWithResponse(ctx context.Context, pro
 }
 
 // StartBackupWithBodyWithResponse Back up a PE snapshot into the repository, as a task
+//
+// Backs the PE up (a live PE is snapshotted first); the task's result
+// is the repository snapshot's PE ID.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3522,6 +4229,9 @@ func (c *ClientWithResponses) StartBackupWithBodyWithResponse(ctx context.Contex
 
 // StartBackupWithResponse Back up a PE snapshot into the repository, as a task
 //
+// Backs the PE up (a live PE is snapshotted first); the task's result
+// is the repository snapshot's PE ID.
+//
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/appliance/repository/backups (the `StartBackup` operationId).
@@ -3534,6 +4244,9 @@ func (c *ClientWithResponses) StartBackupWithResponse(ctx context.Context, param
 }
 
 // StartRestoreWithBodyWithResponse Restore a repository snapshot as a PE, as a task
+//
+// Restores the repository snapshot into a service (by default the
+// snapshot's own); the task's result is the restored PE's ID.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3548,6 +4261,9 @@ func (c *ClientWithResponses) StartRestoreWithBodyWithResponse(ctx context.Conte
 
 // StartRestoreWithResponse Restore a repository snapshot as a PE, as a task
 //
+// Restores the repository snapshot into a service (by default the
+// snapshot's own); the task's result is the restored PE's ID.
+//
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/appliance/repository/restores (the `StartRestore` operationId).
@@ -3560,6 +4276,8 @@ func (c *ClientWithResponses) StartRestoreWithResponse(ctx context.Context, para
 }
 
 // ListRepositorySnapshotsWithResponse Snapshots in the backup repository
+//
+// The PE IDs of the repository's snapshots, all or one PE's.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3574,6 +4292,8 @@ func (c *ClientWithResponses) ListRepositorySnapshotsWithResponse(ctx context.Co
 
 // ListServicesWithResponse List the services (PE types) of this appliance
 //
+// The PE types this appliance is configured with (e.g. fs, disk), sorted.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /v1/astrolabe (the `ListServices` operationId).
@@ -3587,6 +4307,9 @@ func (c *ClientWithResponses) ListServicesWithResponse(ctx context.Context, reqE
 
 // ListTasksWithResponse IDs of running and recent tasks (finished ones are kept at least an hour)
 //
+// Running tasks and finished ones until their retention passes
+// (`astrolabe serve` keeps them an hour, at most 10000), oldest first.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /v1/astrolabe/tasks (the `ListTasks` operationId).
@@ -3599,6 +4322,8 @@ func (c *ClientWithResponses) ListTasksWithResponse(ctx context.Context, reqEdit
 }
 
 // ListTaskNexusWithResponse List the task nexus
+//
+// The nexus kept, sorted by ID, each with the tasks associated with it.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3615,6 +4340,8 @@ func (c *ClientWithResponses) ListTaskNexusWithResponse(ctx context.Context, req
 //
 // Operations that start tasks take `nexus=<id>` to associate their task
 // with the nexus; GET on the nexus then long-polls for their completion.
+// A nexus unused for the retention expires; when too many are kept and
+// all have running tasks, a new one is refused with 429.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3629,6 +4356,19 @@ func (c *ClientWithResponses) CreateTaskNexusWithResponse(ctx context.Context, r
 
 // WaitTaskNexusWithResponse Wait for tasks of the nexus to finish
 //
+// Returns the tasks of the nexus that finished after lastFinishedNS,
+// oldest first, as soon as there is one, or an empty list after
+// waitTime. To see each finished task exactly once, pass the answer's
+// `cursor` as lastFinishedNS of the next call (the reference's way,
+// the largest `finishedTimeNS` seen, works too).
+//
+// No two tasks finish at the same time: finish times are distinct
+// multiples of 8192 ns, which a double holds exactly, and
+// lastFinishedNS is taken as the multiple nearest to it. So a client
+// that holds times as doubles (JavaScript) and sends back a
+// `finishedTimeNS` off by up to 4095 ns neither gets that task again
+// nor misses the next.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /v1/astrolabe/tasks/nexus/{taskNexusID} (the `WaitTaskNexus` operationId).
@@ -3642,10 +4382,13 @@ func (c *ClientWithResponses) WaitTaskNexusWithResponse(ctx context.Context, tas
 
 // CancelTaskWithResponse Cancel a running task; its work stops
 //
+// Asks the task to stop and answers its state; the task ends as
+// cancelled soon after. Cancelling a finished task changes nothing.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with DELETE /v1/astrolabe/tasks/{taskID} (the `CancelTask` operationId).
-func (c *ClientWithResponses) CancelTaskWithResponse(ctx context.Context, taskID string, reqEditors ...RequestEditorFn) (*CancelTaskResponse, error) {
+func (c *ClientWithResponses) CancelTaskWithResponse(ctx context.Context, taskID TaskIDPath, reqEditors ...RequestEditorFn) (*CancelTaskResponse, error) {
 	rsp, err := c.CancelTask(ctx, taskID, reqEditors...)
 	if err != nil {
 		return nil, err
@@ -3655,10 +4398,12 @@ func (c *ClientWithResponses) CancelTaskWithResponse(ctx context.Context, taskID
 
 // GetTaskInfoWithResponse A running or recently finished task
 //
+// Its status, progress and, once finished, its result or error.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /v1/astrolabe/tasks/{taskID} (the `GetTaskInfo` operationId).
-func (c *ClientWithResponses) GetTaskInfoWithResponse(ctx context.Context, taskID string, reqEditors ...RequestEditorFn) (*GetTaskInfoResponse, error) {
+func (c *ClientWithResponses) GetTaskInfoWithResponse(ctx context.Context, taskID TaskIDPath, reqEditors ...RequestEditorFn) (*GetTaskInfoResponse, error) {
 	rsp, err := c.GetTaskInfo(ctx, taskID, reqEditors...)
 	if err != nil {
 		return nil, err
@@ -3667,6 +4412,9 @@ func (c *ClientWithResponses) GetTaskInfoWithResponse(ctx context.Context, taskI
 }
 
 // ListProtectedEntitiesWithResponse List the PEs of a service, in ID order, paged
+//
+// PE IDs sorted as strings, at most maxResults of them; when truncated
+// is set, ask again with idsAfter set to the last ID of the page.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3681,6 +4429,11 @@ func (c *ClientWithResponses) ListProtectedEntitiesWithResponse(ctx context.Cont
 
 // CopyProtectedEntityWithBodyWithResponse Copy a PE into this service, as a task
 //
+// Copies the PE the body names (a live PE is snapshotted first) into
+// this service. The copy runs as a task; the answer carries its ID and
+// the task's result the new PE's ID. A failure of the copy itself
+// (e.g. the target exists with mode create) is the task's.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/astrolabe/{service} (the `CopyProtectedEntity` operationId).
@@ -3693,6 +4446,11 @@ func (c *ClientWithResponses) CopyProtectedEntityWithBodyWithResponse(ctx contex
 }
 
 // CopyProtectedEntityWithResponse Copy a PE into this service, as a task
+//
+// Copies the PE the body names (a live PE is snapshotted first) into
+// this service. The copy runs as a task; the answer carries its ID and
+// the task's result the new PE's ID. A failure of the copy itself
+// (e.g. the target exists with mode create) is the task's.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3707,6 +4465,9 @@ func (c *ClientWithResponses) CopyProtectedEntityWithResponse(ctx context.Contex
 
 // DeleteProtectedEntityWithResponse Delete a snapshot (deleting live PEs is not offered)
 //
+// Deletes a snapshot, stops its NBD export and drops the cached zips
+// of it. An ID without a snapshot is refused with 400.
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with DELETE /v1/astrolabe/{service}/{protectedEntityID} (the `DeleteProtectedEntity` operationId).
@@ -3719,6 +4480,9 @@ func (c *ClientWithResponses) DeleteProtectedEntityWithResponse(ctx context.Cont
 }
 
 // GetProtectedEntityInfoWithResponse The PE info of a PE or snapshot
+//
+// Its name, size, components and where its data can be read: the
+// transports list the appliance's S3 URLs and NBD exports of it.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -3733,6 +4497,8 @@ func (c *ClientWithResponses) GetProtectedEntityInfoWithResponse(ctx context.Con
 
 // ListSnapshotsWithResponse The snapshots of a PE, oldest first
 //
+// The snapshot PE IDs of the PE (a snapshot ID in the path stands for its PE).
+//
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with GET /v1/astrolabe/{service}/{protectedEntityID}/snapshots (the `ListSnapshots` operationId).
@@ -3746,6 +4512,8 @@ func (c *ClientWithResponses) ListSnapshotsWithResponse(ctx context.Context, ser
 
 // CreateSnapshotWithBodyWithResponse Snapshot a PE
 //
+// Takes a snapshot of a live PE now and answers its PE ID.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/astrolabe/{service}/{protectedEntityID}/snapshots (the `CreateSnapshot` operationId).
@@ -3758,6 +4526,8 @@ func (c *ClientWithResponses) CreateSnapshotWithBodyWithResponse(ctx context.Con
 }
 
 // CreateSnapshotWithResponse Snapshot a PE
+//
+// Takes a snapshot of a live PE now and answers its PE ID.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -3791,6 +4561,13 @@ func ParseHealthResponse(rsp *http.Response) (*HealthResponse, error) {
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode/100 == 4:
+		var dest ClientError
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON4XX = &dest
+
 	}
 
 	return response, nil
@@ -3816,6 +4593,13 @@ func ParseListMountsResponse(rsp *http.Response) (*ListMountsResponse, error) {
 			return nil, err
 		}
 		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
@@ -3850,6 +4634,27 @@ func ParseStartMountResponse(rsp *http.Response) (*StartMountResponse, error) {
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -3878,6 +4683,20 @@ func ParseStopMountResponse(rsp *http.Response) (*StopMountResponse, error) {
 	switch {
 	case rsp.StatusCode == 204:
 		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
@@ -3912,6 +4731,13 @@ func ParseListNBDExportsResponse(rsp *http.Response) (*ListNBDExportsResponse, e
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -3945,6 +4771,27 @@ func ParseStartNBDExportResponse(rsp *http.Response) (*StartNBDExportResponse, e
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -3973,6 +4820,27 @@ func ParseStopNBDExportResponse(rsp *http.Response) (*StopNBDExportResponse, err
 	switch {
 	case rsp.StatusCode == 204:
 		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
@@ -4007,6 +4875,27 @@ func ParseStartBackupResponse(rsp *http.Response) (*StartBackupResponse, error) 
 		}
 		response.JSON202 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4039,6 +4928,27 @@ func ParseStartRestoreResponse(rsp *http.Response) (*StartRestoreResponse, error
 			return nil, err
 		}
 		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
@@ -4073,6 +4983,20 @@ func ParseListRepositorySnapshotsResponse(rsp *http.Response) (*ListRepositorySn
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4105,6 +5029,13 @@ func ParseListServicesResponse(rsp *http.Response) (*ListServicesResponse, error
 			return nil, err
 		}
 		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
@@ -4139,6 +5070,13 @@ func ParseListTasksResponse(rsp *http.Response) (*ListTasksResponse, error) {
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4171,6 +5109,13 @@ func ParseListTaskNexusResponse(rsp *http.Response) (*ListTaskNexusResponse, err
 			return nil, err
 		}
 		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
@@ -4205,6 +5150,20 @@ func ParseCreateTaskNexusResponse(rsp *http.Response) (*CreateTaskNexusResponse,
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest TooManyRequests
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4237,6 +5196,27 @@ func ParseWaitTaskNexusResponse(rsp *http.Response) (*WaitTaskNexusResponse, err
 			return nil, err
 		}
 		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
@@ -4271,6 +5251,20 @@ func ParseCancelTaskResponse(rsp *http.Response) (*CancelTaskResponse, error) {
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4303,6 +5297,20 @@ func ParseGetTaskInfoResponse(rsp *http.Response) (*GetTaskInfoResponse, error) 
 			return nil, err
 		}
 		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
@@ -4337,6 +5345,27 @@ func ParseListProtectedEntitiesResponse(rsp *http.Response) (*ListProtectedEntit
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4369,6 +5398,27 @@ func ParseCopyProtectedEntityResponse(rsp *http.Response) (*CopyProtectedEntityR
 			return nil, err
 		}
 		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
@@ -4403,6 +5453,27 @@ func ParseDeleteProtectedEntityResponse(rsp *http.Response) (*DeleteProtectedEnt
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4435,6 +5506,27 @@ func ParseGetProtectedEntityInfoResponse(rsp *http.Response) (*GetProtectedEntit
 			return nil, err
 		}
 		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
@@ -4469,6 +5561,27 @@ func ParseListSnapshotsResponse(rsp *http.Response) (*ListSnapshotsResponse, err
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4501,6 +5614,27 @@ func ParseCreateSnapshotResponse(rsp *http.Response) (*CreateSnapshotResponse, e
 			return nil, err
 		}
 		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
@@ -4563,10 +5697,10 @@ type ServerInterface interface {
 	WaitTaskNexus(w http.ResponseWriter, r *http.Request, taskNexusID string, params WaitTaskNexusParams)
 	// CancelTask Cancel a running task; its work stops
 	// (DELETE /v1/astrolabe/tasks/{taskID})
-	CancelTask(w http.ResponseWriter, r *http.Request, taskID string)
+	CancelTask(w http.ResponseWriter, r *http.Request, taskID TaskIDPath)
 	// GetTaskInfo A running or recently finished task
 	// (GET /v1/astrolabe/tasks/{taskID})
-	GetTaskInfo(w http.ResponseWriter, r *http.Request, taskID string)
+	GetTaskInfo(w http.ResponseWriter, r *http.Request, taskID TaskIDPath)
 	// ListProtectedEntities List the PEs of a service, in ID order, paged
 	// (GET /v1/astrolabe/{service})
 	ListProtectedEntities(w http.ResponseWriter, r *http.Request, service ServicePath, params ListProtectedEntitiesParams)
@@ -4683,13 +5817,13 @@ func (_ Unimplemented) WaitTaskNexus(w http.ResponseWriter, r *http.Request, tas
 
 // CancelTask Cancel a running task; its work stops
 // (DELETE /v1/astrolabe/tasks/{taskID})
-func (_ Unimplemented) CancelTask(w http.ResponseWriter, r *http.Request, taskID string) {
+func (_ Unimplemented) CancelTask(w http.ResponseWriter, r *http.Request, taskID TaskIDPath) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
 // GetTaskInfo A running or recently finished task
 // (GET /v1/astrolabe/tasks/{taskID})
-func (_ Unimplemented) GetTaskInfo(w http.ResponseWriter, r *http.Request, taskID string) {
+func (_ Unimplemented) GetTaskInfo(w http.ResponseWriter, r *http.Request, taskID TaskIDPath) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -5077,7 +6211,7 @@ func (siw *ServerInterfaceWrapper) CancelTask(w http.ResponseWriter, r *http.Req
 	_ = err
 
 	// ------------- Path parameter "taskID" -------------
-	var taskID string
+	var taskID TaskIDPath
 
 	err = runtime.BindStyledParameterWithOptions("simple", "taskID", chi.URLParam(r, "taskID"), &taskID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
 	if err != nil {
@@ -5103,7 +6237,7 @@ func (siw *ServerInterfaceWrapper) GetTaskInfo(w http.ResponseWriter, r *http.Re
 	_ = err
 
 	// ------------- Path parameter "taskID" -------------
-	var taskID string
+	var taskID TaskIDPath
 
 	err = runtime.BindStyledParameterWithOptions("simple", "taskID", chi.URLParam(r, "taskID"), &taskID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
 	if err != nil {
@@ -5558,7 +6692,19 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 	return r
 }
 
+type BadRequestJSONResponse Error
+
+type ClientErrorJSONResponse Error
+
+type ConflictJSONResponse Error
+
 type ErrorJSONResponse Error
+
+type NotFoundJSONResponse Error
+
+type TooManyRequestsJSONResponse Error
+
+type UnauthorizedJSONResponse Error
 
 type HealthRequestObject struct {
 }
@@ -5581,6 +6727,23 @@ func (response Health200JSONResponse) VisitHealthResponse(w http.ResponseWriter)
 	return err
 }
 
+type Health4XXJSONResponse struct {
+	Body       Error
+	StatusCode int
+}
+
+func (response Health4XXJSONResponse) VisitHealthResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type ListMountsRequestObject struct {
 }
 
@@ -5598,6 +6761,20 @@ func (response ListMounts200JSONResponse) VisitListMountsResponse(w http.Respons
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListMounts401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ListMounts401JSONResponse) VisitListMountsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -5641,6 +6818,48 @@ func (response StartMount200JSONResponse) VisitStartMountResponse(w http.Respons
 	return err
 }
 
+type StartMount400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response StartMount400JSONResponse) VisitStartMountResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartMount401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response StartMount401JSONResponse) VisitStartMountResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartMount409JSONResponse struct{ ConflictJSONResponse }
+
+func (response StartMount409JSONResponse) VisitStartMountResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type StartMountdefaultJSONResponse struct {
 	Body       Error
 	StatusCode int
@@ -5672,6 +6891,34 @@ type StopMount204Response struct {
 func (response StopMount204Response) VisitStopMountResponse(w http.ResponseWriter) error {
 	w.WriteHeader(204)
 	return nil
+}
+
+type StopMount401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response StopMount401JSONResponse) VisitStopMountResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StopMount404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response StopMount404JSONResponse) VisitStopMountResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
 }
 
 type StopMountdefaultJSONResponse struct {
@@ -5708,6 +6955,20 @@ func (response ListNBDExports200JSONResponse) VisitListNBDExportsResponse(w http
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListNBDExports401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ListNBDExports401JSONResponse) VisitListNBDExportsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -5751,6 +7012,48 @@ func (response StartNBDExport200JSONResponse) VisitStartNBDExportResponse(w http
 	return err
 }
 
+type StartNBDExport400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response StartNBDExport400JSONResponse) VisitStartNBDExportResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartNBDExport401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response StartNBDExport401JSONResponse) VisitStartNBDExportResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartNBDExport404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response StartNBDExport404JSONResponse) VisitStartNBDExportResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type StartNBDExportdefaultJSONResponse struct {
 	Body       Error
 	StatusCode int
@@ -5782,6 +7085,48 @@ type StopNBDExport204Response struct {
 func (response StopNBDExport204Response) VisitStopNBDExportResponse(w http.ResponseWriter) error {
 	w.WriteHeader(204)
 	return nil
+}
+
+type StopNBDExport400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response StopNBDExport400JSONResponse) VisitStopNBDExportResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StopNBDExport401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response StopNBDExport401JSONResponse) VisitStopNBDExportResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StopNBDExport404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response StopNBDExport404JSONResponse) VisitStopNBDExportResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
 }
 
 type StopNBDExportdefaultJSONResponse struct {
@@ -5820,6 +7165,48 @@ func (response StartBackup202JSONResponse) VisitStartBackupResponse(w http.Respo
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(202)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartBackup400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response StartBackup400JSONResponse) VisitStartBackupResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartBackup401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response StartBackup401JSONResponse) VisitStartBackupResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartBackup404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response StartBackup404JSONResponse) VisitStartBackupResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -5864,6 +7251,48 @@ func (response StartRestore202JSONResponse) VisitStartRestoreResponse(w http.Res
 	return err
 }
 
+type StartRestore400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response StartRestore400JSONResponse) VisitStartRestoreResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartRestore401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response StartRestore401JSONResponse) VisitStartRestoreResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartRestore404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response StartRestore404JSONResponse) VisitStartRestoreResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type StartRestoredefaultJSONResponse struct {
 	Body       Error
 	StatusCode int
@@ -5899,6 +7328,34 @@ func (response ListRepositorySnapshots200JSONResponse) VisitListRepositorySnapsh
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListRepositorySnapshots400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response ListRepositorySnapshots400JSONResponse) VisitListRepositorySnapshotsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListRepositorySnapshots401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ListRepositorySnapshots401JSONResponse) VisitListRepositorySnapshotsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -5941,6 +7398,20 @@ func (response ListServices200JSONResponse) VisitListServicesResponse(w http.Res
 	return err
 }
 
+type ListServices401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ListServices401JSONResponse) VisitListServicesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type ListServicesdefaultJSONResponse struct {
 	Body       Error
 	StatusCode int
@@ -5975,6 +7446,20 @@ func (response ListTasks200JSONResponse) VisitListTasksResponse(w http.ResponseW
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListTasks401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ListTasks401JSONResponse) VisitListTasksResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -6017,6 +7502,20 @@ func (response ListTaskNexus200JSONResponse) VisitListTaskNexusResponse(w http.R
 	return err
 }
 
+type ListTaskNexus401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ListTaskNexus401JSONResponse) VisitListTaskNexusResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type ListTaskNexusdefaultJSONResponse struct {
 	Body       Error
 	StatusCode int
@@ -6051,6 +7550,34 @@ func (response CreateTaskNexus200JSONResponse) VisitCreateTaskNexusResponse(w ht
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateTaskNexus401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response CreateTaskNexus401JSONResponse) VisitCreateTaskNexusResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateTaskNexus429JSONResponse struct{ TooManyRequestsJSONResponse }
+
+func (response CreateTaskNexus429JSONResponse) VisitCreateTaskNexusResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(429)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -6095,6 +7622,48 @@ func (response WaitTaskNexus200JSONResponse) VisitWaitTaskNexusResponse(w http.R
 	return err
 }
 
+type WaitTaskNexus400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response WaitTaskNexus400JSONResponse) VisitWaitTaskNexusResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type WaitTaskNexus401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response WaitTaskNexus401JSONResponse) VisitWaitTaskNexusResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type WaitTaskNexus404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response WaitTaskNexus404JSONResponse) VisitWaitTaskNexusResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type WaitTaskNexusdefaultJSONResponse struct {
 	Body       Error
 	StatusCode int
@@ -6113,7 +7682,7 @@ func (response WaitTaskNexusdefaultJSONResponse) VisitWaitTaskNexusResponse(w ht
 }
 
 type CancelTaskRequestObject struct {
-	TaskID string `json:"taskID"`
+	TaskID TaskIDPath `json:"taskID"`
 }
 
 type CancelTaskResponseObject interface {
@@ -6130,6 +7699,34 @@ func (response CancelTask200JSONResponse) VisitCancelTaskResponse(w http.Respons
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CancelTask401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response CancelTask401JSONResponse) VisitCancelTaskResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CancelTask404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response CancelTask404JSONResponse) VisitCancelTaskResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -6152,7 +7749,7 @@ func (response CancelTaskdefaultJSONResponse) VisitCancelTaskResponse(w http.Res
 }
 
 type GetTaskInfoRequestObject struct {
-	TaskID string `json:"taskID"`
+	TaskID TaskIDPath `json:"taskID"`
 }
 
 type GetTaskInfoResponseObject interface {
@@ -6169,6 +7766,34 @@ func (response GetTaskInfo200JSONResponse) VisitGetTaskInfoResponse(w http.Respo
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetTaskInfo401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response GetTaskInfo401JSONResponse) VisitGetTaskInfoResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetTaskInfo404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response GetTaskInfo404JSONResponse) VisitGetTaskInfoResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -6209,6 +7834,48 @@ func (response ListProtectedEntities200JSONResponse) VisitListProtectedEntitiesR
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListProtectedEntities400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response ListProtectedEntities400JSONResponse) VisitListProtectedEntitiesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListProtectedEntities401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ListProtectedEntities401JSONResponse) VisitListProtectedEntitiesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListProtectedEntities404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response ListProtectedEntities404JSONResponse) VisitListProtectedEntitiesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -6254,6 +7921,48 @@ func (response CopyProtectedEntity202JSONResponse) VisitCopyProtectedEntityRespo
 	return err
 }
 
+type CopyProtectedEntity400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response CopyProtectedEntity400JSONResponse) VisitCopyProtectedEntityResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CopyProtectedEntity401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response CopyProtectedEntity401JSONResponse) VisitCopyProtectedEntityResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CopyProtectedEntity404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response CopyProtectedEntity404JSONResponse) VisitCopyProtectedEntityResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type CopyProtectedEntitydefaultJSONResponse struct {
 	Body       Error
 	StatusCode int
@@ -6290,6 +7999,48 @@ func (response DeleteProtectedEntity200JSONResponse) VisitDeleteProtectedEntityR
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteProtectedEntity400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response DeleteProtectedEntity400JSONResponse) VisitDeleteProtectedEntityResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteProtectedEntity401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response DeleteProtectedEntity401JSONResponse) VisitDeleteProtectedEntityResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteProtectedEntity404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response DeleteProtectedEntity404JSONResponse) VisitDeleteProtectedEntityResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -6334,6 +8085,48 @@ func (response GetProtectedEntityInfo200JSONResponse) VisitGetProtectedEntityInf
 	return err
 }
 
+type GetProtectedEntityInfo400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response GetProtectedEntityInfo400JSONResponse) VisitGetProtectedEntityInfoResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetProtectedEntityInfo401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response GetProtectedEntityInfo401JSONResponse) VisitGetProtectedEntityInfoResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetProtectedEntityInfo404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response GetProtectedEntityInfo404JSONResponse) VisitGetProtectedEntityInfoResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type GetProtectedEntityInfodefaultJSONResponse struct {
 	Body       Error
 	StatusCode int
@@ -6370,6 +8163,48 @@ func (response ListSnapshots200JSONResponse) VisitListSnapshotsResponse(w http.R
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSnapshots400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response ListSnapshots400JSONResponse) VisitListSnapshotsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSnapshots401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ListSnapshots401JSONResponse) VisitListSnapshotsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSnapshots404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response ListSnapshots404JSONResponse) VisitListSnapshotsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -6411,6 +8246,48 @@ func (response CreateSnapshot200JSONResponse) VisitCreateSnapshotResponse(w http
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateSnapshot400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response CreateSnapshot400JSONResponse) VisitCreateSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateSnapshot401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response CreateSnapshot401JSONResponse) VisitCreateSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CreateSnapshot404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response CreateSnapshot404JSONResponse) VisitCreateSnapshotResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -6946,7 +8823,7 @@ func (sh *strictHandler) WaitTaskNexus(w http.ResponseWriter, r *http.Request, t
 }
 
 // CancelTask operation middleware
-func (sh *strictHandler) CancelTask(w http.ResponseWriter, r *http.Request, taskID string) {
+func (sh *strictHandler) CancelTask(w http.ResponseWriter, r *http.Request, taskID TaskIDPath) {
 	var request CancelTaskRequestObject
 
 	request.TaskID = taskID
@@ -6972,7 +8849,7 @@ func (sh *strictHandler) CancelTask(w http.ResponseWriter, r *http.Request, task
 }
 
 // GetTaskInfo operation middleware
-func (sh *strictHandler) GetTaskInfo(w http.ResponseWriter, r *http.Request, taskID string) {
+func (sh *strictHandler) GetTaskInfo(w http.ResponseWriter, r *http.Request, taskID TaskIDPath) {
 	var request GetTaskInfoRequestObject
 
 	request.TaskID = taskID

@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -74,10 +75,13 @@ func New(opts Options) (*Manager, error) {
 }
 
 // apiError turns a non-2xx answer into an error that wraps the pe error of
-// its status, so callers can tell "not found" from "exists".
-func apiError(status int, e *api.Error, body []byte) error {
+// its status, so callers can tell "not found" from "exists". The body is
+// read here rather than from the generated JSON<status> fields, which
+// differ per operation and status.
+func apiError(status int, body []byte) error {
 	msg := strings.TrimSpace(string(body))
-	if e != nil {
+	var e api.Error
+	if json.Unmarshal(body, &e) == nil && e.Message != "" {
 		msg = e.Message
 	}
 	var kind error
@@ -129,7 +133,7 @@ func (m *Manager) services(ctx context.Context) ([]string, error) {
 		return nil, fmt.Errorf("appliance: %w", err)
 	}
 	if r.JSON200 == nil {
-		return nil, apiError(r.StatusCode(), r.JSONDefault, r.Body)
+		return nil, apiError(r.StatusCode(), r.Body)
 	}
 	return r.JSON200.Services, nil
 }
@@ -164,7 +168,7 @@ func (t *typeManager) List(ctx context.Context) ([]pe.ID, error) {
 			return nil, fmt.Errorf("appliance: %w", err)
 		}
 		if r.JSON200 == nil {
-			return nil, apiError(r.StatusCode(), r.JSONDefault, r.Body)
+			return nil, apiError(r.StatusCode(), r.Body)
 		}
 		for _, s := range r.JSON200.List {
 			id, err := pe.ParseID(s)
@@ -196,7 +200,7 @@ func (t *typeManager) Copy(ctx context.Context, src pe.ProtectedEntity, opts pe.
 		return nil, fmt.Errorf("appliance: %w", err)
 	}
 	if r.JSON202 == nil {
-		return nil, apiError(r.StatusCode(), r.JSONDefault, r.Body)
+		return nil, apiError(r.StatusCode(), r.Body)
 	}
 	// Task progress is a percentage, not bytes: it is not passed on.
 	task, err := t.m.WaitTask(ctx, r.JSON202.TaskID)
@@ -219,7 +223,7 @@ func (m *Manager) WaitTask(ctx context.Context, id string) (api.TaskInfo, error)
 			return api.TaskInfo{}, fmt.Errorf("appliance: %w", err)
 		}
 		if r.JSON200 == nil {
-			return api.TaskInfo{}, apiError(r.StatusCode(), r.JSONDefault, r.Body)
+			return api.TaskInfo{}, apiError(r.StatusCode(), r.Body)
 		}
 		ti := *r.JSON200
 		switch ti.Status {
@@ -250,7 +254,7 @@ func (e *entity) Info(ctx context.Context) (pe.Info, error) {
 		return pe.Info{}, fmt.Errorf("appliance: %w", err)
 	}
 	if r.JSON200 == nil {
-		return pe.Info{}, apiError(r.StatusCode(), r.JSONDefault, r.Body)
+		return pe.Info{}, apiError(r.StatusCode(), r.Body)
 	}
 	return fromAPIInfo(*r.JSON200)
 }
@@ -264,7 +268,7 @@ func (e *entity) Snapshot(ctx context.Context, params pe.Params) (pe.ID, error) 
 		return pe.ID{}, fmt.Errorf("appliance: %w", err)
 	}
 	if r.JSON200 == nil {
-		return pe.ID{}, apiError(r.StatusCode(), r.JSONDefault, r.Body)
+		return pe.ID{}, apiError(r.StatusCode(), r.Body)
 	}
 	return pe.ParseID(*r.JSON200)
 }
@@ -275,7 +279,7 @@ func (e *entity) ListSnapshots(ctx context.Context) ([]pe.ID, error) {
 		return nil, fmt.Errorf("appliance: %w", err)
 	}
 	if r.JSON200 == nil {
-		return nil, apiError(r.StatusCode(), r.JSONDefault, r.Body)
+		return nil, apiError(r.StatusCode(), r.Body)
 	}
 	out := make([]pe.ID, 0, len(r.JSON200.List))
 	for _, s := range r.JSON200.List {
@@ -295,7 +299,7 @@ func (e *entity) DeleteSnapshot(ctx context.Context, snapshot string) error {
 		return fmt.Errorf("appliance: %w", err)
 	}
 	if r.JSON200 == nil {
-		return apiError(r.StatusCode(), r.JSONDefault, r.Body)
+		return apiError(r.StatusCode(), r.Body)
 	}
 	return nil
 }

@@ -40,9 +40,10 @@ func toAPITransports(ts []pe.Transport) []api.DataTransport {
 }
 
 func toAPITask(i tasks.Info) api.TaskInfo {
+	// In UTC, so that the times read alike whatever the appliance's zone.
 	out := api.TaskInfo{
 		Id: i.ID, Kind: i.Kind, Completed: i.Done(), Status: api.TaskInfoStatus(i.Status),
-		Progress: i.Progress, StartedTime: i.Started, StartedTimeNS: i.Started.UnixNano(),
+		Progress: i.Progress, StartedTime: i.Started.UTC(), StartedTimeNS: i.Started.UnixNano(),
 	}
 	if i.Details != "" {
 		// A failed task's details are its error.
@@ -50,7 +51,7 @@ func toAPITask(i tasks.Info) api.TaskInfo {
 		out.Details = &d
 	}
 	if i.Done() {
-		f, ns := i.Finished, i.Finished.UnixNano()
+		f, ns := i.Finished.UTC(), i.Finished.UnixNano()
 		out.FinishedTime, out.FinishedTimeNS = &f, &ns
 	}
 	if i.Result != nil {

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -496,15 +497,19 @@ func (s *server) WaitTaskNexus(ctx context.Context, req api.WaitTaskNexusRequest
 	if req.Params.WaitTime < 0 || req.Params.LastFinishedNS < 0 {
 		return nil, badRequest("waitTime and lastFinishedNS must not be negative")
 	}
-	wait := nexusWait(req.Params.WaitTime)
-	infos, err := s.cfg.Tasks.WaitNexus(ctx, req.TaskNexusID, time.Unix(0, req.Params.LastFinishedNS), wait)
+	// A finish time the client rounded through a double stands for the
+	// finish time nearest it (see tasks.FinishGrid).
+	last := tasks.SnapToGrid(req.Params.LastFinishedNS)
+	infos, err := s.cfg.Tasks.WaitNexus(ctx, req.TaskNexusID, time.Unix(0, last), nexusWait(req.Params.WaitTime))
 	if err != nil {
 		return nil, err
 	}
 	out := api.WaitTaskNexus200JSONResponse{Id: req.TaskNexusID, Finished: []api.TaskInfo{}}
 	for _, i := range infos {
 		out.Finished = append(out.Finished, toAPITask(i))
+		last = i.Finished.UnixNano()
 	}
+	out.Cursor = strconv.FormatInt(last, 10)
 	return out, nil
 }
 

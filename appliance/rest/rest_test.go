@@ -32,6 +32,9 @@ type fixture struct {
 	tasks  *tasks.Manager
 	url    string
 	client *api.ClientWithResponses
+	// http is the client of the tests that make their own requests; it
+	// and client check every answer against the spec.
+	http *http.Client
 }
 
 // useCases are the use cases over m, without repository, NBD or mounts.
@@ -45,6 +48,12 @@ func useCases(t *testing.T, m pe.Manager) *usecase.Service {
 }
 
 func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	return newFixtureWith(t, tasks.Options{})
+}
+
+// newFixtureWith is newFixture with a task manager of the given options.
+func newFixtureWith(t *testing.T, opts tasks.Options) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	if err := config.Init(dir); err != nil {
@@ -64,17 +73,21 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	tm := tasks.NewManager(tasks.Options{Logger: log})
+	opts.Logger = log
+	tm := tasks.NewManager(opts)
 	srv := httptest.NewServer(NewHandler(Config{UseCases: useCases(t, m), Tasks: tm, Logger: log, Version: "test", Token: token}))
 	t.Cleanup(srv.Close)
-	c, err := api.NewClientWithResponses(srv.URL, api.WithRequestEditorFn(func(ctx context.Context, r *http.Request) error {
+	spec := newSpecChecker(t)
+	t.Cleanup(func() { spec.report(t) })
+	hc := &http.Client{Transport: spec}
+	c, err := api.NewClientWithResponses(srv.URL, api.WithHTTPClient(hc), api.WithRequestEditorFn(func(ctx context.Context, r *http.Request) error {
 		r.Header.Set("Authorization", "Bearer "+token)
 		return nil
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{cfgDir: dir, m: m, tasks: tm, url: srv.URL, client: c}
+	return &fixture{cfgDir: dir, m: m, tasks: tm, url: srv.URL, client: c, http: hc}
 }
 
 // waitTask polls a task until it finishes.
@@ -243,7 +256,7 @@ func TestAPI(t *testing.T) {
 	if err != nil || del.JSON200 == nil || *del.JSON200 != snap {
 		t.Fatalf("delete: %v %s", err, del.Body)
 	}
-	if info, _ := c.GetProtectedEntityInfoWithResponse(ctx, "fs", snap); info.StatusCode() != http.StatusNotFound || info.JSONDefault == nil || info.JSONDefault.Code != 404 {
+	if info, _ := c.GetProtectedEntityInfoWithResponse(ctx, "fs", snap); info.StatusCode() != http.StatusNotFound || info.JSON404 == nil || info.JSON404.Code != 404 {
 		t.Errorf("info of a deleted snapshot: %d %s", info.StatusCode(), info.Body)
 	}
 }
@@ -258,7 +271,7 @@ func TestAPIErrors(t *testing.T) {
 			req.Header.Set("Authorization", "Bearer "+tok)
 		}
 		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := f.http.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

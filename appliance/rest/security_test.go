@@ -120,7 +120,7 @@ func newSecFixture(t *testing.T) *secFixture {
 	srv := httptest.NewServer(NewHandler(Config{UseCases: useCases(t, sf.rec), Tasks: tm, Logger: log, Token: token,
 		Exports: sf.exports, Mounts: sf.mounts, SnapshotDeleted: func(id pe.ID) { sf.deleted = append(sf.deleted, id) }}))
 	t.Cleanup(srv.Close)
-	c, err := api.NewClientWithResponses(srv.URL, api.WithRequestEditorFn(func(ctx context.Context, r *http.Request) error {
+	c, err := api.NewClientWithResponses(srv.URL, api.WithHTTPClient(base.http), api.WithRequestEditorFn(func(ctx context.Context, r *http.Request) error {
 		r.Header.Set("Authorization", "Bearer "+token)
 		return nil
 	}))
@@ -137,7 +137,7 @@ func (f *secFixture) do(t *testing.T, method, path, body string) (int, string) {
 	req, _ := http.NewRequest(method, f.url+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := f.http.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

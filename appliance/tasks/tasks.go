@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sort"
 	"sync"
 	"time"
@@ -67,7 +68,21 @@ type Options struct {
 	// (no waits, no running task) for Retention expires; when a new one
 	// would pass the bound, the least recently used idle one goes.
 	MaxNexus int
+	// Now is the clock (default time.Now); tests freeze it to make tasks
+	// finish at the same instant.
+	Now func() time.Time
 }
+
+// FinishGrid is the spacing of finish times. Clients of the nexus long
+// poll send the finish time of the last task they saw back in nanoseconds,
+// and many hold it as a float64 (JavaScript, any JSON decoder into
+// doubles), which keeps 53 bits: a Unix time in nanoseconds is rounded by
+// up to 512 ns, and one rounded twice (printed, parsed, computed with) by
+// 2^-52 relative is off by at most 2048 ns below 2^63. Finish times are
+// multiples of 2^13 ns, which a float64 holds exactly, and no two tasks
+// share one, so a value off by less than half the grid still names
+// exactly one finish time (see SnapToGrid).
+const FinishGrid = 8192 * time.Nanosecond
 
 // Manager runs tasks.
 type Manager struct {
@@ -80,6 +95,8 @@ type Manager struct {
 	order   []string // task IDs, oldest first
 	nexus   map[string]*nexus
 	changed chan struct{} // closed and replaced when a task finishes
+	// lastFinish is the latest finish time given; the next is later.
+	lastFinish time.Time
 }
 
 type task struct {
@@ -109,6 +126,9 @@ func NewManager(opts Options) *Manager {
 	if opts.MaxNexus <= 0 {
 		opts.MaxNexus = 1000
 	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	return &Manager{
 		opts: opts, log: opts.Logger,
 		tasks: map[string]*task{}, nexus: map[string]*nexus{},
@@ -136,14 +156,14 @@ func (m *Manager) Start(ctx context.Context, kind, details, nexusID string, fn F
 	}
 	tctx, cancel := context.WithCancel(ctx)
 	t := &task{
-		info:   Info{ID: newID("task-"), Kind: kind, Status: Running, Details: details, Started: time.Now()},
+		info:   Info{ID: newID("task-"), Kind: kind, Status: Running, Details: details, Started: m.opts.Now()},
 		cancel: cancel,
 	}
 	m.tasks[t.info.ID] = t
 	m.order = append(m.order, t.info.ID)
 	if nx != nil {
 		nx.tasks = append(nx.tasks, t.info.ID)
-		nx.used = time.Now()
+		nx.used = m.opts.Now()
 	}
 	info := t.info
 	m.mu.Unlock()
@@ -162,7 +182,7 @@ func (m *Manager) Start(ctx context.Context, kind, details, nexusID string, fn F
 func (m *Manager) finish(t *task, ctx context.Context, result map[string]string, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	t.info.Finished = time.Now()
+	t.info.Finished = m.nextFinish(m.opts.Now())
 	switch {
 	case err == nil:
 		t.info.Status, t.info.Progress, t.info.Result = Success, 100, result
@@ -174,7 +194,33 @@ func (m *Manager) finish(t *task, ctx context.Context, result map[string]string,
 	m.log.Info("task finished", "task", t.info.ID, "status", t.info.Status, "details", t.info.Details)
 	close(m.changed)
 	m.changed = make(chan struct{})
-	m.prune(time.Now())
+	m.prune(m.opts.Now())
+}
+
+// nextFinish returns the finish time of a task finishing at now: now on
+// the FinishGrid, or the grid point after the last finish time given if
+// that is not earlier (tasks finishing within one grid step, or a wall
+// clock set back); m.mu held.
+func (m *Manager) nextFinish(now time.Time) time.Time {
+	ns := now.UnixNano()
+	f := time.Unix(0, ns-ns%int64(FinishGrid))
+	if !f.After(m.lastFinish) {
+		f = m.lastFinish.Add(FinishGrid)
+	}
+	m.lastFinish = f
+	return f
+}
+
+// SnapToGrid returns the FinishGrid point nearest ns, a finish time in
+// nanoseconds since the epoch that a client may have rounded through a
+// float64: the finish time it stands for. ns must not be negative.
+func SnapToGrid(ns int64) int64 {
+	const grid = int64(FinishGrid)
+	low := ns - ns%grid
+	if ns%grid >= grid/2 && low <= math.MaxInt64-grid {
+		return low + grid
+	}
+	return low
 }
 
 // prune drops finished tasks past retention or beyond MaxFinished; m.mu held.
@@ -224,7 +270,7 @@ func (m *Manager) idle(nx *nexus) bool {
 func (m *Manager) Get(id string) (Info, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.prune(time.Now())
+	m.prune(m.opts.Now())
 	t := m.tasks[id]
 	if t == nil {
 		return Info{}, fmt.Errorf("task %q: %w", id, ErrNotFound)
@@ -236,7 +282,7 @@ func (m *Manager) Get(id string) (Info, error) {
 func (m *Manager) List() []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.prune(time.Now())
+	m.prune(m.opts.Now())
 	return append([]string(nil), m.order...)
 }
 
@@ -307,7 +353,7 @@ type NexusInfo struct {
 // idle nexus, or fails with ErrTooMany if all have running tasks.
 func (m *Manager) NewNexus() (string, error) {
 	id := newID("nexus-")
-	now := time.Now()
+	now := m.opts.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.prune(now)
@@ -331,7 +377,7 @@ func (m *Manager) NewNexus() (string, error) {
 func (m *Manager) Nexus() []NexusInfo {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.prune(time.Now())
+	m.prune(m.opts.Now())
 	out := make([]NexusInfo, 0, len(m.nexus))
 	for _, nx := range m.nexus {
 		out = append(out, NexusInfo{ID: nx.id, Tasks: append([]string(nil), nx.tasks...)})
@@ -352,7 +398,7 @@ func (m *Manager) WaitNexus(ctx context.Context, id string, lastFinished time.Ti
 			m.mu.Unlock()
 			return nil, fmt.Errorf("task nexus %q: %w", id, ErrNotFound)
 		}
-		nx.used = time.Now()
+		nx.used = m.opts.Now()
 		var out []Info
 		for _, tid := range nx.tasks {
 			if t := m.tasks[tid]; t != nil && t.info.Done() && t.info.Finished.After(lastFinished) {

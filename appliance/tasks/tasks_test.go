@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"testing"
 	"time"
 
@@ -131,5 +132,55 @@ func TestNexusBounded(t *testing.T) {
 	time.Sleep(80 * time.Millisecond)
 	if got := len(m.Nexus()); got != 10 {
 		t.Errorf("busy nexus expired: %d left", got)
+	}
+}
+
+// Tasks that finish at the same instant get distinct finish times on the
+// FinishGrid, in the order they finished, each exactly a float64; a
+// finish time rounded through a float64 snaps back to itself.
+func TestFinishTimesDistinctOnGrid(t *testing.T) {
+	// 1796458123456789123 ns: an instant a float64 cannot hold exactly.
+	frozen := time.Unix(0, 1796458123456789123)
+	m := NewManager(Options{Logger: quiet(), Now: func() time.Time { return frozen }})
+	ctx := context.Background()
+	nx, err := m.NewNexus()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	for range n {
+		info, err := m.Start(ctx, "t", "", nx, func(context.Context, pe.Progress) (map[string]string, error) { return nil, nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Wait(ctx, info.ID)
+	}
+	done, err := m.WaitNexus(ctx, nx, time.Time{}, time.Second)
+	if err != nil || len(done) != n {
+		t.Fatalf("nexus: %d tasks, %v", len(done), err)
+	}
+	grid := int64(FinishGrid)
+	for i, info := range done {
+		ns := info.Finished.UnixNano()
+		if ns%grid != 0 || int64(float64(ns)) != ns {
+			t.Errorf("finish time %d: not on the %d ns grid or not exact as a float64", ns, grid)
+		}
+		if i > 0 && ns != done[i-1].Finished.UnixNano()+grid {
+			t.Errorf("finish time %d follows %d: want one grid step apart", ns, done[i-1].Finished.UnixNano())
+		}
+		rel := math.Ldexp(1, -52)
+		for _, sent := range []float64{float64(ns), float64(ns) * (1 + rel), float64(ns) * (1 - rel)} {
+			if got := SnapToGrid(int64(sent)); got != ns {
+				t.Errorf("finish time %d sent back as %.0f: snaps to %d", ns, sent, got)
+			}
+		}
+	}
+	if first := done[0].Finished.UnixNano(); first > frozen.UnixNano() || frozen.UnixNano()-first >= grid {
+		t.Errorf("first finish time %d: want the frozen clock %d on the grid", first, frozen.UnixNano())
+	}
+	for _, ns := range []int64{0, 1, math.MaxInt64} {
+		if got := SnapToGrid(ns); got < 0 || got%grid != 0 || got-ns >= grid || ns-got >= grid {
+			t.Errorf("SnapToGrid(%d) = %d", ns, got)
+		}
 	}
 }

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The linters of api/openapi.yaml (make lint-api): Redocly's and Stoplight
+# Spectral's CLIs from the npm registry, at the versions api/lint-tools.env
+# pins, fetched into npx's cache so that `make lint` finds them. Needs
+# Node.js >= 20.19 (Redocly CLI 2); installs Node.js from Debian if there is
+# none. Idempotent: a cached version is not fetched again.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=../../api/lint-tools.env
+source "$root/api/lint-tools.env"
+
+if ! command -v npx >/dev/null 2>&1; then
+	echo "installing Debian packages: nodejs npm"
+	SUDO=
+	[[ $(id -u) == 0 ]] || SUDO=sudo
+	$SUDO apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+node_version=$(node --version)
+IFS=. read -r major minor _ <<<"${node_version#v}"
+if ((major < 20 || (major == 20 && minor < 19))); then
+	echo "openapi-lint: Node.js $node_version is too old for @redocly/cli@$REDOCLY_CLI_VERSION: install Node.js 20.19 or later (22 LTS)" >&2
+	exit 1
+fi
+
+export REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true
+for pkg in "@redocly/cli@$REDOCLY_CLI_VERSION" "@stoplight/spectral-cli@$SPECTRAL_CLI_VERSION"; do
+	if ! npx --no-install "$pkg" --version >/dev/null 2>&1; then
+		echo "fetching $pkg into the npm cache"
+		npx --yes "$pkg" --version >/dev/null
+	fi
+done
