@@ -20,7 +20,8 @@ if ((${#need[@]})); then
 	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-# A build of mc takes a few minutes (about 4 on 2 busy cores).
+# A build of mc from a cold build cache takes about 4.5 CPU-minutes
+# (measured: 229 s user + 35 s system; 2-3 minutes on 2 idle cores).
 GOBIN=$(go env GOPATH)/bin
 if ! [[ -x $GOBIN/mc ]] || ! "$GOBIN/mc" --version 2>/dev/null | grep -q '^mc version'; then
 	echo "installing minio mc $MC_VERSION into $GOBIN (takes a few minutes)"
