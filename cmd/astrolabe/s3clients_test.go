@@ -250,11 +250,16 @@ func (s *s3Env) awsArgs(args ...string) []string {
 // testAWSCLI uses the aws on PATH: Debian's awscli v2 or a v1 from pip.
 func testAWSCLI(t *testing.T, s *s3Env) {
 	env := s.awsEnv()
-	aws := func(t *testing.T, args ...string) []byte { t.Helper(); return mustTool(t, env, "aws", s.awsArgs(args...)...) }
+	aws := func(t *testing.T, args ...string) []byte {
+		t.Helper()
+		return mustTool(t, env, "aws", s.awsArgs(args...)...)
+	}
 	version, _, _ := tool(t, env, "aws", "--version")
 	t.Logf("%s", bytes.TrimSpace(version))
 	t.Run("list-buckets", func(t *testing.T) {
-		var out struct{ Buckets []struct{ Name, CreationDate string } }
+		var out struct {
+			Buckets []struct{ Name, CreationDate string }
+		}
 		json.Unmarshal(aws(t, "s3api", "list-buckets"), &out)
 		var names []string
 		for _, b := range out.Buckets {
