@@ -125,11 +125,10 @@ func validHeaderValue(v string) bool {
 	return true
 }
 
-// objectVariant checks the query parameters that choose what of an
-// object a GET or HEAD reads: versionId=null (the object, in a bucket
-// without versioning, as S3 answers) and partNumber, with which S3 reads
-// one part of a multipart upload's object: these objects are one part.
-// whole is set when the whole object is asked for whatever the Range.
+// objectVariant checks partNumber, with which S3 reads one part of a
+// multipart upload's object (versionId=null, the other such parameter,
+// names the object itself in a bucket without versioning). Objects here
+// are one part: part 1 is the whole object, and whole says so.
 func objectVariant(r *http.Request) (whole bool, _ *s3Error) {
 	q := r.URL.Query()
 	if !q.Has("partNumber") {

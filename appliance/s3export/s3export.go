@@ -537,7 +537,7 @@ func (h *Handler) getObject(w http.ResponseWriter, r *http.Request, bucket, key 
 	if serr != nil {
 		return serr
 	}
-	defer func() { obj.close() }()
+	defer func() { obj.close() }() // open may set another close
 	whole, serr := objectVariant(r)
 	if serr != nil {
 		return serr
