@@ -23,8 +23,27 @@ func TestConditionalGet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := "/disk/" + f.diskSnap.String()
-	head, _ := f.do(t, http.MethodHead, path, "", nil)
+	// The disk image: its ETag and bytes.
+	data := "/disk/" + f.diskSnap.String()
+	head, _ := f.do(t, http.MethodHead, data, "", nil)
+	for _, tc := range []struct {
+		header map[string]string
+		status int
+	}{
+		{map[string]string{"If-None-Match": head.Header.Get("ETag")}, 304},
+		{map[string]string{"If-Match": `"0123"`}, 412},
+		{map[string]string{"If-Match": head.Header.Get("ETag")}, 200},
+	} {
+		resp, body := f.do(t, http.MethodGet, data, "", tc.header)
+		if resp.StatusCode != tc.status || (tc.status == 200 && !bytes.Equal(body, image)) {
+			t.Errorf("GET of the image with %v: %d, %d bytes", tc.header, resp.StatusCode, len(body))
+		}
+	}
+
+	// S3's rules, on a small object.
+	path := "/disk/" + f.diskSnap.String() + ".peinfo"
+	_, content := f.do(t, http.MethodGet, path, "", nil)
+	head, _ = f.do(t, http.MethodHead, path, "", nil)
 	etag := head.Header.Get("ETag")
 	modified, err := http.ParseTime(head.Header.Get("Last-Modified"))
 	if err != nil || !strings.HasPrefix(etag, `"`) {
@@ -80,8 +99,8 @@ func TestConditionalGet(t *testing.T) {
 					t.Errorf("%s %s: %s", method, tc.name, body)
 				}
 			case tc.status == 200 && method == http.MethodGet:
-				if !bytes.Equal(body, image) {
-					t.Errorf("%s %s: %d bytes differ from the image", method, tc.name, len(body))
+				if !bytes.Equal(body, content) {
+					t.Errorf("%s %s: %d bytes differ from the object", method, tc.name, len(body))
 				}
 			}
 		}
@@ -99,9 +118,9 @@ func TestConditionalGet(t *testing.T) {
 		{"W/" + etag, 200},
 	} {
 		resp, body := f.do(t, http.MethodGet, path, "", map[string]string{"Range": "bytes=10-19", "If-Range": tc.ifRange})
-		want := image
+		want := content
 		if tc.status == 206 {
-			want = image[10:20]
+			want = content[10:20]
 		}
 		if resp.StatusCode != tc.status || !bytes.Equal(body, want) {
 			t.Errorf("If-Range %s: %d with %d bytes, want %d", tc.ifRange, resp.StatusCode, len(body), tc.status)
