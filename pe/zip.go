@@ -76,13 +76,19 @@ func writeZip(ctx context.Context, w io.Writer, p ProtectedEntity, progress Prog
 	if err != nil {
 		return fmt.Errorf("zip %s: info: %w", id, err)
 	}
+	// A snapshot's entries carry its time: its zip is then the same bytes
+	// each time it is built (the S3 data path gives it one ETag).
+	modified := time.Now()
+	if info.Created != nil {
+		modified = *info.Created
+	}
 	zw := zip.NewWriter(w)
 	// BestSpeed: data is mostly disk images, where the win is the zeros
 	// (about 1000:1 at any level) and the cost is CPU per byte.
 	zw.RegisterCompressor(zip.Deflate, func(out io.Writer) (io.WriteCloser, error) {
 		return flate.NewWriter(out, flate.BestSpeed)
 	})
-	if err := writeZipEntry(zw, id.String()+zipInfoExt, zip.Deflate, strings.NewReader(string(infoJSON)), nil); err != nil {
+	if err := writeZipEntry(zw, id.String()+zipInfoExt, zip.Deflate, modified, strings.NewReader(string(infoJSON)), nil); err != nil {
 		return fmt.Errorf("zip %s: %w", id, err)
 	}
 
@@ -92,7 +98,7 @@ func writeZip(ctx context.Context, w io.Writer, p ProtectedEntity, progress Prog
 	case err != nil:
 		return fmt.Errorf("zip %s: metadata: %w", id, err)
 	default:
-		err = writeZipEntry(zw, id.String()+zipMetadataExt, zip.Deflate, ctxReader{ctx, md}, nil)
+		err = writeZipEntry(zw, id.String()+zipMetadataExt, zip.Deflate, modified, ctxReader{ctx, md}, nil)
 		md.Close()
 		if err != nil {
 			return fmt.Errorf("zip %s: metadata: %w", id, err)
@@ -105,7 +111,7 @@ func writeZip(ctx context.Context, w io.Writer, p ProtectedEntity, progress Prog
 	case err != nil:
 		return fmt.Errorf("zip %s: data: %w", id, err)
 	default:
-		err = writeZipEntry(zw, id.String()+zipDataExt, zip.Deflate, ctxReader{ctx, NewReader(img)}, progress)
+		err = writeZipEntry(zw, id.String()+zipDataExt, zip.Deflate, modified, ctxReader{ctx, NewReader(img)}, progress)
 		img.Close()
 		if err != nil {
 			return fmt.Errorf("zip %s: data: %w", id, err)
@@ -117,7 +123,7 @@ func writeZip(ctx context.Context, w io.Writer, p ProtectedEntity, progress Prog
 		return fmt.Errorf("zip %s: components: %w", id, err)
 	}
 	for _, c := range comps {
-		cw, err := zw.CreateHeader(&zip.FileHeader{Name: zipComponentDir + c.ID().String() + zipComponentExt, Method: zip.Store, Modified: time.Now()})
+		cw, err := zw.CreateHeader(&zip.FileHeader{Name: zipComponentDir + c.ID().String() + zipComponentExt, Method: zip.Store, Modified: modified})
 		if err != nil {
 			return fmt.Errorf("zip %s: component %s: %w", id, c.ID(), err)
 		}
@@ -131,8 +137,8 @@ func writeZip(ctx context.Context, w io.Writer, p ProtectedEntity, progress Prog
 	return nil
 }
 
-func writeZipEntry(zw *zip.Writer, name string, method uint16, r io.Reader, progress Progress) error {
-	w, err := zw.CreateHeader(&zip.FileHeader{Name: name, Method: method, Modified: time.Now()})
+func writeZipEntry(zw *zip.Writer, name string, method uint16, modified time.Time, r io.Reader, progress Progress) error {
+	w, err := zw.CreateHeader(&zip.FileHeader{Name: name, Method: method, Modified: modified})
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}

@@ -45,6 +45,10 @@ func errNotImplemented(msg string) *s3Error {
 	return &s3Error{http.StatusNotImplemented, "NotImplemented", msg}
 }
 
+func errPreconditionFailed(header string) *s3Error {
+	return &s3Error{http.StatusPreconditionFailed, "PreconditionFailed", "at least one of the preconditions you specified did not hold: " + header}
+}
+
 func errInternal() *s3Error {
 	return &s3Error{http.StatusInternalServerError, "InternalError", "we encountered an internal error; see the appliance's log"}
 }

@@ -24,7 +24,12 @@ var fuzzNow = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 // S3 client does, so that the fuzzed request reaches the parser behind
 // the signature check.
 func sign(r *http.Request, access, secret, payload string) {
-	amzDate := fuzzNow.Format(amzDateFormat)
+	signAt(r, access, secret, payload, fuzzNow)
+}
+
+// signAt signs r as a client does at time now.
+func signAt(r *http.Request, access, secret, payload string, now time.Time) {
+	amzDate := now.Format(amzDateFormat)
 	r.Header.Set("X-Amz-Date", amzDate)
 	r.Header.Set("X-Amz-Content-Sha256", payload)
 	signed := []string{"host", "x-amz-content-sha256", "x-amz-date"}
@@ -33,7 +38,7 @@ func sign(r *http.Request, access, secret, payload string) {
 		panic(err)
 	}
 	h := &Handler{cfg: Config{AccessKey: access, SecretKey: secret}}
-	scope, key, serr := h.scope(access+"/"+fuzzNow.Format("20060102")+"/us-east-1/s3/aws4_request", fuzzNow)
+	scope, key, serr := h.scope(access+"/"+now.Format("20060102")+"/us-east-1/s3/aws4_request", now)
 	if serr != nil {
 		panic(serr)
 	}

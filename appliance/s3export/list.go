@@ -5,9 +5,11 @@ import (
 	"encoding/xml"
 	"net/http"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 const s3NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -18,13 +20,16 @@ const maxKeys = 1000
 type bucketXML struct {
 	Name         string `xml:"Name"`
 	CreationDate string `xml:"CreationDate"`
+	BucketRegion string `xml:"BucketRegion"`
 }
 
 type listBucketsXML struct {
-	XMLName xml.Name    `xml:"ListAllMyBucketsResult"`
-	NS      string      `xml:"xmlns,attr"`
-	Owner   ownerXML    `xml:"Owner"`
-	Buckets []bucketXML `xml:"Buckets>Bucket"`
+	XMLName           xml.Name    `xml:"ListAllMyBucketsResult"`
+	NS                string      `xml:"xmlns,attr"`
+	Owner             ownerXML    `xml:"Owner"`
+	Buckets           []bucketXML `xml:"Buckets>Bucket"`
+	ContinuationToken string      `xml:"ContinuationToken,omitempty"`
+	Prefix            *string     `xml:"Prefix"`
 }
 
 type ownerXML struct {
@@ -32,25 +37,73 @@ type ownerXML struct {
 	DisplayName string `xml:"DisplayName"`
 }
 
-// epoch is the creation date of every bucket: they are the PE types,
-// which exist as long as the configuration does.
-var epoch = time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC).Format("2006-01-02T15:04:05.000Z")
+// maxBuckets is S3's limit of max-buckets.
+const maxBuckets = 10000
 
+// s3Time is the form of S3's dates in listings.
+const s3Time = "2006-01-02T15:04:05.000Z"
+
+// listBuckets answers ListBuckets, sorted by name as S3 does, with
+// prefix and paging (max-buckets, continuation-token).
 func (h *Handler) listBuckets(w http.ResponseWriter, r *http.Request) *s3Error {
-	out := listBucketsXML{NS: s3NS, Owner: ownerXML{ID: "astrolabe", DisplayName: "astrolabe"}}
+	q := r.URL.Query()
+	limit := maxBuckets
+	if s := q.Get("max-buckets"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > maxBuckets {
+			return errInvalidArgument("max-buckets: want a number from 1 to 10000")
+		}
+		limit = n
+	}
+	after, serr := decodeToken(q.Get("continuation-token"))
+	if serr != nil {
+		return serr
+	}
 	types, err := h.cfg.Manager.Types(r.Context())
 	if err != nil {
 		h.log.Error("S3 list buckets", "err", err)
 		return errInternal()
 	}
+	names := []string{CopyBucket}
 	for _, tm := range types {
-		out.Buckets = append(out.Buckets, bucketXML{Name: tm.Type(), CreationDate: epoch})
+		names = append(names, tm.Type())
 		if len(tm.Type()) < 3 {
-			out.Buckets = append(out.Buckets, bucketXML{Name: tm.Type() + shortAlias, CreationDate: epoch})
+			names = append(names, tm.Type()+shortAlias)
 		}
 	}
-	out.Buckets = append(out.Buckets, bucketXML{Name: CopyBucket, CreationDate: epoch})
+	sort.Strings(names)
+	created, err := h.bucketDates.dates(names, time.Now())
+	if err != nil {
+		h.log.Warn("S3 bucket creation dates are not kept", "err", err)
+	}
+	out := listBucketsXML{NS: s3NS, Owner: owner}
+	prefix := q.Get("prefix")
+	if q.Has("prefix") {
+		out.Prefix = &prefix
+	}
+	for _, name := range names {
+		if !strings.HasPrefix(name, prefix) || name <= after {
+			continue
+		}
+		if len(out.Buckets) == limit {
+			out.ContinuationToken = encodeToken(out.Buckets[limit-1].Name)
+			break
+		}
+		out.Buckets = append(out.Buckets, bucketXML{Name: name, CreationDate: created[name].Format(s3Time), BucketRegion: h.cfg.Region})
+	}
 	return writeXML(w, out)
+}
+
+// A continuation token is the last name of the page before, opaque to
+// clients.
+func encodeToken(last string) string { return base64.RawURLEncoding.EncodeToString([]byte(last)) }
+
+func decodeToken(token string) (string, *s3Error) {
+	b, err := base64.RawURLEncoding.DecodeString(token)
+	if err != nil || !utf8.Valid(b) {
+		return "", errInvalidArgument("continuation-token is not one this server gave")
+	}
+	return string(b), nil
 }
 
 func (h *Handler) bucketLocation(w http.ResponseWriter) *s3Error {
@@ -67,11 +120,12 @@ func (h *Handler) bucketLocation(w http.ResponseWriter) *s3Error {
 }
 
 type contentXML struct {
-	Key          string `xml:"Key"`
-	LastModified string `xml:"LastModified"`
-	ETag         string `xml:"ETag"`
-	Size         int64  `xml:"Size"`
-	StorageClass string `xml:"StorageClass"`
+	Key          string    `xml:"Key"`
+	LastModified string    `xml:"LastModified"`
+	ETag         string    `xml:"ETag"`
+	Size         int64     `xml:"Size"`
+	StorageClass string    `xml:"StorageClass"`
+	Owner        *ownerXML `xml:"Owner,omitempty"`
 }
 
 type prefixXML struct {
@@ -90,7 +144,7 @@ type listObjectsXML struct {
 	KeyCount              *int         `xml:"KeyCount,omitempty"`
 	Marker                *string      `xml:"Marker,omitempty"`
 	NextMarker            string       `xml:"NextMarker,omitempty"`
-	ContinuationToken     string       `xml:"ContinuationToken,omitempty"`
+	ContinuationToken     *string      `xml:"ContinuationToken"`
 	NextContinuationToken string       `xml:"NextContinuationToken,omitempty"`
 	StartAfter            string       `xml:"StartAfter,omitempty"`
 	Contents              []contentXML `xml:"Contents"`
@@ -120,11 +174,10 @@ func (h *Handler) listObjects(w http.ResponseWriter, r *http.Request, bucket, ty
 	if v2 {
 		after = q.Get("start-after")
 		if tok := q.Get("continuation-token"); tok != "" {
-			b, err := base64.RawURLEncoding.DecodeString(tok)
-			if err != nil {
-				return errInvalidArgument("continuation-token is not one this server gave")
+			var serr *s3Error
+			if after, serr = decodeToken(tok); serr != nil {
+				return serr
 			}
-			after = string(b)
 		}
 	} else {
 		after = q.Get("marker")
@@ -145,8 +198,16 @@ func (h *Handler) listObjects(w http.ResponseWriter, r *http.Request, bucket, ty
 	if encodeURL {
 		out.EncodingType = "url"
 	}
+	// V1 always names the owner; V2 when asked.
+	var objOwner *ownerXML
+	if !v2 || q.Get("fetch-owner") == "true" {
+		objOwner = &owner
+	}
 	seenPrefix := map[string]bool{}
 	count, last := 0, ""
+	if limit == 0 {
+		objs = nil // S3 lists nothing, and says there is no more
+	}
 	for _, o := range objs {
 		if !strings.HasPrefix(o.key, prefix) || o.key <= after {
 			continue
@@ -175,18 +236,21 @@ func (h *Handler) listObjects(w http.ResponseWriter, r *http.Request, bucket, ty
 			break
 		}
 		out.Contents = append(out.Contents, contentXML{
-			Key: enc(o.key), LastModified: o.modified.Format("2006-01-02T15:04:05.000Z"),
-			ETag: o.etag, Size: o.size, StorageClass: "STANDARD",
+			Key: enc(o.key), LastModified: o.modified.Format(s3Time),
+			ETag: o.etag, Size: o.size, StorageClass: "STANDARD", Owner: objOwner,
 		})
 		count++
 		last = o.key
 	}
 	if v2 {
 		out.KeyCount = &count
-		out.ContinuationToken = q.Get("continuation-token")
+		if q.Has("continuation-token") {
+			token := q.Get("continuation-token")
+			out.ContinuationToken = &token
+		}
 		out.StartAfter = enc(q.Get("start-after"))
 		if out.IsTruncated {
-			out.NextContinuationToken = base64.RawURLEncoding.EncodeToString([]byte(last))
+			out.NextContinuationToken = encodeToken(last)
 		}
 	} else {
 		marker := enc(q.Get("marker"))

@@ -62,6 +62,9 @@ type Config struct {
 	// TempDir holds uploads being received and the zip cache (default
 	// the system's temporary directory).
 	TempDir string
+	// StateDir keeps what must outlive a restart: the buckets' creation
+	// dates (default TempDir).
+	StateDir string
 	// MaxUpload bounds an uploaded zip (default 1 TiB).
 	MaxUpload int64
 	// MaxExpansion bounds what the restore of an uploaded zip writes, as
@@ -76,6 +79,8 @@ type Handler struct {
 	log    *slog.Logger
 	served atomic.Int64
 	zips   *zipCache
+	// bucketDates are the buckets' creation dates.
+	bucketDates *bucketDates
 
 	mu      sync.Mutex
 	uploads []upload // recent copy-by-uploads, oldest first
@@ -102,6 +107,9 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.TempDir == "" {
 		cfg.TempDir = os.TempDir()
 	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = cfg.TempDir
+	}
 	if cfg.MaxUpload <= 0 {
 		cfg.MaxUpload = 1 << 40
 	}
@@ -112,7 +120,7 @@ func New(cfg Config) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Handler{cfg: cfg, log: cfg.Logger, zips: zc}, nil
+	return &Handler{cfg: cfg, log: cfg.Logger, zips: zc, bucketDates: newBucketDates(cfg.StateDir)}, nil
 }
 
 // Forget drops what the handler keeps of a deleted snapshot (its zip).
@@ -157,6 +165,19 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, sig *signedReque
 	w.Header().Set("X-Amz-Request-Id", reqID)
 	bucket, key, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
 	q := r.URL.Query()
+	if serr := checkUTF8(bucket, key, q); serr != nil {
+		return serr
+	}
+
+	// Multipart upload (multipart*.go) routes its requests here, before
+	// the sub-resources: POST ?uploads, PUT ?partNumber&uploadId,
+	// GET ?uploadId, GET bucket?uploads, DELETE ?uploadId, POST ?uploadId.
+
+	// Sub-resources (?acl, ?tagging, ?cors ...) are never answered with
+	// an object's bytes or a listing (subresource.go).
+	if name, ok := subresourceOf(q); ok {
+		return h.serveSubresource(w, r, bucket, key, name)
+	}
 	switch {
 	case bucket == "" && r.Method == http.MethodGet:
 		return h.listBuckets(w, r)
@@ -170,12 +191,6 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, sig *signedReque
 		if r.Method == http.MethodHead {
 			return nil
 		}
-		if q.Has("location") {
-			return h.bucketLocation(w)
-		}
-		if q.Has("uploads") || q.Has("versions") || q.Has("policy") || q.Has("acl") {
-			return errNotImplemented("this bucket query is not supported")
-		}
 		return h.listObjects(w, r, bucket, typ)
 	case key == "" && r.Method == http.MethodPut:
 		// CreateBucket of a bucket that exists: clients (rclone) make
@@ -188,24 +203,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, sig *signedReque
 	case key == "":
 		return &s3Error{http.StatusMethodNotAllowed, "MethodNotAllowed", "buckets are the appliance's PE types: they cannot be removed or changed"}
 	case bucket == CopyBucket && r.Method == http.MethodPut:
-		if q.Has("uploadId") || q.Has("partNumber") {
-			return errNotImplemented("multipart upload is not supported: upload the zip in one PUT")
-		}
 		return h.upload(w, r, key, sig)
-	case bucket == CopyBucket && r.Method == http.MethodPost && q.Has("uploads"):
-		return errNotImplemented("multipart upload is not supported: upload the zip in one PUT")
-	case bucket == CopyBucket && r.Method == http.MethodHead:
-		u, ok := h.findUpload(key)
-		if !ok {
-			return errNoSuchKey(key)
-		}
-		w.Header().Set("X-Astrolabe-Pe-Id", u.pe.String())
-		return h.sendRange(w, r, bytesImage(nil), u.size, u.modified, "application/zip", u.etag)
-	case bucket == CopyBucket && r.Method == http.MethodGet:
-		if u, ok := h.findUpload(key); ok {
-			return &s3Error{http.StatusNotFound, "NoSuchKey", fmt.Sprintf("%s was restored as %s; uploaded zips are not kept", key, u.pe)}
-		}
-		return errNoSuchKey(key)
 	case r.Method == http.MethodGet || r.Method == http.MethodHead:
 		return h.getObject(w, r, bucket, key)
 	}
@@ -416,87 +414,170 @@ func (h *Handler) bucketObjects(ctx context.Context, typ, base string) ([]object
 	return out, nil
 }
 
-func (h *Handler) getObject(w http.ResponseWriter, r *http.Request, bucket, key string) *s3Error {
+// objectReply is an object found for a GET or HEAD: what is known of it
+// before its bytes are read, and how to read them.
+type objectReply struct {
+	etag        string
+	modified    time.Time
+	contentType string
+	restoredAs  pe.ID // of an upload to the copy bucket
+	// open returns the bytes; a zip is built at its first open, so
+	// conditional requests are answered before it.
+	open  func() (io.ReaderAt, int64, *s3Error)
+	close func()
+}
+
+// findObject resolves bucket/key to an object; the caller closes it.
+func (h *Handler) findObject(r *http.Request, bucket, key string) (*objectReply, *s3Error) {
 	typ, serr := h.peType(r.Context(), bucket)
 	if serr != nil {
-		return serr
+		return nil, serr
+	}
+	if bucket == CopyBucket {
+		return h.findUploadObject(r, key)
 	}
 	ctx := r.Context()
 	id, kind, serr := parseKey(typ, key)
 	if serr != nil {
-		return serr
+		return nil, serr
 	}
 	p, err := h.cfg.Manager.Get(ctx, id)
 	if errors.Is(err, pe.ErrNotFound) {
-		return errNoSuchKey(key)
+		return nil, errNoSuchKey(key)
 	}
 	if errors.Is(err, syscall.ENAMETOOLONG) {
-		return errKeyTooLong()
+		return nil, errKeyTooLong()
 	}
 	if err != nil {
 		h.log.Error("S3 get", "key", key, "err", err)
-		return errInternal()
+		return nil, errInternal()
 	}
 	info, err := p.Info(ctx)
 	if err != nil {
 		h.log.Error("S3 get", "key", key, "err", err)
-		return errInternal()
+		return nil, errInternal()
 	}
 	modified := time.Unix(0, 0).UTC()
 	if info.Created != nil {
 		modified = info.Created.UTC()
+	}
+	inMemory := func(b []byte, contentType string) (*objectReply, *s3Error) {
+		return &objectReply{etag: md5ETag(b), modified: modified, contentType: contentType, close: func() {},
+			open: func() (io.ReaderAt, int64, *s3Error) { return bytesImage(b), int64(len(b)), nil }}, nil
 	}
 	switch kind {
 	case kindData:
 		img, err := p.Data(ctx)
 		if err != nil {
 			h.log.Error("S3 get data", "key", key, "err", err)
-			return errInternal()
+			return nil, errInternal()
 		}
-		defer img.Close()
-		return h.sendRange(w, r, img, img.Size(), modified, "application/octet-stream", etagOf(key, img.Size(), modified))
+		return &objectReply{etag: etagOf(key, img.Size(), modified), modified: modified, contentType: "application/octet-stream",
+			open:  func() (io.ReaderAt, int64, *s3Error) { return img, img.Size(), nil },
+			close: func() { img.Close() }}, nil
 	case kindInfo:
 		b, _, err := peInfoJSON(ctx, p, baseURL(r))
 		if err != nil {
 			h.log.Error("S3 get info", "key", key, "err", err)
-			return errInternal()
+			return nil, errInternal()
 		}
-		return h.sendRange(w, r, bytesImage(b), int64(len(b)), modified, "application/json", md5ETag(b))
+		return inMemory(b, "application/json")
 	case kindMetadata:
 		b, err := readMetadata(ctx, p)
 		if errors.Is(err, pe.ErrNoMetadata) {
-			return &s3Error{http.StatusNotFound, "NoSuchKey", id.String() + " has no metadata"}
+			return nil, &s3Error{http.StatusNotFound, "NoSuchKey", id.String() + " has no metadata"}
 		}
 		if err != nil {
 			h.log.Error("S3 get metadata", "key", key, "err", err)
-			return errInternal()
+			return nil, errInternal()
 		}
-		return h.sendRange(w, r, bytesImage(b), int64(len(b)), modified, "application/octet-stream", md5ETag(b))
-	default:
+		return inMemory(b, "application/octet-stream")
+	}
+	// The zip's ETag is the snapshot's, not its MD5: the zip is built
+	// from the snapshot, which never changes, so the ETag stays the same
+	// across rebuilds and restarts and needs no build to be known.
+	rep := &objectReply{etag: etagOf(key, info.Size, modified), modified: modified, contentType: "application/zip", close: func() {}}
+	rep.open = func() (io.ReaderAt, int64, *s3Error) {
 		z, err := h.zips.get(ctx, p)
 		if err != nil {
 			h.log.Error("S3 get zip", "key", key, "err", err)
-			return errInternal()
+			return nil, 0, errInternal()
 		}
-		defer z.f.Close()
-		return h.sendRange(w, r, z.f, z.size, modified, "application/zip", z.etag)
+		rep.close = func() { z.f.Close() }
+		return z.f, z.size, nil
 	}
+	return rep, nil
 }
 
-// sendRange answers GET and HEAD of an object with a single byte range
-// when one is asked for.
-func (h *Handler) sendRange(w http.ResponseWriter, r *http.Request, src io.ReaderAt, size int64, modified time.Time, contentType, etag string) *s3Error {
-	start, length, partial, serr := parseRange(r.Header.Get("Range"), size)
+// findUploadObject finds an upload to the copy bucket: it answers HEAD
+// (clients check what they uploaded), but the zip itself is not kept.
+func (h *Handler) findUploadObject(r *http.Request, key string) (*objectReply, *s3Error) {
+	u, ok := h.findUpload(key)
+	if !ok {
+		return nil, errNoSuchKey(key)
+	}
+	return &objectReply{etag: u.etag, modified: u.modified, contentType: "application/zip", restoredAs: u.pe, close: func() {},
+		open: func() (io.ReaderAt, int64, *s3Error) {
+			if r.Method != http.MethodHead {
+				return nil, 0, &s3Error{http.StatusNotFound, "NoSuchKey", fmt.Sprintf("%s was restored as %s; uploaded zips are not kept", key, u.pe)}
+			}
+			return bytesImage(nil), u.size, nil
+		}}, nil
+}
+
+// getObject answers GET and HEAD of an object: conditional, with a
+// single byte range when one is asked for, with the response headers the
+// query overrides.
+func (h *Handler) getObject(w http.ResponseWriter, r *http.Request, bucket, key string) *s3Error {
+	overrides, serr := responseOverrides(r.URL.Query())
 	if serr != nil {
-		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+		return serr
+	}
+	obj, serr := h.findObject(r, bucket, key)
+	if serr != nil {
+		return serr
+	}
+	defer func() { obj.close() }() // open may set another close
+	whole, serr := objectVariant(r)
+	if serr != nil {
 		return serr
 	}
 	hd := w.Header()
-	hd.Set("Content-Type", contentType)
+	validators := func() {
+		hd.Set("ETag", obj.etag)
+		hd.Set("Last-Modified", obj.modified.Format(http.TimeFormat))
+	}
+	switch failed, status := checkPreconditions(r.Header, obj.etag, obj.modified); status {
+	case http.StatusPreconditionFailed:
+		return errPreconditionFailed(failed)
+	case http.StatusNotModified:
+		validators()
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	src, size, serr := obj.open()
+	if serr != nil {
+		return serr
+	}
+	rangeSpec := r.Header.Get("Range")
+	if whole || !rangeStillValid(r.Header.Get("If-Range"), obj.etag, obj.modified) {
+		rangeSpec = ""
+	}
+	start, length, partial, serr := parseRange(rangeSpec, size)
+	if serr != nil {
+		hd.Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+		return serr
+	}
+	validators()
+	if obj.restoredAs != (pe.ID{}) {
+		hd.Set("X-Astrolabe-Pe-Id", obj.restoredAs.String())
+	}
+	hd.Set("Content-Type", obj.contentType)
 	hd.Set("Accept-Ranges", "bytes")
-	hd.Set("Last-Modified", modified.Format(http.TimeFormat))
-	hd.Set("ETag", etag)
 	hd.Set("Content-Length", strconv.FormatInt(length, 10))
+	for name, value := range overrides {
+		hd.Set(name, value)
+	}
 	status := http.StatusOK
 	if partial {
 		hd.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, start+length-1, size))
@@ -684,7 +765,7 @@ type zipCache struct {
 	m     pe.Manager // to drop zips of deleted snapshots
 	mu    sync.Mutex
 	locks map[pe.ID]*idLock
-	etags map[pe.ID]string // MD5 ETags of the zips built
+	built map[pe.ID]bool
 }
 
 // idLock makes the GETs of one snapshot build its zip once. It stays in
@@ -699,7 +780,6 @@ type idLock struct {
 type cachedZip struct {
 	f    *os.File
 	size int64
-	etag string
 }
 
 // maxCachedZips bounds the cache; the oldest are removed first.
@@ -713,7 +793,7 @@ func newZipCache(dir string, m pe.Manager) (*zipCache, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("zip cache: %w", err)
 	}
-	return &zipCache{dir: dir, m: m, locks: map[pe.ID]*idLock{}, etags: map[pe.ID]string{}}, nil
+	return &zipCache{dir: dir, m: m, locks: map[pe.ID]*idLock{}, built: map[pe.ID]bool{}}, nil
 }
 
 func (z *zipCache) path(id pe.ID) string {
@@ -724,7 +804,7 @@ func (z *zipCache) path(id pe.ID) string {
 // and a GET building it still returns what it built.
 func (z *zipCache) remove(id pe.ID) {
 	z.mu.Lock()
-	delete(z.etags, id)
+	delete(z.built, id)
 	z.mu.Unlock()
 	os.Remove(z.path(id))
 }
@@ -756,10 +836,10 @@ func (z *zipCache) get(ctx context.Context, p pe.ProtectedEntity) (cachedZip, er
 	defer unlock()
 
 	z.mu.Lock()
-	etag, built := z.etags[id]
+	built := z.built[id]
 	z.mu.Unlock()
 	if built {
-		if c, err := openCached(z.path(id), etag); err == nil {
+		if c, err := openCached(z.path(id)); err == nil {
 			return c, nil
 		}
 	}
@@ -784,8 +864,7 @@ func (z *zipCache) build(ctx context.Context, p pe.ProtectedEntity) (cachedZip, 
 		os.Remove(tmp.Name())
 		return cachedZip{}, err
 	}
-	sum := md5.New()
-	if err := pe.WriteZip(ctx, io.MultiWriter(tmp, sum), p, nil); err != nil {
+	if err := pe.WriteZip(ctx, tmp, p, nil); err != nil {
 		return fail(fmt.Errorf("zip %s: %w", id, err))
 	}
 	size, err := tmp.Seek(0, io.SeekCurrent)
@@ -798,14 +877,13 @@ func (z *zipCache) build(ctx context.Context, p pe.ProtectedEntity) (cachedZip, 
 	if err := os.Rename(tmp.Name(), z.path(id)); err != nil {
 		return fail(err)
 	}
-	etag := `"` + hexSum(sum) + `"`
 	z.mu.Lock()
-	z.etags[id] = etag
+	z.built[id] = true
 	z.mu.Unlock()
-	return cachedZip{f: tmp, size: size, etag: etag}, nil
+	return cachedZip{f: tmp, size: size}, nil
 }
 
-func openCached(path, etag string) (cachedZip, error) {
+func openCached(path string) (cachedZip, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return cachedZip{}, err
@@ -815,7 +893,7 @@ func openCached(path, etag string) (cachedZip, error) {
 		f.Close()
 		return cachedZip{}, err
 	}
-	return cachedZip{f: f, size: fi.Size(), etag: etag}, nil
+	return cachedZip{f: f, size: fi.Size()}, nil
 }
 
 // trim removes the zips of snapshots deleted since they were built, then

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
@@ -40,23 +41,68 @@ type fixture struct {
 	diskSnap pe.ID
 	fsSnap   pe.ID
 	mc       *minio.Client
+	stateDir string // the handlers' StateDir, kept across restarts
 }
 
 func newFixture(t *testing.T, maxUpload int64) *fixture {
 	t.Helper()
 	dir, m := samplestest.Config(t)
-	f := &fixture{dir: dir, m: m, diskSnap: samplestest.Snapshot(t, m, "disk:sample.img"), fsSnap: samplestest.Snapshot(t, m, "fs:sample")}
-	var err error
-	f.h, err = New(Config{Manager: m, AccessKey: accessKey, SecretKey: secretKey, TempDir: t.TempDir(), MaxUpload: maxUpload,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	f := &fixture{dir: dir, m: m, diskSnap: samplestest.Snapshot(t, m, "disk:sample.img"), fsSnap: samplestest.Snapshot(t, m, "fs:sample"),
+		stateDir: t.TempDir()}
+	f.h, f.endpoint = f.start(t, maxUpload)
+	f.mc = f.client(t, secretKey)
+	return f
+}
+
+// start serves the fixture's PEs with a new handler, as the appliance
+// does after a restart: the same PEs and state, nothing else kept.
+func (f *fixture) start(t *testing.T, maxUpload int64) (*Handler, string) {
+	t.Helper()
+	h, err := New(Config{Manager: f.m, AccessKey: accessKey, SecretKey: secretKey, TempDir: t.TempDir(), StateDir: f.stateDir,
+		MaxUpload: maxUpload, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(f.h)
+	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	f.endpoint = strings.TrimPrefix(srv.URL, "http://")
-	f.mc = f.client(t, secretKey)
-	return f
+	return h, strings.TrimPrefix(srv.URL, "http://")
+}
+
+// do sends a request signed as a client does to the fixture's server
+// and returns the answer and its body.
+func (f *fixture) do(t *testing.T, method, path, query string, header map[string]string) (*http.Response, []byte) {
+	t.Helper()
+	return doAt(t, f.endpoint, method, path, query, header)
+}
+
+func doAt(t *testing.T, endpoint, method, path, query string, header map[string]string) (*http.Response, []byte) {
+	t.Helper()
+	u := &url.URL{Scheme: "http", Host: endpoint, Path: path, RawQuery: query}
+	r, err := http.NewRequest(method, u.String(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		r.Header.Set(k, v)
+	}
+	signAt(r, accessKey, secretKey, emptySHA256, time.Now().UTC())
+	resp, err := http.DefaultClient.Do(r)
+	if err != nil {
+		t.Fatalf("%s %s?%s: %v", method, path, query, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s?%s: %v", method, path, query, err)
+	}
+	return resp, body
+}
+
+// errorCode is the Code of an S3 error answer.
+func errorCode(body []byte) string {
+	var e struct{ Code string }
+	xml.Unmarshal(body, &e)
+	return e.Code
 }
 
 func (f *fixture) client(t *testing.T, secret string) *minio.Client {
@@ -86,7 +132,7 @@ func TestMinioClient(t *testing.T) {
 	for _, b := range buckets {
 		names = append(names, b.Name)
 	}
-	if strings.Join(names, " ") != "disk fs fs-pe copy" {
+	if strings.Join(names, " ") != "copy disk fs fs-pe" {
 		t.Errorf("buckets: %v", names)
 	}
 
