@@ -63,7 +63,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Description: `Every protected thing is a PE named <type>:<id>[:<snapshot>], e.g. fs:home or
 disk:vm1.img:20261125T000104.000Z-1a2b3c4d. The configuration directory
 (--config) holds pes/<type>.pe.json for each PE type; 'astrolabe init DIR
---samples' writes one with sample PEs.`,
+--samples' writes one with sample PEs. Flags may come before or after a
+verb's arguments; '--' ends them.`,
 		Writer:          stdout,
 		ErrWriter:       stderr,
 		HideHelpCommand: true,
