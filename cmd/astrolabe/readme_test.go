@@ -38,6 +38,10 @@ var readmeAlternatives = map[string]string{
 	"create|create_new|update": "create_new",
 }
 
+// readmeDirs are the (empty) directories that fill puts for placeholders
+// of mount points, under the test's directory.
+var readmeDirs = map[string]string{"--mount": "serve-mnt", "--mount-root": "mounts", "MOUNTPOINT": "mnt"}
+
 // readmeCommand is one command of a sh block of README.md.
 type readmeCommand struct {
 	line  int    // where it starts in README.md
@@ -202,6 +206,11 @@ func newReadmeRun(t *testing.T) *readmeRun {
 	if err := os.Symlink(astrolabeBin, filepath.Join(dir, "bin", "astrolabe")); err != nil {
 		t.Fatal(err)
 	}
+	for _, d := range readmeDirs {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	r := &readmeRun{
 		t: t, dir: dir,
 		env: map[string]string{
@@ -213,7 +222,7 @@ func newReadmeRun(t *testing.T) *readmeRun {
 		ports: map[string]string{},
 		snaps: map[string]string{},
 	}
-	t.Cleanup(r.killServers)
+	t.Cleanup(r.cleanup)
 	return r
 }
 
@@ -279,19 +288,13 @@ func (r *readmeRun) fill(c readmeCommand) (text string, synopsis bool) {
 		t.Fatalf("README.md:%d: %q offers %s: add the one to run to readmeAlternatives", c.line, c.text, alts)
 		return ""
 	})
-	dirs := map[string]string{"--mount": "serve-mnt", "--mount-root": "mounts", "MOUNTPOINT": "mnt"}
-	for _, d := range dirs {
-		if err := os.MkdirAll(filepath.Join(r.dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
 	fillers := []struct {
 		re   string
 		fill func(m []string) string
 	}{
 		// A flag's placeholder by what the flag means.
 		{`(--config|-c) DIR\b`, func(m []string) string { return m[1] + " " + r.env["ASTROLABE_CONFIG"] }},
-		{`(--mount|--mount-root) DIR\b`, func(m []string) string { return m[1] + " " + filepath.Join(r.dir, dirs[m[1]]) }},
+		{`(--mount|--mount-root) DIR\b`, func(m []string) string { return m[1] + " " + filepath.Join(r.dir, readmeDirs[m[1]]) }},
 		{`--token T\b`, func([]string) string { return "--token readme-token-0123456789abcdef" }},
 		{`--to TYPE\b`, func([]string) string { return "--to " + r.lastBackup(c).Type() }},
 		// Addresses: free loopback ports, never 0.0.0.0.
@@ -306,7 +309,7 @@ func (r *readmeRun) fill(c readmeCommand) (text string, synopsis bool) {
 		}},
 		{`\bPEID:SNAP\b`, func([]string) string { return r.lastBackup(c).String() }},
 		{`\bPEID\b`, func([]string) string { return r.lastBackup(c).Base().String() }},
-		{`\bMOUNTPOINT\b`, func([]string) string { return filepath.Join(r.dir, dirs["MOUNTPOINT"]) }},
+		{`\bMOUNTPOINT\b`, func([]string) string { return filepath.Join(r.dir, readmeDirs["MOUNTPOINT"]) }},
 		// Paths outside the test's directory.
 		{`/mnt/recover\b`, func([]string) string { return filepath.Join(r.dir, "recover") }},
 		{`=/srv/backups\b`, func([]string) string { return "=" + filepath.Join(r.dir, "backups") }},
@@ -557,13 +560,24 @@ func (r *readmeRun) stopServers() {
 	r.servers, r.nbdExports = nil, nil
 }
 
-// killServers is the cleanup after a failure.
-func (r *readmeRun) killServers() {
+// cleanup kills the servers a failure left running and unmounts what is
+// still mounted under the test's directory (a failed 'flr umount').
+func (r *readmeRun) cleanup() {
 	for _, s := range r.servers {
 		s.cmd.Process.Kill()
 		s.cmd.Wait()
-		for _, m := range s.mounts {
-			syscall.Unmount(m, syscall.MNT_DETACH)
+	}
+	// It also detaches the loop devices; without a recovery mount it
+	// only fails.
+	exec.Command(astrolabeBin, "--config", r.env["ASTROLABE_CONFIG"], "flr", "umount", filepath.Join(r.dir, "recover")).Run()
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	var under []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], r.dir+"/") {
+			under = append(under, f[4])
 		}
+	}
+	for i := len(under) - 1; i >= 0; i-- {
+		syscall.Unmount(under[i], syscall.MNT_DETACH)
 	}
 }
