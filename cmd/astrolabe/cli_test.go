@@ -45,7 +45,15 @@ func (r result) lastLine() string {
 
 func astrolabe(t *testing.T, config string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(astrolabeBin, append([]string{"--config", config}, args...)...)
+	return runBinary(t, "", append([]string{"--config", config}, args...)...)
+}
+
+// runBinary runs the built binary with exactly args in dir ("": the
+// test's), failing the test if it prints a Go trace.
+func runBinary(t *testing.T, dir string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(astrolabeBin, args...)
+	cmd.Dir = dir
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

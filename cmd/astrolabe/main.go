@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -36,7 +37,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	app := newApp(stdout, stderr)
 	var unknown string
 	app.CommandNotFound = func(_ *cli.Context, name string) { unknown = name }
-	err := app.RunContext(ctx, args)
+	args, err := flagsAnywhere(app, args)
+	if err == nil {
+		err = app.RunContext(ctx, args)
+	}
 	if err == nil && unknown != "" {
 		err = usagef("unknown command %q; run 'astrolabe --help'", unknown)
 	}
@@ -52,14 +56,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func newApp(stdout, stderr io.Writer) *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:    "astrolabe",
 		Usage:   "protect virtual disks, directory trees and VMs as Protected Entities (PEs)",
 		Version: version,
 		Description: `Every protected thing is a PE named <type>:<id>[:<snapshot>], e.g. fs:home or
 disk:vm1.img:20261125T000104.000Z-1a2b3c4d. The configuration directory
 (--config) holds pes/<type>.pe.json for each PE type; 'astrolabe init DIR
---samples' writes one with sample PEs.`,
+--samples' writes one with sample PEs. Flags may come before or after a
+verb's arguments; '--' ends them.`,
 		Writer:          stdout,
 		ErrWriter:       stderr,
 		HideHelpCommand: true,
@@ -120,6 +125,21 @@ disk:vm1.img:20261125T000104.000Z-1a2b3c4d. The configuration directory
 			backupCommand(),
 			restoreCommand(),
 		},
+	}
+	reportUsageErrors(app.Commands, "astrolabe")
+	return app
+}
+
+// reportUsageErrors makes a flag mistake in any (sub)command a usage error
+// (exit status 2) naming the command, instead of urfave/cli's default: the
+// command's whole help on stdout and exit status 1.
+func reportUsageErrors(cmds []*cli.Command, parent string) {
+	for _, c := range cmds {
+		path := parent + " " + c.Name
+		c.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
+			return usagef("%s: %v; see '%s --help'", strings.TrimPrefix(path, "astrolabe "), err, path)
+		}
+		reportUsageErrors(c.Subcommands, path)
 	}
 }
 

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestFlagsAnywhere(t *testing.T) {
+	app := newApp(io.Discard, io.Discard)
+	for _, tt := range []struct{ in, want string }{
+		// Flags before the arguments stay as they are.
+		{"cp --mode update a.zip fs:x", "cp --mode update a.zip fs:x"},
+		{"ls fs", "ls fs"},
+		{"", ""},
+		// A value flag after the arguments, with its value; --flag=value.
+		{"cp a.zip fs:x --mode update", "cp --mode update a.zip fs:x"},
+		{"cp a.zip --mode=update fs:x", "cp --mode=update a.zip fs:x"},
+		{"cp a.zip fs:x -mode update", "cp -mode update a.zip fs:x"},
+		// Bool flags take no value: the next word stays an argument.
+		{"cp --keep-privileges a.zip fs:x", "cp --keep-privileges a.zip fs:x"},
+		{"init --samples demo", "init --samples demo"},
+		{"init demo --samples", "init --samples demo"},
+		{"cp a.zip --keep-privileges fs --mode create_new", "cp --keep-privileges --mode create_new a.zip fs"},
+		// A value that looks like a flag is still the value.
+		{"cp a.zip fs --max-expansion -1", "cp --max-expansion -1 a.zip fs"},
+		// Global flags: before the verb, after it, short alias.
+		{"--config d ls fs", "--config d ls fs"},
+		{"ls fs --config d", "--config d ls fs"},
+		{"ls -c d fs", "-c d ls fs"},
+		{"-c d ls fs --log-level debug", "-c d --log-level debug ls fs"},
+		// A command's own flag of a global's name is the command's.
+		{"serve --token T", "serve --token T"},
+		{"--token A serve --token B", "--token A serve --token B"},
+		// Nested subcommands.
+		{"nbd serve disk:a.img --listen 127.0.0.1:1 --writable", "nbd serve --listen 127.0.0.1:1 --writable disk:a.img"},
+		{"nbd serve disk:a.img disk:b.img --writable", "nbd serve --writable disk:a.img disk:b.img"},
+		{"repo check --read-data --repair-index", "repo check --read-data --repair-index"},
+		{"repo snapshots disk:a.img --repo /r --config d", "--config d repo snapshots --repo /r disk:a.img"},
+		{"repo unlock --all", "repo unlock --all"},
+		{"restore disk:a.img:S --to disk --mode create_new", "restore --to disk --mode create_new disk:a.img:S"},
+		{"flr mount disk:a.img:S /mnt/x --config d", "--config d flr mount disk:a.img:S /mnt/x"},
+		// "--" ends the flags: what follows is an argument even if it
+		// starts with '-'; the rewritten line keeps "--" before them.
+		{"cp -- -odd.zip fs", "cp -- -odd.zip fs"},
+		{"cp --mode create -- -odd.zip fs:x", "cp --mode create -- -odd.zip fs:x"},
+		{"cp a.zip -- --mode update", "cp -- a.zip --mode update"},
+		{"cp a.zip fs:x -- ", "cp -- a.zip fs:x "},
+		// A lone "-" is an argument.
+		{"cp - fs", "cp - fs"},
+		// Help anywhere: the command's own.
+		{"cp a b --help", "cp --help a b"},
+		{"nbd serve -h", "nbd serve -h"},
+		{"--help", "--help"},
+		{"--version", "--version"},
+		// Unknown flags stay with the innermost command, which reports them;
+		// a missing value stays missing.
+		{"cp a b --bogus", "cp --bogus a b"},
+		{"cp a b --mode", "error: cp: flag needs an argument: --mode; see 'astrolabe cp --help'"},
+		{"nbd serve --listen", "error: nbd serve: flag needs an argument: --listen; see 'astrolabe nbd serve --help'"},
+		{"ls fs --config", "error: flag needs an argument: --config"},
+		{"--bogus ls", "--bogus ls"},
+		// Unknown verbs and the help command: words after them are arguments.
+		{"frobnicate --mode x y", "frobnicate --mode x y"},
+		{"help cp", "help cp"},
+		{"nbd help serve", "nbd help serve"},
+		// A subcommand name after the verb's first argument is an argument.
+		{"cp serve fs", "cp serve fs"},
+	} {
+		in := append([]string{"astrolabe"}, strings.Split(tt.in, " ")...)
+		want := append([]string{"astrolabe"}, strings.Split(tt.want, " ")...)
+		if tt.in == "" {
+			in, want = in[:1], want[:1]
+		}
+		got, err := flagsAnywhere(app, in)
+		if wantErr, ok := strings.CutPrefix(tt.want, "error: "); ok {
+			var ue usageError
+			if !errors.As(err, &ue) || err.Error() != wantErr {
+				t.Errorf("flagsAnywhere(%q) = %q, %v; want usage error %q", tt.in, got, err, wantErr)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, want) {
+			t.Errorf("flagsAnywhere(%q)\n got %q, %v\nwant %q", tt.in, got, err, want)
+		}
+	}
+}
+
+// TestFlagsAnywhereEndToEnd runs the built binary with flags after the
+// arguments, after "--" and wrong.
+func TestFlagsAnywhereEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	// A global flag after the verb, a bool flag after the argument.
+	r := runBinary(t, dir, "init", cfg, "--samples", "--config", cfg)
+	if r.code != 0 {
+		t.Fatalf("init DIR --samples --config DIR: exit %d: %s", r.code, r.stderr)
+	}
+	snap := mustRun(t, cfg, "snap", "fs:sample").lastLine()
+	zip := filepath.Join(dir, "sample.zip")
+	mustRun(t, cfg, "cp", snap, zip)
+	mustFail(t, cfg, "already exists", "cp", snap, zip)
+	mustRun(t, cfg, "cp", snap, zip, "--mode", "update")
+	mustRun(t, cfg, "cp", snap, zip, "--mode=update")
+	if got := mustRun(t, cfg, "cp", zip, "fs:sample", "--mode", "update").lastLine(); got != "fs:sample" {
+		t.Errorf("cp ZIP fs:sample --mode update printed %q", got)
+	}
+	if got := mustRun(t, cfg, "cp", zip, "fs:other", "--keep-privileges", "--max-expansion", "-1").lastLine(); got != "fs:other" {
+		t.Errorf("cp ZIP fs:other --keep-privileges --max-expansion -1 printed %q", got)
+	}
+	if got := mustRun(t, cfg, "lssn", "fs:sample", "--log-level", "error").stdout; !strings.Contains(got, snap) {
+		t.Errorf("lssn fs:sample --log-level error = %q, want %s", got, snap)
+	}
+
+	// After "--" a word starting with '-' is a file, not a flag.
+	odd := filepath.Join(dir, "-odd.zip")
+	if err := os.Link(zip, odd); err != nil {
+		t.Fatal(err)
+	}
+	cmd := runBinary(t, dir, "--config", cfg, "cp", "--mode", "create", "--", "-odd.zip", "fs:odd")
+	if cmd.code != 0 || strings.TrimSpace(cmd.stdout) != "fs:odd" {
+		t.Errorf("cp --mode create -- -odd.zip fs:odd: exit %d, stdout %q, stderr %q", cmd.code, cmd.stdout, cmd.stderr)
+	}
+	// Without "--", it is an unknown flag.
+	if r := runBinary(t, dir, "--config", cfg, "cp", "-odd.zip", "fs:odd2"); r.code != 2 || !strings.Contains(r.stderr, "flag provided but not defined: -odd.zip") {
+		t.Errorf("cp -odd.zip fs:odd2: exit %d, stderr %q; want 2 and an unknown flag", r.code, r.stderr)
+	}
+
+	// Wrong flags anywhere: one line, exit 2, never a panic or the help.
+	for _, tt := range []struct {
+		want string
+		args []string
+	}{
+		{"cp: flag provided but not defined: -bogus; see 'astrolabe cp --help'", []string{"cp", zip, "fs", "--bogus"}},
+		{"cp: flag needs an argument: --mode", []string{"cp", zip, "fs", "--mode"}},
+		{`invalid copy mode "sideways"`, []string{"cp", zip, "fs", "--mode", "sideways"}},
+		{"nbd serve: flag provided but not defined: -bogus", []string{"nbd", "serve", "disk:sample.img", "--bogus"}},
+		{"repo check: flag provided but not defined: -nope", []string{"repo", "check", "--nope"}},
+		{"flag provided but not defined: -bogus", []string{"--bogus", "ls", "fs"}},
+		{`invalid value "x" for flag -max-expansion`, []string{"cp", zip, "fs", "--max-expansion", "x"}},
+		{"--log-level", []string{"ls", "fs", "--log-level", "loud"}},
+		{"want SRC DEST, got 3", []string{"cp", zip, "fs", "extra", "--mode", "create_new"}},
+	} {
+		r := astrolabe(t, cfg, tt.args...)
+		lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+		if r.code != 2 || len(lines) != 1 || !strings.Contains(lines[0], tt.want) || r.stdout != "" {
+			t.Errorf("astrolabe %q: exit %d, stdout %q, stderr %q; want exit 2 and one line with %q",
+				tt.args, r.code, r.stdout, r.stderr, tt.want)
+		}
+	}
+}

@@ -1,0 +1,583 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+)
+
+// readmeNotRun are the commands of README.md's sh blocks this test does not
+// run, each with the reason. Every other command runs, in README order;
+// a command neither run nor listed here fails the test, and so does an
+// entry here that README.md no longer has.
+var readmeNotRun = map[string]string{
+	"make demo": "runs this README's sequence and the appliance for minutes; the steps are run here one by one",
+	"make test": "runs this test among all others",
+	"go build -o bin/astrolabe ./cmd/astrolabe": "TestMain builds the same binary; bin/astrolabe is a link to it",
+	"nbdcopy restore.img 'nbds://HOST:10809/EXPORT?tls-certificates=OUT'": "needs a writable export made through the REST API and a client certificate " +
+		"('nbd client-cert'); security_nbd_test.go runs nbdcopy and qemu-img over nbds:// with client certificates",
+	`qemu-img convert -n --object tls-creds-x509,id=tls0,dir=OUT,endpoint=client -f raw -O raw restore.img 'json:{"driver":"raw","file":{"driver":"nbd","host":"HOST","port":"10809","export":"EXPORT","tls-creds":"tls0"}}'`: "as the nbdcopy line above",
+}
+
+// readmeAlternatives picks one of the alternatives a synopsis offers.
+var readmeAlternatives = map[string]string{
+	// create_new, the default, leaves disk:sample.img as it is for the
+	// steps after it; create would fail as disk:sample.img exists.
+	"create|create_new|update": "create_new",
+}
+
+// readmeDirs are the (empty) directories that fill puts for placeholders
+// of mount points, under the test's directory.
+var readmeDirs = map[string]string{"--mount": "serve-mnt", "--mount-root": "mounts", "MOUNTPOINT": "mnt"}
+
+// readmeCommand is one command of a sh block of README.md.
+type readmeCommand struct {
+	line  int    // where it starts in README.md
+	block int    // which sh block
+	text  string // continuation lines joined, comment removed
+}
+
+// TestReadmeCommands runs README.md's commands against the built binary,
+// in README order, in a temporary directory: placeholders are filled from
+// earlier steps' output (snapshot IDs) or with temporary paths and free
+// loopback ports, synopses run with their optional brackets dropped, and
+// servers (serve, nbd serve, mount) run in the background until their sh
+// block ends, checked to answer by the commands that follow them and by
+// the test itself.
+func TestReadmeCommands(t *testing.T) {
+	needNBDTools(t)
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Fatal("/dev/fuse missing: run as root with the fuse module loaded")
+	}
+	cmds := readmeCommands(t, filepath.Join("..", "..", "README.md"))
+	r := newReadmeRun(t)
+	used := map[string]bool{}
+	for i, c := range cmds {
+		if reason, ok := readmeNotRun[c.text]; ok {
+			used[c.text] = true
+			r.notRun++
+			t.Logf("README.md:%d: not run: %s: %s", c.line, c.text, reason)
+		} else {
+			r.step(c)
+		}
+		if i+1 == len(cmds) || cmds[i+1].block != c.block {
+			r.stopServers()
+		}
+		if t.Failed() {
+			t.FailNow()
+		}
+	}
+	for text := range readmeNotRun {
+		if !used[text] {
+			t.Errorf("readmeNotRun lists %q, which README.md does not have", text)
+		}
+	}
+	t.Logf("README.md: %d commands: %d run (%d of them synopses with their optional brackets dropped, %d servers), %d shell exports/unsets, %d not run (listed with reasons)",
+		len(cmds), r.run, r.synopses, r.started, r.exports, r.notRun)
+	if r.run == 0 || r.synopses == 0 {
+		t.Errorf("ran %d commands and %d synopses: is README.md parsed right?", r.run, r.synopses)
+	}
+}
+
+// readmeCommands returns the commands of README.md's ```sh blocks:
+// continuation lines joined, "# comments" removed, "a; b" split.
+func readmeCommands(t *testing.T, path string) []readmeCommand {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cmds []readmeCommand
+	inBlock, block := false, 0
+	var pending string
+	pendingLine := 0
+	for i, line := range strings.Split(string(data), "\n") {
+		switch {
+		case !inBlock && strings.TrimSpace(line) == "```sh":
+			inBlock = true
+			block++
+			continue
+		case inBlock && strings.TrimSpace(line) == "```":
+			inBlock = false
+			continue
+		case !inBlock:
+			continue
+		}
+		if pending == "" {
+			pendingLine = i + 1
+		}
+		line = stripShellComment(line)
+		if joined, ok := strings.CutSuffix(strings.TrimRight(line, " "), `\`); ok {
+			pending += joined
+			continue
+		}
+		full := strings.Join(strings.Fields(pending+line), " ")
+		pending = ""
+		for _, part := range splitShellList(full) {
+			if part = strings.TrimSpace(part); part != "" {
+				cmds = append(cmds, readmeCommand{line: pendingLine, block: block, text: part})
+			}
+		}
+	}
+	return cmds
+}
+
+// stripShellComment removes a "# comment" outside quotes.
+func stripShellComment(line string) string {
+	var quote rune
+	for i, c := range line {
+		switch {
+		case quote != 0:
+			if c == quote {
+				quote = 0
+			}
+		case c == '\'' || c == '"':
+			quote = c
+		case c == '#' && (i == 0 || line[i-1] == ' ' || line[i-1] == '\t'):
+			return line[:i]
+		}
+	}
+	return line
+}
+
+// splitShellList splits "a; b" outside quotes.
+func splitShellList(s string) []string {
+	var parts []string
+	var quote rune
+	start := 0
+	for i, c := range s {
+		switch {
+		case quote != 0:
+			if c == quote {
+				quote = 0
+			}
+		case c == '\'' || c == '"':
+			quote = c
+		case c == ';':
+			parts = append(parts, s[start:i])
+			start = i + 1
+		}
+	}
+	return append(parts, s[start:])
+}
+
+// readmeRun is the state of one run through the README.
+type readmeRun struct {
+	t       *testing.T
+	dir     string // the working directory: demo/, sample.zip, bin/astrolabe
+	env     map[string]string
+	ports   map[string]string // README port → free loopback port
+	snaps   map[string]string // PE ID → its latest snapshot's ID, as printed
+	backup  pe.ID             // the last 'backup' printed
+	servers []*readmeServer   // running until the block ends
+	// nbdExports are the export names the running 'nbd serve' printed.
+	nbdExports []string
+
+	run, synopses, started, exports, notRun int
+}
+
+// readmeServer is a server a README command started.
+type readmeServer struct {
+	text    string
+	cmd     *exec.Cmd
+	stderr  *bytes.Buffer
+	printed []string          // the lines that told it was ready
+	info    map[string]string // "key: value" lines it printed until then
+	mounts  []string          // FUSE mount points it must remove when stopped
+}
+
+func newReadmeRun(t *testing.T) *readmeRun {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(astrolabeBin, filepath.Join(dir, "bin", "astrolabe")); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range readmeDirs {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := &readmeRun{
+		t: t, dir: dir,
+		env: map[string]string{
+			"PWD":  dir,
+			"HOME": dir,
+			// "astrolabe ..." finds the built binary first.
+			"PATH": filepath.Join(dir, "bin") + ":" + os.Getenv("PATH"),
+		},
+		ports: map[string]string{},
+		snaps: map[string]string{},
+	}
+	t.Cleanup(r.cleanup)
+	return r
+}
+
+func (r *readmeRun) step(c readmeCommand) {
+	t := r.t
+	text, synopsis := r.fill(c)
+	words := strings.Fields(text)
+	switch words[0] {
+	case "export":
+		name, value, ok := strings.Cut(strings.TrimPrefix(text, "export "), "=")
+		if !ok {
+			t.Fatalf("README.md:%d: %q: want export NAME=VALUE", c.line, c.text)
+		}
+		r.env[name] = os.Expand(value, func(k string) string { return r.env[k] })
+		r.exports++
+		return
+	case "unset":
+		for _, name := range words[1:] {
+			delete(r.env, name)
+		}
+		r.exports++
+		return
+	case "astrolabe", "bin/astrolabe":
+		r.astrolabe(c, text)
+	case "nbdinfo":
+		out := r.shell(c, text)
+		if len(r.nbdExports) == 0 {
+			t.Errorf("README.md:%d: %s: no 'nbd serve' runs before it", c.line, text)
+		}
+		for _, name := range r.nbdExports {
+			if !strings.Contains(out, name) {
+				t.Errorf("README.md:%d: %s does not list the export %s:\n%s", c.line, text, name, out)
+			}
+		}
+	case "ls":
+		if out := r.shell(c, text); strings.TrimSpace(out) == "" {
+			t.Errorf("README.md:%d: %s printed nothing", c.line, text)
+		}
+	default:
+		t.Errorf("README.md:%d: %q is neither run by this test nor listed in readmeNotRun with a reason", c.line, c.text)
+		return
+	}
+	r.run++
+	if synopsis {
+		r.synopses++
+	}
+}
+
+// fill replaces the placeholders of a README command and drops the
+// brackets of a synopsis's optional parts (reporting it a synopsis). What
+// is left unfilled fails the test.
+func (r *readmeRun) fill(c readmeCommand) (text string, synopsis bool) {
+	t := r.t
+	text = c.text
+	if strings.Contains(text, "[") {
+		synopsis = true
+		text = regexp.MustCompile(`\[([^\]]*)\]`).ReplaceAllString(text, "$1")
+	}
+	text = regexp.MustCompile(`\S+\|\S+`).ReplaceAllStringFunc(text, func(alts string) string {
+		if pick, ok := readmeAlternatives[alts]; ok {
+			return pick
+		}
+		t.Fatalf("README.md:%d: %q offers %s: add the one to run to readmeAlternatives", c.line, c.text, alts)
+		return ""
+	})
+	fillers := []struct {
+		re   string
+		fill func(m []string) string
+	}{
+		// A flag's placeholder by what the flag means.
+		{`(--config|-c) DIR\b`, func(m []string) string { return m[1] + " " + r.env["ASTROLABE_CONFIG"] }},
+		{`(--mount|--mount-root) DIR\b`, func(m []string) string { return m[1] + " " + filepath.Join(r.dir, readmeDirs[m[1]]) }},
+		{`--token T\b`, func([]string) string { return "--token readme-token-0123456789abcdef" }},
+		{`--to TYPE\b`, func([]string) string { return "--to " + r.lastBackup(c).Type() }},
+		// Addresses: free loopback ports, never 0.0.0.0.
+		{`(?:0\.0\.0\.0|127\.0\.0\.1):(\d+)`, func(m []string) string { return "127.0.0.1:" + r.port(m[1]) }},
+		// Snapshots printed before.
+		{`([a-z0-9]+:[A-Za-z0-9._/-]+):<(?:snapshot|snap)>`, func(m []string) string {
+			id, ok := r.snaps[m[1]]
+			if !ok {
+				t.Fatalf("README.md:%d: %q: no earlier step printed a snapshot of %s", c.line, c.text, m[1])
+			}
+			return id
+		}},
+		{`\bPEID:SNAP\b`, func([]string) string { return r.lastBackup(c).String() }},
+		{`\bPEID\b`, func([]string) string { return r.lastBackup(c).Base().String() }},
+		{`\bMOUNTPOINT\b`, func([]string) string { return filepath.Join(r.dir, readmeDirs["MOUNTPOINT"]) }},
+		// Paths outside the test's directory.
+		{`/mnt/recover\b`, func([]string) string { return filepath.Join(r.dir, "recover") }},
+		{`=/srv/backups\b`, func([]string) string { return "=" + filepath.Join(r.dir, "backups") }},
+		{`=\.\.\.$`, func([]string) string { return "=readme-password" }},
+	}
+	for _, f := range fillers {
+		re := regexp.MustCompile(f.re)
+		text = re.ReplaceAllStringFunc(text, func(s string) string { return f.fill(re.FindStringSubmatch(s)) })
+	}
+	if left := regexp.MustCompile(`[<>\[\]|]|\.\.\.|(?:^|[\s/:=])[A-Z]+(?:$|[\s/:])`).FindString(text); left != "" {
+		t.Fatalf("README.md:%d: %q: placeholder %q left unfilled in %q: teach fill about it", c.line, c.text, strings.TrimSpace(left), text)
+	}
+	return text, synopsis
+}
+
+func (r *readmeRun) lastBackup(c readmeCommand) pe.ID {
+	if r.backup.IsZero() {
+		r.t.Fatalf("README.md:%d: %q: no 'backup' before it printed a snapshot", c.line, c.text)
+	}
+	return r.backup
+}
+
+// port maps a port of the README to a free loopback port, the same one
+// for each mention, so that parallel tests and other processes on the
+// machine do not collide with the README's fixed ports.
+func (r *readmeRun) port(readmePort string) string {
+	if p, ok := r.ports[readmePort]; ok {
+		return p
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer l.Close()
+	_, p, _ := net.SplitHostPort(l.Addr().String())
+	r.ports[readmePort] = p
+	return p
+}
+
+// verb is the (sub)command an astrolabe command line runs, e.g. "nbd serve".
+func verb(words []string) string {
+	app := newApp(nil, nil)
+	global := newCommandLevel("", app.Flags, app.Commands, false, false)
+	for i := 1; i < len(words); i++ {
+		w := words[i]
+		if isFlagWord(w) {
+			if name, hasValue := flagWordName(w); global.takesValue[name] && !hasValue {
+				i++
+			}
+			continue
+		}
+		if c := global.subcommand(w); c != nil && len(c.Subcommands) > 0 && i+1 < len(words) {
+			return w + " " + words[i+1]
+		}
+		return w
+	}
+	return ""
+}
+
+func (r *readmeRun) astrolabe(c readmeCommand, text string) {
+	switch verb(strings.Fields(text)) {
+	case "serve":
+		s := r.startServer(c, text, "ready")
+		r.checkServe(c, s)
+	case "nbd serve":
+		if !strings.Contains(text, "--listen") {
+			// Its default address, 127.0.0.1:10809, on a free port.
+			text += " --listen 127.0.0.1:" + r.port("10809")
+		}
+		s := r.startServer(c, text, "nbd://")
+		for _, uri := range s.printed {
+			r.nbdExports = append(r.nbdExports, uri[strings.LastIndex(uri, "/")+1:])
+		}
+	case "mount":
+		s := r.startServer(c, text, "mounted at ")
+		s.mounts = append(s.mounts, strings.TrimPrefix(s.printed[0], "mounted at "))
+	default:
+		out := r.shell(c, text)
+		r.recordSnapshots(out)
+		if verb(strings.Fields(text)) == "backup" {
+			id, err := pe.ParseID(strings.TrimSpace(out))
+			if err != nil || !id.HasSnapshot() {
+				r.t.Fatalf("README.md:%d: %s printed %q, want the repository snapshot's ID", c.line, text, out)
+			}
+			r.backup = id
+		}
+	}
+}
+
+// recordSnapshots notes each snapshot ID a command printed as the latest
+// of its PE.
+func (r *readmeRun) recordSnapshots(out string) {
+	for _, w := range strings.Fields(out) {
+		if id, err := pe.ParseID(w); err == nil && id.HasSnapshot() {
+			r.snaps[id.Base().String()] = id.String()
+		}
+	}
+}
+
+func (r *readmeRun) command(ctx context.Context, text string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "sh", "-c", "exec "+text)
+	cmd.Dir = r.dir
+	for k, v := range r.env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	return cmd
+}
+
+// shell runs a command to its end; it must succeed.
+func (r *readmeRun) shell(c readmeCommand, text string) string {
+	t := r.t
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := r.command(ctx, text)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	t.Logf("README.md:%d: %s\n%s%s", c.line, text, stdout.String(), stderr.String())
+	if err != nil {
+		t.Errorf("README.md:%d: %s: %v\nstdout: %s\nstderr: %s", c.line, text, err, stdout.String(), stderr.String())
+	}
+	if strings.Contains(stderr.String(), "goroutine ") {
+		t.Errorf("README.md:%d: %s printed a Go trace:\n%s", c.line, text, stderr.String())
+	}
+	return stdout.String()
+}
+
+// startServer starts a server and waits until it prints a line starting
+// with ready (or exits): nbd serve prints one URI per PE ID argument.
+func (r *readmeRun) startServer(c readmeCommand, text, ready string) *readmeServer {
+	t := r.t
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	t.Cleanup(cancel)
+	cmd := r.command(ctx, text)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &readmeServer{text: text, cmd: cmd, stderr: &bytes.Buffer{}, info: map[string]string{}}
+	cmd.Stderr = s.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("README.md:%d: %s: %v", c.line, text, err)
+	}
+	r.servers = append(r.servers, s)
+	want := 1
+	if ready == "nbd://" {
+		want = countPEIDs(text)
+	}
+	sc := bufio.NewScanner(stdout)
+	for len(s.printed) < want && sc.Scan() {
+		line := sc.Text()
+		if k, v, ok := strings.Cut(line, ": "); ok {
+			s.info[k] = strings.Fields(v + " ")[0]
+		}
+		if strings.HasPrefix(line, ready) {
+			s.printed = append(s.printed, line)
+		}
+	}
+	if len(s.printed) < want {
+		cmd.Wait()
+		t.Fatalf("README.md:%d: %s did not start: %s", c.line, text, s.stderr)
+	}
+	// Keep reading so that the server never blocks on a full pipe.
+	go func() {
+		for sc.Scan() {
+		}
+	}()
+	r.started++
+	t.Logf("README.md:%d: %s (in the background)\n%s", c.line, text, strings.Join(s.printed, "\n"))
+	return s
+}
+
+// countPEIDs counts the PE ID arguments of a command line.
+func countPEIDs(text string) int {
+	n := 0
+	for _, w := range strings.Fields(text) {
+		if _, err := pe.ParseID(w); err == nil {
+			n++
+		}
+	}
+	return n
+}
+
+// checkServe asks each listener of 'astrolabe serve' for an answer: the
+// API's /healthz, the NBD server's export list, the S3 data path, the
+// FUSE mount.
+func (r *readmeRun) checkServe(c readmeCommand, s *readmeServer) {
+	t := r.t
+	client := &http.Client{Timeout: time.Minute}
+	api, ok := strings.CutSuffix(s.info["api"], "/v1/astrolabe")
+	if !ok {
+		t.Fatalf("README.md:%d: %s printed no API address: %v", c.line, s.text, s.info)
+	}
+	resp, err := client.Get(api + "/healthz")
+	if err != nil {
+		t.Fatalf("README.md:%d: GET %s/healthz: %v", c.line, api, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("README.md:%d: GET %s/healthz: %s", c.line, api, resp.Status)
+	}
+	if resp, err := client.Get(s.info["s3"]); err != nil {
+		t.Errorf("README.md:%d: the S3 data path at %q does not answer: %v", c.line, s.info["s3"], err)
+	} else {
+		resp.Body.Close()
+	}
+	nbdURI := s.info["nbd"]
+	if !strings.HasPrefix(nbdURI, "nbd") {
+		nbdURI = "nbd://" + nbdURI
+	}
+	if out, err := exec.Command("nbdinfo", "--list", nbdURI).CombinedOutput(); err != nil {
+		t.Errorf("README.md:%d: nbdinfo --list %s: %v\n%s", c.line, nbdURI, err, out)
+	}
+	if m := regexp.MustCompile(`--mount (\S+)`).FindStringSubmatch(s.text); m != nil {
+		s.mounts = append(s.mounts, m[1])
+		if _, err := os.Stat(filepath.Join(m[1], "fs", "fs:sample")); err != nil {
+			t.Errorf("README.md:%d: the FUSE mount of serve: %v", c.line, err)
+		}
+	}
+}
+
+// stopServers stops the servers the sh block started, as Ctrl-C would:
+// each must exit cleanly and leave nothing mounted.
+func (r *readmeRun) stopServers() {
+	t := r.t
+	for i := len(r.servers) - 1; i >= 0; i-- {
+		s := r.servers[i]
+		s.cmd.Process.Signal(syscall.SIGINT)
+		done := make(chan error, 1)
+		go func() { done <- s.cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("%s after SIGINT: %v; stderr: %s", s.text, err, s.stderr)
+			}
+		case <-time.After(time.Minute):
+			s.cmd.Process.Kill()
+			<-done
+			t.Errorf("%s did not stop within a minute of SIGINT; stderr: %s", s.text, s.stderr)
+		}
+		for _, m := range s.mounts {
+			if isMounted(m) {
+				t.Errorf("%s left %s mounted", s.text, m)
+				syscall.Unmount(m, syscall.MNT_DETACH)
+			}
+		}
+	}
+	r.servers, r.nbdExports = nil, nil
+}
+
+// cleanup kills the servers a failure left running and unmounts what is
+// still mounted under the test's directory (a failed 'flr umount').
+func (r *readmeRun) cleanup() {
+	for _, s := range r.servers {
+		s.cmd.Process.Kill()
+		s.cmd.Wait()
+	}
+	// It also detaches the loop devices; without a recovery mount it
+	// only fails.
+	exec.Command(astrolabeBin, "--config", r.env["ASTROLABE_CONFIG"], "flr", "umount", filepath.Join(r.dir, "recover")).Run()
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	var under []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], r.dir+"/") {
+			under = append(under, f[4])
+		}
+	}
+	for i := len(under) - 1; i >= 0; i-- {
+		syscall.Unmount(under[i], syscall.MNT_DETACH)
+	}
+}
