@@ -6,43 +6,20 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/astrolabe-appliance/astrolabe/internal/qemu10"
 )
 
-// qemu10 returns qemu 10's qemu-img and qemu-io: NBD clients that
-// negotiate extended headers, which Debian bookworm's qemu 7.2 and libnbd
-// 1.14 cannot. scripts/deps.d/qemu10.sh unpacks them from
-// bookworm-backports into /opt/qemu10 (or $QEMU10_ROOT) without
-// installing them over the system's qemu.
-func qemu10(t *testing.T) (img, io string) {
-	t.Helper()
-	root := os.Getenv("QEMU10_ROOT")
-	if root == "" {
-		root = "/opt/qemu10"
-	}
-	img, io = filepath.Join(root, "usr/bin/qemu-img"), filepath.Join(root, "usr/bin/qemu-io")
-	out, err := exec.Command(img, "--version").Output()
-	if err != nil || !strings.HasPrefix(string(out), "qemu-img version 10.") {
-		t.Fatalf("qemu-img 10 missing at %s (%v): run scripts/deps.d/qemu10.sh", img, err)
-	}
-	return img, io
-}
-
-// negotiatedExtended is what qemu's trace event nbd_receive_option_reply
-// prints when the server accepts NBD_OPT_EXTENDED_HEADERS: from then on
-// every request and reply has an extended header.
-const negotiatedExtended = "option reply 11 (extended headers), type 1 (ack)"
-
-// qemuTraced runs a qemu tool with the trace of its NBD option replies
-// and checks that it used extended headers.
+// qemuTraced runs a qemu 10 tool with the trace of its NBD option
+// replies and checks that it used extended headers.
 func qemuTraced(t *testing.T, tool string, args ...string) string {
 	t.Helper()
 	out := runTool(t, tool, append([]string{"--trace", "nbd_receive_option_reply"}, args...)...)
-	if !strings.Contains(out, negotiatedExtended) {
+	if !strings.Contains(out, qemu10.NegotiatedExtended) {
 		t.Fatalf("%s %v did not negotiate extended headers:\n%s", filepath.Base(tool), args, out)
 	}
 	return out
@@ -62,7 +39,11 @@ type mapEntry struct {
 // pattern checks, qemu-img compare and qemu-img map. The new PE holds
 // exactly what was written.
 func TestNBDWritableQemu10(t *testing.T) {
-	img, qio := qemu10(t)
+	q, err := qemu10.Find()
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, qio := q.Img, q.IO
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "cfg")
 	mustRun(t, cfg, "init", "--samples", cfg)
