@@ -297,3 +297,33 @@ func TestExtended64BitLengths(t *testing.T) {
 		t.Fatalf("the export's file: %v", err)
 	}
 }
+
+// TestExtendedStatusWithinMaxPayload: a block status chunk holds no more
+// descriptors than fit in the maximum payload size the server advertised,
+// and still describes the start of the range exactly.
+func TestExtendedStatusWithinMaxPayload(t *testing.T) {
+	dir := t.TempDir()
+	chunks := map[int64]int{}
+	for off := int64(0); off < mib; off += 8192 {
+		chunks[off] = 4096 // 256 extents: data, hole, data, ...
+	}
+	sparseImage(t, filepath.Join(dir, "frag.img"), mib, chunks)
+	const maxPayload = 4096
+	addr := serveWith(t, fileSource{dir}, Options{Anonymous: AnonymousReadWrite, MaxRequest: maxPayload})
+	rc, _ := extendedClient(t, addr, "frag.img")
+	rc.extRequest(0, cmdBlockStatus, 1, 0, mib, nil)
+	ch := rc.extReply()
+	if ch.typ != replyBlockStatusExt || len(ch.payload) > maxPayload {
+		t.Fatalf("block status chunk type %d of %d bytes, more than the maximum payload of %d", ch.typ, len(ch.payload), maxPayload)
+	}
+	n := int(binary.BigEndian.Uint32(ch.payload[4:]))
+	if want := (maxPayload - 8) / 16; n != want || len(ch.payload) != 8+16*n {
+		t.Fatalf("%d descriptors in %d bytes, want %d", n, len(ch.payload), want)
+	}
+	for i, d := 0, ch.payload[8:]; i < n; i, d = i+1, d[16:] {
+		length, state := binary.BigEndian.Uint64(d), binary.BigEndian.Uint64(d[8:])
+		if want := uint64(i%2) * (stateHole | stateZero); length != 4096 || state != want {
+			t.Fatalf("descriptor %d: %d bytes state %d, want 4096 bytes state %d", i, length, state, want)
+		}
+	}
+}

@@ -582,8 +582,8 @@ func (cn *conn) blockStatus(ctx context.Context, log *slog.Logger, req request) 
 		if req.flags&cmdFlagReqOne != 0 && len(exts) > 1 {
 			exts = exts[:1]
 		}
-		if len(exts) > maxStatusDescriptors {
-			exts = exts[:maxStatusDescriptors]
+		if n := cn.maxDescriptors(); len(exts) > n {
+			exts = exts[:n]
 		}
 		id := uint32(i + 1)
 		var payload []byte
@@ -629,6 +629,17 @@ func (cn *conn) blockStatus(ctx context.Context, log *slog.Logger, req request) 
 		out = append(out, payload...)
 	}
 	return out
+}
+
+// maxDescriptors is how many descriptors one block status chunk may
+// hold: as many as the protocol advises, and no more than fit in the
+// maximum payload size, which binds the server's chunks too.
+func (cn *conn) maxDescriptors() int {
+	head, size := 4, 8
+	if cn.extended {
+		head, size = 8, 16
+	}
+	return max(1, min(maxStatusDescriptors, (cn.srv.opts.MaxRequest-head)/size))
 }
 
 func (cn *conn) okReply(req request) []byte {
