@@ -130,7 +130,7 @@ func FuzzExtendedInStep(f *testing.F) {
 	f.Add([]byte{cmdWrite, 0, 0, 1, 0, 64, 0, 0, 0, 0xab, cmdRead, 0, 0, 1, 0, 64, 0, 0, 0, 0})
 	f.Add([]byte{cmdBlockStatus, cmdFlagPayloadLen, 0, 0, 0, 12, 0, 0, 0, 1, cmdWriteZeroes, cmdFlagFastZero, 0, 0, 0, 0, 0x20, 0, 1, 0})
 	f.Add([]byte{cmdTrim, 0, 0, 2, 0xff, 0xff, 0xff, 0xff, 1, 0, cmdCache, 0x40, 0, 0, 0, 1, 0, 0, 0, 0, cmdFlush, 0, 0, 0, 0, 0, 0, 0, 0, 0})
-	srv := NewServer(nil, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), MaxRequest: 1 << 16})
+	srv := NewServer(nil, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), MaxRequest: 1 << 15})
 	f.Fuzz(func(t *testing.T, in []byte) { checkInStep(t, srv, in) })
 }
 
