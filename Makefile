@@ -55,7 +55,7 @@ unit:
 	$(GO) test -count=1 -tags vddk $(VDDK_PKGS)
 
 # Seconds of fuzzing per target in CI; `make fuzz-long` for a real run.
-FUZZ_TARGETS := pe:FuzzParseID pe:FuzzOpenZip pe/fs:FuzzExtract nbd:FuzzHandshake nbd:FuzzRequests \
+FUZZ_TARGETS := pe:FuzzParseID pe:FuzzOpenZip pe/fs:FuzzExtract nbd:FuzzHandshake nbd:FuzzRequests nbd:FuzzExtendedInStep \
 	appliance/s3export:FuzzS3Request appliance/s3export:FuzzSigV4 appliance/s3export:FuzzChunked \
 	repo:FuzzCheckPack repo:FuzzOpenIndex
 fuzz:

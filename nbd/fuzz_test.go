@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"io"
@@ -97,6 +98,11 @@ func FuzzRequests(f *testing.F) {
 	f.Add(byte(1), append(req(false, 0, cmdWrite, 100, 4, []byte("abcd")), req(false, 0, cmdBlockStatus, 0, 4096, nil)...))
 	f.Add(byte(2), append(req(true, cmdFlagPayloadLen, cmdWrite, 8, 4, []byte("abcd")), req(true, 0, cmdBlockStatus, 0, 1<<40, nil)...))
 	f.Add(byte(2), req(true, cmdFlagFastZero, cmdWriteZeroes, 0, 8192, nil))
+	// qemu's WRITE: no PAYLOAD_LEN, the payload follows all the same.
+	f.Add(byte(2), append(req(true, cmdFlagFUA, cmdWrite, 8, 4, []byte("abcd")), req(true, 0, cmdRead, 0, 16, nil)...))
+	f.Add(byte(2), req(true, cmdFlagPayloadLen, cmdBlockStatus, 0, 12, []byte{0, 0, 0, 0, 0, 0, 32, 0, 0, 0, 0, 1}))
+	f.Add(byte(2), req(true, cmdFlagPayloadLen, cmdWrite, 0, 1<<40, nil))
+	f.Add(byte(1), req(false, cmdFlagPayloadLen, cmdRead, 0, 512, nil))
 	srv := NewServer(nil, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), MaxRequest: 1 << 16})
 	f.Fuzz(func(t *testing.T, mode byte, in []byte) {
 		feed(t, in, func(server net.Conn) {
@@ -110,6 +116,98 @@ func FuzzRequests(f *testing.F) {
 			server.Close()
 		})
 	})
+}
+
+// FuzzExtendedInStep builds from its input a stream of well-framed
+// extended requests — any command, flags, offset and effect length, and a
+// payload exactly where the protocol puts one (after a WRITE, or with
+// PAYLOAD_LEN) — and checks that the server answers each with one final
+// reply chunk carrying its cookie and offset: whatever the requests mean,
+// the server never loses track of where one ends and the next begins.
+func FuzzExtendedInStep(f *testing.F) {
+	// Each request is 10 bytes of input: type, flags, offset / 16 (2
+	// bytes), length (4), 64-bit length if odd, the payload's byte.
+	f.Add([]byte{cmdWrite, 0, 0, 1, 0, 64, 0, 0, 0, 0xab, cmdRead, 0, 0, 1, 0, 64, 0, 0, 0, 0})
+	f.Add([]byte{cmdBlockStatus, cmdFlagPayloadLen, 0, 0, 0, 12, 0, 0, 0, 1, cmdWriteZeroes, cmdFlagFastZero, 0, 0, 0, 0, 0x20, 0, 1, 0})
+	f.Add([]byte{cmdTrim, 0, 0, 2, 0xff, 0xff, 0xff, 0xff, 1, 0, cmdCache, 0x40, 0, 0, 0, 1, 0, 0, 0, 0, cmdFlush, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+	srv := NewServer(nil, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), MaxRequest: 1 << 15})
+	f.Fuzz(func(t *testing.T, in []byte) { checkInStep(t, srv, in) })
+}
+
+// checkInStep is FuzzExtendedInStep's check of one input.
+func checkInStep(t *testing.T, srv *Server, in []byte) {
+	t.Helper()
+	const reqSize = 10
+	var stream []byte
+	var offs []uint64
+	for len(in) >= reqSize && len(offs) < 64 {
+		r := in[:reqSize]
+		in = in[reqSize:]
+		typ := uint16(r[0] % 10)
+		if typ == cmdDisc {
+			continue // it ends the stream, without a reply
+		}
+		flags := uint16(r[1])
+		off := uint64(binary.BigEndian.Uint16(r[2:])) * 16 // up to 1 MiB: past the end too
+		length := uint64(binary.BigEndian.Uint32(r[4:]))
+		payload := typ == cmdWrite || flags&cmdFlagPayloadLen != 0
+		switch {
+		case payload:
+			length &= 1<<16 - 1 // no more than the server reads
+		case r[8]&1 != 0:
+			length |= 1 << 40 // an effect length beyond 32 bits
+		}
+		stream = binary.BigEndian.AppendUint32(stream, magicExtRequest)
+		stream = binary.BigEndian.AppendUint16(stream, flags)
+		stream = binary.BigEndian.AppendUint16(stream, typ)
+		stream = binary.BigEndian.AppendUint64(stream, uint64(len(offs)))
+		stream = binary.BigEndian.AppendUint64(stream, off)
+		stream = binary.BigEndian.AppendUint64(stream, length)
+		if payload {
+			stream = append(stream, bytes.Repeat(r[9:10], int(length))...)
+		}
+		offs = append(offs, off)
+	}
+	client, server := net.Pipe()
+	deadline := time.Now().Add(10 * time.Second)
+	client.SetDeadline(deadline)
+	server.SetDeadline(deadline)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		cn := &conn{
+			srv: srv, c: server, r: bufio.NewReader(server), name: "m",
+			export:     &memExport{data: make([]byte, 8192)},
+			structured: true, extended: true,
+			contexts: []string{contextBaseAllocation},
+		}
+		cn.transmit(context.Background(), srv.log)
+		server.Close()
+	}()
+	go client.Write(stream)
+	done := make([]bool, len(offs))
+	for left := len(offs); left > 0; {
+		var h [32]byte
+		if _, err := io.ReadFull(client, h[:]); err != nil {
+			t.Fatalf("%d of %d requests unanswered: %v", left, len(offs), err)
+		}
+		if m := binary.BigEndian.Uint32(h[:]); m != magicExtReply {
+			t.Fatalf("reply magic %#x", m)
+		}
+		cookie, off, n := binary.BigEndian.Uint64(h[8:]), binary.BigEndian.Uint64(h[16:]), binary.BigEndian.Uint64(h[24:])
+		if cookie >= uint64(len(offs)) || done[cookie] || off != offs[cookie] || n > 1<<20 {
+			t.Fatalf("reply chunk cookie %d offset %d length %d", cookie, off, n)
+		}
+		if _, err := io.CopyN(io.Discard, client, int64(n)); err != nil {
+			t.Fatalf("reply payload: %v", err)
+		}
+		if binary.BigEndian.Uint16(h[4:])&replyFlagDone != 0 {
+			done[cookie] = true
+			left--
+		}
+	}
+	client.Close()
+	<-served
 }
 
 // feed plays in as everything a client sends, then hangs up, and runs

@@ -94,6 +94,7 @@ const (
 // Structured reply types and flags.
 const (
 	replyFlagDone       = 1 << 0
+	replyNone           = 0
 	replyOffsetData     = 1
 	replyOffsetHole     = 2
 	replyBlockStatus    = 5

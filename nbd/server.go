@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"sync"
 	"time"
@@ -97,7 +98,9 @@ var ErrUnknownExport = errors.New("unknown export")
 // Options configure a Server. Zero values mean the defaults.
 type Options struct {
 	Logger *slog.Logger
-	// MaxRequest bounds READ lengths (default 32 MiB).
+	// MaxRequest bounds the lengths of READs and WRITEs, and is the
+	// maximum payload size the server advertises (default 32 MiB; at
+	// most 4 GiB - 1, which is all the protocol can advertise).
 	MaxRequest int
 	// Concurrency bounds requests in flight per connection (default 16).
 	Concurrency int
@@ -223,6 +226,9 @@ func NewServer(src Source, opts Options) *Server {
 func (o Options) Check() error {
 	if o.TLSRequired && o.TLSConfig == nil {
 		return errors.New("nbd: TLS required but no certificate configured")
+	}
+	if int64(o.MaxRequest) > math.MaxUint32 {
+		return fmt.Errorf("nbd: maximum request of %d bytes is more than the protocol can advertise", o.MaxRequest)
 	}
 	if o.MemoryBudget > 0 && o.MemoryBudget < maxReplySize(o.MaxRequest) {
 		return fmt.Errorf("nbd: memory budget of %d bytes does not hold one reply of %d", o.MemoryBudget, maxReplySize(o.MaxRequest))

@@ -13,9 +13,9 @@ import (
 	"time"
 )
 
-// request is one decoded request header. length is the payload length when
-// payload is set (WRITE, or PAYLOAD_LEN with extended headers), else the
-// effect length.
+// request is one decoded request header. With payload set, length
+// bytes of payload follow the header and length is their count; else
+// length is the effect length, 64 bits wide with extended headers.
 type request struct {
 	flags   uint16
 	typ     uint16
@@ -51,7 +51,12 @@ func decodeRequest(b []byte, extended bool) (request, error) {
 	}
 	if extended {
 		req.length = binary.BigEndian.Uint64(b[24:])
-		req.payload = req.flags&cmdFlagPayloadLen != 0
+		// A WRITE always carries its payload. The extension says a
+		// client MUST set PAYLOAD_LEN on it, but qemu (8.2 and later)
+		// does not, and qemu's own server reads the payload of every
+		// WRITE: so must we. Other commands carry one only with the
+		// flag.
+		req.payload = req.typ == cmdWrite || req.flags&cmdFlagPayloadLen != 0
 	} else {
 		req.length = uint64(binary.BigEndian.Uint32(b[24:]))
 		req.payload = req.typ == cmdWrite
@@ -128,24 +133,9 @@ func (cn *conn) transmit(ctx context.Context, log *slog.Logger) (err error) {
 			return nil
 		}
 		sem <- struct{}{}
-		var (
-			payload []byte
-			pb      *pooledBuf
-		)
-		if req.payload {
-			if req.length > uint64(cn.srv.opts.MaxRequest) {
-				// Reading it would cost unbounded memory or time; the
-				// protocol allows hanging up on such a client.
-				return fmt.Errorf("request %d carries %d bytes, more than the %d allowed", req.typ, req.length, cn.srv.opts.MaxRequest)
-			}
-			if pb, err = cn.getBuffer(ctx, share, int(req.length)); err != nil {
-				return fmt.Errorf("request payload: %w", err)
-			}
-			payload = pb.b[:req.length]
-			if _, err := io.ReadFull(cn.r, payload); err != nil {
-				cn.putBuffer(share, pb)
-				return fmt.Errorf("request payload: %w", err)
-			}
+		payload, pb, err := cn.readPayload(ctx, share, req)
+		if err != nil {
+			return err
 		}
 		inFlight.Add(1)
 		wg.Add(1)
@@ -165,6 +155,43 @@ func (cn *conn) transmit(ctx context.Context, log *slog.Logger) (err error) {
 			return fmt.Errorf("send reply: %w", err)
 		}
 	}
+}
+
+// maxReadPayload is the largest payload read and refused rather than hung
+// up on, when the server's maximum payload size is smaller: the protocol
+// asks servers not to take payloads up to 32 MiB for an attack.
+const maxReadPayload = 1 << 25
+
+// readPayload reads the payload that follows req's header, if any: the
+// bytes of a WRITE the server can carry out into a buffer of the pool,
+// any other payload into nothing, so that the connection stays in step
+// and check refuses the request with an error reply. A payload larger
+// than the server reads is grounds to hang up, as the protocol allows;
+// so is one that cannot be read whole.
+func (cn *conn) readPayload(ctx context.Context, share *limiter, req request) ([]byte, *pooledBuf, error) {
+	if !req.payload {
+		return nil, nil, nil
+	}
+	limit := uint64(max(cn.srv.opts.MaxRequest, maxReadPayload))
+	if req.length > limit {
+		return nil, nil, fmt.Errorf("request %d carries %d bytes, more than the %d read", req.typ, req.length, limit)
+	}
+	if req.typ != cmdWrite || req.length > uint64(cn.srv.opts.MaxRequest) {
+		if _, err := io.CopyN(io.Discard, cn.r, int64(req.length)); err != nil {
+			return nil, nil, fmt.Errorf("request %d payload: %w", req.typ, err)
+		}
+		return nil, nil, nil
+	}
+	pb, err := cn.getBuffer(ctx, share, int(req.length))
+	if err != nil {
+		return nil, nil, fmt.Errorf("request payload: %w", err)
+	}
+	payload := pb.b[:req.length]
+	if _, err := io.ReadFull(cn.r, payload); err != nil {
+		cn.putBuffer(share, pb)
+		return nil, nil, fmt.Errorf("request payload: %w", err)
+	}
+	return payload, pb, nil
 }
 
 // stallChunk is what a reply is written in pieces of: each must be taken
@@ -322,11 +349,14 @@ func (cn *conn) check(req request) []byte {
 	if req.flags&^cmdFlagsKnown != 0 {
 		return cn.errorReply(req, errInval, fmt.Sprintf("unknown command flags %#x", req.flags))
 	}
-	if req.payload != (req.typ == cmdWrite) {
-		if req.typ == cmdWrite {
-			return cn.errorReply(req, errInval, "WRITE without PAYLOAD_LEN")
-		}
-		return cn.errorReply(req, errInval, "command takes no payload")
+	switch {
+	case !cn.extended && req.flags&cmdFlagPayloadLen != 0:
+		return cn.errorReply(req, errInval, "PAYLOAD_LEN without extended headers")
+	case req.payload && req.typ != cmdWrite:
+		// Not even BLOCK_STATUS: its payload form is not offered.
+		return cn.errorReply(req, errInval, fmt.Sprintf("command %d takes no payload", req.typ))
+	case req.typ == cmdWrite && req.length > uint64(cn.srv.opts.MaxRequest):
+		return cn.errorReply(req, errInval, fmt.Sprintf("write of %d bytes, more than the maximum payload of %d", req.length, cn.srv.opts.MaxRequest))
 	}
 	if req.typ > cmdBlockStatus {
 		return cn.errorReply(req, errInval, fmt.Sprintf("unknown command %d", req.typ))
@@ -340,7 +370,7 @@ func (cn *conn) check(req request) []byte {
 	if req.length == 0 || req.off > size || req.length > size-req.off {
 		switch req.typ {
 		case cmdFlush:
-		case cmdWrite, cmdWriteZeroes, cmdTrim:
+		case cmdWrite, cmdWriteZeroes:
 			if req.length != 0 {
 				return cn.errorReply(req, errNoSpc, "request past the end of the export")
 			}
@@ -552,8 +582,8 @@ func (cn *conn) blockStatus(ctx context.Context, log *slog.Logger, req request) 
 		if req.flags&cmdFlagReqOne != 0 && len(exts) > 1 {
 			exts = exts[:1]
 		}
-		if len(exts) > maxStatusDescriptors {
-			exts = exts[:maxStatusDescriptors]
+		if n := cn.maxDescriptors(); len(exts) > n {
+			exts = exts[:n]
 		}
 		id := uint32(i + 1)
 		var payload []byte
@@ -601,9 +631,20 @@ func (cn *conn) blockStatus(ctx context.Context, log *slog.Logger, req request) 
 	return out
 }
 
+// maxDescriptors is how many descriptors one block status chunk may
+// hold: as many as the protocol advises, and no more than fit in the
+// maximum payload size, which binds the server's chunks too.
+func (cn *conn) maxDescriptors() int {
+	head, size := 4, 8
+	if cn.extended {
+		head, size = 8, 16
+	}
+	return max(1, min(maxStatusDescriptors, (cn.srv.opts.MaxRequest-head)/size))
+}
+
 func (cn *conn) okReply(req request) []byte {
 	if cn.extended {
-		return cn.appendChunkHeader(nil, req, replyFlagDone, 0, 0)
+		return cn.appendChunkHeader(nil, req, replyFlagDone, replyNone, 0)
 	}
 	return simpleHeader(req.cookie, 0, 0)
 }
