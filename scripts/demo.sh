@@ -3,7 +3,9 @@
 # local directory, a snapshot, a copy to a zip and back, and then the
 # appliance itself (astrolabe serve) on loopback, with the URLs to try.
 # Usage: scripts/demo.sh [DIR]   (default: ./demo, recreated each run)
-# DEMO_SERVE=0 skips the server (it runs in the foreground until Ctrl-C).
+# DEMO_SERVE=0 skips the server (it runs in the foreground until Ctrl-C);
+# DEMO_API, DEMO_NBD and DEMO_S3 move its listeners (defaults 127.0.0.1:8443,
+# :10809 and :9000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-demo}
@@ -42,13 +44,14 @@ du -h --apparent-size "$DIR/disk/${DRESTORED#disk:}"; du -h "$DIR/disk/${DRESTOR
 
 [[ ${DEMO_SERVE:-1} == 1 ]] || exit 0
 printf '\n\033[1m$ astrolabe serve\033[0m (Ctrl-C stops it)\n' >&2
+API=${DEMO_API:-127.0.0.1:8443} NBD=${DEMO_NBD:-127.0.0.1:10809} S3=${DEMO_S3:-127.0.0.1:9000}
 TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 CERT="$DIR/tls/cert.pem"
 cat >&2 <<EOT
 Try, in another terminal:
-  curl --cacert $CERT -H 'Authorization: Bearer $TOKEN' https://127.0.0.1:8443/v1/astrolabe/disk
-  curl --cacert $CERT -H 'Authorization: Bearer $TOKEN' -d '{"id":"$DSNAP"}' https://127.0.0.1:8443/v1/appliance/nbd/exports
-  nbdinfo --list nbd://127.0.0.1:10809
-  $A --config $DIR --server https://127.0.0.1:8443 --token $TOKEN ls fs
+  curl --cacert $CERT -H 'Authorization: Bearer $TOKEN' https://$API/v1/astrolabe/disk
+  curl --cacert $CERT -H 'Authorization: Bearer $TOKEN' -d '{"id":"$DSNAP"}' https://$API/v1/appliance/nbd/exports
+  nbdinfo --list nbd://$NBD
+  $A --config $DIR --server https://$API --token $TOKEN ls fs
 EOT
-exec "$A" --config "$DIR" serve --api 127.0.0.1:8443 --nbd 127.0.0.1:10809 --s3 127.0.0.1:9000 --token "$TOKEN"
+exec "$A" --config "$DIR" serve --api "$API" --nbd "$NBD" --s3 "$S3" --token "$TOKEN"

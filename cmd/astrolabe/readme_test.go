@@ -23,7 +23,7 @@ import (
 // a command neither run nor listed here fails the test, and so does an
 // entry here that README.md no longer has.
 var readmeNotRun = map[string]string{
-	"make demo": "runs this README's sequence and the appliance for minutes; the steps are run here one by one",
+	"make demo": "TestMakeDemo runs it (scripts/demo.sh, with the binary TestMain built) and every command it prints to try",
 	"make test": "runs this test among all others",
 	"go build -o bin/astrolabe ./cmd/astrolabe": "TestMain builds the same binary; bin/astrolabe is a link to it",
 	"nbdcopy restore.img 'nbds://HOST:10809/EXPORT?tls-certificates=OUT'": "needs a writable export made through the REST API and a client certificate " +
