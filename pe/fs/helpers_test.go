@@ -136,8 +136,10 @@ func setXattr(tb testing.TB, p, name, value string) {
 var longName = strings.Repeat("long-directory-name/", 6) + strings.Repeat("x", 40) + ".txt"
 
 // makeTree fills dir with what a tree can hold: files of several sizes,
-// nested and read-only directories, a sparse file, symlinks, hard links,
-// a long name, an xattr, other owners, nanosecond mtimes.
+// nested, read-only, setgid and sticky directories, a sparse file,
+// relative, absolute and dangling symlinks, hard links, a fifo (and, as
+// root, a device node), a long name, an xattr, other owners, nanosecond
+// mtimes.
 func makeTree(tb testing.TB, dir string) {
 	tb.Helper()
 	writeFile(tb, filepath.Join(dir, "a.txt"), []byte("hello\n"), 0o644)
@@ -152,6 +154,16 @@ func makeTree(tb testing.TB, dir string) {
 	must(tb, os.Symlink("a.txt", filepath.Join(dir, "link")))
 	must(tb, os.Symlink("../a.txt", filepath.Join(dir, "sub", "up")))
 	must(tb, os.Symlink("missing", filepath.Join(dir, "dangling")))
+	must(tb, os.Symlink("/etc/passwd", filepath.Join(dir, "abs")))
+	must(tb, os.Symlink("../../../../..", filepath.Join(dir, "sub", "far-up")))
+	must(tb, unix.Mkfifo(filepath.Join(dir, "pipe"), 0o640))
+	must(tb, os.Mkdir(filepath.Join(dir, "shared"), 0o755))
+	must(tb, os.Chmod(filepath.Join(dir, "shared"), 0o3777)) // setgid and sticky
+	if os.Geteuid() == 0 {
+		must(tb, unix.Mknod(filepath.Join(dir, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))))
+		must(tb, unix.Mknod(filepath.Join(dir, "sub", "loop"), unix.S_IFBLK|0o660, int(unix.Mkdev(7, 200))))
+		must(tb, os.Link(filepath.Join(dir, "null"), filepath.Join(dir, "null2")))
+	}
 
 	sparse := filepath.Join(dir, "sparse.img")
 	f, err := os.Create(sparse)
@@ -190,7 +202,7 @@ func makeTree(tb testing.TB, dir string) {
 
 // entry is what a test compares of a tree member.
 type entry struct {
-	Type   string // dir, file, symlink
+	Type   string // dir, file, symlink, fifo, char, block
 	Mode   uint32 // permission, setuid, setgid, sticky
 	UID    int
 	GID    int
@@ -199,6 +211,7 @@ type entry struct {
 	Link   string
 	MTime  int64 // Unix nanoseconds
 	Xattrs map[string]string
+	Dev    [2]int64 // major and minor of a device node
 }
 
 // treeEntries describes the tree at dir by slash-separated names, "." for
@@ -243,17 +256,25 @@ func treeEntries(tb testing.TB, dir string) (map[string]entry, map[string]string
 				return err
 			}
 			e.Size, e.SHA = int64(len(b)), sha(b)
-			if st.Nlink > 1 {
-				inodes[st.Ino] = append(inodes[st.Ino], rel)
-			}
 		case fi.Mode()&iofs.ModeSymlink != 0:
 			e.Type = "symlink"
 			e.Mode = 0
 			if e.Link, err = os.Readlink(p); err != nil {
 				return err
 			}
+		case fi.Mode()&iofs.ModeNamedPipe != 0:
+			e.Type = "fifo"
+		case fi.Mode()&iofs.ModeDevice != 0:
+			e.Type = "block"
+			if fi.Mode()&iofs.ModeCharDevice != 0 {
+				e.Type = "char"
+			}
+			e.Dev = [2]int64{int64(unix.Major(st.Rdev)), int64(unix.Minor(st.Rdev))}
 		default:
 			return nil
+		}
+		if !fi.IsDir() && st.Nlink > 1 {
+			inodes[st.Ino] = append(inodes[st.Ino], rel)
 		}
 		out[rel] = e
 		return nil
@@ -334,6 +355,11 @@ func tarEntries(tb testing.TB, r io.Reader) (map[string]entry, map[string]string
 			e.Type = "symlink"
 			e.Mode = 0
 			e.Link = h.Linkname
+		case tar.TypeFifo:
+			e.Type = "fifo"
+		case tar.TypeChar, tar.TypeBlock:
+			e.Type = map[byte]string{tar.TypeChar: "char", tar.TypeBlock: "block"}[h.Typeflag]
+			e.Dev = [2]int64{h.Devmajor, h.Devminor}
 		default:
 			tb.Fatalf("unexpected member %q of type %q", h.Name, h.Typeflag)
 		}
