@@ -5,7 +5,7 @@
 # /var/cache/astrolabe-test/rootfs-minbase) and never changed after; the test
 # copies it. Also the tools that test runs: rsync (the comparison), acl's
 # setfacl and libcap2-bin's setcap (what minbase lacks, added to the copy).
-# Idempotent; runs as root. Building takes about a minute on a good link.
+# Idempotent; runs as root. Building takes about two minutes (106 s here).
 set -euo pipefail
 
 ROOTFS=${ASTROLABE_TEST_ROOTFS:-/var/cache/astrolabe-test/rootfs-minbase}
@@ -42,9 +42,14 @@ debootstrap --variant=minbase bookworm "$tmp/tree" "$MIRROR" >"$tmp/log" 2>&1 ||
 	tail -n 20 "$tmp/log" >&2
 	exit 1
 }
-# What `apt-get clean` removes: the .debs it installed from (a third of
-# the tree), which would only make the test slower.
-rm -f "$tmp/tree"/var/cache/apt/archives/*.deb
+# Slimmed as the appliance image's root is (images/build.sh): no .debs,
+# package lists, documentation or translations. What is left is every
+# kind of file a Debian root has, in half the bytes, so the test is
+# quicker.
+rm -f "$tmp/tree"/var/cache/apt/archives/*.deb "$tmp/tree"/var/cache/apt/*.bin
+rm -rf "$tmp/tree"/var/lib/apt/lists/* "$tmp/tree"/usr/share/{man,info,lintian}
+find "$tmp/tree/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+find "$tmp/tree/usr/share/locale" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
 touch "$tmp/tree/.astrolabe-complete"
 rm -rf "$ROOTFS"
 mv "$tmp/tree" "$ROOTFS"
