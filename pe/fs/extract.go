@@ -317,16 +317,24 @@ func (x *extractor) mkdir(name string, h *tar.Header) error {
 	return x.mkdirat(name)
 }
 
-func (x *extractor) file(name string, h *tar.Header, r io.Reader) error {
+// place records name as of kind k, creates its missing parents, and
+// returns the open directory to create it in and its last component;
+// write is false after a refusal (nothing more is written) or an error.
+func (x *extractor) place(name string, k kind) (dir int, base string, write bool, err error) {
 	if err := x.mkparents(name); err != nil {
-		return err
+		return -1, "", false, err
 	}
-	x.kinds[name] = kindFile
+	x.kinds[name] = k
 	if !x.writing() {
-		return nil
+		return -1, "", false, nil
 	}
-	dir, base, err := x.parentOf(name)
-	if err != nil {
+	dir, base, err = x.parentOf(name)
+	return dir, base, err == nil, err
+}
+
+func (x *extractor) file(name string, h *tar.Header, r io.Reader) error {
+	dir, base, write, err := x.place(name, kindFile)
+	if !write {
 		return err
 	}
 	fd, err := unix.Openat(dir, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
@@ -429,15 +437,8 @@ func (x *extractor) hardlink(name string, h *tar.Header) error {
 		x.rejectName(h, name, fmt.Sprintf("hard link to %q, which is not a regular file, fifo or device node earlier in the archive", h.Linkname))
 		return nil
 	}
-	if err := x.mkparents(name); err != nil {
-		return err
-	}
-	x.kinds[name] = k
-	if !x.writing() {
-		return nil
-	}
-	dir, base, err := x.parentOf(name)
-	if err != nil {
+	dir, base, write, err := x.place(name, k)
+	if !write {
 		return err
 	}
 	if err := linkBeneath(int(x.root.Fd()), target, dir, base); err != nil {
@@ -470,15 +471,8 @@ func (x *extractor) node(name string, h *tar.Header) error {
 		x.rejectName(h, name, fmt.Sprintf("device number %d,%d out of range", h.Devmajor, h.Devminor))
 		return nil
 	}
-	if err := x.mkparents(name); err != nil {
-		return err
-	}
-	x.kinds[name] = kindNode
-	if !x.writing() {
-		return nil
-	}
-	dir, base, err := x.parentOf(name)
-	if err != nil {
+	dir, base, write, err := x.place(name, kindNode)
+	if !write {
 		return err
 	}
 	rdev := unix.Mkdev(uint32(h.Devmajor), uint32(h.Devminor))

@@ -17,7 +17,7 @@ const (
 	treeDir = "tree"
 )
 
-// maxSkippedNames bounds the special files info.json names; the count is
+// maxSkippedNames bounds the files left out that info.json names; the count is
 // always exact.
 const maxSkippedNames = 100
 
