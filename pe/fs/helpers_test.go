@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -178,6 +179,9 @@ func makeTree(tb testing.TB, dir string) {
 	must(tb, os.Chmod(filepath.Join(dir, "ro"), 0o555))
 
 	setXattr(tb, filepath.Join(dir, "a.txt"), "user.test", "v1")
+	// What setfacl -m u:1234:r writes, and a default ACL.
+	setXattr(tb, filepath.Join(dir, "a.txt"), "system.posix_acl_access", posixACL(0o6, 1234, 0o4, 0o4, 0o4))
+	setXattr(tb, filepath.Join(dir, "shared"), "system.posix_acl_default", posixACL(0o7, 1234, 0o5, 0o5, 0o5))
 	setXattr(tb, filepath.Join(dir, "sub"), "user.dir", "d\x00binary")
 	if os.Geteuid() == 0 {
 		must(tb, os.Lchown(filepath.Join(dir, "empty"), 1234, 5678))
@@ -198,6 +202,21 @@ func makeTree(tb testing.TB, dir string) {
 		ts := []unix.Timespec{timespec(mt), timespec(mt)}
 		must(tb, unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW))
 	}
+}
+
+// posixACL is the system.posix_acl_* xattr value of the ACL
+// user::owner, user:uid:named, group::group, mask::group|named, other::other.
+func posixACL(owner uint16, uid uint32, named, group, other uint16) string {
+	b := binary.LittleEndian.AppendUint32(nil, 2) // POSIX_ACL_XATTR_VERSION
+	for _, e := range []struct {
+		tag, perm uint16
+		id        uint32
+	}{{0x01, owner, ^uint32(0)}, {0x02, named, uid}, {0x04, group, ^uint32(0)}, {0x10, group | named, ^uint32(0)}, {0x20, other, ^uint32(0)}} {
+		b = binary.LittleEndian.AppendUint16(b, e.tag)
+		b = binary.LittleEndian.AppendUint16(b, e.perm)
+		b = binary.LittleEndian.AppendUint32(b, e.id)
+	}
+	return string(b)
 }
 
 // entry is what a test compares of a tree member.
@@ -292,12 +311,12 @@ func treeEntries(tb testing.TB, dir string) (map[string]entry, map[string]string
 	return out, links
 }
 
-// userXattrs keeps the user.* xattrs: others (security.selinux) depend on
-// the machine, not on what was copied.
+// userXattrs keeps the user.* xattrs and POSIX ACLs: others
+// (security.selinux) depend on the machine, not on what was copied.
 func userXattrs(x map[string]string) map[string]string {
 	var out map[string]string
 	for k, v := range x {
-		if strings.HasPrefix(k, "user.") {
+		if strings.HasPrefix(k, "user.") || strings.HasPrefix(k, "system.posix_acl_") {
 			if out == nil {
 				out = map[string]string{}
 			}
