@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -241,6 +242,40 @@ func privilegedXattrs(t *testing.T, path string) bool {
 	return false
 }
 
+// describeTree counts the entries of the tree at dir by kind, for the log.
+func describeTree(t *testing.T, dir string) string {
+	t.Helper()
+	counts := map[string]int{}
+	err := filepath.Walk(dir, func(path string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(path, &st); err != nil {
+			return err
+		}
+		kind := map[uint32]string{unix.S_IFREG: "files", unix.S_IFDIR: "dirs", unix.S_IFLNK: "symlinks", unix.S_IFIFO: "fifos",
+			unix.S_IFCHR: "devices", unix.S_IFBLK: "devices", unix.S_IFSOCK: "sockets"}[st.Mode&unix.S_IFMT]
+		counts[kind]++
+		if kind == "symlinks" {
+			if target, err := os.Readlink(path); err == nil && filepath.IsAbs(target) {
+				counts["absolute symlinks"]++
+			}
+		}
+		if kind != "dirs" && st.Nlink > 1 {
+			counts["hard-linked names"]++
+		}
+		if st.Mode&(unix.S_ISUID|unix.S_ISGID|unix.S_ISVTX) != 0 {
+			counts["setuid/setgid/sticky"]++
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprint(counts)
+}
+
 // allocated is what path takes on disk.
 func allocated(t *testing.T, path string) int64 {
 	t.Helper()
@@ -275,7 +310,7 @@ func TestFSRealTree(t *testing.T) {
 	start := time.Now()
 	runTool(t, "cp", "-a", cache, src)
 	addWhatMinbaseLacks(t, src)
-	t.Logf("copy of the cached tree: %s", time.Since(start).Round(10*time.Millisecond))
+	t.Logf("copy of the cached tree: %s; %s", time.Since(start).Round(10*time.Millisecond), describeTree(t, src))
 	sock := "srv/astrolabe/sock"
 	sparse := filepath.Join("srv", "astrolabe", "sparse.img")
 	srcSparse := allocated(t, filepath.Join(src, sparse))
@@ -316,6 +351,7 @@ func TestFSRealTree(t *testing.T) {
 	// and each device node left out is warned of.
 	r = timed(t, "cp zip fs (create_new)", func() result { return mustRun(t, cfg, "cp", "--mode", "create_new", zipPath, "fs") })
 	want := untrustedDifferences(t, src)
+	t.Logf("untrusted restore: %d differences expected by the trust rules", len(want))
 	checkRestore("zip, create_new", r.lastLine(), want)
 	for p, c := range want {
 		if c == "cD+++++++++" && !strings.Contains(r.stderr, "path="+p) {
