@@ -31,7 +31,7 @@ func (s *Service) copy(ctx context.Context, tm pe.TypeManager, src pe.ProtectedE
 	opts.Progress = progress
 	if opts.GrantsUntrustedPrivileges(src) {
 		// An administrator's explicit choice, to be found again.
-		s.log.Warn("restoring untrusted input with its privileges (owners, setuid/setgid, capabilities, trusted/security xattrs) as asked (cp/restore --keep-privileges, or keepPrivileges in the API)",
+		s.log.Warn("restoring untrusted input with its privileges (owners, setuid/setgid, capabilities, trusted/security xattrs, device nodes) as asked (cp/restore --keep-privileges, or keepPrivileges in the API)",
 			"src", src.ID().String(), "dest", dest)
 	}
 	return tm.Copy(ctx, src, opts)

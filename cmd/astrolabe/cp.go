@@ -33,8 +33,9 @@ every copy is of one point in time.
 
 A zip is untrusted input: restored from it, files belong to the restoring
 user and lose setuid/setgid bits, file capabilities and trusted.* and
-security.* xattrs, unless --keep-privileges is given; what it may write is
-bounded by --max-expansion. Snapshots are trusted and restored as they were.`,
+security.* xattrs, and device nodes are left out (each with a warning),
+unless --keep-privileges is given; what it may write is bounded by
+--max-expansion. Snapshots are trusted and restored as they were.`,
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "mode", Usage: "`MODE`: create, create_new or update (default depends on DEST)"},
 		}, restoreFlags()...),
@@ -68,7 +69,7 @@ bounded by --max-expansion. Snapshots are trusted and restored as they were.`,
 // restoreFlags are the flags of the verbs that restore: cp and restore.
 func restoreFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.BoolFlag{Name: "keep-privileges", Usage: "restore untrusted input (a zip) with its owners, setuid/setgid bits, file capabilities and trusted.*/security.* xattrs; without it they are dropped (trusted snapshots keep them anyway); logged"},
+		&cli.BoolFlag{Name: "keep-privileges", Usage: "restore untrusted input (a zip) with its owners, setuid/setgid bits, file capabilities, trusted.*/security.* xattrs and device nodes; without it they are dropped (trusted snapshots keep them anyway); logged"},
 		&cli.IntFlag{Name: "max-expansion", Value: pe.DefaultMaxExpansion, Usage: "a restore of untrusted input (a zip) may write at most `N` times the compressed size of its data (all-zero blocks, left as holes, do not count); 0 means the default, a negative N no bound"},
 	}
 }

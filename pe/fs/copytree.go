@@ -27,12 +27,16 @@ type treeCopier struct {
 
 	files, bytes      int64
 	reflinked, copied int64
-	skipped           []string
-	skippedCount      int64
+	sockets           skipLog
 }
 
 func newTreeCopier(ctx context.Context) *treeCopier {
-	return &treeCopier{ctx: ctx, chown: canChown(), links: map[fileKey]string{}}
+	return &treeCopier{
+		ctx:     ctx,
+		chown:   canChown(),
+		links:   map[fileKey]string{},
+		sockets: skipLog{what: "snapshot leaves out a socket"},
+	}
 }
 
 // copyTree copies the directory src to dst, which must not exist.
@@ -55,7 +59,9 @@ func (c *treeCopier) copyTree(src, dst string) error {
 	}
 	defer df.Close()
 	c.dst = df
-	return c.copyDir(sf, df, ".", &st)
+	err = c.copyDir(sf, df, ".", &st)
+	c.sockets.summarize()
+	return err
 }
 
 // copyDir copies the contents of the open directory src, named rel in the
@@ -106,14 +112,11 @@ func (c *treeCopier) copyEntry(src, dst *os.File, rel string) error {
 		return c.copyRegular(f, dst, rel, &st)
 	case unix.S_IFLNK:
 		return c.copySymlink(src, dst, rel, &st)
-	default:
-		// Sockets, fifos and device nodes hold no data; the tar image
-		// leaves them out too (see layout.go).
-		c.skippedCount++
-		if len(c.skipped) < maxSkippedNames {
-			c.skipped = append(c.skipped, rel)
-		}
+	case unix.S_IFSOCK:
+		c.sockets.skip(rel, "a socket belongs to a running process")
 		return nil
+	default:
+		return c.copyNode(src, dst, rel, &st)
 	}
 }
 
@@ -136,12 +139,29 @@ func (c *treeCopier) copySubdir(src, dst *os.File, rel string, st *unix.Stat_t) 
 	return c.copyDir(src, d, rel, st)
 }
 
-func (c *treeCopier) copyRegular(in, dst *os.File, rel string, st *unix.Stat_t) error {
-	key := fileKey{dev: st.Dev, ino: st.Ino}
+// linkedEarlier reports whether the file st was copied before under
+// another name, and makes rel a hard link to that copy if so.
+func (c *treeCopier) linkedEarlier(dst *os.File, rel string, st *unix.Stat_t) (bool, error) {
+	if st.Nlink <= 1 {
+		return false, nil
+	}
+	first, ok := c.links[fileKey{dev: st.Dev, ino: st.Ino}]
+	if !ok {
+		return false, nil
+	}
+	return true, c.link(first, dst, rel)
+}
+
+// copiedAs records that rel is the copy of st, for the names of st to come.
+func (c *treeCopier) copiedAs(rel string, st *unix.Stat_t) {
 	if st.Nlink > 1 {
-		if first, ok := c.links[key]; ok {
-			return c.link(first, dst, rel)
-		}
+		c.links[fileKey{dev: st.Dev, ino: st.Ino}] = rel
+	}
+}
+
+func (c *treeCopier) copyRegular(in, dst *os.File, rel string, st *unix.Stat_t) error {
+	if linked, err := c.linkedEarlier(dst, rel, st); linked {
+		return err
 	}
 	fd, err := unix.Openat(int(dst.Fd()), path.Base(rel), unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
@@ -155,9 +175,25 @@ func (c *treeCopier) copyRegular(in, dst *os.File, rel string, st *unix.Stat_t) 
 	if err != nil {
 		return err
 	}
-	if st.Nlink > 1 {
-		c.links[key] = rel
+	c.copiedAs(rel, st)
+	return nil
+}
+
+// copyNode copies the fifo or device node rel of the directory src into
+// dst: the node, not what it leads to.
+func (c *treeCopier) copyNode(src, dst *os.File, rel string, st *unix.Stat_t) error {
+	if linked, err := c.linkedEarlier(dst, rel, st); linked {
+		return err
 	}
+	name := path.Base(rel)
+	x, err := atXattrs(int(src.Fd()), name)
+	if err != nil {
+		return fmt.Errorf("%s: %w", rel, err)
+	}
+	if err := makeNode(int(dst.Fd()), name, rel, st.Mode&unix.S_IFMT, st.Rdev, attrsOfStat(st, x), c.chown); err != nil {
+		return err
+	}
+	c.copiedAs(rel, st)
 	return nil
 }
 

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -30,6 +29,8 @@ const (
 	kindDir kind = iota + 1
 	kindFile
 	kindSymlink
+	kindNode    // a fifo or device node
+	kindSkipped // a device node from untrusted input, not created
 )
 
 // extractor extracts a tar stream into an empty directory it owns, so that
@@ -52,10 +53,10 @@ type extractor struct {
 	parentFD   int
 
 	kinds    map[string]kind        // every name extracted so far
-	links    map[string]string      // symlink name → target
 	symlinks []*tar.Header          // created last, in archive order
 	dirs     map[string]*tar.Header // attrs to set last; nil for implicit dirs, "." is the root
 	rejected []RejectedMember
+	devices  skipLog // device nodes of untrusted input left out
 	members  int
 	buf      []byte
 }
@@ -64,7 +65,8 @@ type extractor struct {
 type extractOptions struct {
 	// dropPrivileges restores untrusted input: no owners (everything
 	// belongs to the restoring user), no setuid or setgid bits, only
-	// unprivileged xattrs (see attrs.withoutPrivileges).
+	// unprivileged xattrs (see attrs.withoutPrivileges), and no device
+	// nodes: they are left out with a warning each.
 	dropPrivileges bool
 	// budget, if set, is told every byte written; its error stops the
 	// extraction.
@@ -73,21 +75,25 @@ type extractOptions struct {
 
 // extract extracts the tar stream r into the empty directory dir.
 //
-// A member is refused when it would write outside dir or could later lead
-// outside it: an absolute name or one with a ".." component, a name below
-// a symlink or a file of the archive, a symlink whose target is absolute
-// or, resolved through the archive's other symlinks, leaves the tree, a
-// hard link to a name that is not a regular file earlier in the archive,
-// and a second member of the same name (except directories). Device
-// nodes and fifos are refused too: a device node in a restored tree grants
-// access to the device. Any refusal fails the whole restore with an
+// It restores every type a tree holds: directories, regular files, hard
+// links, symlinks, fifos and device nodes (devices need root, and are
+// left out, with a warning each, when opts drop privileges).
+//
+// A member is refused when it would write outside dir: an absolute name or
+// one with a ".." component, a name below a symlink or a non-directory of
+// the archive, a hard link to a name that is not a file, fifo or device
+// node earlier in the archive, and a second member of the same name
+// (except directories). Any refusal fails the whole restore with an
 // *UnsafeArchiveError naming up to maxRejected members; from the first one
 // on, nothing more is written and the caller removes dir.
 //
-// Symlinks are created after everything else, so no file is ever written
-// through one, and directory modes and times are set last, so that
-// read-only directories can be filled and keep their mtimes. Owners are
-// restored when running as root unless opts drop privileges; xattrs (PAX
+// A symlink's target is data, whatever it says (absolute, "..", a loop):
+// symlinks are created after everything else and nothing is written
+// through a name resolved through one (RESOLVE_NO_SYMLINKS, O_NOFOLLOW),
+// here or in any later walk of the tree, so a target never leads a write
+// anywhere. Directory modes and times are set last, so that read-only
+// directories can be filled and keep their mtimes. Owners are restored
+// when running as root unless opts drop privileges; xattrs (PAX
 // SCHILY.xattr.*) as far as the filesystem allows. All-zero blocks of
 // files stay holes and cost nothing in the budget.
 func extract(ctx context.Context, dir string, r io.Reader, opts extractOptions) error {
@@ -104,8 +110,8 @@ func extract(ctx context.Context, dir string, r io.Reader, opts extractOptions) 
 		budget:   opts.budget,
 		parentFD: -1,
 		kinds:    map[string]kind{},
-		links:    map[string]string{},
 		dirs:     map[string]*tar.Header{},
+		devices:  skipLog{what: "restore from untrusted input leaves out a device node"},
 	}
 	defer x.closeParent()
 	tr := tar.NewReader(r)
@@ -130,17 +136,10 @@ func extract(ctx context.Context, dir string, r io.Reader, opts extractOptions) 
 			return fmt.Errorf("tar member %q: %w", h.Name, err)
 		}
 	}
-	if len(x.rejected) == 0 {
-		for _, h := range x.symlinks {
-			name := cleanName(h.Name)
-			if why := symlinkEscapes(name, h.Linkname, x.links); why != "" {
-				x.reject(h, why)
-			}
-		}
-	}
 	if len(x.rejected) > 0 {
 		return &UnsafeArchiveError{Members: x.rejected, More: len(x.rejected) >= maxRejected}
 	}
+	x.devices.summarize()
 	return x.finish()
 }
 
@@ -191,9 +190,13 @@ func (x *extractor) reject(h *tar.Header, why string) {
 
 // rejectName refuses the member h named name and still records what the
 // archive says is there, so that later members are judged by it: after a
-// refused symlink l, l/passwd is refused too and both are reported.
+// refused symlink l, l/passwd is refused too and both are reported. A
+// name once a symlink stays one: members below it are refused.
 func (x *extractor) rejectName(h *tar.Header, name, why string) {
 	x.reject(h, why)
+	if x.kinds[name] == kindSymlink {
+		return
+	}
 	switch h.Typeflag {
 	case tar.TypeDir:
 		x.kinds[name] = kindDir
@@ -225,10 +228,11 @@ func (x *extractor) member(h *tar.Header, r io.Reader) error {
 	}
 	for _, p := range parents(name) {
 		switch x.kinds[p] {
+		case 0, kindDir:
 		case kindSymlink:
 			x.rejectName(h, name, fmt.Sprintf("name resolves through the symlink %q earlier in the archive", p))
 			return nil
-		case kindFile:
+		default:
 			x.rejectName(h, name, fmt.Sprintf("name is below %q, which is not a directory", p))
 			return nil
 		}
@@ -244,28 +248,21 @@ func (x *extractor) member(h *tar.Header, r io.Reader) error {
 	case tar.TypeReg, tar.TypeGNUSparse:
 		return x.file(name, h, r)
 	case tar.TypeSymlink:
-		switch {
-		case h.Linkname == "":
+		if h.Linkname == "" {
 			x.rejectName(h, name, "symlink with an empty target")
 			return nil
-		case filepath.IsAbs(h.Linkname):
-			x.rejectName(h, name, fmt.Sprintf("symlink to absolute %q leaves the tree", h.Linkname))
-			return nil
 		}
-		// Whether it leaves the tree through other symlinks is known
-		// only when all are in; it is created then.
+		// Created when everything else is in.
 		if err := x.mkparents(name); err != nil {
 			return err
 		}
 		x.kinds[name] = kindSymlink
-		x.links[name] = h.Linkname
 		x.symlinks = append(x.symlinks, h)
 		return nil
 	case tar.TypeLink:
 		return x.hardlink(name, h)
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-		x.rejectName(h, name, "device nodes and fifos are not restored")
-		return nil
+		return x.node(name, h)
 	default:
 		x.rejectName(h, name, fmt.Sprintf("unsupported member type %q", h.Typeflag))
 		return nil
@@ -320,16 +317,24 @@ func (x *extractor) mkdir(name string, h *tar.Header) error {
 	return x.mkdirat(name)
 }
 
-func (x *extractor) file(name string, h *tar.Header, r io.Reader) error {
+// place records name as of kind k, creates its missing parents, and
+// returns the open directory to create it in and its last component;
+// write is false after a refusal (nothing more is written) or an error.
+func (x *extractor) place(name string, k kind) (dir int, base string, write bool, err error) {
 	if err := x.mkparents(name); err != nil {
-		return err
+		return -1, "", false, err
 	}
-	x.kinds[name] = kindFile
+	x.kinds[name] = k
 	if !x.writing() {
-		return nil
+		return -1, "", false, nil
 	}
-	dir, base, err := x.parentOf(name)
-	if err != nil {
+	dir, base, err = x.parentOf(name)
+	return dir, base, err == nil, err
+}
+
+func (x *extractor) file(name string, h *tar.Header, r io.Reader) error {
+	dir, base, write, err := x.place(name, kindFile)
+	if !write {
 		return err
 	}
 	fd, err := unix.Openat(dir, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
@@ -347,7 +352,11 @@ func (x *extractor) file(name string, h *tar.Header, r io.Reader) error {
 	return err
 }
 
-// writeSparse copies r to the empty file f, seeking over all-zero chunks
+// holeBlock is the granularity at which restored files get holes: the
+// block size of the filesystems we restore to.
+const holeBlock = 4096
+
+// writeSparse copies r to the empty file f, seeking over all-zero blocks
 // so that they stay holes.
 func (x *extractor) writeSparse(f *os.File, r io.Reader) error {
 	if x.buf == nil {
@@ -358,24 +367,17 @@ func (x *extractor) writeSparse(f *os.File, r io.Reader) error {
 		if err := x.ctx.Err(); err != nil {
 			return err
 		}
-		n, err := r.Read(x.buf)
+		n, err := io.ReadFull(r, x.buf)
 		if n > 0 && x.budget != nil {
 			if berr := x.budget.Produce(int64(n)); berr != nil {
 				return berr
 			}
 		}
-		if n > 0 && !pe.IsZero(x.buf[:n]) {
-			if x.budget != nil {
-				if berr := x.budget.Add(int64(n)); berr != nil {
-					return berr
-				}
-			}
-			if _, werr := f.WriteAt(x.buf[:n], off); werr != nil {
-				return werr
-			}
+		if werr := x.writeData(f, x.buf[:n], off); werr != nil {
+			return werr
 		}
 		off += int64(n)
-		if errors.Is(err, io.EOF) {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			break
 		}
 		if err != nil {
@@ -385,31 +387,96 @@ func (x *extractor) writeSparse(f *os.File, r io.Reader) error {
 	return f.Truncate(off)
 }
 
+// writeData writes the runs of b, to go at off in f, that are not
+// all-zero blocks of holeBlock bytes (aligned in the file).
+func (x *extractor) writeData(f *os.File, b []byte, off int64) error {
+	start := -1 // of the run of data blocks being gathered
+	flush := func(end int) error {
+		if start < 0 {
+			return nil
+		}
+		at := start
+		start = -1
+		if x.budget != nil {
+			if err := x.budget.Add(int64(end - at)); err != nil {
+				return err
+			}
+		}
+		_, err := f.WriteAt(b[at:end], off+int64(at))
+		return err
+	}
+	for i := 0; i < len(b); {
+		// The block ends at the next multiple of holeBlock in the file.
+		end := min(len(b), i+int(holeBlock-(off+int64(i))%holeBlock))
+		if pe.IsZero(b[i:end]) {
+			if err := flush(i); err != nil {
+				return err
+			}
+		} else if start < 0 {
+			start = i
+		}
+		i = end
+	}
+	return flush(len(b))
+}
+
 func (x *extractor) hardlink(name string, h *tar.Header) error {
 	target, why := memberName(h.Linkname)
 	if why != "" {
 		x.rejectName(h, name, fmt.Sprintf("hard link to %q: %s", h.Linkname, why))
 		return nil
 	}
-	if x.kinds[target] != kindFile {
-		x.rejectName(h, name, fmt.Sprintf("hard link to %q, which is not a regular file earlier in the archive", h.Linkname))
+	k := x.kinds[target]
+	switch k {
+	case kindFile, kindNode:
+	case kindSkipped:
+		x.kinds[name] = kindSkipped
+		x.devices.skip(name, fmt.Sprintf("a hard link to the device node %s, not restored from untrusted input", target))
+		return nil
+	default:
+		x.rejectName(h, name, fmt.Sprintf("hard link to %q, which is not a regular file, fifo or device node earlier in the archive", h.Linkname))
 		return nil
 	}
-	if err := x.mkparents(name); err != nil {
-		return err
-	}
-	x.kinds[name] = kindFile
-	if !x.writing() {
-		return nil
-	}
-	dir, base, err := x.parentOf(name)
-	if err != nil {
+	dir, base, write, err := x.place(name, k)
+	if !write {
 		return err
 	}
 	if err := linkBeneath(int(x.root.Fd()), target, dir, base); err != nil {
 		return fmt.Errorf("link %s to %s: %w", name, target, err)
 	}
 	return nil
+}
+
+// tarNodeType maps tar's types of fifos and device nodes to file types.
+func tarNodeType(flag byte) uint32 {
+	switch flag {
+	case tar.TypeChar:
+		return unix.S_IFCHR
+	case tar.TypeBlock:
+		return unix.S_IFBLK
+	}
+	return unix.S_IFIFO
+}
+
+// node creates the fifo or device node h. From untrusted input a device
+// node is left out with a warning: it would grant access to the device.
+func (x *extractor) node(name string, h *tar.Header) error {
+	typ := tarNodeType(h.Typeflag)
+	if x.drop && isDevice(typ) {
+		x.kinds[name] = kindSkipped
+		x.devices.skip(name, fmt.Sprintf("%s %d,%d, not restored from untrusted input (cp --keep-privileges restores it)", nodeKind(typ), h.Devmajor, h.Devminor))
+		return nil
+	}
+	if h.Devmajor < 0 || h.Devmajor > 0xfff || h.Devminor < 0 || h.Devminor > 0xfffff {
+		x.rejectName(h, name, fmt.Sprintf("device number %d,%d out of range", h.Devmajor, h.Devminor))
+		return nil
+	}
+	dir, base, write, err := x.place(name, kindNode)
+	if !write {
+		return err
+	}
+	rdev := unix.Mkdev(uint32(h.Devmajor), uint32(h.Devminor))
+	return makeNode(dir, base, name, typ, rdev, x.attrsOf(h), x.chown)
 }
 
 // finish creates the symlinks and sets the attrs of directories.

@@ -18,8 +18,8 @@ import (
 
 // FuzzExtract feeds arbitrary bytes as an untrusted tar stream to the
 // restore's extraction: it must not panic, create anything outside its
-// directory, leave a symlink that resolves outside it, or restore
-// anything that grants privilege.
+// directory, or restore anything that grants privilege (a device node
+// among them). Symlinks may point anywhere: their targets are data.
 func FuzzExtract(f *testing.F) {
 	ok := tarMember{name: "fine.txt", typ: tar.TypeReg, body: "fine"}
 	for _, ms := range [][]tarMember{
@@ -29,7 +29,9 @@ func FuzzExtract(f *testing.F) {
 		{{name: "l", typ: tar.TypeSymlink, link: "/etc"}, {name: "l/passwd", typ: tar.TypeReg, body: "x"}},
 		{{name: "y", typ: tar.TypeSymlink, link: "x/s/.."}, {name: "x/s", typ: tar.TypeSymlink, link: ".."}},
 		{{name: "d/", typ: tar.TypeDir}, {name: "d", typ: tar.TypeSymlink, link: "/etc"}, {name: "d/passwd", typ: tar.TypeReg, body: "x"}},
-		{{name: "sda", typ: tar.TypeBlock}},
+		{{name: "sda", typ: tar.TypeBlock}, {name: "h", typ: tar.TypeLink, link: "sda"}},
+		{{name: "p", typ: tar.TypeFifo}, {name: "q", typ: tar.TypeLink, link: "p"}},
+		{{name: "a", typ: tar.TypeSymlink, link: "/tmp"}, {name: "a/x", typ: tar.TypeReg, body: "x"}},
 	} {
 		f.Add(buildTar(f, ms...))
 	}
@@ -58,8 +60,8 @@ func FuzzExtract(f *testing.F) {
 	})
 }
 
-// checkUnprivileged fails if the tree at dir has a symlink that resolves
-// outside it, or anything that grants privilege.
+// checkUnprivileged fails if the tree at dir has anything that grants
+// privilege.
 func checkUnprivileged(t *testing.T, dir string) {
 	t.Helper()
 	euid := uint32(os.Geteuid())
@@ -72,11 +74,8 @@ func checkUnprivileged(t *testing.T, dir string) {
 			return err
 		}
 		switch st.Mode & unix.S_IFMT {
-		case unix.S_IFDIR, unix.S_IFREG:
+		case unix.S_IFDIR, unix.S_IFREG, unix.S_IFIFO:
 		case unix.S_IFLNK:
-			if r, err := filepath.EvalSymlinks(p); err == nil && r != dir && !strings.HasPrefix(r, dir+"/") {
-				t.Fatalf("symlink %s resolves outside the tree to %s", p, r)
-			}
 			return nil
 		default:
 			t.Fatalf("%s: restored a file of mode %o", p, st.Mode)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -136,8 +137,10 @@ func setXattr(tb testing.TB, p, name, value string) {
 var longName = strings.Repeat("long-directory-name/", 6) + strings.Repeat("x", 40) + ".txt"
 
 // makeTree fills dir with what a tree can hold: files of several sizes,
-// nested and read-only directories, a sparse file, symlinks, hard links,
-// a long name, an xattr, other owners, nanosecond mtimes.
+// nested, read-only, setgid and sticky directories, a sparse file,
+// relative, absolute and dangling symlinks, hard links, a fifo (and, as
+// root, a device node), a long name, an xattr, other owners, nanosecond
+// mtimes.
 func makeTree(tb testing.TB, dir string) {
 	tb.Helper()
 	writeFile(tb, filepath.Join(dir, "a.txt"), []byte("hello\n"), 0o644)
@@ -152,6 +155,16 @@ func makeTree(tb testing.TB, dir string) {
 	must(tb, os.Symlink("a.txt", filepath.Join(dir, "link")))
 	must(tb, os.Symlink("../a.txt", filepath.Join(dir, "sub", "up")))
 	must(tb, os.Symlink("missing", filepath.Join(dir, "dangling")))
+	must(tb, os.Symlink("/etc/passwd", filepath.Join(dir, "abs")))
+	must(tb, os.Symlink("../../../../..", filepath.Join(dir, "sub", "far-up")))
+	must(tb, unix.Mkfifo(filepath.Join(dir, "pipe"), 0o640))
+	must(tb, os.Mkdir(filepath.Join(dir, "shared"), 0o755))
+	must(tb, os.Chmod(filepath.Join(dir, "shared"), 0o3777)) // setgid and sticky
+	if os.Geteuid() == 0 {
+		must(tb, unix.Mknod(filepath.Join(dir, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))))
+		must(tb, unix.Mknod(filepath.Join(dir, "sub", "loop"), unix.S_IFBLK|0o660, int(unix.Mkdev(7, 200))))
+		must(tb, os.Link(filepath.Join(dir, "null"), filepath.Join(dir, "null2")))
+	}
 
 	sparse := filepath.Join(dir, "sparse.img")
 	f, err := os.Create(sparse)
@@ -166,6 +179,9 @@ func makeTree(tb testing.TB, dir string) {
 	must(tb, os.Chmod(filepath.Join(dir, "ro"), 0o555))
 
 	setXattr(tb, filepath.Join(dir, "a.txt"), "user.test", "v1")
+	// What setfacl -m u:1234:r writes, and a default ACL.
+	setXattr(tb, filepath.Join(dir, "a.txt"), "system.posix_acl_access", posixACL(0o6, 1234, 0o4, 0o4, 0o4))
+	setXattr(tb, filepath.Join(dir, "shared"), "system.posix_acl_default", posixACL(0o7, 1234, 0o5, 0o5, 0o5))
 	setXattr(tb, filepath.Join(dir, "sub"), "user.dir", "d\x00binary")
 	if os.Geteuid() == 0 {
 		must(tb, os.Lchown(filepath.Join(dir, "empty"), 1234, 5678))
@@ -188,9 +204,24 @@ func makeTree(tb testing.TB, dir string) {
 	}
 }
 
+// posixACL is the system.posix_acl_* xattr value of the ACL
+// user::owner, user:uid:named, group::group, mask::group|named, other::other.
+func posixACL(owner uint16, uid uint32, named, group, other uint16) string {
+	b := binary.LittleEndian.AppendUint32(nil, 2) // POSIX_ACL_XATTR_VERSION
+	for _, e := range []struct {
+		tag, perm uint16
+		id        uint32
+	}{{0x01, owner, ^uint32(0)}, {0x02, named, uid}, {0x04, group, ^uint32(0)}, {0x10, group | named, ^uint32(0)}, {0x20, other, ^uint32(0)}} {
+		b = binary.LittleEndian.AppendUint16(b, e.tag)
+		b = binary.LittleEndian.AppendUint16(b, e.perm)
+		b = binary.LittleEndian.AppendUint32(b, e.id)
+	}
+	return string(b)
+}
+
 // entry is what a test compares of a tree member.
 type entry struct {
-	Type   string // dir, file, symlink
+	Type   string // dir, file, symlink, fifo, char, block
 	Mode   uint32 // permission, setuid, setgid, sticky
 	UID    int
 	GID    int
@@ -199,6 +230,7 @@ type entry struct {
 	Link   string
 	MTime  int64 // Unix nanoseconds
 	Xattrs map[string]string
+	Dev    [2]int64 // major and minor of a device node
 }
 
 // treeEntries describes the tree at dir by slash-separated names, "." for
@@ -243,17 +275,25 @@ func treeEntries(tb testing.TB, dir string) (map[string]entry, map[string]string
 				return err
 			}
 			e.Size, e.SHA = int64(len(b)), sha(b)
-			if st.Nlink > 1 {
-				inodes[st.Ino] = append(inodes[st.Ino], rel)
-			}
 		case fi.Mode()&iofs.ModeSymlink != 0:
 			e.Type = "symlink"
 			e.Mode = 0
 			if e.Link, err = os.Readlink(p); err != nil {
 				return err
 			}
+		case fi.Mode()&iofs.ModeNamedPipe != 0:
+			e.Type = "fifo"
+		case fi.Mode()&iofs.ModeDevice != 0:
+			e.Type = "block"
+			if fi.Mode()&iofs.ModeCharDevice != 0 {
+				e.Type = "char"
+			}
+			e.Dev = [2]int64{int64(unix.Major(st.Rdev)), int64(unix.Minor(st.Rdev))}
 		default:
 			return nil
+		}
+		if !fi.IsDir() && st.Nlink > 1 {
+			inodes[st.Ino] = append(inodes[st.Ino], rel)
 		}
 		out[rel] = e
 		return nil
@@ -271,12 +311,12 @@ func treeEntries(tb testing.TB, dir string) (map[string]entry, map[string]string
 	return out, links
 }
 
-// userXattrs keeps the user.* xattrs: others (security.selinux) depend on
-// the machine, not on what was copied.
+// userXattrs keeps the user.* xattrs and POSIX ACLs: others
+// (security.selinux) depend on the machine, not on what was copied.
 func userXattrs(x map[string]string) map[string]string {
 	var out map[string]string
 	for k, v := range x {
-		if strings.HasPrefix(k, "user.") {
+		if strings.HasPrefix(k, "user.") || strings.HasPrefix(k, "system.posix_acl_") {
 			if out == nil {
 				out = map[string]string{}
 			}
@@ -334,6 +374,11 @@ func tarEntries(tb testing.TB, r io.Reader) (map[string]entry, map[string]string
 			e.Type = "symlink"
 			e.Mode = 0
 			e.Link = h.Linkname
+		case tar.TypeFifo:
+			e.Type = "fifo"
+		case tar.TypeChar, tar.TypeBlock:
+			e.Type = map[byte]string{tar.TypeChar: "char", tar.TypeBlock: "block"}[h.Typeflag]
+			e.Dev = [2]int64{h.Devmajor, h.Devminor}
 		default:
 			tb.Fatalf("unexpected member %q of type %q", h.Name, h.Typeflag)
 		}

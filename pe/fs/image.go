@@ -205,6 +205,8 @@ func (im *image) TOC(ctx context.Context) ([]pe.TOCEntry, error) {
 			GID:      h.Gid,
 			Linkname: h.Linkname,
 			HardLink: h.Typeflag == tar.TypeLink,
+			Devmajor: h.Devmajor,
+			Devminor: h.Devminor,
 			Header:   m.header,
 			Offset:   m.offset(),
 		}

@@ -64,7 +64,7 @@ func TestGNUTarReadsImage(t *testing.T) {
 
 	out := filepath.Join(dir, "out")
 	must(t, os.Mkdir(out, 0o755))
-	petest.Run(t, "tar", "-xf", archive, "-C", out, "--xattrs", "--xattrs-include=user.*", "--numeric-owner")
+	petest.Run(t, "tar", "-xf", archive, "-C", out, "--xattrs", "--xattrs-include=user.*", "--xattrs-include=system.posix_acl_*", "--numeric-owner")
 	got, gotLinks := treeEntries(t, out)
 	want, wantLinks := treeEntries(t, tree)
 	compareEntries(t, "extracted by GNU tar", got, want)

@@ -75,22 +75,25 @@ func (l *layout) path(m *member) string { return filepath.Join(l.dir, filepath.F
 // the tar stream of its contents: "./" for dir itself, then every entry
 // under its slash-separated relative name, directories with a trailing
 // slash. A regular file seen before under another name is a hard link to
-// that name. Sockets, fifos and device nodes are left out: they hold no
-// data, and restoring device nodes is a way to give someone a disk. The
-// walk goes through directory descriptors (see dirfd.go). Close the
-// layout when done with it.
+// that name; so is a fifo or device node. Sockets are left out with a
+// warning: they are endpoints of running processes, not data. Access times
+// are left out too: reading a tree changes them, and the image of a
+// snapshot must be the same bytes every time. The walk goes through
+// directory descriptors (see dirfd.go). Close the layout when done with
+// it.
 func layoutTree(ctx context.Context, dir string) (*layout, error) {
 	root, err := openDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("lay out tar: %w", err)
 	}
 	l := &layout{dir: dir, root: root}
-	w := &layoutWalker{ctx: ctx, l: l, links: map[fileKey]string{}}
+	w := &layoutWalker{ctx: ctx, l: l, links: map[fileKey]string{}, sockets: skipLog{what: "tar image leaves out a socket"}}
 	var st unix.Stat_t
 	err = unix.Fstat(int(root.Fd()), &st)
 	if err == nil {
 		err = w.dir(root, "", &st)
 	}
+	w.sockets.summarize()
 	if err != nil {
 		root.Close()
 		return nil, fmt.Errorf("lay out tar of %s: %w", dir, err)
@@ -100,9 +103,10 @@ func layoutTree(ctx context.Context, dir string) (*layout, error) {
 }
 
 type layoutWalker struct {
-	ctx   context.Context
-	l     *layout
-	links map[fileKey]string // first tar name of multiply linked files
+	ctx     context.Context
+	l       *layout
+	links   map[fileKey]string // first tar name of multiply linked files
+	sockets skipLog
 }
 
 // header starts the tar header of an entry from its stat.
@@ -207,9 +211,63 @@ func (w *layoutWalker) entry(d *os.File, rel string) error {
 		h.Name = rel
 		h.Linkname = target
 		return w.add(member{hdr: h}, x)
-	default:
+	case unix.S_IFSOCK:
+		w.sockets.skip(rel, "a socket belongs to a running process")
 		return nil
+	default:
+		return w.node(d, rel, &st)
 	}
+}
+
+// nodeTypeflag is tar's type of a fifo or device node of file type typ.
+func nodeTypeflag(typ uint32) (byte, bool) {
+	switch typ {
+	case unix.S_IFIFO:
+		return tar.TypeFifo, true
+	case unix.S_IFCHR:
+		return tar.TypeChar, true
+	case unix.S_IFBLK:
+		return tar.TypeBlock, true
+	}
+	return 0, false
+}
+
+// node adds the fifo or device node rel of the directory d, a hard link if
+// seen before.
+func (w *layoutWalker) node(d *os.File, rel string, st *unix.Stat_t) error {
+	typ, ok := nodeTypeflag(st.Mode & unix.S_IFMT)
+	if !ok {
+		return fmt.Errorf("%s: unknown file type %#o", rel, st.Mode&unix.S_IFMT)
+	}
+	h := header(st)
+	h.Name = rel
+	if w.hardlink(h, st) {
+		return w.add(member{hdr: h}, nil)
+	}
+	h.Typeflag = typ
+	if isDevice(st.Mode & unix.S_IFMT) {
+		h.Devmajor, h.Devminor = int64(unix.Major(st.Rdev)), int64(unix.Minor(st.Rdev))
+	}
+	x, err := atXattrs(int(d.Fd()), path.Base(rel))
+	if err != nil {
+		return fmt.Errorf("%s: %w", rel, err)
+	}
+	return w.add(member{hdr: h}, x)
+}
+
+// hardlink makes h a hard link if the file st was laid out before under
+// another name, and remembers its name otherwise.
+func (w *layoutWalker) hardlink(h *tar.Header, st *unix.Stat_t) bool {
+	key := fileKey{dev: st.Dev, ino: st.Ino}
+	if first, ok := w.links[key]; ok {
+		h.Typeflag = tar.TypeLink
+		h.Linkname = first
+		return true
+	}
+	if st.Nlink > 1 {
+		w.links[key] = h.Name
+	}
+	return false
 }
 
 // regular adds the regular file rel of the directory d, open as f (nil if
@@ -217,15 +275,10 @@ func (w *layoutWalker) entry(d *os.File, rel string) error {
 func (w *layoutWalker) regular(d, f *os.File, rel string, st *unix.Stat_t) error {
 	h := header(st)
 	h.Name = rel
-	key := fileKey{dev: st.Dev, ino: st.Ino}
-	if first, ok := w.links[key]; ok {
-		h.Typeflag = tar.TypeLink
-		h.Linkname = first
+	if w.hardlink(h, st) {
 		return w.add(member{hdr: h}, nil)
 	}
-	if st.Nlink > 1 {
-		w.links[key] = rel
-	}
+	key := fileKey{dev: st.Dev, ino: st.Ino}
 	h.Typeflag = tar.TypeReg
 	h.Size = st.Size
 	w.l.allocated += min(st.Blocks*512, st.Size)

@@ -157,21 +157,24 @@ func TestRestoreRejectsUnsafeTars(t *testing.T) {
 		{"through symlink", []tarMember{
 			{name: "l", typ: tar.TypeSymlink, link: "/etc"},
 			{name: "l/passwd", typ: tar.TypeReg, body: "root::0:0::/:/bin/sh"},
-		}, []string{"l", "l/passwd"}},
+		}, []string{"l/passwd"}},
+		{"through symlink below", []tarMember{
+			{name: "d/l", typ: tar.TypeSymlink, link: "/"},
+			{name: "d/l/etc/", typ: tar.TypeDir},
+			{name: "d/l/etc/passwd", typ: tar.TypeReg, body: "x"},
+		}, []string{"d/l/etc/", "d/l/etc/passwd"}},
+		{"hardlink through symlink", []tarMember{
+			{name: "l", typ: tar.TypeSymlink, link: "/etc"},
+			{name: "h", typ: tar.TypeLink, link: "l/shadow"},
+		}, []string{"h"}},
+		{"fifo then below it", []tarMember{
+			{name: "p", typ: tar.TypeFifo},
+			{name: "p/x", typ: tar.TypeReg, body: "x"},
+		}, []string{"p/x"}},
 		{"through relative symlink", []tarMember{
 			{name: "l", typ: tar.TypeSymlink, link: "."},
 			{name: "l/x", typ: tar.TypeReg, body: "x"},
 		}, []string{"l/x"}},
-		{"symlink out", []tarMember{ok, {name: "l", typ: tar.TypeSymlink, link: "../../outside"}}, []string{"l"}},
-		{"symlink out from below", []tarMember{{name: "d/e/l", typ: tar.TypeSymlink, link: "../../.."}}, []string{"d/e/l"}},
-		{"symlink chain out", []tarMember{
-			{name: "y", typ: tar.TypeSymlink, link: "x/s/.."},
-			{name: "x/s", typ: tar.TypeSymlink, link: ".."},
-		}, []string{"y"}},
-		{"symlink loop", []tarMember{
-			{name: "p", typ: tar.TypeSymlink, link: "q"},
-			{name: "q", typ: tar.TypeSymlink, link: "p"},
-		}, []string{"p", "q"}},
 		{"hardlink out", []tarMember{{name: "h", typ: tar.TypeLink, link: "../x"}}, []string{"h"}},
 		{"hardlink absolute", []tarMember{{name: "h", typ: tar.TypeLink, link: "/etc/shadow"}}, []string{"h"}},
 		{"hardlink missing", []tarMember{{name: "h", typ: tar.TypeLink, link: "nothere"}}, []string{"h"}},
@@ -186,8 +189,8 @@ func TestRestoreRejectsUnsafeTars(t *testing.T) {
 			{name: "d/passwd", typ: tar.TypeReg, body: "x"},
 		}, []string{"d", "d/passwd"}},
 		{"duplicate file", []tarMember{ok, ok}, []string{"fine.txt"}},
-		{"device", []tarMember{{name: "sda", typ: tar.TypeBlock}, {name: "tty", typ: tar.TypeChar}}, []string{"sda", "tty"}},
-		{"fifo", []tarMember{{name: "pipe", typ: tar.TypeFifo}}, []string{"pipe"}},
+		{"duplicate fifo", []tarMember{{name: "p", typ: tar.TypeFifo}, {name: "p", typ: tar.TypeFifo}}, []string{"p"}},
+		{"hardlink to a directory", []tarMember{{name: "d/", typ: tar.TypeDir}, {name: "h", typ: tar.TypeLink, link: "d"}}, []string{"h"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

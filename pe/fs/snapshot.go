@@ -17,7 +17,7 @@ const (
 	treeDir = "tree"
 )
 
-// maxSkippedNames bounds the special files info.json names; the count is
+// maxSkippedNames bounds the files left out that info.json names; the count is
 // always exact.
 const maxSkippedNames = 100
 
@@ -32,8 +32,8 @@ type snapshotInfo struct {
 	// Reflinked and Copied count how regular files were copied.
 	Reflinked int64 `json:"reflinked"`
 	Copied    int64 `json:"copied"`
-	// Skipped names the sockets, fifos and device nodes left out: they
-	// hold no data and restore refuses them.
+	// Skipped names the sockets left out: a socket is the endpoint of a
+	// running process, not data.
 	Skipped      []string `json:"skipped,omitempty"`
 	SkippedCount int64    `json:"skippedCount,omitempty"`
 }
@@ -78,8 +78,8 @@ func buildSnapshot(ctx context.Context, src, dir string) (snapshotInfo, error) {
 		Bytes:        c.bytes,
 		Reflinked:    c.reflinked,
 		Copied:       c.copied,
-		Skipped:      c.skipped,
-		SkippedCount: c.skippedCount,
+		Skipped:      c.sockets.names,
+		SkippedCount: c.sockets.count,
 	}, nil
 }
 

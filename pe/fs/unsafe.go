@@ -12,9 +12,6 @@ import (
 // stops reading: enough to see the pattern, not a flood.
 const maxRejected = 10
 
-// maxSymlinkHops bounds symlink resolution, as the kernel's MAXSYMLINKS.
-const maxSymlinkHops = 40
-
 // RejectedMember is a member of a tar stream that restore refused.
 type RejectedMember struct {
 	Name   string // as in the archive
@@ -76,49 +73,4 @@ func parents(name string) []string {
 		}
 	}
 	return ps
-}
-
-// symlinkEscapes reports why the symlink name → target leaves the tree, or
-// "" if it does not. It resolves target the way the kernel would, from the
-// link's directory, through the symlinks of the finished tree (links maps
-// their names to targets), and treats unknown names as directories. This
-// catches chains where every link alone looks harmless, which a lexical
-// check of each target does not: x/s → .. and y → x/s/.. .
-func symlinkEscapes(name, target string, links map[string]string) string {
-	if path.IsAbs(target) {
-		return fmt.Sprintf("symlink to absolute %q leaves the tree", target)
-	}
-	var stack []string // resolved components, from the tree's root
-	if d := path.Dir(name); d != "." {
-		stack = strings.Split(d, "/")
-	}
-	todo := strings.Split(target, "/")
-	for hops := 0; len(todo) > 0; {
-		c := todo[0]
-		todo = todo[1:]
-		switch c {
-		case "", ".":
-			continue
-		case "..":
-			if len(stack) == 0 {
-				return fmt.Sprintf("symlink to %q leaves the tree", target)
-			}
-			stack = stack[:len(stack)-1]
-			continue
-		}
-		stack = append(stack, c)
-		t, ok := links[strings.Join(stack, "/")]
-		if !ok {
-			continue
-		}
-		if hops++; hops > maxSymlinkHops {
-			return fmt.Sprintf("symlink to %q: too many levels of symlinks", target)
-		}
-		if path.IsAbs(t) {
-			return fmt.Sprintf("symlink to %q leads to absolute %q", target, t)
-		}
-		stack = stack[:len(stack)-1]
-		todo = append(strings.Split(t, "/"), todo...)
-	}
-	return ""
 }
