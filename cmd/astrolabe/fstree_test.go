@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -410,6 +411,29 @@ func TestFSRealTree(t *testing.T) {
 		return mustRun(t, cfg, append(append([]string{"restore"}, repoFlags...), backed)...)
 	})
 	checkRestore("repository, create_new", r.lastLine(), socketOnly)
+
+	// The FUSE views, of the snapshot and of its copy in the repository,
+	// show the tree as it is.
+	views := []struct {
+		what, id string
+		args     []string
+	}{
+		{"FUSE view of the snapshot", snap, nil},
+		{"FUSE view of the repository snapshot", backed, repoFlags},
+	}
+	for i, v := range views {
+		mnt := filepath.Join(dir, fmt.Sprintf("mnt%d", i))
+		m := startMount(t, cfg, mnt, v.args...)
+		parts := strings.SplitN(v.id, ":", 3)
+		if len(parts) != 3 {
+			t.Fatalf("%s: %q is no snapshot PE ID", v.what, v.id)
+		}
+		checkSame(t, v.what, src, filepath.Join(mnt, parts[0], parts[0]+":"+parts[1], "snapshots", parts[2], "files"), socketOnly)
+		m.Process.Signal(syscall.SIGTERM)
+		if err := m.Wait(); err != nil {
+			t.Errorf("%s: mount after SIGTERM: %v", v.what, err)
+		}
+	}
 }
 
 // TestFSDeviceNodesNeedRoot: run as another user than root, the appliance
