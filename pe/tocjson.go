@@ -2,6 +2,7 @@ package pe
 
 import (
 	"encoding/json"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -9,8 +10,9 @@ import (
 // may be in Latin-1 and security.capability or a POSIX ACL is binary.
 // encoding/json replaces invalid UTF-8 with U+FFFD, so a TOC stored as
 // JSON (a repository snapshot's) would show other names and corrupt xattrs.
-// Such strings go into base64 fields beside the text ones instead; a reader
-// that does not know those fields still gets every valid name and value.
+// Such strings also go, exact, into base64 fields beside the text ones; the
+// text fields keep the lossy form (invalid bytes as U+FFFD), so a reader
+// that does not know the base64 fields still sees a name where there is one.
 
 // tocEntryFields is TOCEntry without its JSON methods.
 type tocEntryFields TOCEntry
@@ -26,10 +28,10 @@ type tocEntryJSON struct {
 func (e TOCEntry) MarshalJSON() ([]byte, error) {
 	j := tocEntryJSON{tocEntryFields: tocEntryFields(e)}
 	if !utf8.ValidString(e.Name) {
-		j.Name, j.NameBytes = "", []byte(e.Name)
+		j.Name, j.NameBytes = strings.ToValidUTF8(e.Name, "\uFFFD"), []byte(e.Name)
 	}
 	if !utf8.ValidString(e.Linkname) {
-		j.Linkname, j.LinknameBytes = "", []byte(e.Linkname)
+		j.Linkname, j.LinknameBytes = strings.ToValidUTF8(e.Linkname, "\uFFFD"), []byte(e.Linkname)
 	}
 	for k, v := range e.Xattrs {
 		if utf8.ValidString(k) && utf8.ValidString(v) {
