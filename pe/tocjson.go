@@ -2,6 +2,7 @@ package pe
 
 import (
 	"encoding/json"
+	"sort"
 	"strings"
 	"unicode/utf8"
 )
@@ -19,9 +20,16 @@ type tocEntryFields TOCEntry
 
 type tocEntryJSON struct {
 	tocEntryFields
-	NameBytes     []byte            `json:"nameBase64,omitempty"`
-	LinknameBytes []byte            `json:"linknameBase64,omitempty"`
-	XattrBytes    map[string][]byte `json:"xattrsBase64,omitempty"`
+	NameBytes     []byte      `json:"nameBase64,omitempty"`
+	LinknameBytes []byte      `json:"linknameBase64,omitempty"`
+	XattrBytes    []xattrJSON `json:"xattrsBase64,omitempty"`
+}
+
+// xattrJSON is one xattr whose name or value is not UTF-8; a list, not a
+// map, as such a name cannot be an exact JSON object key.
+type xattrJSON struct {
+	Name  []byte `json:"name"`
+	Value []byte `json:"value"`
 }
 
 // MarshalJSON keeps strings that are not valid UTF-8 exact.
@@ -38,7 +46,6 @@ func (e TOCEntry) MarshalJSON() ([]byte, error) {
 			continue
 		}
 		if j.XattrBytes == nil {
-			j.XattrBytes = map[string][]byte{}
 			// Copy before deleting: the map belongs to e's owner.
 			text := make(map[string]string, len(e.Xattrs))
 			for k, v := range e.Xattrs {
@@ -46,12 +53,11 @@ func (e TOCEntry) MarshalJSON() ([]byte, error) {
 			}
 			j.Xattrs = text
 		}
-		// A key that is not UTF-8 cannot be a JSON object key either;
-		// xattr names are ASCII in practice (namespace.name), so such a
-		// key is kept as well as JSON can, under its mangled name.
 		delete(j.Xattrs, k)
-		j.XattrBytes[k] = []byte(v)
+		j.XattrBytes = append(j.XattrBytes, xattrJSON{Name: []byte(k), Value: []byte(v)})
 	}
+	// Map order is random; the JSON of one entry should not be.
+	sort.Slice(j.XattrBytes, func(a, b int) bool { return string(j.XattrBytes[a].Name) < string(j.XattrBytes[b].Name) })
 	if len(j.Xattrs) == 0 {
 		j.Xattrs = nil
 	}
@@ -71,11 +77,11 @@ func (e *TOCEntry) UnmarshalJSON(b []byte) error {
 	if j.LinknameBytes != nil {
 		e.Linkname = string(j.LinknameBytes)
 	}
-	for k, v := range j.XattrBytes {
+	for _, x := range j.XattrBytes {
 		if e.Xattrs == nil {
 			e.Xattrs = map[string]string{}
 		}
-		e.Xattrs[k] = string(v)
+		e.Xattrs[string(x.Name)] = string(x.Value)
 	}
 	return nil
 }

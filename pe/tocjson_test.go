@@ -17,7 +17,8 @@ func TestTOCEntryJSONKeepsBytes(t *testing.T) {
 		Mode:     0o4755,
 		ModTime:  time.Unix(1, 2).UTC(),
 		Linkname: "/opt/na\xefve",
-		Xattrs:   map[string]string{"security.capability": capability, "user.note": "plain text"},
+		Xattrs: map[string]string{"security.capability": capability, "user.note": "plain text",
+			"user.\xe9t\xe9": "a", "user.\xe8t\xe8": "b"}, // two names JSON would make one
 		Devmajor: 8, Devminor: 70000,
 	}
 	b, err := json.Marshal(in)
