@@ -225,12 +225,12 @@ func (h *Handler) restoreUpload(w http.ResponseWriter, r *http.Request, key stri
 	restored := make(chan pe.ID, 1)
 	info, err := opts.Tasks.Start(opts.TaskContext, "copy", fmt.Sprintf("restore %s uploaded to s3 %s/%s", p.ID(), CopyBucket, key), "",
 		func(ctx context.Context, progress pe.Progress) (map[string]string, error) {
-			defer release()
 			// An upload is untrusted input: it never keeps privileges
 			// (owners, setuid, capabilities, devices); an administrator
 			// who trusts a zip restores it with 'astrolabe cp
 			// --keep-privileges'.
 			out, err := opts.Restorer.Copy(ctx, p, typ, pe.CopyOptions{Mode: pe.CreateNew, MaxExpansion: h.cfg.MaxExpansion}, progress)
+			release()
 			if err != nil {
 				done <- err
 				return nil, err
@@ -251,6 +251,8 @@ func (h *Handler) restoreUpload(w http.ResponseWriter, r *http.Request, key stri
 	defer timer.Stop()
 	select {
 	case err := <-done:
+		// The task's end is recorded for clients that follow it.
+		opts.Tasks.Wait(r.Context(), info.ID)
 		if serr := copyError(err); serr != nil {
 			if serr.status >= 500 {
 				h.log.Error("S3 copy-by-upload", "key", key, "src", p.ID(), "task", info.ID, "err", err)
