@@ -166,8 +166,14 @@ func receiveBody(r *http.Request, sig *signedRequest, w io.Writer, limit int64) 
 	if wantSHA == "" {
 		hashes = md5sum
 	}
-	n, err := io.CopyBuffer(io.MultiWriter(w, hashes), io.LimitReader(body, limit+1), make([]byte, 1<<20))
+	n, err := io.CopyBuffer(io.MultiWriter(storeWriter{w}, hashes), io.LimitReader(body, limit+1), make([]byte, 1<<20))
+	var serr storeError
 	switch {
+	case errors.As(err, &serr) && errors.Is(err, syscall.ENOSPC):
+		return n, nil, &s3Error{http.StatusInsufficientStorage, "InsufficientStorage", "the appliance ran out of room for uploads"}
+	case errors.As(err, &serr):
+		// The message is logged; redacted in the answer.
+		return n, nil, &s3Error{http.StatusInternalServerError, "InternalError", "storing the upload: " + err.Error()}
 	case errors.Is(err, errChunkSignature):
 		return n, nil, errSignature()
 	case errors.Is(err, errBadChunk):
@@ -187,6 +193,22 @@ func receiveBody(r *http.Request, sig *signedRequest, w io.Writer, limit int64) 
 		return n, nil, &s3Error{http.StatusBadRequest, "BadDigest", "the body does not match Content-MD5"}
 	}
 	return n, got, nil
+}
+
+// storeWriter tells the errors of storing a body from those of reading
+// it: the first are ours, the second the client's.
+type storeWriter struct{ w io.Writer }
+
+type storeError struct{ error }
+
+func (e storeError) Unwrap() error { return e.error }
+
+func (s storeWriter) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	if err != nil {
+		err = storeError{err}
+	}
+	return n, err
 }
 
 // declaredLength is the size of the payload a request announces, -1 if
