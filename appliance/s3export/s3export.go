@@ -164,13 +164,16 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, sig *signedReque
 	w.Header().Set("X-Amz-Request-Id", reqID)
 	bucket, key, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
 	q := r.URL.Query()
+	// Multipart uploads into the copy bucket (multipart.go), before any
+	// other use of ?uploads and ?uploadId.
+	if bucket == CopyBucket && isMultipart(r.Method, key, q) {
+		return h.serveMultipart(w, r, key, sig)
+	}
 	switch {
 	case bucket == "" && r.Method == http.MethodGet:
 		return h.listBuckets(w, r)
 	case bucket == "":
 		return &s3Error{http.StatusMethodNotAllowed, "MethodNotAllowed", "only GET on the service"}
-	case bucket == CopyBucket && isMultipart(r.Method, key, q): // multipart.go
-		return h.serveMultipart(w, r, key, sig)
 	case key == "" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
 		typ, err := h.peType(r.Context(), bucket)
 		if err != nil {
