@@ -374,6 +374,25 @@ func TestMultipartRefusedZip(t *testing.T) {
 	}
 }
 
+// TestCorruptZipUpload: a zip whose data fails its CRC is refused with
+// 400, found by the restore (a single PUT).
+func TestCorruptZipUpload(t *testing.T) {
+	f := newMPFixture(t, UploadOptions{})
+	_, z := f.randomDiskZip(t, 1<<20)
+	z[len(z)/2] ^= 0xff
+	_, err := f.core.PutObject(context.Background(), CopyBucket, "corrupt.zip", bytes.NewReader(z), int64(len(z)), "", "", minio.PutObjectOptions{})
+	var resp minio.ErrorResponse
+	if !errors.As(err, &resp) || resp.StatusCode != 400 || !strings.HasPrefix(resp.Message, "the zip is corrupt") || !strings.Contains(resp.Message, "checksum") {
+		t.Fatalf("upload of a corrupt zip: %v", err)
+	}
+	if f.header("PUT", "/copy/corrupt.zip").Get(TaskIDHeader) == "" {
+		t.Error("no task ID in the answer")
+	}
+	if left := f.uploadsLeft(t); len(left) != 0 {
+		t.Errorf("left after a refused zip: %v", left)
+	}
+}
+
 // unsafeFSZip is the zip of the fs sample's snapshot with a tar holding
 // a member "../escape" as its data.
 func unsafeFSZip(t *testing.T, f *mpFixture) []byte {
