@@ -40,6 +40,10 @@ func TestS3UploadClients(t *testing.T) {
 	a := startServe(t, cfg)
 	up := &s3Uploader{a: a, cfg: cfg, dir: dir, zip: zipPath, mc: mc}
 	up.keys()
+	for _, v := range [][]string{{"aws", "--version"}, {"s3cmd", "--version"}, {mc, "--version"}, {"rclone", "version"}} {
+		out, _ := exec.Command(v[0], v[1:]...).CombinedOutput()
+		t.Logf("%s", strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0])
+	}
 
 	for _, c := range []struct {
 		name   string
@@ -64,6 +68,16 @@ func TestS3UploadClients(t *testing.T) {
 			os.Remove(filepath.Join(cfg, "disk", strings.TrimPrefix(restored, "disk:")))
 		})
 	}
+	// A multipart upload of what is no PE zip is refused with the reason,
+	// which the client shows, not retried as a 500 would be.
+	t.Run("refused", func(t *testing.T) {
+		junk := filepath.Join(dir, "junk.zip")
+		uploadWriteRandom(t, junk, 12<<20)
+		out, err := up.awscliCmd(t, junk, "junk.zip").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "InvalidArgument") || !strings.Contains(string(out), "not a PE zip") {
+			t.Errorf("aws s3 cp of a junk zip: %v\n%s", err, out)
+		}
+	})
 	// No upload is left behind, and no part.
 	if entries, _ := os.ReadDir(filepath.Join(cfg, "tmp", "astrolabe-s3-uploads")); len(entries) != 0 {
 		t.Errorf("left in the uploads directory: %v", entries)
@@ -158,12 +172,11 @@ func (u *s3Uploader) keys() {
 
 func (u *s3Uploader) ca() string { return filepath.Join(u.cfg, "tls", "cert.pem") }
 
-// run runs a client with env added to an environment without the
-// caller's AWS_ and RCLONE_ settings.
-func (u *s3Uploader) run(t *testing.T, env []string, name string, args ...string) string {
-	t.Helper()
+// command is a client's command, with env added to an environment
+// without the caller's AWS_ and RCLONE_ settings, killed after 5 minutes.
+func (u *s3Uploader) command(t *testing.T, env []string, name string, args ...string) *exec.Cmd {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	t.Cleanup(cancel)
 	cmd := exec.CommandContext(ctx, name, args...)
 	for _, e := range os.Environ() {
 		if !strings.HasPrefix(e, "AWS_") && !strings.HasPrefix(e, "RCLONE_") {
@@ -171,7 +184,14 @@ func (u *s3Uploader) run(t *testing.T, env []string, name string, args ...string
 		}
 	}
 	cmd.Env = env
-	out, err := cmd.CombinedOutput()
+	return cmd
+}
+
+// run runs a client's command and returns its output; a failure fails
+// the test.
+func (u *s3Uploader) run(t *testing.T, env []string, name string, args ...string) string {
+	t.Helper()
+	out, err := u.command(t, env, name, args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
 	}
@@ -179,9 +199,15 @@ func (u *s3Uploader) run(t *testing.T, env []string, name string, args ...string
 }
 
 func (u *s3Uploader) awscli(t *testing.T, key string) {
+	if out, err := u.awscliCmd(t, u.zip, key).CombinedOutput(); err != nil {
+		t.Fatalf("aws s3 cp: %v\n%s", err, out)
+	}
+}
+
+func (u *s3Uploader) awscliCmd(t *testing.T, file, key string) *exec.Cmd {
 	env := []string{"AWS_ACCESS_KEY_ID=" + u.access, "AWS_SECRET_ACCESS_KEY=" + u.secret, "AWS_DEFAULT_REGION=us-east-1",
 		"AWS_CA_BUNDLE=" + u.ca(), "AWS_CONFIG_FILE=/dev/null", "AWS_SHARED_CREDENTIALS_FILE=/dev/null"}
-	u.run(t, env, "aws", "--endpoint-url", "https://"+u.host, "s3", "cp", "--no-progress", u.zip, "s3://copy/"+key)
+	return u.command(t, env, "aws", "--endpoint-url", "https://"+u.host, "s3", "cp", "--no-progress", file, "s3://copy/"+key)
 }
 
 func (u *s3Uploader) s3cmd(t *testing.T, key string) {
