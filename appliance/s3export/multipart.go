@@ -272,6 +272,10 @@ func (h *Handler) uploadPart(w http.ResponseWriter, r *http.Request, key string,
 		if p != nil {
 			os.Remove(p.file)
 		}
+		if u.closed && u.receiving == 0 {
+			// An abort's RemoveAll may have raced with this part's file.
+			os.Remove(u.dir)
+		}
 		return serr
 	}
 	if old := u.parts[number]; old != nil {

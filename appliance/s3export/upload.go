@@ -243,8 +243,11 @@ func (h *Handler) restoreUpload(w http.ResponseWriter, r *http.Request, key stri
 		return errInvalidArgument(fmt.Sprintf("the zip holds %s, a PE type this appliance does not have", p.ID()))
 	}
 	opts := h.mp.opts
-	done := make(chan error, 1)
-	restored := make(chan pe.ID, 1)
+	type outcome struct {
+		restored pe.ID
+		err      error
+	}
+	done := make(chan outcome, 1)
 	info, err := opts.Tasks.Start(opts.TaskContext, "copy", fmt.Sprintf("restore %s uploaded to s3 %s/%s", p.ID(), CopyBucket, key), "",
 		func(ctx context.Context, progress pe.Progress) (map[string]string, error) {
 			// An upload is untrusted input: it never keeps privileges
@@ -254,13 +257,12 @@ func (h *Handler) restoreUpload(w http.ResponseWriter, r *http.Request, key stri
 			out, err := opts.Restorer.Copy(ctx, p, typ, pe.CopyOptions{Mode: pe.CreateNew, MaxExpansion: h.cfg.MaxExpansion}, progress)
 			release()
 			if err != nil {
-				done <- err
+				done <- outcome{err: err}
 				return nil, err
 			}
 			h.log.Info("S3 copy-by-upload restored a PE", "key", key, "src", p.ID(), "pe", out.ID(), "bytes", size)
 			h.recordUpload(upload{object{key: key, size: size, modified: time.Now().UTC(), etag: etag}, out.ID()})
-			restored <- out.ID()
-			done <- nil
+			done <- outcome{restored: out.ID()}
 			return map[string]string{"id": out.ID().String()}, nil
 		})
 	if err != nil {
@@ -272,18 +274,18 @@ func (h *Handler) restoreUpload(w http.ResponseWriter, r *http.Request, key stri
 	timer := time.NewTimer(opts.RestoreWait)
 	defer timer.Stop()
 	select {
-	case err := <-done:
+	case o := <-done:
 		// The task's end is recorded for clients that follow it.
 		opts.Tasks.Wait(r.Context(), info.ID)
-		if serr := copyError(err); serr != nil {
+		if serr := copyError(o.err); serr != nil {
 			if serr.status >= 500 {
-				h.log.Error("S3 copy-by-upload", "key", key, "src", p.ID(), "task", info.ID, "err", err)
+				h.log.Error("S3 copy-by-upload", "key", key, "src", p.ID(), "task", info.ID, "err", o.err)
 			} else {
-				h.log.Info("S3 copy-by-upload refused", "key", key, "src", p.ID(), "task", info.ID, "status", serr.status, "err", err)
+				h.log.Info("S3 copy-by-upload refused", "key", key, "src", p.ID(), "task", info.ID, "status", serr.status, "err", o.err)
 			}
 			return serr
 		}
-		w.Header().Set(PEIDHeader, (<-restored).String())
+		w.Header().Set(PEIDHeader, o.restored.String())
 	case <-timer.C:
 		h.log.Info("S3 copy-by-upload: restore goes on as a task", "key", key, "task", info.ID)
 	case <-r.Context().Done():
