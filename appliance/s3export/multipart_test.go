@@ -50,8 +50,10 @@ func newMPFixture(t *testing.T, opts UploadOptions) *mpFixture {
 	if opts.Tasks == nil {
 		opts.Tasks = tasks.NewManager(tasks.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	}
-	// The tests read what a restore did when its response comes.
-	opts.RestoreWait = 10 * time.Minute
+	if opts.RestoreWait == 0 {
+		// The tests read what a restore did when its response comes.
+		opts.RestoreWait = 10 * time.Minute
+	}
 	f.opts = opts
 	var err error
 	f.h, err = New(Config{Manager: m, AccessKey: accessKey, SecretKey: secretKey, TempDir: filepath.Join(dir, "tmp"),
@@ -245,6 +247,31 @@ func TestMultipartUpload(t *testing.T) {
 	}
 	if got := f.restoredDisk(t, f.header("PUT", "/copy/one.zip")); !bytes.Equal(got, image) {
 		t.Error("the disk restored from a single PUT differs")
+	}
+}
+
+// TestRestoreGoesOn: a restore longer than the response waits for is
+// answered as a success with its task's ID, and goes on.
+func TestRestoreGoesOn(t *testing.T) {
+	f := newMPFixture(t, UploadOptions{RestoreWait: time.Nanosecond})
+	ctx := context.Background()
+	image, z := f.randomDiskZip(t, 6<<20)
+	id, err := f.core.NewMultipartUpload(ctx, CopyBucket, "slow.zip", minio.PutObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := f.uploadParts(t, "slow.zip", id, z, minPartSize)
+	if _, err := f.core.CompleteMultipartUpload(ctx, CopyBucket, "slow.zip", id, parts, minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h := f.header("POST", "/copy/slow.zip")
+	info, err := f.opts.Tasks.Wait(ctx, h.Get(TaskIDHeader))
+	if err != nil || info.Status != tasks.Success {
+		t.Fatalf("restore task: %+v %v", info, err)
+	}
+	b, err := os.ReadFile(filepath.Join(f.dir, "disk", strings.TrimPrefix(info.Result["id"], "disk:")))
+	if err != nil || !bytes.Equal(b, image) {
+		t.Errorf("the disk restored by the task differs: %v", err)
 	}
 }
 
