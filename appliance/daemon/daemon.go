@@ -145,11 +145,6 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	s3h, err := newS3Handler(opts, m, ls.s3, &ep)
-	if err != nil {
-		return err
-	}
-
 	ctx, stop := context.WithCancel(ctx)
 	run := &servers{stop: stop}
 	defer run.wait() // on early returns; at once after shutdown
@@ -178,6 +173,15 @@ func Run(ctx context.Context, opts Options) error {
 	taskCtx, cancelTasks := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelTasks()
 	tm := tasks.NewManager(tasks.Options{Logger: log})
+	// Uploads into the S3 copy bucket are restored as tasks of tm.
+	uploads := s3export.UploadOptions{Restorer: uc, Tasks: tm, TaskContext: taskCtx}
+	s3h, err := newS3Handler(opts, m, ls.s3, &ep, uploads)
+	if err != nil {
+		return err
+	}
+	if s3h != nil {
+		go s3h.Janitor(ctx)
+	}
 	met := newMetrics(tm, src, s3h)
 	if s3h != nil {
 		ep.S3 = run.serveHTTP("S3", ls.s3, met.instrumentS3(s3h), certs.http, opts.HTTP, log)
@@ -262,7 +266,7 @@ func apiHandler(taskCtx context.Context, opts Options, uc *usecase.Service, tm *
 
 // newS3Handler makes the S3 data path's handler if it has a listener,
 // with the given, stored or new credentials.
-func newS3Handler(opts Options, m pe.Manager, l net.Listener, ep *Endpoints) (*s3export.Handler, error) {
+func newS3Handler(opts Options, m pe.Manager, l net.Listener, ep *Endpoints, uploads s3export.UploadOptions) (*s3export.Handler, error) {
 	if l == nil {
 		return nil, nil
 	}
@@ -279,7 +283,7 @@ func newS3Handler(opts Options, m pe.Manager, l net.Listener, ep *Endpoints) (*s
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
 		return nil, fmt.Errorf("S3 temporary directory: %w", err)
 	}
-	return s3export.New(s3export.Config{Manager: m, AccessKey: keys.AccessKey, SecretKey: keys.SecretKey, Logger: opts.Logger, TempDir: tmp, MaxExpansion: opts.MaxExpansion})
+	return s3export.New(s3export.Config{Manager: m, AccessKey: keys.AccessKey, SecretKey: keys.SecretKey, Logger: opts.Logger, TempDir: tmp, MaxExpansion: opts.MaxExpansion, Uploads: uploads})
 }
 
 // requireToken guards handlers outside the generated API (metrics).

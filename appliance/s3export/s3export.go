@@ -44,7 +44,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/astrolabe-appliance/astrolabe/appliance/redact"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 )
 
@@ -71,6 +70,9 @@ type Config struct {
 	// a multiple of its compressed data (pe.CopyOptions.MaxExpansion).
 	MaxExpansion int
 	Logger       *slog.Logger
+	// Uploads configures the restores of uploads and multipart uploads
+	// (upload.go, multipart.go).
+	Uploads UploadOptions
 }
 
 // Handler serves the S3 data path.
@@ -79,6 +81,7 @@ type Handler struct {
 	log    *slog.Logger
 	served atomic.Int64
 	zips   *zipCache
+	mp     *multipartStore // multipart.go
 	// bucketDates are the buckets' creation dates.
 	bucketDates *bucketDates
 
@@ -120,7 +123,11 @@ func New(cfg Config) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Handler{cfg: cfg, log: cfg.Logger, zips: zc, bucketDates: newBucketDates(cfg.StateDir)}, nil
+	mp, err := newMultipartStore(filepath.Join(cfg.TempDir, "astrolabe-s3-uploads"), cfg.Manager, cfg.Uploads)
+	if err != nil {
+		return nil, err
+	}
+	return &Handler{cfg: cfg, log: cfg.Logger, zips: zc, mp: mp, bucketDates: newBucketDates(cfg.StateDir)}, nil
 }
 
 // Forget drops what the handler keeps of a deleted snapshot (its zip).
@@ -169,9 +176,12 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, sig *signedReque
 		return serr
 	}
 
-	// Multipart upload (multipart*.go) routes its requests here, before
-	// the sub-resources: POST ?uploads, PUT ?partNumber&uploadId,
-	// GET ?uploadId, GET bucket?uploads, DELETE ?uploadId, POST ?uploadId.
+	// Multipart uploads into the copy bucket (multipart.go), before the
+	// sub-resources: POST ?uploads, PUT ?partNumber&uploadId, GET
+	// ?uploadId, GET bucket?uploads, DELETE ?uploadId, POST ?uploadId.
+	if bucket == CopyBucket && isMultipart(r.Method, key, q) {
+		return h.serveMultipart(w, r, key, sig)
+	}
 
 	// Sub-resources (?acl, ?tagging, ?cors ...) are never answered with
 	// an object's bytes or a listing (subresource.go).
@@ -647,96 +657,6 @@ func (b bytesImage) ReadAt(p []byte, off int64) (int, error) {
 		return n, io.EOF
 	}
 	return n, nil
-}
-
-// upload restores an uploaded zip as a new PE.
-func (h *Handler) upload(w http.ResponseWriter, r *http.Request, key string, sig *signedRequest) *s3Error {
-	if !strings.HasSuffix(strings.ToLower(key), ".zip") {
-		return errInvalidArgument("upload a PE zip (a key ending in .zip) to the bucket " + CopyBucket)
-	}
-	ctx := r.Context()
-	var body io.Reader = r.Body
-	var wantSHA string
-	switch sig.payloadHash {
-	case streamingPayload:
-		body = newChunkedReader(r.Body, sig)
-	case streamingUnsignedTrailer:
-		body = newChunkedReader(r.Body, nil)
-	case unsignedPayload:
-	default:
-		wantSHA = sig.payloadHash
-	}
-	f, err := os.CreateTemp(h.cfg.TempDir, "astrolabe-upload-*.zip")
-	if err != nil {
-		h.log.Error("S3 upload", "err", err)
-		return errInternal()
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	md5sum, shasum := md5.New(), sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, md5sum, shasum), io.LimitReader(body, h.cfg.MaxUpload+1))
-	switch {
-	case errors.Is(err, errChunkSignature):
-		return errSignature()
-	case errors.Is(err, errBadChunk):
-		return &s3Error{http.StatusBadRequest, "IncompleteBody", err.Error()}
-	case err != nil:
-		return &s3Error{http.StatusBadRequest, "IncompleteBody", "upload ended early: " + err.Error()}
-	case n > h.cfg.MaxUpload:
-		return &s3Error{http.StatusBadRequest, "EntityTooLarge", fmt.Sprintf("uploads are limited to %d bytes", h.cfg.MaxUpload)}
-	case wantSHA != "" && !strings.EqualFold(wantSHA, hexSum(shasum)):
-		return &s3Error{http.StatusBadRequest, "XAmzContentSHA256Mismatch", "the body does not match x-amz-content-sha256"}
-	}
-	src, closer, err := pe.OpenZipFile(ctx, f.Name())
-	if err != nil {
-		return &s3Error{http.StatusBadRequest, "InvalidArgument", "not a PE zip: " + redact.Error(err)}
-	}
-	defer closer.Close()
-	tm, err := h.cfg.Manager.Type(ctx, src.ID().Type())
-	if err != nil {
-		return &s3Error{http.StatusBadRequest, "InvalidArgument", fmt.Sprintf("the zip holds %s, a PE type this appliance does not have", src.ID())}
-	}
-	// An upload is untrusted input: it never keeps privileges (owners,
-	// setuid, capabilities, devices); an administrator who trusts a zip
-	// restores it on the appliance with 'astrolabe cp --keep-privileges'.
-	out, err := tm.Copy(ctx, src, pe.CopyOptions{Mode: pe.CreateNew, KeepPrivileges: false, MaxExpansion: h.cfg.MaxExpansion})
-	if serr := copyError(err); serr != nil {
-		if serr.status >= 500 {
-			h.log.Error("S3 copy-by-upload", "key", key, "src", src.ID(), "err", err)
-		} else {
-			h.log.Info("S3 copy-by-upload refused", "key", key, "src", src.ID(), "status", serr.status, "err", err)
-		}
-		return serr
-	}
-	h.log.Info("S3 copy-by-upload restored a PE", "key", key, "src", src.ID(), "pe", out.ID(), "bytes", n)
-	etag := `"` + hexSum(md5sum) + `"`
-	h.mu.Lock()
-	h.uploads = append(h.uploads, upload{object{key: key, size: n, modified: time.Now().UTC(), etag: etag}, out.ID()})
-	if len(h.uploads) > maxUploadRecords {
-		h.uploads = h.uploads[1:]
-	}
-	h.mu.Unlock()
-	w.Header().Set("ETag", etag)
-	w.Header().Set("X-Astrolabe-Pe-Id", out.ID().String())
-	w.WriteHeader(http.StatusOK)
-	return nil
-}
-
-// copyError is the answer to a failed restore of an upload: a zip the
-// appliance refuses (unsafe paths, devices, too large an expansion) is
-// the client's fault and says why; anything else is ours.
-func copyError(err error) *s3Error {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, pe.ErrLimit):
-		return &s3Error{http.StatusRequestEntityTooLarge, "EntityTooLarge", "the zip was refused: " + redact.Error(err)}
-	case errors.Is(err, pe.ErrInvalidSource), errors.Is(err, pe.ErrNotSupported), errors.Is(err, pe.ErrExists):
-		return &s3Error{http.StatusBadRequest, "InvalidArgument", "the zip was refused: " + redact.Error(err)}
-	case errors.Is(err, syscall.ENAMETOOLONG):
-		return errKeyTooLong()
-	}
-	return errInternal()
 }
 
 func hexSum(h hash.Hash) string { return hex.EncodeToString(h.Sum(nil)) }

@@ -344,14 +344,14 @@ func TestRclone(t *testing.T) {
 	}
 }
 
-// Refused restores of uploads are the client's: 400 with the reason, 413
-// for limits; only other failures are 500.
+// Refused restores of uploads are the client's: 400 with the reason (S3's
+// EntityTooLarge for limits); only other failures are 500.
 func TestCopyError(t *testing.T) {
 	for _, tc := range []struct {
 		err  error
 		want int
 	}{
-		{fmt.Errorf("restore fs:x: expansion 1000x: %w", pe.ErrLimit), http.StatusRequestEntityTooLarge},
+		{fmt.Errorf("restore fs:x: expansion 1000x: %w", pe.ErrLimit), http.StatusBadRequest},
 		{fmt.Errorf("tar stream refused: %w", pe.ErrInvalidSource), http.StatusBadRequest},
 		{fmt.Errorf("create /srv/pes/%s: %w", strings.Repeat("a", 300), syscall.ENAMETOOLONG), http.StatusBadRequest},
 		{errors.New("disk on fire"), http.StatusInternalServerError},

@@ -54,7 +54,7 @@ var owner = ownerXML{ID: "astrolabe", DisplayName: "astrolabe"}
 func (h *Handler) serveSubresource(w http.ResponseWriter, r *http.Request, bucket, key, name string) *s3Error {
 	switch {
 	case name == "uploads" || name == "uploadId":
-		return errNotImplemented("multipart upload is not supported: upload the zip in one PUT")
+		return errNotImplemented("multipart uploads go to the bucket " + CopyBucket + " only")
 	case bucket == "" || (r.Method != http.MethodGet && r.Method != http.MethodHead):
 		return errNotImplemented("?" + name + " is not supported here")
 	}

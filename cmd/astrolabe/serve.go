@@ -19,8 +19,9 @@ func serveCommand() *cli.Command {
 		Description: `Serves the REST API (https, bearer token) under /v1/astrolabe and
 /v1/appliance, health at /healthz and Prometheus metrics at /metrics; the
 S3 data path (https, SigV4: buckets are PE types, keys are snapshot PE IDs,
-with .md, .peinfo and .zip objects; zips PUT into the bucket "copy" are
-restored as new PEs); and the NBD server for the exports started through
+with .md, .peinfo and .zip objects; zips uploaded into the bucket "copy",
+in one PUT or in parts, are restored as new PEs by a task whose ID the
+response's x-astrolabe-task-id carries); and the NBD server for the exports started through
 the API. Exports it starts are recorded in the config directory and come
 back after a restart.
 
