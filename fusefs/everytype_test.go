@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -204,6 +205,8 @@ func rsyncChanges(t *testing.T, src, dst string) string {
 type tarTypes struct {
 	path string
 	toc  []pe.TOCEntry
+	// tocReads counts the reads of the snapshot's table of contents.
+	tocReads atomic.Int64
 }
 
 // newTarTypes serves the tar file path.
@@ -285,20 +288,24 @@ func (e *tarEntity) Data(ctx context.Context) (pe.Image, error) {
 		f.Close()
 		return nil, err
 	}
-	return &tarImage{File: f, size: fi.Size(), toc: e.tt.toc}, nil
+	return &tarImage{File: f, size: fi.Size(), toc: e.tt.toc, reads: &e.tt.tocReads}, nil
 }
 
 type tarImage struct {
 	*os.File
-	size int64
-	toc  []pe.TOCEntry
+	size  int64
+	toc   []pe.TOCEntry
+	reads *atomic.Int64
 }
 
 func (im *tarImage) Size() int64 { return im.size }
 func (im *tarImage) Extents(ctx context.Context, off, length int64) ([]pe.Extent, error) {
 	return pe.AllData(off, length, im.size), nil
 }
-func (im *tarImage) TOC(ctx context.Context) ([]pe.TOCEntry, error) { return im.toc, nil }
+func (im *tarImage) TOC(ctx context.Context) ([]pe.TOCEntry, error) {
+	im.reads.Add(1)
+	return im.toc, nil
+}
 
 // checkSameStats compares what lstat says of every entry of src and of
 // its copy at view: type and mode bits, owner, link count, device number,

@@ -36,10 +36,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+	"weak"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -66,11 +68,17 @@ const (
 // Mount mounts the tree of m at dir and returns the running server; call
 // Unmount on it, then Wait.
 func Mount(m pe.Manager, dir string, opts Options) (*fuse.Server, error) {
+	srv, _, err := mountRoot(m, dir, opts)
+	return srv, err
+}
+
+// mountRoot is Mount, with the root node of the mount (for tests).
+func mountRoot(m pe.Manager, dir string, opts Options) (*fuse.Server, *rootNode, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
 	if err := checkMountpoint(dir); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	self := owner{uid: uint32(os.Getuid()), gid: uint32(os.Getgid()), perm: 0o400}
 	root := &rootNode{fsys: &fsys{m: m, log: opts.Logger, ownerOnly: self}}
@@ -102,9 +110,9 @@ func Mount(m pe.Manager, dir string, opts Options) (*fuse.Server, error) {
 		},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("mount %s: %w", dir, err)
+		return nil, nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
-	return srv, nil
+	return srv, root, nil
 }
 
 // checkMountpoint refuses a missing, non-directory or busy mountpoint with
@@ -172,6 +180,90 @@ type fsys struct {
 	// of inode numbers per snapshot, kept for the mount's life, so that
 	// a tree the kernel forgot and looks up again keeps its numbers.
 	inoBases map[string]uint64
+	// trees are the fs snapshots' trees being built or shown, by
+	// snapshot ID (see snapshotTree).
+	trees map[string]*treeLoad
+}
+
+// treeLoad is a snapshot's tree: being built until done is closed, then
+// the tree, weakly held, or the error.
+type treeLoad struct {
+	done chan struct{}
+	tree weak.Pointer[tree]
+	err  error
+}
+
+// snapshotTree returns the tree of snapshot id, which build makes from
+// its table of contents. Every lookup of the snapshot's files/ while a
+// node still shows its tree gets that tree: lookups at once wait for one
+// build, and a lookup after the kernel forgot files/ while a file below
+// it stays open takes the tree that file shows, so a huge table of
+// contents is read and held once. The tree goes, and its entry with it,
+// when no node shows it any more.
+func (f *fsys) snapshotTree(ctx context.Context, id pe.ID, build func() (*tree, error)) (*tree, error) {
+	key := id.String()
+	for {
+		f.mu.Lock()
+		l := f.trees[key]
+		if l == nil {
+			return f.buildTree(key, build)
+		}
+		f.mu.Unlock()
+		select {
+		case <-l.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if l.err != nil && !errors.Is(l.err, context.Canceled) {
+			return nil, l.err
+		}
+		if t := l.tree.Value(); t != nil {
+			return t, nil
+		}
+		// Collected, or the builder's request interrupted: build anew.
+		f.mu.Lock()
+		if f.trees[key] == l {
+			delete(f.trees, key)
+		}
+		f.mu.Unlock()
+	}
+}
+
+// buildTree builds the tree of snapshot key for snapshotTree, which holds
+// f.mu; it releases it while build runs.
+func (f *fsys) buildTree(key string, build func() (*tree, error)) (*tree, error) {
+	l := &treeLoad{done: make(chan struct{})}
+	if f.trees == nil {
+		f.trees = map[string]*treeLoad{}
+	}
+	f.trees[key] = l
+	f.mu.Unlock()
+	t, err := build()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err != nil {
+		l.err = err
+		delete(f.trees, key)
+	} else {
+		l.tree = weak.Make(t)
+		runtime.AddCleanup(t, f.forgetTree, treeKey{key, l})
+	}
+	close(l.done)
+	return t, err
+}
+
+type treeKey struct {
+	key  string
+	load *treeLoad
+}
+
+// forgetTree drops the entry of a tree that was collected.
+func (f *fsys) forgetTree(k treeKey) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.trees[k.key] == k.load {
+		delete(f.trees, k.key)
+	}
 }
 
 // inoBase returns the base of the inode numbers of the tree of snapshot
@@ -656,11 +748,16 @@ func (n *snapNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		f.attr(&out.Attr)
 		return n.NewInode(ctx, f, fs.StableAttr{Mode: syscall.S_IFREG}), 0
 	case "files":
-		toc, err := img.(pe.TableOfContents).TOC(ctx)
+		t, err := n.fsys.snapshotTree(ctx, n.p.ID(), func() (*tree, error) {
+			toc, err := img.(pe.TableOfContents).TOC(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return newTree(toc, mtime, n.fsys.inoBase(n.p.ID())), nil
+		})
 		if err != nil {
 			return nil, n.fsys.eio("table of contents of "+n.p.ID().String(), err)
 		}
-		t := newTree(toc, mtime, n.fsys.inoBase(n.p.ID()))
 		d := &treeDir{treeNode: treeNode{tree: t, n: t.root}, fsys: n.fsys, img: img, snap: n.p.ID()}
 		t.attr(t.root, &out.Attr)
 		return n.NewInode(ctx, d, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: t.ino(t.root)}), 0

@@ -29,6 +29,10 @@ type tree struct {
 	// names counts the names of each file that has more than one.
 	links map[int]int
 	names map[int]uint32
+	// subdirs counts the subdirectories of each directory path that has
+	// any, for its link count: counted once, as a stat must not walk a
+	// directory of a million files.
+	subdirs map[string]uint32
 	// mtime is that of implied directories: the snapshot's.
 	mtime time.Time
 	// inoBase numbers this tree's nodes apart from every other tree of
@@ -67,7 +71,21 @@ func newTree(toc []pe.TOCEntry, mtime time.Time, inoBase uint64) *tree {
 		t.root = t.addImplied("")
 	}
 	t.linkHardLinks()
+	t.countSubdirs()
 	return t
+}
+
+// countSubdirs fills subdirs, once the tree's children are final (a later
+// member may replace a directory of the same name).
+func (t *tree) countSubdirs() {
+	t.subdirs = map[string]uint32{}
+	for dir, children := range t.dirs {
+		for _, c := range children {
+			if t.isDir(c) {
+				t.subdirs[dir]++
+			}
+		}
+	}
 }
 
 // ensureDir makes dir a known directory, linked into its parent, and so
@@ -264,13 +282,7 @@ func sizeBlocks(size int64) uint64 {
 // dirLinks is a directory's link count as Linux filesystems report it:
 // its name, its ".", and the ".." of each subdirectory.
 func (t *tree) dirLinks(dir string) uint32 {
-	n := uint32(2)
-	for _, c := range t.dirs[dir] {
-		if t.isDir(c) {
-			n++
-		}
-	}
-	return n
+	return 2 + t.subdirs[dir]
 }
 
 // unixMode is the st_mode of a Go file mode: type, permissions and the

@@ -2,6 +2,7 @@ package fusefs
 
 import (
 	"encoding/binary"
+	"fmt"
 	iofs "io/fs"
 	"syscall"
 	"testing"
@@ -157,5 +158,33 @@ func TestValidACL(t *testing.T) {
 	}
 	if got := tr.xattrNames(1); len(got) != 2 {
 		t.Errorf("xattrs of d: %v", got)
+	}
+}
+
+// A directory's link count is counted when the tree is built, so that a
+// stat of a directory of many files does not walk them: it holds after
+// the children are gone from the index, and counts only what a later
+// member of the same name left a directory.
+func TestDirLinksCountedOnce(t *testing.T) {
+	toc := []pe.TOCEntry{{Name: "big", Mode: iofs.ModeDir | 0o755}}
+	for i := range 1000 {
+		toc = append(toc, pe.TOCEntry{Name: fmt.Sprintf("big/f%04d", i), Mode: 0o644})
+	}
+	toc = append(toc,
+		pe.TOCEntry{Name: "big/sub1", Mode: iofs.ModeDir | 0o755},
+		pe.TOCEntry{Name: "big/sub2/implied/file", Mode: 0o644},
+		pe.TOCEntry{Name: "big/was-dir", Mode: iofs.ModeDir | 0o755},
+		pe.TOCEntry{Name: "big/was-dir", Mode: 0o644}, // replaces the directory
+	)
+	tr := newTree(toc, time.Unix(1e9, 0), 1<<inoBits)
+	n, ok := tr.lookup("big")
+	if !ok {
+		t.Fatal("big not in the tree")
+	}
+	clear(tr.dirs["big"])
+	var a fuse.Attr
+	tr.attr(n, &a)
+	if a.Nlink != 4 {
+		t.Errorf("big: nlink %d, want 4 (., its name, sub1, sub2)", a.Nlink)
 	}
 }

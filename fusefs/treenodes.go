@@ -32,23 +32,25 @@ var (
 	_ fs.NodeListxattrer = treeNode{}
 )
 
-// Getxattr answers from the TOC entry's xattrs.
+// Getxattr answers from the TOC entry's xattrs those the caller may see.
 func (t treeNode) Getxattr(ctx context.Context, name string, dest []byte) (uint32, syscall.Errno) {
 	v, ok := t.tree.xattr(t.n, name)
-	if !ok {
+	if !ok || !callerSees(ctx, name) {
 		return 0, syscall.ENODATA
 	}
 	return copyOut(dest, v)
 }
 
-// Listxattr lists the TOC entry's xattrs, sorted.
+// Listxattr lists the TOC entry's xattrs the caller may see, sorted.
 func (t treeNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	var list []byte
-	for _, name := range t.tree.xattrNames(t.n) {
-		list = append(list, name...)
-		list = append(list, 0)
+	names := t.tree.xattrNames(t.n)
+	seen := names[:0]
+	for _, name := range names {
+		if callerSees(ctx, name) {
+			seen = append(seen, name)
+		}
 	}
-	return copyOut(dest, string(list))
+	return copyOut(dest, xattrList(seen))
 }
 
 // copyOut copies v to dest as getxattr(2) does: the size alone for an

@@ -1,8 +1,12 @@
 package fusefs
 
 import (
+	"context"
 	"encoding/binary"
 	"sort"
+	"strings"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
 // The extended attributes of a tree's node are its TOC entry's: the PAX
@@ -15,6 +19,17 @@ const (
 	aclAccess  = "system.posix_acl_access"
 	aclDefault = "system.posix_acl_default"
 )
+
+// xattrSizeMax is the kernel's XATTR_SIZE_MAX and XATTR_LIST_MAX: it asks
+// for no more, so a larger value or list (a crafted PAX header can hold
+// one) would fail getxattr and listxattr with ERANGE however large the
+// caller's buffer, and getfattr or rsync -X with them.
+const xattrSizeMax = 65536
+
+// trustedPrefix names the xattrs only CAP_SYS_ADMIN may see; the kernel
+// refuses to read them for others, and local filesystems leave them out
+// of others' lists.
+const trustedPrefix = "trusted."
 
 // xattr returns the value of the xattr name of node n.
 func (t *tree) xattr(n int, name string) (string, bool) {
@@ -44,10 +59,14 @@ func (t *tree) xattrNames(n int) []string {
 }
 
 // shownXattr reports whether the view shows the xattr name of node n. A
-// POSIX ACL the kernel would not take is left out: the kernel would fail
-// every permission check of the file with EIO, even root's. So is a
-// default ACL of anything but a directory, which no filesystem keeps.
+// value over xattrSizeMax is left out (no caller could read it), and a
+// POSIX ACL the kernel would not take: the kernel would fail every
+// permission check of the file with EIO, even root's. So is a default
+// ACL of anything but a directory, which no filesystem keeps.
 func (t *tree) shownXattr(n int, name, v string) bool {
+	if len(v) > xattrSizeMax {
+		return false
+	}
 	switch name {
 	case aclAccess:
 		return validACL(v)
@@ -55,6 +74,32 @@ func (t *tree) shownXattr(n int, name, v string) bool {
 		return t.isDir(n) && validACL(v)
 	}
 	return true
+}
+
+// callerSees reports whether the caller of a FUSE request may see the
+// xattr name: trusted.* is root's alone (uid 0 standing for CAP_SYS_ADMIN),
+// as ext4 lists it.
+func callerSees(ctx context.Context, name string) bool {
+	if !strings.HasPrefix(name, trustedPrefix) {
+		return true
+	}
+	c, ok := fuse.FromContext(ctx)
+	return ok && c.Uid == 0
+}
+
+// xattrList is the list listxattr(2) returns of names: each followed by
+// a NUL, as many as fit in xattrSizeMax, in order. Names past that
+// cannot be listed (as on a local filesystem), but can still be read.
+func xattrList(names []string) string {
+	var b strings.Builder
+	for _, name := range names {
+		if b.Len()+len(name)+1 > xattrSizeMax {
+			break
+		}
+		b.WriteString(name)
+		b.WriteByte(0)
+	}
+	return b.String()
 }
 
 // Tags of POSIX ACL entries (linux/posix_acl.h).

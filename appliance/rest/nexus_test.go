@@ -3,6 +3,7 @@ package rest
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -53,7 +54,8 @@ var jsClients = []jsClient{
 }
 
 // TestNexusLongPollJavaScript runs rounds of tasks that finish in the same
-// microsecond (a clock that moves 7 ns a call) while clients that hold
+// microsecond (a clock that moves 7 ns a call), the first of each failing
+// as soon as it starts, while clients that hold
 // numbers as doubles long-poll the nexus over HTTP, each with its way of
 // sending back the cursor: every client sees every task exactly once, in
 // the order they finished.
@@ -90,6 +92,9 @@ func TestNexusLongPollJavaScript(t *testing.T) {
 		for k := range perRound {
 			info, err := f.tasks.Start(ctx, "test", fmt.Sprintf("round %d task %d", r, k), nexus,
 				func(ctx context.Context, _ pe.Progress) (map[string]string, error) {
+					if k == 0 {
+						return nil, errors.New("fails as it starts")
+					}
 					<-release
 					return nil, nil
 				})
@@ -170,19 +175,36 @@ func (f *fixture) pollAll(ctx context.Context, nexus string, c jsClient, n int) 
 	return seen, nil
 }
 
-// exactTimes checks that a task's finishedTime string is RFC 3339 in UTC
-// and that its finishedTimeNS, read as a double, is the same instant to
-// the nanosecond.
+// exactTimes checks that a task's startedTime and finishedTime strings
+// are RFC 3339 in UTC, that it did not finish before it started, and that
+// its finishedTimeNS, read as a double, is the finish time to the
+// nanosecond.
 func exactTimes(task map[string]any) error {
-	s, _ := task["finishedTime"].(string)
-	ft, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil || ft.Location() != time.UTC {
-		return fmt.Errorf("finishedTime %q: want RFC 3339 in UTC (%v)", s, err)
+	st, err := utcTime(task, "startedTime")
+	if err != nil {
+		return err
+	}
+	ft, err := utcTime(task, "finishedTime")
+	if err != nil {
+		return err
+	}
+	if ft.Before(st) {
+		return fmt.Errorf("finishedTime %s before startedTime %s", ft.Format(time.RFC3339Nano), st.Format(time.RFC3339Nano))
 	}
 	if ns := task["finishedTimeNS"].(float64); int64(ns) != ft.UnixNano() {
-		return fmt.Errorf("finishedTimeNS %s read as a double is %d, finishedTime %s is %d", jsNumber(ns), int64(ns), s, ft.UnixNano())
+		return fmt.Errorf("finishedTimeNS %s read as a double is %d, finishedTime %s is %d", jsNumber(ns), int64(ns), ft.Format(time.RFC3339Nano), ft.UnixNano())
 	}
 	return nil
+}
+
+// utcTime reads a task's time field, which must be RFC 3339 in UTC.
+func utcTime(task map[string]any, field string) (time.Time, error) {
+	s, _ := task[field].(string)
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil || t.Location() != time.UTC {
+		return time.Time{}, fmt.Errorf("%s %q: want RFC 3339 in UTC (%v)", field, s, err)
+	}
+	return t, nil
 }
 
 // request is an authenticated request without body, as a client outside

@@ -182,7 +182,7 @@ func (m *Manager) Start(ctx context.Context, kind, details, nexusID string, fn F
 func (m *Manager) finish(t *task, ctx context.Context, result map[string]string, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	t.info.Finished = m.nextFinish(m.opts.Now())
+	t.info.Finished = m.nextFinish(t.info.Started, m.opts.Now())
 	switch {
 	case err == nil:
 		t.info.Status, t.info.Progress, t.info.Result = Success, 100, result
@@ -197,18 +197,30 @@ func (m *Manager) finish(t *task, ctx context.Context, result map[string]string,
 	m.prune(m.opts.Now())
 }
 
-// nextFinish returns the finish time of a task finishing at now: now on
-// the FinishGrid, or the grid point after the last finish time given if
-// that is not earlier (tasks finishing within one grid step, or a wall
-// clock set back); m.mu held.
-func (m *Manager) nextFinish(now time.Time) time.Time {
-	ns := now.UnixNano()
-	f := time.Unix(0, ns-ns%int64(FinishGrid))
+// nextFinish returns the finish time of a task that started at started
+// and finishes at now: the later of the two rounded up to the FinishGrid,
+// so that it never comes before the start (the wall clock may have been
+// set back in between), or the grid point after the last finish time
+// given if that is not earlier (tasks finishing within one grid step);
+// m.mu held.
+func (m *Manager) nextFinish(started, now time.Time) time.Time {
+	f := ceilToGrid(max(started.UnixNano(), now.UnixNano()))
 	if !f.After(m.lastFinish) {
 		f = m.lastFinish.Add(FinishGrid)
 	}
 	m.lastFinish = f
 	return f
+}
+
+// ceilToGrid returns the first FinishGrid point at or after ns.
+func ceilToGrid(ns int64) time.Time {
+	const grid = int64(FinishGrid)
+	if r := ns % grid; r > 0 && ns <= math.MaxInt64-grid {
+		ns += grid - r
+	} else if r < 0 {
+		ns -= r
+	}
+	return time.Unix(0, ns)
 }
 
 // SnapToGrid returns the FinishGrid point nearest ns, a finish time in

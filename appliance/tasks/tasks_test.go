@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -175,12 +176,55 @@ func TestFinishTimesDistinctOnGrid(t *testing.T) {
 			}
 		}
 	}
-	if first := done[0].Finished.UnixNano(); first > frozen.UnixNano() || frozen.UnixNano()-first >= grid {
-		t.Errorf("first finish time %d: want the frozen clock %d on the grid", first, frozen.UnixNano())
+	if first := done[0].Finished.UnixNano(); first < frozen.UnixNano() || first-frozen.UnixNano() >= grid {
+		t.Errorf("first finish time %d: want the frozen clock %d rounded up to the grid", first, frozen.UnixNano())
 	}
 	for _, ns := range []int64{0, 1, math.MaxInt64} {
 		if got := SnapToGrid(ns); got < 0 || got%grid != 0 || got-ns >= grid || ns-got >= grid {
 			t.Errorf("SnapToGrid(%d) = %d", ns, got)
 		}
+	}
+}
+
+// TestFinishNotBeforeStart: a task that fails as soon as it starts, on a
+// clock between grid points or set back while the task ran, finishes at
+// or after its start, on the grid.
+func TestFinishNotBeforeStart(t *testing.T) {
+	start := time.Unix(0, 1796458123456789123) // 6787 ns past a grid point
+	for _, c := range []struct {
+		name   string
+		finish time.Time
+	}{
+		{"clock frozen", start},
+		{"clock set back", start.Add(-time.Hour)},
+		{"clock on the grid", time.Unix(0, 1796458123456790528)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var calls atomic.Int64
+			clock := func() time.Time {
+				if calls.Add(1) == 1 {
+					return start
+				}
+				return c.finish
+			}
+			m := NewManager(Options{Logger: quiet(), Now: clock})
+			ctx := context.Background()
+			info, err := m.Start(ctx, "t", "", "", func(context.Context, pe.Progress) (map[string]string, error) {
+				return nil, errors.New("broken at once")
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info, err = m.Wait(ctx, info.ID); err != nil || info.Status != Failed {
+				t.Fatalf("task: %+v %v, want failed", info, err)
+			}
+			if !info.Started.Equal(start) {
+				t.Errorf("started %d, want the clock %d", info.Started.UnixNano(), start.UnixNano())
+			}
+			fin := info.Finished.UnixNano()
+			if fin < start.UnixNano() || fin%int64(FinishGrid) != 0 || fin-start.UnixNano() >= int64(FinishGrid) {
+				t.Errorf("finished %d, started %d: want the first grid point at or after the start", fin, start.UnixNano())
+			}
+		})
 	}
 }
