@@ -7,22 +7,15 @@ set -euo pipefail
 
 STATICCHECK_VERSION=v0.8.2
 
-need=()
-for pair in tar:tar unzip:unzip mke2fs:e2fsprogs mkfs.xfs:xfsprogs losetup:mount nbdinfo:libnbd-bin qemu-img:qemu-utils nbdsh:python3-libnbd rclone:rclone openssl:openssl sfdisk:fdisk mkfs.vfat:dosfstools mcopy:mtools fusermount3:fuse3 fusefat:fusefat restic:restic bc:bc debootstrap:debootstrap extlinux:extlinux qemu-system-x86_64:qemu-system-x86 curl:curl gcc:gcc qemu-io:qemu-utils setcap:libcap2-bin getcap:libcap2-bin runuser:util-linux; do
-	cmd=${pair%%:*} pkg=${pair#*:}
-	command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
-done
-[[ -f /usr/lib/syslinux/mbr/mbr.bin ]] || need+=(syslinux-common) # the image's MBR code
-if ((${#need[@]})); then
-	echo "installing Debian packages: ${need[*]}"
-	SUDO=
-	[[ $(id -u) == 0 ]] || SUDO=sudo
-	$SUDO apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+. "$(dirname "$0")/lib/apt.sh"
+apt_need tar:tar unzip:unzip mke2fs:e2fsprogs mkfs.xfs:xfsprogs losetup:mount nbdinfo:libnbd-bin qemu-img:qemu-utils \
+	nbdsh:python3-libnbd rclone:rclone openssl:openssl sfdisk:fdisk mkfs.vfat:dosfstools mcopy:mtools fusermount3:fuse3 \
+	fusefat:fusefat restic:restic bc:bc debootstrap:debootstrap extlinux:extlinux qemu-system-x86_64:qemu-system-x86 \
+	curl:curl gcc:gcc qemu-io:qemu-utils setcap:libcap2-bin getcap:libcap2-bin runuser:util-linux \
+	/usr/lib/syslinux/mbr/mbr.bin:syslinux-common # the image's MBR code
 
 GOBIN=$(go env GOPATH)/bin
-if ! "$GOBIN/staticcheck" -version 2>/dev/null | grep -q "${STATICCHECK_VERSION#v}"; then
+if [[ $("$GOBIN/staticcheck" -version 2>/dev/null || true) != *"${STATICCHECK_VERSION#v}"* ]]; then
 	echo "installing staticcheck $STATICCHECK_VERSION"
 	GOFLAGS= go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
 fi

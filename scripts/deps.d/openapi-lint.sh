@@ -10,13 +10,8 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=../../api/lint-tools.env
 source "$root/api/lint-tools.env"
 
-if ! command -v npx >/dev/null 2>&1; then
-	echo "installing Debian packages: nodejs npm"
-	SUDO=
-	[[ $(id -u) == 0 ]] || SUDO=sudo
-	$SUDO apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
-fi
+. "$root/scripts/lib/apt.sh"
+apt_need node:nodejs npx:npm
 node_version=$(node --version)
 IFS=. read -r major minor _ <<<"${node_version#v}"
 if ((major < 20 || (major == 20 && minor < 19))); then

@@ -9,7 +9,7 @@ set -euo pipefail
 ROOT=${QEMU10_ROOT:-/opt/qemu10}
 BACKPORTS=/etc/apt/sources.list.d/backports.list
 
-if "$ROOT/usr/bin/qemu-img" --version 2>/dev/null | grep -q '^qemu-img version 10\.'; then
+if [[ $("$ROOT/usr/bin/qemu-img" --version 2>/dev/null || true) == "qemu-img version 10."* ]]; then
 	exit 0
 fi
 echo "installing qemu-utils 10 from bookworm-backports into $ROOT"

@@ -11,16 +11,8 @@ set -euo pipefail
 ROOTFS=${ASTROLABE_TEST_ROOTFS:-/var/cache/astrolabe-test/rootfs-minbase}
 MIRROR=${ASTROLABE_TEST_MIRROR:-http://deb.debian.org/debian}
 
-need=()
-for pair in debootstrap:debootstrap rsync:rsync setfacl:acl getfacl:acl setcap:libcap2-bin; do
-	cmd=${pair%%:*} pkg=${pair#*:}
-	command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
-done
-if ((${#need[@]})); then
-	echo "rootfs: installing Debian packages: ${need[*]}"
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+. "$(dirname "$0")/../lib/apt.sh"
+apt_need debootstrap:debootstrap rsync:rsync setfacl:acl getfacl:acl setcap:libcap2-bin
 
 # The tree is complete once the marker is in: debootstrap writes into a
 # temporary directory renamed into place at the end, so an interrupted

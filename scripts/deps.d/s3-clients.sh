@@ -8,22 +8,16 @@ set -euo pipefail
 
 MC_VERSION=v0.0.0-20250313080218-cf909e1063a9
 
-need=()
+. "$(dirname "$0")/../lib/apt.sh"
 # Any aws will do (Debian's awscli v2, or a v1 from pip/pyenv already on PATH).
-command -v aws >/dev/null 2>&1 || need+=(awscli)
-command -v s3cmd >/dev/null 2>&1 || need+=(s3cmd)
-if ((${#need[@]})); then
-	echo "installing Debian packages: ${need[*]}"
-	SUDO=
-	[[ $(id -u) == 0 ]] || SUDO=sudo
-	$SUDO apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+apt_need aws:awscli s3cmd:s3cmd
 
 # A build of mc from a cold build cache takes about 4.5 CPU-minutes
 # (measured: 229 s user + 35 s system; 2-3 minutes on 2 idle cores).
 GOBIN=$(go env GOPATH)/bin
-if ! [[ -x $GOBIN/mc ]] || ! "$GOBIN/mc" --version 2>/dev/null | grep -q '^mc version'; then
+# The version is read whole first: grep -q would stop reading early, and
+# with pipefail mc's SIGPIPE would look like a missing mc (a rebuild).
+if [[ $("$GOBIN/mc" --version 2>/dev/null || true) != "mc version"* ]]; then
 	echo "installing minio mc $MC_VERSION into $GOBIN (takes a few minutes)"
 	GOFLAGS= go install "github.com/minio/mc@$MC_VERSION"
 fi
