@@ -81,6 +81,8 @@ type Handler struct {
 	zips   *zipCache
 	// bucketDates are the buckets' creation dates.
 	bucketDates *bucketDates
+	// zipWriter is hashed into the zips' ETags (zipWriter()).
+	zipWriter string
 
 	mu      sync.Mutex
 	uploads []upload // recent copy-by-uploads, oldest first
@@ -120,7 +122,8 @@ func New(cfg Config) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Handler{cfg: cfg, log: cfg.Logger, zips: zc, bucketDates: newBucketDates(cfg.StateDir)}, nil
+	return &Handler{cfg: cfg, log: cfg.Logger, zips: zc, bucketDates: newBucketDates(cfg.StateDir),
+		zipWriter: zipWriter()}, nil
 }
 
 // Forget drops what the handler keeps of a deleted snapshot (its zip).
@@ -493,12 +496,18 @@ func (h *Handler) findObject(r *http.Request, bucket, key string) (*objectReply,
 		}
 		return inMemory(b, "application/octet-stream")
 	}
-	// The zip's ETag is the snapshot's, not its MD5: the zip is built
-	// from the snapshot, which never changes, so the ETag stays the same
-	// across rebuilds and restarts and needs no build to be known.
-	rep := &objectReply{etag: etagOf(key, info.Size, modified), modified: modified, contentType: "application/zip", close: func() {}}
+	// The zip's ETag is a hash of what it is built from, not its MD5:
+	// it is known without a build, stays the same across rebuilds and
+	// restarts, and changes when the zip's bytes would.
+	src, err := readZipSource(ctx, p, 0)
+	if err != nil {
+		h.log.Error("S3 get zip", "key", key, "err", err)
+		return nil, errInternal()
+	}
+	etag := src.etag(h.zipWriter)
+	rep := &objectReply{etag: etag, modified: modified, contentType: "application/zip", close: func() {}}
 	rep.open = func() (io.ReaderAt, int64, *s3Error) {
-		z, err := h.zips.get(ctx, p)
+		z, err := h.zips.get(ctx, src, etag)
 		if err != nil {
 			h.log.Error("S3 get zip", "key", key, "err", err)
 			return nil, 0, errInternal()
@@ -758,14 +767,15 @@ func newRequestID() string {
 	return strings.ToUpper(hex.EncodeToString(b[:]))
 }
 
-// zipCache keeps the zips built for GET, one file per snapshot. Snapshots
-// never change, so a built zip stays right as long as its snapshot exists.
+// zipCache keeps the zips built for GET, one file per snapshot, with the
+// ETag of what each was built from: a zip is rebuilt when its snapshot's
+// info (a VM's name) has changed since.
 type zipCache struct {
 	dir   string
 	m     pe.Manager // to drop zips of deleted snapshots
 	mu    sync.Mutex
 	locks map[pe.ID]*idLock
-	built map[pe.ID]bool
+	built map[pe.ID]string // ETags
 }
 
 // idLock makes the GETs of one snapshot build its zip once. It stays in
@@ -793,7 +803,7 @@ func newZipCache(dir string, m pe.Manager) (*zipCache, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("zip cache: %w", err)
 	}
-	return &zipCache{dir: dir, m: m, locks: map[pe.ID]*idLock{}, built: map[pe.ID]bool{}}, nil
+	return &zipCache{dir: dir, m: m, locks: map[pe.ID]*idLock{}, built: map[pe.ID]string{}}, nil
 }
 
 func (z *zipCache) path(id pe.ID) string {
@@ -830,7 +840,9 @@ func (z *zipCache) lock(id pe.ID) (unlock func()) {
 	}
 }
 
-func (z *zipCache) get(ctx context.Context, p pe.ProtectedEntity) (cachedZip, error) {
+// get returns the zip of p with the given ETag, built now if the cache
+// has none or one of another ETag.
+func (z *zipCache) get(ctx context.Context, p pe.ProtectedEntity, etag string) (cachedZip, error) {
 	id := p.ID()
 	unlock := z.lock(id)
 	defer unlock()
@@ -838,12 +850,12 @@ func (z *zipCache) get(ctx context.Context, p pe.ProtectedEntity) (cachedZip, er
 	z.mu.Lock()
 	built := z.built[id]
 	z.mu.Unlock()
-	if built {
+	if built == etag {
 		if c, err := openCached(z.path(id)); err == nil {
 			return c, nil
 		}
 	}
-	c, err := z.build(ctx, p)
+	c, err := z.build(ctx, p, etag)
 	if err != nil {
 		return cachedZip{}, err
 	}
@@ -853,7 +865,7 @@ func (z *zipCache) get(ctx context.Context, p pe.ProtectedEntity) (cachedZip, er
 
 // build writes the zip of p into the cache and returns it open: trim may
 // remove the file (for another GET) before this one reads it.
-func (z *zipCache) build(ctx context.Context, p pe.ProtectedEntity) (cachedZip, error) {
+func (z *zipCache) build(ctx context.Context, p pe.ProtectedEntity, etag string) (cachedZip, error) {
 	id := p.ID()
 	tmp, err := os.CreateTemp(z.dir, ".building-*")
 	if err != nil {
@@ -878,7 +890,7 @@ func (z *zipCache) build(ctx context.Context, p pe.ProtectedEntity) (cachedZip, 
 		return fail(err)
 	}
 	z.mu.Lock()
-	z.built[id] = true
+	z.built[id] = etag
 	z.mu.Unlock()
 	return cachedZip{f: tmp, size: size}, nil
 }
