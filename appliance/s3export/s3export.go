@@ -547,7 +547,7 @@ func (h *Handler) getObject(w http.ResponseWriter, r *http.Request, bucket, key 
 		return serr
 	}
 	defer func() { obj.close() }() // open may set another close
-	whole, serr := objectVariant(r)
+	part, serr := objectVariant(r)
 	if serr != nil {
 		return serr
 	}
@@ -569,7 +569,7 @@ func (h *Handler) getObject(w http.ResponseWriter, r *http.Request, bucket, key 
 		return serr
 	}
 	rangeSpec := r.Header.Get("Range")
-	if whole || !rangeStillValid(r.Header.Get("If-Range"), obj.etag, obj.modified) {
+	if part || !rangeStillValid(r.Header.Get("If-Range"), obj.etag, obj.modified) {
 		rangeSpec = ""
 	}
 	start, length, partial, serr := parseRange(rangeSpec, size)
@@ -586,6 +586,15 @@ func (h *Handler) getObject(w http.ResponseWriter, r *http.Request, bucket, key 
 	hd.Set("Content-Length", strconv.FormatInt(length, 10))
 	for name, value := range overrides {
 		hd.Set(name, value)
+	}
+	if part {
+		// S3 answers a part as a range of the object, here all of it,
+		// and says how many parts there are to clients that download
+		// objects with multipart ETags part by part.
+		partial = size > 0
+		if multipartETag(obj.etag) {
+			hd.Set("X-Amz-Mp-Parts-Count", "1")
+		}
 	}
 	status := http.StatusOK
 	if partial {
