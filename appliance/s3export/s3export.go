@@ -63,7 +63,8 @@ type Config struct {
 	// the system's temporary directory).
 	TempDir string
 	// StateDir keeps what must outlive a restart: the buckets' creation
-	// dates (default TempDir).
+	// dates. It should be the appliance's own (0700); with none, they are
+	// kept in memory and change at a restart.
 	StateDir string
 	// MaxUpload bounds an uploaded zip (default 1 TiB).
 	MaxUpload int64
@@ -108,9 +109,6 @@ func New(cfg Config) (*Handler, error) {
 	}
 	if cfg.TempDir == "" {
 		cfg.TempDir = os.TempDir()
-	}
-	if cfg.StateDir == "" {
-		cfg.StateDir = cfg.TempDir
 	}
 	if cfg.MaxUpload <= 0 {
 		cfg.MaxUpload = 1 << 40
