@@ -323,6 +323,23 @@ func testAWSCLI(t *testing.T, s *s3Env) {
 		got, _ := os.ReadFile(path)
 		sameBytes(t, "aws s3api get-object --range", got, s.wantRange())
 	})
+	t.Run("part-number", func(t *testing.T) {
+		// The ETag says multipart ("-1"): part 1 is the whole object.
+		var head struct {
+			PartsCount    int
+			ContentRange  string
+			ContentLength int64
+		}
+		json.Unmarshal(aws(t, "s3api", "head-object", "--bucket", "disk", "--key", s.snap, "--part-number", "1"), &head)
+		n := int64(len(s.image))
+		if head.PartsCount != 1 || head.ContentLength != n || head.ContentRange != fmt.Sprintf("bytes 0-%d/%d", n-1, n) {
+			t.Errorf("head-object --part-number 1: %+v, want 1 part of %d bytes", head, n)
+		}
+		path := filepath.Join(s.dir, "aws-part1.bin")
+		aws(t, "s3api", "get-object", "--bucket", "disk", "--key", s.snap, "--part-number", "1", path)
+		got, _ := os.ReadFile(path)
+		sameBytes(t, "aws s3api get-object --part-number 1", got, s.image)
+	})
 	t.Run("if-none-match", func(t *testing.T) {
 		var head struct{ ETag string }
 		json.Unmarshal(aws(t, "s3api", "head-object", "--bucket", "disk", "--key", s.snap), &head)
