@@ -27,6 +27,12 @@ const (
 	zipComponentExt = ".zip"
 )
 
+// ZipWriterVersion names what WriteZip writes for given inputs: the
+// order, names, methods and times of its entries and how the info is
+// encoded. Bump it with any change that gives a PE's zip other bytes: the
+// S3 data path hashes it into a zip's ETag, which must change with them.
+const ZipWriterVersion = 1
+
 // Limits on untrusted zips: they bound memory and work, never real PEs.
 const (
 	maxZipInfo      = 1 << 20 // bytes of peinfo JSON

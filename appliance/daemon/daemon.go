@@ -114,6 +114,9 @@ const (
 	stateFile = "state.json"
 	tlsDir    = "tls"
 	s3TempDir = "tmp"
+	// s3StateDir keeps the S3 data path's state (the buckets' creation
+	// dates) apart from its temporary files.
+	s3StateDir = "state"
 )
 
 // Run serves until ctx is cancelled, then drains and returns.
@@ -283,7 +286,12 @@ func newS3Handler(opts Options, m pe.Manager, l net.Listener, ep *Endpoints, upl
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
 		return nil, fmt.Errorf("S3 temporary directory: %w", err)
 	}
-	return s3export.New(s3export.Config{Manager: m, AccessKey: keys.AccessKey, SecretKey: keys.SecretKey, Logger: opts.Logger, TempDir: tmp, MaxExpansion: opts.MaxExpansion, Uploads: uploads})
+	state := filepath.Join(opts.ConfigDir, s3StateDir)
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		return nil, fmt.Errorf("S3 state directory: %w", err)
+	}
+	return s3export.New(s3export.Config{Manager: m, AccessKey: keys.AccessKey, SecretKey: keys.SecretKey, Logger: opts.Logger,
+		TempDir: tmp, StateDir: state, MaxExpansion: opts.MaxExpansion, Uploads: uploads})
 }
 
 // requireToken guards handlers outside the generated API (metrics).

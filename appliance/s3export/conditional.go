@@ -128,8 +128,9 @@ func validHeaderValue(v string) bool {
 // objectVariant checks partNumber, with which S3 reads one part of a
 // multipart upload's object (versionId=null, the other such parameter,
 // names the object itself in a bucket without versioning). Objects here
-// are one part: part 1 is the whole object, and whole says so.
-func objectVariant(r *http.Request) (whole bool, _ *s3Error) {
+// are one part: part 1 is the whole object, and part says it was asked
+// for.
+func objectVariant(r *http.Request) (part bool, _ *s3Error) {
 	q := r.URL.Query()
 	if !q.Has("partNumber") {
 		return false, nil
@@ -144,6 +145,13 @@ func objectVariant(r *http.Request) (whole bool, _ *s3Error) {
 		return false, &s3Error{http.StatusRequestedRangeNotSatisfiable, "InvalidPartNumber", "the requested part number is not satisfiable: objects here have one part"}
 	}
 	return true, nil
+}
+
+// hasMultipartForm tells whether an ETag has the form of a multipart
+// upload's ("<hex>-<parts>"), which the objects' ETags that are not
+// their MD5 take.
+func hasMultipartForm(etag string) bool {
+	return strings.Contains(etag, "-")
 }
 
 // checkUTF8 refuses a request whose bucket, key or query is not valid

@@ -74,7 +74,7 @@ func (h *Handler) listBuckets(w http.ResponseWriter, r *http.Request) *s3Error {
 	sort.Strings(names)
 	created, err := h.bucketDates.dates(names, time.Now())
 	if err != nil {
-		h.log.Warn("S3 bucket creation dates are not kept", "err", err)
+		h.log.Warn("S3 bucket creation dates may not last", "err", err)
 	}
 	out := listBucketsXML{NS: s3NS, Owner: owner}
 	prefix := q.Get("prefix")

@@ -62,7 +62,8 @@ type Config struct {
 	// the system's temporary directory).
 	TempDir string
 	// StateDir keeps what must outlive a restart: the buckets' creation
-	// dates (default TempDir).
+	// dates. It should be the appliance's own (0700); with none, they are
+	// kept in memory and change at a restart.
 	StateDir string
 	// MaxUpload bounds an uploaded zip (default 1 TiB).
 	MaxUpload int64
@@ -84,6 +85,8 @@ type Handler struct {
 	mp     *multipartStore // multipart.go
 	// bucketDates are the buckets' creation dates.
 	bucketDates *bucketDates
+	// zipWriter is hashed into the zips' ETags (zipWriter()).
+	zipWriter string
 
 	mu      sync.Mutex
 	uploads []upload // recent copy-by-uploads, oldest first
@@ -110,9 +113,6 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.TempDir == "" {
 		cfg.TempDir = os.TempDir()
 	}
-	if cfg.StateDir == "" {
-		cfg.StateDir = cfg.TempDir
-	}
 	if cfg.MaxUpload <= 0 {
 		cfg.MaxUpload = 1 << 40
 	}
@@ -127,7 +127,8 @@ func New(cfg Config) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Handler{cfg: cfg, log: cfg.Logger, zips: zc, mp: mp, bucketDates: newBucketDates(cfg.StateDir)}, nil
+	return &Handler{cfg: cfg, log: cfg.Logger, zips: zc, mp: mp, bucketDates: newBucketDates(cfg.StateDir),
+		zipWriter: zipWriter()}, nil
 }
 
 // Forget drops what the handler keeps of a deleted snapshot (its zip).
@@ -503,12 +504,18 @@ func (h *Handler) findObject(r *http.Request, bucket, key string) (*objectReply,
 		}
 		return inMemory(b, "application/octet-stream")
 	}
-	// The zip's ETag is the snapshot's, not its MD5: the zip is built
-	// from the snapshot, which never changes, so the ETag stays the same
-	// across rebuilds and restarts and needs no build to be known.
-	rep := &objectReply{etag: etagOf(key, info.Size, modified), modified: modified, contentType: "application/zip", close: func() {}}
+	// The zip's ETag is a hash of what it is built from, not its MD5:
+	// it is known without a build, stays the same across rebuilds and
+	// restarts, and changes when the zip's bytes would.
+	src, err := readZipSource(ctx, p, 0)
+	if err != nil {
+		h.log.Error("S3 get zip", "key", key, "err", err)
+		return nil, errInternal()
+	}
+	etag := src.etag(h.zipWriter)
+	rep := &objectReply{etag: etag, modified: modified, contentType: "application/zip", close: func() {}}
 	rep.open = func() (io.ReaderAt, int64, *s3Error) {
-		z, err := h.zips.get(ctx, p)
+		z, err := h.zips.get(ctx, src, etag)
 		if err != nil {
 			h.log.Error("S3 get zip", "key", key, "err", err)
 			return nil, 0, errInternal()
@@ -548,7 +555,7 @@ func (h *Handler) getObject(w http.ResponseWriter, r *http.Request, bucket, key 
 		return serr
 	}
 	defer func() { obj.close() }() // open may set another close
-	whole, serr := objectVariant(r)
+	part, serr := objectVariant(r)
 	if serr != nil {
 		return serr
 	}
@@ -570,7 +577,7 @@ func (h *Handler) getObject(w http.ResponseWriter, r *http.Request, bucket, key 
 		return serr
 	}
 	rangeSpec := r.Header.Get("Range")
-	if whole || !rangeStillValid(r.Header.Get("If-Range"), obj.etag, obj.modified) {
+	if part || !rangeStillValid(r.Header.Get("If-Range"), obj.etag, obj.modified) {
 		rangeSpec = ""
 	}
 	start, length, partial, serr := parseRange(rangeSpec, size)
@@ -587,6 +594,15 @@ func (h *Handler) getObject(w http.ResponseWriter, r *http.Request, bucket, key 
 	hd.Set("Content-Length", strconv.FormatInt(length, 10))
 	for name, value := range overrides {
 		hd.Set(name, value)
+	}
+	if part {
+		// S3 answers a part as a range of the object, here all of it,
+		// and says how many parts there are to clients that download
+		// objects with multipart ETags part by part.
+		partial = size > 0
+		if hasMultipartForm(obj.etag) {
+			hd.Set("X-Amz-Mp-Parts-Count", "1")
+		}
 	}
 	status := http.StatusOK
 	if partial {
@@ -678,14 +694,15 @@ func newRequestID() string {
 	return strings.ToUpper(hex.EncodeToString(b[:]))
 }
 
-// zipCache keeps the zips built for GET, one file per snapshot. Snapshots
-// never change, so a built zip stays right as long as its snapshot exists.
+// zipCache keeps the zips built for GET, one file per snapshot, with the
+// ETag of what each was built from: a zip is rebuilt when its snapshot's
+// info (a VM's name) has changed since.
 type zipCache struct {
 	dir   string
 	m     pe.Manager // to drop zips of deleted snapshots
 	mu    sync.Mutex
 	locks map[pe.ID]*idLock
-	built map[pe.ID]bool
+	built map[pe.ID]string // ETags
 }
 
 // idLock makes the GETs of one snapshot build its zip once. It stays in
@@ -713,7 +730,7 @@ func newZipCache(dir string, m pe.Manager) (*zipCache, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("zip cache: %w", err)
 	}
-	return &zipCache{dir: dir, m: m, locks: map[pe.ID]*idLock{}, built: map[pe.ID]bool{}}, nil
+	return &zipCache{dir: dir, m: m, locks: map[pe.ID]*idLock{}, built: map[pe.ID]string{}}, nil
 }
 
 func (z *zipCache) path(id pe.ID) string {
@@ -750,7 +767,9 @@ func (z *zipCache) lock(id pe.ID) (unlock func()) {
 	}
 }
 
-func (z *zipCache) get(ctx context.Context, p pe.ProtectedEntity) (cachedZip, error) {
+// get returns the zip of p with the given ETag, built now if the cache
+// has none or one of another ETag.
+func (z *zipCache) get(ctx context.Context, p pe.ProtectedEntity, etag string) (cachedZip, error) {
 	id := p.ID()
 	unlock := z.lock(id)
 	defer unlock()
@@ -758,12 +777,12 @@ func (z *zipCache) get(ctx context.Context, p pe.ProtectedEntity) (cachedZip, er
 	z.mu.Lock()
 	built := z.built[id]
 	z.mu.Unlock()
-	if built {
+	if built == etag {
 		if c, err := openCached(z.path(id)); err == nil {
 			return c, nil
 		}
 	}
-	c, err := z.build(ctx, p)
+	c, err := z.build(ctx, p, etag)
 	if err != nil {
 		return cachedZip{}, err
 	}
@@ -773,7 +792,7 @@ func (z *zipCache) get(ctx context.Context, p pe.ProtectedEntity) (cachedZip, er
 
 // build writes the zip of p into the cache and returns it open: trim may
 // remove the file (for another GET) before this one reads it.
-func (z *zipCache) build(ctx context.Context, p pe.ProtectedEntity) (cachedZip, error) {
+func (z *zipCache) build(ctx context.Context, p pe.ProtectedEntity, etag string) (cachedZip, error) {
 	id := p.ID()
 	tmp, err := os.CreateTemp(z.dir, ".building-*")
 	if err != nil {
@@ -798,7 +817,7 @@ func (z *zipCache) build(ctx context.Context, p pe.ProtectedEntity) (cachedZip, 
 		return fail(err)
 	}
 	z.mu.Lock()
-	z.built[id] = true
+	z.built[id] = etag
 	z.mu.Unlock()
 	return cachedZip{f: tmp, size: size}, nil
 }

@@ -70,7 +70,7 @@ func TestSubresources(t *testing.T) {
 		// Not sub-resources: the object itself.
 		{"GET", obj, "versionId=null", 200, "object"},
 		{"GET", obj, "x-id=GetObject", 200, "object"},
-		{"GET", obj, "partNumber=1", 200, "object"},
+		{"GET", obj, "partNumber=1", 206, "object"},
 		{"GET", obj, "partNumber=2", 416, "InvalidPartNumber"},
 		{"GET", obj, "partNumber=0", 400, "InvalidArgument"},
 	} {

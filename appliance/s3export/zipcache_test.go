@@ -95,7 +95,7 @@ func TestZipCacheTrimDuringBuild(t *testing.T) {
 	}
 	results := make(chan result, 2)
 	get := func() {
-		c, err := z.get(ctx, zipPE{id: b, builds: builds, gate: gate})
+		c, err := z.get(ctx, zipPE{id: b, builds: builds, gate: gate}, `"b"`)
 		results <- result{c, err}
 	}
 	go get()
@@ -165,7 +165,7 @@ func TestZipCacheConcurrentGets(t *testing.T) {
 			for r := range rounds {
 				// Neighbours ask for the same snapshots at the same time.
 				p := pes[(w/2+r*3)%ids]
-				c, err := z.get(ctx, p)
+				c, err := z.get(ctx, p, `"`+p.id.String()+`"`)
 				if err == nil {
 					_, err = c.f.ReadAt(make([]byte, 1), c.size-1)
 					c.f.Close()

@@ -28,11 +28,22 @@ type s3Env struct {
 	access     string
 	secret     string
 	caFile     string
-	snap       string // the key of the disk snapshot
-	image      []byte // its bytes
-	etag       string // its ETag, quoted
-	rangeStart int64  // a range that is not aligned to anything
-	rangeEnd   int64  // inclusive
+	snap       string    // the key of the disk snapshot
+	image      []byte    // its bytes
+	etag       string    // its ETag, quoted
+	rangeStart int64     // a range that is not aligned to anything
+	rangeEnd   int64     // inclusive
+	started    time.Time // before the appliance first served its buckets
+}
+
+// checkCreated checks a bucket's creation date: when the appliance first
+// served the bucket, so after the test started (S3 dates have whole
+// milliseconds) and not in the future.
+func (s *s3Env) checkCreated(t *testing.T, bucket string, created time.Time) {
+	t.Helper()
+	if created.Before(s.started.Truncate(time.Millisecond)) || created.After(time.Now()) {
+		t.Errorf("bucket %s created %v, want when the appliance first served it: from %v to now", bucket, created, s.started)
+	}
 }
 
 func (s *s3Env) host() string { return strings.TrimPrefix(s.endpoint, "https://") }
@@ -165,8 +176,9 @@ func TestS3Clients(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	started := time.Now()
 	a := startServe(t, cfg)
-	s := &s3Env{a: a, dir: dir, endpoint: a.info["s3"], access: a.info["s3-access-key"], secret: a.info["s3-secret-key"],
+	s := &s3Env{a: a, dir: dir, started: started, endpoint: a.info["s3"], access: a.info["s3-access-key"], secret: a.info["s3-secret-key"],
 		caFile: filepath.Join(cfg, "tls", "cert.pem"), snap: snap, image: image,
 		rangeStart: 1<<20 + 7, rangeEnd: 3<<20 + 11}
 	mcl := s.minioClient(t)
@@ -216,9 +228,18 @@ func TestS3Clients(t *testing.T) {
 			t.Fatalf("buckets after a restart: %v %v", after, err)
 		}
 		for i := range after {
+			s.checkCreated(t, after[i].Name, after[i].CreationDate)
 			if !after[i].CreationDate.Equal(buckets[i].CreationDate) {
 				t.Errorf("bucket %s created %v after a restart, was %v", after[i].Name, after[i].CreationDate, buckets[i].CreationDate)
 			}
+		}
+		// The dates are kept in the appliance's own state directory, not
+		// with its temporary files.
+		if fi, err := os.Stat(filepath.Join(cfg, "state")); err != nil || fi.Mode().Perm() != 0o700 {
+			t.Errorf("S3 state directory: %v %v, want mode 0700", fi, err)
+		}
+		if _, err := os.Stat(filepath.Join(cfg, "state", "s3-bucket-dates.json")); err != nil {
+			t.Errorf("bucket dates not kept in the state directory: %v", err)
 		}
 		// A client that kept the ETag gets 304 from the restarted server.
 		s.refused(t, s.awsEnv(), []string{"304", "Not Modified"}, "aws", s.awsArgs("s3api", "get-object", "--bucket", "disk", "--key", snap,
@@ -264,9 +285,11 @@ func testAWSCLI(t *testing.T, s *s3Env) {
 		var names []string
 		for _, b := range out.Buckets {
 			names = append(names, b.Name)
-			if strings.HasPrefix(b.CreationDate, "2020-") || b.CreationDate == "" {
-				t.Errorf("bucket %s created %s", b.Name, b.CreationDate)
+			created, err := time.Parse(time.RFC3339, b.CreationDate)
+			if err != nil {
+				t.Errorf("bucket %s created %q: %v", b.Name, b.CreationDate, err)
 			}
+			s.checkCreated(t, b.Name, created)
 		}
 		if strings.Join(names, " ") != "copy disk fs fs-pe" {
 			t.Errorf("buckets: %v", names)
@@ -299,6 +322,23 @@ func testAWSCLI(t *testing.T, s *s3Env) {
 		aws(t, "s3api", "get-object", "--bucket", "disk", "--key", s.snap, "--range", fmt.Sprintf("bytes=%d-%d", s.rangeStart, s.rangeEnd), path)
 		got, _ := os.ReadFile(path)
 		sameBytes(t, "aws s3api get-object --range", got, s.wantRange())
+	})
+	t.Run("part-number", func(t *testing.T) {
+		// The ETag says multipart ("-1"): part 1 is the whole object.
+		var head struct {
+			PartsCount    int
+			ContentRange  string
+			ContentLength int64
+		}
+		json.Unmarshal(aws(t, "s3api", "head-object", "--bucket", "disk", "--key", s.snap, "--part-number", "1"), &head)
+		n := int64(len(s.image))
+		if head.PartsCount != 1 || head.ContentLength != n || head.ContentRange != fmt.Sprintf("bytes 0-%d/%d", n-1, n) {
+			t.Errorf("head-object --part-number 1: %+v, want 1 part of %d bytes", head, n)
+		}
+		path := filepath.Join(s.dir, "aws-part1.bin")
+		aws(t, "s3api", "get-object", "--bucket", "disk", "--key", s.snap, "--part-number", "1", path)
+		got, _ := os.ReadFile(path)
+		sameBytes(t, "aws s3api get-object --part-number 1", got, s.image)
 	})
 	t.Run("if-none-match", func(t *testing.T) {
 		var head struct{ ETag string }
@@ -482,9 +522,7 @@ func testMinioGo(t *testing.T, s *s3Env) {
 		var names []string
 		for _, b := range buckets {
 			names = append(names, b.Name)
-			if b.CreationDate.Year() < 2025 {
-				t.Errorf("bucket %s created %v", b.Name, b.CreationDate)
-			}
+			s.checkCreated(t, b.Name, b.CreationDate)
 		}
 		if strings.Join(names, " ") != "copy disk fs fs-pe" {
 			t.Errorf("buckets: %v", names)
