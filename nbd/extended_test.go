@@ -16,6 +16,13 @@ import (
 // base:allocation context, and enters export name.
 func extendedClient(t *testing.T, addr, name string) (*rawClient, uint16) {
 	t.Helper()
+	return extendedClientWith(t, addr, name, contextBaseAllocation)
+}
+
+// extendedClientWith connects to addr, negotiates extended headers and
+// the given meta contexts, and enters export name.
+func extendedClientWith(t *testing.T, addr, name string, contexts ...string) (*rawClient, uint16) {
+	t.Helper()
 	rc := &rawClient{t, rawHandshake(t, addr)}
 	t.Cleanup(func() { rc.c.Close() })
 	if typ, _ := rc.option(optExtendedHeaders, nil); typ != repAck {
@@ -23,9 +30,11 @@ func extendedClient(t *testing.T, addr, name string) (*rawClient, uint16) {
 	}
 	q := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
 	q = append(q, name...)
-	q = binary.BigEndian.AppendUint32(q, 1)
-	q = binary.BigEndian.AppendUint32(q, uint32(len(contextBaseAllocation)))
-	q = append(q, contextBaseAllocation...)
+	q = binary.BigEndian.AppendUint32(q, uint32(len(contexts)))
+	for _, c := range contexts {
+		q = binary.BigEndian.AppendUint32(q, uint32(len(c)))
+		q = append(q, c...)
+	}
 	sendOption(rc.c, optSetMetaContext, q)
 	for typ := uint32(0); typ != repAck; {
 		if typ, _ = readOptReply(t, rc.c); typ != repAck && typ != repMetaContext {

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -47,6 +48,19 @@ func startServer(t *testing.T, dir string, opts Options) (*Server, string) {
 
 func startServerOf(t *testing.T, src Source, opts Options) (*Server, string) {
 	t.Helper()
+	srv, addr, stop := runServer(t, src, opts)
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return srv, addr
+}
+
+// runServer runs a Server for src; stop ends it and waits for Serve to
+// return, 20 s at most. stop may be called more than once.
+func runServer(t *testing.T, src Source, opts Options) (srv *Server, addr string, stop func() error) {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -54,22 +68,23 @@ func startServerOf(t *testing.T, src Source, opts Options) (*Server, string) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	srv := NewServer(src, opts)
+	srv = NewServer(src, opts)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, l) }()
-	t.Cleanup(func() {
+	stop = sync.OnceValue(func() error {
 		cancel()
 		select {
 		case err := <-done:
 			if err != nil {
-				t.Errorf("Serve: %v", err)
+				return fmt.Errorf("Serve: %w", err)
 			}
+			return nil
 		case <-time.After(20 * time.Second):
-			t.Error("server did not stop within 20 s")
+			return errors.New("server did not stop within 20 s")
 		}
 	})
-	return srv, l.Addr().String()
+	return srv, l.Addr().String(), stop
 }
 
 // readRequest is a compact READ request header.

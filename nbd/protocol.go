@@ -106,10 +106,12 @@ const (
 const (
 	errPerm     = 1
 	errIO       = 5
+	errNoMem    = 12
 	errInval    = 22
 	errNoSpc    = 28
 	errOverflow = 75
 	errNotSup   = 95
+	errShutdown = 108
 )
 
 // The base:allocation meta context and its states.

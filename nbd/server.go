@@ -130,10 +130,11 @@ type Options struct {
 	// IdleTimeout closes a connection that sends no request while none
 	// is in flight for that long (default 15 minutes; negative: never).
 	IdleTimeout time.Duration
-	// WriteStallTimeout closes a connection on which a reply makes no
-	// progress for that long, which gives its buffers back (default 30
-	// seconds; negative: never). A slow reader that keeps reading is
-	// not cut.
+	// WriteStallTimeout closes a connection on which a reply, or the
+	// payload of a WRITE, makes no progress for that long, which gives
+	// its buffers back (default 30 seconds; negative: never, and a
+	// payload then has the idle timeout). A slow client that keeps
+	// reading or sending is not cut.
 	WriteStallTimeout time.Duration
 }
 

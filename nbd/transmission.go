@@ -119,7 +119,8 @@ func (cn *conn) transmit(ctx context.Context, log *slog.Logger) (err error) {
 				// Gone without NBD_CMD_DISC: nobody reads the replies
 				// of its reads, so they stop (an export that takes a
 				// context stops its backend reads). Writes in flight
-				// still land: they do not take the context.
+				// still land: they do not take the context (but zeros
+				// written the slow way stop between pieces).
 				cancel()
 				return nil
 			}
@@ -163,11 +164,14 @@ func (cn *conn) transmit(ctx context.Context, log *slog.Logger) (err error) {
 const maxReadPayload = 1 << 25
 
 // readPayload reads the payload that follows req's header, if any: the
-// bytes of a WRITE the server can carry out into a buffer of the pool,
+// bytes of a WRITE the server will carry out into a buffer of the pool,
 // any other payload into nothing, so that the connection stays in step
-// and check refuses the request with an error reply. A payload larger
-// than the server reads is grounds to hang up, as the protocol allows;
-// so is one that cannot be read whole.
+// and handle refuses the request with an error reply. A refused WRITE
+// takes no buffer, so that it cannot hold the memory budget (an
+// anonymous client's WRITEs all are refused: its exports are read-only).
+// A payload larger than the server reads is grounds to hang up, as the
+// protocol allows; so is one that cannot be read whole, or that stops
+// coming (see receive).
 func (cn *conn) readPayload(ctx context.Context, share *limiter, req request) ([]byte, *pooledBuf, error) {
 	if !req.payload {
 		return nil, nil, nil
@@ -176,8 +180,8 @@ func (cn *conn) readPayload(ctx context.Context, share *limiter, req request) ([
 	if req.length > limit {
 		return nil, nil, fmt.Errorf("request %d carries %d bytes, more than the %d read", req.typ, req.length, limit)
 	}
-	if req.typ != cmdWrite || req.length > uint64(cn.srv.opts.MaxRequest) {
-		if _, err := io.CopyN(io.Discard, cn.r, int64(req.length)); err != nil {
+	if cn.check(req) != nil {
+		if err := cn.receive(ctx, nil, int64(req.length)); err != nil {
 			return nil, nil, fmt.Errorf("request %d payload: %w", req.typ, err)
 		}
 		return nil, nil, nil
@@ -187,11 +191,48 @@ func (cn *conn) readPayload(ctx context.Context, share *limiter, req request) ([
 		return nil, nil, fmt.Errorf("request payload: %w", err)
 	}
 	payload := pb.b[:req.length]
-	if _, err := io.ReadFull(cn.r, payload); err != nil {
+	if err := cn.receive(ctx, payload, int64(len(payload))); err != nil {
 		cn.putBuffer(share, pb)
 		return nil, nil, fmt.Errorf("request payload: %w", err)
 	}
 	return payload, pb, nil
+}
+
+// receive reads n bytes of payload into p, or into nothing if p is nil.
+// Each stallChunk of it must come within the stall timeout (the idle
+// timeout if there is none): a client that stops sending a payload
+// midway is cut, and the buffer waiting for it goes back, while a slow
+// one that keeps sending is not.
+func (cn *conn) receive(ctx context.Context, p []byte, n int64) error {
+	stall := cn.srv.opts.WriteStallTimeout
+	if stall <= 0 {
+		stall = cn.srv.opts.IdleTimeout
+	}
+	for n > 0 {
+		m := min(n, stallChunk)
+		var deadline time.Time
+		if stall > 0 {
+			deadline = time.Now().Add(stall)
+		}
+		cn.c.SetReadDeadline(deadline)
+		// Checked after setting it: the server's shutdown sets a
+		// deadline of now, which the one above must not undo.
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var err error
+		if p == nil {
+			_, err = io.CopyN(io.Discard, cn.r, m) // through io.Discard's small buffers
+		} else {
+			_, err = io.ReadFull(cn.r, p[:m])
+			p = p[m:]
+		}
+		if err != nil {
+			return err
+		}
+		n -= m
+	}
+	return nil
 }
 
 // stallChunk is what a reply is written in pieces of: each must be taken
@@ -334,12 +375,12 @@ func (cn *conn) handle(ctx context.Context, log *slog.Logger, share *limiter, re
 		}
 		return cn.okReply(req), nil
 	case cmdWrite, cmdTrim, cmdWriteZeroes:
-		return cn.write(log, w, req, payload), nil
+		return cn.write(ctx, log, share, w, req, payload), nil
 	case cmdBlockStatus:
 		if len(cn.contexts) == 0 {
 			return cn.errorReply(req, errInval, "no meta context negotiated"), nil
 		}
-		return cn.blockStatus(ctx, log, req), nil
+		return cn.blockStatus(ctx, log, share, req)
 	}
 	return cn.errorReply(req, errInval, fmt.Sprintf("command %d not supported", req.typ)), nil
 }
@@ -382,8 +423,9 @@ func (cn *conn) check(req request) []byte {
 	return nil
 }
 
-// write runs WRITE, TRIM and WRITE_ZEROES.
-func (cn *conn) write(log *slog.Logger, w Writer, req request, payload []byte) []byte {
+// write runs WRITE, TRIM and WRITE_ZEROES. Only zeros written the slow
+// way take ctx: a WRITE lands even if the client is gone.
+func (cn *conn) write(ctx context.Context, log *slog.Logger, share *limiter, w Writer, req request, payload []byte) []byte {
 	off, n := int64(req.off), int64(req.length)
 	z, canZero := cn.export.(Zeroer)
 	var err error
@@ -406,11 +448,14 @@ func (cn *conn) write(log *slog.Logger, w Writer, req request, payload []byte) [
 			if req.flags&cmdFlagFastZero != 0 {
 				return cn.errorReply(req, errNotSup, "zeroing is not faster than writing here")
 			}
-			err = writeZeroes(w, off, n)
+			err = cn.writeZeroes(ctx, share, w, off, n)
 		}
 	}
 	if err == nil && req.flags&cmdFlagFUA != 0 {
 		err = w.Flush()
+	}
+	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return cn.errorReply(req, errShutdown, "connection or server ending")
 	}
 	if err != nil {
 		log.Error("nbd write", "command", req.typ, "offset", off, "length", n, "err", err)
@@ -419,10 +464,25 @@ func (cn *conn) write(log *slog.Logger, w Writer, req request, payload []byte) [
 	return cn.okReply(req)
 }
 
-// writeZeroes zeroes a range of an export that cannot do it any better.
-func writeZeroes(w io.WriterAt, off, n int64) error {
-	zeros := make([]byte, min(n, 1<<20))
+// zeroChunk is the most zeros written at once by writeZeroes.
+const zeroChunk = 1 << 20
+
+// writeZeroes zeroes a range of an export that cannot do it any better, a
+// piece at a time from one buffer of the memory budget. The range may be
+// as long as the export (64-bit lengths): it is given up between pieces
+// once ctx is done, so that a server that stops does not wait for it.
+func (cn *conn) writeZeroes(ctx context.Context, share *limiter, w io.WriterAt, off, n int64) error {
+	pb, err := cn.getBuffer(ctx, share, int(min(n, zeroChunk, int64(cn.srv.opts.MaxRequest))))
+	if err != nil {
+		return err
+	}
+	defer cn.putBuffer(share, pb)
+	zeros := pb.b[:cap(pb.b)]
+	clear(zeros) // a reused buffer holds what it held before
 	for n > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		m := min(n, int64(len(zeros)))
 		if _, err := w.WriteAt(zeros[:m], off); err != nil {
 			return err
@@ -569,77 +629,150 @@ func (cn *conn) readPieces(exts []Extent, off, n int64) ([]piece, int, error) {
 	return pieces, total, nil
 }
 
+const (
+	// statusWindow is the longest range an export is asked to describe
+	// at once: it builds all the extents of the range before the reply
+	// takes what it holds, and this bounds them (65536 of 4 KiB).
+	statusWindow = 256 << 20
+	// maxStatusScan bounds the range one block status request
+	// describes: the protocol lets a server describe less than asked,
+	// and clients ask again for the rest.
+	maxStatusScan = 16 << 30
+	// maxStatusReply bounds the descriptors of one block status reply,
+	// all meta contexts together (2 MiB of 64-bit ones).
+	maxStatusReply = 1 << 17
+	// statusGrain is the smallest extent a reply makes room for: the
+	// block of the filesystems and images served. Finer extents end a
+	// reply early, where the client asks on.
+	statusGrain = 4096
+)
+
 // blockStatus answers with one chunk per negotiated meta context: 32-bit
-// descriptors in structured mode, 64-bit ones with extended headers.
-func (cn *conn) blockStatus(ctx context.Context, log *slog.Logger, req request) []byte {
-	var out []byte
+// descriptors in structured mode, 64-bit ones with extended headers. The
+// reply is built in a buffer of the server's pool, taken before the
+// export is asked.
+func (cn *conn) blockStatus(ctx context.Context, log *slog.Logger, share *limiter, req request) ([]byte, *pooledBuf) {
+	limit := cn.statusLimit()
+	if limit == 0 {
+		return cn.errorReply(req, errNoMem, "too many meta contexts for the server's memory budget"), nil
+	}
+	// Room for a descriptor per block asked at most: the buffer of a
+	// short request's reply is small.
+	limit = int(min(uint64(limit), req.length/statusGrain+2))
+	if req.flags&cmdFlagReqOne != 0 {
+		limit = 1
+	}
+	head, size := cn.descriptorLayout()
+	pb, err := cn.getBuffer(ctx, share, len(cn.contexts)*(cn.chunkHeaderSize()+head+limit*size))
+	if err != nil {
+		return cn.errorReply(req, errIO, "server shutting down"), nil
+	}
+	typ := uint16(replyBlockStatus)
+	if cn.extended {
+		typ = replyBlockStatusExt
+	}
+	out := pb.b
 	for i, name := range cn.contexts {
-		exts, err := cn.status(ctx, name, int64(req.off), int64(req.length))
+		exts, err := cn.describe(ctx, name, int64(req.off), int64(req.length), limit)
+		if err == nil && len(exts) == 0 {
+			err = errors.New("no extents")
+		}
 		if err != nil {
+			cn.putBuffer(share, pb)
 			log.Error("nbd block status", "context", name, "offset", req.off, "err", err)
-			return cn.errorReply(req, errIO, "block status error")
-		}
-		if req.flags&cmdFlagReqOne != 0 && len(exts) > 1 {
-			exts = exts[:1]
-		}
-		if n := cn.maxDescriptors(); len(exts) > n {
-			exts = exts[:n]
-		}
-		id := uint32(i + 1)
-		var payload []byte
-		if cn.extended {
-			payload = binary.BigEndian.AppendUint32(payload, id)
-			payload = binary.BigEndian.AppendUint32(payload, 0) // count, set below
-		} else {
-			payload = binary.BigEndian.AppendUint32(payload, id)
-		}
-		left := int64(req.length)
-		count := 0
-		for _, e := range exts {
-			// Never describe more than was asked: in compact mode the
-			// request length is 32 bits, so every extent then fits.
-			n := min(e.Length, left)
-			if n <= 0 {
-				break
-			}
-			if cn.extended {
-				payload = binary.BigEndian.AppendUint64(payload, uint64(n))
-				payload = binary.BigEndian.AppendUint64(payload, uint64(e.Flags))
-			} else {
-				payload = binary.BigEndian.AppendUint32(payload, uint32(n))
-				payload = binary.BigEndian.AppendUint32(payload, e.Flags)
-			}
-			left -= n
-			count++
-		}
-		if count == 0 {
-			log.Error("nbd block status: no extents", "context", name, "offset", req.off)
-			return cn.errorReply(req, errIO, "block status error")
-		}
-		typ := uint16(replyBlockStatus)
-		if cn.extended {
-			typ = replyBlockStatusExt
-			binary.BigEndian.PutUint32(payload[4:], uint32(count))
+			return cn.errorReply(req, errIO, "block status error"), nil
 		}
 		flags := uint16(0)
 		if i == len(cn.contexts)-1 {
 			flags = replyFlagDone
 		}
-		out = cn.appendChunkHeader(out, req, flags, typ, len(payload))
-		out = append(out, payload...)
+		out = cn.appendChunkHeader(out, req, flags, typ, head+len(exts)*size)
+		out = binary.BigEndian.AppendUint32(out, uint32(i+1))
+		if cn.extended {
+			out = binary.BigEndian.AppendUint32(out, uint32(len(exts)))
+		}
+		for _, e := range exts {
+			// In compact mode every length fits in 32 bits: no more
+			// is described than the request's 32-bit length.
+			if cn.extended {
+				out = binary.BigEndian.AppendUint64(out, uint64(e.Length))
+				out = binary.BigEndian.AppendUint64(out, uint64(e.Flags))
+			} else {
+				out = binary.BigEndian.AppendUint32(out, uint32(e.Length))
+				out = binary.BigEndian.AppendUint32(out, e.Flags)
+			}
+		}
 	}
-	return out
+	return out, pb
+}
+
+// describe returns at most limit extents that describe [off, off+length)
+// in the named meta context, or a part of it from off on: the export is
+// asked a window at a time, and no further than maxStatusScan.
+// Neighbours in the same state are merged, so that a long hole is one
+// extent however many windows it spans.
+func (cn *conn) describe(ctx context.Context, name string, off, length int64, limit int) ([]Extent, error) {
+	var out []Extent
+	end := off + min(length, maxStatusScan)
+	for pos := off; pos < end; {
+		n := min(end-pos, statusWindow)
+		exts, err := cn.status(ctx, name, pos, n)
+		if err != nil {
+			return nil, err
+		}
+		covered := int64(0)
+		for _, e := range exts {
+			e.Length = min(e.Length, n-covered)
+			if e.Length <= 0 {
+				break
+			}
+			switch k := len(out); {
+			case k > 0 && out[k-1].Flags == e.Flags:
+				out[k-1].Length += e.Length
+			case k == limit:
+				return out, nil
+			default:
+				out = append(out, e)
+			}
+			covered += e.Length
+		}
+		if covered < n {
+			return out, nil // the export described less: so does the reply
+		}
+		pos += n
+	}
+	return out, nil
+}
+
+// statusLimit is how many descriptors a block status reply may give each
+// negotiated meta context: all together no more than maxStatusReply or
+// than one chunk may hold (but one each at least), and the whole reply
+// no more bytes than the largest READ reply, which a connection can
+// always get a buffer for. 0: not even one each fits.
+func (cn *conn) statusLimit() int {
+	head, size := cn.descriptorLayout()
+	k := len(cn.contexts)
+	fixed := int64(k * (cn.chunkHeaderSize() + head))
+	byBytes := (maxReplySize(cn.srv.opts.MaxRequest) - fixed) / int64(k*size)
+	byCount := max(1, min(cn.maxDescriptors(), maxStatusReply)/k)
+	return int(max(0, min(int64(byCount), byBytes)))
 }
 
 // maxDescriptors is how many descriptors one block status chunk may
 // hold: as many as the protocol advises, and no more than fit in the
 // maximum payload size, which binds the server's chunks too.
 func (cn *conn) maxDescriptors() int {
-	head, size := 4, 8
-	if cn.extended {
-		head, size = 8, 16
-	}
+	head, size := cn.descriptorLayout()
 	return max(1, min(maxStatusDescriptors, (cn.srv.opts.MaxRequest-head)/size))
+}
+
+// descriptorLayout returns the sizes of a block status chunk's fixed
+// part and of each of its descriptors.
+func (cn *conn) descriptorLayout() (head, size int) {
+	if cn.extended {
+		return 8, 16
+	}
+	return 4, 8
 }
 
 func (cn *conn) okReply(req request) []byte {

@@ -51,7 +51,8 @@ type Options struct {
 	// NBDMemory bounds the bytes of NBD requests and replies in flight
 	// (0: the nbd package's default); NBDMaxConns and
 	// NBDMaxConnsPerClient bound connections, NBDIdleTimeout closes idle
-	// ones, NBDWriteStallTimeout those whose replies make no progress
+	// ones, NBDWriteStallTimeout those whose replies (or WRITE payloads)
+	// make no progress
 	// (0: defaults; negative timeouts: never).
 	NBDMemory            int64
 	NBDMaxConns          int

@@ -94,7 +94,7 @@ SIGTERM lets running tasks finish (up to --drain) and exits cleanly.`,
 			&cli.IntFlag{Name: "nbd-max-conns", Value: 256, Usage: "NBD connections in all (`N`)"},
 			&cli.IntFlag{Name: "nbd-max-conns-per-client", Value: 64, Usage: "NBD connections from one IP address (`N`)"},
 			&cli.DurationFlag{Name: "nbd-idle-timeout", Value: 15 * time.Minute, Usage: "close NBD connections idle this long (0: never)"},
-			&cli.DurationFlag{Name: "nbd-write-stall-timeout", Value: 30 * time.Second, Usage: "close NBD connections whose replies make no progress for this long (0: never)"},
+			&cli.DurationFlag{Name: "nbd-write-stall-timeout", Value: 30 * time.Second, Usage: "close NBD connections whose replies or WRITE payloads make no progress for this long (0: never)"},
 		}, repoFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 0 {
