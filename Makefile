@@ -50,8 +50,11 @@ generated:
 	$(GO) generate ./api
 	@git diff --exit-code --stat -- api || { echo "api/: generated code is stale; run 'go generate ./api' and commit"; exit 1; }
 
+# cmd/astrolabe drives real clients (awscli, s3cmd, mc, qemu 10, rsync over
+# a Debian tree) and takes several minutes on its own: more than go test's
+# default 10.
 unit:
-	$(GO) test -count=1 ./...
+	$(GO) test -count=1 -timeout 25m ./...
 	$(GO) test -count=1 -tags vddk $(VDDK_PKGS)
 
 # Seconds of fuzzing per target in CI; `make fuzz-long` for a real run.

@@ -552,7 +552,14 @@ func startMount(t *testing.T, cfg, mnt string, args ...string) *exec.Cmd {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait(); syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		syscall.Unmount(mnt, syscall.MNT_DETACH)
+		if t.Failed() {
+			t.Logf("mount %s: stderr:\n%s", strings.Join(args, " "), stderr.String())
+		}
+	})
 	if sc := bufio.NewScanner(stdout); !sc.Scan() || !strings.HasPrefix(sc.Text(), "mounted at") {
 		cmd.Wait()
 		t.Fatalf("mount %s did not start: %s", strings.Join(args, " "), stderr.String())
