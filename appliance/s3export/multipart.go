@@ -66,6 +66,9 @@ type multipartStore struct {
 	// free is the room on the store's filesystem: bytes available to
 	// the appliance and its total size (statfs; tests replace it).
 	free func() (avail, total int64, err error)
+	// abortTaken, if set, runs after an Abort has taken its upload and
+	// before it removes the parts: tests send other requests there.
+	abortTaken func()
 
 	mu        sync.Mutex
 	uploads   map[string]*mpUpload
@@ -584,6 +587,9 @@ func (h *Handler) abortUpload(w http.ResponseWriter, key, id string) *s3Error {
 	s.mu.Unlock()
 	if serr != nil {
 		return serr
+	}
+	if s.abortTaken != nil {
+		s.abortTaken()
 	}
 	os.RemoveAll(u.dir)
 	h.log.Info("S3 multipart upload aborted", "key", key, "upload", id)

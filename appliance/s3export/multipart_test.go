@@ -600,42 +600,41 @@ func TestCompleteRetriedWhileRestoring(t *testing.T) {
 	}
 }
 
-// TestAbortRacesComplete sends Abort and Complete of the same upload at
-// once, many times: exactly one of them gets the upload, the other
-// NoSuchUpload, and a Complete that got it reads all its parts.
+// TestAbortRacesComplete: a Complete that comes while an Abort is
+// under way finds no upload, so that the Abort never removes the parts
+// of a restore.
 func TestAbortRacesComplete(t *testing.T) {
-	f := newMPFixture(t, UploadOptions{})
+	dir, m := samplestest.Config(t)
+	uc, err := usecase.New(usecase.Config{Manager: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := &gateRestorer{Restorer: uc, entered: make(chan struct{}, 1), proceed: make(chan struct{})}
+	f := newMPFixture(t, UploadOptions{Restorer: gate})
+	f.dir, f.m = dir, m // the gate restores into these
 	ctx := context.Background()
 	_, z := f.randomDiskZip(t, 64<<10)
-	const rounds = 40
-	for i := range rounds {
-		key := fmt.Sprintf("race%d.zip", i)
-		id, err := f.core.NewMultipartUpload(ctx, CopyBucket, key, minio.PutObjectOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		parts := f.uploadParts(t, key, id, z, minPartSize)
-		body := fmt.Sprintf("<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>%s</ETag></Part></CompleteMultipartUpload>", parts[0].ETag)
-		var abort, complete string
-		var wg sync.WaitGroup
-		wg.Add(2)
+	id, err := f.core.NewMultipartUpload(ctx, CopyBucket, "race.zip", minio.PutObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := f.uploadParts(t, "race.zip", id, z, minPartSize)
+	body := fmt.Sprintf("<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>%s</ETag></Part></CompleteMultipartUpload>", parts[0].ETag)
+	completed := make(chan string, 1)
+	f.h.mp.abortTaken = func() {
 		go func() {
-			defer wg.Done()
-			abort = answer(f.do("DELETE", "/copy/"+key+"?uploadId="+id, nil, nil, unsignedPayload))
+			completed <- answer(f.do("POST", "/copy/race.zip?uploadId="+id, nil, strings.NewReader(body), unsignedPayload))
 		}()
-		go func() {
-			defer wg.Done()
-			complete = answer(f.do("POST", "/copy/"+key+"?uploadId="+id, nil, strings.NewReader(body), unsignedPayload))
-		}()
-		wg.Wait()
-		if (abort == "204") == (complete == "200") || (abort != "204" && abort != "NoSuchUpload 404") || (complete != "200" && complete != "NoSuchUpload 404") {
-			t.Fatalf("round %d: abort %s, complete %s", i, abort, complete)
+		select {
+		case got := <-completed: // refused at once
+			completed <- got
+		case <-gate.entered: // the restore has the parts
 		}
 	}
-	for _, id := range f.opts.Tasks.List() {
-		if info, err := f.opts.Tasks.Wait(ctx, id); err != nil || info.Status != tasks.Success {
-			t.Errorf("restore %s: %+v %v", id, info, err)
-		}
+	abort := answer(f.do("DELETE", "/copy/race.zip?uploadId="+id, nil, nil, unsignedPayload))
+	close(gate.proceed)
+	if complete := <-completed; abort != "204" || complete != "NoSuchUpload 404" {
+		t.Errorf("abort %s, complete during the abort %s", abort, complete)
 	}
 	if left := f.uploadsLeft(t); len(left) != 0 {
 		t.Errorf("left: %v", left)
@@ -852,5 +851,54 @@ func TestChecksumTrailer(t *testing.T) {
 	}
 	if got := answer(f.do("PUT", target, header("x-amz-checksum-crc32"), chunked("x-amz-checksum-crc32", "x"), streamingSignedTrailer)); got != "NotImplemented 501" {
 		t.Errorf("signed trailer: %s", got)
+	}
+}
+
+// TestJanitorRacesComplete runs the janitor over many idle uploads while
+// each is completed: an upload is either expired (Complete: 404) or
+// restored whole, never removed under its restore.
+func TestJanitorRacesComplete(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	f := newMPFixture(t, UploadOptions{Now: clock})
+	ctx := context.Background()
+	_, z := f.randomDiskZip(t, 16<<10)
+	const uploads = 30
+	bodies := map[string]string{}
+	for i := range uploads {
+		key := fmt.Sprintf("idle%d.zip", i)
+		id, err := f.core.NewMultipartUpload(ctx, CopyBucket, key, minio.PutObjectOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		parts := f.uploadParts(t, key, id, z, minPartSize)
+		bodies["/copy/"+key+"?uploadId="+id] = fmt.Sprintf("<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>%s</ETag></Part></CompleteMultipartUpload>", parts[0].ETag)
+	}
+	mu.Lock()
+	now = now.Add(25 * time.Hour)
+	mu.Unlock()
+	var wg sync.WaitGroup
+	answers := make(chan string, uploads)
+	wg.Add(1)
+	go func() { defer wg.Done(); f.h.mp.expire() }()
+	for target, body := range bodies {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			answers <- answer(f.do("POST", target, nil, strings.NewReader(body), unsignedPayload))
+		}()
+	}
+	wg.Wait()
+	close(answers)
+	for a := range answers {
+		if a != "200" && a != "NoSuchUpload 404" {
+			t.Errorf("complete beside the janitor: %s", a)
+		}
+	}
+	for _, id := range f.opts.Tasks.List() {
+		if info, err := f.opts.Tasks.Wait(ctx, id); err != nil || info.Status != tasks.Success {
+			t.Errorf("restore %s: %+v %v", id, info, err)
+		}
 	}
 }
