@@ -3,14 +3,24 @@ package s3export
 import (
 	"bufio"
 	"crypto/hmac"
+	"crypto/sha1"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
+	"hash/crc32"
 	"io"
 	"strconv"
 	"strings"
+
+	"github.com/minio/crc64nvme"
 )
+
+// streamingSignedTrailer is signed chunks followed by a signed trailer:
+// not supported (receiveBody answers 501).
+const streamingSignedTrailer = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
 
 // maxChunkHeader bounds one chunk header line of an aws-chunked body.
 const maxChunkHeader = 4096
@@ -33,17 +43,52 @@ type chunkedReader struct {
 	}
 	chunkSig string
 	done     bool
+	// checksum is the trailer that carries the body's checksum, and sum
+	// its hash of what was read; nil: none.
+	checksum *trailerChecksum
 }
 
-func newChunkedReader(r io.Reader, sig *signedRequest) *chunkedReader {
-	cr := &chunkedReader{r: bufio.NewReaderSize(r, 64<<10), sig: sig, h: sha256.New()}
+// trailerChecksum is the checksum trailer x-amz-trailer announces.
+type trailerChecksum struct {
+	name string // x-amz-checksum-<algorithm>
+	sum  hash.Hash
+}
+
+func newChunkedReader(r io.Reader, sig *signedRequest, checksum *trailerChecksum) *chunkedReader {
+	cr := &chunkedReader{r: bufio.NewReaderSize(r, 64<<10), sig: sig, h: sha256.New(), checksum: checksum}
 	if sig != nil {
 		cr.prevSig = sig.seedSignature
 	}
 	return cr
 }
 
-var errBadChunk = errors.New("malformed aws-chunked body")
+// checksumAlgorithms are the x-amz-checksum-* trailers checked.
+var checksumAlgorithms = map[string]func() hash.Hash{
+	"x-amz-checksum-crc32":     func() hash.Hash { return crc32.NewIEEE() },
+	"x-amz-checksum-crc32c":    func() hash.Hash { return crc32.New(crc32.MakeTable(crc32.Castagnoli)) },
+	"x-amz-checksum-crc64nvme": func() hash.Hash { return crc64nvme.New() },
+	"x-amz-checksum-sha1":      sha1.New,
+	"x-amz-checksum-sha256":    sha256.New,
+}
+
+// newTrailerChecksum reads the x-amz-trailer header: the checksum to
+// check at the body's end, nil if none.
+func newTrailerChecksum(header string) (*trailerChecksum, error) {
+	name := strings.ToLower(strings.TrimSpace(header))
+	if name == "" {
+		return nil, nil
+	}
+	newHash, ok := checksumAlgorithms[name]
+	if !ok {
+		return nil, fmt.Errorf("x-amz-trailer %q: not a checksum this server knows (%s)", header, "x-amz-checksum-crc32, -crc32c, -crc64nvme, -sha1 or -sha256")
+	}
+	return &trailerChecksum{name: name, sum: newHash()}, nil
+}
+
+var (
+	errBadChunk    = errors.New("malformed aws-chunked body")
+	errBadChecksum = errors.New("the body does not match its checksum trailer")
+)
 
 func (cr *chunkedReader) Read(p []byte) (int, error) {
 	for cr.left == 0 {
@@ -59,6 +104,9 @@ func (cr *chunkedReader) Read(p []byte) (int, error) {
 	}
 	n, err := cr.r.Read(p)
 	cr.h.Write(p[:n])
+	if cr.checksum != nil {
+		cr.checksum.sum.Write(p[:n])
+	}
 	cr.left -= int64(n)
 	if err == io.EOF {
 		return n, io.ErrUnexpectedEOF
@@ -99,16 +147,37 @@ func (cr *chunkedReader) nextChunk() error {
 		if err := cr.checkSignature(); err != nil {
 			return err
 		}
-		for {
-			l, err := cr.line()
-			if err != nil {
-				return err
-			}
-			if l == "" {
-				break
-			}
+		if err := cr.trailers(); err != nil {
+			return err
 		}
 		cr.done = true
+	}
+	return nil
+}
+
+// trailers reads the trailers after the last chunk, and checks the
+// checksum trailer announced.
+func (cr *chunkedReader) trailers() error {
+	found := false
+	for {
+		l, err := cr.line()
+		if err != nil {
+			return err
+		}
+		if l == "" {
+			break
+		}
+		name, value, _ := strings.Cut(l, ":")
+		if cr.checksum == nil || !strings.EqualFold(strings.TrimSpace(name), cr.checksum.name) {
+			continue
+		}
+		found = true
+		if strings.TrimSpace(value) != base64.StdEncoding.EncodeToString(cr.checksum.sum.Sum(nil)) {
+			return fmt.Errorf("%w %s", errBadChecksum, cr.checksum.name)
+		}
+	}
+	if cr.checksum != nil && !found {
+		return fmt.Errorf("%w: no trailer %s", errBadChunk, cr.checksum.name)
 	}
 	return nil
 }

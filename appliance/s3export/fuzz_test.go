@@ -181,20 +181,20 @@ func FuzzChunked(f *testing.F) {
 		// chunks is a million signatures and tests nothing more.
 		data = data[:min(len(data), 4<<10)]
 		for _, s := range []*signedRequest{nil, sig} {
-			n, _ := io.Copy(io.Discard, io.LimitReader(newChunkedReader(bytes.NewReader(body), s), 1<<20))
+			n, _ := io.Copy(io.Discard, io.LimitReader(newChunkedReader(bytes.NewReader(body), s, nil), 1<<20))
 			if n > int64(len(body)) {
 				t.Fatalf("decoded %d bytes from a body of %d", n, len(body))
 			}
 		}
 		enc := chunkBody(sig, data, int(chunk)+1)
-		got, err := io.ReadAll(newChunkedReader(bytes.NewReader(enc), sig))
+		got, err := io.ReadAll(newChunkedReader(bytes.NewReader(enc), sig, nil))
 		if err != nil || !bytes.Equal(got, data) {
 			t.Fatalf("round trip of %d bytes in %d-byte chunks: %d bytes, %v", len(data), int(chunk)+1, len(got), err)
 		}
 		if len(enc) > 0 {
 			bad := bytes.Clone(enc)
 			bad[int(flip)%len(bad)] ^= 0x01
-			got, err := io.ReadAll(newChunkedReader(bytes.NewReader(bad), sig))
+			got, err := io.ReadAll(newChunkedReader(bytes.NewReader(bad), sig, nil))
 			if err == nil && !bytes.Equal(got, data) {
 				t.Fatalf("a flipped byte at %d decoded to other data without an error", int(flip)%len(bad))
 			}

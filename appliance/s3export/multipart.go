@@ -46,6 +46,15 @@ const (
 	maxCompleteBody = 8 << 20
 	// janitorInterval is how often the janitor looks for idle uploads.
 	janitorInterval = time.Hour
+	// maxCompleted bounds the completed uploads remembered for clients
+	// that retry CompleteMultipartUpload.
+	maxCompleted = 1000
+	// maxRestores bounds the restores of uploads that run at once; more
+	// wait as tasks.
+	maxRestores = 2
+	// roomCheckInterval is how often a receive checks the room left on
+	// the store's filesystem, in bytes written.
+	roomCheckInterval = 64 << 20
 )
 
 // multipartStore keeps the multipart uploads in progress.
@@ -53,8 +62,31 @@ type multipartStore struct {
 	dir  string
 	opts UploadOptions
 
-	mu      sync.Mutex
-	uploads map[string]*mpUpload
+	restores chan struct{} // a token per restore running
+	// free is the room on the store's filesystem: bytes available to
+	// the appliance and its total size (statfs; tests replace it).
+	free func() (avail, total int64, err error)
+	// abortTaken, if set, runs after an Abort has taken its upload and
+	// before it removes the parts: tests send other requests there.
+	abortTaken func()
+
+	mu        sync.Mutex
+	uploads   map[string]*mpUpload
+	completed map[string]*completion // by upload ID
+	reserved  int64                  // bytes receives in flight announced and have not written yet
+}
+
+// completion is the outcome of a CompleteMultipartUpload, replayed to a
+// client that sends it again (S3 answers a repeated Complete as the
+// first).
+type completion struct {
+	key  string
+	done chan struct{} // closed once the fields below are set
+	at   time.Time     // when it was done
+
+	serr                 *s3Error
+	etag, location       string
+	taskID, restoredPEID string
 }
 
 // mpUpload is one multipart upload in progress.
@@ -64,6 +96,7 @@ type mpUpload struct {
 	initiated time.Time
 	used      time.Time     // last request, for the janitor
 	parts     map[int]*part // received parts by number
+	total     int64         // bytes of parts
 	receiving int           // parts being received
 	closed    bool          // completed or aborted: takes no more parts
 }
@@ -91,7 +124,10 @@ func newMultipartStore(dir string, m pe.Manager, opts UploadOptions) (*multipart
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("S3 uploads: %w", err)
 	}
-	return &multipartStore{dir: dir, opts: opts, uploads: map[string]*mpUpload{}}, nil
+	s := &multipartStore{dir: dir, opts: opts, restores: make(chan struct{}, maxRestores),
+		uploads: map[string]*mpUpload{}, completed: map[string]*completion{}}
+	s.free = s.statfs
+	return s, nil
 }
 
 // isMultipart tells the requests of the copy bucket that belong to
@@ -152,7 +188,9 @@ func (h *Handler) createUpload(w http.ResponseWriter, key string) *s3Error {
 	s.uploads[id] = u
 	s.mu.Unlock()
 	if err := os.Mkdir(u.dir, 0o700); err != nil {
-		s.remove(u)
+		s.mu.Lock()
+		s.take(u)
+		s.mu.Unlock()
 		h.log.Error("S3 create multipart upload", "key", key, "err", err)
 		return errInternal()
 	}
@@ -173,30 +211,33 @@ func (s *multipartStore) lookup(key, id string) (*mpUpload, *s3Error) {
 	return u, nil
 }
 
-// remove forgets u and removes its parts, unless a restore has them.
-func (s *multipartStore) remove(u *mpUpload) {
-	s.mu.Lock()
+// take closes u and forgets it: whoever took an upload owns its parts
+// (to remove them, or to restore them); s.mu held.
+func (s *multipartStore) take(u *mpUpload) {
 	u.closed = true
-	if s.uploads[u.id] == u {
-		delete(s.uploads, u.id)
-	}
-	s.mu.Unlock()
-	os.RemoveAll(u.dir)
+	delete(s.uploads, u.id)
 }
 
-// expire removes the uploads idle for longer than opts.Idle.
+// expire removes the uploads idle for longer than opts.Idle, and forgets
+// the completions as old.
 func (s *multipartStore) expire() {
 	cutoff := s.opts.Now().Add(-s.opts.Idle)
 	var idle []*mpUpload
 	s.mu.Lock()
 	for _, u := range s.uploads {
-		if u.receiving == 0 && u.used.Before(cutoff) {
+		if !u.closed && u.receiving == 0 && u.used.Before(cutoff) {
+			s.take(u)
 			idle = append(idle, u)
+		}
+	}
+	for id, c := range s.completed {
+		if c.finished() && c.at.Before(cutoff) {
+			delete(s.completed, id)
 		}
 	}
 	s.mu.Unlock()
 	for _, u := range idle {
-		s.remove(u)
+		os.RemoveAll(u.dir)
 	}
 }
 
@@ -215,19 +256,91 @@ func (h *Handler) Janitor(ctx context.Context) {
 	}
 }
 
-// checkRoom refuses a payload of n bytes (-1: unknown) that would leave
-// the store's filesystem with less than 1% (1 MiB to 1 GiB) free.
-func (s *multipartStore) checkRoom(n int64) *s3Error {
+func (s *multipartStore) statfs() (avail, total int64, err error) {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(s.dir, &st); err != nil {
-		return nil // the write will tell
+		return 0, 0, err
 	}
-	free := int64(st.Bavail) * st.Bsize
-	reserve := min(max(int64(st.Blocks)*st.Bsize/100, 1<<20), 1<<30)
-	if max(n, 0) > free-reserve {
-		return &s3Error{http.StatusInsufficientStorage, "InsufficientStorage", fmt.Sprintf("the appliance has no room for %d more bytes of uploads (%d free)", n, free)}
+	return int64(st.Bavail) * st.Bsize, int64(st.Blocks) * st.Bsize, nil
+}
+
+func errNoRoom() *s3Error {
+	return &s3Error{http.StatusInsufficientStorage, "InsufficientStorage", "the appliance ran out of room for uploads"}
+}
+
+// hasRoom tells whether the store's filesystem has room for n more bytes
+// besides those the receives in flight announced, keeping 1% of it
+// (1 MiB to 1 GiB) free; s.mu held.
+func (s *multipartStore) hasRoom(n int64) bool {
+	avail, total, err := s.free()
+	if err != nil {
+		return true // the write will tell
+	}
+	reserve := min(max(total/100, 1<<20), 1<<30)
+	return n <= avail-s.reserved-reserve
+}
+
+// room is a receive's claim on the store's filesystem.
+type room struct {
+	s         *multipartStore
+	left      int64 // bytes announced and not written yet
+	unchecked int64 // bytes written since room was last checked
+}
+
+// claim reserves room for a payload of n bytes (-1: unknown, checked
+// while it is written).
+func (s *multipartStore) claim(n int64) (*room, *s3Error) {
+	n = max(n, 0)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.hasRoom(n) {
+		return nil, &s3Error{http.StatusInsufficientStorage, "InsufficientStorage", fmt.Sprintf("the appliance has no room for %d more bytes of uploads", n)}
+	}
+	s.reserved += n
+	return &room{s: s, left: n}, nil
+}
+
+// wrote accounts for n bytes written, and checks every
+// roomCheckInterval bytes that the filesystem still has room: a payload
+// of unknown size, or many at once, may not fill it.
+func (c *room) wrote(n int64) error {
+	s := c.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	done := min(n, c.left)
+	c.left -= done
+	s.reserved -= done
+	c.unchecked += n
+	if c.unchecked < roomCheckInterval {
+		return nil
+	}
+	c.unchecked = 0
+	if !s.hasRoom(0) {
+		return fmt.Errorf("uploads: less room left than reserved: %w", syscall.ENOSPC)
 	}
 	return nil
+}
+
+// release gives back what c reserved and was not written.
+func (c *room) release() {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	c.s.reserved -= c.left
+	c.left = 0
+}
+
+// roomWriter writes to w within a room claim.
+type roomWriter struct {
+	w    io.Writer
+	room *room
+}
+
+func (rw roomWriter) Write(p []byte) (int, error) {
+	n, err := rw.w.Write(p)
+	if err == nil {
+		err = rw.room.wrote(int64(n))
+	}
+	return n, err
 }
 
 func (h *Handler) uploadPart(w http.ResponseWriter, r *http.Request, key string, sig *signedRequest) *s3Error {
@@ -244,9 +357,11 @@ func (h *Handler) uploadPart(w http.ResponseWriter, r *http.Request, key string,
 		return &s3Error{http.StatusBadRequest, "EntityTooLarge", fmt.Sprintf("a part may have at most %d bytes", int64(maxPartSize))}
 	}
 	s := h.mp
-	if serr := s.checkRoom(size); serr != nil {
+	room, serr := s.claim(size)
+	if serr != nil {
 		return serr
 	}
+	defer room.release()
 	s.mu.Lock()
 	u, serr := s.lookup(key, q.Get("uploadId"))
 	if serr == nil {
@@ -257,7 +372,7 @@ func (h *Handler) uploadPart(w http.ResponseWriter, r *http.Request, key string,
 	if serr != nil {
 		return serr
 	}
-	p, serr := h.receivePart(r, sig, u, number)
+	p, serr := h.receivePart(r, sig, u, number, room)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	u.receiving--
@@ -265,7 +380,7 @@ func (h *Handler) uploadPart(w http.ResponseWriter, r *http.Request, key string,
 	if serr == nil && u.closed {
 		serr = errNoSuchUpload(u.id)
 	}
-	if serr == nil && u.size()+p.size-u.partSize(number) > h.cfg.MaxUpload {
+	if serr == nil && u.total+p.size-u.partSize(number) > h.cfg.MaxUpload {
 		serr = &s3Error{http.StatusBadRequest, "EntityTooLarge", fmt.Sprintf("uploads are limited to %d bytes", h.cfg.MaxUpload)}
 	}
 	if serr != nil {
@@ -281,6 +396,7 @@ func (h *Handler) uploadPart(w http.ResponseWriter, r *http.Request, key string,
 	if old := u.parts[number]; old != nil {
 		os.Remove(old.file)
 	}
+	u.total += p.size - u.partSize(number)
 	u.parts[number] = p
 	w.Header().Set("ETag", p.etag())
 	w.WriteHeader(http.StatusOK)
@@ -288,17 +404,19 @@ func (h *Handler) uploadPart(w http.ResponseWriter, r *http.Request, key string,
 }
 
 // receivePart writes a part's body to a file of its own in u's directory.
-func (h *Handler) receivePart(r *http.Request, sig *signedRequest, u *mpUpload, number int) (*part, *s3Error) {
+func (h *Handler) receivePart(r *http.Request, sig *signedRequest, u *mpUpload, number int, room *room) (*part, *s3Error) {
 	f, err := os.CreateTemp(u.dir, fmt.Sprintf("part-%05d-*", number))
-	if errors.Is(err, os.ErrNotExist) {
+	switch {
+	case errors.Is(err, os.ErrNotExist):
 		return nil, errNoSuchUpload(u.id) // aborted or expired meanwhile
-	}
-	if err != nil {
+	case errors.Is(err, syscall.ENOSPC):
+		return nil, errNoRoom()
+	case err != nil:
 		h.log.Error("S3 upload part", "key", u.key, "upload", u.id, "err", err)
 		return nil, errInternal()
 	}
 	p := &part{number: number, file: f.Name()}
-	n, sum, serr := receiveBody(r, sig, f, maxPartSize)
+	n, sum, serr := receiveBody(r, sig, roomWriter{f, room}, maxPartSize)
 	if err := f.Close(); err != nil && serr == nil {
 		h.log.Error("S3 upload part", "key", u.key, "upload", u.id, "err", err)
 		serr = errInternal()
@@ -309,15 +427,6 @@ func (h *Handler) receivePart(r *http.Request, sig *signedRequest, u *mpUpload, 
 	}
 	p.size, p.md5, p.modified = n, sum, h.mp.opts.Now().UTC()
 	return p, nil
-}
-
-// size is the bytes of u's parts; s.mu held.
-func (u *mpUpload) size() int64 {
-	var n int64
-	for _, p := range u.parts {
-		n += p.size
-	}
-	return n
 }
 
 // partSize is the size of part number, 0 if it has none; s.mu held.
@@ -395,10 +504,11 @@ func (h *Handler) listParts(w http.ResponseWriter, key string, q url.Values) *s3
 	out := listPartsXML{NS: s3NS, Bucket: CopyBucket, Key: key, UploadID: u.id, Initiator: owner, Owner: owner,
 		StorageClass: "STANDARD", PartNumberMarker: marker, MaxParts: limit}
 	if len(parts) > limit {
-		parts, out.IsTruncated = parts[:limit], true
+		// A page of none is not truncated: it would never advance.
+		parts, out.IsTruncated = parts[:limit], limit > 0
 	}
 	for _, p := range parts {
-		out.Parts = append(out.Parts, partXML{PartNumber: p.number, LastModified: p.modified.Format(time.RFC3339Nano), ETag: p.etag(), Size: p.size})
+		out.Parts = append(out.Parts, partXML{PartNumber: p.number, LastModified: p.modified.Format(s3Time), ETag: p.etag(), Size: p.size})
 		out.NextPartNumberMarker = p.number
 	}
 	return writeXML(w, out)
@@ -457,11 +567,11 @@ func (h *Handler) listUploads(w http.ResponseWriter, q url.Values) *s3Error {
 	})
 	out := listUploadsXML{NS: s3NS, Bucket: CopyBucket, KeyMarker: keyMarker, UploadIDMarker: idMarker, Prefix: prefix, MaxUploads: limit}
 	if len(ups) > limit {
-		ups, out.IsTruncated = ups[:limit], true
+		ups, out.IsTruncated = ups[:limit], limit > 0
 	}
 	for _, u := range ups {
 		out.Uploads = append(out.Uploads, uploadXML{Key: u.key, UploadID: u.id, Initiator: owner, Owner: owner,
-			StorageClass: "STANDARD", Initiated: u.initiated.UTC().Format(time.RFC3339Nano)})
+			StorageClass: "STANDARD", Initiated: u.initiated.UTC().Format(s3Time)})
 		out.NextKeyMarker, out.NextUploadIDMarker = u.key, u.id
 	}
 	return writeXML(w, out)
@@ -471,11 +581,17 @@ func (h *Handler) abortUpload(w http.ResponseWriter, key, id string) *s3Error {
 	s := h.mp
 	s.mu.Lock()
 	u, serr := s.lookup(key, id)
+	if serr == nil {
+		s.take(u)
+	}
 	s.mu.Unlock()
 	if serr != nil {
 		return serr
 	}
-	s.remove(u)
+	if s.abortTaken != nil {
+		s.abortTaken()
+	}
+	os.RemoveAll(u.dir)
 	h.log.Info("S3 multipart upload aborted", "key", key, "upload", id)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
@@ -499,6 +615,19 @@ type completeResultXML struct {
 }
 
 func (h *Handler) completeUpload(w http.ResponseWriter, r *http.Request, key string, sig *signedRequest) *s3Error {
+	s := h.mp
+	id := r.URL.Query().Get("uploadId")
+	// The upload is looked up before its part list is read: an unknown
+	// one costs no body.
+	s.mu.Lock()
+	c, serr := s.completedOrOpen(key, id)
+	s.mu.Unlock()
+	if c != nil {
+		return c.replay(w, r)
+	}
+	if serr != nil {
+		return serr
+	}
 	var body bytes.Buffer
 	if _, _, serr := receiveBody(r, sig, &body, maxCompleteBody); serr != nil {
 		return serr
@@ -507,36 +636,112 @@ func (h *Handler) completeUpload(w http.ResponseWriter, r *http.Request, key str
 	if err := xml.Unmarshal(body.Bytes(), &req); err != nil || len(req.Parts) == 0 {
 		return &s3Error{http.StatusBadRequest, "MalformedXML", "want a CompleteMultipartUpload with at least one Part"}
 	}
-	s := h.mp
 	s.mu.Lock()
-	u, serr := s.lookup(key, r.URL.Query().Get("uploadId"))
+	c, serr = s.completedOrOpen(key, id) // again: another Complete may have come first
+	u := s.uploads[id]
 	var parts []*part
-	if serr == nil {
+	if c == nil && serr == nil {
 		parts, serr = u.choose(req)
 	}
-	if serr == nil && sumSizes(parts) > h.cfg.MaxUpload {
+	if c == nil && serr == nil && sumSizes(parts) > h.cfg.MaxUpload {
 		serr = &s3Error{http.StatusBadRequest, "EntityTooLarge", fmt.Sprintf("uploads are limited to %d bytes", h.cfg.MaxUpload)}
 	}
-	if serr == nil {
-		// The parts are the restore's now.
-		u.closed = true
-		delete(s.uploads, u.id)
+	mine := c == nil && serr == nil
+	if mine {
+		// The parts are the restore's now; a retry waits for its outcome.
+		s.take(u)
+		c = s.complete(key, id)
 	}
 	s.mu.Unlock()
 	if serr != nil {
 		return serr
 	}
-	etag := multipartETag(parts)
+	if !mine {
+		return c.replay(w, r)
+	}
+	defer s.finish(c)
+	c.etag = multipartETag(parts)
+	c.location = objectURL(baseURL(r), CopyBucket, key)
 	src := newPartsReader(parts)
 	release := func() {
 		src.Close()
 		os.RemoveAll(u.dir)
 	}
 	h.log.Info("S3 multipart upload complete: restoring", "key", key, "upload", u.id, "parts", len(parts), "bytes", src.size)
-	if serr := h.restoreUpload(w, r, key, src, src.size, etag, release); serr != nil {
-		return serr
+	c.serr = h.restoreUpload(w, r, key, src, src.size, c.etag, release)
+	c.taskID, c.restoredPEID = w.Header().Get(TaskIDHeader), w.Header().Get(PEIDHeader)
+	if c.serr != nil {
+		return c.serr
 	}
-	return writeXML(w, completeResultXML{NS: s3NS, Location: objectURL(baseURL(r), CopyBucket, key), Bucket: CopyBucket, Key: key, ETag: etag})
+	return writeXML(w, c.result())
+}
+
+// completedOrOpen returns the completion of upload id of key, or checks
+// that it is open; s.mu held.
+func (s *multipartStore) completedOrOpen(key, id string) (*completion, *s3Error) {
+	if c := s.completed[id]; c != nil && c.key == key {
+		return c, nil
+	}
+	_, serr := s.lookup(key, id)
+	return nil, serr
+}
+
+// complete records that upload id of key is being completed, forgetting
+// the oldest completion past maxCompleted; s.mu held.
+func (s *multipartStore) complete(key, id string) *completion {
+	if len(s.completed) >= maxCompleted {
+		var oldest string
+		for id, c := range s.completed {
+			if c.finished() && (oldest == "" || c.at.Before(s.completed[oldest].at)) {
+				oldest = id
+			}
+		}
+		delete(s.completed, oldest)
+	}
+	c := &completion{key: key, done: make(chan struct{})}
+	s.completed[id] = c
+	return c
+}
+
+// finish records that c is done and wakes the retries waiting for it.
+func (s *multipartStore) finish(c *completion) {
+	s.mu.Lock()
+	c.at = s.opts.Now()
+	s.mu.Unlock()
+	close(c.done)
+}
+
+func (c *completion) finished() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (c *completion) result() completeResultXML {
+	return completeResultXML{NS: s3NS, Location: c.location, Bucket: CopyBucket, Key: c.key, ETag: c.etag}
+}
+
+// replay answers a repeated CompleteMultipartUpload as the first was
+// answered, once it is.
+func (c *completion) replay(w http.ResponseWriter, r *http.Request) *s3Error {
+	select {
+	case <-c.done:
+	case <-r.Context().Done():
+		return nil // the client is gone
+	}
+	if c.taskID != "" {
+		w.Header().Set(TaskIDHeader, c.taskID)
+	}
+	if c.restoredPEID != "" {
+		w.Header().Set(PEIDHeader, c.restoredPEID)
+	}
+	if c.serr != nil {
+		return c.serr
+	}
+	return writeXML(w, c.result())
 }
 
 // choose checks a CompleteMultipartUpload's part list against the parts
@@ -629,9 +834,11 @@ func (pr *partsReader) ReadAt(b []byte, off int64) (int, error) {
 		n, off = n+m, off+int64(m)
 		if m < want {
 			if err == nil || err == io.EOF {
-				err = fmt.Errorf("part %s: shorter than received: %w", filepath.Base(f.Name()), io.ErrUnexpectedEOF)
+				// Not io.ErrUnexpectedEOF: the zip is not at fault, the
+				// store is (copyError answers 500).
+				err = errPartShort
 			}
-			return n, err
+			return n, fmt.Errorf("part %s: %w", filepath.Base(f.Name()), storeError{err})
 		}
 	}
 	if n < len(b) {
@@ -639,6 +846,8 @@ func (pr *partsReader) ReadAt(b []byte, off int64) (int, error) {
 	}
 	return n, nil
 }
+
+var errPartShort = errors.New("shorter than received")
 
 // file returns part i open; pr.mu held.
 func (pr *partsReader) file(i int) (*os.File, error) {
@@ -650,7 +859,7 @@ func (pr *partsReader) file(i int) (*os.File, error) {
 	}
 	f, err := os.Open(pr.files[i])
 	if err != nil {
-		return nil, fmt.Errorf("parts: %w", err)
+		return nil, fmt.Errorf("parts: %w", storeError{err})
 	}
 	if len(pr.lru) == maxOpenParts {
 		pr.open[pr.lru[0]].Close()

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,6 +28,7 @@ import (
 
 	"github.com/astrolabe-appliance/astrolabe/appliance/samples/samplestest"
 	"github.com/astrolabe-appliance/astrolabe/appliance/tasks"
+	"github.com/astrolabe-appliance/astrolabe/appliance/usecase"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 )
 
@@ -236,9 +238,14 @@ func TestMultipartUpload(t *testing.T) {
 	if err != nil || st.ETag != info.ETag || st.Size != int64(len(z)) {
 		t.Errorf("HEAD after the upload: %+v %v", st, err)
 	}
-	_, err = f.core.CompleteMultipartUpload(ctx, CopyBucket, "big.zip", id, parts, minio.PutObjectOptions{})
-	if got := s3Code(err); got != "NoSuchUpload 404" {
-		t.Errorf("complete again: %s", got)
+	// A retried Complete is answered as the first, restoring nothing more.
+	again, err := f.core.CompleteMultipartUpload(ctx, CopyBucket, "big.zip", id, parts, minio.PutObjectOptions{})
+	h2 := f.header("POST", "/copy/big.zip")
+	if err != nil || again.ETag != info.ETag || h2.Get(TaskIDHeader) != h.Get(TaskIDHeader) || h2.Get(PEIDHeader) != h.Get(PEIDHeader) {
+		t.Errorf("complete again: %+v %v, task %q PE %q", again, err, h2.Get(TaskIDHeader), h2.Get(PEIDHeader))
+	}
+	if n := len(f.opts.Tasks.List()); n != 1 {
+		t.Errorf("%d tasks after a retried Complete, want 1", n)
 	}
 
 	// A single PUT is restored as a task too.
@@ -507,5 +514,384 @@ func TestMultipartAbortAndJanitor(t *testing.T) {
 	}
 	if left := f.uploadsLeft(t); len(left) != 0 {
 		t.Errorf("left after a restart: %v", left)
+	}
+}
+
+// do sends a request signed with payload as x-amz-content-sha256 straight
+// to the handler.
+func (f *mpFixture) do(method, target string, header map[string]string, body io.Reader, payload string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(method, target, body)
+	for k, v := range header {
+		r.Header.Set(k, v)
+	}
+	if v, ok := header["Content-Length"]; ok {
+		fmt.Sscan(v, &r.ContentLength)
+	}
+	signAt(r, accessKey, secretKey, payload, time.Now())
+	w := httptest.NewRecorder()
+	f.h.ServeHTTP(w, r)
+	return w
+}
+
+func answer(w *httptest.ResponseRecorder) string {
+	if w.Code < 300 {
+		return fmt.Sprint(w.Code)
+	}
+	return fmt.Sprintf("%s %d", errorCode(w.Body.Bytes()), w.Code)
+}
+
+// gateRestorer restores with the appliance's use cases once a test lets
+// it, counting the restores.
+type gateRestorer struct {
+	Restorer
+	entered chan struct{}
+	proceed chan struct{}
+}
+
+// newGatedFixture is an mpFixture whose restores wait at a gate; the
+// gate restores into the fixture's samples (f.dir, f.m), the handler's
+// own Manager only tells the PE types.
+func newGatedFixture(t *testing.T, entered int) (*mpFixture, *gateRestorer) {
+	t.Helper()
+	dir, m := samplestest.Config(t)
+	uc, err := usecase.New(usecase.Config{Manager: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := &gateRestorer{Restorer: uc, entered: make(chan struct{}, entered), proceed: make(chan struct{})}
+	f := newMPFixture(t, UploadOptions{Restorer: gate})
+	f.dir, f.m = dir, m
+	return f, gate
+}
+
+func (g *gateRestorer) Copy(ctx context.Context, src pe.ProtectedEntity, typ string, opts pe.CopyOptions, progress pe.Progress) (pe.ProtectedEntity, error) {
+	g.entered <- struct{}{}
+	<-g.proceed
+	return g.Restorer.Copy(ctx, src, typ, opts, progress)
+}
+
+// TestCompleteRetriedWhileRestoring: a Complete sent again while the
+// first one's restore runs waits for it and gets the same answer; the
+// zip is restored once.
+func TestCompleteRetriedWhileRestoring(t *testing.T) {
+	f, gate := newGatedFixture(t, 2)
+	ctx := context.Background()
+	image, z := f.randomDiskZip(t, 6<<20)
+	id, err := f.core.NewMultipartUpload(ctx, CopyBucket, "twice.zip", minio.PutObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := f.uploadParts(t, "twice.zip", id, z, minPartSize)
+	type result struct {
+		info minio.UploadInfo
+		err  error
+	}
+	results := make(chan result, 2)
+	complete := func() {
+		info, err := f.core.CompleteMultipartUpload(ctx, CopyBucket, "twice.zip", id, parts, minio.PutObjectOptions{})
+		results <- result{info, err}
+	}
+	go complete()
+	<-gate.entered
+	go complete()
+	// The second Complete must not start a restore of its own: the
+	// first's goes on only now, and the gate counts.
+	close(gate.proceed)
+	first, second := <-results, <-results
+	if first.err != nil || second.err != nil || first.info.ETag != second.info.ETag {
+		t.Fatalf("completes: %+v, %+v", first, second)
+	}
+	if len(gate.entered) != 0 || len(f.opts.Tasks.List()) != 1 {
+		t.Errorf("%d more restores, %d tasks: want 1 restore", len(gate.entered), len(f.opts.Tasks.List()))
+	}
+	if got := f.restoredDisk(t, f.header("POST", "/copy/twice.zip")); !bytes.Equal(got, image) {
+		t.Error("the restored disk differs")
+	}
+}
+
+// TestAbortRacesComplete: a Complete that comes while an Abort is
+// under way finds no upload, so that the Abort never removes the parts
+// of a restore.
+func TestAbortRacesComplete(t *testing.T) {
+	f, gate := newGatedFixture(t, 1)
+	ctx := context.Background()
+	_, z := f.randomDiskZip(t, 64<<10)
+	id, err := f.core.NewMultipartUpload(ctx, CopyBucket, "race.zip", minio.PutObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := f.uploadParts(t, "race.zip", id, z, minPartSize)
+	body := fmt.Sprintf("<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>%s</ETag></Part></CompleteMultipartUpload>", parts[0].ETag)
+	completed := make(chan string, 1)
+	f.h.mp.abortTaken = func() {
+		go func() {
+			completed <- answer(f.do("POST", "/copy/race.zip?uploadId="+id, nil, strings.NewReader(body), unsignedPayload))
+		}()
+		select {
+		case got := <-completed: // refused at once
+			completed <- got
+		case <-gate.entered: // the restore has the parts
+		}
+	}
+	abort := answer(f.do("DELETE", "/copy/race.zip?uploadId="+id, nil, nil, unsignedPayload))
+	close(gate.proceed)
+	if complete := <-completed; abort != "204" || complete != "NoSuchUpload 404" {
+		t.Errorf("abort %s, complete during the abort %s", abort, complete)
+	}
+	if left := f.uploadsLeft(t); len(left) != 0 {
+		t.Errorf("left: %v", left)
+	}
+}
+
+// TestUploadRoom: receives in flight count against the room on the
+// store's filesystem, and a payload of unknown size is stopped when it
+// would eat into the reserve.
+func TestUploadRoom(t *testing.T) {
+	f := newMPFixture(t, UploadOptions{})
+	ctx := context.Background()
+	// A filesystem of 100 MiB (1 MiB reserve) with 40 MiB free besides
+	// what the store holds.
+	f.h.mp.free = func() (int64, int64, error) {
+		used := int64(0)
+		filepath.WalkDir(f.h.mp.dir, func(_ string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				if fi, err := d.Info(); err == nil {
+					used += fi.Size()
+				}
+			}
+			return nil
+		})
+		return 40<<20 - used, 100 << 20, nil
+	}
+	id, err := f.core.NewMultipartUpload(ctx, CopyBucket, "room.zip", minio.PutObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	part := func(n int) string { return fmt.Sprintf("/copy/room.zip?partNumber=%d&uploadId=%s", n, id) }
+	// Part 1 announces 30 MiB and sends one byte, then waits.
+	pr, pw := io.Pipe()
+	first := make(chan string, 1)
+	go func() {
+		first <- answer(f.do("PUT", part(1), map[string]string{"Content-Length": fmt.Sprint(30 << 20)}, pr, unsignedPayload))
+	}()
+	if _, err := pw.Write([]byte{0}); err != nil {
+		t.Fatal(err)
+	}
+	// 30 MiB announced + 10 MiB > 40 MiB - 1 MiB reserve.
+	ten := make([]byte, 10<<20)
+	if got := answer(f.do("PUT", part(2), nil, bytes.NewReader(ten), unsignedPayload)); got != "InsufficientStorage 507" {
+		t.Errorf("part past the room others announced: %s", got)
+	}
+	if got := answer(f.do("PUT", part(2), nil, bytes.NewReader(ten[:8<<20]), unsignedPayload)); got != "200" {
+		t.Errorf("part within the room: %s", got)
+	}
+	pw.CloseWithError(errors.New("client gone"))
+	if got := <-first; got != "IncompleteBody 400" {
+		t.Errorf("part 1: %s", got)
+	}
+	if err := f.core.AbortMultipartUpload(ctx, CopyBucket, "room.zip", id); err != nil {
+		t.Fatal(err)
+	}
+
+	// An aws-chunked PUT that does not say its size is stopped at the
+	// first check past the room, and leaves nothing.
+	big := make([]byte, roomCheckInterval+(1<<20))
+	var body bytes.Buffer
+	for off := 0; off < len(big); off += 1 << 20 {
+		fmt.Fprintf(&body, "%x\r\n", 1<<20)
+		body.Write(big[off : off+1<<20])
+		body.WriteString("\r\n")
+	}
+	body.WriteString("0\r\n\r\n")
+	got := answer(f.do("PUT", "/copy/unknown.zip", map[string]string{"Content-Encoding": "aws-chunked"}, &body, streamingUnsignedTrailer))
+	if got != "InsufficientStorage 507" {
+		t.Errorf("PUT of unknown size past the room: %s", got)
+	}
+	if left := f.uploadsLeft(t); len(left) != 0 {
+		t.Errorf("left: %v", left)
+	}
+	if f.h.mp.reserved != 0 {
+		t.Errorf("%d bytes still reserved", f.h.mp.reserved)
+	}
+}
+
+// TestMultipartListingsAndErrors: empty pages, S3's dates, and the
+// status classes of what is not the client's fault.
+func TestMultipartListingsAndErrors(t *testing.T) {
+	f := newMPFixture(t, UploadOptions{})
+	ctx := context.Background()
+	_, z := f.randomDiskZip(t, 6<<20)
+	id, err := f.core.NewMultipartUpload(ctx, CopyBucket, "l.zip", minio.PutObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := f.uploadParts(t, "l.zip", id, z, minPartSize)
+
+	for _, target := range []string{"/copy/l.zip?max-parts=0&uploadId=" + id, "/copy?max-uploads=0&uploads"} {
+		w := f.do("GET", target, nil, nil, emptySHA256)
+		if b := w.Body.String(); w.Code != 200 || !strings.Contains(b, "<IsTruncated>false</IsTruncated>") || strings.Contains(b, "<Part>") || strings.Contains(b, "<Upload>") {
+			t.Errorf("GET %s: %d %s", target, w.Code, b)
+		}
+	}
+	w := f.do("GET", "/copy/l.zip?uploadId="+id, nil, nil, emptySHA256)
+	w2 := f.do("GET", "/copy?uploads", nil, nil, emptySHA256)
+	for _, b := range []string{w.Body.String(), w2.Body.String()} {
+		for _, tag := range []string{"LastModified", "Initiated"} {
+			_, rest, ok := strings.Cut(b, "<"+tag+">")
+			if !ok {
+				continue
+			}
+			v, _, _ := strings.Cut(rest, "<")
+			if _, err := time.Parse(s3Time, v); err != nil {
+				t.Errorf("%s %q is not S3's form: %v", tag, v, err)
+			}
+		}
+	}
+
+	// Not the multipart requests: wrong methods on the copy bucket.
+	for _, tc := range []struct{ method, target string }{{"GET", "/copy/l.zip?uploads"}, {"POST", "/copy?uploads"}} {
+		if got := answer(f.do(tc.method, tc.target, nil, nil, emptySHA256)); got != "MethodNotAllowed 405" {
+			t.Errorf("%s %s: %s", tc.method, tc.target, got)
+		}
+	}
+
+	// Complete of an unknown upload does not read its body.
+	bad := io.MultiReader(strings.NewReader("<Complete"), iotestErr{})
+	if got := answer(f.do("POST", "/copy/l.zip?uploadId=nope", nil, bad, unsignedPayload)); got != "NoSuchUpload 404" {
+		t.Errorf("complete of an unknown upload: %s", got)
+	}
+
+	// A part shorter on disk than received is the appliance's fault.
+	f.h.mp.mu.Lock()
+	file := f.h.mp.uploads[id].parts[1].file
+	f.h.mp.mu.Unlock()
+	if err := os.Truncate(file, 100); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.core.CompleteMultipartUpload(ctx, CopyBucket, "l.zip", id, parts, minio.PutObjectOptions{})
+	if got := s3Code(err); got != "InternalError 500" {
+		t.Errorf("complete with a part cut short: %s", got)
+	}
+}
+
+type iotestErr struct{}
+
+func (iotestErr) Read([]byte) (int, error) { return 0, errors.New("body read") }
+
+// failRestorer fails every restore with err.
+type failRestorer struct{ err error }
+
+func (r failRestorer) Copy(context.Context, pe.ProtectedEntity, string, pe.CopyOptions, pe.Progress) (pe.ProtectedEntity, error) {
+	return nil, r.err
+}
+
+// TestRestoreOutOfRoom: a restore that runs out of room is 507, as S3
+// says InsufficientStorage, not a refused zip.
+func TestRestoreOutOfRoom(t *testing.T) {
+	f := newMPFixture(t, UploadOptions{Restorer: failRestorer{fmt.Errorf("write disk: %w", &os.PathError{Op: "write", Path: "x", Err: syscall.ENOSPC})}})
+	_, z := f.randomDiskZip(t, 64<<10)
+	_, err := f.core.PutObject(context.Background(), CopyBucket, "full.zip", bytes.NewReader(z), int64(len(z)), "", "", minio.PutObjectOptions{})
+	if got := s3Code(err); got != "InsufficientStorage 507" {
+		t.Errorf("restore out of room: %s", got)
+	}
+}
+
+// TestChecksumTrailer: aws-chunked bodies with an unsigned checksum
+// trailer are checked against it, in every algorithm S3 has.
+func TestChecksumTrailer(t *testing.T) {
+	f := newMPFixture(t, UploadOptions{})
+	ctx := context.Background()
+	id, err := f.core.NewMultipartUpload(ctx, CopyBucket, "t.zip", minio.PutObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 100<<10)
+	rand.NewChaCha8([32]byte{6}).Read(data)
+	chunked := func(trailer, value string) io.Reader {
+		var b bytes.Buffer
+		for off := 0; off < len(data); off += 64 << 10 {
+			chunk := data[off:min(off+64<<10, len(data))]
+			fmt.Fprintf(&b, "%x\r\n", len(chunk))
+			b.Write(chunk)
+			b.WriteString("\r\n")
+		}
+		fmt.Fprintf(&b, "0\r\n%s:%s\r\n\r\n", trailer, value)
+		return &b
+	}
+	header := func(trailer string) map[string]string {
+		return map[string]string{"Content-Encoding": "aws-chunked", "X-Amz-Trailer": trailer, "X-Amz-Decoded-Content-Length": fmt.Sprint(len(data))}
+	}
+	for _, name := range []string{"x-amz-checksum-crc32", "x-amz-checksum-crc32c", "x-amz-checksum-crc64nvme", "x-amz-checksum-sha1", "x-amz-checksum-sha256"} {
+		h := checksumAlgorithms[name]()
+		h.Write(data)
+		good := base64.StdEncoding.EncodeToString(h.Sum(nil))
+		target := "/copy/t.zip?partNumber=1&uploadId=" + id
+		if got := answer(f.do("PUT", target, header(name), chunked(name, good), streamingUnsignedTrailer)); got != "200" {
+			t.Errorf("%s right: %s", name, got)
+		}
+		h.Write([]byte{0})
+		wrong := base64.StdEncoding.EncodeToString(h.Sum(nil))
+		if got := answer(f.do("PUT", target, header(name), chunked(name, wrong), streamingUnsignedTrailer)); got != "BadDigest 400" {
+			t.Errorf("%s wrong: %s", name, got)
+		}
+	}
+	target := "/copy/t.zip?partNumber=2&uploadId=" + id
+	if got := answer(f.do("PUT", target, header("x-amz-checksum-md4"), chunked("x-amz-checksum-md4", "x"), streamingUnsignedTrailer)); got != "InvalidRequest 400" {
+		t.Errorf("unknown checksum: %s", got)
+	}
+	if got := answer(f.do("PUT", target, header("x-amz-checksum-crc32"), chunked("x-other", "x"), streamingUnsignedTrailer)); got != "IncompleteBody 400" {
+		t.Errorf("checksum trailer missing: %s", got)
+	}
+	if got := answer(f.do("PUT", target, header("x-amz-checksum-crc32"), chunked("x-amz-checksum-crc32", "x"), streamingSignedTrailer)); got != "NotImplemented 501" {
+		t.Errorf("signed trailer: %s", got)
+	}
+}
+
+// TestJanitorRacesComplete runs the janitor over many idle uploads while
+// each is completed: an upload is either expired (Complete: 404) or
+// restored whole, never removed under its restore.
+func TestJanitorRacesComplete(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	f := newMPFixture(t, UploadOptions{Now: clock})
+	ctx := context.Background()
+	_, z := f.randomDiskZip(t, 16<<10)
+	const uploads = 30
+	bodies := map[string]string{}
+	for i := range uploads {
+		key := fmt.Sprintf("idle%d.zip", i)
+		id, err := f.core.NewMultipartUpload(ctx, CopyBucket, key, minio.PutObjectOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		parts := f.uploadParts(t, key, id, z, minPartSize)
+		bodies["/copy/"+key+"?uploadId="+id] = fmt.Sprintf("<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>%s</ETag></Part></CompleteMultipartUpload>", parts[0].ETag)
+	}
+	mu.Lock()
+	now = now.Add(25 * time.Hour)
+	mu.Unlock()
+	var wg sync.WaitGroup
+	answers := make(chan string, uploads)
+	wg.Add(1)
+	go func() { defer wg.Done(); f.h.mp.expire() }()
+	for target, body := range bodies {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			answers <- answer(f.do("POST", target, nil, strings.NewReader(body), unsignedPayload))
+		}()
+	}
+	wg.Wait()
+	close(answers)
+	for a := range answers {
+		if a != "200" && a != "NoSuchUpload 404" {
+			t.Errorf("complete beside the janitor: %s", a)
+		}
+	}
+	for _, id := range f.opts.Tasks.List() {
+		if info, err := f.opts.Tasks.Wait(ctx, id); err != nil || info.Status != tasks.Success {
+			t.Errorf("restore %s: %+v %v", id, info, err)
+		}
 	}
 }

@@ -53,6 +53,10 @@ var owner = ownerXML{ID: "astrolabe", DisplayName: "astrolabe"}
 // and objects snapshots, with nothing to configure.
 func (h *Handler) serveSubresource(w http.ResponseWriter, r *http.Request, bucket, key, name string) *s3Error {
 	switch {
+	case (name == "uploads" || name == "uploadId") && bucket == CopyBucket:
+		// isMultipart took the requests that are multipart uploads.
+		return &s3Error{http.StatusMethodNotAllowed, "MethodNotAllowed", "multipart uploads: POST key?uploads starts one, GET " + CopyBucket +
+			"?uploads lists them, PUT, GET, POST and DELETE key?uploadId upload a part, list the parts, complete and abort one"}
 	case name == "uploads" || name == "uploadId":
 		return errNotImplemented("multipart uploads go to the bucket " + CopyBucket + " only")
 	case bucket == "" || (r.Method != http.MethodGet && r.Method != http.MethodHead):

@@ -102,7 +102,15 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request, key string, sig
 	if serr := checkZipKey(key); serr != nil {
 		return serr
 	}
+	room, serr := h.mp.claim(declaredLength(r))
+	if serr != nil {
+		return serr
+	}
+	defer room.release()
 	f, err := os.CreateTemp(h.mp.dir, "put-*.zip")
+	if errors.Is(err, syscall.ENOSPC) {
+		return errNoRoom()
+	}
 	if err != nil {
 		h.log.Error("S3 upload", "err", err)
 		return errInternal()
@@ -111,11 +119,7 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request, key string, sig
 		f.Close()
 		os.Remove(f.Name())
 	}
-	if serr := h.mp.checkRoom(declaredLength(r)); serr != nil {
-		release()
-		return serr
-	}
-	n, sum, serr := receiveBody(r, sig, f, h.cfg.MaxUpload)
+	n, sum, serr := receiveBody(r, sig, roomWriter{f, room}, h.cfg.MaxUpload)
 	if serr != nil {
 		release()
 		return serr
@@ -146,9 +150,16 @@ func receiveBody(r *http.Request, sig *signedRequest, w io.Writer, limit int64) 
 	var wantSHA string
 	switch sig.payloadHash {
 	case streamingPayload:
-		body = newChunkedReader(r.Body, sig)
+		body = newChunkedReader(r.Body, sig, nil)
 	case streamingUnsignedTrailer:
-		body = newChunkedReader(r.Body, nil)
+		checksum, err := newTrailerChecksum(r.Header.Get("X-Amz-Trailer"))
+		if err != nil {
+			return 0, nil, &s3Error{http.StatusBadRequest, "InvalidRequest", err.Error()}
+		}
+		body = newChunkedReader(r.Body, nil, checksum)
+	case streamingSignedTrailer:
+		return 0, nil, errNotImplemented(streamingSignedTrailer + " (signed chunks with a signed trailer) is not supported: sign the chunks without a trailer (" +
+			streamingPayload + ") or send the trailer unsigned (" + streamingUnsignedTrailer + ")")
 	case unsignedPayload:
 	default:
 		wantSHA = sig.payloadHash
@@ -170,12 +181,14 @@ func receiveBody(r *http.Request, sig *signedRequest, w io.Writer, limit int64) 
 	var serr storeError
 	switch {
 	case errors.As(err, &serr) && errors.Is(err, syscall.ENOSPC):
-		return n, nil, &s3Error{http.StatusInsufficientStorage, "InsufficientStorage", "the appliance ran out of room for uploads"}
+		return n, nil, errNoRoom()
 	case errors.As(err, &serr):
 		// The message is logged; redacted in the answer.
 		return n, nil, &s3Error{http.StatusInternalServerError, "InternalError", "storing the upload: " + err.Error()}
 	case errors.Is(err, errChunkSignature):
 		return n, nil, errSignature()
+	case errors.Is(err, errBadChecksum):
+		return n, nil, &s3Error{http.StatusBadRequest, "BadDigest", err.Error()}
 	case errors.Is(err, errBadChunk):
 		return n, nil, &s3Error{http.StatusBadRequest, "IncompleteBody", err.Error()}
 	case err != nil:
@@ -235,6 +248,10 @@ func (h *Handler) restoreUpload(w http.ResponseWriter, r *http.Request, key stri
 	p, err := pe.OpenZip(r.Context(), src, size)
 	if err != nil {
 		release()
+		if errors.As(err, new(storeError)) {
+			h.log.Error("S3 copy-by-upload: read the upload", "key", key, "err", err)
+			return copyError(err)
+		}
 		return errInvalidArgument("not a PE zip: " + redact.Error(err))
 	}
 	typ := p.ID().Type()
@@ -250,6 +267,15 @@ func (h *Handler) restoreUpload(w http.ResponseWriter, r *http.Request, key stri
 	done := make(chan outcome, 1)
 	info, err := opts.Tasks.Start(opts.TaskContext, "copy", fmt.Sprintf("restore %s uploaded to s3 %s/%s", p.ID(), CopyBucket, key), "",
 		func(ctx context.Context, progress pe.Progress) (map[string]string, error) {
+			// A few restores at a time: the others wait their turn.
+			select {
+			case h.mp.restores <- struct{}{}:
+				defer func() { <-h.mp.restores }()
+			case <-ctx.Done():
+				release()
+				done <- outcome{err: ctx.Err()}
+				return nil, ctx.Err()
+			}
 			// An upload is untrusted input: it never keeps privileges
 			// (owners, setuid, capabilities, devices); an administrator
 			// who trusts a zip restores it with 'astrolabe cp
@@ -312,6 +338,10 @@ func copyError(err error) *s3Error {
 	switch {
 	case err == nil:
 		return nil
+	case errors.Is(err, syscall.ENOSPC):
+		return errNoRoom()
+	case errors.As(err, new(storeError)):
+		return errInternal() // reading what was received failed
 	case errors.Is(err, pe.ErrLimit):
 		return &s3Error{http.StatusBadRequest, "EntityTooLarge", "the zip was refused: " + redact.Error(err)}
 	case errors.Is(err, pe.ErrInvalidSource), errors.Is(err, pe.ErrNotSupported), errors.Is(err, pe.ErrExists):
