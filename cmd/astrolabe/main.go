@@ -64,7 +64,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 disk:vm1.img:20261125T000104.000Z-1a2b3c4d. The configuration directory
 (--config) holds pes/<type>.pe.json for each PE type; 'astrolabe init DIR
 --samples' writes one with sample PEs. Flags may come before or after a
-verb's arguments; '--' ends them.`,
+verb's arguments; '--' ends them. --help anywhere prints the verb's help;
+--version goes before the verb.`,
 		Writer:          stdout,
 		ErrWriter:       stderr,
 		HideHelpCommand: true,
