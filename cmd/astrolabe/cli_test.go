@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"io/fs"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 var astrolabeBin string
@@ -52,7 +54,20 @@ func astrolabe(t *testing.T, config string, args ...string) result {
 // test's), failing the test if it prints a Go trace.
 func runBinary(t *testing.T, dir string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(astrolabeBin, args...)
+	return runBinaryWithin(t, dir, 0, args...)
+}
+
+// runBinaryWithin is runBinary killing the binary after limit (0: never),
+// for commands that must fail at once rather than serve.
+func runBinaryWithin(t *testing.T, dir string, limit time.Duration, args ...string) result {
+	t.Helper()
+	ctx := context.Background()
+	if limit > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, limit)
+		defer cancel()
+	}
+	cmd := exec.CommandContext(ctx, astrolabeBin, args...)
 	cmd.Dir = dir
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

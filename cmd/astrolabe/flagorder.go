@@ -1,6 +1,7 @@
 package main
 
 import (
+	"slices"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -22,6 +23,12 @@ import (
 // stay with the innermost command, whose parser then reports them. After
 // a word that is no subcommand of a command that has subcommands (an
 // unknown verb, "help") the line is left as it is.
+//
+// --help (-h) anywhere asks for the help of the innermost command typed:
+// the line becomes that command and the help flag alone, as urfave/cli
+// would otherwise read the first argument as a help topic. --version (-v)
+// is the app's only before the verb; after it, it is the command's flag
+// or an unknown one.
 func flagsAnywhere(app *cli.App, argv []string) ([]string, error) {
 	if len(argv) == 0 {
 		return argv, nil
@@ -29,6 +36,7 @@ func flagsAnywhere(app *cli.App, argv []string) ([]string, error) {
 	levels := []*commandLevel{newCommandLevel("", app.Flags, app.Commands, app.HideHelp, app.HideVersion)}
 	var positional []string
 	endOfFlags, verbatim := false, false
+	help := "" // the help flag as typed, if any
 	rest := argv[1:]
 	for i := 0; i < len(rest); i++ {
 		word := rest[i]
@@ -42,10 +50,17 @@ func flagsAnywhere(app *cli.App, argv []string) ([]string, error) {
 			name, hasValue := flagWordName(word)
 			ownerIdx := flagOwner(levels, name)
 			owner := levels[ownerIdx]
+			if owner.help[name] {
+				help = word
+				continue
+			}
 			owner.flags = append(owner.flags, word)
 			if owner.takesValue[name] && !hasValue {
-				if i+1 == len(rest) {
+				if i+1 == len(rest) && help == "" {
 					return nil, flagNeedsValue(levels[:ownerIdx+1], word)
+				}
+				if i+1 == len(rest) {
+					continue // only the help is printed
 				}
 				i++
 				owner.flags = append(owner.flags, rest[i])
@@ -62,6 +77,12 @@ func flagsAnywhere(app *cli.App, argv []string) ([]string, error) {
 	}
 
 	out := []string{argv[0]}
+	if help != "" {
+		for _, l := range levels[1:] {
+			out = append(out, l.name)
+		}
+		return append(out, help), nil
+	}
 	for _, l := range levels {
 		if l.name != "" {
 			out = append(out, l.name)
@@ -93,21 +114,28 @@ func flagNeedsValue(levels []*commandLevel, word string) error {
 type commandLevel struct {
 	name        string          // as typed; "" for the app
 	takesValue  map[string]bool // every name and alias of its flags
+	help        map[string]bool // the names of its help flag
 	subcommands []*cli.Command
 	flags       []string // the words of its flags, in the order typed
 }
 
 func newCommandLevel(name string, flags []cli.Flag, subcommands []*cli.Command, hideHelp, hideVersion bool) *commandLevel {
-	l := &commandLevel{name: name, takesValue: map[string]bool{}, subcommands: subcommands}
-	for _, f := range flags {
-		l.addFlag(f)
-	}
-	// urfave/cli adds these itself.
+	l := &commandLevel{name: name, takesValue: map[string]bool{}, help: map[string]bool{}, subcommands: subcommands}
+	// urfave/cli adds these itself; a flag of the command's own wins.
 	if !hideHelp {
 		l.addFlag(cli.HelpFlag)
+		for _, n := range cli.HelpFlag.Names() {
+			l.help[n] = true
+		}
 	}
 	if !hideVersion {
 		l.addFlag(cli.VersionFlag)
+	}
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			delete(l.help, n)
+		}
+		l.addFlag(f)
 	}
 	return l
 }
@@ -132,14 +160,20 @@ func (l *commandLevel) subcommand(name string) *cli.Command {
 }
 
 // flagOwner is the index of the innermost level that defines the flag,
-// or of the innermost level if none does.
+// or of the innermost level if none does. The app's --version counts
+// only before the verb: "ls fs -v" must not print the version instead
+// of listing.
 func flagOwner(levels []*commandLevel, name string) int {
 	for i := len(levels) - 1; i >= 0; i-- {
-		if _, ok := levels[i].takesValue[name]; ok {
+		if _, ok := levels[i].takesValue[name]; ok && !(i == 0 && len(levels) > 1 && isVersionFlag(name)) {
 			return i
 		}
 	}
 	return len(levels) - 1
+}
+
+func isVersionFlag(name string) bool {
+	return slices.Contains(cli.VersionFlag.Names(), name)
 }
 
 // isFlagWord reports whether word is a flag as Go's flag package reads

@@ -2,12 +2,17 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/urfave/cli/v2"
 )
 
 func TestFlagsAnywhere(t *testing.T) {
@@ -52,11 +57,27 @@ func TestFlagsAnywhere(t *testing.T) {
 		{"cp a.zip fs:x -- ", "cp -- a.zip fs:x "},
 		// A lone "-" is an argument.
 		{"cp - fs", "cp - fs"},
-		// Help anywhere: the command's own.
-		{"cp a b --help", "cp --help a b"},
+		// Help anywhere: the innermost command's own, without the
+		// arguments (urfave/cli would read the first as a help topic)
+		// and the other flags.
+		{"cp a b --help", "cp --help"},
+		{"cp --mode update a -h b", "cp -h"},
+		{"cp a b --mode -h", "cp --mode -h a b"}, // the value of --mode
+		{"cp a b -h --mode", "cp -h"},
+		{"cp a --bogus -h", "cp -h"},
 		{"nbd serve -h", "nbd serve -h"},
+		{"nbd serve disk:x -h", "nbd serve -h"},
+		{"nbd -h serve disk:x", "nbd serve -h"},
+		{"nbd --help x", "nbd --help"},
+		{"repo snapshots --help x", "repo snapshots --help"},
+		{"ls fs --config d -h", "ls -h"},
 		{"--help", "--help"},
+		{"-h ls", "ls -h"},
+		// --version is the app's before the verb only.
 		{"--version", "--version"},
+		{"-v ls fs", "-v ls fs"},
+		{"ls fs -v", "ls -v fs"},
+		{"repo check --version", "repo check --version"},
 		// Unknown flags stay with the innermost command, which reports them;
 		// a missing value stays missing.
 		{"cp a b --bogus", "cp --bogus a b"},
@@ -151,5 +172,167 @@ func TestFlagsAnywhereEndToEnd(t *testing.T) {
 			t.Errorf("astrolabe %q: exit %d, stdout %q, stderr %q; want exit 2 and one line with %q",
 				tt.args, r.code, r.stdout, r.stderr, tt.want)
 		}
+	}
+}
+
+// commandPath is a (sub)command of the app with the words that name it.
+type commandPath struct {
+	words []string
+	cmd   *cli.Command
+}
+
+// allCommands walks the app's command tree: every verb and subcommand.
+func allCommands(cmds []*cli.Command, parent []string) []commandPath {
+	var out []commandPath
+	for _, c := range cmds {
+		words := append(slices.Clone(parent), c.Name)
+		out = append(out, commandPath{words, c})
+		out = append(out, allCommands(c.Subcommands, words)...)
+	}
+	return out
+}
+
+// TestFlagsAnywhereHelp asks every verb and subcommand of the built binary
+// for its help with the help flag before, between and after arguments:
+// each prints its own help and does nothing with the arguments.
+func TestFlagsAnywhereHelp(t *testing.T) {
+	dir := t.TempDir()
+	cmds := allCommands(newApp(io.Discard, io.Discard).Commands, nil)
+	runs := 0
+	check := func(wantName string, args ...string) {
+		t.Helper()
+		runs++
+		r := runBinary(t, dir, args...)
+		if r.code != 0 || r.stderr != "" || !strings.Contains(r.stdout, wantName) {
+			t.Errorf("astrolabe %q: exit %d, stderr %q, stdout %q; want exit 0 and the help of %q",
+				args, r.code, r.stderr, r.stdout, wantName)
+		}
+	}
+	check("astrolabe - protect", "--help")
+	check("astrolabe - protect", "-h", "--config", "x")
+	for _, c := range cmds {
+		name := "astrolabe " + strings.Join(c.words, " ") + " - "
+		forms := [][]string{{"--help"}, {"-h"}, {"-h", "x"}, {"--help", "x", "y"}}
+		if len(c.cmd.Subcommands) == 0 {
+			forms = append(forms,
+				[]string{"x", "y", "--help"},
+				[]string{"x", "-h", "y"},
+				[]string{"x", "--log-level", "debug", "-h"},
+				[]string{"--bogus", "x", "--help"})
+		}
+		for _, f := range forms {
+			check(name, append(slices.Clone(c.words), f...)...)
+		}
+		// The help flag before the subcommand: the subcommand's help.
+		if len(c.words) == 2 {
+			check(name, c.words[0], "-h", c.words[1], "x")
+		}
+	}
+	if entries, err := os.ReadDir(dir); err != nil || len(entries) != 0 {
+		t.Errorf("asking for help wrote %v (%v)", entries, err)
+	}
+	t.Logf("%d commands, %d help requests", len(cmds), runs)
+}
+
+// TestExtraArgsRefused gives every verb and subcommand of the built binary
+// one argument more than it takes (with the flags that would make it act
+// on a real configuration and repository): each must exit 2 with one
+// line naming what it wants, and change nothing.
+func TestExtraArgsRefused(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	repoDir := filepath.Join(dir, "repo")
+	mustRun(t, cfg, "init", cfg, "--samples")
+	mustRun(t, cfg, "repo", "init", "--repo", repoDir, "--insecure-no-password")
+	mustRun(t, cfg, "backup", "fs:sample", "--repo", repoDir, "--insecure-no-password")
+	before := treeState(t, dir)
+
+	tried, variadic := 0, 0
+	run := func(args ...string) {
+		t.Helper()
+		tried++
+		// Bounded: a verb that took the extra argument might serve.
+		r := runBinaryWithin(t, dir, time.Minute, append([]string{"--config", cfg}, args...)...)
+		lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+		if r.code != 2 || r.stdout != "" || len(lines) != 1 || !strings.Contains(lines[0], ": want ") {
+			t.Errorf("astrolabe %q: exit %d, stdout %q, stderr %q; want exit 2 and one line saying what it wants",
+				args, r.code, r.stdout, r.stderr)
+		}
+	}
+	for _, c := range allCommands(newApp(io.Discard, io.Discard).Commands, nil) {
+		if c.cmd.Action == nil {
+			continue // only subcommands
+		}
+		most := mostArgs(c.cmd.ArgsUsage)
+		if most < 0 {
+			variadic++
+			continue
+		}
+		args := slices.Clone(c.words)
+		for i := 0; i <= most; i++ {
+			args = append(args, "bogus"+strings.Repeat("x", i))
+		}
+		if hasFlag(c.cmd, "repo") {
+			args = append(args, "--repo", repoDir)
+		}
+		if hasFlag(c.cmd, "insecure-no-password") {
+			args = append(args, "--insecure-no-password")
+		}
+		run(args...)
+	}
+	// The reviewer's: each would have acted on every lock or pack.
+	run("repo", "unlock", "--all", "false", "--repo", repoDir)
+	run("repo", "check", "--read-data", "false", "--repo", repoDir)
+	run("repo", "prune", "anything", "--repo", repoDir)
+	if after := treeState(t, dir); !slices.Equal(before, after) {
+		t.Errorf("refused commands changed the configuration or repository:\nbefore %q\nafter  %q", before, after)
+	}
+	t.Logf("%d commands refused an extra argument; %d take any number", tried, variadic)
+}
+
+func hasFlag(c *cli.Command, name string) bool {
+	return slices.ContainsFunc(c.Flags, func(f cli.Flag) bool { return slices.Contains(f.Names(), name) })
+}
+
+// treeState lists every file under dir with its mode, size and mtime.
+func treeState(t *testing.T, dir string) []string {
+	t.Helper()
+	var state []string
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		state = append(state, fmt.Sprintf("%s %v %d %d", path, fi.Mode(), fi.Size(), fi.ModTime().UnixNano()))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return state
+}
+
+// TestVersionBeforeVerb: the app's --version (-v) counts only before the
+// verb; after it, "ls fs -v" is ls's unknown flag, not the version.
+func TestVersionBeforeVerb(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", cfg, "--samples")
+	for _, args := range [][]string{{"-v"}, {"--version"}, {"-v", "ls", "fs"}} {
+		if r := astrolabe(t, cfg, args...); r.code != 0 || !strings.HasPrefix(r.stdout, "astrolabe version ") {
+			t.Errorf("astrolabe %q: exit %d, stdout %q; want the version", args, r.code, r.stdout)
+		}
+	}
+	for _, args := range [][]string{{"ls", "fs", "-v"}, {"ls", "--version", "fs"}, {"repo", "check", "-v"}} {
+		r := astrolabe(t, cfg, args...)
+		if r.code != 2 || strings.Contains(r.stdout, "version") || !strings.Contains(r.stderr, "flag provided but not defined: -v") {
+			t.Errorf("astrolabe %q: exit %d, stdout %q, stderr %q; want exit 2 and an unknown flag", args, r.code, r.stdout, r.stderr)
+		}
+	}
+	if got := mustRun(t, cfg, "ls", "fs").stdout; !strings.Contains(got, "fs:sample") {
+		t.Errorf("ls fs = %q", got)
 	}
 }

@@ -64,7 +64,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 disk:vm1.img:20261125T000104.000Z-1a2b3c4d. The configuration directory
 (--config) holds pes/<type>.pe.json for each PE type; 'astrolabe init DIR
 --samples' writes one with sample PEs. Flags may come before or after a
-verb's arguments; '--' ends them.`,
+verb's arguments; '--' ends them. --help anywhere prints the verb's help;
+--version goes before the verb.`,
 		Writer:          stdout,
 		ErrWriter:       stderr,
 		HideHelpCommand: true,
@@ -132,15 +133,52 @@ verb's arguments; '--' ends them.`,
 
 // reportUsageErrors makes a flag mistake in any (sub)command a usage error
 // (exit status 2) naming the command, instead of urfave/cli's default: the
-// command's whole help on stdout and exit status 1.
+// command's whole help on stdout and exit status 1. So are more arguments
+// than the command's ArgsUsage names.
 func reportUsageErrors(cmds []*cli.Command, parent string) {
 	for _, c := range cmds {
 		path := parent + " " + c.Name
 		c.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
 			return usagef("%s: %v; see '%s --help'", strings.TrimPrefix(path, "astrolabe "), err, path)
 		}
+		refuseExtraArgs(c, path)
 		reportUsageErrors(c.Subcommands, path)
 	}
+}
+
+// refuseExtraArgs makes c's Action refuse, before it does anything, more
+// arguments than its ArgsUsage names: with flags anywhere a word such as
+// the "false" of "repo unlock --all false" must not be dropped silently.
+// Each verb checks itself that it has enough.
+func refuseExtraArgs(c *cli.Command, path string) {
+	most := mostArgs(c.ArgsUsage)
+	if c.Action == nil || most < 0 {
+		return
+	}
+	want := c.ArgsUsage
+	if want == "" {
+		want = "no arguments"
+	}
+	action := c.Action
+	c.Action = func(ctx *cli.Context) error {
+		if ctx.NArg() > most {
+			return usagef("%s: want %s, got %d argument(s); see '%s --help'",
+				strings.TrimPrefix(path, "astrolabe "), want, ctx.NArg(), path)
+		}
+		return action(ctx)
+	}
+}
+
+// mostArgs is how many arguments an ArgsUsage such as "SRC DEST",
+// "[PEID]" or "PEID..." names at most; -1 for no bound.
+func mostArgs(argsUsage string) int {
+	words := strings.Fields(argsUsage)
+	for _, w := range words {
+		if strings.HasSuffix(w, "...") {
+			return -1
+		}
+	}
+	return len(words)
 }
 
 // defaultConfigDir is /etc/astrolabe for root (the appliance), else the

@@ -114,9 +114,6 @@ func typesCommand() *cli.Command {
 		Name:  "types",
 		Usage: "list the configured PE types",
 		Action: func(c *cli.Context) error {
-			if _, err := args(c, 0, "no arguments"); err != nil {
-				return err
-			}
 			m, err := loadManager(c)
 			if err != nil {
 				return err

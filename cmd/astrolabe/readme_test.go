@@ -1,16 +1,20 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
+	"fmt"
+	"github.com/urfave/cli/v2"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -47,6 +51,9 @@ type readmeCommand struct {
 	line  int    // where it starts in README.md
 	block int    // which sh block
 	text  string // continuation lines joined, comment removed
+	// shell: it has a pipe or a redirection; it runs through bash with
+	// pipefail (every other command runs alone, exec'ed by sh).
+	shell bool
 }
 
 // TestReadmeCommands runs README.md's commands against the built binary,
@@ -92,7 +99,8 @@ func TestReadmeCommands(t *testing.T) {
 }
 
 // readmeCommands returns the commands of README.md's ```sh blocks:
-// continuation lines joined, "# comments" removed, "a; b" split.
+// continuation lines joined, "# comments" removed, "a; b" and "a && b"
+// split (see splitShellList).
 func readmeCommands(t *testing.T, path string) []readmeCommand {
 	t.Helper()
 	data, err := os.ReadFile(path)
@@ -125,9 +133,15 @@ func readmeCommands(t *testing.T, path string) []readmeCommand {
 		}
 		full := strings.Join(strings.Fields(pending+line), " ")
 		pending = ""
-		for _, part := range splitShellList(full) {
+		parts, shell, err := splitShellList(full)
+		if err != nil {
+			t.Fatalf("README.md:%d: %q: %v", pendingLine, full, err)
+		}
+		for j, part := range parts {
 			if part = strings.TrimSpace(part); part != "" {
-				cmds = append(cmds, readmeCommand{line: pendingLine, block: block, text: part})
+				cmds = append(cmds, readmeCommand{line: pendingLine, block: block, text: part, shell: shell[j]})
+			} else if len(parts) > 1 && j < len(parts)-1 {
+				t.Fatalf("README.md:%d: %q: an empty command", pendingLine, full)
 			}
 		}
 	}
@@ -152,13 +166,32 @@ func stripShellComment(line string) string {
 	return line
 }
 
-// splitShellList splits "a; b" outside quotes.
-func splitShellList(s string) []string {
-	var parts []string
+// splitShellList splits a command line into the commands that run one
+// after the other, each to succeed: "a; b" and "a && b", outside quotes.
+// A command with a pipe or a redirection ("a | b", "a > f") stays whole
+// and runs through bash (see readmeCommand.shell). Anything else of the
+// shell's syntax this test would not run faithfully is an error: "||",
+// "&", "<<", subshells and command substitution.
+func splitShellList(s string) (parts []string, shell []bool, err error) {
 	var quote rune
-	start := 0
-	for i, c := range s {
+	start, piped := 0, false
+	cut := func(end int) {
+		parts, shell = append(parts, s[start:end]), append(shell, piped)
+		piped = false
+	}
+	for i := 0; i < len(s); i++ {
+		c := rune(s[i])
+		next := byte(0)
+		if i+1 < len(s) {
+			next = s[i+1]
+		}
 		switch {
+		case quote == '\'':
+			if c == quote {
+				quote = 0
+			}
+		case c == '`' || (c == '$' && next == '('):
+			return nil, nil, fmt.Errorf("command substitution at %q", s[i:])
 		case quote != 0:
 			if c == quote {
 				quote = 0
@@ -166,11 +199,26 @@ func splitShellList(s string) []string {
 		case c == '\'' || c == '"':
 			quote = c
 		case c == ';':
-			parts = append(parts, s[start:i])
+			cut(i)
 			start = i + 1
+		case c == '&' && next == '&':
+			cut(i)
+			start = i + 2
+			i++
+		case c == '>' && next == '&':
+			piped = true
+			i++
+		case c == '|' && next == '|', c == '&', c == '(', c == ')', c == '<' && next == '<':
+			return nil, nil, fmt.Errorf("%q at %q: teach readme_test.go to run it", s[i:i+1], s[i:])
+		case c == '|', c == '>', c == '<':
+			piped = true
 		}
 	}
-	return append(parts, s[start:])
+	if quote != 0 {
+		return nil, nil, fmt.Errorf("unterminated %c", quote)
+	}
+	cut(len(s))
+	return parts, shell, nil
 }
 
 // readmeRun is the state of one run through the README.
@@ -192,7 +240,10 @@ type readmeRun struct {
 type readmeServer struct {
 	text    string
 	cmd     *exec.Cmd
-	stderr  *bytes.Buffer
+	stdout  *lineWriter
+	stderr  *syncBuffer
+	done    chan struct{} // closed when it has exited, with waitErr
+	waitErr error
 	printed []string          // the lines that told it was ready
 	info    map[string]string // "key: value" lines it printed until then
 	mounts  []string          // FUSE mount points it must remove when stopped
@@ -319,7 +370,12 @@ func (r *readmeRun) fill(c readmeCommand) (text string, synopsis bool) {
 		re := regexp.MustCompile(f.re)
 		text = re.ReplaceAllStringFunc(text, func(s string) string { return f.fill(re.FindStringSubmatch(s)) })
 	}
-	if left := regexp.MustCompile(`[<>\[\]|]|\.\.\.|(?:^|[\s/:=])[A-Z]+(?:$|[\s/:])`).FindString(text); left != "" {
+	checked := text
+	if c.shell {
+		// The pipes and redirections are the shell's, no placeholders.
+		checked = regexp.MustCompile(`(?:^|\s)(?:\||\d?>>?(?:&\d)?|<)(?:\s|$)`).ReplaceAllString(checked, " ")
+	}
+	if left := regexp.MustCompile(`[<>\[\]|]|\.\.\.|(?:^|[\s/:=])[A-Z]+(?:$|[\s/:])`).FindString(checked); left != "" {
 		t.Fatalf("README.md:%d: %q: placeholder %q left unfilled in %q: teach fill about it", c.line, c.text, strings.TrimSpace(left), text)
 	}
 	return text, synopsis
@@ -409,8 +465,14 @@ func (r *readmeRun) recordSnapshots(out string) {
 	}
 }
 
-func (r *readmeRun) command(ctx context.Context, text string) *exec.Cmd {
+// command runs a README command as the reader's shell would: alone
+// (exec'ed, so that signals reach it), or with its pipes and redirections
+// through bash, failing if any part of a pipeline fails.
+func (r *readmeRun) command(ctx context.Context, c readmeCommand, text string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, "sh", "-c", "exec "+text)
+	if c.shell {
+		cmd = exec.CommandContext(ctx, "bash", "-c", "set -o pipefail; "+text)
+	}
 	cmd.Dir = r.dir
 	for k, v := range r.env {
 		cmd.Env = append(cmd.Env, k+"="+v)
@@ -423,7 +485,7 @@ func (r *readmeRun) shell(c readmeCommand, text string) string {
 	t := r.t
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := r.command(ctx, text)
+	cmd := r.command(ctx, c, text)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -437,49 +499,125 @@ func (r *readmeRun) shell(c readmeCommand, text string) string {
 	return stdout.String()
 }
 
+// readmeServerReady bounds the wait for a server's ready line: a server
+// that never prints it fails the test with its stderr.
+const readmeServerReady = time.Minute
+
 // startServer starts a server and waits until it prints a line starting
 // with ready (or exits): nbd serve prints one URI per PE ID argument.
 func (r *readmeRun) startServer(c readmeCommand, text, ready string) *readmeServer {
 	t := r.t
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	t.Cleanup(cancel)
-	cmd := r.command(ctx, text)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
+	if c.shell {
+		t.Fatalf("README.md:%d: %s: a server in a pipeline or with a redirection: teach readme_test.go to stop it", c.line, text)
 	}
-	s := &readmeServer{text: text, cmd: cmd, stderr: &bytes.Buffer{}, info: map[string]string{}}
-	cmd.Stderr = s.stderr
+	cmd := r.command(context.Background(), c, text)
+	s := &readmeServer{text: text, cmd: cmd, stdout: newLineWriter(), stderr: &syncBuffer{},
+		done: make(chan struct{}), info: map[string]string{}}
+	// os/exec copies both outputs until the server (and whatever holds
+	// its pipes) exits; Wait, called once, returns after that.
+	cmd.Stdout, cmd.Stderr = s.stdout, s.stderr
+	cmd.WaitDelay = 10 * time.Second // after it exited, for a child left holding them
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("README.md:%d: %s: %v", c.line, text, err)
 	}
+	go func() {
+		s.waitErr = cmd.Wait()
+		close(s.done)
+	}()
 	r.servers = append(r.servers, s)
 	want := 1
 	if ready == "nbd://" {
 		want = countPEIDs(text)
 	}
-	sc := bufio.NewScanner(stdout)
-	for len(s.printed) < want && sc.Scan() {
-		line := sc.Text()
-		if k, v, ok := strings.Cut(line, ": "); ok {
-			s.info[k] = strings.Fields(v + " ")[0]
+	timeout := time.NewTimer(readmeServerReady)
+	defer timeout.Stop()
+	for seen, exited := 0, false; len(s.printed) < want; {
+		lines := s.stdout.lines()
+		for _, line := range lines[seen:] {
+			if k, v, ok := strings.Cut(line, ": "); ok {
+				s.info[k] = strings.Fields(v + " ")[0]
+			}
+			if strings.HasPrefix(line, ready) {
+				s.printed = append(s.printed, line)
+			}
 		}
-		if strings.HasPrefix(line, ready) {
-			s.printed = append(s.printed, line)
+		seen = len(lines)
+		switch {
+		case len(s.printed) >= want:
+		case exited:
+			t.Fatalf("README.md:%d: %s exited (%v) before it printed %q:\nstdout: %s\nstderr: %s",
+				c.line, text, s.waitErr, ready, strings.Join(lines, "\n"), s.stderr)
+		default:
+			select {
+			case <-s.stdout.more:
+			case <-s.done:
+				exited = true // its last lines are in by now
+			case <-timeout.C:
+				cmd.Process.Kill()
+				<-s.done
+				t.Fatalf("README.md:%d: %s printed no line starting with %q within %s:\nstdout: %s\nstderr: %s",
+					c.line, text, ready, readmeServerReady, strings.Join(s.stdout.lines(), "\n"), s.stderr)
+			}
 		}
 	}
-	if len(s.printed) < want {
-		cmd.Wait()
-		t.Fatalf("README.md:%d: %s did not start: %s", c.line, text, s.stderr)
-	}
-	// Keep reading so that the server never blocks on a full pipe.
-	go func() {
-		for sc.Scan() {
-		}
-	}()
 	r.started++
 	t.Logf("README.md:%d: %s (in the background)\n%s", c.line, text, strings.Join(s.printed, "\n"))
 	return s
+}
+
+// lineWriter collects what a server prints, line by line, and tells of
+// each write on more.
+type lineWriter struct {
+	mu      sync.Mutex
+	partial []byte
+	done    []string
+	more    chan struct{}
+}
+
+func newLineWriter() *lineWriter { return &lineWriter{more: make(chan struct{}, 1)} }
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	w.partial = append(w.partial, p...)
+	for {
+		i := bytes.IndexByte(w.partial, '\n')
+		if i < 0 {
+			break
+		}
+		w.done = append(w.done, string(w.partial[:i]))
+		w.partial = w.partial[i+1:]
+	}
+	w.mu.Unlock()
+	select {
+	case w.more <- struct{}{}:
+	default:
+	}
+	return len(p), nil
+}
+
+// lines are the complete lines written so far.
+func (w *lineWriter) lines() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.done)
+}
+
+// syncBuffer is a bytes.Buffer that a server writes while the test reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // countPEIDs counts the PE ID arguments of a command line.
@@ -538,16 +676,14 @@ func (r *readmeRun) stopServers() {
 	for i := len(r.servers) - 1; i >= 0; i-- {
 		s := r.servers[i]
 		s.cmd.Process.Signal(syscall.SIGINT)
-		done := make(chan error, 1)
-		go func() { done <- s.cmd.Wait() }()
 		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("%s after SIGINT: %v; stderr: %s", s.text, err, s.stderr)
+		case <-s.done:
+			if s.waitErr != nil {
+				t.Errorf("%s after SIGINT: %v; stderr: %s", s.text, s.waitErr, s.stderr)
 			}
 		case <-time.After(time.Minute):
 			s.cmd.Process.Kill()
-			<-done
+			<-s.done
 			t.Errorf("%s did not stop within a minute of SIGINT; stderr: %s", s.text, s.stderr)
 		}
 		for _, m := range s.mounts {
@@ -565,7 +701,7 @@ func (r *readmeRun) stopServers() {
 func (r *readmeRun) cleanup() {
 	for _, s := range r.servers {
 		s.cmd.Process.Kill()
-		s.cmd.Wait()
+		<-s.done
 	}
 	// It also detaches the loop devices; without a recovery mount it
 	// only fails.
@@ -580,4 +716,158 @@ func (r *readmeRun) cleanup() {
 	for i := len(under) - 1; i >= 0; i-- {
 		syscall.Unmount(under[i], syscall.MNT_DETACH)
 	}
+}
+
+func TestReadmeShellSplit(t *testing.T) {
+	for _, tt := range []struct {
+		in    string
+		parts []string
+		shell []bool
+		err   string
+	}{
+		{in: "a b", parts: []string{"a b"}, shell: []bool{false}},
+		{in: "a; b && c", parts: []string{"a", " b ", " c"}, shell: []bool{false, false, false}},
+		{in: "a | b && c > f", parts: []string{"a | b ", " c > f"}, shell: []bool{true, true}},
+		{in: "a 2>&1 | b", parts: []string{"a 2>&1 | b"}, shell: []bool{true}},
+		{in: `a 'x;y|z&&' "p;q"`, parts: []string{`a 'x;y|z&&' "p;q"`}, shell: []bool{false}},
+		{in: `a 'json:{"x":1}'`, parts: []string{`a 'json:{"x":1}'`}, shell: []bool{false}},
+		{in: "a || b", err: `"|" at "|| b"`},
+		{in: "a &", err: `"&" at "&"`},
+		{in: "(a)", err: `"(" at`},
+		{in: "a <<EOF", err: `"<" at`},
+		{in: "a $(b)", err: "command substitution"},
+		{in: `a "$(b)"`, err: "command substitution"},
+		{in: "a `b`", err: "command substitution"},
+		{in: "a 'b", err: "unterminated '"},
+	} {
+		parts, shell, err := splitShellList(tt.in)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("splitShellList(%q) = %q, %v; want error %q", tt.in, parts, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(parts, tt.parts) || !slices.Equal(shell, tt.shell) {
+			t.Errorf("splitShellList(%q) = %q %v, %v; want %q %v", tt.in, parts, shell, err, tt.parts, tt.shell)
+		}
+	}
+}
+
+// TestReadmeInlineCommands checks the astrolabe commands README.md's prose
+// quotes inline (`astrolabe nbd serve [--listen ADDR] PEID...`, `repo
+// migrate`, `check --read-data`): each must name a real verb (and
+// subcommand), and each of its flags must be in that command's help, or
+// the app's, as the built binary prints them.
+func TestReadmeInlineCommands(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The prose: code blocks blanked, their lines kept for line numbers.
+	lines := strings.Split(string(data), "\n")
+	for i, inBlock := 0, false; i < len(lines); i++ {
+		fence := strings.HasPrefix(strings.TrimSpace(lines[i]), "```")
+		if fence || inBlock {
+			lines[i] = ""
+		}
+		if fence {
+			inBlock = !inBlock
+		}
+	}
+	prose := strings.Join(lines, "\n")
+	app := newApp(io.Discard, io.Discard)
+	global := newCommandLevel("", app.Flags, app.Commands, false, false)
+	helps := map[string]string{}
+	help := func(path []string) string {
+		key := strings.Join(path, " ")
+		if h, ok := helps[key]; ok {
+			return h
+		}
+		r := runBinary(t, "", append(slices.Clone(path), "--help")...)
+		if r.code != 0 {
+			t.Fatalf("astrolabe %s --help: exit %d: %s", key, r.code, r.stderr)
+		}
+		helps[key] = r.stdout
+		return r.stdout
+	}
+	checked := 0
+	for _, m := range regexp.MustCompile("`([^`]+)`").FindAllStringSubmatchIndex(prose, -1) {
+		span := strings.Join(strings.Fields(prose[m[2]:m[3]]), " ")
+		line := strings.Count(prose[:m[0]], "\n") + 1
+		path, flags, ok, err := inlineCommand(span, global)
+		if !ok {
+			continue
+		}
+		if err != nil {
+			t.Errorf("README.md:%d: `%s`: %v", line, span, err)
+			continue
+		}
+		checked++
+		for _, f := range flags {
+			re := regexp.MustCompile(`(?m)(?:^|[\s,])` + regexp.QuoteMeta(f) + `(?:[\s,=]|$)`)
+			if !re.MatchString(help(path)) && !re.MatchString(help(nil)) {
+				t.Errorf("README.md:%d: `%s`: 'astrolabe %s --help' has no %s", line, span, strings.Join(path, " "), f)
+			}
+		}
+	}
+	t.Logf("README.md: %d inline astrolabe commands checked against %d help texts", checked, len(helps))
+	if checked == 0 {
+		t.Error("no inline astrolabe command found: is README.md parsed right?")
+	}
+}
+
+// inlineCommand reads an inline code span as an astrolabe command: one
+// starting with "astrolabe", a verb or a subcommand's name ("check"). It
+// returns the words naming the command and its flags as typed ("--name";
+// brackets and values dropped); ok is false for a span that is no
+// command, err tells what is wrong with one starting with "astrolabe".
+func inlineCommand(span string, global *commandLevel) (path, flags []string, ok bool, err error) {
+	words := strings.Fields(span)
+	explicit := len(words) > 0 && words[0] == "astrolabe"
+	if explicit {
+		words = words[1:]
+	} else if len(words) == 0 || isFlagWord(words[0]) {
+		return nil, nil, false, nil
+	}
+	var cur *cli.Command
+	for i := 0; i < len(words); i++ {
+		w := strings.Trim(words[i], "[]")
+		if isFlagWord(w) {
+			name, hasValue := flagWordName(w)
+			flags = append(flags, strings.SplitN(w, "=", 2)[0])
+			if cur == nil && global.takesValue[name] && !hasValue {
+				i++ // a global flag's value, before the verb
+			}
+			continue
+		}
+		switch {
+		case cur == nil:
+			if cur = global.subcommand(w); cur == nil && !explicit {
+				// A subcommand named alone: "check --read-data".
+				for _, parent := range global.subcommands {
+					if sub := subcommandOf(parent, w); sub != nil {
+						path, cur = append(path, parent.Name), sub
+						break
+					}
+				}
+			}
+			if cur == nil {
+				if explicit {
+					return nil, nil, true, fmt.Errorf("no verb %q", w)
+				}
+				return nil, nil, false, nil
+			}
+			path = append(path, cur.Name)
+		case len(cur.Subcommands) > 0:
+			if cur = subcommandOf(cur, w); cur == nil {
+				return nil, nil, true, fmt.Errorf("%q is no subcommand of %s", w, strings.Join(path, " "))
+			}
+			path = append(path, cur.Name)
+		}
+	}
+	return path, flags, true, nil
+}
+
+func subcommandOf(c *cli.Command, name string) *cli.Command {
+	return (&commandLevel{subcommands: c.Subcommands}).subcommand(name)
 }

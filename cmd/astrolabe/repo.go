@@ -108,9 +108,6 @@ func repoCommand() *cli.Command {
 			Flags:     repoFlags(),
 			Action: withRepo(func(c *cli.Context, r *repo.Repository) error {
 				var filter pe.ID
-				if c.NArg() > 1 {
-					return usagef("repo snapshots: want at most one PEID")
-				}
 				if c.NArg() == 1 {
 					var err error
 					if filter, err = peArg(c.Args().First(), 0); err != nil {

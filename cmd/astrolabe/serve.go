@@ -97,9 +97,6 @@ SIGTERM lets running tasks finish (up to --drain) and exits cleanly.`,
 			&cli.DurationFlag{Name: "nbd-write-stall-timeout", Value: 30 * time.Second, Usage: "close NBD connections whose replies or WRITE payloads make no progress for this long (0: never)"},
 		}, repoFlags()...),
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 0 {
-				return usagef("serve takes no arguments, got %q", c.Args().First())
-			}
 			w := c.App.Writer
 			var r *repo.Repository
 			if c.String("repo") != "" {
