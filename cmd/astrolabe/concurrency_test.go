@@ -543,7 +543,9 @@ func startMount(t *testing.T, cfg, mnt string, args ...string) *exec.Cmd {
 	if err := os.MkdirAll(mnt, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	// A bound, not a timing: a killed mount shows as "Transport endpoint is
+	// not connected" in what reads it, so leave a busy machine room.
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	t.Cleanup(cancel)
 	cmd := exec.CommandContext(ctx, astrolabeBin, append(append([]string{"--config", cfg, "mount"}, args...), mnt)...)
 	stdout, _ := cmd.StdoutPipe()
