@@ -27,9 +27,15 @@ func repoFlags() []cli.Flag {
 
 func openBackend(c *cli.Context) (backend.Backend, error) {
 	loc := c.String("repo")
-	switch {
-	case loc == "":
+	if loc == "" {
 		return nil, usagef("no repository: give --repo or set ASTROLABE_REPOSITORY")
+	}
+	return backendAt(c, loc)
+}
+
+// backendAt opens the backend of a repository location.
+func backendAt(c *cli.Context, loc string) (backend.Backend, error) {
+	switch {
 	case strings.HasPrefix(loc, "s3://"), strings.HasPrefix(loc, "s3+http://"):
 		cfg, err := backend.ParseS3URL(loc)
 		if err != nil {
@@ -223,7 +229,7 @@ is not what its name says is left as it is and reported.`,
 				fmt.Fprintf(c.App.ErrWriter, "removed %d lock(s)\n", n)
 				return nil
 			}),
-		}},
+		}, repoCopyCommand()},
 	}
 }
 
