@@ -49,15 +49,23 @@ func backendAt(c *cli.Context, loc string) (backend.Backend, error) {
 }
 
 func repoOptions(c *cli.Context) (repo.Options, error) {
-	opts := repo.Options{Logger: slog.Default(), Insecure: c.Bool("insecure-no-password"), Password: os.Getenv("ASTROLABE_PASSWORD")}
-	if f := c.String("password-file"); f != "" {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return opts, fmt.Errorf("password file: %w", err)
-		}
-		opts.Password = strings.TrimRight(string(b), "\r\n")
+	opts := repo.Options{Logger: slog.Default(), Insecure: c.Bool("insecure-no-password")}
+	var err error
+	opts.Password, err = password(c.String("password-file"), "ASTROLABE_PASSWORD")
+	return opts, err
+}
+
+// password reads a repository password from file, else from the
+// environment variable env.
+func password(file, env string) (string, error) {
+	if file == "" {
+		return os.Getenv(env), nil
 	}
-	return opts, nil
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("password file: %w", err)
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
 }
 
 func openRepo(c *cli.Context) (*repo.Repository, error) {

@@ -3,8 +3,6 @@ package main
 import (
 	"fmt"
 	"log/slog"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -76,15 +74,11 @@ func openCopySource(c *cli.Context) (*repo.Repository, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--from: %w", err)
 	}
-	opts := repo.Options{Logger: slog.Default(), Password: os.Getenv("ASTROLABE_FROM_PASSWORD")}
-	if f := c.String("from-password-file"); f != "" {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return nil, fmt.Errorf("source password file: %w", err)
-		}
-		opts.Password = strings.TrimRight(string(b), "\r\n")
+	pw, err := password(c.String("from-password-file"), "ASTROLABE_FROM_PASSWORD")
+	if err != nil {
+		return nil, fmt.Errorf("source: %w", err)
 	}
-	r, err := repo.Open(c.Context, be, opts)
+	r, err := repo.Open(c.Context, be, repo.Options{Logger: slog.Default(), Password: pw})
 	if err != nil {
 		return nil, fmt.Errorf("source: %w", err)
 	}
