@@ -159,8 +159,8 @@ func TestCopy(t *testing.T) {
 	checkReplica(t, src, dst, map[pe.ID]func(pe.ID) bool{pc.ID(): diskSame(c)})
 }
 
-// An unencrypted source copies into an encrypted target, and a repository
-// is not copied into itself.
+// An unencrypted source copies into an encrypted target and that into an
+// unencrypted one; a repository is not copied into itself.
 func TestCopyUnencryptedSource(t *testing.T) {
 	ctx := context.Background()
 	src := newEnv(t, nil, Options{Insecure: true})
@@ -185,6 +185,14 @@ func TestCopyUnencryptedSource(t *testing.T) {
 	want := treeSums(t, tree)
 	checkReplica(t, src, dst, map[pe.ID]func(pe.ID) bool{
 		p.ID(): func(r pe.ID) bool { return treeSums(t, filepath.Join(dst.dir, "fs", r.Name())) == want },
+	})
+	// And from the encrypted copy into another unencrypted repository.
+	third := newEnv(t, nil, Options{Insecure: true})
+	if _, err := third.r.Copy(ctx, dst.r, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	checkReplica(t, dst, third, map[pe.ID]func(pe.ID) bool{
+		p.ID(): func(r pe.ID) bool { return treeSums(t, filepath.Join(third.dir, "fs", r.Name())) == want },
 	})
 }
 
