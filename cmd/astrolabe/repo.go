@@ -27,9 +27,15 @@ func repoFlags() []cli.Flag {
 
 func openBackend(c *cli.Context) (backend.Backend, error) {
 	loc := c.String("repo")
-	switch {
-	case loc == "":
+	if loc == "" {
 		return nil, usagef("no repository: give --repo or set ASTROLABE_REPOSITORY")
+	}
+	return backendAt(c, loc)
+}
+
+// backendAt opens the backend of a repository location.
+func backendAt(c *cli.Context, loc string) (backend.Backend, error) {
+	switch {
 	case strings.HasPrefix(loc, "s3://"), strings.HasPrefix(loc, "s3+http://"):
 		cfg, err := backend.ParseS3URL(loc)
 		if err != nil {
@@ -43,15 +49,23 @@ func openBackend(c *cli.Context) (backend.Backend, error) {
 }
 
 func repoOptions(c *cli.Context) (repo.Options, error) {
-	opts := repo.Options{Logger: slog.Default(), Insecure: c.Bool("insecure-no-password"), Password: os.Getenv("ASTROLABE_PASSWORD")}
-	if f := c.String("password-file"); f != "" {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return opts, fmt.Errorf("password file: %w", err)
-		}
-		opts.Password = strings.TrimRight(string(b), "\r\n")
+	opts := repo.Options{Logger: slog.Default(), Insecure: c.Bool("insecure-no-password")}
+	var err error
+	opts.Password, err = password(c.String("password-file"), "ASTROLABE_PASSWORD")
+	return opts, err
+}
+
+// password reads a repository password from file, else from the
+// environment variable env.
+func password(file, env string) (string, error) {
+	if file == "" {
+		return os.Getenv(env), nil
 	}
-	return opts, nil
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("password file: %w", err)
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
 }
 
 func openRepo(c *cli.Context) (*repo.Repository, error) {
@@ -223,7 +237,7 @@ is not what its name says is left as it is and reported.`,
 				fmt.Fprintf(c.App.ErrWriter, "removed %d lock(s)\n", n)
 				return nil
 			}),
-		}},
+		}, repoCopyCommand()},
 	}
 }
 

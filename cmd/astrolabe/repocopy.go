@@ -1,0 +1,86 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/repo"
+)
+
+// repoCopyCommand copies snapshots from another repository into this one.
+func repoCopyCommand() *cli.Command {
+	flags := repoFlags()
+	// The target: --repo as for every verb, or --to as replication says it.
+	flags[0].(*cli.StringFlag).Aliases = []string{"to"}
+	return &cli.Command{
+		Name:      "copy",
+		Usage:     "copy snapshots from another repository (all, or those of the PEs given) into this one",
+		ArgsUsage: "[PEID[:SNAPSHOT]...]",
+		Description: `Only the chunks the target lacks are read and sent, sealed again under the
+target's key; each snapshot keeps its ID, times and info, and is committed
+in the target last, when all it needs is there. Snapshots the target has
+are skipped; a copy interrupted and run again sends only what is missing.
+The source's password comes from --from-password-file or
+ASTROLABE_FROM_PASSWORD; the target's as for every verb. The copied
+snapshots are printed, one a line; a summary (read, new, sent, already
+present) goes to stderr.`,
+		Flags: append(flags,
+			&cli.StringFlag{Name: "from", Usage: "the source repository: a `DIR`, s3://... or s3+http://..."},
+			&cli.StringFlag{Name: "from-password-file", Usage: "read the source repository's password from `FILE` (default: ASTROLABE_FROM_PASSWORD)"},
+		),
+		Action: withRepo(func(c *cli.Context, r *repo.Repository) error {
+			var filter []pe.ID
+			for _, a := range c.Args().Slice() {
+				id, err := peArg(a, 0)
+				if err != nil {
+					return err
+				}
+				filter = append(filter, id)
+			}
+			src, err := openCopySource(c)
+			if err != nil {
+				return err
+			}
+			defer src.Close()
+			prog := newProgress(c.App.ErrWriter)
+			s, err := r.Copy(c.Context, src, filter, prog)
+			prog.Done()
+			for _, id := range s.Copied {
+				fmt.Fprintln(c.App.Writer, id)
+			}
+			summary := fmt.Sprintf("read %s, new %s, sent %s, already present %s",
+				humanBytes(s.Read), humanBytes(s.New), humanBytes(s.Sent), humanBytes(s.Present))
+			if err != nil {
+				return fmt.Errorf("%w (so far: %s)", err, summary)
+			}
+			fmt.Fprintf(c.App.ErrWriter, "copied %d snapshot(s) from %s to %s, %d there already: %s, in %s\n",
+				len(s.Copied), src.Location(), r.Location(), len(s.Skipped), summary, s.Duration.Round(time.Millisecond))
+			return nil
+		}),
+	}
+}
+
+// openCopySource opens the repository --from names with its own password.
+func openCopySource(c *cli.Context) (*repo.Repository, error) {
+	loc := c.String("from")
+	if loc == "" {
+		return nil, usagef("copy: no source: give --from")
+	}
+	be, err := backendAt(c, loc)
+	if err != nil {
+		return nil, fmt.Errorf("--from: %w", err)
+	}
+	pw, err := password(c.String("from-password-file"), "ASTROLABE_FROM_PASSWORD")
+	if err != nil {
+		return nil, fmt.Errorf("source: %w", err)
+	}
+	r, err := repo.Open(c.Context, be, repo.Options{Logger: slog.Default(), Password: pw})
+	if err != nil {
+		return nil, fmt.Errorf("source: %w", err)
+	}
+	return r, nil
+}

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestRepoCopyBetweenTwoS3Servers replicates between two versitygw
+// servers (two ports, two buckets, two passwords): 3 PEs backed up 5
+// times each into the first; a copy after 2 rounds, another after 3 more
+// sends about what the source stored for those (the new chunks only); a
+// copy killed with SIGKILL mid-way and run again sends what is missing;
+// the target passes check --read-data and every replica snapshot
+// restores as what was backed up.
+func TestRepoCopyBetweenTwoS3Servers(t *testing.T) {
+	const diskSize, bigSize = 32 * mib, 256 * mib
+	s1, s2 := startVersitygw(t), startVersitygw(t)
+	dir := t.TempDir()
+	pw1, pw2 := filepath.Join(dir, "pw1"), filepath.Join(dir, "pw2")
+	os.WriteFile(pw1, []byte("first site\n"), 0o600)
+	os.WriteFile(pw2, []byte("second site\n"), 0o600)
+	const prefix = "astrolabe"
+	r1 := "s3+http://" + s1.endpoint + "/site1/" + prefix
+	r2 := "s3+http://" + s2.endpoint + "/site2/" + prefix
+	one := []string{"--repo", r1, "--password-file", pw1}
+	two := []string{"--repo", r2, "--password-file", pw2}
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", cfg)
+	mustRun(t, cfg, append([]string{"repo", "init"}, one...)...)
+	mustRun(t, cfg, append([]string{"repo", "init"}, two...)...)
+	copyArgs := append([]string{"repo", "copy", "--from", r1, "--from-password-file", pw1}, two...)
+
+	mustFail(t, cfg, "give --from", append([]string{"repo", "copy"}, two...)...)
+	badPW := filepath.Join(dir, "bad")
+	os.WriteFile(badPW, []byte("not it\n"), 0o600)
+	mustFail(t, cfg, "wrong password", append([]string{"repo", "copy", "--from", r1, "--from-password-file", badPW}, two...)...)
+
+	g := newGen(stressSeed(t))
+	data := &stressData{g: g, shared: g.bytes(mib), mtime: time.Now().Add(time.Hour).Truncate(time.Second)}
+	pes := []stressPE{
+		{id: "disk:a.img", path: filepath.Join(cfg, "disk", "a.img")},
+		{id: "disk:b.img", path: filepath.Join(cfg, "disk", "b.img")},
+		{id: "fs:home", path: filepath.Join(cfg, "fs", "home")},
+	}
+	for _, p := range pes {
+		if p.disk() {
+			data.writeDisk(t, p.path, diskSize)
+		} else {
+			data.writeTree(t, p.path)
+		}
+	}
+	var backups []backedUp
+	backup := func(p stressPE) {
+		t.Helper()
+		want := contentOf(t, p)
+		snap := mustRun(t, cfg, append([]string{"backup", p.id}, one...)...).lastLine()
+		backups = append(backups, backedUp{snap: snap, pe: p, want: want})
+	}
+	round := func() {
+		t.Helper()
+		for _, p := range pes {
+			data.mutate(t, p, pes)
+			backup(p)
+		}
+	}
+	copied := func(res result, want int) {
+		t.Helper()
+		if n := len(strings.Fields(res.stdout)); n != want {
+			t.Fatalf("repo copy printed %d snapshots, want %d:\n%s\n%s", n, want, res.stdout, res.stderr)
+		}
+		t.Logf("repo copy: %s", strings.TrimSpace(res.stderr))
+	}
+
+	for _, p := range pes {
+		backup(p)
+	}
+	round()
+	copied(mustRun(t, cfg, copyArgs...), 6)
+	copied(mustRun(t, cfg, copyArgs...), 0)
+
+	// Three more rounds; the copy sends what the source stored for them.
+	src, dst := s1.packBytes(t, "site1", prefix), s2.packBytes(t, "site2", prefix)
+	for range 3 {
+		round()
+	}
+	srcNew := s1.packBytes(t, "site1", prefix) - src
+	t.Setenv("ASTROLABE_FROM_PASSWORD", "first site")
+	copied(mustRun(t, cfg, append([]string{"repo", "copy", "--from", r1}, two...)...), 9)
+	dstTotal := s2.packBytes(t, "site2", prefix)
+	sent := dstTotal - dst
+	t.Logf("second copy: sent %d bytes for the %d the source stored in its 9 backups; the target holds %d", sent, srcNew, dstTotal)
+	if sent > srcNew+srcNew/20+64*kib || sent < srcNew-srcNew/20-64*kib || sent*3 > dstTotal {
+		t.Errorf("second copy sent %d bytes; the source stored %d new, the target holds %d", sent, srcNew, dstTotal)
+	}
+
+	// A big disk: kill -9 the copy after two packs landed, run it again.
+	big := stressPE{id: "disk:big.img", path: filepath.Join(cfg, "disk", "big.img")}
+	data.writeDisk(t, big.path, bigSize)
+	backup(big)
+	dst = s2.packBytes(t, "site2", prefix)
+	run, err := startCLI(t.Context(), cfg, copyArgs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(3 * time.Minute)
+	for s2.packBytes(t, "site2", prefix)-dst < 2*16*mib {
+		select {
+		case <-run.done:
+			t.Fatalf("repo copy of %d MiB ended before it could be killed: %v\n%s", bigSize/mib, run.err, run.stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("repo copy stored no two packs in 3 minutes")
+		}
+	}
+	run.cmd.Process.Kill()
+	<-run.done
+	if !run.killed() {
+		t.Fatalf("repo copy was not killed: %v", run.err)
+	}
+	before := s2.packBytes(t, "site2", prefix) - dst
+	res := mustRun(t, cfg, copyArgs...)
+	copied(res, 1)
+	after := s2.packBytes(t, "site2", prefix) - dst - before
+	t.Logf("kill -9 after %d bytes of packs; the copy run again sent %d more (of a %d byte disk)", before, after, int64(bigSize))
+	if before+after > bigSize+bigSize/50 || after > bigSize-before+mib || !strings.Contains(res.stderr, "already present") {
+		t.Errorf("after kill -9 at %d bytes sent, the copy run again sent %d: %s", before, after, res.stderr)
+	}
+
+	// The replica: check --read-data, and every snapshot restores as it was
+	// backed up.
+	mustRun(t, cfg, append([]string{"repo", "check", "--read-data"}, two...)...)
+	if n := strings.Count(mustRun(t, cfg, append([]string{"repo", "snapshots"}, two...)...).stdout, "\n") - 1; n != len(backups) {
+		t.Errorf("the target lists %d snapshots, want %d", n, len(backups))
+	}
+	for _, b := range backups {
+		id := mustRun(t, cfg, append([]string{"restore", b.snap}, two...)...).lastLine()
+		checkRestored(t, cfg, b, id)
+	}
+	t.Logf("%d snapshots restored from the replica", len(backups))
+}

@@ -1,0 +1,266 @@
+package repo
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+)
+
+// CopySummary tells what a copy between repositories did.
+type CopySummary struct {
+	Copied   []pe.ID       // snapshots committed in the target, components first
+	Skipped  []pe.ID       // snapshots the target had already
+	Read     int64         // bytes of chunks read from the source
+	New      int64         // bytes of chunks the target lacked
+	Sent     int64         // bytes uploaded to the target (compressed, sealed, packed)
+	Present  int64         // bytes of chunks the target had already, not read
+	Duration time.Duration // wall time
+}
+
+// Copy copies snapshots of src into r: those of the PEs (or the one
+// snapshot) each filter names, or all if there is none. Chunk IDs are the
+// SHA-256 of the chunks' content whatever the key, so only the chunks r
+// lacks are read from src; they are sealed again under r's key. Each
+// snapshot keeps its ID, times and info, and is committed in r after the
+// packs and index it needs, as a backup is: a copy interrupted and run
+// again finds the packs it uploaded (by their index file, or by their
+// headers after a crash) and sends only what is missing. Snapshots r has
+// already are skipped.
+func (r *Repository) Copy(ctx context.Context, src *Repository, filter []pe.ID, progress pe.Progress) (CopySummary, error) {
+	start := time.Now()
+	if src.cfg.ID == r.cfg.ID {
+		return CopySummary{}, fmt.Errorf("copy from %s to %s: the same repository", src.Location(), r.Location())
+	}
+	ids, err := src.copyList(ctx, filter)
+	if err != nil {
+		return CopySummary{}, fmt.Errorf("copy from %s: %w", src.Location(), err)
+	}
+	// Under a shared lock of the source no prune removes what is read.
+	srcLock, err := src.lock(ctx, false)
+	if err != nil {
+		return CopySummary{}, fmt.Errorf("copy from %s: %w", src.Location(), err)
+	}
+	defer srcLock.release()
+	if err := r.upgradeConfig(ctx); err != nil {
+		return CopySummary{}, err
+	}
+	c := &copyRun{r: r, src: src, ctx: ctx, progress: progress, done: map[pe.ID]bool{}}
+	var s CopySummary
+	for _, id := range ids {
+		if c.done[id] {
+			continue // copied as a component of an earlier one
+		}
+		copied, err := c.top(id)
+		if err != nil {
+			c.sum(&s)
+			return s, fmt.Errorf("copy %s to %s: %w", id, r.Location(), err)
+		}
+		if !copied {
+			s.Skipped = append(s.Skipped, id)
+		}
+	}
+	c.sum(&s)
+	s.Duration = time.Since(start)
+	return s, nil
+}
+
+// copyList lists the snapshots to copy, oldest first, each once.
+func (r *Repository) copyList(ctx context.Context, filter []pe.ID) ([]pe.ID, error) {
+	if len(filter) == 0 {
+		return r.SnapshotIDs(ctx, pe.ID{})
+	}
+	var ids []pe.ID
+	seen := map[pe.ID]bool{}
+	for _, f := range filter {
+		got, err := r.SnapshotIDs(ctx, f)
+		if err != nil {
+			return nil, err
+		}
+		if len(got) == 0 {
+			return nil, fmt.Errorf("%s: no snapshot of it: %w", f, pe.ErrNotFound)
+		}
+		for _, id := range got {
+			if !seen[id] {
+				seen[id] = true
+				ids = append(ids, id)
+			}
+		}
+	}
+	return ids, nil
+}
+
+// copyRun is one Copy: the counts of the packers of its snapshots.
+type copyRun struct {
+	r, src   *Repository
+	ctx      context.Context
+	progress pe.Progress
+	done     map[pe.ID]bool // copied by this run
+	copied   []pe.ID
+
+	read, newBytes, sent, present atomic.Int64
+}
+
+func (c *copyRun) sum(s *CopySummary) {
+	s.Copied = c.copied
+	s.Read, s.New, s.Sent, s.Present = c.read.Load(), c.newBytes.Load(), c.sent.Load(), c.present.Load()
+}
+
+// top copies one snapshot and its components under a lock that claims
+// it, as Backup does; it reports false if the target has it already.
+func (c *copyRun) top(id pe.ID) (bool, error) {
+	release, err := c.r.claim(c.ctx, id)
+	if err != nil {
+		return false, err
+	}
+	defer release()
+	if done, err := c.r.committed(c.ctx, id); err != nil || done {
+		return false, err
+	}
+	lock, err := c.r.lockFor(c.ctx, false, id.String())
+	if err != nil {
+		return false, err
+	}
+	defer lock.release()
+	// Under the shared lock no prune removes a pack: what the refreshed
+	// index holds exists until the snapshot is committed.
+	if err := c.r.refreshIndex(c.ctx); err != nil {
+		return false, err
+	}
+	b := &backupRun{r: c.r, ctx: c.ctx, lock: lock, progress: c.progress, pk: newPacker(c.ctx, c.r)}
+	defer func() {
+		c.read.Add(b.read.Load())
+		c.newBytes.Add(b.newBytes.Load())
+		c.sent.Add(b.pk.stored.Load())
+	}()
+	if err := c.snapshot(b, id); err != nil {
+		// What was uploaded is indexed for the next run.
+		b.pk.finish()
+		return false, err
+	}
+	return true, nil
+}
+
+// component copies a component unless the target has it.
+func (c *copyRun) component(b *backupRun, id pe.ID) error {
+	release, err := c.r.claim(c.ctx, id)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if done, err := c.r.committed(c.ctx, id); err != nil || done {
+		return err
+	}
+	return c.snapshot(b, id)
+}
+
+// snapshot copies one snapshot: components first, then its streams; its
+// info is written last.
+func (c *copyRun) snapshot(b *backupRun, id pe.ID) error {
+	sidx, si, err := c.src.loadSnapshot(c.ctx, id)
+	if err != nil {
+		return err
+	}
+	idx := &snapshotIndex{ID: id.String(), Chunking: sidx.Chunking, TOC: sidx.TOC, Components: sidx.Components, BackedUp: sidx.BackedUp}
+	for _, comp := range sidx.Components {
+		cid, err := pe.ParseID(comp)
+		if err != nil {
+			return fmt.Errorf("component of %s: %w", id, err)
+		}
+		if err := c.component(b, cid); err != nil {
+			return fmt.Errorf("component %s: %w", cid, err)
+		}
+	}
+	if idx.Data, err = c.stream(b, sidx.Data); err != nil {
+		return fmt.Errorf("data: %w", err)
+	}
+	if idx.Metadata, err = c.stream(b, sidx.Metadata); err != nil {
+		return fmt.Errorf("metadata: %w", err)
+	}
+	// As a backup commits: packs and their index, then a recheck of the
+	// lock and of the packs taken from before this run, then the snapshot.
+	if err := b.pk.finish(); err != nil {
+		return err
+	}
+	if err := b.lock.recheck(c.ctx); err != nil {
+		return err
+	}
+	if err := b.confirmPacks(idx); err != nil {
+		return err
+	}
+	if err := c.r.saveSnapshot(c.ctx, id, idx, snapshotInfo{Info: si.Info, BackedUp: si.BackedUp}); err != nil {
+		return err
+	}
+	c.done[id] = true
+	c.copied = append(c.copied, id)
+	return nil
+}
+
+// stream copies a stream's chunks that the target lacks and returns the
+// stream as the target holds it.
+func (c *copyRun) stream(b *backupRun, st *stream) (*stream, error) {
+	if st == nil {
+		return nil, nil
+	}
+	if c.progress != nil {
+		var total int64
+		for _, ch := range st.Chunks {
+			total += ch.Len
+		}
+		c.progress.Start(total)
+	}
+	var present []chunkRef
+	refs, err := b.pipeline(func(send func(int64, []byte) error) error {
+		for _, ch := range st.Chunks {
+			if err := c.ctx.Err(); err != nil {
+				return err
+			}
+			// A chunk on its way in one of this run's packs is placed
+			// once that pack is uploaded (resolve).
+			if loc, stored, pending := b.pk.lookup(ch.ID); stored || pending {
+				present = append(present, chunkRef{Off: ch.Off, Len: ch.Len, ID: ch.ID, Pack: loc.Pack, POff: loc.Off, PLen: loc.Len})
+				if stored {
+					c.present.Add(ch.Len)
+				}
+				if c.progress != nil {
+					c.progress.Add(ch.Len)
+				}
+				continue
+			}
+			data, err := c.src.loadChunk(c.ctx, ch, false)
+			if err != nil {
+				return err
+			}
+			if err := send(ch.Off, data); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := b.pk.finish(); err != nil {
+		return nil, err
+	}
+	refs = append(refs, present...)
+	if err := b.resolve(refs); err != nil {
+		return nil, err
+	}
+	sort.Slice(refs, func(i, j int) bool { return refs[i].Off < refs[j].Off })
+	// Every chunk is stored under the ID it had (a chunk of zeros the
+	// source stored is left out: a hole reads as zeros).
+	want := make(map[int64]string, len(st.Chunks))
+	for _, ch := range st.Chunks {
+		want[ch.Off] = ch.ID
+	}
+	for _, ref := range refs {
+		if want[ref.Off] != ref.ID {
+			return nil, fmt.Errorf("chunk at %d: stored as %.16s, the source has %.16s", ref.Off, ref.ID, want[ref.Off])
+		}
+	}
+	return &stream{Size: st.Size, Chunks: refs}, nil
+}

@@ -1,0 +1,206 @@
+package repo
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/astrolabe-appliance/astrolabe/appliance/samples"
+	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/repo/backend"
+)
+
+// cancelAfterPacks is a backend that cancels a copy once n packs are
+// stored: an interruption at a known point.
+type cancelAfterPacks struct {
+	backend.Backend
+	n      int32
+	saved  atomic.Int32
+	cancel context.CancelFunc
+}
+
+func (b *cancelAfterPacks) Save(ctx context.Context, name string, r io.Reader, size int64) error {
+	err := b.Backend.Save(ctx, name, r, size)
+	if err == nil && strings.HasPrefix(name, "data/") && b.saved.Add(1) == b.n {
+		b.cancel()
+	}
+	return err
+}
+
+// checkReplica checks the target's data and that each snapshot restores
+// from it as the disk or tree it was taken of.
+func checkReplica(t *testing.T, src, dst *env, want map[pe.ID]func(restored pe.ID) bool) {
+	t.Helper()
+	ctx := context.Background()
+	if probs, err := dst.r.Check(ctx, true, nil); err != nil || len(probs) != 0 {
+		t.Fatalf("check --read-data of the target: %v %v", probs, err)
+	}
+	for id, same := range want {
+		a, err := src.r.Snapshots(ctx, id)
+		if err != nil || len(a) != 1 {
+			t.Fatalf("source %s: %v %v", id, a, err)
+		}
+		b, err := dst.r.Snapshots(ctx, id)
+		if err != nil || len(b) != 1 {
+			t.Fatalf("target %s: %v %v", id, b, err)
+		}
+		if !a[0].BackedUp.Equal(b[0].BackedUp) || a[0].Info.Size != b[0].Info.Size || a[0].Info.ID != b[0].Info.ID {
+			t.Errorf("%s: the copy's info %+v differs from the source's %+v", id, b[0], a[0])
+		}
+		restored, err := dst.restore(id)
+		if err != nil {
+			t.Fatalf("restore %s from the target: %v", id, err)
+		}
+		if !same(restored) {
+			t.Errorf("%s restored from the target differs from what was backed up", id)
+		}
+	}
+}
+
+func TestCopy(t *testing.T) {
+	ctx := context.Background()
+	src := newEnv(t, nil, Options{Password: "first site"})
+	dst := newEnv(t, nil, Options{Password: "second site"})
+	diskSame := func(path string) func(pe.ID) bool {
+		sum := fileSum(t, path)
+		return func(restored pe.ID) bool {
+			return fileSum(t, filepath.Join(dst.dir, "disk", restored.Name())) == sum
+		}
+	}
+
+	a := src.disk("a.img", 64*mib, map[int64]int64{0: 8 * mib, 40 * mib: 4 * mib})
+	tree := filepath.Join(src.dir, "fs", "home")
+	if err := samples.WriteTree(tree); err != nil {
+		t.Fatal(err)
+	}
+	pa, pt := src.snap("disk:a.img"), src.snap("fs:home")
+	for _, p := range []pe.ProtectedEntity{pa, pt} {
+		if _, err := src.r.Backup(ctx, p, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := dst.r.Copy(ctx, src.r, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("first copy: %+v", s)
+	if len(s.Copied) != 2 || s.New < 12*mib || s.Sent < 12*mib || s.Present != 0 {
+		t.Errorf("first copy: %+v", s)
+	}
+	treeWant := treeSums(t, tree)
+	checkReplica(t, src, dst, map[pe.ID]func(pe.ID) bool{
+		pa.ID(): diskSame(a),
+		pt.ID(): func(r pe.ID) bool { return treeSums(t, filepath.Join(dst.dir, "fs", r.Name())) == treeWant },
+	})
+
+	// Again: nothing to do.
+	s, err = dst.r.Copy(ctx, src.r, nil, nil)
+	if err != nil || len(s.Copied) != 0 || len(s.Skipped) != 2 || s.Sent != 0 || s.Read != 0 {
+		t.Errorf("copy again: %+v %v", s, err)
+	}
+
+	// A second backup with 1 MiB changed: its copy sends about that.
+	f, _ := os.OpenFile(a, os.O_WRONLY, 0)
+	b := make([]byte, mib)
+	rand.Read(b)
+	f.WriteAt(b, 2*mib)
+	f.Close()
+	pa2 := src.snap("disk:a.img")
+	if _, err := src.r.Backup(ctx, pa2, nil); err != nil {
+		t.Fatal(err)
+	}
+	s, err = dst.r.Copy(ctx, src.r, []pe.ID{pa2.ID().Base()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("incremental copy: %+v", s)
+	if len(s.Copied) != 1 || s.Read != mib || s.New != mib || s.Sent > mib+64<<10 || s.Present != 11*mib {
+		t.Errorf("incremental copy of 1 MiB changed: %+v", s)
+	}
+	checkReplica(t, src, dst, map[pe.ID]func(pe.ID) bool{pa2.ID(): diskSame(a)})
+
+	// Interrupted after two packs of a 64 MiB disk: the run again reads
+	// and sends only what the first did not store.
+	c := src.disk("c.img", 64*mib, map[int64]int64{0: 64 * mib})
+	pc := src.snap("disk:c.img")
+	if _, err := src.r.Backup(ctx, pc, nil); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cut := &cancelAfterPacks{Backend: dst.be, n: 2, cancel: cancel}
+	interrupted, err := Open(ctx, cut, Options{Password: "second site", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer interrupted.Close()
+	s, err = interrupted.Copy(cctx, src.r, []pe.ID{pc.ID()}, nil)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted copy: %+v %v", s, err)
+	}
+	t.Logf("interrupted copy: %+v", s)
+	if snaps, _ := dst.r.Snapshots(ctx, pc.ID()); len(snaps) != 0 {
+		t.Fatal("an interrupted copy committed its snapshot")
+	}
+	s2, err := dst.r.Copy(ctx, src.r, []pe.ID{pc.ID()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("copy after the interruption: %+v", s2)
+	if s2.Present < 2*packTarget-mib || s2.Read > 64*mib-s2.Present || s2.Read+s2.Present != 64*mib {
+		t.Errorf("copy after an interruption after 2 packs: %+v", s2)
+	}
+	checkReplica(t, src, dst, map[pe.ID]func(pe.ID) bool{pc.ID(): diskSame(c)})
+}
+
+// An unencrypted source copies into an encrypted target and that into an
+// unencrypted one; a repository is not copied into itself.
+func TestCopyUnencryptedSource(t *testing.T) {
+	ctx := context.Background()
+	src := newEnv(t, nil, Options{Insecure: true})
+	dst := newEnv(t, nil, Options{Password: "second site"})
+	tree := filepath.Join(src.dir, "fs", "home")
+	if err := samples.WriteTree(tree); err != nil {
+		t.Fatal(err)
+	}
+	p := src.snap("fs:home")
+	if _, err := src.r.Backup(ctx, p, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.r.Copy(ctx, src.r, nil, nil); err == nil || !strings.Contains(err.Error(), "the same repository") {
+		t.Errorf("copy into itself: %v", err)
+	}
+	if _, err := dst.r.Copy(ctx, src.r, []pe.ID{mustID(t, "fs:nothing")}, nil); !errors.Is(err, pe.ErrNotFound) {
+		t.Errorf("copy of a PE without snapshots: %v", err)
+	}
+	if _, err := dst.r.Copy(ctx, src.r, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	want := treeSums(t, tree)
+	checkReplica(t, src, dst, map[pe.ID]func(pe.ID) bool{
+		p.ID(): func(r pe.ID) bool { return treeSums(t, filepath.Join(dst.dir, "fs", r.Name())) == want },
+	})
+	// And from the encrypted copy into another unencrypted repository.
+	third := newEnv(t, nil, Options{Insecure: true})
+	if _, err := third.r.Copy(ctx, dst.r, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	checkReplica(t, dst, third, map[pe.ID]func(pe.ID) bool{
+		p.ID(): func(r pe.ID) bool { return treeSums(t, filepath.Join(third.dir, "fs", r.Name())) == want },
+	})
+}
+
+func mustID(t *testing.T, s string) pe.ID {
+	t.Helper()
+	id, err := pe.ParseID(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
