@@ -209,8 +209,9 @@ func TestRetentionMatchesRestic(t *testing.T) {
 		slices.Sort(kept)
 		if !reflect.DeepEqual(kept, want[i]) {
 			t.Errorf("forget %v keeps\n  %v\nrestic keeps\n  %v", p, kept, want[i])
+		} else {
+			t.Logf("forget %v: keeps %d of %d, as restic", p, len(kept), len(times))
 		}
-		t.Logf("forget %v: keeps %d of %d, as restic", p, len(kept), len(times))
 	}
 
 	// The real run forgets the others of disk:sample.img only.
