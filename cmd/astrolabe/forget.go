@@ -84,6 +84,11 @@ func forget(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
+		for _, id := range pes {
+			if !slices.ContainsFunc(res, func(g repo.PolicyResult) bool { return g.PE == id }) {
+				fmt.Fprintf(c.App.ErrWriter, "%s has no snapshots in the repository\n", id)
+			}
+		}
 		if err := printPolicyResults(c.App.Writer, res, dryRun); err != nil {
 			return err
 		}

@@ -214,6 +214,10 @@ func TestRetentionMatchesRestic(t *testing.T) {
 		}
 	}
 
+	if res := mustRun(t, cfg, append(append([]string{"repo", "forget"}, r...), "--dry-run", "--keep-last", "1", "disk:nosuch.img")...); !strings.Contains(res.stderr, "disk:nosuch.img has no snapshots") {
+		t.Errorf("forget of a PE without snapshots: %+v", res)
+	}
+
 	// The real run forgets the others of disk:sample.img only.
 	args := append(append([]string{"repo", "forget"}, r...), "--keep-daily", "7", "--keep-weekly", "4", disk.String())
 	res := mustRun(t, cfg, args...)
