@@ -148,7 +148,7 @@ func (b *backupRun) snapshot(p pe.ProtectedEntity) error {
 		return err
 	}
 	info.ID = id // what the snapshot is named in the repository, whatever the PE says
-	idx := &snapshotIndex{ID: id.String(), BackedUp: time.Now().UTC()}
+	idx := &snapshotIndex{ID: id.String(), BackedUp: b.r.now().UTC()}
 	comps, err := p.Components(ctx)
 	if err != nil {
 		return err

@@ -77,6 +77,7 @@ type Repository struct {
 	cfg config
 	key *key
 	log *slog.Logger
+	now func() time.Time // Options.Now
 
 	enc *zstd.Encoder
 	dec *zstd.Decoder
@@ -101,6 +102,9 @@ type Options struct {
 	Password string
 	Insecure bool
 	Logger   *slog.Logger
+	// Now is the clock that dates backups and that retention counts
+	// from; nil for time.Now. Jobs and tests run on a clock of their own.
+	Now func() time.Time
 }
 
 const defaultChunkSize = 1 << 20
@@ -146,6 +150,9 @@ func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, e
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	b, err := backend.ReadAll(ctx, be, "config")
 	if errors.Is(err, backend.ErrNotExist) {
 		return nil, fmt.Errorf("%s: %w", be.Location(), ErrNotInitialized)
@@ -160,7 +167,7 @@ func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, e
 	if cfg.Version < 1 || cfg.Version > formatVersion {
 		return nil, fmt.Errorf("%s: repository format %d, this astrolabe reads 1 to %d", be.Location(), cfg.Version, formatVersion)
 	}
-	r := &Repository{be: be, cfg: cfg, log: opts.Logger, idx: newIndex(), claims: map[string]chan struct{}{}, released: map[string]bool{}, lockStatEvery: time.Minute}
+	r := &Repository{be: be, cfg: cfg, log: opts.Logger, now: opts.Now, idx: newIndex(), claims: map[string]chan struct{}{}, released: map[string]bool{}, lockStatEvery: time.Minute}
 	if cfg.Encrypted {
 		if opts.Password == "" {
 			return nil, fmt.Errorf("%s is encrypted: give its password (ASTROLABE_PASSWORD or --password-file)", be.Location())

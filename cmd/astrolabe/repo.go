@@ -205,27 +205,7 @@ is not what its name says is left as it is and reported.`,
 				fmt.Fprintf(c.App.Writer, "removed %d pack(s), %s; %d incomplete snapshot(s)\n", s.Packs, humanBytes(s.Bytes), s.Incomplete)
 				return nil
 			}),
-		}, {
-			Name:      "forget",
-			Usage:     "remove a snapshot from the repository (its data goes with the next prune)",
-			ArgsUsage: "PEID:SNAPSHOT",
-			Flags:     repoFlags(),
-			Action: withRepo(func(c *cli.Context, r *repo.Repository) error {
-				a, err := args(c, 1, "PEID:SNAPSHOT")
-				if err != nil {
-					return err
-				}
-				id, err := peArg(a[0], 1)
-				if err != nil {
-					return err
-				}
-				if err := r.Forget(c.Context, id); err != nil {
-					return err
-				}
-				fmt.Fprintf(c.App.ErrWriter, "forgot %s\n", id)
-				return nil
-			}),
-		}, {
+		}, forgetCommand(), {
 			Name:  "unlock",
 			Usage: "remove stale locks and those of dead processes of this host (--all: every lock) after a crash",
 			Flags: append(repoFlags(), &cli.BoolFlag{Name: "all", Usage: "remove all locks, also fresh ones"}),
