@@ -48,7 +48,7 @@ func (r *Repository) Copy(ctx context.Context, src *Repository, filter []pe.ID, 
 	if err := r.upgradeConfig(ctx); err != nil {
 		return CopySummary{}, err
 	}
-	c := &copyRun{r: r, src: src, ctx: ctx, progress: progress, done: map[pe.ID]bool{}}
+	c := &copyRun{r: r, src: src, ctx: ctx, progress: progress, done: map[pe.ID]bool{}, path: map[pe.ID]bool{}}
 	var s CopySummary
 	for _, id := range ids {
 		if c.done[id] {
@@ -99,6 +99,7 @@ type copyRun struct {
 	ctx      context.Context
 	progress pe.Progress
 	done     map[pe.ID]bool // copied by this run
+	path     map[pe.ID]bool // being copied: the snapshot and the components above this one
 	copied   []pe.ID
 
 	read, newBytes, sent, present atomic.Int64
@@ -125,6 +126,11 @@ func (c *copyRun) top(id pe.ID) (bool, error) {
 		return false, err
 	}
 	defer lock.release()
+	// Again under the lock: another process may have committed it since,
+	// and writing it again would replace its index under its info.
+	if done, err := c.r.committed(c.ctx, id); err != nil || done {
+		return false, err
+	}
 	// Under the shared lock no prune removes a pack: what the refreshed
 	// index holds exists until the snapshot is committed.
 	if err := c.r.refreshIndex(c.ctx); err != nil {
@@ -146,6 +152,11 @@ func (c *copyRun) top(id pe.ID) (bool, error) {
 
 // component copies a component unless the target has it.
 func (c *copyRun) component(b *backupRun, id pe.ID) error {
+	// A snapshot that is its own component (a damaged or forged source)
+	// would wait on its own claim forever.
+	if c.path[id] {
+		return fmt.Errorf("%s is a component of itself in %s", id, c.src.Location())
+	}
 	release, err := c.r.claim(c.ctx, id)
 	if err != nil {
 		return err
@@ -160,6 +171,8 @@ func (c *copyRun) component(b *backupRun, id pe.ID) error {
 // snapshot copies one snapshot: components first, then its streams; its
 // info is written last.
 func (c *copyRun) snapshot(b *backupRun, id pe.ID) error {
+	c.path[id] = true
+	defer delete(c.path, id)
 	sidx, si, err := c.src.loadSnapshot(c.ctx, id)
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -203,4 +204,60 @@ func mustID(t *testing.T, s string) pe.ID {
 		t.Fatal(err)
 	}
 	return id
+}
+
+// lockHook runs hook once, when the first lock is about to be saved.
+type lockHook struct {
+	backend.Backend
+	once sync.Once
+	hook func()
+}
+
+func (b *lockHook) Save(ctx context.Context, name string, r io.Reader, size int64) error {
+	if strings.HasPrefix(name, "locks/") {
+		b.once.Do(b.hook)
+	}
+	return b.Backend.Save(ctx, name, r, size)
+}
+
+// TestCopyRechecksUnderLock: another process commits the snapshot between
+// a copy's first look and its lock. The copy must find it there under the
+// lock and leave it alone, not write it again (which would replace its
+// index under its info).
+func TestCopyRechecksUnderLock(t *testing.T) {
+	ctx := context.Background()
+	src := newEnv(t, nil, Options{Password: "first site"})
+	dst := newEnv(t, nil, Options{Password: "second site"})
+	src.disk("a.img", 8*mib, map[int64]int64{0: 3 * mib})
+	p := src.snap("disk:a.img")
+	if _, err := src.r.Backup(ctx, p, nil); err != nil {
+		t.Fatal(err)
+	}
+	var other string
+	hooked := &lockHook{Backend: dst.be, hook: func() {
+		// The other process: its own Repository on the same target.
+		s, err := dst.r.Copy(ctx, src.r, nil, nil)
+		if err != nil || len(s.Copied) != 1 {
+			t.Errorf("the other copy: %+v %v", s, err)
+		}
+		other = dst.snapshotObjects(p.ID())
+	}}
+	late, err := Open(ctx, hooked, Options{Password: "second site", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Close()
+	s, err := late.Copy(ctx, src.r, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Copied) != 0 {
+		t.Errorf("the late copy wrote %v again: %+v", s.Copied, s)
+	}
+	if got := dst.snapshotObjects(p.ID()); got != other {
+		t.Errorf("the committed snapshot's objects changed under the late copy")
+	}
+	if probs, err := dst.r.Check(ctx, false, nil); err != nil || len(probs) != 0 {
+		t.Fatalf("check: %v %v", probs, err)
+	}
 }
