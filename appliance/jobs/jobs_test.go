@@ -327,3 +327,67 @@ func TestParseErrors(t *testing.T) {
 		t.Fatalf("job as JSON: %s", b)
 	}
 }
+
+// TestReplicateJob: a replicate job copies the backups of the PEs it
+// names into a second repository with its own password; run again it
+// copies only the new one.
+func TestReplicateJob(t *testing.T) {
+	f := newFixture(t)
+	second := filepath.Join(f.dir, "second")
+	secondPass := filepath.Join(f.dir, "second.pw")
+	writeFile(t, secondPass, "another\n")
+	be, err := backend.NewDir(second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.Init(context.Background(), be, repo.Options{Password: "another", Logger: quiet()}); err != nil {
+		t.Fatal(err)
+	}
+	s := f.scheduler(t, fmt.Sprintf(`[
+  {"name": "nightly", "kind": "backup", "schedule": "0 2 * * *", "pes": ["fs:sample", "disk:*"],
+   "repository": {"location": %%[1]q, "passwordFile": %%[2]q}},
+  {"name": "offsite", "kind": "replicate", "schedule": "0 3 * * *", "pes": ["fs:*"],
+   "from": {"location": %%[1]q, "passwordFile": %%[2]q}, "repository": {"location": %q, "passwordFile": %q}}
+]`, second, secondPass))
+	f.clock.SetAt("2026-11-01 00:00:00")
+	s.Tick()
+	for range 4 { // two nights
+		f.clock.Set(s.Next())
+		f.tick(t, s)
+	}
+	runs := s.History("offsite")
+	if len(runs) != 2 || runs[0].Details != "copied 1 snapshot(s), 0 there already" || runs[1].Details != "copied 1 snapshot(s), 1 there already" {
+		t.Fatalf("replicate runs: %+v", runs)
+	}
+	if runs[0].New == 0 || runs[1].New >= runs[0].New {
+		t.Fatalf("the second copy sent %d new bytes, the first %d: want fewer", runs[1].New, runs[0].New)
+	}
+	r, err := repo.Open(context.Background(), be, repo.Options{Password: "another", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ids, err := r.SnapshotIDs(context.Background(), pe.ID{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := f.open(t).SnapshotIDs(context.Background(), mustParse(t, "fs:sample"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ids, src) || len(ids) != 2 {
+		t.Fatalf("the replica holds %v, the primary's fs:sample snapshots are %v", ids, src)
+	}
+	if problems, err := r.Check(context.Background(), true, nil); err != nil || len(problems) > 0 {
+		t.Fatalf("check --read-data of the replica: %v %v", problems, err)
+	}
+}
+
+func mustParse(t *testing.T, s string) pe.ID {
+	t.Helper()
+	id, err := pe.ParseID(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}

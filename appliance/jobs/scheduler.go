@@ -2,7 +2,6 @@ package jobs
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -152,7 +151,7 @@ func (s *Scheduler) start(j *Job, due, now time.Time) (string, bool) {
 		r.Finished, r.Status = s.opts.Now(), string(tasks.Success)
 		switch {
 		case ctx.Err() != nil:
-			r.Status, r.Error = string(tasks.Cancelled), fmt.Sprint(err)
+			r.Status, r.Error = string(tasks.Cancelled), context.Cause(ctx).Error()
 		case err != nil:
 			r.Status, r.Error = string(tasks.Failed), err.Error()
 		}
