@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/appliance/config"
+	"github.com/astrolabe-appliance/astrolabe/appliance/jobs"
 	"github.com/astrolabe-appliance/astrolabe/appliance/rest"
 	"github.com/astrolabe-appliance/astrolabe/appliance/s3export"
 	"github.com/astrolabe-appliance/astrolabe/appliance/tasks"
@@ -177,6 +178,9 @@ func Run(ctx context.Context, opts Options) error {
 	taskCtx, cancelTasks := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelTasks()
 	tm := tasks.NewManager(tasks.Options{Logger: log})
+	if err := startJobs(ctx, taskCtx, opts, m, tm); err != nil {
+		return err
+	}
 	// Uploads into the S3 copy bucket are restored as tasks of tm.
 	uploads := s3export.UploadOptions{Restorer: uc, Tasks: tm, TaskContext: taskCtx}
 	s3h, err := newS3Handler(opts, m, ls.s3, &ep, uploads)
@@ -201,6 +205,22 @@ func Run(ctx context.Context, opts Options) error {
 
 	<-ctx.Done()
 	return drain(ctx, opts, tm, uc, run)
+}
+
+// startJobs runs the jobs of <ConfigDir>/jobs.json, if there is one, as
+// tasks of tm until ctx is done.
+func startJobs(ctx, taskCtx context.Context, opts Options, m pe.Manager, tm *tasks.Manager) error {
+	js, ok, err := jobs.Load(opts.ConfigDir)
+	if err != nil || !ok {
+		return err
+	}
+	sched, err := jobs.New(jobs.Options{Jobs: js, ConfigDir: opts.ConfigDir, Manager: m, Tasks: tm, TaskContext: taskCtx, Logger: opts.Logger})
+	if err != nil {
+		return err
+	}
+	opts.Logger.Info("running jobs", "jobs", len(js))
+	go sched.Run(ctx)
+	return nil
 }
 
 // drain lets running tasks finish (up to opts.DrainTimeout), unmounts

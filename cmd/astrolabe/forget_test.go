@@ -2,10 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -17,6 +14,7 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/repo"
 	"github.com/astrolabe-appliance/astrolabe/repo/backend"
+	"github.com/astrolabe-appliance/astrolabe/repo/repotest"
 )
 
 // retentionZone is where the simulated nights are: 02:00 in Tokyo is the
@@ -89,51 +87,6 @@ func openTestRepo(ctx context.Context, dir string, opts repo.Options) (*repo.Rep
 	return repo.Open(ctx, be, opts)
 }
 
-// resticKept backs up a small directory into a new restic repository at
-// each time and returns, per policy, the times restic forget --dry-run
-// keeps, as local DateTime strings.
-func resticKept(t *testing.T, times []time.Time, policies [][]string) [][]string {
-	t.Helper()
-	if _, err := exec.LookPath("restic"); err != nil {
-		t.Fatal("restic is needed to compare retention with: apt-get install restic (scripts/deps.d/retention.sh)")
-	}
-	dir := t.TempDir()
-	data := filepath.Join(dir, "data")
-	os.Mkdir(data, 0o755)
-	os.WriteFile(filepath.Join(data, "f"), []byte("nightly\n"), 0o644)
-	restic := func(args ...string) []byte {
-		cmd := exec.Command("restic", append([]string{"--no-cache", "-q", "-r", filepath.Join(dir, "repo")}, args...)...)
-		cmd.Env = append(os.Environ(), "RESTIC_PASSWORD=retention")
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("restic %v: %v", args, err)
-		}
-		return out
-	}
-	restic("init")
-	for _, tm := range times {
-		restic("backup", "--host", "astrolabe-test", "--time", tm.Format(time.DateTime), data)
-	}
-	var out [][]string
-	for _, p := range policies {
-		var groups []struct {
-			Keep []struct {
-				Time time.Time `json:"time"`
-			} `json:"keep"`
-		}
-		if err := json.Unmarshal(restic(append([]string{"forget", "--dry-run", "--json"}, p...)...), &groups); err != nil || len(groups) != 1 {
-			t.Fatalf("restic forget %v: %d groups, %v", p, len(groups), err)
-		}
-		var kept []string
-		for _, s := range groups[0].Keep {
-			kept = append(kept, s.Time.Local().Format(time.DateTime))
-		}
-		slices.Sort(kept)
-		out = append(out, kept)
-	}
-	return out
-}
-
 // forgetLines parses the output of repo forget: per snapshot its action
 // and reasons.
 type forgetLine struct {
@@ -186,7 +139,7 @@ func TestRetentionMatchesRestic(t *testing.T) {
 		{"--keep-monthly", "2", "--keep-hourly", "3"},
 		{"--keep-within", "10d"},
 	}
-	want := resticKept(t, times, policies)
+	want := repotest.ResticKept(t, times, policies)
 	for i, p := range policies {
 		args := append(append(append([]string{"repo", "forget"}, r...), p...), "--dry-run", disk.String())
 		lines := parseForget(t, mustRun(t, cfg, args...).stdout)

@@ -1,0 +1,193 @@
+// Package jobs runs the appliance's scheduled jobs: back up PEs, prune a
+// repository by a retention policy, verify it, replicate it to another.
+// The jobs are defined in jobs.json in the configuration directory; each
+// run is a task of appliance/tasks, and its result is kept in a history
+// file beside it, which also tells the scheduler after a restart which
+// runs were missed.
+package jobs
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/robfig/cron/v3"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/repo"
+)
+
+// File is the name of the jobs file in the configuration directory.
+const File = "jobs.json"
+
+// Kinds of job.
+const (
+	Backup    = "backup"
+	Prune     = "prune"
+	Verify    = "verify"
+	Replicate = "replicate"
+)
+
+// Job is one entry of jobs.json.
+type Job struct {
+	Name     string `json:"name"`
+	Kind     string `json:"kind"`
+	Schedule string `json:"schedule"` // cron: 5 fields, or a descriptor such as @daily
+	// PEs are the PEs a backup job backs up, and those a prune or
+	// replicate job works on (all if none): PE IDs, or "type:*" for
+	// every PE of a type.
+	PEs        []string   `json:"pes,omitempty"`
+	Repository Repository `json:"repository"`
+	// Keep is a prune job's retention policy.
+	Keep *Keep `json:"keep,omitempty"`
+	// From is the repository a replicate job copies from.
+	From *Repository `json:"from,omitempty"`
+	// ReadData makes a verify job read every pack whole (check
+	// --read-data); without it only the structure is checked.
+	ReadData bool `json:"readData,omitempty"`
+
+	schedule cron.Schedule
+	policy   repo.Policy
+}
+
+// Repository is where a job's repository is and how it is opened.
+type Repository struct {
+	Location     string `json:"location"` // a directory, s3:// or s3+http://
+	PasswordFile string `json:"passwordFile,omitempty"`
+}
+
+// Keep is a retention policy as restic's forget --keep-* options.
+type Keep struct {
+	Last    int    `json:"last,omitempty"`
+	Hourly  int    `json:"hourly,omitempty"`
+	Daily   int    `json:"daily,omitempty"`
+	Weekly  int    `json:"weekly,omitempty"`
+	Monthly int    `json:"monthly,omitempty"`
+	Yearly  int    `json:"yearly,omitempty"`
+	Within  string `json:"within,omitempty"` // e.g. 7d, 1y6m
+}
+
+var parser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+// Load reads the jobs of the configuration directory dir; ok is false if
+// it has no jobs file.
+func Load(dir string) (jobs []*Job, ok bool, err error) {
+	b, err := os.ReadFile(filepath.Join(dir, File))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	jobs, err = Parse(b)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: %w", filepath.Join(dir, File), err)
+	}
+	return jobs, true, nil
+}
+
+// Parse reads and validates a jobs file's content.
+func Parse(b []byte) ([]*Job, error) {
+	var jobs []*Job
+	d := json.NewDecoder(strings.NewReader(string(b)))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&jobs); err != nil {
+		return nil, fmt.Errorf("want a JSON list of jobs: %w", err)
+	}
+	seen := map[string]bool{}
+	for i, j := range jobs {
+		if j == nil {
+			return nil, fmt.Errorf("job %d: null", i+1)
+		}
+		if err := j.validate(); err != nil {
+			if j.Name == "" {
+				return nil, fmt.Errorf("job %d: %w", i+1, err)
+			}
+			return nil, fmt.Errorf("job %q: %w", j.Name, err)
+		}
+		if seen[j.Name] {
+			return nil, fmt.Errorf("job %q: name: defined twice", j.Name)
+		}
+		seen[j.Name] = true
+	}
+	return jobs, nil
+}
+
+func (j *Job) validate() error {
+	if j.Name == "" || strings.ContainsAny(j.Name, "/\\\x00") {
+		return fmt.Errorf("name %q: want a name without slashes", j.Name)
+	}
+	var err error
+	if j.schedule, err = parser.Parse(j.Schedule); err != nil {
+		return fmt.Errorf("schedule %q: want cron syntax (minute hour day month weekday) or @daily, @weekly...: %w", j.Schedule, err)
+	}
+	if j.Repository.Location == "" {
+		return errors.New("repository.location: missing")
+	}
+	for _, s := range j.PEs {
+		if _, err := parseSelector(s); err != nil {
+			return fmt.Errorf("pes: %w", err)
+		}
+	}
+	switch j.Kind {
+	case Backup:
+		if len(j.PEs) == 0 {
+			return errors.New("pes: a backup job needs PEs to back up")
+		}
+	case Prune:
+		if j.Keep == nil {
+			return errors.New("keep: a prune job needs a retention policy")
+		}
+		if j.policy, err = j.Keep.policy(); err != nil {
+			return fmt.Errorf("keep: %w", err)
+		}
+	case Verify:
+	case Replicate:
+		if j.From == nil || j.From.Location == "" {
+			return errors.New("from.location: a replicate job needs the repository it copies from")
+		}
+	default:
+		return fmt.Errorf("kind %q: want backup, prune, verify or replicate", j.Kind)
+	}
+	if j.Kind != Prune && j.Keep != nil {
+		return fmt.Errorf("keep: only for prune jobs, not %s", j.Kind)
+	}
+	if j.Kind != Replicate && j.From != nil {
+		return fmt.Errorf("from: only for replicate jobs, not %s", j.Kind)
+	}
+	return nil
+}
+
+func (k Keep) policy() (repo.Policy, error) {
+	p := repo.Policy{Last: k.Last, Hourly: k.Hourly, Daily: k.Daily, Weekly: k.Weekly, Monthly: k.Monthly, Yearly: k.Yearly}
+	if k.Within != "" {
+		var err error
+		if p.Within, err = repo.ParseDuration(k.Within); err != nil {
+			return p, fmt.Errorf("within: %w", err)
+		}
+	}
+	if p.Empty() {
+		return p, errors.New("no keep rule: it would keep everything")
+	}
+	return p, p.Valid()
+}
+
+// selector names PEs: one PE (ID), or every PE of a type (Name empty).
+type selector struct {
+	id  pe.ID
+	typ string
+}
+
+func parseSelector(s string) (selector, error) {
+	if typ, ok := strings.CutSuffix(s, ":*"); ok && typ != "" && !strings.ContainsAny(typ, ":/*") {
+		return selector{typ: typ}, nil
+	}
+	id, err := pe.ParseID(s)
+	if err != nil {
+		return selector{}, fmt.Errorf("%q: want a PE ID or type:*: %w", s, err)
+	}
+	return selector{id: id}, nil
+}

@@ -1,0 +1,393 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/astrolabe-appliance/astrolabe/appliance/samples/samplestest"
+	"github.com/astrolabe-appliance/astrolabe/appliance/tasks"
+	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/repo"
+	"github.com/astrolabe-appliance/astrolabe/repo/backend"
+	"github.com/astrolabe-appliance/astrolabe/repo/repotest"
+)
+
+// clock is the test's clock: it moves only when the test sets it.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Set(t time.Time) { c.mu.Lock(); defer c.mu.Unlock(); c.t = t }
+func quiet() *slog.Logger        { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+func at(s string) time.Time      { t, _ := time.ParseInLocation(time.DateTime, s, time.Local); return t }
+func (c *clock) SetAt(s string)  { c.Set(at(s)) }
+func writeFile(t *testing.T, p, s string) {
+	t.Helper()
+	if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fixture is a configuration with the sample PEs, a repository in it
+// with a password file, and a tasks manager.
+type fixture struct {
+	dir, repoDir, passFile string
+	m                      pe.Manager
+	tm                     *tasks.Manager
+	clock                  *clock
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	dir, m := samplestest.Config(t)
+	f := &fixture{dir: dir, m: m, repoDir: filepath.Join(dir, "repo"), passFile: filepath.Join(dir, "password"), clock: &clock{}}
+	writeFile(t, f.passFile, repotest.Password+"\n")
+	be, err := backend.NewDir(f.repoDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.Init(context.Background(), be, repo.Options{Password: repotest.Password, Logger: quiet()}); err != nil {
+		t.Fatal(err)
+	}
+	f.tm = tasks.NewManager(tasks.Options{Logger: quiet()})
+	t.Cleanup(func() { f.tm.Shutdown(context.Background(), time.Minute) })
+	return f
+}
+
+// scheduler loads jobsJSON (%[1]s is the repository, %[2]s its password
+// file) as jobs.json and returns a new Scheduler of it.
+func (f *fixture) scheduler(t *testing.T, jobsJSON string) *Scheduler {
+	t.Helper()
+	writeFile(t, filepath.Join(f.dir, File), fmt.Sprintf(jobsJSON, f.repoDir, f.passFile))
+	jobs, ok, err := Load(f.dir)
+	if err != nil || !ok {
+		t.Fatalf("load jobs: %v %v", ok, err)
+	}
+	s, err := New(Options{Jobs: jobs, ConfigDir: f.dir, Manager: f.m, Tasks: f.tm, Now: f.clock.Now, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// tick runs the jobs due and waits for their runs to end.
+func (f *fixture) tick(t *testing.T, s *Scheduler) []tasks.Info {
+	t.Helper()
+	var out []tasks.Info
+	for _, id := range s.Tick() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		info, err := f.tm.Wait(ctx, id)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Status != tasks.Success {
+			t.Fatalf("task %s (%s): %s %v", id, info.Details, info.Status, info.Result)
+		}
+		out = append(out, info)
+	}
+	return out
+}
+
+// TestNightlyBackupAndPruneAsRestic: a nightly backup job and a prune job
+// with keep-daily 7 / keep-weekly 4 run for 30 simulated days leave
+// exactly the snapshots restic forget keeps of backups at the same times.
+func TestNightlyBackupAndPruneAsRestic(t *testing.T) {
+	f := newFixture(t)
+	s := f.scheduler(t, `[
+  {"name": "nightly", "kind": "backup", "schedule": "0 2 * * *", "pes": ["fs:*"],
+   "repository": {"location": %[1]q, "passwordFile": %[2]q}},
+  {"name": "retention", "kind": "prune", "schedule": "30 2 * * *",
+   "repository": {"location": %[1]q, "passwordFile": %[2]q}, "keep": {"daily": 7, "weekly": 4}}
+]`)
+	f.clock.SetAt("2026-10-20 00:00:00")
+	if started := s.Tick(); len(started) != 0 {
+		t.Fatalf("jobs never run ran at once: %v", started)
+	}
+	var backups []time.Time
+	for range 200 { // bounded: 60 runs are expected
+		if len(backups) == 30 {
+			break
+		}
+		f.clock.Set(s.Next())
+		for _, info := range f.tick(t, s) {
+			if info.Details == "nightly" {
+				backups = append(backups, f.clock.Now())
+			}
+		}
+	}
+	if len(backups) != 30 {
+		t.Fatalf("%d nightly backups, want 30", len(backups))
+	}
+	f.clock.Set(s.Next()) // the last night's prune
+	if got := f.tick(t, s); len(got) != 1 || got[0].Details != "retention" {
+		t.Fatalf("after the last backup ran %v, want the prune", got)
+	}
+
+	want := repotest.ResticKept(t, backups, [][]string{{"--keep-daily", "7", "--keep-weekly", "4"}})[0]
+	r := f.open(t)
+	snaps, err := r.Snapshots(context.Background(), pe.ID{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, sn := range snaps {
+		got = append(got, sn.BackedUp.Local().Format(time.DateTime))
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Fatalf("the repository holds snapshots of\n%v\nrestic keeps\n%v", got, want)
+	}
+	if len(want) != 9 { // 7 days (the newest 2 weeks), and 2 more Sundays
+		t.Fatalf("restic keeps %d snapshots, want 9: %v", len(want), want)
+	}
+	if problems, err := r.Check(context.Background(), true, nil); err != nil || len(problems) > 0 {
+		t.Fatalf("check --read-data: %v %v", problems, err)
+	}
+
+	runs := s.History("nightly")
+	if len(runs) != 30 {
+		t.Fatalf("%d runs in the history of nightly, want 30", len(runs))
+	}
+	for i, run := range runs {
+		if run.Status != "success" || !run.Started.Equal(backups[i]) || run.Task == "" || !strings.HasPrefix(run.Details, "backed up fs:sample:") {
+			t.Fatalf("run %d: %+v", i, run)
+		}
+	}
+	if runs[0].Read == 0 || runs[0].New == 0 || runs[0].Stored == 0 {
+		t.Fatalf("the first backup read/new/stored nothing: %+v", runs[0])
+	}
+	prunes := s.History("retention")
+	if len(prunes) != 30 || !strings.Contains(prunes[29].Details, "kept 9 snapshot(s), forgot 1") {
+		t.Fatalf("%d prune runs, the last %+v", len(prunes), prunes[len(prunes)-1])
+	}
+}
+
+func (f *fixture) open(t *testing.T) *repo.Repository {
+	t.Helper()
+	be, err := backend.NewDir(f.repoDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := repo.Open(context.Background(), be, repo.Options{Password: repotest.Password, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+const verifyJob = `[{"name": "verify", "kind": "verify", "schedule": "0 3 * * *",
+  "repository": {"location": %[1]q, "passwordFile": %[2]q}}]`
+
+// TestMissedRunsRunOnceAtStart: runs missed while the appliance was down
+// run once when it starts again (a new Scheduler over the same history),
+// not once per missed time; a job never run before does not.
+func TestMissedRunsRunOnceAtStart(t *testing.T) {
+	f := newFixture(t)
+	s := f.scheduler(t, verifyJob)
+	f.clock.SetAt("2026-11-01 01:00:00")
+	f.tick(t, s)
+	f.clock.SetAt("2026-11-01 03:00:00")
+	if got := f.tick(t, s); len(got) != 1 {
+		t.Fatalf("ran %d at 03:00, want 1", len(got))
+	}
+
+	// Down for three nights; then a new job appears too.
+	f.clock.SetAt("2026-11-04 10:00:00")
+	s = f.scheduler(t, `[
+  {"name": "verify", "kind": "verify", "schedule": "0 3 * * *", "repository": {"location": %[1]q, "passwordFile": %[2]q}},
+  {"name": "new", "kind": "verify", "schedule": "0 3 * * *", "repository": {"location": %[1]q, "passwordFile": %[2]q}}]`)
+	got := f.tick(t, s)
+	if len(got) != 1 || got[0].Details != "verify" {
+		t.Fatalf("at start ran %v, want the missed verify once", got)
+	}
+	if got := f.tick(t, s); len(got) != 0 {
+		t.Fatalf("ran again at once: %v", got)
+	}
+	if next := s.Next(); !next.Equal(at("2026-11-05 03:00:00")) {
+		t.Fatalf("next run at %v, want 2026-11-05 03:00", next)
+	}
+	runs := s.History("verify")
+	if len(runs) != 2 || !runs[1].Scheduled.Equal(at("2026-11-02 03:00:00")) || !runs[1].Started.Equal(at("2026-11-04 10:00:00")) {
+		t.Fatalf("history: %+v", runs)
+	}
+	if runs := s.History("new"); len(runs) != 0 {
+		t.Fatalf("the new job ran: %+v", runs)
+	}
+}
+
+// TestRunsNeverOverlap: a run due while the previous run of its job still
+// runs is skipped, and the skip recorded; the next one runs. The first
+// run is held by its password file, a FIFO the test writes when it wants
+// the run to go on.
+func TestRunsNeverOverlap(t *testing.T) {
+	f := newFixture(t)
+	os.Remove(f.passFile)
+	if err := syscall.Mkfifo(f.passFile, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := f.scheduler(t, `[{"name": "hourly", "kind": "verify", "schedule": "@hourly",
+  "repository": {"location": %[1]q, "passwordFile": %[2]q}}]`)
+	f.clock.SetAt("2026-11-01 00:30:00")
+	s.Tick()
+	f.clock.SetAt("2026-11-01 01:00:00")
+	first := s.Tick()
+	if len(first) != 1 {
+		t.Fatalf("started %v at 01:00", first)
+	}
+	f.clock.SetAt("2026-11-01 02:00:00")
+	if got := s.Tick(); len(got) != 0 {
+		t.Fatalf("started %v while the 01:00 run runs", got)
+	}
+	runs := s.History("hourly")
+	if len(runs) != 1 || runs[0].Status != Skipped || !runs[0].Scheduled.Equal(at("2026-11-01 02:00:00")) {
+		t.Fatalf("history while the first run runs: %+v", runs)
+	}
+
+	release := func() {
+		w, err := os.OpenFile(f.passFile, os.O_WRONLY, 0)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		w.WriteString(repotest.Password + "\n")
+		w.Close()
+	}
+	release()
+	info, err := f.tm.Wait(context.Background(), first[0])
+	if err != nil || info.Status != tasks.Success {
+		t.Fatalf("first run: %+v %v", info, err)
+	}
+	f.clock.SetAt("2026-11-01 03:00:00")
+	third := s.Tick()
+	if len(third) != 1 {
+		t.Fatalf("started %v at 03:00 after the first run ended", third)
+	}
+	release()
+	if info, err := f.tm.Wait(context.Background(), third[0]); err != nil || info.Status != tasks.Success {
+		t.Fatalf("third run: %+v %v", info, err)
+	}
+	runs = s.History("hourly")
+	var statuses []string
+	for _, r := range runs {
+		statuses = append(statuses, r.Status)
+	}
+	if !slices.Equal(statuses, []string{Skipped, "success", "success"}) || runs[1].Task != first[0] {
+		t.Fatalf("history: %+v", runs)
+	}
+}
+
+// TestParseErrors: a bad jobs file is refused with the job and the field.
+func TestParseErrors(t *testing.T) {
+	repoJSON := `"repository": {"location": "/r"}`
+	for _, c := range []struct{ json, want string }{
+		{`{}`, "want a JSON list of jobs"},
+		{`[{"name": "a", "kind": "backup", "schedule": "0 2 * * *", ` + repoJSON + `, "pes": ["fs:x"], "color": 1}]`, `unknown field "color"`},
+		{`[{"name": "a", "kind": "dance", "schedule": "@daily", ` + repoJSON + `}]`, `job "a": kind "dance"`},
+		{`[{"name": "a", "kind": "verify", "schedule": "61 * * * *", ` + repoJSON + `}]`, `job "a": schedule "61 * * * *"`},
+		{`[{"name": "a", "kind": "verify", "schedule": "Mon *-*-* 02:00", ` + repoJSON + `}]`, `job "a": schedule`},
+		{`[{"name": "a", "kind": "verify", "schedule": "@daily"}]`, `job "a": repository.location: missing`},
+		{`[{"name": "a", "kind": "backup", "schedule": "@daily", ` + repoJSON + `}]`, `job "a": pes: a backup job needs PEs`},
+		{`[{"name": "a", "kind": "backup", "schedule": "@daily", ` + repoJSON + `, "pes": ["nocolon"]}]`, `job "a": pes: "nocolon"`},
+		{`[{"name": "a", "kind": "prune", "schedule": "@daily", ` + repoJSON + `}]`, `job "a": keep: a prune job needs`},
+		{`[{"name": "a", "kind": "prune", "schedule": "@daily", ` + repoJSON + `, "keep": {}}]`, `job "a": keep: no keep rule`},
+		{`[{"name": "a", "kind": "prune", "schedule": "@daily", ` + repoJSON + `, "keep": {"daily": -2}}]`, `job "a": keep: keep-daily -2`},
+		{`[{"name": "a", "kind": "prune", "schedule": "@daily", ` + repoJSON + `, "keep": {"within": "7x"}}]`, `job "a": keep: within`},
+		{`[{"name": "a", "kind": "replicate", "schedule": "@daily", ` + repoJSON + `}]`, `job "a": from.location`},
+		{`[{"name": "a", "kind": "verify", "schedule": "@daily", ` + repoJSON + `, "keep": {"daily": 1}}]`, `job "a": keep: only for prune jobs`},
+		{`[{"kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`, `job 1: name ""`},
+		{`[{"name": "a", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}, {"name": "a", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`, `job "a": name: defined twice`},
+	} {
+		_, err := Parse([]byte(c.json))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want %q", c.json, err, c.want)
+		}
+	}
+	jobs, err := Parse([]byte(`[{"name": "w", "kind": "replicate", "schedule": "@weekly", "pes": ["disk:*", "fs:sample"],
+		"repository": {"location": "s3+http://127.0.0.1:1/b"}, "from": {"location": "/r"}}]`))
+	if err != nil || len(jobs) != 1 {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(jobs[0])
+	if !strings.Contains(string(b), `"from":{"location":"/r"}`) {
+		t.Fatalf("job as JSON: %s", b)
+	}
+}
+
+// TestReplicateJob: a replicate job copies the backups of the PEs it
+// names into a second repository with its own password; run again it
+// copies only the new one.
+func TestReplicateJob(t *testing.T) {
+	f := newFixture(t)
+	second := filepath.Join(f.dir, "second")
+	secondPass := filepath.Join(f.dir, "second.pw")
+	writeFile(t, secondPass, "another\n")
+	be, err := backend.NewDir(second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.Init(context.Background(), be, repo.Options{Password: "another", Logger: quiet()}); err != nil {
+		t.Fatal(err)
+	}
+	s := f.scheduler(t, fmt.Sprintf(`[
+  {"name": "nightly", "kind": "backup", "schedule": "0 2 * * *", "pes": ["fs:sample", "disk:*"],
+   "repository": {"location": %%[1]q, "passwordFile": %%[2]q}},
+  {"name": "offsite", "kind": "replicate", "schedule": "0 3 * * *", "pes": ["fs:*"],
+   "from": {"location": %%[1]q, "passwordFile": %%[2]q}, "repository": {"location": %q, "passwordFile": %q}}
+]`, second, secondPass))
+	f.clock.SetAt("2026-11-01 00:00:00")
+	s.Tick()
+	for range 4 { // two nights
+		f.clock.Set(s.Next())
+		f.tick(t, s)
+	}
+	runs := s.History("offsite")
+	if len(runs) != 2 || runs[0].Details != "copied 1 snapshot(s), 0 there already" || runs[1].Details != "copied 1 snapshot(s), 1 there already" {
+		t.Fatalf("replicate runs: %+v", runs)
+	}
+	if runs[0].New == 0 || runs[1].New >= runs[0].New {
+		t.Fatalf("the second copy sent %d new bytes, the first %d: want fewer", runs[1].New, runs[0].New)
+	}
+	r, err := repo.Open(context.Background(), be, repo.Options{Password: "another", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ids, err := r.SnapshotIDs(context.Background(), pe.ID{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := f.open(t).SnapshotIDs(context.Background(), mustParse(t, "fs:sample"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ids, src) || len(ids) != 2 {
+		t.Fatalf("the replica holds %v, the primary's fs:sample snapshots are %v", ids, src)
+	}
+	if problems, err := r.Check(context.Background(), true, nil); err != nil || len(problems) > 0 {
+		t.Fatalf("check --read-data of the replica: %v %v", problems, err)
+	}
+}
+
+func mustParse(t *testing.T, s string) pe.ID {
+	t.Helper()
+	id, err := pe.ParseID(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}

@@ -1,0 +1,211 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/astrolabe-appliance/astrolabe/appliance/usecase"
+	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/repo"
+	"github.com/astrolabe-appliance/astrolabe/repo/backend"
+)
+
+// outcome is what a run did.
+type outcome struct {
+	read, new, stored int64
+	details           string
+}
+
+func (o outcome) result() map[string]string {
+	return map[string]string{
+		"bytesRead": strconv.FormatInt(o.read, 10), "bytesNew": strconv.FormatInt(o.new, 10),
+		"bytesStored": strconv.FormatInt(o.stored, 10), "details": o.details,
+	}
+}
+
+func (s *Scheduler) run(ctx context.Context, j *Job, progress pe.Progress) (outcome, error) {
+	r, err := s.open(ctx, j.Repository)
+	if err != nil {
+		return outcome{}, err
+	}
+	defer r.Close()
+	switch j.Kind {
+	case Backup:
+		return s.backup(ctx, j, r, progress)
+	case Prune:
+		return prune(ctx, j, r)
+	case Verify:
+		return verify(ctx, j, r, progress)
+	default:
+		return s.replicate(ctx, j, r, progress)
+	}
+}
+
+// open opens a job's repository on the scheduler's clock.
+func (s *Scheduler) open(ctx context.Context, loc Repository) (*repo.Repository, error) {
+	var be backend.Backend
+	var err error
+	if strings.HasPrefix(loc.Location, "s3://") || strings.HasPrefix(loc.Location, "s3+http://") {
+		var cfg backend.S3Config
+		if cfg, err = backend.ParseS3URL(loc.Location); err == nil {
+			be, err = backend.NewS3(ctx, cfg)
+		}
+	} else {
+		be, err = backend.NewDir(loc.Location)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("repository %s: %w", loc.Location, err)
+	}
+	opts := repo.Options{Logger: s.log, Now: s.opts.Now}
+	if loc.PasswordFile != "" {
+		b, err := os.ReadFile(loc.PasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("repository %s: password file: %w", loc.Location, err)
+		}
+		opts.Password = strings.TrimRight(string(b), "\r\n")
+	}
+	r, err := repo.Open(ctx, be, opts)
+	if err != nil {
+		return nil, fmt.Errorf("repository %s: %w", loc.Location, err)
+	}
+	return r, nil
+}
+
+// backup backs up each PE of the job (a live one snapshotted first), on
+// after a failure; the errors are joined.
+func (s *Scheduler) backup(ctx context.Context, j *Job, r *repo.Repository, progress pe.Progress) (outcome, error) {
+	ids, err := s.livePEs(ctx, j.PEs)
+	if err != nil {
+		return outcome{}, err
+	}
+	uc, err := usecase.New(usecase.Config{Manager: s.opts.Manager, Repository: r, Logger: s.log})
+	if err != nil {
+		return outcome{}, err
+	}
+	defer uc.Close()
+	var o outcome
+	var errs []error
+	var done []string
+	for _, id := range ids {
+		sum, err := uc.Backup(ctx, id, progress)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("back up %s: %w", id, err))
+			continue
+		}
+		o.read, o.new, o.stored = o.read+sum.Read, o.new+sum.New, o.stored+sum.Stored
+		done = append(done, sum.ID.String())
+	}
+	o.details = "backed up " + strings.Join(done, " ")
+	return o, errors.Join(errs...)
+}
+
+// livePEs resolves selectors to the live PEs they name.
+func (s *Scheduler) livePEs(ctx context.Context, sels []string) ([]pe.ID, error) {
+	var ids []pe.ID
+	for _, str := range sels {
+		sel, _ := parseSelector(str) // validated when loaded
+		if sel.typ == "" {
+			ids = append(ids, sel.id)
+			continue
+		}
+		tm, err := s.opts.Manager.Type(ctx, sel.typ)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", str, err)
+		}
+		list, err := tm.List(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", str, err)
+		}
+		ids = append(ids, list...)
+	}
+	return ids, nil
+}
+
+// storedPEs resolves selectors to the PEs of r's snapshots they name; nil
+// (all) if there is none.
+func storedPEs(ctx context.Context, r *repo.Repository, sels []string) ([]pe.ID, error) {
+	if len(sels) == 0 {
+		return nil, nil
+	}
+	snaps, err := r.SnapshotIDs(ctx, pe.ID{})
+	if err != nil {
+		return nil, err
+	}
+	var ids []pe.ID
+	for _, str := range sels {
+		sel, _ := parseSelector(str)
+		for _, id := range snaps {
+			base := id.Base()
+			if (base == sel.id.Base() || base.Type() == sel.typ) && !slices.Contains(ids, base) {
+				ids = append(ids, base)
+			}
+		}
+	}
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("no snapshots of %s in %s", strings.Join(sels, " "), r.Location())
+	}
+	return ids, nil
+}
+
+// prune forgets what the policy does not keep, then removes the data no
+// snapshot uses.
+func prune(ctx context.Context, j *Job, r *repo.Repository) (outcome, error) {
+	ids, err := storedPEs(ctx, r, j.PEs)
+	if err != nil {
+		return outcome{}, err
+	}
+	results, err := r.ForgetPolicy(ctx, j.policy, ids, false)
+	if err != nil {
+		return outcome{}, err
+	}
+	kept, forgot := 0, 0
+	for _, res := range results {
+		for _, d := range res.Decisions {
+			if d.Keep {
+				kept++
+			} else {
+				forgot++
+			}
+		}
+	}
+	sum, err := r.Prune(ctx)
+	if err != nil {
+		return outcome{}, err
+	}
+	return outcome{details: fmt.Sprintf("kept %d snapshot(s), forgot %d; removed %d pack(s), %d bytes", kept, forgot, sum.Packs, sum.Bytes)}, nil
+}
+
+func verify(ctx context.Context, j *Job, r *repo.Repository, progress pe.Progress) (outcome, error) {
+	problems, err := r.Check(ctx, j.ReadData, progress)
+	if err != nil {
+		return outcome{}, err
+	}
+	if len(problems) > 0 {
+		msgs := make([]string, len(problems))
+		for i, p := range problems {
+			msgs[i] = p.String()
+		}
+		return outcome{}, fmt.Errorf("%d problem(s) found: %s", len(problems), strings.Join(msgs, "; "))
+	}
+	return outcome{details: "no problems found"}, nil
+}
+
+func (s *Scheduler) replicate(ctx context.Context, j *Job, r *repo.Repository, progress pe.Progress) (outcome, error) {
+	src, err := s.open(ctx, *j.From)
+	if err != nil {
+		return outcome{}, err
+	}
+	defer src.Close()
+	ids, err := storedPEs(ctx, src, j.PEs)
+	if err != nil {
+		return outcome{}, err
+	}
+	sum, err := r.Copy(ctx, src, ids, progress)
+	return outcome{read: sum.Read, new: sum.New, stored: sum.Sent,
+		details: fmt.Sprintf("copied %d snapshot(s), %d there already", len(sum.Copied), len(sum.Skipped))}, err
+}
