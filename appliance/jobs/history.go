@@ -4,10 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/astrolabe-appliance/astrolabe/internal/atomicfile"
 )
 
 // HistoryFile is the name of the history file in the configuration
@@ -42,14 +46,18 @@ type jobHistory struct {
 	Runs []Run     `json:"runs"`
 }
 
-// history is the history file, rewritten whole (by rename) on each change.
+// history is the history file, rewritten whole (atomically, durably) on
+// each change.
 type history struct {
 	path string
 	mu   sync.Mutex
 	jobs map[string]*jobHistory
 }
 
-func loadHistory(path string) (*history, error) {
+// loadHistory reads the history file. A damaged one must not stop the
+// appliance: it is moved aside to path.corrupt and the history starts
+// empty.
+func loadHistory(path string, log *slog.Logger) (*history, error) {
 	h := &history{path: path, jobs: map[string]*jobHistory{}}
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -59,7 +67,12 @@ func loadHistory(path string) (*history, error) {
 		return nil, err
 	}
 	if err := json.Unmarshal(b, &h.jobs); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		if rerr := os.Rename(path, path+".corrupt"); rerr != nil {
+			return nil, fmt.Errorf("%s: %w; moving it aside: %w", path, err, rerr)
+		}
+		log.Warn("job history damaged: moved aside, starting with an empty history", "file", path+".corrupt", "err", err)
+		h.jobs = map[string]*jobHistory{}
+		return h, nil
 	}
 	for name, j := range h.jobs {
 		if j == nil {
@@ -119,11 +132,10 @@ func (h *history) save() error {
 	if err != nil {
 		return err
 	}
-	tmp := h.path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("job history: %w", err)
-	}
-	if err := os.Rename(tmp, h.path); err != nil {
+	if err := atomicfile.Write(h.path, 0o600, func(w io.Writer) error {
+		_, err := w.Write(b)
+		return err
+	}); err != nil {
 		return fmt.Errorf("job history: %w", err)
 	}
 	return nil

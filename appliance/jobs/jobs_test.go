@@ -391,3 +391,23 @@ func mustParse(t *testing.T, s string) pe.ID {
 	}
 	return id
 }
+
+// TestDamagedHistory: a truncated history file does not stop the
+// scheduler: it is moved aside and the history starts empty.
+func TestDamagedHistory(t *testing.T) {
+	f := newFixture(t)
+	damaged := `{"nightly": {"last": "2026-10-20T02:00:00Z", "runs": [{"sta`
+	writeFile(t, historyPath(f.dir), damaged)
+	s := f.scheduler(t, `[{"name": "nightly", "kind": "prune", "schedule": "0 2 * * *",
+   "repository": {"location": %[1]q, "passwordFile": %[2]q}, "keep": {"daily": 7}}]`)
+	if runs := s.History("nightly"); len(runs) != 0 {
+		t.Fatalf("history of a damaged file: %v", runs)
+	}
+	b, err := os.ReadFile(historyPath(f.dir) + ".corrupt")
+	if err != nil || string(b) != damaged {
+		t.Fatalf("damaged file not kept aside: %q %v", b, err)
+	}
+	if _, err := os.Stat(historyPath(f.dir)); !os.IsNotExist(err) {
+		t.Fatalf("damaged history file still in place: %v", err)
+	}
+}

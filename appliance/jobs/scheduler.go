@@ -51,7 +51,7 @@ func New(opts Options) (*Scheduler, error) {
 	if opts.TaskContext == nil {
 		opts.TaskContext = context.Background()
 	}
-	h, err := loadHistory(historyPath(opts.ConfigDir))
+	h, err := loadHistory(historyPath(opts.ConfigDir), opts.Logger)
 	if err != nil {
 		return nil, err
 	}
