@@ -60,7 +60,8 @@ func New(opts Options) (*Scheduler, error) {
 
 // Run runs the jobs until ctx is cancelled: those missed since their last
 // run at once, then each when due. It waits at most a minute between
-// looks at the clock, so that a clock set forward is followed.
+// looks at the clock, so that a clock set forward is followed. It returns
+// only between Ticks, so once it has returned it starts no more tasks.
 func (s *Scheduler) Run(ctx context.Context) {
 	for {
 		s.Tick()
