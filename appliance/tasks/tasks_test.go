@@ -6,8 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"math"
-	"sync/atomic"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
