@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/astrolabe-appliance/astrolabe/appliance/tasks"
 	"github.com/astrolabe-appliance/astrolabe/internal/atomicfile"
 )
 
@@ -22,7 +23,14 @@ const HistoryFile = "jobs-history.json"
 const maxRuns = 100
 
 // Run statuses beyond those of tasks.
-const Skipped = "skipped"
+const (
+	Skipped = "skipped"
+	// Running is recorded when a run starts; a run still running when
+	// the history is loaded was cut short (a crash, a stop) and becomes
+	// Interrupted.
+	Running     = "running"
+	Interrupted = "interrupted"
+)
 
 // Run is the result of one run of a job.
 type Run struct {
@@ -30,7 +38,7 @@ type Run struct {
 	Scheduled time.Time `json:"scheduled"`      // when it was due
 	Started   time.Time `json:"started"`
 	Finished  time.Time `json:"finished"`
-	Status    string    `json:"status"` // success, failed, cancelled or skipped
+	Status    string    `json:"status"` // running, success, failed, cancelled, interrupted or skipped
 	Read      int64     `json:"bytesRead"`
 	New       int64     `json:"bytesNew"`
 	Stored    int64     `json:"bytesStored"`
@@ -74,9 +82,22 @@ func loadHistory(path string, log *slog.Logger) (*history, error) {
 		h.jobs = map[string]*jobHistory{}
 		return h, nil
 	}
+	interrupted := false
 	for name, j := range h.jobs {
 		if j == nil {
 			delete(h.jobs, name)
+			continue
+		}
+		for i := range j.Runs {
+			if r := &j.Runs[i]; r.Status == Running {
+				r.Status, r.Error = Interrupted, "the appliance stopped during the run"
+				interrupted = true
+			}
+		}
+	}
+	if interrupted {
+		if err := h.save(); err != nil {
+			log.Error("job history", "err", err)
 		}
 	}
 	return h, nil
@@ -107,15 +128,67 @@ func (h *history) setLast(name string, t time.Time) error {
 	return h.save()
 }
 
-func (h *history) add(name string, r Run) error {
+// begin records r, a run started at now, as running.
+func (h *history) begin(name string, now time.Time, r Run) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	j := h.job(name)
+	j.Last = now
+	r.Status = Running
+	h.append(j, r)
+	return h.save()
+}
+
+// end replaces the running entry of r's task by r.
+func (h *history) end(name string, r Run) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	j := h.job(name)
+	for i := len(j.Runs) - 1; i >= 0; i-- {
+		if j.Runs[i].Task == r.Task && j.Runs[i].Status == Running {
+			j.Runs[i] = r
+			return h.save()
+		}
+	}
+	h.append(j, r)
+	return h.save()
+}
+
+// cutShort returns the latest run of the job name, not counting skips, if
+// it did not end by itself (interrupted or cancelled): it is to be run
+// again.
+func (h *history) cutShort(name string) (Run, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	j := h.jobs[name]
+	if j == nil {
+		return Run{}, false
+	}
+	for i := len(j.Runs) - 1; i >= 0; i-- {
+		switch r := j.Runs[i]; r.Status {
+		case Skipped:
+			continue
+		case Interrupted, string(tasks.Cancelled):
+			return r, true
+		default:
+			return Run{}, false
+		}
+	}
+	return Run{}, false
+}
+
+func (h *history) add(name string, r Run) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.append(h.job(name), r)
+	return h.save()
+}
+
+func (h *history) append(j *jobHistory, r Run) {
 	j.Runs = append(j.Runs, r)
 	if len(j.Runs) > maxRuns {
 		j.Runs = append([]Run(nil), j.Runs[len(j.Runs)-maxRuns:]...)
 	}
-	return h.save()
 }
 
 func (h *history) runs(name string) []Run {

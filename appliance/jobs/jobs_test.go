@@ -254,7 +254,8 @@ func TestRunsNeverOverlap(t *testing.T) {
 		t.Fatalf("started %v while the 01:00 run runs", got)
 	}
 	runs := s.History("hourly")
-	if len(runs) != 1 || runs[0].Status != Skipped || !runs[0].Scheduled.Equal(at("2026-11-01 02:00:00")) {
+	if len(runs) != 2 || runs[0].Status != Running || runs[0].Task != first[0] ||
+		runs[1].Status != Skipped || !runs[1].Scheduled.Equal(at("2026-11-01 02:00:00")) {
 		t.Fatalf("history while the first run runs: %+v", runs)
 	}
 
@@ -286,7 +287,7 @@ func TestRunsNeverOverlap(t *testing.T) {
 	for _, r := range runs {
 		statuses = append(statuses, r.Status)
 	}
-	if !slices.Equal(statuses, []string{Skipped, "success", "success"}) || runs[1].Task != first[0] {
+	if !slices.Equal(statuses, []string{"success", Skipped, "success"}) || runs[0].Task != first[0] {
 		t.Fatalf("history: %+v", runs)
 	}
 }
@@ -409,5 +410,83 @@ func TestDamagedHistory(t *testing.T) {
 	}
 	if _, err := os.Stat(historyPath(f.dir)); !os.IsNotExist(err) {
 		t.Fatalf("damaged history file still in place: %v", err)
+	}
+}
+
+// TestInterruptedRunRunsAgain: a run still running when the appliance
+// stopped is shown interrupted at the next start and runs again once
+// there, though its next time is not yet due.
+func TestInterruptedRunRunsAgain(t *testing.T) {
+	f := newFixture(t)
+	writeFile(t, historyPath(f.dir), `{"verify": {"last": "2026-11-01T03:00:00+01:00",
+  "runs": [{"task": "task-1", "scheduled": "2026-11-01T03:00:00+01:00", "started": "2026-11-01T03:00:00+01:00",
+    "finished": "0001-01-01T00:00:00Z", "status": "running", "bytesRead": 0, "bytesNew": 0, "bytesStored": 0}]}}`)
+	f.clock.SetAt("2026-11-01 09:00:00")
+	s := f.scheduler(t, verifyJob)
+	if runs := s.History("verify"); len(runs) != 1 || runs[0].Status != Interrupted {
+		t.Fatalf("history at start: %+v", runs)
+	}
+	if got := f.tick(t, s); len(got) != 1 {
+		t.Fatalf("ran %d at start, want the interrupted run again", len(got))
+	}
+	if got := f.tick(t, s); len(got) != 0 {
+		t.Fatalf("ran again: %v", got)
+	}
+	runs := s.History("verify")
+	if len(runs) != 2 || runs[0].Status != Interrupted || runs[1].Status != "success" || runs[1].Task == "" {
+		t.Fatalf("history: %+v", runs)
+	}
+	// The next start finds a finished run: nothing to run again.
+	s = f.scheduler(t, verifyJob)
+	if got := s.Tick(); len(got) != 0 {
+		t.Fatalf("ran at the next start: %v", got)
+	}
+}
+
+// TestClockWentBack: a last run dated in the future (the clock went back)
+// does not hold the job until the clock catches up, and neither does a
+// next time computed before the clock went back.
+func TestClockWentBack(t *testing.T) {
+	f := newFixture(t)
+	writeFile(t, historyPath(f.dir), `{"verify": {"last": "2031-01-01T03:00:00+01:00", "runs": []}}`)
+	f.clock.SetAt("2026-11-01 01:00:00")
+	s := f.scheduler(t, verifyJob)
+	if got := s.Tick(); len(got) != 0 {
+		t.Fatalf("ran at 01:00: %v", got)
+	}
+	if next := s.Next(); !next.Equal(at("2026-11-01 03:00:00")) {
+		t.Fatalf("next run at %v, want 2026-11-01 03:00", next)
+	}
+
+	// The clock is set years ahead (the missed run runs, and the next
+	// time is computed from there), then set right again.
+	f.clock.SetAt("2031-06-01 04:00:00")
+	s = f.scheduler(t, verifyJob)
+	if got := f.tick(t, s); len(got) != 1 {
+		t.Fatalf("ran %d in 2031, want the missed run", len(got))
+	}
+	f.clock.SetAt("2026-11-02 01:00:00")
+	if got := s.Tick(); len(got) != 0 {
+		t.Fatalf("ran at 01:00: %v", got)
+	}
+	if next := s.Next(); !next.Equal(at("2026-11-02 03:00:00")) {
+		t.Fatalf("next run at %v after the clock went back, want 2026-11-02 03:00", next)
+	}
+	f.clock.SetAt("2026-11-02 03:00:00")
+	if got := f.tick(t, s); len(got) != 1 {
+		t.Fatalf("ran %d at 03:00, want 1", len(got))
+	}
+}
+
+// TestScheduleZone: a CRON_TZ= prefix gives a schedule in that zone (the
+// README's advice against daylight-saving gaps).
+func TestScheduleZone(t *testing.T) {
+	js, err := Parse([]byte(`[{"name": "v", "kind": "verify", "schedule": "CRON_TZ=UTC 30 2 * * *", "repository": {"location": "/r"}}]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := time.Date(2026, 3, 29, 0, 0, 0, 0, time.UTC)
+	if next := js[0].schedule.Next(from); !next.Equal(from.Add(150 * time.Minute)) {
+		t.Fatalf("next of CRON_TZ=UTC 30 2 * * * after %v: %v", from, next)
 	}
 }

@@ -115,12 +115,23 @@ func (s *Scheduler) due(j *Job, now time.Time) (time.Time, bool) {
 	defer s.mu.Unlock()
 	next, ok := s.next[j.Name]
 	if !ok {
-		// A job never run counts from now: nothing of it was missed.
+		// A run cut short (the appliance stopped or crashed during it, or
+		// it was cancelled) is run again at start.
+		if r, ok := s.hist.cutShort(j.Name); ok {
+			s.next[j.Name] = j.schedule.Next(now)
+			return r.Scheduled, true
+		}
+		// A job never run counts from now: nothing of it was missed. A
+		// last run in the future is a clock that went back: counting
+		// from it would hold the job until the clock caught up.
 		last := s.hist.last(j.Name)
-		if last.IsZero() {
+		if last.IsZero() || last.After(now) {
 			last = now
 		}
 		next = j.schedule.Next(last)
+	} else if soonest := j.schedule.Next(now); next.After(soonest) {
+		// The clock went back since next was computed.
+		next = soonest
 	}
 	if now.Before(next) {
 		s.next[j.Name] = next
@@ -131,23 +142,22 @@ func (s *Scheduler) due(j *Job, now time.Time) (time.Time, bool) {
 }
 
 func (s *Scheduler) start(j *Job, due, now time.Time) (string, bool) {
-	if err := s.hist.setLast(j.Name, now); err != nil {
-		s.log.Error("job history", "job", j.Name, "err", err)
-	}
 	s.mu.Lock()
 	busy := s.running[j.Name]
 	s.running[j.Name] = true
 	s.mu.Unlock()
 	if busy {
 		s.log.Warn("job skipped: its previous run is still running", "job", j.Name, "due", due)
+		s.setLast(j, now)
 		s.record(j, Run{Scheduled: due, Started: now, Finished: now, Status: Skipped, Error: "the previous run was still running"})
 		return "", false
 	}
-	// The run records its task's ID, known once Start returns.
-	taskID := make(chan string, 1)
+	// The run is recorded as running, under its task's ID, once Start
+	// returns; it waits for that before recording its end.
+	begun := make(chan string, 1)
 	info, err := s.opts.Tasks.Start(s.opts.TaskContext, "job-"+j.Kind, j.Name, "", func(ctx context.Context, progress pe.Progress) (map[string]string, error) {
-		r := Run{Scheduled: due, Started: s.opts.Now()}
 		res, err := s.run(ctx, j, progress)
+		r := Run{Scheduled: due, Started: now, Task: <-begun}
 		r.Read, r.New, r.Stored, r.Details = res.read, res.new, res.stored, res.details
 		r.Finished, r.Status = s.opts.Now(), string(tasks.Success)
 		switch {
@@ -156,8 +166,9 @@ func (s *Scheduler) start(j *Job, due, now time.Time) (string, bool) {
 		case err != nil:
 			r.Status, r.Error = string(tasks.Failed), err.Error()
 		}
-		r.Task = <-taskID
-		s.record(j, r)
+		if herr := s.hist.end(j.Name, r); herr != nil {
+			s.log.Error("job history", "job", j.Name, "err", herr)
+		}
 		s.mu.Lock()
 		delete(s.running, j.Name)
 		s.mu.Unlock()
@@ -167,11 +178,21 @@ func (s *Scheduler) start(j *Job, due, now time.Time) (string, bool) {
 		s.mu.Lock()
 		delete(s.running, j.Name)
 		s.mu.Unlock()
+		s.setLast(j, now)
 		s.record(j, Run{Scheduled: due, Started: now, Finished: now, Status: string(tasks.Failed), Error: err.Error()})
 		return "", false
 	}
-	taskID <- info.ID
+	if err := s.hist.begin(j.Name, now, Run{Task: info.ID, Scheduled: due, Started: now}); err != nil {
+		s.log.Error("job history", "job", j.Name, "err", err)
+	}
+	begun <- info.ID
 	return info.ID, true
+}
+
+func (s *Scheduler) setLast(j *Job, now time.Time) {
+	if err := s.hist.setLast(j.Name, now); err != nil {
+		s.log.Error("job history", "job", j.Name, "err", err)
+	}
 }
 
 func (s *Scheduler) record(j *Job, r Run) {
