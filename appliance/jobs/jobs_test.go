@@ -490,3 +490,28 @@ func TestScheduleZone(t *testing.T) {
 		t.Fatalf("next of CRON_TZ=UTC 30 2 * * * after %v: %v", from, next)
 	}
 }
+
+// TestBackupOfNothingFails: a backup job whose selectors match no PE fails
+// and says so, rather than succeeding with nothing backed up.
+func TestBackupOfNothingFails(t *testing.T) {
+	f := newFixture(t)
+	if err := os.RemoveAll(filepath.Join(f.dir, "fs", "sample")); err != nil {
+		t.Fatal(err)
+	}
+	s := f.scheduler(t, `[{"name": "nightly", "kind": "backup", "schedule": "0 2 * * *", "pes": ["fs:*"],
+   "repository": {"location": %[1]q, "passwordFile": %[2]q}}]`)
+	f.clock.SetAt("2026-11-01 01:00:00")
+	s.Tick()
+	f.clock.SetAt("2026-11-01 02:00:00")
+	ids := s.Tick()
+	if len(ids) != 1 {
+		t.Fatalf("started %v at 02:00", ids)
+	}
+	info, err := f.tm.Wait(context.Background(), ids[0])
+	if err != nil || info.Status != tasks.Failed || !strings.Contains(info.Details, "no PEs match fs:*") {
+		t.Fatalf("task: %+v %v", info, err)
+	}
+	if runs := s.History("nightly"); len(runs) != 1 || runs[0].Status != "failed" || !strings.Contains(runs[0].Error, "no PEs match fs:*") {
+		t.Fatalf("history: %+v", runs)
+	}
+}

@@ -83,6 +83,10 @@ func (s *Scheduler) backup(ctx context.Context, j *Job, r *repo.Repository, prog
 	if err != nil {
 		return outcome{}, err
 	}
+	// A backup of nothing is no success: the PEs named have gone.
+	if len(ids) == 0 {
+		return outcome{}, fmt.Errorf("no PEs match %s", strings.Join(j.PEs, " "))
+	}
 	uc, err := usecase.New(usecase.Config{Manager: s.opts.Manager, Repository: r, Logger: s.log})
 	if err != nil {
 		return outcome{}, err
