@@ -515,3 +515,19 @@ func TestBackupOfNothingFails(t *testing.T) {
 		t.Fatalf("history: %+v", runs)
 	}
 }
+
+// TestVerifyErrorBounded: the problems named in a verify run's error are
+// bounded, with the count of the rest.
+func TestVerifyErrorBounded(t *testing.T) {
+	var msgs []string
+	for i := range 25 {
+		msgs = append(msgs, fmt.Sprintf("pack %d missing", i))
+	}
+	got := summarize(msgs, maxProblems)
+	if !strings.HasPrefix(got, "pack 0 missing; ") || !strings.HasSuffix(got, "pack 19 missing; and 5 more") {
+		t.Fatalf("summary of 25: %q", got)
+	}
+	if got := summarize(msgs[:2], maxProblems); got != "pack 0 missing; pack 1 missing" {
+		t.Fatalf("summary of 2: %q", got)
+	}
+}

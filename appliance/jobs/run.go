@@ -194,9 +194,21 @@ func verify(ctx context.Context, j *Job, r *repo.Repository, progress pe.Progres
 		for i, p := range problems {
 			msgs[i] = p.String()
 		}
-		return outcome{}, fmt.Errorf("%d problem(s) found: %s", len(problems), strings.Join(msgs, "; "))
+		return outcome{}, fmt.Errorf("%d problem(s) found: %s", len(problems), summarize(msgs, maxProblems))
 	}
 	return outcome{details: "no problems found"}, nil
+}
+
+// maxProblems bounds the problems of a verify run named in its error (and
+// so in the history file); a damaged repository can have thousands.
+const maxProblems = 20
+
+// summarize joins the first max of msgs and says how many more there are.
+func summarize(msgs []string, max int) string {
+	if len(msgs) <= max {
+		return strings.Join(msgs, "; ")
+	}
+	return fmt.Sprintf("%s; and %d more", strings.Join(msgs[:max], "; "), len(msgs)-max)
 }
 
 func (s *Scheduler) replicate(ctx context.Context, j *Job, r *repo.Repository, progress pe.Progress) (outcome, error) {
