@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -529,5 +530,55 @@ func TestVerifyErrorBounded(t *testing.T) {
 	}
 	if got := summarize(msgs[:2], maxProblems); got != "pack 0 missing; pack 1 missing" {
 		t.Fatalf("summary of 2: %q", got)
+	}
+}
+
+// TestRunsOnOneRepositoryWait: a prune due while a backup runs on the same
+// repository waits for it, rather than failing on the repository's lock,
+// and both succeed. The backup is held by its password file, a FIFO.
+func TestRunsOnOneRepositoryWait(t *testing.T) {
+	f := newFixture(t)
+	fifo := filepath.Join(f.dir, "backup-password")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := f.scheduler(t, `[{"name": "nightly", "kind": "backup", "schedule": "0 2 * * *", "pes": ["fs:*"],
+   "repository": {"location": %[1]q, "passwordFile": `+strconv.Quote(fifo)+`}},
+  {"name": "retention", "kind": "prune", "schedule": "30 2 * * *", "keep": {"daily": 7},
+   "repository": {"location": %[1]q, "passwordFile": %[2]q}}]`)
+	f.clock.SetAt("2026-11-01 01:00:00")
+	s.Tick()
+	f.clock.SetAt("2026-11-01 02:00:00")
+	backup := s.Tick()
+	if len(backup) != 1 {
+		t.Fatalf("started %v at 02:00", backup)
+	}
+	// The backup reads its password, so holds the repository, once the
+	// FIFO has a reader.
+	var w *os.File
+	for range 3000 { // bounded: up to 30 s
+		var err error
+		if w, err = os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if w == nil {
+		t.Fatal("the backup never read its password file")
+	}
+	f.clock.SetAt("2026-11-01 02:30:00")
+	prune := s.Tick()
+	if len(prune) != 1 {
+		t.Fatalf("started %v at 02:30", prune)
+	}
+	if info, _ := f.tm.Get(prune[0]); info.Status != tasks.Running {
+		t.Fatalf("the prune ran during the backup: %+v", info)
+	}
+	w.WriteString(repotest.Password + "\n")
+	w.Close()
+	for _, id := range append(backup, prune...) {
+		if info, err := f.tm.Wait(context.Background(), id); err != nil || info.Status != tasks.Success {
+			t.Fatalf("task %s: %+v %v", id, info, err)
+		}
 	}
 }

@@ -37,6 +37,9 @@ type Scheduler struct {
 	mu      sync.Mutex
 	next    map[string]time.Time // per job, when it is due next
 	running map[string]bool
+	// repoLocks holds, per repository location, a token while a run
+	// uses it.
+	repoLocks map[string]chan struct{}
 }
 
 // New returns a Scheduler of opts.Jobs, with the history kept in the
@@ -55,7 +58,7 @@ func New(opts Options) (*Scheduler, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Scheduler{opts: opts, hist: h, log: opts.Logger, next: map[string]time.Time{}, running: map[string]bool{}}, nil
+	return &Scheduler{opts: opts, hist: h, log: opts.Logger, next: map[string]time.Time{}, running: map[string]bool{}, repoLocks: map[string]chan struct{}{}}, nil
 }
 
 // Run runs the jobs until ctx is cancelled: those missed since their last
