@@ -576,9 +576,15 @@ func TestRunsOnOneRepositoryWait(t *testing.T) {
 	}
 	w.WriteString(repotest.Password + "\n")
 	w.Close()
+	var ended []time.Time
 	for _, id := range append(backup, prune...) {
-		if info, err := f.tm.Wait(context.Background(), id); err != nil || info.Status != tasks.Success {
+		info, err := f.tm.Wait(context.Background(), id)
+		if err != nil || info.Status != tasks.Success {
 			t.Fatalf("task %s: %+v %v", id, info, err)
 		}
+		ended = append(ended, info.Finished)
+	}
+	if !ended[0].Before(ended[1]) {
+		t.Fatalf("the prune ended (%v) before the backup it waits for (%v)", ended[1], ended[0])
 	}
 }
