@@ -178,7 +178,8 @@ func Run(ctx context.Context, opts Options) error {
 	taskCtx, cancelTasks := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelTasks()
 	tm := tasks.NewManager(tasks.Options{Logger: log})
-	if err := startJobs(ctx, taskCtx, opts, m, tm); err != nil {
+	jobsDone, err := startJobs(ctx, taskCtx, opts, m, tm)
+	if err != nil {
 		return err
 	}
 	// Uploads into the S3 copy bucket are restored as tasks of tm.
@@ -204,23 +205,32 @@ func Run(ctx context.Context, opts Options) error {
 	log.Info("astrolabe serving", "api", ep.API, "s3", ep.S3, "nbd", ep.NBD)
 
 	<-ctx.Done()
+	// The scheduler may be starting a task: it must have stopped before
+	// the tasks are drained.
+	<-jobsDone
 	return drain(ctx, opts, tm, uc, run)
 }
 
 // startJobs runs the jobs of <ConfigDir>/jobs.json, if there is one, as
-// tasks of tm until ctx is done.
-func startJobs(ctx, taskCtx context.Context, opts Options, m pe.Manager, tm *tasks.Manager) error {
+// tasks of tm until ctx is done. The channel returned is closed once the
+// scheduler has stopped starting tasks.
+func startJobs(ctx, taskCtx context.Context, opts Options, m pe.Manager, tm *tasks.Manager) (<-chan struct{}, error) {
+	done := make(chan struct{})
 	js, ok, err := jobs.Load(opts.ConfigDir)
 	if err != nil || !ok {
-		return err
+		close(done)
+		return done, err
 	}
 	sched, err := jobs.New(jobs.Options{Jobs: js, ConfigDir: opts.ConfigDir, Manager: m, Tasks: tm, TaskContext: taskCtx, Logger: opts.Logger})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	opts.Logger.Info("running jobs", "jobs", len(js))
-	go sched.Run(ctx)
-	return nil
+	go func() {
+		defer close(done)
+		sched.Run(ctx)
+	}()
+	return done, nil
 }
 
 // drain lets running tasks finish (up to opts.DrainTimeout), unmounts

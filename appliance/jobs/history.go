@@ -4,10 +4,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/astrolabe-appliance/astrolabe/appliance/tasks"
+	"github.com/astrolabe-appliance/astrolabe/internal/atomicfile"
 )
 
 // HistoryFile is the name of the history file in the configuration
@@ -18,7 +23,14 @@ const HistoryFile = "jobs-history.json"
 const maxRuns = 100
 
 // Run statuses beyond those of tasks.
-const Skipped = "skipped"
+const (
+	Skipped = "skipped"
+	// Running is recorded when a run starts; a run still running when
+	// the history is loaded was cut short (a crash, a stop) and becomes
+	// Interrupted.
+	Running     = "running"
+	Interrupted = "interrupted"
+)
 
 // Run is the result of one run of a job.
 type Run struct {
@@ -26,7 +38,7 @@ type Run struct {
 	Scheduled time.Time `json:"scheduled"`      // when it was due
 	Started   time.Time `json:"started"`
 	Finished  time.Time `json:"finished"`
-	Status    string    `json:"status"` // success, failed, cancelled or skipped
+	Status    string    `json:"status"` // running, success, failed, cancelled, interrupted or skipped
 	Read      int64     `json:"bytesRead"`
 	New       int64     `json:"bytesNew"`
 	Stored    int64     `json:"bytesStored"`
@@ -42,14 +54,18 @@ type jobHistory struct {
 	Runs []Run     `json:"runs"`
 }
 
-// history is the history file, rewritten whole (by rename) on each change.
+// history is the history file, rewritten whole (atomically, durably) on
+// each change.
 type history struct {
 	path string
 	mu   sync.Mutex
 	jobs map[string]*jobHistory
 }
 
-func loadHistory(path string) (*history, error) {
+// loadHistory reads the history file. A damaged one must not stop the
+// appliance: it is moved aside to path.corrupt and the history starts
+// empty.
+func loadHistory(path string, log *slog.Logger) (*history, error) {
 	h := &history{path: path, jobs: map[string]*jobHistory{}}
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -59,11 +75,29 @@ func loadHistory(path string) (*history, error) {
 		return nil, err
 	}
 	if err := json.Unmarshal(b, &h.jobs); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		if rerr := os.Rename(path, path+".corrupt"); rerr != nil {
+			return nil, fmt.Errorf("%s: %w; moving it aside: %w", path, err, rerr)
+		}
+		log.Warn("job history damaged: moved aside, starting with an empty history", "file", path+".corrupt", "err", err)
+		h.jobs = map[string]*jobHistory{}
+		return h, nil
 	}
+	interrupted := false
 	for name, j := range h.jobs {
 		if j == nil {
 			delete(h.jobs, name)
+			continue
+		}
+		for i := range j.Runs {
+			if r := &j.Runs[i]; r.Status == Running {
+				r.Status, r.Error = Interrupted, "the appliance stopped during the run"
+				interrupted = true
+			}
+		}
+	}
+	if interrupted {
+		if err := h.save(); err != nil {
+			log.Error("job history", "err", err)
 		}
 	}
 	return h, nil
@@ -94,15 +128,67 @@ func (h *history) setLast(name string, t time.Time) error {
 	return h.save()
 }
 
-func (h *history) add(name string, r Run) error {
+// begin records r, a run started at now, as running.
+func (h *history) begin(name string, now time.Time, r Run) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	j := h.job(name)
+	j.Last = now
+	r.Status = Running
+	h.append(j, r)
+	return h.save()
+}
+
+// end replaces the running entry of r's task by r.
+func (h *history) end(name string, r Run) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	j := h.job(name)
+	for i := len(j.Runs) - 1; i >= 0; i-- {
+		if j.Runs[i].Task == r.Task && j.Runs[i].Status == Running {
+			j.Runs[i] = r
+			return h.save()
+		}
+	}
+	h.append(j, r)
+	return h.save()
+}
+
+// cutShort returns the latest run of the job name, not counting skips, if
+// it did not end by itself (interrupted or cancelled): it is to be run
+// again.
+func (h *history) cutShort(name string) (Run, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	j := h.jobs[name]
+	if j == nil {
+		return Run{}, false
+	}
+	for i := len(j.Runs) - 1; i >= 0; i-- {
+		switch r := j.Runs[i]; r.Status {
+		case Skipped:
+			continue
+		case Interrupted, string(tasks.Cancelled):
+			return r, true
+		default:
+			return Run{}, false
+		}
+	}
+	return Run{}, false
+}
+
+func (h *history) add(name string, r Run) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.append(h.job(name), r)
+	return h.save()
+}
+
+func (h *history) append(j *jobHistory, r Run) {
 	j.Runs = append(j.Runs, r)
 	if len(j.Runs) > maxRuns {
 		j.Runs = append([]Run(nil), j.Runs[len(j.Runs)-maxRuns:]...)
 	}
-	return h.save()
 }
 
 func (h *history) runs(name string) []Run {
@@ -119,11 +205,10 @@ func (h *history) save() error {
 	if err != nil {
 		return err
 	}
-	tmp := h.path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("job history: %w", err)
-	}
-	if err := os.Rename(tmp, h.path); err != nil {
+	if err := atomicfile.Write(h.path, 0o600, func(w io.Writer) error {
+		_, err := w.Write(b)
+		return err
+	}); err != nil {
 		return fmt.Errorf("job history: %w", err)
 	}
 	return nil

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -254,7 +255,8 @@ func TestRunsNeverOverlap(t *testing.T) {
 		t.Fatalf("started %v while the 01:00 run runs", got)
 	}
 	runs := s.History("hourly")
-	if len(runs) != 1 || runs[0].Status != Skipped || !runs[0].Scheduled.Equal(at("2026-11-01 02:00:00")) {
+	if len(runs) != 2 || runs[0].Status != Running || runs[0].Task != first[0] ||
+		runs[1].Status != Skipped || !runs[1].Scheduled.Equal(at("2026-11-01 02:00:00")) {
 		t.Fatalf("history while the first run runs: %+v", runs)
 	}
 
@@ -286,7 +288,7 @@ func TestRunsNeverOverlap(t *testing.T) {
 	for _, r := range runs {
 		statuses = append(statuses, r.Status)
 	}
-	if !slices.Equal(statuses, []string{Skipped, "success", "success"}) || runs[1].Task != first[0] {
+	if !slices.Equal(statuses, []string{"success", Skipped, "success"}) || runs[0].Task != first[0] {
 		t.Fatalf("history: %+v", runs)
 	}
 }
@@ -390,4 +392,199 @@ func mustParse(t *testing.T, s string) pe.ID {
 		t.Fatal(err)
 	}
 	return id
+}
+
+// TestDamagedHistory: a truncated history file does not stop the
+// scheduler: it is moved aside and the history starts empty.
+func TestDamagedHistory(t *testing.T) {
+	f := newFixture(t)
+	damaged := `{"nightly": {"last": "2026-10-20T02:00:00Z", "runs": [{"sta`
+	writeFile(t, historyPath(f.dir), damaged)
+	s := f.scheduler(t, `[{"name": "nightly", "kind": "prune", "schedule": "0 2 * * *",
+   "repository": {"location": %[1]q, "passwordFile": %[2]q}, "keep": {"daily": 7}}]`)
+	if runs := s.History("nightly"); len(runs) != 0 {
+		t.Fatalf("history of a damaged file: %v", runs)
+	}
+	b, err := os.ReadFile(historyPath(f.dir) + ".corrupt")
+	if err != nil || string(b) != damaged {
+		t.Fatalf("damaged file not kept aside: %q %v", b, err)
+	}
+	if _, err := os.Stat(historyPath(f.dir)); !os.IsNotExist(err) {
+		t.Fatalf("damaged history file still in place: %v", err)
+	}
+}
+
+// TestInterruptedRunRunsAgain: a run still running when the appliance
+// stopped is shown interrupted at the next start and runs again once
+// there, though its next time is not yet due.
+func TestInterruptedRunRunsAgain(t *testing.T) {
+	f := newFixture(t)
+	writeFile(t, historyPath(f.dir), `{"verify": {"last": "2026-11-01T03:00:00+01:00",
+  "runs": [{"task": "task-1", "scheduled": "2026-11-01T03:00:00+01:00", "started": "2026-11-01T03:00:00+01:00",
+    "finished": "0001-01-01T00:00:00Z", "status": "running", "bytesRead": 0, "bytesNew": 0, "bytesStored": 0}]}}`)
+	f.clock.SetAt("2026-11-01 09:00:00")
+	s := f.scheduler(t, verifyJob)
+	if runs := s.History("verify"); len(runs) != 1 || runs[0].Status != Interrupted {
+		t.Fatalf("history at start: %+v", runs)
+	}
+	if got := f.tick(t, s); len(got) != 1 {
+		t.Fatalf("ran %d at start, want the interrupted run again", len(got))
+	}
+	if got := f.tick(t, s); len(got) != 0 {
+		t.Fatalf("ran again: %v", got)
+	}
+	runs := s.History("verify")
+	if len(runs) != 2 || runs[0].Status != Interrupted || runs[1].Status != "success" || runs[1].Task == "" {
+		t.Fatalf("history: %+v", runs)
+	}
+	// The next start finds a finished run: nothing to run again.
+	s = f.scheduler(t, verifyJob)
+	if got := s.Tick(); len(got) != 0 {
+		t.Fatalf("ran at the next start: %v", got)
+	}
+}
+
+// TestClockWentBack: a last run dated in the future (the clock went back)
+// does not hold the job until the clock catches up, and neither does a
+// next time computed before the clock went back.
+func TestClockWentBack(t *testing.T) {
+	f := newFixture(t)
+	writeFile(t, historyPath(f.dir), `{"verify": {"last": "2031-01-01T03:00:00+01:00", "runs": []}}`)
+	f.clock.SetAt("2026-11-01 01:00:00")
+	s := f.scheduler(t, verifyJob)
+	if got := s.Tick(); len(got) != 0 {
+		t.Fatalf("ran at 01:00: %v", got)
+	}
+	if next := s.Next(); !next.Equal(at("2026-11-01 03:00:00")) {
+		t.Fatalf("next run at %v, want 2026-11-01 03:00", next)
+	}
+
+	// The clock is set years ahead (the missed run runs, and the next
+	// time is computed from there), then set right again.
+	f.clock.SetAt("2031-06-01 04:00:00")
+	s = f.scheduler(t, verifyJob)
+	if got := f.tick(t, s); len(got) != 1 {
+		t.Fatalf("ran %d in 2031, want the missed run", len(got))
+	}
+	f.clock.SetAt("2026-11-02 01:00:00")
+	if got := s.Tick(); len(got) != 0 {
+		t.Fatalf("ran at 01:00: %v", got)
+	}
+	if next := s.Next(); !next.Equal(at("2026-11-02 03:00:00")) {
+		t.Fatalf("next run at %v after the clock went back, want 2026-11-02 03:00", next)
+	}
+	f.clock.SetAt("2026-11-02 03:00:00")
+	if got := f.tick(t, s); len(got) != 1 {
+		t.Fatalf("ran %d at 03:00, want 1", len(got))
+	}
+}
+
+// TestScheduleZone: a CRON_TZ= prefix gives a schedule in that zone (the
+// README's advice against daylight-saving gaps).
+func TestScheduleZone(t *testing.T) {
+	js, err := Parse([]byte(`[{"name": "v", "kind": "verify", "schedule": "CRON_TZ=UTC 30 2 * * *", "repository": {"location": "/r"}}]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := time.Date(2026, 3, 29, 0, 0, 0, 0, time.UTC)
+	if next := js[0].schedule.Next(from); !next.Equal(from.Add(150 * time.Minute)) {
+		t.Fatalf("next of CRON_TZ=UTC 30 2 * * * after %v: %v", from, next)
+	}
+}
+
+// TestBackupOfNothingFails: a backup job whose selectors match no PE fails
+// and says so, rather than succeeding with nothing backed up.
+func TestBackupOfNothingFails(t *testing.T) {
+	f := newFixture(t)
+	if err := os.RemoveAll(filepath.Join(f.dir, "fs", "sample")); err != nil {
+		t.Fatal(err)
+	}
+	s := f.scheduler(t, `[{"name": "nightly", "kind": "backup", "schedule": "0 2 * * *", "pes": ["fs:*"],
+   "repository": {"location": %[1]q, "passwordFile": %[2]q}}]`)
+	f.clock.SetAt("2026-11-01 01:00:00")
+	s.Tick()
+	f.clock.SetAt("2026-11-01 02:00:00")
+	ids := s.Tick()
+	if len(ids) != 1 {
+		t.Fatalf("started %v at 02:00", ids)
+	}
+	info, err := f.tm.Wait(context.Background(), ids[0])
+	if err != nil || info.Status != tasks.Failed || !strings.Contains(info.Details, "no PEs match fs:*") {
+		t.Fatalf("task: %+v %v", info, err)
+	}
+	if runs := s.History("nightly"); len(runs) != 1 || runs[0].Status != "failed" || !strings.Contains(runs[0].Error, "no PEs match fs:*") {
+		t.Fatalf("history: %+v", runs)
+	}
+}
+
+// TestVerifyErrorBounded: the problems named in a verify run's error are
+// bounded, with the count of the rest.
+func TestVerifyErrorBounded(t *testing.T) {
+	var msgs []string
+	for i := range 25 {
+		msgs = append(msgs, fmt.Sprintf("pack %d missing", i))
+	}
+	got := summarize(msgs, maxProblems)
+	if !strings.HasPrefix(got, "pack 0 missing; ") || !strings.HasSuffix(got, "pack 19 missing; and 5 more") {
+		t.Fatalf("summary of 25: %q", got)
+	}
+	if got := summarize(msgs[:2], maxProblems); got != "pack 0 missing; pack 1 missing" {
+		t.Fatalf("summary of 2: %q", got)
+	}
+}
+
+// TestRunsOnOneRepositoryWait: a prune due while a backup runs on the same
+// repository waits for it, rather than failing on the repository's lock,
+// and both succeed. The backup is held by its password file, a FIFO.
+func TestRunsOnOneRepositoryWait(t *testing.T) {
+	f := newFixture(t)
+	fifo := filepath.Join(f.dir, "backup-password")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := f.scheduler(t, `[{"name": "nightly", "kind": "backup", "schedule": "0 2 * * *", "pes": ["fs:*"],
+   "repository": {"location": %[1]q, "passwordFile": `+strconv.Quote(fifo)+`}},
+  {"name": "retention", "kind": "prune", "schedule": "30 2 * * *", "keep": {"daily": 7},
+   "repository": {"location": %[1]q, "passwordFile": %[2]q}}]`)
+	f.clock.SetAt("2026-11-01 01:00:00")
+	s.Tick()
+	f.clock.SetAt("2026-11-01 02:00:00")
+	backup := s.Tick()
+	if len(backup) != 1 {
+		t.Fatalf("started %v at 02:00", backup)
+	}
+	// The backup reads its password, so holds the repository, once the
+	// FIFO has a reader.
+	var w *os.File
+	for range 3000 { // bounded: up to 30 s
+		var err error
+		if w, err = os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if w == nil {
+		t.Fatal("the backup never read its password file")
+	}
+	f.clock.SetAt("2026-11-01 02:30:00")
+	prune := s.Tick()
+	if len(prune) != 1 {
+		t.Fatalf("started %v at 02:30", prune)
+	}
+	if info, _ := f.tm.Get(prune[0]); info.Status != tasks.Running {
+		t.Fatalf("the prune ran during the backup: %+v", info)
+	}
+	w.WriteString(repotest.Password + "\n")
+	w.Close()
+	var ended []time.Time
+	for _, id := range append(backup, prune...) {
+		info, err := f.tm.Wait(context.Background(), id)
+		if err != nil || info.Status != tasks.Success {
+			t.Fatalf("task %s: %+v %v", id, info, err)
+		}
+		ended = append(ended, info.Finished)
+	}
+	if !ended[0].Before(ended[1]) {
+		t.Fatalf("the prune ended (%v) before the backup it waits for (%v)", ended[1], ended[0])
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,6 +30,11 @@ func (o outcome) result() map[string]string {
 }
 
 func (s *Scheduler) run(ctx context.Context, j *Job, progress pe.Progress) (outcome, error) {
+	unlock, err := s.lockRepositories(ctx, j)
+	if err != nil {
+		return outcome{}, err
+	}
+	defer unlock()
 	r, err := s.open(ctx, j.Repository)
 	if err != nil {
 		return outcome{}, err
@@ -44,6 +50,57 @@ func (s *Scheduler) run(ctx context.Context, j *Job, progress pe.Progress) (outc
 	default:
 		return s.replicate(ctx, j, r, progress)
 	}
+}
+
+// lockRepositories waits until no other run of the scheduler uses j's
+// repositories, and holds them until unlock: jobs on one repository would
+// otherwise fail each other on its lock (a prune during a backup).
+func (s *Scheduler) lockRepositories(ctx context.Context, j *Job) (unlock func(), err error) {
+	locs := []string{repositoryKey(j.Repository.Location)}
+	if j.From != nil {
+		locs = append(locs, repositoryKey(j.From.Location))
+	}
+	// One order for all runs, so that two replicate runs cannot each hold
+	// the repository the other waits for.
+	slices.Sort(locs)
+	locs = slices.Compact(locs)
+	var held []chan struct{}
+	unlock = func() {
+		for _, ch := range held {
+			<-ch
+		}
+	}
+	for _, loc := range locs {
+		ch := s.repositoryLock(loc)
+		select {
+		case ch <- struct{}{}:
+			held = append(held, ch)
+		case <-ctx.Done():
+			unlock()
+			return nil, fmt.Errorf("waiting for repository %s: %w", loc, context.Cause(ctx))
+		}
+	}
+	return unlock, nil
+}
+
+func (s *Scheduler) repositoryLock(loc string) chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := s.repoLocks[loc]
+	if ch == nil {
+		ch = make(chan struct{}, 1)
+		s.repoLocks[loc] = ch
+	}
+	return ch
+}
+
+// repositoryKey is loc with a directory's path cleaned, so that one
+// repository spelled two ways is one.
+func repositoryKey(loc string) string {
+	if strings.Contains(loc, "://") {
+		return loc
+	}
+	return filepath.Clean(loc)
 }
 
 // open opens a job's repository on the scheduler's clock.
@@ -82,6 +139,10 @@ func (s *Scheduler) backup(ctx context.Context, j *Job, r *repo.Repository, prog
 	ids, err := s.livePEs(ctx, j.PEs)
 	if err != nil {
 		return outcome{}, err
+	}
+	// A backup of nothing is no success: the PEs named have gone.
+	if len(ids) == 0 {
+		return outcome{}, fmt.Errorf("no PEs match %s", strings.Join(j.PEs, " "))
 	}
 	uc, err := usecase.New(usecase.Config{Manager: s.opts.Manager, Repository: r, Logger: s.log})
 	if err != nil {
@@ -190,9 +251,21 @@ func verify(ctx context.Context, j *Job, r *repo.Repository, progress pe.Progres
 		for i, p := range problems {
 			msgs[i] = p.String()
 		}
-		return outcome{}, fmt.Errorf("%d problem(s) found: %s", len(problems), strings.Join(msgs, "; "))
+		return outcome{}, fmt.Errorf("%d problem(s) found: %s", len(problems), summarize(msgs, maxProblems))
 	}
 	return outcome{details: "no problems found"}, nil
+}
+
+// maxProblems bounds the problems of a verify run named in its error (and
+// so in the history file); a damaged repository can have thousands.
+const maxProblems = 20
+
+// summarize joins the first limit of msgs and says how many more there are.
+func summarize(msgs []string, limit int) string {
+	if len(msgs) <= limit {
+		return strings.Join(msgs, "; ")
+	}
+	return fmt.Sprintf("%s; and %d more", strings.Join(msgs[:limit], "; "), len(msgs)-limit)
 }
 
 func (s *Scheduler) replicate(ctx context.Context, j *Job, r *repo.Repository, progress pe.Progress) (outcome, error) {

@@ -37,6 +37,9 @@ type Scheduler struct {
 	mu      sync.Mutex
 	next    map[string]time.Time // per job, when it is due next
 	running map[string]bool
+	// repoLocks holds, per repository location, a token while a run
+	// uses it.
+	repoLocks map[string]chan struct{}
 }
 
 // New returns a Scheduler of opts.Jobs, with the history kept in the
@@ -51,16 +54,17 @@ func New(opts Options) (*Scheduler, error) {
 	if opts.TaskContext == nil {
 		opts.TaskContext = context.Background()
 	}
-	h, err := loadHistory(historyPath(opts.ConfigDir))
+	h, err := loadHistory(historyPath(opts.ConfigDir), opts.Logger)
 	if err != nil {
 		return nil, err
 	}
-	return &Scheduler{opts: opts, hist: h, log: opts.Logger, next: map[string]time.Time{}, running: map[string]bool{}}, nil
+	return &Scheduler{opts: opts, hist: h, log: opts.Logger, next: map[string]time.Time{}, running: map[string]bool{}, repoLocks: map[string]chan struct{}{}}, nil
 }
 
 // Run runs the jobs until ctx is cancelled: those missed since their last
 // run at once, then each when due. It waits at most a minute between
-// looks at the clock, so that a clock set forward is followed.
+// looks at the clock, so that a clock set forward is followed. It returns
+// only between Ticks, so once it has returned it starts no more tasks.
 func (s *Scheduler) Run(ctx context.Context) {
 	for {
 		s.Tick()
@@ -114,12 +118,23 @@ func (s *Scheduler) due(j *Job, now time.Time) (time.Time, bool) {
 	defer s.mu.Unlock()
 	next, ok := s.next[j.Name]
 	if !ok {
-		// A job never run counts from now: nothing of it was missed.
+		// A run cut short (the appliance stopped or crashed during it, or
+		// it was cancelled) is run again at start.
+		if r, ok := s.hist.cutShort(j.Name); ok {
+			s.next[j.Name] = j.schedule.Next(now)
+			return r.Scheduled, true
+		}
+		// A job never run counts from now: nothing of it was missed. A
+		// last run in the future is a clock that went back: counting
+		// from it would hold the job until the clock caught up.
 		last := s.hist.last(j.Name)
-		if last.IsZero() {
+		if last.IsZero() || last.After(now) {
 			last = now
 		}
 		next = j.schedule.Next(last)
+	} else if soonest := j.schedule.Next(now); next.After(soonest) {
+		// The clock went back since next was computed.
+		next = soonest
 	}
 	if now.Before(next) {
 		s.next[j.Name] = next
@@ -130,23 +145,22 @@ func (s *Scheduler) due(j *Job, now time.Time) (time.Time, bool) {
 }
 
 func (s *Scheduler) start(j *Job, due, now time.Time) (string, bool) {
-	if err := s.hist.setLast(j.Name, now); err != nil {
-		s.log.Error("job history", "job", j.Name, "err", err)
-	}
 	s.mu.Lock()
 	busy := s.running[j.Name]
 	s.running[j.Name] = true
 	s.mu.Unlock()
 	if busy {
 		s.log.Warn("job skipped: its previous run is still running", "job", j.Name, "due", due)
+		s.setLast(j, now)
 		s.record(j, Run{Scheduled: due, Started: now, Finished: now, Status: Skipped, Error: "the previous run was still running"})
 		return "", false
 	}
-	// The run records its task's ID, known once Start returns.
-	taskID := make(chan string, 1)
+	// The run is recorded as running, under its task's ID, once Start
+	// returns; it waits for that before recording its end.
+	begun := make(chan string, 1)
 	info, err := s.opts.Tasks.Start(s.opts.TaskContext, "job-"+j.Kind, j.Name, "", func(ctx context.Context, progress pe.Progress) (map[string]string, error) {
-		r := Run{Scheduled: due, Started: s.opts.Now()}
 		res, err := s.run(ctx, j, progress)
+		r := Run{Scheduled: due, Started: now, Task: <-begun}
 		r.Read, r.New, r.Stored, r.Details = res.read, res.new, res.stored, res.details
 		r.Finished, r.Status = s.opts.Now(), string(tasks.Success)
 		switch {
@@ -155,8 +169,9 @@ func (s *Scheduler) start(j *Job, due, now time.Time) (string, bool) {
 		case err != nil:
 			r.Status, r.Error = string(tasks.Failed), err.Error()
 		}
-		r.Task = <-taskID
-		s.record(j, r)
+		if herr := s.hist.end(j.Name, r); herr != nil {
+			s.log.Error("job history", "job", j.Name, "err", herr)
+		}
 		s.mu.Lock()
 		delete(s.running, j.Name)
 		s.mu.Unlock()
@@ -166,11 +181,21 @@ func (s *Scheduler) start(j *Job, due, now time.Time) (string, bool) {
 		s.mu.Lock()
 		delete(s.running, j.Name)
 		s.mu.Unlock()
+		s.setLast(j, now)
 		s.record(j, Run{Scheduled: due, Started: now, Finished: now, Status: string(tasks.Failed), Error: err.Error()})
 		return "", false
 	}
-	taskID <- info.ID
+	if err := s.hist.begin(j.Name, now, Run{Task: info.ID, Scheduled: due, Started: now}); err != nil {
+		s.log.Error("job history", "job", j.Name, "err", err)
+	}
+	begun <- info.ID
 	return info.ID, true
+}
+
+func (s *Scheduler) setLast(j *Job, now time.Time) {
+	if err := s.hist.setLast(j.Name, now); err != nil {
+		s.log.Error("job history", "job", j.Name, "err", err)
+	}
 }
 
 func (s *Scheduler) record(j *Job, r Run) {

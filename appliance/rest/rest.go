@@ -189,6 +189,8 @@ func statusOf(err error) int {
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, tasks.ErrTooMany):
 		return http.StatusTooManyRequests
+	case errors.Is(err, tasks.ErrShutdown):
+		return http.StatusServiceUnavailable
 	case errors.Is(err, pe.ErrNotSupported), errors.Is(err, pe.ErrInvalidSource),
 		// A name longer than a file name can be (IDs may be 1024 bytes).
 		errors.Is(err, syscall.ENAMETOOLONG):

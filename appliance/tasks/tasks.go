@@ -36,6 +36,10 @@ var ErrNotFound = errors.New("not found")
 // can be dropped.
 var ErrTooMany = errors.New("too many")
 
+// ErrShutdown is returned by Start once Shutdown has been called: the
+// appliance is stopping and starts nothing new.
+var ErrShutdown = errors.New("the task manager is shutting down")
+
 // Info is a snapshot of a task's state.
 type Info struct {
 	ID       string
@@ -97,6 +101,9 @@ type Manager struct {
 	changed chan struct{} // closed and replaced when a task finishes
 	// lastFinish is the latest finish time given; the next is later.
 	lastFinish time.Time
+	// closed is set by Shutdown; from then on Start refuses, so that
+	// wg.Add never races wg.Wait.
+	closed bool
 }
 
 type task struct {
@@ -147,6 +154,10 @@ func newID(prefix string) string {
 // nexus ID the task is associated with that nexus, which must exist.
 func (m *Manager) Start(ctx context.Context, kind, details, nexusID string, fn Func) (Info, error) {
 	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return Info{}, fmt.Errorf("start %s task: %w", kind, ErrShutdown)
+	}
 	var nx *nexus
 	if nexusID != "" {
 		if nx = m.nexus[nexusID]; nx == nil {
@@ -166,10 +177,10 @@ func (m *Manager) Start(ctx context.Context, kind, details, nexusID string, fn F
 		nx.used = m.opts.Now()
 	}
 	info := t.info
+	m.wg.Add(1)
 	m.mu.Unlock()
 
 	m.log.Info("task started", "task", info.ID, "kind", kind, "details", details)
-	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
 		defer cancel()
@@ -331,9 +342,12 @@ func (m *Manager) Wait(ctx context.Context, id string) (Info, error) {
 	}
 }
 
-// Shutdown cancels running tasks after grace and waits for all to end, at
-// most until ctx is done.
+// Shutdown refuses new tasks, cancels running tasks after grace and waits
+// for all to end, at most until ctx is done.
 func (m *Manager) Shutdown(ctx context.Context, grace time.Duration) error {
+	m.mu.Lock()
+	m.closed = true
+	m.mu.Unlock()
 	done := make(chan struct{})
 	go func() { m.wg.Wait(); close(done) }()
 	select {

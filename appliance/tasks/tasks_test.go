@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -226,5 +227,24 @@ func TestFinishNotBeforeStart(t *testing.T) {
 				t.Errorf("finished %d, started %d: want the first grid point at or after the start", fin, start.UnixNano())
 			}
 		})
+	}
+}
+
+// After Shutdown, Start refuses with ErrShutdown and runs nothing.
+func TestStartAfterShutdown(t *testing.T) {
+	m := NewManager(Options{Logger: quiet()})
+	if err := m.Shutdown(context.Background(), time.Second); err != nil {
+		t.Fatal(err)
+	}
+	ran := false
+	_, err := m.Start(context.Background(), "t", "", "", func(context.Context, pe.Progress) (map[string]string, error) {
+		ran = true
+		return nil, nil
+	})
+	if !errors.Is(err, ErrShutdown) || !strings.Contains(err.Error(), "shutting down") {
+		t.Fatalf("start after shutdown: %v", err)
+	}
+	if got := m.List(); len(got) != 0 || ran {
+		t.Fatalf("a task after shutdown: %v ran %v", got, ran)
 	}
 }

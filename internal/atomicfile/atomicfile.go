@@ -1,6 +1,7 @@
 // Package atomicfile writes files so that readers see the old file or the
 // complete new one, never a part: write a temp file beside the target,
-// sync it, rename it over.
+// sync it, rename it over, sync the directory so the rename survives a
+// crash.
 package atomicfile
 
 import (
@@ -36,5 +37,20 @@ func Write(path string, perm fs.FileMode, fill func(w io.Writer) error) error {
 		os.Remove(tmp)
 		return fmt.Errorf("write %s: %w", path, err)
 	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
 	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
