@@ -84,7 +84,14 @@ func TestRefusedWriteHoldsNoBuffer(t *testing.T) {
 					t.Fatalf("read %d: %v", i, err)
 				}
 			}
-			if n := srv.anon.inUse(); n != 0 {
+			// The last READ's reply buffer goes back to the share just after
+			// its bytes are sent: wait for that, boundedly. A buffer held for
+			// the stalled WRITE would stay.
+			n := srv.anon.inUse()
+			for deadline := time.Now().Add(5 * time.Second); n != 0 && time.Now().Before(deadline); n = srv.anon.inUse() {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if n != 0 {
 				t.Errorf("a stalled refused WRITE holds %d bytes of the anonymous share", n)
 			}
 
