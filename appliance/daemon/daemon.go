@@ -8,7 +8,6 @@ package daemon
 import (
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -422,10 +421,12 @@ func loadS3Keys(dir, access, secret string) (S3Keys, bool, error) {
 		return S3Keys{}, false, fmt.Errorf("S3 credentials: %w", err)
 	}
 	var a [10]byte
-	var sk [30]byte
+	var sk [20]byte
 	rand.Read(a[:])
 	rand.Read(sk[:])
-	k = S3Keys{AccessKey: "AST" + strings.ToUpper(hex.EncodeToString(a[:])), SecretKey: base64.RawURLEncoding.EncodeToString(sk[:])}
+	// Hex, not base64: a secret that starts with '-' is taken for a flag
+	// by the clients it is typed into (mc alias set refused one).
+	k = S3Keys{AccessKey: "AST" + strings.ToUpper(hex.EncodeToString(a[:])), SecretKey: hex.EncodeToString(sk[:])}
 	err := atomicfile.Write(path, 0o600, func(w io.Writer) error { return json.NewEncoder(w).Encode(k) })
 	if err != nil {
 		return S3Keys{}, false, fmt.Errorf("store S3 credentials: %w", err)

@@ -37,17 +37,18 @@ func TestServeRunsJobs(t *testing.T) {
 	history := filepath.Join(cfg, "jobs-history.json")
 	os.WriteFile(history, []byte(`{"nightly": {"last": "2020-01-01T00:00:00Z"}, "verify": {"last": "2020-01-01T00:00:00Z"}}`), 0o600)
 	a := startServe(t, cfg)
-	var runs map[string]struct {
-		Runs []struct {
-			Task, Status, Error string
-			Read                int64 `json:"bytesRead"`
-		}
+	type run struct {
+		Task, Status, Error string
+		Read                int64 `json:"bytesRead"`
 	}
+	var runs map[string]struct{ Runs []run }
+	finished := func(rs []run) bool { return len(rs) > 0 && rs[len(rs)-1].Status != "running" }
 	for range 600 { // bounded: both run at start
 		b, _ := os.ReadFile(history)
 		runs = nil
 		json.Unmarshal(b, &runs)
-		if len(runs["nightly"].Runs) > 0 && len(runs["verify"].Runs) > 0 {
+		// A run is recorded as running when it starts; wait for the end.
+		if finished(runs["nightly"].Runs) && finished(runs["verify"].Runs) {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
