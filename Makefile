@@ -62,11 +62,7 @@ FUZZ_TARGETS := pe:FuzzParseID pe:FuzzOpenZip pe/fs:FuzzExtract nbd:FuzzHandshak
 	appliance/s3export:FuzzS3Request appliance/s3export:FuzzSigV4 appliance/s3export:FuzzChunked \
 	repo:FuzzCheckPack repo:FuzzOpenIndex
 fuzz:
-	@for t in $(FUZZ_TARGETS); do \
-		pkg=$${t%%:*}; name=$${t#*:}; \
-		echo "fuzz $$name ($(FUZZTIME))"; \
-		$(GO) test ./$$pkg -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 10s || exit 1; \
-	done
+	GO=$(GO) ./scripts/fuzz.sh $(FUZZTIME) $(FUZZ_TARGETS)
 
 fuzz-long:
 	$(MAKE) fuzz FUZZTIME=10m
