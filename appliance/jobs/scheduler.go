@@ -184,6 +184,11 @@ func (s *Scheduler) start(j *Job, due, now time.Time, manual bool) (string, erro
 	begun := make(chan struct{})
 	info, err := s.opts.Tasks.Start(s.opts.TaskContext, "job-"+j.Kind, j.Name, "", func(ctx context.Context, progress pe.Progress) (map[string]string, error) {
 		res, err := s.run(ctx, j, progress)
+		if err == nil && ctx.Err() != nil {
+			// Cancelled after its last look at ctx: the task says
+			// cancelled, as the history does.
+			err = context.Cause(ctx)
+		}
 		<-begun
 		r := Run{Scheduled: due, Started: now, Task: run.task, Manual: manual}
 		r.Read, r.New, r.Stored, r.Details = res.read, res.new, res.stored, res.details

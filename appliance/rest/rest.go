@@ -145,7 +145,7 @@ func (s *server) authenticate(next http.Handler) http.Handler {
 		}
 		r, err := keepJobBody(r)
 		if err != nil {
-			s.requestError(w, r, err)
+			writeError(w, statusOf(err), redact.Error(err))
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestKey{}, r)))
