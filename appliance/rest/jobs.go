@@ -250,7 +250,8 @@ func (s *server) passwordFile(asked string) (string, error) {
 		p = filepath.Join(root, p)
 	}
 	real, err := filepath.EvalSymlinks(p)
-	if err != nil || !under(real, root) {
+	// Both are clean and free of symlinks: a prefix test is enough.
+	if err != nil || !strings.HasPrefix(real, root+string(filepath.Separator)) {
 		return "", fmt.Errorf("want a file in the appliance's password directory (passwords/ in its config directory; a path relative to it or under it)")
 	}
 	fi, err := os.Stat(real)
@@ -261,12 +262,6 @@ func (s *server) passwordFile(asked string) (string, error) {
 		return "", fmt.Errorf("not a regular file")
 	}
 	return real, nil
-}
-
-// under reports whether p is strictly inside dir (both clean, absolute).
-func under(p, dir string) bool {
-	rel, err := filepath.Rel(dir, p)
-	return err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, "../") && !filepath.IsAbs(rel)
 }
 
 func toAPIJobStatus(st jobs.Status) (api.JobStatus, error) {

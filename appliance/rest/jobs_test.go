@@ -201,6 +201,9 @@ func TestJobsAPI(t *testing.T) {
 	if code, _ := f.do(t, "POST", "/v1/appliance/jobs/nightly/run", ""); code != http.StatusNotFound {
 		t.Fatalf("run of a deleted job: %d", code)
 	}
+	if m := f.spec.missing("listJobs", "createJob", "getJob", "updateJob", "deleteJob", "runJob", "getJobHistory"); len(m) > 0 {
+		t.Errorf("no answer of %v checked against the spec", m)
+	}
 }
 
 // TestJobsAPIRunConflict: a run asked for while one of the job runs is
