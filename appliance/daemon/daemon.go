@@ -118,6 +118,9 @@ const (
 	// s3StateDir keeps the S3 data path's state (the buckets' creation
 	// dates) apart from its temporary files.
 	s3StateDir = "state"
+	// passwordDir holds the password files jobs created through the
+	// API may name.
+	passwordDir = "passwords"
 )
 
 // Run serves until ctx is cancelled, then drains and returns.
@@ -177,7 +180,7 @@ func Run(ctx context.Context, opts Options) error {
 	taskCtx, cancelTasks := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelTasks()
 	tm := tasks.NewManager(tasks.Options{Logger: log})
-	jobsDone, err := startJobs(ctx, taskCtx, opts, m, tm)
+	sched, jobsDone, err := startJobs(ctx, taskCtx, opts, m, tm)
 	if err != nil {
 		return err
 	}
@@ -195,7 +198,7 @@ func Run(ctx context.Context, opts Options) error {
 		ep.S3 = run.serveHTTP("S3", ls.s3, met.instrumentS3(s3h), certs.http, opts.HTTP, log)
 	}
 	if ls.api != nil {
-		api := apiHandler(taskCtx, opts, uc, tm, token, ep.S3, s3h, src != nil, met)
+		api := apiHandler(taskCtx, opts, uc, tm, sched, token, ep.S3, s3h, src != nil, met)
 		ep.API = run.serveHTTP("API", ls.api, api, certs.http, opts.HTTP, log)
 	}
 	if opts.Ready != nil {
@@ -210,26 +213,30 @@ func Run(ctx context.Context, opts Options) error {
 	return drain(ctx, opts, tm, uc, run)
 }
 
-// startJobs runs the jobs of <ConfigDir>/jobs.json, if there is one, as
-// tasks of tm until ctx is done. The channel returned is closed once the
-// scheduler has stopped starting tasks.
-func startJobs(ctx, taskCtx context.Context, opts Options, m pe.Manager, tm *tasks.Manager) (<-chan struct{}, error) {
-	done := make(chan struct{})
-	js, ok, err := jobs.Load(opts.ConfigDir)
-	if err != nil || !ok {
-		close(done)
-		return done, err
+// startJobs runs the jobs of <ConfigDir>/jobs.json (none if it is
+// absent: jobs may be created through the API) as tasks of tm until ctx
+// is done, and makes the password directory of jobs created through the
+// API. The channel returned is closed once the scheduler has stopped
+// starting tasks.
+func startJobs(ctx, taskCtx context.Context, opts Options, m pe.Manager, tm *tasks.Manager) (*jobs.Scheduler, <-chan struct{}, error) {
+	js, _, err := jobs.Load(opts.ConfigDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(opts.ConfigDir, passwordDir), 0o700); err != nil {
+		return nil, nil, fmt.Errorf("password directory: %w", err)
 	}
 	sched, err := jobs.New(jobs.Options{Jobs: js, ConfigDir: opts.ConfigDir, Manager: m, Tasks: tm, TaskContext: taskCtx, Logger: opts.Logger})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	opts.Logger.Info("running jobs", "jobs", len(js))
+	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		sched.Run(ctx)
 	}()
-	return done, nil
+	return sched, done, nil
 }
 
 // drain lets running tasks finish (up to opts.DrainTimeout), unmounts
@@ -272,9 +279,10 @@ func (opts Options) checkInsecure() error {
 }
 
 // apiHandler is the REST API over the use cases, with /metrics beside it.
-func apiHandler(taskCtx context.Context, opts Options, uc *usecase.Service, tm *tasks.Manager, token, s3URL string, s3h *s3export.Handler, nbd bool, met *metrics) http.Handler {
+func apiHandler(taskCtx context.Context, opts Options, uc *usecase.Service, tm *tasks.Manager, sched *jobs.Scheduler, token, s3URL string, s3h *s3export.Handler, nbd bool, met *metrics) http.Handler {
 	cfg := rest.Config{
 		UseCases: uc, Mounts: uc, Tasks: tm, Logger: opts.Logger, Version: opts.Version, Token: token, Context: taskCtx,
+		Jobs: sched, PasswordRoot: filepath.Join(opts.ConfigDir, passwordDir),
 		Transports: func(id pe.ID) (data, md, combined []pe.Transport) {
 			if s3h != nil {
 				data, md, combined = s3export.Transports(s3URL, id)

@@ -44,6 +44,8 @@ type Run struct {
 	Stored    int64     `json:"bytesStored"`
 	Details   string    `json:"details,omitempty"`
 	Error     string    `json:"error,omitempty"`
+	// Manual is set on a run started by RunNow rather than the schedule.
+	Manual bool `json:"manual,omitempty"`
 }
 
 type jobHistory struct {
@@ -198,6 +200,27 @@ func (h *history) runs(name string) []Run {
 		return append([]Run(nil), j.Runs...)
 	}
 	return nil
+}
+
+// latest returns the latest run of the job name kept.
+func (h *history) latest(name string) (Run, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if j := h.jobs[name]; j != nil && len(j.Runs) > 0 {
+		return j.Runs[len(j.Runs)-1], true
+	}
+	return Run{}, false
+}
+
+// drop forgets the job name.
+func (h *history) drop(name string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.jobs[name]; !ok {
+		return nil
+	}
+	delete(h.jobs, name)
+	return h.save()
 }
 
 func (h *history) save() error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -112,7 +113,9 @@ func (s *Scheduler) open(ctx context.Context, loc Repository) (*repo.Repository,
 		if cfg, err = backend.ParseS3URL(loc.Location); err == nil {
 			be, err = backend.NewS3(ctx, cfg)
 		}
-	} else {
+	} else if err = existingDir(loc.Location); err == nil {
+		// A job never makes a repository (repo init does): a missing one
+		// is an error, not a directory to make.
 		be, err = backend.NewDir(loc.Location)
 	}
 	if err != nil {
@@ -120,17 +123,50 @@ func (s *Scheduler) open(ctx context.Context, loc Repository) (*repo.Repository,
 	}
 	opts := repo.Options{Logger: s.log, Now: s.opts.Now}
 	if loc.PasswordFile != "" {
-		b, err := os.ReadFile(loc.PasswordFile)
+		pw, err := readPassword(loc.PasswordFile)
 		if err != nil {
 			return nil, fmt.Errorf("repository %s: password file: %w", loc.Location, err)
 		}
-		opts.Password = strings.TrimRight(string(b), "\r\n")
+		opts.Password = pw
 	}
 	r, err := repo.Open(ctx, be, opts)
 	if err != nil {
 		return nil, fmt.Errorf("repository %s: %w", loc.Location, err)
 	}
 	return r, nil
+}
+
+func existingDir(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("repository %s: %w", path, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("repository %s: not a directory", path)
+	}
+	return nil
+}
+
+// maxPassword bounds a password file: a password is a line, and a file
+// such as /dev/zero must not fill the memory.
+const maxPassword = 4096
+
+// readPassword reads the password of a file of at most maxPassword
+// bytes.
+func readPassword(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxPassword+1))
+	if err != nil {
+		return "", err
+	}
+	if len(b) > maxPassword {
+		return "", fmt.Errorf("%s: over %d bytes, not a password", path, maxPassword)
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
 }
 
 // backup backs up each PE of the job (a live one snapshotted first), on

@@ -3,6 +3,7 @@ package jobs
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -10,11 +11,14 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/pe"
 )
 
-// Options configure a Scheduler; Jobs, ConfigDir, Manager and Tasks are
+// Options configure a Scheduler; ConfigDir, Manager and Tasks are
 // required.
 type Options struct {
+	// Jobs are the jobs at start (those of jobs.json; none if it is
+	// absent); the set changes through Create, Update and Delete.
 	Jobs []*Job
-	// ConfigDir holds the history file.
+	// ConfigDir holds jobs.json, which the changes are written to, and
+	// the history file.
 	ConfigDir string
 	// Manager is the PEs backup jobs back up.
 	Manager pe.Manager
@@ -34,12 +38,19 @@ type Scheduler struct {
 	hist *history
 	log  *slog.Logger
 
+	// mu guards the job set, and is held while a run starts or ends, so
+	// that a change of the set (jobset.go) and a start never interleave.
 	mu      sync.Mutex
+	jobs    []*Job               // as in jobs.json, in its order
 	next    map[string]time.Time // per job, when it is due next
-	running map[string]bool
+	running map[string]*activeRun
 	// repoLocks holds, per repository location, a token while a run
 	// uses it.
 	repoLocks map[string]chan struct{}
+	// changed wakes Run when a job's next time has changed.
+	changed chan struct{}
+	// writeJobs writes jobs.json (a test makes it fail).
+	writeJobs func(path string, content []byte) error
 }
 
 // New returns a Scheduler of opts.Jobs, with the history kept in the
@@ -58,12 +69,19 @@ func New(opts Options) (*Scheduler, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Scheduler{opts: opts, hist: h, log: opts.Logger, next: map[string]time.Time{}, running: map[string]bool{}, repoLocks: map[string]chan struct{}{}}, nil
+	return &Scheduler{opts: opts, hist: h, log: opts.Logger, jobs: slices.Clone(opts.Jobs), next: map[string]time.Time{},
+		running: map[string]*activeRun{}, repoLocks: map[string]chan struct{}{}, changed: make(chan struct{}, 1), writeJobs: writeJobsFile}, nil
+}
+
+// activeRun is a run that has started and not ended.
+type activeRun struct {
+	task string // set once its task has started
 }
 
 // Run runs the jobs until ctx is cancelled: those missed since their last
 // run at once, then each when due. It waits at most a minute between
-// looks at the clock, so that a clock set forward is followed. It returns
+// looks at the clock, so that a clock set forward is followed, and looks
+// again when a job is created or its schedule changed. It returns
 // only between Ticks, so once it has returned it starts no more tasks.
 func (s *Scheduler) Run(ctx context.Context) {
 	for {
@@ -75,6 +93,8 @@ func (s *Scheduler) Run(ctx context.Context) {
 			t.Stop()
 			return
 		case <-t.C:
+		case <-s.changed:
+			t.Stop()
 		}
 	}
 }
@@ -97,25 +117,35 @@ func (s *Scheduler) Next() time.Time {
 // once; a job due while its previous run is still running is skipped, and
 // the skip recorded in its history.
 func (s *Scheduler) Tick() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	now := s.opts.Now()
 	var started []string
-	for _, j := range s.opts.Jobs {
+	for _, j := range s.jobs {
 		due, ok := s.due(j, now)
 		if !ok {
 			continue
 		}
-		if id, ok := s.start(j, due, now); ok {
-			started = append(started, id)
+		if s.running[j.Name] != nil {
+			s.log.Warn("job skipped: its previous run is still running", "job", j.Name, "due", due)
+			s.setLast(j, now)
+			s.record(j, Run{Scheduled: due, Started: now, Finished: now, Status: Skipped, Error: "the previous run was still running"})
+			continue
 		}
+		id, err := s.start(j, due, now, false)
+		if err != nil {
+			s.setLast(j, now)
+			s.record(j, Run{Scheduled: due, Started: now, Finished: now, Status: string(tasks.Failed), Error: err.Error()})
+			continue
+		}
+		started = append(started, id)
 	}
 	return started
 }
 
 // due reports whether j is due at now, and since when; it moves j's next
-// time past now.
+// time past now. s.mu is held.
 func (s *Scheduler) due(j *Job, now time.Time) (time.Time, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	next, ok := s.next[j.Name]
 	if !ok {
 		// A run cut short (the appliance stopped or crashed during it, or
@@ -144,23 +174,23 @@ func (s *Scheduler) due(j *Job, now time.Time) (time.Time, bool) {
 	return next, true
 }
 
-func (s *Scheduler) start(j *Job, due, now time.Time) (string, bool) {
-	s.mu.Lock()
-	busy := s.running[j.Name]
-	s.running[j.Name] = true
-	s.mu.Unlock()
-	if busy {
-		s.log.Warn("job skipped: its previous run is still running", "job", j.Name, "due", due)
-		s.setLast(j, now)
-		s.record(j, Run{Scheduled: due, Started: now, Finished: now, Status: Skipped, Error: "the previous run was still running"})
-		return "", false
-	}
+// start starts a run of j due at due (now for a run asked for by RunNow,
+// manual) as a task, and returns the task's ID. s.mu is held.
+func (s *Scheduler) start(j *Job, due, now time.Time, manual bool) (string, error) {
+	run := &activeRun{}
+	s.running[j.Name] = run
 	// The run is recorded as running, under its task's ID, once Start
 	// returns; it waits for that before recording its end.
-	begun := make(chan string, 1)
+	begun := make(chan struct{})
 	info, err := s.opts.Tasks.Start(s.opts.TaskContext, "job-"+j.Kind, j.Name, "", func(ctx context.Context, progress pe.Progress) (map[string]string, error) {
 		res, err := s.run(ctx, j, progress)
-		r := Run{Scheduled: due, Started: now, Task: <-begun}
+		if err == nil && ctx.Err() != nil {
+			// Cancelled after its last look at ctx: the task says
+			// cancelled, as the history does.
+			err = context.Cause(ctx)
+		}
+		<-begun
+		r := Run{Scheduled: due, Started: now, Task: run.task, Manual: manual}
 		r.Read, r.New, r.Stored, r.Details = res.read, res.new, res.stored, res.details
 		r.Finished, r.Status = s.opts.Now(), string(tasks.Success)
 		switch {
@@ -169,27 +199,34 @@ func (s *Scheduler) start(j *Job, due, now time.Time) (string, bool) {
 		case err != nil:
 			r.Status, r.Error = string(tasks.Failed), err.Error()
 		}
-		if herr := s.hist.end(j.Name, r); herr != nil {
-			s.log.Error("job history", "job", j.Name, "err", herr)
-		}
-		s.mu.Lock()
-		delete(s.running, j.Name)
-		s.mu.Unlock()
+		s.end(j.Name, run, r)
 		return res.result(), err
 	})
 	if err != nil {
-		s.mu.Lock()
 		delete(s.running, j.Name)
-		s.mu.Unlock()
-		s.setLast(j, now)
-		s.record(j, Run{Scheduled: due, Started: now, Finished: now, Status: string(tasks.Failed), Error: err.Error()})
-		return "", false
+		return "", err
 	}
-	if err := s.hist.begin(j.Name, now, Run{Task: info.ID, Scheduled: due, Started: now}); err != nil {
+	run.task = info.ID
+	if err := s.hist.begin(j.Name, now, Run{Task: info.ID, Scheduled: due, Started: now, Manual: manual}); err != nil {
 		s.log.Error("job history", "job", j.Name, "err", err)
 	}
-	begun <- info.ID
-	return info.ID, true
+	close(begun)
+	return info.ID, nil
+}
+
+// end records the end of run. A run of a job deleted meanwhile is not
+// recorded: the job's history went with it.
+func (s *Scheduler) end(name string, run *activeRun, r Run) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.running[name] != run {
+		s.log.Info("run of a deleted job ended", "job", name, "task", r.Task, "status", r.Status)
+		return
+	}
+	delete(s.running, name)
+	if err := s.hist.end(name, r); err != nil {
+		s.log.Error("job history", "job", name, "err", err)
+	}
 }
 
 func (s *Scheduler) setLast(j *Job, now time.Time) {

@@ -20,6 +20,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/astrolabe-appliance/astrolabe/api"
+	"github.com/astrolabe-appliance/astrolabe/appliance/jobs"
 	"github.com/astrolabe-appliance/astrolabe/appliance/redact"
 	"github.com/astrolabe-appliance/astrolabe/appliance/tasks"
 	"github.com/astrolabe-appliance/astrolabe/appliance/usecase"
@@ -81,6 +82,12 @@ type Config struct {
 	// SnapshotDeleted, if set, is told of each snapshot the API deleted,
 	// so that caches of it (the S3 zips) go with it.
 	SnapshotDeleted func(id pe.ID)
+	// Jobs is the job scheduler; nil answers 501.
+	Jobs Jobs
+	// PasswordRoot is the directory password files of jobs created
+	// through the API must be in (see checkJobPaths); empty: none may be
+	// given.
+	PasswordRoot string
 }
 
 // maxBody bounds request bodies: no request of this API needs more.
@@ -136,6 +143,11 @@ func (s *server) authenticate(next http.Handler) http.Handler {
 			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
 			return
 		}
+		r, err := keepJobBody(r)
+		if err != nil {
+			writeError(w, statusOf(err), redact.Error(err))
+			return
+		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestKey{}, r)))
 	})
 }
@@ -181,10 +193,12 @@ func statusOf(err error) int {
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, usecase.ErrNotConfigured):
 		return http.StatusNotImplemented
-	case errors.Is(err, pe.ErrNotFound), errors.Is(err, tasks.ErrNotFound):
+	case errors.Is(err, pe.ErrNotFound), errors.Is(err, tasks.ErrNotFound), errors.Is(err, jobs.ErrNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, pe.ErrExists):
+	case errors.Is(err, pe.ErrExists), errors.Is(err, jobs.ErrExists), errors.Is(err, jobs.ErrRunning):
 		return http.StatusConflict
+	case errors.Is(err, jobs.ErrInvalid):
+		return http.StatusBadRequest
 	case errors.Is(err, pe.ErrLimit):
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, tasks.ErrTooMany):

@@ -35,6 +35,7 @@ type fixture struct {
 	// http is the client of the tests that make their own requests; it
 	// and client check every answer against the spec.
 	http *http.Client
+	spec *specChecker
 }
 
 // useCases are the use cases over m, without repository, NBD or mounts.
@@ -87,7 +88,7 @@ func newFixtureWith(t *testing.T, opts tasks.Options) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{cfgDir: dir, m: m, tasks: tm, url: srv.URL, client: c, http: hc}
+	return &fixture{cfgDir: dir, m: m, tasks: tm, url: srv.URL, client: c, http: hc, spec: spec}
 }
 
 // waitTask polls a task until it finishes.

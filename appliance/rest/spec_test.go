@@ -28,6 +28,8 @@ type specChecker struct {
 	mu       sync.Mutex
 	checked  int
 	failures []string
+	// operations are the operation IDs of the answers checked.
+	operations map[string]bool
 }
 
 func newSpecChecker(t *testing.T) *specChecker {
@@ -44,7 +46,7 @@ func newSpecChecker(t *testing.T) *specChecker {
 	if err != nil {
 		t.Fatalf("route the spec: %v", err)
 	}
-	return &specChecker{base: http.DefaultTransport, router: router}
+	return &specChecker{base: http.DefaultTransport, router: router, operations: map[string]bool{}}
 }
 
 func (c *specChecker) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -73,10 +75,24 @@ func (c *specChecker) RoundTrip(req *http.Request) (*http.Response, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.checked++
+	c.operations[route.Operation.OperationID] = true
 	if verr != nil && len(c.failures) < 20 {
 		c.failures = append(c.failures, fmt.Sprintf("%s %s: %d %.300s: %v", req.Method, req.URL.RequestURI(), resp.StatusCode, body, verr))
 	}
 	return resp, nil
+}
+
+// missing returns those of ids no answer checked was of.
+func (c *specChecker) missing(ids ...string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, id := range ids {
+		if !c.operations[id] {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // report fails t with the answers that broke the spec.
