@@ -8,6 +8,7 @@ import (
 	"maps"
 	"math"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -148,6 +149,15 @@ func randomPacks(ids []string, n int) []string {
 	out = out[:n]
 	slices.Sort(out)
 	return out
+}
+
+// DefaultVerifier is the verifier name of this machine: its host name.
+func DefaultVerifier() string {
+	h, err := os.Hostname()
+	if _, nerr := verifiedName(h); err != nil || nerr != nil {
+		return "default"
+	}
+	return h
 }
 
 // verifiedRecord is a verifier's record of the packs it read whole

@@ -45,8 +45,15 @@ type Job struct {
 	// From is the repository a replicate job copies from.
 	From *Repository `json:"from,omitempty"`
 	// ReadData makes a verify job read every pack whole (check
-	// --read-data); without it only the structure is checked.
+	// --read-data); without it, ReadDataSubset or ReadDataNew only the
+	// structure is checked.
 	ReadData bool `json:"readData,omitempty"`
+	// ReadDataSubset makes a verify job read a part of the packs whole:
+	// "n/t", "x%" or a number, as check --read-data-subset.
+	ReadDataSubset string `json:"readDataSubset,omitempty"`
+	// ReadDataNew makes a verify job read the packs this appliance has
+	// not read whole before (check --read-data-new).
+	ReadDataNew bool `json:"readDataNew,omitempty"`
 
 	schedule calendar.Schedule
 	policy   repo.Policy
@@ -142,6 +149,14 @@ func (j *Job) validate() error {
 			return fmt.Errorf("keep: %w", err)
 		}
 	case Verify:
+		if j.ReadDataSubset != "" {
+			if _, err := repo.ParseSubset(j.ReadDataSubset); err != nil {
+				return fmt.Errorf("readDataSubset: %w", err)
+			}
+		}
+		if j.ReadData && (j.ReadDataSubset != "" || j.ReadDataNew) {
+			return errors.New("readData: it reads every pack; readDataSubset and readDataNew read some")
+		}
 	case Replicate:
 		if j.From == nil || j.From.Location == "" {
 			return errors.New("from.location: a replicate job needs the repository it copies from")
