@@ -74,13 +74,11 @@ func (e *Event) Next(t time.Time) time.Time {
 	case loc == nil:
 		loc = t.Location()
 	}
-	usec := t.UnixMicro() + 1
+	// systemd counts in microseconds since 1970, from the one after t.
+	usec := max(t.UnixMicro(), -1) + 1
 	base := time.UnixMicro(usec).In(loc)
 	z := zone{loc: loc, prefer: offset(base)}
 	c := wall{base.Year(), int(base.Month()), base.Day(), base.Hour(), base.Minute(), base.Second(), int(usec % usecPerSec)}
-	if usec < 0 {
-		return time.Time{}
-	}
 	w, ok := e.find(z, c)
 	if !ok {
 		return time.Time{}
