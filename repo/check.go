@@ -47,22 +47,48 @@ const legacyDetail = "not bound to its ID (written by an older version): run 'as
 // whole: its hash, its header, that header and blobs account for every
 // byte, and every blob decrypted, decompressed and re-hashed.
 func (r *Repository) Check(ctx context.Context, readData bool, progress pe.Progress) ([]Problem, error) {
+	sum, err := r.CheckWith(ctx, CheckOptions{ReadData: readData}, progress)
+	return sum.Problems, err
+}
+
+// CheckWith is Check, reading whole the packs opts select: all, a subset,
+// and those not read before by opts.Verifier.
+func (r *Repository) CheckWith(ctx context.Context, opts CheckOptions, progress pe.Progress) (CheckSummary, error) {
+	var sum CheckSummary
+	var record string
+	if opts.New || opts.Verifier != "" {
+		var err error
+		if record, err = verifiedName(opts.Verifier); err != nil {
+			return sum, err
+		}
+	}
 	lock, err := r.lock(ctx, false)
 	if err != nil {
-		return nil, err
+		return sum, err
 	}
 	defer lock.release()
 	packs, err := r.listPacks(ctx)
 	if err != nil {
-		return nil, err
+		return sum, err
 	}
+	sum.Packs = int64(len(packs))
+	for _, size := range packs {
+		sum.Bytes += size
+	}
+	verified := map[string]bool{}
+	if record != "" {
+		if verified, err = r.loadVerified(ctx, record); err != nil {
+			return sum, err
+		}
+	}
+	toRead, fresh := selectPacks(opts, packs, verified)
 	problems, err := r.checkIndexFiles(ctx, packs)
 	if err != nil {
-		return nil, err
+		return sum, err
 	}
 	ids, err := r.committedIDs(ctx, pe.ID{})
 	if err != nil {
-		return nil, err
+		return sum, err
 	}
 	users := map[string][]string{}    // chunk → snapshots
 	refs := map[string]chunkRef{}     // chunk → where a snapshot says it is
@@ -114,29 +140,45 @@ func (r *Repository) Check(ctx context.Context, readData bool, progress pe.Progr
 			}
 		}
 	}
-	if readData {
+	if len(toRead) > 0 {
 		var total int64
-		for _, size := range packs {
-			total += size
+		for _, p := range toRead {
+			total += packs[p]
 		}
 		if progress != nil {
 			progress.Start(total)
 		}
-		for _, p := range slices.Sorted(maps.Keys(packs)) {
+		var good, bad []string
+		for _, p := range toRead {
 			if err := ctx.Err(); err != nil {
-				return nil, err
+				return sum, err
 			}
 			data, err := backend.ReadAll(ctx, r.be, packName(p))
 			if err != nil {
-				return nil, fmt.Errorf("read pack %.16s: %w", p, err)
+				return sum, fmt.Errorf("read pack %.16s: %w", p, err)
 			}
-			problems = append(problems, r.checkPack(p, data, byPack[p], users)...)
+			found := r.checkPack(p, data, byPack[p], users)
+			if len(found) == 0 {
+				good = append(good, p)
+			} else {
+				bad = append(bad, p)
+			}
+			problems = append(problems, found...)
+			sum.Read++
+			sum.ReadBytes += packs[p]
 			if progress != nil {
 				progress.Add(packs[p])
 			}
 		}
+		sum.New = fresh
+		if record != "" {
+			if err := r.saveVerified(ctx, record, verified, packs, good, bad); err != nil {
+				return sum, err
+			}
+		}
 	}
-	return problems, lock.err()
+	sum.Problems = problems
+	return sum, lock.err()
 }
 
 // checkIndexFiles reads and authenticates every index file and checks

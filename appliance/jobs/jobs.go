@@ -14,8 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/robfig/cron/v3"
-
+	"github.com/astrolabe-appliance/astrolabe/internal/calendar"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/repo"
 )
@@ -35,7 +34,7 @@ const (
 type Job struct {
 	Name     string `json:"name"`
 	Kind     string `json:"kind"`
-	Schedule string `json:"schedule"` // cron: 5 fields, or a descriptor such as @daily
+	Schedule string `json:"schedule"` // cron (5 fields, @daily...) or systemd calendar (Mon..Fri 02:30)
 	// PEs are the PEs a backup job backs up, and those a prune or
 	// replicate job works on (all if none): PE IDs, or "type:*" for
 	// every PE of a type.
@@ -46,10 +45,17 @@ type Job struct {
 	// From is the repository a replicate job copies from.
 	From *Repository `json:"from,omitempty"`
 	// ReadData makes a verify job read every pack whole (check
-	// --read-data); without it only the structure is checked.
+	// --read-data); without it, ReadDataSubset or ReadDataNew only the
+	// structure is checked.
 	ReadData bool `json:"readData,omitempty"`
+	// ReadDataSubset makes a verify job read a part of the packs whole:
+	// "n/t", "x%" or a number, as check --read-data-subset.
+	ReadDataSubset string `json:"readDataSubset,omitempty"`
+	// ReadDataNew makes a verify job read the packs this appliance has
+	// not read whole before (check --read-data-new).
+	ReadDataNew bool `json:"readDataNew,omitempty"`
 
-	schedule cron.Schedule
+	schedule calendar.Schedule
 	policy   repo.Policy
 }
 
@@ -69,8 +75,6 @@ type Keep struct {
 	Yearly  int    `json:"yearly,omitempty"`
 	Within  string `json:"within,omitempty"` // e.g. 7d, 1y6m
 }
-
-var parser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
 
 // Load reads the jobs of the configuration directory dir; ok is false if
 // it has no jobs file.
@@ -121,8 +125,8 @@ func (j *Job) validate() error {
 		return fmt.Errorf("name %q: want a name without slashes", j.Name)
 	}
 	var err error
-	if j.schedule, err = parser.Parse(j.Schedule); err != nil {
-		return fmt.Errorf("schedule %q: want cron syntax (minute hour day month weekday) or @daily, @weekly...: %w", j.Schedule, err)
+	if j.schedule, err = calendar.ParseSchedule(j.Schedule); err != nil {
+		return fmt.Errorf("schedule %q: %w", j.Schedule, err)
 	}
 	if j.Repository.Location == "" {
 		return errors.New("repository.location: missing")
@@ -145,6 +149,14 @@ func (j *Job) validate() error {
 			return fmt.Errorf("keep: %w", err)
 		}
 	case Verify:
+		if j.ReadDataSubset != "" {
+			if _, err := repo.ParseSubset(j.ReadDataSubset); err != nil {
+				return fmt.Errorf("readDataSubset: %w", err)
+			}
+		}
+		if j.ReadData && (j.ReadDataSubset != "" || j.ReadDataNew) {
+			return errors.New("readData: it reads every pack; readDataSubset and readDataNew read some")
+		}
 	case Replicate:
 		if j.From == nil || j.From.Location == "" {
 			return errors.New("from.location: a replicate job needs the repository it copies from")

@@ -277,19 +277,31 @@ func prune(ctx context.Context, j *Job, r *repo.Repository) (outcome, error) {
 	return outcome{details: fmt.Sprintf("kept %d snapshot(s), forgot %d; removed %d pack(s), %d bytes", kept, forgot, sum.Packs, sum.Bytes)}, nil
 }
 
+// verify checks the repository, reading the packs the job asks for; this
+// appliance's record of the packs it read (under its host name) tells
+// which are new.
 func verify(ctx context.Context, j *Job, r *repo.Repository, progress pe.Progress) (outcome, error) {
-	problems, err := r.Check(ctx, j.ReadData, progress)
+	opts := repo.CheckOptions{ReadData: j.ReadData, New: j.ReadDataNew, Verifier: repo.DefaultVerifier()}
+	if j.ReadDataSubset != "" {
+		var err error
+		if opts.Subset, err = repo.ParseSubset(j.ReadDataSubset); err != nil {
+			return outcome{}, err
+		}
+	}
+	sum, err := r.CheckWith(ctx, opts, progress)
 	if err != nil {
 		return outcome{}, err
 	}
-	if len(problems) > 0 {
-		msgs := make([]string, len(problems))
-		for i, p := range problems {
+	out := outcome{read: sum.ReadBytes, details: sum.String()}
+	if len(sum.Problems) > 0 {
+		msgs := make([]string, len(sum.Problems))
+		for i, p := range sum.Problems {
 			msgs[i] = p.String()
 		}
-		return outcome{}, fmt.Errorf("%d problem(s) found: %s", len(problems), summarize(msgs, maxProblems))
+		return out, fmt.Errorf("%d problem(s) found (%s): %s", len(sum.Problems), sum, summarize(msgs, maxProblems))
 	}
-	return outcome{details: "no problems found"}, nil
+	out.details += "; no problems found"
+	return out, nil
 }
 
 // maxProblems bounds the problems of a verify run named in its error (and

@@ -55,6 +55,21 @@ func repoOptions(c *cli.Context) (repo.Options, error) {
 	return opts, err
 }
 
+// checkOptions reads repo check's flags.
+func checkOptions(c *cli.Context) (repo.CheckOptions, error) {
+	opts := repo.CheckOptions{ReadData: c.Bool("read-data"), New: c.Bool("read-data-new"), Verifier: c.String("verifier")}
+	if s := c.String("read-data-subset"); s != "" {
+		var err error
+		if opts.Subset, err = repo.ParseSubset(s); err != nil {
+			return opts, usagef("--read-data-subset: %v", err)
+		}
+	}
+	if opts.ReadData && (!opts.Subset.IsZero() || opts.New) {
+		return opts, usagef("--read-data reads every pack: give it alone, or --read-data-subset and/or --read-data-new")
+	}
+	return opts, nil
+}
+
 // password reads a repository password from file, else from the
 // environment variable env.
 func password(file, env string) (string, error) {
@@ -141,9 +156,16 @@ func repoCommand() *cli.Command {
 			}),
 		}, {
 			Name:  "check",
-			Usage: "verify the repository's structure; --read-data also reads every pack whole",
+			Usage: "verify the repository's structure; --read-data also reads every pack whole, --read-data-subset and --read-data-new some",
+			Description: `Every pack read whole without a problem is added to this machine's record
+in the repository (verified/VERIFIER, sealed with the repository's key), so
+that --read-data-new reads only the packs it has not read before; each
+verifier trusts only its own record.`,
 			Flags: append(repoFlags(),
 				&cli.BoolFlag{Name: "read-data", Usage: "read every pack whole: its header, and every chunk decrypted and re-hashed"},
+				&cli.StringFlag{Name: "read-data-subset", Usage: "read a part of the packs whole: `n/t` (group n of t: 1/t..t/t read each pack once), x% or N packs at random"},
+				&cli.BoolFlag{Name: "read-data-new", Usage: "read whole the packs the verifier has not read before (with --read-data-subset, those too)"},
+				&cli.StringFlag{Name: "verifier", Usage: "whose record of packs read to keep and trust (`NAME`)", Value: repo.DefaultVerifier()},
 				&cli.BoolFlag{Name: "repair-index", Usage: "first rebuild damaged index files from the pack headers (takes an exclusive lock)"},
 			),
 			Action: withRepo(func(c *cli.Context, r *repo.Repository) error {
@@ -161,17 +183,22 @@ func repoCommand() *cli.Command {
 						fmt.Fprintf(c.App.ErrWriter, "pack %s has a damaged header: not indexed\n", p)
 					}
 				}
+				opts, err := checkOptions(c)
+				if err != nil {
+					return err
+				}
 				p := newProgress(c.App.ErrWriter)
-				problems, err := r.Check(c.Context, c.Bool("read-data"), p)
+				sum, err := r.CheckWith(c.Context, opts, p)
 				p.Done()
 				if err != nil {
 					return err
 				}
-				for _, pr := range problems {
+				for _, pr := range sum.Problems {
 					fmt.Fprintln(c.App.Writer, pr)
 				}
-				if len(problems) > 0 {
-					return fmt.Errorf("%d problem(s) found", len(problems))
+				fmt.Fprintln(c.App.ErrWriter, sum)
+				if len(sum.Problems) > 0 {
+					return fmt.Errorf("%d problem(s) found", len(sum.Problems))
 				}
 				fmt.Fprintln(c.App.ErrWriter, "no problems found")
 				return nil

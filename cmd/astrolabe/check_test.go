@@ -1,0 +1,84 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+var checkSummary = regexp.MustCompile(`read (\d+) of (\d+) packs`)
+
+// packsChecked runs repo check with args and returns the packs it read
+// and those in the repository.
+func packsChecked(t *testing.T, cfg string, args ...string) (read, all int) {
+	t.Helper()
+	r := mustRun(t, cfg, append([]string{"repo", "check"}, args...)...)
+	if !strings.Contains(r.stderr, "no problems found") {
+		t.Fatalf("repo check %v: %s", args, r.stderr)
+	}
+	if strings.Contains(r.stderr, "read no pack data") {
+		return 0, -1
+	}
+	m := checkSummary.FindStringSubmatch(r.stderr)
+	if m == nil {
+		t.Fatalf("repo check %v says no packs read: %s", args, r.stderr)
+	}
+	read, _ = strconv.Atoi(m[1])
+	all, _ = strconv.Atoi(m[2])
+	return read, all
+}
+
+// TestRepoCheckSubsets: repo check --read-data-subset reads the packs
+// asked for, --read-data-new those the verifier has not read before.
+func TestRepoCheckSubsets(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", "--samples", cfg)
+	r := []string{"--repo", filepath.Join(dir, "repo")}
+	mustRun(t, cfg, slices.Concat([]string{"repo", "init", "--insecure-no-password"}, r)...)
+	mustRun(t, cfg, append([]string{"backup"}, slices.Concat(r, []string{"disk:sample.img"})...)...)
+	mustRun(t, cfg, append([]string{"backup"}, slices.Concat(r, []string{"fs:sample"})...)...)
+
+	_, all := packsChecked(t, cfg, slices.Concat(r, []string{"--read-data"})...)
+	if all < 2 {
+		t.Fatalf("%d packs", all)
+	}
+	sum := 0
+	for _, g := range []string{"1/3", "2/3", "3/3"} {
+		read, _ := packsChecked(t, cfg, slices.Concat(r, []string{"--read-data-subset", g})...)
+		sum += read
+	}
+	if sum != all {
+		t.Errorf("groups 1/3..3/3 read %d packs, want %d", sum, all)
+	}
+	if read, _ := packsChecked(t, cfg, slices.Concat(r, []string{"--read-data-subset", "1"})...); read != 1 {
+		t.Errorf("--read-data-subset 1 read %d packs", read)
+	}
+	if read, _ := packsChecked(t, cfg, slices.Concat(r, []string{"--read-data-subset", "50%"})...); read != (all+1)/2 {
+		t.Errorf("--read-data-subset 50%% read %d of %d packs", read, all)
+	}
+
+	// A new verifier reads everything once, then nothing until a backup
+	// adds packs.
+	v := slices.Concat(r, []string{"--read-data-new", "--verifier", "cli-test"})
+	if read, _ := packsChecked(t, cfg, v...); read != all {
+		t.Errorf("first --read-data-new read %d of %d packs", read, all)
+	}
+	if read, _ := packsChecked(t, cfg, v...); read != 0 {
+		t.Errorf("second --read-data-new read %d packs", read)
+	}
+	os.WriteFile(filepath.Join(cfg, "fs", "sample", "new-file"), []byte(strings.Repeat("a new file\n", 1000)), 0o644)
+	mustRun(t, cfg, append([]string{"backup"}, slices.Concat(r, []string{"fs:sample"})...)...)
+	read, now := packsChecked(t, cfg, v...)
+	if read == 0 || read != now-all {
+		t.Errorf("--read-data-new after a backup read %d packs, want the %d added", read, now-all)
+	}
+
+	mustFail(t, cfg, "--read-data-subset", append([]string{"repo", "check"}, slices.Concat(r, []string{"--read-data-subset", "0%"})...)...)
+	mustFail(t, cfg, "--read-data reads every pack", append([]string{"repo", "check"}, slices.Concat(r, []string{"--read-data", "--read-data-new"})...)...)
+	mustFail(t, cfg, "verifier", append([]string{"repo", "check"}, slices.Concat(r, []string{"--read-data-new", "--verifier", "../x"})...)...)
+}
