@@ -203,10 +203,26 @@ type Job struct {
 	Pes *[]string `json:"pes,omitempty"`
 
 	// ReadData A verify job reads every pack whole (check --read-data)
-	ReadData   *bool         `json:"readData,omitempty"`
-	Repository JobRepository `json:"repository"`
+	ReadData *bool `json:"readData,omitempty"`
 
-	// Schedule Cron (minute hour day month weekday, local time, an optional CRON_TZ= prefix) or @hourly, @daily...
+	// ReadDataNew A verify job reads the packs this appliance has not read before
+	// (check --read-data-new)
+	ReadDataNew *bool `json:"readDataNew,omitempty"`
+
+	// ReadDataSubset A verify job reads a part of the packs whole (check
+	// --read-data-subset): n/t (the n-th of t groups), x% or N packs at
+	// random
+	//
+	//
+	// Example: 10%
+	ReadDataSubset *string       `json:"readDataSubset,omitempty"`
+	Repository     JobRepository `json:"repository"`
+
+	// Schedule Cron (minute hour day month weekday, local time, an optional
+	// CRON_TZ= prefix; @hourly, @daily...) or a systemd calendar event
+	// (OnCalendar= syntax, systemd.time(7): daily, Mon..Fri 02:00,
+	// *-*-01 03:30 UTC...)
+	//
 	//
 	// Example: 0 2 * * *
 	Schedule string `json:"schedule"`

@@ -77,7 +77,7 @@ func TestJobSetChanges(t *testing.T) {
 	}
 
 	for _, c := range []struct{ json, want string }{
-		{`{"name": "bad", "kind": "verify", "schedule": "at noon", "repository": {"location": "/r"}}`, `job "bad": schedule "at noon": want cron syntax`},
+		{`{"name": "bad", "kind": "verify", "schedule": "at noon", "repository": {"location": "/r"}}`, `job "bad": schedule "at noon": want cron (minute hour day month weekday`},
 		{`{"name": "bad", "kind": "backup", "schedule": "@daily", "repository": {"location": "/r"}}`, `job "bad": pes: a backup job needs PEs`},
 		{`{"kind": "verify", "schedule": "@daily", "repository": {"location": "/r"}}`, `job: name "": want a name without slashes`},
 		{`{"name": "bad", "kind": "verify", "schedule": "@daily", "repository": {"location": "/r"}, "colour": "red"}`, `unknown field "colour"`},

@@ -2,6 +2,8 @@ package jobs
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -184,10 +186,16 @@ func (s *Scheduler) start(j *Job, due, now time.Time, manual bool) (string, erro
 	begun := make(chan struct{})
 	info, err := s.opts.Tasks.Start(s.opts.TaskContext, "job-"+j.Kind, j.Name, "", func(ctx context.Context, progress pe.Progress) (map[string]string, error) {
 		res, err := s.run(ctx, j, progress)
-		if err == nil && ctx.Err() != nil {
+		switch {
+		case ctx.Err() == nil:
+		case err == nil:
 			// Cancelled after its last look at ctx: the task says
 			// cancelled, as the history does.
 			err = context.Cause(ctx)
+		case !errors.Is(err, ctx.Err()):
+			// A step that failed on the cancelled context without
+			// saying so (a backend's own error) is a cancellation too.
+			err = fmt.Errorf("%w: %w", context.Cause(ctx), err)
 		}
 		<-begun
 		r := Run{Scheduled: due, Started: now, Task: run.task, Manual: manual}

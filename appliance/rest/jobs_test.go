@@ -248,7 +248,7 @@ func TestJobsAPIRefused(t *testing.T) {
 	}
 	for _, c := range []struct{ body, want string }{
 		{job(repoWith("repo.pw") + `, "colour": "red"`), `unknown field "colour"`},
-		{strings.Replace(job(repoWith("repo.pw")), "@daily", "25 * * * * *", 1), `schedule "25 * * * * *": want cron syntax`},
+		{strings.Replace(job(repoWith("repo.pw")), "@daily", "25 * * * * *", 1), `schedule "25 * * * * *": want cron (minute hour day month weekday`},
 		{strings.Replace(job(repoWith("repo.pw")), "verify", "dance", 1), `kind "dance": want backup, prune, verify or replicate`},
 		{job(repoWith("/etc/shadow")), `repository.passwordFile "shadow": want a file in the appliance's password directory`},
 		{job(repoWith("../held.pw")), `want a file in the appliance's password directory`},
