@@ -196,14 +196,29 @@ func (f *fixture) holdPassword(t *testing.T) (release func()) {
 	if err := syscall.Mkfifo(f.passFile, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return func() {
-		w, err := os.OpenFile(f.passFile, os.O_WRONLY, 0)
-		if err != nil {
-			t.Error(err)
-			return
+	return func() { f.reached(t)() }
+}
+
+// reached waits until a run has the password FIFO open, then returns what
+// lets it read the password: between the two it stays blocked there.
+func (f *fixture) reached(t *testing.T) (write func()) {
+	t.Helper()
+	// Opening a FIFO to write without blocking fails (ENXIO) until it has
+	// a reader; a blocking open would hang the test if no run came.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		fd, err := syscall.Open(f.passFile, syscall.O_WRONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+		if err == nil {
+			w := os.NewFile(uintptr(fd), f.passFile)
+			return func() {
+				w.WriteString(repotest.Password + "\n")
+				w.Close()
+			}
 		}
-		w.WriteString(repotest.Password + "\n")
-		w.Close()
+		if !errors.Is(err, syscall.ENXIO) || time.Now().After(deadline) {
+			t.Fatalf("waiting for a run to open the password file: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -264,10 +279,11 @@ func TestRunNow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	write := f.reached(t)
 	if err := s.Delete("verify"); err != nil {
 		t.Fatal(err)
 	}
-	release()
+	write()
 	if info := f.wait(t, id); info.Status != tasks.Cancelled {
 		t.Fatalf("run of a deleted job: %+v", info)
 	}
