@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,7 +10,8 @@ import (
 )
 
 // TestRepoCopyBetweenTwoS3Servers replicates between two versitygw
-// servers (two ports, two buckets, two passwords): 3 PEs backed up 5
+// servers (two ports, two buckets, two passwords, two keys, each in a
+// profile of the AWS shared credentials file): 3 PEs backed up 5
 // times each into the first; a copy after 2 rounds, another after 3 more
 // sends about what the source stored for those (the new chunks only); a
 // copy killed with SIGKILL mid-way and run again sends what is missing;
@@ -17,26 +19,37 @@ import (
 // restores as what was backed up.
 func TestRepoCopyBetweenTwoS3Servers(t *testing.T) {
 	const diskSize, bigSize = 32 * mib, 256 * mib
-	s1, s2 := startVersitygw(t), startVersitygw(t)
 	dir := t.TempDir()
+	s1, s2 := startSite(t, dir, "site1"), startSite(t, dir, "site2")
 	pw1, pw2 := filepath.Join(dir, "pw1"), filepath.Join(dir, "pw2")
 	os.WriteFile(pw1, []byte("first site\n"), 0o600)
 	os.WriteFile(pw2, []byte("second site\n"), 0o600)
 	const prefix = "astrolabe"
 	r1 := "s3+http://" + s1.endpoint + "/site1/" + prefix
 	r2 := "s3+http://" + s2.endpoint + "/site2/" + prefix
-	one := []string{"--repo", r1, "--password-file", pw1}
-	two := []string{"--repo", r2, "--password-file", pw2}
+	one := []string{"--repo", r1, "--password-file", pw1, "--s3-profile", "site1"}
+	two := []string{"--repo", r2, "--password-file", pw2, "--s3-profile", "site2"}
 	cfg := filepath.Join(dir, "cfg")
 	mustRun(t, cfg, "init", cfg)
 	mustRun(t, cfg, append([]string{"repo", "init"}, one...)...)
 	mustRun(t, cfg, append([]string{"repo", "init"}, two...)...)
-	copyArgs := append([]string{"repo", "copy", "--from", r1, "--from-password-file", pw1}, two...)
+	from := []string{"repo", "copy", "--from", r1, "--from-password-file", pw1, "--from-s3-profile", "site1"}
+	copyArgs := append(from, two...)
 
 	mustFail(t, cfg, "give --from", append([]string{"repo", "copy"}, two...)...)
 	badPW := filepath.Join(dir, "bad")
 	os.WriteFile(badPW, []byte("not it\n"), 0o600)
-	mustFail(t, cfg, "wrong password", append([]string{"repo", "copy", "--from", r1, "--from-password-file", badPW}, two...)...)
+	mustFail(t, cfg, "wrong password", append([]string{"repo", "copy", "--from", r1, "--from-password-file", badPW, "--from-s3-profile", "site1"}, two...)...)
+	// Each repository's keys are its own; wrong ones are told with the
+	// repository they are for.
+	mustFail(t, cfg, "source repository "+r1+": S3 keys: set AWS_ACCESS_KEY_ID",
+		append([]string{"repo", "copy", "--from", r1, "--from-password-file", pw1}, two...)...)
+	mustFail(t, cfg, "source repository "+r1+": S3 bucket site1",
+		append([]string{"repo", "copy", "--from", r1, "--from-password-file", pw1, "--from-s3-profile", "site2"}, two...)...)
+	mustFail(t, cfg, "target repository "+r2+": S3 bucket site2",
+		append(append([]string{}, from...), "--repo", r2, "--password-file", pw2, "--s3-profile", "site1")...)
+	mustFail(t, cfg, `source repository `+r1+`: S3 keys: profile "site3"`,
+		append([]string{"repo", "copy", "--from", r1, "--from-password-file", pw1, "--from-s3-profile", "site3"}, two...)...)
 
 	g := newGen(stressSeed(t))
 	data := &stressData{g: g, shared: g.bytes(mib), mtime: time.Now().Add(time.Hour).Truncate(time.Second)}
@@ -88,7 +101,7 @@ func TestRepoCopyBetweenTwoS3Servers(t *testing.T) {
 	}
 	srcNew := s1.packBytes(t, "site1", prefix) - src
 	t.Setenv("ASTROLABE_FROM_PASSWORD", "first site")
-	copied(mustRun(t, cfg, append([]string{"repo", "copy", "--from", r1}, two...)...), 9)
+	copied(mustRun(t, cfg, append([]string{"repo", "copy", "--from", r1, "--from-s3-profile", "site1"}, two...)...), 9)
 	dstTotal := s2.packBytes(t, "site2", prefix)
 	sent := dstTotal - dst
 	t.Logf("second copy: sent %d bytes for the %d the source stored in its 9 backups; the target holds %d", sent, srcNew, dstTotal)
@@ -141,4 +154,31 @@ func TestRepoCopyBetweenTwoS3Servers(t *testing.T) {
 		checkRestored(t, cfg, b, id)
 	}
 	t.Logf("%d snapshots restored from the replica", len(backups))
+}
+
+// startSite starts a versitygw server with keys of its own, written as
+// profile name of the AWS shared credentials file in dir; the
+// environment has no keys, so that a command takes the right profile or
+// fails.
+func startSite(t *testing.T, dir, name string) versitygw {
+	t.Helper()
+	access, secret := name+"-access", name+"-secret-"+strings.Repeat("x", 8)
+	t.Setenv("S3_TEST_ACCESS_KEY", access)
+	t.Setenv("S3_TEST_SECRET_KEY", secret)
+	s := startVersitygw(t)
+	creds := filepath.Join(dir, "aws-credentials")
+	f, err := os.OpenFile(creds, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, "[%s]\naws_access_key_id = %s\naws_secret_access_key = %s\n\n", name, access, secret)
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", creds)
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(dir, "no-aws-config"))
+	t.Setenv("AWS_PROFILE", "")
+	t.Setenv("AWS_ACCESS_KEY_ID", "")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	return s
 }
