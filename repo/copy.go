@@ -1,9 +1,13 @@
 package repo
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -13,7 +17,8 @@ import (
 // CopySummary tells what a copy between repositories did.
 type CopySummary struct {
 	Copied   []pe.ID       // snapshots committed in the target, components first
-	Skipped  []pe.ID       // snapshots the target had already
+	Skipped  []pe.ID       // snapshots the target had already, the same
+	Differ   []pe.ID       // snapshots the target holds with other content: left alone, an error
 	Read     int64         // bytes of chunks read from the source
 	New      int64         // bytes of chunks the target lacked
 	Sent     int64         // bytes uploaded to the target (compressed, sealed, packed)
@@ -28,8 +33,13 @@ type CopySummary struct {
 // snapshot keeps its ID, times and info, and is committed in r after the
 // packs and index it needs, as a backup is: a copy interrupted and run
 // again finds the packs it uploaded (by their index file, or by their
-// headers after a crash) and sends only what is missing. Snapshots r has
-// already are skipped.
+// headers after a crash) and sends only what is missing.
+//
+// A snapshot r has already is compared with the source's: its info, time
+// and content (the chunk IDs of its streams, its table of contents and
+// components). The same, it is skipped; different, it is left alone and
+// Copy goes on with the others, then fails with ErrSnapshotDiffers
+// naming it: a snapshot is never overwritten, nor skipped unnoticed.
 func (r *Repository) Copy(ctx context.Context, src *Repository, filter []pe.ID, progress pe.Progress) (CopySummary, error) {
 	start := time.Now()
 	if src.cfg.ID == r.cfg.ID {
@@ -48,13 +58,19 @@ func (r *Repository) Copy(ctx context.Context, src *Repository, filter []pe.ID, 
 	if err := r.upgradeConfig(ctx); err != nil {
 		return CopySummary{}, err
 	}
-	c := &copyRun{r: r, src: src, ctx: ctx, progress: progress, done: map[pe.ID]bool{}, path: map[pe.ID]bool{}}
+	c := &copyRun{r: r, src: src, ctx: ctx, progress: progress, done: map[pe.ID]bool{}, path: map[pe.ID]bool{}, zeros: map[int64]string{}}
 	var s CopySummary
+	var differ []error
 	for _, id := range ids {
 		if c.done[id] {
 			continue // copied as a component of an earlier one
 		}
 		copied, err := c.top(id)
+		if errors.Is(err, ErrSnapshotDiffers) {
+			s.Differ = append(s.Differ, id)
+			differ = append(differ, fmt.Errorf("copy %s to %s: %w", id, r.Location(), err))
+			continue
+		}
 		if err != nil {
 			c.sum(&s)
 			return s, fmt.Errorf("copy %s to %s: %w", id, r.Location(), err)
@@ -65,7 +81,7 @@ func (r *Repository) Copy(ctx context.Context, src *Repository, filter []pe.ID, 
 	}
 	c.sum(&s)
 	s.Duration = time.Since(start)
-	return s, nil
+	return s, errors.Join(differ...)
 }
 
 // copyList lists the snapshots to copy, oldest first, each once.
@@ -98,8 +114,9 @@ type copyRun struct {
 	r, src   *Repository
 	ctx      context.Context
 	progress pe.Progress
-	done     map[pe.ID]bool // copied by this run
-	path     map[pe.ID]bool // being copied: the snapshot and the components above this one
+	done     map[pe.ID]bool   // copied by this run
+	zeros    map[int64]string // chunk IDs of zeros by length
+	path     map[pe.ID]bool   // being copied: the snapshot and the components above this one
 	copied   []pe.ID
 
 	read, newBytes, sent, present atomic.Int64
@@ -118,7 +135,7 @@ func (c *copyRun) top(id pe.ID) (bool, error) {
 		return false, err
 	}
 	defer release()
-	if done, err := c.r.committed(c.ctx, id); err != nil || done {
+	if done, err := c.committed(id); err != nil || done {
 		return false, err
 	}
 	lock, err := c.r.lockFor(c.ctx, false, id.String())
@@ -128,7 +145,7 @@ func (c *copyRun) top(id pe.ID) (bool, error) {
 	defer lock.release()
 	// Again under the lock: another process may have committed it since,
 	// and writing it again would replace its index under its info.
-	if done, err := c.r.committed(c.ctx, id); err != nil || done {
+	if done, err := c.committed(id); err != nil || done {
 		return false, err
 	}
 	// Under the shared lock no prune removes a pack: what the refreshed
@@ -162,10 +179,97 @@ func (c *copyRun) component(b *backupRun, id pe.ID) error {
 		return err
 	}
 	defer release()
-	if done, err := c.r.committed(c.ctx, id); err != nil || done {
+	if done, err := c.committed(id); err != nil || done {
 		return err
 	}
 	return c.snapshot(b, id)
+}
+
+// ErrSnapshotDiffers is returned for a snapshot the target holds under
+// the ID of the source's, with other content.
+var ErrSnapshotDiffers = errors.New("the target holds another snapshot under this ID")
+
+// committed reports whether the target has snapshot id, and fails with
+// ErrSnapshotDiffers if what it has is not what the source has.
+func (c *copyRun) committed(id pe.ID) (bool, error) {
+	if done, err := c.r.committed(c.ctx, id); err != nil || !done {
+		return false, err
+	}
+	sidx, si, err := c.src.loadSnapshot(c.ctx, id)
+	if err != nil {
+		return false, fmt.Errorf("source: %w", err)
+	}
+	tidx, ti, err := c.r.loadSnapshot(c.ctx, id)
+	if err != nil {
+		return false, fmt.Errorf("target: %w", err)
+	}
+	if diff := c.differences(sidx, si, tidx, ti); len(diff) > 0 {
+		return false, fmt.Errorf("snapshot %s: differs from the source's in its %s, and is left as it is (forget it in the target to copy the source's): %w",
+			id, strings.Join(diff, ", "), ErrSnapshotDiffers)
+	}
+	return true, nil
+}
+
+// differences names the parts of a snapshot that differ between a
+// source's and a target's. Where chunks are packed is not compared, nor
+// chunks of zeros one side stores and the other leaves a hole: neither
+// changes what the snapshot reads as.
+func (c *copyRun) differences(sidx *snapshotIndex, si *snapshotInfo, tidx *snapshotIndex, ti *snapshotInfo) []string {
+	parts := []struct {
+		name string
+		a, b any
+	}{
+		{"info", si.Info, ti.Info},
+		{"backup time", si.BackedUp.UTC(), ti.BackedUp.UTC()},
+		{"chunking", sidx.Chunking, tidx.Chunking},
+		{"data", c.content(sidx.Data), c.content(tidx.Data)},
+		{"metadata", c.content(sidx.Metadata), c.content(tidx.Metadata)},
+		{"table of contents", sidx.TOC, tidx.TOC},
+		{"components", sidx.Components, tidx.Components},
+	}
+	var diff []string
+	for _, p := range parts {
+		a, errA := json.Marshal(p.a)
+		b, errB := json.Marshal(p.b)
+		if errA != nil || errB != nil || !bytes.Equal(a, b) {
+			diff = append(diff, p.name)
+		}
+	}
+	return diff
+}
+
+// chunkAt is a chunk of a stream, wherever it is packed.
+type chunkAt struct {
+	Off, Len int64
+	ID       string
+}
+
+// content is what a stream reads as: its size and its chunks but those
+// of zeros.
+func (c *copyRun) content(st *stream) any {
+	if st == nil {
+		return nil
+	}
+	chunks := make([]chunkAt, 0, len(st.Chunks))
+	for _, ch := range st.Chunks {
+		if ch.ID != c.zeroChunk(ch.Len) {
+			chunks = append(chunks, chunkAt{ch.Off, ch.Len, ch.ID})
+		}
+	}
+	return struct {
+		Size   int64
+		Chunks []chunkAt
+	}{st.Size, chunks}
+}
+
+// zeroChunk is the ID of a chunk of n zeros.
+func (c *copyRun) zeroChunk(n int64) string {
+	id, ok := c.zeros[n]
+	if !ok && n <= maxChunk {
+		id = chunkID(make([]byte, n))
+		c.zeros[n] = id
+	}
+	return id
 }
 
 // snapshot copies one snapshot: components first, then its streams; its

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/appliance/samples"
 	"github.com/astrolabe-appliance/astrolabe/pe"
@@ -259,5 +260,91 @@ func TestCopyRechecksUnderLock(t *testing.T) {
 	}
 	if probs, err := dst.r.Check(ctx, false, nil); err != nil || len(probs) != 0 {
 		t.Fatalf("check: %v %v", probs, err)
+	}
+}
+
+// TestCopyComparesSnapshotsThere: a snapshot the target holds already is
+// compared with the source's. The same, it is skipped; with another
+// info, time or content, it is left alone and named in the error, and
+// the other snapshots are copied all the same.
+func TestCopyComparesSnapshotsThere(t *testing.T) {
+	ctx := context.Background()
+	src := newEnv(t, nil, Options{Password: "first site"})
+	dst := newEnv(t, nil, Options{Password: "second site"})
+	src.disk("a.img", 8*mib, map[int64]int64{0: 3 * mib})
+	pa := src.snap("disk:a.img")
+	if _, err := src.r.Backup(ctx, pa, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dst.r.Copy(ctx, src.r, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	original := map[string][]byte{}
+	for _, obj := range []string{"index", "info"} {
+		b, err := backend.ReadAll(ctx, dst.be, snapshotDir(pa.ID())+"/"+obj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		original[obj] = b
+	}
+	// forge rewrites the target's copy of pa as copied, then changed by
+	// change.
+	forge := func(change func(*snapshotIndex, *snapshotInfo)) {
+		t.Helper()
+		for obj, b := range original {
+			if err := dst.r.saveObject(ctx, snapshotDir(pa.ID())+"/"+obj, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		idx, si, err := dst.r.loadSnapshot(ctx, pa.ID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		change(idx, si)
+		if err := dst.r.saveSnapshot(ctx, pa.ID(), idx, snapshotInfo{Info: si.Info, BackedUp: si.BackedUp}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	same := func(*snapshotIndex, *snapshotInfo) {}
+	forge(same)
+	s, err := dst.r.Copy(ctx, src.r, nil, nil)
+	if err != nil || len(s.Skipped) != 1 || len(s.Copied) != 0 || len(s.Differ) != 0 {
+		t.Fatalf("copy with the same snapshot there: %+v %v", s, err)
+	}
+
+	// A second PE, not in the target yet: copied whatever the first.
+	src.disk("b.img", 4*mib, map[int64]int64{mib: mib})
+	pb := src.snap("disk:b.img")
+	if _, err := src.r.Backup(ctx, pb, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		what   string
+		change func(*snapshotIndex, *snapshotInfo)
+	}{
+		{"info", func(_ *snapshotIndex, si *snapshotInfo) { si.Info.Size++ }},
+		{"backup time", func(idx *snapshotIndex, si *snapshotInfo) { si.BackedUp = si.BackedUp.Add(time.Second) }},
+		{"data", func(idx *snapshotIndex, _ *snapshotInfo) { idx.Data.Chunks = idx.Data.Chunks[1:] }},
+		{"data", func(idx *snapshotIndex, _ *snapshotInfo) {
+			idx.Data.Chunks[1].ID, idx.Data.Chunks[2].ID = idx.Data.Chunks[2].ID, idx.Data.Chunks[1].ID
+		}},
+		{"components", func(idx *snapshotIndex, _ *snapshotInfo) { idx.Components = []string{pb.ID().String()} }},
+	} {
+		forge(tc.change)
+		forged := dst.snapshotObjects(pa.ID())
+		s, err := dst.r.Copy(ctx, src.r, nil, nil)
+		if !errors.Is(err, ErrSnapshotDiffers) || !strings.Contains(err.Error(), "snapshot "+pa.ID().String()+": differs from the source's in its "+tc.what) {
+			t.Errorf("%s changed in the target: %+v %v", tc.what, s, err)
+		}
+		t.Logf("%s changed: %v", tc.what, err)
+		if len(s.Differ) != 1 || s.Differ[0] != pa.ID() || len(s.Copied)+len(s.Skipped) != 1 {
+			t.Errorf("%s changed in the target: %+v", tc.what, s)
+		}
+		if got, _ := dst.r.Snapshots(ctx, pb.ID()); len(got) != 1 {
+			t.Errorf("%s changed in the target: the other snapshot was not copied", tc.what)
+		}
+		if dst.snapshotObjects(pa.ID()) != forged {
+			t.Errorf("%s changed in the target: the copy overwrote it", tc.what)
+		}
 	}
 }

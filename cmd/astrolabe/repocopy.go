@@ -22,8 +22,11 @@ func repoCopyCommand() *cli.Command {
 		ArgsUsage: "[PEID[:SNAPSHOT]...]",
 		Description: `Only the chunks the target lacks are read and sent, sealed again under the
 target's key; each snapshot keeps its ID, times and info, and is committed
-in the target last, when all it needs is there. Snapshots the target has
-are skipped; a copy interrupted and run again sends only what is missing.
+in the target last, when all it needs is there. A snapshot the target
+has already is compared with the source's (info, time, chunks, table of
+contents, components): the same, it is skipped; different, it is left
+alone, the others are copied, and the copy fails naming it. A copy
+interrupted and run again sends only what is missing.
 The source's password comes from --from-password-file or
 ASTROLABE_FROM_PASSWORD; the target's as for every verb. Each S3
 repository may have keys of its own: --from-s3-profile and --s3-profile
