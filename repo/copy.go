@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/repo/backend"
 )
 
 // CopySummary tells what a copy between repositories did.
@@ -24,6 +25,9 @@ type CopySummary struct {
 	Sent     int64         // bytes uploaded to the target (compressed, sealed, packed)
 	Present  int64         // bytes of chunks the target had already, not read
 	Duration time.Duration // wall time
+	// SourceUnlocked tells that the source could not be written and was
+	// read without a lock (lockSource).
+	SourceUnlocked bool
 }
 
 // Copy copies snapshots of src into r: those of the PEs (or the one
@@ -49,17 +53,16 @@ func (r *Repository) Copy(ctx context.Context, src *Repository, filter []pe.ID, 
 	if err != nil {
 		return CopySummary{}, fmt.Errorf("copy from %s: %w", src.Location(), err)
 	}
-	// Under a shared lock of the source no prune removes what is read.
-	srcLock, err := src.lock(ctx, false)
+	release, unlocked, err := src.lockSource(ctx)
 	if err != nil {
 		return CopySummary{}, fmt.Errorf("copy from %s: %w", src.Location(), err)
 	}
-	defer srcLock.release()
+	defer release()
 	if err := r.upgradeConfig(ctx); err != nil {
 		return CopySummary{}, err
 	}
 	c := &copyRun{r: r, src: src, ctx: ctx, progress: progress, done: map[pe.ID]bool{}, path: map[pe.ID]bool{}, zeros: map[int64]string{}}
-	var s CopySummary
+	s := CopySummary{SourceUnlocked: unlocked}
 	var differ []error
 	for _, id := range ids {
 		if c.done[id] {
@@ -73,6 +76,9 @@ func (r *Repository) Copy(ctx context.Context, src *Repository, filter []pe.ID, 
 		}
 		if err != nil {
 			c.sum(&s)
+			if unlocked && errors.Is(err, backend.ErrNotExist) {
+				err = fmt.Errorf("%w (the source, read without a lock, may have been pruned meanwhile: run the copy again)", err)
+			}
 			return s, fmt.Errorf("copy %s to %s: %w", id, r.Location(), err)
 		}
 		if !copied {
@@ -82,6 +88,31 @@ func (r *Repository) Copy(ctx context.Context, src *Repository, filter []pe.ID, 
 	c.sum(&s)
 	s.Duration = time.Since(start)
 	return s, errors.Join(differ...)
+}
+
+// lockSource takes a shared lock of the source, so that no prune
+// removes what the copy reads meanwhile; unlocked tells it took none.
+//
+// A source that cannot be written (a replica mounted read-only, an S3 key
+// allowed to read only) cannot hold a lock: it is read without one, once
+// no prune holds its exclusive lock. A prune that starts later may remove
+// a pack before it is read; the copy then fails, and run again after the
+// prune it copies what is missing. It never commits a wrong snapshot: a
+// chunk read is authenticated by its ID, and a snapshot is committed in
+// the target only once every chunk it needs is stored there.
+func (r *Repository) lockSource(ctx context.Context) (release func(), unlocked bool, err error) {
+	l, err := r.lock(ctx, false)
+	if err == nil {
+		return l.release, false, nil
+	}
+	if !backend.IsReadOnly(err) {
+		return nil, false, err
+	}
+	if err := r.scanLocks(ctx, thisProcess(), "", false, ""); err != nil {
+		return nil, false, err
+	}
+	r.log.Warn("the copy's source cannot be written: it is read without a lock, and a prune of it meanwhile makes the copy fail", "source", r.Location(), "err", err)
+	return func() {}, true, nil
 }
 
 // copyList lists the snapshots to copy, oldest first, each once.

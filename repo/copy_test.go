@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -346,5 +347,124 @@ func TestCopyComparesSnapshotsThere(t *testing.T) {
 		if dst.snapshotObjects(pa.ID()) != forged {
 			t.Errorf("%s changed in the target: the copy overwrote it", tc.what)
 		}
+	}
+}
+
+// readOnlyMount bind-mounts dir read-only at a new directory, as a
+// replica or a snapshot of a file system is mounted: even root cannot
+// write there.
+func readOnlyMount(t *testing.T, dir string) string {
+	t.Helper()
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "--bind", dir, mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount --bind (the test runs as root): %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	if out, err := exec.Command("mount", "-o", "remount,bind,ro", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount -o remount,bind,ro: %v: %s", err, out)
+	}
+	return mnt
+}
+
+// loadHook runs hook once, before the first pack is read.
+type loadHook struct {
+	backend.Backend
+	once sync.Once
+	hook func()
+}
+
+func (b *loadHook) Load(ctx context.Context, name string, off, length int64) (io.ReadCloser, error) {
+	if strings.HasPrefix(name, "data/") {
+		b.once.Do(b.hook)
+	}
+	return b.Backend.Load(ctx, name, off, length)
+}
+
+// TestCopyFromReadOnlySource copies from a repository mounted read-only:
+// without a lock on it, but not while a prune holds its exclusive lock;
+// a prune that removes the packs of a snapshot being copied makes the
+// copy fail without committing it, and the target stays sound.
+func TestCopyFromReadOnlySource(t *testing.T) {
+	ctx := context.Background()
+	src := newEnv(t, nil, Options{Password: "first site"})
+	dst := newEnv(t, nil, Options{Password: "second site"})
+	a := src.disk("a.img", 8*mib, map[int64]int64{0: 3 * mib})
+	pa := src.snap("disk:a.img")
+	if _, err := src.r.Backup(ctx, pa, nil); err != nil {
+		t.Fatal(err)
+	}
+	ro, err := backend.NewDir(readOnlyMount(t, src.be.Location()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roSrc, err := Open(ctx, ro, Options{Password: "first site", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer roSrc.Close()
+	s, err := dst.r.Copy(ctx, roSrc, nil, nil)
+	if err != nil || len(s.Copied) != 1 || !s.SourceUnlocked {
+		t.Fatalf("copy from a read-only source: %+v %v", s, err)
+	}
+	sum := fileSum(t, a)
+	checkReplica(t, src, dst, map[pe.ID]func(pe.ID) bool{
+		pa.ID(): func(r pe.ID) bool { return fileSum(t, filepath.Join(dst.dir, "disk", r.Name())) == sum },
+	})
+	// A writable source is locked while it is read.
+	locked := false
+	probe := &loadHook{Backend: src.be, hook: func() {
+		src.be.List(ctx, "locks/", func(string, int64) error { locked = true; return nil })
+	}}
+	third := newEnv(t, nil, Options{Password: "third site"})
+	wsrc, err := Open(ctx, probe, Options{Password: "first site", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wsrc.Close()
+	if s, err := third.r.Copy(ctx, wsrc, nil, nil); err != nil || s.SourceUnlocked || !locked {
+		t.Errorf("copy from a writable source: %+v %v, source locked while read: %v", s, err, locked)
+	}
+
+	// A prune of the source holds its exclusive lock: no copy from it.
+	src.disk("b.img", 64*mib, map[int64]int64{0: 64 * mib})
+	pb := src.snap("disk:b.img")
+	if _, err := src.r.Backup(ctx, pb, nil); err != nil {
+		t.Fatal(err)
+	}
+	prune, err := src.r.lock(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err = dst.r.Copy(ctx, roSrc, nil, nil)
+	prune.release()
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "exclusive lock") || len(s.Copied) != 0 {
+		t.Fatalf("copy from a read-only source a prune holds: %+v %v", s, err)
+	}
+
+	// A prune that starts once the copy runs and removes the packs of the
+	// snapshot it copies: the copy fails, nothing of it is committed.
+	pruned := &loadHook{Backend: ro, hook: func() {
+		if err := src.r.Forget(ctx, pb.ID()); err != nil {
+			t.Error(err)
+		}
+		if _, err := src.r.Prune(ctx); err != nil {
+			t.Error(err)
+		}
+	}}
+	cut, err := Open(ctx, pruned, Options{Password: "first site", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cut.Close()
+	s, err = dst.r.Copy(ctx, cut, []pe.ID{pb.ID()}, nil)
+	t.Logf("copy during a prune: %+v %v", s, err)
+	if !errors.Is(err, backend.ErrNotExist) || !strings.Contains(err.Error(), "pruned meanwhile") || len(s.Copied) != 0 {
+		t.Fatalf("copy from a read-only source pruned meanwhile: %+v %v", s, err)
+	}
+	if got, _ := dst.r.Snapshots(ctx, pb.ID()); len(got) != 0 {
+		t.Fatalf("the snapshot pruned in the source while copied was committed in the target")
+	}
+	if probs, err := dst.r.Check(ctx, true, nil); err != nil || len(probs) != 0 {
+		t.Fatalf("check --read-data of the target: %v %v", probs, err)
 	}
 }

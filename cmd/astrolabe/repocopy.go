@@ -27,6 +27,12 @@ has already is compared with the source's (info, time, chunks, table of
 contents, components): the same, it is skipped; different, it is left
 alone, the others are copied, and the copy fails naming it. A copy
 interrupted and run again sends only what is missing.
+
+The source is read under a shared lock, so that no prune removes what
+is read. A source that cannot be written (mounted read-only, an S3 key
+allowed to read only) is read without one, unless a prune holds it; a
+prune that starts meanwhile can make the copy fail (never commit a
+wrong snapshot), and the copy is run again.
 The source's password comes from --from-password-file or
 ASTROLABE_FROM_PASSWORD; the target's as for every verb. Each S3
 repository may have keys of its own: --from-s3-profile and --s3-profile
@@ -72,6 +78,9 @@ present) goes to stderr.`,
 				humanBytes(s.Read), humanBytes(s.New), humanBytes(s.Sent), humanBytes(s.Present))
 			if err != nil {
 				return fmt.Errorf("%w (so far: %s)", err, summary)
+			}
+			if s.SourceUnlocked {
+				summary += "; the source, not writable, was read without a lock"
 			}
 			fmt.Fprintf(c.App.ErrWriter, "copied %d snapshot(s) from %s to %s, %d there already: %s, in %s\n",
 				len(s.Copied), src.Location(), r.Location(), len(s.Skipped), summary, s.Duration.Round(time.Millisecond))

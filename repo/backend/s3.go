@@ -189,6 +189,12 @@ func notFound(err error) bool {
 	return errors.As(err, &resp) && (resp.Code == "NoSuchKey" || resp.StatusCode == http.StatusNotFound)
 }
 
+// s3Forbidden reports whether err is an S3 server's refusal (403).
+func s3Forbidden(err error) bool {
+	var resp minio.ErrorResponse
+	return errors.As(err, &resp) && (resp.StatusCode == http.StatusForbidden || resp.Code == "AccessDenied")
+}
+
 // Save implements Backend. r must be an io.ReadSeeker to be retried; other
 // readers are tried once.
 func (s *S3) Save(ctx context.Context, name string, r io.Reader, size int64) error {
