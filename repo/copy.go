@@ -362,10 +362,15 @@ func (c *copyRun) stream(b *backupRun, st *stream) (*stream, error) {
 	}
 	var present []chunkRef
 	refs, err := b.pipeline(func(send func(int64, []byte) error) error {
-		for _, ch := range st.Chunks {
-			if err := c.ctx.Err(); err != nil {
+		ctx, cancel := context.WithCancel(c.ctx)
+		defer cancel() // stops the reads ahead when the pipeline fails
+		ahead := c.readAhead(ctx, b.pk, st.Chunks)
+		for a := range ahead.chunks {
+			data, err := ahead.wait(ctx, a)
+			if err != nil {
 				return err
 			}
+			ch := a.ch
 			// A chunk on its way in one of this run's packs is placed
 			// once that pack is uploaded (resolve).
 			if loc, stored, pending := b.pk.lookup(ch.ID); stored || pending {
@@ -378,15 +383,15 @@ func (c *copyRun) stream(b *backupRun, st *stream) (*stream, error) {
 				}
 				continue
 			}
-			data, err := c.src.loadChunk(c.ctx, ch, false)
-			if err != nil {
-				return err
+			if data == nil {
+				// Found present ahead, gone since: its pack failed to upload.
+				return fmt.Errorf("chunk %.16s: its pack was not stored", ch.ID)
 			}
 			if err := send(ch.Off, data); err != nil {
 				return err
 			}
 		}
-		return nil
+		return ctx.Err()
 	})
 	if err != nil {
 		return nil, err
@@ -411,4 +416,73 @@ func (c *copyRun) stream(b *backupRun, st *stream) (*stream, error) {
 		}
 	}
 	return &stream{Size: st.Size, Chunks: refs}, nil
+}
+
+// copyAhead bounds the chunks read from the source ahead of the chunk
+// being stored: reads in flight, or read and waiting (at most cdcMax
+// bytes each, twice: as stored and as read).
+const copyAhead = 8
+
+// aheadChunk is a chunk of a stream as read ahead: its data, or nil if
+// the target had it when its turn to be read came.
+type aheadChunk struct {
+	ch    chunkRef
+	data  []byte
+	err   error
+	ready chan struct{} // closed when data or err is set
+	slot  bool          // holds a slot of the readAhead
+}
+
+// readAhead is the chunks of a stream in order, read from the source
+// copyAhead at a time, while the pipeline stores those before them.
+type readAhead struct {
+	chunks <-chan *aheadChunk
+	slots  chan struct{}
+}
+
+// readAhead reads the chunks the target lacks (as the packer knows it:
+// a chunk read twice is stored once) ahead of their turn, until ctx ends.
+func (c *copyRun) readAhead(ctx context.Context, pk *packer, chunks []chunkRef) *readAhead {
+	out := make(chan *aheadChunk, copyAhead)
+	ra := &readAhead{chunks: out, slots: make(chan struct{}, copyAhead)}
+	go func() {
+		defer close(out)
+		for _, ch := range chunks {
+			a := &aheadChunk{ch: ch, ready: make(chan struct{})}
+			if _, stored, pending := pk.lookup(ch.ID); stored || pending {
+				close(a.ready)
+			} else {
+				select {
+				case ra.slots <- struct{}{}:
+				case <-ctx.Done():
+					return
+				}
+				a.slot = true
+				go func() {
+					a.data, a.err = c.src.loadChunk(ctx, ch, false)
+					close(a.ready)
+				}()
+			}
+			select {
+			case out <- a:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return ra
+}
+
+// wait returns a chunk's data once read (nil if it was not read) and
+// frees its slot for the next read.
+func (ra *readAhead) wait(ctx context.Context, a *aheadChunk) ([]byte, error) {
+	select {
+	case <-a.ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if a.slot {
+		<-ra.slots
+	}
+	return a.data, a.err
 }

@@ -468,3 +468,64 @@ func TestCopyFromReadOnlySource(t *testing.T) {
 		t.Fatalf("check --read-data of the target: %v %v", probs, err)
 	}
 }
+
+// inFlight counts the source's pack reads at once. Each waits until
+// copyAhead are (or 10 s have passed once): only reads ahead let them.
+type inFlight struct {
+	backend.Backend
+	now, max atomic.Int32
+	full     chan struct{}
+	once     sync.Once
+	gaveUp   atomic.Bool
+}
+
+func (b *inFlight) Load(ctx context.Context, name string, off, length int64) (io.ReadCloser, error) {
+	if !strings.HasPrefix(name, "data/") {
+		return b.Backend.Load(ctx, name, off, length)
+	}
+	n := b.now.Add(1)
+	defer b.now.Add(-1)
+	for m := b.max.Load(); n > m && !b.max.CompareAndSwap(m, n); m = b.max.Load() {
+	}
+	if n >= copyAhead {
+		b.once.Do(func() { close(b.full) })
+	}
+	if !b.gaveUp.Load() {
+		select {
+		case <-b.full:
+		case <-time.After(10 * time.Second):
+			b.gaveUp.Store(true)
+		}
+	}
+	return b.Backend.Load(ctx, name, off, length)
+}
+
+// TestCopyReadsAhead: the source's chunks are read copyAhead at once,
+// never more.
+func TestCopyReadsAhead(t *testing.T) {
+	ctx := context.Background()
+	src := newEnv(t, nil, Options{Password: "first site"})
+	dst := newEnv(t, nil, Options{Password: "second site"})
+	a := src.disk("a.img", 48*mib, map[int64]int64{0: 40 * mib})
+	p := src.snap("disk:a.img")
+	if _, err := src.r.Backup(ctx, p, nil); err != nil {
+		t.Fatal(err)
+	}
+	counted := &inFlight{Backend: src.be, full: make(chan struct{})}
+	cs, err := Open(ctx, counted, Options{Password: "first site", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	if _, err := dst.r.Copy(ctx, cs, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("at most %d reads of the source at once", counted.max.Load())
+	if m := counted.max.Load(); m != copyAhead || counted.gaveUp.Load() {
+		t.Errorf("%d reads of the source at once, want %d", m, copyAhead)
+	}
+	sum := fileSum(t, a)
+	checkReplica(t, src, dst, map[pe.ID]func(pe.ID) bool{
+		p.ID(): func(r pe.ID) bool { return fileSum(t, filepath.Join(dst.dir, "disk", r.Name())) == sum },
+	})
+}
