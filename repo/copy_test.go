@@ -529,3 +529,69 @@ func TestCopyReadsAhead(t *testing.T) {
 		p.ID(): func(r pe.ID) bool { return fileSum(t, filepath.Join(dst.dir, "disk", r.Name())) == sum },
 	})
 }
+
+// TestCopyComponentCycle: a source snapshot that is its own component,
+// or one of its components' (a damaged or forged source), fails the copy
+// with an error naming it; the copy does not wait on itself forever, and
+// commits none of the cycle.
+func TestCopyComponentCycle(t *testing.T) {
+	ctx := context.Background()
+	src := newEnv(t, nil, Options{Password: "first site"})
+	var ids []pe.ID
+	for _, name := range []string{"a.img", "b.img", "c.img"} {
+		src.disk(name, 2*mib, map[int64]int64{0: mib})
+		p := src.snap("disk:" + name)
+		if _, err := src.r.Backup(ctx, p, nil); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, p.ID())
+	}
+	components := func(id pe.ID, comps ...pe.ID) {
+		t.Helper()
+		idx, si, err := src.r.loadSnapshot(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idx.Components = nil
+		for _, c := range comps {
+			idx.Components = append(idx.Components, c.String())
+		}
+		if err := src.r.saveSnapshot(ctx, id, idx, snapshotInfo{Info: si.Info, BackedUp: si.BackedUp}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b, c := ids[0], ids[1], ids[2]
+	for _, tc := range []struct {
+		name  string
+		forge func()
+		cycle pe.ID
+	}{
+		{"itself", func() { components(a, a) }, a},
+		{"a→b→c→a", func() { components(a, b); components(b, c); components(c, a) }, a},
+	} {
+		tc.forge()
+		dst := newEnv(t, nil, Options{Password: "second site"})
+		// Bounded: a copy that waited on itself would fail the test here.
+		cctx, cancel := context.WithTimeout(ctx, time.Minute)
+		s, err := dst.r.Copy(cctx, src.r, []pe.ID{a}, nil)
+		cancel()
+		t.Logf("%s: %v", tc.name, err)
+		if err == nil || errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), tc.cycle.String()+" is a component of itself") {
+			t.Errorf("copy of a snapshot that is a component of %s: %+v %v", tc.name, s, err)
+		}
+		for _, id := range ids {
+			if got, _ := dst.r.Snapshots(ctx, id); len(got) != 0 {
+				t.Errorf("%s: %s of the cycle was committed", tc.name, id)
+			}
+		}
+	}
+	// Shared components are no cycle: a→b, a→c, b→c copies each once.
+	components(a, b, c)
+	components(b, c)
+	components(c)
+	dst := newEnv(t, nil, Options{Password: "second site"})
+	s, err := dst.r.Copy(ctx, src.r, []pe.ID{a}, nil)
+	if err != nil || len(s.Copied) != 3 || s.Copied[0] != c || s.Copied[1] != b || s.Copied[2] != a {
+		t.Errorf("copy of a→b, a→c, b→c: %+v %v", s, err)
+	}
+}
