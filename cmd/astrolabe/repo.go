@@ -20,10 +20,14 @@ func repoFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "repo", EnvVars: []string{"ASTROLABE_REPOSITORY"},
 			Usage: "repository: a `DIR`, s3://[host:port/]bucket/prefix (TLS) or s3+http://host:port/bucket/prefix; S3 keys from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, else the AWS shared credentials file"},
-		&cli.StringFlag{Name: "s3-profile", Usage: "S3 repository: its keys from profile `NAME` of the AWS shared credentials file (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials)"},
+		s3ProfileFlag(),
 		&cli.StringFlag{Name: "password-file", Usage: "read the repository password from `FILE` (default: ASTROLABE_PASSWORD)"},
 		&cli.BoolFlag{Name: "insecure-no-password", Usage: "repo init: an unencrypted repository"},
 	}
+}
+
+func s3ProfileFlag() cli.Flag {
+	return &cli.StringFlag{Name: "s3-profile", Usage: "S3 repository: its keys from profile `NAME` of the AWS shared credentials file (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials)"}
 }
 
 func openBackend(c *cli.Context) (backend.Backend, error) {
@@ -342,5 +346,6 @@ func repoSourceFlags() []cli.Flag {
 		&cli.StringFlag{Name: "repo", EnvVars: []string{"ASTROLABE_REPOSITORY"},
 			Usage: "serve the snapshots backed up in this repository (`DIR` or s3://...) instead of the configuration's PEs"},
 		&cli.StringFlag{Name: "password-file", Usage: "read the repository password from `FILE` (default: ASTROLABE_PASSWORD)"},
+		s3ProfileFlag(),
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -154,6 +155,64 @@ func TestRepoCopyBetweenTwoS3Servers(t *testing.T) {
 		checkRestored(t, cfg, b, id)
 	}
 	t.Logf("%d snapshots restored from the replica", len(backups))
+
+	// Mounted, the replica reads as the primary: each disk's data and
+	// each tree's files (names, modes, contents) the same through both.
+	start := time.Now()
+	primary, replica := filepath.Join(dir, "mnt1"), filepath.Join(dir, "mnt2")
+	startMount(t, cfg, primary, one...)
+	startMount(t, cfg, replica, two...)
+	for _, b := range backups {
+		if b.pe == big {
+			continue // restored above; 256 MiB more through FUSE twice is long
+		}
+		want := mountedSnapshot(t, snapPath(primary, b.snap), b.pe)
+		if got := mountedSnapshot(t, snapPath(replica, b.snap), b.pe); got != want {
+			t.Errorf("%s reads otherwise from the replica's mount:\n%s\nthe primary's:\n%s", b.snap, got, want)
+		}
+		if b.pe.disk() && want != b.want.digest {
+			t.Errorf("%s reads otherwise through the mounts than it was backed up", b.snap)
+		}
+	}
+	t.Logf("%d snapshots read the same through mounts of the primary and the replica, in %s", len(backups)-1, time.Since(start).Round(time.Millisecond))
+}
+
+// mountedSnapshot describes a snapshot as a mount shows it: a disk's
+// data's digest, or a tree's files, each with its mode and content's
+// digest.
+func mountedSnapshot(t *testing.T, dir string, p stressPE) string {
+	t.Helper()
+	if p.disk() {
+		d, err := fileSHA(filepath.Join(dir, "data"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	var out strings.Builder
+	root := filepath.Join(dir, "files")
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, path)
+		sum := ""
+		if fi.Mode().IsRegular() {
+			if sum, err = fileSHA(path); err != nil {
+				return err
+			}
+		}
+		fmt.Fprintf(&out, "%s %s %d %s\n", rel, fi.Mode(), fi.Size(), sum)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.String()
 }
 
 // startSite starts a versitygw server with keys of its own, written as
