@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"os"
@@ -175,6 +176,46 @@ func TestRepoCopyBetweenTwoS3Servers(t *testing.T) {
 		}
 	}
 	t.Logf("%d snapshots read the same through mounts of the primary and the replica, in %s", len(backups)-1, time.Since(start).Round(time.Millisecond))
+
+	// A replicate job of the appliance, with each repository's profile
+	// in jobs.json, and one with the source's profile wrong.
+	r3 := "s3+http://" + s2.endpoint + "/site2/job"
+	mustRun(t, cfg, "repo", "init", "--repo", r3, "--password-file", pw2, "--s3-profile", "site2")
+	creds := os.Getenv("AWS_SHARED_CREDENTIALS_FILE")
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(dir, "none")) // the jobs name theirs
+	location := func(loc, pw, profile string) string {
+		return fmt.Sprintf(`{"location": %q, "passwordFile": %q, "s3Profile": %q, "s3CredentialsFile": %q}`, loc, pw, profile, creds)
+	}
+	os.WriteFile(filepath.Join(cfg, "jobs.json"), []byte(`[
+  {"name": "replicate", "kind": "replicate", "schedule": "@daily", "from": `+location(r1, pw1, "site1")+`, "repository": `+location(r3, pw2, "site2")+`},
+  {"name": "wrong-keys", "kind": "replicate", "schedule": "@daily", "from": `+location(r1, pw1, "site2")+`, "repository": `+location(r3, pw2, "site2")+`}]`), 0o600)
+	history := filepath.Join(cfg, "jobs-history.json")
+	os.WriteFile(history, []byte(`{"replicate": {"last": "2020-01-01T00:00:00Z"}, "wrong-keys": {"last": "2020-01-01T00:00:00Z"}}`), 0o600)
+	a := startServe(t, cfg)
+	type jobRun struct{ Status, Error string }
+	var runs map[string]struct{ Runs []jobRun }
+	finished := func(rs []jobRun) bool { return len(rs) > 0 && rs[len(rs)-1].Status != "running" }
+	for range 1200 { // bounded: both run at start
+		b, _ := os.ReadFile(history)
+		runs = nil
+		json.Unmarshal(b, &runs)
+		if finished(runs["replicate"].Runs) && finished(runs["wrong-keys"].Runs) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	a.stop()
+	t.Logf("replicate job runs: %+v", runs)
+	if rs := runs["replicate"].Runs; len(rs) != 1 || rs[0].Status != "success" {
+		t.Errorf("replicate job: %+v; stderr: %s", rs, a.stderr)
+	}
+	if rs := runs["wrong-keys"].Runs; len(rs) != 1 || rs[0].Status != "failed" || !strings.Contains(rs[0].Error, "repository "+r1+": S3 bucket site1") {
+		t.Errorf("replicate job with the wrong keys for its source: %+v", rs)
+	}
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", creds)
+	if n := strings.Count(mustRun(t, cfg, "repo", "snapshots", "--repo", r3, "--password-file", pw2, "--s3-profile", "site2").stdout, "\n") - 1; n != len(backups) {
+		t.Errorf("the replicate job's target lists %d snapshots, want %d", n, len(backups))
+	}
 }
 
 // mountedSnapshot describes a snapshot as a mount shows it: a disk's
