@@ -77,12 +77,12 @@ func ParseS3URL(s string) (S3Config, error) {
 // named for this repository, else the keys of the environment, else the
 // profile AWS_PROFILE names (or "default") in the shared files. They are
 // read now, so that a missing profile or file is told at once, by name.
-func (cfg S3Config) credentials() (*credentials.Credentials, error) {
+func (cfg S3Config) credentials(ctx context.Context) (*credentials.Credentials, error) {
 	if cfg.Profile == "" && cfg.CredentialsFile == "" && cfg.AccessKey != "" && cfg.SecretKey != "" {
 		return credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""), nil
 	}
 	creds := credentials.NewFileAWSCredentials(cfg.CredentialsFile, cfg.Profile)
-	if _, err := creds.Get(); err != nil {
+	if _, err := creds.GetWithContext(&credentials.CredContext{Client: http.DefaultClient, Context: ctx}); err != nil {
 		file := cfg.CredentialsFile
 		if file == "" {
 			file = "the AWS credentials and config files"
@@ -115,7 +115,7 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 		pool.AppendCertsFromPEM(pemBytes)
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
-	creds, err := cfg.credentials()
+	creds, err := cfg.credentials(ctx)
 	if err != nil {
 		return nil, err
 	}
