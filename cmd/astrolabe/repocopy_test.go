@@ -1,14 +1,20 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 )
 
 // TestRepoCopyBetweenTwoS3Servers replicates between two versitygw
@@ -281,4 +287,126 @@ func startSite(t *testing.T, dir, name string) versitygw {
 	t.Setenv("AWS_ACCESS_KEY_ID", "")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
 	return s
+}
+
+// TestRepoCopyFromReadOnlyS3Key copies from an S3 repository through a
+// key whose bucket policy allows reading only (versitygw's own IAM): the
+// copy reads it without a lock, says so, and writes nothing there; with
+// the owner's key the source is locked as usual.
+func TestRepoCopyFromReadOnlyS3Key(t *testing.T) {
+	dir := t.TempDir()
+	endpoint := startVersitygwIAM(t, dir, "owner-access", "owner-secret-key", map[string]string{"reader-access": "reader-secret-key"})
+	creds := filepath.Join(dir, "aws-credentials")
+	os.WriteFile(creds, []byte("[owner]\naws_access_key_id = owner-access\naws_secret_access_key = owner-secret-key\n\n"+
+		"[reader]\naws_access_key_id = reader-access\naws_secret_access_key = reader-secret-key\n"), 0o600)
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", creds)
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(dir, "no-aws-config"))
+	t.Setenv("AWS_ACCESS_KEY_ID", "")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	t.Setenv("ASTROLABE_PASSWORD", "pw")
+	t.Setenv("ASTROLABE_FROM_PASSWORD", "pw")
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", "--samples", cfg)
+	src := "s3+http://" + endpoint + "/site/astrolabe"
+	mustRun(t, cfg, "repo", "init", "--repo", src, "--s3-profile", "owner")
+	snap := mustRun(t, cfg, "backup", "--repo", src, "--s3-profile", "owner", "fs:sample").lastLine()
+
+	// The bucket's policy: the reader may list and get, nothing more.
+	mc, err := minio.New(endpoint, &minio.Options{Creds: credentials.NewStaticV4("owner-access", "owner-secret-key", ""), BucketLookup: minio.BucketLookupPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy := `{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": ["reader-access"]},
+  "Action": ["s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"], "Resource": ["arn:aws:s3:::site", "arn:aws:s3:::site/*"]}]}`
+	if err := mc.SetBucketPolicy(t.Context(), "site", policy); err != nil {
+		t.Fatal(err)
+	}
+	objects := func() int {
+		n := 0
+		for o := range mc.ListObjects(t.Context(), "site", minio.ListObjectsOptions{Recursive: true}) {
+			if o.Err != nil {
+				t.Fatal(o.Err)
+			}
+			n++
+		}
+		return n
+	}
+	before := objects()
+
+	dst := filepath.Join(dir, "replica")
+	mustRun(t, cfg, "repo", "init", "--repo", dst)
+	res := mustRun(t, cfg, "repo", "copy", "--from", src, "--from-s3-profile", "reader", "--repo", dst)
+	t.Logf("repo copy with a read-only key: %s", strings.TrimSpace(res.stderr))
+	if strings.TrimSpace(res.stdout) != snap || !strings.Contains(res.stderr, "read without a lock") {
+		t.Errorf("repo copy with a read-only key: %s\n%s", res.stdout, res.stderr)
+	}
+	if after := objects(); after != before {
+		t.Errorf("the source holds %d objects after a copy with a read-only key, %d before", after, before)
+	}
+	restored := mustRun(t, cfg, "restore", "--repo", dst, snap).lastLine()
+	if got, want := treeDigest(t, filepath.Join(cfg, "fs", strings.TrimPrefix(restored, "fs:"))), treeDigest(t, filepath.Join(cfg, "fs", "sample")); got != want {
+		t.Errorf("restored from the replica: %s, want %s", got, want)
+	}
+	// With the owner's key the source is locked while read.
+	dst2 := filepath.Join(dir, "replica2")
+	mustRun(t, cfg, "repo", "init", "--repo", dst2)
+	if res := mustRun(t, cfg, "repo", "copy", "--from", src, "--from-s3-profile", "owner", "--repo", dst2); strings.Contains(res.stderr, "without a lock") {
+		t.Errorf("repo copy with the owner's key: %s", res.stderr)
+	}
+}
+
+// startVersitygwIAM runs versitygw with its own IAM: the root's keys, and
+// users (access key → secret) of role "user", who reach only what bucket
+// policies allow them.
+func startVersitygwIAM(t *testing.T, dir, rootAccess, rootSecret string, users map[string]string) string {
+	t.Helper()
+	bin, err := exec.LookPath("versitygw")
+	if err != nil {
+		gopath, _ := exec.Command("go", "env", "GOPATH").Output()
+		bin = filepath.Join(strings.TrimSpace(string(gopath)), "bin", "versitygw")
+		if _, err := os.Stat(bin); err != nil {
+			t.Fatal("versitygw missing: run scripts/s3-server.sh install (go install github.com/versity/versitygw/cmd/versitygw@v1.8.0)")
+		}
+	}
+	port, admin := freePort(t), freePort(t)
+	for _, d := range []string{"data", "iam"} {
+		os.MkdirAll(filepath.Join(dir, "s3", d), 0o700)
+	}
+	var log bytes.Buffer
+	cmd := exec.Command(bin, "--port", port, "--admin-port", admin, "--iam-dir", filepath.Join(dir, "s3", "iam"), "posix", filepath.Join(dir, "s3", "data"))
+	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+rootAccess, "ROOT_SECRET_KEY="+rootSecret)
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for i := 0; ; i++ { // bounded: 100 tries
+		c, err := net.Dial("tcp", admin)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if i == 100 {
+			t.Fatalf("versitygw did not listen on %s: %s", admin, log.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for access, secret := range users {
+		out, err := exec.Command(bin, "admin", "--access", rootAccess, "--secret", rootSecret, "--endpoint-url", "http://"+admin,
+			"create-user", "--access", access, "--secret", secret, "--role", "user").CombinedOutput()
+		if err != nil {
+			t.Fatalf("versitygw admin create-user: %v: %s", err, out)
+		}
+	}
+	return port
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
