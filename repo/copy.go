@@ -339,6 +339,11 @@ func (c *copyRun) snapshot(b *backupRun, id pe.ID) error {
 	if err := b.confirmPacks(idx); err != nil {
 		return err
 	}
+	// A copy cancelled is not committed, even once all it needs is
+	// stored (a local backend does not heed ctx).
+	if err := c.ctx.Err(); err != nil {
+		return err
+	}
 	if err := c.r.saveSnapshot(c.ctx, id, idx, snapshotInfo{Info: si.Info, BackedUp: si.BackedUp}); err != nil {
 		return err
 	}
