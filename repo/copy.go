@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -423,10 +424,15 @@ func (c *copyRun) stream(b *backupRun, st *stream) (*stream, error) {
 	return &stream{Size: st.Size, Chunks: refs}, nil
 }
 
-// copyAhead bounds the chunks read from the source ahead of the chunk
-// being stored: reads in flight, or read and waiting (at most cdcMax
-// bytes each, twice: as stored and as read).
-const copyAhead = 8
+// Reads of the source ahead of the chunk being stored: at most
+// copyAhead at once, or read and waiting, each of one chunk or of
+// neighbours in one pack read together (one request for up to
+// copyReadBytes), so that at most copyAhead*copyReadBytes bytes are held
+// as read, and as many opened.
+const (
+	copyAhead     = 8
+	copyReadBytes = 4 << 20
+)
 
 // aheadChunk is a chunk of a stream as read ahead: its data, or nil if
 // the target had it when its turn to be read came.
@@ -435,11 +441,11 @@ type aheadChunk struct {
 	data  []byte
 	err   error
 	ready chan struct{} // closed when data or err is set
-	slot  bool          // holds a slot of the readAhead
+	slot  bool          // the last chunk of its read: frees its slot
 }
 
 // readAhead is the chunks of a stream in order, read from the source
-// copyAhead at a time, while the pipeline stores those before them.
+// ahead of their turn while the pipeline stores those before them.
 type readAhead struct {
 	chunks <-chan *aheadChunk
 	slots  chan struct{}
@@ -448,38 +454,127 @@ type readAhead struct {
 // readAhead reads the chunks the target lacks (as the packer knows it:
 // a chunk read twice is stored once) ahead of their turn, until ctx ends.
 func (c *copyRun) readAhead(ctx context.Context, pk *packer, chunks []chunkRef) *readAhead {
-	out := make(chan *aheadChunk, copyAhead)
+	// Room for the chunks of copyAhead reads: the slots bound the data.
+	out := make(chan *aheadChunk, copyAhead*16)
 	ra := &readAhead{chunks: out, slots: make(chan struct{}, copyAhead)}
 	go func() {
 		defer close(out)
+		var group []*aheadChunk // neighbours in a pack, to be read together
+		emit := func(as ...*aheadChunk) bool {
+			for _, a := range as {
+				select {
+				case out <- a:
+				case <-ctx.Done():
+					return false
+				}
+			}
+			return true
+		}
+		flush := func() bool {
+			if len(group) == 0 {
+				return true
+			}
+			select {
+			case ra.slots <- struct{}{}:
+			case <-ctx.Done():
+				return false
+			}
+			g := group
+			group = nil
+			g[len(g)-1].slot = true
+			go c.readGroup(ctx, g)
+			return emit(g...)
+		}
 		for _, ch := range chunks {
 			a := &aheadChunk{ch: ch, ready: make(chan struct{})}
 			if _, stored, pending := pk.lookup(ch.ID); stored || pending {
 				close(a.ready)
-			} else {
-				select {
-				case ra.slots <- struct{}{}:
-				case <-ctx.Done():
+				if !flush() || !emit(a) {
 					return
 				}
-				a.slot = true
-				go func() {
-					a.data, a.err = c.src.loadChunk(ctx, ch, false)
-					close(a.ready)
-				}()
+				continue
 			}
-			select {
-			case out <- a:
-			case <-ctx.Done():
+			if len(group) > 0 && !readTogether(group, ch) && !flush() {
 				return
 			}
+			group = append(group, a)
 		}
+		flush()
 	}()
 	return ra
 }
 
-// wait returns a chunk's data once read (nil if it was not read) and
-// frees its slot for the next read.
+// readTogether reports whether chunk ch is read with group: it is in
+// the same pack, and the bytes from the first of them there to the end of
+// the last are at most copyReadBytes, of which at most a quarter are not
+// needed.
+func readTogether(group []*aheadChunk, ch chunkRef) bool {
+	if ch.Pack != group[0].ch.Pack {
+		return false
+	}
+	start, end := readSpan(group)
+	start, end = min(start, ch.POff), max(end, ch.POff+ch.PLen)
+	need := ch.PLen
+	for _, a := range group {
+		need += a.ch.PLen
+	}
+	span := end - start
+	return span <= copyReadBytes && span-need <= span/4
+}
+
+// readSpan is where a group's chunks are in their pack: from the first
+// to the end of the last (a backup's workers pack them in about, not
+// exactly, the order of the stream).
+func readSpan(group []*aheadChunk) (start, end int64) {
+	start = group[0].ch.POff
+	for _, a := range group {
+		start, end = min(start, a.ch.POff), max(end, a.ch.POff+a.ch.PLen)
+	}
+	return start, end
+}
+
+// readGroup reads a group of chunks of one pack with one request and
+// opens each.
+func (c *copyRun) readGroup(ctx context.Context, group []*aheadChunk) {
+	defer func() {
+		for _, a := range group {
+			close(a.ready)
+		}
+	}()
+	if len(group) == 1 {
+		group[0].data, group[0].err = c.src.loadChunk(ctx, group[0].ch, false)
+		return
+	}
+	start, end := readSpan(group)
+	buf, err := c.src.loadRange(ctx, group[0].ch.Pack, start, end-start)
+	for _, a := range group {
+		if err != nil {
+			a.err = fmt.Errorf("chunk %.16s in pack %.16s: %w", a.ch.ID, a.ch.Pack, err)
+			continue
+		}
+		sealed := buf[a.ch.POff-start : a.ch.POff-start+a.ch.PLen]
+		if a.data, a.err = c.src.openChunk(sealed, a.ch.ID, a.ch.Len, false); a.err != nil {
+			a.err = fmt.Errorf("chunk %.16s in pack %.16s %w", a.ch.ID, a.ch.Pack, a.err)
+		}
+	}
+}
+
+// loadRange reads n bytes of a pack at off.
+func (r *Repository) loadRange(ctx context.Context, pack string, off, n int64) ([]byte, error) {
+	rc, err := r.be.Load(ctx, packName(pack), off, n)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(rc, buf); err != nil {
+		return nil, err
+	}
+	return buf, nil
+}
+
+// wait returns a chunk's data once read (nil if it was not read), and
+// frees the slot of its read after its last chunk.
 func (ra *readAhead) wait(ctx context.Context, a *aheadChunk) ([]byte, error) {
 	select {
 	case <-a.ready:

@@ -474,6 +474,7 @@ func TestCopyFromReadOnlySource(t *testing.T) {
 type inFlight struct {
 	backend.Backend
 	now, max atomic.Int32
+	loads    atomic.Int32
 	full     chan struct{}
 	once     sync.Once
 	gaveUp   atomic.Bool
@@ -483,6 +484,7 @@ func (b *inFlight) Load(ctx context.Context, name string, off, length int64) (io
 	if !strings.HasPrefix(name, "data/") {
 		return b.Backend.Load(ctx, name, off, length)
 	}
+	b.loads.Add(1)
 	n := b.now.Add(1)
 	defer b.now.Add(-1)
 	for m := b.max.Load(); n > m && !b.max.CompareAndSwap(m, n); m = b.max.Load() {
@@ -501,7 +503,7 @@ func (b *inFlight) Load(ctx context.Context, name string, off, length int64) (io
 }
 
 // TestCopyReadsAhead: the source's chunks are read copyAhead at once,
-// never more.
+// never more, neighbours in a pack with one request.
 func TestCopyReadsAhead(t *testing.T) {
 	ctx := context.Background()
 	src := newEnv(t, nil, Options{Password: "first site"})
@@ -520,7 +522,10 @@ func TestCopyReadsAhead(t *testing.T) {
 	if _, err := dst.r.Copy(ctx, cs, nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("at most %d reads of the source at once", counted.max.Load())
+	t.Logf("%d reads of the source's packs for 40 chunks, at most %d at once", counted.loads.Load(), counted.max.Load())
+	if n := counted.loads.Load(); n > 40/2 {
+		t.Errorf("%d reads of the source's packs for 40 chunks: neighbours are not read together", n)
+	}
 	if m := counted.max.Load(); m != copyAhead || counted.gaveUp.Load() {
 		t.Errorf("%d reads of the source at once, want %d", m, copyAhead)
 	}

@@ -4,8 +4,9 @@
 # versitygw S3 servers on 127.0.0.1, each with keys of its own (profiles
 # of an AWS shared credentials file). Prints the copy's seconds, MiB/s and
 # peak RSS (/usr/bin/time -v), RUNS (default 3) copies into fresh targets.
-# ASTROLABE=path runs another build (e.g. an older commit's) for a
-# before/after comparison. Needs versitygw (scripts/s3-server.sh) and
+# ASTROLABE=path runs another build; COMPARE=path (e.g. an older
+# commit's build) alternates with it, run by run, so that both see the
+# same load of the machine. Needs versitygw (scripts/s3-server.sh) and
 # /usr/bin/time (apt-get install time).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -44,14 +45,18 @@ SNAP=$($A snap disk:big.img | tail -n1)
 $A backup --repo "$R1" --s3-profile s1 "$SNAP" >/dev/null 2>&1
 rm -f "$IMG"
 
-printf '%-6s %8s %8s %12s %12s\n' run seconds MiB/s "peak RSS MiB" "CPU seconds"
-for i in $(seq "$RUNS"); do
-	R2=s3+http://$E2/site2/run$i
-	$A repo init --repo "$R2" --s3-profile s2 2>/dev/null
-	/usr/bin/time -v -o "$WORK/time" $A repo copy --from "$R1" --from-s3-profile s1 --repo "$R2" --s3-profile s2 >/dev/null 2>"$WORK/copy.err" ||
+printf '%-10s %-6s %8s %8s %12s %12s\n' build run seconds MiB/s "peak RSS MiB" "CPU seconds"
+copy() { # label binary run
+	local R2=s3+http://$E2/site2/$1-$3
+	$2 --config "$WORK/cfg" --log-level error repo init --repo "$R2" --s3-profile s2 2>/dev/null
+	/usr/bin/time -v -o "$WORK/time" $2 --config "$WORK/cfg" --log-level error repo copy --from "$R1" --from-s3-profile s1 --repo "$R2" --s3-profile s2 >/dev/null 2>"$WORK/copy.err" ||
 		{ cat "$WORK/copy.err" >&2; exit 1; }
 	wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s}' "$WORK/time")
 	rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/time")
 	cpu=$(awk -F': ' '/(User|System) time \(seconds\)/ {s += $2} END {print s}' "$WORK/time")
-	printf '%-6s %8.2f %8.1f %12.1f %12.1f\n' "$i" "$wall" "$(echo "$SIZE_MIB / $wall" | bc -l)" "$(echo "$rss / 1024" | bc -l)" "$cpu"
+	printf '%-10s %-6s %8.2f %8.1f %12.1f %12.1f\n' "$1" "$3" "$wall" "$(echo "$SIZE_MIB / $wall" | bc -l)" "$(echo "$rss / 1024" | bc -l)" "$cpu"
+}
+for i in $(seq "$RUNS"); do
+	[[ -z ${COMPARE:-} ]] || copy compare "$COMPARE" "$i"
+	copy this "$BIN" "$i"
 done
