@@ -410,3 +410,59 @@ func freePort(t *testing.T) string {
 	defer l.Close()
 	return l.Addr().String()
 }
+
+// TestRepoCopyFromUnwritableDirectory copies, as nobody, from a
+// repository directory nobody owns but made unwritable (chmod -R a-w;
+// root would write there all the same): read without a lock, left as it
+// was, and the copy restores.
+func TestRepoCopyFromUnwritableDirectory(t *testing.T) {
+	needPrivilegeTools(t)
+	dir := t.TempDir()
+	openTree(t, dir)
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", "--samples", cfg)
+	pw := filepath.Join(dir, "pw")
+	os.WriteFile(pw, []byte("pw\n"), 0o644)
+	src := filepath.Join(dir, "src")
+	mustRun(t, cfg, "repo", "init", "--repo", src, "--password-file", pw)
+	snap := mustRun(t, cfg, "backup", "--repo", src, "--password-file", pw, "fs:sample").lastLine()
+	runTool(t, "chown", "-R", "nobody:nogroup", src)
+	runTool(t, "chmod", "-R", "a-w", src)
+	before := describeTree(t, src)
+
+	bin := filepath.Join(dir, "astrolabe")
+	runTool(t, "cp", astrolabeBin, bin)
+	ncfg := filepath.Join(dir, "nobody")
+	os.Mkdir(ncfg, 0o755)
+	runTool(t, "chown", "nobody:nogroup", ncfg)
+	asNobody := func(args ...string) (string, error) {
+		out, err := exec.Command("runuser", append([]string{"-u", "nobody", "--", bin, "--config", ncfg}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	replica := filepath.Join(ncfg, "replica")
+	for _, args := range [][]string{
+		{"init", ncfg},
+		{"repo", "init", "--repo", replica, "--password-file", pw},
+	} {
+		if out, err := asNobody(args...); err != nil {
+			t.Fatalf("%s as nobody: %v\n%s", args, err, out)
+		}
+	}
+	out, err := asNobody("repo", "copy", "--from", src, "--from-password-file", pw, "--repo", replica, "--password-file", pw)
+	t.Logf("repo copy as nobody from an unwritable directory: %s", strings.TrimSpace(out))
+	if err != nil || !strings.Contains(out, snap) || !strings.Contains(out, "read without a lock") {
+		t.Fatalf("repo copy as nobody from an unwritable directory: %v\n%s", err, out)
+	}
+	if after := describeTree(t, src); after != before {
+		t.Errorf("the source changed under the copy:\n%s\nbefore:\n%s", after, before)
+	}
+	out, err = asNobody("restore", "--repo", replica, "--password-file", pw, snap)
+	if err != nil {
+		t.Fatalf("restore from the replica as nobody: %v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	restored := filepath.Join(ncfg, "fs", strings.TrimPrefix(lines[len(lines)-1], "fs:"))
+	if got, want := treeDigest(t, restored), treeDigest(t, filepath.Join(cfg, "fs", "sample")); got != want {
+		t.Errorf("restored from the replica: %s, want %s", got, want)
+	}
+}
