@@ -50,15 +50,16 @@ func (r *Repository) Copy(ctx context.Context, src *Repository, filter []pe.ID, 
 	if src.cfg.ID == r.cfg.ID {
 		return CopySummary{}, fmt.Errorf("copy from %s to %s: the same repository", src.Location(), r.Location())
 	}
-	ids, err := src.copyList(ctx, filter)
-	if err != nil {
-		return CopySummary{}, fmt.Errorf("copy from %s: %w", src.Location(), err)
-	}
+	// Listed under the lock: no prune removes a snapshot listed.
 	release, unlocked, err := src.lockSource(ctx)
 	if err != nil {
 		return CopySummary{}, fmt.Errorf("copy from %s: %w", src.Location(), err)
 	}
 	defer release()
+	ids, err := src.copyList(ctx, filter)
+	if err != nil {
+		return CopySummary{}, fmt.Errorf("copy from %s: %w", src.Location(), err)
+	}
 	if err := r.upgradeConfig(ctx); err != nil {
 		return CopySummary{}, err
 	}
