@@ -254,6 +254,18 @@ type JobRepository struct {
 	// appliance's password directory (passwords/ in its config
 	// directory), or the path the job has already.
 	PasswordFile *string `json:"passwordFile,omitempty"`
+
+	// S3CredentialsFile The AWS shared credentials file s3Profile is read from (never
+	// its content); through the API, under the same rules as
+	// passwordFile. Default: AWS_SHARED_CREDENTIALS_FILE, else
+	// ~/.aws/credentials
+	S3CredentialsFile *string `json:"s3CredentialsFile,omitempty"`
+
+	// S3Profile The profile of the AWS shared credentials file that holds this
+	// repository's S3 keys (as --s3-profile); default: the AWS_*
+	// environment of the appliance, then its AWS_PROFILE or default
+	// profile
+	S3Profile *string `json:"s3Profile,omitempty"`
 }
 
 // JobRun defines model for JobRun.

@@ -1,24 +1,34 @@
 package repo
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/repo/backend"
 )
 
 // CopySummary tells what a copy between repositories did.
 type CopySummary struct {
 	Copied   []pe.ID       // snapshots committed in the target, components first
-	Skipped  []pe.ID       // snapshots the target had already
+	Skipped  []pe.ID       // snapshots the target had already, the same
+	Differ   []pe.ID       // snapshots the target holds with other content: left alone, an error
 	Read     int64         // bytes of chunks read from the source
 	New      int64         // bytes of chunks the target lacked
 	Sent     int64         // bytes uploaded to the target (compressed, sealed, packed)
 	Present  int64         // bytes of chunks the target had already, not read
 	Duration time.Duration // wall time
+	// SourceUnlocked tells that the source could not be written and was
+	// read without a lock (lockSource).
+	SourceUnlocked bool
 }
 
 // Copy copies snapshots of src into r: those of the PEs (or the one
@@ -28,35 +38,49 @@ type CopySummary struct {
 // snapshot keeps its ID, times and info, and is committed in r after the
 // packs and index it needs, as a backup is: a copy interrupted and run
 // again finds the packs it uploaded (by their index file, or by their
-// headers after a crash) and sends only what is missing. Snapshots r has
-// already are skipped.
+// headers after a crash) and sends only what is missing.
+//
+// A snapshot r has already is compared with the source's: its info, time
+// and content (the chunk IDs of its streams, its table of contents and
+// components). The same, it is skipped; different, it is left alone and
+// Copy goes on with the others, then fails with ErrSnapshotDiffers
+// naming it: a snapshot is never overwritten, nor skipped unnoticed.
 func (r *Repository) Copy(ctx context.Context, src *Repository, filter []pe.ID, progress pe.Progress) (CopySummary, error) {
 	start := time.Now()
 	if src.cfg.ID == r.cfg.ID {
 		return CopySummary{}, fmt.Errorf("copy from %s to %s: the same repository", src.Location(), r.Location())
 	}
+	// Listed under the lock: no prune removes a snapshot listed.
+	release, unlocked, err := src.lockSource(ctx)
+	if err != nil {
+		return CopySummary{}, fmt.Errorf("copy from %s: %w", src.Location(), err)
+	}
+	defer release()
 	ids, err := src.copyList(ctx, filter)
 	if err != nil {
 		return CopySummary{}, fmt.Errorf("copy from %s: %w", src.Location(), err)
 	}
-	// Under a shared lock of the source no prune removes what is read.
-	srcLock, err := src.lock(ctx, false)
-	if err != nil {
-		return CopySummary{}, fmt.Errorf("copy from %s: %w", src.Location(), err)
-	}
-	defer srcLock.release()
 	if err := r.upgradeConfig(ctx); err != nil {
 		return CopySummary{}, err
 	}
-	c := &copyRun{r: r, src: src, ctx: ctx, progress: progress, done: map[pe.ID]bool{}, path: map[pe.ID]bool{}}
-	var s CopySummary
+	c := &copyRun{r: r, src: src, ctx: ctx, progress: progress, done: map[pe.ID]bool{}, path: map[pe.ID]bool{}, zeros: map[int64]string{}}
+	s := CopySummary{SourceUnlocked: unlocked}
+	var differ []error
 	for _, id := range ids {
 		if c.done[id] {
 			continue // copied as a component of an earlier one
 		}
 		copied, err := c.top(id)
+		if errors.Is(err, ErrSnapshotDiffers) {
+			s.Differ = append(s.Differ, id)
+			differ = append(differ, fmt.Errorf("copy %s to %s: %w", id, r.Location(), err))
+			continue
+		}
 		if err != nil {
 			c.sum(&s)
+			if unlocked && errors.Is(err, backend.ErrNotExist) {
+				err = fmt.Errorf("%w (the source, read without a lock, may have been pruned meanwhile: run the copy again)", err)
+			}
 			return s, fmt.Errorf("copy %s to %s: %w", id, r.Location(), err)
 		}
 		if !copied {
@@ -65,7 +89,32 @@ func (r *Repository) Copy(ctx context.Context, src *Repository, filter []pe.ID, 
 	}
 	c.sum(&s)
 	s.Duration = time.Since(start)
-	return s, nil
+	return s, errors.Join(differ...)
+}
+
+// lockSource takes a shared lock of the source, so that no prune
+// removes what the copy reads meanwhile; unlocked tells it took none.
+//
+// A source that cannot be written (a replica mounted read-only, an S3 key
+// allowed to read only) cannot hold a lock: it is read without one, once
+// no prune holds its exclusive lock. A prune that starts later may remove
+// a pack before it is read; the copy then fails, and run again after the
+// prune it copies what is missing. It never commits a wrong snapshot: a
+// chunk read is authenticated by its ID, and a snapshot is committed in
+// the target only once every chunk it needs is stored there.
+func (r *Repository) lockSource(ctx context.Context) (release func(), unlocked bool, err error) {
+	l, err := r.lock(ctx, false)
+	if err == nil {
+		return l.release, false, nil
+	}
+	if !backend.IsReadOnly(err) {
+		return nil, false, err
+	}
+	if err := r.scanLocks(ctx, thisProcess(), "", false, ""); err != nil {
+		return nil, false, err
+	}
+	r.log.Warn("the copy's source cannot be written: it is read without a lock, and a prune of it meanwhile makes the copy fail", "source", r.Location(), "err", err)
+	return func() {}, true, nil
 }
 
 // copyList lists the snapshots to copy, oldest first, each once.
@@ -98,8 +147,9 @@ type copyRun struct {
 	r, src   *Repository
 	ctx      context.Context
 	progress pe.Progress
-	done     map[pe.ID]bool // copied by this run
-	path     map[pe.ID]bool // being copied: the snapshot and the components above this one
+	done     map[pe.ID]bool   // copied by this run
+	zeros    map[int64]string // chunk IDs of zeros by length
+	path     map[pe.ID]bool   // being copied: the snapshot and the components above this one
 	copied   []pe.ID
 
 	read, newBytes, sent, present atomic.Int64
@@ -118,7 +168,7 @@ func (c *copyRun) top(id pe.ID) (bool, error) {
 		return false, err
 	}
 	defer release()
-	if done, err := c.r.committed(c.ctx, id); err != nil || done {
+	if done, err := c.committed(id); err != nil || done {
 		return false, err
 	}
 	lock, err := c.r.lockFor(c.ctx, false, id.String())
@@ -128,7 +178,7 @@ func (c *copyRun) top(id pe.ID) (bool, error) {
 	defer lock.release()
 	// Again under the lock: another process may have committed it since,
 	// and writing it again would replace its index under its info.
-	if done, err := c.r.committed(c.ctx, id); err != nil || done {
+	if done, err := c.committed(id); err != nil || done {
 		return false, err
 	}
 	// Under the shared lock no prune removes a pack: what the refreshed
@@ -162,10 +212,97 @@ func (c *copyRun) component(b *backupRun, id pe.ID) error {
 		return err
 	}
 	defer release()
-	if done, err := c.r.committed(c.ctx, id); err != nil || done {
+	if done, err := c.committed(id); err != nil || done {
 		return err
 	}
 	return c.snapshot(b, id)
+}
+
+// ErrSnapshotDiffers is returned for a snapshot the target holds under
+// the ID of the source's, with other content.
+var ErrSnapshotDiffers = errors.New("the target holds another snapshot under this ID")
+
+// committed reports whether the target has snapshot id, and fails with
+// ErrSnapshotDiffers if what it has is not what the source has.
+func (c *copyRun) committed(id pe.ID) (bool, error) {
+	if done, err := c.r.committed(c.ctx, id); err != nil || !done {
+		return false, err
+	}
+	sidx, si, err := c.src.loadSnapshot(c.ctx, id)
+	if err != nil {
+		return false, fmt.Errorf("source: %w", err)
+	}
+	tidx, ti, err := c.r.loadSnapshot(c.ctx, id)
+	if err != nil {
+		return false, fmt.Errorf("target: %w", err)
+	}
+	if diff := c.differences(sidx, si, tidx, ti); len(diff) > 0 {
+		return false, fmt.Errorf("snapshot %s: differs from the source's in its %s, and is left as it is (forget it in the target to copy the source's): %w",
+			id, strings.Join(diff, ", "), ErrSnapshotDiffers)
+	}
+	return true, nil
+}
+
+// differences names the parts of a snapshot that differ between a
+// source's and a target's. Where chunks are packed is not compared, nor
+// chunks of zeros one side stores and the other leaves a hole: neither
+// changes what the snapshot reads as.
+func (c *copyRun) differences(sidx *snapshotIndex, si *snapshotInfo, tidx *snapshotIndex, ti *snapshotInfo) []string {
+	parts := []struct {
+		name string
+		a, b any
+	}{
+		{"info", si.Info, ti.Info},
+		{"backup time", si.BackedUp.UTC(), ti.BackedUp.UTC()},
+		{"chunking", sidx.Chunking, tidx.Chunking},
+		{"data", c.content(sidx.Data), c.content(tidx.Data)},
+		{"metadata", c.content(sidx.Metadata), c.content(tidx.Metadata)},
+		{"table of contents", sidx.TOC, tidx.TOC},
+		{"components", sidx.Components, tidx.Components},
+	}
+	var diff []string
+	for _, p := range parts {
+		a, errA := json.Marshal(p.a)
+		b, errB := json.Marshal(p.b)
+		if errA != nil || errB != nil || !bytes.Equal(a, b) {
+			diff = append(diff, p.name)
+		}
+	}
+	return diff
+}
+
+// chunkAt is a chunk of a stream, wherever it is packed.
+type chunkAt struct {
+	Off, Len int64
+	ID       string
+}
+
+// content is what a stream reads as: its size and its chunks but those
+// of zeros.
+func (c *copyRun) content(st *stream) any {
+	if st == nil {
+		return nil
+	}
+	chunks := make([]chunkAt, 0, len(st.Chunks))
+	for _, ch := range st.Chunks {
+		if ch.ID != c.zeroChunk(ch.Len) {
+			chunks = append(chunks, chunkAt{ch.Off, ch.Len, ch.ID})
+		}
+	}
+	return struct {
+		Size   int64
+		Chunks []chunkAt
+	}{st.Size, chunks}
+}
+
+// zeroChunk is the ID of a chunk of n zeros.
+func (c *copyRun) zeroChunk(n int64) string {
+	id, ok := c.zeros[n]
+	if !ok && n <= maxChunk {
+		id = chunkID(make([]byte, n))
+		c.zeros[n] = id
+	}
+	return id
 }
 
 // snapshot copies one snapshot: components first, then its streams; its
@@ -204,6 +341,11 @@ func (c *copyRun) snapshot(b *backupRun, id pe.ID) error {
 	if err := b.confirmPacks(idx); err != nil {
 		return err
 	}
+	// A copy cancelled is not committed, even once all it needs is
+	// stored (a local backend does not heed ctx).
+	if err := c.ctx.Err(); err != nil {
+		return err
+	}
 	if err := c.r.saveSnapshot(c.ctx, id, idx, snapshotInfo{Info: si.Info, BackedUp: si.BackedUp}); err != nil {
 		return err
 	}
@@ -227,10 +369,15 @@ func (c *copyRun) stream(b *backupRun, st *stream) (*stream, error) {
 	}
 	var present []chunkRef
 	refs, err := b.pipeline(func(send func(int64, []byte) error) error {
-		for _, ch := range st.Chunks {
-			if err := c.ctx.Err(); err != nil {
+		ctx, cancel := context.WithCancel(c.ctx)
+		defer cancel() // stops the reads ahead when the pipeline fails
+		ahead := c.readAhead(ctx, b.pk, st.Chunks)
+		for a := range ahead.chunks {
+			data, err := ahead.wait(ctx, a)
+			if err != nil {
 				return err
 			}
+			ch := a.ch
 			// A chunk on its way in one of this run's packs is placed
 			// once that pack is uploaded (resolve).
 			if loc, stored, pending := b.pk.lookup(ch.ID); stored || pending {
@@ -243,15 +390,15 @@ func (c *copyRun) stream(b *backupRun, st *stream) (*stream, error) {
 				}
 				continue
 			}
-			data, err := c.src.loadChunk(c.ctx, ch, false)
-			if err != nil {
-				return err
+			if data == nil {
+				// Found present ahead, gone since: its pack failed to upload.
+				return fmt.Errorf("chunk %.16s: its pack was not stored", ch.ID)
 			}
 			if err := send(ch.Off, data); err != nil {
 				return err
 			}
 		}
-		return nil
+		return ctx.Err()
 	})
 	if err != nil {
 		return nil, err
@@ -276,4 +423,167 @@ func (c *copyRun) stream(b *backupRun, st *stream) (*stream, error) {
 		}
 	}
 	return &stream{Size: st.Size, Chunks: refs}, nil
+}
+
+// Reads of the source ahead of the chunk being stored: at most
+// copyAhead at once, or read and waiting, each of one chunk or of
+// neighbours in one pack read together (one request for up to
+// copyReadBytes), so that at most copyAhead*copyReadBytes bytes are held
+// as read, and as many opened.
+const (
+	copyAhead     = 8
+	copyReadBytes = 4 << 20
+)
+
+// aheadChunk is a chunk of a stream as read ahead: its data, or nil if
+// the target had it when its turn to be read came.
+type aheadChunk struct {
+	ch    chunkRef
+	data  []byte
+	err   error
+	ready chan struct{} // closed when data or err is set
+	slot  bool          // the last chunk of its read: frees its slot
+}
+
+// readAhead is the chunks of a stream in order, read from the source
+// ahead of their turn while the pipeline stores those before them.
+type readAhead struct {
+	chunks <-chan *aheadChunk
+	slots  chan struct{}
+}
+
+// readAhead reads the chunks the target lacks (as the packer knows it:
+// a chunk read twice is stored once) ahead of their turn, until ctx ends.
+func (c *copyRun) readAhead(ctx context.Context, pk *packer, chunks []chunkRef) *readAhead {
+	// Room for the chunks of copyAhead reads: the slots bound the data.
+	out := make(chan *aheadChunk, copyAhead*16)
+	ra := &readAhead{chunks: out, slots: make(chan struct{}, copyAhead)}
+	go func() {
+		defer close(out)
+		var group []*aheadChunk // neighbours in a pack, to be read together
+		emit := func(as ...*aheadChunk) bool {
+			for _, a := range as {
+				select {
+				case out <- a:
+				case <-ctx.Done():
+					return false
+				}
+			}
+			return true
+		}
+		flush := func() bool {
+			if len(group) == 0 {
+				return true
+			}
+			select {
+			case ra.slots <- struct{}{}:
+			case <-ctx.Done():
+				return false
+			}
+			g := group
+			group = nil
+			g[len(g)-1].slot = true
+			go c.readGroup(ctx, g)
+			return emit(g...)
+		}
+		for _, ch := range chunks {
+			a := &aheadChunk{ch: ch, ready: make(chan struct{})}
+			if _, stored, pending := pk.lookup(ch.ID); stored || pending {
+				close(a.ready)
+				if !flush() || !emit(a) {
+					return
+				}
+				continue
+			}
+			if len(group) > 0 && !readTogether(group, ch) && !flush() {
+				return
+			}
+			group = append(group, a)
+		}
+		flush()
+	}()
+	return ra
+}
+
+// readTogether reports whether chunk ch is read with group: it is in
+// the same pack, and the bytes from the first of them there to the end of
+// the last are at most copyReadBytes, of which at most a quarter are not
+// needed.
+func readTogether(group []*aheadChunk, ch chunkRef) bool {
+	if ch.Pack != group[0].ch.Pack {
+		return false
+	}
+	start, end := readSpan(group)
+	start, end = min(start, ch.POff), max(end, ch.POff+ch.PLen)
+	need := ch.PLen
+	for _, a := range group {
+		need += a.ch.PLen
+	}
+	span := end - start
+	return span <= copyReadBytes && span-need <= span/4
+}
+
+// readSpan is where a group's chunks are in their pack: from the first
+// to the end of the last (a backup's workers pack them in about, not
+// exactly, the order of the stream).
+func readSpan(group []*aheadChunk) (start, end int64) {
+	start = group[0].ch.POff
+	for _, a := range group {
+		start, end = min(start, a.ch.POff), max(end, a.ch.POff+a.ch.PLen)
+	}
+	return start, end
+}
+
+// readGroup reads a group of chunks of one pack with one request and
+// opens each.
+func (c *copyRun) readGroup(ctx context.Context, group []*aheadChunk) {
+	defer func() {
+		for _, a := range group {
+			close(a.ready)
+		}
+	}()
+	if len(group) == 1 {
+		group[0].data, group[0].err = c.src.loadChunk(ctx, group[0].ch, false)
+		return
+	}
+	start, end := readSpan(group)
+	buf, err := c.src.loadRange(ctx, group[0].ch.Pack, start, end-start)
+	for _, a := range group {
+		if err != nil {
+			a.err = fmt.Errorf("chunk %.16s in pack %.16s: %w", a.ch.ID, a.ch.Pack, err)
+			continue
+		}
+		sealed := buf[a.ch.POff-start : a.ch.POff-start+a.ch.PLen]
+		if a.data, a.err = c.src.openChunk(sealed, a.ch.ID, a.ch.Len, false); a.err != nil {
+			a.err = fmt.Errorf("chunk %.16s in pack %.16s %w", a.ch.ID, a.ch.Pack, a.err)
+		}
+	}
+}
+
+// loadRange reads n bytes of a pack at off.
+func (r *Repository) loadRange(ctx context.Context, pack string, off, n int64) ([]byte, error) {
+	rc, err := r.be.Load(ctx, packName(pack), off, n)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(rc, buf); err != nil {
+		return nil, err
+	}
+	return buf, nil
+}
+
+// wait returns a chunk's data once read (nil if it was not read), and
+// frees the slot of its read after its last chunk.
+func (ra *readAhead) wait(ctx context.Context, a *aheadChunk) ([]byte, error) {
+	select {
+	case <-a.ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if a.slot {
+		<-ra.slots
+	}
+	return a.data, a.err
 }

@@ -6,11 +6,13 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/appliance/samples"
 	"github.com/astrolabe-appliance/astrolabe/pe"
@@ -259,5 +261,366 @@ func TestCopyRechecksUnderLock(t *testing.T) {
 	}
 	if probs, err := dst.r.Check(ctx, false, nil); err != nil || len(probs) != 0 {
 		t.Fatalf("check: %v %v", probs, err)
+	}
+}
+
+// TestCopyComparesSnapshotsThere: a snapshot the target holds already is
+// compared with the source's. The same, it is skipped; with another
+// info, time or content, it is left alone and named in the error, and
+// the other snapshots are copied all the same.
+func TestCopyComparesSnapshotsThere(t *testing.T) {
+	ctx := context.Background()
+	src := newEnv(t, nil, Options{Password: "first site"})
+	dst := newEnv(t, nil, Options{Password: "second site"})
+	src.disk("a.img", 8*mib, map[int64]int64{0: 3 * mib})
+	pa := src.snap("disk:a.img")
+	if _, err := src.r.Backup(ctx, pa, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dst.r.Copy(ctx, src.r, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	original := map[string][]byte{}
+	for _, obj := range []string{"index", "info"} {
+		b, err := backend.ReadAll(ctx, dst.be, snapshotDir(pa.ID())+"/"+obj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		original[obj] = b
+	}
+	// forge rewrites the target's copy of pa as copied, then changed by
+	// change.
+	forge := func(change func(*snapshotIndex, *snapshotInfo)) {
+		t.Helper()
+		for obj, b := range original {
+			if err := dst.r.saveObject(ctx, snapshotDir(pa.ID())+"/"+obj, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		idx, si, err := dst.r.loadSnapshot(ctx, pa.ID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		change(idx, si)
+		if err := dst.r.saveSnapshot(ctx, pa.ID(), idx, snapshotInfo{Info: si.Info, BackedUp: si.BackedUp}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	same := func(*snapshotIndex, *snapshotInfo) {}
+	forge(same)
+	s, err := dst.r.Copy(ctx, src.r, nil, nil)
+	if err != nil || len(s.Skipped) != 1 || len(s.Copied) != 0 || len(s.Differ) != 0 {
+		t.Fatalf("copy with the same snapshot there: %+v %v", s, err)
+	}
+
+	// A second PE, not in the target yet: copied whatever the first.
+	src.disk("b.img", 4*mib, map[int64]int64{mib: mib})
+	pb := src.snap("disk:b.img")
+	if _, err := src.r.Backup(ctx, pb, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		what   string
+		change func(*snapshotIndex, *snapshotInfo)
+	}{
+		{"info", func(_ *snapshotIndex, si *snapshotInfo) { si.Info.Size++ }},
+		{"backup time", func(idx *snapshotIndex, si *snapshotInfo) { si.BackedUp = si.BackedUp.Add(time.Second) }},
+		{"data", func(idx *snapshotIndex, _ *snapshotInfo) { idx.Data.Chunks = idx.Data.Chunks[1:] }},
+		{"data", func(idx *snapshotIndex, _ *snapshotInfo) {
+			idx.Data.Chunks[1].ID, idx.Data.Chunks[2].ID = idx.Data.Chunks[2].ID, idx.Data.Chunks[1].ID
+		}},
+		{"components", func(idx *snapshotIndex, _ *snapshotInfo) { idx.Components = []string{pb.ID().String()} }},
+	} {
+		forge(tc.change)
+		forged := dst.snapshotObjects(pa.ID())
+		s, err := dst.r.Copy(ctx, src.r, nil, nil)
+		if !errors.Is(err, ErrSnapshotDiffers) || !strings.Contains(err.Error(), "snapshot "+pa.ID().String()+": differs from the source's in its "+tc.what) {
+			t.Errorf("%s changed in the target: %+v %v", tc.what, s, err)
+		}
+		t.Logf("%s changed: %v", tc.what, err)
+		if len(s.Differ) != 1 || s.Differ[0] != pa.ID() || len(s.Copied)+len(s.Skipped) != 1 {
+			t.Errorf("%s changed in the target: %+v", tc.what, s)
+		}
+		if got, _ := dst.r.Snapshots(ctx, pb.ID()); len(got) != 1 {
+			t.Errorf("%s changed in the target: the other snapshot was not copied", tc.what)
+		}
+		if dst.snapshotObjects(pa.ID()) != forged {
+			t.Errorf("%s changed in the target: the copy overwrote it", tc.what)
+		}
+	}
+}
+
+// readOnlyMount bind-mounts dir read-only at a new directory, as a
+// replica or a snapshot of a file system is mounted: even root cannot
+// write there.
+func readOnlyMount(t *testing.T, dir string) string {
+	t.Helper()
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "--bind", dir, mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount --bind (the test runs as root): %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	if out, err := exec.Command("mount", "-o", "remount,bind,ro", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount -o remount,bind,ro: %v: %s", err, out)
+	}
+	return mnt
+}
+
+// loadHook runs hook once, before the first pack is read.
+type loadHook struct {
+	backend.Backend
+	once sync.Once
+	hook func()
+}
+
+func (b *loadHook) Load(ctx context.Context, name string, off, length int64) (io.ReadCloser, error) {
+	if strings.HasPrefix(name, "data/") {
+		b.once.Do(b.hook)
+	}
+	return b.Backend.Load(ctx, name, off, length)
+}
+
+// TestCopyFromReadOnlySource copies from a repository mounted read-only:
+// without a lock on it, but not while a prune holds its exclusive lock;
+// a prune that removes the packs of a snapshot being copied makes the
+// copy fail without committing it, and the target stays sound.
+func TestCopyFromReadOnlySource(t *testing.T) {
+	ctx := context.Background()
+	src := newEnv(t, nil, Options{Password: "first site"})
+	dst := newEnv(t, nil, Options{Password: "second site"})
+	a := src.disk("a.img", 8*mib, map[int64]int64{0: 3 * mib})
+	pa := src.snap("disk:a.img")
+	if _, err := src.r.Backup(ctx, pa, nil); err != nil {
+		t.Fatal(err)
+	}
+	ro, err := backend.NewDir(readOnlyMount(t, src.be.Location()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roSrc, err := Open(ctx, ro, Options{Password: "first site", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer roSrc.Close()
+	s, err := dst.r.Copy(ctx, roSrc, nil, nil)
+	if err != nil || len(s.Copied) != 1 || !s.SourceUnlocked {
+		t.Fatalf("copy from a read-only source: %+v %v", s, err)
+	}
+	sum := fileSum(t, a)
+	checkReplica(t, src, dst, map[pe.ID]func(pe.ID) bool{
+		pa.ID(): func(r pe.ID) bool { return fileSum(t, filepath.Join(dst.dir, "disk", r.Name())) == sum },
+	})
+	// A writable source is locked while it is read.
+	locked := false
+	probe := &loadHook{Backend: src.be, hook: func() {
+		src.be.List(ctx, "locks/", func(string, int64) error { locked = true; return nil })
+	}}
+	third := newEnv(t, nil, Options{Password: "third site"})
+	wsrc, err := Open(ctx, probe, Options{Password: "first site", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wsrc.Close()
+	if s, err := third.r.Copy(ctx, wsrc, nil, nil); err != nil || s.SourceUnlocked || !locked {
+		t.Errorf("copy from a writable source: %+v %v, source locked while read: %v", s, err, locked)
+	}
+
+	// A prune of the source holds its exclusive lock: no copy from it.
+	src.disk("b.img", 64*mib, map[int64]int64{0: 64 * mib})
+	pb := src.snap("disk:b.img")
+	if _, err := src.r.Backup(ctx, pb, nil); err != nil {
+		t.Fatal(err)
+	}
+	prune, err := src.r.lock(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err = dst.r.Copy(ctx, roSrc, nil, nil)
+	prune.release()
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "exclusive lock") || len(s.Copied) != 0 {
+		t.Fatalf("copy from a read-only source a prune holds: %+v %v", s, err)
+	}
+
+	// A prune that starts once the copy runs and removes the packs of the
+	// snapshot it copies: the copy fails, nothing of it is committed.
+	pruned := &loadHook{Backend: ro, hook: func() {
+		if err := src.r.Forget(ctx, pb.ID()); err != nil {
+			t.Error(err)
+		}
+		if _, err := src.r.Prune(ctx); err != nil {
+			t.Error(err)
+		}
+	}}
+	cut, err := Open(ctx, pruned, Options{Password: "first site", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cut.Close()
+	s, err = dst.r.Copy(ctx, cut, []pe.ID{pb.ID()}, nil)
+	t.Logf("copy during a prune: %+v %v", s, err)
+	if !errors.Is(err, backend.ErrNotExist) || !strings.Contains(err.Error(), "pruned meanwhile") || len(s.Copied) != 0 {
+		t.Fatalf("copy from a read-only source pruned meanwhile: %+v %v", s, err)
+	}
+	if got, _ := dst.r.Snapshots(ctx, pb.ID()); len(got) != 0 {
+		t.Fatalf("the snapshot pruned in the source while copied was committed in the target")
+	}
+	if probs, err := dst.r.Check(ctx, true, nil); err != nil || len(probs) != 0 {
+		t.Fatalf("check --read-data of the target: %v %v", probs, err)
+	}
+}
+
+// inFlight counts the source's pack reads at once. Each waits until
+// copyAhead are (or 10 s have passed once): only reads ahead let them.
+type inFlight struct {
+	backend.Backend
+	now, max atomic.Int32
+	loads    atomic.Int32
+	full     chan struct{}
+	once     sync.Once
+	gaveUp   atomic.Bool
+}
+
+func (b *inFlight) Load(ctx context.Context, name string, off, length int64) (io.ReadCloser, error) {
+	if !strings.HasPrefix(name, "data/") {
+		return b.Backend.Load(ctx, name, off, length)
+	}
+	b.loads.Add(1)
+	n := b.now.Add(1)
+	defer b.now.Add(-1)
+	for m := b.max.Load(); n > m && !b.max.CompareAndSwap(m, n); m = b.max.Load() {
+	}
+	if n >= copyAhead {
+		b.once.Do(func() { close(b.full) })
+	}
+	if !b.gaveUp.Load() {
+		select {
+		case <-b.full:
+		case <-time.After(10 * time.Second):
+			b.gaveUp.Store(true)
+		}
+	}
+	return b.Backend.Load(ctx, name, off, length)
+}
+
+// TestCopyReadsAhead: the source's chunks are read copyAhead at once,
+// never more, neighbours in a pack with one request.
+func TestCopyReadsAhead(t *testing.T) {
+	ctx := context.Background()
+	src := newEnv(t, nil, Options{Password: "first site"})
+	dst := newEnv(t, nil, Options{Password: "second site"})
+	a := src.disk("a.img", 48*mib, map[int64]int64{0: 40 * mib})
+	p := src.snap("disk:a.img")
+	if _, err := src.r.Backup(ctx, p, nil); err != nil {
+		t.Fatal(err)
+	}
+	counted := &inFlight{Backend: src.be, full: make(chan struct{})}
+	cs, err := Open(ctx, counted, Options{Password: "first site", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	if _, err := dst.r.Copy(ctx, cs, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d reads of the source's packs for 40 chunks, at most %d at once", counted.loads.Load(), counted.max.Load())
+	if n := counted.loads.Load(); n > 40/2 {
+		t.Errorf("%d reads of the source's packs for 40 chunks: neighbours are not read together", n)
+	}
+	if m := counted.max.Load(); m != copyAhead || counted.gaveUp.Load() {
+		t.Errorf("%d reads of the source at once, want %d", m, copyAhead)
+	}
+	sum := fileSum(t, a)
+	checkReplica(t, src, dst, map[pe.ID]func(pe.ID) bool{
+		p.ID(): func(r pe.ID) bool { return fileSum(t, filepath.Join(dst.dir, "disk", r.Name())) == sum },
+	})
+}
+
+// TestCopyComponentCycle: a source snapshot that is its own component,
+// or one of its components' (a damaged or forged source), fails the copy
+// with an error naming it; the copy does not wait on itself forever, and
+// commits none of the cycle.
+func TestCopyComponentCycle(t *testing.T) {
+	ctx := context.Background()
+	src := newEnv(t, nil, Options{Password: "first site"})
+	var ids []pe.ID
+	for _, name := range []string{"a.img", "b.img", "c.img"} {
+		src.disk(name, 2*mib, map[int64]int64{0: mib})
+		p := src.snap("disk:" + name)
+		if _, err := src.r.Backup(ctx, p, nil); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, p.ID())
+	}
+	components := func(id pe.ID, comps ...pe.ID) {
+		t.Helper()
+		idx, si, err := src.r.loadSnapshot(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idx.Components = nil
+		for _, c := range comps {
+			idx.Components = append(idx.Components, c.String())
+		}
+		if err := src.r.saveSnapshot(ctx, id, idx, snapshotInfo{Info: si.Info, BackedUp: si.BackedUp}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b, c := ids[0], ids[1], ids[2]
+	for _, tc := range []struct {
+		name  string
+		forge func()
+		cycle pe.ID
+	}{
+		{"itself", func() { components(a, a) }, a},
+		{"a→b→c→a", func() { components(a, b); components(b, c); components(c, a) }, a},
+	} {
+		tc.forge()
+		dst := newEnv(t, nil, Options{Password: "second site"})
+		// Bounded: a copy that waited on itself would fail the test here.
+		cctx, cancel := context.WithTimeout(ctx, time.Minute)
+		s, err := dst.r.Copy(cctx, src.r, []pe.ID{a}, nil)
+		cancel()
+		t.Logf("%s: %v", tc.name, err)
+		if err == nil || errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), tc.cycle.String()+" is a component of itself") {
+			t.Errorf("copy of a snapshot that is a component of %s: %+v %v", tc.name, s, err)
+		}
+		for _, id := range ids {
+			if got, _ := dst.r.Snapshots(ctx, id); len(got) != 0 {
+				t.Errorf("%s: %s of the cycle was committed", tc.name, id)
+			}
+		}
+	}
+	// Shared components are no cycle: a→b, a→c, b→c copies each once.
+	components(a, b, c)
+	components(b, c)
+	components(c)
+	dst := newEnv(t, nil, Options{Password: "second site"})
+	s, err := dst.r.Copy(ctx, src.r, []pe.ID{a}, nil)
+	if err != nil || len(s.Copied) != 3 || s.Copied[0] != c || s.Copied[1] != b || s.Copied[2] != a {
+		t.Errorf("copy of a→b, a→c, b→c: %+v %v", s, err)
+	}
+}
+
+// BenchmarkCopy copies a snapshot of 256 MiB of random data between two
+// directory repositories (the CPU's part of a copy: open, decompress,
+// hash, compress, seal); scripts/bench/copy.sh times one between two S3
+// servers.
+func BenchmarkCopy(b *testing.B) {
+	ctx := context.Background()
+	src := newEnv(b, nil, Options{Password: "first site"})
+	src.disk("a.img", 256*mib, map[int64]int64{0: 256 * mib})
+	p := src.snap("disk:a.img")
+	if _, err := src.r.Backup(ctx, p, nil); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(256 * mib)
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		dst := newEnv(b, nil, Options{Password: "second site"})
+		b.StartTimer()
+		if _, err := dst.r.Copy(ctx, src.r, nil, nil); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -172,7 +172,9 @@ func (r *Repository) scanLocks(ctx context.Context, self lockInfo, own string, e
 			// Its process is gone, killed or crashed: the lock protects
 			// nothing any more, whatever kind it is.
 			r.log.Warn("removing the lock of a dead process", "host", other.Host, "pid", other.PID, "since", other.Time, "exclusive", other.Exclusive)
-			if err := r.be.Remove(ctx, name); err != nil {
+			// A repository that cannot be written (a copy's read-only
+			// source) keeps it; it is no conflict all the same.
+			if err := r.be.Remove(ctx, name); err != nil && !backend.IsReadOnly(err) {
 				return fmt.Errorf("remove dead lock: %w", err)
 			}
 			return nil

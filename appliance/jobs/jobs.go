@@ -63,6 +63,13 @@ type Job struct {
 type Repository struct {
 	Location     string `json:"location"` // a directory, s3:// or s3+http://
 	PasswordFile string `json:"passwordFile,omitempty"`
+	// S3Profile names a profile of the AWS shared credentials file
+	// (S3CredentialsFile, else AWS_SHARED_CREDENTIALS_FILE or
+	// ~/.aws/credentials) with this repository's keys: the two sites of
+	// a replicate job may need different ones. Without it the keys are
+	// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+	S3Profile         string `json:"s3Profile,omitempty"`
+	S3CredentialsFile string `json:"s3CredentialsFile,omitempty"`
 }
 
 // Keep is a retention policy as restic's forget --keep-* options.

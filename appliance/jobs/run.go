@@ -111,6 +111,7 @@ func (s *Scheduler) open(ctx context.Context, loc Repository) (*repo.Repository,
 	if strings.HasPrefix(loc.Location, "s3://") || strings.HasPrefix(loc.Location, "s3+http://") {
 		var cfg backend.S3Config
 		if cfg, err = backend.ParseS3URL(loc.Location); err == nil {
+			cfg.Profile, cfg.CredentialsFile = loc.S3Profile, loc.S3CredentialsFile
 			be, err = backend.NewS3(ctx, cfg)
 		}
 	} else if err = existingDir(loc.Location); err == nil {

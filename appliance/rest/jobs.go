@@ -205,26 +205,35 @@ func (s *server) GetJobHistory(ctx context.Context, req api.GetJobHistoryRequest
 // operator). A directory repository must be an absolute path: a relative
 // one would be taken from the appliance's working directory.
 func (s *server) checkJobPaths(j, cur *jobs.Job) error {
+	// Both secret files, the password and the S3 keys, follow the same
+	// rules: the S3 keys file is read by the appliance as well.
 	var known []string
 	if cur != nil {
-		known = append(known, cur.Repository.PasswordFile)
+		known = append(known, cur.Repository.PasswordFile, cur.Repository.S3CredentialsFile)
 		if cur.From != nil {
-			known = append(known, cur.From.PasswordFile)
+			known = append(known, cur.From.PasswordFile, cur.From.S3CredentialsFile)
 		}
+	}
+	secret := func(field, asked string) (string, error) {
+		if asked == "" || slices.Contains(known, asked) {
+			return asked, nil
+		}
+		p, err := s.passwordFile(asked)
+		if err != nil {
+			return "", badRequest("%s %q: %w", field, asked, err)
+		}
+		return p, nil
 	}
 	check := func(field string, r *jobs.Repository) error {
 		if !strings.Contains(r.Location, "://") && !filepath.IsAbs(r.Location) {
 			return badRequest("%s.location %q: want an absolute directory, or an s3:// or s3+http:// URL", field, r.Location)
 		}
-		if r.PasswordFile == "" || slices.Contains(known, r.PasswordFile) {
-			return nil
+		var err error
+		if r.PasswordFile, err = secret(field+".passwordFile", r.PasswordFile); err != nil {
+			return err
 		}
-		p, err := s.passwordFile(r.PasswordFile)
-		if err != nil {
-			return badRequest("%s.passwordFile %q: %w", field, r.PasswordFile, err)
-		}
-		r.PasswordFile = p
-		return nil
+		r.S3CredentialsFile, err = secret(field+".s3CredentialsFile", r.S3CredentialsFile)
+		return err
 	}
 	if err := check("repository", &j.Repository); err != nil {
 		return err

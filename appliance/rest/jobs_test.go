@@ -255,6 +255,8 @@ func TestJobsAPIRefused(t *testing.T) {
 		{job(repoWith("out.pw")), `want a file in the appliance's password directory`},
 		{job(repoWith("fifo.pw")), `not a regular file`},
 		{job(repoWith("missing.pw")), `want a file in the appliance's password directory`},
+		{job(fmt.Sprintf(`"repository": {"location": %q, "s3CredentialsFile": "/root/.aws/credentials"}`, f.repoDir)), `repository.s3CredentialsFile "credentials": want a file in the appliance's password directory`},
+		{`{"name": "j", "kind": "replicate", "schedule": "@daily", ` + repoWith("repo.pw") + `, "from": {"location": "s3://h/b", "s3Profile": "site1", "s3CredentialsFile": "../held.pw"}}`, `from.s3CredentialsFile "../held.pw": want a file in the appliance's password directory`},
 		{job(`"repository": {"location": "relative/repo"}`), `repository.location "relative/repo": want an absolute directory`},
 		{`{"name": "j", "kind": "replicate", "schedule": "@daily", ` + repoWith("repo.pw") + `, "from": {"location": "/x", "passwordFile": "/root/pw"}}`, `from.passwordFile`},
 		{`{"name": "j", "kind": "verify", "schedule": "@daily", "pes": "fs:a", ` + repoWith("repo.pw") + `}`, `pes`},

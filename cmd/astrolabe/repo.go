@@ -19,10 +19,15 @@ import (
 func repoFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "repo", EnvVars: []string{"ASTROLABE_REPOSITORY"},
-			Usage: "repository: a `DIR`, s3://[host:port/]bucket/prefix (TLS) or s3+http://host:port/bucket/prefix; S3 keys from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"},
+			Usage: "repository: a `DIR`, s3://[host:port/]bucket/prefix (TLS) or s3+http://host:port/bucket/prefix; S3 keys from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, else the AWS shared credentials file"},
+		s3ProfileFlag(),
 		&cli.StringFlag{Name: "password-file", Usage: "read the repository password from `FILE` (default: ASTROLABE_PASSWORD)"},
 		&cli.BoolFlag{Name: "insecure-no-password", Usage: "repo init: an unencrypted repository"},
 	}
+}
+
+func s3ProfileFlag() cli.Flag {
+	return &cli.StringFlag{Name: "s3-profile", Usage: "S3 repository: its keys from profile `NAME` of the AWS shared credentials file (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials)"}
 }
 
 func openBackend(c *cli.Context) (backend.Backend, error) {
@@ -30,17 +35,19 @@ func openBackend(c *cli.Context) (backend.Backend, error) {
 	if loc == "" {
 		return nil, usagef("no repository: give --repo or set ASTROLABE_REPOSITORY")
 	}
-	return backendAt(c, loc)
+	return backendAt(c, loc, c.String("s3-profile"))
 }
 
-// backendAt opens the backend of a repository location.
-func backendAt(c *cli.Context, loc string) (backend.Backend, error) {
+// backendAt opens the backend of a repository location; an S3 one with
+// the keys of the AWS profile s3Profile if it is not empty.
+func backendAt(c *cli.Context, loc, s3Profile string) (backend.Backend, error) {
 	switch {
 	case strings.HasPrefix(loc, "s3://"), strings.HasPrefix(loc, "s3+http://"):
 		cfg, err := backend.ParseS3URL(loc)
 		if err != nil {
 			return nil, err
 		}
+		cfg.Profile = s3Profile
 		return backend.NewS3(c.Context, cfg)
 	case strings.Contains(loc, "://"):
 		return nil, usagef("--repo %q: want a directory, s3:// or s3+http://", loc)
@@ -366,5 +373,6 @@ func repoSourceFlags() []cli.Flag {
 		&cli.StringFlag{Name: "repo", EnvVars: []string{"ASTROLABE_REPOSITORY"},
 			Usage: "serve the snapshots backed up in this repository (`DIR` or s3://...) instead of the configuration's PEs"},
 		&cli.StringFlag{Name: "password-file", Usage: "read the repository password from `FILE` (default: ASTROLABE_PASSWORD)"},
+		s3ProfileFlag(),
 	}
 }

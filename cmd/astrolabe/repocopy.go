@@ -22,17 +22,31 @@ func repoCopyCommand() *cli.Command {
 		ArgsUsage: "[PEID[:SNAPSHOT]...]",
 		Description: `Only the chunks the target lacks are read and sent, sealed again under the
 target's key; each snapshot keeps its ID, times and info, and is committed
-in the target last, when all it needs is there. Snapshots the target has
-are skipped; a copy interrupted and run again sends only what is missing.
+in the target last, when all it needs is there. A snapshot the target
+has already is compared with the source's (info, time, chunks, table of
+contents, components): the same, it is skipped; different, it is left
+alone, the others are copied, and the copy fails naming it. A copy
+interrupted and run again sends only what is missing.
+
+The source is read under a shared lock, so that no prune removes what
+is read. A source that cannot be written (mounted read-only, an S3 key
+allowed to read only) is read without one, unless a prune holds it; a
+prune that starts meanwhile can make the copy fail (never commit a
+wrong snapshot), and the copy is run again.
 The source's password comes from --from-password-file or
-ASTROLABE_FROM_PASSWORD; the target's as for every verb. The copied
+ASTROLABE_FROM_PASSWORD; the target's as for every verb. Each S3
+repository may have keys of its own: --from-s3-profile and --s3-profile
+name profiles of the AWS shared credentials file
+(AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials); without one, the
+keys are AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. The copied
 snapshots are printed, one a line; a summary (read, new, sent, already
 present) goes to stderr.`,
 		Flags: append(flags,
 			&cli.StringFlag{Name: "from", Usage: "the source repository: a `DIR`, s3://... or s3+http://..."},
 			&cli.StringFlag{Name: "from-password-file", Usage: "read the source repository's password from `FILE` (default: ASTROLABE_FROM_PASSWORD)"},
+			&cli.StringFlag{Name: "from-s3-profile", Usage: "S3 source: its keys from profile `NAME` of the AWS shared credentials file"},
 		),
-		Action: withRepo(func(c *cli.Context, r *repo.Repository) error {
+		Action: func(c *cli.Context) error {
 			var filter []pe.ID
 			for _, a := range c.Args().Slice() {
 				id, err := peArg(a, 0)
@@ -46,6 +60,14 @@ present) goes to stderr.`,
 				return err
 			}
 			defer src.Close()
+			r, err := openRepo(c)
+			if err != nil {
+				if loc := c.String("repo"); loc != "" {
+					err = fmt.Errorf("target repository %s: %w", loc, err)
+				}
+				return err
+			}
+			defer r.Close()
 			prog := newProgress(c.App.ErrWriter)
 			s, err := r.Copy(c.Context, src, filter, prog)
 			prog.Done()
@@ -57,10 +79,13 @@ present) goes to stderr.`,
 			if err != nil {
 				return fmt.Errorf("%w (so far: %s)", err, summary)
 			}
+			if s.SourceUnlocked {
+				summary += "; the source, not writable, was read without a lock"
+			}
 			fmt.Fprintf(c.App.ErrWriter, "copied %d snapshot(s) from %s to %s, %d there already: %s, in %s\n",
 				len(s.Copied), src.Location(), r.Location(), len(s.Skipped), summary, s.Duration.Round(time.Millisecond))
 			return nil
-		}),
+		},
 	}
 }
 
@@ -70,17 +95,17 @@ func openCopySource(c *cli.Context) (*repo.Repository, error) {
 	if loc == "" {
 		return nil, usagef("copy: no source: give --from")
 	}
-	be, err := backendAt(c, loc)
+	be, err := backendAt(c, loc, c.String("from-s3-profile"))
 	if err != nil {
-		return nil, fmt.Errorf("--from: %w", err)
+		return nil, fmt.Errorf("source repository %s: %w", loc, err)
 	}
 	pw, err := password(c.String("from-password-file"), "ASTROLABE_FROM_PASSWORD")
 	if err != nil {
-		return nil, fmt.Errorf("source: %w", err)
+		return nil, fmt.Errorf("source repository %s: %w", loc, err)
 	}
 	r, err := repo.Open(c.Context, be, repo.Options{Logger: slog.Default(), Password: pw})
 	if err != nil {
-		return nil, fmt.Errorf("source: %w", err)
+		return nil, fmt.Errorf("source repository %s: %w", loc, err)
 	}
 	return r, nil
 }

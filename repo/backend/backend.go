@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
+	"syscall"
 	"time"
 )
 
@@ -40,4 +42,11 @@ func ReadAll(ctx context.Context, b Backend, name string) ([]byte, error) {
 	}
 	defer rc.Close()
 	return io.ReadAll(rc)
+}
+
+// IsReadOnly reports whether err is a backend's refusal to write: a
+// read-only file system, a directory without write permission, an S3 key
+// not allowed to write.
+func IsReadOnly(err error) bool {
+	return errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS) || s3Forbidden(err)
 }

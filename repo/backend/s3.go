@@ -25,14 +25,24 @@ type S3Config struct {
 	Region    string
 	AccessKey string
 	SecretKey string
-	Insecure  bool // plain HTTP
-	CAFile    string
+	// Profile names a profile of the AWS shared credentials (or config)
+	// file whose keys are used instead of AccessKey and SecretKey: how
+	// two repositories, at two sites, are reached with different keys.
+	Profile string
+	// CredentialsFile is the file Profile is read from; empty for AWS's
+	// defaults: AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials, and
+	// AWS_CONFIG_FILE or ~/.aws/config.
+	CredentialsFile string
+	Insecure        bool // plain HTTP
+	CAFile          string
 }
 
 // ParseS3URL reads s3://[host:port/]bucket/prefix (TLS) or
 // s3+http://host:port/bucket/prefix (plain HTTP, for test servers); keys
 // and region come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
-// AWS_REGION, a CA bundle from AWS_CA_BUNDLE.
+// AWS_REGION, a CA bundle from AWS_CA_BUNDLE. Without keys there, or
+// with a Profile set afterwards, NewS3 takes them from the AWS shared
+// credentials file, as the AWS tools do.
 func ParseS3URL(s string) (S3Config, error) {
 	u, err := url.Parse(s)
 	if err != nil {
@@ -60,10 +70,29 @@ func ParseS3URL(s string) (S3Config, error) {
 		return S3Config{}, fmt.Errorf("repository URL %q: no bucket", s)
 	}
 	cfg.Bucket, cfg.Prefix = parts[0], strings.Join(parts[1:], "/")
-	if cfg.AccessKey == "" || cfg.SecretKey == "" {
-		return S3Config{}, errors.New("S3 repository: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-	}
 	return cfg, nil
+}
+
+// credentials resolves the keys, in the AWS tools' order: a profile
+// named for this repository, else the keys of the environment, else the
+// profile AWS_PROFILE names (or "default") in the shared files. They are
+// read now, so that a missing profile or file is told at once, by name.
+func (cfg S3Config) credentials(ctx context.Context) (*credentials.Credentials, error) {
+	if cfg.Profile == "" && cfg.CredentialsFile == "" && cfg.AccessKey != "" && cfg.SecretKey != "" {
+		return credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""), nil
+	}
+	creds := credentials.NewFileAWSCredentials(cfg.CredentialsFile, cfg.Profile)
+	if _, err := creds.GetWithContext(&credentials.CredContext{Client: http.DefaultClient, Context: ctx}); err != nil {
+		file := cfg.CredentialsFile
+		if file == "" {
+			file = "the AWS credentials and config files"
+		}
+		if cfg.Profile == "" {
+			return nil, fmt.Errorf("S3 keys: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or name a profile of the AWS shared credentials file (none found in %s: %v)", file, err)
+		}
+		return nil, fmt.Errorf("S3 keys: profile %q in %s: %w", cfg.Profile, file, err)
+	}
+	return creds, nil
 }
 
 // S3 is a repository in an S3 bucket, through minio-go.
@@ -86,8 +115,12 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 		pool.AppendCertsFromPEM(pemBytes)
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
+	creds, err := cfg.credentials(ctx)
+	if err != nil {
+		return nil, err
+	}
 	c, err := minio.New(cfg.Endpoint, &minio.Options{
-		Creds: credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""), Secure: !cfg.Insecure,
+		Creds: creds, Secure: !cfg.Insecure,
 		Region: cfg.Region, BucketLookup: minio.BucketLookupPath, Transport: tr,
 		// Retries are ours (retry), with one policy for every call.
 		MaxRetries: 1,
@@ -154,6 +187,12 @@ func transient(err error) bool {
 func notFound(err error) bool {
 	var resp minio.ErrorResponse
 	return errors.As(err, &resp) && (resp.Code == "NoSuchKey" || resp.StatusCode == http.StatusNotFound)
+}
+
+// s3Forbidden reports whether err is an S3 server's refusal (403).
+func s3Forbidden(err error) bool {
+	var resp minio.ErrorResponse
+	return errors.As(err, &resp) && (resp.StatusCode == http.StatusForbidden || resp.Code == "AccessDenied")
 }
 
 // Save implements Backend. r must be an io.ReadSeeker to be retried; other
