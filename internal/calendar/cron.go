@@ -24,7 +24,7 @@ type Cron struct {
 
 // ParseCron parses a cron line.
 func ParseCron(expr string) (cron.Schedule, error) {
-	s, err := cronParser.Parse(expr)
+	s, err := parseCronLine(expr)
 	if err != nil {
 		return nil, err
 	}
