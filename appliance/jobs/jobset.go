@@ -129,7 +129,7 @@ func (s *Scheduler) Create(j *Job) error {
 	if err := s.setJobs(append(slices.Clip(s.jobs), j)); err != nil {
 		return err
 	}
-	s.next[j.Name] = j.schedule.Next(s.opts.Now())
+	s.setNext(j, s.opts.Now())
 	s.wake()
 	return nil
 }
@@ -154,7 +154,7 @@ func (s *Scheduler) Update(j *Job) error {
 		return err
 	}
 	if _, known := s.next[j.Name]; known && j.Schedule != old.Schedule {
-		s.next[j.Name] = j.schedule.Next(s.opts.Now())
+		s.setNext(j, s.opts.Now())
 		s.wake()
 	}
 	return nil
@@ -174,6 +174,7 @@ func (s *Scheduler) Delete(name string) error {
 		return err
 	}
 	delete(s.next, name)
+	delete(s.nextFrom, name)
 	if run := s.running[name]; run != nil {
 		// The run, no longer running, records nothing when it ends.
 		delete(s.running, name)

@@ -42,10 +42,13 @@ type Scheduler struct {
 
 	// mu guards the job set, and is held while a run starts or ends, so
 	// that a change of the set (jobset.go) and a start never interleave.
-	mu      sync.Mutex
-	jobs    []*Job               // as in jobs.json, in its order
-	next    map[string]time.Time // per job, when it is due next
-	running map[string]*activeRun
+	mu   sync.Mutex
+	jobs []*Job               // as in jobs.json, in its order
+	next map[string]time.Time // per job, when it is due next
+	// nextFrom is, per job, the clock's time when next was last looked at: a
+	// clock earlier than that went back.
+	nextFrom map[string]time.Time
+	running  map[string]*activeRun
 	// repoLocks holds, per repository location, a token while a run
 	// uses it.
 	repoLocks map[string]chan struct{}
@@ -71,7 +74,7 @@ func New(opts Options) (*Scheduler, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Scheduler{opts: opts, hist: h, log: opts.Logger, jobs: slices.Clone(opts.Jobs), next: map[string]time.Time{},
+	return &Scheduler{opts: opts, hist: h, log: opts.Logger, jobs: slices.Clone(opts.Jobs), next: map[string]time.Time{}, nextFrom: map[string]time.Time{},
 		running: map[string]*activeRun{}, repoLocks: map[string]chan struct{}{}, changed: make(chan struct{}, 1), writeJobs: writeJobsFile}, nil
 }
 
@@ -153,7 +156,7 @@ func (s *Scheduler) due(j *Job, now time.Time) (time.Time, bool) {
 		// A run cut short (the appliance stopped or crashed during it, or
 		// it was cancelled) is run again at start.
 		if r, ok := s.hist.cutShort(j.Name); ok {
-			s.next[j.Name] = j.schedule.Next(now)
+			s.setNext(j, now)
 			return r.Scheduled, true
 		}
 		// A job never run counts from now: nothing of it was missed. A
@@ -164,16 +167,26 @@ func (s *Scheduler) due(j *Job, now time.Time) (time.Time, bool) {
 			last = now
 		}
 		next = j.schedule.Next(last)
-	} else if soonest := j.schedule.Next(now); next.After(soonest) {
-		// The clock went back since next was computed.
-		next = soonest
+	} else if now.Before(s.nextFrom[j.Name]) {
+		// The clock went back since next was computed: next would hold
+		// the job until the clock caught up. (A next time later than
+		// Next(now) alone is no sign of it: when the clocks go back an
+		// hour, 02:30 comes again after a run at the first 02:30.)
+		next = j.schedule.Next(now)
 	}
 	if now.Before(next) {
 		s.next[j.Name] = next
+		s.nextFrom[j.Name] = now
 		return time.Time{}, false
 	}
-	s.next[j.Name] = j.schedule.Next(now)
+	s.setNext(j, now)
 	return next, true
+}
+
+// setNext makes j due next after now; s.mu is held.
+func (s *Scheduler) setNext(j *Job, now time.Time) {
+	s.next[j.Name] = j.schedule.Next(now)
+	s.nextFrom[j.Name] = now
 }
 
 // start starts a run of j due at due (now for a run asked for by RunNow,
