@@ -153,9 +153,15 @@ func (s *Scheduler) Update(j *Job) error {
 	if err := s.setJobs(jobs); err != nil {
 		return err
 	}
-	if _, known := s.next[j.Name]; known && j.Schedule != old.Schedule {
-		s.setNext(j, s.opts.Now())
-		s.wake()
+	if j.Schedule != old.Schedule {
+		now := s.opts.Now()
+		// Kept in the history, so that after a restart the new schedule
+		// still counts from now, not from the last run.
+		s.setLast(j, now)
+		if _, known := s.next[j.Name]; known {
+			s.setNext(j, now)
+			s.wake()
+		}
 	}
 	return nil
 }
