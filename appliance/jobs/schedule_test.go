@@ -66,3 +66,23 @@ func TestDaylightSavingTransitions(t *testing.T) {
 		}
 	}
 }
+
+// TestRunWait: Run waits for the next job, at most a minute, at least a
+// second; a minute when no job is due at all (it used to wake every
+// second).
+func TestRunWait(t *testing.T) {
+	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		next time.Time
+		want time.Duration
+	}{
+		{time.Time{}, time.Minute},
+		{now.Add(10 * time.Second), 10 * time.Second},
+		{now.Add(time.Hour), time.Minute},
+		{now.Add(-time.Hour), time.Second},
+	} {
+		if got := runWait(c.next, now); got != c.want {
+			t.Errorf("next %v: wait %v, want %v", c.next, got, c.want)
+		}
+	}
+}

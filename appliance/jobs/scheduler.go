@@ -91,8 +91,7 @@ type activeRun struct {
 func (s *Scheduler) Run(ctx context.Context) {
 	for {
 		s.Tick()
-		wait := min(s.Next().Sub(s.opts.Now()), time.Minute)
-		t := time.NewTimer(max(wait, time.Second))
+		t := time.NewTimer(runWait(s.Next(), s.opts.Now()))
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -102,6 +101,16 @@ func (s *Scheduler) Run(ctx context.Context) {
 			t.Stop()
 		}
 	}
+}
+
+// runWait is how long Run waits after a Tick at now for the job due next
+// (next; zero if there is none): until then, but at most a minute and at
+// least a second.
+func runWait(next, now time.Time) time.Duration {
+	if next.IsZero() {
+		return time.Minute
+	}
+	return max(min(next.Sub(now), time.Minute), time.Second)
 }
 
 // Next is when the next job is due; zero before the first Tick.
