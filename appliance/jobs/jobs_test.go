@@ -583,3 +583,44 @@ func TestRunsOnOneRepositoryWait(t *testing.T) {
 		t.Fatalf("the prune ended (%v) before the backup it waits for (%v)", ended[1], ended[0])
 	}
 }
+
+// TestCancelledAfterItsWork: a run whose work is done when its task is
+// cancelled (a shutdown just after a backup committed) is a success, and
+// is not run again at the next start; a run that panics fails, is
+// recorded, and the job runs again at its next time.
+func TestCancelledAfterItsWork(t *testing.T) {
+	f := newFixture(t)
+	f.clock.SetAt("2026-11-01 02:00:00")
+	s := f.scheduler(t, verifyJob)
+	s.Tick()
+	s.afterRun = func(task string) { f.tm.Cancel(task) }
+	f.clock.SetAt("2026-11-01 03:00:00")
+	if got := f.tick(t, s); len(got) != 1 {
+		t.Fatalf("ran %d at 03:00, want 1", len(got))
+	}
+	if runs := s.History("verify"); len(runs) != 1 || runs[0].Status != string(tasks.Success) {
+		t.Fatalf("history: %+v, want a success", runs)
+	}
+	s = f.scheduler(t, verifyJob)
+	if got := s.Tick(); len(got) != 0 {
+		t.Fatalf("ran again at the next start: %v", got)
+	}
+
+	s.afterRun = func(string) { panic("bug") }
+	f.clock.SetAt("2026-11-02 03:00:00")
+	ids := s.Tick()
+	if len(ids) != 1 {
+		t.Fatalf("ran %d at 03:00, want 1", len(ids))
+	}
+	if info := f.wait(t, ids[0]); info.Status != tasks.Failed || !strings.Contains(info.Details, "bug") {
+		t.Fatalf("panicking run: %+v", info)
+	}
+	if runs := s.History("verify"); len(runs) != 2 || runs[1].Status != string(tasks.Failed) || !strings.Contains(runs[1].Error, "bug") {
+		t.Fatalf("history: %+v, want the panic recorded", runs)
+	}
+	s.afterRun = nil
+	f.clock.SetAt("2026-11-03 03:00:00")
+	if got := f.tick(t, s); len(got) != 1 {
+		t.Fatalf("ran %d after a panic, want 1", len(got))
+	}
+}

@@ -41,6 +41,12 @@ func (s *Scheduler) run(ctx context.Context, j *Job, progress pe.Progress) (outc
 		return outcome{}, err
 	}
 	defer r.Close()
+	// Cancelled while it waited or opened (opening may not look at
+	// ctx): nothing done, a cancellation; once the work has run without
+	// an error, the run is a success whatever ctx says.
+	if err := ctx.Err(); err != nil {
+		return outcome{}, context.Cause(ctx)
+	}
 	switch j.Kind {
 	case Backup:
 		return s.backup(ctx, j, r, progress)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -56,6 +57,9 @@ type Scheduler struct {
 	changed chan struct{}
 	// writeJobs writes jobs.json (a test makes it fail).
 	writeJobs func(path string, content []byte) error
+	// afterRun, if set, is called with a run's task ID when its work is
+	// done (a test cancels the task there, or panics).
+	afterRun func(task string)
 }
 
 // New returns a Scheduler of opts.Jobs, with the history kept in the
@@ -207,14 +211,11 @@ func (s *Scheduler) start(j *Job, due, now time.Time, manual bool) (string, erro
 	// returns; it waits for that before recording its end.
 	begun := make(chan struct{})
 	info, err := s.opts.Tasks.Start(s.opts.TaskContext, "job-"+j.Kind, j.Name, "", func(ctx context.Context, progress pe.Progress) (map[string]string, error) {
-		res, err := s.run(ctx, j, progress)
-		switch {
-		case ctx.Err() == nil:
-		case err == nil:
-			// Cancelled after its last look at ctx: the task says
-			// cancelled, as the history does.
-			err = context.Cause(ctx)
-		case !errors.Is(err, ctx.Err()):
+		res, err := s.runRecovered(ctx, j, progress, begun, run)
+		// A run whose work is done is a success even if its context was
+		// cancelled after (a shutdown just after a backup committed):
+		// counted cancelled, it would run again at the next start.
+		if err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 			// A step that failed on the cancelled context without
 			// saying so (a backend's own error) is a cancellation too.
 			err = fmt.Errorf("%w: %w", context.Cause(ctx), err)
@@ -224,8 +225,8 @@ func (s *Scheduler) start(j *Job, due, now time.Time, manual bool) (string, erro
 		r.Read, r.New, r.Stored, r.Details = res.read, res.new, res.stored, res.details
 		r.Finished, r.Status = s.opts.Now(), string(tasks.Success)
 		switch {
-		case ctx.Err() != nil:
-			r.Status, r.Error = string(tasks.Cancelled), context.Cause(ctx).Error()
+		case err != nil && ctx.Err() != nil:
+			r.Status, r.Error = string(tasks.Cancelled), err.Error()
 		case err != nil:
 			r.Status, r.Error = string(tasks.Failed), err.Error()
 		}
@@ -242,6 +243,24 @@ func (s *Scheduler) start(j *Job, due, now time.Time, manual bool) (string, erro
 	}
 	close(begun)
 	return info.ID, nil
+}
+
+// runRecovered is s.run, with a panic turned into an error so that the
+// run's end is recorded (the job is not left running for ever), and
+// s.afterRun called once the run has its task's ID.
+func (s *Scheduler) runRecovered(ctx context.Context, j *Job, progress pe.Progress, begun <-chan struct{}, run *activeRun) (res outcome, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("job run panicked", "job", j.Name, "panic", p, "stack", string(debug.Stack()))
+			res, err = outcome{}, fmt.Errorf("panic: %v", p)
+		}
+	}()
+	res, err = s.run(ctx, j, progress)
+	if s.afterRun != nil {
+		<-begun
+		s.afterRun(run.task)
+	}
+	return res, err
 }
 
 // end records the end of run. A run of a job deleted meanwhile is not
