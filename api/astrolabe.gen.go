@@ -196,7 +196,11 @@ type Job struct {
 	Keep *JobKeep `json:"keep,omitempty"`
 	Kind JobKind  `json:"kind"`
 
-	// Name Unique, without slashes; in updateJob it may be left out
+	// Name Unique: 1 to 128 letters, digits, '.', '_' or '-', not starting
+	// with '.'; in updateJob it may be left out
+	//
+	//
+	// Example: nightly
 	Name *string `json:"name,omitempty"`
 
 	// Pes PE IDs or type:* (every PE of a type); a backup job needs some
@@ -221,7 +225,7 @@ type Job struct {
 	// Schedule Cron (minute hour day month weekday, local time, an optional
 	// CRON_TZ= prefix; @hourly, @daily...) or a systemd calendar event
 	// (OnCalendar= syntax, systemd.time(7): daily, Mon..Fri 02:00,
-	// *-*-01 03:30 UTC...)
+	// *-*-01 03:30 UTC...); robfig/cron's @every is refused
 	//
 	//
 	// Example: 0 2 * * *

@@ -307,12 +307,23 @@ func TestParseErrors(t *testing.T) {
 		{`[{"name": "a", "kind": "replicate", "schedule": "@daily", ` + repoJSON + `}]`, `job "a": from.location`},
 		{`[{"name": "a", "kind": "verify", "schedule": "@daily", ` + repoJSON + `, "keep": {"daily": 1}}]`, `job "a": keep: only for prune jobs`},
 		{`[{"kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`, `job 1: name ""`},
+		{`[{"name": "..", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`, `job "..": name ".."`},
+		{`[{"name": ".hidden", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`, `name ".hidden": want 1 to 128 letters`},
+		{`[{"name": "a b?c#d%", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`, `name "a b?c#d%": want 1 to 128 letters`},
+		{`[{"name": "a\nb", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`, `want 1 to 128 letters`},
+		{`[{"name": "` + strings.Repeat("x", 129) + `", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`, `want 1 to 128 letters`},
+		{`[{"name": "a", "kind": "verify", "schedule": "@every 1s", ` + repoJSON + `}]`, `job "a": schedule "@every 1s": @every`},
+		{`[{"name": "a", "kind": "verify", "schedule": "@every 1h", ` + repoJSON + `}]`, `job "a": schedule "@every 1h": @every`},
 		{`[{"name": "a", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}, {"name": "a", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`, `job "a": name: defined twice`},
 	} {
 		_, err := Parse([]byte(c.json))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: error %v, want %q", c.json, err, c.want)
 		}
+	}
+	if _, err := Parse([]byte(`[{"name": "` + strings.Repeat("x", 128) + `", "kind": "verify", "schedule": "@daily", ` + repoJSON + `},
+		{"name": "Nightly_backup-2.0", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`)); err != nil {
+		t.Errorf("valid names refused: %v", err)
 	}
 	jobs, err := Parse([]byte(`[{"name": "w", "kind": "replicate", "schedule": "@weekly", "pes": ["disk:*", "fs:sample"],
 		"repository": {"location": "s3+http://127.0.0.1:1/b"}, "from": {"location": "/r"}}]`))
