@@ -674,7 +674,8 @@ type ClientInterface interface {
 	// writes it to jobs.json, then schedules it from now. Password
 	// files must be regular files under the appliance's password
 	// directory (passwords/ in its config directory), and directory
-	// repositories absolute paths of existing repositories.
+	// repositories absolute paths of existing directories (a job never
+	// makes a repository: it fails if the directory is none).
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -687,7 +688,8 @@ type ClientInterface interface {
 	// writes it to jobs.json, then schedules it from now. Password
 	// files must be regular files under the appliance's password
 	// directory (passwords/ in its config directory), and directory
-	// repositories absolute paths of existing repositories.
+	// repositories absolute paths of existing directories (a job never
+	// makes a repository: it fails if the directory is none).
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -1048,7 +1050,8 @@ func (c *Client) ListJobs(ctx context.Context, reqEditors ...RequestEditorFn) (*
 // writes it to jobs.json, then schedules it from now. Password
 // files must be regular files under the appliance's password
 // directory (passwords/ in its config directory), and directory
-// repositories absolute paths of existing repositories.
+// repositories absolute paths of existing directories (a job never
+// makes a repository: it fails if the directory is none).
 //
 // Takes any type of body and a specified content type.
 //
@@ -1071,7 +1074,8 @@ func (c *Client) CreateJobWithBody(ctx context.Context, contentType string, body
 // writes it to jobs.json, then schedules it from now. Password
 // files must be regular files under the appliance's password
 // directory (passwords/ in its config directory), and directory
-// repositories absolute paths of existing repositories.
+// repositories absolute paths of existing directories (a job never
+// makes a repository: it fails if the directory is none).
 //
 // Takes a body of the `application/json` content type.
 //
@@ -3049,7 +3053,8 @@ type ClientWithResponsesInterface interface {
 	// writes it to jobs.json, then schedules it from now. Password
 	// files must be regular files under the appliance's password
 	// directory (passwords/ in its config directory), and directory
-	// repositories absolute paths of existing repositories.
+	// repositories absolute paths of existing directories (a job never
+	// makes a repository: it fails if the directory is none).
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -3062,7 +3067,8 @@ type ClientWithResponsesInterface interface {
 	// writes it to jobs.json, then schedules it from now. Password
 	// files must be regular files under the appliance's password
 	// directory (passwords/ in its config directory), and directory
-	// repositories absolute paths of existing repositories.
+	// repositories absolute paths of existing directories (a job never
+	// makes a repository: it fails if the directory is none).
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -5347,7 +5353,8 @@ func (c *ClientWithResponses) ListJobsWithResponse(ctx context.Context, reqEdito
 // writes it to jobs.json, then schedules it from now. Password
 // files must be regular files under the appliance's password
 // directory (passwords/ in its config directory), and directory
-// repositories absolute paths of existing repositories.
+// repositories absolute paths of existing directories (a job never
+// makes a repository: it fails if the directory is none).
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -5366,7 +5373,8 @@ func (c *ClientWithResponses) CreateJobWithBodyWithResponse(ctx context.Context,
 // writes it to jobs.json, then schedules it from now. Password
 // files must be regular files under the appliance's password
 // directory (passwords/ in its config directory), and directory
-// repositories absolute paths of existing repositories.
+// repositories absolute paths of existing directories (a job never
+// makes a repository: it fails if the directory is none).
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //

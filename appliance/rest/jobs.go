@@ -202,8 +202,9 @@ func (s *server) GetJobHistory(ctx context.Context, req api.GetJobHistoryRequest
 // file's content by whether a repository opens with it. So it must be a
 // regular file under the password directory (relative paths are taken
 // from there), or a path the job has already (set in jobs.json by the
-// operator). A directory repository must be an absolute path: a relative
-// one would be taken from the appliance's working directory.
+// operator). A directory repository must be an absolute path (a relative
+// one would be taken from the appliance's working directory) of an
+// existing directory.
 func (s *server) checkJobPaths(j, cur *jobs.Job) error {
 	var known []string
 	if cur != nil {
@@ -216,14 +217,20 @@ func (s *server) checkJobPaths(j, cur *jobs.Job) error {
 		if !strings.Contains(r.Location, "://") && !filepath.IsAbs(r.Location) {
 			return badRequest("%s.location %q: want an absolute directory, or an s3:// or s3+http:// URL", field, r.Location)
 		}
-		if r.PasswordFile == "" || slices.Contains(known, r.PasswordFile) {
-			return nil
+		if r.PasswordFile != "" && !slices.Contains(known, r.PasswordFile) {
+			p, err := s.passwordFile(r.PasswordFile)
+			if err != nil {
+				return badRequest("%s.passwordFile %q: %w", field, r.PasswordFile, err)
+			}
+			r.PasswordFile = p
 		}
-		p, err := s.passwordFile(r.PasswordFile)
-		if err != nil {
-			return badRequest("%s.passwordFile %q: %w", field, r.PasswordFile, err)
+		// A job never makes a repository: a directory that is not there
+		// would fail every run.
+		if !strings.Contains(r.Location, "://") {
+			if fi, err := os.Stat(r.Location); err != nil || !fi.IsDir() {
+				return badRequest("%s.location %q: want an existing directory (a repository made by 'astrolabe repo init')", field, r.Location)
+			}
 		}
-		r.PasswordFile = p
 		return nil
 	}
 	if err := check("repository", &j.Repository); err != nil {
