@@ -79,7 +79,7 @@ func TestJobSetChanges(t *testing.T) {
 	for _, c := range []struct{ json, want string }{
 		{`{"name": "bad", "kind": "verify", "schedule": "at noon", "repository": {"location": "/r"}}`, `job "bad": schedule "at noon": want cron (minute hour day month weekday`},
 		{`{"name": "bad", "kind": "backup", "schedule": "@daily", "repository": {"location": "/r"}}`, `job "bad": pes: a backup job needs PEs`},
-		{`{"kind": "verify", "schedule": "@daily", "repository": {"location": "/r"}}`, `job: name "": want a name without slashes`},
+		{`{"kind": "verify", "schedule": "@daily", "repository": {"location": "/r"}}`, `job: name "": want 1 to 128 letters`},
 		{`{"name": "bad", "kind": "verify", "schedule": "@daily", "repository": {"location": "/r"}, "colour": "red"}`, `unknown field "colour"`},
 		{`{"name": "bad", "kind": "verify", "schedule": "@daily", "repository": {"location": "/r"}} {}`, `more after the JSON value`},
 		{`null`, `not null`},
