@@ -196,7 +196,11 @@ type Job struct {
 	Keep *JobKeep `json:"keep,omitempty"`
 	Kind JobKind  `json:"kind"`
 
-	// Name Unique, without slashes; in updateJob it may be left out
+	// Name Unique: 1 to 128 letters, digits, '.', '_' or '-', not starting
+	// with '.'; in updateJob it may be left out
+	//
+	//
+	// Example: nightly
 	Name *string `json:"name,omitempty"`
 
 	// Pes PE IDs or type:* (every PE of a type); a backup job needs some
@@ -221,7 +225,7 @@ type Job struct {
 	// Schedule Cron (minute hour day month weekday, local time, an optional
 	// CRON_TZ= prefix; @hourly, @daily...) or a systemd calendar event
 	// (OnCalendar= syntax, systemd.time(7): daily, Mon..Fri 02:00,
-	// *-*-01 03:30 UTC...)
+	// *-*-01 03:30 UTC...); robfig/cron's @every is refused
 	//
 	//
 	// Example: 0 2 * * *
@@ -682,7 +686,8 @@ type ClientInterface interface {
 	// writes it to jobs.json, then schedules it from now. Password
 	// files must be regular files under the appliance's password
 	// directory (passwords/ in its config directory), and directory
-	// repositories absolute paths of existing repositories.
+	// repositories absolute paths of existing directories (a job never
+	// makes a repository: it fails if the directory is none).
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -695,7 +700,8 @@ type ClientInterface interface {
 	// writes it to jobs.json, then schedules it from now. Password
 	// files must be regular files under the appliance's password
 	// directory (passwords/ in its config directory), and directory
-	// repositories absolute paths of existing repositories.
+	// repositories absolute paths of existing directories (a job never
+	// makes a repository: it fails if the directory is none).
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -1056,7 +1062,8 @@ func (c *Client) ListJobs(ctx context.Context, reqEditors ...RequestEditorFn) (*
 // writes it to jobs.json, then schedules it from now. Password
 // files must be regular files under the appliance's password
 // directory (passwords/ in its config directory), and directory
-// repositories absolute paths of existing repositories.
+// repositories absolute paths of existing directories (a job never
+// makes a repository: it fails if the directory is none).
 //
 // Takes any type of body and a specified content type.
 //
@@ -1079,7 +1086,8 @@ func (c *Client) CreateJobWithBody(ctx context.Context, contentType string, body
 // writes it to jobs.json, then schedules it from now. Password
 // files must be regular files under the appliance's password
 // directory (passwords/ in its config directory), and directory
-// repositories absolute paths of existing repositories.
+// repositories absolute paths of existing directories (a job never
+// makes a repository: it fails if the directory is none).
 //
 // Takes a body of the `application/json` content type.
 //
@@ -3057,7 +3065,8 @@ type ClientWithResponsesInterface interface {
 	// writes it to jobs.json, then schedules it from now. Password
 	// files must be regular files under the appliance's password
 	// directory (passwords/ in its config directory), and directory
-	// repositories absolute paths of existing repositories.
+	// repositories absolute paths of existing directories (a job never
+	// makes a repository: it fails if the directory is none).
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -3070,7 +3079,8 @@ type ClientWithResponsesInterface interface {
 	// writes it to jobs.json, then schedules it from now. Password
 	// files must be regular files under the appliance's password
 	// directory (passwords/ in its config directory), and directory
-	// repositories absolute paths of existing repositories.
+	// repositories absolute paths of existing directories (a job never
+	// makes a repository: it fails if the directory is none).
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -5355,7 +5365,8 @@ func (c *ClientWithResponses) ListJobsWithResponse(ctx context.Context, reqEdito
 // writes it to jobs.json, then schedules it from now. Password
 // files must be regular files under the appliance's password
 // directory (passwords/ in its config directory), and directory
-// repositories absolute paths of existing repositories.
+// repositories absolute paths of existing directories (a job never
+// makes a repository: it fails if the directory is none).
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -5374,7 +5385,8 @@ func (c *ClientWithResponses) CreateJobWithBodyWithResponse(ctx context.Context,
 // writes it to jobs.json, then schedules it from now. Password
 // files must be regular files under the appliance's password
 // directory (passwords/ in its config directory), and directory
-// repositories absolute paths of existing repositories.
+// repositories absolute paths of existing directories (a job never
+// makes a repository: it fails if the directory is none).
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //

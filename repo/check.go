@@ -67,7 +67,7 @@ func (r *Repository) CheckWith(ctx context.Context, opts CheckOptions, progress 
 		return sum, err
 	}
 	defer lock.release()
-	packs, err := r.listPacks(ctx)
+	packs, strays, err := r.listData(ctx)
 	if err != nil {
 		return sum, err
 	}
@@ -85,6 +85,9 @@ func (r *Repository) CheckWith(ctx context.Context, opts CheckOptions, progress 
 	problems, err := r.checkIndexFiles(ctx, packs)
 	if err != nil {
 		return sum, err
+	}
+	for _, name := range strays {
+		problems = append(problems, Problem{Detail: fmt.Sprintf("%s is not a pack: its name is not a pack's (left alone)", name)})
 	}
 	ids, err := r.committedIDs(ctx, pe.ID{})
 	if err != nil {
@@ -171,7 +174,15 @@ func (r *Repository) CheckWith(ctx context.Context, opts CheckOptions, progress 
 			}
 		}
 		sum.New = fresh
+		// The problems are the check's result whatever happens to the
+		// record.
+		sum.Problems = problems
 		if record != "" {
+			// Without the lock, a prune may have removed packs this
+			// check read: its record would be stale.
+			if err := lock.err(); err != nil {
+				return sum, err
+			}
 			if err := r.saveVerified(ctx, record, verified, packs, good, bad); err != nil {
 				return sum, err
 			}

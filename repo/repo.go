@@ -347,17 +347,31 @@ func (r *Repository) loadJSON(ctx context.Context, name string, v any) error {
 
 func packName(id string) string { return "data/" + id[:2] + "/" + id }
 
-// listPacks lists data/: each pack's ID and size.
+// listPacks lists data/: each pack's ID and size. Objects whose names
+// are not pack IDs are left out (Check reports them).
 func (r *Repository) listPacks(ctx context.Context) (map[string]int64, error) {
-	packs := map[string]int64{}
-	err := r.be.List(ctx, "data/", func(name string, size int64) error {
-		packs[name[strings.LastIndex(name, "/")+1:]] = size
+	packs, _, err := r.listData(ctx)
+	return packs, err
+}
+
+// listData lists data/: the packs (ID → size), and the names of the
+// objects that are not packs (a name that is no pack ID, or a pack in
+// another directory than its ID's).
+func (r *Repository) listData(ctx context.Context) (packs map[string]int64, strays []string, err error) {
+	packs = map[string]int64{}
+	err = r.be.List(ctx, "data/", func(name string, size int64) error {
+		id := name[strings.LastIndex(name, "/")+1:]
+		if validID(id) && packName(id) == name {
+			packs[id] = size
+		} else {
+			strays = append(strays, name)
+		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list packs: %w", err)
+		return nil, nil, fmt.Errorf("list packs: %w", err)
 	}
-	return packs, nil
+	return packs, strays, nil
 }
 
 func randomName() string {

@@ -2,6 +2,7 @@ package repo
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -13,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/repo/backend"
 )
 
@@ -67,6 +67,11 @@ type Subset struct {
 	count   int
 }
 
+// maxSubsetGroups bounds t in "n/t": a pack's group is the first 4 bytes
+// of its ID modulo t, and far fewer groups than packs already read next
+// to nothing.
+const maxSubsetGroups = 1_000_000
+
 // ParseSubset parses "n/t", "x%" (0 < x <= 100) or "N" (a number of packs), as restic's
 // check --read-data-subset.
 func ParseSubset(s string) (Subset, error) {
@@ -83,6 +88,9 @@ func ParseSubset(s string) (Subset, error) {
 		}
 		if t < 1 || n < 1 || n > t {
 			return bad(errors.New("want 1 <= n <= t"))
+		}
+		if t > maxSubsetGroups {
+			return bad(fmt.Errorf("want at most %d groups", maxSubsetGroups))
 		}
 		return Subset{n: n, t: t}, nil
 	case strings.HasSuffix(s, "%"):
@@ -126,7 +134,11 @@ func (s Subset) pick(ids []string) []string {
 	case s.t > 0:
 		var out []string
 		for _, id := range ids {
-			if b, err := hex.DecodeString(id[:8]); err == nil && int((uint32(b[0])<<24|uint32(b[1])<<16|uint32(b[2])<<8|uint32(b[3]))%uint32(s.t)) == s.n-1 {
+			if !validID(id) {
+				continue // not a pack: CheckWith reports it
+			}
+			b, _ := hex.DecodeString(id[:8])
+			if uint64(binary.BigEndian.Uint32(b))%uint64(s.t) == uint64(s.n-1) {
 				out = append(out, id)
 			}
 		}
@@ -167,27 +179,30 @@ type verifiedRecord struct {
 }
 
 func verifiedName(verifier string) (string, error) {
-	if verifier == "" || len(verifier) > 128 || strings.Trim(verifier, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != "" || strings.HasPrefix(verifier, ".") {
-		return "", fmt.Errorf("verifier %q: want letters, digits, '.', '_' and '-'", verifier)
+	// ".." anywhere is refused as the directory backend refuses it in
+	// an object's name.
+	if verifier == "" || len(verifier) > 128 || strings.Trim(verifier, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != "" ||
+		strings.HasPrefix(verifier, ".") || strings.Contains(verifier, "..") {
+		return "", fmt.Errorf("verifier %q: want letters, digits, '.', '_' and '-', not starting with '.' nor with '..'", verifier)
 	}
 	return "verified/" + verifier, nil
 }
 
 // loadVerified reads the verifier's record; a missing one is empty, a
-// damaged one too (everything is read again), with a warning.
+// damaged one too (everything is read again), with a warning. Any other
+// failure to read it (an S3 503) is an error: taken for empty, the record
+// would be saved back with only the packs of this run.
 func (r *Repository) loadVerified(ctx context.Context, name string) (map[string]bool, error) {
-	var rec verifiedRecord
 	b, err := backend.ReadAll(ctx, r.be, name)
-	if err == nil {
-		// Bound to its name: one verifier's record is not another's.
-		err = r.openJSON(b, &rec, []byte(name))
-	}
-	switch {
-	case errors.Is(err, pe.ErrNotFound):
+	if errors.Is(err, backend.ErrNotExist) {
 		return map[string]bool{}, nil
-	case err != nil && ctx.Err() != nil:
-		return nil, err
-	case err != nil:
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the record of verified packs %s: %w", name, err)
+	}
+	var rec verifiedRecord
+	// Bound to its name: one verifier's record is not another's.
+	if err := r.openJSON(b, &rec, []byte(name)); err != nil {
 		r.log.Warn("check: the record of verified packs is unreadable; every pack counts as new", "record", name, "err", err)
 		return map[string]bool{}, nil
 	}
@@ -224,14 +239,22 @@ func selectPacks(opts CheckOptions, packs map[string]int64, verified map[string]
 	return read, fresh
 }
 
-// saveVerified writes the verifier's record: the packs it had that still
-// exist, and those read now without a problem (good), less those read now
-// with one (bad). It writes nothing when that changes nothing.
+// saveVerified updates the verifier's record with what this check
+// found: the packs read now without a problem (good) are added, those read
+// with one (bad) and those of the record at the start of the check
+// (verified) that were gone then (not in packs) are removed. It applies
+// that to the record as it is now, read again: another check of the same
+// verifier may have saved it meanwhile, and its findings stay. It writes
+// nothing when that changes nothing.
 func (r *Repository) saveVerified(ctx context.Context, name string, verified map[string]bool, packs map[string]int64, good, bad []string) error {
-	next := map[string]bool{}
+	current, err := r.loadVerified(ctx, name)
+	if err != nil {
+		return err
+	}
+	next := maps.Clone(current)
 	for id := range verified {
-		if _, ok := packs[id]; ok {
-			next[id] = true
+		if _, ok := packs[id]; !ok {
+			delete(next, id)
 		}
 	}
 	for _, id := range good {
@@ -240,7 +263,7 @@ func (r *Repository) saveVerified(ctx context.Context, name string, verified map
 	for _, id := range bad {
 		delete(next, id)
 	}
-	if maps.Equal(next, verified) {
+	if maps.Equal(next, current) {
 		return nil
 	}
 	b, err := r.sealJSON(verifiedRecord{Packs: slices.Sorted(maps.Keys(next))}, []byte(name))

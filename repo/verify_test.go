@@ -2,12 +2,17 @@ package repo
 
 import (
 	"context"
+	"errors"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/astrolabe-appliance/astrolabe/repo/backend"
 )
 
 // manyPacks backs up n versions of a small disk, each its own pack.
@@ -209,5 +214,154 @@ func copyFile(t *testing.T, from, to string) {
 	}
 	if err := os.WriteFile(to, b, 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCheckSubsetBounds: a group count beyond the bound is refused with a
+// clear error (it used to divide by zero at 2^32 and read nothing above
+// it), the bound itself works, and objects in data/ whose names are not
+// pack IDs are reported, not read, in every mode (a short one used to
+// panic).
+func TestCheckSubsetBounds(t *testing.T) {
+	for _, bad := range []string{"1/4294967296", "2/4294967297", "1/1000001", "1/9223372036854775807"} {
+		_, err := ParseSubset(bad)
+		if err == nil || !strings.Contains(err.Error(), "at most 1000000 groups") {
+			t.Errorf("subset %q: %v, want refused for too many groups", bad, err)
+		}
+	}
+	e := newEnv(t, nil, Options{Password: "pw"})
+	e.manyPacks(3)
+	n := int64(len(e.files("data")))
+	var read int64
+	for _, s := range []string{"1/1000000", "1000000/1000000"} {
+		read += e.checkWith(CheckOptions{Subset: subset(t, s)}).Read
+	}
+	if read > n {
+		t.Errorf("groups 1 and 1000000 of 1000000 read %d of %d packs", read, n)
+	}
+	for _, stray := range []string{"x", "ab/short", "zz/" + strings.Repeat("z", 64)} {
+		p := filepath.Join(e.be.Location(), "data", filepath.FromSlash(stray))
+		os.MkdirAll(filepath.Dir(p), 0o700)
+		if err := os.WriteFile(p, []byte("not a pack"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, opts := range []CheckOptions{
+		{Subset: subset(t, "1/1")}, {Subset: subset(t, "1/3")}, {Subset: subset(t, "100%")},
+		{ReadData: true}, {New: true, Verifier: "strays"},
+	} {
+		sum := e.checkWith(opts)
+		if sum.Packs != n || sum.Read > n {
+			t.Errorf("%+v: %d packs, read %d; want %d packs", opts, sum.Packs, sum.Read, n)
+		}
+		var strays int
+		for _, p := range sum.Problems {
+			if strings.Contains(p.Detail, "not a pack") {
+				strays++
+			}
+		}
+		if strays != 3 || len(sum.Problems) != 3 {
+			t.Errorf("%+v: problems %v, want the 3 objects that are not packs", opts, sum.Problems)
+		}
+	}
+}
+
+// saveFailing fails every Save of an object under prefix.
+type saveFailing struct {
+	backend.Backend
+	prefix string
+}
+
+func (s saveFailing) Save(ctx context.Context, name string, r io.Reader, size int64) error {
+	if strings.HasPrefix(name, s.prefix) {
+		return errInjected
+	}
+	return s.Backend.Save(ctx, name, r, size)
+}
+
+// TestCheckVerifiedSaveFails: when the record of verified packs cannot be
+// saved, the problems found are still returned, with the error.
+func TestCheckVerifiedSaveFails(t *testing.T) {
+	e := newEnv(t, nil, Options{Password: "pw"})
+	e.manyPacks(3)
+	flipByte(t, e.files("data")[0])
+	r := openAgain(t, saveFailing{Backend: e.be, prefix: "verified/"}, Options{Password: "pw"})
+	sum, err := r.CheckWith(context.Background(), CheckOptions{ReadData: true, Verifier: "v"}, nil)
+	if !errors.Is(err, errInjected) || len(sum.Problems) == 0 {
+		t.Fatalf("save failing: err %v, problems %v; want the error and the damaged pack", err, sum.Problems)
+	}
+	for _, bad := range []string{"a..b", "..", "x/y"} {
+		if _, err := r.CheckWith(context.Background(), CheckOptions{New: true, Verifier: bad}, nil); err == nil || !strings.Contains(err.Error(), "verifier") {
+			t.Errorf("verifier %q: %v, want refused", bad, err)
+		}
+	}
+}
+
+// TestCheckVerifiedUnreadable: a record that cannot be read for another
+// reason than its absence or damage (an S3 503) fails the check instead of
+// counting as empty: a subset run would otherwise save only its own packs
+// and wipe the record.
+func TestCheckVerifiedUnreadable(t *testing.T) {
+	e := newEnv(t, nil, Options{Password: "pw"})
+	e.manyPacks(4)
+	n := len(e.files("data"))
+	e.checkWith(CheckOptions{ReadData: true, Verifier: "v"})
+	r := openAgain(t, &faultyBackend{Backend: e.be, failLoad: "verified/"}, Options{Password: "pw"})
+	if _, err := r.CheckWith(context.Background(), CheckOptions{Subset: subset(t, "1"), Verifier: "v"}, nil); !errors.Is(err, errInjected) {
+		t.Fatalf("record unreadable: %v, want the read error", err)
+	}
+	rec, err := e.r.loadVerified(context.Background(), "verified/v")
+	if err != nil || len(rec) != n {
+		t.Fatalf("record after a failed read: %d packs (%v), want %d", len(rec), err, n)
+	}
+	// A damaged record counts as empty, as before.
+	flipByte(t, filepath.Join(e.be.Location(), "verified", "v"))
+	if sum := e.checkWith(CheckOptions{New: true, Verifier: "v"}); sum.Read != int64(n) {
+		t.Fatalf("damaged record: read %d of %d packs", sum.Read, n)
+	}
+}
+
+// onFirstPackLoad runs fn once, before the first read of a pack.
+type onFirstPackLoad struct {
+	backend.Backend
+	once sync.Once
+	fn   func()
+}
+
+func (o *onFirstPackLoad) Load(ctx context.Context, name string, off, length int64) (io.ReadCloser, error) {
+	if strings.HasPrefix(name, "data/") {
+		o.once.Do(o.fn)
+	}
+	return o.Backend.Load(ctx, name, off, length)
+}
+
+// TestCheckVerifiedConcurrent: two checks of one verifier at once (the
+// appliance's job and the CLI, both named after the host): the one that
+// saves last keeps what the other found, and does not put back a pack the
+// other has just found damaged.
+func TestCheckVerifiedConcurrent(t *testing.T) {
+	e := newEnv(t, nil, Options{Password: "pw"})
+	e.manyPacks(6)
+	packs := e.files("data")
+	e.checkWith(CheckOptions{ReadData: true, Verifier: "v"})
+	damaged := packs[len(packs)-1]
+	flipByte(t, damaged)
+	var inner CheckSummary
+	hook := &onFirstPackLoad{Backend: e.be}
+	hook.fn = func() { inner = e.checkWith(CheckOptions{ReadData: true, Verifier: "v"}) }
+	r := openAgain(t, hook, Options{Password: "pw"})
+	// Reads the first pack only, which is not the damaged one.
+	if _, err := r.CheckWith(context.Background(), CheckOptions{Subset: subset(t, "1"), Verifier: "v"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(inner.Problems) == 0 {
+		t.Fatal("the concurrent full check found nothing")
+	}
+	rec, err := e.r.loadVerified(context.Background(), "verified/v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec[filepath.Base(damaged)] || len(rec) != len(packs)-1 {
+		t.Fatalf("record has %d of %d packs, damaged one in it: %v", len(rec), len(packs), rec[filepath.Base(damaged)])
 	}
 }

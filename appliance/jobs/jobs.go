@@ -128,8 +128,8 @@ func Parse(b []byte) ([]*Job, error) {
 }
 
 func (j *Job) validate() error {
-	if j.Name == "" || strings.ContainsAny(j.Name, "/\\\x00") {
-		return fmt.Errorf("name %q: want a name without slashes", j.Name)
+	if !validName(j.Name) {
+		return fmt.Errorf("name %q: want 1 to %d letters, digits, '.', '_' or '-', not starting with '.'", j.Name, maxName)
 	}
 	var err error
 	if j.schedule, err = calendar.ParseSchedule(j.Schedule); err != nil {
@@ -178,6 +178,24 @@ func (j *Job) validate() error {
 		return fmt.Errorf("from: only for replicate jobs, not %s", j.Kind)
 	}
 	return nil
+}
+
+// maxName bounds a job's name: it is a path segment of the REST API and
+// a key of the history file.
+const maxName = 128
+
+// validName reports whether name is a job's name: [A-Za-z0-9._-]{1,128},
+// not starting with '.' (neither "." nor ".." in a URL path).
+func validName(name string) bool {
+	if name == "" || len(name) > maxName || name[0] == '.' {
+		return false
+	}
+	for _, c := range []byte(name) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 func (k Keep) policy() (repo.Policy, error) {

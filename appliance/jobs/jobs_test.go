@@ -307,12 +307,23 @@ func TestParseErrors(t *testing.T) {
 		{`[{"name": "a", "kind": "replicate", "schedule": "@daily", ` + repoJSON + `}]`, `job "a": from.location`},
 		{`[{"name": "a", "kind": "verify", "schedule": "@daily", ` + repoJSON + `, "keep": {"daily": 1}}]`, `job "a": keep: only for prune jobs`},
 		{`[{"kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`, `job 1: name ""`},
+		{`[{"name": "..", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`, `job "..": name ".."`},
+		{`[{"name": ".hidden", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`, `name ".hidden": want 1 to 128 letters`},
+		{`[{"name": "a b?c#d%", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`, `name "a b?c#d%": want 1 to 128 letters`},
+		{`[{"name": "a\nb", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`, `want 1 to 128 letters`},
+		{`[{"name": "` + strings.Repeat("x", 129) + `", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`, `want 1 to 128 letters`},
+		{`[{"name": "a", "kind": "verify", "schedule": "@every 1s", ` + repoJSON + `}]`, `job "a": schedule "@every 1s": @every`},
+		{`[{"name": "a", "kind": "verify", "schedule": "@every 1h", ` + repoJSON + `}]`, `job "a": schedule "@every 1h": @every`},
 		{`[{"name": "a", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}, {"name": "a", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`, `job "a": name: defined twice`},
 	} {
 		_, err := Parse([]byte(c.json))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: error %v, want %q", c.json, err, c.want)
 		}
+	}
+	if _, err := Parse([]byte(`[{"name": "` + strings.Repeat("x", 128) + `", "kind": "verify", "schedule": "@daily", ` + repoJSON + `},
+		{"name": "Nightly_backup-2.0", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`)); err != nil {
+		t.Errorf("valid names refused: %v", err)
 	}
 	jobs, err := Parse([]byte(`[{"name": "w", "kind": "replicate", "schedule": "@weekly", "pes": ["disk:*", "fs:sample"],
 		"repository": {"location": "s3+http://127.0.0.1:1/b"}, "from": {"location": "/r"}}]`))
@@ -581,5 +592,46 @@ func TestRunsOnOneRepositoryWait(t *testing.T) {
 	}
 	if !ended[0].Before(ended[1]) {
 		t.Fatalf("the prune ended (%v) before the backup it waits for (%v)", ended[1], ended[0])
+	}
+}
+
+// TestCancelledAfterItsWork: a run whose work is done when its task is
+// cancelled (a shutdown just after a backup committed) is a success, and
+// is not run again at the next start; a run that panics fails, is
+// recorded, and the job runs again at its next time.
+func TestCancelledAfterItsWork(t *testing.T) {
+	f := newFixture(t)
+	f.clock.SetAt("2026-11-01 02:00:00")
+	s := f.scheduler(t, verifyJob)
+	s.Tick()
+	s.afterRun = func(task string) { f.tm.Cancel(task) }
+	f.clock.SetAt("2026-11-01 03:00:00")
+	if got := f.tick(t, s); len(got) != 1 {
+		t.Fatalf("ran %d at 03:00, want 1", len(got))
+	}
+	if runs := s.History("verify"); len(runs) != 1 || runs[0].Status != string(tasks.Success) {
+		t.Fatalf("history: %+v, want a success", runs)
+	}
+	s = f.scheduler(t, verifyJob)
+	if got := s.Tick(); len(got) != 0 {
+		t.Fatalf("ran again at the next start: %v", got)
+	}
+
+	s.afterRun = func(string) { panic("bug") }
+	f.clock.SetAt("2026-11-02 03:00:00")
+	ids := s.Tick()
+	if len(ids) != 1 {
+		t.Fatalf("ran %d at 03:00, want 1", len(ids))
+	}
+	if info := f.wait(t, ids[0]); info.Status != tasks.Failed || !strings.Contains(info.Details, "bug") {
+		t.Fatalf("panicking run: %+v", info)
+	}
+	if runs := s.History("verify"); len(runs) != 2 || runs[1].Status != string(tasks.Failed) || !strings.Contains(runs[1].Error, "bug") {
+		t.Fatalf("history: %+v, want the panic recorded", runs)
+	}
+	s.afterRun = nil
+	f.clock.SetAt("2026-11-03 03:00:00")
+	if got := f.tick(t, s); len(got) != 1 {
+		t.Fatalf("ran %d after a panic, want 1", len(got))
 	}
 }

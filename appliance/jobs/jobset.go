@@ -129,7 +129,7 @@ func (s *Scheduler) Create(j *Job) error {
 	if err := s.setJobs(append(slices.Clip(s.jobs), j)); err != nil {
 		return err
 	}
-	s.next[j.Name] = j.schedule.Next(s.opts.Now())
+	s.setNext(j, s.opts.Now())
 	s.wake()
 	return nil
 }
@@ -153,9 +153,15 @@ func (s *Scheduler) Update(j *Job) error {
 	if err := s.setJobs(jobs); err != nil {
 		return err
 	}
-	if _, known := s.next[j.Name]; known && j.Schedule != old.Schedule {
-		s.next[j.Name] = j.schedule.Next(s.opts.Now())
-		s.wake()
+	if j.Schedule != old.Schedule {
+		now := s.opts.Now()
+		// Kept in the history, so that after a restart the new schedule
+		// still counts from now, not from the last run.
+		s.setLast(j, now)
+		if _, known := s.next[j.Name]; known {
+			s.setNext(j, now)
+			s.wake()
+		}
 	}
 	return nil
 }
@@ -174,6 +180,7 @@ func (s *Scheduler) Delete(name string) error {
 		return err
 	}
 	delete(s.next, name)
+	delete(s.nextFrom, name)
 	if run := s.running[name]; run != nil {
 		// The run, no longer running, records nothing when it ends.
 		delete(s.running, name)

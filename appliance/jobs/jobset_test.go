@@ -79,7 +79,7 @@ func TestJobSetChanges(t *testing.T) {
 	for _, c := range []struct{ json, want string }{
 		{`{"name": "bad", "kind": "verify", "schedule": "at noon", "repository": {"location": "/r"}}`, `job "bad": schedule "at noon": want cron (minute hour day month weekday`},
 		{`{"name": "bad", "kind": "backup", "schedule": "@daily", "repository": {"location": "/r"}}`, `job "bad": pes: a backup job needs PEs`},
-		{`{"kind": "verify", "schedule": "@daily", "repository": {"location": "/r"}}`, `job: name "": want a name without slashes`},
+		{`{"kind": "verify", "schedule": "@daily", "repository": {"location": "/r"}}`, `job: name "": want 1 to 128 letters`},
 		{`{"name": "bad", "kind": "verify", "schedule": "@daily", "repository": {"location": "/r"}, "colour": "red"}`, `unknown field "colour"`},
 		{`{"name": "bad", "kind": "verify", "schedule": "@daily", "repository": {"location": "/r"}} {}`, `more after the JSON value`},
 		{`null`, `not null`},
@@ -345,5 +345,39 @@ func TestJobSetConcurrent(t *testing.T) {
 func TestPasswordFileBounded(t *testing.T) {
 	if _, err := readPassword("/dev/zero"); err == nil || !strings.Contains(err.Error(), "not a password") {
 		t.Fatalf("read /dev/zero as a password: %v", err)
+	}
+}
+
+// TestScheduleChangeSurvivesRestart: a new schedule counts from when it
+// was set, after a restart too: a run of the new schedule between the
+// last run and the change was not missed.
+func TestScheduleChangeSurvivesRestart(t *testing.T) {
+	f := newFixture(t)
+	f.clock.SetAt("2026-11-01 02:00:00")
+	s := f.scheduler(t, verifyJob)
+	s.Tick()
+	f.clock.SetAt("2026-11-01 03:00:00")
+	if got := f.tick(t, s); len(got) != 1 {
+		t.Fatalf("ran %d at 03:00, want 1", len(got))
+	}
+	f.clock.SetAt("2026-11-01 12:00:00")
+	if err := s.Update(f.job(t, `{"name": "verify", "kind": "verify", "schedule": "0 6 * * *",
+  "repository": {"location": %[1]q, "passwordFile": %[2]q}}`)); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.SetAt("2026-11-01 13:00:00")
+	jobs, _, err := Load(f.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err = New(Options{Jobs: jobs, ConfigDir: f.dir, Manager: f.m, Tasks: f.tm, Now: f.clock.Now, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Tick(); len(got) != 0 {
+		t.Fatalf("ran after a restart at 13:00: %v, want nothing (the new schedule was set at 12:00)", got)
+	}
+	if next := s.Next(); !next.Equal(at("2026-11-02 06:00:00")) {
+		t.Fatalf("next run at %v, want 2026-11-02 06:00", next)
 	}
 }

@@ -41,6 +41,12 @@ func (s *Scheduler) run(ctx context.Context, j *Job, progress pe.Progress) (outc
 		return outcome{}, err
 	}
 	defer r.Close()
+	// Cancelled while it waited or opened (opening may not look at
+	// ctx): nothing done, a cancellation; once the work has run without
+	// an error, the run is a success whatever ctx says.
+	if err := ctx.Err(); err != nil {
+		return outcome{}, context.Cause(ctx)
+	}
 	switch j.Kind {
 	case Backup:
 		return s.backup(ctx, j, r, progress)
@@ -290,16 +296,17 @@ func verify(ctx context.Context, j *Job, r *repo.Repository, progress pe.Progres
 		}
 	}
 	sum, err := r.CheckWith(ctx, opts, progress)
-	if err != nil {
-		return outcome{}, err
-	}
 	out := outcome{read: sum.ReadBytes, details: sum.String()}
 	if len(sum.Problems) > 0 {
+		// Found even if the check then failed (to save the record).
 		msgs := make([]string, len(sum.Problems))
 		for i, p := range sum.Problems {
 			msgs[i] = p.String()
 		}
-		return out, fmt.Errorf("%d problem(s) found (%s): %s", len(sum.Problems), sum, summarize(msgs, maxProblems))
+		return out, errors.Join(fmt.Errorf("%d problem(s) found (%s): %s", len(sum.Problems), sum, summarize(msgs, maxProblems)), err)
+	}
+	if err != nil {
+		return outcome{}, err
 	}
 	out.details += "; no problems found"
 	return out, nil

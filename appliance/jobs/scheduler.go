@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -42,10 +43,13 @@ type Scheduler struct {
 
 	// mu guards the job set, and is held while a run starts or ends, so
 	// that a change of the set (jobset.go) and a start never interleave.
-	mu      sync.Mutex
-	jobs    []*Job               // as in jobs.json, in its order
-	next    map[string]time.Time // per job, when it is due next
-	running map[string]*activeRun
+	mu   sync.Mutex
+	jobs []*Job               // as in jobs.json, in its order
+	next map[string]time.Time // per job, when it is due next
+	// nextFrom is, per job, the clock's time when next was last looked at: a
+	// clock earlier than that went back.
+	nextFrom map[string]time.Time
+	running  map[string]*activeRun
 	// repoLocks holds, per repository location, a token while a run
 	// uses it.
 	repoLocks map[string]chan struct{}
@@ -53,6 +57,9 @@ type Scheduler struct {
 	changed chan struct{}
 	// writeJobs writes jobs.json (a test makes it fail).
 	writeJobs func(path string, content []byte) error
+	// afterRun, if set, is called with a run's task ID when its work is
+	// done (a test cancels the task there, or panics).
+	afterRun func(task string)
 }
 
 // New returns a Scheduler of opts.Jobs, with the history kept in the
@@ -71,7 +78,7 @@ func New(opts Options) (*Scheduler, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Scheduler{opts: opts, hist: h, log: opts.Logger, jobs: slices.Clone(opts.Jobs), next: map[string]time.Time{},
+	return &Scheduler{opts: opts, hist: h, log: opts.Logger, jobs: slices.Clone(opts.Jobs), next: map[string]time.Time{}, nextFrom: map[string]time.Time{},
 		running: map[string]*activeRun{}, repoLocks: map[string]chan struct{}{}, changed: make(chan struct{}, 1), writeJobs: writeJobsFile}, nil
 }
 
@@ -88,8 +95,7 @@ type activeRun struct {
 func (s *Scheduler) Run(ctx context.Context) {
 	for {
 		s.Tick()
-		wait := min(s.Next().Sub(s.opts.Now()), time.Minute)
-		t := time.NewTimer(max(wait, time.Second))
+		t := time.NewTimer(runWait(s.Next(), s.opts.Now()))
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -99,6 +105,16 @@ func (s *Scheduler) Run(ctx context.Context) {
 			t.Stop()
 		}
 	}
+}
+
+// runWait is how long Run waits after a Tick at now for the job due next
+// (next; zero if there is none): until then, but at most a minute and at
+// least a second.
+func runWait(next, now time.Time) time.Duration {
+	if next.IsZero() {
+		return time.Minute
+	}
+	return max(min(next.Sub(now), time.Minute), time.Second)
 }
 
 // Next is when the next job is due; zero before the first Tick.
@@ -153,7 +169,7 @@ func (s *Scheduler) due(j *Job, now time.Time) (time.Time, bool) {
 		// A run cut short (the appliance stopped or crashed during it, or
 		// it was cancelled) is run again at start.
 		if r, ok := s.hist.cutShort(j.Name); ok {
-			s.next[j.Name] = j.schedule.Next(now)
+			s.setNext(j, now)
 			return r.Scheduled, true
 		}
 		// A job never run counts from now: nothing of it was missed. A
@@ -164,16 +180,26 @@ func (s *Scheduler) due(j *Job, now time.Time) (time.Time, bool) {
 			last = now
 		}
 		next = j.schedule.Next(last)
-	} else if soonest := j.schedule.Next(now); next.After(soonest) {
-		// The clock went back since next was computed.
-		next = soonest
+	} else if now.Before(s.nextFrom[j.Name]) {
+		// The clock went back since next was computed: next would hold
+		// the job until the clock caught up. (A next time later than
+		// Next(now) alone is no sign of it: when the clocks go back an
+		// hour, 02:30 comes again after a run at the first 02:30.)
+		next = j.schedule.Next(now)
 	}
 	if now.Before(next) {
 		s.next[j.Name] = next
+		s.nextFrom[j.Name] = now
 		return time.Time{}, false
 	}
-	s.next[j.Name] = j.schedule.Next(now)
+	s.setNext(j, now)
 	return next, true
+}
+
+// setNext makes j due next after now; s.mu is held.
+func (s *Scheduler) setNext(j *Job, now time.Time) {
+	s.next[j.Name] = j.schedule.Next(now)
+	s.nextFrom[j.Name] = now
 }
 
 // start starts a run of j due at due (now for a run asked for by RunNow,
@@ -185,14 +211,11 @@ func (s *Scheduler) start(j *Job, due, now time.Time, manual bool) (string, erro
 	// returns; it waits for that before recording its end.
 	begun := make(chan struct{})
 	info, err := s.opts.Tasks.Start(s.opts.TaskContext, "job-"+j.Kind, j.Name, "", func(ctx context.Context, progress pe.Progress) (map[string]string, error) {
-		res, err := s.run(ctx, j, progress)
-		switch {
-		case ctx.Err() == nil:
-		case err == nil:
-			// Cancelled after its last look at ctx: the task says
-			// cancelled, as the history does.
-			err = context.Cause(ctx)
-		case !errors.Is(err, ctx.Err()):
+		res, err := s.runRecovered(ctx, j, progress, begun, run)
+		// A run whose work is done is a success even if its context was
+		// cancelled after (a shutdown just after a backup committed):
+		// counted cancelled, it would run again at the next start.
+		if err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 			// A step that failed on the cancelled context without
 			// saying so (a backend's own error) is a cancellation too.
 			err = fmt.Errorf("%w: %w", context.Cause(ctx), err)
@@ -202,8 +225,8 @@ func (s *Scheduler) start(j *Job, due, now time.Time, manual bool) (string, erro
 		r.Read, r.New, r.Stored, r.Details = res.read, res.new, res.stored, res.details
 		r.Finished, r.Status = s.opts.Now(), string(tasks.Success)
 		switch {
-		case ctx.Err() != nil:
-			r.Status, r.Error = string(tasks.Cancelled), context.Cause(ctx).Error()
+		case err != nil && ctx.Err() != nil:
+			r.Status, r.Error = string(tasks.Cancelled), err.Error()
 		case err != nil:
 			r.Status, r.Error = string(tasks.Failed), err.Error()
 		}
@@ -220,6 +243,24 @@ func (s *Scheduler) start(j *Job, due, now time.Time, manual bool) (string, erro
 	}
 	close(begun)
 	return info.ID, nil
+}
+
+// runRecovered is s.run, with a panic turned into an error so that the
+// run's end is recorded (the job is not left running for ever), and
+// s.afterRun called once the run has its task's ID.
+func (s *Scheduler) runRecovered(ctx context.Context, j *Job, progress pe.Progress, begun <-chan struct{}, run *activeRun) (res outcome, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("job run panicked", "job", j.Name, "panic", p, "stack", string(debug.Stack()))
+			res, err = outcome{}, fmt.Errorf("panic: %v", p)
+		}
+	}()
+	res, err = s.run(ctx, j, progress)
+	if s.afterRun != nil {
+		<-begun
+		s.afterRun(run.task)
+	}
+	return res, err
 }
 
 // end records the end of run. A run of a job deleted meanwhile is not

@@ -202,8 +202,9 @@ func (s *server) GetJobHistory(ctx context.Context, req api.GetJobHistoryRequest
 // file's content by whether a repository opens with it. So it must be a
 // regular file under the password directory (relative paths are taken
 // from there), or a path the job has already (set in jobs.json by the
-// operator). A directory repository must be an absolute path: a relative
-// one would be taken from the appliance's working directory.
+// operator). A directory repository must be an absolute path (a relative
+// one would be taken from the appliance's working directory) of an
+// existing directory.
 func (s *server) checkJobPaths(j, cur *jobs.Job) error {
 	// Both secret files, the password and the S3 keys, follow the same
 	// rules: the S3 keys file is read by the appliance as well.
@@ -232,8 +233,17 @@ func (s *server) checkJobPaths(j, cur *jobs.Job) error {
 		if r.PasswordFile, err = secret(field+".passwordFile", r.PasswordFile); err != nil {
 			return err
 		}
-		r.S3CredentialsFile, err = secret(field+".s3CredentialsFile", r.S3CredentialsFile)
-		return err
+		if r.S3CredentialsFile, err = secret(field+".s3CredentialsFile", r.S3CredentialsFile); err != nil {
+			return err
+		}
+		// A job never makes a repository: a directory that is not there
+		// would fail every run.
+		if !strings.Contains(r.Location, "://") {
+			if fi, err := os.Stat(r.Location); err != nil || !fi.IsDir() {
+				return badRequest("%s.location %q: want an existing directory (a repository made by 'astrolabe repo init')", field, r.Location)
+			}
+		}
+		return nil
 	}
 	if err := check("repository", &j.Repository); err != nil {
 		return err

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"runtime/debug"
 	"sort"
 	"sync"
 	"time"
@@ -184,10 +185,22 @@ func (m *Manager) Start(ctx context.Context, kind, details, nexusID string, fn F
 	go func() {
 		defer m.wg.Done()
 		defer cancel()
-		result, err := fn(tctx, &taskProgress{m: m, t: t})
+		result, err := m.run(tctx, info.ID, fn, &taskProgress{m: m, t: t})
 		m.finish(t, tctx, result, err)
 	}()
 	return info, nil
+}
+
+// run calls fn; a panic of it fails the task instead of the appliance,
+// its stack logged.
+func (m *Manager) run(ctx context.Context, id string, fn Func, progress pe.Progress) (result map[string]string, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			m.log.Error("task panicked", "task", id, "panic", p, "stack", string(debug.Stack()))
+			result, err = nil, fmt.Errorf("panic: %v", p)
+		}
+	}()
+	return fn(ctx, progress)
 }
 
 func (m *Manager) finish(t *task, ctx context.Context, result map[string]string, err error) {

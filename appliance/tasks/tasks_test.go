@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -247,4 +248,46 @@ func TestStartAfterShutdown(t *testing.T) {
 	if got := m.List(); len(got) != 0 || ran {
 		t.Fatalf("a task after shutdown: %v ran %v", got, ran)
 	}
+}
+
+// TestPanicFailsTask: a task that panics fails with the panic's message,
+// its stack is logged, and the manager (the appliance) goes on.
+func TestPanicFailsTask(t *testing.T) {
+	var logged strings.Builder
+	var mu sync.Mutex
+	m := NewManager(Options{Logger: slog.New(slog.NewTextHandler(lockedWriter{&mu, &logged}, nil))})
+	ctx := context.Background()
+	info, err := m.Start(ctx, "t", "panics", "", func(ctx context.Context, p pe.Progress) (map[string]string, error) {
+		var ids []string
+		_ = ids[3] // index out of range
+		return nil, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := m.Wait(ctx, info.ID)
+	if err != nil || got.Status != Failed || !strings.Contains(got.Details, "panic") || !strings.Contains(got.Details, "index out of range") {
+		t.Fatalf("panicking task: %+v %v", got, err)
+	}
+	mu.Lock()
+	log := logged.String()
+	mu.Unlock()
+	if !strings.Contains(log, "TestPanicFailsTask") {
+		t.Errorf("the stack is not logged: %s", log)
+	}
+	after, _ := m.Start(ctx, "t", "after", "", func(ctx context.Context, p pe.Progress) (map[string]string, error) { return nil, nil })
+	if got, _ := m.Wait(ctx, after.ID); got.Status != Success {
+		t.Errorf("task after a panic: %+v", got)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
 }

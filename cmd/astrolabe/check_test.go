@@ -81,4 +81,17 @@ func TestRepoCheckSubsets(t *testing.T) {
 	mustFail(t, cfg, "--read-data-subset", append([]string{"repo", "check"}, slices.Concat(r, []string{"--read-data-subset", "0%"})...)...)
 	mustFail(t, cfg, "--read-data reads every pack", append([]string{"repo", "check"}, slices.Concat(r, []string{"--read-data", "--read-data-new"})...)...)
 	mustFail(t, cfg, "verifier", append([]string{"repo", "check"}, slices.Concat(r, []string{"--read-data-new", "--verifier", "../x"})...)...)
+	// 2^32 groups divided by zero (a panic), more read nothing.
+	mustFail(t, cfg, "at most 1000000 groups", append([]string{"repo", "check"}, slices.Concat(r, []string{"--read-data-subset", "1/4294967296"})...)...)
+	mustFail(t, cfg, "at most 1000000 groups", append([]string{"repo", "check"}, slices.Concat(r, []string{"--read-data-subset", "2/4294967297"})...)...)
+
+	// An object in data/ that is no pack (a short name panicked) is a
+	// problem, in each mode.
+	os.WriteFile(filepath.Join(dir, "repo", "data", "x"), []byte("stray"), 0o600)
+	for _, mode := range [][]string{{"--read-data-subset", "1/2"}, {"--read-data-subset", "1"}, {"--read-data"}} {
+		res := astrolabe(t, cfg, append([]string{"repo", "check"}, slices.Concat(r, mode)...)...)
+		if res.code == 0 || !strings.Contains(res.stdout, "data/x is not a pack") || !strings.Contains(res.stderr, "1 problem(s) found") {
+			t.Errorf("repo check %v with data/x: exit %d\nstdout: %s\nstderr: %s", mode, res.code, res.stdout, res.stderr)
+		}
+	}
 }

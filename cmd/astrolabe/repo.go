@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -197,16 +198,19 @@ verifier trusts only its own record.`,
 				p := newProgress(c.App.ErrWriter)
 				sum, err := r.CheckWith(c.Context, opts, p)
 				p.Done()
-				if err != nil {
-					return err
-				}
+				// Problems found are reported even if the check then
+				// failed (to save the verifier's record).
 				for _, pr := range sum.Problems {
 					fmt.Fprintln(c.App.Writer, pr)
 				}
-				fmt.Fprintln(c.App.ErrWriter, sum)
 				if len(sum.Problems) > 0 {
-					return fmt.Errorf("%d problem(s) found", len(sum.Problems))
+					fmt.Fprintln(c.App.ErrWriter, sum)
+					return errors.Join(fmt.Errorf("%d problem(s) found", len(sum.Problems)), err)
 				}
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(c.App.ErrWriter, sum)
 				fmt.Fprintln(c.App.ErrWriter, "no problems found")
 				return nil
 			}),

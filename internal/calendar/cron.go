@@ -1,6 +1,7 @@
 package calendar
 
 import (
+	"errors"
 	"strings"
 	"time"
 
@@ -22,6 +23,11 @@ type Cron struct {
 	fixed bool
 }
 
+// ErrEvery refuses robfig/cron's @every: an interval counted from when
+// the scheduler started rather than a time of the clock, and one as short
+// as a second would flood a job's history.
+var ErrEvery = errors.New("@every is not supported: use a cron line or a calendar event (*:0/15 is every 15 minutes)")
+
 // ParseCron parses a cron line.
 func ParseCron(expr string) (cron.Schedule, error) {
 	s, err := parseCronLine(expr)
@@ -30,7 +36,7 @@ func ParseCron(expr string) (cron.Schedule, error) {
 	}
 	spec, ok := s.(*cron.SpecSchedule)
 	if !ok {
-		return s, nil // @every: a fixed interval, no clock time
+		return nil, ErrEvery
 	}
 	return &Cron{spec: spec, fixed: fixedTime(expr)}, nil
 }

@@ -13,7 +13,9 @@ type wall struct {
 }
 
 // zone is where an event is computed: its location, and the UTC offset to
-// prefer for a wall time that happens twice (when the clocks go back).
+// prefer for a wall time that happens twice (when the clocks go back):
+// as glibc's mktime with tm_isdst -1, the offset of the previous call
+// (normalize), which starts as the base time's.
 type zone struct {
 	loc    *time.Location
 	prefer int
@@ -22,16 +24,19 @@ type zone struct {
 // normalize is mktime: it carries overflowing fields over (Feb 30 is Mar 2)
 // and moves a wall time the clocks skip forward by the jump (02:30 on the
 // night clocks go from 02:00 to 03:00 is 03:30), as glibc does.
-func (z zone) normalize(w wall) wall {
+func (z *zone) normalize(w wall) wall {
 	naive := time.Date(w.year, time.Month(w.month), w.day, w.hour, w.min, w.sec, 0, time.UTC)
 	n := wallOf(naive, w.usec)
 	t := time.Date(n.year, time.Month(n.month), n.day, n.hour, n.min, n.sec, 0, z.loc)
 	if sameWall(t, n) {
+		// glibc keeps the offset it found for its next guess.
+		z.prefer = offset(z.instant(n))
 		return n
 	}
 	// In a gap: read w at the offset before it, the smaller of those
-	// around it, which lands past the gap.
+	// around it, which lands past the gap; glibc keeps that offset.
 	before := min(offset(naive.Add(-24*time.Hour).In(z.loc)), offset(naive.Add(24*time.Hour).In(z.loc)))
+	z.prefer = before
 	return wallOf(naive.Add(-time.Duration(before)*time.Second).In(z.loc), w.usec)
 }
 
@@ -40,9 +45,9 @@ func wallOf(t time.Time, usec int) wall {
 }
 
 // instant is the time of w, which must exist. A wall time that happens
-// twice is taken at the preferred offset when it has it: that of the
-// time the search started from, as glibc's mktime does with tm_isdst -1.
-func (z zone) instant(w wall) time.Time {
+// twice is taken at the preferred offset when it has it, as glibc's
+// mktime does with tm_isdst -1.
+func (z *zone) instant(w wall) time.Time {
 	naive := time.Date(w.year, time.Month(w.month), w.day, w.hour, w.min, w.sec, w.usec*1000, time.UTC)
 	if t := naive.Add(-time.Duration(z.prefer) * time.Second).In(z.loc); offset(t) == z.prefer && sameWall(t, w) {
 		return t
@@ -77,7 +82,7 @@ func (e *Event) Next(t time.Time) time.Time {
 	// systemd counts in microseconds since 1970, from the one after t.
 	usec := max(t.UnixMicro(), -1) + 1
 	base := time.UnixMicro(usec).In(loc)
-	z := zone{loc: loc, prefer: offset(base)}
+	z := &zone{loc: loc, prefer: offset(base)}
 	c := wall{base.Year(), int(base.Month()), base.Day(), base.Hour(), base.Minute(), base.Second(), int(usec % usecPerSec)}
 	w, ok := e.find(z, c)
 	if !ok {
@@ -88,7 +93,7 @@ func (e *Event) Next(t time.Time) time.Time {
 
 // find is systemd's find_next: it moves c, field by field from the year
 // down, to the first wall time the event matches.
-func (e *Event) find(z zone, c wall) (wall, bool) {
+func (e *Event) find(z *zone, c wall) (wall, bool) {
 	for range maxIterations {
 		c = z.normalize(c)
 		if d := e.year.match(c.year, nil); d < 0 {
@@ -147,7 +152,7 @@ func nextDay(days int) func(*wall) {
 // next value of the field above; a wall time that normalizes forwards (it
 // does not exist) is replaced by the normalized one. It reports whether c
 // matches down to this field, so the search goes on to the next.
-func (z zone) advance(c *wall, cur, d int, set func(*wall, int), carry func(*wall)) bool {
+func (z *zone) advance(c *wall, cur, d int, set func(*wall, int), carry func(*wall)) bool {
 	if d < 0 {
 		carry(c)
 		return false
@@ -169,7 +174,7 @@ func (z zone) advance(c *wall, cur, d int, set func(*wall, int), carry func(*wal
 // when it normalizes forward, c then set to the normalized time with the
 // field below the first changed one reset; -1 when it normalizes
 // backward, or the year is beyond systemd's calendar.
-func (z zone) withinBounds(c *wall) int {
+func (z *zone) withinBounds(c *wall) int {
 	if c.year > maxYear {
 		return -1
 	}

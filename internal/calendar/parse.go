@@ -56,6 +56,10 @@ var errSyntax = errors.New("not a systemd calendar event")
 // times given to Next.
 func Parse(expr string) (*Event, error) {
 	e := &Event{expr: expr}
+	if p := strings.TrimSpace(expr); p != expr && p != "" {
+		// As systemd: " daily" is no event.
+		return nil, fmt.Errorf("%w: space before or after it", errSyntax)
+	}
 	p := strings.TrimSpace(expr)
 	if rest, ok := cutSuffixFold(p, " UTC"); ok {
 		e.utc, p = true, rest

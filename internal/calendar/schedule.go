@@ -26,6 +26,9 @@ const Syntax = `cron (minute hour day month weekday, e.g. "30 2 * * *", or @dail
 func ParseSchedule(expr string) (Schedule, error) {
 	var s Schedule
 	c, cronErr := ParseCron(expr)
+	if errors.Is(cronErr, ErrEvery) {
+		return nil, cronErr
+	}
 	if cronErr == nil {
 		s = c
 	} else {

@@ -116,6 +116,8 @@ func TestAgainstSystemd(t *testing.T) {
 		"12:00 UTC", "mon 00:00 utc", "Mon 12:00 Europe/Berlin", "daily Europe/Berlin", "*-*-* 02:30 Europe/Berlin",
 		"hourly America/New_York", "*:0/20 Asia/Kolkata", "*-*~01 21:00 Australia/Sydney", "daily Etc/UTC",
 		"daily No/Such_Zone", "UTC", "bogus", "", "  ",
+		// spaces around or doubled
+		" daily", "daily ", "\tdaily", "daily\n", "daily  Europe/Berlin", " 12:00 UTC", "Mon  12:00", "*-*-*  02:30",
 	}
 	for _, expr := range exprs {
 		checkExpr(t, "UTC", expr, newYear)
@@ -134,8 +136,14 @@ func TestAgainstSystemd(t *testing.T) {
 		{"America/New_York", time.Date(2026, 3, 8, 6, 0, 0, 0, time.UTC), nil},
 		{"America/New_York", time.Date(2026, 11, 1, 5, 0, 0, 0, time.UTC), nil},
 		{"Australia/Lord_Howe", time.Date(2026, 4, 4, 14, 0, 0, 0, time.UTC), nil}, // 30 minutes back
+		// In winter time; the next 31st of October (2032) is the night
+		// the clocks go back: glibc resolves its 02:30 by the offset of
+		// its previous mktime in the search (summer time), not the
+		// base's.
+		{"Europe/Berlin", time.Date(2031, 10, 31, 1, 30, 1, 0, time.UTC), nil},
+		{"Europe/Berlin", time.Date(2031, 11, 5, 12, 0, 0, 0, time.UTC), nil},
 	}
-	dstExprs := []string{"*-*-* 02:30", "*-*-* 02:00", "*-*-* 03:00", "*:0/20", "hourly", "*-*-* 01:59:59",
+	dstExprs := []string{"*-10-31 02:30", "*-10-31,11-01 02:30", "*-*-* 02:30", "*-*-* 02:00", "*-*-* 03:00", "*:0/20", "hourly", "*-*-* 01:59:59",
 		"*-*-* 02:*", "*-*-* 02:10,50", "*-*-* 1..3:15", "daily", "*:*:0/30", "Sun *-*-* 2:30:00", "*-*-* 01:30,45"}
 	for _, d := range dst {
 		for _, expr := range dstExprs {
