@@ -445,11 +445,14 @@ func (s *server) CopyProtectedEntity(ctx context.Context, req api.CopyProtectedE
 	}
 	info, err := s.cfg.Tasks.Start(s.cfg.Context, "copy", fmt.Sprintf("copy %s to %s (%s)", src, req.Service, mode), deref(req.Params.Nexus),
 		func(ctx context.Context, progress pe.Progress) (map[string]string, error) {
-			p, err := s.uc.Resolve(ctx, src)
+			p, release, err := s.uc.ResolveTemporary(ctx, src)
 			if err != nil {
 				return nil, err
 			}
 			out, err := s.uc.Copy(ctx, p, req.Service, opts, progress)
+			if rerr := release(ctx); rerr != nil {
+				s.log.Warn("copy: the snapshot taken for it is left", "pe", src, "err", rerr)
+			}
 			if err != nil {
 				return nil, err
 			}

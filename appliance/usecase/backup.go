@@ -8,16 +8,23 @@ import (
 )
 
 // Backup backs up the PE id names into the repository, snapshotting a
-// live PE first (Resolve); the summary's ID is the repository snapshot.
+// live PE first and deleting that snapshot after (ResolveTemporary); the
+// summary's ID is the repository snapshot.
 func (s *Service) Backup(ctx context.Context, id pe.ID, progress pe.Progress) (repo.Summary, error) {
 	if _, err := s.repository(); err != nil {
 		return repo.Summary{}, err
 	}
-	p, err := s.Resolve(ctx, id)
+	p, release, err := s.ResolveTemporary(ctx, id)
 	if err != nil {
 		return repo.Summary{}, err
 	}
-	return s.BackupResolved(ctx, p, progress)
+	sum, err := s.BackupResolved(ctx, p, progress)
+	if rerr := release(ctx); rerr != nil {
+		// The backup is safe in the repository; the leftover is the
+		// PE's to clean (lssn, rmsn), not a reason to call it failed.
+		s.log.Warn("backup: the local snapshot taken for it is left", "pe", id, "err", rerr)
+	}
+	return sum, err
 }
 
 // BackupResolved backs up p, a PE Resolve returned.

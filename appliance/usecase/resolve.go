@@ -2,6 +2,7 @@ package usecase
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
@@ -9,15 +10,47 @@ import (
 
 // Resolve returns the PE id names as one point in time: a snapshot as it
 // is, a live PE snapshotted first (the snapshot's ID tells which was
-// taken). Every copy, backup and export starts here.
+// taken). Every copy, backup and export starts here; an export keeps the
+// snapshot it serves.
 func (s *Service) Resolve(ctx context.Context, id pe.ID) (pe.ProtectedEntity, error) {
-	p, err := s.m.Get(ctx, id)
+	p, _, err := s.resolve(ctx, id)
+	return p, err
+}
+
+// ResolveTemporary is Resolve for a reader done with the snapshot when it
+// ends (a backup, a copy): release deletes the snapshot Resolve took, if
+// it took one. Left behind, one snapshot per nightly backup would pile up
+// until the PE's storage fills (a disk image's is a whole copy where
+// reflinks are not there); restic and PBS leave nothing behind either.
+func (s *Service) ResolveTemporary(ctx context.Context, id pe.ID) (p pe.ProtectedEntity, release func(context.Context) error, err error) {
+	p, live, err := s.resolve(ctx, id)
+	if err != nil || live == nil {
+		return p, func(context.Context) error { return nil }, err
+	}
+	snap := p.ID()
+	return p, func(ctx context.Context) error {
+		// Also when the reader was cancelled: the snapshot must go.
+		if err := live.DeleteSnapshot(context.WithoutCancel(ctx), snap.Snapshot()); err != nil {
+			return fmt.Errorf("delete snapshot %s taken for it: %w", snap, err)
+		}
+		return nil
+	}, nil
+}
+
+// resolve is Resolve; live is the PE it snapshotted, nil if none.
+func (s *Service) resolve(ctx context.Context, id pe.ID) (p, live pe.ProtectedEntity, err error) {
+	live, err = s.m.Get(ctx, id)
 	if err != nil || id.HasSnapshot() {
-		return p, err
+		return live, nil, err
 	}
-	snap, err := p.Snapshot(ctx, nil)
+	snap, err := live.Snapshot(ctx, nil)
 	if err != nil {
-		return nil, fmt.Errorf("snapshot %s: %w", id, err)
+		return nil, nil, fmt.Errorf("snapshot %s: %w", id, err)
 	}
-	return s.m.Get(ctx, snap)
+	p, err = s.m.Get(ctx, snap)
+	if err != nil {
+		// The snapshot is of no use to anyone: do not leave it.
+		return nil, nil, errors.Join(fmt.Errorf("snapshot %s: %w", snap, err), live.DeleteSnapshot(context.WithoutCancel(ctx), snap.Snapshot()))
+	}
+	return p, live, nil
 }

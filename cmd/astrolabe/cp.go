@@ -147,14 +147,18 @@ func openSource(ctx context.Context, uc *usecase.Service, arg string, log io.Wri
 	if err != nil {
 		return nil, nil, usagef("SRC: %v (or give a .zip file)", err)
 	}
-	p, err := uc.Resolve(ctx, id)
+	p, release, err := uc.ResolveTemporary(ctx, id)
 	if err != nil {
 		return nil, nil, err
 	}
 	if !id.HasSnapshot() {
-		fmt.Fprintf(log, "took snapshot %s to copy from\n", p.ID())
+		fmt.Fprintf(log, "took snapshot %s to copy from (deleted after)\n", p.ID())
 	}
-	return p, func() {}, nil
+	return p, func() {
+		if err := release(ctx); err != nil {
+			fmt.Fprintf(log, "warning: %v\n", err)
+		}
+	}, nil
 }
 
 // isPEIDOfConfiguredType tells "disk:backup.zip" (a PE) from "out.zip".

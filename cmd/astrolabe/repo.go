@@ -284,17 +284,20 @@ breaks it. A summary line (read, new, stored, duration) goes to stderr.`,
 				return err
 			}
 			// Resolved here, to tell of the snapshot before the progress.
-			p, err := uc.Resolve(c.Context, id)
+			p, release, err := uc.ResolveTemporary(c.Context, id)
 			if err != nil {
 				return err
 			}
 			if !id.HasSnapshot() {
-				fmt.Fprintf(c.App.ErrWriter, "took snapshot %s\n", p.ID())
+				fmt.Fprintf(c.App.ErrWriter, "took snapshot %s (deleted once backed up)\n", p.ID())
 			}
 			id = p.ID()
 			prog := newProgress(c.App.ErrWriter)
 			s, err := uc.BackupResolved(c.Context, p, prog)
 			prog.Done()
+			if rerr := release(c.Context); rerr != nil {
+				fmt.Fprintf(c.App.ErrWriter, "warning: %v\n", rerr)
+			}
 			if err != nil {
 				return err
 			}
