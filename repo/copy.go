@@ -9,6 +9,7 @@ import (
 	"io"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -370,8 +371,11 @@ func (c *copyRun) stream(b *backupRun, st *stream) (*stream, error) {
 	var present []chunkRef
 	refs, err := b.pipeline(func(send func(int64, []byte) error) error {
 		ctx, cancel := context.WithCancel(c.ctx)
-		defer cancel() // stops the reads ahead when the pipeline fails
 		ahead := c.readAhead(ctx, b.pk, st.Chunks)
+		// Stops the reads ahead when the pipeline fails, and waits for
+		// them: none reads the source once the copy has returned.
+		defer ahead.close()
+		defer cancel()
 		for a := range ahead.chunks {
 			data, err := ahead.wait(ctx, a)
 			if err != nil {
@@ -428,11 +432,14 @@ func (c *copyRun) stream(b *backupRun, st *stream) (*stream, error) {
 // Reads of the source ahead of the chunk being stored: at most
 // copyAhead at once, or read and waiting, each of one chunk or of
 // neighbours in one pack read together (one request for up to
-// copyReadBytes), so that at most copyAhead*copyReadBytes bytes are held
-// as read, and as many opened.
+// copyReadBytes, at most copyReadChunks chunks of at most copyReadBytes
+// once opened: chunks that compress well open to far more than they
+// take in a pack). So at most copyAhead*copyReadBytes bytes are held as
+// read and as many opened, or copyAhead chunks where one is larger.
 const (
-	copyAhead     = 8
-	copyReadBytes = 4 << 20
+	copyAhead      = 8
+	copyReadBytes  = 4 << 20
+	copyReadChunks = 256
 )
 
 // aheadChunk is a chunk of a stream as read ahead: its data, or nil if
@@ -450,17 +457,60 @@ type aheadChunk struct {
 type readAhead struct {
 	chunks <-chan *aheadChunk
 	slots  chan struct{}
+	// wg counts the goroutines reading: none may use the source once
+	// the copy has returned (closing the source frees its decoder).
+	wg sync.WaitGroup
+	// held is the bytes of chunks opened and not yet taken by wait;
+	// peak the most at once (what the bound above is about).
+	held, peak atomic.Int64
+}
+
+// aheadGroup is neighbours in a pack, to be read together, with running
+// totals so that adding a chunk costs the same however many there are.
+type aheadGroup struct {
+	chunks     []*aheadChunk
+	start, end int64 // where they are in their pack
+	need       int64 // bytes of them there
+	raw        int64 // bytes of them opened
+}
+
+// add adds chunk a to the group if it is read with the others: in the
+// same pack, the bytes from the first of them there to the end of the
+// last at most copyReadBytes, of which at most a quarter not needed,
+// and the group within copyReadChunks chunks and copyReadBytes opened.
+func (g *aheadGroup) add(a *aheadChunk) bool {
+	ch := a.ch
+	if len(g.chunks) == 0 {
+		*g = aheadGroup{chunks: []*aheadChunk{a}, start: ch.POff, end: ch.POff + ch.PLen, need: ch.PLen, raw: ch.Len}
+		return true
+	}
+	if ch.Pack != g.chunks[0].ch.Pack || len(g.chunks) >= copyReadChunks || g.raw+ch.Len > copyReadBytes {
+		return false
+	}
+	// A backup's workers pack chunks in about, not exactly, the order
+	// of the stream.
+	start, end, need := min(g.start, ch.POff), max(g.end, ch.POff+ch.PLen), g.need+ch.PLen
+	span := end - start
+	if span > copyReadBytes || span-need > span/4 {
+		return false
+	}
+	g.chunks = append(g.chunks, a)
+	g.start, g.end, g.need, g.raw = start, end, need, g.raw+ch.Len
+	return true
 }
 
 // readAhead reads the chunks the target lacks (as the packer knows it:
 // a chunk read twice is stored once) ahead of their turn, until ctx ends.
+// Once ctx ends, close waits for the reads under way.
 func (c *copyRun) readAhead(ctx context.Context, pk *packer, chunks []chunkRef) *readAhead {
 	// Room for the chunks of copyAhead reads: the slots bound the data.
 	out := make(chan *aheadChunk, copyAhead*16)
 	ra := &readAhead{chunks: out, slots: make(chan struct{}, copyAhead)}
+	ra.wg.Add(1)
 	go func() {
+		defer ra.wg.Done()
 		defer close(out)
-		var group []*aheadChunk // neighbours in a pack, to be read together
+		var group aheadGroup
 		emit := func(as ...*aheadChunk) bool {
 			for _, a := range as {
 				select {
@@ -472,7 +522,7 @@ func (c *copyRun) readAhead(ctx context.Context, pk *packer, chunks []chunkRef) 
 			return true
 		}
 		flush := func() bool {
-			if len(group) == 0 {
+			if len(group.chunks) == 0 {
 				return true
 			}
 			select {
@@ -480,10 +530,18 @@ func (c *copyRun) readAhead(ctx context.Context, pk *packer, chunks []chunkRef) 
 			case <-ctx.Done():
 				return false
 			}
-			g := group
-			group = nil
+			// Both may have been ready: no read starts once ctx ended.
+			if ctx.Err() != nil {
+				return false
+			}
+			g := group.chunks
+			group = aheadGroup{}
 			g[len(g)-1].slot = true
-			go c.readGroup(ctx, g)
+			ra.wg.Add(1)
+			go func() {
+				defer ra.wg.Done()
+				c.readGroup(ctx, ra, g)
+			}()
 			return emit(g...)
 		}
 		for _, ch := range chunks {
@@ -495,50 +553,32 @@ func (c *copyRun) readAhead(ctx context.Context, pk *packer, chunks []chunkRef) 
 				}
 				continue
 			}
-			if len(group) > 0 && !readTogether(group, ch) && !flush() {
-				return
+			if !group.add(a) {
+				if !flush() {
+					return
+				}
+				group.add(a)
 			}
-			group = append(group, a)
 		}
 		flush()
 	}()
 	return ra
 }
 
-// readTogether reports whether chunk ch is read with group: it is in
-// the same pack, and the bytes from the first of them there to the end of
-// the last are at most copyReadBytes, of which at most a quarter are not
-// needed.
-func readTogether(group []*aheadChunk, ch chunkRef) bool {
-	if ch.Pack != group[0].ch.Pack {
-		return false
-	}
-	start, end := readSpan(group)
-	start, end = min(start, ch.POff), max(end, ch.POff+ch.PLen)
-	need := ch.PLen
-	for _, a := range group {
-		need += a.ch.PLen
-	}
-	span := end - start
-	return span <= copyReadBytes && span-need <= span/4
-}
-
-// readSpan is where a group's chunks are in their pack: from the first
-// to the end of the last (a backup's workers pack them in about, not
-// exactly, the order of the stream).
-func readSpan(group []*aheadChunk) (start, end int64) {
-	start = group[0].ch.POff
-	for _, a := range group {
-		start, end = min(start, a.ch.POff), max(end, a.ch.POff+a.ch.PLen)
-	}
-	return start, end
+// close waits for the reads under way to end; ctx must have ended, or
+// all chunks been taken.
+func (ra *readAhead) close() {
+	ra.wg.Wait()
 }
 
 // readGroup reads a group of chunks of one pack with one request and
-// opens each.
-func (c *copyRun) readGroup(ctx context.Context, group []*aheadChunk) {
+// opens each, until ctx ends.
+func (c *copyRun) readGroup(ctx context.Context, ra *readAhead, group []*aheadChunk) {
 	defer func() {
 		for _, a := range group {
+			if a.data != nil {
+				ra.hold(int64(len(a.data)))
+			}
 			close(a.ready)
 		}
 	}()
@@ -546,9 +586,16 @@ func (c *copyRun) readGroup(ctx context.Context, group []*aheadChunk) {
 		group[0].data, group[0].err = c.src.loadChunk(ctx, group[0].ch, false)
 		return
 	}
-	start, end := readSpan(group)
+	start := group[0].ch.POff
+	end := start
+	for _, a := range group {
+		start, end = min(start, a.ch.POff), max(end, a.ch.POff+a.ch.PLen)
+	}
 	buf, err := c.src.loadRange(ctx, group[0].ch.Pack, start, end-start)
 	for _, a := range group {
+		if err == nil {
+			err = ctx.Err()
+		}
 		if err != nil {
 			a.err = fmt.Errorf("chunk %.16s in pack %.16s: %w", a.ch.ID, a.ch.Pack, err)
 			continue
@@ -557,6 +604,13 @@ func (c *copyRun) readGroup(ctx context.Context, group []*aheadChunk) {
 		if a.data, a.err = c.src.openChunk(sealed, a.ch.ID, a.ch.Len, false); a.err != nil {
 			a.err = fmt.Errorf("chunk %.16s in pack %.16s %w", a.ch.ID, a.ch.Pack, a.err)
 		}
+	}
+}
+
+// hold counts n bytes opened and held until wait takes them.
+func (ra *readAhead) hold(n int64) {
+	held := ra.held.Add(n)
+	for p := ra.peak.Load(); held > p && !ra.peak.CompareAndSwap(p, held); p = ra.peak.Load() {
 	}
 }
 
@@ -585,5 +639,6 @@ func (ra *readAhead) wait(ctx context.Context, a *aheadChunk) ([]byte, error) {
 	if a.slot {
 		<-ra.slots
 	}
+	ra.held.Add(-int64(len(a.data)))
 	return a.data, a.err
 }

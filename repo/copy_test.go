@@ -1,8 +1,10 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"io"
 	"os"
@@ -622,5 +624,150 @@ func BenchmarkCopy(b *testing.B) {
 		if _, err := dst.r.Copy(ctx, src.r, nil, nil); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// compressibleDisk writes a disk image of n chunks of 1 MiB, each
+// distinct and compressing to a few hundred bytes, as disk PE name, and
+// backs it up in e: a pack holds many of them.
+func compressibleDisk(t *testing.T, e *env, name string, n int) pe.ProtectedEntity {
+	t.Helper()
+	f, err := os.Create(filepath.Join(e.dir, "disk", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := bytes.Repeat([]byte{0xab}, mib)
+	for i := range n {
+		binary.LittleEndian.PutUint64(buf, uint64(i)+1)
+		if _, err := f.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p := e.snap("disk:" + name)
+	if _, err := e.r.Backup(context.Background(), p, nil); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestCopyReadAheadBound: chunks that compress well (1 MiB in a few
+// hundred bytes of a pack) are read together by what they open to, not
+// by what they take in the pack: the chunks read ahead and held opened
+// are at most copyAhead*copyReadBytes bytes.
+func TestCopyReadAheadBound(t *testing.T) {
+	ctx := context.Background()
+	src := newEnv(t, nil, Options{Password: "first site"})
+	dst := newEnv(t, nil, Options{Password: "second site"})
+	const n = 48 // more MiB than the bound
+	p := compressibleDisk(t, src, "c.img", n)
+	idx, _, err := src.r.loadSnapshot(ctx, p.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	packs := map[string]bool{}
+	for _, ch := range idx.Data.Chunks {
+		packs[ch.Pack] = true
+	}
+	if len(idx.Data.Chunks) != n || len(packs) != 1 {
+		t.Fatalf("%d chunks in %d packs, want %d in one: the test reads no group", len(idx.Data.Chunks), len(packs), n)
+	}
+	c := &copyRun{r: dst.r, src: src.r, ctx: ctx}
+	ra := c.readAhead(ctx, newPacker(ctx, dst.r), idx.Data.Chunks)
+	var got, groups int
+	for a := range ra.chunks {
+		data, err := ra.wait(ctx, a)
+		if err != nil || int64(len(data)) != a.ch.Len {
+			t.Fatalf("chunk at %d: %d bytes, %v", a.ch.Off, len(data), err)
+		}
+		got++
+		if a.slot {
+			groups++
+		}
+	}
+	ra.close()
+	t.Logf("%d chunks of 1 MiB in %d reads; at most %d MiB held opened", got, groups, ra.peak.Load()>>20)
+	if got != n || ra.held.Load() != 0 {
+		t.Errorf("%d chunks read, %d bytes left held; want %d, 0", got, ra.held.Load(), n)
+	}
+	if peak := ra.peak.Load(); peak > copyAhead*copyReadBytes {
+		t.Errorf("%d MiB held opened at once, more than copyAhead*copyReadBytes = %d MiB", peak>>20, copyAhead*copyReadBytes>>20)
+	}
+	if groups < n*mib/copyReadBytes {
+		t.Errorf("%d MiB of chunks read in %d reads: more than %d MiB opened from one", n, groups, copyReadBytes>>20)
+	}
+}
+
+// blockingLoad is a source whose reads of packs cancel the copy, then
+// wait for release (as a local read, deaf to ctx, goes on): it tells
+// whether one ended, or a new one began, after the copy returned.
+type blockingLoad struct {
+	backend.Backend
+	cancel   context.CancelFunc
+	entered  chan struct{}
+	once     sync.Once
+	release  chan struct{}
+	returned atomic.Bool // set by the test once Copy returned
+	late     atomic.Int32
+}
+
+func (b *blockingLoad) Load(ctx context.Context, name string, off, length int64) (io.ReadCloser, error) {
+	if !strings.HasPrefix(name, "data/") {
+		return b.Backend.Load(ctx, name, off, length)
+	}
+	if b.returned.Load() {
+		b.late.Add(1)
+	}
+	b.cancel()
+	b.once.Do(func() { close(b.entered) })
+	<-b.release
+	rc, err := b.Backend.Load(ctx, name, off, length)
+	if b.returned.Load() {
+		b.late.Add(1)
+	}
+	return rc, err
+}
+
+// TestCopyCancelledWaitsForReads: a copy cancelled (a job cancelled, an
+// error storing) returns once its reads ahead have ended, so that the
+// source closed then (the caller's defer) is not used any more: it used
+// to be, and opening a chunk with the closed decoder crashed the process.
+func TestCopyCancelledWaitsForReads(t *testing.T) {
+	ctx := context.Background()
+	src := newEnv(t, nil, Options{Password: "first site"})
+	dst := newEnv(t, nil, Options{Password: "second site"})
+	compressibleDisk(t, src, "c.img", 32)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	hook := &blockingLoad{Backend: src.be, cancel: cancel, entered: make(chan struct{}), release: make(chan struct{})}
+	s, err := Open(ctx, hook, Options{Password: "first site", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := dst.r.Copy(cctx, s, nil, nil)
+		hook.returned.Store(true)
+		s.Close() // as the CLI's and the replicate job's defer do
+		done <- err
+	}()
+	<-hook.entered
+	// The read is let go once Copy returned (it must not have), or
+	// after a while.
+	select {
+	case err := <-done:
+		close(hook.release)
+		t.Fatalf("the copy returned while its source was being read: %v", err)
+	case <-time.After(2 * time.Second):
+	}
+	close(hook.release)
+	err = <-done
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled copy: %v, want context.Canceled", err)
+	}
+	if n := hook.late.Load(); n != 0 {
+		t.Errorf("%d reads of the source after the copy returned", n)
 	}
 }
