@@ -249,61 +249,80 @@ func (c *copyRun) committed(id pe.ID) (bool, error) {
 // chunks of zeros one side stores and the other leaves a hole: neither
 // changes what the snapshot reads as.
 func (c *copyRun) differences(sidx *snapshotIndex, si *snapshotInfo, tidx *snapshotIndex, ti *snapshotInfo) []string {
+	// Compared as JSON: what is stored.
+	same := func(a, b any) func() bool {
+		return func() bool {
+			x, errX := json.Marshal(a)
+			y, errY := json.Marshal(b)
+			return errX == nil && errY == nil && bytes.Equal(x, y)
+		}
+	}
 	parts := []struct {
 		name string
-		a, b any
+		same func() bool
 	}{
-		{"info", si.Info, ti.Info},
-		{"backup time", si.BackedUp.UTC(), ti.BackedUp.UTC()},
-		{"chunking", sidx.Chunking, tidx.Chunking},
-		{"data", c.content(sidx.Data), c.content(tidx.Data)},
-		{"metadata", c.content(sidx.Metadata), c.content(tidx.Metadata)},
-		{"table of contents", sidx.TOC, tidx.TOC},
-		{"components", sidx.Components, tidx.Components},
+		{"info", same(si.Info, ti.Info)},
+		{"backup time", same(si.BackedUp.UTC(), ti.BackedUp.UTC())},
+		{"chunking", same(sidx.Chunking, tidx.Chunking)},
+		{"data", func() bool { return c.sameContent(sidx.Data, tidx.Data) }},
+		{"metadata", func() bool { return c.sameContent(sidx.Metadata, tidx.Metadata) }},
+		{"table of contents", same(sidx.TOC, tidx.TOC)},
+		{"components", same(sidx.Components, tidx.Components)},
 	}
 	var diff []string
 	for _, p := range parts {
-		a, errA := json.Marshal(p.a)
-		b, errB := json.Marshal(p.b)
-		if errA != nil || errB != nil || !bytes.Equal(a, b) {
+		if !p.same() {
 			diff = append(diff, p.name)
 		}
 	}
 	return diff
 }
 
-// chunkAt is a chunk of a stream, wherever it is packed.
-type chunkAt struct {
-	Off, Len int64
-	ID       string
-}
-
-// content is what a stream reads as: its size and its chunks but those
-// of zeros.
-func (c *copyRun) content(st *stream) any {
-	if st == nil {
-		return nil
+// sameContent reports whether two streams read the same: the same size
+// and chunks (offset, length, ID), but chunks of zeros either has where
+// the other has none. Only a chunk without its match is checked for
+// zeros, so that comparing a stream with a copy of it hashes nothing.
+func (c *copyRun) sameContent(a, b *stream) bool {
+	if a == nil || b == nil {
+		return a == b
 	}
-	chunks := make([]chunkAt, 0, len(st.Chunks))
-	for _, ch := range st.Chunks {
-		if ch.ID != c.zeroChunk(ch.Len) {
-			chunks = append(chunks, chunkAt{ch.Off, ch.Len, ch.ID})
+	if a.Size != b.Size {
+		return false
+	}
+	i, j := 0, 0
+	for i < len(a.Chunks) || j < len(b.Chunks) {
+		switch {
+		case i < len(a.Chunks) && j < len(b.Chunks) && sameChunk(a.Chunks[i], b.Chunks[j]):
+			i, j = i+1, j+1
+		case i < len(a.Chunks) && c.isZeros(a.Chunks[i]):
+			i++
+		case j < len(b.Chunks) && c.isZeros(b.Chunks[j]):
+			j++
+		default:
+			return false
 		}
 	}
-	return struct {
-		Size   int64
-		Chunks []chunkAt
-	}{st.Size, chunks}
+	return true
 }
 
-// zeroChunk is the ID of a chunk of n zeros.
-func (c *copyRun) zeroChunk(n int64) string {
-	id, ok := c.zeros[n]
-	if !ok && n <= maxChunk {
-		id = chunkID(make([]byte, n))
-		c.zeros[n] = id
+// sameChunk reports whether two chunks are the same part of a stream,
+// wherever each is packed.
+func sameChunk(a, b chunkRef) bool {
+	return a.Off == b.Off && a.Len == b.Len && a.ID == b.ID
+}
+
+// isZeros reports whether a chunk is of zeros; the ID of zeros of each
+// length is computed once.
+func (c *copyRun) isZeros(ch chunkRef) bool {
+	if ch.Len <= 0 || ch.Len > maxChunk {
+		return false
 	}
-	return id
+	id, ok := c.zeros[ch.Len]
+	if !ok {
+		id = chunkID(make([]byte, ch.Len))
+		c.zeros[ch.Len] = id
+	}
+	return ch.ID == id
 }
 
 // snapshot copies one snapshot: components first, then its streams; its
