@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -21,7 +22,8 @@ import (
 type CopySummary struct {
 	Copied   []pe.ID       // snapshots committed in the target, components first
 	Skipped  []pe.ID       // snapshots the target had already, the same
-	Differ   []pe.ID       // snapshots the target holds with other content: left alone, an error
+	Differ   []pe.ID       // snapshots the target holds with other content (those listed, or components of them): left alone, an error
+	Gone     []pe.ID       // snapshots forgotten in the source after they were listed: not copied
 	Read     int64         // bytes of chunks read from the source
 	New      int64         // bytes of chunks the target lacked
 	Sent     int64         // bytes uploaded to the target (compressed, sealed, packed)
@@ -44,8 +46,11 @@ type CopySummary struct {
 // A snapshot r has already is compared with the source's: its info, time
 // and content (the chunk IDs of its streams, its table of contents and
 // components). The same, it is skipped; different, it is left alone and
-// Copy goes on with the others, then fails with ErrSnapshotDiffers
-// naming it: a snapshot is never overwritten, nor skipped unnoticed.
+// Copy goes on with the others, then fails with a *SnapshotDiffersError
+// naming it (the snapshot, or the component of it, that differs), joined
+// with the error that stopped the copy if one did: a snapshot is never
+// overwritten, nor skipped unnoticed. A snapshot forgotten in the source
+// after it was listed is not copied, and is told in Gone.
 func (r *Repository) Copy(ctx context.Context, src *Repository, filter []pe.ID, progress pe.Progress) (CopySummary, error) {
 	start := time.Now()
 	if src.cfg.ID == r.cfg.ID {
@@ -66,32 +71,49 @@ func (r *Repository) Copy(ctx context.Context, src *Repository, filter []pe.ID, 
 	}
 	c := &copyRun{r: r, src: src, ctx: ctx, progress: progress, done: map[pe.ID]bool{}, path: map[pe.ID]bool{}, zeros: map[int64]string{}}
 	s := CopySummary{SourceUnlocked: unlocked}
-	var differ []error
+	var errs []error // of snapshots that differ
 	for _, id := range ids {
 		if c.done[id] {
 			continue // copied as a component of an earlier one
 		}
 		copied, err := c.top(id)
-		if errors.Is(err, ErrSnapshotDiffers) {
-			s.Differ = append(s.Differ, id)
-			differ = append(differ, fmt.Errorf("copy %s to %s: %w", id, r.Location(), err))
-			continue
-		}
-		if err != nil {
+		var differs *SnapshotDiffersError
+		var source *sourceError
+		switch {
+		case errors.As(err, &differs):
+			if !slices.Contains(s.Differ, differs.ID) {
+				s.Differ = append(s.Differ, differs.ID)
+			}
+			errs = append(errs, fmt.Errorf("copy %s to %s: %w", id, r.Location(), err))
+		case errors.As(err, &source) && source.snapshot == id && errors.Is(source.err, pe.ErrNotFound):
+			// Forget takes no lock: a snapshot listed may be gone since.
+			r.log.Warn("a snapshot was forgotten in the copy's source meanwhile: not copied", "snapshot", id, "source", src.Location())
+			s.Gone = append(s.Gone, id)
+		case err != nil:
 			c.sum(&s)
-			if unlocked && errors.Is(err, backend.ErrNotExist) {
+			if unlocked && errors.As(err, &source) && errors.Is(source.err, backend.ErrNotExist) {
 				err = fmt.Errorf("%w (the source, read without a lock, may have been pruned meanwhile: run the copy again)", err)
 			}
-			return s, fmt.Errorf("copy %s to %s: %w", id, r.Location(), err)
-		}
-		if !copied {
+			errs = append(errs, fmt.Errorf("copy %s to %s: %w", id, r.Location(), err))
+			return s, errors.Join(errs...)
+		case !copied:
 			s.Skipped = append(s.Skipped, id)
 		}
 	}
 	c.sum(&s)
 	s.Duration = time.Since(start)
-	return s, errors.Join(differ...)
+	return s, errors.Join(errs...)
 }
+
+// sourceError is an error reading the copy's source (not writing the
+// target); snapshot is set if it is one loading that snapshot.
+type sourceError struct {
+	snapshot pe.ID
+	err      error
+}
+
+func (e *sourceError) Error() string { return "source: " + e.err.Error() }
+func (e *sourceError) Unwrap() error { return e.err }
 
 // lockSource takes a shared lock of the source, so that no prune
 // removes what the copy reads meanwhile; unlocked tells it took none.
@@ -220,8 +242,24 @@ func (c *copyRun) component(b *backupRun, id pe.ID) error {
 }
 
 // ErrSnapshotDiffers is returned for a snapshot the target holds under
-// the ID of the source's, with other content.
+// the ID of the source's, with other content: a *SnapshotDiffersError
+// tells which.
 var ErrSnapshotDiffers = errors.New("the target holds another snapshot under this ID")
+
+// SnapshotDiffersError names a snapshot the target holds with other
+// content than the source's (the one copied, or a component of it) and
+// what differs.
+type SnapshotDiffersError struct {
+	ID    pe.ID
+	Parts []string // "info", "data", ...
+}
+
+func (e *SnapshotDiffersError) Error() string {
+	return fmt.Sprintf("snapshot %s: differs from the source's in its %s, and is left as it is (forget it in the target to copy the source's): %v",
+		e.ID, strings.Join(e.Parts, ", "), ErrSnapshotDiffers)
+}
+
+func (e *SnapshotDiffersError) Unwrap() error { return ErrSnapshotDiffers }
 
 // committed reports whether the target has snapshot id, and fails with
 // ErrSnapshotDiffers if what it has is not what the source has.
@@ -231,15 +269,14 @@ func (c *copyRun) committed(id pe.ID) (bool, error) {
 	}
 	sidx, si, err := c.src.loadSnapshot(c.ctx, id)
 	if err != nil {
-		return false, fmt.Errorf("source: %w", err)
+		return false, &sourceError{id, err}
 	}
 	tidx, ti, err := c.r.loadSnapshot(c.ctx, id)
 	if err != nil {
 		return false, fmt.Errorf("target: %w", err)
 	}
 	if diff := c.differences(sidx, si, tidx, ti); len(diff) > 0 {
-		return false, fmt.Errorf("snapshot %s: differs from the source's in its %s, and is left as it is (forget it in the target to copy the source's): %w",
-			id, strings.Join(diff, ", "), ErrSnapshotDiffers)
+		return false, &SnapshotDiffersError{ID: id, Parts: diff}
 	}
 	return true, nil
 }
@@ -332,7 +369,7 @@ func (c *copyRun) snapshot(b *backupRun, id pe.ID) error {
 	defer delete(c.path, id)
 	sidx, si, err := c.src.loadSnapshot(c.ctx, id)
 	if err != nil {
-		return err
+		return &sourceError{id, err}
 	}
 	idx := &snapshotIndex{ID: id.String(), Chunking: sidx.Chunking, TOC: sidx.TOC, Components: sidx.Components, BackedUp: sidx.BackedUp}
 	for _, comp := range sidx.Components {
@@ -602,7 +639,9 @@ func (c *copyRun) readGroup(ctx context.Context, ra *readAhead, group []*aheadCh
 		}
 	}()
 	if len(group) == 1 {
-		group[0].data, group[0].err = c.src.loadChunk(ctx, group[0].ch, false)
+		if group[0].data, group[0].err = c.src.loadChunk(ctx, group[0].ch, false); group[0].err != nil {
+			group[0].err = &sourceError{err: group[0].err}
+		}
 		return
 	}
 	start := group[0].ch.POff
@@ -616,12 +655,12 @@ func (c *copyRun) readGroup(ctx context.Context, ra *readAhead, group []*aheadCh
 			err = ctx.Err()
 		}
 		if err != nil {
-			a.err = fmt.Errorf("chunk %.16s in pack %.16s: %w", a.ch.ID, a.ch.Pack, err)
+			a.err = &sourceError{err: fmt.Errorf("chunk %.16s in pack %.16s: %w", a.ch.ID, a.ch.Pack, err)}
 			continue
 		}
 		sealed := buf[a.ch.POff-start : a.ch.POff-start+a.ch.PLen]
 		if a.data, a.err = c.src.openChunk(sealed, a.ch.ID, a.ch.Len, false); a.err != nil {
-			a.err = fmt.Errorf("chunk %.16s in pack %.16s %w", a.ch.ID, a.ch.Pack, a.err)
+			a.err = &sourceError{err: fmt.Errorf("chunk %.16s in pack %.16s %w", a.ch.ID, a.ch.Pack, a.err)}
 		}
 	}
 }

@@ -817,3 +817,118 @@ func TestCopyComparesWithoutHashingZeros(t *testing.T) {
 		t.Errorf("zeros of %d lengths hashed for the chunks without their match", len(c.zeros))
 	}
 }
+
+// TestCopyErrorsTogether: a snapshot that differs in the target is told
+// with the error that stops the copy later, not dropped for it; a
+// component that differs is named, not only the snapshot copied.
+func TestCopyErrorsTogether(t *testing.T) {
+	ctx := context.Background()
+	src := newEnv(t, nil, Options{Password: "first site"})
+	dst := newEnv(t, nil, Options{Password: "second site"})
+	var ids []pe.ID
+	for _, name := range []string{"a.img", "b.img", "c.img"} {
+		src.disk(name, 2*mib, map[int64]int64{0: mib})
+		p := src.snap("disk:" + name)
+		if _, err := src.r.Backup(ctx, p, nil); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, p.ID())
+	}
+	a, b, c := ids[0], ids[1], ids[2]
+	if _, err := dst.r.Copy(ctx, src.r, []pe.ID{a}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// a in the target is another snapshot; c has a as its component.
+	idx, si, err := dst.r.loadSnapshot(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	si.Info.Size++
+	if err := dst.r.saveSnapshot(ctx, a, idx, snapshotInfo{Info: si.Info, BackedUp: si.BackedUp}); err != nil {
+		t.Fatal(err)
+	}
+	idx, si, err = src.r.loadSnapshot(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx.Components = []string{a.String()}
+	if err := src.r.saveSnapshot(ctx, c, idx, snapshotInfo{Info: si.Info, BackedUp: si.BackedUp}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := dst.r.Copy(ctx, src.r, []pe.ID{mustID(t, "disk:c.img")}, nil)
+	var differs *SnapshotDiffersError
+	t.Logf("a component differs: %v", err)
+	if !errors.As(err, &differs) || differs.ID != a || len(s.Differ) != 1 || s.Differ[0] != a || !strings.Contains(err.Error(), "component "+a.String()) {
+		t.Errorf("copy of c, whose component a differs in the target: %+v %v; want a named", s, err)
+	}
+
+	// b cannot be read: its packs are gone from the source.
+	idx, _, err = src.r.loadSnapshot(ctx, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ch := range idx.Data.Chunks {
+		if err := src.be.Remove(ctx, packName(ch.Pack)); err != nil && !errors.Is(err, backend.ErrNotExist) {
+			t.Fatal(err)
+		}
+	}
+	s, err = dst.r.Copy(ctx, src.r, []pe.ID{mustID(t, "disk:a.img"), mustID(t, "disk:b.img")}, nil)
+	t.Logf("a differs, b fails: %v", err)
+	if !errors.Is(err, ErrSnapshotDiffers) || !errors.Is(err, backend.ErrNotExist) || !strings.Contains(err.Error(), "copy "+a.String()) || !strings.Contains(err.Error(), "copy "+b.String()) {
+		t.Errorf("a differs, b fails: %v; want both told", err)
+	}
+	if len(s.Differ) != 1 || s.Differ[0] != a {
+		t.Errorf("a differs, b fails: %+v", s)
+	}
+	if strings.Contains(err.Error(), "pruned meanwhile") {
+		t.Errorf("a source read under its lock: %v; want no word of a prune", err)
+	}
+}
+
+// forgetOnRead is a source that forgets a snapshot once the copy reads
+// its first pack: after the listing, as a forget does (it takes no lock).
+type forgetOnRead struct {
+	backend.Backend
+	r    *Repository
+	id   pe.ID
+	once sync.Once
+	err  error
+}
+
+func (b *forgetOnRead) Load(ctx context.Context, name string, off, length int64) (io.ReadCloser, error) {
+	if strings.HasPrefix(name, "data/") {
+		b.once.Do(func() { b.err = b.r.Forget(ctx, b.id) })
+	}
+	return b.Backend.Load(ctx, name, off, length)
+}
+
+// TestCopySnapshotForgottenMeanwhile: a snapshot forgotten in the source
+// after the copy listed it is not copied, and told; the others are.
+func TestCopySnapshotForgottenMeanwhile(t *testing.T) {
+	ctx := context.Background()
+	src := newEnv(t, nil, Options{Password: "first site"})
+	dst := newEnv(t, nil, Options{Password: "second site"})
+	var ids []pe.ID
+	for _, name := range []string{"a.img", "b.img"} {
+		src.disk(name, 2*mib, map[int64]int64{0: mib})
+		p := src.snap("disk:" + name)
+		if _, err := src.r.Backup(ctx, p, nil); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, p.ID())
+	}
+	a, b := ids[0], ids[1]
+	hook := &forgetOnRead{Backend: src.be, r: src.r, id: b}
+	s, err := Open(ctx, hook, Options{Password: "first site", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	sum, err := dst.r.Copy(ctx, s, nil, nil)
+	if hook.err != nil {
+		t.Fatal(hook.err)
+	}
+	if err != nil || len(sum.Copied) != 1 || sum.Copied[0] != a || len(sum.Gone) != 1 || sum.Gone[0] != b {
+		t.Errorf("b forgotten in the source while a was copied: %+v %v; want a copied, b gone", sum, err)
+	}
+}
