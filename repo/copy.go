@@ -71,7 +71,7 @@ func (r *Repository) Copy(ctx context.Context, src *Repository, filter []pe.ID, 
 	}
 	c := &copyRun{r: r, src: src, ctx: ctx, progress: progress, done: map[pe.ID]bool{}, path: map[pe.ID]bool{}, zeros: map[int64]string{}}
 	s := CopySummary{SourceUnlocked: unlocked}
-	var errs []error // of snapshots that differ
+	var errs []error // of snapshots that differ, then the one that stopped the copy
 	for _, id := range ids {
 		if c.done[id] {
 			continue // copied as a component of an earlier one
