@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -20,7 +22,8 @@ import (
 type CopySummary struct {
 	Copied   []pe.ID       // snapshots committed in the target, components first
 	Skipped  []pe.ID       // snapshots the target had already, the same
-	Differ   []pe.ID       // snapshots the target holds with other content: left alone, an error
+	Differ   []pe.ID       // snapshots the target holds with other content (those listed, or components of them): left alone, an error
+	Gone     []pe.ID       // snapshots forgotten in the source after they were listed: not copied
 	Read     int64         // bytes of chunks read from the source
 	New      int64         // bytes of chunks the target lacked
 	Sent     int64         // bytes uploaded to the target (compressed, sealed, packed)
@@ -43,8 +46,11 @@ type CopySummary struct {
 // A snapshot r has already is compared with the source's: its info, time
 // and content (the chunk IDs of its streams, its table of contents and
 // components). The same, it is skipped; different, it is left alone and
-// Copy goes on with the others, then fails with ErrSnapshotDiffers
-// naming it: a snapshot is never overwritten, nor skipped unnoticed.
+// Copy goes on with the others, then fails with a *SnapshotDiffersError
+// naming it (the snapshot, or the component of it, that differs), joined
+// with the error that stopped the copy if one did: a snapshot is never
+// overwritten, nor skipped unnoticed. A snapshot forgotten in the source
+// after it was listed is not copied, and is told in Gone.
 func (r *Repository) Copy(ctx context.Context, src *Repository, filter []pe.ID, progress pe.Progress) (CopySummary, error) {
 	start := time.Now()
 	if src.cfg.ID == r.cfg.ID {
@@ -65,32 +71,49 @@ func (r *Repository) Copy(ctx context.Context, src *Repository, filter []pe.ID, 
 	}
 	c := &copyRun{r: r, src: src, ctx: ctx, progress: progress, done: map[pe.ID]bool{}, path: map[pe.ID]bool{}, zeros: map[int64]string{}}
 	s := CopySummary{SourceUnlocked: unlocked}
-	var differ []error
+	var errs []error // of snapshots that differ, then the one that stopped the copy
 	for _, id := range ids {
 		if c.done[id] {
 			continue // copied as a component of an earlier one
 		}
 		copied, err := c.top(id)
-		if errors.Is(err, ErrSnapshotDiffers) {
-			s.Differ = append(s.Differ, id)
-			differ = append(differ, fmt.Errorf("copy %s to %s: %w", id, r.Location(), err))
-			continue
-		}
-		if err != nil {
+		var differs *SnapshotDiffersError
+		var source *sourceError
+		switch {
+		case errors.As(err, &differs):
+			if !slices.Contains(s.Differ, differs.ID) {
+				s.Differ = append(s.Differ, differs.ID)
+			}
+			errs = append(errs, fmt.Errorf("copy %s to %s: %w", id, r.Location(), err))
+		case errors.As(err, &source) && source.snapshot == id && errors.Is(source.err, pe.ErrNotFound):
+			// Forget takes no lock: a snapshot listed may be gone since.
+			r.log.Warn("a snapshot was forgotten in the copy's source meanwhile: not copied", "snapshot", id, "source", src.Location())
+			s.Gone = append(s.Gone, id)
+		case err != nil:
 			c.sum(&s)
-			if unlocked && errors.Is(err, backend.ErrNotExist) {
+			if unlocked && errors.As(err, &source) && errors.Is(source.err, backend.ErrNotExist) {
 				err = fmt.Errorf("%w (the source, read without a lock, may have been pruned meanwhile: run the copy again)", err)
 			}
-			return s, fmt.Errorf("copy %s to %s: %w", id, r.Location(), err)
-		}
-		if !copied {
+			errs = append(errs, fmt.Errorf("copy %s to %s: %w", id, r.Location(), err))
+			return s, errors.Join(errs...)
+		case !copied:
 			s.Skipped = append(s.Skipped, id)
 		}
 	}
 	c.sum(&s)
 	s.Duration = time.Since(start)
-	return s, errors.Join(differ...)
+	return s, errors.Join(errs...)
 }
+
+// sourceError is an error reading the copy's source (not writing the
+// target); snapshot is set if it is one loading that snapshot.
+type sourceError struct {
+	snapshot pe.ID
+	err      error
+}
+
+func (e *sourceError) Error() string { return "source: " + e.err.Error() }
+func (e *sourceError) Unwrap() error { return e.err }
 
 // lockSource takes a shared lock of the source, so that no prune
 // removes what the copy reads meanwhile; unlocked tells it took none.
@@ -219,8 +242,24 @@ func (c *copyRun) component(b *backupRun, id pe.ID) error {
 }
 
 // ErrSnapshotDiffers is returned for a snapshot the target holds under
-// the ID of the source's, with other content.
+// the ID of the source's, with other content: a *SnapshotDiffersError
+// tells which.
 var ErrSnapshotDiffers = errors.New("the target holds another snapshot under this ID")
+
+// SnapshotDiffersError names a snapshot the target holds with other
+// content than the source's (the one copied, or a component of it) and
+// what differs.
+type SnapshotDiffersError struct {
+	ID    pe.ID
+	Parts []string // "info", "data", ...
+}
+
+func (e *SnapshotDiffersError) Error() string {
+	return fmt.Sprintf("snapshot %s: differs from the source's in its %s, and is left as it is (forget it in the target to copy the source's): %v",
+		e.ID, strings.Join(e.Parts, ", "), ErrSnapshotDiffers)
+}
+
+func (e *SnapshotDiffersError) Unwrap() error { return ErrSnapshotDiffers }
 
 // committed reports whether the target has snapshot id, and fails with
 // ErrSnapshotDiffers if what it has is not what the source has.
@@ -230,15 +269,14 @@ func (c *copyRun) committed(id pe.ID) (bool, error) {
 	}
 	sidx, si, err := c.src.loadSnapshot(c.ctx, id)
 	if err != nil {
-		return false, fmt.Errorf("source: %w", err)
+		return false, &sourceError{id, err}
 	}
 	tidx, ti, err := c.r.loadSnapshot(c.ctx, id)
 	if err != nil {
 		return false, fmt.Errorf("target: %w", err)
 	}
 	if diff := c.differences(sidx, si, tidx, ti); len(diff) > 0 {
-		return false, fmt.Errorf("snapshot %s: differs from the source's in its %s, and is left as it is (forget it in the target to copy the source's): %w",
-			id, strings.Join(diff, ", "), ErrSnapshotDiffers)
+		return false, &SnapshotDiffersError{ID: id, Parts: diff}
 	}
 	return true, nil
 }
@@ -248,61 +286,80 @@ func (c *copyRun) committed(id pe.ID) (bool, error) {
 // chunks of zeros one side stores and the other leaves a hole: neither
 // changes what the snapshot reads as.
 func (c *copyRun) differences(sidx *snapshotIndex, si *snapshotInfo, tidx *snapshotIndex, ti *snapshotInfo) []string {
+	// Compared as JSON: what is stored.
+	same := func(a, b any) func() bool {
+		return func() bool {
+			x, errX := json.Marshal(a)
+			y, errY := json.Marshal(b)
+			return errX == nil && errY == nil && bytes.Equal(x, y)
+		}
+	}
 	parts := []struct {
 		name string
-		a, b any
+		same func() bool
 	}{
-		{"info", si.Info, ti.Info},
-		{"backup time", si.BackedUp.UTC(), ti.BackedUp.UTC()},
-		{"chunking", sidx.Chunking, tidx.Chunking},
-		{"data", c.content(sidx.Data), c.content(tidx.Data)},
-		{"metadata", c.content(sidx.Metadata), c.content(tidx.Metadata)},
-		{"table of contents", sidx.TOC, tidx.TOC},
-		{"components", sidx.Components, tidx.Components},
+		{"info", same(si.Info, ti.Info)},
+		{"backup time", same(si.BackedUp.UTC(), ti.BackedUp.UTC())},
+		{"chunking", same(sidx.Chunking, tidx.Chunking)},
+		{"data", func() bool { return c.sameContent(sidx.Data, tidx.Data) }},
+		{"metadata", func() bool { return c.sameContent(sidx.Metadata, tidx.Metadata) }},
+		{"table of contents", same(sidx.TOC, tidx.TOC)},
+		{"components", same(sidx.Components, tidx.Components)},
 	}
 	var diff []string
 	for _, p := range parts {
-		a, errA := json.Marshal(p.a)
-		b, errB := json.Marshal(p.b)
-		if errA != nil || errB != nil || !bytes.Equal(a, b) {
+		if !p.same() {
 			diff = append(diff, p.name)
 		}
 	}
 	return diff
 }
 
-// chunkAt is a chunk of a stream, wherever it is packed.
-type chunkAt struct {
-	Off, Len int64
-	ID       string
-}
-
-// content is what a stream reads as: its size and its chunks but those
-// of zeros.
-func (c *copyRun) content(st *stream) any {
-	if st == nil {
-		return nil
+// sameContent reports whether two streams read the same: the same size
+// and chunks (offset, length, ID), but chunks of zeros either has where
+// the other has none. Only a chunk without its match is checked for
+// zeros, so that comparing a stream with a copy of it hashes nothing.
+func (c *copyRun) sameContent(a, b *stream) bool {
+	if a == nil || b == nil {
+		return a == b
 	}
-	chunks := make([]chunkAt, 0, len(st.Chunks))
-	for _, ch := range st.Chunks {
-		if ch.ID != c.zeroChunk(ch.Len) {
-			chunks = append(chunks, chunkAt{ch.Off, ch.Len, ch.ID})
+	if a.Size != b.Size {
+		return false
+	}
+	i, j := 0, 0
+	for i < len(a.Chunks) || j < len(b.Chunks) {
+		switch {
+		case i < len(a.Chunks) && j < len(b.Chunks) && sameChunk(a.Chunks[i], b.Chunks[j]):
+			i, j = i+1, j+1
+		case i < len(a.Chunks) && c.isZeros(a.Chunks[i]):
+			i++
+		case j < len(b.Chunks) && c.isZeros(b.Chunks[j]):
+			j++
+		default:
+			return false
 		}
 	}
-	return struct {
-		Size   int64
-		Chunks []chunkAt
-	}{st.Size, chunks}
+	return true
 }
 
-// zeroChunk is the ID of a chunk of n zeros.
-func (c *copyRun) zeroChunk(n int64) string {
-	id, ok := c.zeros[n]
-	if !ok && n <= maxChunk {
-		id = chunkID(make([]byte, n))
-		c.zeros[n] = id
+// sameChunk reports whether two chunks are the same part of a stream,
+// wherever each is packed.
+func sameChunk(a, b chunkRef) bool {
+	return a.Off == b.Off && a.Len == b.Len && a.ID == b.ID
+}
+
+// isZeros reports whether a chunk is of zeros; the ID of zeros of each
+// length is computed once.
+func (c *copyRun) isZeros(ch chunkRef) bool {
+	if ch.Len <= 0 || ch.Len > maxChunk {
+		return false
 	}
-	return id
+	id, ok := c.zeros[ch.Len]
+	if !ok {
+		id = chunkID(make([]byte, ch.Len))
+		c.zeros[ch.Len] = id
+	}
+	return ch.ID == id
 }
 
 // snapshot copies one snapshot: components first, then its streams; its
@@ -312,7 +369,7 @@ func (c *copyRun) snapshot(b *backupRun, id pe.ID) error {
 	defer delete(c.path, id)
 	sidx, si, err := c.src.loadSnapshot(c.ctx, id)
 	if err != nil {
-		return err
+		return &sourceError{id, err}
 	}
 	idx := &snapshotIndex{ID: id.String(), Chunking: sidx.Chunking, TOC: sidx.TOC, Components: sidx.Components, BackedUp: sidx.BackedUp}
 	for _, comp := range sidx.Components {
@@ -370,8 +427,11 @@ func (c *copyRun) stream(b *backupRun, st *stream) (*stream, error) {
 	var present []chunkRef
 	refs, err := b.pipeline(func(send func(int64, []byte) error) error {
 		ctx, cancel := context.WithCancel(c.ctx)
-		defer cancel() // stops the reads ahead when the pipeline fails
 		ahead := c.readAhead(ctx, b.pk, st.Chunks)
+		// Stops the reads ahead when the pipeline fails, and waits for
+		// them: none reads the source once the copy has returned.
+		defer ahead.close()
+		defer cancel()
 		for a := range ahead.chunks {
 			data, err := ahead.wait(ctx, a)
 			if err != nil {
@@ -428,11 +488,14 @@ func (c *copyRun) stream(b *backupRun, st *stream) (*stream, error) {
 // Reads of the source ahead of the chunk being stored: at most
 // copyAhead at once, or read and waiting, each of one chunk or of
 // neighbours in one pack read together (one request for up to
-// copyReadBytes), so that at most copyAhead*copyReadBytes bytes are held
-// as read, and as many opened.
+// copyReadBytes, at most copyReadChunks chunks of at most copyReadBytes
+// once opened: chunks that compress well open to far more than they
+// take in a pack). So at most copyAhead*copyReadBytes bytes are held as
+// read and as many opened, or copyAhead chunks where one is larger.
 const (
-	copyAhead     = 8
-	copyReadBytes = 4 << 20
+	copyAhead      = 8
+	copyReadBytes  = 4 << 20
+	copyReadChunks = 256
 )
 
 // aheadChunk is a chunk of a stream as read ahead: its data, or nil if
@@ -450,17 +513,60 @@ type aheadChunk struct {
 type readAhead struct {
 	chunks <-chan *aheadChunk
 	slots  chan struct{}
+	// wg counts the goroutines reading: none may use the source once
+	// the copy has returned (closing the source frees its decoder).
+	wg sync.WaitGroup
+	// held is the bytes of chunks opened and not yet taken by wait;
+	// peak the most at once (what the bound above is about).
+	held, peak atomic.Int64
+}
+
+// aheadGroup is neighbours in a pack, to be read together, with running
+// totals so that adding a chunk costs the same however many there are.
+type aheadGroup struct {
+	chunks     []*aheadChunk
+	start, end int64 // where they are in their pack
+	need       int64 // bytes of them there
+	raw        int64 // bytes of them opened
+}
+
+// add adds chunk a to the group if it is read with the others: in the
+// same pack, the bytes from the first of them there to the end of the
+// last at most copyReadBytes, of which at most a quarter not needed,
+// and the group within copyReadChunks chunks and copyReadBytes opened.
+func (g *aheadGroup) add(a *aheadChunk) bool {
+	ch := a.ch
+	if len(g.chunks) == 0 {
+		*g = aheadGroup{chunks: []*aheadChunk{a}, start: ch.POff, end: ch.POff + ch.PLen, need: ch.PLen, raw: ch.Len}
+		return true
+	}
+	if ch.Pack != g.chunks[0].ch.Pack || len(g.chunks) >= copyReadChunks || g.raw+ch.Len > copyReadBytes {
+		return false
+	}
+	// A backup's workers pack chunks in about, not exactly, the order
+	// of the stream.
+	start, end, need := min(g.start, ch.POff), max(g.end, ch.POff+ch.PLen), g.need+ch.PLen
+	span := end - start
+	if span > copyReadBytes || span-need > span/4 {
+		return false
+	}
+	g.chunks = append(g.chunks, a)
+	g.start, g.end, g.need, g.raw = start, end, need, g.raw+ch.Len
+	return true
 }
 
 // readAhead reads the chunks the target lacks (as the packer knows it:
 // a chunk read twice is stored once) ahead of their turn, until ctx ends.
+// Once ctx ends, close waits for the reads under way.
 func (c *copyRun) readAhead(ctx context.Context, pk *packer, chunks []chunkRef) *readAhead {
 	// Room for the chunks of copyAhead reads: the slots bound the data.
 	out := make(chan *aheadChunk, copyAhead*16)
 	ra := &readAhead{chunks: out, slots: make(chan struct{}, copyAhead)}
+	ra.wg.Add(1)
 	go func() {
+		defer ra.wg.Done()
 		defer close(out)
-		var group []*aheadChunk // neighbours in a pack, to be read together
+		var group aheadGroup
 		emit := func(as ...*aheadChunk) bool {
 			for _, a := range as {
 				select {
@@ -472,7 +578,7 @@ func (c *copyRun) readAhead(ctx context.Context, pk *packer, chunks []chunkRef) 
 			return true
 		}
 		flush := func() bool {
-			if len(group) == 0 {
+			if len(group.chunks) == 0 {
 				return true
 			}
 			select {
@@ -480,10 +586,18 @@ func (c *copyRun) readAhead(ctx context.Context, pk *packer, chunks []chunkRef) 
 			case <-ctx.Done():
 				return false
 			}
-			g := group
-			group = nil
+			// Both may have been ready: no read starts once ctx ended.
+			if ctx.Err() != nil {
+				return false
+			}
+			g := group.chunks
+			group = aheadGroup{}
 			g[len(g)-1].slot = true
-			go c.readGroup(ctx, g)
+			ra.wg.Add(1)
+			go func() {
+				defer ra.wg.Done()
+				c.readGroup(ctx, ra, g)
+			}()
 			return emit(g...)
 		}
 		for _, ch := range chunks {
@@ -495,68 +609,66 @@ func (c *copyRun) readAhead(ctx context.Context, pk *packer, chunks []chunkRef) 
 				}
 				continue
 			}
-			if len(group) > 0 && !readTogether(group, ch) && !flush() {
-				return
+			if !group.add(a) {
+				if !flush() {
+					return
+				}
+				group.add(a)
 			}
-			group = append(group, a)
 		}
 		flush()
 	}()
 	return ra
 }
 
-// readTogether reports whether chunk ch is read with group: it is in
-// the same pack, and the bytes from the first of them there to the end of
-// the last are at most copyReadBytes, of which at most a quarter are not
-// needed.
-func readTogether(group []*aheadChunk, ch chunkRef) bool {
-	if ch.Pack != group[0].ch.Pack {
-		return false
-	}
-	start, end := readSpan(group)
-	start, end = min(start, ch.POff), max(end, ch.POff+ch.PLen)
-	need := ch.PLen
-	for _, a := range group {
-		need += a.ch.PLen
-	}
-	span := end - start
-	return span <= copyReadBytes && span-need <= span/4
-}
-
-// readSpan is where a group's chunks are in their pack: from the first
-// to the end of the last (a backup's workers pack them in about, not
-// exactly, the order of the stream).
-func readSpan(group []*aheadChunk) (start, end int64) {
-	start = group[0].ch.POff
-	for _, a := range group {
-		start, end = min(start, a.ch.POff), max(end, a.ch.POff+a.ch.PLen)
-	}
-	return start, end
+// close waits for the reads under way to end; ctx must have ended, or
+// all chunks been taken.
+func (ra *readAhead) close() {
+	ra.wg.Wait()
 }
 
 // readGroup reads a group of chunks of one pack with one request and
-// opens each.
-func (c *copyRun) readGroup(ctx context.Context, group []*aheadChunk) {
+// opens each, until ctx ends.
+func (c *copyRun) readGroup(ctx context.Context, ra *readAhead, group []*aheadChunk) {
 	defer func() {
 		for _, a := range group {
+			if a.data != nil {
+				ra.hold(int64(len(a.data)))
+			}
 			close(a.ready)
 		}
 	}()
 	if len(group) == 1 {
-		group[0].data, group[0].err = c.src.loadChunk(ctx, group[0].ch, false)
+		if group[0].data, group[0].err = c.src.loadChunk(ctx, group[0].ch, false); group[0].err != nil {
+			group[0].err = &sourceError{err: group[0].err}
+		}
 		return
 	}
-	start, end := readSpan(group)
+	start := group[0].ch.POff
+	end := start
+	for _, a := range group {
+		start, end = min(start, a.ch.POff), max(end, a.ch.POff+a.ch.PLen)
+	}
 	buf, err := c.src.loadRange(ctx, group[0].ch.Pack, start, end-start)
 	for _, a := range group {
+		if err == nil {
+			err = ctx.Err()
+		}
 		if err != nil {
-			a.err = fmt.Errorf("chunk %.16s in pack %.16s: %w", a.ch.ID, a.ch.Pack, err)
+			a.err = &sourceError{err: fmt.Errorf("chunk %.16s in pack %.16s: %w", a.ch.ID, a.ch.Pack, err)}
 			continue
 		}
 		sealed := buf[a.ch.POff-start : a.ch.POff-start+a.ch.PLen]
 		if a.data, a.err = c.src.openChunk(sealed, a.ch.ID, a.ch.Len, false); a.err != nil {
-			a.err = fmt.Errorf("chunk %.16s in pack %.16s %w", a.ch.ID, a.ch.Pack, a.err)
+			a.err = &sourceError{err: fmt.Errorf("chunk %.16s in pack %.16s %w", a.ch.ID, a.ch.Pack, a.err)}
 		}
+	}
+}
+
+// hold counts n bytes opened and held until wait takes them.
+func (ra *readAhead) hold(n int64) {
+	held := ra.held.Add(n)
+	for p := ra.peak.Load(); held > p && !ra.peak.CompareAndSwap(p, held); p = ra.peak.Load() {
 	}
 }
 
@@ -585,5 +697,6 @@ func (ra *readAhead) wait(ctx context.Context, a *aheadChunk) ([]byte, error) {
 	if a.slot {
 		<-ra.slots
 	}
+	ra.held.Add(-int64(len(a.data)))
 	return a.data, a.err
 }

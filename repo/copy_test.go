@@ -1,8 +1,10 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"io"
 	"os"
@@ -622,5 +624,311 @@ func BenchmarkCopy(b *testing.B) {
 		if _, err := dst.r.Copy(ctx, src.r, nil, nil); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// compressibleDisk writes a disk image of n chunks of 1 MiB, each
+// distinct and compressing to a few hundred bytes, as disk PE name, and
+// backs it up in e: a pack holds many of them.
+func compressibleDisk(t *testing.T, e *env, name string, n int) pe.ProtectedEntity {
+	t.Helper()
+	f, err := os.Create(filepath.Join(e.dir, "disk", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := bytes.Repeat([]byte{0xab}, mib)
+	for i := range n {
+		binary.LittleEndian.PutUint64(buf, uint64(i)+1)
+		if _, err := f.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p := e.snap("disk:" + name)
+	if _, err := e.r.Backup(context.Background(), p, nil); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestCopyReadAheadBound: chunks that compress well (1 MiB in a few
+// hundred bytes of a pack) are read together by what they open to, not
+// by what they take in the pack: the chunks read ahead and held opened
+// are at most copyAhead*copyReadBytes bytes.
+func TestCopyReadAheadBound(t *testing.T) {
+	ctx := context.Background()
+	src := newEnv(t, nil, Options{Password: "first site"})
+	dst := newEnv(t, nil, Options{Password: "second site"})
+	const n = 48 // more MiB than the bound
+	p := compressibleDisk(t, src, "c.img", n)
+	idx, _, err := src.r.loadSnapshot(ctx, p.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	packs := map[string]bool{}
+	for _, ch := range idx.Data.Chunks {
+		packs[ch.Pack] = true
+	}
+	if len(idx.Data.Chunks) != n || len(packs) != 1 {
+		t.Fatalf("%d chunks in %d packs, want %d in one: the test reads no group", len(idx.Data.Chunks), len(packs), n)
+	}
+	c := &copyRun{r: dst.r, src: src.r, ctx: ctx}
+	ra := c.readAhead(ctx, newPacker(ctx, dst.r), idx.Data.Chunks)
+	var got, groups int
+	for a := range ra.chunks {
+		data, err := ra.wait(ctx, a)
+		if err != nil || int64(len(data)) != a.ch.Len {
+			t.Fatalf("chunk at %d: %d bytes, %v", a.ch.Off, len(data), err)
+		}
+		got++
+		if a.slot {
+			groups++
+		}
+	}
+	ra.close()
+	t.Logf("%d chunks of 1 MiB in %d reads; at most %d MiB held opened", got, groups, ra.peak.Load()>>20)
+	if got != n || ra.held.Load() != 0 {
+		t.Errorf("%d chunks read, %d bytes left held; want %d, 0", got, ra.held.Load(), n)
+	}
+	if peak := ra.peak.Load(); peak > copyAhead*copyReadBytes {
+		t.Errorf("%d MiB held opened at once, more than copyAhead*copyReadBytes = %d MiB", peak>>20, copyAhead*copyReadBytes>>20)
+	}
+	if groups < n*mib/copyReadBytes {
+		t.Errorf("%d MiB of chunks read in %d reads: more than %d MiB opened from one", n, groups, copyReadBytes>>20)
+	}
+}
+
+// blockingLoad is a source whose reads of packs cancel the copy, then
+// wait for release (as a local read, deaf to ctx, goes on): it tells
+// whether one ended, or a new one began, after the copy returned.
+type blockingLoad struct {
+	backend.Backend
+	cancel   context.CancelFunc
+	entered  chan struct{}
+	once     sync.Once
+	release  chan struct{}
+	returned atomic.Bool // set by the test once Copy returned
+	late     atomic.Int32
+}
+
+func (b *blockingLoad) Load(ctx context.Context, name string, off, length int64) (io.ReadCloser, error) {
+	if !strings.HasPrefix(name, "data/") {
+		return b.Backend.Load(ctx, name, off, length)
+	}
+	if b.returned.Load() {
+		b.late.Add(1)
+	}
+	b.cancel()
+	b.once.Do(func() { close(b.entered) })
+	<-b.release
+	rc, err := b.Backend.Load(ctx, name, off, length)
+	if b.returned.Load() {
+		b.late.Add(1)
+	}
+	return rc, err
+}
+
+// TestCopyCancelledWaitsForReads: a copy cancelled (a job cancelled, an
+// error storing) returns once its reads ahead have ended, so that the
+// source closed then (the caller's defer) is not used any more: it used
+// to be, and opening a chunk with the closed decoder crashed the process.
+func TestCopyCancelledWaitsForReads(t *testing.T) {
+	ctx := context.Background()
+	src := newEnv(t, nil, Options{Password: "first site"})
+	dst := newEnv(t, nil, Options{Password: "second site"})
+	compressibleDisk(t, src, "c.img", 32)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	hook := &blockingLoad{Backend: src.be, cancel: cancel, entered: make(chan struct{}), release: make(chan struct{})}
+	s, err := Open(ctx, hook, Options{Password: "first site", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := dst.r.Copy(cctx, s, nil, nil)
+		hook.returned.Store(true)
+		s.Close() // as the CLI's and the replicate job's defer do
+		done <- err
+	}()
+	<-hook.entered
+	// The read is let go once Copy returned (it must not have), or
+	// after a while.
+	select {
+	case err := <-done:
+		close(hook.release)
+		t.Fatalf("the copy returned while its source was being read: %v", err)
+	case <-time.After(2 * time.Second):
+	}
+	close(hook.release)
+	err = <-done
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled copy: %v, want context.Canceled", err)
+	}
+	if n := hook.late.Load(); n != 0 {
+		t.Errorf("%d reads of the source after the copy returned", n)
+	}
+}
+
+// TestCopyComparesWithoutHashingZeros: a stream compared with its copy
+// (a snapshot copied already, skipped) hashes no zeros: 2000 chunks of
+// as many lengths (content-defined, about 4 GiB) used to cost 4 GiB of
+// zeros allocated and hashed on each side. A chunk of zeros one side has
+// where the other has a hole is still the same; another chunk is not.
+func TestCopyComparesWithoutHashingZeros(t *testing.T) {
+	c := &copyRun{zeros: map[int64]string{}}
+	st := &stream{}
+	for i := range 2000 {
+		n := int64(mib + i*997)
+		st.Chunks = append(st.Chunks, chunkRef{Off: st.Size, Len: n, ID: chunkID([]byte{byte(i), byte(i >> 8)}), Pack: "a"})
+		st.Size += n
+	}
+	moved := &stream{Size: st.Size}
+	for _, ch := range st.Chunks {
+		ch.Pack = "b"
+		moved.Chunks = append(moved.Chunks, ch)
+	}
+	if !c.sameContent(st, moved) || len(c.zeros) != 0 {
+		t.Fatalf("a stream and its copy: same %v, zeros of %d lengths hashed, want true, 0", c.sameContent(st, moved), len(c.zeros))
+	}
+
+	// A chunk of zeros in place of the hole the other leaves.
+	zeros := st.Chunks[5]
+	zeros.ID = chunkID(make([]byte, zeros.Len))
+	holed := &stream{Size: st.Size, Chunks: append(append([]chunkRef{}, st.Chunks[:5]...), st.Chunks[6:]...)}
+	withZeros := &stream{Size: st.Size, Chunks: append(append(append([]chunkRef{}, st.Chunks[:5]...), zeros), st.Chunks[6:]...)}
+	if !c.sameContent(holed, withZeros) || !c.sameContent(withZeros, holed) {
+		t.Error("zeros stored on one side, a hole on the other: differ")
+	}
+	if c.sameContent(st, holed) || c.sameContent(holed, st) {
+		t.Error("a chunk of data on one side, a hole on the other: the same")
+	}
+	other := &stream{Size: st.Size, Chunks: append([]chunkRef{}, st.Chunks...)}
+	other.Chunks[7].ID = zeros.ID
+	if c.sameContent(st, other) || c.sameContent(st, &stream{Size: st.Size + 1, Chunks: st.Chunks}) || c.sameContent(st, nil) {
+		t.Error("another chunk, or size, or no stream: the same")
+	}
+	if !c.sameContent(nil, nil) {
+		t.Error("no stream on either side: differ")
+	}
+	if len(c.zeros) > 4 {
+		t.Errorf("zeros of %d lengths hashed for the chunks without their match", len(c.zeros))
+	}
+}
+
+// TestCopyErrorsTogether: a snapshot that differs in the target is told
+// with the error that stops the copy later, not dropped for it; a
+// component that differs is named, not only the snapshot copied.
+func TestCopyErrorsTogether(t *testing.T) {
+	ctx := context.Background()
+	src := newEnv(t, nil, Options{Password: "first site"})
+	dst := newEnv(t, nil, Options{Password: "second site"})
+	var ids []pe.ID
+	for _, name := range []string{"a.img", "b.img", "c.img"} {
+		src.disk(name, 2*mib, map[int64]int64{0: mib})
+		p := src.snap("disk:" + name)
+		if _, err := src.r.Backup(ctx, p, nil); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, p.ID())
+	}
+	a, b, c := ids[0], ids[1], ids[2]
+	if _, err := dst.r.Copy(ctx, src.r, []pe.ID{a}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// a in the target is another snapshot; c has a as its component.
+	idx, si, err := dst.r.loadSnapshot(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	si.Info.Size++
+	if err := dst.r.saveSnapshot(ctx, a, idx, snapshotInfo{Info: si.Info, BackedUp: si.BackedUp}); err != nil {
+		t.Fatal(err)
+	}
+	idx, si, err = src.r.loadSnapshot(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx.Components = []string{a.String()}
+	if err := src.r.saveSnapshot(ctx, c, idx, snapshotInfo{Info: si.Info, BackedUp: si.BackedUp}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := dst.r.Copy(ctx, src.r, []pe.ID{mustID(t, "disk:c.img")}, nil)
+	var differs *SnapshotDiffersError
+	t.Logf("a component differs: %v", err)
+	if !errors.As(err, &differs) || differs.ID != a || len(s.Differ) != 1 || s.Differ[0] != a || !strings.Contains(err.Error(), "component "+a.String()) {
+		t.Errorf("copy of c, whose component a differs in the target: %+v %v; want a named", s, err)
+	}
+
+	// b cannot be read: its packs are gone from the source.
+	idx, _, err = src.r.loadSnapshot(ctx, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ch := range idx.Data.Chunks {
+		if err := src.be.Remove(ctx, packName(ch.Pack)); err != nil && !errors.Is(err, backend.ErrNotExist) {
+			t.Fatal(err)
+		}
+	}
+	s, err = dst.r.Copy(ctx, src.r, []pe.ID{mustID(t, "disk:a.img"), mustID(t, "disk:b.img")}, nil)
+	t.Logf("a differs, b fails: %v", err)
+	if !errors.Is(err, ErrSnapshotDiffers) || !errors.Is(err, backend.ErrNotExist) || !strings.Contains(err.Error(), "copy "+a.String()) || !strings.Contains(err.Error(), "copy "+b.String()) {
+		t.Errorf("a differs, b fails: %v; want both told", err)
+	}
+	if len(s.Differ) != 1 || s.Differ[0] != a {
+		t.Errorf("a differs, b fails: %+v", s)
+	}
+	if strings.Contains(err.Error(), "pruned meanwhile") {
+		t.Errorf("a source read under its lock: %v; want no word of a prune", err)
+	}
+}
+
+// forgetOnRead is a source that forgets a snapshot once the copy reads
+// its first pack: after the listing, as a forget does (it takes no lock).
+type forgetOnRead struct {
+	backend.Backend
+	r    *Repository
+	id   pe.ID
+	once sync.Once
+	err  error
+}
+
+func (b *forgetOnRead) Load(ctx context.Context, name string, off, length int64) (io.ReadCloser, error) {
+	if strings.HasPrefix(name, "data/") {
+		b.once.Do(func() { b.err = b.r.Forget(ctx, b.id) })
+	}
+	return b.Backend.Load(ctx, name, off, length)
+}
+
+// TestCopySnapshotForgottenMeanwhile: a snapshot forgotten in the source
+// after the copy listed it is not copied, and told; the others are.
+func TestCopySnapshotForgottenMeanwhile(t *testing.T) {
+	ctx := context.Background()
+	src := newEnv(t, nil, Options{Password: "first site"})
+	dst := newEnv(t, nil, Options{Password: "second site"})
+	var ids []pe.ID
+	for _, name := range []string{"a.img", "b.img"} {
+		src.disk(name, 2*mib, map[int64]int64{0: mib})
+		p := src.snap("disk:" + name)
+		if _, err := src.r.Backup(ctx, p, nil); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, p.ID())
+	}
+	a, b := ids[0], ids[1]
+	hook := &forgetOnRead{Backend: src.be, r: src.r, id: b}
+	s, err := Open(ctx, hook, Options{Password: "first site", Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	sum, err := dst.r.Copy(ctx, s, nil, nil)
+	if hook.err != nil {
+		t.Fatal(hook.err)
+	}
+	if err != nil || len(sum.Copied) != 1 || sum.Copied[0] != a || len(sum.Gone) != 1 || sum.Gone[0] != b {
+		t.Errorf("b forgotten in the source while a was copied: %+v %v; want a copied, b gone", sum, err)
 	}
 }

@@ -25,8 +25,11 @@ target's key; each snapshot keeps its ID, times and info, and is committed
 in the target last, when all it needs is there. A snapshot the target
 has already is compared with the source's (info, time, chunks, table of
 contents, components): the same, it is skipped; different, it is left
-alone, the others are copied, and the copy fails naming it. A copy
-interrupted and run again sends only what is missing.
+alone, the others are copied, and the copy fails naming it (or the
+component of it that differs; each is also printed to stderr). A
+snapshot forgotten in the source after the copy listed it is not
+copied, and told on stderr. A copy interrupted and run again sends
+only what is missing.
 
 The source is read under a shared lock, so that no prune removes what
 is read. A source that cannot be written (mounted read-only, an S3 key
@@ -73,6 +76,12 @@ present) goes to stderr.`,
 			prog.Done()
 			for _, id := range s.Copied {
 				fmt.Fprintln(c.App.Writer, id)
+			}
+			for _, id := range s.Differ {
+				fmt.Fprintf(c.App.ErrWriter, "%s: the target holds another snapshot under its ID: left as it is\n", id)
+			}
+			for _, id := range s.Gone {
+				fmt.Fprintf(c.App.ErrWriter, "%s: forgotten in the source meanwhile: not copied\n", id)
 			}
 			summary := fmt.Sprintf("read %s, new %s, sent %s, already present %s",
 				humanBytes(s.Read), humanBytes(s.New), humanBytes(s.Sent), humanBytes(s.Present))

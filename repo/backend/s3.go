@@ -1,20 +1,24 @@
 package backend
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"gopkg.in/ini.v1"
 )
 
 // S3Config locates a repository in an S3 bucket.
@@ -76,23 +80,88 @@ func ParseS3URL(s string) (S3Config, error) {
 // credentials resolves the keys, in the AWS tools' order: a profile
 // named for this repository, else the keys of the environment, else the
 // profile AWS_PROFILE names (or "default") in the shared files. They are
-// read now, so that a missing profile or file is told at once, by name.
+// read now, so that a missing profile or file, or a profile without
+// keys, is told at once, by name.
 func (cfg S3Config) credentials(ctx context.Context) (*credentials.Credentials, error) {
 	if cfg.Profile == "" && cfg.CredentialsFile == "" && cfg.AccessKey != "" && cfg.SecretKey != "" {
 		return credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""), nil
 	}
+	files := []string{cfg.CredentialsFile}
+	where := cfg.CredentialsFile
+	if where == "" {
+		files = defaultAWSFiles()
+		where = strings.Join(files, " and ")
+	}
+	profile := cfg.Profile
+	if profile == "" {
+		profile = cmp.Or(os.Getenv("AWS_PROFILE"), "default")
+	}
 	creds := credentials.NewFileAWSCredentials(cfg.CredentialsFile, cfg.Profile)
-	if _, err := creds.GetWithContext(&credentials.CredContext{Client: http.DefaultClient, Context: ctx}); err != nil {
-		file := cfg.CredentialsFile
-		if file == "" {
-			file = "the AWS credentials and config files"
-		}
+	v, err := creds.GetWithContext(&credentials.CredContext{Client: http.DefaultClient, Context: ctx})
+	if err != nil {
+		err = credentialsFileError(err, files)
 		if cfg.Profile == "" {
-			return nil, fmt.Errorf("S3 keys: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or name a profile of the AWS shared credentials file (none found in %s: %v)", file, err)
+			return nil, fmt.Errorf("S3 keys: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or name a profile of the AWS shared credentials file (profile %q of %s: %w)", profile, where, err)
 		}
-		return nil, fmt.Errorf("S3 keys: profile %q in %s: %w", cfg.Profile, file, err)
+		return nil, fmt.Errorf("S3 keys: profile %q in %s: %w", profile, where, err)
+	}
+	// A profile without keys reads as anonymous: every request would
+	// then be denied, far from the cause.
+	if v.AccessKeyID == "" || v.SecretAccessKey == "" {
+		return nil, fmt.Errorf("S3 keys: profile %q in %s has no aws_access_key_id and aws_secret_access_key (profiles that assume a role, with role_arn, are not supported)", profile, where)
 	}
 	return creds, nil
+}
+
+// defaultAWSFiles is where the AWS tools read profiles from.
+func defaultAWSFiles() []string {
+	home, _ := os.UserHomeDir()
+	return []string{
+		cmp.Or(os.Getenv("AWS_SHARED_CREDENTIALS_FILE"), filepath.Join(home, ".aws", "credentials")),
+		cmp.Or(os.Getenv("AWS_CONFIG_FILE"), filepath.Join(home, ".aws", "config")),
+	}
+}
+
+// credentialsFileError is an error reading keys from the shared files,
+// told without their text: a parse error quotes the line it stopped at,
+// and that line may hold a secret key. Only errors known to hold no
+// value are passed on as they are.
+func credentialsFileError(err error, files []string) error {
+	var pathErr *fs.PathError
+	if errors.As(err, &pathErr) {
+		return err
+	}
+	for _, f := range files {
+		if _, perr := ini.Load(f); perr != nil && !errors.Is(perr, fs.ErrNotExist) {
+			return fmt.Errorf("cannot parse %s%s", f, parseErrorLine(f, perr))
+		}
+	}
+	msg := err.Error()
+	// minio-go's own words about a profile (partial keys, SSO), and the
+	// INI package's for a profile missing.
+	if strings.HasPrefix(msg, "profile has ") || strings.HasPrefix(msg, "section ") && strings.HasSuffix(msg, " does not exist") {
+		return err
+	}
+	return errors.New("the profile's keys cannot be read (its credential_process or SSO login failed)")
+}
+
+// parseErrorLine is ", line N" for the line of file an INI parse error
+// quotes, if it can be found.
+func parseErrorLine(file string, err error) string {
+	var delim ini.ErrDelimiterNotFound
+	if !errors.As(err, &delim) {
+		return ""
+	}
+	b, rerr := os.ReadFile(file)
+	if rerr != nil {
+		return ""
+	}
+	for i, line := range strings.Split(string(b), "\n") {
+		if strings.TrimSpace(line) == strings.TrimSpace(delim.Line) {
+			return fmt.Sprintf(", line %d (a key without '=')", i+1)
+		}
+	}
+	return ""
 }
 
 // S3 is a repository in an S3 bucket, through minio-go.
