@@ -336,5 +336,26 @@ func (s *Scheduler) replicate(ctx context.Context, j *Job, r *repo.Repository, p
 	}
 	sum, err := r.Copy(ctx, src, ids, progress)
 	return outcome{read: sum.Read, new: sum.New, stored: sum.Sent,
-		details: fmt.Sprintf("copied %d snapshot(s), %d there already", len(sum.Copied), len(sum.Skipped))}, err
+		details: copyDetails(sum)}, err
+}
+
+// copyDetails tells what a replicate run did, naming the snapshots it
+// could not copy and why.
+func copyDetails(sum repo.CopySummary) string {
+	d := fmt.Sprintf("copied %d snapshot(s), %d there already", len(sum.Copied), len(sum.Skipped))
+	if len(sum.Gone) > 0 {
+		d += fmt.Sprintf("; forgotten in the source meanwhile, not copied: %s", summarize(idStrings(sum.Gone), maxProblems))
+	}
+	if len(sum.Differ) > 0 {
+		d += fmt.Sprintf("; in the target with other content, left alone: %s", summarize(idStrings(sum.Differ), maxProblems))
+	}
+	return d
+}
+
+func idStrings(ids []pe.ID) []string {
+	out := make([]string, len(ids))
+	for i, id := range ids {
+		out[i] = id.String()
+	}
+	return out
 }
