@@ -18,6 +18,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/minio/minio-go/v7/pkg/s3utils"
 	"gopkg.in/ini.v1"
 )
 
@@ -39,7 +40,17 @@ type S3Config struct {
 	CredentialsFile string
 	Insecure        bool // plain HTTP
 	CAFile          string
+	// ResponseTimeout bounds the wait for a response's headers once a
+	// request is sent (DefaultResponseTimeout if zero): a server that
+	// hangs fails the call, retried, rather than holding a backup or a
+	// job for ever.
+	ResponseTimeout time.Duration
 }
+
+// DefaultResponseTimeout is S3Config.ResponseTimeout's default: generous
+// for a server storing a pack it was just sent, short enough that a hung
+// one is noticed.
+const DefaultResponseTimeout = time.Minute
 
 // ParseS3URL reads s3://[host:port/]bucket/prefix (TLS) or
 // s3+http://host:port/bucket/prefix (plain HTTP, for test servers); keys
@@ -74,6 +85,11 @@ func ParseS3URL(s string) (S3Config, error) {
 		return S3Config{}, fmt.Errorf("repository URL %q: no bucket", s)
 	}
 	cfg.Bucket, cfg.Prefix = parts[0], strings.Join(parts[1:], "/")
+	// Told now, once: minio-go checks it before each call, and such an
+	// error is not a server's that a retry might mend.
+	if err := s3utils.CheckValidBucketName(cfg.Bucket); err != nil {
+		return S3Config{}, fmt.Errorf("repository URL %q: bucket %q: %w", s, cfg.Bucket, err)
+	}
 	return cfg, nil
 }
 
@@ -175,6 +191,10 @@ type S3 struct {
 func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 16
+	tr.ResponseHeaderTimeout = cfg.ResponseTimeout
+	if tr.ResponseHeaderTimeout == 0 {
+		tr.ResponseHeaderTimeout = DefaultResponseTimeout
+	}
 	if cfg.CAFile != "" && !cfg.Insecure {
 		pemBytes, err := os.ReadFile(cfg.CAFile)
 		if err != nil {
@@ -206,6 +226,9 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 		return c.MakeBucket(ctx, cfg.Bucket, minio.MakeBucketOptions{Region: cfg.Region})
 	})
 	if err != nil {
+		if httpsToHTTP(err) {
+			return nil, fmt.Errorf("S3 bucket %s at %s: %w (a plain HTTP server: give its URL as s3+http://)", cfg.Bucket, cfg.Endpoint, err)
+		}
 		return nil, fmt.Errorf("S3 bucket %s at %s: %w", cfg.Bucket, cfg.Endpoint, err)
 	}
 	return s, nil
@@ -250,7 +273,13 @@ func transient(err error) bool {
 	if errors.As(err, &resp) {
 		return resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests || resp.Code == "RequestTimeout"
 	}
-	return !errors.Is(err, context.Canceled) && !errors.Is(err, ErrNotExist)
+	return !errors.Is(err, context.Canceled) && !errors.Is(err, ErrNotExist) && !httpsToHTTP(err)
+}
+
+// httpsToHTTP tells net/http's error for a TLS request answered in plain
+// HTTP: a wrong URL, which no retry mends.
+func httpsToHTTP(err error) bool {
+	return strings.Contains(err.Error(), "server gave HTTP response to HTTPS client")
 }
 
 func notFound(err error) bool {

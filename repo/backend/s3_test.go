@@ -2,10 +2,16 @@ package backend
 
 import (
 	"context"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // writeFile writes a test's file, or fails it.
@@ -88,5 +94,73 @@ func TestS3CredentialsFileUnparsed(t *testing.T) {
 	t.Logf("missing profile: %v", err)
 	if err == nil || !strings.Contains(err.Error(), `"site3" does not exist`) {
 		t.Errorf("missing profile: %v", err)
+	}
+}
+
+// A server that accepts a request and never answers fails the call, after
+// the retries, rather than holding a backup or a job for ever.
+func TestS3HungServerTimesOut(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // read nothing, answer nothing
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	cfg := S3Config{Endpoint: ln.Addr().String(), Bucket: "bkt", AccessKey: "k", SecretKey: "s", Insecure: true,
+		ResponseTimeout: 100 * time.Millisecond}
+	// Bounded: without the timeout the call would never return.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, err = NewS3(ctx, cfg)
+	if err == nil || ctx.Err() != nil || !strings.Contains(err.Error(), "timeout awaiting response headers") {
+		t.Fatalf("NewS3 on a hung server: %v (context: %v)", err, ctx.Err())
+	}
+}
+
+// s3:// (TLS) given for a plain HTTP server says to use s3+http://, at
+// once: no retry mends a wrong URL.
+func TestS3PlainHTTPServerHint(t *testing.T) {
+	var requests atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		w.WriteHeader(http.StatusForbidden)
+	}))
+	defer srv.Close()
+	cfg := S3Config{Endpoint: strings.TrimPrefix(srv.URL, "http://"), Bucket: "bkt", AccessKey: "k", SecretKey: "s"}
+	_, err := NewS3(context.Background(), cfg)
+	if err == nil || !strings.Contains(err.Error(), "give its URL as s3+http://") || strings.Contains(err.Error(), "attempts") {
+		t.Fatalf("NewS3 with TLS on a plain HTTP server: %v", err)
+	}
+}
+
+// A bucket name S3 refuses is told by ParseS3URL, once, not after six
+// attempts of every call.
+func TestParseS3URLBucketName(t *testing.T) {
+	for _, u := range []string{"s3+http://127.0.0.1:9000/b", "s3://127.0.0.1:9000/-bucket/p", "s3://host.example/a..b"} {
+		if _, err := ParseS3URL(u); err == nil || !strings.Contains(err.Error(), "bucket") {
+			t.Errorf("ParseS3URL(%q): %v, want the bucket name refused", u, err)
+		}
+	}
+	if cfg, err := ParseS3URL("s3+http://127.0.0.1:9000/my-bucket/a/b"); err != nil || cfg.Bucket != "my-bucket" || cfg.Prefix != "a/b" {
+		t.Errorf("a good URL: %+v %v", cfg, err)
 	}
 }
