@@ -152,8 +152,10 @@ func (s *Scheduler) Tick() []string {
 		}
 		id, err := s.start(j, due, now, false)
 		if err != nil {
+			r := Run{Scheduled: due, Started: now, Finished: now, Status: string(tasks.Failed), Error: err.Error()}
+			s.logEnd(j, r)
 			s.setLast(j, now)
-			s.record(j, Run{Scheduled: due, Started: now, Finished: now, Status: string(tasks.Failed), Error: err.Error()})
+			s.record(j, r)
 			continue
 		}
 		started = append(started, id)
@@ -230,6 +232,7 @@ func (s *Scheduler) start(j *Job, due, now time.Time, manual bool) (string, erro
 		case err != nil:
 			r.Status, r.Error = string(tasks.Failed), err.Error()
 		}
+		s.logEnd(j, r)
 		s.end(j.Name, run, r)
 		return res.result(), err
 	})
@@ -261,6 +264,21 @@ func (s *Scheduler) runRecovered(ctx context.Context, j *Job, progress pe.Progre
 		s.afterRun(run.task)
 	}
 	return res, err
+}
+
+// logEnd logs the end of a run of j, whatever its status: the log is
+// where an appliance's operator sees a nightly job fail.
+func (s *Scheduler) logEnd(j *Job, r Run) {
+	attrs := []any{"job", j.Name, "kind", j.Kind, "task", r.Task, "manual", r.Manual,
+		"took", r.Finished.Sub(r.Started).Round(time.Millisecond)}
+	switch r.Status {
+	case string(tasks.Success):
+		s.log.Info("job run succeeded", append(attrs, "bytesRead", r.Read, "bytesNew", r.New, "bytesStored", r.Stored)...)
+	case string(tasks.Cancelled):
+		s.log.Warn("job run cancelled", append(attrs, "err", r.Error)...)
+	default:
+		s.log.Error("job run failed", append(attrs, "err", r.Error)...)
+	}
 }
 
 // end records the end of run. A run of a job deleted meanwhile is not
