@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -105,5 +108,38 @@ func TestServeFromRepository(t *testing.T) {
 	cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("mount --repo after SIGTERM: %v", err)
+	}
+}
+
+// TestReadOnlyCommandsMakeNoDirectory: a command on a repository that is
+// not there says so and leaves no directory (nor its parents) behind, as
+// a job's "must exist" check would then pass; repo init makes one.
+func TestReadOnlyCommandsMakeNoDirectory(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", cfg, "--samples")
+	for i, args := range [][]string{
+		{"repo", "snapshots"},
+		{"repo", "check"},
+		{"repo", "check", "--read-data"},
+		{"repo", "forget", "--keep-last", "1"},
+		{"repo", "prune"},
+		{"repo", "unlock"},
+		{"backup", "fs:sample"},
+		{"restore", "fs:sample"},
+	} {
+		missing := filepath.Join(dir, fmt.Sprintf("nope%d", i), "sub", "deeper")
+		r := astrolabe(t, cfg, append(args, "--repo", missing, "--insecure-no-password")...)
+		if r.code == 0 || !strings.Contains(r.stderr, "no repository here") {
+			t.Errorf("astrolabe %q on a missing repository: exit %d, stderr %q", args, r.code, r.stderr)
+		}
+		if _, err := os.Stat(filepath.Join(dir, fmt.Sprintf("nope%d", i))); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("astrolabe %q made a directory: %v", args, err)
+		}
+	}
+	made := filepath.Join(dir, "new", "sub", "repo")
+	mustRun(t, cfg, "repo", "init", "--repo", made, "--insecure-no-password")
+	if fi, err := os.Stat(made); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("repo init: %v %v", fi, err)
 	}
 }
