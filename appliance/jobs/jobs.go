@@ -7,11 +7,13 @@
 package jobs
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/astrolabe-appliance/astrolabe/internal/calendar"
@@ -168,6 +170,9 @@ func (j *Job) validate() error {
 		if j.From == nil || j.From.Location == "" {
 			return errors.New("from.location: a replicate job needs the repository it copies from")
 		}
+		if repositoryKey(j.From.Location) == repositoryKey(j.Repository.Location) {
+			return fmt.Errorf("from.location %q: the job's repository itself (a replicate job copies from another)", j.From.Location)
+		}
 	default:
 		return fmt.Errorf("kind %q: want backup, prune, verify or replicate", j.Kind)
 	}
@@ -177,7 +182,36 @@ func (j *Job) validate() error {
 	if j.Kind != Replicate && j.From != nil {
 		return fmt.Errorf("from: only for replicate jobs, not %s", j.Kind)
 	}
+	if j.Kind != Verify {
+		for name, set := range map[string]bool{"readData": j.ReadData, "readDataSubset": j.ReadDataSubset != "", "readDataNew": j.ReadDataNew} {
+			if set {
+				return fmt.Errorf("%s: only for verify jobs, not %s", name, j.Kind)
+			}
+		}
+	} else if len(j.PEs) > 0 {
+		return errors.New("pes: a verify job checks the whole repository, not some PEs")
+	}
 	return nil
+}
+
+// unknownTypes lists the PE types j's pes name that m has not
+// configured: a run would fail on them.
+func (j *Job) unknownTypes(ctx context.Context, m pe.Manager) []string {
+	var unknown []string
+	for _, s := range j.PEs {
+		sel, err := parseSelector(s)
+		if err != nil {
+			continue // validate says so
+		}
+		typ := sel.typ
+		if typ == "" {
+			typ = sel.id.Type()
+		}
+		if _, err := m.Type(ctx, typ); errors.Is(err, pe.ErrNotFound) && !slices.Contains(unknown, typ) {
+			unknown = append(unknown, typ)
+		}
+	}
+	return unknown
 }
 
 // maxName bounds a job's name: it is a path segment of the REST API and

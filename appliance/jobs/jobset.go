@@ -2,12 +2,14 @@ package jobs
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/internal/atomicfile"
@@ -56,9 +58,15 @@ func decodeStrict(b []byte, v any) error {
 	return nil
 }
 
-// check validates j as a job of jobs.json.
-func check(j *Job) error {
-	if err := j.validate(); err != nil {
+// check validates j as a job of jobs.json whose PE types are configured.
+func (s *Scheduler) check(j *Job) error {
+	err := j.validate()
+	if err == nil {
+		if unknown := j.unknownTypes(context.Background(), s.opts.Manager); len(unknown) > 0 {
+			err = fmt.Errorf("pes: no PE type %s is configured", strings.Join(unknown, ", "))
+		}
+	}
+	if err != nil {
 		if j.Name == "" {
 			return invalidError{fmt.Errorf("job: %w", err)}
 		}
@@ -117,7 +125,7 @@ func (s *Scheduler) status(j *Job) Status {
 // Create adds j, a job of a new name, to jobs.json and schedules it from
 // now: a job created is not late for runs before it.
 func (s *Scheduler) Create(j *Job) error {
-	if err := check(j); err != nil {
+	if err := s.check(j); err != nil {
 		return err
 	}
 	j = j.clone()
@@ -137,7 +145,7 @@ func (s *Scheduler) Create(j *Job) error {
 // Update replaces the job of j's name by j. A new schedule counts from
 // now; a run running goes on as it was defined when it started.
 func (s *Scheduler) Update(j *Job) error {
-	if err := check(j); err != nil {
+	if err := s.check(j); err != nil {
 		return err
 	}
 	j = j.clone()

@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -103,4 +104,48 @@ func containsAll(s string, subs []string) bool {
 		}
 	}
 	return true
+}
+
+// TestJobsFailingOnlyWhenRun: a job naming a PE type not configured is
+// refused at Create and Update (loaded from jobs.json at start it is
+// kept, with a warning); a job on an encrypted repository without a
+// password file fails saying to set passwordFile in the job.
+func TestJobsFailingOnlyWhenRun(t *testing.T) {
+	f := newFixture(t)
+	var log syncBuffer
+	const vmJob = `{"name": %[3]q, "kind": "backup", "schedule": "@daily", "pes": ["vm:*", "fs:sample", "nas:x"],
+	  "repository": {"location": %[1]q, "passwordFile": %[2]q}}`
+	named := func(name string) *Job {
+		return f.job(t, fmt.Sprintf(vmJob, "%[1]s", "%[2]s", name))
+	}
+	s, err := New(Options{Jobs: []*Job{named("vms")}, ConfigDir: f.dir, Manager: f.m, Tasks: f.tm, Now: f.clock.Now,
+		Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := log.String(); !containsAll(l, []string{"level=WARN", "job=vms", "not configured", "vm", "nas"}) {
+		t.Errorf("no warning of the job's unknown types at start:\n%s", l)
+	}
+	if _, err := s.Get("vms"); err != nil {
+		t.Errorf("the job of unknown types was not loaded: %v", err)
+	}
+	if err := s.Create(named("vms2")); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `job "vms2": pes: no PE type vm, nas is configured`) {
+		t.Errorf("create of a job of unknown types: %v", err)
+	}
+	if err := s.Update(named("vms")); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "no PE type vm, nas") {
+		t.Errorf("update to a job of unknown types: %v", err)
+	}
+
+	if err := s.Create(f.job(t, `{"name": "nopw", "kind": "verify", "schedule": "@daily", "repository": {"location": %[1]q}}`)); err != nil {
+		t.Fatal(err)
+	}
+	id, err := s.RunNow("nopw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := f.wait(t, id)
+	if runs := s.History("nopw"); info.Status != tasks.Failed || len(runs) != 1 ||
+		!strings.HasSuffix(runs[0].Error, "is encrypted: set passwordFile in the job") {
+		t.Errorf("run without a password file: %+v %+v", info, runs)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -101,11 +102,12 @@ func (s *Scheduler) repositoryLock(loc string) chan struct{} {
 	return ch
 }
 
-// repositoryKey is loc with a directory's path cleaned, so that one
-// repository spelled two ways is one.
+// repositoryKey is loc with a directory's path (or a URL's) cleaned, so
+// that one repository spelled two ways ("r/", "./r"; "s3://h/b/p/") is
+// one.
 func repositoryKey(loc string) string {
-	if strings.Contains(loc, "://") {
-		return loc
+	if scheme, rest, ok := strings.Cut(loc, "://"); ok {
+		return scheme + "://" + path.Clean(rest)
 	}
 	return filepath.Clean(loc)
 }
@@ -137,6 +139,9 @@ func (s *Scheduler) open(ctx context.Context, loc Repository) (*repo.Repository,
 		opts.Password = pw
 	}
 	r, err := repo.Open(ctx, be, opts)
+	if errors.Is(err, repo.ErrPasswordNeeded) && loc.PasswordFile == "" {
+		return nil, fmt.Errorf("repository %s is encrypted: set passwordFile in the job", loc.Location)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("repository %s: %w", loc.Location, err)
 	}

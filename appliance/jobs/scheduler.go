@@ -78,6 +78,13 @@ func New(opts Options) (*Scheduler, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A type configured no more fails the job's runs, not the start:
+	// the other jobs run, and the job is fixed or deleted over the API.
+	for _, j := range opts.Jobs {
+		if unknown := j.unknownTypes(opts.TaskContext, opts.Manager); len(unknown) > 0 {
+			opts.Logger.Warn("job names PE types not configured: its runs will fail", "job", j.Name, "types", unknown)
+		}
+	}
 	return &Scheduler{opts: opts, hist: h, log: opts.Logger, jobs: slices.Clone(opts.Jobs), next: map[string]time.Time{}, nextFrom: map[string]time.Time{},
 		running: map[string]*activeRun{}, repoLocks: map[string]chan struct{}{}, changed: make(chan struct{}, 1), writeJobs: writeJobsFile}, nil
 }
