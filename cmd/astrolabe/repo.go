@@ -325,7 +325,7 @@ as in cp.`,
 			if err != nil {
 				return err
 			}
-			id, err := peArg(a[0], 1)
+			id, err := repoSnapshotArg(a[0])
 			if err != nil {
 				return err
 			}
