@@ -178,7 +178,11 @@ func readPassword(path string) (string, error) {
 	if len(b) > maxPassword {
 		return "", fmt.Errorf("%s: over %d bytes, not a password", path, maxPassword)
 	}
-	return strings.TrimRight(string(b), "\r\n"), nil
+	pw := strings.TrimRight(string(b), "\r\n")
+	if pw == "" {
+		return "", fmt.Errorf("%s is empty", path)
+	}
+	return pw, nil
 }
 
 // backup backs up each PE of the job (a live one snapshotted first), on

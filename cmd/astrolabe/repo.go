@@ -88,7 +88,13 @@ func password(file, env string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("password file: %w", err)
 	}
-	return strings.TrimRight(string(b), "\r\n"), nil
+	pw := strings.TrimRight(string(b), "\r\n")
+	if pw == "" {
+		// Not "no password": an empty one would pass for an
+		// unencrypted repository's, or make repo init ask for one.
+		return "", fmt.Errorf("password file %s is empty", file)
+	}
+	return pw, nil
 }
 
 func openRepo(c *cli.Context) (*repo.Repository, error) {

@@ -143,3 +143,28 @@ func TestReadOnlyCommandsMakeNoDirectory(t *testing.T) {
 		t.Fatalf("repo init: %v %v", fi, err)
 	}
 }
+
+// TestEmptyPasswordFile: an empty password file (or one of a newline) is
+// said to be empty, not taken for no password.
+func TestEmptyPasswordFile(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", cfg, "--samples")
+	pw, empty := filepath.Join(dir, "pw"), filepath.Join(dir, "empty.pw")
+	os.WriteFile(pw, []byte("secret\n"), 0o600)
+	repoDir := filepath.Join(dir, "repo")
+	mustRun(t, cfg, "repo", "init", "--repo", repoDir, "--password-file", pw)
+	for _, content := range []string{"", "\n"} {
+		os.WriteFile(empty, []byte(content), 0o600)
+		for _, args := range [][]string{
+			{"repo", "snapshots", "--repo", repoDir, "--password-file", empty},
+			{"repo", "init", "--repo", filepath.Join(dir, "new"), "--password-file", empty},
+			{"repo", "copy", "--from", repoDir, "--from-password-file", empty, "--to", repoDir, "--password-file", pw},
+		} {
+			r := astrolabe(t, cfg, args...)
+			if r.code == 0 || !strings.Contains(r.stderr, "password file "+empty+" is empty") {
+				t.Errorf("astrolabe %q with a password file of %q: exit %d, stderr %q", args, content, r.code, r.stderr)
+			}
+		}
+	}
+}
