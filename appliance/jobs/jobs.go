@@ -160,7 +160,7 @@ func (j *Job) validate() error {
 	case Verify:
 		if j.ReadDataSubset != "" {
 			if _, err := repo.ParseSubset(j.ReadDataSubset); err != nil {
-				return fmt.Errorf("readDataSubset: %w", err)
+				return fmt.Errorf("readDataSubset %w", err)
 			}
 		}
 		if j.ReadData && (j.ReadDataSubset != "" || j.ReadDataNew) {

@@ -295,7 +295,7 @@ func TestParseErrors(t *testing.T) {
 		{`[{"name": "a", "kind": "verify", "schedule": "61 * * * *", ` + repoJSON + `}]`, `job "a": schedule "61 * * * *"`},
 		{`[{"name": "a", "kind": "verify", "schedule": "Mon *-*-* 25:00", ` + repoJSON + `}]`, `job "a": schedule "Mon *-*-* 25:00": want cron`},
 		{`[{"name": "a", "kind": "verify", "schedule": "Mon *-*-* 25:00", ` + repoJSON + `}]`, `or systemd calendar`},
-		{`[{"name": "a", "kind": "verify", "schedule": "@daily", "readDataSubset": "200%", ` + repoJSON + `}]`, `job "a": readDataSubset: read-data subset "200%"`},
+		{`[{"name": "a", "kind": "verify", "schedule": "@daily", "readDataSubset": "200%", ` + repoJSON + `}]`, `job "a": readDataSubset "200%": want x%: a percentage`},
 		{`[{"name": "a", "kind": "verify", "schedule": "@daily", "readData": true, "readDataNew": true, ` + repoJSON + `}]`, `job "a": readData: it reads every pack`},
 		{`[{"name": "a", "kind": "verify", "schedule": "@daily"}]`, `job "a": repository.location: missing`},
 		{`[{"name": "a", "kind": "backup", "schedule": "@daily", ` + repoJSON + `}]`, `job "a": pes: a backup job needs PEs`},

@@ -301,7 +301,7 @@ func verify(ctx context.Context, j *Job, r *repo.Repository, progress pe.Progres
 	if j.ReadDataSubset != "" {
 		var err error
 		if opts.Subset, err = repo.ParseSubset(j.ReadDataSubset); err != nil {
-			return outcome{}, err
+			return outcome{}, fmt.Errorf("readDataSubset %w", err)
 		}
 	}
 	sum, err := r.CheckWith(ctx, opts, progress)

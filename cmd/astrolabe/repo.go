@@ -66,10 +66,10 @@ func repoOptions(c *cli.Context) (repo.Options, error) {
 // checkOptions reads repo check's flags.
 func checkOptions(c *cli.Context) (repo.CheckOptions, error) {
 	opts := repo.CheckOptions{ReadData: c.Bool("read-data"), New: c.Bool("read-data-new"), Verifier: c.String("verifier")}
-	if s := c.String("read-data-subset"); s != "" {
+	if c.IsSet("read-data-subset") {
 		var err error
-		if opts.Subset, err = repo.ParseSubset(s); err != nil {
-			return opts, usagef("--read-data-subset: %v", err)
+		if opts.Subset, err = repo.ParseSubset(c.String("read-data-subset")); err != nil {
+			return opts, usagef("--read-data-subset %v", err)
 		}
 	}
 	if opts.ReadData && (!opts.Subset.IsZero() || opts.New) {
@@ -188,10 +188,12 @@ verifier trusts only its own record.`,
 					if err != nil {
 						return err
 					}
+					// Results on stdout as restic check's; progress and
+					// warnings on stderr.
 					if s.Repaired() {
-						fmt.Fprintf(c.App.ErrWriter, "repaired the index: %d damaged index file(s) replaced, %d pack(s) indexed from their headers, %d missing pack(s) dropped\n", s.Damaged, s.Read, s.Dropped)
+						fmt.Fprintf(c.App.Writer, "repaired the index: %d damaged index file(s) replaced, %d pack(s) indexed from their headers, %d missing pack(s) dropped\n", s.Damaged, s.Read, s.Dropped)
 					} else {
-						fmt.Fprintln(c.App.ErrWriter, "the index needs no repair")
+						fmt.Fprintln(c.App.Writer, "the index needs no repair")
 					}
 					for _, p := range s.BadPacks {
 						fmt.Fprintf(c.App.ErrWriter, "pack %s has a damaged header: not indexed\n", p)
@@ -210,14 +212,14 @@ verifier trusts only its own record.`,
 					fmt.Fprintln(c.App.Writer, pr)
 				}
 				if len(sum.Problems) > 0 {
-					fmt.Fprintln(c.App.ErrWriter, sum)
+					fmt.Fprintln(c.App.Writer, sum)
 					return errors.Join(fmt.Errorf("%d problem(s) found", len(sum.Problems)), err)
 				}
 				if err != nil {
 					return err
 				}
-				fmt.Fprintln(c.App.ErrWriter, sum)
-				fmt.Fprintln(c.App.ErrWriter, "no problems found")
+				fmt.Fprintln(c.App.Writer, sum)
+				fmt.Fprintln(c.App.Writer, "no problems found")
 				return nil
 			}),
 		}, {
