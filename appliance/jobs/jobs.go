@@ -104,17 +104,19 @@ func Load(dir string) (jobs []*Job, ok bool, err error) {
 
 // Parse reads and validates a jobs file's content.
 func Parse(b []byte) ([]*Job, error) {
-	var jobs []*Job
-	d := json.NewDecoder(strings.NewReader(string(b)))
-	d.DisallowUnknownFields()
-	if err := d.Decode(&jobs); err != nil {
-		return nil, fmt.Errorf("want a JSON list of jobs: %w", err)
+	// Each job decoded alone, so that an error names it.
+	var raws []json.RawMessage
+	if err := decodeStrict(b, &raws); err != nil {
+		return nil, fmt.Errorf("want a JSON list of jobs: %w", plainJSONError(err, "a JSON list of jobs"))
 	}
+	jobs := make([]*Job, len(raws))
 	seen := map[string]bool{}
-	for i, j := range jobs {
-		if j == nil {
-			return nil, fmt.Errorf("job %d: null", i+1)
+	for i, raw := range raws {
+		j, err := decodeJob(raw)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", jobLabel(raw, i), err)
 		}
+		jobs[i] = j
 		if err := j.validate(); err != nil {
 			if j.Name == "" {
 				return nil, fmt.Errorf("job %d: %w", i+1, err)
@@ -212,6 +214,33 @@ func (j *Job) unknownTypes(ctx context.Context, m pe.Manager) []string {
 		}
 	}
 	return unknown
+}
+
+// jobLabel names the i-th job of a jobs file whose content is raw: by
+// its name if it has one, and its place: job "nightly" (2nd).
+func jobLabel(raw json.RawMessage, i int) string {
+	var named struct {
+		Name string `json:"name"`
+	}
+	if json.Unmarshal(raw, &named) == nil && named.Name != "" {
+		return fmt.Sprintf("job %q (%s)", named.Name, ordinal(i+1))
+	}
+	return fmt.Sprintf("job %d", i+1)
+}
+
+// ordinal is 1st, 2nd, 3rd, 4th ... 11th, 12th, 13th, 21st ...
+func ordinal(n int) string {
+	suffix := "th"
+	switch {
+	case n%100 >= 11 && n%100 <= 13:
+	case n%10 == 1:
+		suffix = "st"
+	case n%10 == 2:
+		suffix = "nd"
+	case n%10 == 3:
+		suffix = "rd"
+	}
+	return fmt.Sprintf("%d%s", n, suffix)
 }
 
 // maxName bounds a job's name: it is a path segment of the REST API and

@@ -289,8 +289,19 @@ func TestRunsNeverOverlap(t *testing.T) {
 func TestParseErrors(t *testing.T) {
 	repoJSON := `"repository": {"location": "/r"}`
 	for _, c := range []struct{ json, want string }{
-		{`{}`, "want a JSON list of jobs"},
+		{`{}`, "want a JSON list of jobs, not object"},
+		{`[{"name": "a", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}, {"name": "nightly", "kind": "verify", "schedul": "@daily", ` + repoJSON + `}]`, `job "nightly" (2nd): unknown field "schedul"`},
+		{`[[1]]`, `job 1: want a JSON object (one job), not array`},
+		{`[null]`, `job 1: want a JSON object (one job), not null`},
+		{`[{"name": "a", "kind": "prune", "schedule": "@daily", ` + repoJSON + `, "keep": {"daily": "7"}}]`, `job "a" (1st): keep.daily: want an integer, not string`},
+		{`[{"name": "a", "kind": "prune", "schedule": "@daily", ` + repoJSON + `, "keep": {"daily": 1.5}}]`, `keep.daily: want an integer, not number 1.5`},
+		{`[{"name": "a", "kind": "prune", "schedule": "@daily", ` + repoJSON + `, "keep": {"Daily": 7}}]`, `job "a" (1st): unknown field "keep.Daily": did you mean "keep.daily"?`},
+		{`[{"name": "a", "kind": "verify", "schedule": "@daily", "repository": {"Location": "/r"}}]`, `unknown field "repository.Location"`},
+		{`[{"name": "a", "kind": "replicate", "schedule": "@daily", ` + repoJSON + `, "from": {"location": "/s", "passwordfile": "/p"}}]`, `unknown field "from.passwordfile": did you mean "from.passwordFile"?`},
+		{`[{"name": "a", "kind": "verify", "schedule": "@daily", ` + repoJSON + `, "pes": "fs:x"}]`, `job "a" (1st): pes: want a JSON list, not string`},
+		{`[{"name": "a", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}`, `want a JSON list of jobs: not JSON`},
 		{`[{"name": "a", "kind": "backup", "schedule": "0 2 * * *", ` + repoJSON + `, "pes": ["fs:x"], "color": 1}]`, `unknown field "color"`},
+		{`[{"name": "a", "kind": "prune", "schedule": "@daily", ` + repoJSON + `, "keep": {"daily": -2}}]`, `job "a": keep: keep-daily -2: want a count, or -1 for all`},
 		{`[{"name": "a", "kind": "dance", "schedule": "@daily", ` + repoJSON + `}]`, `job "a": kind "dance"`},
 		{`[{"name": "a", "kind": "verify", "schedule": "61 * * * *", ` + repoJSON + `}]`, `job "a": schedule "61 * * * *"`},
 		{`[{"name": "a", "kind": "verify", "schedule": "Mon *-*-* 25:00", ` + repoJSON + `}]`, `job "a": schedule "Mon *-*-* 25:00": want cron`},
@@ -331,6 +342,10 @@ func TestParseErrors(t *testing.T) {
 	if _, err := Parse([]byte(`[{"name": "` + strings.Repeat("x", 128) + `", "kind": "verify", "schedule": "@daily", ` + repoJSON + `},
 		{"name": "Nightly_backup-2.0", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`)); err != nil {
 		t.Errorf("valid names refused: %v", err)
+	}
+	// -1 keeps all, as repo forget --keep-daily -1.
+	if _, err := Parse([]byte(`[{"name": "a", "kind": "prune", "schedule": "@daily", ` + repoJSON + `, "keep": {"daily": -1, "last": 3}}]`)); err != nil {
+		t.Errorf("keep of -1 refused: %v", err)
 	}
 	jobs, err := Parse([]byte(`[{"name": "w", "kind": "replicate", "schedule": "@weekly", "pes": ["disk:*", "fs:sample"],
 		"repository": {"location": "s3+http://127.0.0.1:1/b"}, "from": {"location": "/r"}}]`))

@@ -1,7 +1,6 @@
 package jobs
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -34,28 +33,11 @@ func (e invalidError) Is(target error) bool { return target == ErrInvalid }
 // DecodeJob reads one job as jobs.json spells it, refusing unknown
 // fields; Create and Update validate it.
 func DecodeJob(b []byte) (*Job, error) {
-	var j *Job
-	if err := decodeStrict(b, &j); err != nil {
-		return nil, invalidError{fmt.Errorf("want a job as in jobs.json: %w", err)}
-	}
-	if j == nil {
-		return nil, invalidError{errors.New("want a job as in jobs.json, not null")}
+	j, err := decodeJob(b)
+	if err != nil {
+		return nil, invalidError{fmt.Errorf("job: %w", err)}
 	}
 	return j, nil
-}
-
-// decodeStrict decodes b, which must be one JSON value, into v, refusing
-// fields v has not.
-func decodeStrict(b []byte, v any) error {
-	d := json.NewDecoder(bytes.NewReader(b))
-	d.DisallowUnknownFields()
-	if err := d.Decode(v); err != nil {
-		return err
-	}
-	if _, err := d.Token(); err != io.EOF {
-		return errors.New("more after the JSON value")
-	}
-	return nil
 }
 
 // check validates j as a job of jobs.json whose PE types are configured.
