@@ -39,6 +39,16 @@ func openBackend(c *cli.Context) (backend.Backend, error) {
 	return backendAt(c, loc, c.String("s3-profile"))
 }
 
+// shownLocation is how messages name a repository given as loc and
+// opened at actual: a URL as given (the backend's own spelling drops
+// s3+http's scheme), a directory as its absolute path.
+func shownLocation(loc, actual string) string {
+	if strings.Contains(loc, "://") {
+		return loc
+	}
+	return actual
+}
+
 // backendAt opens the backend of a repository location; an S3 one with
 // the keys of the AWS profile s3Profile if it is not empty.
 func backendAt(c *cli.Context, loc, s3Profile string) (backend.Backend, error) {
@@ -141,7 +151,7 @@ func repoCommand() *cli.Command {
 				if err := repo.Init(c.Context, be, opts); err != nil {
 					return err
 				}
-				fmt.Fprintf(c.App.ErrWriter, "created repository %s\n", be.Location())
+				fmt.Fprintf(c.App.ErrWriter, "created repository %s\n", shownLocation(c.String("repo"), be.Location()))
 				return nil
 			},
 		}, {
@@ -307,7 +317,7 @@ breaks it. A summary line (read, new, stored, duration) goes to stderr.`,
 				return err
 			}
 			fmt.Fprintf(c.App.ErrWriter, "backed up %s to %s: read %s, new %s, stored %s, reused unread %s, in %s (%s/s)\n",
-				id, r.Location(), humanBytes(s.Read), humanBytes(s.New), humanBytes(s.Stored), humanBytes(s.Reused),
+				id, shownLocation(c.String("repo"), r.Location()), humanBytes(s.Read), humanBytes(s.New), humanBytes(s.Stored), humanBytes(s.Reused),
 				s.Duration.Round(time.Millisecond), humanBytes(int64(float64(s.Read+s.Reused)/max(s.Duration.Seconds(), 1e-3))))
 			fmt.Fprintln(c.App.Writer, s.ID)
 			return nil
