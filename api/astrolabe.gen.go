@@ -192,7 +192,9 @@ type Health struct {
 type Job struct {
 	From *JobRepository `json:"from,omitempty"`
 
-	// Keep A prune job's retention policy, as `repo forget --keep-*`
+	// Keep A prune job's retention policy, as `repo forget --keep-*`: each
+	// count N keeps the newest snapshot of each of the newest N periods
+	// that have one; -1 keeps one of every period, as --keep-* -1
 	Keep *JobKeep `json:"keep,omitempty"`
 	Kind JobKind  `json:"kind"`
 
@@ -203,7 +205,8 @@ type Job struct {
 	// Example: nightly
 	Name *string `json:"name,omitempty"`
 
-	// Pes PE IDs or type:* (every PE of a type); a backup job needs some
+	// Pes PE IDs or type:* (every PE of a type), of PE types the appliance
+	// has configured; a backup job needs some, a verify job takes none
 	Pes *[]string `json:"pes,omitempty"`
 
 	// ReadData A verify job reads every pack whole (check --read-data)
@@ -235,7 +238,9 @@ type Job struct {
 // JobKind defines model for Job.Kind.
 type JobKind string
 
-// JobKeep A prune job's retention policy, as `repo forget --keep-*`
+// JobKeep A prune job's retention policy, as `repo forget --keep-*`: each
+// count N keeps the newest snapshot of each of the newest N periods
+// that have one; -1 keeps one of every period, as --keep-* -1
 type JobKeep struct {
 	Daily   *int `json:"daily,omitempty"`
 	Hourly  *int `json:"hourly,omitempty"`

@@ -82,6 +82,14 @@ func (r *Repository) CheckWith(ctx context.Context, opts CheckOptions, progress 
 		}
 	}
 	toRead, fresh := selectPacks(opts, packs, verified)
+	if opts.New {
+		sum.Verifier = opts.Verifier
+		for id := range packs {
+			if verified[id] {
+				sum.Verified++
+			}
+		}
+	}
 	problems, err := r.checkIndexFiles(ctx, packs)
 	if err != nil {
 		return sum, err

@@ -59,6 +59,10 @@ const formatVersion = 2
 // ErrWrongPassword is returned when the password does not open the key.
 var ErrWrongPassword = errors.New("wrong password or corrupt key")
 
+// ErrPasswordNeeded is returned by Open of an encrypted repository
+// without a password.
+var ErrPasswordNeeded = errors.New("give its password (ASTROLABE_PASSWORD or --password-file)")
+
 // ErrNotInitialized is returned by Open where no repository is.
 var ErrNotInitialized = errors.New("no repository here (run 'astrolabe repo init')")
 
@@ -170,7 +174,7 @@ func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, e
 	r := &Repository{be: be, cfg: cfg, log: opts.Logger, now: opts.Now, idx: newIndex(), claims: map[string]chan struct{}{}, released: map[string]bool{}, lockStatEvery: time.Minute}
 	if cfg.Encrypted {
 		if opts.Password == "" {
-			return nil, fmt.Errorf("%s is encrypted: give its password (ASTROLABE_PASSWORD or --password-file)", be.Location())
+			return nil, fmt.Errorf("%s is encrypted: %w", be.Location(), ErrPasswordNeeded)
 		}
 		if cfg.KDF == nil {
 			return nil, fmt.Errorf("%s: config without key parameters", be.Location())

@@ -42,11 +42,19 @@ type CheckSummary struct {
 	Packs, Bytes    int64
 	Read, ReadBytes int64
 	New             int64
+	// Verifier is the verifier of a check that read the packs new to it
+	// (CheckOptions.New), and Verified how many of the packs were in its
+	// record then.
+	Verifier string
+	Verified int64
 }
 
 // String says how much was read, e.g. "read 12 of 120 packs (3.1 MiB
 // of 30 MiB), 2 new".
 func (s CheckSummary) String() string {
+	if s.Read == 0 && s.Verifier != "" {
+		return fmt.Sprintf("no pack new since the last read by verifier %s (%d packs verified before)", s.Verifier, s.Verified)
+	}
 	if s.Read == 0 {
 		return fmt.Sprintf("read no pack data (%d packs, %d bytes)", s.Packs, s.Bytes)
 	}
@@ -72,43 +80,47 @@ type Subset struct {
 // to nothing.
 const maxSubsetGroups = 1_000_000
 
-// ParseSubset parses "n/t", "x%" (0 < x <= 100) or "N" (a number of packs), as restic's
-// check --read-data-subset.
+// ParseSubset parses "n/t", "x%" (0 < x <= 100) or "N" (a number of
+// packs), as restic's check --read-data-subset. Its errors start with s
+// quoted, so that a caller names the option or field before it.
 func ParseSubset(s string) (Subset, error) {
-	bad := func(err error) (Subset, error) {
-		return Subset{}, fmt.Errorf("read-data subset %q: want n/t (group n of t), x%% (a percentage) or N (a number of packs), chosen at random: %w", s, err)
+	bad := func(format string, a ...any) (Subset, error) {
+		return Subset{}, fmt.Errorf("%q: %s", s, fmt.Sprintf(format, a...))
 	}
+	const forms = "want n/t (group n of t), x% (a percentage) or N (a number of packs), chosen at random"
 	switch {
+	case s == "":
+		return bad("empty: %s", forms)
 	case strings.Contains(s, "/"):
 		a, b, _ := strings.Cut(s, "/")
 		n, err1 := strconv.Atoi(a)
 		t, err2 := strconv.Atoi(b)
-		if err := errors.Join(err1, err2); err != nil {
-			return bad(err)
+		if err1 != nil || err2 != nil {
+			return bad("want n/t, two whole numbers: group n of t (1/3, 2/3 and 3/3 read each pack once)")
 		}
-		if t < 1 || n < 1 || n > t {
-			return bad(errors.New("want 1 <= n <= t"))
+		if t < 1 {
+			return bad("t must be at least 1 (n/t is group n of t)")
+		}
+		if n < 1 || n > t {
+			return bad("want 1 <= n <= %d", t)
 		}
 		if t > maxSubsetGroups {
-			return bad(fmt.Errorf("want at most %d groups", maxSubsetGroups))
+			return bad("want at most %d groups", maxSubsetGroups)
 		}
 		return Subset{n: n, t: t}, nil
 	case strings.HasSuffix(s, "%"):
 		p, err := strconv.ParseFloat(strings.TrimSuffix(s, "%"), 64)
-		if err != nil {
-			return bad(err)
-		}
-		if !(p > 0 && p <= 100) {
-			return bad(errors.New("want a percentage above 0 and at most 100"))
+		if err != nil || !(p > 0 && p <= 100) {
+			return bad("want x%%: a percentage above 0 and at most 100")
 		}
 		return Subset{percent: p}, nil
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil {
-		return bad(err)
+		return bad("%s", forms)
 	}
 	if n < 1 {
-		return bad(errors.New("want at least 1 pack"))
+		return bad("want at least 1 pack")
 	}
 	return Subset{count: n}, nil
 }

@@ -7,11 +7,13 @@
 package jobs
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/astrolabe-appliance/astrolabe/internal/calendar"
@@ -102,17 +104,19 @@ func Load(dir string) (jobs []*Job, ok bool, err error) {
 
 // Parse reads and validates a jobs file's content.
 func Parse(b []byte) ([]*Job, error) {
-	var jobs []*Job
-	d := json.NewDecoder(strings.NewReader(string(b)))
-	d.DisallowUnknownFields()
-	if err := d.Decode(&jobs); err != nil {
-		return nil, fmt.Errorf("want a JSON list of jobs: %w", err)
+	// Each job decoded alone, so that an error names it.
+	var raws []json.RawMessage
+	if err := decodeStrict(b, &raws); err != nil {
+		return nil, fmt.Errorf("want a JSON list of jobs: %w", plainJSONError(err, "a JSON list of jobs"))
 	}
+	jobs := make([]*Job, len(raws))
 	seen := map[string]bool{}
-	for i, j := range jobs {
-		if j == nil {
-			return nil, fmt.Errorf("job %d: null", i+1)
+	for i, raw := range raws {
+		j, err := decodeJob(raw)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", jobLabel(raw, i), err)
 		}
+		jobs[i] = j
 		if err := j.validate(); err != nil {
 			if j.Name == "" {
 				return nil, fmt.Errorf("job %d: %w", i+1, err)
@@ -158,7 +162,7 @@ func (j *Job) validate() error {
 	case Verify:
 		if j.ReadDataSubset != "" {
 			if _, err := repo.ParseSubset(j.ReadDataSubset); err != nil {
-				return fmt.Errorf("readDataSubset: %w", err)
+				return fmt.Errorf("readDataSubset %w", err)
 			}
 		}
 		if j.ReadData && (j.ReadDataSubset != "" || j.ReadDataNew) {
@@ -167,6 +171,9 @@ func (j *Job) validate() error {
 	case Replicate:
 		if j.From == nil || j.From.Location == "" {
 			return errors.New("from.location: a replicate job needs the repository it copies from")
+		}
+		if repositoryKey(j.From.Location) == repositoryKey(j.Repository.Location) {
+			return fmt.Errorf("from.location %q: the job's repository itself (a replicate job copies from another)", j.From.Location)
 		}
 	default:
 		return fmt.Errorf("kind %q: want backup, prune, verify or replicate", j.Kind)
@@ -177,7 +184,63 @@ func (j *Job) validate() error {
 	if j.Kind != Replicate && j.From != nil {
 		return fmt.Errorf("from: only for replicate jobs, not %s", j.Kind)
 	}
+	if j.Kind != Verify {
+		for name, set := range map[string]bool{"readData": j.ReadData, "readDataSubset": j.ReadDataSubset != "", "readDataNew": j.ReadDataNew} {
+			if set {
+				return fmt.Errorf("%s: only for verify jobs, not %s", name, j.Kind)
+			}
+		}
+	} else if len(j.PEs) > 0 {
+		return errors.New("pes: a verify job checks the whole repository, not some PEs")
+	}
 	return nil
+}
+
+// unknownTypes lists the PE types j's pes name that m has not
+// configured: a run would fail on them.
+func (j *Job) unknownTypes(ctx context.Context, m pe.Manager) []string {
+	var unknown []string
+	for _, s := range j.PEs {
+		sel, err := parseSelector(s)
+		if err != nil {
+			continue // validate says so
+		}
+		typ := sel.typ
+		if typ == "" {
+			typ = sel.id.Type()
+		}
+		if _, err := m.Type(ctx, typ); errors.Is(err, pe.ErrNotFound) && !slices.Contains(unknown, typ) {
+			unknown = append(unknown, typ)
+		}
+	}
+	return unknown
+}
+
+// jobLabel names the i-th job of a jobs file whose content is raw: by
+// its name if it has one, and its place: job "nightly" (2nd).
+func jobLabel(raw json.RawMessage, i int) string {
+	var named struct {
+		Name string `json:"name"`
+	}
+	if json.Unmarshal(raw, &named) == nil && named.Name != "" {
+		return fmt.Sprintf("job %q (%s)", named.Name, ordinal(i+1))
+	}
+	return fmt.Sprintf("job %d", i+1)
+}
+
+// ordinal is 1st, 2nd, 3rd, 4th ... 11th, 12th, 13th, 21st ...
+func ordinal(n int) string {
+	suffix := "th"
+	switch {
+	case n%100 >= 11 && n%100 <= 13:
+	case n%10 == 1:
+		suffix = "st"
+	case n%10 == 2:
+		suffix = "nd"
+	case n%10 == 3:
+		suffix = "rd"
+	}
+	return fmt.Sprintf("%d%s", n, suffix)
 }
 
 // maxName bounds a job's name: it is a path segment of the REST API and

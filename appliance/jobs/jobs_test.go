@@ -289,13 +289,24 @@ func TestRunsNeverOverlap(t *testing.T) {
 func TestParseErrors(t *testing.T) {
 	repoJSON := `"repository": {"location": "/r"}`
 	for _, c := range []struct{ json, want string }{
-		{`{}`, "want a JSON list of jobs"},
+		{`{}`, "want a JSON list of jobs, not object"},
+		{`[{"name": "a", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}, {"name": "nightly", "kind": "verify", "schedul": "@daily", ` + repoJSON + `}]`, `job "nightly" (2nd): unknown field "schedul"`},
+		{`[[1]]`, `job 1: want a JSON object (one job), not array`},
+		{`[null]`, `job 1: want a JSON object (one job), not null`},
+		{`[{"name": "a", "kind": "prune", "schedule": "@daily", ` + repoJSON + `, "keep": {"daily": "7"}}]`, `job "a" (1st): keep.daily: want an integer, not string`},
+		{`[{"name": "a", "kind": "prune", "schedule": "@daily", ` + repoJSON + `, "keep": {"daily": 1.5}}]`, `keep.daily: want an integer, not number 1.5`},
+		{`[{"name": "a", "kind": "prune", "schedule": "@daily", ` + repoJSON + `, "keep": {"Daily": 7}}]`, `job "a" (1st): unknown field "keep.Daily": did you mean "keep.daily"?`},
+		{`[{"name": "a", "kind": "verify", "schedule": "@daily", "repository": {"Location": "/r"}}]`, `unknown field "repository.Location"`},
+		{`[{"name": "a", "kind": "replicate", "schedule": "@daily", ` + repoJSON + `, "from": {"location": "/s", "passwordfile": "/p"}}]`, `unknown field "from.passwordfile": did you mean "from.passwordFile"?`},
+		{`[{"name": "a", "kind": "verify", "schedule": "@daily", ` + repoJSON + `, "pes": "fs:x"}]`, `job "a" (1st): pes: want a JSON list, not string`},
+		{`[{"name": "a", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}`, `want a JSON list of jobs: not JSON`},
 		{`[{"name": "a", "kind": "backup", "schedule": "0 2 * * *", ` + repoJSON + `, "pes": ["fs:x"], "color": 1}]`, `unknown field "color"`},
+		{`[{"name": "a", "kind": "prune", "schedule": "@daily", ` + repoJSON + `, "keep": {"daily": -2}}]`, `job "a": keep: keep-daily -2: want a count, or -1 for all`},
 		{`[{"name": "a", "kind": "dance", "schedule": "@daily", ` + repoJSON + `}]`, `job "a": kind "dance"`},
 		{`[{"name": "a", "kind": "verify", "schedule": "61 * * * *", ` + repoJSON + `}]`, `job "a": schedule "61 * * * *"`},
 		{`[{"name": "a", "kind": "verify", "schedule": "Mon *-*-* 25:00", ` + repoJSON + `}]`, `job "a": schedule "Mon *-*-* 25:00": want cron`},
 		{`[{"name": "a", "kind": "verify", "schedule": "Mon *-*-* 25:00", ` + repoJSON + `}]`, `or systemd calendar`},
-		{`[{"name": "a", "kind": "verify", "schedule": "@daily", "readDataSubset": "200%", ` + repoJSON + `}]`, `job "a": readDataSubset: read-data subset "200%"`},
+		{`[{"name": "a", "kind": "verify", "schedule": "@daily", "readDataSubset": "200%", ` + repoJSON + `}]`, `job "a": readDataSubset "200%": want x%: a percentage`},
 		{`[{"name": "a", "kind": "verify", "schedule": "@daily", "readData": true, "readDataNew": true, ` + repoJSON + `}]`, `job "a": readData: it reads every pack`},
 		{`[{"name": "a", "kind": "verify", "schedule": "@daily"}]`, `job "a": repository.location: missing`},
 		{`[{"name": "a", "kind": "backup", "schedule": "@daily", ` + repoJSON + `}]`, `job "a": pes: a backup job needs PEs`},
@@ -306,6 +317,13 @@ func TestParseErrors(t *testing.T) {
 		{`[{"name": "a", "kind": "prune", "schedule": "@daily", ` + repoJSON + `, "keep": {"within": "7x"}}]`, `job "a": keep: within`},
 		{`[{"name": "a", "kind": "replicate", "schedule": "@daily", ` + repoJSON + `}]`, `job "a": from.location`},
 		{`[{"name": "a", "kind": "verify", "schedule": "@daily", ` + repoJSON + `, "keep": {"daily": 1}}]`, `job "a": keep: only for prune jobs`},
+		{`[{"name": "a", "kind": "replicate", "schedule": "@daily", ` + repoJSON + `, "from": {"location": "/r/"}}]`, `job "a": from.location "/r/": the job's repository itself`},
+		{`[{"name": "a", "kind": "replicate", "schedule": "@daily", "repository": {"location": "r"}, "from": {"location": "./r"}}]`, `the job's repository itself`},
+		{`[{"name": "a", "kind": "replicate", "schedule": "@daily", "repository": {"location": "s3://h/b/p"}, "from": {"location": "s3://h/b/p/"}}]`, `the job's repository itself`},
+		{`[{"name": "a", "kind": "backup", "schedule": "@daily", ` + repoJSON + `, "pes": ["fs:x"], "readDataNew": true}]`, `job "a": readDataNew: only for verify jobs, not backup`},
+		{`[{"name": "a", "kind": "prune", "schedule": "@daily", ` + repoJSON + `, "keep": {"daily": 1}, "readData": true}]`, `job "a": readData: only for verify jobs, not prune`},
+		{`[{"name": "a", "kind": "replicate", "schedule": "@daily", ` + repoJSON + `, "from": {"location": "/s"}, "readDataSubset": "1/2"}]`, `job "a": readDataSubset: only for verify jobs`},
+		{`[{"name": "a", "kind": "verify", "schedule": "@daily", ` + repoJSON + `, "pes": ["fs:x"]}]`, `job "a": pes: a verify job checks the whole repository`},
 		{`[{"kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`, `job 1: name ""`},
 		{`[{"name": "..", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`, `job "..": name ".."`},
 		{`[{"name": ".hidden", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`, `name ".hidden": want 1 to 128 letters`},
@@ -324,6 +342,10 @@ func TestParseErrors(t *testing.T) {
 	if _, err := Parse([]byte(`[{"name": "` + strings.Repeat("x", 128) + `", "kind": "verify", "schedule": "@daily", ` + repoJSON + `},
 		{"name": "Nightly_backup-2.0", "kind": "verify", "schedule": "@daily", ` + repoJSON + `}]`)); err != nil {
 		t.Errorf("valid names refused: %v", err)
+	}
+	// -1 keeps all, as repo forget --keep-daily -1.
+	if _, err := Parse([]byte(`[{"name": "a", "kind": "prune", "schedule": "@daily", ` + repoJSON + `, "keep": {"daily": -1, "last": 3}}]`)); err != nil {
+		t.Errorf("keep of -1 refused: %v", err)
 	}
 	jobs, err := Parse([]byte(`[{"name": "w", "kind": "replicate", "schedule": "@weekly", "pes": ["disk:*", "fs:sample"],
 		"repository": {"location": "s3+http://127.0.0.1:1/b"}, "from": {"location": "/r"}}]`))

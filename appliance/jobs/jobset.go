@@ -1,13 +1,14 @@
 package jobs
 
 import (
-	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/internal/atomicfile"
@@ -32,33 +33,22 @@ func (e invalidError) Is(target error) bool { return target == ErrInvalid }
 // DecodeJob reads one job as jobs.json spells it, refusing unknown
 // fields; Create and Update validate it.
 func DecodeJob(b []byte) (*Job, error) {
-	var j *Job
-	if err := decodeStrict(b, &j); err != nil {
-		return nil, invalidError{fmt.Errorf("want a job as in jobs.json: %w", err)}
-	}
-	if j == nil {
-		return nil, invalidError{errors.New("want a job as in jobs.json, not null")}
+	j, err := decodeJob(b)
+	if err != nil {
+		return nil, invalidError{fmt.Errorf("job: %w", err)}
 	}
 	return j, nil
 }
 
-// decodeStrict decodes b, which must be one JSON value, into v, refusing
-// fields v has not.
-func decodeStrict(b []byte, v any) error {
-	d := json.NewDecoder(bytes.NewReader(b))
-	d.DisallowUnknownFields()
-	if err := d.Decode(v); err != nil {
-		return err
+// check validates j as a job of jobs.json whose PE types are configured.
+func (s *Scheduler) check(j *Job) error {
+	err := j.validate()
+	if err == nil {
+		if unknown := j.unknownTypes(context.Background(), s.opts.Manager); len(unknown) > 0 {
+			err = fmt.Errorf("pes: no PE type %s is configured", strings.Join(unknown, ", "))
+		}
 	}
-	if _, err := d.Token(); err != io.EOF {
-		return errors.New("more after the JSON value")
-	}
-	return nil
-}
-
-// check validates j as a job of jobs.json.
-func check(j *Job) error {
-	if err := j.validate(); err != nil {
+	if err != nil {
 		if j.Name == "" {
 			return invalidError{fmt.Errorf("job: %w", err)}
 		}
@@ -117,7 +107,7 @@ func (s *Scheduler) status(j *Job) Status {
 // Create adds j, a job of a new name, to jobs.json and schedules it from
 // now: a job created is not late for runs before it.
 func (s *Scheduler) Create(j *Job) error {
-	if err := check(j); err != nil {
+	if err := s.check(j); err != nil {
 		return err
 	}
 	j = j.clone()
@@ -137,7 +127,7 @@ func (s *Scheduler) Create(j *Job) error {
 // Update replaces the job of j's name by j. A new schedule counts from
 // now; a run running goes on as it was defined when it started.
 func (s *Scheduler) Update(j *Job) error {
-	if err := check(j); err != nil {
+	if err := s.check(j); err != nil {
 		return err
 	}
 	j = j.clone()

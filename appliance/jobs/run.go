@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -101,11 +102,12 @@ func (s *Scheduler) repositoryLock(loc string) chan struct{} {
 	return ch
 }
 
-// repositoryKey is loc with a directory's path cleaned, so that one
-// repository spelled two ways is one.
+// repositoryKey is loc with a directory's path (or a URL's) cleaned, so
+// that one repository spelled two ways ("r/", "./r"; "s3://h/b/p/") is
+// one.
 func repositoryKey(loc string) string {
-	if strings.Contains(loc, "://") {
-		return loc
+	if scheme, rest, ok := strings.Cut(loc, "://"); ok {
+		return scheme + "://" + path.Clean(rest)
 	}
 	return filepath.Clean(loc)
 }
@@ -137,6 +139,9 @@ func (s *Scheduler) open(ctx context.Context, loc Repository) (*repo.Repository,
 		opts.Password = pw
 	}
 	r, err := repo.Open(ctx, be, opts)
+	if errors.Is(err, repo.ErrPasswordNeeded) && loc.PasswordFile == "" {
+		return nil, fmt.Errorf("repository %s is encrypted: set passwordFile in the job", loc.Location)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("repository %s: %w", loc.Location, err)
 	}
@@ -173,7 +178,11 @@ func readPassword(path string) (string, error) {
 	if len(b) > maxPassword {
 		return "", fmt.Errorf("%s: over %d bytes, not a password", path, maxPassword)
 	}
-	return strings.TrimRight(string(b), "\r\n"), nil
+	pw := strings.TrimRight(string(b), "\r\n")
+	if pw == "" {
+		return "", fmt.Errorf("%s is empty", path)
+	}
+	return pw, nil
 }
 
 // backup backs up each PE of the job (a live one snapshotted first), on
@@ -292,7 +301,7 @@ func verify(ctx context.Context, j *Job, r *repo.Repository, progress pe.Progres
 	if j.ReadDataSubset != "" {
 		var err error
 		if opts.Subset, err = repo.ParseSubset(j.ReadDataSubset); err != nil {
-			return outcome{}, err
+			return outcome{}, fmt.Errorf("readDataSubset %w", err)
 		}
 	}
 	sum, err := r.CheckWith(ctx, opts, progress)

@@ -78,6 +78,13 @@ func New(opts Options) (*Scheduler, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A type configured no more fails the job's runs, not the start:
+	// the other jobs run, and the job is fixed or deleted over the API.
+	for _, j := range opts.Jobs {
+		if unknown := j.unknownTypes(opts.TaskContext, opts.Manager); len(unknown) > 0 {
+			opts.Logger.Warn("job names PE types not configured: its runs will fail", "job", j.Name, "types", unknown)
+		}
+	}
 	return &Scheduler{opts: opts, hist: h, log: opts.Logger, jobs: slices.Clone(opts.Jobs), next: map[string]time.Time{}, nextFrom: map[string]time.Time{},
 		running: map[string]*activeRun{}, repoLocks: map[string]chan struct{}{}, changed: make(chan struct{}, 1), writeJobs: writeJobsFile}, nil
 }
@@ -152,8 +159,10 @@ func (s *Scheduler) Tick() []string {
 		}
 		id, err := s.start(j, due, now, false)
 		if err != nil {
+			r := Run{Scheduled: due, Started: now, Finished: now, Status: string(tasks.Failed), Error: err.Error()}
+			s.logEnd(j, r)
 			s.setLast(j, now)
-			s.record(j, Run{Scheduled: due, Started: now, Finished: now, Status: string(tasks.Failed), Error: err.Error()})
+			s.record(j, r)
 			continue
 		}
 		started = append(started, id)
@@ -230,6 +239,7 @@ func (s *Scheduler) start(j *Job, due, now time.Time, manual bool) (string, erro
 		case err != nil:
 			r.Status, r.Error = string(tasks.Failed), err.Error()
 		}
+		s.logEnd(j, r)
 		s.end(j.Name, run, r)
 		return res.result(), err
 	})
@@ -261,6 +271,21 @@ func (s *Scheduler) runRecovered(ctx context.Context, j *Job, progress pe.Progre
 		s.afterRun(run.task)
 	}
 	return res, err
+}
+
+// logEnd logs the end of a run of j, whatever its status: the log is
+// where an appliance's operator sees a nightly job fail.
+func (s *Scheduler) logEnd(j *Job, r Run) {
+	attrs := []any{"job", j.Name, "kind", j.Kind, "task", r.Task, "manual", r.Manual,
+		"took", r.Finished.Sub(r.Started).Round(time.Millisecond)}
+	switch r.Status {
+	case string(tasks.Success):
+		s.log.Info("job run succeeded", append(attrs, "bytesRead", r.Read, "bytesNew", r.New, "bytesStored", r.Stored)...)
+	case string(tasks.Cancelled):
+		s.log.Warn("job run cancelled", append(attrs, "err", r.Error)...)
+	default:
+		s.log.Error("job run failed", append(attrs, "err", r.Error)...)
+	}
 }
 
 // end records the end of run. A run of a job deleted meanwhile is not

@@ -264,12 +264,23 @@ func TestJobsAPIRefused(t *testing.T) {
 		{strings.Replace(job(repoWith("repo.pw")), "@daily", "@every 1s", 1), `@every is not supported`},
 		{`{"name": "j", "kind": "replicate", "schedule": "@daily", ` + repoWith("repo.pw") + `, "from": {"location": "/x", "passwordFile": "/root/pw"}}`, `from.passwordFile`},
 		{`{"name": "j", "kind": "verify", "schedule": "@daily", "pes": "fs:a", ` + repoWith("repo.pw") + `}`, `pes`},
-		{`[` + job(repoWith("repo.pw")) + `]`, `JSON`},
-		{`not json`, `JSON`},
+		{`[` + job(repoWith("repo.pw")) + `]`, `want a JSON object (one job), not array`},
+		{`not json`, `not JSON`},
+		{`{"name": "j", "kind": "prune", "schedule": "@daily", ` + repoWith("repo.pw") + `, "keep": {"daily": "7"}}`, `keep.daily: want an integer, not string`},
+		{`{"name": "j", "kind": "prune", "schedule": "@daily", ` + repoWith("repo.pw") + `, "keep": {"Daily": 7}}`, `unknown field "keep.Daily": did you mean "keep.daily"?`},
+		{`{"name": "j", "Kind": "verify", "schedule": "@daily", ` + repoWith("repo.pw") + `}`, `unknown field "Kind": did you mean "kind"?`},
+		{`{"name": "j", "kind": "backup", "schedule": "@daily", "pes": ["vm:*"], ` + repoWith("repo.pw") + `}`, `pes: no PE type vm is configured`},
+		{`{"name": "j", "kind": "replicate", "schedule": "@daily", ` + repoWith("repo.pw") + `, "from": {"location": "` + f.repoDir + `/"}}`, `the job's repository itself`},
 	} {
 		code, out := f.do(t, "POST", "/v1/appliance/jobs", c.body)
-		if code != http.StatusBadRequest || !strings.Contains(decode[api.Error](t, out).Message, c.want) {
+		msg := decode[api.Error](t, out).Message
+		if code != http.StatusBadRequest || !strings.Contains(msg, c.want) {
 			t.Errorf("%s: %d %s, want 400 with %q", c.body, code, out, c.want)
+		}
+		for _, goWords := range []string{"Go ", "api.", "jobs.", "struct", "json:"} {
+			if strings.Contains(msg, goWords) {
+				t.Errorf("%s: %q speaks Go (%q)", c.body, msg, goWords)
+			}
 		}
 	}
 	if list, _ := f.client.ListJobsWithResponse(context.Background()); list.JSON200 == nil || len(*list.JSON200) != 1 {

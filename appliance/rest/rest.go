@@ -214,6 +214,14 @@ func statusOf(err error) int {
 }
 
 func (s *server) requestError(w http.ResponseWriter, r *http.Request, err error) {
+	// A job the generated decoder could not read is read as jobs.json
+	// reads it, whose error names the field in plain words, not in Go's
+	// types (api.Job).
+	if b, ok := r.Context().Value(rawBodyKey{}).([]byte); ok {
+		if _, jerr := jobs.DecodeJob(b); jerr != nil {
+			err = jerr
+		}
+	}
 	status := statusOf(err)
 	if status == http.StatusInternalServerError {
 		status = http.StatusBadRequest // the request could not be read

@@ -17,15 +17,15 @@ var checkSummary = regexp.MustCompile(`read (\d+) of (\d+) packs`)
 func packsChecked(t *testing.T, cfg string, args ...string) (read, all int) {
 	t.Helper()
 	r := mustRun(t, cfg, append([]string{"repo", "check"}, args...)...)
-	if !strings.Contains(r.stderr, "no problems found") {
-		t.Fatalf("repo check %v: %s", args, r.stderr)
+	if !strings.Contains(r.stdout, "no problems found") {
+		t.Fatalf("repo check %v: %s%s", args, r.stdout, r.stderr)
 	}
-	if strings.Contains(r.stderr, "read no pack data") {
+	if strings.Contains(r.stdout, "read no pack data") || strings.Contains(r.stdout, "no pack new since") {
 		return 0, -1
 	}
-	m := checkSummary.FindStringSubmatch(r.stderr)
+	m := checkSummary.FindStringSubmatch(r.stdout)
 	if m == nil {
-		t.Fatalf("repo check %v says no packs read: %s", args, r.stderr)
+		t.Fatalf("repo check %v says no packs read: %s", args, r.stdout)
 	}
 	read, _ = strconv.Atoi(m[1])
 	all, _ = strconv.Atoi(m[2])
@@ -93,5 +93,42 @@ func TestRepoCheckSubsets(t *testing.T) {
 		if res.code == 0 || !strings.Contains(res.stdout, "data/x is not a pack") || !strings.Contains(res.stderr, "1 problem(s) found") {
 			t.Errorf("repo check %v with data/x: exit %d\nstdout: %s\nstderr: %s", mode, res.code, res.stdout, res.stderr)
 		}
+	}
+}
+
+// TestReadDataSubsetMessages: a bad --read-data-subset (empty included)
+// is a usage error saying once which value is wrong and the forms
+// wanted, in plain words; --read-data-new with nothing new says so.
+func TestReadDataSubsetMessages(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", cfg, "--samples")
+	repoDir := filepath.Join(dir, "repo")
+	rf := []string{"--repo", repoDir, "--insecure-no-password"}
+	mustRun(t, cfg, "repo", "init", "--repo", repoDir, "--insecure-no-password")
+	mustRun(t, cfg, append([]string{"backup", "fs:sample"}, rf...)...)
+	for _, c := range []struct{ subset, want string }{
+		{"", `--read-data-subset "": empty: want n/t`},
+		{"abc", `--read-data-subset "abc": want n/t (group n of t), x% (a percentage) or N`},
+		{"1/", `--read-data-subset "1/": want n/t`},
+		{"x/2", `--read-data-subset "x/2": want n/t`},
+		{"1/0", `--read-data-subset "1/0": t must be at least 1`},
+		{"3/2", `--read-data-subset "3/2": want 1 <= n <= 2`},
+		{"abc%", `--read-data-subset "abc%": want x%`},
+	} {
+		r := astrolabe(t, cfg, append([]string{"repo", "check", "--read-data-subset", c.subset}, rf...)...)
+		if r.code != 2 || !strings.Contains(r.stderr, c.want) || strings.Count(r.stderr, "subset") != 1 ||
+			strings.Contains(r.stderr, "strconv") {
+			t.Errorf("--read-data-subset %q: exit %d, stderr %q; want exit 2 and %q", c.subset, r.code, r.stderr, c.want)
+		}
+	}
+	args := append([]string{"repo", "check", "--read-data-new", "--verifier", "v1"}, rf...)
+	first := mustRun(t, cfg, args...)
+	if strings.Contains(first.stdout, "no pack new") {
+		t.Errorf("first --read-data-new found nothing new: %q", first.stdout)
+	}
+	again := mustRun(t, cfg, args...)
+	if !strings.Contains(again.stdout, "no pack new since the last read by verifier v1 (") {
+		t.Errorf("--read-data-new with nothing new: stdout %q, stderr %q", again.stdout, again.stderr)
 	}
 }

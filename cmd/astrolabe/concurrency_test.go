@@ -823,7 +823,7 @@ func TestConcurrentBackupsStress(t *testing.T) {
 	}
 	nbdSrv.stop(syscall.SIGTERM)
 	r := mustRun(t, cfg, append([]string{"repo", "check", "--read-data"}, repoArgs...)...)
-	if !strings.Contains(r.stderr, "no problems found") {
+	if !strings.Contains(r.stdout, "no problems found") {
 		t.Errorf("repo check --read-data: %s%s", r.stdout, r.stderr)
 	}
 }
@@ -1241,7 +1241,7 @@ func TestTwoAppliancesOneBucket(t *testing.T) {
 	// more: every committed snapshot restores as it was backed up.
 	pruned = mustRun(t, cfgs[0], append([]string{"repo", "prune"}, repoArgs...)...)
 	t.Logf("final prune: %s", strings.TrimSpace(pruned.stdout))
-	if r := mustRun(t, cfgs[0], append([]string{"repo", "check", "--read-data"}, repoArgs...)...); !strings.Contains(r.stderr, "no problems found") {
+	if r := mustRun(t, cfgs[0], append([]string{"repo", "check", "--read-data"}, repoArgs...)...); !strings.Contains(r.stdout, "no problems found") {
 		t.Errorf("repo check --read-data: %s%s", r.stdout, r.stderr)
 	}
 	var live []backedUp

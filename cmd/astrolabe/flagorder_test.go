@@ -336,3 +336,65 @@ func TestVersionBeforeVerb(t *testing.T) {
 		t.Errorf("ls fs = %q", got)
 	}
 }
+
+// TestVariadicVerbsTakeManyArgs runs each verb's ArgsUsage through the
+// argument check every verb gets: one whose usage names "..." anywhere
+// ("PEID...", "[PEID[:SNAPSHOT]...]", "--keep-* [PEID...]") must take
+// two and three arguments.
+func TestVariadicVerbsTakeManyArgs(t *testing.T) {
+	variadic := 0
+	for _, c := range allCommands(newApp(io.Discard, io.Discard).Commands, nil) {
+		if c.cmd.Action == nil || !strings.Contains(c.cmd.ArgsUsage, "...") {
+			continue
+		}
+		variadic++
+		for _, n := range []int{2, 3} {
+			ran := false
+			cmd := &cli.Command{Name: c.cmd.Name, ArgsUsage: c.cmd.ArgsUsage,
+				Action: func(*cli.Context) error { ran = true; return nil }}
+			refuseExtraArgs(cmd, "astrolabe "+strings.Join(c.words, " "))
+			app := &cli.App{Commands: []*cli.Command{cmd}, Writer: io.Discard, ErrWriter: io.Discard}
+			args := []string{"astrolabe", c.cmd.Name}
+			for i := 0; i < n; i++ {
+				args = append(args, fmt.Sprintf("fs:sample%d", i))
+			}
+			if err := app.Run(args); err != nil || !ran {
+				t.Errorf("astrolabe %s (usage %q) with %d arguments: %v, ran %v",
+					strings.Join(c.words, " "), c.cmd.ArgsUsage, n, err, ran)
+			}
+		}
+	}
+	if variadic < 3 {
+		t.Errorf("%d verbs take PEID...: want at least nbd serve, repo copy and repo forget", variadic)
+	}
+}
+
+// TestRepoCopyTakesSeveralPEs is the user's command line: two PEs to copy
+// are no usage error, in whatever order flags and arguments come.
+func TestRepoCopyTakesSeveralPEs(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", cfg, "--samples")
+	r1, r3 := filepath.Join(dir, "r1"), filepath.Join(dir, "r3")
+	for _, r := range []string{r1, r3} {
+		mustRun(t, cfg, "repo", "init", "--repo", r, "--insecure-no-password")
+	}
+	mustRun(t, cfg, "backup", "fs:sample", "--repo", r1, "--insecure-no-password")
+	mustRun(t, cfg, "backup", "disk:sample.img", "--repo", r1, "--insecure-no-password")
+	for _, args := range [][]string{
+		{"repo", "copy", "--from", r1, "--to", r3, "--insecure-no-password", "fs:sample", "disk:sample.img"},
+		{"repo", "copy", "fs:sample", "disk:sample.img", "--from", r1, "--to", r3, "--insecure-no-password"},
+		{"repo", "copy", "--from", r1, "--to", r3, "--insecure-no-password", "--", "fs:sample", "disk:sample.img"},
+	} {
+		r := astrolabe(t, cfg, args...)
+		if r.code != 0 {
+			t.Errorf("astrolabe %q: exit %d, stderr %q", args, r.code, r.stderr)
+		}
+	}
+	out := mustRun(t, cfg, "repo", "snapshots", "--repo", r3, "--insecure-no-password").stdout
+	for _, pe := range []string{"fs:sample", "disk:sample.img"} {
+		if !strings.Contains(out, pe) {
+			t.Errorf("repo snapshots of the target lacks %s:\n%s", pe, out)
+		}
+	}
+}

@@ -64,7 +64,7 @@ func forget(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		id, err := peArg(a[0], 1)
+		id, err := repoSnapshotArg(a[0])
 		if err != nil {
 			return err
 		}

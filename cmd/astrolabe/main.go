@@ -170,15 +170,13 @@ func refuseExtraArgs(c *cli.Command, path string) {
 }
 
 // mostArgs is how many arguments an ArgsUsage such as "SRC DEST",
-// "[PEID]" or "PEID..." names at most; -1 for no bound.
+// "[PEID]" or "PEID..." names at most; -1 for no bound: "..." anywhere,
+// as in "[PEID[:SNAPSHOT]...]" too.
 func mostArgs(argsUsage string) int {
-	words := strings.Fields(argsUsage)
-	for _, w := range words {
-		if strings.HasSuffix(w, "...") {
-			return -1
-		}
+	if strings.Contains(argsUsage, "...") {
+		return -1
 	}
-	return len(words)
+	return len(strings.Fields(argsUsage))
 }
 
 // defaultConfigDir is /etc/astrolabe for root (the appliance), else the

@@ -52,21 +52,47 @@ func fileExists(path string) bool {
 // args checks the number of positional arguments.
 func args(c *cli.Context, n int, names string) ([]string, error) {
 	if c.NArg() != n {
+		path := verbPath(c)
 		return nil, usagef("%s: want %s, got %d argument(s); see 'astrolabe %s --help'",
-			c.Command.Name, names, c.NArg(), c.Command.Name)
+			path, names, c.NArg(), path)
 	}
 	return c.Args().Slice(), nil
 }
 
-// peArg parses a PE ID argument; wantSnap: 1 required, -1 forbidden, 0 either.
+// verbPath is the verb and subcommands of c as typed after
+// "astrolabe": "repo forget", not "forget".
+func verbPath(c *cli.Context) string {
+	var names []string
+	for _, ctx := range c.Lineage() {
+		if ctx.Command != nil && ctx.Command.Name != "" && ctx.Command.Name != c.App.Name {
+			names = append([]string{ctx.Command.Name}, names...)
+		}
+	}
+	return strings.Join(names, " ")
+}
+
+// peArg parses a PE ID argument of a local PE; wantSnap: 1 required, -1
+// forbidden, 0 either.
 func peArg(arg string, wantSnap int) (pe.ID, error) {
+	return peArgListed(arg, wantSnap, "lssn")
+}
+
+// repoSnapshotArg parses a PEID:SNAPSHOT argument naming a snapshot of
+// the repository.
+func repoSnapshotArg(arg string) (pe.ID, error) {
+	return peArgListed(arg, 1, "repo snapshots")
+}
+
+// peArgListed is peArg, pointing to the verb lister that lists the PE's
+// snapshots when one is missing.
+func peArgListed(arg string, wantSnap int, lister string) (pe.ID, error) {
 	id, err := pe.ParseID(arg)
 	if err != nil {
 		return pe.ID{}, usageError{err.Error()}
 	}
 	switch {
 	case wantSnap > 0 && !id.HasSnapshot():
-		return pe.ID{}, usagef("%s names no snapshot: want <type>:<id>:<snapshot> (see 'astrolabe lssn %s')", id, id)
+		return pe.ID{}, usagef("%s names no snapshot: want <type>:<id>:<snapshot> (see 'astrolabe %s %s')", id, lister, id)
 	case wantSnap < 0 && id.HasSnapshot():
 		return pe.ID{}, usagef("%s names a snapshot: want <type>:<id>", id)
 	}

@@ -39,6 +39,16 @@ func openBackend(c *cli.Context) (backend.Backend, error) {
 	return backendAt(c, loc, c.String("s3-profile"))
 }
 
+// shownLocation is how messages name a repository given as loc and
+// opened at actual: a URL as given (the backend's own spelling drops
+// s3+http's scheme), a directory as its absolute path.
+func shownLocation(loc, actual string) string {
+	if strings.Contains(loc, "://") {
+		return loc
+	}
+	return actual
+}
+
 // backendAt opens the backend of a repository location; an S3 one with
 // the keys of the AWS profile s3Profile if it is not empty.
 func backendAt(c *cli.Context, loc, s3Profile string) (backend.Backend, error) {
@@ -66,10 +76,10 @@ func repoOptions(c *cli.Context) (repo.Options, error) {
 // checkOptions reads repo check's flags.
 func checkOptions(c *cli.Context) (repo.CheckOptions, error) {
 	opts := repo.CheckOptions{ReadData: c.Bool("read-data"), New: c.Bool("read-data-new"), Verifier: c.String("verifier")}
-	if s := c.String("read-data-subset"); s != "" {
+	if c.IsSet("read-data-subset") {
 		var err error
-		if opts.Subset, err = repo.ParseSubset(s); err != nil {
-			return opts, usagef("--read-data-subset: %v", err)
+		if opts.Subset, err = repo.ParseSubset(c.String("read-data-subset")); err != nil {
+			return opts, usagef("--read-data-subset %v", err)
 		}
 	}
 	if opts.ReadData && (!opts.Subset.IsZero() || opts.New) {
@@ -88,7 +98,13 @@ func password(file, env string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("password file: %w", err)
 	}
-	return strings.TrimRight(string(b), "\r\n"), nil
+	pw := strings.TrimRight(string(b), "\r\n")
+	if pw == "" {
+		// Not "no password": an empty one would pass for an
+		// unencrypted repository's, or make repo init ask for one.
+		return "", fmt.Errorf("password file %s is empty", file)
+	}
+	return pw, nil
 }
 
 func openRepo(c *cli.Context) (*repo.Repository, error) {
@@ -135,7 +151,7 @@ func repoCommand() *cli.Command {
 				if err := repo.Init(c.Context, be, opts); err != nil {
 					return err
 				}
-				fmt.Fprintf(c.App.ErrWriter, "created repository %s\n", be.Location())
+				fmt.Fprintf(c.App.ErrWriter, "created repository %s\n", shownLocation(c.String("repo"), be.Location()))
 				return nil
 			},
 		}, {
@@ -182,10 +198,12 @@ verifier trusts only its own record.`,
 					if err != nil {
 						return err
 					}
+					// Results on stdout as restic check's; progress and
+					// warnings on stderr.
 					if s.Repaired() {
-						fmt.Fprintf(c.App.ErrWriter, "repaired the index: %d damaged index file(s) replaced, %d pack(s) indexed from their headers, %d missing pack(s) dropped\n", s.Damaged, s.Read, s.Dropped)
+						fmt.Fprintf(c.App.Writer, "repaired the index: %d damaged index file(s) replaced, %d pack(s) indexed from their headers, %d missing pack(s) dropped\n", s.Damaged, s.Read, s.Dropped)
 					} else {
-						fmt.Fprintln(c.App.ErrWriter, "the index needs no repair")
+						fmt.Fprintln(c.App.Writer, "the index needs no repair")
 					}
 					for _, p := range s.BadPacks {
 						fmt.Fprintf(c.App.ErrWriter, "pack %s has a damaged header: not indexed\n", p)
@@ -204,14 +222,14 @@ verifier trusts only its own record.`,
 					fmt.Fprintln(c.App.Writer, pr)
 				}
 				if len(sum.Problems) > 0 {
-					fmt.Fprintln(c.App.ErrWriter, sum)
+					fmt.Fprintln(c.App.Writer, sum)
 					return errors.Join(fmt.Errorf("%d problem(s) found", len(sum.Problems)), err)
 				}
 				if err != nil {
 					return err
 				}
-				fmt.Fprintln(c.App.ErrWriter, sum)
-				fmt.Fprintln(c.App.ErrWriter, "no problems found")
+				fmt.Fprintln(c.App.Writer, sum)
+				fmt.Fprintln(c.App.Writer, "no problems found")
 				return nil
 			}),
 		}, {
@@ -302,7 +320,7 @@ breaks it. A summary line (read, new, stored, duration) goes to stderr.`,
 				return err
 			}
 			fmt.Fprintf(c.App.ErrWriter, "backed up %s to %s: read %s, new %s, stored %s, reused unread %s, in %s (%s/s)\n",
-				id, r.Location(), humanBytes(s.Read), humanBytes(s.New), humanBytes(s.Stored), humanBytes(s.Reused),
+				id, shownLocation(c.String("repo"), r.Location()), humanBytes(s.Read), humanBytes(s.New), humanBytes(s.Stored), humanBytes(s.Reused),
 				s.Duration.Round(time.Millisecond), humanBytes(int64(float64(s.Read+s.Reused)/max(s.Duration.Seconds(), 1e-3))))
 			fmt.Fprintln(c.App.Writer, s.ID)
 			return nil
@@ -328,7 +346,7 @@ as in cp.`,
 			if err != nil {
 				return err
 			}
-			id, err := peArg(a[0], 1)
+			id, err := repoSnapshotArg(a[0])
 			if err != nil {
 				return err
 			}

@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -105,5 +108,63 @@ func TestServeFromRepository(t *testing.T) {
 	cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("mount --repo after SIGTERM: %v", err)
+	}
+}
+
+// TestReadOnlyCommandsMakeNoDirectory: a command on a repository that is
+// not there says so and leaves no directory (nor its parents) behind, as
+// a job's "must exist" check would then pass; repo init makes one.
+func TestReadOnlyCommandsMakeNoDirectory(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", cfg, "--samples")
+	for i, args := range [][]string{
+		{"repo", "snapshots"},
+		{"repo", "check"},
+		{"repo", "check", "--read-data"},
+		{"repo", "forget", "--keep-last", "1"},
+		{"repo", "prune"},
+		{"repo", "unlock"},
+		{"backup", "fs:sample"},
+		{"restore", "fs:sample"},
+	} {
+		missing := filepath.Join(dir, fmt.Sprintf("nope%d", i), "sub", "deeper")
+		r := astrolabe(t, cfg, append(args, "--repo", missing, "--insecure-no-password")...)
+		if r.code == 0 || !strings.Contains(r.stderr, "no repository here") {
+			t.Errorf("astrolabe %q on a missing repository: exit %d, stderr %q", args, r.code, r.stderr)
+		}
+		if _, err := os.Stat(filepath.Join(dir, fmt.Sprintf("nope%d", i))); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("astrolabe %q made a directory: %v", args, err)
+		}
+	}
+	made := filepath.Join(dir, "new", "sub", "repo")
+	mustRun(t, cfg, "repo", "init", "--repo", made, "--insecure-no-password")
+	if fi, err := os.Stat(made); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("repo init: %v %v", fi, err)
+	}
+}
+
+// TestEmptyPasswordFile: an empty password file (or one of a newline) is
+// said to be empty, not taken for no password.
+func TestEmptyPasswordFile(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", cfg, "--samples")
+	pw, empty := filepath.Join(dir, "pw"), filepath.Join(dir, "empty.pw")
+	os.WriteFile(pw, []byte("secret\n"), 0o600)
+	repoDir := filepath.Join(dir, "repo")
+	mustRun(t, cfg, "repo", "init", "--repo", repoDir, "--password-file", pw)
+	for _, content := range []string{"", "\n"} {
+		os.WriteFile(empty, []byte(content), 0o600)
+		for _, args := range [][]string{
+			{"repo", "snapshots", "--repo", repoDir, "--password-file", empty},
+			{"repo", "init", "--repo", filepath.Join(dir, "new"), "--password-file", empty},
+			{"repo", "copy", "--from", repoDir, "--from-password-file", empty, "--to", repoDir, "--password-file", pw},
+		} {
+			r := astrolabe(t, cfg, args...)
+			if r.code == 0 || !strings.Contains(r.stderr, "password file "+empty+" is empty") {
+				t.Errorf("astrolabe %q with a password file of %q: exit %d, stderr %q", args, content, r.code, r.stderr)
+			}
+		}
 	}
 }

@@ -92,7 +92,7 @@ present) goes to stderr.`,
 				summary += "; the source, not writable, was read without a lock"
 			}
 			fmt.Fprintf(c.App.ErrWriter, "copied %d snapshot(s) from %s to %s, %d there already: %s, in %s\n",
-				len(s.Copied), src.Location(), r.Location(), len(s.Skipped), summary, s.Duration.Round(time.Millisecond))
+				len(s.Copied), shownLocation(c.String("from"), src.Location()), shownLocation(c.String("repo"), r.Location()), len(s.Skipped), summary, s.Duration.Round(time.Millisecond))
 			return nil
 		},
 	}

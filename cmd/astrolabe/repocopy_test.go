@@ -466,3 +466,32 @@ func TestRepoCopyFromUnwritableDirectory(t *testing.T) {
 		t.Errorf("restored from the replica: %s, want %s", got, want)
 	}
 }
+
+// TestS3LocationAsGiven: the messages naming an s3+http:// repository
+// print it as given, not as s3:// (TLS), which would not open it.
+func TestS3LocationAsGiven(t *testing.T) {
+	s3 := startVersitygw(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", cfg, "--samples")
+	loc := "s3+http://" + s3.endpoint + "/given/astrolabe"
+	local := filepath.Join(dir, "local")
+	r := mustRun(t, cfg, "repo", "init", "--repo", loc, "--insecure-no-password")
+	if !strings.Contains(r.stderr, "created repository "+loc+"\n") {
+		t.Errorf("repo init: %q, want the location %s", r.stderr, loc)
+	}
+	mustRun(t, cfg, "repo", "init", "--repo", local, "--insecure-no-password")
+	r = mustRun(t, cfg, "backup", "fs:sample", "--repo", loc, "--insecure-no-password")
+	if !strings.Contains(r.stderr, " to "+loc+":") {
+		t.Errorf("backup: %q, want the location %s", r.stderr, loc)
+	}
+	mustRun(t, cfg, "backup", "disk:sample.img", "--repo", local, "--insecure-no-password")
+	r = mustRun(t, cfg, "repo", "copy", "--from", local, "--to", loc, "--insecure-no-password")
+	if !strings.Contains(r.stderr, " to "+loc+",") {
+		t.Errorf("copy into it: %q, want the location %s", r.stderr, loc)
+	}
+	r = mustRun(t, cfg, "repo", "copy", "--from", loc, "--to", local, "--insecure-no-password")
+	if !strings.Contains(r.stderr, " from "+loc+" to ") {
+		t.Errorf("copy from it: %q, want the location %s", r.stderr, loc)
+	}
+}

@@ -257,8 +257,8 @@ func TestSecurityDamagedIndex(t *testing.T) {
 		}
 	}
 	r := s.run("repo", "check", "--repair-index")
-	if !strings.Contains(r.stderr, "repaired") {
-		t.Errorf("check --repair-index said:\n%s", r.stderr)
+	if !strings.Contains(r.stdout, "repaired") {
+		t.Errorf("check --repair-index said:\n%s", r.stdout)
 	}
 	s.run("repo", "check", "--read-data")
 	for _, p := range s.objects("index") {

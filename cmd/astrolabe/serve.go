@@ -25,6 +25,11 @@ response's x-astrolabe-task-id carries); and the NBD server for the exports star
 the API. Exports it starts are recorded in the config directory and come
 back after a restart.
 
+It runs the scheduled jobs of jobs.json in the config directory (backup,
+prune, verify, replicate), each run a task whose result is kept in
+jobs-history.json; /v1/appliance/jobs lists, creates, changes and deletes
+them (see the README). A jobs.json that cannot be read stops serve.
+
 S3 credentials are --s3-access-key/--s3-secret-key (or their environment
 variables), else those stored in the config directory
 (s3-credentials.json), else new ones that are stored there and printed.

@@ -276,3 +276,11 @@ func TestServeRepository(t *testing.T) {
 	}
 	a.stop()
 }
+
+// TestServeHelpNamesJobs: serve's help says it runs the jobs of jobs.json.
+func TestServeHelpNamesJobs(t *testing.T) {
+	r := runBinary(t, t.TempDir(), "serve", "--help")
+	if r.code != 0 || !strings.Contains(r.stdout, "jobs.json") {
+		t.Errorf("serve --help: exit %d, no jobs.json in:\n%s", r.code, r.stdout)
+	}
+}

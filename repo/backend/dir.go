@@ -15,15 +15,14 @@ import (
 // Dir is a repository in a local directory.
 type Dir struct{ root string }
 
-// NewDir returns the backend of the directory root, which is created if
-// missing.
+// NewDir returns the backend of the directory root. A missing root is
+// not made here: reading it finds nothing (no repository), and only a
+// write (repo init's first, the config) makes it, 0700 with its parents,
+// so that a command that only reads leaves no empty directory behind.
 func NewDir(root string) (*Dir, error) {
 	abs, err := filepath.Abs(root)
 	if err != nil {
 		return nil, err
-	}
-	if err := os.MkdirAll(abs, 0o700); err != nil {
-		return nil, fmt.Errorf("repository %s: %w", abs, err)
 	}
 	return &Dir{root: abs}, nil
 }
