@@ -236,7 +236,11 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 
 // Location implements Backend.
 func (s *S3) Location() string {
-	return fmt.Sprintf("s3://%s/%s/%s", s.cfg.Endpoint, s.cfg.Bucket, s.cfg.Prefix)
+	scheme := "s3"
+	if s.cfg.Insecure {
+		scheme = "s3+http" // as it must be given again
+	}
+	return fmt.Sprintf("%s://%s/%s/%s", scheme, s.cfg.Endpoint, s.cfg.Bucket, s.cfg.Prefix)
 }
 
 func (s *S3) key(name string) string {
