@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/astrolabe-appliance/astrolabe/repo/backend"
@@ -321,20 +320,6 @@ func TestCheckVerifiedUnreadable(t *testing.T) {
 	}
 }
 
-// onFirstPackLoad runs fn once, before the first read of a pack.
-type onFirstPackLoad struct {
-	backend.Backend
-	once sync.Once
-	fn   func()
-}
-
-func (o *onFirstPackLoad) Load(ctx context.Context, name string, off, length int64) (io.ReadCloser, error) {
-	if strings.HasPrefix(name, "data/") {
-		o.once.Do(o.fn)
-	}
-	return o.Backend.Load(ctx, name, off, length)
-}
-
 // TestCheckVerifiedConcurrent: two checks of one verifier at once (the
 // appliance's job and the CLI, both named after the host): the one that
 // saves last keeps what the other found, and does not put back a pack the
@@ -347,8 +332,8 @@ func TestCheckVerifiedConcurrent(t *testing.T) {
 	damaged := packs[len(packs)-1]
 	flipByte(t, damaged)
 	var inner CheckSummary
-	hook := &onFirstPackLoad{Backend: e.be}
-	hook.fn = func() { inner = e.checkWith(CheckOptions{ReadData: true, Verifier: "v"}) }
+	hook := &loadHook{Backend: e.be}
+	hook.hook = func() { inner = e.checkWith(CheckOptions{ReadData: true, Verifier: "v"}) }
 	r := openAgain(t, hook, Options{Password: "pw"})
 	// Reads the first pack only, which is not the damaged one.
 	if _, err := r.CheckWith(context.Background(), CheckOptions{Subset: subset(t, "1"), Verifier: "v"}, nil); err != nil {
