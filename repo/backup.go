@@ -532,6 +532,11 @@ func (b *backupRun) unchanged(p pe.ProtectedEntity, img pe.Image) (func(off, n i
 			continue
 		}
 		changed, err := ct.ChangedSince(b.ctx, prevID.Snapshot())
+		if errors.Is(err, pe.ErrNotFound) {
+			// Its source snapshot is gone (deleted, or taken
+			// elsewhere): an older one may still be there.
+			continue
+		}
 		if err != nil {
 			b.r.log.Info("no changed-block tracking for this backup; reading all", "snapshot", p.ID(), "base", prevID, "err", err)
 			return nil, nil

@@ -235,6 +235,9 @@ func (r *Repository) Close() error {
 // Location says where the repository is.
 func (r *Repository) Location() string { return r.be.Location() }
 
+// ID is the repository's own: the same at every location it is reached by.
+func (r *Repository) ID() string { return r.cfg.ID }
+
 // chunkID names a chunk by its content.
 func chunkID(b []byte) string {
 	sum := sha256.Sum256(b)

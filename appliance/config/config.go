@@ -27,6 +27,11 @@ import (
 // per configured PE type.
 const PEDir = "pes"
 
+// StateDir, in the configuration directory, keeps state that is not
+// configuration: the S3 buckets' dates, the snapshots kept as backups'
+// bases.
+const StateDir = "state"
+
 const peSuffix = ".pe.json"
 
 // maxConfigFile bounds what we read of one config file.

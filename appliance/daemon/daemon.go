@@ -115,9 +115,6 @@ const (
 	stateFile = "state.json"
 	tlsDir    = "tls"
 	s3TempDir = "tmp"
-	// s3StateDir keeps the S3 data path's state (the buckets' creation
-	// dates) apart from its temporary files.
-	s3StateDir = "state"
 	// passwordDir holds the password files jobs created through the
 	// API may name.
 	passwordDir = "passwords"
@@ -163,6 +160,7 @@ func Run(ctx context.Context, opts Options) error {
 	uc, err := usecase.New(usecase.Config{
 		Manager: m, Repository: opts.Repository, Exports: src, ExportURI: nbds.uri,
 		MountRoot: opts.MountRoot, Journal: st, Logger: log,
+		StateDir: filepath.Join(opts.ConfigDir, config.StateDir),
 	})
 	if err != nil {
 		return err
@@ -324,7 +322,7 @@ func newS3Handler(opts Options, m pe.Manager, l net.Listener, ep *Endpoints, upl
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
 		return nil, fmt.Errorf("S3 temporary directory: %w", err)
 	}
-	state := filepath.Join(opts.ConfigDir, s3StateDir)
+	state := filepath.Join(opts.ConfigDir, config.StateDir)
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return nil, fmt.Errorf("S3 state directory: %w", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/astrolabe-appliance/astrolabe/appliance/config"
 	"github.com/astrolabe-appliance/astrolabe/appliance/usecase"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/repo"
@@ -196,7 +197,8 @@ func (s *Scheduler) backup(ctx context.Context, j *Job, r *repo.Repository, prog
 	if len(ids) == 0 {
 		return outcome{}, fmt.Errorf("no PEs match %s", strings.Join(j.PEs, " "))
 	}
-	uc, err := usecase.New(usecase.Config{Manager: s.opts.Manager, Repository: r, Logger: s.log})
+	uc, err := usecase.New(usecase.Config{Manager: s.opts.Manager, Repository: r, Logger: s.log,
+		StateDir: filepath.Join(s.opts.ConfigDir, config.StateDir)})
 	if err != nil {
 		return outcome{}, err
 	}

@@ -2,29 +2,64 @@ package usecase
 
 import (
 	"context"
+	"errors"
+	"fmt"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/repo"
 )
 
 // Backup backs up the PE id names into the repository, snapshotting a
-// live PE first and deleting that snapshot after (ResolveTemporary); the
-// summary's ID is the repository snapshot.
+// live PE first (ResolveForBackup); the summary's ID is the repository
+// snapshot.
 func (s *Service) Backup(ctx context.Context, id pe.ID, progress pe.Progress) (repo.Summary, error) {
-	if _, err := s.repository(); err != nil {
-		return repo.Summary{}, err
-	}
-	p, release, err := s.ResolveTemporary(ctx, id)
+	p, settle, err := s.ResolveForBackup(ctx, id)
 	if err != nil {
 		return repo.Summary{}, err
 	}
 	sum, err := s.BackupResolved(ctx, p, progress)
-	if rerr := release(ctx); rerr != nil {
-		// The backup is safe in the repository; the leftover is the
-		// PE's to clean (lssn, rmsn), not a reason to call it failed.
-		s.log.Warn("backup: the local snapshot taken for it is left", "pe", id, "err", rerr)
+	if serr := settle(ctx, err == nil); serr != nil {
+		// The backup is safe in the repository (or failed anyway); a
+		// leftover snapshot is the PE's to clean (lssn, rmsn).
+		s.log.Warn("backup: a snapshot taken for a backup is left", "pe", id, "err", serr)
 	}
 	return sum, err
+}
+
+// ResolveForBackup is Resolve for a backup. settle, called when the
+// backup ends, deals with the snapshot Resolve took, if it took one: one
+// that was not backed up is deleted; one that was is kept as the base of
+// the next backup's change tracking, and the one it replaces deleted
+// (see bases). Without a state directory it is deleted at once.
+func (s *Service) ResolveForBackup(ctx context.Context, id pe.ID) (p pe.ProtectedEntity, settle func(ctx context.Context, backedUp bool) error, err error) {
+	r, err := s.repository()
+	if err != nil {
+		return nil, nil, err
+	}
+	p, live, err := s.resolve(ctx, id)
+	if err != nil || live == nil {
+		return p, func(context.Context, bool) error { return nil }, err
+	}
+	snap := p.ID()
+	return p, func(ctx context.Context, backedUp bool) error {
+		// Also when the backup was cancelled.
+		ctx = context.WithoutCancel(ctx)
+		if !backedUp || s.bases == nil {
+			return deleteTaken(ctx, live, snap)
+		}
+		old, err := s.bases.replace(r.ID(), snap)
+		if err != nil {
+			// Unrecorded, it would never be deleted.
+			return errors.Join(fmt.Errorf("record of backup snapshots: %w", err), deleteTaken(ctx, live, snap))
+		}
+		if old.IsZero() {
+			return nil
+		}
+		if err := deleteTaken(ctx, live, old); err != nil && !errors.Is(err, pe.ErrNotFound) {
+			return err
+		}
+		return nil
+	}, nil
 }
 
 // BackupResolved backs up p, a PE Resolve returned.

@@ -18,10 +18,10 @@ func (s *Service) Resolve(ctx context.Context, id pe.ID) (pe.ProtectedEntity, er
 }
 
 // ResolveTemporary is Resolve for a reader done with the snapshot when it
-// ends (a backup, a copy): release deletes the snapshot Resolve took, if
-// it took one. Left behind, one snapshot per nightly backup would pile up
-// until the PE's storage fills (a disk image's is a whole copy where
-// reflinks are not there); restic and PBS leave nothing behind either.
+// ends (a copy): release deletes the snapshot Resolve took, if it took
+// one. Left behind, one snapshot per copy would pile up until the PE's
+// storage fills (a disk image's is a whole copy where reflinks are not
+// there). A backup keeps one (ResolveForBackup).
 func (s *Service) ResolveTemporary(ctx context.Context, id pe.ID) (p pe.ProtectedEntity, release func(context.Context) error, err error) {
 	p, live, err := s.resolve(ctx, id)
 	if err != nil || live == nil {
@@ -30,11 +30,17 @@ func (s *Service) ResolveTemporary(ctx context.Context, id pe.ID) (p pe.Protecte
 	snap := p.ID()
 	return p, func(ctx context.Context) error {
 		// Also when the reader was cancelled: the snapshot must go.
-		if err := live.DeleteSnapshot(context.WithoutCancel(ctx), snap.Snapshot()); err != nil {
-			return fmt.Errorf("delete snapshot %s taken for it: %w", snap, err)
-		}
-		return nil
+		return deleteTaken(context.WithoutCancel(ctx), live, snap)
 	}, nil
+}
+
+// deleteTaken deletes the snapshot snap of live that a copy or backup
+// took.
+func deleteTaken(ctx context.Context, live pe.ProtectedEntity, snap pe.ID) error {
+	if err := live.DeleteSnapshot(ctx, snap.Snapshot()); err != nil {
+		return fmt.Errorf("delete snapshot %s taken for a copy or backup: %w", snap, err)
+	}
+	return nil
 }
 
 // resolve is Resolve; live is the PE it snapshotted, nil if none.

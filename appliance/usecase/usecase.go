@@ -36,7 +36,12 @@ type Config struct {
 	// Journal is told of the exports and mounts started and stopped, so
 	// that they can be resumed after a restart.
 	Journal Journal
-	Logger  *slog.Logger
+	// StateDir keeps the record of the snapshots backups of live PEs
+	// took (BasesFile): the newest of each PE is kept for the next
+	// backup's change tracking. Without it each is deleted after its
+	// backup, and every backup reads its PE whole.
+	StateDir string
+	Logger   *slog.Logger
 }
 
 // Journal records the exports and mounts a Service started and stopped
@@ -56,6 +61,7 @@ type Service struct {
 	exportURI func(name string, writable bool) string
 	mountRoot string
 	journal   Journal
+	bases     *bases // nil without a state directory
 	log       *slog.Logger
 
 	mu       sync.Mutex
@@ -79,6 +85,9 @@ func New(cfg Config) (*Service, error) {
 	}
 	if s.journal == nil {
 		s.journal = noJournal{}
+	}
+	if cfg.StateDir != "" {
+		s.bases = &bases{path: filepath.Join(cfg.StateDir, BasesFile)}
 	}
 	if cfg.MountRoot != "" {
 		root, err := filepath.Abs(cfg.MountRoot)

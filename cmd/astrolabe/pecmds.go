@@ -41,7 +41,12 @@ func useCases(c *cli.Context, r *repo.Repository) (*usecase.Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return usecase.New(usecase.Config{Manager: m, Repository: r, Logger: slog.Default()})
+	cfg := usecase.Config{Manager: m, Repository: r, Logger: slog.Default()}
+	if c.String("server") == "" {
+		// The appliance's own record, shared with its jobs.
+		cfg.StateDir = filepath.Join(c.String("config"), config.StateDir)
+	}
+	return usecase.New(cfg)
 }
 
 func fileExists(path string) bool {

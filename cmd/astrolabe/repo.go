@@ -302,19 +302,19 @@ breaks it. A summary line (read, new, stored, duration) goes to stderr.`,
 				return err
 			}
 			// Resolved here, to tell of the snapshot before the progress.
-			p, release, err := uc.ResolveTemporary(c.Context, id)
+			p, settle, err := uc.ResolveForBackup(c.Context, id)
 			if err != nil {
 				return err
 			}
 			if !id.HasSnapshot() {
-				fmt.Fprintf(c.App.ErrWriter, "took snapshot %s (deleted once backed up)\n", p.ID())
+				fmt.Fprintf(c.App.ErrWriter, "took snapshot %s (kept as the next backup's base, the one before it deleted)\n", p.ID())
 			}
 			id = p.ID()
 			prog := newProgress(c.App.ErrWriter)
 			s, err := uc.BackupResolved(c.Context, p, prog)
 			prog.Done()
-			if rerr := release(c.Context); rerr != nil {
-				fmt.Fprintf(c.App.ErrWriter, "warning: %v\n", rerr)
+			if serr := settle(c.Context, err == nil); serr != nil {
+				fmt.Fprintf(c.App.ErrWriter, "warning: %v\n", serr)
 			}
 			if err != nil {
 				return err

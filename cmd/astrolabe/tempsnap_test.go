@@ -2,14 +2,17 @@ package main
 
 import (
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
 
-// A backup or copy of a live PE snapshots it and deletes that snapshot
-// when done: a nightly backup must not pile snapshots up on the PE's
-// storage. A snapshot the user took is theirs and stays.
-func TestBackupAndCopyLeaveNoSnapshot(t *testing.T) {
+// A backup of a live PE keeps the snapshot it took as the next backup's
+// base (the next one reads only changed blocks) and deletes the one
+// before; a copy deletes the snapshot it took. Nightly backups must not
+// pile snapshots up on the PE's storage, nor read whole disks every
+// night. A snapshot the user took is theirs and stays.
+func TestBackupAndCopySnapshots(t *testing.T) {
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "cfg")
 	repoDir := filepath.Join(dir, "repo")
@@ -19,22 +22,37 @@ func TestBackupAndCopyLeaveNoSnapshot(t *testing.T) {
 		t.Helper()
 		return strings.TrimSpace(mustRun(t, cfg, "lssn", id).stdout)
 	}
-	for _, id := range []string{"disk:sample.img", "fs:sample"} {
+	backup := func(id string) (string, string) {
+		t.Helper()
 		r := mustRun(t, cfg, "backup", id, "--repo", repoDir, "--insecure-no-password")
-		if !strings.Contains(r.stderr, "deleted once backed up") {
-			t.Errorf("backup %s does not say the snapshot it took is deleted: %s", id, r.stderr)
+		return strings.TrimSpace(r.stdout), r.stderr
+	}
+	for _, id := range []string{"disk:sample.img", "fs:sample"} {
+		first, stderr := backup(id)
+		if !strings.Contains(stderr, "kept as the next backup's base") {
+			t.Errorf("backup %s does not say what becomes of the snapshot it took: %s", id, stderr)
 		}
-		if left := snaps(id); left != "" {
-			t.Errorf("backup of %s left local snapshots: %s", id, left)
+		second, _ := backup(id)
+		if left := snaps(id); left != second {
+			t.Errorf("after two backups of %s (%s, %s), local snapshots %q; want the last only", id, first, second, left)
 		}
 	}
+	// The disk's third backup reads only what changed since the second.
+	_, stderr := backup("disk:sample.img")
+	if m := regexp.MustCompile(`read ([0-9.]+ [KMG]?i?B), .* reused unread ([0-9.]+ [KMG]?i?B)`).FindStringSubmatch(stderr); m == nil || m[2] == "0 B" {
+		t.Errorf("a backup of an unchanged disk reused nothing unread: %s", stderr)
+	}
+
+	before := snaps("fs:sample")
 	mustRun(t, cfg, "cp", "fs:sample", filepath.Join(dir, "sample.zip"))
-	if left := snaps("fs:sample"); left != "" {
-		t.Errorf("cp of fs:sample left local snapshots: %s", left)
+	if left := snaps("fs:sample"); left != before {
+		t.Errorf("cp of fs:sample left local snapshots: %q, before %q", left, before)
 	}
 	own := strings.TrimSpace(mustRun(t, cfg, "snap", "disk:sample.img").stdout)
-	mustRun(t, cfg, "backup", own, "--repo", repoDir, "--insecure-no-password")
-	if left := snaps("disk:sample.img"); left != own {
-		t.Errorf("a backup of the snapshot %s the user took: local snapshots now %q", own, left)
+	base := snaps("disk:sample.img")
+	backup("disk:sample.img")
+	backup(own)
+	if left := snaps("disk:sample.img"); !strings.Contains(left, own) || strings.Contains(left, base) {
+		t.Errorf("the user's snapshot %s, the old base %s: local snapshots now %q", own, base, left)
 	}
 }
