@@ -12,22 +12,35 @@ import (
 	"strings"
 )
 
-// decodeJob reads one job as jobs.json spells it: a JSON object whose
-// keys are exactly the fields' names (encoding/json would take "Daily"
-// for "daily"), each value of its field's type. Its errors name the field
-// in plain words, not Go's types.
+// decodeJob reads one job as the API takes it: a JSON object whose keys
+// are exactly the fields' names (encoding/json would take "Daily" for
+// "daily"), each value of its field's type. Its errors name the field in
+// plain words, not Go's types.
 func decodeJob(b []byte) (*Job, error) {
-	if err := checkKeys(b, reflect.TypeFor[Job](), ""); err != nil {
+	j, miscased, err := decodeJobKeys(b)
+	if err != nil {
 		return nil, err
 	}
-	var j *Job
-	if err := decodeStrict(b, &j); err != nil {
-		return nil, plainJSONError(err, "a JSON object (one job)")
-	}
-	if j == nil {
-		return nil, errors.New("want a JSON object (one job), not null")
+	if len(miscased) > 0 {
+		return nil, miscased[0]
 	}
 	return j, nil
+}
+
+// decodeJobKeys reads one job as jobs.json spells it: a key that is a
+// field's name in another case is taken for it, as older versions did
+// (encoding/json's rule), and returned in miscased.
+func decodeJobKeys(b []byte) (j *Job, miscased []error, err error) {
+	if miscased, err = checkKeys(b, reflect.TypeFor[Job](), ""); err != nil {
+		return nil, nil, err
+	}
+	if err := decodeStrict(b, &j); err != nil {
+		return nil, nil, plainJSONError(err, "a JSON object (one job)")
+	}
+	if j == nil {
+		return nil, nil, errors.New("want a JSON object (one job), not null")
+	}
+	return j, miscased, nil
 }
 
 // decodeStrict decodes b, which must be one JSON value, into v, refusing
@@ -44,13 +57,14 @@ func decodeStrict(b []byte, v any) error {
 	return nil
 }
 
-// checkKeys refuses a key of the JSON object b that is not exactly the
-// JSON name of a field of the struct t, in nested objects too (path
-// names the object). Anything but an object is left to the decoder.
-func checkKeys(b []byte, t reflect.Type, path string) error {
+// checkKeys refuses a key of the JSON object b that is the JSON name of
+// no field of the struct t, in nested objects too (path names the
+// object), and returns those that are one in another case. Anything but
+// an object is left to the decoder.
+func checkKeys(b []byte, t reflect.Type, path string) (miscased []error, err error) {
 	var obj map[string]json.RawMessage
 	if json.Unmarshal(b, &obj) != nil || obj == nil {
-		return nil
+		return nil, nil
 	}
 	fields := map[string]reflect.Type{}
 	for f := range t.Fields() {
@@ -62,23 +76,35 @@ func checkKeys(b []byte, t reflect.Type, path string) error {
 	for _, key := range slices.Sorted(maps.Keys(obj)) {
 		ft, ok := fields[key]
 		if !ok {
-			for name := range fields {
-				if strings.EqualFold(name, key) {
-					return fmt.Errorf("unknown field %q: did you mean %q? (field names are case-sensitive)", path+key, path+name)
-				}
+			name, found := foldField(fields, key)
+			if !found {
+				return nil, fmt.Errorf("unknown field %q", path+key)
 			}
-			return fmt.Errorf("unknown field %q", path+key)
+			miscased = append(miscased, fmt.Errorf("unknown field %q: did you mean %q? (field names are case-sensitive)", path+key, path+name))
+			ft = fields[name]
 		}
 		for ft.Kind() == reflect.Pointer {
 			ft = ft.Elem()
 		}
 		if ft.Kind() == reflect.Struct {
-			if err := checkKeys(obj[key], ft, path+key+"."); err != nil {
-				return err
+			nested, err := checkKeys(obj[key], ft, path+key+".")
+			if err != nil {
+				return nil, err
 			}
+			miscased = append(miscased, nested...)
 		}
 	}
-	return nil
+	return miscased, nil
+}
+
+// foldField returns the name of fields that is key in another case.
+func foldField(fields map[string]reflect.Type, key string) (string, bool) {
+	for name := range fields {
+		if strings.EqualFold(name, key) {
+			return name, true
+		}
+	}
+	return "", false
 }
 
 // plainJSONError says what encoding/json's err says in the words of

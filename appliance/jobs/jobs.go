@@ -59,6 +59,9 @@ type Job struct {
 
 	schedule calendar.Schedule
 	policy   repo.Policy
+	// warnings are what Create and Update refuse and jobs.json was
+	// allowed before: such a job loads, and New logs them.
+	warnings []string
 }
 
 // Repository is where a job's repository is and how it is opened.
@@ -102,7 +105,9 @@ func Load(dir string) (jobs []*Job, ok bool, err error) {
 	return jobs, true, nil
 }
 
-// Parse reads and validates a jobs file's content.
+// Parse reads and validates a jobs file's content. What older versions
+// loaded and Create now refuses (see strictErrors) loads, the job's
+// warnings saying so.
 func Parse(b []byte) ([]*Job, error) {
 	// Each job decoded alone, so that an error names it.
 	var raws []json.RawMessage
@@ -112,7 +117,7 @@ func Parse(b []byte) ([]*Job, error) {
 	jobs := make([]*Job, len(raws))
 	seen := map[string]bool{}
 	for i, raw := range raws {
-		j, err := decodeJob(raw)
+		j, miscased, err := decodeJobKeys(raw)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", jobLabel(raw, i), err)
 		}
@@ -127,6 +132,9 @@ func Parse(b []byte) ([]*Job, error) {
 			return nil, fmt.Errorf("job %q: name: defined twice", j.Name)
 		}
 		seen[j.Name] = true
+		for _, err := range append(miscased, j.strictErrors()...) {
+			j.warnings = append(j.warnings, err.Error())
+		}
 	}
 	return jobs, nil
 }
@@ -172,9 +180,6 @@ func (j *Job) validate() error {
 		if j.From == nil || j.From.Location == "" {
 			return errors.New("from.location: a replicate job needs the repository it copies from")
 		}
-		if repositoryKey(j.From.Location) == repositoryKey(j.Repository.Location) {
-			return fmt.Errorf("from.location %q: the job's repository itself (a replicate job copies from another)", j.From.Location)
-		}
 	default:
 		return fmt.Errorf("kind %q: want backup, prune, verify or replicate", j.Kind)
 	}
@@ -184,21 +189,40 @@ func (j *Job) validate() error {
 	if j.Kind != Replicate && j.From != nil {
 		return fmt.Errorf("from: only for replicate jobs, not %s", j.Kind)
 	}
-	if j.Kind != Verify {
-		for name, set := range map[string]bool{"readData": j.ReadData, "readDataSubset": j.ReadDataSubset != "", "readDataNew": j.ReadDataNew} {
-			if set {
-				return fmt.Errorf("%s: only for verify jobs, not %s", name, j.Kind)
-			}
-		}
-	} else if len(j.PEs) > 0 {
-		return errors.New("pes: a verify job checks the whole repository, not some PEs")
-	}
 	return nil
 }
 
-// unknownTypes lists the PE types j's pes name that m has not
-// configured: a run would fail on them.
+// strictErrors are the faults of a valid job that Create and Update
+// refuse: fields its runs ignore, and a replicate that can only fail.
+// jobs.json of older versions may hold them, so there they are warnings.
+func (j *Job) strictErrors() []error {
+	var errs []error
+	if j.Kind == Replicate && repositoryKey(j.From.Location) == repositoryKey(j.Repository.Location) {
+		errs = append(errs, fmt.Errorf("from.location %q: the job's repository itself (a replicate job copies from another)", j.From.Location))
+	}
+	if j.Kind != Verify {
+		for _, f := range []struct {
+			name string
+			set  bool
+		}{{"readData", j.ReadData}, {"readDataSubset", j.ReadDataSubset != ""}, {"readDataNew", j.ReadDataNew}} {
+			if f.set {
+				errs = append(errs, fmt.Errorf("%s: only for verify jobs, not %s", f.name, j.Kind))
+			}
+		}
+	} else if len(j.PEs) > 0 {
+		errs = append(errs, errors.New("pes: a verify job checks the whole repository, not some PEs"))
+	}
+	return errs
+}
+
+// unknownTypes lists the PE types a backup job's pes name that m has not
+// configured: a run would fail on them. Other jobs select the PEs of
+// their repository's snapshots, which need no configured type (a second
+// site prunes and replicates vm:* without vSphere).
 func (j *Job) unknownTypes(ctx context.Context, m pe.Manager) []string {
+	if j.Kind != Backup {
+		return nil
+	}
 	var unknown []string
 	for _, s := range j.PEs {
 		sel, err := parseSelector(s)

@@ -40,9 +40,13 @@ func DecodeJob(b []byte) (*Job, error) {
 	return j, nil
 }
 
-// check validates j as a job of jobs.json whose PE types are configured.
+// check validates j as a job of jobs.json, without the faults jobs.json
+// may hold (strictErrors), and a backup job's PE types as configured.
 func (s *Scheduler) check(j *Job) error {
 	err := j.validate()
+	if err == nil {
+		err = errors.Join(j.strictErrors()...)
+	}
 	if err == nil {
 		if unknown := j.unknownTypes(context.Background(), s.opts.Manager); len(unknown) > 0 {
 			err = fmt.Errorf("pes: no PE type %s is configured", strings.Join(unknown, ", "))

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -103,12 +102,22 @@ func (s *Scheduler) repositoryLock(loc string) chan struct{} {
 	return ch
 }
 
-// repositoryKey is loc with a directory's path (or a URL's) cleaned, so
-// that one repository spelled two ways ("r/", "./r"; "s3://h/b/p/") is
-// one.
+// repositoryKey names the repository at loc, so that one repository
+// spelled two ways is one: an S3 URL by what ParseS3URL reads from it
+// (scheme, endpoint in lower case, bucket, and the prefix exactly, as
+// "b//p" and "b/x/../p" are other key spaces than "b/p"); a directory by
+// its path cleaned ("r/", "./r").
 func repositoryKey(loc string) string {
-	if scheme, rest, ok := strings.Cut(loc, "://"); ok {
-		return scheme + "://" + path.Clean(rest)
+	if strings.HasPrefix(loc, "s3://") || strings.HasPrefix(loc, "s3+http://") {
+		cfg, err := backend.ParseS3URL(loc)
+		if err != nil {
+			return loc // opening it fails
+		}
+		scheme, _, _ := strings.Cut(loc, "://")
+		return fmt.Sprintf("%s://%s/%s/%s", scheme, strings.ToLower(cfg.Endpoint), cfg.Bucket, cfg.Prefix)
+	}
+	if strings.Contains(loc, "://") {
+		return loc
 	}
 	return filepath.Clean(loc)
 }

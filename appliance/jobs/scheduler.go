@@ -78,11 +78,15 @@ func New(opts Options) (*Scheduler, error) {
 	if err != nil {
 		return nil, err
 	}
-	// A type configured no more fails the job's runs, not the start:
-	// the other jobs run, and the job is fixed or deleted over the API.
+	// A type configured no more fails a backup job's runs, not the
+	// start: the other jobs run, and the job is fixed or deleted over
+	// the API. So does what the API refuses and older versions wrote.
 	for _, j := range opts.Jobs {
 		if unknown := j.unknownTypes(opts.TaskContext, opts.Manager); len(unknown) > 0 {
-			opts.Logger.Warn("job names PE types not configured: its runs will fail", "job", j.Name, "types", unknown)
+			opts.Logger.Warn("backup job names PE types not configured: its runs fail on them", "job", j.Name, "types", unknown)
+		}
+		for _, w := range j.warnings {
+			opts.Logger.Warn("jobs.json: job loaded with a fault the jobs API refuses", "job", j.Name, "fault", w)
 		}
 	}
 	return &Scheduler{opts: opts, hist: h, log: opts.Logger, jobs: slices.Clone(opts.Jobs), next: map[string]time.Time{}, nextFrom: map[string]time.Time{},
