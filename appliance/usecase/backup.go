@@ -18,7 +18,7 @@ func (s *Service) Backup(ctx context.Context, id pe.ID, progress pe.Progress) (r
 		return repo.Summary{}, err
 	}
 	sum, err := s.BackupResolved(ctx, p, progress)
-	if serr := settle(ctx, err == nil); serr != nil {
+	if _, serr := settle(ctx, err == nil); serr != nil {
 		// The backup is safe in the repository (or failed anyway); a
 		// leftover snapshot is the PE's to clean (lssn, rmsn).
 		s.log.Warn("backup: a snapshot taken for a backup is left", "pe", id, "err", serr)
@@ -28,38 +28,64 @@ func (s *Service) Backup(ctx context.Context, id pe.ID, progress pe.Progress) (r
 
 // ResolveForBackup is Resolve for a backup. settle, called when the
 // backup ends, deals with the snapshot Resolve took, if it took one: one
-// that was not backed up is deleted; one that was is kept as the base of
-// the next backup's change tracking, and the one it replaces deleted
-// (see bases). Without a state directory it is deleted at once.
-func (s *Service) ResolveForBackup(ctx context.Context, id pe.ID) (p pe.ProtectedEntity, settle func(ctx context.Context, backedUp bool) error, err error) {
+// that was not backed up is deleted; one that was is kept (kept is true)
+// as the base of the next backup's change tracking, and the one it
+// replaces deleted (see bases). Without a state directory, or for a PE
+// without change tracking, it is deleted at once.
+func (s *Service) ResolveForBackup(ctx context.Context, id pe.ID) (p pe.ProtectedEntity, settle func(ctx context.Context, backedUp bool) (kept bool, err error), err error) {
 	r, err := s.repository()
 	if err != nil {
 		return nil, nil, err
 	}
 	p, live, err := s.resolve(ctx, id)
 	if err != nil || live == nil {
-		return p, func(context.Context, bool) error { return nil }, err
+		return p, func(context.Context, bool) (bool, error) { return false, nil }, err
 	}
 	snap := p.ID()
-	return p, func(ctx context.Context, backedUp bool) error {
+	return p, func(ctx context.Context, backedUp bool) (bool, error) {
 		// Also when the backup was cancelled.
 		ctx = context.WithoutCancel(ctx)
-		if !backedUp || s.bases == nil {
-			return deleteTaken(ctx, live, snap)
+		// Kept only where the next backup can use it: a PE without
+		// change tracking (an fs tree) would hold a whole copy of
+		// itself for nothing.
+		if !backedUp || s.bases == nil || !tracksChanges(ctx, p) {
+			return false, deleteTaken(ctx, live, snap)
 		}
 		old, err := s.bases.replace(r.ID(), snap)
 		if err != nil {
 			// Unrecorded, it would never be deleted.
-			return errors.Join(fmt.Errorf("record of backup snapshots: %w", err), deleteTaken(ctx, live, snap))
+			return false, errors.Join(fmt.Errorf("record of backup snapshots: %w", err), deleteTaken(ctx, live, snap))
 		}
 		if old.IsZero() {
-			return nil
+			return true, nil
 		}
 		if err := deleteTaken(ctx, live, old); err != nil && !errors.Is(err, pe.ErrNotFound) {
-			return err
+			return true, err
 		}
-		return nil
+		return true, nil
 	}, nil
+}
+
+// tracksChanges tells whether the data of p, or of one of its components
+// (a VM's disks), can say which blocks changed since an earlier snapshot.
+func tracksChanges(ctx context.Context, p pe.ProtectedEntity) bool {
+	if img, err := p.Data(ctx); err == nil {
+		_, ok := img.(pe.ChangeTracker)
+		img.Close()
+		if ok {
+			return true
+		}
+	}
+	comps, err := p.Components(ctx)
+	if err != nil {
+		return false
+	}
+	for _, c := range comps {
+		if tracksChanges(ctx, c) {
+			return true
+		}
+	}
+	return false
 }
 
 // BackupResolved backs up p, a PE Resolve returned.

@@ -77,6 +77,14 @@ func TestBackupKeepsItsBase(t *testing.T) {
 		t.Fatalf("after a failed backup: %v, want %s and %s", got, own, third.ID)
 	}
 
+	// An fs tree tracks no changes: nothing is kept of it.
+	if _, err := a.Backup(ctx, id(t, "fs:home"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := snapshots(t, e.m, id(t, "fs:home")); len(got) != 0 {
+		t.Fatalf("a backup of an fs tree kept %v", got)
+	}
+
 	// A second repository keeps its own base; a backup into the first
 	// then deletes only the first's.
 	dir := t.TempDir()

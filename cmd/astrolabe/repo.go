@@ -306,15 +306,22 @@ breaks it. A summary line (read, new, stored, duration) goes to stderr.`,
 			if err != nil {
 				return err
 			}
-			if !id.HasSnapshot() {
-				fmt.Fprintf(c.App.ErrWriter, "took snapshot %s (kept as the next backup's base, the one before it deleted)\n", p.ID())
+			taken := !id.HasSnapshot()
+			if taken {
+				fmt.Fprintf(c.App.ErrWriter, "took snapshot %s\n", p.ID())
 			}
 			id = p.ID()
 			prog := newProgress(c.App.ErrWriter)
 			s, err := uc.BackupResolved(c.Context, p, prog)
 			prog.Done()
-			if serr := settle(c.Context, err == nil); serr != nil {
+			kept, serr := settle(c.Context, err == nil)
+			switch {
+			case serr != nil:
 				fmt.Fprintf(c.App.ErrWriter, "warning: %v\n", serr)
+			case kept:
+				fmt.Fprintf(c.App.ErrWriter, "kept snapshot %s as the next backup's base (the base before it deleted)\n", id)
+			case taken:
+				fmt.Fprintf(c.App.ErrWriter, "deleted snapshot %s\n", id)
 			}
 			if err != nil {
 				return err

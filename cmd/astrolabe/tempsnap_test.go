@@ -27,18 +27,26 @@ func TestBackupAndCopySnapshots(t *testing.T) {
 		r := mustRun(t, cfg, "backup", id, "--repo", repoDir, "--insecure-no-password")
 		return strings.TrimSpace(r.stdout), r.stderr
 	}
-	for _, id := range []string{"disk:sample.img", "fs:sample"} {
-		first, stderr := backup(id)
-		if !strings.Contains(stderr, "kept as the next backup's base") {
-			t.Errorf("backup %s does not say what becomes of the snapshot it took: %s", id, stderr)
-		}
-		second, _ := backup(id)
-		if left := snaps(id); left != second {
-			t.Errorf("after two backups of %s (%s, %s), local snapshots %q; want the last only", id, first, second, left)
-		}
+	// A disk tracks changes: its last backup's snapshot is kept.
+	first, stderr := backup("disk:sample.img")
+	if !strings.Contains(stderr, "kept snapshot "+first+" as the next backup's base") {
+		t.Errorf("backup of the disk does not say it keeps the snapshot it took: %s", stderr)
+	}
+	second, _ := backup("disk:sample.img")
+	if left := snaps("disk:sample.img"); left != second {
+		t.Errorf("after two backups of the disk (%s, %s), local snapshots %q; want the last only", first, second, left)
+	}
+	// An fs tree does not: a kept snapshot would be a whole copy of it
+	// for nothing.
+	tree, stderr := backup("fs:sample")
+	if !strings.Contains(stderr, "deleted snapshot "+tree) {
+		t.Errorf("backup of the tree does not say it deleted the snapshot it took: %s", stderr)
+	}
+	if left := snaps("fs:sample"); left != "" {
+		t.Errorf("after a backup of the tree, local snapshots %q; want none", left)
 	}
 	// The disk's third backup reads only what changed since the second.
-	_, stderr := backup("disk:sample.img")
+	_, stderr = backup("disk:sample.img")
 	if m := regexp.MustCompile(`read ([0-9.]+ [KMG]?i?B), .* reused unread ([0-9.]+ [KMG]?i?B)`).FindStringSubmatch(stderr); m == nil || m[2] == "0 B" {
 		t.Errorf("a backup of an unchanged disk reused nothing unread: %s", stderr)
 	}
