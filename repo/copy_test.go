@@ -116,11 +116,8 @@ func TestCopy(t *testing.T) {
 	rand.Read(b)
 	f.WriteAt(b, 2*mib)
 	f.Close()
-	pa2 := src.snap("disk:a.img")
-	if _, err := src.r.Backup(ctx, pa2, nil); err != nil {
-		t.Fatal(err)
-	}
-	s, err = dst.r.Copy(ctx, src.r, []pe.ID{pa2.ID().Base()}, nil)
+	pa2 := src.backup("disk:a.img")
+	s, err = dst.r.Copy(ctx, src.r, []pe.ID{pa2.Base()}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,15 +125,12 @@ func TestCopy(t *testing.T) {
 	if len(s.Copied) != 1 || s.Read != mib || s.New != mib || s.Sent > mib+64<<10 || s.Present != 11*mib {
 		t.Errorf("incremental copy of 1 MiB changed: %+v", s)
 	}
-	checkReplica(t, src, dst, map[pe.ID]func(pe.ID) bool{pa2.ID(): diskSame(a)})
+	checkReplica(t, src, dst, map[pe.ID]func(pe.ID) bool{pa2: diskSame(a)})
 
 	// Interrupted after two packs of a 64 MiB disk: the run again reads
 	// and sends only what the first did not store.
 	c := src.disk("c.img", 64*mib, map[int64]int64{0: 64 * mib})
-	pc := src.snap("disk:c.img")
-	if _, err := src.r.Backup(ctx, pc, nil); err != nil {
-		t.Fatal(err)
-	}
+	pc := src.backup("disk:c.img")
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cut := &cancelAfterPacks{Backend: dst.be, n: 2, cancel: cancel}
@@ -145,15 +139,15 @@ func TestCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer interrupted.Close()
-	s, err = interrupted.Copy(cctx, src.r, []pe.ID{pc.ID()}, nil)
+	s, err = interrupted.Copy(cctx, src.r, []pe.ID{pc}, nil)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("interrupted copy: %+v %v", s, err)
 	}
 	t.Logf("interrupted copy: %+v", s)
-	if snaps, _ := dst.r.Snapshots(ctx, pc.ID()); len(snaps) != 0 {
+	if snaps, _ := dst.r.Snapshots(ctx, pc); len(snaps) != 0 {
 		t.Fatal("an interrupted copy committed its snapshot")
 	}
-	s2, err := dst.r.Copy(ctx, src.r, []pe.ID{pc.ID()}, nil)
+	s2, err := dst.r.Copy(ctx, src.r, []pe.ID{pc}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +155,7 @@ func TestCopy(t *testing.T) {
 	if s2.Present < 2*packTarget-mib || s2.Read > 64*mib-s2.Present || s2.Read+s2.Present != 64*mib {
 		t.Errorf("copy after an interruption after 2 packs: %+v", s2)
 	}
-	checkReplica(t, src, dst, map[pe.ID]func(pe.ID) bool{pc.ID(): diskSame(c)})
+	checkReplica(t, src, dst, map[pe.ID]func(pe.ID) bool{pc: diskSame(c)})
 }
 
 // An unencrypted source copies into an encrypted target and that into an
@@ -174,10 +168,7 @@ func TestCopyUnencryptedSource(t *testing.T) {
 	if err := samples.WriteTree(tree); err != nil {
 		t.Fatal(err)
 	}
-	p := src.snap("fs:home")
-	if _, err := src.r.Backup(ctx, p, nil); err != nil {
-		t.Fatal(err)
-	}
+	p := src.backup("fs:home")
 	if _, err := src.r.Copy(ctx, src.r, nil, nil); err == nil || !strings.Contains(err.Error(), "the same repository") {
 		t.Errorf("copy into itself: %v", err)
 	}
@@ -189,7 +180,7 @@ func TestCopyUnencryptedSource(t *testing.T) {
 	}
 	want := treeSums(t, tree)
 	checkReplica(t, src, dst, map[pe.ID]func(pe.ID) bool{
-		p.ID(): func(r pe.ID) bool { return treeSums(t, filepath.Join(dst.dir, "fs", r.Name())) == want },
+		p: func(r pe.ID) bool { return treeSums(t, filepath.Join(dst.dir, "fs", r.Name())) == want },
 	})
 	// And from the encrypted copy into another unencrypted repository.
 	third := newEnv(t, nil, Options{Insecure: true})
@@ -197,7 +188,7 @@ func TestCopyUnencryptedSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkReplica(t, dst, third, map[pe.ID]func(pe.ID) bool{
-		p.ID(): func(r pe.ID) bool { return treeSums(t, filepath.Join(third.dir, "fs", r.Name())) == want },
+		p: func(r pe.ID) bool { return treeSums(t, filepath.Join(third.dir, "fs", r.Name())) == want },
 	})
 }
 
@@ -233,10 +224,7 @@ func TestCopyRechecksUnderLock(t *testing.T) {
 	src := newEnv(t, nil, Options{Password: "first site"})
 	dst := newEnv(t, nil, Options{Password: "second site"})
 	src.disk("a.img", 8*mib, map[int64]int64{0: 3 * mib})
-	p := src.snap("disk:a.img")
-	if _, err := src.r.Backup(ctx, p, nil); err != nil {
-		t.Fatal(err)
-	}
+	p := src.backup("disk:a.img")
 	var other string
 	hooked := &lockHook{Backend: dst.be, hook: func() {
 		// The other process: its own Repository on the same target.
@@ -244,7 +232,7 @@ func TestCopyRechecksUnderLock(t *testing.T) {
 		if err != nil || len(s.Copied) != 1 {
 			t.Errorf("the other copy: %+v %v", s, err)
 		}
-		other = dst.snapshotObjects(p.ID())
+		other = dst.snapshotObjects(p)
 	}}
 	late, err := Open(ctx, hooked, Options{Password: "second site", Logger: quiet()})
 	if err != nil {
@@ -258,7 +246,7 @@ func TestCopyRechecksUnderLock(t *testing.T) {
 	if len(s.Copied) != 0 {
 		t.Errorf("the late copy wrote %v again: %+v", s.Copied, s)
 	}
-	if got := dst.snapshotObjects(p.ID()); got != other {
+	if got := dst.snapshotObjects(p); got != other {
 		t.Errorf("the committed snapshot's objects changed under the late copy")
 	}
 	if probs, err := dst.r.Check(ctx, false, nil); err != nil || len(probs) != 0 {
@@ -275,16 +263,13 @@ func TestCopyComparesSnapshotsThere(t *testing.T) {
 	src := newEnv(t, nil, Options{Password: "first site"})
 	dst := newEnv(t, nil, Options{Password: "second site"})
 	src.disk("a.img", 8*mib, map[int64]int64{0: 3 * mib})
-	pa := src.snap("disk:a.img")
-	if _, err := src.r.Backup(ctx, pa, nil); err != nil {
-		t.Fatal(err)
-	}
+	pa := src.backup("disk:a.img")
 	if _, err := dst.r.Copy(ctx, src.r, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	original := map[string][]byte{}
 	for _, obj := range []string{"index", "info"} {
-		b, err := backend.ReadAll(ctx, dst.be, snapshotDir(pa.ID())+"/"+obj)
+		b, err := backend.ReadAll(ctx, dst.be, snapshotDir(pa)+"/"+obj)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -295,16 +280,16 @@ func TestCopyComparesSnapshotsThere(t *testing.T) {
 	forge := func(change func(*snapshotIndex, *snapshotInfo)) {
 		t.Helper()
 		for obj, b := range original {
-			if err := dst.r.saveObject(ctx, snapshotDir(pa.ID())+"/"+obj, b); err != nil {
+			if err := dst.r.saveObject(ctx, snapshotDir(pa)+"/"+obj, b); err != nil {
 				t.Fatal(err)
 			}
 		}
-		idx, si, err := dst.r.loadSnapshot(ctx, pa.ID())
+		idx, si, err := dst.r.loadSnapshot(ctx, pa)
 		if err != nil {
 			t.Fatal(err)
 		}
 		change(idx, si)
-		if err := dst.r.saveSnapshot(ctx, pa.ID(), idx, snapshotInfo{Info: si.Info, BackedUp: si.BackedUp}); err != nil {
+		if err := dst.r.saveSnapshot(ctx, pa, idx, snapshotInfo{Info: si.Info, BackedUp: si.BackedUp}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -317,10 +302,7 @@ func TestCopyComparesSnapshotsThere(t *testing.T) {
 
 	// A second PE, not in the target yet: copied whatever the first.
 	src.disk("b.img", 4*mib, map[int64]int64{mib: mib})
-	pb := src.snap("disk:b.img")
-	if _, err := src.r.Backup(ctx, pb, nil); err != nil {
-		t.Fatal(err)
-	}
+	pb := src.backup("disk:b.img")
 	for _, tc := range []struct {
 		what   string
 		change func(*snapshotIndex, *snapshotInfo)
@@ -331,22 +313,22 @@ func TestCopyComparesSnapshotsThere(t *testing.T) {
 		{"data", func(idx *snapshotIndex, _ *snapshotInfo) {
 			idx.Data.Chunks[1].ID, idx.Data.Chunks[2].ID = idx.Data.Chunks[2].ID, idx.Data.Chunks[1].ID
 		}},
-		{"components", func(idx *snapshotIndex, _ *snapshotInfo) { idx.Components = []string{pb.ID().String()} }},
+		{"components", func(idx *snapshotIndex, _ *snapshotInfo) { idx.Components = []string{pb.String()} }},
 	} {
 		forge(tc.change)
-		forged := dst.snapshotObjects(pa.ID())
+		forged := dst.snapshotObjects(pa)
 		s, err := dst.r.Copy(ctx, src.r, nil, nil)
-		if !errors.Is(err, ErrSnapshotDiffers) || !strings.Contains(err.Error(), "snapshot "+pa.ID().String()+": differs from the source's in its "+tc.what) {
+		if !errors.Is(err, ErrSnapshotDiffers) || !strings.Contains(err.Error(), "snapshot "+pa.String()+": differs from the source's in its "+tc.what) {
 			t.Errorf("%s changed in the target: %+v %v", tc.what, s, err)
 		}
 		t.Logf("%s changed: %v", tc.what, err)
-		if len(s.Differ) != 1 || s.Differ[0] != pa.ID() || len(s.Copied)+len(s.Skipped) != 1 {
+		if len(s.Differ) != 1 || s.Differ[0] != pa || len(s.Copied)+len(s.Skipped) != 1 {
 			t.Errorf("%s changed in the target: %+v", tc.what, s)
 		}
-		if got, _ := dst.r.Snapshots(ctx, pb.ID()); len(got) != 1 {
+		if got, _ := dst.r.Snapshots(ctx, pb); len(got) != 1 {
 			t.Errorf("%s changed in the target: the other snapshot was not copied", tc.what)
 		}
-		if dst.snapshotObjects(pa.ID()) != forged {
+		if dst.snapshotObjects(pa) != forged {
 			t.Errorf("%s changed in the target: the copy overwrote it", tc.what)
 		}
 	}
@@ -391,10 +373,7 @@ func TestCopyFromReadOnlySource(t *testing.T) {
 	src := newEnv(t, nil, Options{Password: "first site"})
 	dst := newEnv(t, nil, Options{Password: "second site"})
 	a := src.disk("a.img", 8*mib, map[int64]int64{0: 3 * mib})
-	pa := src.snap("disk:a.img")
-	if _, err := src.r.Backup(ctx, pa, nil); err != nil {
-		t.Fatal(err)
-	}
+	pa := src.backup("disk:a.img")
 	ro, err := backend.NewDir(readOnlyMount(t, src.be.Location()))
 	if err != nil {
 		t.Fatal(err)
@@ -410,7 +389,7 @@ func TestCopyFromReadOnlySource(t *testing.T) {
 	}
 	sum := fileSum(t, a)
 	checkReplica(t, src, dst, map[pe.ID]func(pe.ID) bool{
-		pa.ID(): func(r pe.ID) bool { return fileSum(t, filepath.Join(dst.dir, "disk", r.Name())) == sum },
+		pa: func(r pe.ID) bool { return fileSum(t, filepath.Join(dst.dir, "disk", r.Name())) == sum },
 	})
 	// A writable source is locked while it is read.
 	locked := false
@@ -429,10 +408,7 @@ func TestCopyFromReadOnlySource(t *testing.T) {
 
 	// A prune of the source holds its exclusive lock: no copy from it.
 	src.disk("b.img", 64*mib, map[int64]int64{0: 64 * mib})
-	pb := src.snap("disk:b.img")
-	if _, err := src.r.Backup(ctx, pb, nil); err != nil {
-		t.Fatal(err)
-	}
+	pb := src.backup("disk:b.img")
 	prune, err := src.r.lock(ctx, true)
 	if err != nil {
 		t.Fatal(err)
@@ -446,7 +422,7 @@ func TestCopyFromReadOnlySource(t *testing.T) {
 	// A prune that starts once the copy runs and removes the packs of the
 	// snapshot it copies: the copy fails, nothing of it is committed.
 	pruned := &loadHook{Backend: ro, hook: func() {
-		if err := src.r.Forget(ctx, pb.ID()); err != nil {
+		if err := src.r.Forget(ctx, pb); err != nil {
 			t.Error(err)
 		}
 		if _, err := src.r.Prune(ctx); err != nil {
@@ -458,12 +434,12 @@ func TestCopyFromReadOnlySource(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cut.Close()
-	s, err = dst.r.Copy(ctx, cut, []pe.ID{pb.ID()}, nil)
+	s, err = dst.r.Copy(ctx, cut, []pe.ID{pb}, nil)
 	t.Logf("copy during a prune: %+v %v", s, err)
 	if !errors.Is(err, backend.ErrNotExist) || !strings.Contains(err.Error(), "pruned meanwhile") || len(s.Copied) != 0 {
 		t.Fatalf("copy from a read-only source pruned meanwhile: %+v %v", s, err)
 	}
-	if got, _ := dst.r.Snapshots(ctx, pb.ID()); len(got) != 0 {
+	if got, _ := dst.r.Snapshots(ctx, pb); len(got) != 0 {
 		t.Fatalf("the snapshot pruned in the source while copied was committed in the target")
 	}
 	if probs, err := dst.r.Check(ctx, true, nil); err != nil || len(probs) != 0 {
@@ -511,10 +487,7 @@ func TestCopyReadsAhead(t *testing.T) {
 	src := newEnv(t, nil, Options{Password: "first site"})
 	dst := newEnv(t, nil, Options{Password: "second site"})
 	a := src.disk("a.img", 48*mib, map[int64]int64{0: 40 * mib})
-	p := src.snap("disk:a.img")
-	if _, err := src.r.Backup(ctx, p, nil); err != nil {
-		t.Fatal(err)
-	}
+	p := src.backup("disk:a.img")
 	counted := &inFlight{Backend: src.be, full: make(chan struct{})}
 	cs, err := Open(ctx, counted, Options{Password: "first site", Logger: quiet()})
 	if err != nil {
@@ -533,7 +506,7 @@ func TestCopyReadsAhead(t *testing.T) {
 	}
 	sum := fileSum(t, a)
 	checkReplica(t, src, dst, map[pe.ID]func(pe.ID) bool{
-		p.ID(): func(r pe.ID) bool { return fileSum(t, filepath.Join(dst.dir, "disk", r.Name())) == sum },
+		p: func(r pe.ID) bool { return fileSum(t, filepath.Join(dst.dir, "disk", r.Name())) == sum },
 	})
 }
 
@@ -547,11 +520,8 @@ func TestCopyComponentCycle(t *testing.T) {
 	var ids []pe.ID
 	for _, name := range []string{"a.img", "b.img", "c.img"} {
 		src.disk(name, 2*mib, map[int64]int64{0: mib})
-		p := src.snap("disk:" + name)
-		if _, err := src.r.Backup(ctx, p, nil); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, p.ID())
+		p := src.backup("disk:" + name)
+		ids = append(ids, p)
 	}
 	components := func(id pe.ID, comps ...pe.ID) {
 		t.Helper()
@@ -828,11 +798,8 @@ func TestCopyErrorsTogether(t *testing.T) {
 	var ids []pe.ID
 	for _, name := range []string{"a.img", "b.img", "c.img"} {
 		src.disk(name, 2*mib, map[int64]int64{0: mib})
-		p := src.snap("disk:" + name)
-		if _, err := src.r.Backup(ctx, p, nil); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, p.ID())
+		p := src.backup("disk:" + name)
+		ids = append(ids, p)
 	}
 	a, b, c := ids[0], ids[1], ids[2]
 	if _, err := dst.r.Copy(ctx, src.r, []pe.ID{a}, nil); err != nil {
@@ -911,11 +878,8 @@ func TestCopySnapshotForgottenMeanwhile(t *testing.T) {
 	var ids []pe.ID
 	for _, name := range []string{"a.img", "b.img"} {
 		src.disk(name, 2*mib, map[int64]int64{0: mib})
-		p := src.snap("disk:" + name)
-		if _, err := src.r.Backup(ctx, p, nil); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, p.ID())
+		p := src.backup("disk:" + name)
+		ids = append(ids, p)
 	}
 	a, b := ids[0], ids[1]
 	hook := &forgetOnRead{Backend: src.be, r: src.r, id: b}
