@@ -222,6 +222,25 @@ func (f *fixture) reached(t *testing.T) (write func()) {
 	}
 }
 
+// deleteDuringRun runs the job name now, deletes the job while its run
+// waits for the password FIFO (holdPassword), and checks that the run
+// ends cancelled.
+func (f *fixture) deleteDuringRun(t *testing.T, s *Scheduler, name string) {
+	t.Helper()
+	id, err := s.RunNow(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := f.reached(t)
+	if err := s.Delete(name); err != nil {
+		t.Fatal(err)
+	}
+	write()
+	if info := f.wait(t, id); info.Status != tasks.Cancelled {
+		t.Fatalf("run of a deleted job: %+v", info)
+	}
+}
+
 func (f *fixture) wait(t *testing.T, id string) tasks.Info {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -275,18 +294,7 @@ func TestRunNow(t *testing.T) {
 		t.Fatalf("still running after the end: %+v", st)
 	}
 
-	id, err = s.RunNow("verify")
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := f.reached(t)
-	if err := s.Delete("verify"); err != nil {
-		t.Fatal(err)
-	}
-	write()
-	if info := f.wait(t, id); info.Status != tasks.Cancelled {
-		t.Fatalf("run of a deleted job: %+v", info)
-	}
+	f.deleteDuringRun(t, s, "verify")
 	if runs := s.History("verify"); len(runs) != 0 {
 		t.Fatalf("history of a deleted job: %+v", runs)
 	}

@@ -68,18 +68,7 @@ func TestRunEndsLogged(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.holdPassword(t)
-	id, err := s.RunNow("verify")
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := f.reached(t)
-	if err := s.Delete("verify"); err != nil {
-		t.Fatal(err)
-	}
-	write()
-	if info := f.wait(t, id); info.Status != tasks.Cancelled {
-		t.Fatalf("run of a deleted job: %+v", info)
-	}
+	f.deleteDuringRun(t, s, "verify")
 
 	lines := strings.Split(log.String(), "\n")
 	for _, want := range [][]string{
