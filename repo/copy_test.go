@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -487,7 +488,13 @@ func TestCopyReadsAhead(t *testing.T) {
 	src := newEnv(t, nil, Options{Password: "first site"})
 	dst := newEnv(t, nil, Options{Password: "second site"})
 	a := src.disk("a.img", 48*mib, map[int64]int64{0: 40 * mib})
+	// One backup worker packs the chunks in exactly the stream's order.
+	// Several pack them about in order, and how far off depends on the
+	// machine's cores and load (a CI run with more of both saw 21 reads):
+	// what is counted here is the grouping of reads, not the layout.
+	procs := runtime.GOMAXPROCS(1)
 	p := src.backup("disk:a.img")
+	runtime.GOMAXPROCS(procs)
 	counted := &inFlight{Backend: src.be, full: make(chan struct{})}
 	cs, err := Open(ctx, counted, Options{Password: "first site", Logger: quiet()})
 	if err != nil {
@@ -498,7 +505,8 @@ func TestCopyReadsAhead(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%d reads of the source's packs for 40 chunks, at most %d at once", counted.loads.Load(), counted.max.Load())
-	if n := counted.loads.Load(); n > 40/2 {
+	// Three chunks of 1 MiB to a read of at most 4 MiB, 16 to a pack: 15.
+	if n := counted.loads.Load(); n > 16 {
 		t.Errorf("%d reads of the source's packs for 40 chunks: neighbours are not read together", n)
 	}
 	if m := counted.max.Load(); m != copyAhead || counted.gaveUp.Load() {
