@@ -117,14 +117,14 @@ func wholeFileOf(img pe.Image) *os.File {
 	default:
 		return nil
 	}
-	if !im.holes {
+	if !im.Holes() {
 		return nil // a block device
 	}
-	fi, err := im.f.Stat()
-	if err != nil || fi.Size() != im.size {
+	fi, err := im.File().Stat()
+	if err != nil || fi.Size() != im.Size() {
 		return nil
 	}
-	return im.f
+	return im.File()
 }
 
 // keepOwnership gives the replacement file tmp the permissions and, as far
