@@ -1,0 +1,362 @@
+package overlay
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/internal/fileimage"
+)
+
+const mib = 1 << 20
+
+// baseImage writes a read-only base of size bytes: random data with a
+// hole in [holeOff, holeOff+holeLen), returned with its bytes.
+func baseImage(t *testing.T, size, holeOff, holeLen int64) (pe.Image, []byte) {
+	t.Helper()
+	data := make([]byte, size)
+	rand.Read(data)
+	clear(data[holeOff : holeOff+holeLen])
+	path := filepath.Join(t.TempDir(), "base.img")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(data[:holeOff], 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(data[holeOff+holeLen:], holeOff+holeLen); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	ro, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := fileimage.New(ro, size, true)
+	t.Cleanup(func() { img.Close() })
+	return img, data
+}
+
+func readAll(t *testing.T, img pe.Image) []byte {
+	t.Helper()
+	buf := make([]byte, img.Size())
+	if n, err := img.ReadAt(buf, 0); n != len(buf) {
+		t.Fatalf("read %d of %d bytes: %v", n, len(buf), err)
+	}
+	return buf
+}
+
+func sum(b []byte) string { return fmt.Sprintf("%x", sha256.Sum256(b)) }
+
+// TestOverlayReadsWhatWasWritten: random writes and zeroes of every size
+// and alignment read back as a model of them says, the base never
+// changes, and the overlay opened again after Close reads the same.
+func TestOverlayReadsWhatWasWritten(t *testing.T) {
+	size := int64(3*mib + 12345) // a short last block
+	base, model := baseImage(t, size, mib, mib)
+	baseSum := sum(model)
+	dir := filepath.Join(t.TempDir(), "ov")
+	o, err := Create(dir, base, nil, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, o); !bytes.Equal(got, model) {
+		t.Fatal("a new overlay does not read as its base")
+	}
+	rng := mrand.New(mrand.NewPCG(1, 2))
+	for i := range 300 {
+		off := rng.Int64N(size)
+		n := min(1+rng.Int64N(3*BlockSize), size-off)
+		switch i % 4 {
+		case 3:
+			if err := o.Zero(off, n, i%8 == 3); err != nil {
+				t.Fatalf("zero %d at %d: %v", n, off, err)
+			}
+			clear(model[off : off+n])
+		default:
+			p := make([]byte, n)
+			rand.Read(p)
+			if k, err := o.WriteAt(p, off); err != nil || k != len(p) {
+				t.Fatalf("write %d at %d: %d %v", n, off, k, err)
+			}
+			copy(model[off:], p)
+		}
+		if i%50 == 0 {
+			if got := readAll(t, o); !bytes.Equal(got, model) {
+				t.Fatalf("after %d operations the overlay reads differently from the model", i+1)
+			}
+		}
+	}
+	// Reads straddling held and missing blocks, at odd places.
+	for range 200 {
+		off := rng.Int64N(size)
+		n := min(1+rng.Int64N(4*BlockSize), size-off)
+		p := make([]byte, n)
+		if k, err := o.ReadAt(p, off); k != len(p) || (err != nil && off+n != size) {
+			t.Fatalf("read %d at %d: %d %v", n, off, k, err)
+		}
+		if !bytes.Equal(p, model[off:off+n]) {
+			t.Fatalf("read %d at %d differs from the model", n, off)
+		}
+	}
+	if _, err := o.WriteAt([]byte{1}, size); err == nil {
+		t.Fatal("a write past the end succeeded")
+	}
+	if err := o.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, base); sum(got) != baseSum {
+		t.Fatal("writes into the overlay changed the base")
+	}
+	again, err := Open(dir, base, nil, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if got := readAll(t, again); !bytes.Equal(got, model) {
+		t.Fatal("the overlay opened again reads differently")
+	}
+}
+
+// TestOverlayCrash: what was synced survives an overlay never closed
+// (the process killed); a block written after the last Sync reads either
+// as written or as the base, never as anything else.
+func TestOverlayCrash(t *testing.T) {
+	base, model := baseImage(t, 2*mib, 0, 0)
+	dir := filepath.Join(t.TempDir(), "ov")
+	o, err := Create(dir, base, nil, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	synced := bytes.Repeat([]byte("synced"), 1000)
+	if _, err := o.WriteAt(synced, 100); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	copy(model[100:], synced)
+	late := bytes.Repeat([]byte("late"), 100)
+	if _, err := o.WriteAt(late, mib+7); err != nil {
+		t.Fatal(err)
+	}
+	// No Close: a second overlay on the same directory is what a restart
+	// after kill -9 finds.
+	after, err := Open(dir, base, nil, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := readAll(t, after)
+	if !bytes.Equal(got[:mib], model[:mib]) {
+		t.Fatal("the synced write did not survive")
+	}
+	withLate := bytes.Clone(model)
+	copy(withLate[mib+7:], late)
+	if !bytes.Equal(got, model) && !bytes.Equal(got, withLate) {
+		t.Fatal("the block written after the last sync reads as neither the write nor the base")
+	}
+	after.Close()
+}
+
+// TestOverlayFullDisk: an overlay whose filesystem fills answers ENOSPC,
+// keeps every write that succeeded, and reads a block whose write failed
+// as the base, also when opened again.
+func TestOverlayFullDisk(t *testing.T) {
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs (the test runs as root): %v\n%s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	base, model := baseImage(t, 8*mib, 0, 0)
+	dir := filepath.Join(mnt, "ov")
+	o, err := Create(dir, base, nil, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var full error
+	written := 0
+	for b := int64(0); b < 8*mib/BlockSize; b++ {
+		// A partial write: the block's copy-on-write needs the whole
+		// block's space.
+		p := bytes.Repeat([]byte{byte(b + 1)}, 1000)
+		if _, err := o.WriteAt(p, b*BlockSize+10); err != nil {
+			full = err
+			break
+		}
+		copy(model[b*BlockSize+10:], p)
+		written++
+	}
+	t.Logf("%d blocks written before: %v", written, full)
+	if !errors.Is(full, syscall.ENOSPC) {
+		t.Fatalf("a write into a full overlay: %v, want ENOSPC", full)
+	}
+	if written == 0 {
+		t.Fatal("no write succeeded before the disk was full")
+	}
+	if err := o.Sync(); err != nil {
+		t.Fatalf("sync of a full overlay: %v", err)
+	}
+	if got := readAll(t, o); !bytes.Equal(got, model) {
+		t.Fatal("a full overlay reads differently from what was written")
+	}
+	if err := o.Close(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := Open(dir, base, nil, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if got := readAll(t, again); !bytes.Equal(got, model) {
+		t.Fatal("a full overlay opened again reads differently from what was written")
+	}
+}
+
+// TestOverlayConcurrentPartialWrites: writes into different parts of a
+// block the layer lacks, at once, all land (none's copy of the base
+// undoes another's write).
+func TestOverlayConcurrentPartialWrites(t *testing.T) {
+	base, model := baseImage(t, mib, 0, 0)
+	o, err := Create(filepath.Join(t.TempDir(), "ov"), base, nil, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	const parts = 16
+	var wg sync.WaitGroup
+	for blk := range int64(4) {
+		for i := range int64(parts) {
+			off := blk*BlockSize + i*BlockSize/parts
+			p := bytes.Repeat([]byte{byte(blk*parts + i + 1)}, BlockSize/parts)
+			copy(model[off:], p)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := o.WriteAt(p, off); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if got := readAll(t, o); !bytes.Equal(got, model) {
+		t.Fatal("concurrent writes into one block lost some of them")
+	}
+}
+
+// TestOverlayFillAndExtents: Fill copies what the layer lacks and leaves
+// what was written; where the base is a hole the layer stays one; the
+// extents tell written data, zeros and the base's holes apart.
+func TestOverlayFillAndExtents(t *testing.T) {
+	ctx := context.Background()
+	base, model := baseImage(t, 4*mib, mib, 2*mib)
+	dir := filepath.Join(t.TempDir(), "ov")
+	var missed [][2]int64
+	var mu sync.Mutex
+	o, err := Create(dir, base, nil, Options{OnMiss: func(first, last int64) {
+		mu.Lock()
+		missed = append(missed, [2]int64{first, last})
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	w := bytes.Repeat([]byte{7}, 5000)
+	if _, err := o.WriteAt(w, mib+BlockSize+3); err != nil { // into the hole
+		t.Fatal(err)
+	}
+	copy(model[mib+BlockSize+3:], w)
+	if err := o.Zero(0, 2*BlockSize, true); err != nil {
+		t.Fatal(err)
+	}
+	clear(model[:2*BlockSize])
+	exts, err := o.Extents(ctx, 0, 4*mib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []pe.Extent{
+		{Offset: 0, Length: 2 * BlockSize, Kind: pe.ExtentHole},
+		{Offset: 2 * BlockSize, Length: mib - 2*BlockSize, Kind: pe.ExtentData},
+		{Offset: mib, Length: BlockSize, Kind: pe.ExtentHole},
+		{Offset: mib + BlockSize, Length: BlockSize, Kind: pe.ExtentData},
+		{Offset: mib + 2*BlockSize, Length: 2*mib - 2*BlockSize, Kind: pe.ExtentHole},
+		{Offset: 3 * mib, Length: mib, Kind: pe.ExtentData},
+	}
+	if fmt.Sprint(exts) != fmt.Sprint(want) {
+		t.Fatalf("extents\n%v\nwant\n%v", exts, want)
+	}
+	p := make([]byte, 10)
+	if _, err := o.ReadAt(p, 3*mib+5); err != nil {
+		t.Fatal(err)
+	}
+	if len(missed) == 0 || missed[len(missed)-1] != [2]int64{3 * mib / BlockSize, 3 * mib / BlockSize} {
+		t.Fatalf("a read of a missing block was not reported: %v", missed)
+	}
+	if got := o.NextMissing(0); got != 2 {
+		t.Fatalf("first missing block %d, want 2", got)
+	}
+	copied, err := o.Fill(ctx, 0, 1<<40, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !o.Complete() || o.NextMissing(0) != -1 {
+		t.Fatal("filled overlay is not complete")
+	}
+	if wantCopied := int64(2*mib - 2*BlockSize); copied != wantCopied {
+		t.Fatalf("fill copied %d bytes, want %d (the data the layer lacked, not the holes)", copied, wantCopied)
+	}
+	if got := readAll(t, o); !bytes.Equal(got, model) {
+		t.Fatal("a filled overlay reads differently from the base with its writes")
+	}
+	if _, err := o.layer.Extents(ctx, 0, 4*mib); err != nil {
+		t.Fatal(err)
+	}
+	layerExts, _ := o.layer.Extents(ctx, mib+2*BlockSize, 2*mib-2*BlockSize)
+	if len(layerExts) != 1 || layerExts[0].Kind != pe.ExtentHole {
+		t.Fatalf("the base's hole was written into the layer: %v", layerExts)
+	}
+}
+
+// TestOverlayOpenRefuses: a directory that is not an overlay of this base
+// is refused with the reason.
+func TestOverlayOpenRefuses(t *testing.T) {
+	base, _ := baseImage(t, mib, 0, 0)
+	other, _ := baseImage(t, 2*mib, 0, 0)
+	dir := filepath.Join(t.TempDir(), "ov")
+	o, err := Create(dir, base, nil, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Close()
+	if _, err := Create(dir, base, nil, Options{}); err == nil {
+		t.Fatal("Create over an existing overlay succeeded")
+	}
+	if _, err := Open(dir, other, nil, Options{}); err == nil {
+		t.Fatal("an overlay opened over a base of another size")
+	}
+	if err := os.WriteFile(filepath.Join(dir, headerFile), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir, base, nil, Options{}); err == nil {
+		t.Fatal("an overlay with a damaged header opened")
+	}
+	if _, err := Open(filepath.Join(t.TempDir(), "none"), base, nil, Options{}); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("open of no overlay: %v", err)
+	}
+}
