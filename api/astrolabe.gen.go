@@ -342,7 +342,11 @@ type MountRequest struct {
 
 // NBDExport defines model for NBDExport.
 type NBDExport struct {
-	Id       ProtectedEntityID  `json:"id"`
+	Id ProtectedEntityID `json:"id"`
+
+	// Target Where the writes of a writable export made by an appliance before
+	// exports had overlays land (a copy of the snapshot); absent for
+	// all others.
 	Target   *ProtectedEntityID `json:"target,omitempty"`
 	Uri      string             `json:"uri"`
 	Writable bool               `json:"writable"`
@@ -516,6 +520,12 @@ type TooManyRequests = Error
 
 // Unauthorized defines model for Unauthorized.
 type Unauthorized = Error
+
+// StopNBDExportParams defines parameters for StopNBDExport.
+type StopNBDExportParams struct {
+	// Keep Keep a writable export's writes as a new PE.
+	Keep *bool `form:"keep,omitempty" json:"keep,omitempty"`
+}
 
 // StartBackupParams defines parameters for StartBackup.
 type StartBackupParams struct {
@@ -813,8 +823,12 @@ type ClientInterface interface {
 
 	// StartNBDExportWithBody Export a PE snapshot over NBD (a PE without snapshot is snapshotted first)
 	//
-	// Exports the snapshot read-only, or writable as a restore target whose
-	// writes land in a new PE copied from the snapshot.
+	// Exports the snapshot read-only, or writable at once: reads come from
+	// the snapshot, writes land in a copy-on-write overlay on the appliance
+	// (the snapshot never changes). Stopping the export discards the
+	// writes, or keeps them as a new PE (keep=true). A writable export and
+	// its writes survive a restart of the appliance. A full disk under the
+	// overlay answers the client's writes with ENOSPC.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -823,8 +837,12 @@ type ClientInterface interface {
 
 	// StartNBDExport Export a PE snapshot over NBD (a PE without snapshot is snapshotted first)
 	//
-	// Exports the snapshot read-only, or writable as a restore target whose
-	// writes land in a new PE copied from the snapshot.
+	// Exports the snapshot read-only, or writable at once: reads come from
+	// the snapshot, writes land in a copy-on-write overlay on the appliance
+	// (the snapshot never changes). Stopping the export discards the
+	// writes, or keeps them as a new PE (keep=true). A writable export and
+	// its writes survive a restart of the appliance. A full disk under the
+	// overlay answers the client's writes with ENOSPC.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -833,10 +851,14 @@ type ClientInterface interface {
 
 	// StopNBDExport Stop exporting a snapshot; connected clients finish their requests
 	//
-	// Removes the export; new connections to it are refused.
+	// Removes the export; new connections to it are refused. The writes
+	// into a writable export are discarded once its last client has
+	// disconnected, unless keep is set: then the snapshot with the writes
+	// made so far is first copied into a new PE of its type (stop the
+	// clients first: later writes are not in it).
 	//
 	// Corresponds with DELETE /v1/appliance/nbd/exports/{protectedEntityID} (the `StopNBDExport` operationId).
-	StopNBDExport(ctx context.Context, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*http.Response, error)
+	StopNBDExport(ctx context.Context, protectedEntityID PEIDPath, params *StopNBDExportParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// StartBackupWithBody Back up a PE snapshot into the repository, as a task
 	//
@@ -1319,8 +1341,12 @@ func (c *Client) ListNBDExports(ctx context.Context, reqEditors ...RequestEditor
 
 // StartNBDExportWithBody Export a PE snapshot over NBD (a PE without snapshot is snapshotted first)
 //
-// Exports the snapshot read-only, or writable as a restore target whose
-// writes land in a new PE copied from the snapshot.
+// Exports the snapshot read-only, or writable at once: reads come from
+// the snapshot, writes land in a copy-on-write overlay on the appliance
+// (the snapshot never changes). Stopping the export discards the
+// writes, or keeps them as a new PE (keep=true). A writable export and
+// its writes survive a restart of the appliance. A full disk under the
+// overlay answers the client's writes with ENOSPC.
 //
 // Takes any type of body and a specified content type.
 //
@@ -1339,8 +1365,12 @@ func (c *Client) StartNBDExportWithBody(ctx context.Context, contentType string,
 
 // StartNBDExport Export a PE snapshot over NBD (a PE without snapshot is snapshotted first)
 //
-// Exports the snapshot read-only, or writable as a restore target whose
-// writes land in a new PE copied from the snapshot.
+// Exports the snapshot read-only, or writable at once: reads come from
+// the snapshot, writes land in a copy-on-write overlay on the appliance
+// (the snapshot never changes). Stopping the export discards the
+// writes, or keeps them as a new PE (keep=true). A writable export and
+// its writes survive a restart of the appliance. A full disk under the
+// overlay answers the client's writes with ENOSPC.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -1359,11 +1389,15 @@ func (c *Client) StartNBDExport(ctx context.Context, body StartNBDExportJSONRequ
 
 // StopNBDExport Stop exporting a snapshot; connected clients finish their requests
 //
-// Removes the export; new connections to it are refused.
+// Removes the export; new connections to it are refused. The writes
+// into a writable export are discarded once its last client has
+// disconnected, unless keep is set: then the snapshot with the writes
+// made so far is first copied into a new PE of its type (stop the
+// clients first: later writes are not in it).
 //
 // Corresponds with DELETE /v1/appliance/nbd/exports/{protectedEntityID} (the `StopNBDExport` operationId).
-func (c *Client) StopNBDExport(ctx context.Context, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewStopNBDExportRequest(c.Server, protectedEntityID)
+func (c *Client) StopNBDExport(ctx context.Context, protectedEntityID PEIDPath, params *StopNBDExportParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStopNBDExportRequest(c.Server, protectedEntityID, params)
 	if err != nil {
 		return nil, err
 	}
@@ -2205,7 +2239,7 @@ func NewStartNBDExportRequestWithBody(server string, contentType string, body io
 }
 
 // NewStopNBDExportRequest constructs an http.Request for the StopNBDExport method
-func NewStopNBDExportRequest(server string, protectedEntityID PEIDPath) (*http.Request, error) {
+func NewStopNBDExportRequest(server string, protectedEntityID PEIDPath, params *StopNBDExportParams) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -2228,6 +2262,33 @@ func NewStopNBDExportRequest(server string, protectedEntityID PEIDPath) (*http.R
 	queryURL, err := serverURL.Parse(operationPath)
 	if err != nil {
 		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Keep != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "keep", *params.Keep, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "boolean", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
 	}
 
 	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
@@ -3206,8 +3267,12 @@ type ClientWithResponsesInterface interface {
 
 	// StartNBDExportWithBodyWithResponse Export a PE snapshot over NBD (a PE without snapshot is snapshotted first)
 	//
-	// Exports the snapshot read-only, or writable as a restore target whose
-	// writes land in a new PE copied from the snapshot.
+	// Exports the snapshot read-only, or writable at once: reads come from
+	// the snapshot, writes land in a copy-on-write overlay on the appliance
+	// (the snapshot never changes). Stopping the export discards the
+	// writes, or keeps them as a new PE (keep=true). A writable export and
+	// its writes survive a restart of the appliance. A full disk under the
+	// overlay answers the client's writes with ENOSPC.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -3216,8 +3281,12 @@ type ClientWithResponsesInterface interface {
 
 	// StartNBDExportWithResponse Export a PE snapshot over NBD (a PE without snapshot is snapshotted first)
 	//
-	// Exports the snapshot read-only, or writable as a restore target whose
-	// writes land in a new PE copied from the snapshot.
+	// Exports the snapshot read-only, or writable at once: reads come from
+	// the snapshot, writes land in a copy-on-write overlay on the appliance
+	// (the snapshot never changes). Stopping the export discards the
+	// writes, or keeps them as a new PE (keep=true). A writable export and
+	// its writes survive a restart of the appliance. A full disk under the
+	// overlay answers the client's writes with ENOSPC.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -3226,12 +3295,16 @@ type ClientWithResponsesInterface interface {
 
 	// StopNBDExportWithResponse Stop exporting a snapshot; connected clients finish their requests
 	//
-	// Removes the export; new connections to it are refused.
+	// Removes the export; new connections to it are refused. The writes
+	// into a writable export are discarded once its last client has
+	// disconnected, unless keep is set: then the snapshot with the writes
+	// made so far is first copied into a new PE of its type (stop the
+	// clients first: later writes are not in it).
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /v1/appliance/nbd/exports/{protectedEntityID} (the `StopNBDExport` operationId).
-	StopNBDExportWithResponse(ctx context.Context, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*StopNBDExportResponse, error)
+	StopNBDExportWithResponse(ctx context.Context, protectedEntityID PEIDPath, params *StopNBDExportParams, reqEditors ...RequestEditorFn) (*StopNBDExportResponse, error)
 
 	// StartBackupWithBodyWithResponse Back up a PE snapshot into the repository, as a task
 	//
@@ -4238,6 +4311,10 @@ func (r StartNBDExportResponse) ContentType() string {
 type StopNBDExportResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *struct {
+		Kept ProtectedEntityID `json:"kept"`
+	}
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
 	// JSON401 the response for an HTTP 401 `application/json` response
@@ -4246,6 +4323,13 @@ type StopNBDExportResponse struct {
 	JSON404 *NotFound
 	// JSONDefault the response for an HTTP default `application/json` response
 	JSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r StopNBDExportResponse) GetJSON200() *struct {
+	Kept ProtectedEntityID `json:"kept"`
+} {
+	return r.JSON200
 }
 
 // GetJSON400 returns the response for an HTTP 400 `application/json` response
@@ -5584,8 +5668,12 @@ func (c *ClientWithResponses) ListNBDExportsWithResponse(ctx context.Context, re
 
 // StartNBDExportWithBodyWithResponse Export a PE snapshot over NBD (a PE without snapshot is snapshotted first)
 //
-// Exports the snapshot read-only, or writable as a restore target whose
-// writes land in a new PE copied from the snapshot.
+// Exports the snapshot read-only, or writable at once: reads come from
+// the snapshot, writes land in a copy-on-write overlay on the appliance
+// (the snapshot never changes). Stopping the export discards the
+// writes, or keeps them as a new PE (keep=true). A writable export and
+// its writes survive a restart of the appliance. A full disk under the
+// overlay answers the client's writes with ENOSPC.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -5600,8 +5688,12 @@ func (c *ClientWithResponses) StartNBDExportWithBodyWithResponse(ctx context.Con
 
 // StartNBDExportWithResponse Export a PE snapshot over NBD (a PE without snapshot is snapshotted first)
 //
-// Exports the snapshot read-only, or writable as a restore target whose
-// writes land in a new PE copied from the snapshot.
+// Exports the snapshot read-only, or writable at once: reads come from
+// the snapshot, writes land in a copy-on-write overlay on the appliance
+// (the snapshot never changes). Stopping the export discards the
+// writes, or keeps them as a new PE (keep=true). A writable export and
+// its writes survive a restart of the appliance. A full disk under the
+// overlay answers the client's writes with ENOSPC.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -5616,13 +5708,17 @@ func (c *ClientWithResponses) StartNBDExportWithResponse(ctx context.Context, bo
 
 // StopNBDExportWithResponse Stop exporting a snapshot; connected clients finish their requests
 //
-// Removes the export; new connections to it are refused.
+// Removes the export; new connections to it are refused. The writes
+// into a writable export are discarded once its last client has
+// disconnected, unless keep is set: then the snapshot with the writes
+// made so far is first copied into a new PE of its type (stop the
+// clients first: later writes are not in it).
 //
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with DELETE /v1/appliance/nbd/exports/{protectedEntityID} (the `StopNBDExport` operationId).
-func (c *ClientWithResponses) StopNBDExportWithResponse(ctx context.Context, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*StopNBDExportResponse, error) {
-	rsp, err := c.StopNBDExport(ctx, protectedEntityID, reqEditors...)
+func (c *ClientWithResponses) StopNBDExportWithResponse(ctx context.Context, protectedEntityID PEIDPath, params *StopNBDExportParams, reqEditors ...RequestEditorFn) (*StopNBDExportResponse, error) {
+	rsp, err := c.StopNBDExport(ctx, protectedEntityID, params, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -6575,6 +6671,15 @@ func ParseStopNBDExportResponse(rsp *http.Response) (*StopNBDExportResponse, err
 	}
 
 	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest struct {
+			Kept ProtectedEntityID `json:"kept"`
+		}
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
 	case rsp.StatusCode == 204:
 		break // No content-type
 
@@ -7448,7 +7553,7 @@ type ServerInterface interface {
 	StartNBDExport(w http.ResponseWriter, r *http.Request)
 	// StopNBDExport Stop exporting a snapshot; connected clients finish their requests
 	// (DELETE /v1/appliance/nbd/exports/{protectedEntityID})
-	StopNBDExport(w http.ResponseWriter, r *http.Request, protectedEntityID PEIDPath)
+	StopNBDExport(w http.ResponseWriter, r *http.Request, protectedEntityID PEIDPath, params StopNBDExportParams)
 	// StartBackup Back up a PE snapshot into the repository, as a task
 	// (POST /v1/appliance/repository/backups)
 	StartBackup(w http.ResponseWriter, r *http.Request, params StartBackupParams)
@@ -7583,7 +7688,7 @@ func (_ Unimplemented) StartNBDExport(w http.ResponseWriter, r *http.Request) {
 
 // StopNBDExport Stop exporting a snapshot; connected clients finish their requests
 // (DELETE /v1/appliance/nbd/exports/{protectedEntityID})
-func (_ Unimplemented) StopNBDExport(w http.ResponseWriter, r *http.Request, protectedEntityID PEIDPath) {
+func (_ Unimplemented) StopNBDExport(w http.ResponseWriter, r *http.Request, protectedEntityID PEIDPath, params StopNBDExportParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -7961,8 +8066,24 @@ func (siw *ServerInterfaceWrapper) StopNBDExport(w http.ResponseWriter, r *http.
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params StopNBDExportParams
+
+	// ------------- Optional query parameter "keep" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "keep", r.URL.Query(), &params.Keep, runtime.BindQueryParameterOptions{Type: "boolean", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "keep"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "keep", Err: err})
+		}
+		return
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.StopNBDExport(w, r, protectedEntityID)
+		siw.Handler.StopNBDExport(w, r, protectedEntityID, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -9563,10 +9684,27 @@ func (response StartNBDExportdefaultJSONResponse) VisitStartNBDExportResponse(w 
 
 type StopNBDExportRequestObject struct {
 	ProtectedEntityID PEIDPath `json:"protectedEntityID"`
+	Params            StopNBDExportParams
 }
 
 type StopNBDExportResponseObject interface {
 	VisitStopNBDExportResponse(w http.ResponseWriter) error
+}
+
+type StopNBDExport200JSONResponse struct {
+	Kept ProtectedEntityID `json:"kept"`
+}
+
+func (response StopNBDExport200JSONResponse) VisitStopNBDExportResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
 }
 
 type StopNBDExport204Response struct {
@@ -11285,10 +11423,11 @@ func (sh *strictHandler) StartNBDExport(w http.ResponseWriter, r *http.Request) 
 }
 
 // StopNBDExport operation middleware
-func (sh *strictHandler) StopNBDExport(w http.ResponseWriter, r *http.Request, protectedEntityID PEIDPath) {
+func (sh *strictHandler) StopNBDExport(w http.ResponseWriter, r *http.Request, protectedEntityID PEIDPath, params StopNBDExportParams) {
 	var request StopNBDExportRequestObject
 
 	request.ProtectedEntityID = protectedEntityID
+	request.Params = params
 
 	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
 		return sh.ssi.StopNBDExport(ctx, request.(StopNBDExportRequestObject))

@@ -10,6 +10,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -456,6 +457,11 @@ func (cn *conn) write(ctx context.Context, log *slog.Logger, share *limiter, w W
 	}
 	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 		return cn.errorReply(req, errShutdown, "connection or server ending")
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		// The client may free space (trim) or stop; nothing is damaged.
+		log.Warn("nbd write: no space left", "command", req.typ, "offset", off, "length", n, "err", err)
+		return cn.errorReply(req, errNoSpc, "no space left on the server")
 	}
 	if err != nil {
 		log.Error("nbd write", "command", req.typ, "offset", off, "length", n, "err", err)

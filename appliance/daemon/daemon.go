@@ -111,10 +111,13 @@ const DefaultDrain = 30 * time.Second
 
 // Files in the config directory.
 const (
-	tokenFile = "api-token"
-	stateFile = "state.json"
-	tlsDir    = "tls"
-	s3TempDir = "tmp"
+	// OverlayDir, under the configuration's state directory, keeps the
+	// overlays of writable NBD exports.
+	OverlayDir = "overlays"
+	tokenFile  = "api-token"
+	stateFile  = "state.json"
+	tlsDir     = "tls"
+	s3TempDir  = "tmp"
 	// passwordDir holds the password files jobs created through the
 	// API may name.
 	passwordDir = "passwords"

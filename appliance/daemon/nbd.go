@@ -6,6 +6,7 @@ import (
 	"net"
 	"path/filepath"
 
+	"github.com/astrolabe-appliance/astrolabe/appliance/config"
 	"github.com/astrolabe-appliance/astrolabe/appliance/nbdexport"
 	"github.com/astrolabe-appliance/astrolabe/nbd"
 	"github.com/astrolabe-appliance/astrolabe/pe"
@@ -43,7 +44,7 @@ func newNBD(ctx context.Context, opts Options, m pe.Manager, l net.Listener, c c
 	if nopts.TLSRequired {
 		ep.NBD = "nbds://" + hostPort
 	}
-	src := nbdexport.NewSource(m)
+	src := nbdexport.NewSource(m, filepath.Join(opts.ConfigDir, config.StateDir, OverlayDir))
 	srv := nbd.NewServer(src, nopts.Options)
 	serve := func() { run.serve(func() error { return srv.Serve(ctx, l) }) }
 	// Clients must use TLS off loopback, and to a writable export.

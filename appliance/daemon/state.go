@@ -31,10 +31,16 @@ type stateData struct {
 }
 
 type exportState struct {
-	ID     string `json:"id"`
-	Target string `json:"target,omitempty"` // writable exports: the PE that takes the writes
+	ID string `json:"id"`
+	// Writable says the export writes into an overlay, named by the
+	// token in Name.
+	Writable bool `json:"writable,omitempty"`
+	// Target is the PE that takes the writes of a writable export made
+	// before exports had overlays (a copy of the snapshot).
+	Target string `json:"target,omitempty"`
 	// Name is a writable export's NBD name (the ID and a secret token);
-	// one recorded before names had tokens gets a new one on restore.
+	// one recorded with a Target before names had tokens gets a new one
+	// on restore.
 	Name string `json:"name,omitempty"`
 }
 
@@ -94,8 +100,11 @@ var _ usecase.Journal = (*state)(nil)
 
 func (st *state) ExportStarted(e usecase.Export) error {
 	rec := exportState{ID: e.ID.String()}
-	if e.Writable {
+	switch {
+	case !e.Target.IsZero():
 		rec.Target, rec.Name = e.Target.String(), e.Name
+	case e.Writable:
+		rec.Writable, rec.Name = true, e.Name
 	}
 	return st.update(func(d *stateData) { d.Exports = append(d.Exports, rec) })
 }
@@ -157,7 +166,7 @@ func resumeExport(ctx context.Context, uc *usecase.Service, e exportState) (usec
 	if err != nil {
 		return usecase.Export{}, err
 	}
-	x := usecase.Export{ID: id, Name: e.Name}
+	x := usecase.Export{ID: id, Name: e.Name, Writable: e.Writable}
 	if e.Target != "" {
 		if x.Target, err = pe.ParseID(e.Target); err != nil {
 			return usecase.Export{}, err

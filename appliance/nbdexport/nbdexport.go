@@ -1,17 +1,17 @@
 // Package nbdexport serves PE snapshots through the nbd package: each
 // read-only export is named by the full PE ID of a snapshot and reads the
-// snapshot's data image. A writable export is a restore target: its writes
-// land in a new PE copied from the snapshot, never in the snapshot itself.
-// Its name is the snapshot's ID, a slash and a random token, so that only
-// those told the name can find it (the nbd server lists it only to
-// authenticated clients).
+// snapshot's data image. A writable export serves the snapshot at once
+// through a copy-on-write overlay (pe/overlay): its writes land there,
+// never in the snapshot, and are discarded when the export stops or kept
+// as a new PE. Its name is the snapshot's ID, a slash and a random token,
+// so that only those told the name can find it (the nbd server lists it
+// only to authenticated clients).
 package nbdexport
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -30,23 +30,37 @@ const ChangedContextPrefix = "astrolabe:changed:"
 // Source is an nbd.Source over a set of PE snapshots. Exports can be
 // added and removed while it serves.
 type Source struct {
-	m         pe.Manager
+	m pe.Manager
+	// overlays is where writable exports keep their overlays, one
+	// directory per export named by its token; "" refuses writable
+	// exports.
+	overlays  string
 	bytesRead atomic.Int64
 	mu        sync.Mutex
 	entries   []entry
 	// pending are snapshots whose writable export is being made: a second
-	// request for one is refused before it copies anything.
+	// request for one is refused before it makes anything.
 	pending map[pe.ID]bool
 }
 
 type entry struct {
-	id     pe.ID  // the snapshot
-	name   string // the export name
-	target pe.ID  // the live PE that takes the writes; zero if read-only
+	id   pe.ID  // the snapshot
+	name string // the export name
+	// ov is a writable export's overlay.
+	ov *shared
+	// target is the live PE that takes the writes of a writable export
+	// recorded before exports had overlays (it was a copy of the
+	// snapshot); zero otherwise.
+	target pe.ID
 }
 
-// NewSource returns a Source with no exports.
-func NewSource(m pe.Manager) *Source { return &Source{m: m, pending: map[pe.ID]bool{}} }
+func (e entry) writable() bool { return e.ov != nil || !e.target.IsZero() }
+
+// NewSource returns a Source with no exports, whose writable exports keep
+// their overlays under overlayDir ("" for none).
+func NewSource(m pe.Manager, overlayDir string) *Source {
+	return &Source{m: m, overlays: overlayDir, pending: map[pe.ID]bool{}}
+}
 
 // tokenBytes is the randomness in a writable export's name: 128 bits.
 const tokenBytes = 16
@@ -59,56 +73,19 @@ func WritableName(id pe.ID) string {
 	return id.String() + "/" + hex.EncodeToString(b[:])
 }
 
+// token is the random part of a writable export's name, or "" if name is
+// not one of WritableName for id.
+func token(id pe.ID, name string) string {
+	t, ok := strings.CutPrefix(name, id.String()+"/")
+	if b, err := hex.DecodeString(t); !ok || err != nil || len(b) != tokenBytes {
+		return ""
+	}
+	return t
+}
+
 // Add exports snapshot id read-only, named by its ID.
 func (s *Source) Add(id pe.ID) error {
 	return s.add(entry{id: id, name: id.String()}, false)
-}
-
-// AddWritable exports snapshot id as a restore target: the snapshot is
-// copied into a new PE (pe.CreateNew), whose data the export then reads and
-// writes, under a name of WritableName. A snapshot that is exported
-// already, or being exported, is refused (pe.ErrExists) before anything
-// is copied; a copy that cannot be exported is removed again.
-func (s *Source) AddWritable(ctx context.Context, id pe.ID, progress pe.Progress) (Export, error) {
-	if err := s.reserve(id); err != nil {
-		return Export{}, err
-	}
-	defer s.unreserve(id)
-	p, err := s.m.Get(ctx, id)
-	if err != nil {
-		return Export{}, fmt.Errorf("export %s: %w", id, err)
-	}
-	// Refuse before copying gigabytes: the copy would be of the same kind.
-	if _, ok := p.(pe.DataWriter); !ok {
-		return Export{}, fmt.Errorf("export %s writable: %s PEs cannot be written in place: %w", id, id.Type(), pe.ErrNotSupported)
-	}
-	tm, err := s.m.Type(ctx, id.Type())
-	if err != nil {
-		return Export{}, fmt.Errorf("export %s: %w", id, err)
-	}
-	target, err := tm.Copy(ctx, p, pe.CopyOptions{Mode: pe.CreateNew, Progress: progress})
-	if err != nil {
-		return Export{}, fmt.Errorf("export %s writable: %w", id, err)
-	}
-	e := entry{id: id, name: WritableName(id), target: target.ID()}
-	if err := s.add(e, true); err != nil {
-		return Export{}, errors.Join(err, s.Discard(ctx, target.ID()))
-	}
-	return e.export(), nil
-}
-
-// Discard removes a restore target that AddWritable made, for a caller
-// that cannot keep its export (it failed to record it).
-func (s *Source) Discard(ctx context.Context, target pe.ID) error {
-	p, err := s.m.Get(ctx, target)
-	if err != nil {
-		return fmt.Errorf("discard %s: %w", target, err)
-	}
-	r, ok := p.(pe.Remover)
-	if !ok {
-		return fmt.Errorf("discard %s: %s PEs cannot be removed: %w", target, target.Type(), pe.ErrNotSupported)
-	}
-	return r.Remove(ctx)
 }
 
 // reserve marks id as being exported writable, unless it is exported.
@@ -132,8 +109,9 @@ func (s *Source) unreserve(id pe.ID) {
 }
 
 // AddTarget exports snapshot id writable under name into an existing
-// target PE, as AddWritable made them: an appliance restarting restores
-// its exports so. An empty name gets a new one of WritableName.
+// target PE, as exports were made before they had overlays: an appliance
+// restarting restores its exports so. An empty name gets a new one of
+// WritableName.
 func (s *Source) AddTarget(id, target pe.ID, name string) (Export, error) {
 	if target.IsZero() || target.HasSnapshot() {
 		return Export{}, fmt.Errorf("export %s: target %s is not a live PE", id, target)
@@ -141,7 +119,7 @@ func (s *Source) AddTarget(id, target pe.ID, name string) (Export, error) {
 	if name == "" {
 		name = WritableName(id)
 	}
-	if !strings.HasPrefix(name, id.String()+"/") || len(name) < len(id.String())+1+2*tokenBytes {
+	if token(id, name) == "" {
 		return Export{}, fmt.Errorf("export %s: name %q is not one of WritableName", id, name)
 	}
 	e := entry{id: id, name: name, target: target}
@@ -149,27 +127,41 @@ func (s *Source) AddTarget(id, target pe.ID, name string) (Export, error) {
 }
 
 // Remove stops exporting id; connected clients keep their export open
-// until they disconnect.
+// until they disconnect. A writable export's overlay, and the writes in
+// it, are removed once the last client is gone (Keep them first).
 func (s *Source) Remove(id pe.ID) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	var found *entry
 	for i, e := range s.entries {
 		if e.id == id {
+			found = &e
 			s.entries = append(s.entries[:i], s.entries[i+1:]...)
-			return nil
+			break
 		}
 	}
-	return fmt.Errorf("export %s: %w", id, pe.ErrNotFound)
+	s.mu.Unlock()
+	if found == nil {
+		return fmt.Errorf("export %s: %w", id, pe.ErrNotFound)
+	}
+	if found.ov != nil {
+		return found.ov.release(true)
+	}
+	return nil
 }
 
 // Export is one export of a Source.
 type Export struct {
-	ID     pe.ID
-	Name   string // the NBD export name
-	Target pe.ID  // zero for read-only exports
+	ID       pe.ID
+	Name     string // the NBD export name
+	Writable bool
+	// Target is the PE that takes the writes of a writable export made
+	// before exports had overlays; zero for all others.
+	Target pe.ID
 }
 
-func (e entry) export() Export { return Export{ID: e.id, Name: e.name, Target: e.target} }
+func (e entry) export() Export {
+	return Export{ID: e.id, Name: e.name, Writable: e.writable(), Target: e.target}
+}
 
 // Exports lists the exports in the order they were added.
 func (s *Source) Exports() []Export {
@@ -233,10 +225,13 @@ func (s *Source) List(ctx context.Context) ([]nbd.ExportInfo, error) {
 				desc += fmt.Sprintf(", %d bytes", info.Size)
 			}
 		}
-		if !e.target.IsZero() {
+		switch {
+		case e.ov != nil:
+			desc += ", writable: writes go to an overlay"
+		case !e.target.IsZero():
 			desc += ", writable: writes go to " + e.target.String()
 		}
-		out = append(out, nbd.ExportInfo{Name: e.name, Description: desc, Writable: !e.target.IsZero()})
+		out = append(out, nbd.ExportInfo{Name: e.name, Description: desc, Writable: e.writable()})
 	}
 	return out, nil
 }
@@ -249,8 +244,11 @@ func (s *Source) Open(ctx context.Context, name string) (nbd.Export, error) {
 	if !ok {
 		return nil, nbd.ErrUnknownExport
 	}
+	if e.ov != nil {
+		return e.ov.open(&s.bytesRead)
+	}
 	if !e.target.IsZero() {
-		return s.openWritable(ctx, e)
+		return s.openTarget(ctx, e)
 	}
 	p, err := s.m.Get(ctx, e.id)
 	if err != nil {
@@ -265,7 +263,7 @@ func (s *Source) Open(ctx context.Context, name string) (nbd.Export, error) {
 	return se, nil
 }
 
-func (s *Source) openWritable(ctx context.Context, e entry) (nbd.Export, error) {
+func (s *Source) openTarget(ctx context.Context, e entry) (nbd.Export, error) {
 	p, err := s.m.Get(ctx, e.target)
 	if err != nil {
 		return nil, fmt.Errorf("export %s: target %w", e.id, err)
@@ -278,7 +276,7 @@ func (s *Source) openWritable(ctx context.Context, e entry) (nbd.Export, error) 
 	if err != nil {
 		return nil, fmt.Errorf("export %s: %w", e.id, err)
 	}
-	return writableExport{export{img, &s.bytesRead}, img}, nil
+	return writableExport{export{img, &s.bytesRead}, img, img.Close}, nil
 }
 
 // export adapts a pe.Image: holes and zero ranges become base:allocation
@@ -319,11 +317,14 @@ func (e export) Allocation(ctx context.Context, off, length int64) ([]nbd.Extent
 	return out, nil
 }
 
-// writableExport writes into a live PE's data.
+// writableExport writes into an overlay or a live PE's data.
 type writableExport struct {
 	export
-	w pe.WritableImage
+	w     pe.WritableImage
+	close func() error
 }
+
+func (e writableExport) Close() error { return e.close() }
 
 func (e writableExport) WriteAt(p []byte, off int64) (int, error) { return e.w.WriteAt(p, off) }
 func (e writableExport) Flush() error                             { return e.w.Sync() }

@@ -68,7 +68,7 @@ func diskSource(t *testing.T) (*Source, string, pe.ID) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return NewSource(m), root, snap
+	return NewSource(m, filepath.Join(t.TempDir(), "overlays")), root, snap
 }
 
 // liveImages lists the live disk PEs in root.
@@ -87,8 +87,9 @@ func liveImages(t *testing.T, root string) []string {
 	return out
 }
 
-// TestAddWritableOnce: parallel requests for one snapshot copy it once;
-// the others are refused before copying and leave nothing behind.
+// TestAddWritableOnce: parallel requests for one snapshot make one
+// writable export, at once (no copy of the snapshot); the others are
+// refused and leave nothing behind.
 func TestAddWritableOnce(t *testing.T) {
 	src, root, snap := diskSource(t)
 	const n = 10
@@ -99,7 +100,7 @@ func TestAddWritableOnce(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			exports[i], errs[i] = src.AddWritable(context.Background(), snap, nil)
+			exports[i], errs[i] = src.AddWritable(context.Background(), snap)
 		}()
 	}
 	wg.Wait()
@@ -115,8 +116,11 @@ func TestAddWritableOnce(t *testing.T) {
 	if len(ok) != 1 {
 		t.Fatalf("%d of %d parallel AddWritable succeeded, want 1", len(ok), n)
 	}
-	if got := liveImages(t, root); len(got) != 2 {
-		t.Errorf("disk PEs after %d parallel requests: %v, want a.img and one copy", n, got)
+	if got := liveImages(t, root); len(got) != 1 {
+		t.Errorf("disk PEs after %d parallel requests: %v, want a.img alone (no copy)", n, got)
+	}
+	if got, _ := os.ReadDir(src.overlays); len(got) != 1 {
+		t.Errorf("overlays after %d parallel requests: %v, want one", n, got)
 	}
 	x := ok[0]
 	token, found := strings.CutPrefix(x.Name, snap.String()+"/")
@@ -143,23 +147,126 @@ func TestAddWritableOnce(t *testing.T) {
 	if err := src.Add(snap); !errors.Is(err, pe.ErrExists) {
 		t.Errorf("Add of a snapshot exported writable: %v", err)
 	}
-
-	// Discard removes the copy.
 	if err := src.Remove(snap); err != nil {
 		t.Fatal(err)
 	}
-	if err := src.Discard(context.Background(), x.Target); err != nil {
-		t.Fatal(err)
+	if got, _ := os.ReadDir(src.overlays); len(got) != 0 {
+		t.Errorf("overlays after Remove: %v", got)
 	}
-	if got := liveImages(t, root); len(got) != 1 {
-		t.Errorf("disk PEs after Discard: %v", got)
-	}
-	// A recorded name comes back as it was; a malformed one is refused.
-	if _, err := src.AddTarget(snap, x.Target, x.Name); err != nil {
+	// A name recorded for a target (before overlays) comes back as it
+	// was; a malformed one is refused.
+	target, _ := pe.ParseID("disk:a.img")
+	if _, err := src.AddTarget(snap, target, x.Name); err != nil {
 		t.Error(err)
 	}
 	src.Remove(snap)
-	if _, err := src.AddTarget(snap, x.Target, snap.String()); err == nil {
+	if _, err := src.AddTarget(snap, target, snap.String()); err == nil {
 		t.Error("AddTarget took a name without a token")
+	}
+}
+
+// TestWritableOverlay: a writable export writes into its overlay, never
+// the snapshot; its writes come back with the export after a restart
+// (Close, ResumeWritable); Keep copies the snapshot with them into a new
+// PE; Remove discards them once the last client is gone.
+func TestWritableOverlay(t *testing.T) {
+	ctx := context.Background()
+	src, root, snap := diskSource(t)
+	x, err := src.AddWritable(ctx, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := src.Open(ctx, x.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := e.(nbd.Writer)
+	if _, err := w.WriteAt([]byte("written"), 1<<20+5); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.(interface{ Flush() error }).Flush(); err != nil {
+		t.Fatal(err)
+	}
+	e.(interface{ Close() error }).Close()
+	want := make([]byte, 4<<20)
+	copy(want[1<<20:], "some data")
+	copy(want[1<<20+5:], "written")
+	read := func(name string) []byte {
+		t.Helper()
+		e, err := src.Open(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer e.(interface{ Close() error }).Close()
+		got := make([]byte, 4<<20)
+		if _, err := e.ReadAt(got, 0); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := read(x.Name); string(got) != string(want) {
+		t.Fatal("the export does not read as the snapshot with the write")
+	}
+	p, _ := src.m.Get(ctx, snap)
+	img, _ := p.Data(ctx)
+	orig := make([]byte, 4<<20)
+	img.ReadAt(orig, 0)
+	img.Close()
+	if string(orig[1<<20:1<<20+20]) != "some data"+string(make([]byte, 11)) {
+		t.Fatal("the write changed the snapshot")
+	}
+
+	// A restart: the overlay is closed and opened again by name.
+	if err := src.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.ResumeWritable(ctx, snap, x.Name); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(x.Name); string(got) != string(want) {
+		t.Fatal("the resumed export lost the write")
+	}
+
+	tm, _ := src.m.Type(ctx, "disk")
+	kept, err := src.Keep(ctx, snap, tm, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(root, kept.ID().Name()))
+	if err != nil || string(b) != string(want) {
+		t.Fatalf("kept PE %s does not hold the snapshot with the write: %v", kept.ID(), err)
+	}
+
+	// A client still connected keeps the overlay until it closes.
+	e, err = src.Open(ctx, x.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Remove(snap); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadDir(src.overlays); len(got) != 1 {
+		t.Fatalf("overlay removed under a connected client: %v", got)
+	}
+	got := make([]byte, 16)
+	if _, err := e.ReadAt(got, 1<<20+5); err != nil || string(got[:7]) != "written" {
+		t.Fatalf("a connected client's read after Remove: %q %v", got, err)
+	}
+	e.(interface{ Close() error }).Close()
+	if got, _ := os.ReadDir(src.overlays); len(got) != 0 {
+		t.Fatalf("overlay left after the last client closed: %v", got)
+	}
+	if _, err := src.ResumeWritable(ctx, snap, x.Name); err == nil {
+		t.Fatal("an export resumed after its overlay was discarded")
+	}
+}
+
+// TestWritableRefusesFS: an fs PE's data is a tar stream: no writable
+// export of it.
+func TestWritableRefusesFS(t *testing.T) {
+	src, _, _ := diskSource(t)
+	id, _ := pe.ParseID("fs:tree:20260101T000000Z-0001")
+	if _, err := src.AddWritable(context.Background(), id); !errors.Is(err, pe.ErrNotSupported) {
+		t.Fatalf("writable export of an fs snapshot: %v", err)
 	}
 }

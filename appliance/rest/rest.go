@@ -34,8 +34,10 @@ type NBDExport = usecase.Export
 // Exports is the NBD service.
 type Exports interface {
 	Exports() []NBDExport
-	StartExport(ctx context.Context, id pe.ID, writable bool, progress pe.Progress) (NBDExport, error)
-	StopExport(ctx context.Context, id pe.ID) error
+	StartExport(ctx context.Context, id pe.ID, writable bool) (NBDExport, error)
+	// StopExport returns the PE the writes of a writable export were kept
+	// in, with keep.
+	StopExport(ctx context.Context, id pe.ID, keep bool, progress pe.Progress) (pe.ID, error)
 }
 
 // Mount is one FUSE mount.
@@ -360,6 +362,14 @@ func (s *server) DeleteProtectedEntity(ctx context.Context, req api.DeleteProtec
 	if err != nil {
 		return nil, err
 	}
+	if s.cfg.Exports != nil {
+		// Stopping its export would throw the writes away.
+		for _, e := range s.cfg.Exports.Exports() {
+			if e.ID == id && e.Writable {
+				return nil, fmt.Errorf("delete %s: it has a writable NBD export: stop it first, keeping its writes if wanted: %w", id, pe.ErrExists)
+			}
+		}
+	}
 	if err := p.DeleteSnapshot(ctx, id.Snapshot()); err != nil {
 		return nil, err
 	}
@@ -375,7 +385,7 @@ func (s *server) forget(ctx context.Context, id pe.ID) {
 			if e.ID != id {
 				continue
 			}
-			if err := s.cfg.Exports.StopExport(ctx, id); err != nil && !errors.Is(err, pe.ErrNotFound) {
+			if _, err := s.cfg.Exports.StopExport(ctx, id, false, nil); err != nil && !errors.Is(err, pe.ErrNotFound) {
 				s.log.Warn("NBD export of a deleted snapshot not stopped", "export", id, "err", err)
 			}
 		}
@@ -562,7 +572,7 @@ func (s *server) StartNBDExport(ctx context.Context, req api.StartNBDExportReque
 	if err != nil {
 		return nil, err
 	}
-	e, err := s.cfg.Exports.StartExport(ctx, id, deref(req.Body.Writable), nil)
+	e, err := s.cfg.Exports.StartExport(ctx, id, deref(req.Body.Writable))
 	if err != nil {
 		return nil, err
 	}
@@ -577,8 +587,13 @@ func (s *server) StopNBDExport(ctx context.Context, req api.StopNBDExportRequest
 	if err != nil {
 		return nil, err
 	}
-	if err := s.cfg.Exports.StopExport(ctx, id); err != nil {
+	keep := deref(req.Params.Keep)
+	kept, err := s.cfg.Exports.StopExport(ctx, id, keep, nil)
+	if err != nil {
 		return nil, err
+	}
+	if keep {
+		return api.StopNBDExport200JSONResponse{Kept: kept.String()}, nil
 	}
 	return api.StopNBDExport204Response{}, nil
 }

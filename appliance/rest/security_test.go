@@ -60,7 +60,7 @@ func (e *fakeExports) Exports() []NBDExport {
 	return append([]NBDExport(nil), e.exports...)
 }
 
-func (e *fakeExports) StartExport(ctx context.Context, id pe.ID, writable bool, _ pe.Progress) (NBDExport, error) {
+func (e *fakeExports) StartExport(ctx context.Context, id pe.ID, writable bool) (NBDExport, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	x := NBDExport{ID: id, URI: "nbd://x/" + id.String()}
@@ -68,11 +68,11 @@ func (e *fakeExports) StartExport(ctx context.Context, id pe.ID, writable bool, 
 	return x, nil
 }
 
-func (e *fakeExports) StopExport(ctx context.Context, id pe.ID) error {
+func (e *fakeExports) StopExport(ctx context.Context, id pe.ID, keep bool, _ pe.Progress) (pe.ID, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.stopped = append(e.stopped, id)
-	return nil
+	return pe.ID{}, nil
 }
 
 // fakeMounts records the mount requests.
@@ -226,7 +226,7 @@ func TestSecurityDeleteStopsExport(t *testing.T) {
 	ctx := context.Background()
 	p, _ := f.m.Get(ctx, mustID(t, "disk:sample.img"))
 	snap, _ := p.Snapshot(ctx, nil)
-	f.exports.StartExport(ctx, snap, false, nil)
+	f.exports.StartExport(ctx, snap, false)
 	code, out := f.do(t, http.MethodDelete, "/v1/astrolabe/disk/"+snap.String(), "")
 	if code != http.StatusOK {
 		t.Fatal(code, out)

@@ -3,6 +3,7 @@ package usecase
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/astrolabe-appliance/astrolabe/appliance/nbdexport"
 	"github.com/astrolabe-appliance/astrolabe/pe"
@@ -14,12 +15,13 @@ type Export struct {
 	Name     string // the NBD export name
 	URI      string // where clients reach it
 	Writable bool
-	Target   pe.ID // where writes land, for writable exports
+	// Target is where the writes of a writable export made before
+	// exports had overlays land; zero for all others.
+	Target pe.ID
 }
 
 func (s *Service) describe(x nbdexport.Export) Export {
-	w := !x.Target.IsZero()
-	return Export{ID: x.ID, Name: x.Name, URI: s.exportURI(x.Name, w), Writable: w, Target: x.Target}
+	return Export{ID: x.ID, Name: x.Name, URI: s.exportURI(x.Name, x.Writable), Writable: x.Writable, Target: x.Target}
 }
 
 func (s *Service) exportSource() (*nbdexport.Source, error) {
@@ -41,9 +43,10 @@ func (s *Service) Exports() []Export {
 }
 
 // StartExport exports the PE id names over NBD, snapshotting a live PE
-// first (Resolve). A writable export is a restore target: the snapshot is
-// first copied into a new PE, with progress, and writes land there.
-func (s *Service) StartExport(ctx context.Context, id pe.ID, writable bool, progress pe.Progress) (Export, error) {
+// first (Resolve). A writable export serves the snapshot at once; its
+// writes land in an overlay (StopExport discards them or keeps them as a
+// new PE).
+func (s *Service) StartExport(ctx context.Context, id pe.ID, writable bool) (Export, error) {
 	src, err := s.exportSource()
 	if err != nil {
 		return Export{}, err
@@ -55,7 +58,7 @@ func (s *Service) StartExport(ctx context.Context, id pe.ID, writable bool, prog
 	id = p.ID()
 	x := nbdexport.Export{ID: id, Name: id.String()}
 	if writable {
-		x, err = src.AddWritable(ctx, id, progress)
+		x, err = src.AddWritable(ctx, id)
 	} else {
 		err = src.Add(id)
 	}
@@ -64,12 +67,8 @@ func (s *Service) StartExport(ctx context.Context, id pe.ID, writable bool, prog
 	}
 	e := s.describe(x)
 	if err := s.journal.ExportStarted(e); err != nil {
-		src.Remove(id)
-		if writable {
-			// The client may be gone; the copy must not be left behind.
-			err = errors.Join(err, src.Discard(context.WithoutCancel(ctx), x.Target))
-		}
-		return Export{}, err
+		// Removing a writable export removes its overlay too.
+		return Export{}, errors.Join(err, src.Remove(id))
 	}
 	s.log.Info("NBD export started", "export", id, "target", x.Target)
 	return e, nil
@@ -85,7 +84,11 @@ func (s *Service) ResumeExport(ctx context.Context, e Export) (Export, error) {
 	if _, err := s.m.Get(ctx, e.ID); err != nil {
 		return Export{}, err
 	}
-	if e.Target.IsZero() {
+	switch {
+	case e.Target.IsZero() && e.Writable:
+		x, err := src.ResumeWritable(ctx, e.ID, e.Name)
+		return s.describe(x), err
+	case e.Target.IsZero():
 		return s.describe(nbdexport.Export{ID: e.ID, Name: e.ID.String()}), src.Add(e.ID)
 	}
 	if e.Name == "" {
@@ -98,17 +101,48 @@ func (s *Service) ResumeExport(ctx context.Context, e Export) (Export, error) {
 }
 
 // StopExport stops exporting id; connected clients keep their export
-// open until they disconnect.
-func (s *Service) StopExport(ctx context.Context, id pe.ID) error {
+// open until they disconnect. A writable export's writes are discarded
+// with its overlay, unless keep: then the snapshot with them is first
+// copied into a new PE of the snapshot's type among the configured ones,
+// which is returned.
+func (s *Service) StopExport(ctx context.Context, id pe.ID, keep bool, progress pe.Progress) (pe.ID, error) {
 	src, err := s.exportSource()
 	if err != nil {
-		return err
+		return pe.ID{}, err
+	}
+	var kept pe.ID
+	if keep {
+		tm, err := s.m.Type(ctx, id.Type())
+		if err != nil {
+			return pe.ID{}, fmt.Errorf("keep the writes of %s: %w", id, err)
+		}
+		p, err := s.KeepWrites(ctx, id, tm, progress)
+		if err != nil {
+			return pe.ID{}, err
+		}
+		kept = p.ID()
 	}
 	if err := src.Remove(id); err != nil {
-		return err
+		return kept, err
 	}
 	s.log.Info("NBD export stopped", "export", id)
-	return s.journal.ExportStopped(id)
+	return kept, s.journal.ExportStopped(id)
+}
+
+// KeepWrites copies writable export id as it reads now, the snapshot with
+// the writes made so far, into a new PE made by tm, and returns it. The
+// export goes on.
+func (s *Service) KeepWrites(ctx context.Context, id pe.ID, tm pe.TypeManager, progress pe.Progress) (pe.ProtectedEntity, error) {
+	src, err := s.exportSource()
+	if err != nil {
+		return nil, err
+	}
+	p, err := src.Keep(ctx, id, tm, progress)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("NBD export's writes kept", "export", id, "pe", p.ID())
+	return p, nil
 }
 
 // ExportTransports advertises, for a PE's info, the NBD URI of a snapshot

@@ -240,8 +240,9 @@ func (s *Service) unmount(m *mounted) error {
 	return nil
 }
 
-// Close unmounts everything but leaves the journal as it is, so that the
-// mounts come back with the next start.
+// Close unmounts everything and closes the writable exports' overlays,
+// but leaves the journal as it is, so that the mounts and exports come
+// back with the next start.
 func (s *Service) Close() error {
 	s.mu.Lock()
 	s.closed = true
@@ -254,6 +255,12 @@ func (s *Service) Close() error {
 	var first error
 	for _, m := range ms {
 		if err := s.unmount(m); err != nil && first == nil {
+			first = err
+		}
+	}
+	if s.exports != nil {
+		// Writable exports' overlays are saved, to be resumed.
+		if err := s.exports.Close(); err != nil && first == nil {
 			first = err
 		}
 	}

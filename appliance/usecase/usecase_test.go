@@ -18,6 +18,7 @@ import (
 	"testing"
 
 	"github.com/astrolabe-appliance/astrolabe/appliance/nbdexport"
+	"github.com/astrolabe-appliance/astrolabe/nbd"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/disk"
 	pefs "github.com/astrolabe-appliance/astrolabe/pe/fs"
@@ -75,7 +76,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.r.Close() })
-	e.src = nbdexport.NewSource(m)
+	e.src = nbdexport.NewSource(m, filepath.Join(t.TempDir(), "overlays"))
 	e.uc, err = New(Config{
 		Manager: m, Repository: e.r, Exports: e.src, MountRoot: filepath.Join(dir, "mounts"), Journal: e.journal, Logger: quiet,
 		ExportURI: func(name string, writable bool) string {
@@ -141,7 +142,7 @@ func (j *journal) recorded() []string {
 }
 
 func (j *journal) ExportStarted(e Export) error {
-	return j.record(fmt.Sprintf("export %s %s %s", e.ID, e.Name, e.Target))
+	return j.record(fmt.Sprintf("export %s %s %s %v", e.ID, e.Name, e.Target, e.Writable))
 }
 func (j *journal) ExportStopped(id pe.ID) error { return j.record("stop " + id.String()) }
 func (j *journal) MountStarted(m Mount) error {
@@ -195,12 +196,12 @@ func TestErrorsWrap(t *testing.T) {
 		{"backup missing PE", second(e.uc.Backup(ctx, id(t, "disk:nope.img"), nil)), pe.ErrNotFound},
 		{"restore missing snapshot", second(e.uc.Restore(ctx, id(t, "disk:vm1.img:20260101T000000.000Z-00000000"), "disk", pe.CopyOptions{}, nil)), pe.ErrNotFound},
 		{"restore into missing type", second(e.uc.Restore(ctx, id(t, "disk:vm1.img:x"), "vm", pe.CopyOptions{}, nil)), pe.ErrNotFound},
-		{"stop missing export", e.uc.StopExport(ctx, id(t, "disk:vm1.img:x")), pe.ErrNotFound},
+		{"stop missing export", second(e.uc.StopExport(ctx, id(t, "disk:vm1.img:x"), false, nil)), pe.ErrNotFound},
 		{"unmount missing mount", e.uc.Unmount(ctx, "mount-x"), pe.ErrNotFound},
 		{"backup without repository", second(bare.Backup(ctx, id(t, "fs:home"), nil)), ErrNotConfigured},
 		{"restore without repository", second(bare.Restore(ctx, id(t, "fs:home:x"), "fs", pe.CopyOptions{}, nil)), ErrNotConfigured},
 		{"snapshots without repository", second(bare.RepositorySnapshots(ctx, pe.ID{})), ErrNotConfigured},
-		{"export without NBD", second(bare.StartExport(ctx, id(t, "fs:home"), false, nil)), ErrNotConfigured},
+		{"export without NBD", second(bare.StartExport(ctx, id(t, "fs:home"), false)), ErrNotConfigured},
 		{"mount without root", second(bare.Mount(ctx, MountRequest{Path: "x"})), ErrNotConfigured},
 	} {
 		if !errors.Is(tc.err, tc.want) {
@@ -301,14 +302,15 @@ func TestCopy(t *testing.T) {
 }
 
 // TestExports: an export of a live PE is of a new snapshot, reads its
-// bytes, is journaled, and goes on StopExport; a writable one lands in a
-// new live PE.
+// bytes, is journaled, and goes on StopExport; a writable one is made at
+// once, comes back after a restart, and keeps its writes as a new PE on
+// request.
 func TestExports(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	want, err := os.ReadFile(filepath.Join(e.diskRoot, "vm1.img"))
 	must(t, err)
-	x, err := e.uc.StartExport(ctx, id(t, "disk:vm1.img"), false, nil)
+	x, err := e.uc.StartExport(ctx, id(t, "disk:vm1.img"), false)
 	must(t, err)
 	if !x.ID.HasSnapshot() || x.Name != x.ID.String() || x.URI != "nbd://test/"+x.ID.String() || x.Writable {
 		t.Fatalf("export %+v", x)
@@ -326,39 +328,60 @@ func TestExports(t *testing.T) {
 		t.Error("the export reads other bytes than the disk")
 	}
 
-	w, err := e.uc.StartExport(ctx, x.ID, true, nil)
+	w, err := e.uc.StartExport(ctx, x.ID, true)
 	if !errors.Is(err, pe.ErrExists) {
 		t.Fatalf("writable export of an exported snapshot: %+v, %v", w, err)
 	}
 	snap2, err := e.uc.Snapshot(ctx, id(t, "disk:vm1.img"), nil)
 	must(t, err)
-	w, err = e.uc.StartExport(ctx, snap2, true, nil)
+	tm, err := e.m.Type(ctx, "disk")
 	must(t, err)
-	if !w.Writable || w.Target.IsZero() || w.Target.HasSnapshot() || w.URI != "nbds://test/"+w.Name {
+	pes, err := tm.List(ctx)
+	must(t, err)
+	w, err = e.uc.StartExport(ctx, snap2, true)
+	must(t, err)
+	if !w.Writable || !w.Target.IsZero() || w.URI != "nbds://test/"+w.Name {
 		t.Fatalf("writable export %+v", w)
 	}
-	if _, err := e.m.Get(ctx, w.Target); err != nil {
-		t.Errorf("target of the writable export: %v", err)
+	if after, _ := tm.List(ctx); len(after) != len(pes) {
+		t.Errorf("a writable export made PEs: %v, before %v", after, pes)
 	}
 	if got := e.uc.ExportTransports(w.ID); got != nil {
 		t.Errorf("a writable export is advertised: %v", got)
 	}
-	wantJournal := []string{fmt.Sprintf("export %s %s ", x.ID, x.Name), fmt.Sprintf("export %s %s %s", w.ID, w.Name, w.Target)}
+	wx, err := e.src.Open(ctx, w.Name)
+	must(t, err)
+	_, err = wx.(nbd.Writer).WriteAt([]byte("instant"), 3)
+	must(t, err)
+	copy(want[3:], "instant")
+	must(t, wx.(interface{ Flush() error }).Flush())
+	wx.(io.Closer).Close()
+	wantJournal := []string{fmt.Sprintf("export %s %s  false", x.ID, x.Name), fmt.Sprintf("export %s %s  true", w.ID, w.Name)}
 	if n := len(e.uc.Exports()); n != 2 || !slices.Equal(e.journal.recorded(), wantJournal) {
 		t.Fatalf("%d exports, journal %q, want %q", n, e.journal.recorded(), wantJournal)
 	}
-	must(t, e.uc.StopExport(ctx, x.ID))
+	must(t, second(e.uc.StopExport(ctx, x.ID, false, nil)))
 	wantJournal = append(wantJournal, "stop "+x.ID.String())
 	if ex := e.uc.Exports(); len(ex) != 1 || ex[0].ID != snap2 || !slices.Equal(e.journal.recorded(), wantJournal) {
 		t.Errorf("after stop: exports %+v, journal %q", ex, e.journal.recorded())
 	}
-	// A restarted appliance resumes the writable export under its name.
-	fresh, err := New(Config{Manager: e.m, Exports: nbdexport.NewSource(e.m)})
+	// A restarted appliance resumes the writable export under its name,
+	// with its writes.
+	must(t, e.uc.Close())
+	fresh, err := New(Config{Manager: e.m, Exports: e.src})
 	must(t, err)
-	r, err := fresh.ResumeExport(ctx, Export{ID: w.ID, Name: w.Name, Target: w.Target})
+	r, err := fresh.ResumeExport(ctx, Export{ID: w.ID, Name: w.Name, Writable: true})
 	must(t, err)
-	if r.Name != w.Name || r.Target != w.Target || !r.Writable {
+	if r.Name != w.Name || !r.Writable {
 		t.Errorf("resumed %+v, want %+v", r, w)
+	}
+	kept, err := fresh.StopExport(ctx, w.ID, true, nil)
+	must(t, err)
+	if got, err := os.ReadFile(filepath.Join(e.diskRoot, kept.Name())); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("kept PE %s does not hold the snapshot with the write: %v", kept, err)
+	}
+	if len(fresh.Exports()) != 0 {
+		t.Errorf("exports after stop: %+v", fresh.Exports())
 	}
 }
 

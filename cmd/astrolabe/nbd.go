@@ -1,16 +1,20 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/astrolabe-appliance/astrolabe/appliance/config"
 	"github.com/astrolabe-appliance/astrolabe/appliance/daemon"
 	"github.com/astrolabe-appliance/astrolabe/appliance/nbdexport"
 	"github.com/astrolabe-appliance/astrolabe/appliance/usecase"
@@ -31,11 +35,15 @@ nbd://127.0.0.1:10809/disk:vm1.img:SNAP. A PE ID without snapshot is
 snapshotted first. fs PEs are exported as their tar data. 'nbdinfo --list
 nbd://127.0.0.1:10809' lists the exports.
 
-Exports are read-only. With --writable each becomes a restore target: the
-snapshot is first copied into a new PE (e.g. disk:vm1-1a2b3c4d.img), and
-writes land there; the snapshot never changes. A writable export is named
-by the snapshot ID, a slash and a random 128-bit token; its URI and the
-new PE ID are printed.
+Exports are read-only. With --writable each is writable at once: reads
+come from the snapshot (also one in a repository, with --repo), writes land
+in a copy-on-write overlay under --overlay-dir; the snapshot never changes.
+A writable export is named by the snapshot ID, a slash and a random 128-bit
+token; its URI is printed. At exit the writes are discarded, or with
+--keep-writes copied with the snapshot into a new PE of the configuration
+(e.g. disk:vm1-1a2b3c4d.img), whose ID is printed. A full disk under the
+overlay answers the client's writes with ENOSPC. (Exports of 'astrolabe
+serve' keep their overlays across restarts.)
 
 Besides base:allocation, a disk snapshot export offers the meta context
 astrolabe:changed:<snapshot> for each earlier snapshot of its PE: state 1
@@ -52,7 +60,9 @@ With --repo the exports are snapshots in that backup repository, read
 straight from it (name them with their snapshot IDs).`,
 			Flags: append([]cli.Flag{
 				&cli.StringFlag{Name: "listen", Value: "127.0.0.1:10809", Usage: "`ADDR` to listen on"},
-				&cli.BoolFlag{Name: "writable", Usage: "export restore targets: writes land in new PEs copied from the snapshots"},
+				&cli.BoolFlag{Name: "writable", Usage: "export writable at once: writes land in copy-on-write overlays, the snapshots never change"},
+				&cli.StringFlag{Name: "overlay-dir", Usage: "`DIR` of the overlays of writable exports (default: state/overlays in the config directory)"},
+				&cli.BoolFlag{Name: "keep-writes", Usage: "at exit, keep each writable export's writes: copy the snapshot with them into a new PE"},
 				&cli.StringFlag{Name: "tls-cert", Usage: "X.509 certificate chain `FILE` (PEM) for STARTTLS"},
 				&cli.StringFlag{Name: "tls-key", Usage: "private key `FILE` (PEM) of --tls-cert"},
 				&cli.BoolFlag{Name: "tls-required", Usage: "refuse clients that do not use TLS"},
@@ -156,26 +166,59 @@ func nbdServe(c *cli.Context) error {
 	if opts.TLSRequired {
 		scheme = "nbds"
 	}
-	src := nbdexport.NewSource(m)
+	overlays := c.String("overlay-dir")
+	if overlays == "" {
+		overlays = filepath.Join(c.String("config"), config.StateDir, daemon.OverlayDir)
+	}
+	src := nbdexport.NewSource(m, overlays)
 	uc, err := usecase.New(usecase.Config{Manager: m, Exports: src, Logger: slog.Default(),
 		ExportURI: func(name string, _ bool) string { return fmt.Sprintf("%s://%s/%s", scheme, l.Addr(), name) }})
 	if err != nil {
 		return err
 	}
-	var exports []usecase.Export
+	// The overlays go with the exports, whatever ends the server.
+	defer func() {
+		for _, x := range uc.Exports() {
+			src.Remove(x.ID)
+		}
+	}()
 	for _, id := range ids {
-		x, err := uc.StartExport(c.Context, id, c.Bool("writable"), newProgress(c.App.ErrWriter))
+		x, err := uc.StartExport(c.Context, id, c.Bool("writable"))
 		if err != nil {
 			return err
 		}
-		exports = append(exports, x)
-	}
-	for _, x := range exports {
-		if x.Writable {
-			fmt.Fprintf(c.App.Writer, "%s writes to %s\n", x.URI, x.Target)
-			continue
-		}
 		fmt.Fprintln(c.App.Writer, x.URI)
 	}
-	return nbd.NewServer(src, opts).Serve(c.Context, l)
+	err = nbd.NewServer(src, opts).Serve(c.Context, l)
+	if c.Bool("keep-writes") {
+		err = errors.Join(err, keepWrites(c, uc))
+	}
+	return err
+}
+
+// keepWrites copies each writable export of uc, the snapshot with its
+// writes, into a new PE of the configuration, and prints its ID.
+func keepWrites(c *cli.Context, uc *usecase.Service) error {
+	local, err := loadManager(c)
+	if err != nil {
+		return fmt.Errorf("keep the writes: %w", err)
+	}
+	// The server has stopped: c.Context has ended.
+	ctx := context.WithoutCancel(c.Context)
+	var errs []error
+	for _, x := range uc.Exports() {
+		if !x.Writable {
+			continue
+		}
+		tm, err := local.Type(ctx, x.ID.Type())
+		if err == nil {
+			var p pe.ProtectedEntity
+			if p, err = uc.KeepWrites(ctx, x.ID, tm, newProgress(c.App.ErrWriter)); err == nil {
+				fmt.Fprintf(c.App.Writer, "%s: writes kept in %s\n", x.URI, p.ID())
+				continue
+			}
+		}
+		errs = append(errs, fmt.Errorf("keep the writes of %s: %w", x.ID, err))
+	}
+	return errors.Join(errs...)
 }

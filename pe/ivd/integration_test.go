@@ -80,7 +80,7 @@ func TestBackupRestoreAndExport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src := nbdexport.NewSource(m)
+	src := nbdexport.NewSource(m, t.TempDir())
 	if err := src.Add(snapID); err != nil {
 		t.Fatal(err)
 	}
