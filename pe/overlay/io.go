@@ -265,11 +265,11 @@ func (o *Overlay) Extents(ctx context.Context, off, length int64) ([]pe.Extent, 
 // Fill copies the blocks [first, last] the layer lacks from the base, as a
 // live restore hydrates its target. Where the base reads as zeros the
 // layer is left alone if layerZero says it reads as zeros where never
-// written. It returns the bytes it copied.
-func (o *Overlay) Fill(ctx context.Context, first, last int64, layerZero bool) (int64, error) {
+// written. It returns how many bytes of the image it added to the layer,
+// and how many of them it copied (the others read as zeros there).
+func (o *Overlay) Fill(ctx context.Context, first, last int64, layerZero bool) (added, copied int64, err error) {
 	last = min(last, o.nblocks-1)
-	var copied int64
-	for b := first; b <= last; {
+	for b := max(first, 0); b <= last; {
 		end, held := o.run(b, last)
 		if held {
 			b = end
@@ -279,38 +279,37 @@ func (o *Overlay) Fill(ctx context.Context, first, last int64, layerZero bool) (
 		stop := min(o.size, end*BlockSize)
 		var zeros []pe.Extent
 		if layerZero {
-			exts, err := o.base.Extents(ctx, start, stop-start)
-			if err != nil {
-				return copied, fmt.Errorf("extents of the base at %d: %w", start, err)
+			if zeros, err = o.base.Extents(ctx, start, stop-start); err != nil {
+				return added, copied, fmt.Errorf("extents of the base at %d: %w", start, err)
 			}
-			zeros = exts
 		}
 		buf := make([]byte, stop-start)
 		if !allZero(zeros, start, stop) {
 			if _, err := readFull(ctx, o.base, buf, start); err != nil {
-				return copied, fmt.Errorf("fill blocks %d-%d from the base: %w", b, end-1, err)
+				return added, copied, fmt.Errorf("fill blocks %d-%d from the base: %w", b, end-1, err)
 			}
 		}
 		for k := b; k < end; k++ {
 			s, n := o.blockRange(k)
+			data := buf[s-start : s-start+n]
 			if layerZero && allZero(zeros, s, s+n) {
-				o.setIfMissing(k, nil, 0)
-				continue
+				data = nil
 			}
-			ok, err := o.setIfMissing(k, buf[s-start:s-start+n], s)
+			ok, err := o.setIfMissing(k, data, s)
 			if err != nil {
-				return copied, err
+				return added, copied, err
 			}
 			if ok {
-				copied += n
+				added += n
+				copied += int64(len(data))
 			}
 		}
 		b = end
 		if err := ctx.Err(); err != nil {
-			return copied, err
+			return added, copied, err
 		}
 	}
-	return copied, nil
+	return added, copied, nil
 }
 
 // setIfMissing writes data (nil: nothing, the layer reads as zeros) as

@@ -311,7 +311,7 @@ func TestOverlayFillAndExtents(t *testing.T) {
 	if got := o.NextMissing(0); got != 2 {
 		t.Fatalf("first missing block %d, want 2", got)
 	}
-	copied, err := o.Fill(ctx, 0, 1<<40, true)
+	_, copied, err := o.Fill(ctx, 0, 1<<40, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,5 +358,128 @@ func TestOverlayOpenRefuses(t *testing.T) {
 	}
 	if _, err := Open(filepath.Join(t.TempDir(), "none"), base, nil, Options{}); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("open of no overlay: %v", err)
+	}
+}
+
+// newLayer is a sparse file of size bytes as a writable image: a new PE
+// that a live restore fills.
+func newLayer(t *testing.T, size int64) (pe.WritableImage, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "target.img")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	w := fileimage.Writable{Image: fileimage.New(f, size, true)}
+	t.Cleanup(func() { w.Close() })
+	return w, path
+}
+
+// countingProgress sums what a Run reports, and calls onAdd after each
+// report.
+type countingProgress struct {
+	mu           sync.Mutex
+	total, added int64
+	onAdd        func()
+}
+
+func (p *countingProgress) Start(n int64) { p.mu.Lock(); p.total = n; p.mu.Unlock() }
+func (p *countingProgress) Add(n int64) {
+	p.mu.Lock()
+	p.added += n
+	p.mu.Unlock()
+	if p.onAdd != nil {
+		p.onAdd()
+	}
+}
+
+// TestHydration: a live restore's fill, stopped half-way and resumed by
+// a new process, and written into meanwhile, leaves the target equal to
+// the base with the writes; the base's hole stays a hole in the target.
+func TestHydration(t *testing.T) {
+	ctx := context.Background()
+	size := int64(64*mib + 777)
+	base, model := baseImage(t, size, 8*mib, 8*mib)
+	layer, path := newLayer(t, size)
+	dir := filepath.Join(t.TempDir(), "ov")
+	h := NewHydration()
+	o, err := Create(dir, base, layer, Options{OnMiss: h.Miss})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A client writes and reads before and while it fills.
+	w := bytes.Repeat([]byte("client"), 3000)
+	if _, err := o.WriteAt(w, 20*mib+3); err != nil {
+		t.Fatal(err)
+	}
+	copy(model[20*mib+3:], w)
+	p := make([]byte, 4096)
+	if _, err := o.ReadAt(p, 23*mib); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.hot) == 0 {
+		t.Fatal("a client's read of a missing block was not queued first")
+	}
+	// Written into, then stopped, once the first fill is done: a
+	// shut-down appliance. At most the fills under way go on: far less
+	// than the image.
+	stop, cancel := context.WithCancel(ctx)
+	var once sync.Once
+	prog := countingProgress{onAdd: func() {
+		once.Do(func() {
+			if _, err := o.WriteAt([]byte("during"), 2*mib+601); err != nil {
+				t.Error(err)
+			}
+			cancel()
+		})
+	}}
+	copy(model[2*mib+601:], "during")
+	if err := h.Run(stop, o, true, &prog); !errors.Is(err, context.Canceled) {
+		t.Fatalf("a fill stopped half-way: %v", err)
+	}
+	if o.Complete() {
+		t.Fatal("the fill completed before it was stopped: the test proves nothing")
+	}
+	if err := o.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The next process opens it again and finishes.
+	h = NewHydration()
+	o, err = Open(dir, base, layer, Options{OnMiss: h.Miss})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog = countingProgress{}
+	if err := h.Run(ctx, o, true, &prog); err != nil {
+		t.Fatal(err)
+	}
+	if !o.Complete() {
+		t.Fatal("not complete after the fill")
+	}
+	if prog.total != size || prog.added < size-BlockSize || prog.added > size {
+		t.Errorf("progress %d of %d, want about %d", prog.added, prog.total, size)
+	}
+	if err := o.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, model) {
+		for i := range got {
+			if got[i] != model[i] {
+				t.Fatalf("the filled target differs from the base with the client's writes, first at %d (block %d)", i, i/BlockSize)
+			}
+		}
+	}
+	f, _ := os.Open(path)
+	defer f.Close()
+	exts, err := fileimage.Extents(ctx, f, size, 8*mib, 8*mib)
+	if err != nil || len(exts) != 1 || exts[0].Kind != pe.ExtentHole {
+		t.Errorf("the base's hole was written into the target: %v %v", exts, err)
 	}
 }
