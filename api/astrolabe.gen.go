@@ -400,10 +400,27 @@ type ProtectedEntityList struct {
 // ProtectedEntitySnapshotID defines model for ProtectedEntitySnapshotID.
 type ProtectedEntitySnapshotID = string
 
+// RestoreInProgressResponse defines model for RestoreInProgressResponse.
+type RestoreInProgressResponse struct {
+	// Export With instant, the NBD export of the PE while it is filled
+	Export *NBDExport `json:"export,omitempty"`
+
+	// Target The restored PE, with instant (it exists already)
+	Target *ProtectedEntityID `json:"target,omitempty"`
+	TaskID TaskID             `json:"taskID"`
+}
+
 // RestoreRequest defines model for RestoreRequest.
 type RestoreRequest struct {
-	Id   ProtectedEntityID   `json:"id"`
-	Mode *RestoreRequestMode `json:"mode,omitempty"`
+	Id ProtectedEntityID `json:"id"`
+
+	// Instant Make the PE at once and export it writable while the task fills
+	// it (create and create_new only).
+	Instant *bool               `json:"instant,omitempty"`
+	Mode    *RestoreRequestMode `json:"mode,omitempty"`
+
+	// Name The new PE's name, for mode create (default the snapshot's)
+	Name *string `json:"name,omitempty"`
 
 	// Service The PE type to restore into (default the snapshot's)
 	Service *string `json:"service,omitempty"`
@@ -885,6 +902,13 @@ type ClientInterface interface {
 	// Restores the repository snapshot into a service (by default the
 	// snapshot's own); the task's result is the restored PE's ID.
 	//
+	// With instant, the new PE is made at once, empty, and exported
+	// writable over NBD (the answer's export): clients use it while the
+	// task fills it from the snapshot, the blocks they read first. Once
+	// full, the export goes on serving the PE. A restart of the appliance
+	// resumes the fill; cancelling the task aborts the restore and
+	// removes the PE.
+	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/appliance/repository/restores (the `StartRestore` operationId).
@@ -894,6 +918,13 @@ type ClientInterface interface {
 	//
 	// Restores the repository snapshot into a service (by default the
 	// snapshot's own); the task's result is the restored PE's ID.
+	//
+	// With instant, the new PE is made at once, empty, and exported
+	// writable over NBD (the answer's export): clients use it while the
+	// task fills it from the snapshot, the blocks they read first. Once
+	// full, the export goes on serving the PE. A restart of the appliance
+	// resumes the fill; cancelling the task aborts the restore and
+	// removes the PE.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -1453,6 +1484,13 @@ func (c *Client) StartBackup(ctx context.Context, params *StartBackupParams, bod
 // Restores the repository snapshot into a service (by default the
 // snapshot's own); the task's result is the restored PE's ID.
 //
+// With instant, the new PE is made at once, empty, and exported
+// writable over NBD (the answer's export): clients use it while the
+// task fills it from the snapshot, the blocks they read first. Once
+// full, the export goes on serving the PE. A restart of the appliance
+// resumes the fill; cancelling the task aborts the restore and
+// removes the PE.
+//
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/appliance/repository/restores (the `StartRestore` operationId).
@@ -1472,6 +1510,13 @@ func (c *Client) StartRestoreWithBody(ctx context.Context, params *StartRestoreP
 //
 // Restores the repository snapshot into a service (by default the
 // snapshot's own); the task's result is the restored PE's ID.
+//
+// With instant, the new PE is made at once, empty, and exported
+// writable over NBD (the answer's export): clients use it while the
+// task fills it from the snapshot, the blocks they read first. Once
+// full, the export goes on serving the PE. A restart of the appliance
+// resumes the fill; cancelling the task aborts the restore and
+// removes the PE.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -3331,6 +3376,13 @@ type ClientWithResponsesInterface interface {
 	// Restores the repository snapshot into a service (by default the
 	// snapshot's own); the task's result is the restored PE's ID.
 	//
+	// With instant, the new PE is made at once, empty, and exported
+	// writable over NBD (the answer's export): clients use it while the
+	// task fills it from the snapshot, the blocks they read first. Once
+	// full, the export goes on serving the PE. A restart of the appliance
+	// resumes the fill; cancelling the task aborts the restore and
+	// removes the PE.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/appliance/repository/restores (the `StartRestore` operationId).
@@ -3340,6 +3392,13 @@ type ClientWithResponsesInterface interface {
 	//
 	// Restores the repository snapshot into a service (by default the
 	// snapshot's own); the task's result is the restored PE's ID.
+	//
+	// With instant, the new PE is made at once, empty, and exported
+	// writable over NBD (the answer's export): clients use it while the
+	// task fills it from the snapshot, the blocks they read first. Once
+	// full, the export goes on serving the PE. A restart of the appliance
+	// resumes the fill; cancelling the task aborts the restore and
+	// removes the PE.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -4454,7 +4513,7 @@ type StartRestoreResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// JSON202 the response for an HTTP 202 `application/json` response
-	JSON202 *CreateInProgressResponse
+	JSON202 *RestoreInProgressResponse
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
 	// JSON401 the response for an HTTP 401 `application/json` response
@@ -4466,7 +4525,7 @@ type StartRestoreResponse struct {
 }
 
 // GetJSON202 returns the response for an HTTP 202 `application/json` response
-func (r StartRestoreResponse) GetJSON202() *CreateInProgressResponse {
+func (r StartRestoreResponse) GetJSON202() *RestoreInProgressResponse {
 	return r.JSON202
 }
 
@@ -5762,6 +5821,13 @@ func (c *ClientWithResponses) StartBackupWithResponse(ctx context.Context, param
 // Restores the repository snapshot into a service (by default the
 // snapshot's own); the task's result is the restored PE's ID.
 //
+// With instant, the new PE is made at once, empty, and exported
+// writable over NBD (the answer's export): clients use it while the
+// task fills it from the snapshot, the blocks they read first. Once
+// full, the export goes on serving the PE. A restart of the appliance
+// resumes the fill; cancelling the task aborts the restore and
+// removes the PE.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/appliance/repository/restores (the `StartRestore` operationId).
@@ -5777,6 +5843,13 @@ func (c *ClientWithResponses) StartRestoreWithBodyWithResponse(ctx context.Conte
 //
 // Restores the repository snapshot into a service (by default the
 // snapshot's own); the task's result is the restored PE's ID.
+//
+// With instant, the new PE is made at once, empty, and exported
+// writable over NBD (the answer's export): clients use it while the
+// task fills it from the snapshot, the blocks they read first. Once
+// full, the export goes on serving the PE. A restart of the appliance
+// resumes the fill; cancelling the task aborts the restore and
+// removes the PE.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -6785,7 +6858,7 @@ func ParseStartRestoreResponse(rsp *http.Response) (*StartRestoreResponse, error
 
 	switch {
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
-		var dest CreateInProgressResponse
+		var dest RestoreInProgressResponse
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
@@ -9865,7 +9938,7 @@ type StartRestoreResponseObject interface {
 	VisitStartRestoreResponse(w http.ResponseWriter) error
 }
 
-type StartRestore202JSONResponse CreateInProgressResponse
+type StartRestore202JSONResponse RestoreInProgressResponse
 
 func (response StartRestore202JSONResponse) VisitStartRestoreResponse(w http.ResponseWriter) error {
 

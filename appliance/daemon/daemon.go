@@ -181,6 +181,11 @@ func Run(ctx context.Context, opts Options) error {
 	taskCtx, cancelTasks := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelTasks()
 	tm := tasks.NewManager(tasks.Options{Logger: log})
+	for _, ir := range uc.ResumedRestores() {
+		if _, err := tm.Start(taskCtx, "restore", ir.Details(), "", ir.Task()); err != nil {
+			return err
+		}
+	}
 	sched, jobsDone, err := startJobs(ctx, taskCtx, opts, m, tm)
 	if err != nil {
 		return err

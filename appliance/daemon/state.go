@@ -42,6 +42,9 @@ type exportState struct {
 	// one recorded with a Target before names had tokens gets a new one
 	// on restore.
 	Name string `json:"name,omitempty"`
+	// Live says the export is an instant restore into Target that is
+	// still being filled from the snapshot (in the repository).
+	Live bool `json:"live,omitempty"`
 }
 
 type mountState struct {
@@ -99,14 +102,30 @@ func (st *state) snapshot() stateData {
 var _ usecase.Journal = (*state)(nil)
 
 func (st *state) ExportStarted(e usecase.Export) error {
+	rec := exportRecord(e)
+	return st.update(func(d *stateData) { d.Exports = append(d.Exports, rec) })
+}
+
+func exportRecord(e usecase.Export) exportState {
 	rec := exportState{ID: e.ID.String()}
 	switch {
 	case !e.Target.IsZero():
-		rec.Target, rec.Name = e.Target.String(), e.Name
+		rec.Target, rec.Name, rec.Live = e.Target.String(), e.Name, e.Live
 	case e.Writable:
 		rec.Writable, rec.Name = true, e.Name
 	}
-	return st.update(func(d *stateData) { d.Exports = append(d.Exports, rec) })
+	return rec
+}
+
+func (st *state) ExportUpdated(e usecase.Export) error {
+	rec := exportRecord(e)
+	return st.update(func(d *stateData) {
+		for i := range d.Exports {
+			if d.Exports[i].ID == rec.ID {
+				d.Exports[i] = rec
+			}
+		}
+	})
 }
 
 func (st *state) ExportStopped(id pe.ID) error {
@@ -166,7 +185,7 @@ func resumeExport(ctx context.Context, uc *usecase.Service, e exportState) (usec
 	if err != nil {
 		return usecase.Export{}, err
 	}
-	x := usecase.Export{ID: id, Name: e.Name, Writable: e.Writable}
+	x := usecase.Export{ID: id, Name: e.Name, Writable: e.Writable, Live: e.Live}
 	if e.Target != "" {
 		if x.Target, err = pe.ParseID(e.Target); err != nil {
 			return usecase.Export{}, err

@@ -48,10 +48,13 @@ type entry struct {
 	name string // the export name
 	// ov is a writable export's overlay.
 	ov *shared
-	// target is the live PE that takes the writes of a writable export
-	// recorded before exports had overlays (it was a copy of the
+	// target is the live PE that takes the writes: of a live restore
+	// (through ov while live, directly once filled), or of a writable
+	// export recorded before exports had overlays (it was a copy of the
 	// snapshot); zero otherwise.
 	target pe.ID
+	// live says target is being filled from the snapshot (AddLive).
+	live bool
 }
 
 func (e entry) writable() bool { return e.ov != nil || !e.target.IsZero() }
@@ -134,6 +137,10 @@ func (s *Source) Remove(id pe.ID) error {
 	var found *entry
 	for i, e := range s.entries {
 		if e.id == id {
+			if e.live {
+				s.mu.Unlock()
+				return fmt.Errorf("export %s: a live restore is filling %s from it: wait for it to end, or cancel it (which removes %s): %w", id, e.target, e.target, pe.ErrExists)
+			}
 			found = &e
 			s.entries = append(s.entries[:i], s.entries[i+1:]...)
 			break
@@ -154,13 +161,16 @@ type Export struct {
 	ID       pe.ID
 	Name     string // the NBD export name
 	Writable bool
-	// Target is the PE that takes the writes of a writable export made
-	// before exports had overlays; zero for all others.
+	// Target is the PE that takes the writes of a live restore, or of a
+	// writable export made before exports had overlays; zero for all
+	// others.
 	Target pe.ID
+	// Live says Target is being filled from the snapshot.
+	Live bool
 }
 
 func (e entry) export() Export {
-	return Export{ID: e.id, Name: e.name, Writable: e.writable(), Target: e.target}
+	return Export{ID: e.id, Name: e.name, Writable: e.writable(), Target: e.target, Live: e.live}
 }
 
 // Exports lists the exports in the order they were added.
@@ -226,6 +236,8 @@ func (s *Source) List(ctx context.Context) ([]nbd.ExportInfo, error) {
 			}
 		}
 		switch {
+		case e.live:
+			desc += ", writable: a live restore into " + e.target.String()
 		case e.ov != nil:
 			desc += ", writable: writes go to an overlay"
 		case !e.target.IsZero():

@@ -96,7 +96,7 @@ func (s *Source) Keep(ctx context.Context, id pe.ID, tm pe.TypeManager, progress
 	s.mu.Lock()
 	e, ok := s.lookupID(id)
 	var ov *shared
-	if ok && e.ov != nil && e.ov.acquire() {
+	if ok && e.ov != nil && !e.live && e.ov.acquire() {
 		ov = e.ov
 	}
 	s.mu.Unlock()
@@ -146,9 +146,10 @@ func (noClose) Close() error { return nil }
 // shared is a writable export's overlay, open while the export exists or
 // a client or a Keep uses it: each holds a reference.
 type shared struct {
-	p    pe.ProtectedEntity // the snapshot
-	base pe.Image
-	ov   *overlay.Overlay
+	p     pe.ProtectedEntity // the snapshot
+	base  pe.Image
+	ov    *overlay.Overlay
+	layer pe.WritableImage // a live restore's target, closed with the overlay; nil for others
 
 	mu      sync.Mutex
 	refs    int
@@ -178,6 +179,9 @@ func (sh *shared) release(discard bool) error {
 		return nil
 	}
 	err := errors.Join(sh.ov.Close(), sh.base.Close())
+	if sh.layer != nil {
+		err = errors.Join(err, sh.layer.Close())
+	}
 	if remove {
 		err = errors.Join(err, overlay.Remove(sh.ov.Dir()))
 	}

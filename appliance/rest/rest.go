@@ -60,6 +60,9 @@ type Repository interface {
 	RepositorySnapshots(ctx context.Context, filter pe.ID) ([]pe.ID, error)
 	Backup(ctx context.Context, id pe.ID, progress pe.Progress) (repo.Summary, error)
 	Restore(ctx context.Context, id pe.ID, typ string, opts pe.CopyOptions, progress pe.Progress) (pe.ProtectedEntity, error)
+	// RestoreInstant makes the restored PE at once and exports it while
+	// the restore's Task fills it.
+	RestoreInstant(ctx context.Context, id pe.ID, typ string, opts pe.CopyOptions) (*usecase.InstantRestore, error)
 }
 
 // Transports tells where a PE's data can be fetched (S3 URLs, NBD URIs).
@@ -707,9 +710,16 @@ func (s *server) StartRestore(ctx context.Context, req api.StartRestoreRequestOb
 	if _, err := s.m.Type(ctx, service); err != nil {
 		return nil, err
 	}
+	opts := pe.CopyOptions{Mode: mode, Name: deref(req.Body.Name)}
+	if opts.Name != "" && mode == pe.CreateNew {
+		return nil, badRequest("restore %s: a name goes with mode create or update; create_new makes one", id)
+	}
+	if deref(req.Body.Instant) {
+		return s.startInstantRestore(ctx, id, service, opts, deref(req.Params.Nexus))
+	}
 	info, err := s.cfg.Tasks.Start(s.cfg.Context, "restore", fmt.Sprintf("restore %s to %s (%s)", id, service, mode), deref(req.Params.Nexus),
 		func(ctx context.Context, progress pe.Progress) (map[string]string, error) {
-			out, err := s.cfg.Repository.Restore(ctx, id, service, pe.CopyOptions{Mode: mode}, progress)
+			out, err := s.cfg.Repository.Restore(ctx, id, service, opts, progress)
 			if err != nil {
 				return nil, err
 			}
@@ -719,6 +729,24 @@ func (s *server) StartRestore(ctx context.Context, req api.StartRestoreRequestOb
 		return nil, err
 	}
 	return api.StartRestore202JSONResponse{TaskID: info.ID}, nil
+}
+
+// startInstantRestore makes the PE and its export now, and fills it as a
+// task.
+func (s *server) startInstantRestore(ctx context.Context, id pe.ID, service string, opts pe.CopyOptions, nexus string) (api.StartRestoreResponseObject, error) {
+	if s.cfg.Exports == nil {
+		return nil, notConfigured("NBD")
+	}
+	ir, err := s.cfg.Repository.RestoreInstant(ctx, id, service, opts)
+	if err != nil {
+		return nil, err
+	}
+	info, err := s.cfg.Tasks.Start(s.cfg.Context, "restore", ir.Details(), nexus, ir.Task())
+	if err != nil {
+		return nil, errors.Join(err, ir.Abort(context.WithoutCancel(ctx)))
+	}
+	target, export := ir.Target.String(), toAPIExport(ir.Export)
+	return api.StartRestore202JSONResponse{TaskID: info.ID, Target: &target, Export: &export}, nil
 }
 
 func deref[T any](p *T) T {

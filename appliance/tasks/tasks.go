@@ -33,12 +33,18 @@ const (
 // ErrNotFound is returned for unknown task and nexus IDs.
 var ErrNotFound = errors.New("not found")
 
+// ErrCancelled is the cause (context.Cause) of a task's context that
+// Cancel ended; ErrShutdown of one that Shutdown ended. A task whose work
+// can be resumed after a restart tells the two apart.
+var ErrCancelled = errors.New("cancelled")
+
 // ErrTooMany is returned when a new nexus would pass MaxNexus and none
 // can be dropped.
 var ErrTooMany = errors.New("too many")
 
 // ErrShutdown is returned by Start once Shutdown has been called: the
-// appliance is stopping and starts nothing new.
+// appliance is stopping and starts nothing new. It is also the cause of
+// the contexts of the tasks Shutdown ends.
 var ErrShutdown = errors.New("the task manager is shutting down")
 
 // Info is a snapshot of a task's state.
@@ -109,7 +115,7 @@ type Manager struct {
 
 type task struct {
 	info   Info
-	cancel context.CancelFunc
+	cancel context.CancelCauseFunc
 	total  int64
 	done   int64
 }
@@ -166,7 +172,7 @@ func (m *Manager) Start(ctx context.Context, kind, details, nexusID string, fn F
 			return Info{}, fmt.Errorf("task nexus %q: %w", nexusID, ErrNotFound)
 		}
 	}
-	tctx, cancel := context.WithCancel(ctx)
+	tctx, cancel := context.WithCancelCause(ctx)
 	t := &task{
 		info:   Info{ID: newID("task-"), Kind: kind, Status: Running, Details: details, Started: m.opts.Now()},
 		cancel: cancel,
@@ -184,7 +190,7 @@ func (m *Manager) Start(ctx context.Context, kind, details, nexusID string, fn F
 	m.log.Info("task started", "task", info.ID, "kind", kind, "details", details)
 	go func() {
 		defer m.wg.Done()
-		defer cancel()
+		defer cancel(nil)
 		result, err := m.run(tctx, info.ID, fn, &taskProgress{m: m, t: t})
 		m.finish(t, tctx, result, err)
 	}()
@@ -331,7 +337,7 @@ func (m *Manager) Cancel(id string) (Info, error) {
 	if t == nil {
 		return Info{}, fmt.Errorf("task %q: %w", id, ErrNotFound)
 	}
-	t.cancel()
+	t.cancel(ErrCancelled)
 	return m.Get(id)
 }
 
@@ -371,7 +377,7 @@ func (m *Manager) Shutdown(ctx context.Context, grace time.Duration) error {
 	}
 	m.mu.Lock()
 	for _, t := range m.tasks {
-		t.cancel()
+		t.cancel(ErrShutdown)
 	}
 	m.mu.Unlock()
 	select {

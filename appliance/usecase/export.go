@@ -15,13 +15,17 @@ type Export struct {
 	Name     string // the NBD export name
 	URI      string // where clients reach it
 	Writable bool
-	// Target is where the writes of a writable export made before
-	// exports had overlays land; zero for all others.
+	// Target is where the writes land of an instant restore, or of a
+	// writable export made before exports had overlays; zero for all
+	// others.
 	Target pe.ID
+	// Live says Target is being filled from the snapshot (an instant
+	// restore under way).
+	Live bool
 }
 
 func (s *Service) describe(x nbdexport.Export) Export {
-	return Export{ID: x.ID, Name: x.Name, URI: s.exportURI(x.Name, x.Writable), Writable: x.Writable, Target: x.Target}
+	return Export{ID: x.ID, Name: x.Name, URI: s.exportURI(x.Name, x.Writable), Writable: x.Writable, Target: x.Target, Live: x.Live}
 }
 
 func (s *Service) exportSource() (*nbdexport.Source, error) {
@@ -85,6 +89,8 @@ func (s *Service) ResumeExport(ctx context.Context, e Export) (Export, error) {
 		return Export{}, err
 	}
 	switch {
+	case e.Live:
+		return s.resumeInstant(ctx, src, e)
 	case e.Target.IsZero() && e.Writable:
 		x, err := src.ResumeWritable(ctx, e.ID, e.Name)
 		return s.describe(x), err

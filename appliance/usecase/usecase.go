@@ -48,6 +48,8 @@ type Config struct {
 // (the daemon's state file). Resumed ones are not recorded again.
 type Journal interface {
 	ExportStarted(Export) error
+	// ExportUpdated replaces the record of the export of e.ID.
+	ExportUpdated(e Export) error
 	ExportStopped(id pe.ID) error
 	MountStarted(Mount) error
 	MountStopped(id string) error
@@ -65,6 +67,7 @@ type Service struct {
 	log       *slog.Logger
 
 	mu       sync.Mutex
+	resumed  []*InstantRestore // taken up by ResumeExport, to be filled on
 	mounts   map[string]*mounted
 	mounting map[string]bool // paths being mounted
 	closed   bool            // no more mounts
@@ -120,6 +123,7 @@ func (e notConfigured) Is(target error) bool { return target == ErrNotConfigured
 type noJournal struct{}
 
 func (noJournal) ExportStarted(Export) error   { return nil }
+func (noJournal) ExportUpdated(Export) error   { return nil }
 func (noJournal) ExportStopped(pe.ID) error    { return nil }
 func (noJournal) MountStarted(Mount) error     { return nil }
 func (noJournal) MountStopped(id string) error { return nil }

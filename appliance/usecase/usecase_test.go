@@ -141,6 +141,10 @@ func (j *journal) recorded() []string {
 	return slices.Clone(j.events)
 }
 
+func (j *journal) ExportUpdated(e Export) error {
+	return j.record(fmt.Sprintf("update %s %s %s %v", e.ID, e.Name, e.Target, e.Live))
+}
+
 func (j *journal) ExportStarted(e Export) error {
 	return j.record(fmt.Sprintf("export %s %s %s %v", e.ID, e.Name, e.Target, e.Writable))
 }

@@ -341,13 +341,24 @@ func restoreCommand() *cli.Command {
 		Usage:     "restore a repository snapshot as a PE; prints the restored PE ID last",
 		ArgsUsage: "PEID:SNAPSHOT",
 		Flags: append(append(repoFlags(),
-			&cli.StringFlag{Name: "to", Usage: "PE `TYPE` to restore into (default: the snapshot's)"},
-			&cli.StringFlag{Name: "mode", Value: "create_new", Usage: "`MODE`: create_new (a new name), create (the snapshot's name, must not exist) or update (overwrite it)"},
+			&cli.StringFlag{Name: "to", Usage: "`TYPE[:NAME]` to restore into (default: the snapshot's type; NAME implies --mode create)"},
+			&cli.StringFlag{Name: "mode", Value: "create_new", Usage: "`MODE`: create_new (a new name), create (the snapshot's name or NAME, must not exist) or update (overwrite it)"},
+			&cli.BoolFlag{Name: "instant", Usage: "make the PE at once and serve it writable over NBD while it is filled from the snapshot"},
+			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:10809", Usage: "with --instant, the loopback `ADDR` of the NBD server"},
 		), restoreFlags()...),
 		Description: `Repository snapshots are trusted (authenticated by the repository key):
 owners, setuid/setgid bits, capabilities and xattrs are restored as they
 were. --keep-privileges and --max-expansion apply to untrusted input only,
-as in cp.`,
+as in cp.
+
+With --instant (disk-like PEs, create or create_new) the new PE is made at
+once, empty, and served writable over NBD: its URI is printed first, and
+clients (qemu, nbdcopy) use it while it is filled from the snapshot in the
+background, the blocks they read first; their writes land in the PE. Once
+full, its ID is printed and the export goes on serving it until SIGINT or
+SIGTERM. Interrupted before it is full, the restore is aborted and the
+PE removed, with the clients' writes. (The API's instant restores survive
+a restart of 'astrolabe serve' and resume.)`,
 		Action: withRepo(func(c *cli.Context, r *repo.Repository) error {
 			a, err := args(c, 1, "PEID:SNAPSHOT")
 			if err != nil {
@@ -366,13 +377,22 @@ as in cp.`,
 				return err
 			}
 			typ := id.Type()
+			opts := restoreOptions(c)
+			opts.Mode = mode
 			if t := c.String("to"); t != "" {
 				typ = t
+				if t, name, ok := strings.Cut(t, ":"); ok {
+					typ, opts.Name = t, name
+					if !c.IsSet("mode") {
+						opts.Mode = pe.Create
+					}
+				}
+			}
+			if c.Bool("instant") {
+				return instantRestore(c, r, id, typ, opts)
 			}
 			start := time.Now()
 			prog := newProgress(c.App.ErrWriter)
-			opts := restoreOptions(c)
-			opts.Mode = mode
 			out, err := uc.Restore(c.Context, id, typ, opts, prog)
 			prog.Done()
 			if err != nil {
