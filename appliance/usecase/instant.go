@@ -179,7 +179,7 @@ func (e emptyCopy) Data(ctx context.Context) (pe.Image, error) { return holes(e.
 
 type holes int64
 
-func (h holes) Size() int64 { return int64(h) }
+func (h holes) Size() int64  { return int64(h) }
 func (h holes) Close() error { return nil }
 
 func (h holes) ReadAt(p []byte, off int64) (int, error) {
