@@ -155,6 +155,14 @@ func resume(ctx context.Context, uc *usecase.Service, st *state, nbd bool, log *
 		var keep []exportState
 		for _, e := range recorded.Exports {
 			x, err := resumeExport(ctx, uc, e)
+			if err != nil && e.Live {
+				// Kept for a start that can take it up (its repository
+				// configured again): dropped, its target would stay
+				// half-filled with nobody the wiser.
+				log.Error("instant restore not resumed: its target holds only part of the snapshot", "export", e.ID, "target", e.Target, "err", err)
+				keep = append(keep, e)
+				continue
+			}
 			if err != nil {
 				log.Warn("NBD export not restored", "export", e.ID, "err", err)
 				continue

@@ -85,25 +85,32 @@ func (s *Service) ResumeExport(ctx context.Context, e Export) (Export, error) {
 	if err != nil {
 		return Export{}, err
 	}
+	switch {
+	case e.Live:
+		// Its snapshot is in the repository.
+		return s.resumeInstant(ctx, src, e)
+	case !e.Target.IsZero():
+		// What it serves is the target (its snapshot may be one in the
+		// repository that an instant restore filled it from).
+		if _, err := s.m.Get(ctx, e.Target); err != nil {
+			return Export{}, err
+		}
+		if e.Name == "" {
+			// Recorded before writable exports had secret names: the
+			// old name was guessable, so the export gets a new one.
+			s.log.Warn("NBD writable export renamed: its name had no token", "export", e.ID)
+		}
+		x, err := src.AddTarget(e.ID, e.Target, e.Name)
+		return s.describe(x), err
+	}
 	if _, err := s.m.Get(ctx, e.ID); err != nil {
 		return Export{}, err
 	}
-	switch {
-	case e.Live:
-		return s.resumeInstant(ctx, src, e)
-	case e.Target.IsZero() && e.Writable:
+	if e.Writable {
 		x, err := src.ResumeWritable(ctx, e.ID, e.Name)
 		return s.describe(x), err
-	case e.Target.IsZero():
-		return s.describe(nbdexport.Export{ID: e.ID, Name: e.ID.String()}), src.Add(e.ID)
 	}
-	if e.Name == "" {
-		// Recorded before writable exports had secret names: the old
-		// name was guessable, so the export gets a new one.
-		s.log.Warn("NBD writable export renamed: its name had no token", "export", e.ID)
-	}
-	x, err := src.AddTarget(e.ID, e.Target, e.Name)
-	return s.describe(x), err
+	return s.describe(nbdexport.Export{ID: e.ID, Name: e.ID.String()}), src.Add(e.ID)
 }
 
 // StopExport stops exporting id; connected clients keep their export
