@@ -344,9 +344,13 @@ type MountRequest struct {
 type NBDExport struct {
 	Id ProtectedEntityID `json:"id"`
 
-	// Target Where the writes of a writable export made by an appliance before
-	// exports had overlays land (a copy of the snapshot); absent for
-	// all others.
+	// Live An instant restore under way: target is being filled from the
+	// snapshot (reads of what it lacks yet come from the snapshot).
+	Live *bool `json:"live,omitempty"`
+
+	// Target The PE that takes the writes of an instant restore, or of a
+	// writable export made by an appliance before exports had overlays
+	// (a copy of the snapshot); absent for all others.
 	Target   *ProtectedEntityID `json:"target,omitempty"`
 	Uri      string             `json:"uri"`
 	Writable bool               `json:"writable"`

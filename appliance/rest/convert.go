@@ -67,6 +67,9 @@ func toAPIExport(e NBDExport) api.NBDExport {
 		t := e.Target.String()
 		out.Target = &t
 	}
+	if e.Live {
+		out.Live = &e.Live
+	}
 	return out
 }
 
