@@ -35,8 +35,9 @@ var ErrNotFound = errors.New("not found")
 
 // ErrCancelled is the cause (context.Cause) of a task's context that
 // Cancel ended; ErrShutdown of one that Shutdown ended. A task whose work
-// can be resumed after a restart tells the two apart.
-var ErrCancelled = errors.New("cancelled")
+// can be resumed after a restart tells the two apart. Both are
+// context.Canceled to errors.Is.
+var ErrCancelled = fmt.Errorf("cancelled by request: %w", context.Canceled)
 
 // ErrTooMany is returned when a new nexus would pass MaxNexus and none
 // can be dropped.
@@ -45,7 +46,7 @@ var ErrTooMany = errors.New("too many")
 // ErrShutdown is returned by Start once Shutdown has been called: the
 // appliance is stopping and starts nothing new. It is also the cause of
 // the contexts of the tasks Shutdown ends.
-var ErrShutdown = errors.New("the task manager is shutting down")
+var ErrShutdown = fmt.Errorf("the task manager is shutting down: %w", context.Canceled)
 
 // Info is a snapshot of a task's state.
 type Info struct {
