@@ -235,6 +235,11 @@ func (c *guardedConn) nextRecord() ([]byte, call, error) {
 	if err != nil {
 		return nil, cl, badCall{err}
 	}
+	if cl.exclusiveAt > 0 {
+		body := guardedCreate(rec[4:], cl.exclusiveAt)
+		rec = binary.BigEndian.AppendUint32(nil, lastFragment|uint32(len(body)))
+		rec = append(rec, body...)
+	}
 	return rec, cl, nil
 }
 

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/big"
 	"net"
@@ -53,7 +55,7 @@ func needTools(t *testing.T) {
 }
 
 // newDisk makes a disk of random bytes in a temporary file.
-func newDisk(t *testing.T, size int64) (*fileDisk, []byte) {
+func newDisk(t testing.TB, size int64) (*fileDisk, []byte) {
 	t.Helper()
 	data := make([]byte, size)
 	_, _ = rand.Read(data)
@@ -70,7 +72,7 @@ func newDisk(t *testing.T, size int64) (*fileDisk, []byte) {
 }
 
 // serve runs s on l until the test ends.
-func serve(t *testing.T, s *Server, l net.Listener) {
+func serve(t testing.TB, s *Server, l net.Listener) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx, l) }()
@@ -83,7 +85,7 @@ func serve(t *testing.T, s *Server, l net.Listener) {
 }
 
 // listen listens on a loopback address and returns its port.
-func listen(t *testing.T, addr string) (net.Listener, int) {
+func listen(t testing.TB, addr string) (net.Listener, int) {
 	t.Helper()
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -286,6 +288,25 @@ func TestExport(t *testing.T) {
 				t.Errorf("%s: status %d, want %d", ch.what, got, ch.want)
 			}
 		}
+		// ESXi makes its lock files with EXCLUSIVE creates.
+		lock := [][]byte{opaque(dirFH), str(".lck-0000000000000001"), u32(createExclusive), u64(42)}
+		if got := c.nfs(t, procCreate, lock...); got != 0 {
+			t.Errorf("EXCLUSIVE CREATE of a lock file: status %d, want OK", got)
+		}
+		if _, err := os.Stat(filepath.Join(scratch, "vm1", ".lck-0000000000000001")); err != nil {
+			t.Errorf("the lock file in the scratch directory: %v", err)
+		}
+		if got := c.nfs(t, procCreate, lock...); got != nfsErrExist {
+			t.Errorf("EXCLUSIVE CREATE of an existing file: status %d, want NFS3ERR_EXIST", got)
+		}
+		stat, body := c.call(t, progNFS, 3, procFSStat, opaque(root))
+		if stat != acceptSuccess || len(body) < 4+84+8 || binary.BigEndian.Uint32(body) != 0 {
+			t.Fatalf("FSSTAT: accept_stat %d, reply %x", stat, body)
+		}
+		// status, post_op_attr (1 and an 84-byte fattr3), then tbytes.
+		if total := binary.BigEndian.Uint64(body[4+4+84:]); total < diskSize {
+			t.Errorf("FSSTAT: total bytes %d, less than the disk", total)
+		}
 		if got := c.nfs(t, procSetattr, opaque(flatFH), sattrSize(diskSize), u32(0)); got != 0 {
 			t.Errorf("SETATTR of the flat file's own size: status %d, want OK", got)
 		}
@@ -390,7 +411,7 @@ func TestAllow(t *testing.T) {
 
 // randomLoopback returns a random address in 127.0.0.0/8, so that a
 // listener on a fixed port (111) meets no other.
-func randomLoopback(t *testing.T) string {
+func randomLoopback(t testing.TB) string {
 	n, err := rand.Int(rand.Reader, big.NewInt(250*250))
 	if err != nil {
 		t.Fatal(err)
@@ -407,12 +428,13 @@ const (
 	procSetattr = 2
 	procLookup  = 3
 	procWrite   = 7
-	procCreate  = 8
 	procMkdir   = 9
 	procRemove  = 12
 	procRename  = 14
+	procFSStat  = 18
 
 	nfsErrAcces = 13
+	nfsErrExist = 17
 	nfsErrInval = 22
 	nfsErrFBig  = 27
 	nfsErrStale = 70
@@ -433,8 +455,8 @@ func dialRPC(t *testing.T, port int) *rpcClient {
 	return &rpcClient{conn: conn}
 }
 
-func u32(v uint32) []byte { return []byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)} }
-func u64(v uint64) []byte { return append(u32(uint32(v>>32)), u32(uint32(v))...) }
+func u32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
+func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
 
 func opaque(b []byte) []byte {
 	out := append(u32(uint32(len(b))), b...)
@@ -474,12 +496,12 @@ func (c *rpcClient) call(t *testing.T, prog, vers, proc uint32, args ...[]byte) 
 	var rec []byte
 	for {
 		var mark [4]byte
-		if _, err := readFull(c.conn, mark[:]); err != nil {
+		if _, err := io.ReadFull(c.conn, mark[:]); err != nil {
 			t.Fatalf("reading the reply: %v", err)
 		}
-		m := uint32(mark[0])<<24 | uint32(mark[1])<<16 | uint32(mark[2])<<8 | uint32(mark[3])
+		m := binary.BigEndian.Uint32(mark[:])
 		frag := make([]byte, m&^lastFragment)
-		if _, err := readFull(c.conn, frag); err != nil {
+		if _, err := io.ReadFull(c.conn, frag); err != nil {
 			t.Fatalf("reading the reply: %v", err)
 		}
 		rec = append(rec, frag...)
@@ -487,27 +509,13 @@ func (c *rpcClient) call(t *testing.T, prog, vers, proc uint32, args ...[]byte) 
 			break
 		}
 	}
-	words := func(i int) uint32 {
-		return uint32(rec[4*i])<<24 | uint32(rec[4*i+1])<<16 | uint32(rec[4*i+2])<<8 | uint32(rec[4*i+3])
-	}
+	words := func(i int) uint32 { return binary.BigEndian.Uint32(rec[4*i:]) }
 	if len(rec) < 24 || words(0) != c.xid || words(1) != 1 || words(2) != 0 {
 		t.Fatalf("reply %x: not an accepted reply to call %d", rec, c.xid)
 	}
 	verfLen := int(words(4)+3) &^ 3
 	rest := rec[20+verfLen:]
-	return uint32(rest[0])<<24 | uint32(rest[1])<<16 | uint32(rest[2])<<8 | uint32(rest[3]), rest[4:]
-}
-
-func readFull(c net.Conn, p []byte) (int, error) {
-	n := 0
-	for n < len(p) {
-		k, err := c.Read(p[n:])
-		n += k
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
+	return binary.BigEndian.Uint32(rest), rest[4:]
 }
 
 // nfs makes an NFSv3 call and returns its status.
@@ -517,7 +525,7 @@ func (c *rpcClient) nfs(t *testing.T, proc uint32, args ...[]byte) uint32 {
 	if stat != acceptSuccess || len(body) < 4 {
 		t.Fatalf("NFS procedure %d: accept_stat %d", proc, stat)
 	}
-	return uint32(body[0])<<24 | uint32(body[1])<<16 | uint32(body[2])<<8 | uint32(body[3])
+	return binary.BigEndian.Uint32(body)
 }
 
 // handleAfterStatus reads the handle that follows an OK status.
@@ -526,7 +534,7 @@ func handleAfterStatus(t *testing.T, what string, body []byte) []byte {
 	if len(body) < 8 || !bytes.Equal(body[:4], u32(0)) {
 		t.Fatalf("%s: reply %x", what, body)
 	}
-	n := int(body[4])<<24 | int(body[5])<<16 | int(body[6])<<8 | int(body[7])
+	n := int(binary.BigEndian.Uint32(body[4:]))
 	if n > len(body)-8 {
 		t.Fatalf("%s: reply %x", what, body)
 	}

@@ -89,16 +89,53 @@ func checkCall(rec []byte) (call, error) {
 			r.skip(8)
 		}
 	}
+	if prog == progNFS && proc == procCreate {
+		r.createMode(&c, len(rec))
+	}
 	if r.err != nil {
 		return c, fmt.Errorf("RPC call (program %d, procedure %d): %w", prog, proc, r.err)
 	}
 	return c, nil
 }
 
+// createMode notes where an EXCLUSIVE CREATE's mode is, once its handle
+// and name are read.
+func (r *xdrReader) createMode(c *call, recLen int) {
+	at := recLen - len(r.b)
+	if r.uint32() == createExclusive {
+		r.skip(8) // the verifier
+		if r.err == nil {
+			c.exclusiveAt = at
+		}
+	}
+}
+
 // call is what the server needs of an RPC call's header.
 type call struct {
 	xid, prog, vers, proc uint32
 	pmapProg, pmapProt    uint32 // a portmapper GETPORT's arguments
+	// exclusiveAt is the offset in the record of an EXCLUSIVE CREATE's
+	// mode; 0 for other calls.
+	exclusiveAt int
+}
+
+const (
+	procCreate      = 8
+	createGuarded   = 1
+	createExclusive = 2
+)
+
+// guardedCreate rewrites an EXCLUSIVE CREATE (rec without its mark) as a
+// GUARDED one with no attributes: go-nfs refuses EXCLUSIVE (NOTSUPP), and
+// clients use it to make lock files (ESXi's .lck files on NFSv3). GUARDED
+// also fails when the file exists; what is lost is only EXCLUSIVE's
+// idempotence on a retransmitted call, which TCP makes rare.
+func guardedCreate(rec []byte, at int) []byte {
+	out := make([]byte, 0, len(rec)+16)
+	out = append(out, rec[:at]...)
+	out = binary.BigEndian.AppendUint32(out, createGuarded)
+	out = append(out, make([]byte, 24)...) // sattr3: nothing set
+	return append(out, rec[at+4+8:]...)
 }
 
 // xdrReader reads XDR from a byte slice; its first error sticks.
