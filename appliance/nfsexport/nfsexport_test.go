@@ -164,14 +164,29 @@ func TestExport(t *testing.T) {
 	})
 
 	t.Run("read", func(t *testing.T) {
-		out := filepath.Join(dir, "vm1-flat.vmdk")
-		run(t, "nfs-cp", nfsURL(port, "vm1/vm1-flat.vmdk"), out)
-		got, err := os.ReadFile(out)
-		if err != nil {
-			t.Fatal(err)
+		// Three clients at once, each on its own connection.
+		errs := make(chan error, 3)
+		for i := range 3 {
+			go func() {
+				out := filepath.Join(dir, fmt.Sprintf("read%d.img", i))
+				if o, err := exec.Command("nfs-cp", nfsURL(port, "vm1/vm1-flat.vmdk"), out).CombinedOutput(); err != nil {
+					errs <- fmt.Errorf("nfs-cp %d: %v\n%s", i, err, o)
+					return
+				}
+				got, err := os.ReadFile(out)
+				if err == nil && !bytes.Equal(got, data) {
+					err = fmt.Errorf("the flat file read by nfs-cp %d differs from the disk", i)
+				}
+				errs <- err
+			}()
 		}
-		if !bytes.Equal(got, data) {
-			t.Fatal("the flat file read with nfs-cp differs from the disk")
+		for range 3 {
+			if err := <-errs; err != nil {
+				t.Error(err)
+			}
+		}
+		if err := os.Rename(filepath.Join(dir, "read0.img"), filepath.Join(dir, "vm1-flat.vmdk")); err != nil {
+			t.Fatal(err)
 		}
 	})
 
