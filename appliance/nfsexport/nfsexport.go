@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"net"
@@ -104,6 +105,7 @@ func New(opts Options) (*Server, error) {
 		rootMod: time.Now(),
 	}
 	s.tree = &tree{s: s}
+	routeGoNFS(log)
 	return s, nil
 }
 
@@ -160,6 +162,9 @@ func (s *Server) Remove(name string) error {
 	if !ok || e.name != name {
 		return fmt.Errorf("nfsexport: export %s: %w", name, ErrNotFound)
 	}
+	e.ops.Lock()
+	e.removed = true
+	e.ops.Unlock()
 	if err := os.RemoveAll(e.scratchDir); err != nil {
 		return fmt.Errorf("nfsexport: export %s: scratch files: %w", name, err)
 	}
@@ -248,6 +253,23 @@ type export struct {
 
 	mu        sync.Mutex
 	longPaths map[pathHash]string // scratch paths too long for a handle
+
+	// ops is held (read) by calls that make entries in the scratch
+	// directory, and (write) by Remove while it marks the export removed,
+	// so that none recreates the directory Remove deletes.
+	ops     sync.RWMutex
+	removed bool
+}
+
+// makeInScratch runs f, which makes an entry in the scratch directory,
+// unless the export was removed.
+func (e *export) makeInScratch(op, p string, f func() error) error {
+	e.ops.RLock()
+	defer e.ops.RUnlock()
+	if e.removed {
+		return &fs.PathError{Op: op, Path: p, Err: fs.ErrNotExist}
+	}
+	return f()
 }
 
 // maxLongPaths bounds the long scratch paths an export remembers; past

@@ -188,7 +188,16 @@ func (t *tree) OpenFile(p string, flag int, perm os.FileMode) (billy.File, error
 		}
 		return &flatFile{name: p, e: loc.e}, nil
 	}
-	f, err := loc.e.scratch.OpenFile(loc.rel, flag, perm)
+	var f billy.File
+	open := func() (err error) {
+		f, err = loc.e.scratch.OpenFile(loc.rel, flag, perm)
+		return err
+	}
+	if flag&os.O_CREATE != 0 {
+		err = loc.e.makeInScratch("open", p, open)
+	} else {
+		err = open()
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -207,7 +216,7 @@ func (t *tree) Rename(from, to string) error {
 	if src.e != dst.e {
 		return &os.LinkError{Op: "rename", Old: from, New: to, Err: syscall.EXDEV}
 	}
-	return src.e.scratch.Rename(src.rel, dst.rel)
+	return src.e.makeInScratch("rename", to, func() error { return src.e.scratch.Rename(src.rel, dst.rel) })
 }
 
 func (t *tree) Remove(p string) error {
@@ -223,7 +232,7 @@ func (t *tree) MkdirAll(p string, perm os.FileMode) error {
 	if err != nil {
 		return err
 	}
-	return loc.e.scratch.MkdirAll(loc.rel, perm)
+	return loc.e.makeInScratch("mkdir", p, func() error { return loc.e.scratch.MkdirAll(loc.rel, perm) })
 }
 
 func (t *tree) TempFile(dir, prefix string) (billy.File, error) {
