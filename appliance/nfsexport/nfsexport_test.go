@@ -573,3 +573,30 @@ func (c *rpcClient) lookup(t *testing.T, dir []byte, name string) []byte {
 	}
 	return handleAfterStatus(t, "LOOKUP "+name, body)
 }
+
+// panicDisk panics on every read: a bug in a Disk must cost the client its
+// call, not the appliance its process.
+type panicDisk struct{ *fileDisk }
+
+func (panicDisk) ReadAt([]byte, int64) (int, error) { panic("disk bug") }
+
+func TestDiskPanic(t *testing.T) {
+	needTools(t)
+	disk, _ := newDisk(t, 1<<20)
+	s, err := New(Options{ScratchDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Add("bad", panicDisk{disk}); err != nil {
+		t.Fatal(err)
+	}
+	l, port := listen(t, "127.0.0.1:0")
+	serve(t, s, l)
+	out, err := exec.Command("nfs-cat", nfsURL(port, "bad/bad-flat.vmdk")).CombinedOutput()
+	if err == nil {
+		t.Fatalf("nfs-cat of a disk that panics succeeded: %q", out)
+	}
+	if got := listing(t, port, "bad"); got["bad-flat.vmdk"] != 1<<20 {
+		t.Errorf("nfs-ls after the panic: %v", got)
+	}
+}
