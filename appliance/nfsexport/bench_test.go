@@ -14,11 +14,7 @@ import (
 // runs it.
 func BenchmarkCopy(b *testing.B) {
 	const size = 256 << 20
-	for _, tool := range []string{"nfs-cp", "qemu-img", "cp"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			b.Fatalf("%s is not installed: run scripts/deps.d/nfs.sh", tool)
-		}
-	}
+	needTools(b)
 	dir := b.TempDir()
 	disk, _ := newDisk(b, size)
 	s, err := New(Options{ScratchDir: filepath.Join(dir, "scratch")})

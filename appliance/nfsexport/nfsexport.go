@@ -10,9 +10,21 @@
 //     .log, .vswp files), kept in a scratch directory on local disk and
 //     deleted with the export.
 //
-// MOUNT and NFS share one TCP port (no portmapper). Only clients whose
-// address is allowed are served. NFS has no authentication of its own
-// (AUTH_SYS is the client's word): the address list is the access control.
+// MOUNT and NFS share one TCP port, and a portmapper GETPORT on it answers
+// that same port: clients that take ports as options (libnfs's nfsport
+// and mountport) use any port; those that ask a portmapper (ESXi, qemu)
+// need Serve on port 111 as well, and ESXi NFS on 2049. Any export
+// directory can be mounted ("/" or "/<name>", a datastore per VM).
+//
+// Only clients whose address is allowed are served. NFS has no
+// authentication of its own (AUTH_SYS is the client's word): the address
+// list is the access control. go-nfs answers the calls; the server checks
+// each record before go-nfs decodes it, and answers itself the few calls
+// go-nfs gets wrong (see reply.go).
+//
+// Every WRITE to a flat file is synced to its Disk before the reply (go-nfs
+// replies FILE_SYNC whatever the client asked), so COMMIT has nothing left
+// to do.
 package nfsexport
 
 import (

@@ -45,12 +45,17 @@ func (d *fileDisk) Sync() error {
 	return d.File.Sync()
 }
 
-func needTools(t *testing.T) {
+func needTools(t testing.TB) {
 	t.Helper()
+	const hint = "run scripts/deps.d/nfs.sh (Debian libnfs-utils, qemu-utils, qemu-block-extra)"
 	for _, tool := range []string{"nfs-ls", "nfs-cp", "nfs-cat", "qemu-img"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s is not installed: run scripts/deps.d/nfs.sh (Debian libnfs-utils, qemu-utils, qemu-block-extra)", tool)
+			t.Fatalf("%s is not installed: %s", tool, hint)
 		}
+	}
+	help, _ := exec.Command("qemu-img", "--help").Output()
+	if !strings.Contains(string(help), " nfs ") {
+		t.Fatalf("qemu-img has no nfs driver: %s", hint)
 	}
 }
 
