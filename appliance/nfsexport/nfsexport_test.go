@@ -605,3 +605,47 @@ func TestDiskPanic(t *testing.T) {
 		t.Errorf("nfs-ls after the panic: %v", got)
 	}
 }
+
+// TestHandlesOutliveRestart: the handles a client holds stay valid on a
+// new Server (an appliance restart) that adds the same export again, so
+// that ESXi's open files do not go stale; the files it made are kept.
+func TestHandlesOutliveRestart(t *testing.T) {
+	disk, _ := newDisk(t, 1<<20)
+	scratch := t.TempDir()
+	var flatFH, vmxFH []byte
+	for i := range 2 {
+		s, err := New(Options{ScratchDir: scratch})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Add("vm1", disk); err != nil {
+			t.Fatal(err)
+		}
+		l, port := listen(t, "127.0.0.1:0")
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.Serve(ctx, l) }()
+		c := dialRPC(t, port)
+		if i == 0 {
+			dir := c.lookup(t, c.mount(t, "/vm1"), ".")
+			flatFH = c.lookup(t, dir, "vm1-flat.vmdk")
+			stat, body := c.call(t, progNFS, 3, procCreate, opaque(dir), str("vm1.vmx"), u32(createGuarded), make([]byte, 24))
+			if stat != acceptSuccess {
+				t.Fatalf("CREATE vm1.vmx: accept_stat %d", stat)
+			}
+			// status, handle_follows, then the handle.
+			vmxFH = handleAfterStatus(t, "CREATE vm1.vmx", append(body[:4:4], body[8:]...))
+		} else {
+			for what, fh := range map[string][]byte{"flat file": flatFH, "vm1.vmx": vmxFH} {
+				if got := c.nfs(t, procGetattr, opaque(fh)); got != 0 {
+					t.Errorf("GETATTR of the %s's handle after the restart: status %d, want OK", what, got)
+				}
+			}
+		}
+		c.conn.Close()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
