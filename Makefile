@@ -60,7 +60,7 @@ unit:
 # Seconds of fuzzing per target in CI; `make fuzz-long` for a real run.
 FUZZ_TARGETS := pe:FuzzParseID pe:FuzzOpenZip pe/fs:FuzzExtract nbd:FuzzHandshake nbd:FuzzRequests nbd:FuzzExtendedInStep \
 	appliance/s3export:FuzzS3Request appliance/s3export:FuzzSigV4 appliance/s3export:FuzzChunked \
-	repo:FuzzCheckPack repo:FuzzOpenIndex internal/calendar:FuzzParseSchedule
+	repo:FuzzCheckPack repo:FuzzOpenIndex internal/calendar:FuzzParseSchedule appliance/nfsexport:FuzzCheckCall
 fuzz:
 	GO=$(GO) ./scripts/fuzz.sh $(FUZZTIME) $(FUZZ_TARGETS)
 
