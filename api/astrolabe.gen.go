@@ -364,6 +364,22 @@ type NBDExportRequest struct {
 	Writable *bool `json:"writable,omitempty"`
 }
 
+// NFSExport defines model for NFSExport.
+type NFSExport struct {
+	Id ProtectedEntityID `json:"id"`
+
+	// Name The export's directory, NAME/NAME.vmdk beside NAME/NAME-flat.vmdk
+	Name string `json:"name"`
+
+	// Url nfs://HOST:PORT/NAME (MOUNT and NFS on that one port)
+	Url string `json:"url"`
+}
+
+// NFSExportRequest defines model for NFSExportRequest.
+type NFSExportRequest struct {
+	Id ProtectedEntityID `json:"id"`
+}
+
 // OperationParamItem defines model for OperationParamItem.
 type OperationParamItem struct {
 	Key   string `json:"key"`
@@ -548,6 +564,12 @@ type StopNBDExportParams struct {
 	Keep *bool `form:"keep,omitempty" json:"keep,omitempty"`
 }
 
+// StopNFSExportParams defines parameters for StopNFSExport.
+type StopNFSExportParams struct {
+	// Keep Keep the writes as a new PE.
+	Keep *bool `form:"keep,omitempty" json:"keep,omitempty"`
+}
+
 // StartBackupParams defines parameters for StartBackup.
 type StartBackupParams struct {
 	// Nexus Associate the task with this task nexus
@@ -612,6 +634,9 @@ type StartMountJSONRequestBody = MountRequest
 
 // StartNBDExportJSONRequestBody defines body for StartNBDExport for application/json ContentType.
 type StartNBDExportJSONRequestBody = NBDExportRequest
+
+// StartNFSExportJSONRequestBody defines body for StartNFSExport for application/json ContentType.
+type StartNFSExportJSONRequestBody = NFSExportRequest
 
 // StartBackupJSONRequestBody defines body for StartBackup for application/json ContentType.
 type StartBackupJSONRequestBody = BackupRequest
@@ -880,6 +905,52 @@ type ClientInterface interface {
 	//
 	// Corresponds with DELETE /v1/appliance/nbd/exports/{protectedEntityID} (the `StopNBDExport` operationId).
 	StopNBDExport(ctx context.Context, protectedEntityID PEIDPath, params *StopNBDExportParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ListNFSExports The NFS exports of the appliance
+	//
+	// Every export with its URL; 501 where the appliance serves no NFS (serve --nfs).
+	//
+	// Corresponds with GET /v1/appliance/nfs/exports (the `ListNFSExports` operationId).
+	ListNFSExports(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// StartNFSExportWithBody Export a snapshot writable over NFS as datastore files, at once
+	//
+	// Serves the snapshot (of the appliance's PEs, or in its repository; a
+	// live PE is snapshotted first) as the directory NAME of the NFS
+	// export "/": NAME/NAME.vmdk (a VMDK descriptor) and NAME/NAME-flat.vmdk
+	// (the disk), read and written; writes land in a copy-on-write overlay
+	// on the appliance, the snapshot never changes. Files clients make in
+	// NAME/ (a VM's) are kept beside it. The export and its writes survive
+	// a restart of the appliance.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/appliance/nfs/exports (the `StartNFSExport` operationId).
+	StartNFSExportWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// StartNFSExport Export a snapshot writable over NFS as datastore files, at once
+	//
+	// Serves the snapshot (of the appliance's PEs, or in its repository; a
+	// live PE is snapshotted first) as the directory NAME of the NFS
+	// export "/": NAME/NAME.vmdk (a VMDK descriptor) and NAME/NAME-flat.vmdk
+	// (the disk), read and written; writes land in a copy-on-write overlay
+	// on the appliance, the snapshot never changes. Files clients make in
+	// NAME/ (a VM's) are kept beside it. The export and its writes survive
+	// a restart of the appliance.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/appliance/nfs/exports (the `StartNFSExport` operationId).
+	StartNFSExport(ctx context.Context, body StartNFSExportJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// StopNFSExport Stop an NFS export, discarding its writes or keeping them as a new PE
+	//
+	// Removes the export and the files clients made in it. Its writes are
+	// discarded, unless keep is set: then the snapshot with them is first
+	// copied into a new PE of its type.
+	//
+	// Corresponds with DELETE /v1/appliance/nfs/exports/{name} (the `StopNFSExport` operationId).
+	StopNFSExport(ctx context.Context, name string, params *StopNFSExportParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// StartBackupWithBody Back up a PE snapshot into the repository, as a task
 	//
@@ -1433,6 +1504,92 @@ func (c *Client) StartNBDExport(ctx context.Context, body StartNBDExportJSONRequ
 // Corresponds with DELETE /v1/appliance/nbd/exports/{protectedEntityID} (the `StopNBDExport` operationId).
 func (c *Client) StopNBDExport(ctx context.Context, protectedEntityID PEIDPath, params *StopNBDExportParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewStopNBDExportRequest(c.Server, protectedEntityID, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ListNFSExports The NFS exports of the appliance
+//
+// Every export with its URL; 501 where the appliance serves no NFS (serve --nfs).
+//
+// Corresponds with GET /v1/appliance/nfs/exports (the `ListNFSExports` operationId).
+func (c *Client) ListNFSExports(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListNFSExportsRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// StartNFSExportWithBody Export a snapshot writable over NFS as datastore files, at once
+//
+// Serves the snapshot (of the appliance's PEs, or in its repository; a
+// live PE is snapshotted first) as the directory NAME of the NFS
+// export "/": NAME/NAME.vmdk (a VMDK descriptor) and NAME/NAME-flat.vmdk
+// (the disk), read and written; writes land in a copy-on-write overlay
+// on the appliance, the snapshot never changes. Files clients make in
+// NAME/ (a VM's) are kept beside it. The export and its writes survive
+// a restart of the appliance.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/appliance/nfs/exports (the `StartNFSExport` operationId).
+func (c *Client) StartNFSExportWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStartNFSExportRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// StartNFSExport Export a snapshot writable over NFS as datastore files, at once
+//
+// Serves the snapshot (of the appliance's PEs, or in its repository; a
+// live PE is snapshotted first) as the directory NAME of the NFS
+// export "/": NAME/NAME.vmdk (a VMDK descriptor) and NAME/NAME-flat.vmdk
+// (the disk), read and written; writes land in a copy-on-write overlay
+// on the appliance, the snapshot never changes. Files clients make in
+// NAME/ (a VM's) are kept beside it. The export and its writes survive
+// a restart of the appliance.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/appliance/nfs/exports (the `StartNFSExport` operationId).
+func (c *Client) StartNFSExport(ctx context.Context, body StartNFSExportJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStartNFSExportRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// StopNFSExport Stop an NFS export, discarding its writes or keeping them as a new PE
+//
+// Removes the export and the files clients made in it. Its writes are
+// discarded, unless keep is set: then the snapshot with them is first
+// copied into a new PE of its type.
+//
+// Corresponds with DELETE /v1/appliance/nfs/exports/{name} (the `StopNFSExport` operationId).
+func (c *Client) StopNFSExport(ctx context.Context, name string, params *StopNFSExportParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStopNFSExportRequest(c.Server, name, params)
 	if err != nil {
 		return nil, err
 	}
@@ -2304,6 +2461,134 @@ func NewStopNBDExportRequest(server string, protectedEntityID PEIDPath, params *
 	}
 
 	operationPath := fmt.Sprintf("/v1/appliance/nbd/exports/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Keep != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "keep", *params.Keep, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "boolean", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewListNFSExportsRequest constructs an http.Request for the ListNFSExports method
+func NewListNFSExportsRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/appliance/nfs/exports")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewStartNFSExportRequest calls the generic StartNFSExport builder with application/json body
+func NewStartNFSExportRequest(server string, body StartNFSExportJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewStartNFSExportRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewStartNFSExportRequestWithBody constructs an http.Request for the StartNFSExport method, with any body, and a specified content type
+func NewStartNFSExportRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/appliance/nfs/exports")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewStopNFSExportRequest constructs an http.Request for the StopNFSExport method
+func NewStopNFSExportRequest(server string, name string, params *StopNFSExportParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "name", name, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/appliance/nfs/exports/%s", pathParam0)
 	if operationPath[0] == '/' {
 		operationPath = "." + operationPath
 	}
@@ -3354,6 +3639,56 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with DELETE /v1/appliance/nbd/exports/{protectedEntityID} (the `StopNBDExport` operationId).
 	StopNBDExportWithResponse(ctx context.Context, protectedEntityID PEIDPath, params *StopNBDExportParams, reqEditors ...RequestEditorFn) (*StopNBDExportResponse, error)
+
+	// ListNFSExportsWithResponse The NFS exports of the appliance
+	//
+	// Every export with its URL; 501 where the appliance serves no NFS (serve --nfs).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/appliance/nfs/exports (the `ListNFSExports` operationId).
+	ListNFSExportsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListNFSExportsResponse, error)
+
+	// StartNFSExportWithBodyWithResponse Export a snapshot writable over NFS as datastore files, at once
+	//
+	// Serves the snapshot (of the appliance's PEs, or in its repository; a
+	// live PE is snapshotted first) as the directory NAME of the NFS
+	// export "/": NAME/NAME.vmdk (a VMDK descriptor) and NAME/NAME-flat.vmdk
+	// (the disk), read and written; writes land in a copy-on-write overlay
+	// on the appliance, the snapshot never changes. Files clients make in
+	// NAME/ (a VM's) are kept beside it. The export and its writes survive
+	// a restart of the appliance.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/appliance/nfs/exports (the `StartNFSExport` operationId).
+	StartNFSExportWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*StartNFSExportResponse, error)
+
+	// StartNFSExportWithResponse Export a snapshot writable over NFS as datastore files, at once
+	//
+	// Serves the snapshot (of the appliance's PEs, or in its repository; a
+	// live PE is snapshotted first) as the directory NAME of the NFS
+	// export "/": NAME/NAME.vmdk (a VMDK descriptor) and NAME/NAME-flat.vmdk
+	// (the disk), read and written; writes land in a copy-on-write overlay
+	// on the appliance, the snapshot never changes. Files clients make in
+	// NAME/ (a VM's) are kept beside it. The export and its writes survive
+	// a restart of the appliance.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/appliance/nfs/exports (the `StartNFSExport` operationId).
+	StartNFSExportWithResponse(ctx context.Context, body StartNFSExportJSONRequestBody, reqEditors ...RequestEditorFn) (*StartNFSExportResponse, error)
+
+	// StopNFSExportWithResponse Stop an NFS export, discarding its writes or keeping them as a new PE
+	//
+	// Removes the export and the files clients made in it. Its writes are
+	// discarded, unless keep is set: then the snapshot with them is first
+	// copied into a new PE of its type.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/appliance/nfs/exports/{name} (the `StopNFSExport` operationId).
+	StopNFSExportWithResponse(ctx context.Context, name string, params *StopNFSExportParams, reqEditors ...RequestEditorFn) (*StopNFSExportResponse, error)
 
 	// StartBackupWithBodyWithResponse Back up a PE snapshot into the repository, as a task
 	//
@@ -4438,6 +4773,203 @@ func (r StopNBDExportResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r StopNBDExportResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ListNFSExportsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *[]NFSExport
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListNFSExportsResponse) GetJSON200() *[]NFSExport {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListNFSExportsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r ListNFSExportsResponse) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ListNFSExportsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListNFSExportsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListNFSExportsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListNFSExportsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type StartNFSExportResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *NFSExport
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r StartNFSExportResponse) GetJSON200() *NFSExport {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r StartNFSExportResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r StartNFSExportResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r StartNFSExportResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r StartNFSExportResponse) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r StartNFSExportResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r StartNFSExportResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r StartNFSExportResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r StartNFSExportResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type StopNFSExportResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *struct {
+		Kept ProtectedEntityID `json:"kept"`
+	}
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r StopNFSExportResponse) GetJSON200() *struct {
+	Kept ProtectedEntityID `json:"kept"`
+} {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r StopNFSExportResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r StopNFSExportResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r StopNFSExportResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r StopNFSExportResponse) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r StopNFSExportResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r StopNFSExportResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r StopNFSExportResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r StopNFSExportResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -5788,6 +6320,80 @@ func (c *ClientWithResponses) StopNBDExportWithResponse(ctx context.Context, pro
 	return ParseStopNBDExportResponse(rsp)
 }
 
+// ListNFSExportsWithResponse The NFS exports of the appliance
+//
+// Every export with its URL; 501 where the appliance serves no NFS (serve --nfs).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/appliance/nfs/exports (the `ListNFSExports` operationId).
+func (c *ClientWithResponses) ListNFSExportsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListNFSExportsResponse, error) {
+	rsp, err := c.ListNFSExports(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListNFSExportsResponse(rsp)
+}
+
+// StartNFSExportWithBodyWithResponse Export a snapshot writable over NFS as datastore files, at once
+//
+// Serves the snapshot (of the appliance's PEs, or in its repository; a
+// live PE is snapshotted first) as the directory NAME of the NFS
+// export "/": NAME/NAME.vmdk (a VMDK descriptor) and NAME/NAME-flat.vmdk
+// (the disk), read and written; writes land in a copy-on-write overlay
+// on the appliance, the snapshot never changes. Files clients make in
+// NAME/ (a VM's) are kept beside it. The export and its writes survive
+// a restart of the appliance.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/appliance/nfs/exports (the `StartNFSExport` operationId).
+func (c *ClientWithResponses) StartNFSExportWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*StartNFSExportResponse, error) {
+	rsp, err := c.StartNFSExportWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseStartNFSExportResponse(rsp)
+}
+
+// StartNFSExportWithResponse Export a snapshot writable over NFS as datastore files, at once
+//
+// Serves the snapshot (of the appliance's PEs, or in its repository; a
+// live PE is snapshotted first) as the directory NAME of the NFS
+// export "/": NAME/NAME.vmdk (a VMDK descriptor) and NAME/NAME-flat.vmdk
+// (the disk), read and written; writes land in a copy-on-write overlay
+// on the appliance, the snapshot never changes. Files clients make in
+// NAME/ (a VM's) are kept beside it. The export and its writes survive
+// a restart of the appliance.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/appliance/nfs/exports (the `StartNFSExport` operationId).
+func (c *ClientWithResponses) StartNFSExportWithResponse(ctx context.Context, body StartNFSExportJSONRequestBody, reqEditors ...RequestEditorFn) (*StartNFSExportResponse, error) {
+	rsp, err := c.StartNFSExport(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseStartNFSExportResponse(rsp)
+}
+
+// StopNFSExportWithResponse Stop an NFS export, discarding its writes or keeping them as a new PE
+//
+// Removes the export and the files clients made in it. Its writes are
+// discarded, unless keep is set: then the snapshot with them is first
+// copied into a new PE of its type.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/appliance/nfs/exports/{name} (the `StopNFSExport` operationId).
+func (c *ClientWithResponses) StopNFSExportWithResponse(ctx context.Context, name string, params *StopNFSExportParams, reqEditors ...RequestEditorFn) (*StopNFSExportResponse, error) {
+	rsp, err := c.StopNFSExport(ctx, name, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseStopNFSExportResponse(rsp)
+}
+
 // StartBackupWithBodyWithResponse Back up a PE snapshot into the repository, as a task
 //
 // Backs the PE up (a live PE is snapshotted first); the task's result
@@ -6793,6 +7399,159 @@ func ParseStopNBDExportResponse(rsp *http.Response) (*StopNBDExportResponse, err
 	return response, nil
 }
 
+// ParseListNFSExportsResponse parses an HTTP response from a ListNFSExportsWithResponse call
+func ParseListNFSExportsResponse(rsp *http.Response) (*ListNFSExportsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListNFSExportsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest []NFSExport
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseStartNFSExportResponse parses an HTTP response from a StartNFSExportWithResponse call
+func ParseStartNFSExportResponse(rsp *http.Response) (*StartNFSExportResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &StartNFSExportResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest NFSExport
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseStopNFSExportResponse parses an HTTP response from a StopNFSExportWithResponse call
+func ParseStopNFSExportResponse(rsp *http.Response) (*StopNFSExportResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &StopNFSExportResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest struct {
+			Kept ProtectedEntityID `json:"kept"`
+		}
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseStartBackupResponse parses an HTTP response from a StartBackupWithResponse call
 func ParseStartBackupResponse(rsp *http.Response) (*StartBackupResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -7631,6 +8390,15 @@ type ServerInterface interface {
 	// StopNBDExport Stop exporting a snapshot; connected clients finish their requests
 	// (DELETE /v1/appliance/nbd/exports/{protectedEntityID})
 	StopNBDExport(w http.ResponseWriter, r *http.Request, protectedEntityID PEIDPath, params StopNBDExportParams)
+	// ListNFSExports The NFS exports of the appliance
+	// (GET /v1/appliance/nfs/exports)
+	ListNFSExports(w http.ResponseWriter, r *http.Request)
+	// StartNFSExport Export a snapshot writable over NFS as datastore files, at once
+	// (POST /v1/appliance/nfs/exports)
+	StartNFSExport(w http.ResponseWriter, r *http.Request)
+	// StopNFSExport Stop an NFS export, discarding its writes or keeping them as a new PE
+	// (DELETE /v1/appliance/nfs/exports/{name})
+	StopNFSExport(w http.ResponseWriter, r *http.Request, name string, params StopNFSExportParams)
 	// StartBackup Back up a PE snapshot into the repository, as a task
 	// (POST /v1/appliance/repository/backups)
 	StartBackup(w http.ResponseWriter, r *http.Request, params StartBackupParams)
@@ -7766,6 +8534,24 @@ func (_ Unimplemented) StartNBDExport(w http.ResponseWriter, r *http.Request) {
 // StopNBDExport Stop exporting a snapshot; connected clients finish their requests
 // (DELETE /v1/appliance/nbd/exports/{protectedEntityID})
 func (_ Unimplemented) StopNBDExport(w http.ResponseWriter, r *http.Request, protectedEntityID PEIDPath, params StopNBDExportParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ListNFSExports The NFS exports of the appliance
+// (GET /v1/appliance/nfs/exports)
+func (_ Unimplemented) ListNFSExports(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// StartNFSExport Export a snapshot writable over NFS as datastore files, at once
+// (POST /v1/appliance/nfs/exports)
+func (_ Unimplemented) StartNFSExport(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// StopNFSExport Stop an NFS export, discarding its writes or keeping them as a new PE
+// (DELETE /v1/appliance/nfs/exports/{name})
+func (_ Unimplemented) StopNFSExport(w http.ResponseWriter, r *http.Request, name string, params StopNFSExportParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -8161,6 +8947,76 @@ func (siw *ServerInterfaceWrapper) StopNBDExport(w http.ResponseWriter, r *http.
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.StopNBDExport(w, r, protectedEntityID, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ListNFSExports operation middleware
+func (siw *ServerInterfaceWrapper) ListNFSExports(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ListNFSExports(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// StartNFSExport operation middleware
+func (siw *ServerInterfaceWrapper) StartNFSExport(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.StartNFSExport(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// StopNFSExport operation middleware
+func (siw *ServerInterfaceWrapper) StopNFSExport(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "name" -------------
+	var name string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "name", chi.URLParam(r, "name"), &name, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "name", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params StopNFSExportParams
+
+	// ------------- Optional query parameter "keep" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "keep", r.URL.Query(), &params.Keep, runtime.BindQueryParameterOptions{Type: "boolean", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "keep"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "keep", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.StopNFSExport(w, r, name, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -8845,6 +9701,15 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 	})
 	r.Group(func(r chi.Router) {
 		r.Delete(options.BaseURL+"/v1/appliance/nbd/exports/{protectedEntityID}", wrapper.StopNBDExport)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/appliance/nfs/exports", wrapper.ListNFSExports)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/appliance/nfs/exports", wrapper.StartNFSExport)
+	})
+	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/v1/appliance/nfs/exports/{name}", wrapper.StopNFSExport)
 	})
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/v1/appliance/mounts", wrapper.ListMounts)
@@ -9840,6 +10705,231 @@ type StopNBDExportdefaultJSONResponse struct {
 }
 
 func (response StopNBDExportdefaultJSONResponse) VisitStopNBDExportResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListNFSExportsRequestObject struct {
+}
+
+type ListNFSExportsResponseObject interface {
+	VisitListNFSExportsResponse(w http.ResponseWriter) error
+}
+
+type ListNFSExports200JSONResponse []NFSExport
+
+func (response ListNFSExports200JSONResponse) VisitListNFSExportsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListNFSExports401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ListNFSExports401JSONResponse) VisitListNFSExportsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListNFSExportsdefaultJSONResponse struct {
+	Body       Error
+	StatusCode int
+}
+
+func (response ListNFSExportsdefaultJSONResponse) VisitListNFSExportsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartNFSExportRequestObject struct {
+	Body *StartNFSExportJSONRequestBody
+}
+
+type StartNFSExportResponseObject interface {
+	VisitStartNFSExportResponse(w http.ResponseWriter) error
+}
+
+type StartNFSExport200JSONResponse NFSExport
+
+func (response StartNFSExport200JSONResponse) VisitStartNFSExportResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartNFSExport400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response StartNFSExport400JSONResponse) VisitStartNFSExportResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartNFSExport401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response StartNFSExport401JSONResponse) VisitStartNFSExportResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartNFSExport404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response StartNFSExport404JSONResponse) VisitStartNFSExportResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartNFSExportdefaultJSONResponse struct {
+	Body       Error
+	StatusCode int
+}
+
+func (response StartNFSExportdefaultJSONResponse) VisitStartNFSExportResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StopNFSExportRequestObject struct {
+	Name   string `json:"name"`
+	Params StopNFSExportParams
+}
+
+type StopNFSExportResponseObject interface {
+	VisitStopNFSExportResponse(w http.ResponseWriter) error
+}
+
+type StopNFSExport200JSONResponse struct {
+	Kept ProtectedEntityID `json:"kept"`
+}
+
+func (response StopNFSExport200JSONResponse) VisitStopNFSExportResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StopNFSExport204Response struct {
+}
+
+func (response StopNFSExport204Response) VisitStopNFSExportResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type StopNFSExport400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response StopNFSExport400JSONResponse) VisitStopNFSExportResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StopNFSExport401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response StopNFSExport401JSONResponse) VisitStopNFSExportResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StopNFSExport404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response StopNFSExport404JSONResponse) VisitStopNFSExportResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StopNFSExportdefaultJSONResponse struct {
+	Body       Error
+	StatusCode int
+}
+
+func (response StopNFSExportdefaultJSONResponse) VisitStopNFSExportResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -11058,6 +12148,15 @@ type StrictServerInterface interface {
 	// StopNBDExport Stop exporting a snapshot; connected clients finish their requests
 	// (DELETE /v1/appliance/nbd/exports/{protectedEntityID})
 	StopNBDExport(ctx context.Context, request StopNBDExportRequestObject) (StopNBDExportResponseObject, error)
+	// ListNFSExports The NFS exports of the appliance
+	// (GET /v1/appliance/nfs/exports)
+	ListNFSExports(ctx context.Context, request ListNFSExportsRequestObject) (ListNFSExportsResponseObject, error)
+	// StartNFSExport Export a snapshot writable over NFS as datastore files, at once
+	// (POST /v1/appliance/nfs/exports)
+	StartNFSExport(ctx context.Context, request StartNFSExportRequestObject) (StartNFSExportResponseObject, error)
+	// StopNFSExport Stop an NFS export, discarding its writes or keeping them as a new PE
+	// (DELETE /v1/appliance/nfs/exports/{name})
+	StopNFSExport(ctx context.Context, request StopNFSExportRequestObject) (StopNFSExportResponseObject, error)
 	// StartBackup Back up a PE snapshot into the repository, as a task
 	// (POST /v1/appliance/repository/backups)
 	StartBackup(ctx context.Context, request StartBackupRequestObject) (StartBackupResponseObject, error)
@@ -11519,6 +12618,88 @@ func (sh *strictHandler) StopNBDExport(w http.ResponseWriter, r *http.Request, p
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(StopNBDExportResponseObject); ok {
 		if err := validResponse.VisitStopNBDExportResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ListNFSExports operation middleware
+func (sh *strictHandler) ListNFSExports(w http.ResponseWriter, r *http.Request) {
+	var request ListNFSExportsRequestObject
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ListNFSExports(ctx, request.(ListNFSExportsRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ListNFSExports")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ListNFSExportsResponseObject); ok {
+		if err := validResponse.VisitListNFSExportsResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// StartNFSExport operation middleware
+func (sh *strictHandler) StartNFSExport(w http.ResponseWriter, r *http.Request) {
+	var request StartNFSExportRequestObject
+
+	var body StartNFSExportJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.StartNFSExport(ctx, request.(StartNFSExportRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "StartNFSExport")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(StartNFSExportResponseObject); ok {
+		if err := validResponse.VisitStartNFSExportResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// StopNFSExport operation middleware
+func (sh *strictHandler) StopNFSExport(w http.ResponseWriter, r *http.Request, name string, params StopNFSExportParams) {
+	var request StopNFSExportRequestObject
+
+	request.Name = name
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.StopNFSExport(ctx, request.(StopNFSExportRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "StopNFSExport")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(StopNFSExportResponseObject); ok {
+		if err := validResponse.VisitStopNFSExportResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {

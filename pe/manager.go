@@ -2,6 +2,7 @@ package pe
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 )
@@ -68,4 +69,26 @@ func (m *StaticManager) typeNames() []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+// WithSnapshots returns a Manager that is primary, except that a snapshot
+// primary does not have is looked up in snapshots (a backup repository's
+// snapshots, served beside the configuration's PEs).
+func WithSnapshots(primary, snapshots Manager) Manager {
+	return withSnapshots{primary, snapshots}
+}
+
+type withSnapshots struct {
+	Manager
+	snapshots Manager
+}
+
+func (m withSnapshots) Get(ctx context.Context, id ID) (ProtectedEntity, error) {
+	p, err := m.Manager.Get(ctx, id)
+	if errors.Is(err, ErrNotFound) && id.HasSnapshot() {
+		if sp, serr := m.snapshots.Get(ctx, id); serr == nil {
+			return sp, nil
+		}
+	}
+	return p, err
 }

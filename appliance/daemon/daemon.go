@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -59,6 +60,11 @@ type Options struct {
 	NBDMaxConnsPerClient int
 	NBDIdleTimeout       time.Duration
 	NBDWriteStallTimeout time.Duration
+	// NFSAddr serves snapshots writable over NFSv3 as datastore files for
+	// vSphere (instant recovery) to the clients of NFSAllow (loopback
+	// only if empty: NFSv3 has no authentication of its own).
+	NFSAddr  string
+	NFSAllow []netip.Prefix
 	// MountDir, if set, gets a FUSE mount of all PEs at start. The
 	// operator chose it: it may be anywhere.
 	MountDir string
@@ -90,8 +96,8 @@ type Options struct {
 
 // Endpoints are the addresses the daemon listens on, as URLs.
 type Endpoints struct {
-	API, S3, NBD string
-	Token        string
+	API, S3, NBD, NFS string
+	Token             string
 	// TokenGenerated is set when the token was made at this start.
 	TokenGenerated bool
 	// S3Keys are set when the S3 credentials were made at this start.
@@ -160,8 +166,13 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	src := nbds.src
+	nfs, err := newNFS(ctx, opts, ls.nfs, &ep, run)
+	if err != nil {
+		return err
+	}
 	uc, err := usecase.New(usecase.Config{
 		Manager: m, Repository: opts.Repository, Exports: src, ExportURI: nbds.uri,
+		NFS: nfs.srv, NFSAddr: nfs.addr, OverlayDir: overlayDir(opts),
 		MountRoot: opts.MountRoot, Journal: st, Logger: log,
 		StateDir: filepath.Join(opts.ConfigDir, config.StateDir),
 	})
@@ -169,10 +180,11 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer uc.Close() // on early returns; a no-op after shutdown
-	if err := resume(ctx, uc, st, src != nil, log); err != nil {
+	if err := resume(ctx, uc, st, src != nil, nfs.srv != nil, log); err != nil {
 		return err
 	}
 	nbds.serve()
+	nfs.serve()
 	if err := mountMain(ctx, uc, opts.MountDir); err != nil {
 		return err
 	}
@@ -210,7 +222,7 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.Ready != nil {
 		opts.Ready(ep)
 	}
-	log.Info("astrolabe serving", "api", ep.API, "s3", ep.S3, "nbd", ep.NBD)
+	log.Info("astrolabe serving", "api", ep.API, "s3", ep.S3, "nbd", ep.NBD, "nfs", ep.NFS)
 
 	<-ctx.Done()
 	// The scheduler may be starting a task: it must have stopped before
@@ -281,6 +293,9 @@ func (opts Options) checkInsecure() error {
 			return fmt.Errorf("--insecure-http is only allowed on loopback addresses, not %q", addr)
 		}
 	}
+	if opts.NFSAddr != "" && !IsLoopback(opts.NFSAddr) && len(opts.NFSAllow) == 0 {
+		return fmt.Errorf("--nfs %s is not loopback: name the hosts that may use it with --nfs-allow (NFSv3 has no authentication of its own)", opts.NFSAddr)
+	}
 	return nil
 }
 
@@ -298,6 +313,9 @@ func apiHandler(taskCtx context.Context, opts Options, uc *usecase.Service, tm *
 	}
 	if nbd {
 		cfg.Exports = uc
+	}
+	if opts.NFSAddr != "" {
+		cfg.NFS = uc
 	}
 	if opts.Repository != nil {
 		cfg.Repository = uc

@@ -14,7 +14,7 @@ import (
 
 // listeners are the daemon's sockets; a nil one is a service turned off.
 type listeners struct {
-	api, s3, nbd net.Listener
+	api, s3, nbd, nfs net.Listener
 }
 
 // listen opens the listeners of the addresses opts gives.
@@ -23,7 +23,7 @@ func listen(opts Options) (*listeners, error) {
 	for _, l := range []struct {
 		name, addr string
 		to         *net.Listener
-	}{{"S3", opts.S3Addr, &ls.s3}, {"API", opts.APIAddr, &ls.api}, {"NBD", opts.NBDAddr, &ls.nbd}} {
+	}{{"S3", opts.S3Addr, &ls.s3}, {"API", opts.APIAddr, &ls.api}, {"NBD", opts.NBDAddr, &ls.nbd}, {"NFS", opts.NFSAddr, &ls.nfs}} {
 		if l.addr == "" {
 			continue
 		}
@@ -38,7 +38,7 @@ func listen(opts Options) (*listeners, error) {
 
 func (ls *listeners) all() []net.Listener {
 	var out []net.Listener
-	for _, l := range []net.Listener{ls.s3, ls.api, ls.nbd} {
+	for _, l := range []net.Listener{ls.s3, ls.api, ls.nbd, ls.nfs} {
 		if l != nil {
 			out = append(out, l)
 		}

@@ -6,7 +6,6 @@ import (
 	"net"
 	"path/filepath"
 
-	"github.com/astrolabe-appliance/astrolabe/appliance/config"
 	"github.com/astrolabe-appliance/astrolabe/appliance/nbdexport"
 	"github.com/astrolabe-appliance/astrolabe/nbd"
 	"github.com/astrolabe-appliance/astrolabe/pe"
@@ -44,7 +43,11 @@ func newNBD(ctx context.Context, opts Options, m pe.Manager, l net.Listener, c c
 	if nopts.TLSRequired {
 		ep.NBD = "nbds://" + hostPort
 	}
-	src := nbdexport.NewSource(m, filepath.Join(opts.ConfigDir, config.StateDir, OverlayDir))
+	if opts.Repository != nil {
+		// Snapshots in the repository are exported as the local ones.
+		m = pe.WithSnapshots(m, opts.Repository.Manager())
+	}
+	src := nbdexport.NewSource(m, overlayDir(opts))
 	srv := nbd.NewServer(src, nopts.Options)
 	serve := func() { run.serve(func() error { return srv.Serve(ctx, l) }) }
 	// Clients must use TLS off loopback, and to a writable export.

@@ -26,8 +26,14 @@ type state struct {
 }
 
 type stateData struct {
-	Exports []exportState `json:"exports"`
-	Mounts  []mountState  `json:"mounts"`
+	Exports    []exportState `json:"exports"`
+	Mounts     []mountState  `json:"mounts"`
+	NFSExports []nfsState    `json:"nfsExports,omitempty"`
+}
+
+type nfsState struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
 }
 
 type exportState struct {
@@ -75,7 +81,7 @@ func openState(path string) (*state, error) {
 func (st *state) update(fn func(*stateData)) error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	next := stateData{Exports: slices.Clone(st.data.Exports), Mounts: slices.Clone(st.data.Mounts)}
+	next := stateData{Exports: slices.Clone(st.data.Exports), Mounts: slices.Clone(st.data.Mounts), NFSExports: slices.Clone(st.data.NFSExports)}
 	fn(&next)
 	err := atomicfile.Write(st.path, 0o600, func(w io.Writer) error {
 		enc := json.NewEncoder(w)
@@ -93,8 +99,9 @@ func (st *state) snapshot() stateData {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	return stateData{
-		Exports: append([]exportState(nil), st.data.Exports...),
-		Mounts:  append([]mountState(nil), st.data.Mounts...),
+		Exports:    slices.Clone(st.data.Exports),
+		Mounts:     slices.Clone(st.data.Mounts),
+		NFSExports: slices.Clone(st.data.NFSExports),
 	}
 }
 
@@ -134,6 +141,16 @@ func (st *state) ExportStopped(id pe.ID) error {
 	})
 }
 
+func (st *state) NFSExportStarted(e usecase.NFSExport) error {
+	return st.update(func(d *stateData) { d.NFSExports = append(d.NFSExports, nfsState{ID: e.ID.String(), Name: e.Name}) })
+}
+
+func (st *state) NFSExportStopped(name string) error {
+	return st.update(func(d *stateData) {
+		d.NFSExports = slices.DeleteFunc(d.NFSExports, func(e nfsState) bool { return e.Name == name })
+	})
+}
+
 func (st *state) MountStarted(m usecase.Mount) error {
 	return st.update(func(d *stateData) {
 		d.Mounts = append(d.Mounts, mountState{ID: m.ID, Path: m.Path, AllowOther: m.AllowOther, Force: m.Force})
@@ -149,7 +166,7 @@ func (st *state) MountStopped(id string) error {
 // resume starts again the mounts, and with NBD the exports, that the
 // state records. One that cannot come back (its snapshot was deleted, its
 // directory is no longer empty) is logged and dropped, not fatal.
-func resume(ctx context.Context, uc *usecase.Service, st *state, nbd bool, log *slog.Logger) error {
+func resume(ctx context.Context, uc *usecase.Service, st *state, nbd, nfs bool, log *slog.Logger) error {
 	recorded := st.snapshot()
 	if nbd {
 		var keep []exportState
@@ -173,6 +190,23 @@ func resume(ctx context.Context, uc *usecase.Service, st *state, nbd bool, log *
 			keep = append(keep, e)
 		}
 		if err := st.update(func(d *stateData) { d.Exports = keep }); err != nil {
+			return err
+		}
+	}
+	if nfs {
+		var keep []nfsState
+		for _, e := range recorded.NFSExports {
+			id, err := pe.ParseID(e.ID)
+			if err == nil {
+				err = uc.ResumeNFSExport(ctx, usecase.NFSExport{ID: id, Name: e.Name})
+			}
+			if err != nil {
+				log.Warn("NFS export not restored", "export", e.Name, "snapshot", e.ID, "err", err)
+				continue
+			}
+			keep = append(keep, e)
+		}
+		if err := st.update(func(d *stateData) { d.NFSExports = keep }); err != nil {
 			return err
 		}
 	}

@@ -107,7 +107,7 @@ func (s *Source) Keep(ctx context.Context, id pe.ID, tm pe.TypeManager, progress
 	if err := ov.ov.Sync(); err != nil {
 		return nil, fmt.Errorf("keep the writes of %s: %w", id, err)
 	}
-	kept, err := tm.Copy(ctx, withData{ov.p, ov.ov}, pe.CopyOptions{Mode: pe.CreateNew, Progress: progress})
+	kept, err := tm.Copy(ctx, overlay.Over(ov.p, ov.ov), pe.CopyOptions{Mode: pe.CreateNew, Progress: progress})
 	if err != nil {
 		return nil, fmt.Errorf("keep the writes of %s: %w", id, err)
 	}
@@ -129,15 +129,6 @@ func (s *Source) Close() error {
 	}
 	return errors.Join(errs...)
 }
-
-// withData is a snapshot whose data reads through its export's overlay.
-// The overlay stays open when the copy closes its data.
-type withData struct {
-	pe.ProtectedEntity
-	ov *overlay.Overlay
-}
-
-func (w withData) Data(ctx context.Context) (pe.Image, error) { return noClose{w.ov}, nil }
 
 type noClose struct{ *overlay.Overlay }
 

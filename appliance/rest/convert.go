@@ -73,6 +73,10 @@ func toAPIExport(e NBDExport) api.NBDExport {
 	return out
 }
 
+func toAPINFSExport(e NFSExport) api.NFSExport {
+	return api.NFSExport{Id: e.ID.String(), Name: e.Name, Url: e.URL}
+}
+
 func toAPIMount(m Mount) api.Mount {
 	allow := m.AllowOther
 	return api.Mount{Id: m.ID, Path: m.Path, AllowOther: &allow}

@@ -40,6 +40,17 @@ type Exports interface {
 	StopExport(ctx context.Context, id pe.ID, keep bool, progress pe.Progress) (pe.ID, error)
 }
 
+// NFSExport is one export of the NFS service.
+type NFSExport = usecase.NFSExport
+
+// NFS is the NFS service of instant-recovery disks.
+type NFS interface {
+	NFSExports() []NFSExport
+	StartNFSExport(ctx context.Context, id pe.ID) (NFSExport, error)
+	// StopNFSExport returns the PE the writes were kept in, with keep.
+	StopNFSExport(ctx context.Context, name string, keep bool, progress pe.Progress) (pe.ID, error)
+}
+
 // Mount is one FUSE mount.
 type Mount = usecase.Mount
 
@@ -75,6 +86,7 @@ type Config struct {
 	UseCases   *usecase.Service
 	Tasks      *tasks.Manager
 	Exports    Exports
+	NFS        NFS
 	Mounts     Mounts
 	Repository Repository
 	Transports Transports
@@ -599,6 +611,50 @@ func (s *server) StopNBDExport(ctx context.Context, req api.StopNBDExportRequest
 		return api.StopNBDExport200JSONResponse{Kept: kept.String()}, nil
 	}
 	return api.StopNBDExport204Response{}, nil
+}
+
+func (s *server) ListNFSExports(ctx context.Context, _ api.ListNFSExportsRequestObject) (api.ListNFSExportsResponseObject, error) {
+	if s.cfg.NFS == nil {
+		return nil, notConfigured("NFS")
+	}
+	out := api.ListNFSExports200JSONResponse{}
+	for _, e := range s.cfg.NFS.NFSExports() {
+		out = append(out, toAPINFSExport(e))
+	}
+	return out, nil
+}
+
+func (s *server) StartNFSExport(ctx context.Context, req api.StartNFSExportRequestObject) (api.StartNFSExportResponseObject, error) {
+	if s.cfg.NFS == nil {
+		return nil, notConfigured("NFS")
+	}
+	if req.Body == nil {
+		return nil, badRequest("the body must name the snapshot to export")
+	}
+	id, err := parseID(req.Body.Id)
+	if err != nil {
+		return nil, err
+	}
+	e, err := s.cfg.NFS.StartNFSExport(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return api.StartNFSExport200JSONResponse(toAPINFSExport(e)), nil
+}
+
+func (s *server) StopNFSExport(ctx context.Context, req api.StopNFSExportRequestObject) (api.StopNFSExportResponseObject, error) {
+	if s.cfg.NFS == nil {
+		return nil, notConfigured("NFS")
+	}
+	keep := deref(req.Params.Keep)
+	kept, err := s.cfg.NFS.StopNFSExport(ctx, req.Name, keep, nil)
+	if err != nil {
+		return nil, err
+	}
+	if keep {
+		return api.StopNFSExport200JSONResponse{Kept: kept.String()}, nil
+	}
+	return api.StopNFSExport204Response{}, nil
 }
 
 func (s *server) ListMounts(ctx context.Context, _ api.ListMountsRequestObject) (api.ListMountsResponseObject, error) {

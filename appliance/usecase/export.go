@@ -55,7 +55,7 @@ func (s *Service) StartExport(ctx context.Context, id pe.ID, writable bool) (Exp
 	if err != nil {
 		return Export{}, err
 	}
-	p, err := s.Resolve(ctx, id)
+	p, err := s.exportable(ctx, id)
 	if err != nil {
 		return Export{}, err
 	}
@@ -103,7 +103,7 @@ func (s *Service) ResumeExport(ctx context.Context, e Export) (Export, error) {
 		x, err := src.AddTarget(e.ID, e.Target, e.Name)
 		return s.describe(x), err
 	}
-	if _, err := s.m.Get(ctx, e.ID); err != nil {
+	if _, err := s.snapshotPE(ctx, e.ID); err != nil {
 		return Export{}, err
 	}
 	if e.Writable {

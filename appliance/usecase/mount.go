@@ -264,5 +264,8 @@ func (s *Service) Close() error {
 			first = err
 		}
 	}
+	if err := s.closeNFS(); err != nil && first == nil {
+		first = err
+	}
 	return first
 }

@@ -16,6 +16,7 @@ import (
 	"sync"
 
 	"github.com/astrolabe-appliance/astrolabe/appliance/nbdexport"
+	"github.com/astrolabe-appliance/astrolabe/appliance/nfsexport"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/repo"
 )
@@ -30,6 +31,11 @@ type Config struct {
 	// ExportURI tells where clients reach an export of a name.
 	Exports   *nbdexport.Source
 	ExportURI func(name string, writable bool) string
+	// NFS is the NFS server of StartNFSExport, reached at NFSAddr
+	// (host:port); its exports' overlays are kept in OverlayDir.
+	NFS        *nfsexport.Server
+	NFSAddr    string
+	OverlayDir string
 	// MountRoot is the directory Mount's mounts must be under; it is made
 	// if missing.
 	MountRoot string
@@ -53,6 +59,8 @@ type Journal interface {
 	ExportStopped(id pe.ID) error
 	MountStarted(Mount) error
 	MountStopped(id string) error
+	NFSExportStarted(NFSExport) error
+	NFSExportStopped(name string) error
 }
 
 // Service runs the use cases. Its methods are safe for concurrent use.
@@ -61,13 +69,18 @@ type Service struct {
 	repo      *repo.Repository
 	exports   *nbdexport.Source
 	exportURI func(name string, writable bool) string
-	mountRoot string
-	journal   Journal
-	bases     *bases // nil without a state directory
-	log       *slog.Logger
+	nfs       *nfsexport.Server
+	nfsAddr   string
+	// overlayDir keeps the overlays of NFS exports.
+	overlayDir string
+	mountRoot  string
+	journal    Journal
+	bases      *bases // nil without a state directory
+	log        *slog.Logger
 
 	mu       sync.Mutex
 	resumed  []*InstantRestore // taken up by ResumeExport, to be filled on
+	nfsDisks map[string]*nfsDisk
 	mounts   map[string]*mounted
 	mounting map[string]bool // paths being mounted
 	closed   bool            // no more mounts
@@ -78,7 +91,11 @@ type Service struct {
 func New(cfg Config) (*Service, error) {
 	s := &Service{
 		m: cfg.Manager, repo: cfg.Repository, exports: cfg.Exports, exportURI: cfg.ExportURI,
+		nfs: cfg.NFS, nfsAddr: cfg.NFSAddr, overlayDir: cfg.OverlayDir, nfsDisks: map[string]*nfsDisk{},
 		journal: cfg.Journal, log: cfg.Logger, mounts: map[string]*mounted{}, mounting: map[string]bool{},
+	}
+	if s.nfs != nil && s.overlayDir == "" {
+		return nil, errors.New("usecase: an NFS server needs an overlay directory")
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -122,8 +139,10 @@ func (e notConfigured) Is(target error) bool { return target == ErrNotConfigured
 
 type noJournal struct{}
 
-func (noJournal) ExportStarted(Export) error   { return nil }
-func (noJournal) ExportUpdated(Export) error   { return nil }
-func (noJournal) ExportStopped(pe.ID) error    { return nil }
-func (noJournal) MountStarted(Mount) error     { return nil }
-func (noJournal) MountStopped(id string) error { return nil }
+func (noJournal) ExportStarted(Export) error       { return nil }
+func (noJournal) ExportUpdated(Export) error       { return nil }
+func (noJournal) ExportStopped(pe.ID) error        { return nil }
+func (noJournal) MountStarted(Mount) error         { return nil }
+func (noJournal) MountStopped(id string) error     { return nil }
+func (noJournal) NFSExportStarted(NFSExport) error { return nil }
+func (noJournal) NFSExportStopped(string) error    { return nil }

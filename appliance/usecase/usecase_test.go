@@ -141,6 +141,12 @@ func (j *journal) recorded() []string {
 	return slices.Clone(j.events)
 }
 
+func (j *journal) NFSExportStarted(e NFSExport) error {
+	return j.record(fmt.Sprintf("nfs %s %s", e.ID, e.Name))
+}
+
+func (j *journal) NFSExportStopped(name string) error { return j.record("nfs stop " + name) }
+
 func (j *journal) ExportUpdated(e Export) error {
 	return j.record(fmt.Sprintf("update %s %s %s %v", e.ID, e.Name, e.Target, e.Live))
 }

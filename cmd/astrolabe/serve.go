@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -73,13 +75,24 @@ are named by their snapshot ID, a slash and a random 128-bit token (the
 API returns the name).
 
 With --repo (and its password) the API backs up to and restores from that
-repository (/v1/appliance/repository/...), as tasks.
+repository (/v1/appliance/repository/...), as tasks, and NBD and NFS
+export its snapshots too.
+
+With --nfs ADDR the appliance serves snapshots writable over NFSv3 as
+datastore files, for vSphere hosts to boot VMs from backups without a
+restore (POST /v1/appliance/nfs/exports): NAME/NAME.vmdk and
+NAME/NAME-flat.vmdk, writes in a copy-on-write overlay. MOUNT and NFS
+share ADDR's port. NFSv3 has no authentication of its own: only the
+addresses of --nfs-allow (CIDRs; loopback if none) are served, and an
+ADDR off loopback needs --nfs-allow.
 
 SIGTERM lets running tasks finish (up to --drain) and exits cleanly.`,
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "api", Value: "0.0.0.0:8443", Usage: "REST API `ADDR` (empty: off)"},
 			&cli.StringFlag{Name: "s3", Value: "0.0.0.0:9000", Usage: "S3 data path `ADDR` (empty: off)"},
 			&cli.StringFlag{Name: "nbd", Value: "0.0.0.0:10809", Usage: "NBD `ADDR` (empty: off)"},
+			&cli.StringFlag{Name: "nfs", Usage: "NFSv3 `ADDR` of instant-recovery exports for vSphere (empty: off)"},
+			&cli.StringSliceFlag{Name: "nfs-allow", Usage: "`CIDR` of NFS clients served (repeat or comma-separate; default: loopback only)"},
 			&cli.StringFlag{Name: "mount", Usage: "mount the PE tree with FUSE at `DIR`"},
 			&cli.StringFlag{Name: "mount-root", Usage: "API mounts must be under `DIR` (default: mounts/ in the config directory)"},
 			&cli.DurationFlag{Name: "http-idle-timeout", Value: daemon.DefaultHTTPIdleTimeout, Usage: "close HTTP connections idle between requests after this long"},
@@ -103,6 +116,10 @@ SIGTERM lets running tasks finish (up to --drain) and exits cleanly.`,
 		}, repoFlags()...),
 		Action: func(c *cli.Context) error {
 			w := c.App.Writer
+			allow, err := parsePrefixes(c.StringSlice("nfs-allow"))
+			if err != nil {
+				return usagef("serve --nfs-allow: %v", err)
+			}
 			var r *repo.Repository
 			if c.String("repo") != "" {
 				var err error
@@ -117,6 +134,8 @@ SIGTERM lets running tasks finish (up to --drain) and exits cleanly.`,
 				APIAddr:    c.String("api"),
 				S3Addr:     c.String("s3"),
 				NBDAddr:    c.String("nbd"),
+				NFSAddr:    c.String("nfs"),
+				NFSAllow:   allow,
 				MountDir:   c.String("mount"),
 				MountRoot:  c.String("mount-root"),
 				HTTP: daemon.HTTPLimits{
@@ -142,6 +161,9 @@ SIGTERM lets running tasks finish (up to --drain) and exits cleanly.`,
 					}
 					if ep.NBD != "" {
 						fmt.Fprintf(w, "nbd: %s\n", ep.NBD)
+					}
+					if ep.NFS != "" {
+						fmt.Fprintf(w, "nfs: %s\n", ep.NFS)
 					}
 					if ep.NBDClientCA != "" {
 						fmt.Fprintf(w, "nbd-client-ca: %s\n", ep.NBDClientCA)
@@ -170,6 +192,30 @@ SIGTERM lets running tasks finish (up to --drain) and exits cleanly.`,
 			})
 		},
 	}
+}
+
+// parsePrefixes parses CIDRs (or single addresses), each argument
+// possibly a comma-separated list.
+func parsePrefixes(args []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, arg := range args {
+		for _, s := range strings.Split(arg, ",") {
+			s = strings.TrimSpace(s)
+			if s == "" {
+				continue
+			}
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				a, aerr := netip.ParseAddr(s)
+				if aerr != nil {
+					return nil, fmt.Errorf("%q is neither a CIDR nor an address", s)
+				}
+				p = netip.PrefixFrom(a, a.BitLen())
+			}
+			out = append(out, p.Masked())
+		}
+	}
+	return out, nil
 }
 
 // idleTimeout maps the flag's 0 (never) to the nbd package's negative.

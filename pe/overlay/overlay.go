@@ -10,6 +10,7 @@
 package overlay
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -294,3 +295,19 @@ func blocks(size int64) int64 { return (size + BlockSize - 1) / BlockSize }
 
 // bitmapBytes is the bitmap's length: whole 64-bit words.
 func bitmapBytes(nblocks int64) int64 { return (nblocks + 63) / 64 * 8 }
+
+// Over returns snapshot p as o reads it, with o's writes: its Data is o,
+// which stays open when that data is closed (a copy that keeps the writes
+// of an export as a new PE reads it so).
+func Over(p pe.ProtectedEntity, o *Overlay) pe.ProtectedEntity { return over{p, o} }
+
+type over struct {
+	pe.ProtectedEntity
+	o *Overlay
+}
+
+func (v over) Data(ctx context.Context) (pe.Image, error) { return openData{v.o}, nil }
+
+type openData struct{ *Overlay }
+
+func (openData) Close() error { return nil }
