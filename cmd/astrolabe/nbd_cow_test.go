@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -27,24 +26,10 @@ func randomFile(t *testing.T, path string, n int) []byte {
 }
 
 // bytesRead is what process pid read so far with read system calls, from
-// files and sockets alike (rchar of /proc/PID/io).
+// files and sockets alike.
 func bytesRead(t *testing.T, pid int) int64 {
 	t.Helper()
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/io")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "rchar: "); ok {
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return n
-		}
-	}
-	t.Fatalf("no rchar in /proc/%d/io:\n%s", pid, b)
-	return 0
+	return procValue(t, pid, "io", "rchar:")
 }
 
 // TestNBDWritableRepository exports a backed-up snapshot writable straight
@@ -203,12 +188,7 @@ func (a *appliance) exportURI(snap string) string {
 // writes (nbdcopy --flush flushed them); stopping it without keep leaves no PE nor
 // overlay, and then the snapshot can be deleted.
 func TestServeWritableExportKill9(t *testing.T) {
-	needNBDTools(t)
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "cfg")
-	mustRun(t, cfg, "init", "--samples", cfg)
-	snap := mustRun(t, cfg, "snap", "disk:sample.img").lastLine()
-	sample, _ := os.ReadFile(filepath.Join(cfg, "disk", "sample.img"))
+	dir, cfg, snap, sample := sampleSnapshot(t)
 	disks := diskFiles(t, cfg)
 	a := startServe(t, cfg)
 	certs := filepath.Join(dir, "client")

@@ -169,12 +169,7 @@ func TestNBDChanged(t *testing.T) {
 // it was, no PE is made; at exit the writes are discarded, or with
 // --keep-writes kept in a new PE that holds exactly what was written.
 func TestNBDWritable(t *testing.T) {
-	needNBDTools(t)
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "cfg")
-	mustRun(t, cfg, "init", "--samples", cfg)
-	snap := mustRun(t, cfg, "snap", "disk:sample.img").lastLine()
-	sample, _ := os.ReadFile(filepath.Join(cfg, "disk", "sample.img"))
+	dir, cfg, snap, sample := sampleSnapshot(t)
 	overlays := filepath.Join(cfg, "state", "overlays")
 	disks := diskFiles(t, cfg)
 
@@ -236,6 +231,23 @@ func TestNBDWritable(t *testing.T) {
 	mustFail(t, cfg, "tar stream, not a disk", "nbd", "serve", "--listen", "127.0.0.1:0", "--writable", "fs:sample")
 	mustFail(t, cfg, "--tls-required needs", "nbd", "serve", "--tls-required", "disk:sample.img")
 	mustFail(t, cfg, "go together", "nbd", "serve", "--tls-cert", "x.pem", "disk:sample.img")
+}
+
+// sampleSnapshot makes a configuration with the samples in a temporary
+// directory and a snapshot of disk:sample.img, and returns them and the
+// sample image, for a test with NBD clients.
+func sampleSnapshot(t *testing.T) (dir, cfg, snap string, sample []byte) {
+	t.Helper()
+	needNBDTools(t)
+	dir = t.TempDir()
+	cfg = filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", "--samples", cfg)
+	snap = mustRun(t, cfg, "snap", "disk:sample.img").lastLine()
+	sample, err := os.ReadFile(filepath.Join(cfg, "disk", "sample.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, cfg, snap, sample
 }
 
 // keptPE is the PE ID of '<uri>: writes kept in <PE ID>' among lines.

@@ -320,17 +320,24 @@ func nbdRawClient(addr, name string) (net.Conn, error) {
 // vmRSS is the resident set of process pid in bytes.
 func vmRSS(t *testing.T, pid int) int64 {
 	t.Helper()
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	return procValue(t, pid, "status", "VmRSS:") << 10
+}
+
+// procValue is the number after key in /proc/PID/file.
+func procValue(t *testing.T, pid int, file, key string) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/" + file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) == 3 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == key {
+			if n, err := strconv.ParseInt(f[1], 10, 64); err == nil {
+				return n
+			}
 		}
 	}
-	t.Fatal("no VmRSS")
+	t.Fatalf("no %s in /proc/%d/%s:\n%s", key, pid, file, b)
 	return 0
 }
 
