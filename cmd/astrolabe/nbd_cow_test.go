@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -145,19 +146,37 @@ func TestNBDWritableENOSPC(t *testing.T) {
 	if len(got) != size {
 		t.Fatalf("the export reads %d bytes, want %d", len(got), size)
 	}
+	inLayer, notInLayer := -1, -1 // a block of each kind
 	var fromWrites, bad int
 	for off := 0; off < size; off += block {
 		b := got[off : off+block]
 		switch {
 		case bytes.Equal(b, written[off:off+block]):
 			fromWrites++
+			inLayer = off
 		case !bytes.Equal(b, base[off:off+block]):
 			bad++
+		default:
+			notInLayer = off
 		}
 	}
 	t.Logf("after ENOSPC: %d of %d blocks read as written, the others as the snapshot", fromWrites, size/block)
-	if bad != 0 || fromWrites == 0 || fromWrites == size/block {
-		t.Errorf("after ENOSPC: %d blocks read as written, %d as neither the snapshot nor the writes, of %d", fromWrites, bad, size/block)
+	if bad != 0 || inLayer < 0 || notInLayer < 0 {
+		t.Fatalf("after ENOSPC: %d blocks read as written, %d as neither the snapshot nor the writes, of %d", fromWrites, bad, size/block)
+	}
+	// The export stays writable where the overlay has room: a block it
+	// holds is written again; a new one is still refused.
+	out = runTool(t, "qemu-io", "-f", "raw", "-c", fmt.Sprintf("write -P 0x11 %d %d", inLayer, block), "-c", "flush",
+		"-c", fmt.Sprintf("read -P 0x11 %d %d", inLayer, block), s.uri(0))
+	if strings.Contains(out, "failed") || strings.Count(out, "wrote ") != 1 || strings.Count(out, "read ") != 1 {
+		t.Errorf("qemu-io rewriting a block of the full overlay:\n%s", out)
+	}
+	out, _ = tryTool(t, "qemu-io", "-f", "raw", "-c", fmt.Sprintf("write -P 0x22 %d %d", notInLayer, block), s.uri(0))
+	if !strings.Contains(out, "No space left on device") {
+		t.Errorf("qemu-io writing a new block into the full overlay:\n%s", out)
+	}
+	if b := runTool(t, "qemu-io", "-f", "raw", "-r", "-c", fmt.Sprintf("read -v %d 16", notInLayer), s.uri(0)); strings.Contains(b, "22 22 22") {
+		t.Errorf("a refused write shows in the export:\n%s", b)
 	}
 	s.stop(syscall.SIGTERM)
 	if got := listDir(t, overlays); len(got) != 0 {
