@@ -19,7 +19,7 @@ import (
 
 func needNBDTools(t *testing.T) {
 	t.Helper()
-	for _, tool := range []string{"nbdinfo", "nbdcopy", "qemu-img", "openssl"} {
+	for _, tool := range []string{"nbdinfo", "nbdcopy", "qemu-img", "qemu-io", "openssl"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s missing: apt-get install -y libnbd-bin qemu-utils openssl", tool)
 		}
