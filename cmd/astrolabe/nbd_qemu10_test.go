@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -36,8 +37,8 @@ type mapEntry struct {
 // TestNBDWritableQemu10 restores into a writable export with qemu 10 over
 // extended headers: qemu-img convert -n, then qemu-io's writes (plain,
 // FUA), write zeroes, discard and flush, and reads back with qemu-io's
-// pattern checks, qemu-img compare and qemu-img map. The new PE holds
-// exactly what was written.
+// pattern checks, qemu-img compare and qemu-img map. The PE the writes
+// are kept in (--keep-writes) holds exactly what was written.
 func TestNBDWritableQemu10(t *testing.T) {
 	q, err := qemu10.Find()
 	if err != nil {
@@ -48,12 +49,8 @@ func TestNBDWritableQemu10(t *testing.T) {
 	cfg := filepath.Join(dir, "cfg")
 	mustRun(t, cfg, "init", "--samples", cfg)
 	snap := mustRun(t, cfg, "snap", "disk:sample.img").lastLine()
-	s := startNBD(t, cfg, 1, "--writable", snap)
-	fields := strings.Fields(s.lines[0])
-	if len(fields) != 4 || !strings.HasPrefix(fields[3], "disk:") {
-		t.Fatalf("writable export line %q", s.lines[0])
-	}
-	target := filepath.Join(cfg, "disk", strings.TrimPrefix(fields[3], "disk:"))
+	disks := diskFiles(t, cfg)
+	s := startNBD(t, cfg, 1, "--writable", "--keep-writes", snap)
 	uri := s.uri(0)
 	sample, err := os.ReadFile(filepath.Join(cfg, "disk", "sample.img"))
 	if err != nil {
@@ -122,14 +119,18 @@ func TestNBDWritableQemu10(t *testing.T) {
 	}
 	qemuTraced(t, img, "compare", "-f", "raw", "-F", "raw", expected, uri)
 	checkMap(t, qemuTraced(t, img, "map", "--output=json", "-f", "raw", uri), want)
+	if now := diskFiles(t, cfg); !slices.Equal(now, disks) {
+		t.Errorf("disk PEs %v while exported, want %v", now, disks)
+	}
 	s.stop(syscall.SIGTERM)
 
+	target := filepath.Join(cfg, "disk", strings.TrimPrefix(keptPE(t, uri, s.rest), "disk:"))
 	got, err := os.ReadFile(target)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, want) {
-		t.Errorf("the new PE %s does not hold what qemu wrote", target)
+		t.Errorf("the kept PE %s does not hold what qemu wrote", target)
 	}
 }
 

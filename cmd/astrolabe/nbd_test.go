@@ -5,9 +5,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,7 +19,7 @@ import (
 
 func needNBDTools(t *testing.T) {
 	t.Helper()
-	for _, tool := range []string{"nbdinfo", "nbdcopy", "qemu-img", "openssl"} {
+	for _, tool := range []string{"nbdinfo", "nbdcopy", "qemu-img", "qemu-io", "openssl"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s missing: apt-get install -y libnbd-bin qemu-utils openssl", tool)
 		}
@@ -30,6 +33,10 @@ type nbdServer struct {
 	lines  []string // what it printed, one line per export
 	host   string
 	stderr *bytes.Buffer
+	// rest is what it printed after the export lines, complete once done
+	// is closed (at its exit).
+	rest []string
+	done chan struct{}
 }
 
 // startNBD runs 'astrolabe nbd serve' and waits for its n export lines.
@@ -43,16 +50,23 @@ func startNBD(t *testing.T, cfg string, n int, args ...string) *nbdServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &nbdServer{t: t, cmd: cmd, stderr: &bytes.Buffer{}}
+	s := &nbdServer{t: t, cmd: cmd, stderr: &bytes.Buffer{}, done: make(chan struct{})}
 	cmd.Stderr = s.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	t.Cleanup(func() { cmd.Process.Kill(); <-s.done; cmd.Wait() })
 	sc := bufio.NewScanner(stdout)
 	for len(s.lines) < n && sc.Scan() {
 		s.lines = append(s.lines, sc.Text())
 	}
+	// Wait closes stdout: it is read to the end first (stop, Cleanup).
+	go func() {
+		defer close(s.done)
+		for sc.Scan() {
+			s.rest = append(s.rest, sc.Text())
+		}
+	}()
 	if len(s.lines) != n || !strings.Contains(s.lines[0], "://127.0.0.1:") {
 		t.Fatalf("nbd serve %v printed %q; stderr: %s", args, s.lines, s.stderr)
 	}
@@ -67,6 +81,7 @@ func (s *nbdServer) uri(i int) string { return strings.Fields(s.lines[i])[0] }
 func (s *nbdServer) stop(sig syscall.Signal) {
 	s.t.Helper()
 	s.cmd.Process.Signal(sig)
+	<-s.done
 	if err := s.cmd.Wait(); err != nil {
 		s.t.Errorf("nbd serve after %v: %v; stderr: %s", sig, err, s.stderr)
 	}
@@ -149,22 +164,19 @@ func TestNBDChanged(t *testing.T) {
 	s.stop(syscall.SIGTERM)
 }
 
-// TestNBDWritable restores an image into a writable export: the writes
-// land in a new PE and the snapshot stays as it was.
+// TestNBDWritable restores an image into a writable export: it serves at
+// once, the writes land in an overlay and read back, the snapshot stays as
+// it was, no PE is made; at exit the writes are discarded, or with
+// --keep-writes kept in a new PE that holds exactly what was written.
 func TestNBDWritable(t *testing.T) {
-	needNBDTools(t)
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "cfg")
-	mustRun(t, cfg, "init", "--samples", cfg)
-	snap := mustRun(t, cfg, "snap", "disk:sample.img").lastLine()
-	sample, _ := os.ReadFile(filepath.Join(cfg, "disk", "sample.img"))
+	dir, cfg, snap, sample := sampleSnapshot(t)
+	overlays := filepath.Join(cfg, "state", "overlays")
+	disks := diskFiles(t, cfg)
 
 	s := startNBD(t, cfg, 1, "--writable", snap)
-	fields := strings.Fields(s.lines[0])
-	if len(fields) != 4 || fields[2] != "to" || !strings.HasPrefix(fields[3], "disk:sample-") {
+	if fields := strings.Fields(s.lines[0]); len(fields) != 1 || !strings.Contains(fields[0], "/"+snap+"/") {
 		t.Fatalf("writable export line %q", s.lines[0])
 	}
-	target := strings.TrimPrefix(fields[3], "disk:")
 	if out := runTool(t, "nbdinfo", s.uri(0)); !strings.Contains(out, "is_read_only: false") {
 		t.Errorf("writable export:\n%s", out)
 	}
@@ -176,11 +188,36 @@ func TestNBDWritable(t *testing.T) {
 	os.WriteFile(src, restored, 0o644)
 	runTool(t, "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", src, s.uri(0))
 	runTool(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", src, s.uri(0))
+	if got := listDir(t, overlays); len(got) != 1 {
+		t.Errorf("overlays while exported: %v, want one", got)
+	}
+	// Meanwhile the snapshot, exported by another server, reads as the sample.
+	ro := startNBD(t, cfg, 1, snap)
+	runTool(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", filepath.Join(cfg, "disk", "sample.img"), ro.uri(0))
+	ro.stop(syscall.SIGINT)
 	s.stop(syscall.SIGTERM)
+	if len(s.rest) != 0 || !slices.Equal(diskFiles(t, cfg), disks) {
+		t.Errorf("without --keep-writes: printed %q, disk PEs %v, want none new", s.rest, diskFiles(t, cfg))
+	}
+	if got := listDir(t, overlays); len(got) != 0 {
+		t.Errorf("overlays left after exit: %v", got)
+	}
 
-	got, _ := os.ReadFile(filepath.Join(cfg, "disk", target))
-	if !bytes.Equal(got, restored) {
-		t.Error("the new PE does not hold what was written")
+	// Again with --keep-writes: the export starts from the snapshot (the
+	// writes above are gone), and the writes end in a new PE.
+	s = startNBD(t, cfg, 1, "--writable", "--keep-writes", snap)
+	runTool(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", filepath.Join(cfg, "disk", "sample.img"), s.uri(0))
+	runTool(t, "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", src, s.uri(0))
+	s.stop(syscall.SIGTERM)
+	kept := keptPE(t, s.uri(0), s.rest)
+	if !strings.HasPrefix(kept, "disk:sample-") {
+		t.Fatalf("kept PE %q", kept)
+	}
+	if got, _ := os.ReadFile(filepath.Join(cfg, "disk", strings.TrimPrefix(kept, "disk:"))); !bytes.Equal(got, restored) {
+		t.Errorf("the kept PE %s does not hold what was written", kept)
+	}
+	if got := listDir(t, overlays); len(got) != 0 {
+		t.Errorf("overlays left after exit with --keep-writes: %v", got)
 	}
 	copied := filepath.Join(dir, "snap.img")
 	// Export the untouched snapshot again: it still reads as the sample.
@@ -191,9 +228,64 @@ func TestNBDWritable(t *testing.T) {
 	}
 	s.stop(syscall.SIGINT)
 
-	mustFail(t, cfg, "cannot be written in place", "nbd", "serve", "--listen", "127.0.0.1:0", "--writable", "fs:sample")
+	mustFail(t, cfg, "tar stream, not a disk", "nbd", "serve", "--listen", "127.0.0.1:0", "--writable", "fs:sample")
 	mustFail(t, cfg, "--tls-required needs", "nbd", "serve", "--tls-required", "disk:sample.img")
 	mustFail(t, cfg, "go together", "nbd", "serve", "--tls-cert", "x.pem", "disk:sample.img")
+}
+
+// sampleSnapshot makes a configuration with the samples in a temporary
+// directory and a snapshot of disk:sample.img, and returns them and the
+// sample image, for a test with NBD clients.
+func sampleSnapshot(t *testing.T) (dir, cfg, snap string, sample []byte) {
+	t.Helper()
+	needNBDTools(t)
+	dir = t.TempDir()
+	cfg = filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", "--samples", cfg)
+	snap = mustRun(t, cfg, "snap", "disk:sample.img").lastLine()
+	sample, err := os.ReadFile(filepath.Join(cfg, "disk", "sample.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, cfg, snap, sample
+}
+
+// keptPE is the PE ID of '<uri>: writes kept in <PE ID>' among lines.
+func keptPE(t *testing.T, uri string, lines []string) string {
+	t.Helper()
+	for _, line := range lines {
+		if id, ok := strings.CutPrefix(line, uri+": writes kept in "); ok {
+			return id
+		}
+	}
+	t.Fatalf("no line '%s: writes kept in PEID' in %q", uri, lines)
+	return ""
+}
+
+// listDir lists directory dir, none if it does not exist.
+func listDir(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// diskFiles lists the disk PEs of configuration cfg.
+func diskFiles(t *testing.T, cfg string) []string {
+	t.Helper()
+	var out []string
+	for _, name := range listDir(t, filepath.Join(cfg, "disk")) {
+		if fi, err := os.Stat(filepath.Join(cfg, "disk", name)); err == nil && fi.Mode().IsRegular() && !strings.HasPrefix(name, ".") {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 func TestNBDTLS(t *testing.T) {

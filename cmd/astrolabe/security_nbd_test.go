@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,7 +43,6 @@ func (a *appliance) startExport(snap string, writable bool) string {
 	var exp struct {
 		URI      string
 		Writable bool
-		Target   string
 	}
 	json.Unmarshal([]byte(body), &exp)
 	if exp.Writable != writable || exp.URI == "" {
@@ -75,8 +75,9 @@ func qemuNBD(uri string) string {
 // TestSecurityNBDAuth: an anonymous client — plain, or TLS without a
 // client certificate — neither lists nor opens a writable export, whose
 // name has a token; one with a certificate from 'astrolabe nbd
-// client-cert' writes with nbdcopy and qemu-img. Off loopback TLS and a
-// certificate are required for everything.
+// client-cert' writes with nbdcopy and qemu-img, the writes outlive a
+// restart and are kept in a new PE when the export stops with keep=true.
+// Off loopback TLS and a certificate are required for everything.
 func TestSecurityNBDAuth(t *testing.T) {
 	needNBDTools(t)
 	dir := t.TempDir()
@@ -158,25 +159,39 @@ func TestSecurityNBDAuth(t *testing.T) {
 	rand.Read(restored[3<<20 : 4<<20])
 	os.WriteFile(src, restored, 0o644)
 	runTool(t, "qemu-img", append(append([]string{"convert", "-n"}, qemuTLS(certs)...), "-f", "raw", "-O", "raw", src, qemuNBD(wURI))...)
-	var exports []struct{ ID, Target string }
-	_, body := a.call("GET", "/v1/appliance/nbd/exports", a.info["token"], "")
-	json.Unmarshal([]byte(body), &exports)
-	var target string
-	for _, e := range exports {
-		if e.ID == snapW {
-			target = e.Target
-		}
-	}
-	if got, _ := os.ReadFile(filepath.Join(cfg, "disk", strings.TrimPrefix(target, "disk:"))); !bytes.Equal(got, restored) {
-		t.Errorf("the restore target %q does not hold what was written", target)
-	}
+	disks := diskFiles(t, cfg)
+	overlays := filepath.Join(cfg, "state", "overlays")
 
-	// The writable export keeps its name across a restart.
+	// The writable export keeps its name and its writes across a restart.
 	a.stop()
 	a = startServe(t, cfg)
-	_, body = a.call("GET", "/v1/appliance/nbd/exports", a.info["token"], "")
-	if !strings.Contains(body, token) {
-		t.Errorf("writable export name changed across a restart: %s", body)
+	_, body := a.call("GET", "/v1/appliance/nbd/exports", a.info["token"], "")
+	var exports []struct{ ID, URI, Target string }
+	json.Unmarshal([]byte(body), &exports)
+	wURI = ""
+	for _, e := range exports {
+		if e.ID == snapW && e.Target == "" {
+			wURI = e.URI
+		}
+	}
+	if !strings.HasSuffix(wURI, "/"+snapW+"/"+token) {
+		t.Fatalf("writable export after a restart: %s", body)
+	}
+	runTool(t, "qemu-img", append(append([]string{"compare"}, qemuTLS(certs)...), "-f", "raw", src, qemuNBD(wURI))...)
+	if got := diskFiles(t, cfg); !slices.Equal(got, disks) {
+		t.Errorf("disk PEs %v while exported writable, want %v (no copy)", got, disks)
+	}
+	// Stopped with keep=true, its writes are a new PE; its overlay goes.
+	status, body := a.call("DELETE", "/v1/appliance/nbd/exports/"+url.PathEscape(snapW)+"?keep=true", a.info["token"], "")
+	var stopped struct{ Kept string }
+	if json.Unmarshal([]byte(body), &stopped); status != 200 || !strings.HasPrefix(stopped.Kept, "disk:sample-") {
+		t.Fatalf("stop the writable export keeping its writes: %d %s", status, body)
+	}
+	if got, _ := os.ReadFile(filepath.Join(cfg, "disk", strings.TrimPrefix(stopped.Kept, "disk:"))); !bytes.Equal(got, restored) {
+		t.Errorf("the kept PE %s does not hold what was written", stopped.Kept)
+	}
+	if got := listDir(t, overlays); len(got) != 0 {
+		t.Errorf("overlays left after the export stopped: %v", got)
 	}
 	a.stop()
 
@@ -235,24 +250,14 @@ func TestSecurityNBDAuth(t *testing.T) {
 }
 
 // TestSecurityNBDWritableOnce: 10 parallel requests for a writable export
-// of one snapshot copy it once: one succeeds, nine get 409, and exactly
-// one new disk PE exists.
+// of one snapshot: one succeeds, nine get 409; exactly one overlay exists,
+// and no PE is made.
 func TestSecurityNBDWritableOnce(t *testing.T) {
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "cfg")
 	mustRun(t, cfg, "init", "--samples", cfg)
 	snap := mustRun(t, cfg, "snap", "disk:sample.img").lastLine()
-	disks := func() []string {
-		entries, _ := os.ReadDir(filepath.Join(cfg, "disk"))
-		var out []string
-		for _, e := range entries {
-			if e.Type().IsRegular() && !strings.HasPrefix(e.Name(), ".") {
-				out = append(out, e.Name())
-			}
-		}
-		return out
-	}
-	before := disks()
+	before := diskFiles(t, cfg)
 	a := startServe(t, cfg)
 	const n = 10
 	statuses := make([]int, n)
@@ -272,8 +277,11 @@ func TestSecurityNBDWritableOnce(t *testing.T) {
 	if count[200] != 1 || count[409] != n-1 {
 		t.Errorf("%d parallel writable export requests answered %v, want 1 × 200 and %d × 409", n, count, n-1)
 	}
-	if after := disks(); len(after) != len(before)+1 {
-		t.Errorf("disk PEs before %v, after %v: want exactly one new", before, after)
+	if after := diskFiles(t, cfg); !slices.Equal(after, before) {
+		t.Errorf("disk PEs before %v, after %v: want no new one", before, after)
+	}
+	if got := listDir(t, filepath.Join(cfg, "state", "overlays")); len(got) != 1 {
+		t.Errorf("overlays %v, want exactly one", got)
 	}
 	a.stop()
 }
@@ -312,17 +320,24 @@ func nbdRawClient(addr, name string) (net.Conn, error) {
 // vmRSS is the resident set of process pid in bytes.
 func vmRSS(t *testing.T, pid int) int64 {
 	t.Helper()
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	return procValue(t, pid, "status", "VmRSS:") << 10
+}
+
+// procValue is the number after key in /proc/PID/file.
+func procValue(t *testing.T, pid int, file, key string) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/" + file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) == 3 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == key {
+			if n, err := strconv.ParseInt(f[1], 10, 64); err == nil {
+				return n
+			}
 		}
 	}
-	t.Fatal("no VmRSS")
+	t.Fatalf("no %s in /proc/%d/%s:\n%s", key, pid, file, b)
 	return 0
 }
 
