@@ -8,11 +8,16 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/nbd"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/overlay"
 )
+
+// syncEvery is how often writable exports sync what clients did not
+// flush: a killed appliance loses at most that much of it.
+const syncEvery = 5 * time.Second
 
 // AddWritable exports snapshot id writable at once: reads come from the
 // snapshot, writes land in a new overlay, under a name of WritableName. A
@@ -81,7 +86,7 @@ func (s *Source) openOverlay(ctx context.Context, id pe.ID, token string, open f
 		base.Close()
 		return nil, fmt.Errorf("export %s writable: %w", id, err)
 	}
-	ov, err := open(filepath.Join(s.overlays, token), base, nil, overlay.Options{})
+	ov, err := open(filepath.Join(s.overlays, token), base, nil, overlay.Options{SyncEvery: syncEvery})
 	if err != nil {
 		base.Close()
 		return nil, fmt.Errorf("export %s writable: %w", id, err)

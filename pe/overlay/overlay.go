@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -60,6 +61,10 @@ type Options struct {
 	// OnMiss, if set, is told the blocks [first, last] a read found
 	// missing from the layer (a live restore fetches those first).
 	OnMiss func(first, last int64)
+	// SyncEvery, if positive, syncs the overlay that often while it has
+	// writes not synced, as a disk's cache is written back: a process
+	// killed loses at most that much of what its clients never flushed.
+	SyncEvery time.Duration
 }
 
 // Overlay is a writable pe.Image over a read-only base. Its methods are
@@ -78,7 +83,9 @@ type Overlay struct {
 
 	dirtyMu sync.Mutex
 	dirty   map[int64]bool // bitmap pages changed since saved
-	syncMu  sync.Mutex     // one Sync at a time: pages are saved in order
+	stop    chan struct{}  // ends the SyncEvery loop
+	stopped chan struct{}
+	syncMu  sync.Mutex // one Sync at a time: pages are saved in order
 
 	// A block missing from the layer is filled under its stripe's lock, so
 	// that a partial write's copy of the base cannot undo another write.
@@ -188,7 +195,32 @@ func Open(dir string, base pe.Image, layer pe.WritableImage, opts Options) (*Ove
 		o.closeOwn()
 		return nil, err
 	}
+	if opts.SyncEvery > 0 {
+		o.stop, o.stopped = make(chan struct{}), make(chan struct{})
+		go o.syncLoop(opts.SyncEvery)
+	}
 	return o, nil
+}
+
+// syncLoop syncs every interval while there are bits not saved, until
+// Close. An error is left for the next Sync (or Close) to report.
+func (o *Overlay) syncLoop(every time.Duration) {
+	defer close(o.stopped)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-o.stop:
+			return
+		case <-t.C:
+			o.dirtyMu.Lock()
+			pending := len(o.dirty) > 0
+			o.dirtyMu.Unlock()
+			if pending {
+				_ = o.Sync()
+			}
+		}
+	}
 }
 
 func readHeader(dir string) (header, error) {
@@ -276,6 +308,10 @@ func (o *Overlay) NextMissing(from int64) int64 {
 // Close saves the bitmap and closes what the overlay opened; the base and
 // a layer handed in stay open.
 func (o *Overlay) Close() error {
+	if o.stop != nil {
+		close(o.stop)
+		<-o.stopped
+	}
 	err := o.Sync()
 	return errors.Join(err, o.closeOwn())
 }

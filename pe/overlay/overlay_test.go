@@ -14,6 +14,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/fileimage"
@@ -481,5 +482,39 @@ func TestHydration(t *testing.T) {
 	exts, err := fileimage.Extents(ctx, f, size, 8*mib, 8*mib)
 	if err != nil || len(exts) != 1 || exts[0].Kind != pe.ExtentHole {
 		t.Errorf("the base's hole was written into the target: %v %v", exts, err)
+	}
+}
+
+// TestOverlaySyncEvery: with SyncEvery, a write never flushed survives a
+// process killed a little later: the overlay synced it meanwhile.
+func TestOverlaySyncEvery(t *testing.T) {
+	base, model := baseImage(t, 2*mib, 0, 0)
+	dir := filepath.Join(t.TempDir(), "ov")
+	o, err := Create(dir, base, nil, Options{SyncEvery: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	w := bytes.Repeat([]byte("unflushed"), 100)
+	if _, err := o.WriteAt(w, mib+10); err != nil {
+		t.Fatal(err)
+	}
+	copy(model[mib+10:], w)
+	// The bitmap on disk names the block within a few intervals.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		after, err := Open(dir, base, nil, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := readAll(t, after)
+		after.closeOwn() // a second process's view; no Sync of its own
+		if bytes.Equal(got, model) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a write was not synced by SyncEvery within 10 s")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
