@@ -28,7 +28,10 @@ import (
 // The export's root holds one directory per disk, <disk>/<disk>.vmdk (a
 // descriptor) and <disk>/<disk>-flat.vmdk, and clients may make files
 // only inside those directories: the VM's own files (.vmx, .nvram, logs,
-// swap) go into its first disk's directory.
+// swap) go into a directory of its own in its first disk's directory.
+//
+// vSphere keeps the state: the appliance needs only the datastore's name
+// to find its instant VMs again (FindInstant).
 
 // NASDatastore is where the appliance serves a VM's instant disks over
 // NFSv3.
@@ -68,8 +71,8 @@ var (
 // existing disk files "[<nas.Name>] <name>/<name>.vmdk", name being
 // diskNames[d.Key], and powers it on. The VM is named hw.Name, or that
 // with a restore suffix when a VM has the name. A start that fails
-// half-way undoes what it did: the VM it made is unregistered and the
-// datastore it mounted unmounted.
+// half-way undoes what it did: the VM it made is unregistered, its
+// directory deleted and the datastore it mounted unmounted.
 func (tm *TypeManager) StartInstant(ctx context.Context, hw Hardware, nas NASDatastore, diskNames map[int32]string) (InstantVM, error) {
 	v, err := tm.startInstant(ctx, hw, nas, diskNames)
 	if err != nil {
@@ -151,7 +154,7 @@ func (tm *TypeManager) startInstant(ctx context.Context, hw Hardware, nas NASDat
 		if err != nil {
 			uctx, cancel := undoContext(ctx)
 			defer cancel()
-			if uerr := tm.discard(uctx, vm); uerr != nil {
+			if uerr := discard(uctx, vm); uerr != nil {
 				tm.s.Log.Warn("instant VM: unregistering the VM of a failed start", "vm", name, "err", uerr)
 			}
 		}
@@ -257,11 +260,10 @@ func (tm *TypeManager) mountNAS(ctx context.Context, f *find.Finder, pool *objec
 		return nil, nil, false, err
 	}
 	if ds != nil {
-		for _, h := range hosts {
-			if mountedOn(mds, h.Reference()) {
-				tm.s.Log.Info("instant VM: datastore mounted already", "datastore", nas.Name, "host", h.Name())
-				return h, ds, false, nil
-			}
+		on := slices.DeleteFunc(slices.Clone(hosts), func(h *object.HostSystem) bool { return !mountedOn(mds, h.Reference()) })
+		if h, err := usableHost(ctx, on); err == nil {
+			tm.s.Log.Info("instant VM: datastore mounted already", "datastore", nas.Name, "host", h.Name())
+			return h, ds, false, nil
 		}
 	}
 	host, err = usableHost(ctx, hosts)
@@ -277,10 +279,15 @@ func (tm *TypeManager) mountNAS(ctx context.Context, f *find.Finder, pool *objec
 		AccessMode: string(types.HostMountModeReadWrite), Type: nfsType,
 	})
 	if err != nil {
+		// Another start may have mounted it meanwhile.
+		if again, m, ferr := findNAS(ctx, f, nas); ferr == nil && again != nil && mountedOn(m, host.Reference()) {
+			return host, again, false, nil
+		}
 		return nil, nil, false, fmt.Errorf("mount NFS %s:%s as datastore %s on host %s: %w", nas.RemoteHost, nas.RemotePath, nas.Name, host.Name(), err)
 	}
 	// vCenter names a datastore it cannot call nas.Name otherwise.
-	if found, _, err := findNAS(ctx, f, nas); err != nil || found == nil || found.Reference() != ds.Reference() {
+	found, _, err := findNAS(ctx, f, nas)
+	if err != nil || found == nil || found.Reference() != ds.Reference() {
 		uctx, cancel := undoContext(ctx)
 		defer cancel()
 		if uerr := unmountFrom(uctx, host, ds); uerr != nil {
@@ -288,6 +295,7 @@ func (tm *TypeManager) mountNAS(ctx context.Context, f *find.Finder, pool *objec
 		}
 		return nil, nil, false, fmt.Errorf("the datastore mounted on host %s is not found as %s (%v)", host.Name(), nas.Name, err)
 	}
+	ds = found
 	tm.s.Log.Info("instant VM: datastore mounted", "datastore", nas.Name, "host", host.Name(), "remote", nas.RemoteHost+":"+nas.RemotePath)
 	return host, ds, true, nil
 }
@@ -375,7 +383,7 @@ func undoContext(ctx context.Context) (context.Context, context.CancelFunc) {
 // disks are the appliance's exports, which Destroy_Task would ask the
 // NFS server to delete (it refuses); they stay for the appliance to
 // discard. The caller deletes the VM's home.
-func (tm *TypeManager) discard(ctx context.Context, vm *object.VirtualMachine) error {
+func discard(ctx context.Context, vm *object.VirtualMachine) error {
 	state, err := vm.PowerState(ctx)
 	if err != nil {
 		return fmt.Errorf("power state: %w", err)
@@ -554,7 +562,7 @@ func (tm *TypeManager) stopInstant(ctx context.Context, v InstantVM) error {
 			if err != nil {
 				return err
 			}
-			if err := tm.discard(ctx, vm); err != nil {
+			if err := discard(ctx, vm); err != nil {
 				return fmt.Errorf("VM %s: %w", v.VM.Value, err)
 			}
 			if home := homeOf(m.Config.Files.VmPathName, v.Datastore.Name); home != "" {

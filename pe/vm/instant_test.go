@@ -477,10 +477,32 @@ func TestInstantFailures(t *testing.T) {
 		t.Errorf("migrate that moves nothing: %v", err)
 	}
 	s.ExtendStorage()
+
+	// Half migrated (one disk moved by hand): stop does not throw it away.
+	vm := object.NewVirtualMachine(s.Client.Client, v.VM)
+	task, err := vm.Relocate(ctx, types.VirtualMachineRelocateSpec{Disk: []types.VirtualMachineRelocateSpecDiskLocator{
+		{DiskId: vmDisks(t, vm)[0].Key, Datastore: s.DS.Reference()},
+	}}, "")
+	if err == nil {
+		err = task.Wait(ctx)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.tm.StopInstant(ctx, v); err == nil || !strings.Contains(err.Error(), "half migrated") {
+		t.Errorf("stop of a half-migrated VM: %v", err)
+	}
+	if _, ok := s.vmState(t, v.VM); !ok {
+		t.Fatal("half-migrated VM gone after stop")
+	}
+	if err := s.tm.MigrateInstant(ctx, v, ""); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.tm.StopInstant(ctx, v); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := s.vmState(t, v.VM); ok {
-		t.Error("VM left after stop")
+	s.checkNASGone(t)
+	if m, ok := s.vmState(t, v.VM); !ok || m.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOn {
+		t.Errorf("the migrated VM after stop: registered %v, %s", ok, m.Runtime.PowerState)
 	}
 }
