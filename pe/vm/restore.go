@@ -130,18 +130,31 @@ func readSource(ctx context.Context, src pe.ProtectedEntity) (Hardware, map[int3
 	return hw, comps, nil
 }
 
-// freeName is name, or name with a restore suffix if a VM has it.
+// freeName is name, or name with a restore suffix if a VM has it (and a
+// number after that when the suffix is taken too, as for two restores
+// within a second).
 func freeName(ctx context.Context, f *find.Finder, name string) (string, error) {
-	_, err := f.VirtualMachine(ctx, name)
-	var nf *find.NotFoundError
-	switch {
-	case errors.As(err, &nf):
-		return name, nil
-	case err != nil && !strings.Contains(err.Error(), "multiple"):
-		return "", fmt.Errorf("look up VM %q: %w", name, err)
+	suffixed := name + "-restored-" + time.Now().UTC().Format("20060102-150405")
+	candidate := name
+	for n := 1; n <= maxNameTries; n++ {
+		_, err := f.VirtualMachine(ctx, candidate)
+		var nf *find.NotFoundError
+		switch {
+		case errors.As(err, &nf):
+			return candidate, nil
+		case err != nil && !strings.Contains(err.Error(), "multiple"):
+			return "", fmt.Errorf("look up VM %q: %w", candidate, err)
+		}
+		candidate = suffixed
+		if n > 1 {
+			candidate = fmt.Sprintf("%s-%d", suffixed, n)
+		}
 	}
-	return name + "-restored-" + time.Now().UTC().Format("20060102-150405"), nil
+	return "", fmt.Errorf("no free VM name like %q after %d tries", suffixed, maxNameTries)
 }
+
+// maxNameTries bounds freeName's look-ups.
+const maxNameTries = 100
 
 // configSpec builds the new VM's configuration from hw. New devices get
 // negative keys; disks are created thin or thick on ds as hw says.

@@ -19,9 +19,14 @@ type AnswerFunc func(req any) (any, types.BaseMethodFault)
 // fn: for methods vcsim does not have (QueryChangedDiskAreas, say). The
 // simulator's own dispatch cannot be extended for objects such as VMs: it
 // asserts their types everywhere.
+// A nil fn takes the answer away: the simulator answers again.
 func (s *Sim) Answer(method string, fn AnswerFunc) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if fn == nil {
+		delete(s.answers, method)
+		return
+	}
 	s.answers[method] = fn
 }
 

@@ -62,6 +62,7 @@ func Start(t testing.TB) *Sim {
 	srv := model.Service.NewServer()
 	t.Cleanup(srv.Close)
 	s := &Sim{T: t, Model: model, answers: map[string]AnswerFunc{}}
+	s.ExtendStorage()
 	// Before the first request.
 	srv.Config.Handler = s.intercept(srv.Config.Handler)
 	ctx := context.Background()
