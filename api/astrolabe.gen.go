@@ -188,6 +188,33 @@ type Health struct {
 	Version string `json:"version"`
 }
 
+// InstantVM defines model for InstantVM.
+type InstantVM struct {
+	// Datastore The NFS datastore its disks are on
+	Datastore string `json:"datastore"`
+
+	// Disks The NFS exports of its disks
+	Disks []string          `json:"disks"`
+	Id    ProtectedEntityID `json:"id"`
+
+	// Name The VM's name in vSphere
+	Name string `json:"name"`
+
+	// Uuid Its instance UUID: the VM is the PE vm:UUID
+	Uuid string `json:"uuid"`
+}
+
+// InstantVMMigrateRequest defines model for InstantVMMigrateRequest.
+type InstantVMMigrateRequest struct {
+	// Datastore The datastore to move onto (default the vm type's restore datastore)
+	Datastore *string `json:"datastore,omitempty"`
+}
+
+// InstantVMRequest defines model for InstantVMRequest.
+type InstantVMRequest struct {
+	Id ProtectedEntityID `json:"id"`
+}
+
 // Job A job as jobs.json spells it
 type Job struct {
 	From *JobRepository `json:"from,omitempty"`
@@ -525,6 +552,9 @@ type TaskNexusResponse struct {
 	Id       TaskNexusID `json:"id"`
 }
 
+// InstantVMName defines model for InstantVMName.
+type InstantVMName = string
+
 // JobNamePath defines model for JobNamePath.
 type JobNamePath = string
 
@@ -622,6 +652,12 @@ type CopyProtectedEntityParams struct {
 
 // CopyProtectedEntityParamsMode defines parameters for CopyProtectedEntity.
 type CopyProtectedEntityParamsMode string
+
+// StartInstantVMJSONRequestBody defines body for StartInstantVM for application/json ContentType.
+type StartInstantVMJSONRequestBody = InstantVMRequest
+
+// MigrateInstantVMJSONRequestBody defines body for MigrateInstantVM for application/json ContentType.
+type MigrateInstantVMJSONRequestBody = InstantVMMigrateRequest
 
 // CreateJobJSONRequestBody defines body for CreateJob for application/json ContentType.
 type CreateJobJSONRequestBody = Job
@@ -732,6 +768,78 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /healthz (the `Health` operationId).
 	Health(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ListInstantVMs The VMs running from the appliance's NFS datastore
+	//
+	// Every instant VM started and not yet migrated or stopped; 501 where the appliance serves no NFS.
+	//
+	// Corresponds with GET /v1/appliance/instant/vms (the `ListInstantVMs` operationId).
+	ListInstantVMs(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// StartInstantVMWithBody Boot a VM snapshot on vSphere without restoring it
+	//
+	// Exports each disk of the VM snapshot (a backup in the repository, or
+	// a vSphere snapshot) over NFS through a copy-on-write overlay, mounts
+	// the appliance's NFS export on a host of the vm type's resource pool
+	// as the datastore astrolabe-instant (CreateNasDatastore), creates a
+	// VM with the snapshot's hardware on those disks and powers it on. The
+	// hosts must reach the appliance's NFS address (serve --nfs, on port
+	// 2049 with the portmapper on 111 for ESXi). A start that fails
+	// half-way undoes what it did. Needs serve --nfs and pes/vm.pe.json.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/appliance/instant/vms (the `StartInstantVM` operationId).
+	StartInstantVMWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// StartInstantVM Boot a VM snapshot on vSphere without restoring it
+	//
+	// Exports each disk of the VM snapshot (a backup in the repository, or
+	// a vSphere snapshot) over NFS through a copy-on-write overlay, mounts
+	// the appliance's NFS export on a host of the vm type's resource pool
+	// as the datastore astrolabe-instant (CreateNasDatastore), creates a
+	// VM with the snapshot's hardware on those disks and powers it on. The
+	// hosts must reach the appliance's NFS address (serve --nfs, on port
+	// 2049 with the portmapper on 111 for ESXi). A start that fails
+	// half-way undoes what it did. Needs serve --nfs and pes/vm.pe.json.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/appliance/instant/vms (the `StartInstantVM` operationId).
+	StartInstantVM(ctx context.Context, body StartInstantVMJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// StopInstantVM Stop an instant VM and throw it away
+	//
+	// Powers the VM off and removes it from vSphere (a migrated one stays),
+	// unmounts the appliance's datastore where no VM uses it any more, and
+	// discards its disks' NFS exports with what the VM wrote.
+	//
+	// Corresponds with DELETE /v1/appliance/instant/vms/{name} (the `StopInstantVM` operationId).
+	StopInstantVM(ctx context.Context, name InstantVMName, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// MigrateInstantVMWithBody Move an instant VM onto a real datastore while it runs, as a task
+	//
+	// Relocates the VM's disks and files (RelocateVM_Task) onto the
+	// datastore named (default the vm type's restore datastore), then lets
+	// its NFS exports and the appliance's datastore go where no other VM
+	// uses it. The VM stays, as an ordinary one.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/appliance/instant/vms/{name}/migrate (the `MigrateInstantVM` operationId).
+	MigrateInstantVMWithBody(ctx context.Context, name InstantVMName, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// MigrateInstantVM Move an instant VM onto a real datastore while it runs, as a task
+	//
+	// Relocates the VM's disks and files (RelocateVM_Task) onto the
+	// datastore named (default the vm type's restore datastore), then lets
+	// its NFS exports and the appliance's datastore go where no other VM
+	// uses it. The VM stays, as an ordinary one.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/appliance/instant/vms/{name}/migrate (the `MigrateInstantVM` operationId).
+	MigrateInstantVM(ctx context.Context, name InstantVMName, body MigrateInstantVMJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListJobs The jobs, each with when it is due and its last run
 	//
@@ -1161,6 +1269,138 @@ type ClientInterface interface {
 // Corresponds with GET /healthz (the `Health` operationId).
 func (c *Client) Health(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewHealthRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ListInstantVMs The VMs running from the appliance's NFS datastore
+//
+// Every instant VM started and not yet migrated or stopped; 501 where the appliance serves no NFS.
+//
+// Corresponds with GET /v1/appliance/instant/vms (the `ListInstantVMs` operationId).
+func (c *Client) ListInstantVMs(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListInstantVMsRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// StartInstantVMWithBody Boot a VM snapshot on vSphere without restoring it
+//
+// Exports each disk of the VM snapshot (a backup in the repository, or
+// a vSphere snapshot) over NFS through a copy-on-write overlay, mounts
+// the appliance's NFS export on a host of the vm type's resource pool
+// as the datastore astrolabe-instant (CreateNasDatastore), creates a
+// VM with the snapshot's hardware on those disks and powers it on. The
+// hosts must reach the appliance's NFS address (serve --nfs, on port
+// 2049 with the portmapper on 111 for ESXi). A start that fails
+// half-way undoes what it did. Needs serve --nfs and pes/vm.pe.json.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/appliance/instant/vms (the `StartInstantVM` operationId).
+func (c *Client) StartInstantVMWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStartInstantVMRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// StartInstantVM Boot a VM snapshot on vSphere without restoring it
+//
+// Exports each disk of the VM snapshot (a backup in the repository, or
+// a vSphere snapshot) over NFS through a copy-on-write overlay, mounts
+// the appliance's NFS export on a host of the vm type's resource pool
+// as the datastore astrolabe-instant (CreateNasDatastore), creates a
+// VM with the snapshot's hardware on those disks and powers it on. The
+// hosts must reach the appliance's NFS address (serve --nfs, on port
+// 2049 with the portmapper on 111 for ESXi). A start that fails
+// half-way undoes what it did. Needs serve --nfs and pes/vm.pe.json.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/appliance/instant/vms (the `StartInstantVM` operationId).
+func (c *Client) StartInstantVM(ctx context.Context, body StartInstantVMJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStartInstantVMRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// StopInstantVM Stop an instant VM and throw it away
+//
+// Powers the VM off and removes it from vSphere (a migrated one stays),
+// unmounts the appliance's datastore where no VM uses it any more, and
+// discards its disks' NFS exports with what the VM wrote.
+//
+// Corresponds with DELETE /v1/appliance/instant/vms/{name} (the `StopInstantVM` operationId).
+func (c *Client) StopInstantVM(ctx context.Context, name InstantVMName, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStopInstantVMRequest(c.Server, name)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// MigrateInstantVMWithBody Move an instant VM onto a real datastore while it runs, as a task
+//
+// Relocates the VM's disks and files (RelocateVM_Task) onto the
+// datastore named (default the vm type's restore datastore), then lets
+// its NFS exports and the appliance's datastore go where no other VM
+// uses it. The VM stays, as an ordinary one.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/appliance/instant/vms/{name}/migrate (the `MigrateInstantVM` operationId).
+func (c *Client) MigrateInstantVMWithBody(ctx context.Context, name InstantVMName, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMigrateInstantVMRequestWithBody(c.Server, name, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// MigrateInstantVM Move an instant VM onto a real datastore while it runs, as a task
+//
+// Relocates the VM's disks and files (RelocateVM_Task) onto the
+// datastore named (default the vm type's restore datastore), then lets
+// its NFS exports and the appliance's datastore go where no other VM
+// uses it. The VM stays, as an ordinary one.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/appliance/instant/vms/{name}/migrate (the `MigrateInstantVM` operationId).
+func (c *Client) MigrateInstantVM(ctx context.Context, name InstantVMName, body MigrateInstantVMJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMigrateInstantVMRequest(c.Server, name, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2022,6 +2262,154 @@ func NewHealthRequest(server string) (*http.Request, error) {
 	if err != nil {
 		return nil, err
 	}
+
+	return req, nil
+}
+
+// NewListInstantVMsRequest constructs an http.Request for the ListInstantVMs method
+func NewListInstantVMsRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/appliance/instant/vms")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewStartInstantVMRequest calls the generic StartInstantVM builder with application/json body
+func NewStartInstantVMRequest(server string, body StartInstantVMJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewStartInstantVMRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewStartInstantVMRequestWithBody constructs an http.Request for the StartInstantVM method, with any body, and a specified content type
+func NewStartInstantVMRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/appliance/instant/vms")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewStopInstantVMRequest constructs an http.Request for the StopInstantVM method
+func NewStopInstantVMRequest(server string, name InstantVMName) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "name", name, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/appliance/instant/vms/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewMigrateInstantVMRequest calls the generic MigrateInstantVM builder with application/json body
+func NewMigrateInstantVMRequest(server string, name InstantVMName, body MigrateInstantVMJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewMigrateInstantVMRequestWithBody(server, name, "application/json", bodyReader)
+}
+
+// NewMigrateInstantVMRequestWithBody constructs an http.Request for the MigrateInstantVM method, with any body, and a specified content type
+func NewMigrateInstantVMRequestWithBody(server string, name InstantVMName, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "name", name, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/appliance/instant/vms/%s/migrate", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
 
 	return req, nil
 }
@@ -3449,6 +3837,82 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /healthz (the `Health` operationId).
 	HealthWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*HealthResponse, error)
 
+	// ListInstantVMsWithResponse The VMs running from the appliance's NFS datastore
+	//
+	// Every instant VM started and not yet migrated or stopped; 501 where the appliance serves no NFS.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/appliance/instant/vms (the `ListInstantVMs` operationId).
+	ListInstantVMsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListInstantVMsResponse, error)
+
+	// StartInstantVMWithBodyWithResponse Boot a VM snapshot on vSphere without restoring it
+	//
+	// Exports each disk of the VM snapshot (a backup in the repository, or
+	// a vSphere snapshot) over NFS through a copy-on-write overlay, mounts
+	// the appliance's NFS export on a host of the vm type's resource pool
+	// as the datastore astrolabe-instant (CreateNasDatastore), creates a
+	// VM with the snapshot's hardware on those disks and powers it on. The
+	// hosts must reach the appliance's NFS address (serve --nfs, on port
+	// 2049 with the portmapper on 111 for ESXi). A start that fails
+	// half-way undoes what it did. Needs serve --nfs and pes/vm.pe.json.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/appliance/instant/vms (the `StartInstantVM` operationId).
+	StartInstantVMWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*StartInstantVMResponse, error)
+
+	// StartInstantVMWithResponse Boot a VM snapshot on vSphere without restoring it
+	//
+	// Exports each disk of the VM snapshot (a backup in the repository, or
+	// a vSphere snapshot) over NFS through a copy-on-write overlay, mounts
+	// the appliance's NFS export on a host of the vm type's resource pool
+	// as the datastore astrolabe-instant (CreateNasDatastore), creates a
+	// VM with the snapshot's hardware on those disks and powers it on. The
+	// hosts must reach the appliance's NFS address (serve --nfs, on port
+	// 2049 with the portmapper on 111 for ESXi). A start that fails
+	// half-way undoes what it did. Needs serve --nfs and pes/vm.pe.json.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/appliance/instant/vms (the `StartInstantVM` operationId).
+	StartInstantVMWithResponse(ctx context.Context, body StartInstantVMJSONRequestBody, reqEditors ...RequestEditorFn) (*StartInstantVMResponse, error)
+
+	// StopInstantVMWithResponse Stop an instant VM and throw it away
+	//
+	// Powers the VM off and removes it from vSphere (a migrated one stays),
+	// unmounts the appliance's datastore where no VM uses it any more, and
+	// discards its disks' NFS exports with what the VM wrote.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/appliance/instant/vms/{name} (the `StopInstantVM` operationId).
+	StopInstantVMWithResponse(ctx context.Context, name InstantVMName, reqEditors ...RequestEditorFn) (*StopInstantVMResponse, error)
+
+	// MigrateInstantVMWithBodyWithResponse Move an instant VM onto a real datastore while it runs, as a task
+	//
+	// Relocates the VM's disks and files (RelocateVM_Task) onto the
+	// datastore named (default the vm type's restore datastore), then lets
+	// its NFS exports and the appliance's datastore go where no other VM
+	// uses it. The VM stays, as an ordinary one.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/appliance/instant/vms/{name}/migrate (the `MigrateInstantVM` operationId).
+	MigrateInstantVMWithBodyWithResponse(ctx context.Context, name InstantVMName, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MigrateInstantVMResponse, error)
+
+	// MigrateInstantVMWithResponse Move an instant VM onto a real datastore while it runs, as a task
+	//
+	// Relocates the VM's disks and files (RelocateVM_Task) onto the
+	// datastore named (default the vm type's restore datastore), then lets
+	// its NFS exports and the appliance's datastore go where no other VM
+	// uses it. The VM stays, as an ordinary one.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/appliance/instant/vms/{name}/migrate (the `MigrateInstantVM` operationId).
+	MigrateInstantVMWithResponse(ctx context.Context, name InstantVMName, body MigrateInstantVMJSONRequestBody, reqEditors ...RequestEditorFn) (*MigrateInstantVMResponse, error)
+
 	// ListJobsWithResponse The jobs, each with when it is due and its last run
 	//
 	// Every job of jobs.json in its order, with its definition, when it
@@ -3956,6 +4420,247 @@ func (r HealthResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r HealthResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ListInstantVMsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *[]InstantVM
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListInstantVMsResponse) GetJSON200() *[]InstantVM {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListInstantVMsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r ListInstantVMsResponse) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ListInstantVMsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListInstantVMsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListInstantVMsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListInstantVMsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type StartInstantVMResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *InstantVM
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r StartInstantVMResponse) GetJSON200() *InstantVM {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r StartInstantVMResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r StartInstantVMResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r StartInstantVMResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r StartInstantVMResponse) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r StartInstantVMResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r StartInstantVMResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r StartInstantVMResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r StartInstantVMResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type StopInstantVMResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r StopInstantVMResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r StopInstantVMResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r StopInstantVMResponse) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r StopInstantVMResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r StopInstantVMResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r StopInstantVMResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r StopInstantVMResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type MigrateInstantVMResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON202 the response for an HTTP 202 `application/json` response
+	JSON202 *CreateInProgressResponse
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+}
+
+// GetJSON202 returns the response for an HTTP 202 `application/json` response
+func (r MigrateInstantVMResponse) GetJSON202() *CreateInProgressResponse {
+	return r.JSON202
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r MigrateInstantVMResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r MigrateInstantVMResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r MigrateInstantVMResponse) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r MigrateInstantVMResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r MigrateInstantVMResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r MigrateInstantVMResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r MigrateInstantVMResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -6027,6 +6732,118 @@ func (c *ClientWithResponses) HealthWithResponse(ctx context.Context, reqEditors
 	return ParseHealthResponse(rsp)
 }
 
+// ListInstantVMsWithResponse The VMs running from the appliance's NFS datastore
+//
+// Every instant VM started and not yet migrated or stopped; 501 where the appliance serves no NFS.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/appliance/instant/vms (the `ListInstantVMs` operationId).
+func (c *ClientWithResponses) ListInstantVMsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListInstantVMsResponse, error) {
+	rsp, err := c.ListInstantVMs(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListInstantVMsResponse(rsp)
+}
+
+// StartInstantVMWithBodyWithResponse Boot a VM snapshot on vSphere without restoring it
+//
+// Exports each disk of the VM snapshot (a backup in the repository, or
+// a vSphere snapshot) over NFS through a copy-on-write overlay, mounts
+// the appliance's NFS export on a host of the vm type's resource pool
+// as the datastore astrolabe-instant (CreateNasDatastore), creates a
+// VM with the snapshot's hardware on those disks and powers it on. The
+// hosts must reach the appliance's NFS address (serve --nfs, on port
+// 2049 with the portmapper on 111 for ESXi). A start that fails
+// half-way undoes what it did. Needs serve --nfs and pes/vm.pe.json.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/appliance/instant/vms (the `StartInstantVM` operationId).
+func (c *ClientWithResponses) StartInstantVMWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*StartInstantVMResponse, error) {
+	rsp, err := c.StartInstantVMWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseStartInstantVMResponse(rsp)
+}
+
+// StartInstantVMWithResponse Boot a VM snapshot on vSphere without restoring it
+//
+// Exports each disk of the VM snapshot (a backup in the repository, or
+// a vSphere snapshot) over NFS through a copy-on-write overlay, mounts
+// the appliance's NFS export on a host of the vm type's resource pool
+// as the datastore astrolabe-instant (CreateNasDatastore), creates a
+// VM with the snapshot's hardware on those disks and powers it on. The
+// hosts must reach the appliance's NFS address (serve --nfs, on port
+// 2049 with the portmapper on 111 for ESXi). A start that fails
+// half-way undoes what it did. Needs serve --nfs and pes/vm.pe.json.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/appliance/instant/vms (the `StartInstantVM` operationId).
+func (c *ClientWithResponses) StartInstantVMWithResponse(ctx context.Context, body StartInstantVMJSONRequestBody, reqEditors ...RequestEditorFn) (*StartInstantVMResponse, error) {
+	rsp, err := c.StartInstantVM(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseStartInstantVMResponse(rsp)
+}
+
+// StopInstantVMWithResponse Stop an instant VM and throw it away
+//
+// Powers the VM off and removes it from vSphere (a migrated one stays),
+// unmounts the appliance's datastore where no VM uses it any more, and
+// discards its disks' NFS exports with what the VM wrote.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/appliance/instant/vms/{name} (the `StopInstantVM` operationId).
+func (c *ClientWithResponses) StopInstantVMWithResponse(ctx context.Context, name InstantVMName, reqEditors ...RequestEditorFn) (*StopInstantVMResponse, error) {
+	rsp, err := c.StopInstantVM(ctx, name, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseStopInstantVMResponse(rsp)
+}
+
+// MigrateInstantVMWithBodyWithResponse Move an instant VM onto a real datastore while it runs, as a task
+//
+// Relocates the VM's disks and files (RelocateVM_Task) onto the
+// datastore named (default the vm type's restore datastore), then lets
+// its NFS exports and the appliance's datastore go where no other VM
+// uses it. The VM stays, as an ordinary one.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/appliance/instant/vms/{name}/migrate (the `MigrateInstantVM` operationId).
+func (c *ClientWithResponses) MigrateInstantVMWithBodyWithResponse(ctx context.Context, name InstantVMName, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MigrateInstantVMResponse, error) {
+	rsp, err := c.MigrateInstantVMWithBody(ctx, name, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMigrateInstantVMResponse(rsp)
+}
+
+// MigrateInstantVMWithResponse Move an instant VM onto a real datastore while it runs, as a task
+//
+// Relocates the VM's disks and files (RelocateVM_Task) onto the
+// datastore named (default the vm type's restore datastore), then lets
+// its NFS exports and the appliance's datastore go where no other VM
+// uses it. The VM stays, as an ordinary one.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/appliance/instant/vms/{name}/migrate (the `MigrateInstantVM` operationId).
+func (c *ClientWithResponses) MigrateInstantVMWithResponse(ctx context.Context, name InstantVMName, body MigrateInstantVMJSONRequestBody, reqEditors ...RequestEditorFn) (*MigrateInstantVMResponse, error) {
+	rsp, err := c.MigrateInstantVM(ctx, name, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMigrateInstantVMResponse(rsp)
+}
+
 // ListJobsWithResponse The jobs, each with when it is due and its last run
 //
 // Every job of jobs.json in its order, with its definition, when it
@@ -6764,6 +7581,190 @@ func ParseHealthResponse(rsp *http.Response) (*HealthResponse, error) {
 			return nil, err
 		}
 		response.JSON4XX = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseListInstantVMsResponse parses an HTTP response from a ListInstantVMsWithResponse call
+func ParseListInstantVMsResponse(rsp *http.Response) (*ListInstantVMsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListInstantVMsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest []InstantVM
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseStartInstantVMResponse parses an HTTP response from a StartInstantVMWithResponse call
+func ParseStartInstantVMResponse(rsp *http.Response) (*StartInstantVMResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &StartInstantVMResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest InstantVM
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseStopInstantVMResponse parses an HTTP response from a StopInstantVMWithResponse call
+func ParseStopInstantVMResponse(rsp *http.Response) (*StopInstantVMResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &StopInstantVMResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseMigrateInstantVMResponse parses an HTTP response from a MigrateInstantVMWithResponse call
+func ParseMigrateInstantVMResponse(rsp *http.Response) (*MigrateInstantVMResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &MigrateInstantVMResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
+		var dest CreateInProgressResponse
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
 
 	}
 
@@ -8351,6 +9352,18 @@ type ServerInterface interface {
 	// Health Liveness check; needs no token
 	// (GET /healthz)
 	Health(w http.ResponseWriter, r *http.Request)
+	// ListInstantVMs The VMs running from the appliance's NFS datastore
+	// (GET /v1/appliance/instant/vms)
+	ListInstantVMs(w http.ResponseWriter, r *http.Request)
+	// StartInstantVM Boot a VM snapshot on vSphere without restoring it
+	// (POST /v1/appliance/instant/vms)
+	StartInstantVM(w http.ResponseWriter, r *http.Request)
+	// StopInstantVM Stop an instant VM and throw it away
+	// (DELETE /v1/appliance/instant/vms/{name})
+	StopInstantVM(w http.ResponseWriter, r *http.Request, name InstantVMName)
+	// MigrateInstantVM Move an instant VM onto a real datastore while it runs, as a task
+	// (POST /v1/appliance/instant/vms/{name}/migrate)
+	MigrateInstantVM(w http.ResponseWriter, r *http.Request, name InstantVMName)
 	// ListJobs The jobs, each with when it is due and its last run
 	// (GET /v1/appliance/jobs)
 	ListJobs(w http.ResponseWriter, r *http.Request)
@@ -8456,6 +9469,30 @@ type Unimplemented struct{}
 // Health Liveness check; needs no token
 // (GET /healthz)
 func (_ Unimplemented) Health(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ListInstantVMs The VMs running from the appliance's NFS datastore
+// (GET /v1/appliance/instant/vms)
+func (_ Unimplemented) ListInstantVMs(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// StartInstantVM Boot a VM snapshot on vSphere without restoring it
+// (POST /v1/appliance/instant/vms)
+func (_ Unimplemented) StartInstantVM(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// StopInstantVM Stop an instant VM and throw it away
+// (DELETE /v1/appliance/instant/vms/{name})
+func (_ Unimplemented) StopInstantVM(w http.ResponseWriter, r *http.Request, name InstantVMName) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// MigrateInstantVM Move an instant VM onto a real datastore while it runs, as a task
+// (POST /v1/appliance/instant/vms/{name}/migrate)
+func (_ Unimplemented) MigrateInstantVM(w http.ResponseWriter, r *http.Request, name InstantVMName) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -8665,6 +9702,86 @@ func (siw *ServerInterfaceWrapper) Health(w http.ResponseWriter, r *http.Request
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.Health(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ListInstantVMs operation middleware
+func (siw *ServerInterfaceWrapper) ListInstantVMs(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ListInstantVMs(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// StartInstantVM operation middleware
+func (siw *ServerInterfaceWrapper) StartInstantVM(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.StartInstantVM(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// StopInstantVM operation middleware
+func (siw *ServerInterfaceWrapper) StopInstantVM(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "name" -------------
+	var name InstantVMName
+
+	err = runtime.BindStyledParameterWithOptions("simple", "name", chi.URLParam(r, "name"), &name, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "name", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.StopInstantVM(w, r, name)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// MigrateInstantVM operation middleware
+func (siw *ServerInterfaceWrapper) MigrateInstantVM(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "name" -------------
+	var name InstantVMName
+
+	err = runtime.BindStyledParameterWithOptions("simple", "name", chi.URLParam(r, "name"), &name, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "name", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.MigrateInstantVM(w, r, name)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -9712,6 +10829,18 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 		r.Delete(options.BaseURL+"/v1/appliance/nfs/exports/{name}", wrapper.StopNFSExport)
 	})
 	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/appliance/instant/vms", wrapper.ListInstantVMs)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/appliance/instant/vms", wrapper.StartInstantVM)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/appliance/instant/vms/{name}/migrate", wrapper.MigrateInstantVM)
+	})
+	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/v1/appliance/instant/vms/{name}", wrapper.StopInstantVM)
+	})
+	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/v1/appliance/mounts", wrapper.ListMounts)
 	})
 	r.Group(func(r chi.Router) {
@@ -9795,6 +10924,268 @@ type Health4XXJSONResponse struct {
 }
 
 func (response Health4XXJSONResponse) VisitHealthResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListInstantVMsRequestObject struct {
+}
+
+type ListInstantVMsResponseObject interface {
+	VisitListInstantVMsResponse(w http.ResponseWriter) error
+}
+
+type ListInstantVMs200JSONResponse []InstantVM
+
+func (response ListInstantVMs200JSONResponse) VisitListInstantVMsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListInstantVMs401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ListInstantVMs401JSONResponse) VisitListInstantVMsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListInstantVMsdefaultJSONResponse struct {
+	Body       Error
+	StatusCode int
+}
+
+func (response ListInstantVMsdefaultJSONResponse) VisitListInstantVMsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartInstantVMRequestObject struct {
+	Body *StartInstantVMJSONRequestBody
+}
+
+type StartInstantVMResponseObject interface {
+	VisitStartInstantVMResponse(w http.ResponseWriter) error
+}
+
+type StartInstantVM200JSONResponse InstantVM
+
+func (response StartInstantVM200JSONResponse) VisitStartInstantVMResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartInstantVM400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response StartInstantVM400JSONResponse) VisitStartInstantVMResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartInstantVM401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response StartInstantVM401JSONResponse) VisitStartInstantVMResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartInstantVM404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response StartInstantVM404JSONResponse) VisitStartInstantVMResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StartInstantVMdefaultJSONResponse struct {
+	Body       Error
+	StatusCode int
+}
+
+func (response StartInstantVMdefaultJSONResponse) VisitStartInstantVMResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StopInstantVMRequestObject struct {
+	Name InstantVMName `json:"name"`
+}
+
+type StopInstantVMResponseObject interface {
+	VisitStopInstantVMResponse(w http.ResponseWriter) error
+}
+
+type StopInstantVM204Response struct {
+}
+
+func (response StopInstantVM204Response) VisitStopInstantVMResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type StopInstantVM401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response StopInstantVM401JSONResponse) VisitStopInstantVMResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StopInstantVM404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response StopInstantVM404JSONResponse) VisitStopInstantVMResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type StopInstantVMdefaultJSONResponse struct {
+	Body       Error
+	StatusCode int
+}
+
+func (response StopInstantVMdefaultJSONResponse) VisitStopInstantVMResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type MigrateInstantVMRequestObject struct {
+	Name InstantVMName `json:"name"`
+	Body *MigrateInstantVMJSONRequestBody
+}
+
+type MigrateInstantVMResponseObject interface {
+	VisitMigrateInstantVMResponse(w http.ResponseWriter) error
+}
+
+type MigrateInstantVM202JSONResponse CreateInProgressResponse
+
+func (response MigrateInstantVM202JSONResponse) VisitMigrateInstantVMResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(202)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type MigrateInstantVM401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response MigrateInstantVM401JSONResponse) VisitMigrateInstantVMResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type MigrateInstantVM404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response MigrateInstantVM404JSONResponse) VisitMigrateInstantVMResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type MigrateInstantVMdefaultJSONResponse struct {
+	Body       Error
+	StatusCode int
+}
+
+func (response MigrateInstantVMdefaultJSONResponse) VisitMigrateInstantVMResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -12109,6 +13500,18 @@ type StrictServerInterface interface {
 	// Health Liveness check; needs no token
 	// (GET /healthz)
 	Health(ctx context.Context, request HealthRequestObject) (HealthResponseObject, error)
+	// ListInstantVMs The VMs running from the appliance's NFS datastore
+	// (GET /v1/appliance/instant/vms)
+	ListInstantVMs(ctx context.Context, request ListInstantVMsRequestObject) (ListInstantVMsResponseObject, error)
+	// StartInstantVM Boot a VM snapshot on vSphere without restoring it
+	// (POST /v1/appliance/instant/vms)
+	StartInstantVM(ctx context.Context, request StartInstantVMRequestObject) (StartInstantVMResponseObject, error)
+	// StopInstantVM Stop an instant VM and throw it away
+	// (DELETE /v1/appliance/instant/vms/{name})
+	StopInstantVM(ctx context.Context, request StopInstantVMRequestObject) (StopInstantVMResponseObject, error)
+	// MigrateInstantVM Move an instant VM onto a real datastore while it runs, as a task
+	// (POST /v1/appliance/instant/vms/{name}/migrate)
+	MigrateInstantVM(ctx context.Context, request MigrateInstantVMRequestObject) (MigrateInstantVMResponseObject, error)
 	// ListJobs The jobs, each with when it is due and its last run
 	// (GET /v1/appliance/jobs)
 	ListJobs(ctx context.Context, request ListJobsRequestObject) (ListJobsResponseObject, error)
@@ -12263,6 +13666,123 @@ func (sh *strictHandler) Health(w http.ResponseWriter, r *http.Request) {
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(HealthResponseObject); ok {
 		if err := validResponse.VisitHealthResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ListInstantVMs operation middleware
+func (sh *strictHandler) ListInstantVMs(w http.ResponseWriter, r *http.Request) {
+	var request ListInstantVMsRequestObject
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ListInstantVMs(ctx, request.(ListInstantVMsRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ListInstantVMs")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ListInstantVMsResponseObject); ok {
+		if err := validResponse.VisitListInstantVMsResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// StartInstantVM operation middleware
+func (sh *strictHandler) StartInstantVM(w http.ResponseWriter, r *http.Request) {
+	var request StartInstantVMRequestObject
+
+	var body StartInstantVMJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.StartInstantVM(ctx, request.(StartInstantVMRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "StartInstantVM")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(StartInstantVMResponseObject); ok {
+		if err := validResponse.VisitStartInstantVMResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// StopInstantVM operation middleware
+func (sh *strictHandler) StopInstantVM(w http.ResponseWriter, r *http.Request, name InstantVMName) {
+	var request StopInstantVMRequestObject
+
+	request.Name = name
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.StopInstantVM(ctx, request.(StopInstantVMRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "StopInstantVM")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(StopInstantVMResponseObject); ok {
+		if err := validResponse.VisitStopInstantVMResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// MigrateInstantVM operation middleware
+func (sh *strictHandler) MigrateInstantVM(w http.ResponseWriter, r *http.Request, name InstantVMName) {
+	var request MigrateInstantVMRequestObject
+
+	request.Name = name
+
+	var body MigrateInstantVMJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		if !errors.Is(err, io.EOF) {
+			sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+			return
+		}
+	} else {
+		request.Body = &body
+	}
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.MigrateInstantVM(ctx, request.(MigrateInstantVMRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "MigrateInstantVM")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(MigrateInstantVMResponseObject); ok {
+		if err := validResponse.VisitMigrateInstantVMResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/appliance/usecase"
 	"github.com/astrolabe-appliance/astrolabe/internal/atomicfile"
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	"github.com/astrolabe-appliance/astrolabe/pe/vm"
 )
 
 // state is what the daemon restores after a restart: the exports and
@@ -29,6 +30,14 @@ type stateData struct {
 	Exports    []exportState `json:"exports"`
 	Mounts     []mountState  `json:"mounts"`
 	NFSExports []nfsState    `json:"nfsExports,omitempty"`
+	InstantVMs []instantVM   `json:"instantVMs,omitempty"`
+}
+
+// instantVM is a VM running from the NFS exports Disks.
+type instantVM struct {
+	ID    string       `json:"id"`
+	VM    vm.InstantVM `json:"vm"`
+	Disks []string     `json:"disks"`
 }
 
 type nfsState struct {
@@ -81,7 +90,7 @@ func openState(path string) (*state, error) {
 func (st *state) update(fn func(*stateData)) error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	next := stateData{Exports: slices.Clone(st.data.Exports), Mounts: slices.Clone(st.data.Mounts), NFSExports: slices.Clone(st.data.NFSExports)}
+	next := stateData{Exports: slices.Clone(st.data.Exports), Mounts: slices.Clone(st.data.Mounts), NFSExports: slices.Clone(st.data.NFSExports), InstantVMs: slices.Clone(st.data.InstantVMs)}
 	fn(&next)
 	err := atomicfile.Write(st.path, 0o600, func(w io.Writer) error {
 		enc := json.NewEncoder(w)
@@ -102,6 +111,7 @@ func (st *state) snapshot() stateData {
 		Exports:    slices.Clone(st.data.Exports),
 		Mounts:     slices.Clone(st.data.Mounts),
 		NFSExports: slices.Clone(st.data.NFSExports),
+		InstantVMs: slices.Clone(st.data.InstantVMs),
 	}
 }
 
@@ -148,6 +158,18 @@ func (st *state) NFSExportStarted(e usecase.NFSExport) error {
 func (st *state) NFSExportStopped(name string) error {
 	return st.update(func(d *stateData) {
 		d.NFSExports = slices.DeleteFunc(d.NFSExports, func(e nfsState) bool { return e.Name == name })
+	})
+}
+
+func (st *state) InstantVMStarted(v usecase.InstantVM) error {
+	return st.update(func(d *stateData) {
+		d.InstantVMs = append(d.InstantVMs, instantVM{ID: v.ID.String(), VM: v.VM, Disks: v.Disks})
+	})
+}
+
+func (st *state) InstantVMStopped(name string) error {
+	return st.update(func(d *stateData) {
+		d.InstantVMs = slices.DeleteFunc(d.InstantVMs, func(v instantVM) bool { return v.VM.Name == name })
 	})
 }
 
@@ -208,6 +230,15 @@ func resume(ctx context.Context, uc *usecase.Service, st *state, nbd, nfs bool, 
 		}
 		if err := st.update(func(d *stateData) { d.NFSExports = keep }); err != nil {
 			return err
+		}
+		// vSphere runs them; the appliance serves their disks (above).
+		for _, v := range recorded.InstantVMs {
+			id, err := pe.ParseID(v.ID)
+			if err != nil {
+				log.Warn("instant VM record dropped", "vm", v.VM.Name, "err", err)
+				continue
+			}
+			uc.ResumeInstantVM(usecase.InstantVM{ID: id, VM: v.VM, Disks: v.Disks})
 		}
 	}
 	var keep []mountState

@@ -4,6 +4,7 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/api"
 	"github.com/astrolabe-appliance/astrolabe/appliance/redact"
 	"github.com/astrolabe-appliance/astrolabe/appliance/tasks"
+	"github.com/astrolabe-appliance/astrolabe/appliance/usecase"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 )
 
@@ -75,6 +76,10 @@ func toAPIExport(e NBDExport) api.NBDExport {
 
 func toAPINFSExport(e NFSExport) api.NFSExport {
 	return api.NFSExport{Id: e.ID.String(), Name: e.Name, Url: e.URL}
+}
+
+func toAPIInstantVM(v usecase.InstantVM) api.InstantVM {
+	return api.InstantVM{Id: v.ID.String(), Name: v.VM.Name, Uuid: v.VM.UUID, Datastore: v.VM.Datastore.Name, Disks: v.Disks}
 }
 
 func toAPIMount(m Mount) api.Mount {

@@ -49,6 +49,10 @@ type NFS interface {
 	StartNFSExport(ctx context.Context, id pe.ID) (NFSExport, error)
 	// StopNFSExport returns the PE the writes were kept in, with keep.
 	StopNFSExport(ctx context.Context, name string, keep bool, progress pe.Progress) (pe.ID, error)
+	InstantVMs() []usecase.InstantVM
+	StartInstantVM(ctx context.Context, id pe.ID) (usecase.InstantVM, error)
+	MigrateInstantVM(ctx context.Context, name, datastore string) error
+	StopInstantVM(ctx context.Context, name string) error
 }
 
 // Mount is one FUSE mount.
@@ -655,6 +659,70 @@ func (s *server) StopNFSExport(ctx context.Context, req api.StopNFSExportRequest
 		return api.StopNFSExport200JSONResponse{Kept: kept.String()}, nil
 	}
 	return api.StopNFSExport204Response{}, nil
+}
+
+func (s *server) ListInstantVMs(ctx context.Context, _ api.ListInstantVMsRequestObject) (api.ListInstantVMsResponseObject, error) {
+	if s.cfg.NFS == nil {
+		return nil, notConfigured("NFS")
+	}
+	out := api.ListInstantVMs200JSONResponse{}
+	for _, v := range s.cfg.NFS.InstantVMs() {
+		out = append(out, toAPIInstantVM(v))
+	}
+	return out, nil
+}
+
+func (s *server) StartInstantVM(ctx context.Context, req api.StartInstantVMRequestObject) (api.StartInstantVMResponseObject, error) {
+	if s.cfg.NFS == nil {
+		return nil, notConfigured("NFS")
+	}
+	if req.Body == nil {
+		return nil, badRequest("the body must name the VM snapshot")
+	}
+	id, err := parseID(req.Body.Id)
+	if err != nil {
+		return nil, err
+	}
+	v, err := s.cfg.NFS.StartInstantVM(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return api.StartInstantVM200JSONResponse(toAPIInstantVM(v)), nil
+}
+
+func (s *server) MigrateInstantVM(ctx context.Context, req api.MigrateInstantVMRequestObject) (api.MigrateInstantVMResponseObject, error) {
+	if s.cfg.NFS == nil {
+		return nil, notConfigured("NFS")
+	}
+	var datastore string
+	if req.Body != nil {
+		datastore = deref(req.Body.Datastore)
+	}
+	found := false
+	for _, v := range s.cfg.NFS.InstantVMs() {
+		found = found || v.VM.Name == req.Name
+	}
+	if !found {
+		return nil, fmt.Errorf("instant VM %q: %w", req.Name, pe.ErrNotFound)
+	}
+	info, err := s.cfg.Tasks.Start(s.cfg.Context, "instant-migrate", fmt.Sprintf("migrate instant VM %s", req.Name), "",
+		func(ctx context.Context, _ pe.Progress) (map[string]string, error) {
+			return map[string]string{"vm": req.Name}, s.cfg.NFS.MigrateInstantVM(ctx, req.Name, datastore)
+		})
+	if err != nil {
+		return nil, err
+	}
+	return api.MigrateInstantVM202JSONResponse{TaskID: info.ID}, nil
+}
+
+func (s *server) StopInstantVM(ctx context.Context, req api.StopInstantVMRequestObject) (api.StopInstantVMResponseObject, error) {
+	if s.cfg.NFS == nil {
+		return nil, notConfigured("NFS")
+	}
+	if err := s.cfg.NFS.StopInstantVM(ctx, req.Name); err != nil {
+		return nil, err
+	}
+	return api.StopInstantVM204Response{}, nil
 }
 
 func (s *server) ListMounts(ctx context.Context, _ api.ListMountsRequestObject) (api.ListMountsResponseObject, error) {

@@ -150,7 +150,11 @@ func (s *Service) StopNFSExport(ctx context.Context, name string, keep bool, pro
 	s.mu.Unlock()
 	err := s.nfs.Remove(name)
 	err = errors.Join(err, d.close(), overlay.Remove(d.ov.Dir()))
-	s.log.Info("NFS export stopped", "export", name, "kept", kept)
+	if kept.IsZero() {
+		s.log.Info("NFS export stopped", "export", name)
+	} else {
+		s.log.Info("NFS export stopped", "export", name, "writes kept in", kept)
+	}
 	return kept, errors.Join(err, s.journal.NFSExportStopped(name))
 }
 

@@ -61,6 +61,8 @@ type Journal interface {
 	MountStopped(id string) error
 	NFSExportStarted(NFSExport) error
 	NFSExportStopped(name string) error
+	InstantVMStarted(InstantVM) error
+	InstantVMStopped(name string) error
 }
 
 // Service runs the use cases. Its methods are safe for concurrent use.
@@ -81,6 +83,7 @@ type Service struct {
 	mu       sync.Mutex
 	resumed  []*InstantRestore // taken up by ResumeExport, to be filled on
 	nfsDisks map[string]*nfsDisk
+	instant  map[string]InstantVM // by VM name
 	mounts   map[string]*mounted
 	mounting map[string]bool // paths being mounted
 	closed   bool            // no more mounts
@@ -91,7 +94,7 @@ type Service struct {
 func New(cfg Config) (*Service, error) {
 	s := &Service{
 		m: cfg.Manager, repo: cfg.Repository, exports: cfg.Exports, exportURI: cfg.ExportURI,
-		nfs: cfg.NFS, nfsAddr: cfg.NFSAddr, overlayDir: cfg.OverlayDir, nfsDisks: map[string]*nfsDisk{},
+		nfs: cfg.NFS, nfsAddr: cfg.NFSAddr, overlayDir: cfg.OverlayDir, nfsDisks: map[string]*nfsDisk{}, instant: map[string]InstantVM{},
 		journal: cfg.Journal, log: cfg.Logger, mounts: map[string]*mounted{}, mounting: map[string]bool{},
 	}
 	if s.nfs != nil && s.overlayDir == "" {
@@ -146,3 +149,5 @@ func (noJournal) MountStarted(Mount) error         { return nil }
 func (noJournal) MountStopped(id string) error     { return nil }
 func (noJournal) NFSExportStarted(NFSExport) error { return nil }
 func (noJournal) NFSExportStopped(string) error    { return nil }
+func (noJournal) InstantVMStarted(InstantVM) error { return nil }
+func (noJournal) InstantVMStopped(string) error    { return nil }

@@ -141,6 +141,12 @@ func (j *journal) recorded() []string {
 	return slices.Clone(j.events)
 }
 
+func (j *journal) InstantVMStarted(v InstantVM) error {
+	return j.record(fmt.Sprintf("instant %s %s %v", v.ID, v.VM.Name, v.Disks))
+}
+
+func (j *journal) InstantVMStopped(name string) error { return j.record("instant stop " + name) }
+
 func (j *journal) NFSExportStarted(e NFSExport) error {
 	return j.record(fmt.Sprintf("nfs %s %s", e.ID, e.Name))
 }

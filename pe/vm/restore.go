@@ -39,7 +39,7 @@ func (tm *TypeManager) Copy(ctx context.Context, src pe.ProtectedEntity, opts pe
 }
 
 func (tm *TypeManager) createNew(ctx context.Context, src pe.ProtectedEntity, opts pe.CopyOptions) (pe.ProtectedEntity, error) {
-	hw, comps, err := readSource(ctx, src)
+	hw, comps, err := ReadHardware(ctx, src)
 	if err != nil {
 		return nil, err
 	}
@@ -97,8 +97,9 @@ func (tm *TypeManager) createNew(ctx context.Context, src pe.ProtectedEntity, op
 	return p, nil
 }
 
-// readSource reads src's hardware and its disks' components by key.
-func readSource(ctx context.Context, src pe.ProtectedEntity) (Hardware, map[int32]pe.ProtectedEntity, error) {
+// ReadHardware reads a VM snapshot's (or backup's) hardware and its
+// disks' components by disk key.
+func ReadHardware(ctx context.Context, src pe.ProtectedEntity) (Hardware, map[int32]pe.ProtectedEntity, error) {
 	var hw Hardware
 	md, err := src.Metadata(ctx)
 	if err != nil {
