@@ -125,6 +125,7 @@ verb's arguments; '--' ends them. --help anywhere prints the verb's help;
 			repoCommand(),
 			backupCommand(),
 			restoreCommand(),
+			instantCommand(),
 		},
 	}
 	reportUsageErrors(app.Commands, "astrolabe")
