@@ -393,7 +393,7 @@ type instantStarted struct {
 	TaskID string
 	Target string
 	Export struct {
-		ID, URI string
+		ID, URI  string
 		Writable bool
 	}
 }
