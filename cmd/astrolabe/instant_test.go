@@ -345,6 +345,9 @@ func TestInstantRestoreCLI(t *testing.T) {
 		if after := mustRun(t, cfg, "ls", "disk").stdout + mustRun(t, cfg, "ls", "fs").stdout; after != before {
 			t.Errorf("bad instant restores changed the PEs:\nbefore:\n%s\nafter:\n%s", before, after)
 		}
+		if got, _ := os.ReadFile(filepath.Join(cfg, "disk", "big.img")); !bytes.Equal(got, img) {
+			t.Errorf("a refused instant restore changed disk:big.img")
+		}
 		if left := leftOverlays(cfg); len(left) != 0 {
 			t.Errorf("overlays left after bad instant restores: %v", left)
 		}
