@@ -509,6 +509,27 @@ func (a *appliance) nbdExports() []struct{ ID, URI string } {
 	return out
 }
 
+// resumedInstant finds, after a restart, the export of snapshot snap
+// named name and the one task that fills it on (not task before).
+func (a *appliance) resumedInstant(snap, name, before string) (uri, task string) {
+	a.t.Helper()
+	for _, e := range a.nbdExports() {
+		if e.ID == snap && exportName(e.URI) == name {
+			uri = e.URI
+		}
+	}
+	if uri == "" {
+		a.t.Fatalf("after the restart the export %s is not listed: %v", name, a.nbdExports())
+	}
+	_, body := a.call("GET", "/v1/astrolabe/tasks", a.info["token"], "")
+	var ids []string
+	json.Unmarshal([]byte(body), &ids)
+	if len(ids) != 1 || ids[0] == before {
+		a.t.Fatalf("after the restart tasks %s, want one new restore task", body)
+	}
+	return uri, ids[0]
+}
+
 // exportName is the NBD export name in uri.
 func exportName(uri string) string {
 	u, _ := url.Parse(uri)
@@ -552,6 +573,9 @@ func TestInstantRestoreAPI(t *testing.T) {
 	const rate = 16 * mib
 	direct, slow := slowS3Repo(t, cfg, rate)
 	snap := mustRun(t, cfg, append([]string{"backup", "disk:vm.img"}, direct...)...).lastLine()
+	// A graceful stop waits that long for the fill, then leaves it to
+	// the next start.
+	slow = append(slow, "--drain", "100ms")
 	certs := filepath.Join(dir, "client")
 	qemuWrite := func(uri string, ws ...clientWrite) {
 		runTool(t, "qemu-io", append(append(qemuTLS(certs), qemuIO(ws...)...), qemuNBD(uri))...)
@@ -594,28 +618,24 @@ func TestInstantRestoreAPI(t *testing.T) {
 	t.Logf("killed -9 at %.1f%% filled, %v after the start", progress, time.Since(started).Round(time.Millisecond))
 
 	a = startServe(t, cfg, slow...)
-	var resumed string
-	for _, e := range a.nbdExports() {
-		if e.ID == snap && exportName(e.URI) == exportName(s.Export.URI) {
-			resumed = e.URI
-		}
-	}
-	if resumed == "" {
-		t.Fatalf("after the restart the export %s is not listed: %v", exportName(s.Export.URI), a.nbdExports())
-	}
-	_, body := a.call("GET", "/v1/astrolabe/tasks", a.info["token"], "")
-	var ids []string
-	json.Unmarshal([]byte(body), &ids)
-	if len(ids) != 1 || ids[0] == s.TaskID {
-		t.Fatalf("after the restart tasks %s, want one new restore task", body)
-	}
-	p, _ := a.taskProgress(ids[0])
+	_, task := a.resumedInstant(snap, exportName(s.Export.URI), s.TaskID)
+	p, _ := a.taskProgress(task)
 	t.Logf("after the restart the fill resumed at %.1f%%", p)
+	// A graceful stop mid-fill (SIGTERM, the drain too short for the
+	// fill) leaves it to be resumed too: the PE stays.
+	a.stop()
+	if live, _ := liveRecords(t, cfg); live != 1 {
+		t.Fatalf("after a graceful stop mid-fill state.json records %d live restores, want 1", live)
+	}
+	a = startServe(t, cfg, slow...)
+	resumed, task := a.resumedInstant(snap, exportName(s.Export.URI), s.TaskID)
+	p, _ = a.taskProgress(task)
+	t.Logf("after a graceful restart the fill resumed at %.1f%%", p)
 	// The client reads the export while it is filled on.
 	if got := readExport(resumed); !bytes.Equal(got, want) {
 		t.Errorf("the resumed export does not read as the snapshot with the writes")
 	}
-	ti := a.waitTaskResult(a.info["token"], ids[0])
+	ti := a.waitTaskResult(a.info["token"], task)
 	t.Logf("resumed fill done %v after the first start", time.Since(started).Round(time.Millisecond))
 	if res, _ := ti["result"].(map[string]any); ti["status"] != "success" || ti["kind"] != "restore" || res["id"] != s.Target {
 		t.Fatalf("resumed restore task: %v", ti)
