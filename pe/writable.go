@@ -25,3 +25,11 @@ type WritableImage interface {
 type DataWriter interface {
 	WritableData(ctx context.Context) (WritableImage, error)
 }
+
+// InPlaceType is offered by type managers whose live PEs are DataWriters
+// and Removers: a live restore makes one, fills it in place and, given
+// up, removes it. Asking before the PE is made leaves nothing behind for
+// a type that could not.
+type InPlaceType interface {
+	WritesInPlace() bool
+}

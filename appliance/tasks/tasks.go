@@ -217,7 +217,9 @@ func (m *Manager) finish(t *task, ctx context.Context, result map[string]string,
 	switch {
 	case err == nil:
 		t.info.Status, t.info.Progress, t.info.Result = Success, 100, result
-	case ctx.Err() != nil && errors.Is(err, context.Canceled):
+	// Work that reports the context's cause (net/http does) was
+	// cancelled as much as work that reports context.Canceled.
+	case ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.Cause(ctx))):
 		t.info.Status, t.info.Details = Cancelled, "cancelled: "+t.info.Details
 	default:
 		t.info.Status, t.info.Details = Failed, err.Error()

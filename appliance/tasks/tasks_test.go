@@ -3,6 +3,7 @@ package tasks
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
@@ -90,6 +91,32 @@ func TestShutdownCancels(t *testing.T) {
 	}
 	if got, _ := m.Get(info.ID); got.Status != Cancelled {
 		t.Errorf("after shutdown: %+v", got)
+	}
+}
+
+// A task whose work reports its context's cause, as net/http does,
+// rather than context.Canceled ends cancelled too: by Cancel and by
+// Shutdown.
+func TestCancelCauseCancels(t *testing.T) {
+	m := NewManager(Options{Logger: quiet()})
+	ctx := context.Background()
+	work := func(ctx context.Context, _ pe.Progress) (map[string]string, error) {
+		<-ctx.Done()
+		return nil, fmt.Errorf("read chunk: %w", context.Cause(ctx))
+	}
+	cancelled, _ := m.Start(ctx, "t", "", "", work)
+	stopped, _ := m.Start(ctx, "t", "", "", work)
+	m.Cancel(cancelled.ID)
+	if got, _ := m.Wait(ctx, cancelled.ID); got.Status != Cancelled {
+		t.Errorf("after Cancel: %+v", got)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := m.Shutdown(sctx, 10*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := m.Get(stopped.ID); got.Status != Cancelled {
+		t.Errorf("after Shutdown: %+v", got)
 	}
 }
 

@@ -42,6 +42,9 @@ func (s *Service) RestoreInstant(ctx context.Context, id pe.ID, typ string, opts
 	if err != nil {
 		return nil, err
 	}
+	if w, ok := tm.(pe.InPlaceType); !ok || !w.WritesInPlace() {
+		return nil, fmt.Errorf("instant restore of %s: %s PEs cannot be written in place; restore into a disk (--to disk:NAME) or without instant: %w", id, typ, pe.ErrNotSupported)
+	}
 	p, err := r.OpenSnapshot(ctx, id)
 	if err != nil {
 		return nil, err

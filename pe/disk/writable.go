@@ -34,3 +34,9 @@ func (e *entity) WritableData(ctx context.Context) (pe.WritableImage, error) {
 	}
 	return fileimage.Writable{Image: fileimage.New(f, size, kind == kindFile)}, nil
 }
+
+var _ pe.InPlaceType = (*TypeManager)(nil)
+
+// WritesInPlace implements pe.InPlaceType: disk PEs are DataWriters and
+// Removers.
+func (*TypeManager) WritesInPlace() bool { return true }
