@@ -830,6 +830,7 @@ func inlineCommand(span string, global *commandLevel) (path, flags []string, ok 
 		return nil, nil, false, nil
 	}
 	var cur *cli.Command
+	done := false // the command is named; the words left are arguments
 	for i := 0; i < len(words); i++ {
 		w := strings.Trim(words[i], "[]")
 		if isFlagWord(w) {
@@ -858,11 +859,20 @@ func inlineCommand(span string, global *commandLevel) (path, flags []string, ok 
 				return nil, nil, false, nil
 			}
 			path = append(path, cur.Name)
+		case done:
 		case len(cur.Subcommands) > 0:
-			if cur = subcommandOf(cur, w); cur == nil {
+			sub := subcommandOf(cur, w)
+			switch {
+			case sub == nil && cur.Action != nil:
+				// A verb with subcommands that also takes arguments
+				// ("instant vm:..."): w is its argument.
+				done = true
+			case sub == nil:
 				return nil, nil, true, fmt.Errorf("%q is no subcommand of %s", w, strings.Join(path, " "))
+			default:
+				cur = sub
+				path = append(path, cur.Name)
 			}
-			path = append(path, cur.Name)
 		}
 	}
 	return path, flags, true, nil
