@@ -89,7 +89,9 @@ func (s *Source) addLive(ctx context.Context, p pe.ProtectedEntity, target pe.ID
 // Run fills the target until it holds the whole snapshot, then serves
 // the export from the target alone: clients connected stay connected.
 // When ctx ends first it returns ctx's error, and what was filled stays
-// for ResumeLive; another error stops the fill but not the export.
+// for ResumeLive; another error stops the fill but not the export. Once
+// the caller has recorded that the restore is done, Done lets the
+// overlay go.
 func (l *Live) Run(ctx context.Context, progress pe.Progress) error {
 	if err := l.h.Run(ctx, l.sh.ov, true, progress); err != nil {
 		return fmt.Errorf("live restore of %s: %w", l.id, err)
@@ -97,8 +99,13 @@ func (l *Live) Run(ctx context.Context, progress pe.Progress) error {
 	return l.src.settle(l)
 }
 
+// Done removes the overlay of a settled live restore once its last
+// client is gone. Until then a restart resumes the restore from it (and
+// finds it full).
+func (l *Live) Done() error { return l.sh.release(true) }
+
 // settle turns the export of a filled live restore into one of its
-// target; the overlay goes once its last client is gone.
+// target; the overlay stays until Done.
 func (s *Source) settle(l *Live) error {
 	s.mu.Lock()
 	found := false
@@ -113,7 +120,7 @@ func (s *Source) settle(l *Live) error {
 	if !found {
 		return fmt.Errorf("live restore of %s: its export is gone", l.id)
 	}
-	return l.sh.release(true)
+	return nil
 }
 
 // Abort stops a live restore that has not settled: the export goes, and

@@ -94,9 +94,11 @@ func (s *Source) openOverlay(ctx context.Context, id pe.ID, token string, open f
 	return &shared{p: p, base: base, ov: ov, refs: 1}, nil
 }
 
-// Keep copies writable export id as it reads now (the snapshot with the
-// writes made so far) into a new PE made by tm (pe.CreateNew) and returns
-// it. The export goes on; writes made after Keep are not in the copy.
+// Keep copies writable export id, the snapshot with the writes made to
+// it, into a new PE made by tm (pe.CreateNew) and returns it. Writes are
+// refused from then on, so that the copy is the export as its clients
+// left it (a write under way when Keep starts ends first): stop the export
+// next. A Keep that fails lets writes go on.
 func (s *Source) Keep(ctx context.Context, id pe.ID, tm pe.TypeManager, progress pe.Progress) (pe.ProtectedEntity, error) {
 	s.mu.Lock()
 	e, ok := s.lookupID(id)
@@ -109,11 +111,15 @@ func (s *Source) Keep(ctx context.Context, id pe.ID, tm pe.TypeManager, progress
 		return nil, fmt.Errorf("keep the writes of %s: no writable export of it with an overlay: %w", id, pe.ErrNotFound)
 	}
 	defer ov.release(false)
-	if err := ov.ov.Sync(); err != nil {
-		return nil, fmt.Errorf("keep the writes of %s: %w", id, err)
-	}
-	kept, err := tm.Copy(ctx, overlay.Over(ov.p, ov.ov), pe.CopyOptions{Mode: pe.CreateNew, Progress: progress})
+	ov.freeze(true)
+	kept, err := func() (pe.ProtectedEntity, error) {
+		if err := ov.ov.Sync(); err != nil {
+			return nil, err
+		}
+		return tm.Copy(ctx, overlay.Over(ov.p, ov.ov), pe.CopyOptions{Mode: pe.CreateNew, Progress: progress})
+	}()
 	if err != nil {
+		ov.freeze(false)
 		return nil, fmt.Errorf("keep the writes of %s: %w", id, err)
 	}
 	return kept, nil
@@ -150,6 +156,44 @@ type shared struct {
 	mu      sync.Mutex
 	refs    int
 	discard bool // remove the overlay once the last reference goes
+
+	// frozen refuses clients' writes (Keep); wmu lets the writes under
+	// way end first.
+	wmu    sync.RWMutex
+	frozen bool
+}
+
+// errFrozen answers a write into an export whose writes are being kept.
+var errFrozen = errors.New("the export's writes are being kept as a new PE: it takes no more")
+
+func (sh *shared) freeze(on bool) {
+	sh.wmu.Lock()
+	sh.frozen = on
+	sh.wmu.Unlock()
+}
+
+// guarded is the overlay as clients write it: refused while frozen.
+type guarded struct {
+	*overlay.Overlay
+	sh *shared
+}
+
+func (g guarded) WriteAt(p []byte, off int64) (int, error) {
+	g.sh.wmu.RLock()
+	defer g.sh.wmu.RUnlock()
+	if g.sh.frozen {
+		return 0, errFrozen
+	}
+	return g.Overlay.WriteAt(p, off)
+}
+
+func (g guarded) Zero(off, length int64, punch bool) error {
+	g.sh.wmu.RLock()
+	defer g.sh.wmu.RUnlock()
+	if g.sh.frozen {
+		return errFrozen
+	}
+	return g.Overlay.Zero(off, length, punch)
 }
 
 // acquire takes a reference, unless the last one is gone.
@@ -191,7 +235,7 @@ func (sh *shared) open(read *atomic.Int64) (nbd.Export, error) {
 	}
 	var once sync.Once
 	var err error
-	return writableExport{export{noClose{sh.ov}, read}, sh.ov, func() error {
+	return writableExport{export{noClose{sh.ov}, read}, guarded{sh.ov, sh}, func() error {
 		once.Do(func() { err = sh.release(false) })
 		return err
 	}}, nil

@@ -83,7 +83,12 @@ func (ir *InstantRestore) Fill(ctx context.Context, progress pe.Progress) error 
 	e := ir.Export
 	e.Live = false
 	ir.s.log.Info("instant restore done", "snapshot", e.ID, "target", ir.Target)
-	return ir.s.journal.ExportUpdated(e)
+	if err := ir.s.journal.ExportUpdated(e); err != nil {
+		return err
+	}
+	// Recorded as done: the overlay may go (before, a restart must find
+	// it to resume).
+	return ir.live.Done()
 }
 
 // Abort gives the restore up: the export goes and the target, which holds

@@ -24,6 +24,11 @@ func (o *Overlay) set(b int64) {
 	o.dirtyMu.Unlock()
 }
 
+func (o *Overlay) blockLen(b int64) int64 {
+	_, n := o.blockRange(b)
+	return n
+}
+
 // blockRange is block b's bytes: the last block may be short.
 func (o *Overlay) blockRange(b int64) (off, n int64) {
 	off = b * BlockSize
@@ -101,6 +106,9 @@ func (o *Overlay) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 || off > o.size || int64(len(p)) > o.size-off {
 		return 0, fmt.Errorf("write of %d bytes at %d: past the end of the %d-byte image", len(p), off, o.size)
 	}
+	if err := o.broken(); err != nil {
+		return 0, err
+	}
 	done := 0
 	for done < len(p) {
 		pos := off + int64(done)
@@ -162,16 +170,10 @@ func (o *Overlay) Zero(off, length int64, punch bool) error {
 	if off < 0 || length < 0 || off > o.size || length > o.size-off {
 		return fmt.Errorf("zero %d bytes at %d: past the end of the %d-byte image", length, off, o.size)
 	}
-	zero := func(off, n int64) error {
-		err := o.layer.Zero(off, n, punch)
-		if errors.Is(err, errors.ErrUnsupported) {
-			_, err = o.layer.WriteAt(make([]byte, n), off)
-		}
-		if err != nil {
-			return fmt.Errorf("overlay zero of %d bytes at %d: %w", n, off, err)
-		}
-		return nil
+	if err := o.broken(); err != nil {
+		return err
 	}
+	zero := func(off, n int64) error { return o.zeroLayer(off, n, punch) }
 	for end := off + length; off < end; {
 		b := off / BlockSize
 		start, size := o.blockRange(b)
@@ -184,11 +186,38 @@ func (o *Overlay) Zero(off, length int64, punch bool) error {
 	return nil
 }
 
+// zeroLayer makes [off, off+n) of the layer read as zeros.
+func (o *Overlay) zeroLayer(off, n int64, punch bool) error {
+	err := o.layer.Zero(off, n, punch)
+	if errors.Is(err, errors.ErrUnsupported) {
+		_, err = o.layer.WriteAt(make([]byte, n), off)
+	}
+	if err != nil {
+		return fmt.Errorf("overlay zero of %d bytes at %d: %w", n, off, err)
+	}
+	return nil
+}
+
+// broken is the error of a failed sync of the layer, once there was one.
+// Linux reports a failed writeback once and drops the pages it could not
+// write: a later sync succeeds without them, so no bit may be saved after
+// one failed, and nothing more written.
+func (o *Overlay) broken() error {
+	if err := o.failed.Load(); err != nil {
+		return *err
+	}
+	return nil
+}
+
 // Sync makes every completed write durable: the layer first, then the
-// bits of the blocks it held before it was synced.
+// bits of the blocks it held before it was synced. After a failed sync
+// the overlay keeps what it saved before and takes no more writes.
 func (o *Overlay) Sync() error {
 	o.syncMu.Lock()
 	defer o.syncMu.Unlock()
+	if err := o.broken(); err != nil {
+		return err
+	}
 	o.dirtyMu.Lock()
 	pages := make([]int64, 0, len(o.dirty))
 	for p := range o.dirty {
@@ -219,7 +248,9 @@ func (o *Overlay) Sync() error {
 		return err
 	}
 	if err := o.layer.Sync(); err != nil {
-		return fail(fmt.Errorf("overlay sync: %w", err))
+		err = fmt.Errorf("overlay sync failed: writes since the last sync may be lost; it takes no more writes: %w", err)
+		o.failed.Store(&err)
+		return err
 	}
 	if len(pages) == 0 {
 		return nil
@@ -268,6 +299,9 @@ func (o *Overlay) Extents(ctx context.Context, off, length int64) ([]pe.Extent, 
 // written. It returns how many bytes of the image it added to the layer,
 // and how many of them it copied (the others read as zeros there).
 func (o *Overlay) Fill(ctx context.Context, first, last int64, layerZero bool) (added, copied int64, err error) {
+	if err := o.broken(); err != nil {
+		return 0, 0, err
+	}
 	last = min(last, o.nblocks-1)
 	for b := max(first, 0); b <= last; {
 		end, held := o.run(b, last)
@@ -321,10 +355,16 @@ func (o *Overlay) setIfMissing(b int64, data []byte, off int64) (bool, error) {
 	if o.has(b) {
 		return false, nil
 	}
+	var err error
 	if data != nil {
-		if _, err := o.layer.WriteAt(data, off); err != nil {
-			return false, fmt.Errorf("overlay fill of block %d: %w", b, err)
-		}
+		_, err = o.layer.WriteAt(data, off)
+	} else {
+		// A write whose bit was never saved (a crash) or that failed
+		// half-way may have left bytes there.
+		err = o.zeroLayer(off, o.blockLen(b), true)
+	}
+	if err != nil {
+		return false, fmt.Errorf("overlay fill of block %d: %w", b, err)
 	}
 	o.set(b)
 	return true, nil

@@ -86,6 +86,8 @@ type Overlay struct {
 	stop    chan struct{}  // ends the SyncEvery loop
 	stopped chan struct{}
 	syncMu  sync.Mutex // one Sync at a time: pages are saved in order
+	// failed is the error of a failed sync of the layer (see broken).
+	failed atomic.Pointer[error]
 
 	// A block missing from the layer is filled under its stripe's lock, so
 	// that a partial write's copy of the base cannot undo another write.
@@ -143,6 +145,9 @@ func Create(dir string, base pe.Image, layer pe.WritableImage, opts Options) (o 
 		return json.NewEncoder(w).Encode(h)
 	})
 	if err != nil {
+		return nil, fmt.Errorf("overlay: %w", err)
+	}
+	if err := atomicfile.SyncDir(filepath.Dir(dir)); err != nil {
 		return nil, fmt.Errorf("overlay: %w", err)
 	}
 	return Open(dir, base, layer, opts)

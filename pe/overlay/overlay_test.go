@@ -518,3 +518,87 @@ func TestOverlaySyncEvery(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestOverlayFillAfterCrash: a write whose bit was never saved (the
+// process killed before a sync) left its bytes in the target; the block
+// reads as the base after the restart, and still does once the fill has
+// taken it, also where the base is a hole that needs no copy.
+func TestOverlayFillAfterCrash(t *testing.T) {
+	size := int64(4 * BlockSize)
+	base, model := baseImage(t, size, BlockSize, BlockSize) // block 1: a hole
+	layer, _ := newLayer(t, size)
+	dir := filepath.Join(t.TempDir(), "ov")
+	o, err := Create(dir, base, layer, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []int64{1, 2} {
+		if _, err := o.WriteAt(bytes.Repeat([]byte{0xab}, BlockSize), b*BlockSize); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after, err := Open(dir, base, layer, Options{}) // no Sync, no Close
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, after); !bytes.Equal(got, model) {
+		t.Fatal("after the restart the unsaved writes show")
+	}
+	if _, _, err := after.Fill(context.Background(), 0, 3, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, after); !bytes.Equal(got, model) {
+		t.Fatal("the fill brought back a write whose bit was never saved")
+	}
+}
+
+// syncFailsOnce is a layer whose first Sync fails, as an fsync after a
+// failed writeback does once (Linux then drops the pages and the next
+// fsync succeeds without them).
+type syncFailsOnce struct {
+	pe.WritableImage
+	failed bool
+}
+
+func (l *syncFailsOnce) Sync() error {
+	if !l.failed {
+		l.failed = true
+		return syscall.EIO
+	}
+	return l.WritableImage.Sync()
+}
+
+// TestOverlaySyncFailureSticks: after a failed sync of the layer no bit
+// is saved any more, by a later Sync or Close, and writes are refused.
+func TestOverlaySyncFailureSticks(t *testing.T) {
+	size := int64(4 * BlockSize)
+	base, _ := baseImage(t, size, 0, 0)
+	l, _ := newLayer(t, size)
+	layer := &syncFailsOnce{WritableImage: l}
+	dir := filepath.Join(t.TempDir(), "ov")
+	o, err := Create(dir, base, layer, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.WriteAt(make([]byte, BlockSize), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Sync(); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("first sync: %v", err)
+	}
+	if err := o.Sync(); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("a sync after a failed one: %v, want the failure again", err)
+	}
+	if _, err := o.WriteAt([]byte{1}, 3); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("a write after a failed sync: %v", err)
+	}
+	o.Close()
+	again, err := Open(dir, base, layer, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if n, _ := again.Written(); n != 0 {
+		t.Fatalf("%d blocks saved although the sync of their data failed", n)
+	}
+}
