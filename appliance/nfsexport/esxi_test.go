@@ -117,6 +117,20 @@ func TestESXiDiskFiles(t *testing.T) {
 	if got := catDesc(); got != string(edited) {
 		t.Fatalf("descriptor after refused changes:\n%s\nwant\n%s", got, edited)
 	}
+	// open(O_CREAT|O_TRUNC) of the descriptor: an UNCHECKED CREATE
+	// empties it, and it is written again.
+	if got := c.nfs(t, procCreate, opaque(dirFH), str("vm1.vmdk"), u32(0), sattrSize(0)); got != 0 {
+		t.Fatalf("UNCHECKED CREATE of the descriptor: status %d, want OK", got)
+	}
+	if got := ls()["vm1.vmdk"]; got != 0 {
+		t.Errorf("nfs-ls: the descriptor has %d bytes after an UNCHECKED CREATE, want 0", got)
+	}
+	if got := write(0, edited); got != 0 {
+		t.Fatalf("WRITE of the emptied descriptor: status %d, want OK", got)
+	}
+	if got := catDesc(); got != string(edited) {
+		t.Fatalf("descriptor rewritten after an UNCHECKED CREATE:\n%s\nwant\n%s", got, edited)
+	}
 
 	// A VM's file beside the disk, to see that listings keep it.
 	vmx := filepath.Join(t.TempDir(), "vm1.vmx")
