@@ -41,7 +41,7 @@ parentCID=ffffffff
 createType="vmfs"
 
 # Extent description
-RW %d VMFS "%s"
+%s
 
 # The Disk Data Base
 #DDB
@@ -53,7 +53,13 @@ ddb.geometry.sectors = "63"
 ddb.longContentID = "%x"
 ddb.uuid = "%s"
 ddb.virtualHWVersion = "13"
-`, cid, sectors, flatName(name), cylinders, contentID[:16], uuid.String())
+`, cid, extentLine(name, size), cylinders, contentID[:16], uuid.String())
+}
+
+// extentLine is the descriptor's one extent line: the flat file, all of
+// the disk.
+func extentLine(name string, size int64) string {
+	return fmt.Sprintf(`RW %d VMFS "%s"`, size/sectorSize, flatName(name))
 }
 
 func descriptorName(name string) string { return name + ".vmdk" }

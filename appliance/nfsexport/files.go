@@ -18,26 +18,51 @@ import (
 // what the call wrote durable before the reply. ESXi asks for FILE_SYNC
 // on every write anyway.
 
-// descriptorFile is the read-only VMDK descriptor.
+// descriptorFile is the VMDK descriptor: ESXi rewrites it (a new CID
+// after the first write, ddb lines), and each WRITE or truncate is kept
+// durably before the reply (see state.go). A change to its extent line is
+// refused: go-nfs answers a refused WRITE NFS3ERR_IO (v0.0.4 maps no
+// other write error than ENOSPC, EDQUOT and EFBIG), a refused SETATTR
+// NFS3ERR_ACCES.
 type descriptorFile struct {
 	name string
-	*bytes.Reader
+	e    *export
+	off  int64
 }
 
-func newDescriptorFile(name string, e *export) *descriptorFile {
-	return &descriptorFile{name: name, Reader: bytes.NewReader(e.desc)}
-}
+var _ billy.File = (*descriptorFile)(nil)
 
 func (f *descriptorFile) Name() string { return f.name }
-func (f *descriptorFile) Write([]byte) (int, error) {
-	return 0, &fs.PathError{Op: "write", Path: f.name, Err: fs.ErrPermission}
+
+func (f *descriptorFile) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, &fs.PathError{Op: "read", Path: f.name, Err: fs.ErrInvalid}
+	}
+	return bytes.NewReader(f.e.readDescriptor()).ReadAt(p, off)
 }
-func (f *descriptorFile) Close() error  { return nil }
-func (f *descriptorFile) Lock() error   { return nil }
-func (f *descriptorFile) Unlock() error { return nil }
-func (f *descriptorFile) Truncate(int64) error {
-	return &nfs.NFSStatusError{NFSStatus: nfs.NFSStatusAccess, WrappedErr: fs.ErrPermission}
+
+func (f *descriptorFile) Read(p []byte) (int, error) {
+	n, err := f.ReadAt(p, f.off)
+	f.off += int64(n)
+	return n, err
 }
+
+func (f *descriptorFile) Seek(offset int64, whence int) (int64, error) {
+	return seek(f.name, &f.off, offset, whence, func() int64 { return int64(len(f.e.readDescriptor())) })
+}
+
+func (f *descriptorFile) Write(p []byte) (int, error) {
+	if err := f.e.writeDescriptor(f.name, f.off, p); err != nil {
+		return 0, err
+	}
+	f.off += int64(len(p))
+	return len(p), nil
+}
+
+func (f *descriptorFile) Truncate(size int64) error { return f.e.truncateDescriptor(f.name, size) }
+func (f *descriptorFile) Close() error              { return nil }
+func (f *descriptorFile) Lock() error               { return nil }
+func (f *descriptorFile) Unlock() error             { return nil }
 
 // flatFile is the disk's bytes, read and written in place.
 type flatFile struct {
@@ -81,19 +106,24 @@ func (f *flatFile) Read(p []byte) (int, error) {
 }
 
 func (f *flatFile) Seek(offset int64, whence int) (int64, error) {
+	return seek(f.name, &f.off, offset, whence, f.e.disk.Size)
+}
+
+// seek moves the offset *off of the file name, whose size is size().
+func seek(name string, off *int64, offset int64, whence int, size func() int64) (int64, error) {
 	switch whence {
 	case io.SeekStart:
 	case io.SeekCurrent:
-		offset += f.off
+		offset += *off
 	case io.SeekEnd:
-		offset += f.e.disk.Size()
+		offset += size()
 	default:
-		return f.off, &fs.PathError{Op: "seek", Path: f.name, Err: fs.ErrInvalid}
+		return *off, &fs.PathError{Op: "seek", Path: name, Err: fs.ErrInvalid}
 	}
 	if offset < 0 {
-		return f.off, &fs.PathError{Op: "seek", Path: f.name, Err: fs.ErrInvalid}
+		return *off, &fs.PathError{Op: "seek", Path: name, Err: fs.ErrInvalid}
 	}
-	f.off = offset
+	*off = offset
 	return offset, nil
 }
 

@@ -118,10 +118,15 @@ func (s *Server) decodeHandle(h []byte) ([]string, error) {
 	switch kind {
 	case kindDir:
 		return []string{e.name}, nil
-	case kindDescriptor:
-		return []string{e.name, descriptorName(e.name)}, nil
-	case kindFlat:
-		return []string{e.name, flatName(e.name)}, nil
+	case kindDescriptor, kindFlat:
+		file := descriptorName(e.name)
+		if kind == kindFlat {
+			file = flatName(e.name)
+		}
+		if e.hidden(file) { // a client removed it
+			return nil, errStale
+		}
+		return []string{e.name, file}, nil
 	case kindScratch:
 		return scratchPath(e.name, strings.TrimRight(string(rest), "\x00"))
 	case kindScratchHashed:

@@ -3,12 +3,30 @@
 // from. The export "/" holds one directory per disk, <name>/, with
 //
 //   - <name>.vmdk: a VMDK text descriptor (createType "vmfs") of one
-//     extent, read-only;
+//     extent. ESXi rewrites it (a new CID after the first write, ddb
+//     lines): clients may write and truncate it, and their version is
+//     served from then on, also after an appliance restart; but its
+//     extent line stays `RW <sectors> VMFS "<name>-flat.vmdk"`. A WRITE
+//     or SETATTR that would change it, add another or cut it inside the
+//     file name is refused (NFS3ERR_IO, go-nfs's answer to any refused
+//     WRITE; NFS3ERR_ACCES for SETATTR) and the descriptor stays as it
+//     was: refused rather than repaired, so that what a client reads is
+//     what it wrote, the client learns at once, and no client can point
+//     ESXi or a storage vMotion at another file;
 //   - <name>-flat.vmdk: the disk's bytes, read and written in place, of
 //     a fixed size;
 //   - whatever the clients create beside them (the VM's .vmx, .nvram,
 //     .log, .vswp files), kept in a scratch directory on local disk and
 //     deleted with the export.
+//
+// After a storage vMotion ESXi removes the source disk's files. REMOVE of
+// the descriptor or the flat file succeeds and hides it: no longer listed,
+// LOOKUP finds nothing, its handles are stale, its name cannot be made
+// again; the Disk is untouched until Remove ends the export. The hiding
+// outlives an appliance restart (a marker in the scratch directory), so
+// that a migrated VM's host never sees its old disk come back. RENAME of
+// either stays refused. The client's descriptor and the markers live in
+// the scratch directory's .nfsexport, which clients cannot see.
 //
 // MOUNT and NFS share one TCP port, and a portmapper GETPORT on it answers
 // that same port: clients that take ports as options (libnfs's nfsport
@@ -124,7 +142,9 @@ func New(opts Options) (*Server, error) {
 var validName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
 // Add exports d as the directory name. Files a client made there before
-// (the scratch directory survives a restart of the appliance) are kept.
+// (the scratch directory survives a restart of the appliance) are kept,
+// and so are the descriptor a client wrote and the hiding of the disk
+// files a client removed.
 func (s *Server) Add(name string, d Disk) error {
 	if !validName.MatchString(name) || name == "." || name == ".." {
 		return fmt.Errorf("nfsexport: export name %q: want 1 to 64 of A-Z a-z 0-9 . _ -", name)
@@ -147,11 +167,13 @@ func (s *Server) Add(name string, d Disk) error {
 	e := &export{
 		name:       name,
 		disk:       d,
-		desc:       descriptor(name, size),
 		added:      now,
 		scratch:    osfs.New(dir, osfs.WithBoundOS()),
 		scratchDir: dir,
 		log:        s.log.With("export", name),
+	}
+	if err := e.loadState(); err != nil {
+		return fmt.Errorf("nfsexport: export %s: state: %w", name, err)
 	}
 	e.modified.Store(now.UnixNano())
 	s.exports[id] = e
@@ -161,7 +183,7 @@ func (s *Server) Add(name string, d Disk) error {
 }
 
 // Remove stops exporting name and deletes the files clients made in its
-// directory. Clients' later calls on its handles get NFS3ERR_STALE.
+// directory, with the state of its descriptor and flat file. Clients' later calls on its handles get NFS3ERR_STALE.
 func (s *Server) Remove(name string) error {
 	id := idOf(name)
 	s.mu.Lock()
@@ -256,7 +278,6 @@ func (s *Server) allowed(addr net.Addr) bool {
 type export struct {
 	name       string
 	disk       Disk
-	desc       []byte
 	added      time.Time
 	modified   atomic.Int64 // the flat file's mtime, in Unix nanoseconds
 	scratch    billy.Filesystem
@@ -265,6 +286,12 @@ type export struct {
 
 	mu        sync.Mutex
 	longPaths map[pathHash]string // scratch paths too long for a handle
+
+	// fmu guards what clients change of the disk's two files (state.go).
+	fmu     sync.Mutex
+	desc    []byte // the descriptor served: made by Add, or a client's
+	descMod time.Time
+	gone    map[string]bool // the disk files a client removed
 
 	// ops is held (read) by calls that make entries in the scratch
 	// directory, and (write) by Remove while it marks the export removed,
@@ -308,7 +335,9 @@ func (e *export) recallPath(h pathHash) (string, bool) {
 func (e *export) touch() { e.modified.Store(time.Now().UnixNano()) }
 
 func (e *export) descriptorInfo() fileInfo {
-	return fileInfo{name: descriptorName(e.name), size: int64(len(e.desc)), mode: 0o444, mtime: e.added}
+	e.fmu.Lock()
+	defer e.fmu.Unlock()
+	return fileInfo{name: descriptorName(e.name), size: int64(len(e.desc)), mode: 0o644, mtime: e.descMod}
 }
 
 func (e *export) flatInfo() fileInfo {

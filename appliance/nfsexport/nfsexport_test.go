@@ -291,14 +291,14 @@ func TestExport(t *testing.T) {
 			args [][]byte
 			want uint32
 		}{
-			{"REMOVE the descriptor", procRemove, [][]byte{opaque(dirFH), str("vm1.vmdk")}, nfsErrAcces},
-			{"REMOVE the flat file", procRemove, [][]byte{opaque(dirFH), str("vm1-flat.vmdk")}, nfsErrAcces},
 			{"RENAME the descriptor", procRename, [][]byte{opaque(dirFH), str("vm1.vmdk"), opaque(dirFH), str("x.vmdk")}, nfsErrAcces},
 			{"RENAME onto the flat file", procRename, [][]byte{opaque(dirFH), str("vm.vmx"), opaque(dirFH), str("vm1-flat.vmdk")}, nfsErrAcces},
 			{"grow the flat file", procSetattr, [][]byte{opaque(flatFH), sattrSize(diskSize + 512), u32(0)}, nfsErrFBig},
 			{"shrink the flat file", procSetattr, [][]byte{opaque(flatFH), sattrSize(0), u32(0)}, nfsErrInval},
 			{"write past the end", procWrite, [][]byte{opaque(flatFH), u64(diskSize - 2), u32(4), u32(2), opaque([]byte("abcd"))}, nfsErrFBig},
-			{"write the descriptor", procWrite, [][]byte{opaque(descFH), u64(0), u32(4), u32(2), opaque([]byte("abcd"))}, nfsErrAcces},
+			{"grow the descriptor past 64 KiB", procSetattr, [][]byte{opaque(descFH), sattrSize(maxDescriptor + 1), u32(0)}, nfsErrFBig},
+			{"CREATE the state directory's name", procCreate, [][]byte{opaque(dirFH), str(stateDirName), u32(0), sattrSize(0)}, nfsErrAcces},
+			{"LOOKUP the state directory", procLookup, [][]byte{opaque(dirFH), str(stateDirName)}, nfsErrNoEnt},
 			{"CREATE through ..", procCreate, [][]byte{opaque(dirFH), str("../x"), u32(0), sattrSize(0)}, nfsErrAcces},
 			{"MKDIR at the root", procMkdir, [][]byte{opaque(root), str("vm2"), make([]byte, 24)}, nfsErrAcces},
 			{"a handle of another server", procGetattr, [][]byte{opaque([]byte("0123456789abcdef"))}, nfsErrStale},
@@ -453,6 +453,8 @@ const (
 	procRename  = 14
 	procFSStat  = 18
 
+	nfsErrNoEnt = 2
+	nfsErrIO    = 5
 	nfsErrAcces = 13
 	nfsErrExist = 17
 	nfsErrInval = 22
@@ -467,7 +469,12 @@ type rpcClient struct {
 
 func dialRPC(t *testing.T, port int) *rpcClient {
 	t.Helper()
-	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	return dialRPCAt(t, fmt.Sprintf("127.0.0.1:%d", port))
+}
+
+func dialRPCAt(t *testing.T, addr string) *rpcClient {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,9 @@ import (
 // tree is the exported file system as go-nfs sees it: the root lists the
 // exports; an export's directory holds its descriptor, its flat file and
 // whatever the clients made there, which lives in the export's scratch
-// directory. Paths are the components go-nfs joins with Join: no leading
+// directory. The export's state directory there, and the disk files a
+// client removed, are hidden: not found, not listed, and their names
+// cannot be made again. Paths are the components go-nfs joins with Join: no leading
 // slash, "" for the root.
 type tree struct{ s *Server }
 
@@ -33,6 +35,7 @@ const (
 	atDescriptor
 	atFlat
 	atScratch
+	atHidden // a reserved name that is not shown
 )
 
 // location is what a path names.
@@ -61,9 +64,15 @@ func (t *tree) locate(op, p string) (location, error) {
 	switch {
 	case len(parts) == 1:
 		return location{place: atDir, e: e}, nil
-	case len(parts) == 2 && parts[1] == descriptorName(e.name):
-		return location{place: atDescriptor, e: e}, nil
-	case len(parts) == 2 && parts[1] == flatName(e.name):
+	case parts[1] == stateDirName:
+		return location{place: atHidden, e: e}, nil
+	case len(parts) == 2 && (parts[1] == descriptorName(e.name) || parts[1] == flatName(e.name)):
+		switch {
+		case e.hidden(parts[1]):
+			return location{place: atHidden, e: e}, nil
+		case parts[1] == descriptorName(e.name):
+			return location{place: atDescriptor, e: e}, nil
+		}
 		return location{place: atFlat, e: e}, nil
 	}
 	return location{place: atScratch, e: e, rel: strings.Join(parts[1:], "/")}, nil
@@ -97,6 +106,8 @@ func (t *tree) stat(op, p string, follow bool) (os.FileInfo, error) {
 		return nil, err
 	}
 	switch loc.place {
+	case atHidden:
+		return nil, &fs.PathError{Op: op, Path: p, Err: fs.ErrNotExist}
 	case atRoot:
 		return dirInfo{name: "/", mtime: t.s.rootModified()}, nil
 	case atDir:
@@ -137,11 +148,17 @@ func (t *tree) ReadDir(p string) ([]os.FileInfo, error) {
 		if err != nil {
 			return nil, err
 		}
-		out := []os.FileInfo{loc.e.descriptorInfo(), loc.e.flatInfo()}
+		var out []os.FileInfo
+		if !loc.e.hidden(descriptorName(loc.e.name)) {
+			out = append(out, loc.e.descriptorInfo())
+		}
+		if !loc.e.hidden(flatName(loc.e.name)) {
+			out = append(out, loc.e.flatInfo())
+		}
 		for _, fi := range made {
 			// Files put there behind the server's back under the
 			// reserved names are hidden by the virtual ones.
-			if n := fi.Name(); n != descriptorName(loc.e.name) && n != flatName(loc.e.name) {
+			if n := fi.Name(); n != descriptorName(loc.e.name) && n != flatName(loc.e.name) && n != stateDirName {
 				out = append(out, fi)
 			}
 		}
@@ -149,6 +166,8 @@ func (t *tree) ReadDir(p string) ([]os.FileInfo, error) {
 		return out, nil
 	case atScratch:
 		return loc.e.scratch.ReadDir(loc.rel)
+	case atHidden:
+		return nil, &fs.PathError{Op: "readdir", Path: p, Err: fs.ErrNotExist}
 	}
 	return nil, &fs.PathError{Op: "readdir", Path: p, Err: syscall.ENOTDIR}
 }
@@ -159,8 +178,6 @@ func (t *tree) Create(p string) (billy.File, error) {
 
 func (t *tree) Open(p string) (billy.File, error) { return t.OpenFile(p, os.O_RDONLY, 0) }
 
-const writeFlags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC
-
 func (t *tree) OpenFile(p string, flag int, perm os.FileMode) (billy.File, error) {
 	loc, err := t.locate("open", p)
 	if err != nil {
@@ -168,16 +185,23 @@ func (t *tree) OpenFile(p string, flag int, perm os.FileMode) (billy.File, error
 	}
 	exclusive := flag&(os.O_CREATE|os.O_EXCL) == os.O_CREATE|os.O_EXCL
 	switch loc.place {
+	case atHidden:
+		if flag&os.O_CREATE != 0 {
+			return nil, &fs.PathError{Op: "open", Path: p, Err: fs.ErrPermission}
+		}
+		return nil, &fs.PathError{Op: "open", Path: p, Err: fs.ErrNotExist}
 	case atRoot, atDir:
 		return nil, &fs.PathError{Op: "open", Path: p, Err: syscall.EISDIR}
 	case atDescriptor:
 		if exclusive {
 			return nil, &fs.PathError{Op: "open", Path: p, Err: fs.ErrExist}
 		}
-		if flag&writeFlags != 0 {
-			return nil, &fs.PathError{Op: "open", Path: p, Err: fs.ErrPermission}
+		if flag&os.O_TRUNC != 0 {
+			if err := loc.e.truncateDescriptor(p, 0); err != nil {
+				return nil, err
+			}
 		}
-		return newDescriptorFile(p, loc.e), nil
+		return &descriptorFile{name: p, e: loc.e}, nil
 	case atFlat:
 		// Its size is the disk's: truncating or appending is refused.
 		if exclusive {
@@ -219,12 +243,24 @@ func (t *tree) Rename(from, to string) error {
 	return src.e.makeInScratch("rename", to, func() error { return src.e.scratch.Rename(src.rel, dst.rel) })
 }
 
+// Remove of the descriptor or the flat file hides it (see export.hide);
+// of a hidden name, it finds nothing.
 func (t *tree) Remove(p string) error {
-	loc, err := t.scratch("remove", p)
+	loc, err := t.locate("remove", p)
 	if err != nil {
 		return err
 	}
-	return loc.e.scratch.Remove(loc.rel)
+	switch loc.place {
+	case atDescriptor:
+		return loc.e.hide(p, descriptorName(loc.e.name))
+	case atFlat:
+		return loc.e.hide(p, flatName(loc.e.name))
+	case atHidden:
+		return &fs.PathError{Op: "remove", Path: p, Err: fs.ErrNotExist}
+	case atScratch:
+		return loc.e.scratch.Remove(loc.rel)
+	}
+	return &fs.PathError{Op: "remove", Path: p, Err: fs.ErrPermission}
 }
 
 func (t *tree) MkdirAll(p string, perm os.FileMode) error {
