@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -61,6 +62,10 @@ func (s *Service) StartNFSExport(ctx context.Context, id pe.ID) (NFSExport, erro
 	if err := s.nfsServer(); err != nil {
 		return NFSExport{}, err
 	}
+	// Refused before a live fs PE is snapshotted for nothing.
+	if err := nfsExportable(id); err != nil {
+		return NFSExport{}, err
+	}
 	p, err := s.exportable(ctx, id)
 	if err != nil {
 		return NFSExport{}, err
@@ -75,6 +80,14 @@ func (s *Service) StartNFSExport(ctx context.Context, id pe.ID) (NFSExport, erro
 	}
 	s.log.Info("NFS export started", "export", e.Name, "snapshot", e.ID)
 	return s.nfsExport(e.Name), nil
+}
+
+// nfsExportable refuses the PEs whose data is not a disk.
+func nfsExportable(id pe.ID) error {
+	if id.Type() == "fs" {
+		return fmt.Errorf("NFS export of %s: the data of fs PEs is a tar stream, not a disk: %w", id, pe.ErrNotSupported)
+	}
+	return nil
 }
 
 // ResumeNFSExport serves again what a journal recorded, with the writes
@@ -94,8 +107,12 @@ func (s *Service) openNFS(ctx context.Context, p pe.ProtectedEntity, e NFSExport
 	if !validNFSName.MatchString(e.Name) {
 		return fmt.Errorf("NFS export %q: not a name of an NFS export", e.Name)
 	}
-	if e.ID.Type() == "fs" {
-		return fmt.Errorf("NFS export of %s: the data of fs PEs is a tar stream, not a disk: %w", e.ID, pe.ErrNotSupported)
+	if err := nfsExportable(e.ID); err != nil {
+		return err
+	}
+	// Like the NBD exports' overlays, under a directory made on first use.
+	if err := os.MkdirAll(s.overlayDir, 0o700); err != nil {
+		return fmt.Errorf("NFS export of %s: %w", e.ID, err)
 	}
 	base, err := p.Data(ctx)
 	if err != nil {
