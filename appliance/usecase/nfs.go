@@ -30,6 +30,8 @@ type nfsDisk struct {
 	e    NFSExport
 	base pe.Image
 	ov   *overlay.Overlay
+	// stopping is set (under Service.mu) while a stop holds the export.
+	stopping bool
 }
 
 func (d *nfsDisk) close() error { return errors.Join(d.ov.Close(), d.base.Close()) }
@@ -148,16 +150,28 @@ func (s *Service) StopNFSExport(ctx context.Context, name string, keep bool, pro
 	if err := s.nfsServer(); err != nil {
 		return pe.ID{}, err
 	}
+	// Claimed under the lock: a second stop must not close or remove
+	// the overlay that the first one may still be copying.
 	s.mu.Lock()
 	d := s.nfsDisks[name]
+	stopping := d != nil && d.stopping
+	if d != nil {
+		d.stopping = true
+	}
 	s.mu.Unlock()
 	if d == nil {
 		return pe.ID{}, fmt.Errorf("NFS export %q: %w", name, pe.ErrNotFound)
+	}
+	if stopping {
+		return pe.ID{}, fmt.Errorf("NFS export %q is being stopped by another request: %w", name, pe.ErrExists)
 	}
 	var kept pe.ID
 	if keep {
 		p, err := s.keepOverlay(ctx, d.e.ID, d.ov, progress)
 		if err != nil {
+			s.mu.Lock()
+			d.stopping = false // the export goes on, its writes in place
+			s.mu.Unlock()
 			return pe.ID{}, err
 		}
 		kept = p.ID()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -418,6 +419,57 @@ func TestServeNFSRefusals(t *testing.T) {
 	}
 	if status, body := a.call("DELETE", "/v1/appliance/nfs/exports/"+e.Name, a.info["token"], ""); status != 204 {
 		t.Errorf("stop NFS export: %d %s", status, body)
+	}
+	a.stop()
+}
+
+// TestServeNFSConcurrentStops: stops of one export racing (keeping its
+// writes or not) end it once; the others find it gone or going.
+func TestServeNFSConcurrentStops(t *testing.T) {
+	needNFSTools(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", "--samples", cfg)
+	snap := mustRun(t, cfg, "snap", "disk:sample.img").lastLine()
+	a := startServe(t, cfg, "--nfs", "127.0.0.1:0")
+	before := diskFiles(t, cfg)
+	for round := range 5 {
+		e := a.startNFSExport(snap)
+		type answer struct {
+			status int
+			body   string
+		}
+		answers := make(chan answer)
+		for i := range 4 {
+			go func() {
+				status, b, err := a.request(context.Background(), "DELETE", "/v1/appliance/nfs/exports/"+e.Name+"?keep="+strconv.FormatBool(i%2 == 0), "")
+				if err != nil {
+					status, b = -1, []byte(err.Error())
+				}
+				answers <- answer{status, string(b)}
+			}()
+		}
+		var stopped, gone int
+		for range 4 {
+			switch ans := <-answers; ans.status {
+			case 200, 204:
+				stopped++
+			case 404, 409: // stopped, or being stopped
+				gone++
+			default:
+				t.Errorf("round %d: concurrent stop: %d %s", round, ans.status, ans.body)
+			}
+		}
+		if stopped != 1 || gone != 3 {
+			t.Errorf("round %d: %d stops succeeded, %d found it gone; want 1 and 3", round, stopped, gone)
+		}
+		exportGone(t, a, cfg, e.Name)
+	}
+	if after := diskFiles(t, cfg); len(after) > len(before)+5 {
+		t.Errorf("disk PEs after the stops: %v, before %v", after, before)
+	}
+	if status, _ := a.call("GET", "/healthz", "", ""); status != 200 {
+		t.Errorf("healthz after the stops: %d", status)
 	}
 	a.stop()
 }
