@@ -267,8 +267,19 @@ func TestServeNFS(t *testing.T) {
 	a = startServe(t, cfg, flags...)
 	restarted("kill -9 and a restart")
 
+	// A start without the repository cannot serve the export, but keeps
+	// it (and its writes) for a start with it.
+	a.stop()
+	a = startServe(t, cfg, "--nfs", host+":111")
+	if l := a.nfsExports(); len(l) != 0 {
+		t.Errorf("NFS exports of repository snapshots without the repository: %+v", l)
+	}
+	a.stop()
+	a = startServe(t, cfg, flags...)
+	restarted("a start without the repository")
+
 	// Stop keeping the writes: a new disk PE of the snapshot with them.
-	before := diskFiles(t, cfg)
+	before := diskPEFiles(t, cfg)
 	status, body = a.call("DELETE", "/v1/appliance/nfs/exports/"+e.Name+"?keep=true", a.info["token"], "")
 	var kept struct{ Kept string }
 	if status != 200 || json.Unmarshal([]byte(body), &kept) != nil || !strings.HasPrefix(kept.Kept, "disk:") {
@@ -294,7 +305,7 @@ func TestServeNFS(t *testing.T) {
 	if status, body = a.call("DELETE", "/v1/appliance/nfs/exports/"+e2.Name, a.info["token"], ""); status != 204 {
 		t.Errorf("stop NFS export: %d %s", status, body)
 	}
-	if after := diskFiles(t, cfg); !slices.Equal(after, before) {
+	if after := diskPEFiles(t, cfg); !slices.Equal(after, before) {
 		t.Errorf("disk PEs after a stop without keep: %v, want %v", after, before)
 	}
 	exportGone(t, a, cfg, e2.Name)
@@ -304,8 +315,8 @@ func TestServeNFS(t *testing.T) {
 	a.stop()
 }
 
-// diskFiles lists the image files of cfg's disk PEs.
-func diskFiles(t *testing.T, cfg string) []string {
+// diskPEFiles lists the image files of cfg's disk PEs.
+func diskPEFiles(t *testing.T, cfg string) []string {
 	t.Helper()
 	m, err := filepath.Glob(filepath.Join(cfg, "disk", "*"))
 	if err != nil {
@@ -377,6 +388,11 @@ func TestServeNFSRefusals(t *testing.T) {
 	if got := a.nfs().ls(t, e.Name); got[e.Name+"-flat.vmdk"] != 64<<20 {
 		t.Errorf("nfs-ls /%s: %v", e.Name, got)
 	}
+	// Deleting the snapshot would leave the export, and its writes,
+	// nothing to come back on after a restart.
+	if status, body := a.call("DELETE", "/v1/astrolabe/disk/"+url.PathEscape(diskSnap), a.info["token"], ""); status != 409 || !strings.Contains(body, e.Name) {
+		t.Errorf("delete of a snapshot with an NFS export: %d %s, want 409 naming %s", status, body, e.Name)
+	}
 	a.stop()
 
 	// Without --nfs the API says NFS is not served; the recorded export
@@ -432,7 +448,7 @@ func TestServeNFSConcurrentStops(t *testing.T) {
 	mustRun(t, cfg, "init", "--samples", cfg)
 	snap := mustRun(t, cfg, "snap", "disk:sample.img").lastLine()
 	a := startServe(t, cfg, "--nfs", "127.0.0.1:0")
-	before := diskFiles(t, cfg)
+	before := diskPEFiles(t, cfg)
 	for round := range 5 {
 		e := a.startNFSExport(snap)
 		type answer struct {
@@ -465,7 +481,7 @@ func TestServeNFSConcurrentStops(t *testing.T) {
 		}
 		exportGone(t, a, cfg, e.Name)
 	}
-	if after := diskFiles(t, cfg); len(after) > len(before)+5 {
+	if after := diskPEFiles(t, cfg); len(after) > len(before)+5 {
 		t.Errorf("disk PEs after the stops: %v, before %v", after, before)
 	}
 	if status, _ := a.call("GET", "/healthz", "", ""); status != 200 {
