@@ -259,13 +259,21 @@ func TestServeNFS(t *testing.T) {
 			t.Errorf("vm.vmx after %s: %q", how, back)
 		}
 	}
+	nbdBack := func(how string) {
+		t.Helper()
+		if out := runTool(t, "nbdinfo", "--list", a.info["nbd"]); !strings.Contains(out, snap) {
+			t.Errorf("NBD export of the repository snapshot after %s:\n%s", how, out)
+		}
+	}
 	a.stop()
 	a = startServe(t, cfg, flags...)
 	restarted("a restart")
+	nbdBack("a restart")
 	want = qemuWrite(t, qemuURL, want, [3]int{5 << 20, 8192, 0x77})
 	a.kill9()
 	a = startServe(t, cfg, flags...)
 	restarted("kill -9 and a restart")
+	nbdBack("kill -9 and a restart")
 
 	// A start without the repository cannot serve the export, but keeps
 	// it (and its writes) for a start with it.
