@@ -214,6 +214,9 @@ func resume(ctx context.Context, uc *usecase.Service, st *state, nbd, nfs, repo 
 			}
 			if err != nil {
 				log.Warn("NFS export not restored: its snapshot is gone", "export", e.Name, "snapshot", e.ID, "err", err)
+				if err := uc.DiscardNFSExport(e.Name); err != nil {
+					log.Warn("NFS export's overlay and files not removed", "export", e.Name, "err", err)
+				}
 				continue
 			}
 			keep = append(keep, e)

@@ -105,6 +105,24 @@ func (s *Service) ResumeNFSExport(ctx context.Context, e NFSExport) error {
 	return s.openNFS(ctx, p, e, overlay.Open)
 }
 
+// DiscardNFSExport deletes what is left of a recorded export that cannot
+// come back (its snapshot is gone): its overlay and its clients' files.
+func (s *Service) DiscardNFSExport(name string) error {
+	if err := s.nfsServer(); err != nil {
+		return err
+	}
+	if !validNFSName.MatchString(name) {
+		return fmt.Errorf("NFS export %q: not a name of an NFS export", name)
+	}
+	s.mu.Lock()
+	_, served := s.nfsDisks[name]
+	s.mu.Unlock()
+	if served {
+		return fmt.Errorf("NFS export %s is served: %w", name, pe.ErrExists)
+	}
+	return errors.Join(overlay.Remove(filepath.Join(s.overlayDir, "nfs-"+name)), s.nfs.Discard(name))
+}
+
 func (s *Service) openNFS(ctx context.Context, p pe.ProtectedEntity, e NFSExport, open func(string, pe.Image, pe.WritableImage, overlay.Options) (*overlay.Overlay, error)) error {
 	if !validNFSName.MatchString(e.Name) {
 		return fmt.Errorf("NFS export %q: not a name of an NFS export", e.Name)

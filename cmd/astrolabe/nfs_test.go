@@ -320,6 +320,15 @@ func TestServeNFS(t *testing.T) {
 	if status, body = a.call("DELETE", "/v1/appliance/nfs/exports/"+e2.Name, a.info["token"], ""); status != 404 {
 		t.Errorf("stop of a stopped NFS export: %d %s", status, body)
 	}
+
+	// An export whose snapshot was forgotten meanwhile does not come
+	// back, and leaves nothing: neither its overlay nor the client's files.
+	e3 := a.startNFSExport(snap)
+	runTool(t, "nfs-cp", vmxSrc, ep.url(e3.Name+"/vm.vmx"))
+	a.stop()
+	mustRun(t, cfg, "repo", "forget", snap, "--repo", repoDir, "--insecure-no-password")
+	a = startServe(t, cfg, flags...)
+	exportGone(t, a, cfg, e3.Name)
 	a.stop()
 }
 
