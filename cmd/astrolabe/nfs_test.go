@@ -307,7 +307,17 @@ func TestServeNFS(t *testing.T) {
 	if !bytes.Equal(ep.read(t, e2.Name+"/"+e2.Name+"-flat.vmdk"), orig) {
 		t.Error("a second export does not serve the snapshot as it was backed up")
 	}
-	qemuWrite(t, "nfs://"+host+"/"+e2.Name+"/"+e2.Name+"-flat.vmdk", orig, [3]int{0, 4096, 0x42})
+	// A whole new image written over the flat file by qemu-img, read back:
+	// data where the snapshot has a hole, zeros where it has data.
+	fresh := make([]byte, size)
+	rand.Read(fresh[1<<20 : 3<<20])
+	if err := os.WriteFile(filepath.Join(dir, "fresh.img"), fresh, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	runTool(t, "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", filepath.Join(dir, "fresh.img"), "nfs://"+host+"/"+e2.Name+"/"+e2.Name+"-flat.vmdk")
+	if !bytes.Equal(ep.read(t, e2.Name+"/"+e2.Name+"-flat.vmdk"), fresh) {
+		t.Error("the flat file after qemu-img convert -n differs from the image written")
+	}
 	before = append(before, strings.TrimPrefix(kept.Kept, "disk:"))
 	slices.Sort(before)
 	if status, body = a.call("DELETE", "/v1/appliance/nfs/exports/"+e2.Name, a.info["token"], ""); status != 204 {
