@@ -180,7 +180,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer uc.Close() // on early returns; a no-op after shutdown
-	if err := resume(ctx, uc, st, src != nil, nfs.srv != nil, log); err != nil {
+	if err := resume(ctx, uc, st, src != nil, nfs.srv != nil, opts.Repository != nil, log); err != nil {
 		return err
 	}
 	nbds.serve()

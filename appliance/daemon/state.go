@@ -187,8 +187,10 @@ func (st *state) MountStopped(id string) error {
 
 // resume starts again the mounts, and with NBD the exports, that the
 // state records. One that cannot come back (its snapshot was deleted, its
-// directory is no longer empty) is logged and dropped, not fatal.
-func resume(ctx context.Context, uc *usecase.Service, st *state, nbd, nfs bool, log *slog.Logger) error {
+// directory is no longer empty) is logged and dropped, not fatal; an NFS
+// export is dropped only if its snapshot is known to be gone (repo: the
+// daemon has its repository), its writes being the client's data.
+func resume(ctx context.Context, uc *usecase.Service, st *state, nbd, nfs, repo bool, log *slog.Logger) error {
 	recorded := st.snapshot()
 	if nbd {
 		var keep []exportState
@@ -219,11 +221,24 @@ func resume(ctx context.Context, uc *usecase.Service, st *state, nbd, nfs bool, 
 		var keep []nfsState
 		for _, e := range recorded.NFSExports {
 			id, err := pe.ParseID(e.ID)
-			if err == nil {
-				err = uc.ResumeNFSExport(ctx, usecase.NFSExport{ID: id, Name: e.Name})
-			}
 			if err != nil {
 				log.Warn("NFS export not restored", "export", e.Name, "snapshot", e.ID, "err", err)
+				continue
+			}
+			err = uc.ResumeNFSExport(ctx, usecase.NFSExport{ID: id, Name: e.Name})
+			if err != nil && (!errors.Is(err, pe.ErrNotFound) || !repo) {
+				// Its writes wait in its overlay for a start that can
+				// serve it: a snapshot of a repository not configured
+				// (or not reachable) now is not known to be gone.
+				log.Error("NFS export not restored; kept for the next start", "export", e.Name, "snapshot", e.ID, "err", err)
+				keep = append(keep, e)
+				continue
+			}
+			if err != nil {
+				log.Warn("NFS export not restored: its snapshot is gone", "export", e.Name, "snapshot", e.ID, "err", err)
+				if err := uc.DiscardNFSExport(e.Name); err != nil {
+					log.Warn("NFS export's overlay and files not removed", "export", e.Name, "err", err)
+				}
 				continue
 			}
 			keep = append(keep, e)

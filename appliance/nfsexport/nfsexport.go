@@ -206,6 +206,26 @@ func (s *Server) Remove(name string) error {
 	return nil
 }
 
+// Discard deletes the files clients made in the directory name of an
+// export that is not served and will not be again (they survive a
+// restart for an Add of name).
+func (s *Server) Discard(name string) error {
+	if !validName.MatchString(name) || name == "." || name == ".." {
+		return fmt.Errorf("nfsexport: export name %q: want 1 to 64 of A-Z a-z 0-9 . _ -", name)
+	}
+	s.mu.Lock()
+	e, served := s.exports[idOf(name)]
+	served = served && e.name == name
+	s.mu.Unlock()
+	if served {
+		return fmt.Errorf("nfsexport: export %s is served: %w", name, ErrExists)
+	}
+	if err := os.RemoveAll(filepath.Join(s.scratch, name)); err != nil {
+		return fmt.Errorf("nfsexport: export %s: scratch files: %w", name, err)
+	}
+	return nil
+}
+
 // Serve answers MOUNT and NFS calls on l until ctx ends, then closes l
 // and every connection and returns nil.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {

@@ -656,3 +656,42 @@ func TestHandlesOutliveRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestDiscard: the scratch files of an export not served are deleted; a
+// served export and names that are no export's are refused.
+func TestDiscard(t *testing.T) {
+	scratch := t.TempDir()
+	s, err := New(Options{ScratchDir: scratch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"gone", "served"} {
+		if err := os.MkdirAll(filepath.Join(scratch, name), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(scratch, name, "vm.vmx"), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	disk, _ := newDisk(t, 1<<20)
+	if err := s.Add("served", disk); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Discard("gone"); err != nil {
+		t.Errorf("Discard: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(scratch, "gone")); !os.IsNotExist(err) {
+		t.Errorf("scratch directory after Discard: %v", err)
+	}
+	if err := s.Discard("served"); !errors.Is(err, ErrExists) {
+		t.Errorf("Discard of a served export: %v, want ErrExists", err)
+	}
+	for _, bad := range []string{"..", ".", "", "a/b", "../x"} {
+		if err := s.Discard(bad); err == nil {
+			t.Errorf("Discard(%q) succeeded", bad)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(scratch, "served", "vm.vmx")); err != nil {
+		t.Errorf("a served export's files after the refusals: %v", err)
+	}
+}

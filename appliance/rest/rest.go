@@ -389,6 +389,13 @@ func (s *server) DeleteProtectedEntity(ctx context.Context, req api.DeleteProtec
 			}
 		}
 	}
+	if s.cfg.NFS != nil {
+		for _, e := range s.cfg.NFS.NFSExports() {
+			if e.ID == id {
+				return nil, fmt.Errorf("delete %s: it has the NFS export %s: stop it first, keeping its writes if wanted: %w", id, e.Name, pe.ErrExists)
+			}
+		}
+	}
 	if err := p.DeleteSnapshot(ctx, id.Snapshot()); err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -29,6 +30,8 @@ type nfsDisk struct {
 	e    NFSExport
 	base pe.Image
 	ov   *overlay.Overlay
+	// stopping is set (under Service.mu) while a stop holds the export.
+	stopping bool
 }
 
 func (d *nfsDisk) close() error { return errors.Join(d.ov.Close(), d.base.Close()) }
@@ -61,6 +64,10 @@ func (s *Service) StartNFSExport(ctx context.Context, id pe.ID) (NFSExport, erro
 	if err := s.nfsServer(); err != nil {
 		return NFSExport{}, err
 	}
+	// Refused before a live fs PE is snapshotted for nothing.
+	if err := nfsExportable(id); err != nil {
+		return NFSExport{}, err
+	}
 	p, err := s.exportable(ctx, id)
 	if err != nil {
 		return NFSExport{}, err
@@ -77,6 +84,14 @@ func (s *Service) StartNFSExport(ctx context.Context, id pe.ID) (NFSExport, erro
 	return s.nfsExport(e.Name), nil
 }
 
+// nfsExportable refuses the PEs whose data is not a disk.
+func nfsExportable(id pe.ID) error {
+	if id.Type() == "fs" {
+		return fmt.Errorf("NFS export of %s: the data of fs PEs is a tar stream, not a disk: %w", id, pe.ErrNotSupported)
+	}
+	return nil
+}
+
 // ResumeNFSExport serves again what a journal recorded, with the writes
 // in its overlay.
 func (s *Service) ResumeNFSExport(ctx context.Context, e NFSExport) error {
@@ -90,12 +105,34 @@ func (s *Service) ResumeNFSExport(ctx context.Context, e NFSExport) error {
 	return s.openNFS(ctx, p, e, overlay.Open)
 }
 
+// DiscardNFSExport deletes what is left of a recorded export that cannot
+// come back (its snapshot is gone): its overlay and its clients' files.
+func (s *Service) DiscardNFSExport(name string) error {
+	if err := s.nfsServer(); err != nil {
+		return err
+	}
+	if !validNFSName.MatchString(name) {
+		return fmt.Errorf("NFS export %q: not a name of an NFS export", name)
+	}
+	s.mu.Lock()
+	_, served := s.nfsDisks[name]
+	s.mu.Unlock()
+	if served {
+		return fmt.Errorf("NFS export %s is served: %w", name, pe.ErrExists)
+	}
+	return errors.Join(overlay.Remove(filepath.Join(s.overlayDir, "nfs-"+name)), s.nfs.Discard(name))
+}
+
 func (s *Service) openNFS(ctx context.Context, p pe.ProtectedEntity, e NFSExport, open func(string, pe.Image, pe.WritableImage, overlay.Options) (*overlay.Overlay, error)) error {
 	if !validNFSName.MatchString(e.Name) {
 		return fmt.Errorf("NFS export %q: not a name of an NFS export", e.Name)
 	}
-	if e.ID.Type() == "fs" {
-		return fmt.Errorf("NFS export of %s: the data of fs PEs is a tar stream, not a disk: %w", e.ID, pe.ErrNotSupported)
+	if err := nfsExportable(e.ID); err != nil {
+		return err
+	}
+	// Like the NBD exports' overlays, under a directory made on first use.
+	if err := os.MkdirAll(s.overlayDir, 0o700); err != nil {
+		return fmt.Errorf("NFS export of %s: %w", e.ID, err)
 	}
 	base, err := p.Data(ctx)
 	if err != nil {
@@ -131,16 +168,28 @@ func (s *Service) StopNFSExport(ctx context.Context, name string, keep bool, pro
 	if err := s.nfsServer(); err != nil {
 		return pe.ID{}, err
 	}
+	// Claimed under the lock: a second stop must not close or remove
+	// the overlay that the first one may still be copying.
 	s.mu.Lock()
 	d := s.nfsDisks[name]
+	stopping := d != nil && d.stopping
+	if d != nil {
+		d.stopping = true
+	}
 	s.mu.Unlock()
 	if d == nil {
 		return pe.ID{}, fmt.Errorf("NFS export %q: %w", name, pe.ErrNotFound)
+	}
+	if stopping {
+		return pe.ID{}, fmt.Errorf("NFS export %q is being stopped by another request: %w", name, pe.ErrExists)
 	}
 	var kept pe.ID
 	if keep {
 		p, err := s.keepOverlay(ctx, d.e.ID, d.ov, progress)
 		if err != nil {
+			s.mu.Lock()
+			d.stopping = false // the export goes on, its writes in place
+			s.mu.Unlock()
 			return pe.ID{}, err
 		}
 		kept = p.ID()
