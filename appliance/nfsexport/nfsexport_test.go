@@ -695,3 +695,39 @@ func TestDiscard(t *testing.T) {
 		t.Errorf("a served export's files after the refusals: %v", err)
 	}
 }
+
+// TestLinkAndMknodRefused: LINK and MKNOD are answered NOTSUPP by the
+// server itself, whatever their arguments claim: go-nfs would decode a
+// LINK's arguments otherwise than RFC 1813 and allocate a length it never
+// checks (4 GiB from a 60-byte call).
+func TestLinkAndMknodRefused(t *testing.T) {
+	needTools(t)
+	d, _ := newDisk(t, 1<<20)
+	s, err := New(Options{ScratchDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Add("vm1", d); err != nil {
+		t.Fatal(err)
+	}
+	l, port := listen(t, "127.0.0.1:0")
+	serve(t, s, l)
+	c := dialRPC(t, port)
+	for _, tc := range []struct {
+		proc uint32
+		args [][]byte
+	}{
+		// LINK as go-nfs reads it: a handle, a name, attributes, then a
+		// target of 4 GiB.
+		{nfsProcLink, [][]byte{opaque(root4()), str("x"), make([]byte, 28), u32(0xfffffff0)}},
+		{nfsProcLink, [][]byte{opaque(root4()), opaque(root4()), str("x")}},
+		{nfsProcMknod, [][]byte{opaque(root4()), str("dev"), u32(3)}},
+	} {
+		if stat := c.nfs(t, tc.proc, tc.args...); stat != nfs3ErrNotSupp {
+			t.Errorf("procedure %d: status %d, want NOTSUPP", tc.proc, stat)
+		}
+	}
+	if got := listing(t, port, "vm1"); len(got) != 2 {
+		t.Errorf("after the refused calls the export lists %v", got)
+	}
+}

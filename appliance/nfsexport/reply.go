@@ -21,13 +21,20 @@ const (
 
 	pmapGetPort = 3
 	ipProtoTCP  = 6
+
+	nfsProcMknod   = 11
+	nfsProcLink    = 15
+	nfs3ErrNotSupp = 10004
 )
 
 // goNFSServes reports whether go-nfs answers c correctly.
 func (c call) goNFSServes() bool {
 	switch c.prog {
 	case progNFS:
-		return c.vers == 3 && c.proc <= 21
+		// go-nfs decodes LINK's arguments as other than RFC 1813 says
+		// and allocates a length it never checks: LINK and MKNOD (neither
+		// of which the export allows) are answered here.
+		return c.vers == 3 && c.proc <= 21 && c.proc != nfsProcMknod && c.proc != nfsProcLink
 	case progMount:
 		return c.vers == 3 && (c.proc == 0 || c.proc == 1 || c.proc == 3)
 	}
@@ -51,6 +58,12 @@ func (c call) reply(local net.Addr) []byte {
 		case c.prog == progMount && c.proc == 2: // DUMP: no mounts recorded
 			body = []uint32{0}
 		case c.prog == progMount && c.proc == 4: // UMNTALL
+		case c.prog == progNFS && c.proc == nfsProcLink:
+			// LINK3resfail: status, file attributes, directory wcc_data.
+			body = []uint32{nfs3ErrNotSupp, 0, 0, 0}
+		case c.prog == progNFS && c.proc == nfsProcMknod:
+			// MKNOD3resfail: status, directory wcc_data.
+			body = []uint32{nfs3ErrNotSupp, 0, 0}
 		default:
 			stat = acceptProcUnavail
 		}
