@@ -88,7 +88,7 @@ func (s *Service) StartInstantVM(ctx context.Context, id pe.ID) (InstantVM, erro
 	stopDisks := func() error {
 		var errs []error
 		for _, name := range out.Disks {
-			_, err := s.StopNFSExport(context.WithoutCancel(ctx), name, false, nil)
+			_, err := s.stopNFS(context.WithoutCancel(ctx), name, false, nil)
 			errs = append(errs, err)
 		}
 		return errors.Join(errs...)
@@ -113,13 +113,14 @@ func (s *Service) StartInstantVM(ctx context.Context, id pe.ID) (InstantVM, erro
 	if out.VM, err = ivm.StartInstant(ctx, hw, nas, names); err != nil {
 		return InstantVM{}, errors.Join(err, stopDisks())
 	}
-	if err := s.journal.InstantVMStarted(out); err != nil {
-		// The VM runs; only the record is missing: say so, leave it.
-		return out, fmt.Errorf("instant VM %s runs, but was not recorded (a restart forgets it): %w", out.VM.Name, err)
-	}
 	s.mu.Lock()
 	s.instant[out.VM.Name] = out
 	s.mu.Unlock()
+	if err := s.journal.InstantVMStarted(out); err != nil {
+		// The VM runs and can be stopped or migrated; only the record
+		// is missing: say so.
+		return out, fmt.Errorf("instant VM %s runs, but was not recorded (a restart forgets it): %w", out.VM.Name, err)
+	}
 	s.log.Info("instant VM started", "snapshot", id, "vm", out.VM.Name, "disks", out.Disks)
 	return out, nil
 }
@@ -202,7 +203,7 @@ func (s *Service) endInstantVM(ctx context.Context, ivm instantVMs, v InstantVM)
 	}
 	var errs []error
 	for _, name := range v.Disks {
-		if _, err := s.StopNFSExport(ctx, name, false, nil); err != nil && !errors.Is(err, pe.ErrNotFound) {
+		if _, err := s.stopNFS(ctx, name, false, nil); err != nil && !errors.Is(err, pe.ErrNotFound) {
 			errs = append(errs, err)
 		}
 	}

@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
 
+	"github.com/astrolabe-appliance/astrolabe/appliance/nfsexport"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/overlay"
 )
@@ -124,6 +126,7 @@ func (s *Service) DiscardNFSExport(name string) error {
 }
 
 func (s *Service) openNFS(ctx context.Context, p pe.ProtectedEntity, e NFSExport, open func(string, pe.Image, pe.WritableImage, overlay.Options) (*overlay.Overlay, error)) error {
+	created := reflect.ValueOf(open).Pointer() == reflect.ValueOf(overlay.Create).Pointer()
 	if !validNFSName.MatchString(e.Name) {
 		return fmt.Errorf("NFS export %q: not a name of an NFS export", e.Name)
 	}
@@ -147,6 +150,7 @@ func (s *Service) openNFS(ctx context.Context, p pe.ProtectedEntity, e NFSExport
 	s.mu.Lock()
 	if _, taken := s.nfsDisks[e.Name]; taken {
 		s.mu.Unlock()
+		// Names are random: not one this call made.
 		return errors.Join(fmt.Errorf("NFS export %s: %w", e.Name, pe.ErrExists), d.close())
 	}
 	s.nfsDisks[e.Name] = d
@@ -155,7 +159,17 @@ func (s *Service) openNFS(ctx context.Context, p pe.ProtectedEntity, e NFSExport
 		s.mu.Lock()
 		delete(s.nfsDisks, e.Name)
 		s.mu.Unlock()
-		return errors.Join(fmt.Errorf("NFS export of %s: %w", e.ID, err), d.close())
+		if !errors.Is(err, nfsexport.ErrExists) {
+			// A disk the NFS server cannot serve (its size): the
+			// client's request, not the appliance, is wrong.
+			err = fmt.Errorf("%w (%w)", err, pe.ErrInvalidSource)
+		}
+		err = errors.Join(fmt.Errorf("NFS export of %s: %w", e.ID, err), d.close())
+		if created {
+			// Nothing was written into a new one yet.
+			err = errors.Join(err, overlay.Remove(ov.Dir()))
+		}
+		return err
 	}
 	return nil
 }
@@ -165,6 +179,25 @@ func (s *Service) openNFS(ctx context.Context, p pe.ProtectedEntity, e NFSExport
 // snapshot with them is first copied into a new PE of the snapshot's type,
 // which is returned.
 func (s *Service) StopNFSExport(ctx context.Context, name string, keep bool, progress pe.Progress) (pe.ID, error) {
+	if vm := s.instantVMOf(name); vm != "" {
+		return pe.ID{}, fmt.Errorf("NFS export %s is a disk of instant VM %s: migrate or stop the VM: %w", name, vm, pe.ErrExists)
+	}
+	return s.stopNFS(ctx, name, keep, progress)
+}
+
+// instantVMOf is the instant VM that runs on the NFS export name, if any.
+func (s *Service) instantVMOf(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, v := range s.instant {
+		if slices.Contains(v.Disks, name) {
+			return v.VM.Name
+		}
+	}
+	return ""
+}
+
+func (s *Service) stopNFS(ctx context.Context, name string, keep bool, progress pe.Progress) (pe.ID, error) {
 	if err := s.nfsServer(); err != nil {
 		return pe.ID{}, err
 	}
