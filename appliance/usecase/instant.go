@@ -97,7 +97,11 @@ func (ir *InstantRestore) Abort(ctx context.Context) error {
 	err := ir.live.Abort()
 	err = errors.Join(err, ir.s.journal.ExportStopped(ir.Export.ID))
 	err = errors.Join(err, ir.s.removePE(ctx, ir.Target))
-	ir.s.log.Warn("instant restore aborted: its target removed", "snapshot", ir.Export.ID, "target", ir.Target, "err", err)
+	if err != nil {
+		ir.s.log.Error("instant restore aborted, but cleaning up failed", "snapshot", ir.Export.ID, "target", ir.Target, "err", err)
+	} else {
+		ir.s.log.Warn("instant restore aborted: its target removed", "snapshot", ir.Export.ID, "target", ir.Target)
+	}
 	return err
 }
 

@@ -61,11 +61,16 @@ func instantRestore(c *cli.Context, r *repo.Repository, id pe.ID, typ string, op
 	err = ir.Fill(c.Context, prog)
 	prog.Done()
 	if err != nil {
-		err = fmt.Errorf("instant restore of %s stopped before %s was full, so it was removed, with what clients wrote: %w", id, ir.Target, err)
 		// Clients must be gone before the PE is.
 		stop()
 		<-served
-		return errors.Join(err, ir.Abort(context.WithoutCancel(c.Context)))
+		if aerr := ir.Abort(context.WithoutCancel(c.Context)); aerr != nil {
+			return fmt.Errorf("instant restore of %s stopped before %s was full (%v), and removing it failed: %v", id, ir.Target, err, aerr)
+		}
+		if c.Context.Err() != nil {
+			return fmt.Errorf("instant restore of %s interrupted before %s was full: it was removed, with what clients wrote", id, ir.Target)
+		}
+		return fmt.Errorf("instant restore of %s stopped before %s was full: it was removed, with what clients wrote: %v", id, ir.Target, err)
 	}
 	fmt.Fprintf(c.App.ErrWriter, "restored %s as %s in %s; still serving it at %s until interrupted\n", id, ir.Target, time.Since(start).Round(time.Millisecond), ir.Export.URI)
 	fmt.Fprintln(c.App.Writer, ir.Target)

@@ -31,9 +31,9 @@ port 2049 and asks the portmapper on 111).
   astrolabe instant stop NAME                       power it off and throw it away with its writes
   astrolabe instant ls
 
-The appliance is --server (default https://127.0.0.1:8443), with --token
-(default: the configuration directory's api-token) and --server-ca
-(default: its tls/cert.pem).`,
+The appliance is --server with --token, or by default this machine's
+(https://127.0.0.1:8443) with the configuration directory's api-token;
+--server-ca defaults to its tls/cert.pem.`,
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 1, "vm:UUID:SNAPSHOT")
 			if err != nil {
@@ -125,6 +125,11 @@ func applianceClient(c *cli.Context) (*remote.Manager, error) {
 	url, token, ca := c.String("server"), c.String("token"), c.String("server-ca")
 	if url == "" {
 		url = defaultServer
+	}
+	// The configuration's token goes only to this machine's appliance:
+	// another --server gets the --token given for it.
+	if token == "" && url != defaultServer {
+		return nil, usagef("--server %s needs --token (the configuration's own token goes only to %s)", url, defaultServer)
 	}
 	if token == "" {
 		b, err := os.ReadFile(filepath.Join(cfg, "api-token"))

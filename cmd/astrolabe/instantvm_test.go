@@ -16,12 +16,14 @@ func TestInstantVMCommands(t *testing.T) {
 	snap := mustRun(t, cfg, "snap", "disk:sample.img").lastLine()
 	// Without NFS: 501, said as such.
 	a := startServe(t, cfg)
-	server := []string{"--server", a.base()}
+	// The configuration's token goes only to the default server.
+	mustFail(t, cfg, "needs --token", "--server", a.base(), "instant", "ls")
+	server := []string{"--server", a.base(), "--token", a.info["token"]}
 	mustFail(t, cfg, "NFS is not configured", append(server, "instant", "ls")...)
 	a.stop()
 
 	a = startServe(t, cfg, "--nfs", "127.0.0.1:0")
-	server = []string{"--server", a.base()}
+	server = []string{"--server", a.base(), "--token", a.info["token"]}
 	if out := mustRun(t, cfg, append(server, "instant", "ls")...); strings.TrimSpace(out.stdout) != "" {
 		t.Errorf("instant ls of a new appliance: %q", out.stdout)
 	}
