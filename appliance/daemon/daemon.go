@@ -183,6 +183,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err := resume(ctx, uc, st, src != nil, nfs.srv != nil, opts.Repository != nil, log); err != nil {
 		return err
 	}
+	sweepOverlays(overlayDir(opts), st.snapshot(), log)
 	nbds.serve()
 	nfs.serve()
 	if err := mountMain(ctx, uc, opts.MountDir); err != nil {

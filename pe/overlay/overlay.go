@@ -245,6 +245,15 @@ func (o *Overlay) loadBitmap() error {
 	if err != nil {
 		return fmt.Errorf("overlay: %w", err)
 	}
+	// Two Overlays on one directory would each save their own bits over
+	// the other's.
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("overlay %s: %w", o.dir, ErrInUse)
+		}
+		return fmt.Errorf("overlay %s: lock: %w", o.dir, err)
+	}
 	n := bitmapBytes(o.nblocks)
 	buf := make([]byte, n)
 	if _, err := f.ReadAt(buf, 0); err != nil && !(errors.Is(err, io.EOF) && n == 0) {
@@ -264,6 +273,30 @@ func (o *Overlay) loadBitmap() error {
 	}
 	o.bitmap = f
 	return nil
+}
+
+// ErrInUse is an overlay open in this or another process.
+var ErrInUse = errors.New("in use: open elsewhere")
+
+// RemoveUnused deletes the overlay in dir, or what a Create that did not
+// finish left there, unless an Overlay has it open (in any process); it
+// reports whether it did.
+func RemoveUnused(dir string) (bool, error) {
+	f, err := os.OpenFile(filepath.Join(dir, bitmapFile), os.O_RDWR, 0)
+	if err == nil {
+		defer f.Close()
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); errors.Is(err, unix.EWOULDBLOCK) {
+			return false, nil
+		} else if err != nil {
+			return false, fmt.Errorf("overlay %s: lock: %w", dir, err)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return false, fmt.Errorf("overlay: %w", err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return false, fmt.Errorf("overlay: %w", err)
+	}
+	return true, nil
 }
 
 // Remove deletes the overlay in dir and all writes in it. Its Overlay must

@@ -156,8 +156,9 @@ func TestOverlayCrash(t *testing.T) {
 	if _, err := o.WriteAt(late, mib+7); err != nil {
 		t.Fatal(err)
 	}
-	// No Close: a second overlay on the same directory is what a restart
-	// after kill -9 finds.
+	// kill -9: the files closed, nothing synced; a second overlay on the
+	// directory is what a restart finds.
+	o.closeOwn()
 	after, err := Open(dir, base, nil, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -494,28 +495,37 @@ func TestOverlaySyncEvery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer o.Close()
 	w := bytes.Repeat([]byte("unflushed"), 100)
 	if _, err := o.WriteAt(w, mib+10); err != nil {
 		t.Fatal(err)
 	}
 	copy(model[mib+10:], w)
-	// The bitmap on disk names the block within a few intervals.
+	// The bitmap on disk names the block within a few intervals (what a
+	// process killed now would leave).
+	b := int64(mib+10) / BlockSize
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		after, err := Open(dir, base, nil, Options{})
+		saved, err := os.ReadFile(filepath.Join(dir, bitmapFile))
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := readAll(t, after)
-		after.closeOwn() // a second process's view; no Sync of its own
-		if bytes.Equal(got, model) {
+		if saved[b/8]&(1<<(b%8)) != 0 {
 			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("a write was not synced by SyncEvery within 10 s")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := Open(dir, base, nil, Options{}); !errors.Is(err, ErrInUse) {
+		t.Fatalf("a second overlay on an open one: %v, want ErrInUse", err)
+	}
+	if removed, err := RemoveUnused(dir); removed || err != nil {
+		t.Fatalf("RemoveUnused of an open overlay: %v %v", removed, err)
+	}
+	o.Close()
+	if removed, err := RemoveUnused(dir); !removed || err != nil {
+		t.Fatalf("RemoveUnused of a closed overlay: %v %v", removed, err)
 	}
 }
 
@@ -537,7 +547,8 @@ func TestOverlayFillAfterCrash(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	after, err := Open(dir, base, layer, Options{}) // no Sync, no Close
+	o.closeOwn() // kill -9: no Sync, no Close
+	after, err := Open(dir, base, layer, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
