@@ -153,25 +153,26 @@ func (s *Service) InstantVMs() []InstantVM {
 	return out
 }
 
-func (s *Service) instantVM(name string) (InstantVM, error) {
+// instantVM is instant VM name and the vm type that runs it.
+func (s *Service) instantVM(ctx context.Context, name string) (instantVMs, InstantVM, error) {
+	ivm, err := s.instantVMs(ctx)
+	if err != nil {
+		return nil, InstantVM{}, err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	v, ok := s.instant[name]
 	if !ok {
-		return InstantVM{}, fmt.Errorf("instant VM %q: %w", name, pe.ErrNotFound)
+		return nil, InstantVM{}, fmt.Errorf("instant VM %q: %w", name, pe.ErrNotFound)
 	}
-	return v, nil
+	return ivm, v, nil
 }
 
 // MigrateInstantVM moves instant VM name onto datastore (the vm type's
 // restore datastore if empty) while it runs, then lets the NFS exports of
 // its disks go: the VM is an ordinary one.
 func (s *Service) MigrateInstantVM(ctx context.Context, name, datastore string) error {
-	ivm, err := s.instantVMs(ctx)
-	if err != nil {
-		return err
-	}
-	v, err := s.instantVM(name)
+	ivm, v, err := s.instantVM(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -186,11 +187,7 @@ func (s *Service) MigrateInstantVM(ctx context.Context, name, datastore string) 
 // stays), unmounts the datastore where no VM uses it any more, and
 // discards its disks' NFS exports with their writes.
 func (s *Service) StopInstantVM(ctx context.Context, name string) error {
-	ivm, err := s.instantVMs(ctx)
-	if err != nil {
-		return err
-	}
-	v, err := s.instantVM(name)
+	ivm, v, err := s.instantVM(ctx, name)
 	if err != nil {
 		return err
 	}
