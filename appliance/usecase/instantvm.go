@@ -155,17 +155,17 @@ func (s *Service) InstantVMs() []InstantVM {
 
 // instantVM is instant VM name and the vm type that runs it.
 func (s *Service) instantVM(ctx context.Context, name string) (instantVMs, InstantVM, error) {
-	ivm, err := s.instantVMs(ctx)
-	if err != nil {
+	if err := s.nfsServer(); err != nil {
 		return nil, InstantVM{}, err
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	v, ok := s.instant[name]
+	s.mu.Unlock()
 	if !ok {
-		return nil, InstantVM{}, fmt.Errorf("instant VM %q: %w", name, pe.ErrNotFound)
+		return nil, InstantVM{}, fmt.Errorf("no instant VM %q: %w", name, pe.ErrNotFound)
 	}
-	return ivm, v, nil
+	ivm, err := s.instantVMs(ctx)
+	return ivm, v, err
 }
 
 // MigrateInstantVM moves instant VM name onto datastore (the vm type's
