@@ -61,6 +61,9 @@ func (s *Service) RestoreInstant(ctx context.Context, id pe.ID, typ string, opts
 		return nil, fmt.Errorf("instant restore of %s: %w", id, err)
 	}
 	x, live, err := src.AddLive(ctx, p, target.ID())
+	if errors.Is(err, pe.ErrExists) {
+		err = fmt.Errorf("instant restore of %s: the snapshot is exported already (by an earlier instant restore that goes on serving its PE, or an NBD export): stop that export first: %w", id, err)
+	}
 	if err != nil {
 		return nil, errors.Join(err, s.removePE(context.WithoutCancel(ctx), target.ID()))
 	}

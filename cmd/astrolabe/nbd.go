@@ -145,6 +145,9 @@ func nbdServe(c *cli.Context) error {
 		// there is nobody to tell apart.
 		opts.Anonymous = nbd.AnonymousReadWrite
 	}
+	if c.Bool("keep-writes") && !c.Bool("writable") {
+		return usagef("nbd serve: --keep-writes goes with --writable")
+	}
 	ids := make([]pe.ID, c.NArg())
 	for i, arg := range c.Args().Slice() {
 		var err error
@@ -182,8 +185,24 @@ func nbdServe(c *cli.Context) error {
 			src.Remove(x.ID)
 		}
 	}()
+	// The snapshots taken of live PEs to export them go at exit too: one
+	// left per run would pile up on the PE's storage.
+	var taken []pe.ID
+	defer func() {
+		ctx := context.WithoutCancel(c.Context)
+		for _, id := range taken {
+			if p, err := m.Get(ctx, id.Base()); err == nil {
+				if err := p.DeleteSnapshot(ctx, id.Snapshot()); err != nil {
+					slog.Warn("snapshot taken for the export not deleted", "snapshot", id, "err", err)
+				}
+			}
+		}
+	}()
 	for _, id := range ids {
 		x, err := uc.StartExport(c.Context, id, c.Bool("writable"))
+		if !id.HasSnapshot() && !x.ID.IsZero() {
+			taken = append(taken, x.ID)
+		}
 		if err != nil {
 			return err
 		}
