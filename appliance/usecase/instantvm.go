@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
-	"github.com/astrolabe-appliance/astrolabe/pe/overlay"
 	"github.com/astrolabe-appliance/astrolabe/pe/vm"
 )
 
@@ -100,8 +99,8 @@ func (s *Service) StartInstantVM(ctx context.Context, id pe.ID) (InstantVM, erro
 	slices.Sort(keys)
 	for _, k := range keys {
 		d := disks[k]
-		e := NFSExport{ID: d.ID(), Name: nfsName(instantDiskID(hw.Name, k))}
-		if err := s.openNFS(ctx, d, e, overlay.Create); err != nil {
+		e := NFSExport{ID: d.ID(), Name: nfsName(hw.Name+"-disk"+strconv.Itoa(int(k)), vm.Type)}
+		if err := s.openNFS(ctx, d, e, true); err != nil {
 			return InstantVM{}, errors.Join(fmt.Errorf("instant VM of %s: disk %d: %w", id, k, err), stopDisks())
 		}
 		out.Disks = append(out.Disks, e.Name)
@@ -123,22 +122,6 @@ func (s *Service) StartInstantVM(ctx context.Context, id pe.ID) (InstantVM, erro
 	}
 	s.log.Info("instant VM started", "snapshot", id, "vm", out.VM.Name, "disks", out.Disks)
 	return out, nil
-}
-
-// instantDiskID names an instant VM's disk k after the VM, for the NFS
-// export's name.
-func instantDiskID(vmName string, k int32) pe.ID {
-	name := strings.Map(func(r rune) rune {
-		if r == '/' || r == ':' {
-			return '_'
-		}
-		return r
-	}, vmName)
-	id, err := pe.NewID(vm.Type, name+"-disk"+strconv.Itoa(int(k)))
-	if err != nil {
-		id, _ = pe.NewID(vm.Type, "disk"+strconv.Itoa(int(k)))
-	}
-	return id
 }
 
 // InstantVMs lists the instant VMs by name.

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -74,8 +73,8 @@ func (s *Service) StartNFSExport(ctx context.Context, id pe.ID) (NFSExport, erro
 	if err != nil {
 		return NFSExport{}, err
 	}
-	e := NFSExport{ID: p.ID(), Name: nfsName(p.ID())}
-	if err := s.openNFS(ctx, p, e, overlay.Create); err != nil {
+	e := NFSExport{ID: p.ID(), Name: nfsName(strings.TrimSuffix(p.ID().Name(), ".img"), p.ID().Type())}
+	if err := s.openNFS(ctx, p, e, true); err != nil {
 		return NFSExport{}, err
 	}
 	if err := s.journal.NFSExportStarted(e); err != nil {
@@ -104,7 +103,7 @@ func (s *Service) ResumeNFSExport(ctx context.Context, e NFSExport) error {
 	if err != nil {
 		return err
 	}
-	return s.openNFS(ctx, p, e, overlay.Open)
+	return s.openNFS(ctx, p, e, false)
 }
 
 // DiscardNFSExport deletes what is left of a recorded export that cannot
@@ -125,8 +124,13 @@ func (s *Service) DiscardNFSExport(name string) error {
 	return errors.Join(overlay.Remove(filepath.Join(s.overlayDir, "nfs-"+name)), s.nfs.Discard(name))
 }
 
-func (s *Service) openNFS(ctx context.Context, p pe.ProtectedEntity, e NFSExport, open func(string, pe.Image, pe.WritableImage, overlay.Options) (*overlay.Overlay, error)) error {
-	created := reflect.ValueOf(open).Pointer() == reflect.ValueOf(overlay.Create).Pointer()
+// openNFS serves p as e over NFS through its overlay: a new one if
+// create, else the one made before.
+func (s *Service) openNFS(ctx context.Context, p pe.ProtectedEntity, e NFSExport, create bool) error {
+	open := overlay.Open
+	if create {
+		open = overlay.Create
+	}
 	if !validNFSName.MatchString(e.Name) {
 		return fmt.Errorf("NFS export %q: not a name of an NFS export", e.Name)
 	}
@@ -165,7 +169,7 @@ func (s *Service) openNFS(ctx context.Context, p pe.ProtectedEntity, e NFSExport
 			err = fmt.Errorf("%w (%w)", err, pe.ErrInvalidSource)
 		}
 		err = errors.Join(fmt.Errorf("NFS export of %s: %w", e.ID, err), d.close())
-		if created {
+		if create {
 			// Nothing was written into a new one yet.
 			err = errors.Join(err, overlay.Remove(ov.Dir()))
 		}
@@ -289,16 +293,17 @@ func (s *Service) nfsURL(name string) string { return "nfs://" + s.nfsAddr + "/"
 
 var validNFSName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
-// nfsName names an NFS export of id: its PE's name in the characters NFS
-// names allow, and a random suffix (a snapshot may be exported twice).
-func nfsName(id pe.ID) string {
-	base := strings.Map(func(r rune) rune {
+// nfsName names an NFS export after base (or fallback, if nothing of it
+// is left): in the characters NFS names allow, with a random suffix (a
+// snapshot may be exported twice).
+func nfsName(base, fallback string) string {
+	base = strings.Map(func(r rune) rune {
 		switch {
 		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '-', r == '_':
 			return r
 		}
 		return '_'
-	}, strings.TrimSuffix(id.Name(), ".img"))
+	}, base)
 	base = strings.TrimLeft(base, ".")
 	if len(base) > 40 {
 		base = base[:40]
@@ -306,7 +311,7 @@ func nfsName(id pe.ID) string {
 	var b [4]byte
 	rand.Read(b[:])
 	if base == "" {
-		base = id.Type()
+		base = fallback
 	}
 	return base + "-" + hex.EncodeToString(b[:])
 }
