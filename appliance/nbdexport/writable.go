@@ -19,6 +19,16 @@ import (
 // flush: a killed appliance loses at most that much of it.
 const syncEvery = 5 * time.Second
 
+// DiskData refuses, for writable exports (NBD or NFS), the PEs whose data
+// is not a disk: an fs PE's is a tar stream laid out for reading, and
+// written blocks would make no tree anyone could restore.
+func DiskData(id pe.ID) error {
+	if id.Type() == "fs" {
+		return fmt.Errorf("the data of fs PEs is a tar stream, not a disk: export it read-only or mount it: %w", pe.ErrNotSupported)
+	}
+	return nil
+}
+
 // AddWritable exports snapshot id writable at once: reads come from the
 // snapshot, writes land in a new overlay, under a name of WritableName. A
 // snapshot that is exported already, or being exported, is refused
@@ -69,10 +79,8 @@ func (s *Source) openOverlay(ctx context.Context, id pe.ID, token string, open f
 	if s.overlays == "" {
 		return nil, fmt.Errorf("export %s writable: no directory for overlays configured: %w", id, pe.ErrNotSupported)
 	}
-	// An fs PE's data is a tar stream laid out for reading: written
-	// blocks would make no tree anyone could restore.
-	if id.Type() == "fs" {
-		return nil, fmt.Errorf("export %s writable: the data of fs PEs is a tar stream, not a disk: export it read-only or mount it: %w", id, pe.ErrNotSupported)
+	if err := DiskData(id); err != nil {
+		return nil, fmt.Errorf("export %s writable: %w", id, err)
 	}
 	p, err := s.m.Get(ctx, id)
 	if err != nil {
@@ -140,10 +148,6 @@ func (s *Source) Close() error {
 	}
 	return errors.Join(errs...)
 }
-
-type noClose struct{ *overlay.Overlay }
-
-func (noClose) Close() error { return nil }
 
 // shared is a writable export's overlay, open while the export exists or
 // a client or a Keep uses it: each holds a reference.
@@ -235,7 +239,7 @@ func (sh *shared) open(read *atomic.Int64) (nbd.Export, error) {
 	}
 	var once sync.Once
 	var err error
-	return writableExport{export{noClose{sh.ov}, read}, guarded{sh.ov, sh}, func() error {
+	return writableExport{export{sh.ov.Borrowed(), read}, guarded{sh.ov, sh}, func() error {
 		once.Do(func() { err = sh.release(false) })
 		return err
 	}}, nil

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/astrolabe-appliance/astrolabe/appliance/nbdexport"
 	"github.com/astrolabe-appliance/astrolabe/appliance/nfsexport"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/overlay"
@@ -87,8 +88,8 @@ func (s *Service) StartNFSExport(ctx context.Context, id pe.ID) (NFSExport, erro
 
 // nfsExportable refuses the PEs whose data is not a disk.
 func nfsExportable(id pe.ID) error {
-	if id.Type() == "fs" {
-		return fmt.Errorf("NFS export of %s: the data of fs PEs is a tar stream, not a disk: %w", id, pe.ErrNotSupported)
+	if err := nbdexport.DiskData(id); err != nil {
+		return fmt.Errorf("NFS export of %s: %w", id, err)
 	}
 	return nil
 }

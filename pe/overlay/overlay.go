@@ -380,8 +380,12 @@ type over struct {
 	o *Overlay
 }
 
-func (v over) Data(ctx context.Context) (pe.Image, error) { return openData{v.o}, nil }
+func (v over) Data(ctx context.Context) (pe.Image, error) { return v.o.Borrowed(), nil }
 
-type openData struct{ *Overlay }
+// Borrowed is o as a pe.Image for a reader that closes what it is given
+// (an NBD connection, a copy): its Close leaves o open.
+func (o *Overlay) Borrowed() pe.Image { return borrowed{o} }
 
-func (openData) Close() error { return nil }
+type borrowed struct{ *Overlay }
+
+func (borrowed) Close() error { return nil }
