@@ -130,7 +130,9 @@ func (r *Repository) PutWAL(ctx context.Context, f WALFile, data []byte) (stored
 	}
 	f.Size = int64(len(data))
 	name := walObjectName(f.Cluster, f.SystemID, f.Name, f.Partial)
-	fail := func(err error) (bool, error) { return false, fmt.Errorf("store WAL %s of %s: %w", f.Name, f.Cluster, err) }
+	fail := func(err error) (bool, error) {
+		return false, fmt.Errorf("store WAL %s of %s: %w", f.Name, f.Cluster, err)
+	}
 	if !f.Partial {
 		if _, err := r.be.Stat(ctx, name); err == nil {
 			r.removePartial(ctx, f)
