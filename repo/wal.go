@@ -133,12 +133,19 @@ func (r *Repository) PutWAL(ctx context.Context, f WALFile, data []byte) (stored
 	fail := func(err error) (bool, error) {
 		return false, fmt.Errorf("store WAL %s of %s: %w", f.Name, f.Cluster, err)
 	}
-	if !f.Partial {
-		if _, err := r.be.Stat(ctx, name); err == nil {
+	if _, err := r.be.Stat(ctx, walObjectName(f.Cluster, f.SystemID, f.Name, false)); err == nil {
+		if !f.Partial {
 			r.removePartial(ctx, f)
+		}
+		return false, nil // complete already
+	} else if !errors.Is(err, backend.ErrNotExist) {
+		return fail(err)
+	}
+	if f.Partial {
+		// A receiver that started the segment again keeps the longer
+		// partial one of its previous run until it has more.
+		if o, err := r.loadWALObject(ctx, name); err == nil && o.Size >= f.Size {
 			return false, nil
-		} else if !errors.Is(err, backend.ErrNotExist) {
-			return fail(err)
 		}
 	}
 	lock, err := r.lock(ctx, false)
