@@ -204,7 +204,7 @@ func (s *session) prepare(ctx context.Context) (uint64, error) {
 		if restart, restartTL, _, err = readSlot(ctx, s.conn, slot); err != nil {
 			return 0, err
 		}
-		rc.log.Info("created replication slot", "slot", slot, "restartLSN", formatLSN(restart))
+		rc.log.Info("created replication slot", "slot", slot, "restartLSN", FormatLSN(restart))
 	}
 	if restartTL == 0 {
 		restartTL = uint32(sys.Timeline)
@@ -222,8 +222,8 @@ func (s *session) prepare(ctx context.Context) (uint64, error) {
 	if end, ok := archiveEnd(files, s.segSize); ok {
 		start = end
 		if end < slotStart {
-			gap := fmt.Sprintf("%s to %s", formatLSN(end), formatLSN(slotStart))
-			rc.log.Error("WAL gap: segments were removed from the server before they were archived", "from", segmentName(restartTL, end, s.segSize), "to", formatLSN(slotStart))
+			gap := fmt.Sprintf("%s to %s", FormatLSN(end), FormatLSN(slotStart))
+			rc.log.Error("WAL gap: segments were removed from the server before they were archived", "from", segmentName(restartTL, end, s.segSize), "to", FormatLSN(slotStart))
 			rc.update(func(st *Status) { st.Gaps = append(st.Gaps, gap) })
 			start = slotStart
 		}
@@ -308,7 +308,7 @@ func readSlot(ctx context.Context, conn *pgconn.PgConn, slot string) (restart ui
 	if row[1] == nil {
 		return 0, 0, true, nil
 	}
-	if restart, err = parseLSN(string(row[1])); err != nil {
+	if restart, err = ParseLSN(string(row[1])); err != nil {
 		return 0, 0, false, err
 	}
 	if row[2] != nil {
@@ -325,7 +325,7 @@ func (s *session) receive(ctx context.Context, start uint64) error {
 	slot := SlotName(rc.cluster.Name)
 	err := pglogrepl.StartReplication(ctx, s.conn, slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{Timeline: int32(s.timeline), Mode: pglogrepl.PhysicalReplication})
 	if err != nil {
-		return fmt.Errorf("start replication at %s on timeline %d: %w", formatLSN(start), s.timeline, err)
+		return fmt.Errorf("start replication at %s on timeline %d: %w", FormatLSN(start), s.timeline, err)
 	}
 	rc.log.Info("archiving WAL", "slot", slot, "from", segmentName(s.timeline, start, s.segSize), "system", s.systemID)
 	s.segStart, s.seg = start, make([]byte, 0, s.segSize)
@@ -389,7 +389,7 @@ func (s *session) receive(ctx context.Context, start uint64) error {
 			if _, err := pglogrepl.SendStandbyCopyDone(ctx, s.conn); err != nil {
 				return fmt.Errorf("end of timeline %d: %w", s.timeline, err)
 			}
-			rc.log.Info("timeline ended", "timeline", s.timeline, "at", formatLSN(s.segStart+uint64(len(s.seg))))
+			rc.log.Info("timeline ended", "timeline", s.timeline, "at", FormatLSN(s.segStart+uint64(len(s.seg))))
 			return errTimelineEnded
 		case *pgproto3.ErrorResponse:
 			return pgconn.ErrorResponseToPgError(msg)
@@ -408,7 +408,7 @@ func minTime(a, b time.Time) time.Time {
 func (s *session) add(ctx context.Context, x pglogrepl.XLogData) error {
 	at := uint64(x.WALStart)
 	if want := s.segStart + uint64(len(s.seg)); at != want {
-		return fmt.Errorf("WAL data at %s, expected %s", formatLSN(at), formatLSN(want))
+		return fmt.Errorf("WAL data at %s, expected %s", FormatLSN(at), FormatLSN(want))
 	}
 	s.serverTime = x.ServerTime
 	data := x.WALData
@@ -487,4 +487,26 @@ func (s *scanner) clone() scanner {
 	c := *s
 	c.rec = append([]byte(nil), s.rec...)
 	return c
+}
+
+// ServerPosition asks a cluster for its system identifier and the end of
+// its WAL (flushed), over a replication connection as a receiver's.
+func ServerPosition(ctx context.Context, c Cluster) (systemID, lsn uint64, err error) {
+	connStr, err := c.connString()
+	if err != nil {
+		return 0, 0, err
+	}
+	conn, err := pgconn.Connect(ctx, connStr)
+	if err != nil {
+		return 0, 0, fmt.Errorf("cluster %s: %w", c.Name, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	sys, err := pglogrepl.IdentifySystem(ctx, conn)
+	if err != nil {
+		return 0, 0, fmt.Errorf("cluster %s: identify system: %w", c.Name, err)
+	}
+	if systemID, err = strconv.ParseUint(sys.SystemID, 10, 64); err != nil {
+		return 0, 0, fmt.Errorf("cluster %s: system identifier %q: %w", c.Name, sys.SystemID, err)
+	}
+	return systemID, uint64(sys.XLogPos), nil
 }

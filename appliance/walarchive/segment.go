@@ -61,7 +61,7 @@ func parseHistory(b []byte) ([]switchPoint, error) {
 		if err != nil {
 			return nil, fmt.Errorf("timeline history: bad line %q", line)
 		}
-		lsn, err := parseLSN(f[1])
+		lsn, err := ParseLSN(f[1])
 		if err != nil {
 			return nil, fmt.Errorf("timeline history: bad line %q: %w", line, err)
 		}
@@ -83,8 +83,8 @@ func timelineOf(history []switchPoint, current uint32, start, segSize uint64) ui
 	return current
 }
 
-// parseLSN reads an LSN as PostgreSQL writes it: two hex numbers X/Y.
-func parseLSN(s string) (uint64, error) {
+// ParseLSN reads an LSN as PostgreSQL writes it: two hex numbers X/Y.
+func ParseLSN(s string) (uint64, error) {
 	hi, lo, ok := strings.Cut(s, "/")
 	if !ok {
 		return 0, fmt.Errorf("LSN %q: want X/Y", s)
@@ -97,4 +97,5 @@ func parseLSN(s string) (uint64, error) {
 	return h<<32 | l, nil
 }
 
-func formatLSN(lsn uint64) string { return fmt.Sprintf("%X/%X", lsn>>32, uint32(lsn)) }
+// FormatLSN writes an LSN as PostgreSQL does.
+func FormatLSN(lsn uint64) string { return fmt.Sprintf("%X/%X", lsn>>32, uint32(lsn)) }

@@ -114,13 +114,13 @@ func (s Source) Range(ctx context.Context, cluster string, systemID uint64) (old
 // timelines go with them. A segment missing on the way is an error that
 // names it; so is a target after the newest WAL archived.
 func (s Source) Stage(ctx context.Context, cluster string, systemID uint64, timeline uint32, startLSN string, target Target, dir string) (string, error) {
-	start, err := parseLSN(startLSN)
+	start, err := ParseLSN(startLSN)
 	if err != nil {
 		return "", err
 	}
 	var targetLSN uint64
 	if target.LSN != "" {
-		if targetLSN, err = parseLSN(target.LSN); err != nil {
+		if targetLSN, err = ParseLSN(target.LSN); err != nil {
 			return "", fmt.Errorf("target: %w", err)
 		}
 	}
@@ -181,7 +181,7 @@ func (s Source) Stage(ctx context.Context, cluster string, systemID uint64, time
 				}
 				return "", fmt.Errorf("the WAL archived of cluster %s ends at %s (segment %s): %s is after it", cluster, segmentTime(last).Format(time.RFC3339Nano), last.Name, target)
 			}
-			return "", fmt.Errorf("WAL segment %s of cluster %s is missing from the repository: the WAL from %s on cannot be replayed", name, cluster, formatLSN(pos))
+			return "", fmt.Errorf("WAL segment %s of cluster %s is missing from the repository: the WAL from %s on cannot be replayed", name, cluster, FormatLSN(pos))
 		}
 		_, data, err := s.Repo.ReadWAL(ctx, cluster, systemID, name, partial)
 		if err != nil {
@@ -238,8 +238,10 @@ type Summary struct {
 	Newest     string    `json:"newest"`
 	OldestTime time.Time `json:"oldestTime,omitzero"`
 	NewestTime time.Time `json:"newestTime,omitzero"`
-	// EndLSN is the end of the WAL archived.
-	EndLSN string `json:"endLSN"`
+	// EndLSN is the end of the WAL archived, and NewestSent when the
+	// server sent its last byte.
+	EndLSN     string    `json:"endLSN"`
+	NewestSent time.Time `json:"newestSent,omitzero"`
 	// Gaps are the ranges of segments missing between the oldest
 	// archived and the newest.
 	Gaps []string `json:"gaps,omitempty"`
@@ -299,7 +301,7 @@ func (a *archive) summary() Summary {
 			sum.NewestTime = t
 		}
 	}
-	sum.EndLSN = formatLSN(newest.EndLSN)
+	sum.EndLSN, sum.NewestSent = FormatLSN(newest.EndLSN), newest.ServerTime
 	return sum
 }
 

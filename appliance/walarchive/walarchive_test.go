@@ -97,7 +97,7 @@ func currentLSN(t *testing.T, conn *pgx.Conn) uint64 {
 	if err := conn.QueryRow(context.Background(), "SELECT pg_current_wal_lsn()::text").Scan(&s); err != nil {
 		t.Fatal(err)
 	}
-	lsn, err := parseLSN(s)
+	lsn, err := ParseLSN(s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func switchAndWait(t *testing.T, conn *pgx.Conn, rc *Receiver) {
 	deadline := time.Now().Add(time.Minute)
 	for rc.Status().ArchivedLSN < want {
 		if time.Now().After(deadline) {
-			t.Fatalf("WAL to %s not archived after a minute: %+v", formatLSN(want), rc.Status())
+			t.Fatalf("WAL to %s not archived after a minute: %+v", FormatLSN(want), rc.Status())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -162,11 +162,11 @@ func TestReceiverUnderLoad(t *testing.T) {
 			case <-time.After(100 * time.Millisecond):
 			}
 			var lsn string
-			if err := sconn.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&lsn); err != nil {
+			if err := sconn.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&lsn); err != nil {
 				t.Error(err)
 				return
 			}
-			l, _ := parseLSN(lsn)
+			l, _ := ParseLSN(lsn)
 			mu.Lock()
 			samples = append(samples, sample{time.Now(), l, rc.Status().ArchivedLSN})
 			mu.Unlock()
@@ -232,11 +232,11 @@ func TestReceiverUnderLoad(t *testing.T) {
 	// The archive is WAL PostgreSQL reads: pg_waldump follows its
 	// records through every segment staged from it.
 	stage := pgtest.OwnedDir(t)
-	if _, err := (Source{Repo: r}).Stage(ctx, c.Name, second.rc.Status().SystemID, 1, formatLSN(start), Target{}, stage); err != nil {
+	if _, err := (Source{Repo: r}).Stage(ctx, c.Name, second.rc.Status().SystemID, 1, FormatLSN(start), Target{}, stage); err != nil {
 		t.Fatal(err)
 	}
 	end := start + uint64(len(names))*defaultSegSize
-	s.Run(t, "pg_waldump", "-q", "-p", stage, "-t", "1", "-s", formatLSN(start+defaultSegSize), "-e", formatLSN(end-1))
+	s.Run(t, "pg_waldump", "-q", "-p", stage, "-t", "1", "-s", FormatLSN(start+defaultSegSize), "-e", FormatLSN(end-1))
 
 	sums, err := Summaries(ctx, r)
 	if err != nil || len(sums) != 1 || len(sums[0].Gaps) != 0 || sums[0].Segments != len(names) {
