@@ -197,6 +197,9 @@ func (s Source) Stage(ctx context.Context, cluster string, systemID uint64, time
 			break
 		}
 		if partial {
+			if pos < lastStart {
+				return "", fmt.Errorf("WAL segment %s of cluster %s is incomplete in the repository (only its first %d bytes were received): the WAL from %s on cannot be replayed", name, cluster, f.Size, FormatLSN(f.EndLSN))
+			}
 			if target.IsZero() {
 				break
 			}
@@ -249,9 +252,9 @@ type Summary struct {
 
 func (a *archive) summary() Summary {
 	sum := Summary{Cluster: a.cluster, SystemID: a.systemID, Timeline: a.latestTL, Segments: len(a.complete)}
-	// Positions covered, whatever the timeline: a partial segment
-	// covers its position only if it is the archive's end (else the
-	// segment was not received whole).
+	// Positions covered, whatever the timeline: a partial segment is a
+	// gap unless it is the archive's end (its segment was not received
+	// whole).
 	byPos := map[uint64]repo.WALFile{}
 	var endPos uint64
 	for _, f := range a.segs {
@@ -265,21 +268,22 @@ func (a *archive) summary() Summary {
 		endPos = max(endPos, pos)
 	}
 	positions := make([]uint64, 0, len(byPos))
-	for pos, f := range byPos {
-		if f.Partial && pos != endPos {
-			delete(byPos, pos)
-			continue
-		}
+	for pos := range byPos {
 		positions = append(positions, pos)
 	}
 	slices.Sort(positions)
 	first := 0
-	for i := 1; i < len(positions); i++ {
-		if prev := positions[i-1]; positions[i] != prev+a.segSize {
+	for i, pos := range positions {
+		if i > 0 && pos != positions[i-1]+a.segSize {
+			prev := positions[i-1]
 			from := segmentName(byPos[prev].Timeline(), prev+a.segSize, a.segSize)
-			n := (positions[i] - prev - a.segSize) / a.segSize
+			n := (pos - prev - a.segSize) / a.segSize
 			sum.Gaps = append(sum.Gaps, fmt.Sprintf("%s (%d segments missing)", from, n))
 			first = i
+		}
+		if f := byPos[pos]; f.Partial && pos != endPos {
+			sum.Gaps = append(sum.Gaps, fmt.Sprintf("%s (only its first %d bytes were received)", f.Name, f.Size))
+			first = i + 1
 		}
 	}
 	if len(positions) == 0 {

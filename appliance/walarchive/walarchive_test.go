@@ -413,3 +413,74 @@ func runAs(t *testing.T, prog string, args ...string) {
 		t.Fatalf("%s %v: %v\n%s", prog, args, err, out)
 	}
 }
+
+// TestSlotInvalidated: WAL removed from the server before it was
+// archived (the slot invalidated by max_slot_wal_keep_size while the
+// receiver was down) is reported as a gap, and archiving goes on with a
+// new slot.
+func TestSlotInvalidated(t *testing.T) {
+	s := pgtest.Start(t, pgtest.Options{Settings: []string{"max_slot_wal_keep_size = '16MB'", "min_wal_size = '32MB'", "max_wal_size = '64MB'"}})
+	r, _ := newRepo(t)
+	c := clusterOf(s, "lossy")
+	opts := ReceiverOptions{StatusInterval: time.Second, PartialEvery: 100 * time.Millisecond}
+	first := startReceiver(t, r, c, opts)
+	conn := connect(t, s)
+	ctx := context.Background()
+	if _, err := conn.Exec(ctx, "CREATE TABLE filler (n int)"); err != nil {
+		t.Fatal(err)
+	}
+	switchAndWait(t, conn, first.rc)
+	// A partial segment is stored while the segment is being written.
+	if _, err := conn.Exec(ctx, "INSERT INTO filler SELECT generate_series(1, 1000)"); err != nil {
+		t.Fatal(err)
+	}
+	sysID := first.rc.Status().SystemID
+	deadline := time.Now().Add(time.Minute)
+	for {
+		files, err := r.WALFiles(ctx, c.Name, sysID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(files) > 0 && files[len(files)-1].Partial && files[len(files)-1].Size > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no partial segment stored within a minute: %+v", files)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	first.stop()
+
+	for range 5 {
+		if _, err := conn.Exec(ctx, "INSERT INTO filler SELECT generate_series(1, 1000)"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, "SELECT pg_switch_wal()"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
+		t.Fatal(err)
+	}
+	var walStatus string
+	if err := conn.QueryRow(ctx, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1", SlotName(c.Name)).Scan(&walStatus); err != nil {
+		t.Fatal(err)
+	}
+	if walStatus != "lost" {
+		t.Fatalf("slot's wal_status %q, want lost", walStatus)
+	}
+
+	second := startReceiver(t, r, c, opts)
+	if _, err := conn.Exec(ctx, "INSERT INTO filler SELECT generate_series(1, 1000)"); err != nil {
+		t.Fatal(err)
+	}
+	switchAndWait(t, conn, second.rc)
+	if st := second.rc.Status(); len(st.Gaps) != 1 {
+		t.Fatalf("receiver status after the slot was lost: %+v, want one gap", st)
+	}
+	sums, err := Summaries(ctx, r)
+	if err != nil || len(sums) != 1 || len(sums[0].Gaps) == 0 {
+		t.Fatalf("summary after the slot was lost: %+v %v, want the gap", sums, err)
+	}
+	t.Logf("gaps: %v", sums[0].Gaps)
+}
