@@ -127,6 +127,10 @@ func (rc *Receiver) Run(ctx context.Context) {
 
 var errTimelineEnded = errors.New("timeline ended")
 
+// partialTimeout bounds the store of the open segment when a receiver
+// stops: a shutdown does not wait longer for a repository that hangs.
+const partialTimeout = 30 * time.Second
+
 // session is one replication connection's state.
 type session struct {
 	rc       *Receiver
@@ -162,7 +166,9 @@ func (rc *Receiver) stream(ctx context.Context) error {
 	err = s.receive(ctx, start)
 	// What arrived of the open segment is kept, whatever ended the
 	// stream; the server keeps it too (the slot holds it).
-	if perr := s.storePartial(context.WithoutCancel(ctx)); perr != nil {
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), partialTimeout)
+	defer cancel()
+	if perr := s.storePartial(pctx); perr != nil {
 		err = errors.Join(err, perr)
 	}
 	return err

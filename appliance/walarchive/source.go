@@ -179,7 +179,7 @@ func (s Source) Stage(ctx context.Context, cluster string, systemID uint64, time
 				if target.IsZero() {
 					break
 				}
-				return "", fmt.Errorf("the WAL archived of cluster %s ends at %s (segment %s): %s is after it", cluster, segmentTime(last).Format(time.RFC3339Nano), last.Name, target)
+				return "", fmt.Errorf("the WAL archived of cluster %s ends at %s (segment %s): %s", cluster, segmentTime(last).UTC().Format(time.RFC3339Nano), last.Name, beyond(target))
 			}
 			return "", fmt.Errorf("WAL segment %s of cluster %s is missing from the repository: the WAL from %s on cannot be replayed", name, cluster, FormatLSN(pos))
 		}
@@ -203,7 +203,7 @@ func (s Source) Stage(ctx context.Context, cluster string, systemID uint64, time
 			if target.IsZero() {
 				break
 			}
-			return "", fmt.Errorf("the WAL archived of cluster %s ends at %s (the partial segment %s): %s is after it", cluster, segmentTime(f).Format(time.RFC3339Nano), name, target)
+			return "", fmt.Errorf("the WAL archived of cluster %s ends at %s (the partial segment %s): %s", cluster, segmentTime(f).UTC().Format(time.RFC3339Nano), name, beyond(target))
 		}
 	}
 	return RestoreCommand(dir), nil
@@ -212,11 +212,14 @@ func (s Source) Stage(ctx context.Context, cluster string, systemID uint64, time
 // IsZero reports whether no target is set.
 func (t Target) IsZero() bool { return t.Time.IsZero() && t.LSN == "" }
 
-func (t Target) String() string {
+// beyond says why the archive does not reach target.
+func beyond(t Target) string {
 	if t.LSN != "" {
-		return "the target LSN " + t.LSN
+		return "the target LSN " + t.LSN + " is after it"
 	}
-	return "the target time " + t.Time.Format(time.RFC3339Nano)
+	// Recovery stops at the first transaction after the target time:
+	// one must be archived.
+	return "a replay to " + t.Time.UTC().Format(time.RFC3339Nano) + " needs a transaction archived after that time"
 }
 
 // RestoreCommand is the restore_command that copies WAL staged in dir:

@@ -343,7 +343,7 @@ func TestPointInTime(t *testing.T) {
 	if err != nil || !newest.After(target) || oldest.After(commits[5]) {
 		t.Fatalf("range %s to %s (%v), want it to hold %s", oldest, newest, err, target)
 	}
-	if _, err := src.Stage(ctx, c.Name, sysID, 1, startLSN, Target{Time: newest.Add(time.Second)}, pgtest.OwnedDir(t)); err == nil || !strings.Contains(err.Error(), "is after it") {
+	if _, err := src.Stage(ctx, c.Name, sysID, 1, startLSN, Target{Time: newest.Add(time.Second)}, pgtest.OwnedDir(t)); err == nil || !strings.Contains(err.Error(), "needs a transaction archived after that time") {
 		t.Fatalf("a target after the archive: %v", err)
 	}
 
@@ -483,4 +483,55 @@ func TestSlotInvalidated(t *testing.T) {
 		t.Fatalf("summary after the slot was lost: %+v %v, want the gap", sums, err)
 	}
 	t.Logf("gaps: %v", sums[0].Gaps)
+}
+
+// TestTimelineSwitch archives a standby's WAL across its promotion: the
+// stream of timeline 1 ends, the receiver goes on with timeline 2 and
+// its history file, and the archive has no gap.
+func TestTimelineSwitch(t *testing.T) {
+	primary := pgtest.Start(t, pgtest.Options{})
+	data := filepath.Join(pgtest.OwnedDir(t), "data")
+	primary.Run(t, "pg_basebackup", "-h", primary.Host, "-p", strconv.Itoa(primary.Port), "-U", pgtest.ReplicationUser,
+		"-D", data, "-Fp", "-X", "stream", "-R", "--no-sync", "-c", "fast")
+	standby := pgtest.StartDataDir(t, data)
+	standby.WaitReady(t, time.Minute)
+
+	r, _ := newRepo(t)
+	c := clusterOf(standby, "standby")
+	rcv := startReceiver(t, r, c, ReceiverOptions{StatusInterval: time.Second, PartialEvery: -1})
+	pconn := connect(t, primary)
+	ctx := context.Background()
+	if _, err := pconn.Exec(ctx, "CREATE TABLE before_promotion AS SELECT generate_series(1, 1000) AS n"); err != nil {
+		t.Fatal(err)
+	}
+	switchAndWait(t, pconn, rcv.rc)
+
+	standby.Run(t, "pg_ctl", "-D", data, "-w", "-t", "60", "promote")
+	sconn := connect(t, standby)
+	if _, err := sconn.Exec(ctx, "CREATE TABLE after_promotion AS SELECT generate_series(1, 1000) AS n"); err != nil {
+		t.Fatal(err)
+	}
+	switchAndWait(t, sconn, rcv.rc)
+	rcv.stop()
+
+	st := rcv.rc.Status()
+	if st.Timeline != 2 || len(st.Gaps) != 0 {
+		t.Fatalf("status after the promotion: %+v", st)
+	}
+	files, err := r.WALFiles(ctx, c.Name, st.SystemID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range files {
+		names = append(names, f.Name)
+	}
+	if !slices.Contains(names, "00000002.history") {
+		t.Fatalf("no history file of timeline 2 in %v", names)
+	}
+	sums, err := Summaries(ctx, r)
+	if err != nil || len(sums) != 1 || sums[0].Timeline != 2 || len(sums[0].Gaps) != 0 || !strings.HasPrefix(sums[0].Newest, "00000002") {
+		t.Fatalf("summary: %+v %v (files %v)", sums, err, names)
+	}
+	t.Logf("archived across the promotion: %v", names)
 }
