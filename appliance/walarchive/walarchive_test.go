@@ -300,6 +300,10 @@ func TestPointInTime(t *testing.T) {
 	s.Run(t, "pg_basebackup", "-h", s.Host, "-p", strconv.Itoa(s.Port), "-U", pgtest.ReplicationUser,
 		"-D", filepath.Join(backupDir, "base"), "-Ft", "-X", "none", "--no-sync", "-c", "fast")
 	insert(5, 30)
+	var lsnAfter string
+	if err := conn.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&lsnAfter); err != nil {
+		t.Fatal(err)
+	}
 	switchAndWait(t, conn, rcv.rc)
 
 	commits := map[int]time.Time{}
@@ -340,11 +344,22 @@ func TestPointInTime(t *testing.T) {
 	sysID := rcv.rc.Status().SystemID
 	src := Source{Repo: r}
 	oldest, newest, err := src.Range(ctx, c.Name, sysID)
-	if err != nil || !newest.After(target) || oldest.After(commits[5]) {
+	if err != nil || newest.Before(commits[29]) || newest.After(time.Now()) || oldest.After(commits[5]) {
 		t.Fatalf("range %s to %s (%v), want it to hold %s", oldest, newest, err, target)
 	}
 	if _, err := src.Stage(ctx, c.Name, sysID, 1, startLSN, Target{Time: newest.Add(time.Second)}, pgtest.OwnedDir(t)); err == nil || !strings.Contains(err.Error(), "needs a transaction archived after that time") {
 		t.Fatalf("a target after the archive: %v", err)
+	}
+
+	// To an LSN: through the segment that holds it.
+	byLSN := pgtest.OwnedDir(t)
+	if _, err := src.Stage(ctx, c.Name, sysID, 1, startLSN, Target{LSN: lsnAfter}, byLSN); err != nil {
+		t.Fatal(err)
+	}
+	staged, _ := filepath.Glob(filepath.Join(byLSN, "0*"))
+	lsn, _ := ParseLSN(lsnAfter)
+	if len(staged) == 0 || filepath.Base(staged[len(staged)-1]) != segmentName(1, lsn, defaultSegSize) {
+		t.Fatalf("staged to %s: %v", lsnAfter, staged)
 	}
 
 	stage := pgtest.OwnedDir(t)
@@ -352,7 +367,7 @@ func TestPointInTime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	staged, _ := filepath.Glob(filepath.Join(stage, "0*"))
+	staged, _ = filepath.Glob(filepath.Join(stage, "0*"))
 	if len(staged) == 0 || filepath.Base(staged[0]) != startSeg {
 		t.Fatalf("staged %v, want from %s", staged, startSeg)
 	}
