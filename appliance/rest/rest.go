@@ -216,7 +216,7 @@ func statusOf(err error) int {
 		return http.StatusNotImplemented
 	case errors.Is(err, pe.ErrNotFound), errors.Is(err, tasks.ErrNotFound), errors.Is(err, jobs.ErrNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, pe.ErrExists), errors.Is(err, jobs.ErrExists), errors.Is(err, jobs.ErrRunning):
+	case errors.Is(err, pe.ErrExists), errors.Is(err, pe.ErrIncomplete), errors.Is(err, jobs.ErrExists), errors.Is(err, jobs.ErrRunning):
 		return http.StatusConflict
 	case errors.Is(err, jobs.ErrInvalid):
 		return http.StatusBadRequest
