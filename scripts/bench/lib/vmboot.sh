@@ -1,0 +1,77 @@
+# Shared by the benchmarks that boot the appliance image under qemu
+# (instant.sh, liverestore.sh). Source it after setting BENCH (the
+# script's name, for messages), WORK (its temporary directory), ACCEL and
+# LIMIT; it sets PY (a python3 with libnbd's binding), PIDS (what to stop
+# on exit) and the functions below, and traps EXIT to stop and remove
+# what the script started.
+
+# libnbd's Python binding is installed for Debian's python3, which need not
+# be the python3 first on PATH.
+PY=
+for p in /usr/bin/python3 python3; do
+	if "$p" -c 'import nbd' 2>/dev/null; then PY=$p; break; fi
+done
+[[ -n $PY ]] || { echo "missing libnbd's Python binding: apt-get install -y python3-libnbd" >&2; exit 1; }
+
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	scripts/s3-server.sh stop "$WORK/s3" >/dev/null 2>&1 || true
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+now() { date +%s.%N; }
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+fail() { echo "$BENCH bench failed: $*" >&2; exit 1; }
+
+# stop PID kills one process this script started and forgets it.
+stop() {
+	kill "$1" 2>/dev/null || true
+	wait "$1" 2>/dev/null || true
+	local keep=() p
+	for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+	PIDS=("${keep[@]}")
+}
+
+# boot NAME DRIVE_SPEC starts qemu on the drive and waits, at most LIMIT
+# seconds, until /healthz answers; it leaves qemu running as $QEMU, its
+# forwarded API port as $GUEST_PORT and its monitor socket as
+# $WORK/monitor-NAME.
+boot() {
+	local name=$1 drive=$2 start
+	GUEST_PORT=$(free_port)
+	qemu-system-x86_64 -accel "$ACCEL" -m 1024 -smp 2 -nographic -no-reboot \
+		-drive "$drive,if=virtio" -device virtio-net-pci,netdev=n0 \
+		-netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$GUEST_PORT-:8443" \
+		-serial "file:$WORK/console-$name.log" -monitor "unix:$WORK/monitor-$name,server,nowait" \
+		-display none 2>"$WORK/qemu-$name.log" &
+	QEMU=$!
+	PIDS+=("$QEMU")
+	echo "boot $name ($ACCEL): waiting up to ${LIMIT}s for https://127.0.0.1:$GUEST_PORT/healthz" >&2
+	start=$SECONDS
+	until curl -fsk --max-time 2 "https://127.0.0.1:$GUEST_PORT/healthz" >/dev/null 2>&1; do
+		kill -0 "$QEMU" 2>/dev/null || fail "boot $name: qemu exited: $(cat "$WORK/qemu-$name.log"); console: $(tail -20 "$WORK/console-$name.log")"
+		((SECONDS - start < LIMIT)) || fail "boot $name: no /healthz after ${LIMIT}s; console: $(tail -20 "$WORK/console-$name.log")"
+		sleep 0.5
+	done
+}
+
+# powerdown NAME asks the guest booted as NAME to shut down (ACPI power
+# button, through qemu's monitor) and waits, at most LIMIT seconds, for
+# qemu to exit: what the guest wrote is flushed, as it would be on a real
+# machine.
+powerdown() {
+	local name=$1 start
+	"$PY" -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"system_powerdown\n"); s.recv(4096)' "$WORK/monitor-$name" ||
+		fail "powerdown $name: no monitor"
+	start=$SECONDS
+	while kill -0 "$QEMU" 2>/dev/null; do
+		((SECONDS - start < LIMIT)) || fail "powerdown $name: qemu still running after ${LIMIT}s; console: $(tail -20 "$WORK/console-$name.log")"
+		sleep 0.5
+	done
+	stop "$QEMU"
+}
