@@ -94,7 +94,7 @@ func (s *Source) openOverlay(ctx context.Context, id pe.ID, token string, open f
 		base.Close()
 		return nil, fmt.Errorf("export %s writable: %w", id, err)
 	}
-	ov, err := open(filepath.Join(s.overlays, token), base, nil, overlay.Options{SyncEvery: syncEvery})
+	ov, err := open(filepath.Join(s.overlays, token), base, nil, overlay.Options{SyncEvery: syncEvery, Base: id.String()})
 	if err != nil {
 		base.Close()
 		return nil, fmt.Errorf("export %s writable: %w", id, err)

@@ -377,26 +377,7 @@ func (s *server) DeleteProtectedEntity(ctx context.Context, req api.DeleteProtec
 	if !id.HasSnapshot() {
 		return nil, badRequest("delete %s: only snapshots can be deleted", id)
 	}
-	p, err := s.m.Get(ctx, id.Base())
-	if err != nil {
-		return nil, err
-	}
-	if s.cfg.Exports != nil {
-		// Stopping its export would throw the writes away.
-		for _, e := range s.cfg.Exports.Exports() {
-			if e.ID == id && e.Writable {
-				return nil, fmt.Errorf("delete %s: it has a writable NBD export: stop it first, keeping its writes if wanted: %w", id, pe.ErrExists)
-			}
-		}
-	}
-	if s.cfg.NFS != nil {
-		for _, e := range s.cfg.NFS.NFSExports() {
-			if e.ID == id {
-				return nil, fmt.Errorf("delete %s: it has the NFS export %s: stop it first, keeping its writes if wanted: %w", id, e.Name, pe.ErrExists)
-			}
-		}
-	}
-	if err := p.DeleteSnapshot(ctx, id.Snapshot()); err != nil {
+	if err := s.uc.DeleteSnapshot(ctx, id); err != nil {
 		return nil, err
 	}
 	s.forget(ctx, id)

@@ -146,7 +146,7 @@ func (s *Service) openNFS(ctx context.Context, p pe.ProtectedEntity, e NFSExport
 	if err != nil {
 		return fmt.Errorf("NFS export of %s: %w", e.ID, err)
 	}
-	ov, err := open(filepath.Join(s.overlayDir, "nfs-"+e.Name), base, nil, overlay.Options{})
+	ov, err := open(filepath.Join(s.overlayDir, "nfs-"+e.Name), base, nil, overlay.Options{Base: e.ID.String()})
 	if err != nil {
 		base.Close()
 		return fmt.Errorf("NFS export of %s: %w", e.ID, err)
