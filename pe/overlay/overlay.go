@@ -95,6 +95,11 @@ type Overlay struct {
 	// failed is the error of a failed sync of the layer (see broken).
 	failed atomic.Pointer[error]
 
+	// frozen refuses writes (Freeze); wmu lets the writes under way end
+	// first.
+	wmu    sync.RWMutex
+	frozen bool
+
 	// A block missing from the layer is filled under its stripe's lock, so
 	// that a partial write's copy of the base cannot undo another write.
 	locks [lockStripes]sync.Mutex
