@@ -195,7 +195,7 @@ func Run(ctx context.Context, opts Options) error {
 	defer cancelTasks()
 	tm := tasks.NewManager(tasks.Options{Logger: log})
 	for _, ir := range uc.ResumedRestores() {
-		if _, err := tm.Start(taskCtx, "restore", ir.Details(), "", ir.Task()); err != nil {
+		if _, err := tm.StartAs(taskCtx, ir.TaskID(), "restore", ir.Details(), "", ir.Task()); err != nil {
 			return err
 		}
 	}

@@ -853,7 +853,7 @@ func (s *server) startInstantRestore(ctx context.Context, id pe.ID, service stri
 	if err != nil {
 		return nil, err
 	}
-	info, err := s.cfg.Tasks.Start(s.cfg.Context, "restore", ir.Details(), nexus, ir.Task())
+	info, err := s.cfg.Tasks.StartAs(s.cfg.Context, ir.TaskID(), "restore", ir.Details(), nexus, ir.Task())
 	if err != nil {
 		return nil, errors.Join(err, ir.Abort(context.WithoutCancel(ctx)))
 	}

@@ -79,6 +79,7 @@ func (s *Service) RestoreInstant(ctx context.Context, id pe.ID, typ string, opts
 		return nil, errors.Join(err, s.removePE(context.WithoutCancel(ctx), target.ID()))
 	}
 	e := s.describe(x)
+	e.Task = tasks.NewID()
 	if err := s.journal.ExportStarted(e); err != nil {
 		return nil, errors.Join(err, live.Abort(), s.removePE(context.WithoutCancel(ctx), target.ID()))
 	}
@@ -141,6 +142,11 @@ func (ir *InstantRestore) Task() tasks.Func {
 	}
 }
 
+// TaskID is the ID the fill's task runs as (tasks.Manager.StartAs),
+// the same after a restart; "" for a restore journaled before tasks kept
+// their IDs.
+func (ir *InstantRestore) TaskID() string { return ir.Export.Task }
+
 // Details describes the restore for a task list.
 func (ir *InstantRestore) Details() string {
 	return fmt.Sprintf("instant restore %s into %s", ir.Export.ID, ir.Target)
@@ -172,6 +178,10 @@ func (s *Service) resumeInstant(ctx context.Context, src *nbdexport.Source, e Ex
 		return Export{}, err
 	}
 	out := s.describe(x)
+	out.Task = e.Task
+	if out.Task == "" { // journaled by a version before task IDs were
+		out.Task = tasks.NewID()
+	}
 	s.mu.Lock()
 	s.resumed = append(s.resumed, &InstantRestore{Export: out, Target: e.Target, s: s, live: live})
 	s.mu.Unlock()

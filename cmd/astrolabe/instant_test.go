@@ -542,7 +542,8 @@ func (a *appliance) nbdExports() []struct{ ID, URI string } {
 }
 
 // resumedInstant finds, after a restart, the export of snapshot snap
-// named name and the one task that fills it on (not task before).
+// named name and the one task that fills it on: task before, whose ID
+// clients know.
 func (a *appliance) resumedInstant(snap, name, before string) (uri, task string) {
 	a.t.Helper()
 	for _, e := range a.nbdExports() {
@@ -556,8 +557,8 @@ func (a *appliance) resumedInstant(snap, name, before string) (uri, task string)
 	_, body := a.call("GET", "/v1/astrolabe/tasks", a.info["token"], "")
 	var ids []string
 	json.Unmarshal([]byte(body), &ids)
-	if len(ids) != 1 || ids[0] == before {
-		a.t.Fatalf("after the restart tasks %s, want one new restore task", body)
+	if len(ids) != 1 || ids[0] != before {
+		a.t.Fatalf("after the restart tasks %s, want the restore task %s going on", body, before)
 	}
 	return uri, ids[0]
 }
