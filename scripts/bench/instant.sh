@@ -80,22 +80,7 @@ serve() {
 	done
 }
 
-BIN=${ASTROLABE:-$WORK/astrolabe}
-[[ -n ${ASTROLABE:-} ]] || go build -o "$BIN" ./cmd/astrolabe
-eval "$(scripts/s3-server.sh start "$WORK/s3")"
-export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY ASTROLABE_PASSWORD=bench
-A="timeout $((LIMIT * 4)) $BIN --config $WORK/cfg --log-level error"
-REPO=s3+http://$S3_ENDPOINT/bench/instant
-"$BIN" init "$WORK/cfg" >/dev/null 2>&1
-cp --sparse=always "$RAW" "$WORK/cfg/disk/appliance.img"
-# Data past the partitions, which the guest never reads.
-((DATA_MIB == 0)) || head -c "${DATA_MIB}M" /dev/urandom >>"$WORK/cfg/disk/appliance.img"
-$A repo init --repo "$REPO" >/dev/null 2>&1
-t0=$(now)
-SNAP=$($A backup --repo "$REPO" disk:appliance.img 2>/dev/null | tail -n1)
-t_backup=$(echo "$(now) - $t0" | bc)
-[[ $SNAP == disk:appliance.img:* ]] || fail "backup printed no snapshot ID: '$SNAP'"
-echo "backed up $RAW ($(du -h "$RAW" | cut -f1) allocated) + ${DATA_MIB} MiB as $SNAP in $(printf %.1f "$t_backup")s" >&2
+backup_image instant "$DATA_MIB"
 
 # One round: a, b, c in turn, so that the machine's drift touches all
 # three alike. All three boots take the guest's writes in a throwaway

@@ -96,18 +96,7 @@ async def main():
 asyncio.run(main())
 PY
 
-BIN=${ASTROLABE:-$WORK/astrolabe}
-[[ -n ${ASTROLABE:-} ]] || go build -o "$BIN" ./cmd/astrolabe
-eval "$(scripts/s3-server.sh start "$WORK/s3")"
-export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY ASTROLABE_PASSWORD=bench
-A="timeout $((LIMIT * 4)) $BIN --config $WORK/cfg --log-level error"
-REPO=s3+http://$S3_ENDPOINT/bench/live
-"$BIN" init "$WORK/cfg" >/dev/null 2>&1
-cp --sparse=always "$RAW" "$WORK/cfg/disk/appliance.img"
-$A repo init --repo "$REPO" >/dev/null 2>&1
-SNAP=$($A backup --repo "$REPO" disk:appliance.img 2>/dev/null | tail -n1)
-[[ $SNAP == disk:appliance.img:* ]] || fail "backup printed no snapshot ID: '$SNAP'"
-echo "backed up $RAW ($(du -h "$RAW" | cut -f1) allocated) as $SNAP" >&2
+backup_image live
 
 proxy=$(free_port)
 "$PY" "$WORK/throttle.py" "$proxy" "${S3_ENDPOINT##*:}" "$RATE" &

@@ -80,3 +80,28 @@ powerdown() {
 	kill -0 "$QEMU" 2>/dev/null && { monitor "$name" quit || true; }
 	stop "$QEMU"
 }
+
+# backup_image BUCKET [DATA_MIB] builds astrolabe (unless ASTROLABE names a
+# build), starts versitygw, copies the image $RAW into a new configuration
+# as disk:appliance.img (with DATA_MIB MiB of random data appended past its
+# partitions, which the guest never reads, as a server's disk holds) and
+# backs it up into a repository in BUCKET. It sets BIN, A (the command with
+# the configuration), REPO, SNAP and t_backup (seconds).
+backup_image() {
+	local bucket=$1 data=${2:-0} t0
+	BIN=${ASTROLABE:-$WORK/astrolabe}
+	[[ -n ${ASTROLABE:-} ]] || go build -o "$BIN" ./cmd/astrolabe
+	eval "$(scripts/s3-server.sh start "$WORK/s3")"
+	export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY ASTROLABE_PASSWORD=bench
+	A="timeout $((LIMIT * 4)) $BIN --config $WORK/cfg --log-level error"
+	REPO=s3+http://$S3_ENDPOINT/bench/$bucket
+	"$BIN" init "$WORK/cfg" >/dev/null 2>&1
+	cp --sparse=always "$RAW" "$WORK/cfg/disk/appliance.img"
+	((data == 0)) || head -c "${data}M" /dev/urandom >>"$WORK/cfg/disk/appliance.img"
+	$A repo init --repo "$REPO" >/dev/null 2>&1
+	t0=$(now)
+	SNAP=$($A backup --repo "$REPO" disk:appliance.img 2>/dev/null | tail -n1)
+	t_backup=$(echo "$(now) - $t0" | bc)
+	[[ $SNAP == disk:appliance.img:* ]] || fail "backup printed no snapshot ID: '$SNAP'"
+	echo "backed up $RAW ($(du -h "$RAW" | cut -f1) allocated) + $data MiB as $SNAP in $(printf %.1f "$t_backup")s" >&2
+}
