@@ -117,6 +117,7 @@ type streamImage struct {
 	mu       sync.Mutex
 	inflight map[string]chan struct{} // chunks being fetched
 	next     int                      // chunk a sequential reader wants next
+	end      int64                    // where the last read ended
 	fetching int                      // background fetches running
 	bg       sync.WaitGroup           // the background fetches, for Close
 }
@@ -164,6 +165,13 @@ func (im *streamImage) ReadAtContext(ctx context.Context, p []byte, off int64) (
 		want, short = int(im.st.Size-off), io.EOF
 	}
 	p = p[:want]
+	im.mu.Lock()
+	// A read where the last one ended goes on reading forward, however
+	// small its reads; one elsewhere in the chunk just read does not (a
+	// random reader reading a block again must not fetch ahead).
+	contiguous := off == im.end
+	im.end = off + int64(want)
+	im.mu.Unlock()
 	cs := im.st.Chunks
 	i := sort.Search(len(cs), func(i int) bool { return cs[i].Off+cs[i].Len > off })
 	pos := 0
@@ -185,18 +193,22 @@ func (im *streamImage) ReadAtContext(ctx context.Context, p []byte, off int64) (
 			return pos, err
 		}
 		pos += copy(p[pos:], data[at-c.Off:])
-		im.sequential(i)
+		im.sequential(i, contiguous)
+		contiguous = true // within one read, the next chunk follows on
 		i++
 	}
 	return want, short
 }
 
 // sequential notes a read of chunk i and, when reads go forward chunk by
-// chunk, fetches the following chunks in the background.
-func (im *streamImage) sequential(i int) {
+// chunk (the next chunk, or the same one read on where the last read
+// ended: contiguous), fetches the following chunks in the background.
+// Several readers going forward at once (NBD requests in flight) read
+// chunks about in order, so the next chunk counts whatever the offset.
+func (im *streamImage) sequential(i int, contiguous bool) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
-	seq := i == im.next || i == im.next-1
+	seq := i == im.next || (contiguous && i == im.next-1)
 	im.next = i + 1
 	if !seq {
 		return
