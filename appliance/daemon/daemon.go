@@ -32,6 +32,7 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/internal/atomicfile"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/repo"
+	"github.com/astrolabe-appliance/astrolabe/web"
 )
 
 // Options configure the daemon. Addresses are host:port; an empty one
@@ -327,6 +328,13 @@ func apiHandler(taskCtx context.Context, opts Options, uc *usecase.Service, tm *
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", requireToken(token, met.handler()))
 	mux.Handle("/", met.instrument(rest.NewHandler(cfg)))
+	page := web.Handler()
+	for _, p := range web.Paths() {
+		if p == "/" {
+			p = "/{$}"
+		}
+		mux.Handle("GET "+p, page)
+	}
 	return mux
 }
 
