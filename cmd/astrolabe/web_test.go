@@ -81,8 +81,8 @@ func screenshots(t *testing.T) string {
 
 // TestWebFileRecovery drives the web page in Debian's chromium against a
 // running appliance: a wrong token stays on the login; the right one
-// browses PE types, PEs, snapshots and the paged directory of a
-// repository snapshot down to a file, downloads it (its sha256 is the
+// browses PE types, PEs, snapshots and the paged directory of a snapshot
+// in an S3 repository (versitygw) down to a file, downloads it (its sha256 is the
 // source's) and logs out. Beside the browser, a plain client checks what
 // the page relies on: the cookie's flags, CSRF, Range, path traversal and
 // the CSP.
@@ -93,11 +93,13 @@ func TestWebFileRecovery(t *testing.T) {
 	cfg := filepath.Join(dir, "cfg")
 	mustRun(t, cfg, "init", cfg)
 	target := webPE(t, cfg)
-	repoDir := filepath.Join(dir, "repo")
-	mustRun(t, cfg, "repo", "init", "--repo", repoDir, "--insecure-no-password")
-	backedUp := mustRun(t, cfg, "backup", "--repo", repoDir, "fs:docs").lastLine()
+	// The repository on a real S3 server (versitygw).
+	s3 := startVersitygw(t)
+	repo := "s3+http://" + s3.endpoint + "/backups/web"
+	mustRun(t, cfg, "repo", "init", "--repo", repo, "--insecure-no-password")
+	backedUp := mustRun(t, cfg, "backup", "--repo", repo, "fs:docs").lastLine()
 	local := mustRun(t, cfg, "snap", "fs:docs").lastLine()
-	a := startServe(t, cfg, "--repo", repoDir)
+	a := startServe(t, cfg, "--repo", repo)
 	token := a.info["token"]
 	checkWebAPI(t, a, token, backedUp, target)
 
