@@ -193,11 +193,24 @@ func (x *Index) List(dir, cursor string, limit int) (Page, error) {
 		}
 		return Page{}, fmt.Errorf("directory %s: %w", dir, pe.ErrNotFound)
 	}
+	page, names, err := pageOf(names, cursor, limit)
+	if err != nil {
+		return Page{}, err
+	}
+	for _, name := range names {
+		page.Entries = append(page.Entries, x.entry(name, x.children[dir][name]))
+	}
+	return page, nil
+}
+
+// pageOf picks the names of one page from sorted names: those after
+// cursor, at most limit; the page has its Next cursor set.
+func pageOf(names []string, cursor string, limit int) (Page, []string, error) {
 	start := 0
 	if cursor != "" {
 		after, err := base64.RawURLEncoding.DecodeString(cursor)
 		if err != nil {
-			return Page{}, fmt.Errorf("cursor: %w", ErrBadPath)
+			return Page{}, nil, fmt.Errorf("cursor: %w", ErrBadPath)
 		}
 		start = sort.SearchStrings(names, string(after))
 		if start < len(names) && names[start] == string(after) {
@@ -206,13 +219,10 @@ func (x *Index) List(dir, cursor string, limit int) (Page, error) {
 	}
 	end := min(len(names), start+limit)
 	page := Page{Entries: make([]Entry, 0, end-start)}
-	for _, name := range names[start:end] {
-		page.Entries = append(page.Entries, x.entry(name, x.children[dir][name]))
-	}
 	if end < len(names) {
 		page.Next = base64.RawURLEncoding.EncodeToString([]byte(names[end-1]))
 	}
-	return page, nil
+	return page, names[start:end], nil
 }
 
 func (x *Index) exists(p string) bool {

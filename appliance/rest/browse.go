@@ -7,6 +7,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"os"
 	"path"
 	"sort"
 	"sync"
@@ -118,15 +119,64 @@ func (s *server) ListBrowseSnapshots(ctx context.Context, req api.ListBrowseSnap
 	return out, nil
 }
 
-// openSnapshot opens the snapshot id at location and its file index.
-// The caller closes the image.
-func (s *server) openSnapshot(ctx context.Context, raw string, location *api.SnapshotLocation) (pe.Image, *browse.Index, error) {
+// snapshotTree is the file tree of one snapshot, for one request: an fs
+// snapshot's table of contents, or a disk snapshot's recovery mount.
+type snapshotTree interface {
+	List(dir, cursor string, limit int) (browse.Page, error)
+	// Open opens the regular file p for reading.
+	Open(p string) (content io.ReadSeeker, mtime time.Time, err error)
+	Close()
+}
+
+// tocTree is the tree of an fs snapshot: its files are ranges of the image.
+type tocTree struct {
+	ctx context.Context
+	img pe.Image
+	*browse.Index
+}
+
+func (t tocTree) Open(p string) (io.ReadSeeker, time.Time, error) {
+	off, size, mtime, err := t.File(p)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	return io.NewSectionReader(ctxReaderAt{t.ctx, t.img}, off, size), mtime, nil
+}
+
+func (t tocTree) Close() { t.img.Close() }
+
+// mountTree is the tree of a disk snapshot's recovery mount.
+type mountTree struct {
+	browse.Mounted
+	release func()
+	files   []*os.File
+}
+
+func (t *mountTree) Open(p string) (io.ReadSeeker, time.Time, error) {
+	f, fi, err := t.Mounted.Open(p)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	t.files = append(t.files, f)
+	return f, fi.ModTime(), nil
+}
+
+func (t *mountTree) Close() {
+	for _, f := range t.files {
+		f.Close()
+	}
+	t.release()
+}
+
+// openSnapshot opens the file tree of the snapshot id at location. The
+// caller closes it.
+func (s *server) openSnapshot(ctx context.Context, raw string, location *api.SnapshotLocation) (snapshotTree, error) {
 	id, err := parseID(raw)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if !id.HasSnapshot() {
-		return nil, nil, badRequest("%s is not a snapshot", id)
+		return nil, badRequest("%s is not a snapshot", id)
 	}
 	loc := api.Local
 	if location != nil {
@@ -138,35 +188,35 @@ func (s *server) openSnapshot(ctx context.Context, raw string, location *api.Sna
 		p, err = s.m.Get(ctx, id)
 	case api.Repository:
 		if s.cfg.Repository == nil {
-			return nil, nil, notConfigured("the backup repository")
+			return nil, notConfigured("the backup repository")
 		}
 		p, err = s.cfg.Repository.OpenRepositorySnapshot(ctx, id)
 	default:
-		return nil, nil, badRequest("location %q: want local or repository", loc)
+		return nil, badRequest("location %q: want local or repository", loc)
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	img, err := p.Data(ctx)
 	if errors.Is(err, pe.ErrNoData) {
-		return nil, nil, badRequest("snapshot %s has no file tree", id)
+		return nil, badRequest("snapshot %s has no file tree", id)
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("data of %s: %w", id, err)
-	}
-	key := string(loc) + "\x00" + id.String()
-	if x, ok := s.indexes.get(key); ok {
-		return img, x, nil
+		return nil, fmt.Errorf("data of %s: %w", id, err)
 	}
 	toc, ok := img.(pe.TableOfContents)
 	if !ok {
 		img.Close()
-		return nil, nil, badRequest("snapshot %s has no file tree (only fs snapshots have one)", id)
+		return s.mountSnapshot(ctx, p, loc)
+	}
+	key := string(loc) + "\x00" + id.String()
+	if x, ok := s.indexes.get(key); ok {
+		return tocTree{ctx, img, x}, nil
 	}
 	entries, err := toc.TOC(ctx)
 	if err != nil {
 		img.Close()
-		return nil, nil, fmt.Errorf("table of contents of %s: %w", id, err)
+		return nil, fmt.Errorf("table of contents of %s: %w", id, err)
 	}
 	mtime := time.Unix(0, 0)
 	if info, err := p.Info(ctx); err == nil && info.Created != nil {
@@ -174,7 +224,31 @@ func (s *server) openSnapshot(ctx context.Context, raw string, location *api.Sna
 	}
 	x := browse.NewIndex(entries, mtime)
 	s.indexes.put(key, x)
-	return img, x, nil
+	return tocTree{ctx, img, x}, nil
+}
+
+// mountSnapshot is the tree of a disk snapshot: its partitions through a
+// recovery mount, where the appliance makes them (local snapshots, whose
+// image is a file).
+func (s *server) mountSnapshot(ctx context.Context, p pe.ProtectedEntity, loc api.SnapshotLocation) (snapshotTree, error) {
+	if s.cfg.RecoveryMounts == nil {
+		return nil, badRequest("snapshot %s has no file tree (this appliance makes no recovery mounts of disks)", p.ID())
+	}
+	if loc != api.Local {
+		return nil, badRequest("snapshot %s: the partitions of disk snapshots in the repository cannot be browsed yet: restore it first", p.ID())
+	}
+	root, parts, release, err := s.cfg.RecoveryMounts.Acquire(ctx, p)
+	if errors.Is(err, pe.ErrNotSupported) {
+		return nil, &httpError{http.StatusBadRequest, err}
+	}
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(parts))
+	for i, part := range parts {
+		names[i] = part.Name
+	}
+	return &mountTree{Mounted: browse.Mounted{Root: root, Partitions: names}, release: release}, nil
 }
 
 // browseError marks the browse package's refusals as the client's.
@@ -197,12 +271,12 @@ func (s *server) ListSnapshotFiles(ctx context.Context, req api.ListSnapshotFile
 		}
 		limit = min(limit, int(*l))
 	}
-	img, x, err := s.openSnapshot(ctx, req.ProtectedEntityID, req.Params.Location)
+	tree, err := s.openSnapshot(ctx, req.ProtectedEntityID, req.Params.Location)
 	if err != nil {
 		return nil, err
 	}
-	img.Close()
-	page, err := x.List(dir, deref(req.Params.Cursor), limit)
+	defer tree.Close()
+	page, err := tree.List(dir, deref(req.Params.Cursor), limit)
 	if err != nil {
 		return nil, browseError(err)
 	}
@@ -225,38 +299,38 @@ func (s *server) DownloadSnapshotFile(ctx context.Context, req api.DownloadSnaps
 	if err := browse.CheckPath(p); err != nil {
 		return nil, browseError(err)
 	}
-	img, x, err := s.openSnapshot(ctx, req.ProtectedEntityID, req.Params.Location)
+	tree, err := s.openSnapshot(ctx, req.ProtectedEntityID, req.Params.Location)
 	if err != nil {
 		return nil, err
 	}
-	off, size, mtime, err := x.File(p)
+	content, mtime, err := tree.Open(p)
 	if err != nil {
-		img.Close()
+		tree.Close()
 		return nil, browseError(err)
 	}
 	r, _ := ctx.Value(requestKey{}).(*http.Request)
-	return fileDownload{r: r, img: img, name: path.Base(p), off: off, size: size, mtime: mtime}, nil
+	return fileDownload{r: r, tree: tree, content: content, name: path.Base(p), mtime: mtime}, nil
 }
 
 // fileDownload answers a file of a snapshot with http.ServeContent, which
-// does Range, If-Range and HEAD.
+// does Range and If-Range.
 type fileDownload struct {
-	r         *http.Request
-	img       pe.Image
-	name      string
-	off, size int64
-	mtime     time.Time
+	r       *http.Request
+	tree    snapshotTree
+	content io.ReadSeeker
+	name    string
+	mtime   time.Time
 }
 
 func (d fileDownload) VisitDownloadSnapshotFileResponse(w http.ResponseWriter) error {
-	defer d.img.Close()
+	defer d.tree.Close()
 	if d.r == nil {
 		return errors.New("download: no request in the context")
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": d.name}))
-	http.ServeContent(w, d.r, "", d.mtime, io.NewSectionReader(ctxReaderAt{d.r.Context(), d.img}, d.off, d.size))
+	http.ServeContent(w, d.r, "", d.mtime, d.content)
 	return nil
 }
 

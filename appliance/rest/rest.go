@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/astrolabe-appliance/astrolabe/api"
+	"github.com/astrolabe-appliance/astrolabe/appliance/flrmount"
 	"github.com/astrolabe-appliance/astrolabe/appliance/jobs"
 	"github.com/astrolabe-appliance/astrolabe/appliance/redact"
 	"github.com/astrolabe-appliance/astrolabe/appliance/tasks"
@@ -84,6 +86,14 @@ type Repository interface {
 	RestoreInstant(ctx context.Context, id pe.ID, typ string, opts pe.CopyOptions) (*usecase.InstantRestore, error)
 }
 
+// RecoveryMounts are the file-level-recovery mounts of disk snapshots
+// (package flrmount).
+type RecoveryMounts interface {
+	// Acquire mounts the partitions of p (or finds them mounted): root
+	// holds a directory per partition. The caller calls release.
+	Acquire(ctx context.Context, p pe.ProtectedEntity) (root *os.Root, parts []flrmount.Partition, release func(), err error)
+}
+
 // Transports tells where a PE's data can be fetched (S3 URLs, NBD URIs).
 type Transports func(id pe.ID) (data, metadata, combined []pe.Transport)
 
@@ -109,6 +119,9 @@ type Config struct {
 	SnapshotDeleted func(id pe.ID)
 	// Jobs is the job scheduler; nil answers 501.
 	Jobs Jobs
+	// RecoveryMounts mounts the partitions of disk snapshots for
+	// browsing their files; nil: disk snapshots have no file tree here.
+	RecoveryMounts RecoveryMounts
 	// PasswordRoot is the directory password files of jobs created
 	// through the API must be in (see checkJobPaths); empty: none may be
 	// given.

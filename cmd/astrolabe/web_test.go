@@ -333,3 +333,71 @@ func checkWebAPI(t *testing.T, a *appliance, token, snap string, target []byte) 
 		t.Errorf("GET with the cookie after logout: %d, want 401", resp.StatusCode)
 	}
 }
+
+// TestWebDiskPartitions browses the ext4 partition of a disk snapshot
+// through the API the page uses: the appliance mounts it for recovery
+// (read-only, through appliance/flr), lists and serves its files, refuses
+// paths that leave it, and takes the mount down when it stops.
+func TestWebDiskPartitions(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cfg")
+	mustRun(t, cfg, "init", "--samples", cfg)
+	snap := mustRun(t, cfg, "snap", "disk:sample.img").lastLine()
+	a := startServe(t, cfg)
+	token := a.info["token"]
+	base := "/v1/appliance/browse/" + url.PathEscape(snap)
+
+	list := func(p string) []string {
+		t.Helper()
+		status, body := a.call("GET", base+"/files?path="+url.QueryEscape(p), token, "")
+		var fl struct {
+			Entries []struct{ Name, Kind string }
+		}
+		if err := json.Unmarshal([]byte(body), &fl); status != 200 || err != nil {
+			t.Fatalf("files of %q: %d %s", p, status, body)
+		}
+		var out []string
+		for _, e := range fl.Entries {
+			out = append(out, e.Name+":"+e.Kind)
+		}
+		return out
+	}
+	if got := strings.Join(list(""), " "); got != "p1:dir" {
+		t.Fatalf("the snapshot's root: %s, want its one partition", got)
+	}
+	if got := strings.Join(list("p1/docs"), " "); got != "README-link:symlink notes:dir report-2026.txt:file" {
+		t.Errorf("p1/docs: %s", got)
+	}
+	want, err := os.ReadFile(filepath.Join(cfg, "fs", "sample", "data", "random.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, got := a.call("GET", base+"/content?path=p1%2Fdata%2Frandom.bin", token, "")
+	if status != 200 || sha256.Sum256([]byte(got)) != sha256.Sum256(want) {
+		t.Errorf("download p1/data/random.bin: %d, %d bytes (want %d)", status, len(got), len(want))
+	}
+	for p, wantStatus := range map[string]int{
+		"p1/../../../etc/passwd": 400,
+		"p1/docs/README-link":    400, // a symlink
+		"p1/docs":                400, // a directory
+		"p1":                     400, // a partition
+		".astrolabe-flr.json":    404, // the mount's state, beside the partitions
+		"p9/x":                   404,
+		"p1/nothing":             404,
+	} {
+		if status, body := a.call("GET", base+"/content?path="+url.QueryEscape(p), token, ""); status != wantStatus {
+			t.Errorf("content of %q: %d %s, want %d", p, status, body, wantStatus)
+		}
+	}
+	a.stop()
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(mounts), cfg) {
+		t.Errorf("after serve stopped, mounts remain under %s:\n%s", cfg, mounts)
+	}
+	if left, _ := os.ReadDir(filepath.Join(cfg, "state", "flr")); len(left) != 0 {
+		t.Errorf("after serve stopped, state/flr holds %v", left)
+	}
+}
