@@ -915,7 +915,7 @@ type ClientInterface interface {
 
 	// DownloadSnapshotFile Download one regular file of a snapshot's tree (HTTP Range supported)
 	//
-	// The bytes of a regular file of an fs snapshot's tree (a hard link
+	// The bytes of a regular file of a snapshot's tree (a hard link
 	// gives its file's), as an attachment, with `Range` (one or more
 	// ranges) and `If-Range` as RFC 9110 has them. A path that is not a
 	// regular file answers 400, one that is not there 404.
@@ -925,11 +925,14 @@ type ClientInterface interface {
 
 	// ListSnapshotFiles One page of a directory of a snapshot's file tree
 	//
-	// The entries of a directory of an fs snapshot's tree, sorted by
-	// name (byte order), at most `limit` of them; `nextCursor` is there
-	// when more follow and goes into the next request's `cursor`. A
-	// path with `..`, `.`, an empty element or a leading or trailing
-	// slash is refused with 400; a snapshot without a file tree too.
+	// The entries of a directory of a snapshot's tree, sorted by name
+	// (byte order), at most `limit` of them; `nextCursor` is there when
+	// more follow and goes into the next request's `cursor`. An fs
+	// snapshot's tree is its files; a local disk snapshot's holds a
+	// directory per partition (p1, p2, ... or disk), mounted read-only
+	// for recovery on first use and taken down when idle. A path with
+	// `..`, `.`, an empty element or a leading or trailing slash is
+	// refused with 400; a snapshot without a file tree too.
 	//
 	// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/files (the `ListSnapshotFiles` operationId).
 	ListSnapshotFiles(ctx context.Context, protectedEntityID SnapshotIDPath, params *ListSnapshotFilesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -1497,7 +1500,7 @@ func (c *Client) Health(ctx context.Context, reqEditors ...RequestEditorFn) (*ht
 
 // DownloadSnapshotFile Download one regular file of a snapshot's tree (HTTP Range supported)
 //
-// The bytes of a regular file of an fs snapshot's tree (a hard link
+// The bytes of a regular file of a snapshot's tree (a hard link
 // gives its file's), as an attachment, with `Range` (one or more
 // ranges) and `If-Range` as RFC 9110 has them. A path that is not a
 // regular file answers 400, one that is not there 404.
@@ -1517,11 +1520,14 @@ func (c *Client) DownloadSnapshotFile(ctx context.Context, protectedEntityID Sna
 
 // ListSnapshotFiles One page of a directory of a snapshot's file tree
 //
-// The entries of a directory of an fs snapshot's tree, sorted by
-// name (byte order), at most `limit` of them; `nextCursor` is there
-// when more follow and goes into the next request's `cursor`. A
-// path with `..`, `.`, an empty element or a leading or trailing
-// slash is refused with 400; a snapshot without a file tree too.
+// The entries of a directory of a snapshot's tree, sorted by name
+// (byte order), at most `limit` of them; `nextCursor` is there when
+// more follow and goes into the next request's `cursor`. An fs
+// snapshot's tree is its files; a local disk snapshot's holds a
+// directory per partition (p1, p2, ... or disk), mounted read-only
+// for recovery on first use and taken down when idle. A path with
+// `..`, `.`, an empty element or a leading or trailing slash is
+// refused with 400; a snapshot without a file tree too.
 //
 // Corresponds with GET /v1/appliance/browse/{protectedEntityID}/files (the `ListSnapshotFiles` operationId).
 func (c *Client) ListSnapshotFiles(ctx context.Context, protectedEntityID SnapshotIDPath, params *ListSnapshotFilesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -4495,7 +4501,7 @@ type ClientWithResponsesInterface interface {
 
 	// DownloadSnapshotFileWithResponse Download one regular file of a snapshot's tree (HTTP Range supported)
 	//
-	// The bytes of a regular file of an fs snapshot's tree (a hard link
+	// The bytes of a regular file of a snapshot's tree (a hard link
 	// gives its file's), as an attachment, with `Range` (one or more
 	// ranges) and `If-Range` as RFC 9110 has them. A path that is not a
 	// regular file answers 400, one that is not there 404.
@@ -4507,11 +4513,14 @@ type ClientWithResponsesInterface interface {
 
 	// ListSnapshotFilesWithResponse One page of a directory of a snapshot's file tree
 	//
-	// The entries of a directory of an fs snapshot's tree, sorted by
-	// name (byte order), at most `limit` of them; `nextCursor` is there
-	// when more follow and goes into the next request's `cursor`. A
-	// path with `..`, `.`, an empty element or a leading or trailing
-	// slash is refused with 400; a snapshot without a file tree too.
+	// The entries of a directory of a snapshot's tree, sorted by name
+	// (byte order), at most `limit` of them; `nextCursor` is there when
+	// more follow and goes into the next request's `cursor`. An fs
+	// snapshot's tree is its files; a local disk snapshot's holds a
+	// directory per partition (p1, p2, ... or disk), mounted read-only
+	// for recovery on first use and taken down when idle. A path with
+	// `..`, `.`, an empty element or a leading or trailing slash is
+	// refused with 400; a snapshot without a file tree too.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -7858,7 +7867,7 @@ func (c *ClientWithResponses) HealthWithResponse(ctx context.Context, reqEditors
 
 // DownloadSnapshotFileWithResponse Download one regular file of a snapshot's tree (HTTP Range supported)
 //
-// The bytes of a regular file of an fs snapshot's tree (a hard link
+// The bytes of a regular file of a snapshot's tree (a hard link
 // gives its file's), as an attachment, with `Range` (one or more
 // ranges) and `If-Range` as RFC 9110 has them. A path that is not a
 // regular file answers 400, one that is not there 404.
@@ -7876,11 +7885,14 @@ func (c *ClientWithResponses) DownloadSnapshotFileWithResponse(ctx context.Conte
 
 // ListSnapshotFilesWithResponse One page of a directory of a snapshot's file tree
 //
-// The entries of a directory of an fs snapshot's tree, sorted by
-// name (byte order), at most `limit` of them; `nextCursor` is there
-// when more follow and goes into the next request's `cursor`. A
-// path with `..`, `.`, an empty element or a leading or trailing
-// slash is refused with 400; a snapshot without a file tree too.
+// The entries of a directory of a snapshot's tree, sorted by name
+// (byte order), at most `limit` of them; `nextCursor` is there when
+// more follow and goes into the next request's `cursor`. An fs
+// snapshot's tree is its files; a local disk snapshot's holds a
+// directory per partition (p1, p2, ... or disk), mounted read-only
+// for recovery on first use and taken down when idle. A path with
+// `..`, `.`, an empty element or a leading or trailing slash is
+// refused with 400; a snapshot without a file tree too.
 //
 // Returns a wrapper object for the known response body format(s).
 //

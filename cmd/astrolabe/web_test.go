@@ -82,8 +82,9 @@ func screenshots(t *testing.T) string {
 // TestWebFileRecovery drives the web page in Debian's chromium against a
 // running appliance: a wrong token stays on the login; the right one
 // browses PE types, PEs, snapshots and the paged directory of a snapshot
-// in an S3 repository (versitygw) down to a file, downloads it (its sha256 is the
-// source's) and logs out. Beside the browser, a plain client checks what
+// in an S3 repository (versitygw) down to a file and downloads it (its
+// sha256 is the source's), then a file inside the ext4 partition of a
+// disk snapshot, and logs out. Beside the browser, a plain client checks what
 // the page relies on: the cookie's flags, CSRF, Range, path traversal and
 // the CSP.
 func TestWebFileRecovery(t *testing.T) {
@@ -91,8 +92,9 @@ func TestWebFileRecovery(t *testing.T) {
 	shots := screenshots(t)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "cfg")
-	mustRun(t, cfg, "init", cfg)
+	mustRun(t, cfg, "init", "--samples", cfg)
 	target := webPE(t, cfg)
+	disk := mustRun(t, cfg, "snap", "disk:sample.img").lastLine()
 	// The repository on a real S3 server (versitygw).
 	s3 := startVersitygw(t)
 	repo := "s3+http://" + s3.endpoint + "/backups/web"
@@ -210,37 +212,68 @@ func TestWebFileRecovery(t *testing.T) {
 	}
 
 	downloads := filepath.Join(dir, "downloads")
-	progress := chromedp.Events(ctx, browser.DownloadProgress)
 	yes := true
-	step("09-download",
-		chromedp.Func(func(ctx context.Context, _ *chromedp.Target) error {
-			_, err := chromedp.Call(ctx, browser.SetDownloadBehavior, browser.SetDownloadBehaviorParams{
-				Behavior: browser.SetDownloadBehaviorBehaviorAllowAndName, DownloadPath: downloads, EventsEnabled: &yes})
-			return err
-		}),
-		chromedp.ScrollIntoView(chromedp.CSS(`li[data-name="target.bin"] a`)),
-		chromedp.Click(chromedp.CSS(`li[data-name="target.bin"] a`)))
-	var got []byte
-	for ev, err := range progress {
-		if err != nil {
-			t.Fatalf("download: %v", err)
-		}
-		if ev.State == browser.DownloadProgressStateCanceled {
-			t.Fatalf("download cancelled: %+v", ev)
-		}
-		if ev.State == browser.DownloadProgressStateCompleted {
-			if got, err = os.ReadFile(filepath.Join(downloads, ev.GUID)); err != nil {
-				t.Fatal(err)
+	// download clicks the link of sel and reads the file the browser
+	// saved.
+	download := func(name, sel string) []byte {
+		t.Helper()
+		progress := chromedp.Events(ctx, browser.DownloadProgress)
+		step(name,
+			chromedp.Func(func(ctx context.Context, _ *chromedp.Target) error {
+				_, err := chromedp.Call(ctx, browser.SetDownloadBehavior, browser.SetDownloadBehaviorParams{
+					Behavior: browser.SetDownloadBehaviorBehaviorAllowAndName, DownloadPath: downloads, EventsEnabled: &yes})
+				return err
+			}),
+			chromedp.ScrollIntoView(chromedp.CSS(sel)),
+			chromedp.Click(chromedp.CSS(sel)))
+		for ev, err := range progress {
+			if err != nil {
+				t.Fatalf("download: %v", err)
 			}
-			break
+			if ev.State == browser.DownloadProgressStateCanceled {
+				t.Fatalf("download cancelled: %+v", ev)
+			}
+			if ev.State == browser.DownloadProgressStateCompleted {
+				b, err := os.ReadFile(filepath.Join(downloads, ev.GUID))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return b
+			}
 		}
+		t.Fatal("download: no end")
+		return nil
 	}
+	got := download("09-download", `li[data-name="target.bin"] a`)
 	if sha256.Sum256(got) != sha256.Sum256(target) {
 		t.Fatalf("downloaded %d bytes, sha256 %x; the source: %d bytes, %x", len(got), sha256.Sum256(got), len(target), sha256.Sum256(target))
 	}
 
-	step("10-logged-out", chromedp.Click(chromedp.ID("logout")), chromedp.WaitVisible(chromedp.ID("token")))
-	step("11-reloaded", chromedp.Reload(), chromedp.WaitVisible(chromedp.ID("token")))
+	// A file inside the ext4 partition of a disk snapshot.
+	step("10-disk-pes",
+		chromedp.Click(chromedp.CSS(`#crumbs button`)),
+		chromedp.WaitVisible(chromedp.CSS(`li[data-name="disk"] button`)),
+		chromedp.Click(chromedp.CSS(`li[data-name="disk"] button`)),
+		chromedp.WaitVisible(chromedp.CSS(`li[data-name="disk:sample.img"] button`)),
+		chromedp.Click(chromedp.CSS(`li[data-name="disk:sample.img"] button`)),
+		chromedp.WaitVisible(chromedp.CSS(`li[data-name=`+jsString(disk)+`] button`)))
+	step("11-disk-partitions",
+		chromedp.Click(chromedp.CSS(`li[data-name=`+jsString(disk)+`] button`)),
+		chromedp.WaitVisible(chromedp.CSS(`li[data-name="p1"] button`)),
+		chromedp.Click(chromedp.CSS(`li[data-name="p1"] button`)),
+		chromedp.WaitVisible(chromedp.CSS(`li[data-name="data"] button`)),
+		chromedp.Click(chromedp.CSS(`li[data-name="data"] button`)),
+		chromedp.WaitVisible(chromedp.CSS(`li[data-name="random.bin"] a`)))
+	want, err := os.ReadFile(filepath.Join(cfg, "fs", "sample", "data", "random.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := download("12-disk-download", `li[data-name="random.bin"] a`); sha256.Sum256(got) != sha256.Sum256(want) {
+		t.Fatalf("downloaded p1/data/random.bin: %d bytes, sha256 %x; the source: %d bytes, %x", len(got), sha256.Sum256(got), len(want), sha256.Sum256(want))
+	}
+
+	step("13-logged-out", chromedp.Click(chromedp.ID("logout")), chromedp.WaitVisible(chromedp.ID("token")))
+	step("14-reloaded", chromedp.Reload(), chromedp.WaitVisible(chromedp.ID("token")))
 	if visible("#browser") {
 		t.Fatal("after logout and a reload the page shows the browser")
 	}

@@ -588,11 +588,14 @@ export interface paths {
         };
         /**
          * One page of a directory of a snapshot's file tree
-         * @description The entries of a directory of an fs snapshot's tree, sorted by
-         *     name (byte order), at most `limit` of them; `nextCursor` is there
-         *     when more follow and goes into the next request's `cursor`. A
-         *     path with `..`, `.`, an empty element or a leading or trailing
-         *     slash is refused with 400; a snapshot without a file tree too.
+         * @description The entries of a directory of a snapshot's tree, sorted by name
+         *     (byte order), at most `limit` of them; `nextCursor` is there when
+         *     more follow and goes into the next request's `cursor`. An fs
+         *     snapshot's tree is its files; a local disk snapshot's holds a
+         *     directory per partition (p1, p2, ... or disk), mounted read-only
+         *     for recovery on first use and taken down when idle. A path with
+         *     `..`, `.`, an empty element or a leading or trailing slash is
+         *     refused with 400; a snapshot without a file tree too.
          */
         get: operations["listSnapshotFiles"];
         put?: never;
@@ -612,7 +615,7 @@ export interface paths {
         };
         /**
          * Download one regular file of a snapshot's tree (HTTP Range supported)
-         * @description The bytes of a regular file of an fs snapshot's tree (a hard link
+         * @description The bytes of a regular file of a snapshot's tree (a hard link
          *     gives its file's), as an attachment, with `Range` (one or more
          *     ranges) and `If-Range` as RFC 9110 has them. A path that is not a
          *     regular file answers 400, one that is not there 404.
