@@ -132,13 +132,18 @@ func (m *Manager) reap() {
 		case <-m.stop:
 			return
 		case now := <-t.C:
-			m.mu.Lock()
-			for key, mt := range m.mounts {
-				if mt.users == 0 && now.Sub(mt.lastUsed) >= m.idle {
-					m.drop(key, mt)
-				}
-			}
-			m.mu.Unlock()
+			m.reapIdle(now)
+		}
+	}
+}
+
+// reapIdle takes down the mounts unused since m.idle before now.
+func (m *Manager) reapIdle(now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for key, mt := range m.mounts {
+		if mt.users == 0 && now.Sub(mt.lastUsed) >= m.idle {
+			m.drop(key, mt)
 		}
 	}
 }
