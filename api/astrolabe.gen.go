@@ -269,6 +269,22 @@ type FileList struct {
 	Path string `json:"path"`
 }
 
+// FileMatch defines model for FileMatch.
+type FileMatch struct {
+	Entry FileEntry `json:"entry"`
+
+	// Path The entry's path in the tree
+	Path string `json:"path"`
+}
+
+// FileSearchResult defines model for FileSearchResult.
+type FileSearchResult struct {
+	Matches []FileMatch `json:"matches"`
+
+	// NextCursor Present when more matches may follow; the next page's cursor
+	NextCursor *string `json:"nextCursor,omitempty"`
+}
+
 // Health defines model for Health.
 type Health struct {
 	Status  string `json:"status"`
@@ -729,6 +745,21 @@ type ListSnapshotFilesParams struct {
 	Limit *int32 `form:"limit,omitempty" json:"limit,omitempty"`
 }
 
+// SearchSnapshotFilesParams defines parameters for SearchSnapshotFiles.
+type SearchSnapshotFilesParams struct {
+	// Location Where the snapshot is, the appliance (local, the default) or the repository
+	Location *LocationQuery `form:"location,omitempty" json:"location,omitempty"`
+
+	// Q What the names must contain
+	Q string `form:"q" json:"q"`
+
+	// Cursor Where the page starts, from the previous page's nextCursor
+	Cursor *string `form:"cursor,omitempty" json:"cursor,omitempty"`
+
+	// Limit The most matches to answer (default 100, most 1000)
+	Limit *int32 `form:"limit,omitempty" json:"limit,omitempty"`
+}
+
 // StopNBDExportParams defines parameters for StopNBDExport.
 type StopNBDExportParams struct {
 	// Keep Keep a writable export's writes as a new PE.
@@ -936,6 +967,17 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/files (the `ListSnapshotFiles` operationId).
 	ListSnapshotFiles(ctx context.Context, protectedEntityID SnapshotIDPath, params *ListSnapshotFilesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SearchSnapshotFiles Find files by name in an fs snapshot's tree, paged
+	//
+	// The entries of an fs snapshot's tree whose name (the last element
+	// of the path) contains `q`, without regard to case, in the order
+	// the snapshot holds them, at most `limit` of them; `nextCursor` is
+	// there when more may follow. Disk snapshots' partitions are not
+	// searched (400).
+	//
+	// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/search (the `SearchSnapshotFiles` operationId).
+	SearchSnapshotFiles(ctx context.Context, protectedEntityID SnapshotIDPath, params *SearchSnapshotFilesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListBrowseSnapshots The snapshots of a PE, local and in the repository, newest first
 	//
@@ -1532,6 +1574,27 @@ func (c *Client) DownloadSnapshotFile(ctx context.Context, protectedEntityID Sna
 // Corresponds with GET /v1/appliance/browse/{protectedEntityID}/files (the `ListSnapshotFiles` operationId).
 func (c *Client) ListSnapshotFiles(ctx context.Context, protectedEntityID SnapshotIDPath, params *ListSnapshotFilesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewListSnapshotFilesRequest(c.Server, protectedEntityID, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SearchSnapshotFiles Find files by name in an fs snapshot's tree, paged
+//
+// The entries of an fs snapshot's tree whose name (the last element
+// of the path) contains `q`, without regard to case, in the order
+// the snapshot holds them, at most `limit` of them; `nextCursor` is
+// there when more may follow. Disk snapshots' partitions are not
+// searched (400).
+//
+// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/search (the `SearchSnapshotFiles` operationId).
+func (c *Client) SearchSnapshotFiles(ctx context.Context, protectedEntityID SnapshotIDPath, params *SearchSnapshotFilesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSearchSnapshotFilesRequest(c.Server, protectedEntityID, params)
 	if err != nil {
 		return nil, err
 	}
@@ -2760,6 +2823,99 @@ func NewListSnapshotFilesRequest(server string, protectedEntityID SnapshotIDPath
 				}
 			}
 
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int32"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewSearchSnapshotFilesRequest constructs an http.Request for the SearchSnapshotFiles method
+func NewSearchSnapshotFilesRequest(server string, protectedEntityID SnapshotIDPath, params *SearchSnapshotFilesParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "protectedEntityID", protectedEntityID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/appliance/browse/%s/search", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Location != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "location", *params.Location, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "q", params.Q, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
 		}
 
 		if params.Cursor != nil {
@@ -4527,6 +4683,19 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/files (the `ListSnapshotFiles` operationId).
 	ListSnapshotFilesWithResponse(ctx context.Context, protectedEntityID SnapshotIDPath, params *ListSnapshotFilesParams, reqEditors ...RequestEditorFn) (*ListSnapshotFilesResponse, error)
 
+	// SearchSnapshotFilesWithResponse Find files by name in an fs snapshot's tree, paged
+	//
+	// The entries of an fs snapshot's tree whose name (the last element
+	// of the path) contains `q`, without regard to case, in the order
+	// the snapshot holds them, at most `limit` of them; `nextCursor` is
+	// there when more may follow. Disk snapshots' partitions are not
+	// searched (400).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/search (the `SearchSnapshotFiles` operationId).
+	SearchSnapshotFilesWithResponse(ctx context.Context, protectedEntityID SnapshotIDPath, params *SearchSnapshotFilesParams, reqEditors ...RequestEditorFn) (*SearchSnapshotFilesResponse, error)
+
 	// ListBrowseSnapshotsWithResponse The snapshots of a PE, local and in the repository, newest first
 	//
 	// Each snapshot of the PE (a snapshot ID in the path stands for its
@@ -5298,6 +5467,75 @@ func (r ListSnapshotFilesResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r ListSnapshotFilesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type SearchSnapshotFilesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *FileSearchResult
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r SearchSnapshotFilesResponse) GetJSON200() *FileSearchResult {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r SearchSnapshotFilesResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r SearchSnapshotFilesResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r SearchSnapshotFilesResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r SearchSnapshotFilesResponse) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r SearchSnapshotFilesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SearchSnapshotFilesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SearchSnapshotFilesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SearchSnapshotFilesResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -7905,6 +8143,25 @@ func (c *ClientWithResponses) ListSnapshotFilesWithResponse(ctx context.Context,
 	return ParseListSnapshotFilesResponse(rsp)
 }
 
+// SearchSnapshotFilesWithResponse Find files by name in an fs snapshot's tree, paged
+//
+// The entries of an fs snapshot's tree whose name (the last element
+// of the path) contains `q`, without regard to case, in the order
+// the snapshot holds them, at most `limit` of them; `nextCursor` is
+// there when more may follow. Disk snapshots' partitions are not
+// searched (400).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/search (the `SearchSnapshotFiles` operationId).
+func (c *ClientWithResponses) SearchSnapshotFilesWithResponse(ctx context.Context, protectedEntityID SnapshotIDPath, params *SearchSnapshotFilesParams, reqEditors ...RequestEditorFn) (*SearchSnapshotFilesResponse, error) {
+	rsp, err := c.SearchSnapshotFiles(ctx, protectedEntityID, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSearchSnapshotFilesResponse(rsp)
+}
+
 // ListBrowseSnapshotsWithResponse The snapshots of a PE, local and in the repository, newest first
 //
 // Each snapshot of the PE (a snapshot ID in the path stands for its
@@ -8913,6 +9170,60 @@ func ParseListSnapshotFilesResponse(rsp *http.Response) (*ListSnapshotFilesRespo
 	switch {
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
 		var dest FileList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseSearchSnapshotFilesResponse parses an HTTP response from a SearchSnapshotFilesWithResponse call
+func ParseSearchSnapshotFilesResponse(rsp *http.Response) (*SearchSnapshotFilesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SearchSnapshotFilesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest FileSearchResult
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
@@ -10932,6 +11243,9 @@ type ServerInterface interface {
 	// ListSnapshotFiles One page of a directory of a snapshot's file tree
 	// (GET /v1/appliance/browse/{protectedEntityID}/files)
 	ListSnapshotFiles(w http.ResponseWriter, r *http.Request, protectedEntityID SnapshotIDPath, params ListSnapshotFilesParams)
+	// SearchSnapshotFiles Find files by name in an fs snapshot's tree, paged
+	// (GET /v1/appliance/browse/{protectedEntityID}/search)
+	SearchSnapshotFiles(w http.ResponseWriter, r *http.Request, protectedEntityID SnapshotIDPath, params SearchSnapshotFilesParams)
 	// ListBrowseSnapshots The snapshots of a PE, local and in the repository, newest first
 	// (GET /v1/appliance/browse/{protectedEntityID}/snapshots)
 	ListBrowseSnapshots(w http.ResponseWriter, r *http.Request, protectedEntityID PEIDPath)
@@ -11073,6 +11387,12 @@ func (_ Unimplemented) DownloadSnapshotFile(w http.ResponseWriter, r *http.Reque
 // ListSnapshotFiles One page of a directory of a snapshot's file tree
 // (GET /v1/appliance/browse/{protectedEntityID}/files)
 func (_ Unimplemented) ListSnapshotFiles(w http.ResponseWriter, r *http.Request, protectedEntityID SnapshotIDPath, params ListSnapshotFilesParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// SearchSnapshotFiles Find files by name in an fs snapshot's tree, paged
+// (GET /v1/appliance/browse/{protectedEntityID}/search)
+func (_ Unimplemented) SearchSnapshotFiles(w http.ResponseWriter, r *http.Request, protectedEntityID SnapshotIDPath, params SearchSnapshotFilesParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -11466,6 +11786,87 @@ func (siw *ServerInterfaceWrapper) ListSnapshotFiles(w http.ResponseWriter, r *h
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.ListSnapshotFiles(w, r, protectedEntityID, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// SearchSnapshotFiles operation middleware
+func (siw *ServerInterfaceWrapper) SearchSnapshotFiles(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "protectedEntityID" -------------
+	var protectedEntityID SnapshotIDPath
+
+	err = runtime.BindStyledParameterWithOptions("simple", "protectedEntityID", chi.URLParam(r, "protectedEntityID"), &protectedEntityID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "protectedEntityID", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params SearchSnapshotFilesParams
+
+	// ------------- Optional query parameter "location" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "location", r.URL.Query(), &params.Location, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "location"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "location", Err: err})
+		}
+		return
+	}
+
+	// ------------- Required query parameter "q" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, true, "q", r.URL.Query(), &params.Q, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "q"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "q", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: "int32"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.SearchSnapshotFiles(w, r, protectedEntityID, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -12706,6 +13107,9 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 		r.Get(options.BaseURL+"/v1/appliance/browse/{protectedEntityID}/files", wrapper.ListSnapshotFiles)
 	})
 	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/appliance/browse/{protectedEntityID}/search", wrapper.SearchSnapshotFiles)
+	})
+	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/v1/appliance/browse/{protectedEntityID}/content", wrapper.DownloadSnapshotFile)
 	})
 	r.Group(func(r chi.Router) {
@@ -12974,6 +13378,88 @@ type ListSnapshotFilesdefaultJSONResponse struct {
 }
 
 func (response ListSnapshotFilesdefaultJSONResponse) VisitListSnapshotFilesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchSnapshotFilesRequestObject struct {
+	ProtectedEntityID SnapshotIDPath `json:"protectedEntityID"`
+	Params            SearchSnapshotFilesParams
+}
+
+type SearchSnapshotFilesResponseObject interface {
+	VisitSearchSnapshotFilesResponse(w http.ResponseWriter) error
+}
+
+type SearchSnapshotFiles200JSONResponse FileSearchResult
+
+func (response SearchSnapshotFiles200JSONResponse) VisitSearchSnapshotFilesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchSnapshotFiles400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response SearchSnapshotFiles400JSONResponse) VisitSearchSnapshotFilesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchSnapshotFiles401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response SearchSnapshotFiles401JSONResponse) VisitSearchSnapshotFilesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchSnapshotFiles404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response SearchSnapshotFiles404JSONResponse) VisitSearchSnapshotFilesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchSnapshotFilesdefaultJSONResponse struct {
+	Body       Error
+	StatusCode int
+}
+
+func (response SearchSnapshotFilesdefaultJSONResponse) VisitSearchSnapshotFilesResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -15834,6 +16320,9 @@ type StrictServerInterface interface {
 	// ListSnapshotFiles One page of a directory of a snapshot's file tree
 	// (GET /v1/appliance/browse/{protectedEntityID}/files)
 	ListSnapshotFiles(ctx context.Context, request ListSnapshotFilesRequestObject) (ListSnapshotFilesResponseObject, error)
+	// SearchSnapshotFiles Find files by name in an fs snapshot's tree, paged
+	// (GET /v1/appliance/browse/{protectedEntityID}/search)
+	SearchSnapshotFiles(ctx context.Context, request SearchSnapshotFilesRequestObject) (SearchSnapshotFilesResponseObject, error)
 	// ListBrowseSnapshots The snapshots of a PE, local and in the repository, newest first
 	// (GET /v1/appliance/browse/{protectedEntityID}/snapshots)
 	ListBrowseSnapshots(ctx context.Context, request ListBrowseSnapshotsRequestObject) (ListBrowseSnapshotsResponseObject, error)
@@ -16066,6 +16555,33 @@ func (sh *strictHandler) ListSnapshotFiles(w http.ResponseWriter, r *http.Reques
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(ListSnapshotFilesResponseObject); ok {
 		if err := validResponse.VisitListSnapshotFilesResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// SearchSnapshotFiles operation middleware
+func (sh *strictHandler) SearchSnapshotFiles(w http.ResponseWriter, r *http.Request, protectedEntityID SnapshotIDPath, params SearchSnapshotFilesParams) {
+	var request SearchSnapshotFilesRequestObject
+
+	request.ProtectedEntityID = protectedEntityID
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.SearchSnapshotFiles(ctx, request.(SearchSnapshotFilesRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "SearchSnapshotFiles")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(SearchSnapshotFilesResponseObject); ok {
+		if err := validResponse.VisitSearchSnapshotFilesResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {

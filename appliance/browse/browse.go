@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io/fs"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -254,4 +255,39 @@ func (x *Index) File(p string) (off, size int64, mtime time.Time, err error) {
 	}
 	e := x.toc[f]
 	return e.Offset, e.Size, x.toc[n].ModTime, nil
+}
+
+// Match is one entry Search found.
+type Match struct {
+	Path  string
+	Entry Entry
+}
+
+// Search finds up to limit entries whose name contains q, without regard
+// to case, in TOC order from cursor (a previous answer's next, or "");
+// next is "" when the tree has no more.
+func (x *Index) Search(q, cursor string, limit int) (matches []Match, next string, err error) {
+	start := 0
+	if cursor != "" {
+		if start, err = strconv.Atoi(cursor); err != nil || start < 0 || start > len(x.toc) {
+			return nil, "", fmt.Errorf("cursor %q: %w", cursor, ErrBadPath)
+		}
+	}
+	q = strings.ToLower(q)
+	for i := start; i < len(x.toc); i++ {
+		name := x.toc[i].Name
+		parent, base := split(name)
+		if !strings.Contains(strings.ToLower(base), q) || CheckPath(name) != nil {
+			continue
+		}
+		// A member a later one of the same name replaced is not in the tree.
+		if n, ok := x.children[parent][base]; !ok || n != i {
+			continue
+		}
+		if len(matches) == limit {
+			return matches, strconv.Itoa(i), nil
+		}
+		matches = append(matches, Match{Path: name, Entry: x.entry(base, i)})
+	}
+	return matches, "", nil
 }

@@ -94,3 +94,37 @@ func TestIndexPagesAndFiles(t *testing.T) {
 		t.Errorf("List with a bad cursor: %v", err)
 	}
 }
+
+func TestSearch(t *testing.T) {
+	toc := []pe.TOCEntry{
+		{Name: "Report.TXT", Mode: 0o644, Size: 1},
+		{Name: "a/report-2.txt", Mode: 0o644, Size: 2},
+		{Name: "a/other", Mode: 0o644},
+		{Name: "reports", Mode: fs.ModeDir | 0o755},
+		{Name: "../report-escape", Mode: 0o644},
+		{Name: "Report.TXT", Mode: 0o644, Size: 3}, // replaces the first
+	}
+	x := NewIndex(toc, time.Unix(0, 0))
+	var got []string
+	cursor := ""
+	for range 10 {
+		m, next, err := x.Search("REPORT", cursor, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range m {
+			got = append(got, fmt.Sprintf("%s:%s:%d", e.Path, e.Entry.Kind, e.Entry.Size))
+		}
+		if cursor = next; next == "" {
+			break
+		}
+	}
+	if fmt.Sprint(got) != "[a/report-2.txt:file:2 reports:dir:0 Report.TXT:file:3]" {
+		t.Errorf("search, a match per page: %v", got)
+	}
+	for _, c := range []string{"x", "-1", "99"} {
+		if _, _, err := x.Search("r", c, 1); !errors.Is(err, ErrBadPath) {
+			t.Errorf("cursor %q: %v", c, err)
+		}
+	}
+}

@@ -282,16 +282,58 @@ func (s *server) ListSnapshotFiles(ctx context.Context, req api.ListSnapshotFile
 	}
 	out := api.ListSnapshotFiles200JSONResponse{Path: dir, Entries: make([]api.FileEntry, 0, len(page.Entries))}
 	for _, e := range page.Entries {
-		fe := api.FileEntry{Name: e.Name, Kind: api.FileEntryKind(e.Kind), Size: e.Size, Modified: e.Modified.UTC()}
-		if e.LinkTarget != "" {
-			fe.LinkTarget = &e.LinkTarget
-		}
-		out.Entries = append(out.Entries, fe)
+		out.Entries = append(out.Entries, apiEntry(e))
 	}
 	if page.Next != "" {
 		out.NextCursor = &page.Next
 	}
 	return out, nil
+}
+
+// searchLimit is the default page of searchSnapshotFiles.
+const searchLimit = 100
+
+func (s *server) SearchSnapshotFiles(ctx context.Context, req api.SearchSnapshotFilesRequestObject) (api.SearchSnapshotFilesResponseObject, error) {
+	q := req.Params.Q
+	if q == "" || len(q) > 255 {
+		return nil, badRequest("q: want 1 to 255 bytes")
+	}
+	limit := searchLimit
+	if l := req.Params.Limit; l != nil {
+		if *l < 1 {
+			return nil, badRequest("limit %d: want at least 1", *l)
+		}
+		limit = min(pageLimit, int(*l))
+	}
+	tree, err := s.openSnapshot(ctx, req.ProtectedEntityID, req.Params.Location)
+	if err != nil {
+		return nil, err
+	}
+	defer tree.Close()
+	toc, ok := tree.(tocTree)
+	if !ok {
+		return nil, badRequest("search is for fs snapshots; browse the partitions of disk snapshots")
+	}
+	found, next, err := toc.Search(q, deref(req.Params.Cursor), limit)
+	if err != nil {
+		return nil, browseError(err)
+	}
+	out := api.SearchSnapshotFiles200JSONResponse{Matches: make([]api.FileMatch, 0, len(found))}
+	for _, m := range found {
+		out.Matches = append(out.Matches, api.FileMatch{Path: m.Path, Entry: apiEntry(m.Entry)})
+	}
+	if next != "" {
+		out.NextCursor = &next
+	}
+	return out, nil
+}
+
+func apiEntry(e browse.Entry) api.FileEntry {
+	fe := api.FileEntry{Name: e.Name, Kind: api.FileEntryKind(e.Kind), Size: e.Size, Modified: e.Modified.UTC()}
+	if e.LinkTarget != "" {
+		fe.LinkTarget = &e.LinkTarget
+	}
+	return fe
 }
 
 func (s *server) DownloadSnapshotFile(ctx context.Context, req api.DownloadSnapshotFileRequestObject) (api.DownloadSnapshotFileResponseObject, error) {

@@ -58,6 +58,16 @@ func TestBrowseFiles(t *testing.T) {
 		t.Fatalf("docs: %v %s", err, body(r))
 	}
 
+	found, err := f.client.SearchSnapshotFilesWithResponse(ctx, snap, &api.SearchSnapshotFilesParams{Q: "READ"})
+	if err != nil || found.JSON200 == nil || len(found.JSON200.Matches) != 2 || found.JSON200.NextCursor != nil {
+		t.Fatalf("search READ: %v %s", err, body(found))
+	}
+	for _, m := range found.JSON200.Matches {
+		if m.Path != "README.txt" && m.Path != "docs/README-link" {
+			t.Errorf("search READ found %s", m.Path)
+		}
+	}
+
 	want, err := os.ReadFile(filepath.Join(f.cfgDir, "fs", "a", "data", "random.bin"))
 	if err != nil {
 		t.Fatal(err)
@@ -105,6 +115,9 @@ func TestBrowseFiles(t *testing.T) {
 		{"/content?path=docs%2FREADME-link", 400}, // a symlink
 		{"/content?path=docs%2Fnothing", 404},
 		{"/content", 400}, // the root
+		{"/search", 400},  // no q
+		{"/search?q=" + strings.Repeat("x", 256), 400},
+		{"/search?q=x&cursor=zz", 400},
 	} {
 		resp := f.get(t, base+c.path)
 		if resp.StatusCode != c.status {

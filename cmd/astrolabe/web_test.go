@@ -83,8 +83,8 @@ func screenshots(t *testing.T) string {
 // running appliance: a wrong token stays on the login; the right one
 // browses PE types, PEs, snapshots and the paged directory of a snapshot
 // in an S3 repository (versitygw) down to a file and downloads it (its
-// sha256 is the source's), then a file inside the ext4 partition of a
-// disk snapshot, and logs out. Beside the browser, a plain client checks what
+// sha256 is the source's), finds it by name, then downloads a file inside
+// the ext4 partition of a disk snapshot, and logs out. Beside the browser, a plain client checks what
 // the page relies on: the cookie's flags, CSRF, Range, path traversal and
 // the CSP.
 func TestWebFileRecovery(t *testing.T) {
@@ -249,15 +249,24 @@ func TestWebFileRecovery(t *testing.T) {
 		t.Fatalf("downloaded %d bytes, sha256 %x; the source: %d bytes, %x", len(got), sha256.Sum256(got), len(target), sha256.Sum256(target))
 	}
 
+	// Search by name, within the snapshot.
+	step("10-search",
+		chromedp.SendKeys(chromedp.ID("search-q"), "TARGET"),
+		chromedp.Click(chromedp.ID("search-submit")),
+		chromedp.WaitVisible(chromedp.CSS(`li[data-path="big/target.bin"] a`)))
+	if n := countItems(t, ctx); n != 1 {
+		t.Fatalf("search TARGET: %d matches, want 1: %s", n, text("#list"))
+	}
+
 	// A file inside the ext4 partition of a disk snapshot.
-	step("10-disk-pes",
+	step("11-disk-pes",
 		chromedp.Click(chromedp.CSS(`#crumbs button`)),
 		chromedp.WaitVisible(chromedp.CSS(`li[data-name="disk"] button`)),
 		chromedp.Click(chromedp.CSS(`li[data-name="disk"] button`)),
 		chromedp.WaitVisible(chromedp.CSS(`li[data-name="disk:sample.img"] button`)),
 		chromedp.Click(chromedp.CSS(`li[data-name="disk:sample.img"] button`)),
 		chromedp.WaitVisible(chromedp.CSS(`li[data-name=`+jsString(disk)+`] button`)))
-	step("11-disk-partitions",
+	step("12-disk-partitions",
 		chromedp.Click(chromedp.CSS(`li[data-name=`+jsString(disk)+`] button`)),
 		chromedp.WaitVisible(chromedp.CSS(`li[data-name="p1"] button`)),
 		chromedp.Click(chromedp.CSS(`li[data-name="p1"] button`)),
@@ -268,12 +277,12 @@ func TestWebFileRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := download("12-disk-download", `li[data-name="random.bin"] a`); sha256.Sum256(got) != sha256.Sum256(want) {
+	if got := download("13-disk-download", `li[data-name="random.bin"] a`); sha256.Sum256(got) != sha256.Sum256(want) {
 		t.Fatalf("downloaded p1/data/random.bin: %d bytes, sha256 %x; the source: %d bytes, %x", len(got), sha256.Sum256(got), len(want), sha256.Sum256(want))
 	}
 
-	step("13-logged-out", chromedp.Click(chromedp.ID("logout")), chromedp.WaitVisible(chromedp.ID("token")))
-	step("14-reloaded", chromedp.Reload(), chromedp.WaitVisible(chromedp.ID("token")))
+	step("14-logged-out", chromedp.Click(chromedp.ID("logout")), chromedp.WaitVisible(chromedp.ID("token")))
+	step("15-reloaded", chromedp.Reload(), chromedp.WaitVisible(chromedp.ID("token")))
 	if visible("#browser") {
 		t.Fatal("after logout and a reload the page shows the browser")
 	}

@@ -606,6 +606,30 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/appliance/browse/{protectedEntityID}/search": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Find files by name in an fs snapshot's tree, paged
+         * @description The entries of an fs snapshot's tree whose name (the last element
+         *     of the path) contains `q`, without regard to case, in the order
+         *     the snapshot holds them, at most `limit` of them; `nextCursor` is
+         *     there when more may follow. Disk snapshots' partitions are not
+         *     searched (400).
+         */
+        get: operations["searchSnapshotFiles"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/appliance/browse/{protectedEntityID}/content": {
         parameters: {
             query?: never;
@@ -803,6 +827,16 @@ export interface components {
             path: string;
             entries: components["schemas"]["FileEntry"][];
             /** @description Present when more entries follow; the next page's cursor */
+            nextCursor?: string;
+        };
+        FileMatch: {
+            /** @description The entry's path in the tree */
+            path: string;
+            entry: components["schemas"]["FileEntry"];
+        };
+        FileSearchResult: {
+            matches: components["schemas"]["FileMatch"][];
+            /** @description Present when more matches may follow; the next page's cursor */
             nextCursor?: string;
         };
         ServiceList: {
@@ -2221,6 +2255,42 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["FileList"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            default: components["responses"]["Error"];
+        };
+    };
+    searchSnapshotFiles: {
+        parameters: {
+            query: {
+                /** @description Where the snapshot is, the appliance (local, the default) or the repository */
+                location?: components["parameters"]["LocationQuery"];
+                /** @description What the names must contain */
+                q: string;
+                /** @description Where the page starts, from the previous page's nextCursor */
+                cursor?: string;
+                /** @description The most matches to answer (default 100, most 1000) */
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                /** @description A snapshot's PE ID, URL-encoded */
+                protectedEntityID: components["parameters"]["SnapshotIDPath"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One page of matches */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FileSearchResult"];
                 };
             };
             400: components["responses"]["BadRequest"];

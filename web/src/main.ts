@@ -72,7 +72,8 @@ type View =
   | { level: "services" }
   | { level: "pes"; service: string }
   | { level: "snapshots"; service: string; pe: string }
-  | { level: "files"; service: string; pe: string; snap: BrowseSnapshot; path: string };
+  | { level: "files"; service: string; pe: string; snap: BrowseSnapshot; path: string }
+  | { level: "search"; service: string; pe: string; snap: BrowseSnapshot; path: string; q: string };
 
 let view: View = { level: "services" };
 // loads counts the views shown, so that an answer for a view left since
@@ -119,9 +120,9 @@ function crumbs(): void {
   const nav = byId("crumbs");
   const parts: [string, View][] = [["PE types", { level: "services" }]];
   if (view.level !== "services") parts.push([view.service, { level: "pes", service: view.service }]);
-  if (view.level === "snapshots" || view.level === "files") parts.push([view.pe, { level: "snapshots", service: view.service, pe: view.pe }]);
-  if (view.level === "files") {
-    const v = view;
+  if (view.level === "snapshots" || view.level === "files" || view.level === "search") parts.push([view.pe, { level: "snapshots", service: view.service, pe: view.pe }]);
+  if (view.level === "files" || view.level === "search") {
+    const v: View & { level: "files" } = { level: "files", service: view.service, pe: view.pe, snap: view.snap, path: view.path };
     parts.push([`${v.snap.location} ${formatTime(v.snap.created)}`, { ...v, path: "" }]);
     let prefix = "";
     for (const elem of v.path === "" ? [] : v.path.split("/")) {
@@ -167,6 +168,7 @@ async function go(next: View): Promise<void> {
   more = undefined;
   byId("more").hidden = true;
   crumbs();
+  byId("search").hidden = next.level !== "files" && next.level !== "search";
   setStatus("Loading…");
   const stale = () => load !== loads;
   switch (next.level) {
@@ -208,7 +210,40 @@ async function go(next: View): Promise<void> {
       byId("title").textContent = next.path === "" ? "/" : `/${next.path}`;
       more = () => filesPage(next, load);
       return more();
+    case "search":
+      byId("title").textContent = `Names containing “${next.q}”`;
+      more = () => searchPage(next, load);
+      return more();
   }
+}
+
+async function searchPage(v: View & { level: "search" }, load: number, cursor?: string): Promise<void> {
+  more = undefined;
+  const { data, error } = await client.GET("/v1/appliance/browse/{protectedEntityID}/search", {
+    params: {
+      path: { protectedEntityID: v.snap.id },
+      query: { location: v.snap.location, q: v.q, limit: pageSize, ...(cursor === undefined ? {} : { cursor }) },
+    },
+  });
+  if (load !== loads) return;
+  if (data === undefined) return setStatus(`Cannot search: ${errorText(error)}.`);
+  const list = byId("list");
+  const files: View & { level: "files" } = { level: "files", service: v.service, pe: v.pe, snap: v.snap, path: "" };
+  for (const m of data.matches) {
+    const dir = m.path.includes("/") ? m.path.slice(0, m.path.lastIndexOf("/")) : "";
+    list.append(fileItem({ ...files, path: dir }, m.entry, m.path));
+  }
+  const next = data.nextCursor;
+  byId("more").hidden = next === undefined;
+  if (next !== undefined) more = () => searchPage(v, load, next);
+  setStatus(list.children.length === 0 ? "Nothing found." : `${list.children.length} found${next === undefined ? "" : " so far"}.`);
+}
+
+function search(ev: SubmitEvent): void {
+  ev.preventDefault();
+  const q = byId<HTMLInputElement>("search-q").value;
+  if (q === "" || (view.level !== "files" && view.level !== "search")) return;
+  void go({ level: "search", service: view.service, pe: view.pe, snap: view.snap, path: view.path, q });
 }
 
 // contentURL is where a file of a snapshot downloads from: a plain link
@@ -237,29 +272,32 @@ async function filesPage(v: View & { level: "files" }, load: number, cursor?: st
   setStatus(list.children.length === 0 ? "Empty directory." : `${list.children.length} entries${next === undefined ? "" : " so far"}.`);
 }
 
-function fileItem(v: View & { level: "files" }, e: FileEntry): HTMLLIElement {
+// fileItem is an entry of directory v.path; label, if given, is shown
+// for its name (a search shows the whole path).
+function fileItem(v: View & { level: "files" }, e: FileEntry, label = e.name): HTMLLIElement {
   const path = v.path === "" ? e.name : `${v.path}/${e.name}`;
-  const attrs = { "data-name": e.name, "data-kind": e.kind };
+  const attrs = { "data-name": e.name, "data-kind": e.kind, "data-path": path };
   const when = formatTime(e.modified);
   switch (e.kind) {
     case "dir":
-      return item(`${e.name}/`, [when], attrs, () => void go({ ...v, path }));
+      return item(`${label}/`, [when], attrs, () => void go({ ...v, path }));
     case "file": {
       const li = el("li", "", attrs);
-      li.append(el("a", e.name, { href: contentURL(v.snap, path), download: e.name }));
+      li.append(el("a", label, { href: contentURL(v.snap, path), download: e.name }));
       li.append(el("span", formatSize(e.size), { class: "meta" }), el("span", when, { class: "meta" }));
       return li;
     }
     case "symlink":
-      return item(`${e.name} → ${e.linkTarget ?? ""}`, [when], attrs);
+      return item(`${label} → ${e.linkTarget ?? ""}`, [when], attrs);
     default:
-      return item(e.name, [when], attrs);
+      return item(label, [when], attrs);
   }
 }
 
 async function start(): Promise<void> {
   byId<HTMLFormElement>("login").addEventListener("submit", (ev) => void login(ev));
   byId("logout").addEventListener("click", () => void logout());
+  byId<HTMLFormElement>("search").addEventListener("submit", search);
   const moreButton = byId("more");
   moreButton.addEventListener("click", () => void more?.());
   // Scrolling to the end of a long directory loads its next page.
