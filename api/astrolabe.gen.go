@@ -760,6 +760,15 @@ type SearchSnapshotFilesParams struct {
 	Limit *int32 `form:"limit,omitempty" json:"limit,omitempty"`
 }
 
+// DownloadSnapshotFolderParams defines parameters for DownloadSnapshotFolder.
+type DownloadSnapshotFolderParams struct {
+	// Location Where the snapshot is, the appliance (local, the default) or the repository
+	Location *LocationQuery `form:"location,omitempty" json:"location,omitempty"`
+
+	// Path A slash-separated path in the snapshot's tree, relative to its root (empty, the default, for the root)
+	Path *FilePathQuery `form:"path,omitempty" json:"path,omitempty"`
+}
+
 // StopNBDExportParams defines parameters for StopNBDExport.
 type StopNBDExportParams struct {
 	// Keep Keep a writable export's writes as a new PE.
@@ -988,6 +997,18 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/snapshots (the `ListBrowseSnapshots` operationId).
 	ListBrowseSnapshots(ctx context.Context, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DownloadSnapshotFolder Download a folder of a snapshot's tree as a zip, streamed
+	//
+	// The regular files and directories below a directory of a
+	// snapshot's tree (the root: empty path) as a zip, written as the
+	// files are read: nothing is copied on the appliance first, and the
+	// answer has no length. Names start with the folder's own name;
+	// symlinks and special files are left out. A path that is not a
+	// directory answers 400.
+	//
+	// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/zip (the `DownloadSnapshotFolder` operationId).
+	DownloadSnapshotFolder(ctx context.Context, protectedEntityID SnapshotIDPath, params *DownloadSnapshotFolderParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListInstantVMs The VMs running from the appliance's NFS datastore
 	//
@@ -1615,6 +1636,28 @@ func (c *Client) SearchSnapshotFiles(ctx context.Context, protectedEntityID Snap
 // Corresponds with GET /v1/appliance/browse/{protectedEntityID}/snapshots (the `ListBrowseSnapshots` operationId).
 func (c *Client) ListBrowseSnapshots(ctx context.Context, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewListBrowseSnapshotsRequest(c.Server, protectedEntityID)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DownloadSnapshotFolder Download a folder of a snapshot's tree as a zip, streamed
+//
+// The regular files and directories below a directory of a
+// snapshot's tree (the root: empty path) as a zip, written as the
+// files are read: nothing is copied on the appliance first, and the
+// answer has no length. Names start with the folder's own name;
+// symlinks and special files are left out. A path that is not a
+// directory answers 400.
+//
+// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/zip (the `DownloadSnapshotFolder` operationId).
+func (c *Client) DownloadSnapshotFolder(ctx context.Context, protectedEntityID SnapshotIDPath, params *DownloadSnapshotFolderParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDownloadSnapshotFolderRequest(c.Server, protectedEntityID, params)
 	if err != nil {
 		return nil, err
 	}
@@ -2980,6 +3023,79 @@ func NewListBrowseSnapshotsRequest(server string, protectedEntityID PEIDPath) (*
 	queryURL, err := serverURL.Parse(operationPath)
 	if err != nil {
 		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDownloadSnapshotFolderRequest constructs an http.Request for the DownloadSnapshotFolder method
+func NewDownloadSnapshotFolderRequest(server string, protectedEntityID SnapshotIDPath, params *DownloadSnapshotFolderParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "protectedEntityID", protectedEntityID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/appliance/browse/%s/zip", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Location != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "location", *params.Location, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Path != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "path", *params.Path, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
 	}
 
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
@@ -4708,6 +4824,20 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/snapshots (the `ListBrowseSnapshots` operationId).
 	ListBrowseSnapshotsWithResponse(ctx context.Context, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*ListBrowseSnapshotsResponse, error)
 
+	// DownloadSnapshotFolderWithResponse Download a folder of a snapshot's tree as a zip, streamed
+	//
+	// The regular files and directories below a directory of a
+	// snapshot's tree (the root: empty path) as a zip, written as the
+	// files are read: nothing is copied on the appliance first, and the
+	// answer has no length. Names start with the folder's own name;
+	// symlinks and special files are left out. A path that is not a
+	// directory answers 400.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/zip (the `DownloadSnapshotFolder` operationId).
+	DownloadSnapshotFolderWithResponse(ctx context.Context, protectedEntityID SnapshotIDPath, params *DownloadSnapshotFolderParams, reqEditors ...RequestEditorFn) (*DownloadSnapshotFolderResponse, error)
+
 	// ListInstantVMsWithResponse The VMs running from the appliance's NFS datastore
 	//
 	// Every instant VM started and not yet migrated or stopped; 501 where the appliance serves no NFS.
@@ -5605,6 +5735,68 @@ func (r ListBrowseSnapshotsResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r ListBrowseSnapshotsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DownloadSnapshotFolderResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r DownloadSnapshotFolderResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r DownloadSnapshotFolderResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r DownloadSnapshotFolderResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r DownloadSnapshotFolderResponse) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DownloadSnapshotFolderResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DownloadSnapshotFolderResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DownloadSnapshotFolderResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DownloadSnapshotFolderResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -8180,6 +8372,26 @@ func (c *ClientWithResponses) ListBrowseSnapshotsWithResponse(ctx context.Contex
 	return ParseListBrowseSnapshotsResponse(rsp)
 }
 
+// DownloadSnapshotFolderWithResponse Download a folder of a snapshot's tree as a zip, streamed
+//
+// The regular files and directories below a directory of a
+// snapshot's tree (the root: empty path) as a zip, written as the
+// files are read: nothing is copied on the appliance first, and the
+// answer has no length. Names start with the folder's own name;
+// symlinks and special files are left out. A path that is not a
+// directory answers 400.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/zip (the `DownloadSnapshotFolder` operationId).
+func (c *ClientWithResponses) DownloadSnapshotFolderWithResponse(ctx context.Context, protectedEntityID SnapshotIDPath, params *DownloadSnapshotFolderParams, reqEditors ...RequestEditorFn) (*DownloadSnapshotFolderResponse, error) {
+	rsp, err := c.DownloadSnapshotFolder(ctx, protectedEntityID, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDownloadSnapshotFolderResponse(rsp)
+}
+
 // ListInstantVMsWithResponse The VMs running from the appliance's NFS datastore
 //
 // Every instant VM started and not yet migrated or stopped; 501 where the appliance serves no NFS.
@@ -9283,6 +9495,53 @@ func ParseListBrowseSnapshotsResponse(rsp *http.Response) (*ListBrowseSnapshotsR
 		}
 		response.JSON200 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDownloadSnapshotFolderResponse parses an HTTP response from a DownloadSnapshotFolderWithResponse call
+func ParseDownloadSnapshotFolderResponse(rsp *http.Response) (*DownloadSnapshotFolderResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DownloadSnapshotFolderResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
 		var dest BadRequest
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -11249,6 +11508,9 @@ type ServerInterface interface {
 	// ListBrowseSnapshots The snapshots of a PE, local and in the repository, newest first
 	// (GET /v1/appliance/browse/{protectedEntityID}/snapshots)
 	ListBrowseSnapshots(w http.ResponseWriter, r *http.Request, protectedEntityID PEIDPath)
+	// DownloadSnapshotFolder Download a folder of a snapshot's tree as a zip, streamed
+	// (GET /v1/appliance/browse/{protectedEntityID}/zip)
+	DownloadSnapshotFolder(w http.ResponseWriter, r *http.Request, protectedEntityID SnapshotIDPath, params DownloadSnapshotFolderParams)
 	// ListInstantVMs The VMs running from the appliance's NFS datastore
 	// (GET /v1/appliance/instant/vms)
 	ListInstantVMs(w http.ResponseWriter, r *http.Request)
@@ -11399,6 +11661,12 @@ func (_ Unimplemented) SearchSnapshotFiles(w http.ResponseWriter, r *http.Reques
 // ListBrowseSnapshots The snapshots of a PE, local and in the repository, newest first
 // (GET /v1/appliance/browse/{protectedEntityID}/snapshots)
 func (_ Unimplemented) ListBrowseSnapshots(w http.ResponseWriter, r *http.Request, protectedEntityID PEIDPath) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DownloadSnapshotFolder Download a folder of a snapshot's tree as a zip, streamed
+// (GET /v1/appliance/browse/{protectedEntityID}/zip)
+func (_ Unimplemented) DownloadSnapshotFolder(w http.ResponseWriter, r *http.Request, protectedEntityID SnapshotIDPath, params DownloadSnapshotFolderParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -11893,6 +12161,61 @@ func (siw *ServerInterfaceWrapper) ListBrowseSnapshots(w http.ResponseWriter, r 
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.ListBrowseSnapshots(w, r, protectedEntityID)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DownloadSnapshotFolder operation middleware
+func (siw *ServerInterfaceWrapper) DownloadSnapshotFolder(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "protectedEntityID" -------------
+	var protectedEntityID SnapshotIDPath
+
+	err = runtime.BindStyledParameterWithOptions("simple", "protectedEntityID", chi.URLParam(r, "protectedEntityID"), &protectedEntityID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "protectedEntityID", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DownloadSnapshotFolderParams
+
+	// ------------- Optional query parameter "location" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "location", r.URL.Query(), &params.Location, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "location"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "location", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "path" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "path", r.URL.Query(), &params.Path, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "path"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "path", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DownloadSnapshotFolder(w, r, protectedEntityID, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -13110,6 +13433,9 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 		r.Get(options.BaseURL+"/v1/appliance/browse/{protectedEntityID}/search", wrapper.SearchSnapshotFiles)
 	})
 	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/appliance/browse/{protectedEntityID}/zip", wrapper.DownloadSnapshotFolder)
+	})
+	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/v1/appliance/browse/{protectedEntityID}/content", wrapper.DownloadSnapshotFile)
 	})
 	r.Group(func(r chi.Router) {
@@ -13541,6 +13867,94 @@ type ListBrowseSnapshotsdefaultJSONResponse struct {
 }
 
 func (response ListBrowseSnapshotsdefaultJSONResponse) VisitListBrowseSnapshotsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DownloadSnapshotFolderRequestObject struct {
+	ProtectedEntityID SnapshotIDPath `json:"protectedEntityID"`
+	Params            DownloadSnapshotFolderParams
+}
+
+type DownloadSnapshotFolderResponseObject interface {
+	VisitDownloadSnapshotFolderResponse(w http.ResponseWriter) error
+}
+
+type DownloadSnapshotFolder200ApplicationzipResponse struct {
+	Body          io.Reader
+	ContentLength int64
+}
+
+func (response DownloadSnapshotFolder200ApplicationzipResponse) VisitDownloadSnapshotFolderResponse(w http.ResponseWriter) error {
+
+	w.Header().Set("Content-Type", "application/zip")
+	if response.ContentLength != 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(response.ContentLength))
+	}
+	w.WriteHeader(200)
+
+	if closer, ok := response.Body.(io.ReadCloser); ok {
+		defer closer.Close()
+	}
+	_, err := io.Copy(w, response.Body)
+	return err
+}
+
+type DownloadSnapshotFolder400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response DownloadSnapshotFolder400JSONResponse) VisitDownloadSnapshotFolderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DownloadSnapshotFolder401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response DownloadSnapshotFolder401JSONResponse) VisitDownloadSnapshotFolderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DownloadSnapshotFolder404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response DownloadSnapshotFolder404JSONResponse) VisitDownloadSnapshotFolderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DownloadSnapshotFolderdefaultJSONResponse struct {
+	Body       Error
+	StatusCode int
+}
+
+func (response DownloadSnapshotFolderdefaultJSONResponse) VisitDownloadSnapshotFolderResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -16326,6 +16740,9 @@ type StrictServerInterface interface {
 	// ListBrowseSnapshots The snapshots of a PE, local and in the repository, newest first
 	// (GET /v1/appliance/browse/{protectedEntityID}/snapshots)
 	ListBrowseSnapshots(ctx context.Context, request ListBrowseSnapshotsRequestObject) (ListBrowseSnapshotsResponseObject, error)
+	// DownloadSnapshotFolder Download a folder of a snapshot's tree as a zip, streamed
+	// (GET /v1/appliance/browse/{protectedEntityID}/zip)
+	DownloadSnapshotFolder(ctx context.Context, request DownloadSnapshotFolderRequestObject) (DownloadSnapshotFolderResponseObject, error)
 	// ListInstantVMs The VMs running from the appliance's NFS datastore
 	// (GET /v1/appliance/instant/vms)
 	ListInstantVMs(ctx context.Context, request ListInstantVMsRequestObject) (ListInstantVMsResponseObject, error)
@@ -16608,6 +17025,33 @@ func (sh *strictHandler) ListBrowseSnapshots(w http.ResponseWriter, r *http.Requ
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(ListBrowseSnapshotsResponseObject); ok {
 		if err := validResponse.VisitListBrowseSnapshotsResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DownloadSnapshotFolder operation middleware
+func (sh *strictHandler) DownloadSnapshotFolder(w http.ResponseWriter, r *http.Request, protectedEntityID SnapshotIDPath, params DownloadSnapshotFolderParams) {
+	var request DownloadSnapshotFolderRequestObject
+
+	request.ProtectedEntityID = protectedEntityID
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DownloadSnapshotFolder(ctx, request.(DownloadSnapshotFolderRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DownloadSnapshotFolder")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DownloadSnapshotFolderResponseObject); ok {
+		if err := validResponse.VisitDownloadSnapshotFolderResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {

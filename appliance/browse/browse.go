@@ -291,3 +291,43 @@ func (x *Index) Search(q, cursor string, limit int) (matches []Match, next strin
 	}
 	return matches, "", nil
 }
+
+// Walk calls fn for dir and every directory and regular file below it
+// (hard links as the files they name), parents before children, names in
+// byte order. Symlinks and special files are left out.
+func (x *Index) Walk(dir string, fn func(p string, e Entry) error) error {
+	if err := CheckPath(dir); err != nil {
+		return err
+	}
+	if _, ok := x.dirs[dir]; !ok {
+		if x.exists(dir) {
+			return fmt.Errorf("%s: not a directory: %w", dir, ErrBadPath)
+		}
+		return fmt.Errorf("directory %s: %w", dir, pe.ErrNotFound)
+	}
+	return x.walk(dir, fn)
+}
+
+func (x *Index) walk(dir string, fn func(p string, e Entry) error) error {
+	for _, name := range x.dirs[dir] {
+		p := name
+		if dir != "" {
+			p = dir + "/" + name
+		}
+		e := x.entry(name, x.children[dir][name])
+		switch e.Kind {
+		case KindDir:
+			if err := fn(p, e); err != nil {
+				return err
+			}
+			if err := x.walk(p, fn); err != nil {
+				return err
+			}
+		case KindFile:
+			if err := fn(p, e); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

@@ -140,3 +140,52 @@ func (m Mounted) Open(p string) (*os.File, fs.FileInfo, error) {
 	}
 	return f, fi, nil
 }
+
+// Walk calls fn for dir and every directory and regular file below it,
+// parents before children, names in byte order; symlinks and special
+// files are left out, and nothing below them is followed.
+func (m Mounted) Walk(dir string, fn func(p string, e Entry) error) error {
+	if err := CheckPath(dir); err != nil {
+		return err
+	}
+	if dir == "" {
+		names := append([]string(nil), m.Partitions...)
+		sort.Strings(names)
+		for _, n := range names {
+			if err := fn(n, Entry{Name: n, Kind: KindDir}); err != nil {
+				return err
+			}
+			if err := m.walk(n, fn); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := m.inPartition(dir); err != nil {
+		return err
+	}
+	fi, err := m.Root.Lstat(dir)
+	if err != nil {
+		return notFound(dir, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s: not a directory: %w", dir, ErrBadPath)
+	}
+	return m.walk(dir, fn)
+}
+
+func (m Mounted) walk(dir string, fn func(p string, e Entry) error) error {
+	return fs.WalkDir(m.Root.FS(), dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p == dir {
+			return nil
+		}
+		e := m.entry(p, d)
+		if e.Kind == KindDir || e.Kind == KindFile {
+			return fn(p, e)
+		}
+		return nil
+	})
+}

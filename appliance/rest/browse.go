@@ -1,15 +1,17 @@
 package rest
 
 import (
+	"archive/zip"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"mime"
 	"net/http"
-	"os"
 	"path"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -123,8 +125,9 @@ func (s *server) ListBrowseSnapshots(ctx context.Context, req api.ListBrowseSnap
 // snapshot's table of contents, or a disk snapshot's recovery mount.
 type snapshotTree interface {
 	List(dir, cursor string, limit int) (browse.Page, error)
-	// Open opens the regular file p for reading.
-	Open(p string) (content io.ReadSeeker, mtime time.Time, err error)
+	Walk(dir string, fn func(p string, e browse.Entry) error) error
+	// Open opens the regular file p for reading; the caller closes it.
+	Open(p string) (content io.ReadSeekCloser, mtime time.Time, err error)
 	Close()
 }
 
@@ -135,13 +138,18 @@ type tocTree struct {
 	*browse.Index
 }
 
-func (t tocTree) Open(p string) (io.ReadSeeker, time.Time, error) {
+func (t tocTree) Open(p string) (io.ReadSeekCloser, time.Time, error) {
 	off, size, mtime, err := t.File(p)
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	return io.NewSectionReader(ctxReaderAt{t.ctx, t.img}, off, size), mtime, nil
+	// The image stays open with the tree.
+	return nopCloser{io.NewSectionReader(ctxReaderAt{t.ctx, t.img}, off, size)}, mtime, nil
 }
+
+type nopCloser struct{ io.ReadSeeker }
+
+func (nopCloser) Close() error { return nil }
 
 func (t tocTree) Close() { t.img.Close() }
 
@@ -149,24 +157,17 @@ func (t tocTree) Close() { t.img.Close() }
 type mountTree struct {
 	browse.Mounted
 	release func()
-	files   []*os.File
 }
 
-func (t *mountTree) Open(p string) (io.ReadSeeker, time.Time, error) {
+func (t mountTree) Open(p string) (io.ReadSeekCloser, time.Time, error) {
 	f, fi, err := t.Mounted.Open(p)
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	t.files = append(t.files, f)
 	return f, fi.ModTime(), nil
 }
 
-func (t *mountTree) Close() {
-	for _, f := range t.files {
-		f.Close()
-	}
-	t.release()
-}
+func (t mountTree) Close() { t.release() }
 
 // openSnapshot opens the file tree of the snapshot id at location. The
 // caller closes it.
@@ -248,7 +249,7 @@ func (s *server) mountSnapshot(ctx context.Context, p pe.ProtectedEntity, loc ap
 	for i, part := range parts {
 		names[i] = part.Name
 	}
-	return &mountTree{Mounted: browse.Mounted{Root: root, Partitions: names}, release: release}, nil
+	return mountTree{Mounted: browse.Mounted{Root: root, Partitions: names}, release: release}, nil
 }
 
 // browseError marks the browse package's refusals as the client's.
@@ -359,13 +360,14 @@ func (s *server) DownloadSnapshotFile(ctx context.Context, req api.DownloadSnaps
 type fileDownload struct {
 	r       *http.Request
 	tree    snapshotTree
-	content io.ReadSeeker
+	content io.ReadSeekCloser
 	name    string
 	mtime   time.Time
 }
 
 func (d fileDownload) VisitDownloadSnapshotFileResponse(w http.ResponseWriter) error {
 	defer d.tree.Close()
+	defer d.content.Close()
 	if d.r == nil {
 		return errors.New("download: no request in the context")
 	}
@@ -384,3 +386,80 @@ type ctxReaderAt struct {
 }
 
 func (c ctxReaderAt) ReadAt(p []byte, off int64) (int, error) { return pe.ReadAt(c.ctx, c.img, p, off) }
+
+func (s *server) DownloadSnapshotFolder(ctx context.Context, req api.DownloadSnapshotFolderRequestObject) (api.DownloadSnapshotFolderResponseObject, error) {
+	dir := deref(req.Params.Path)
+	if err := browse.CheckPath(dir); err != nil {
+		return nil, browseError(err)
+	}
+	tree, err := s.openSnapshot(ctx, req.ProtectedEntityID, req.Params.Location)
+	if err != nil {
+		return nil, err
+	}
+	// Refuse what is not a directory before the answer starts.
+	if _, err := tree.List(dir, "", 1); err != nil {
+		tree.Close()
+		return nil, browseError(err)
+	}
+	name := "snapshot"
+	if dir != "" {
+		name = path.Base(dir)
+	}
+	return folderZip{ctx: ctx, tree: tree, dir: dir, name: name, log: s.log}, nil
+}
+
+// folderZip streams a folder of a snapshot as a zip: each file is read
+// and compressed as it goes out.
+type folderZip struct {
+	ctx  context.Context
+	tree snapshotTree
+	dir  string
+	name string
+	log  *slog.Logger
+}
+
+func (z folderZip) VisitDownloadSnapshotFolderResponse(w http.ResponseWriter) error {
+	defer z.tree.Close()
+	w.Header().Set("Content-Type", "application/zip")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": z.name + ".zip"}))
+	zw := zip.NewWriter(w)
+	err := z.write(zw)
+	if err == nil {
+		err = zw.Close()
+	}
+	if err != nil {
+		// The status is sent: the client sees a zip cut short, without
+		// its central directory, which no unzip takes as whole.
+		z.log.Warn("zip of a snapshot folder cut short", "dir", z.dir, "err", err)
+	}
+	return nil
+}
+
+// write writes the folder and everything below it into zw.
+func (z folderZip) write(zw *zip.Writer) error {
+	if _, err := zw.CreateHeader(&zip.FileHeader{Name: z.name + "/", Modified: time.Now()}); err != nil {
+		return err
+	}
+	return z.tree.Walk(z.dir, func(p string, e browse.Entry) error {
+		if err := z.ctx.Err(); err != nil {
+			return err
+		}
+		rel := z.name + "/" + strings.TrimPrefix(strings.TrimPrefix(p, z.dir), "/")
+		if e.Kind == browse.KindDir {
+			_, err := zw.CreateHeader(&zip.FileHeader{Name: rel + "/", Modified: e.Modified})
+			return err
+		}
+		f, _, err := z.tree.Open(p)
+		if err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		defer f.Close()
+		out, err := zw.CreateHeader(&zip.FileHeader{Name: rel, Modified: e.Modified, Method: zip.Deflate})
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(out, f)
+		return err
+	})
+}

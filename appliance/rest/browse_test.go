@@ -1,6 +1,8 @@
 package rest
 
 import (
+	"archive/zip"
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -95,6 +97,25 @@ func TestBrowseFiles(t *testing.T) {
 		t.Errorf("the last 10 bytes: %d, %q", part.StatusCode, got)
 	}
 
+	// A folder as a zip, and the whole tree.
+	zr := fetchZip(t, f, snap, "docs")
+	var zipped []string
+	for _, zf := range zr.File {
+		zipped = append(zipped, zf.Name)
+	}
+	if strings.Join(zipped, " ") != "docs/ docs/notes/ docs/notes/todo.md docs/report-2026.txt" {
+		t.Errorf("zip of docs: %v", zipped)
+	}
+	zr = fetchZip(t, f, snap, "")
+	rc, err := zr.Open("snapshot/data/random.bin")
+	if err != nil {
+		t.Fatalf("zip of the root: %v", err)
+	}
+	got, _ = io.ReadAll(rc)
+	if string(got) != string(want) {
+		t.Errorf("zip of the root: data/random.bin differs (%d bytes)", len(got))
+	}
+
 	base := f.url + "/v1/appliance/browse/" + url.PathEscape(snap)
 	for _, c := range []struct {
 		path   string
@@ -115,7 +136,10 @@ func TestBrowseFiles(t *testing.T) {
 		{"/content?path=docs%2FREADME-link", 400}, // a symlink
 		{"/content?path=docs%2Fnothing", 404},
 		{"/content", 400}, // the root
-		{"/search", 400},  // no q
+		{"/zip?path=README.txt", 400},
+		{"/zip?path=..", 400},
+		{"/zip?path=nothing", 404},
+		{"/search", 400}, // no q
 		{"/search?q=" + strings.Repeat("x", 256), 400},
 		{"/search?q=x&cursor=zz", 400},
 	} {
@@ -248,4 +272,23 @@ func TestSessionsExpireAndAreBounded(t *testing.T) {
 	if _, ok := ss.get(ids[3], now.Add(5*time.Second)); !ok {
 		t.Error("the newest session is gone")
 	}
+}
+
+// fetchZip downloads a folder of snapshot snap as a zip.
+func fetchZip(t *testing.T, f *fixture, snap, dir string) *zip.Reader {
+	t.Helper()
+	resp, err := f.client.DownloadSnapshotFolder(context.Background(), snap, &api.DownloadSnapshotFolderParams{Path: &dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/zip" {
+		t.Fatalf("zip of %q: %d %v", dir, resp.StatusCode, err)
+	}
+	zr, err := zip.NewReader(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatalf("zip of %q: %v", dir, err)
+	}
+	return zr
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"archive/zip"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -83,8 +84,9 @@ func screenshots(t *testing.T) string {
 // running appliance: a wrong token stays on the login; the right one
 // browses PE types, PEs, snapshots and the paged directory of a snapshot
 // in an S3 repository (versitygw) down to a file and downloads it (its
-// sha256 is the source's), finds it by name, then downloads a file inside
-// the ext4 partition of a disk snapshot, and logs out. Beside the browser, a plain client checks what
+// sha256 is the source's) and its folder as a zip (the listing is the
+// source's), finds it by name, then downloads a file inside the ext4
+// partition of a disk snapshot, and logs out. Beside the browser, a plain client checks what
 // the page relies on: the cookie's flags, CSRF, Range, path traversal and
 // the CSP.
 func TestWebFileRecovery(t *testing.T) {
@@ -249,8 +251,32 @@ func TestWebFileRecovery(t *testing.T) {
 		t.Fatalf("downloaded %d bytes, sha256 %x; the source: %d bytes, %x", len(got), sha256.Sum256(got), len(target), sha256.Sum256(target))
 	}
 
+	// The folder as a zip: its listing is the source's.
+	zipped := download("10-zip", "#zip")
+	zr, err := zip.NewReader(bytes.NewReader(zipped), int64(len(zipped)))
+	if err != nil {
+		t.Fatalf("the folder's zip: %v", err)
+	}
+	var names, wantNames []string
+	for _, zf := range zr.File {
+		names = append(names, zf.Name)
+	}
+	srcEntries, _ := os.ReadDir(filepath.Join(cfg, "fs", "docs", "big"))
+	wantNames = append(wantNames, "big/")
+	for _, e := range srcEntries {
+		wantNames = append(wantNames, "big/"+e.Name())
+	}
+	if strings.Join(names, "\n") != strings.Join(wantNames, "\n") {
+		t.Errorf("the zip of big/ holds %d names, the source %d; first %v", len(names), len(wantNames), names[:min(3, len(names))])
+	}
+	if rc, err := zr.Open("big/target.bin"); err != nil {
+		t.Errorf("zip: %v", err)
+	} else if b, _ := io.ReadAll(rc); sha256.Sum256(b) != sha256.Sum256(target) {
+		t.Errorf("zip: big/target.bin differs from the source")
+	}
+
 	// Search by name, within the snapshot.
-	step("10-search",
+	step("11-search",
 		chromedp.SendKeys(chromedp.ID("search-q"), "TARGET"),
 		chromedp.Click(chromedp.ID("search-submit")),
 		chromedp.WaitVisible(chromedp.CSS(`li[data-path="big/target.bin"] a`)))
@@ -259,14 +285,14 @@ func TestWebFileRecovery(t *testing.T) {
 	}
 
 	// A file inside the ext4 partition of a disk snapshot.
-	step("11-disk-pes",
+	step("12-disk-pes",
 		chromedp.Click(chromedp.CSS(`#crumbs button`)),
 		chromedp.WaitVisible(chromedp.CSS(`li[data-name="disk"] button`)),
 		chromedp.Click(chromedp.CSS(`li[data-name="disk"] button`)),
 		chromedp.WaitVisible(chromedp.CSS(`li[data-name="disk:sample.img"] button`)),
 		chromedp.Click(chromedp.CSS(`li[data-name="disk:sample.img"] button`)),
 		chromedp.WaitVisible(chromedp.CSS(`li[data-name=`+jsString(disk)+`] button`)))
-	step("12-disk-partitions",
+	step("13-disk-partitions",
 		chromedp.Click(chromedp.CSS(`li[data-name=`+jsString(disk)+`] button`)),
 		chromedp.WaitVisible(chromedp.CSS(`li[data-name="p1"] button`)),
 		chromedp.Click(chromedp.CSS(`li[data-name="p1"] button`)),
@@ -277,12 +303,12 @@ func TestWebFileRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := download("13-disk-download", `li[data-name="random.bin"] a`); sha256.Sum256(got) != sha256.Sum256(want) {
+	if got := download("14-disk-download", `li[data-name="random.bin"] a`); sha256.Sum256(got) != sha256.Sum256(want) {
 		t.Fatalf("downloaded p1/data/random.bin: %d bytes, sha256 %x; the source: %d bytes, %x", len(got), sha256.Sum256(got), len(want), sha256.Sum256(want))
 	}
 
-	step("14-logged-out", chromedp.Click(chromedp.ID("logout")), chromedp.WaitVisible(chromedp.ID("token")))
-	step("15-reloaded", chromedp.Reload(), chromedp.WaitVisible(chromedp.ID("token")))
+	step("15-logged-out", chromedp.Click(chromedp.ID("logout")), chromedp.WaitVisible(chromedp.ID("token")))
+	step("16-reloaded", chromedp.Reload(), chromedp.WaitVisible(chromedp.ID("token")))
 	if visible("#browser") {
 		t.Fatal("after logout and a reload the page shows the browser")
 	}
@@ -417,6 +443,19 @@ func TestWebDiskPartitions(t *testing.T) {
 	status, got := a.call("GET", base+"/content?path=p1%2Fdata%2Frandom.bin", token, "")
 	if status != 200 || sha256.Sum256([]byte(got)) != sha256.Sum256(want) {
 		t.Errorf("download p1/data/random.bin: %d, %d bytes (want %d)", status, len(got), len(want))
+	}
+	status, zipped := a.call("GET", base+"/zip?path=p1%2Fdocs", token, "")
+	zr, err := zip.NewReader(strings.NewReader(zipped), int64(len(zipped)))
+	if status != 200 || err != nil {
+		t.Fatalf("zip of p1/docs: %d %v", status, err)
+	}
+	var names []string
+	for _, zf := range zr.File {
+		names = append(names, zf.Name)
+	}
+	// The symlink is left out.
+	if got := strings.Join(names, " "); got != "docs/ docs/notes/ docs/notes/todo.md docs/report-2026.txt" {
+		t.Errorf("zip of p1/docs: %s", got)
 	}
 	for p, wantStatus := range map[string]int{
 		"p1/../../../etc/passwd": 400,

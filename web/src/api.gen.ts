@@ -630,6 +630,31 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/appliance/browse/{protectedEntityID}/zip": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Download a folder of a snapshot's tree as a zip, streamed
+         * @description The regular files and directories below a directory of a
+         *     snapshot's tree (the root: empty path) as a zip, written as the
+         *     files are read: nothing is copied on the appliance first, and the
+         *     answer has no length. Names start with the folder's own name;
+         *     symlinks and special files are left out. A path that is not a
+         *     directory answers 400.
+         */
+        get: operations["downloadSnapshotFolder"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/appliance/browse/{protectedEntityID}/content": {
         parameters: {
             query?: never;
@@ -2291,6 +2316,38 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["FileSearchResult"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            default: components["responses"]["Error"];
+        };
+    };
+    downloadSnapshotFolder: {
+        parameters: {
+            query?: {
+                /** @description Where the snapshot is, the appliance (local, the default) or the repository */
+                location?: components["parameters"]["LocationQuery"];
+                /** @description A slash-separated path in the snapshot's tree, relative to its root (empty, the default, for the root) */
+                path?: components["parameters"]["FilePathQuery"];
+            };
+            header?: never;
+            path: {
+                /** @description A snapshot's PE ID, URL-encoded */
+                protectedEntityID: components["parameters"]["SnapshotIDPath"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The zip */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/zip": string;
                 };
             };
             400: components["responses"]["BadRequest"];

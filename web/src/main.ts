@@ -169,6 +169,7 @@ async function go(next: View): Promise<void> {
   byId("more").hidden = true;
   crumbs();
   byId("search").hidden = next.level !== "files" && next.level !== "search";
+  byId("zip").hidden = true;
   setStatus("Loading…");
   const stale = () => load !== loads;
   switch (next.level) {
@@ -206,10 +207,15 @@ async function go(next: View): Promise<void> {
       }
       return setStatus(data.snapshots.length === 0 ? "No snapshots." : "");
     }
-    case "files":
+    case "files": {
       byId("title").textContent = next.path === "" ? "/" : `/${next.path}`;
+      const zip = byId<HTMLAnchorElement>("zip");
+      zip.href = browseURL("/v1/appliance/browse/{protectedEntityID}/zip", next.snap, next.path);
+      zip.download = `${next.path === "" ? "snapshot" : (next.path.split("/").pop() ?? "folder")}.zip`;
+      zip.hidden = false;
       more = () => filesPage(next, load);
       return more();
+    }
     case "search":
       byId("title").textContent = `Names containing “${next.q}”`;
       more = () => searchPage(next, load);
@@ -246,10 +252,10 @@ function search(ev: SubmitEvent): void {
   void go({ level: "search", service: view.service, pe: view.pe, snap: view.snap, path: view.path, q });
 }
 
-// contentURL is where a file of a snapshot downloads from: a plain link
-// (the session cookie goes with it), so the browser streams it to disk.
-function contentURL(snap: BrowseSnapshot, path: string): string {
-  const route: keyof paths = "/v1/appliance/browse/{protectedEntityID}/content";
+// browseURL is where a file or folder of a snapshot downloads from: a
+// plain link (the session cookie goes with it), so the browser streams it
+// to disk.
+function browseURL(route: keyof paths & `/v1/appliance/browse/{protectedEntityID}/${"content" | "zip"}`, snap: BrowseSnapshot, path: string): string {
   const q = new URLSearchParams({ location: snap.location satisfies Location, path });
   return `${route.replace("{protectedEntityID}", encodeURIComponent(snap.id))}?${q}`;
 }
@@ -283,7 +289,7 @@ function fileItem(v: View & { level: "files" }, e: FileEntry, label = e.name): H
       return item(`${label}/`, [when], attrs, () => void go({ ...v, path }));
     case "file": {
       const li = el("li", "", attrs);
-      li.append(el("a", label, { href: contentURL(v.snap, path), download: e.name }));
+      li.append(el("a", label, { href: browseURL("/v1/appliance/browse/{protectedEntityID}/content", v.snap, path), download: e.name }));
       li.append(el("span", formatSize(e.size), { class: "meta" }), el("span", when, { class: "meta" }));
       return li;
     }
