@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"os"
 	"path"
 	"sort"
 	"strings"
@@ -131,11 +132,31 @@ type snapshotTree interface {
 	Close()
 }
 
-// tocTree is the tree of an fs snapshot: its files are ranges of the image.
+// tocTree is the tree of an fs snapshot: its files are ranges of the
+// image, opened on the first download (listing a cached index reads no
+// data: opening the image of a large tree costs a walk of it).
 type tocTree struct {
 	ctx context.Context
-	img pe.Image
+	p   pe.ProtectedEntity
 	*browse.Index
+	img *pe.Image
+}
+
+func newTOCTree(ctx context.Context, p pe.ProtectedEntity, x *browse.Index, img pe.Image) tocTree {
+	t := tocTree{ctx: ctx, p: p, Index: x, img: new(pe.Image)}
+	*t.img = img
+	return t
+}
+
+func (t tocTree) image() (pe.Image, error) {
+	if *t.img == nil {
+		img, err := t.p.Data(t.ctx)
+		if err != nil {
+			return nil, fmt.Errorf("data of %s: %w", t.p.ID(), err)
+		}
+		*t.img = img
+	}
+	return *t.img, nil
 }
 
 func (t tocTree) Open(p string) (io.ReadSeekCloser, time.Time, error) {
@@ -143,15 +164,38 @@ func (t tocTree) Open(p string) (io.ReadSeekCloser, time.Time, error) {
 	if err != nil {
 		return nil, time.Time{}, err
 	}
+	img, err := t.image()
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	// A file whose bytes are a local file's is read from that file,
+	// not through the image's layers.
+	if b, ok := img.(pe.BackingFiler); ok && size > 0 {
+		if f, err := b.OpenBacking(t.ctx, off, size); err == nil {
+			return sectionFile{io.NewSectionReader(f, 0, size), f}, mtime, nil
+		}
+	}
 	// The image stays open with the tree.
-	return nopCloser{io.NewSectionReader(ctxReaderAt{t.ctx, t.img}, off, size)}, mtime, nil
+	return nopCloser{io.NewSectionReader(ctxReaderAt{t.ctx, img}, off, size)}, mtime, nil
 }
+
+func (t tocTree) Close() {
+	if *t.img != nil {
+		(*t.img).Close()
+	}
+}
+
+// sectionFile is the first bytes of a file, which it closes.
+type sectionFile struct {
+	*io.SectionReader
+	f *os.File
+}
+
+func (s sectionFile) Close() error { return s.f.Close() }
 
 type nopCloser struct{ io.ReadSeeker }
 
 func (nopCloser) Close() error { return nil }
-
-func (t tocTree) Close() { t.img.Close() }
 
 // mountTree is the tree of a disk snapshot's recovery mount.
 type mountTree struct {
@@ -198,6 +242,10 @@ func (s *server) openSnapshot(ctx context.Context, raw string, location *api.Sna
 	if err != nil {
 		return nil, err
 	}
+	key := string(loc) + "\x00" + id.String()
+	if x, ok := s.indexes.get(key); ok {
+		return newTOCTree(ctx, p, x, nil), nil
+	}
 	img, err := p.Data(ctx)
 	if errors.Is(err, pe.ErrNoData) {
 		return nil, badRequest("snapshot %s has no file tree", id)
@@ -210,10 +258,6 @@ func (s *server) openSnapshot(ctx context.Context, raw string, location *api.Sna
 		img.Close()
 		return s.mountSnapshot(ctx, p, loc)
 	}
-	key := string(loc) + "\x00" + id.String()
-	if x, ok := s.indexes.get(key); ok {
-		return tocTree{ctx, img, x}, nil
-	}
 	entries, err := toc.TOC(ctx)
 	if err != nil {
 		img.Close()
@@ -225,7 +269,7 @@ func (s *server) openSnapshot(ctx context.Context, raw string, location *api.Sna
 	}
 	x := browse.NewIndex(entries, mtime)
 	s.indexes.put(key, x)
-	return tocTree{ctx, img, x}, nil
+	return newTOCTree(ctx, p, x, img), nil
 }
 
 // mountSnapshot is the tree of a disk snapshot: its partitions through a
