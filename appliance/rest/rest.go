@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/astrolabe-appliance/astrolabe/api"
+	"github.com/astrolabe-appliance/astrolabe/appliance/flrmount"
 	"github.com/astrolabe-appliance/astrolabe/appliance/jobs"
 	"github.com/astrolabe-appliance/astrolabe/appliance/redact"
 	"github.com/astrolabe-appliance/astrolabe/appliance/tasks"
@@ -73,11 +75,23 @@ type Repository interface {
 	// RepositorySnapshots lists the repository's snapshots, of one PE if
 	// filter is not zero.
 	RepositorySnapshots(ctx context.Context, filter pe.ID) ([]pe.ID, error)
+	// RepositorySnapshotList is RepositorySnapshots with their info.
+	RepositorySnapshotList(ctx context.Context, filter pe.ID) ([]repo.Snapshot, error)
+	// OpenRepositorySnapshot opens a repository snapshot to read it.
+	OpenRepositorySnapshot(ctx context.Context, id pe.ID) (pe.ProtectedEntity, error)
 	Backup(ctx context.Context, id pe.ID, progress pe.Progress) (repo.Summary, error)
 	Restore(ctx context.Context, id pe.ID, typ string, opts pe.CopyOptions, progress pe.Progress) (pe.ProtectedEntity, error)
 	// RestoreInstant makes the restored PE at once and exports it while
 	// the restore's Task fills it.
 	RestoreInstant(ctx context.Context, id pe.ID, typ string, opts pe.CopyOptions) (*usecase.InstantRestore, error)
+}
+
+// RecoveryMounts are the file-level-recovery mounts of disk snapshots
+// (package flrmount).
+type RecoveryMounts interface {
+	// Acquire mounts the partitions of p (or finds them mounted): root
+	// holds a directory per partition. The caller calls release.
+	Acquire(ctx context.Context, p pe.ProtectedEntity) (root *os.Root, parts []flrmount.Partition, release func(), err error)
 }
 
 // Transports tells where a PE's data can be fetched (S3 URLs, NBD URIs).
@@ -105,6 +119,9 @@ type Config struct {
 	SnapshotDeleted func(id pe.ID)
 	// Jobs is the job scheduler; nil answers 501.
 	Jobs Jobs
+	// RecoveryMounts mounts the partitions of disk snapshots for
+	// browsing their files; nil: disk snapshots have no file tree here.
+	RecoveryMounts RecoveryMounts
 	// PasswordRoot is the directory password files of jobs created
 	// through the API must be in (see checkJobPaths); empty: none may be
 	// given.
@@ -126,7 +143,8 @@ func NewHandler(cfg Config) http.Handler {
 	if cfg.Context == nil {
 		cfg.Context = context.Background()
 	}
-	s := &server{cfg: cfg, uc: cfg.UseCases, m: cfg.UseCases.Manager(), log: cfg.Logger}
+	s := &server{cfg: cfg, uc: cfg.UseCases, m: cfg.UseCases.Manager(), log: cfg.Logger,
+		sessions: newSessions(sessionLifetime, maxSessions), indexes: newIndexCache(maxIndexes)}
 	strict := api.NewStrictHandlerWithOptions(s, nil, api.StrictHTTPServerOptions{
 		RequestErrorHandlerFunc:  s.requestError,
 		ResponseErrorHandlerFunc: s.responseError,
@@ -146,23 +164,28 @@ func NewHandler(cfg Config) http.Handler {
 }
 
 type server struct {
-	cfg Config
-	uc  *usecase.Service
-	m   pe.Manager
-	log *slog.Logger
+	cfg      Config
+	uc       *usecase.Service
+	m        pe.Manager
+	log      *slog.Logger
+	sessions *sessions
+	indexes  *indexCache
 }
 
 var _ api.StrictServerInterface = (*server)(nil)
 
-// authenticate checks the bearer token on every endpoint but /healthz and
-// bounds the request body.
+// authenticate checks the bearer token or the session cookie (with its
+// CSRF token on unsafe methods) on every endpoint but /healthz and the
+// login, and bounds the request body.
 func (s *server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
-		if r.URL.Path != "/healthz" && !ValidToken(r.Header.Get("Authorization"), s.cfg.Token) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="astrolabe"`)
-			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
-			return
+		if !public(r) {
+			if status, msg := s.authorized(r); status != 0 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="astrolabe"`)
+				writeError(w, status, msg)
+				return
+			}
 		}
 		r, err := keepJobBody(r)
 		if err != nil {
