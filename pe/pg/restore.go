@@ -231,7 +231,7 @@ func (m *TypeManager) startRestored(ctx context.Context, name, dir string, port 
 		}
 		cmd, err := rec.wal.Stage(ctx, bk.cluster, bk.systemID, bk.timeline, bk.startLSN, rec.target, stage)
 		if err != nil {
-			return fmt.Errorf("archived WAL of cluster %s: %w", bk.cluster, err)
+			return fmt.Errorf("point-in-time restore: %w", err)
 		}
 		settings = append(settings, "restore_command = "+confQuote(cmd), "recovery_target_action = 'promote'")
 		if !rec.target.Time.IsZero() {
