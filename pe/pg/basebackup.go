@@ -140,7 +140,7 @@ func readBackupStream(ctx context.Context, conn *pgconn.PgConn, w io.Writer) ([]
 	for {
 		msg, err := conn.ReceiveMessage(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("base backup interrupted: %w", err)
+			return nil, fmt.Errorf("connection lost during the base backup (server stopped or unreachable): %w", err)
 		}
 		switch msg := msg.(type) {
 		case *pgproto3.RowDescription:

@@ -44,6 +44,9 @@ type TypeManager struct {
 	// mu serialises the choice of restored servers' ports with their
 	// start.
 	mu sync.Mutex
+	// onBackupData, if set, is called with each piece of a base backup
+	// as it arrives (tests interrupt backups with it).
+	onBackupData func(n int)
 }
 
 var _ pe.TypeManager = (*TypeManager)(nil)

@@ -5,13 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/astrolabe-appliance/astrolabe/internal/atomicfile"
 	"github.com/astrolabe-appliance/astrolabe/pe"
-	"github.com/astrolabe-appliance/astrolabe/pe/internal/snapdir"
 )
 
 // Files of a restored cluster's directory root/clusters/<name>/.
@@ -76,9 +77,16 @@ func (m *TypeManager) readRestored(name string) (restoredCluster, error) {
 	return rc, nil
 }
 
-// writeRestored records a restored cluster in dir.
+// writeRestored records a restored cluster in dir, replacing its record.
 func writeRestored(dir string, rc restoredCluster) error {
-	return snapdir.WriteJSON(filepath.Join(dir, recordFile), rc)
+	b, err := json.MarshalIndent(rc, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(filepath.Join(dir, recordFile), 0o644, func(w io.Writer) error {
+		_, err := w.Write(append(b, '\n'))
+		return err
+	})
 }
 
 // server is the server of the restored cluster name.

@@ -72,7 +72,7 @@ func (m *TypeManager) takeSnapshot(ctx context.Context, name string, cl Cluster)
 	defer conn.Close(context.Background())
 	return m.snaps.Take(ctx, name, func(ctx context.Context, dir string, now time.Time) (any, error) {
 		md.BackupStart = now.UTC()
-		size, err := writeBackup(ctx, conn, dir, "astrolabe "+name+" "+now.UTC().Format(time.RFC3339), &md)
+		size, err := writeBackup(ctx, conn, dir, "astrolabe "+name+" "+now.UTC().Format(time.RFC3339), &md, m.onBackupData)
 		if err != nil {
 			return nil, fmt.Errorf("base backup of cluster %s: %w", cl.Name, err)
 		}
@@ -83,7 +83,7 @@ func (m *TypeManager) takeSnapshot(ctx context.Context, name string, cl Cluster)
 // writeBackup streams the base backup into dir/base.tar and its table of
 // contents into dir/toc.json, and fills in md; it returns the archive's
 // size.
-func writeBackup(ctx context.Context, conn *pgconn.PgConn, dir, label string, md *Metadata) (int64, error) {
+func writeBackup(ctx context.Context, conn *pgconn.PgConn, dir, label string, md *Metadata, onData func(int)) (int64, error) {
 	f, err := os.OpenFile(filepath.Join(dir, archiveFile), os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
 	if err != nil {
 		return 0, err
@@ -103,7 +103,11 @@ func writeBackup(ctx context.Context, conn *pgconn.PgConn, dir, label string, md
 		scanned <- scan{toc, err}
 	}()
 	bw := bufio.NewWriterSize(f, 1<<20)
-	res, err := baseBackup(ctx, conn, label, io.MultiWriter(bw, pw))
+	var w io.Writer = io.MultiWriter(bw, pw)
+	if onData != nil {
+		w = notifyWriter{w, onData}
+	}
+	res, err := baseBackup(ctx, conn, label, w)
 	if err == nil {
 		err = bw.Flush()
 	}
@@ -222,4 +226,15 @@ func metadataReader(md Metadata) (io.ReadCloser, error) {
 		return nil, err
 	}
 	return io.NopCloser(bytes.NewReader(b)), nil
+}
+
+// notifyWriter tells of each write.
+type notifyWriter struct {
+	w      io.Writer
+	notify func(n int)
+}
+
+func (n notifyWriter) Write(p []byte) (int, error) {
+	n.notify(len(p))
+	return n.w.Write(p)
 }
