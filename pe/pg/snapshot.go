@@ -125,7 +125,7 @@ func writeBackup(ctx context.Context, conn *pgconn.PgConn, dir, label string, md
 	md.Timeline = res.Timeline
 	md.StartLSN = res.StartLSN.String()
 	md.StopLSN = res.EndLSN.String()
-	if err := zeroWALTail(f, sc.toc, res.EndLSN); err != nil {
+	if err := zeroUnneededWAL(f, sc.toc, res.StartLSN, res.EndLSN); err != nil {
 		return 0, err
 	}
 	if err := f.Sync(); err != nil {
@@ -145,38 +145,47 @@ const walPageSize = 8192
 // segment.
 var walSegmentName = regexp.MustCompile(`^pg_wal/([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$`)
 
-// zeroWALTail zeroes what the WAL segments of the archive hold past the
-// page of end, the backup's stop position. Segments are recycled, so
-// that is WAL of long ago (or written during the backup, not needed to
-// make it consistent): zeros read as the end of WAL to recovery, as in
-// pg_receivewal's partial segments, and store as nothing in a repository,
-// which would otherwise take a mostly new 16 MiB segment for each backup
-// of an unchanged cluster.
-func zeroWALTail(f *os.File, toc []pe.TOCEntry, end pglogrepl.LSN) error {
-	keep := (uint64(end) + walPageSize - 1) / walPageSize * walPageSize
+// zeroUnneededWAL zeroes what the WAL segments of the archive hold
+// outside [start, end), the WAL replay of the backup reads, page-wise,
+// except each segment's first page, whose header recovery checks.
+// Segments are recycled, so that is WAL of long ago (or WAL written during
+// the backup, not needed to make it consistent, or the previous backup's
+// own): zeros read as the end of WAL to recovery, as in pg_receivewal's
+// partial segments, and store as nothing in a repository, which would
+// otherwise take a mostly new 16 MiB segment for each backup of an
+// unchanged cluster.
+func zeroUnneededWAL(f *os.File, toc []pe.TOCEntry, start, end pglogrepl.LSN) error {
+	keepFrom := uint64(start) / walPageSize * walPageSize
+	keepTo := (uint64(end) + walPageSize - 1) / walPageSize * walPageSize
 	zeros := make([]byte, 1<<20)
+	zero := func(e pe.TOCEntry, from, to int64) error {
+		for off := from; off < to; {
+			n := min(int64(len(zeros)), to-off)
+			if _, err := f.WriteAt(zeros[:n], e.Offset+off); err != nil {
+				return fmt.Errorf("zero WAL the backup does not need in %s: %w", e.Name, err)
+			}
+			off += n
+		}
+		return nil
+	}
 	for _, e := range toc {
 		sm := walSegmentName.FindStringSubmatch(e.Name)
-		if sm == nil || !e.Mode.IsRegular() || e.Size <= 0 || (1<<32)%e.Size != 0 {
+		if sm == nil || !e.Mode.IsRegular() || e.Size <= walPageSize || (1<<32)%e.Size != 0 {
 			continue
 		}
 		log, _ := strconv.ParseUint(sm[2], 16, 32)
 		seg, _ := strconv.ParseUint(sm[3], 16, 32)
 		size := uint64(e.Size)
-		start := (log*(1<<32/size) + seg) * size
-		if keep >= start+size {
-			continue
+		segStart := (log*(1<<32/size) + seg) * size
+		// Offsets in the segment, clamped to it; the first page stays.
+		rel := func(lsn uint64) int64 {
+			return int64(min(max(lsn, segStart+walPageSize), segStart+size) - segStart)
 		}
-		from := int64(0)
-		if keep > start {
-			from = int64(keep - start)
+		if err := zero(e, walPageSize, rel(keepFrom)); err != nil {
+			return err
 		}
-		for off := from; off < e.Size; {
-			n := min(int64(len(zeros)), e.Size-off)
-			if _, err := f.WriteAt(zeros[:n], e.Offset+off); err != nil {
-				return fmt.Errorf("zero WAL past the backup's end in %s: %w", e.Name, err)
-			}
-			off += n
+		if err := zero(e, rel(keepTo), e.Size); err != nil {
+			return err
 		}
 	}
 	return nil
