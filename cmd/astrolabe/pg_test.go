@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -178,4 +179,46 @@ func TestPGCommands(t *testing.T) {
 	}
 	mustFail(t, cfg, "can be restored to points from", "restore", "--repo", repoDir, "--to", "pg:early", "--to-time", at(1).Add(-time.Second).Format(time.RFC3339Nano), backedUp)
 	mustFail(t, cfg, "want an RFC 3339 time", "restore", "--repo", repoDir, "--to", "pg:bad", "--to-time", "yesterday", backedUp)
+}
+
+// TestPGServe: a restore through the REST API of a running appliance, with
+// a recovery target in the copy parameters: a bad one fails its task with
+// the reason, a good one's result says where the restored server listens.
+func TestPGServe(t *testing.T) {
+	cfg, srv := pgSetup(t)
+	srv.Psql(t, "postgres", "CREATE TABLE t (n int); INSERT INTO t VALUES (1)")
+	snap := mustRun(t, cfg, "snap", "pg:main").lastLine()
+	a := startServe(t, cfg)
+	token := a.info["token"]
+	copyBody := func(params string) string {
+		return `{"protectedEntityInfo":{"id":"` + snap + `","name":"","size":0,"dataTransports":[],"metadataTransports":[],"combinedTransports":[],"componentSpecs":[]}` + params + `}`
+	}
+	run := func(params string) map[string]any {
+		t.Helper()
+		status, body := a.call("POST", "/v1/astrolabe/pg?mode=create_new", token, copyBody(params))
+		if status != 202 {
+			t.Fatalf("copy: %d %s", status, body)
+		}
+		var task struct{ TaskID string }
+		json.Unmarshal([]byte(body), &task)
+		return a.waitTaskResult(token, task.TaskID)
+	}
+	ti := run(`,"copyParams":[{"key":"pg","value":[{"key":"toTime","value":"2001-01-01T00:00:00Z"}]}]`)
+	if ti["status"] == "success" || !strings.Contains(fmt.Sprint(ti), "can be restored to points from") {
+		t.Errorf("restore to a time before the backup: %v", ti)
+	}
+	ti = run("")
+	res, _ := ti["result"].(map[string]any)
+	if ti["status"] != "success" || res["port"] == nil {
+		t.Fatalf("restore task: %v", ti)
+	}
+	port, _ := strconv.Atoi(res["port"].(string))
+	if got := pgQuery(t, srv, port, "SELECT count(*) FROM t"); got != "1" {
+		t.Errorf("restored over REST: %s rows", got)
+	}
+	status, body := a.call("GET", "/v1/astrolabe/pg/"+res["id"].(string), token, "")
+	if status != 200 || !strings.Contains(body, `"dataDir"`) {
+		t.Errorf("info of the restored cluster: %d %s", status, body)
+	}
+	a.stop()
 }

@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"sync"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
@@ -179,6 +180,16 @@ func (e *entity) Info(ctx context.Context) (pe.Info, error) {
 	info.Details = rc.details(e.m.clusterDir(e.id.Name()))
 	info.Details["running"] = up
 	return info, nil
+}
+
+// Connection tells how to reach a restored cluster's server: host, port,
+// data directory (the REST API puts it in a copy task's result).
+func (e *entity) Connection(ctx context.Context) (map[string]string, error) {
+	rc, err := e.m.readRestored(e.id.Name())
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"host": rc.Host, "port": strconv.Itoa(rc.Port), "dataDir": filepath.Join(e.m.clusterDir(e.id.Name()), dataDir)}, nil
 }
 
 // Snapshot implements pe.ProtectedEntity: a base backup. A restored
