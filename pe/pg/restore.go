@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -95,13 +96,7 @@ func (m *TypeManager) create(ctx context.Context, src pe.ProtectedEntity, name s
 	if err := ownedDir(tmp, acct); err != nil {
 		return "", err
 	}
-	bk, err := m.extract(ctx, src, filepath.Join(tmp, dataDir), acct, opts)
-	if err != nil {
-		return "", err
-	}
-	// The recovery is planned before the cluster appears: a target out of
-	// range is refused with nothing made.
-	rec, err := m.planRecovery(ctx, src, bk, target)
+	bk, rec, err := m.extractPlanned(ctx, src, filepath.Join(tmp, dataDir), target, acct, opts)
 	if err != nil {
 		return "", err
 	}
@@ -149,11 +144,7 @@ func (m *TypeManager) update(ctx context.Context, src pe.ProtectedEntity, name s
 		return err
 	}
 	defer os.RemoveAll(fresh)
-	bk, err := m.extract(ctx, src, fresh, acct, opts)
-	if err != nil {
-		return err
-	}
-	rec, err := m.planRecovery(ctx, src, bk, target)
+	bk, rec, err := m.extractPlanned(ctx, src, fresh, target, acct, opts)
 	if err != nil {
 		return err
 	}
@@ -276,39 +267,83 @@ type backupFacts struct {
 	md       Metadata // zero if the source had none
 }
 
-// extract writes src's base backup into the new data directory dir,
-// owned by acct, and reads what it needs to know of it.
-func (m *TypeManager) extract(ctx context.Context, src pe.ProtectedEntity, dir string, acct account, opts pe.CopyOptions) (backupFacts, error) {
+// extractPlanned writes src's base backup into the new data directory
+// dir and plans its recovery to target. The recovery is planned before the
+// cluster appears, so that a target out of range is refused with nothing
+// made; where src's metadata says enough, before anything is written.
+func (m *TypeManager) extractPlanned(ctx context.Context, src pe.ProtectedEntity, dir string, target RecoveryTarget, acct account, opts pe.CopyOptions) (backupFacts, *recovery, error) {
 	bk := backupFacts{cluster: src.ID().Name()}
-	if md, err := sourceMetadata(ctx, src); err != nil {
-		return bk, err
-	} else if md != nil {
+	md, err := sourceMetadata(ctx, src)
+	if err != nil {
+		return bk, nil, err
+	}
+	if md != nil {
 		bk.md = *md
 		if md.Cluster != "" {
 			bk.cluster = md.Cluster
 		}
+		if id, err := strconv.ParseUint(md.SystemID, 10, 64); err == nil {
+			bk.systemID = id
+			if _, err := m.planRecovery(ctx, src, bk, target); err != nil {
+				return bk, nil, err
+			}
+		}
 	}
+	if err := m.extract(ctx, src, dir, acct, opts, &bk); err != nil {
+		return bk, nil, err
+	}
+	rec, err := m.planRecovery(ctx, src, bk, target)
+	return bk, rec, err
+}
+
+// extract writes src's base backup into the new data directory dir,
+// owned by acct, and reads what it needs to know of it into bk.
+func (m *TypeManager) extract(ctx context.Context, src pe.ProtectedEntity, dir string, acct account, opts pe.CopyOptions, bk *backupFacts) error {
 	img, err := src.Data(ctx)
 	if err != nil {
-		return bk, fmt.Errorf("%w: data of %s: %w", pe.ErrInvalidSource, src.ID(), err)
+		return fmt.Errorf("%w: data of %s: %w", pe.ErrInvalidSource, src.ID(), err)
 	}
 	defer img.Close()
 	opts.StartProgress(img.Size())
 	r := bufio.NewReaderSize(&progressReader{ctx: ctx, r: pe.NewReader(img), opts: opts}, 1<<20)
 	if err := untar(ctx, r, dir, acct, opts.ExpansionLimit(src)); err != nil {
-		return bk, err
+		return err
 	}
 	label, err := os.ReadFile(filepath.Join(dir, "backup_label"))
 	if err != nil {
-		return bk, fmt.Errorf("%w: %s is not a PostgreSQL base backup (no backup_label)", pe.ErrInvalidSource, src.ID())
+		return fmt.Errorf("%w: %s is not a PostgreSQL base backup (no backup_label)", pe.ErrInvalidSource, src.ID())
 	}
 	if bk.startLSN, bk.timeline, err = parseBackupLabel(string(label)); err != nil {
-		return bk, fmt.Errorf("%w: %s: %w", pe.ErrInvalidSource, src.ID(), err)
+		return fmt.Errorf("%w: %s: %w", pe.ErrInvalidSource, src.ID(), err)
 	}
 	if bk.systemID, err = readSystemID(filepath.Join(dir, "global", "pg_control")); err != nil {
-		return bk, fmt.Errorf("%w: %s: %w", pe.ErrInvalidSource, src.ID(), err)
+		return fmt.Errorf("%w: %s: %w", pe.ErrInvalidSource, src.ID(), err)
 	}
-	return bk, nil
+	return ensureConfigFiles(dir, acct)
+}
+
+// ensureConfigFiles writes the configuration files a server needs in its
+// data directory where the backup has none: Debian's and Ubuntu's clusters
+// keep them in /etc/postgresql, outside the data directory and so outside
+// base backups. The restored server then runs with the defaults, the
+// settings of postgresql.auto.conf and the ones the restore adds, and
+// takes password logins over TCP and its account's over the socket.
+func ensureConfigFiles(dir string, acct account) error {
+	files := []struct{ name, text string }{
+		{"postgresql.conf", "# The base backup had no postgresql.conf (it was kept outside the data\n# directory); astrolabe's settings are in postgresql.auto.conf.\n"},
+		{"pg_hba.conf", "# Written by astrolabe: the base backup had no pg_hba.conf.\nlocal all all peer\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n"},
+		{"pg_ident.conf", ""},
+	}
+	for _, f := range files {
+		path := filepath.Join(dir, f.name)
+		if _, err := os.Lstat(path); err == nil {
+			continue
+		}
+		if err := ownedFile(path, []byte(f.text), acct); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // sourceMetadata reads src's Metadata; nil if it has none.
