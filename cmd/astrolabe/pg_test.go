@@ -183,7 +183,8 @@ func TestPGCommands(t *testing.T) {
 
 // TestPGServe: a restore through the REST API of a running appliance, with
 // a recovery target in the copy parameters: a bad one fails its task with
-// the reason, a good one's result says where the restored server listens.
+// the reason, a good one's result says where the restored server listens;
+// and a restore of a zip uploaded through the S3 data path.
 func TestPGServe(t *testing.T) {
 	cfg, srv := pgSetup(t)
 	srv.Psql(t, "postgres", "CREATE TABLE t (n int); INSERT INTO t VALUES (1)")
@@ -219,6 +220,23 @@ func TestPGServe(t *testing.T) {
 	status, body := a.call("GET", "/v1/astrolabe/pg/"+res["id"].(string), token, "")
 	if status != 200 || !strings.Contains(body, `"dataDir"`) {
 		t.Errorf("info of the restored cluster: %d %s", status, body)
+	}
+
+	// S3: the snapshot's zip uploaded into the copy bucket is restored as
+	// a cluster.
+	zipPath := filepath.Join(filepath.Dir(cfg), "main.zip")
+	mustRun(t, cfg, "cp", snap, zipPath)
+	up := &s3Uploader{a: a, cfg: cfg, dir: filepath.Dir(cfg), zip: zipPath}
+	up.keys()
+	up.minioGo(t, "main.zip")
+	fromS3 := up.restored(t, "main.zip")
+	status, body = a.call("GET", "/v1/astrolabe/pg/"+fromS3, token, "")
+	var info struct{ Details map[string]any }
+	if err := json.Unmarshal([]byte(body), &info); status != 200 || err != nil || info.Details["port"] == nil {
+		t.Fatalf("info of %s: %d %s", fromS3, status, body)
+	}
+	if got := pgQuery(t, srv, int(info.Details["port"].(float64)), "SELECT count(*) FROM t"); got != "1" {
+		t.Errorf("restored from an S3 upload: %s rows", got)
 	}
 	a.stop()
 }
