@@ -84,6 +84,9 @@ func TestPointInTimeDirWAL(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+	// A WAL location after the 60 rows, and one row after it.
+	lsn := srv.Psql(t, "postgres", "SELECT pg_current_wal_insert_lsn()")
+	srv.Psql(t, "postgres", "INSERT INTO ticks VALUES (61)")
 	// The last segment is archived once switched.
 	seg := srv.Psql(t, "postgres", "SELECT pg_walfile_name(pg_switch_wal())")
 	for i := 0; srv.Psql(t, "postgres", "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < seg; i++ {
@@ -147,6 +150,26 @@ func TestPointInTimeDirWAL(t *testing.T) {
 		})
 	}
 
+	t.Run("to an LSN", func(t *testing.T) {
+		src, _ := m.Get(ctx, b2)
+		restored, err := m.Copy(ctx, src, pe.CopyOptions{Mode: pe.CreateNew, Params: pe.Params{Type: {ParamToLSN: lsn}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := psqlAt(t, srv, restoredPort(t, restored), "postgres", "SELECT count(*), max(id) FROM ticks WHERE id <= 61"); got != "60|60" {
+			t.Errorf("restored to %s: rows (count|max) %s, want 60|60", lsn, got)
+		}
+	})
+
+	t.Run("after the newest archived WAL", func(t *testing.T) {
+		src, _ := m.Get(ctx, b2)
+		_, err := m.Copy(ctx, src, pe.CopyOptions{Mode: pe.CreateNew,
+			Params: pe.Params{Type: {ParamToTime: time.Now().Add(time.Hour).Format(time.RFC3339)}}})
+		if !errors.Is(err, pe.ErrNotSupported) || !strings.Contains(err.Error(), "after the newest archived WAL") {
+			t.Fatalf("restore to a time after the archive: %v", err)
+		}
+	})
+
 	t.Run("before the oldest backup", func(t *testing.T) {
 		src, _ := m.Get(ctx, b1)
 		before := ticks[0].at.Add(-time.Second)
@@ -156,7 +179,7 @@ func TestPointInTimeDirWAL(t *testing.T) {
 			t.Fatalf("restore to before the oldest backup: %v, want a refusal naming the range", err)
 		}
 		t.Log(err)
-		checkNothingLeft(t, m, 3)
+		checkNothingLeft(t, m, 4)
 	})
 
 	t.Run("gap in the archive", func(t *testing.T) {
@@ -176,7 +199,7 @@ func TestPointInTimeDirWAL(t *testing.T) {
 			t.Fatalf("restore over a gap: %v, want an error naming %s", err, filepath.Base(missing))
 		}
 		t.Log(err)
-		checkNothingLeft(t, m, 3)
+		checkNothingLeft(t, m, 4)
 	})
 }
 
