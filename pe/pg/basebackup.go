@@ -10,11 +10,15 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
+
+// connectTimeout bounds the setting up of a connection.
+const connectTimeout = 15 * time.Second
 
 // tarTrailer ends a tar archive: since PostgreSQL 15 the server sends its
 // archives without it (the client is expected to add it).
@@ -44,6 +48,11 @@ func connect(ctx context.Context, cl Cluster, replication bool) (*pgconn.PgConn,
 		return nil, fmt.Errorf("cluster %s: connection settings: %w", cl.Name, err)
 	}
 	cfg.Password = pw
+	if cfg.ConnectTimeout == 0 {
+		// An unreachable host fails a snapshot or an info in seconds,
+		// not after the system's TCP timeout.
+		cfg.ConnectTimeout = connectTimeout
+	}
 	if replication {
 		cfg.RuntimeParams["replication"] = "true"
 	}
