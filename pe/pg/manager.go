@@ -42,8 +42,8 @@ type TypeManager struct {
 	root  string
 	snaps snapdir.Store
 	wal   WALSource
-	// mu serialises the choice of restored servers' ports with their
-	// start.
+	// mu serialises the choice of restored servers' ports: a port is
+	// recorded in its cluster's record before mu is released.
 	mu sync.Mutex
 	// onBackupData, if set, is called with each piece of a base backup
 	// as it arrives (tests interrupt backups with it).

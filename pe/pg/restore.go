@@ -106,11 +106,12 @@ func (m *TypeManager) create(ctx context.Context, src pe.ProtectedEntity, name s
 		}
 		return "", fmt.Errorf("place restored cluster %s: %w", dir, err)
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	port, err := m.freePort()
-	if err == nil {
-		err = m.startRestored(ctx, name, dir, port, src, bk, rec, acct)
+	rc := restoredCluster{
+		Host: m.cfg.Restore.ListenAddress, Cluster: bk.cluster, From: src.ID().String(),
+		SystemID: fmt.Sprint(bk.systemID), Databases: bk.md.Databases,
+	}
+	if rc.Port, err = m.reservePort(dir, rc); err == nil {
+		err = m.startRestored(ctx, dir, rc, src, bk, rec, acct)
 	}
 	if err != nil {
 		if serr := m.serverIn(dir).stop(context.Background()); serr != nil {
@@ -148,9 +149,7 @@ func (m *TypeManager) update(ctx context.Context, src pe.ProtectedEntity, name s
 	if err != nil {
 		return err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	// Checked again under the lock: it may have been started meanwhile.
+	// Checked again: it may have been started meanwhile.
 	if up, err := srv.running(ctx); err != nil || up {
 		return errors.Join(err, fmt.Errorf("pg:%s was started during the restore: %w", name, pe.ErrExists))
 	}
@@ -162,7 +161,9 @@ func (m *TypeManager) update(ctx context.Context, src pe.ProtectedEntity, name s
 	if err := os.Rename(fresh, srv.dataDir); err != nil {
 		return errors.Join(err, os.Rename(old, srv.dataDir))
 	}
-	if err := m.startRestored(ctx, name, dir, rc.Port, src, bk, rec, acct); err != nil {
+	next := restoredCluster{Host: rc.Host, Port: rc.Port, Cluster: bk.cluster, From: src.ID().String(),
+		SystemID: fmt.Sprint(bk.systemID), Databases: bk.md.Databases}
+	if err := m.startRestored(ctx, dir, next, src, bk, rec, acct); err != nil {
 		err = errors.Join(err, srv.stop(context.Background()))
 		failed := filepath.Join(dir, ".data-failed")
 		if rerr := errors.Join(os.Rename(srv.dataDir, failed), os.Rename(old, srv.dataDir), os.RemoveAll(failed), writeRestored(dir, rc)); rerr != nil {
@@ -171,6 +172,19 @@ func (m *TypeManager) update(ctx context.Context, src pe.ProtectedEntity, name s
 		return err
 	}
 	return os.RemoveAll(old)
+}
+
+// reservePort records the restored cluster rc in dir with the first port
+// of the range that no restored cluster has and that is free now.
+func (m *TypeManager) reservePort(dir string, rc restoredCluster) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	port, err := m.freePort()
+	if err != nil {
+		return 0, err
+	}
+	rc.Port = port
+	return port, writeRestored(dir, rc)
 }
 
 // freePort is the first port of the range that no restored cluster has
@@ -192,17 +206,14 @@ func (m *TypeManager) freePort() (int, error) {
 	return 0, fmt.Errorf("no free port in the restore range %d-%d: %w", r.PortMin, r.PortMax, pe.ErrLimit)
 }
 
-// startRestored configures the placed cluster in dir to listen on port,
+// startRestored configures the placed cluster in dir as rc says,
 // records it, starts its server and, for a point-in-time restore, waits
 // until it has promoted.
-func (m *TypeManager) startRestored(ctx context.Context, name, dir string, port int, src pe.ProtectedEntity, bk backupFacts, rec *recovery, acct account) error {
+func (m *TypeManager) startRestored(ctx context.Context, dir string, rc restoredCluster, src pe.ProtectedEntity, bk backupFacts, rec *recovery, acct account) error {
 	srv := m.serverIn(dir)
-	rc := restoredCluster{
-		Host: m.cfg.Restore.ListenAddress, Port: port, Cluster: bk.cluster, From: src.ID().String(),
-		SystemID: fmt.Sprint(bk.systemID), Databases: bk.md.Databases, Restored: time.Now().UTC(),
-	}
+	rc.Restored = time.Now().UTC()
 	settings := []string{
-		"port = " + fmt.Sprint(port),
+		"port = " + fmt.Sprint(rc.Port),
 		"listen_addresses = " + confQuote(m.cfg.Restore.ListenAddress),
 		// The restored cluster must not archive into its origin's archive.
 		"archive_mode = off",
