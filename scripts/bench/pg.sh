@@ -10,7 +10,8 @@
 #     pg_basebackup's output, which a second run writes again whole.
 #  3. restore: `astrolabe restore --mode update --to pg:bench` (extract,
 #     start the server, wait for it to accept connections) vs untarring
-#     pg_basebackup's base.tar and pg_wal.tar, paired under farm-bench.
+#     pg_basebackup's base.tar and pg_wal.tar, paired under farm-bench;
+#     then vs untarring followed by sync -f (what is written is on disk).
 # Needs root, postgresql-15 and postgresql-contrib (scripts/deps.d/
 # postgres.sh), farm-bench and bc. Works under /var/tmp, listens on
 # 127.0.0.1, removes everything on exit. Knobs: SCALE, RUNS, TIMEOUT.
@@ -89,6 +90,13 @@ DATA=$WORK/cfg/pg/clusters/bench/data
 echo "timing restores ($RUNS pairs)" >&2
 farm-bench -n "$RUNS" --timeout "$TIMEOUT" \
 	--vs "sh -c 'rm -rf $WORK/untar && mkdir -p $WORK/untar/pg_wal && tar -xf $WORK/bb/base.tar -C $WORK/untar && exec tar -xf $WORK/bb/pg_wal.tar -C $WORK/untar/pg_wal'" \
+	-- sh -c "runuser -u postgres -- $BIN/pg_ctl -D $DATA -m immediate stop >/dev/null 2>&1; exec $A restore --repo $WORK/repo --mode update --to pg:bench $SNAP"
+# The same against untar followed by sync -f: a restore is durable once it
+# says it is done (ours syncs, and so does PostgreSQL as it starts), tar
+# leaves the writeback for later.
+echo "timing restores against untar + sync ($RUNS pairs)" >&2
+farm-bench -n "$RUNS" --timeout "$TIMEOUT" \
+	--vs "sh -c 'rm -rf $WORK/untar && mkdir -p $WORK/untar/pg_wal && tar -xf $WORK/bb/base.tar -C $WORK/untar && tar -xf $WORK/bb/pg_wal.tar -C $WORK/untar/pg_wal && exec sync -f $WORK/untar'" \
 	-- sh -c "runuser -u postgres -- $BIN/pg_ctl -D $DATA -m immediate stop >/dev/null 2>&1; exec $A restore --repo $WORK/repo --mode update --to pg:bench $SNAP"
 
 echo
