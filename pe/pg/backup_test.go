@@ -33,7 +33,10 @@ func TestBackupUnderLoadRestores(t *testing.T) {
 	loadDone := make(chan error, 1)
 	go func() { loadDone <- load.Wait() }()
 	// Transactions pgbench committed before the backup started.
-	for srv.Psql(t, "bench", "SELECT count(*) FROM pgbench_history") == "0" {
+	for i := 0; srv.Psql(t, "bench", "SELECT count(*) FROM pgbench_history") == "0"; i++ {
+		if i > 600 {
+			t.Fatal("pgbench committed nothing")
+		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	before, _ := strconv.Atoi(srv.Psql(t, "bench", "SELECT count(*) FROM pgbench_history"))
