@@ -91,6 +91,14 @@ func TestBadInput(t *testing.T) {
 		}
 	})
 
+	t.Run("no archived WAL", func(t *testing.T) {
+		_, err := m.Copy(ctx, src, pe.CopyOptions{Mode: pe.CreateNew, Params: pe.Params{Type: {ParamToTime: time.Now().Format(time.RFC3339)}}})
+		if !errors.Is(err, pe.ErrNotSupported) || !strings.Contains(err.Error(), "no archived WAL for cluster main") {
+			t.Fatalf("point-in-time restore without an archive: %v", err)
+		}
+		checkNothingLeft(t, m, 1) // the cluster "copy" of the update test
+	})
+
 	t.Run("server stopped mid-backup", func(t *testing.T) {
 		var once sync.Once
 		m.onBackupData = func(int) {
