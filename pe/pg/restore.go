@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -260,8 +261,16 @@ func (m *TypeManager) startRestored(ctx context.Context, dir string, rc restored
 	if err := srv.start(ctx); err != nil {
 		return err
 	}
-	if rec != nil {
-		return srv.waitPromoted(ctx)
+	if rec == nil {
+		return nil
+	}
+	if err := srv.waitPromoted(ctx); err != nil {
+		return err
+	}
+	// Promoted, the server reads no more archived WAL: what was staged
+	// for it is only taking room.
+	if err := os.RemoveAll(filepath.Join(dir, walDir)); err != nil {
+		slog.Warn("restored cluster promoted, but its staged WAL is left", "dir", filepath.Join(dir, walDir), "err", err)
 	}
 	return nil
 }
