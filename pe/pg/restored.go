@@ -95,7 +95,12 @@ func (m *TypeManager) server(name string) server {
 }
 
 func (m *TypeManager) serverIn(dir string) server {
-	acct, _ := lookupAccount(m.cfg.Restore.OSUser)
+	// An account that does not exist fails what runs as it (runuser
+	// names it); Copy checks it first.
+	acct, err := lookupAccount(m.cfg.Restore.OSUser)
+	if err != nil {
+		acct.name = m.cfg.Restore.OSUser
+	}
 	return server{acct: acct, binDir: m.cfg.Restore.BinDir, dataDir: filepath.Join(dir, dataDir), logFile: filepath.Join(dir, logFile)}
 }
 
