@@ -5,6 +5,7 @@
 #     replication protocol, then into a directory repository) vs
 #     `pg_basebackup -Ft -X stream -c fast` into a local directory, paired
 #     runs under farm-bench --vs (RUNS pairs); the ratio A/B is ours/theirs.
+#     Then the base backup alone (`astrolabe snap`, then rmsn) vs the same.
 #  2. stored bytes: the first and a second backup of the unchanged database
 #     (new and stored bytes, as the backup reports them) vs the size of
 #     pg_basebackup's output, which a second run writes again whole.
@@ -83,6 +84,13 @@ echo "timing backups ($RUNS pairs)" >&2
 farm-bench -n "$RUNS" --timeout "$TIMEOUT" \
 	--vs "sh -c 'rm -rf $WORK/bbt && exec $BIN/pg_basebackup $BB -D $WORK/bbt'" \
 	-- $A backup --repo "$WORK/repo" pg:main
+
+# The base backup alone (a local snapshot, deleted again), paired: where
+# the time of 1. goes.
+echo "timing snapshots alone ($RUNS pairs)" >&2
+farm-bench -n "$RUNS" --timeout "$TIMEOUT" \
+	--vs "sh -c 'rm -rf $WORK/bbt && exec $BIN/pg_basebackup $BB -D $WORK/bbt'" \
+	-- sh -c "id=\$($A snap pg:main | tail -n1) && exec $A rmsn \$id"
 
 # 3. restore time, paired: ours updates the stopped cluster pg:bench.
 $A restore --repo "$WORK/repo" --to pg:bench "$SNAP" >/dev/null 2>&1
