@@ -51,7 +51,7 @@ func pgSetup(t *testing.T) (cfg string, srv *pgtest.Server) {
 			"name": "main", "host": srv.Host, "port": srv.Port, "user": pgtest.ReplicationUser,
 			"password": pgtest.Password, "sslmode": "disable", "walArchiveDir": archive,
 		}},
-		"restore": map[string]any{"binDir": srv.BinDir, "portMin": 56100, "portMax": 56199},
+		"restore": map[string]any{"binDir": srv.BinDir, "portMin": 15100, "portMax": 15199},
 	}
 	if err := config.WritePEConfig(cfg, "pg", pgcfg); err != nil {
 		t.Fatal(err)

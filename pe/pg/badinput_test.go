@@ -3,7 +3,9 @@ package pg
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -68,6 +70,17 @@ func TestBadInput(t *testing.T) {
 		}
 		if err := m.server("copy").stop(ctx); err != nil {
 			t.Fatal(err)
+		}
+		// Its port, taken by another process, is named before anything
+		// is extracted.
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = m.Copy(ctx, src, pe.CopyOptions{Mode: pe.Update, Name: "copy"})
+		l.Close()
+		if err == nil || !strings.Contains(err.Error(), "taken by another process") {
+			t.Fatalf("update with its port taken: %v", err)
 		}
 		if _, err := m.Copy(ctx, src, pe.CopyOptions{Mode: pe.Update, Name: "copy"}); err != nil {
 			t.Fatal(err)

@@ -92,7 +92,9 @@ func (c *Config) setDefaults() {
 		r.ListenAddress = "127.0.0.1"
 	}
 	if r.PortMin == 0 && r.PortMax == 0 {
-		r.PortMin, r.PortMax = 55432, 55531
+		// Below Linux's ephemeral ports (32768-60999), which any outgoing
+		// connection may hold while a restored server is stopped.
+		r.PortMin, r.PortMax = 15432, 15531
 	}
 	for i := range c.Clusters {
 		cl := &c.Clusters[i]

@@ -141,6 +141,11 @@ func (m *TypeManager) update(ctx context.Context, src pe.ProtectedEntity, name s
 	} else if up {
 		return fmt.Errorf("pg:%s runs (port %d): stop its server first (pg_ctl stop -D %s): %w", name, rc.Port, srv.dataDir, pe.ErrExists)
 	}
+	// The cluster keeps its port: one taken meanwhile fails now, not
+	// after the extraction.
+	if !portFree(rc.Host, rc.Port) {
+		return fmt.Errorf("port %d of pg:%s is taken by another process: free it, or restore to a new cluster: %w", rc.Port, name, pe.ErrExists)
+	}
 	fresh, err := os.MkdirTemp(dir, ".data-new-")
 	if err != nil {
 		return err

@@ -66,7 +66,7 @@ chmod 711 "$WORK/cfg"
 cat >"$WORK/cfg/pes/pg.pe.json" <<JSON
 {"root": "pg",
  "clusters": [{"name": "main", "host": "127.0.0.1", "port": $PORT, "user": "astrolabe", "password": "bench", "sslmode": "disable"}],
- "restore": {"binDir": "$BIN", "portMin": 56300, "portMax": 56399}}
+ "restore": {"binDir": "$BIN", "portMin": 15300, "portMax": 15399}}
 JSON
 $A repo init --repo "$WORK/repo" >/dev/null 2>&1
 
