@@ -537,11 +537,14 @@ type ProtectedEntityInfo struct {
 	ComponentSpecs     []ComponentSpec `json:"componentSpecs"`
 
 	// Created When a snapshot was taken
-	Created            *time.Time        `json:"created,omitempty"`
-	DataTransports     []DataTransport   `json:"dataTransports"`
-	Id                 ProtectedEntityID `json:"id"`
-	MetadataTransports []DataTransport   `json:"metadataTransports"`
-	Name               string            `json:"name"`
+	Created        *time.Time      `json:"created,omitempty"`
+	DataTransports []DataTransport `json:"dataTransports"`
+
+	// Details What the PE's type tells beyond the above (a pg cluster's databases, host, port, data directory)
+	Details            *map[string]interface{} `json:"details,omitempty"`
+	Id                 ProtectedEntityID       `json:"id"`
+	MetadataTransports []DataTransport         `json:"metadataTransports"`
+	Name               string                  `json:"name"`
 
 	// Size Bytes of data; -1 when unknown
 	Size int64 `json:"size"`

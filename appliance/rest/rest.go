@@ -504,7 +504,7 @@ func (s *server) CopyProtectedEntity(ctx context.Context, req api.CopyProtectedE
 			if err != nil {
 				return nil, err
 			}
-			return map[string]string{"id": out.ID().String()}, nil
+			return copyResult(ctx, out), nil
 		})
 	if err != nil {
 		return nil, err
@@ -899,4 +899,23 @@ func deref[T any](p *T) T {
 func ValidToken(header, token string) bool {
 	got, ok := strings.CutPrefix(header, "Bearer ")
 	return ok && token != "" && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
+}
+
+// copyResult is the result of a copy task: the new PE's ID and, where
+// its type tells them (a restored pg cluster's host, port and data
+// directory), how to reach it.
+func copyResult(ctx context.Context, p pe.ProtectedEntity) map[string]string {
+	res := map[string]string{"id": p.ID().String()}
+	if c, ok := p.(interface {
+		Connection(context.Context) (map[string]string, error)
+	}); ok {
+		if conn, err := c.Connection(ctx); err == nil {
+			for k, v := range conn {
+				if k != "id" {
+					res[k] = v
+				}
+			}
+		}
+	}
+	return res
 }

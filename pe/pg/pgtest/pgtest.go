@@ -202,6 +202,11 @@ func (s *Server) runAsOwner(t testing.TB, prog string, args ...string) string {
 	return strings.TrimSpace(string(out))
 }
 
+// Command returns prog (one of the server's programs) as a command run as
+// OSUser with the connection settings in the environment, for programs a
+// test runs in the background (pgbench under a backup).
+func (s *Server) Command(prog string, args ...string) *exec.Cmd { return s.command(prog, args...) }
+
 // command returns prog run as OSUser through runuser, with PGHOST, PGPORT,
 // PGUSER and PGPASSWORD set so client programs reach this server.
 func (s *Server) command(prog string, args ...string) *exec.Cmd {
