@@ -900,6 +900,10 @@ export interface components {
             metadataTransports: components["schemas"]["DataTransport"][];
             combinedTransports: components["schemas"]["DataTransport"][];
             componentSpecs: components["schemas"]["ComponentSpec"][];
+            /** @description What the PE's type tells beyond the above (a pg cluster's databases, host, port, data directory) */
+            details?: {
+                [key: string]: unknown;
+            };
         };
         OperationParamItem: {
             key: string;
