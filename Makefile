@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GOBIN   := $(shell $(GO) env GOPATH)/bin
 FUZZTIME ?= 10s
 
-.PHONY: all build build-vddk demo test deps lint lint-api generated unit fuzz fuzz-long clean image image-test image-boot-test image-ci
+.PHONY: all build build-vddk demo test deps lint lint-api generated web web-check unit fuzz fuzz-long clean image image-test image-boot-test image-ci
 
 all: build
 
@@ -29,7 +29,7 @@ deps:
 # The VDDK binding (cgo, build tag vddk) and the code that uses it.
 VDDK_PKGS := ./vddk/... ./pe/internal/... ./pe/ivd ./pe/vm
 
-lint: generated lint-api
+lint: generated lint-api web-check
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags vddk $(VDDK_PKGS)
@@ -49,6 +49,17 @@ lint-api:
 generated:
 	$(GO) generate ./api
 	@git diff --exit-code --stat -- api || { echo "api/: generated code is stale; run 'go generate ./api' and commit"; exit 1; }
+
+# The web page (web/): its client generated from api/openapi.yaml, type
+# checked with tsc --strict and bundled by esbuild, from the lockfile.
+# The bundle is committed so that go build needs no npm; web-check fails
+# when it or the generated client is stale.
+web:
+	cd web && npm ci --no-audit --no-fund --ignore-scripts && npm run build
+
+web-check: web
+	@git diff --exit-code --stat -- web/src/api.gen.ts web/dist || { echo "web/: the generated client or the bundle is stale; run 'make web' and commit"; exit 1; }
+	@out=$$(git status --porcelain -- web/src web/dist); if [ -n "$$out" ]; then echo "web/: files not committed:"; echo "$$out"; exit 1; fi
 
 # cmd/astrolabe drives real clients (awscli, s3cmd, mc, qemu 10, rsync over
 # a Debian tree) and takes several minutes on its own: more than go test's

@@ -19,6 +19,30 @@ import (
 	"github.com/oapi-codegen/runtime"
 )
 
+// Defines values for FileEntryKind.
+const (
+	Dir     FileEntryKind = "dir"
+	File    FileEntryKind = "file"
+	Other   FileEntryKind = "other"
+	Symlink FileEntryKind = "symlink"
+)
+
+// Valid indicates whether the value is a known member of the FileEntryKind enum.
+func (e FileEntryKind) Valid() bool {
+	switch e {
+	case Dir:
+		return true
+	case File:
+		return true
+	case Other:
+		return true
+	case Symlink:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for JobKind.
 const (
 	JobKindBackup    JobKind = "backup"
@@ -94,6 +118,24 @@ func (e RestoreRequestMode) Valid() bool {
 	}
 }
 
+// Defines values for SnapshotLocation.
+const (
+	Local      SnapshotLocation = "local"
+	Repository SnapshotLocation = "repository"
+)
+
+// Valid indicates whether the value is a known member of the SnapshotLocation enum.
+func (e SnapshotLocation) Valid() bool {
+	switch e {
+	case Local:
+		return true
+	case Repository:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for TaskInfoStatus.
 const (
 	Cancelled TaskInfoStatus = "cancelled"
@@ -144,6 +186,22 @@ type BackupRequest struct {
 	Id ProtectedEntityID `json:"id"`
 }
 
+// BrowseSnapshot defines model for BrowseSnapshot.
+type BrowseSnapshot struct {
+	// Created When the snapshot was taken, where known
+	Created  *time.Time                `json:"created,omitempty"`
+	Id       ProtectedEntitySnapshotID `json:"id"`
+	Location SnapshotLocation          `json:"location"`
+
+	// Size Bytes of data, -1 where unknown
+	Size int64 `json:"size"`
+}
+
+// BrowseSnapshotList defines model for BrowseSnapshotList.
+type BrowseSnapshotList struct {
+	Snapshots []BrowseSnapshot `json:"snapshots"`
+}
+
 // ComponentSpec defines model for ComponentSpec.
 type ComponentSpec struct {
 	Id     ProtectedEntityID `json:"id"`
@@ -180,6 +238,51 @@ type Error struct {
 	// Code The HTTP status
 	Code    int32  `json:"code"`
 	Message string `json:"message"`
+}
+
+// FileEntry defines model for FileEntry.
+type FileEntry struct {
+	Kind FileEntryKind `json:"kind"`
+
+	// LinkTarget A symlink's target
+	LinkTarget *string   `json:"linkTarget,omitempty"`
+	Modified   time.Time `json:"modified"`
+
+	// Name The entry's name in its directory
+	Name string `json:"name"`
+
+	// Size Bytes of a file (0 for the other kinds)
+	Size int64 `json:"size"`
+}
+
+// FileEntryKind defines model for FileEntry.Kind.
+type FileEntryKind string
+
+// FileList defines model for FileList.
+type FileList struct {
+	Entries []FileEntry `json:"entries"`
+
+	// NextCursor Present when more entries follow; the next page's cursor
+	NextCursor *string `json:"nextCursor,omitempty"`
+
+	// Path The directory listed
+	Path string `json:"path"`
+}
+
+// FileMatch defines model for FileMatch.
+type FileMatch struct {
+	Entry FileEntry `json:"entry"`
+
+	// Path The entry's path in the tree
+	Path string `json:"path"`
+}
+
+// FileSearchResult defines model for FileSearchResult.
+type FileSearchResult struct {
+	Matches []FileMatch `json:"matches"`
+
+	// NextCursor Present when more matches may follow; the next page's cursor
+	NextCursor *string `json:"nextCursor,omitempty"`
 }
 
 // Health defines model for Health.
@@ -343,6 +446,12 @@ type JobStatus struct {
 	RunningTask *TaskID    `json:"runningTask,omitempty"`
 }
 
+// LoginRequest defines model for LoginRequest.
+type LoginRequest struct {
+	// Token The API token (api-token in the configuration directory)
+	Token string `json:"token"`
+}
+
 // Mount defines model for Mount.
 type Mount struct {
 	AllowOther *bool  `json:"allowOther,omitempty"`
@@ -428,11 +537,14 @@ type ProtectedEntityInfo struct {
 	ComponentSpecs     []ComponentSpec `json:"componentSpecs"`
 
 	// Created When a snapshot was taken
-	Created            *time.Time        `json:"created,omitempty"`
-	DataTransports     []DataTransport   `json:"dataTransports"`
-	Id                 ProtectedEntityID `json:"id"`
-	MetadataTransports []DataTransport   `json:"metadataTransports"`
-	Name               string            `json:"name"`
+	Created        *time.Time      `json:"created,omitempty"`
+	DataTransports []DataTransport `json:"dataTransports"`
+
+	// Details What the PE's type tells beyond the above (a pg cluster's databases, host, port, data directory)
+	Details            *map[string]interface{} `json:"details,omitempty"`
+	Id                 ProtectedEntityID       `json:"id"`
+	MetadataTransports []DataTransport         `json:"metadataTransports"`
+	Name               string                  `json:"name"`
 
 	// Size Bytes of data; -1 when unknown
 	Size int64 `json:"size"`
@@ -480,6 +592,18 @@ type RestoreRequestMode string
 type ServiceList struct {
 	Services []string `json:"services"`
 }
+
+// Session defines model for Session.
+type Session struct {
+	// CsrfToken The session's CSRF token, for X-CSRF-Token
+	CsrfToken string `json:"csrfToken"`
+
+	// Expires When the session ends
+	Expires time.Time `json:"expires"`
+}
+
+// SnapshotLocation defines model for SnapshotLocation.
+type SnapshotLocation string
 
 // TaskID defines model for TaskID.
 type TaskID = string
@@ -552,11 +676,17 @@ type TaskNexusResponse struct {
 	Id       TaskNexusID `json:"id"`
 }
 
+// FilePathQuery defines model for FilePathQuery.
+type FilePathQuery = string
+
 // InstantVMName defines model for InstantVMName.
 type InstantVMName = string
 
 // JobNamePath defines model for JobNamePath.
 type JobNamePath = string
+
+// LocationQuery defines model for LocationQuery.
+type LocationQuery = SnapshotLocation
 
 // NexusQuery defines model for NexusQuery.
 type NexusQuery = string
@@ -566,6 +696,9 @@ type PEIDPath = string
 
 // ServicePath defines model for ServicePath.
 type ServicePath = string
+
+// SnapshotIDPath defines model for SnapshotIDPath.
+type SnapshotIDPath = string
 
 // TaskIDPath defines model for TaskIDPath.
 type TaskIDPath = string
@@ -579,6 +712,9 @@ type ClientError = Error
 // Conflict defines model for Conflict.
 type Conflict = Error
 
+// Forbidden defines model for Forbidden.
+type Forbidden = Error
+
 // NotFound defines model for NotFound.
 type NotFound = Error
 
@@ -587,6 +723,54 @@ type TooManyRequests = Error
 
 // Unauthorized defines model for Unauthorized.
 type Unauthorized = Error
+
+// DownloadSnapshotFileParams defines parameters for DownloadSnapshotFile.
+type DownloadSnapshotFileParams struct {
+	// Location Where the snapshot is, the appliance (local, the default) or the repository
+	Location *LocationQuery `form:"location,omitempty" json:"location,omitempty"`
+
+	// Path A slash-separated path in the snapshot's tree, relative to its root (empty, the default, for the root)
+	Path *FilePathQuery `form:"path,omitempty" json:"path,omitempty"`
+}
+
+// ListSnapshotFilesParams defines parameters for ListSnapshotFiles.
+type ListSnapshotFilesParams struct {
+	// Location Where the snapshot is, the appliance (local, the default) or the repository
+	Location *LocationQuery `form:"location,omitempty" json:"location,omitempty"`
+
+	// Path A slash-separated path in the snapshot's tree, relative to its root (empty, the default, for the root)
+	Path *FilePathQuery `form:"path,omitempty" json:"path,omitempty"`
+
+	// Cursor Where the page starts, from the previous page's nextCursor
+	Cursor *string `form:"cursor,omitempty" json:"cursor,omitempty"`
+
+	// Limit The most entries to answer (default and most 1000)
+	Limit *int32 `form:"limit,omitempty" json:"limit,omitempty"`
+}
+
+// SearchSnapshotFilesParams defines parameters for SearchSnapshotFiles.
+type SearchSnapshotFilesParams struct {
+	// Location Where the snapshot is, the appliance (local, the default) or the repository
+	Location *LocationQuery `form:"location,omitempty" json:"location,omitempty"`
+
+	// Q What the names must contain
+	Q string `form:"q" json:"q"`
+
+	// Cursor Where the page starts, from the previous page's nextCursor
+	Cursor *string `form:"cursor,omitempty" json:"cursor,omitempty"`
+
+	// Limit The most matches to answer (default 100, most 1000)
+	Limit *int32 `form:"limit,omitempty" json:"limit,omitempty"`
+}
+
+// DownloadSnapshotFolderParams defines parameters for DownloadSnapshotFolder.
+type DownloadSnapshotFolderParams struct {
+	// Location Where the snapshot is, the appliance (local, the default) or the repository
+	Location *LocationQuery `form:"location,omitempty" json:"location,omitempty"`
+
+	// Path A slash-separated path in the snapshot's tree, relative to its root (empty, the default, for the root)
+	Path *FilePathQuery `form:"path,omitempty" json:"path,omitempty"`
+}
 
 // StopNBDExportParams defines parameters for StopNBDExport.
 type StopNBDExportParams struct {
@@ -686,6 +870,9 @@ type CopyProtectedEntityJSONRequestBody = CopyParameters
 // CreateSnapshotJSONRequestBody defines body for CreateSnapshot for application/json ContentType.
 type CreateSnapshotJSONRequestBody = OperationParamList
 
+// LoginJSONRequestBody defines body for Login for application/json ContentType.
+type LoginJSONRequestBody = LoginRequest
+
 // RequestEditorFn is the function signature for the RequestEditor callback function
 type RequestEditorFn func(ctx context.Context, req *http.Request) error
 
@@ -768,6 +955,63 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /healthz (the `Health` operationId).
 	Health(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DownloadSnapshotFile Download one regular file of a snapshot's tree (HTTP Range supported)
+	//
+	// The bytes of a regular file of a snapshot's tree (a hard link
+	// gives its file's), as an attachment, with `Range` (one or more
+	// ranges) and `If-Range` as RFC 9110 has them. A path that is not a
+	// regular file answers 400, one that is not there 404.
+	//
+	// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/content (the `DownloadSnapshotFile` operationId).
+	DownloadSnapshotFile(ctx context.Context, protectedEntityID SnapshotIDPath, params *DownloadSnapshotFileParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ListSnapshotFiles One page of a directory of a snapshot's file tree
+	//
+	// The entries of a directory of a snapshot's tree, sorted by name
+	// (byte order), at most `limit` of them; `nextCursor` is there when
+	// more follow and goes into the next request's `cursor`. An fs
+	// snapshot's tree is its files; a local disk snapshot's holds a
+	// directory per partition (p1, p2, ... or disk), mounted read-only
+	// for recovery on first use and taken down when idle. A path with
+	// `..`, `.`, an empty element or a leading or trailing slash is
+	// refused with 400; a snapshot without a file tree too.
+	//
+	// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/files (the `ListSnapshotFiles` operationId).
+	ListSnapshotFiles(ctx context.Context, protectedEntityID SnapshotIDPath, params *ListSnapshotFilesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SearchSnapshotFiles Find files by name in an fs snapshot's tree, paged
+	//
+	// The entries of an fs snapshot's tree whose name (the last element
+	// of the path) contains `q`, without regard to case, in the order
+	// the snapshot holds them, at most `limit` of them; `nextCursor` is
+	// there when more may follow. Disk snapshots' partitions are not
+	// searched (400).
+	//
+	// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/search (the `SearchSnapshotFiles` operationId).
+	SearchSnapshotFiles(ctx context.Context, protectedEntityID SnapshotIDPath, params *SearchSnapshotFilesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ListBrowseSnapshots The snapshots of a PE, local and in the repository, newest first
+	//
+	// Each snapshot of the PE (a snapshot ID in the path stands for its
+	// PE) with where it lives, when it was taken and its size, newest
+	// first: the appliance's own and, where it has a repository, those
+	// in the repository.
+	//
+	// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/snapshots (the `ListBrowseSnapshots` operationId).
+	ListBrowseSnapshots(ctx context.Context, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DownloadSnapshotFolder Download a folder of a snapshot's tree as a zip, streamed
+	//
+	// The regular files and directories below a directory of a
+	// snapshot's tree (the root: empty path) as a zip, written as the
+	// files are read: nothing is copied on the appliance first, and the
+	// answer has no length. Names start with the folder's own name;
+	// symlinks and special files are left out. A path that is not a
+	// directory answers 400.
+	//
+	// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/zip (the `DownloadSnapshotFolder` operationId).
+	DownloadSnapshotFolder(ctx context.Context, protectedEntityID SnapshotIDPath, params *DownloadSnapshotFolderParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListInstantVMs The VMs running from the appliance's NFS datastore
 	//
@@ -1258,6 +1502,47 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/astrolabe/{service}/{protectedEntityID}/snapshots (the `CreateSnapshot` operationId).
 	CreateSnapshot(ctx context.Context, service ServicePath, protectedEntityID PEIDPath, body CreateSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// Logout Log out; ends the session and clears the cookie
+	//
+	// Ends the session of the cookie (it needs the CSRF token) and clears the cookie.
+	//
+	// Corresponds with DELETE /v1/session (the `Logout` operationId).
+	Logout(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetSession The current session's CSRF token
+	//
+	// For a page loaded again while its session lasts: answers the
+	// session's CSRF token, or 401 without a valid session cookie.
+	//
+	// Corresponds with GET /v1/session (the `GetSession` operationId).
+	GetSession(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// LoginWithBody Log in with the API token; sets the session cookie
+	//
+	// Exchanges the API token for a session: the answer sets the
+	// `astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict) and
+	// carries the CSRF token to send in `X-CSRF-Token` on every request
+	// but GET and HEAD. Sessions last 8 hours and end with the
+	// appliance. A wrong token answers 401 and makes no session.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/session (the `Login` operationId).
+	LoginWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// Login Log in with the API token; sets the session cookie
+	//
+	// Exchanges the API token for a session: the answer sets the
+	// `astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict) and
+	// carries the CSRF token to send in `X-CSRF-Token` on every request
+	// but GET and HEAD. Sessions last 8 hours and end with the
+	// appliance. A wrong token answers 401 and makes no session.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/session (the `Login` operationId).
+	Login(ctx context.Context, body LoginJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 }
 
 // Health Liveness check; needs no token
@@ -1269,6 +1554,113 @@ type ClientInterface interface {
 // Corresponds with GET /healthz (the `Health` operationId).
 func (c *Client) Health(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewHealthRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DownloadSnapshotFile Download one regular file of a snapshot's tree (HTTP Range supported)
+//
+// The bytes of a regular file of a snapshot's tree (a hard link
+// gives its file's), as an attachment, with `Range` (one or more
+// ranges) and `If-Range` as RFC 9110 has them. A path that is not a
+// regular file answers 400, one that is not there 404.
+//
+// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/content (the `DownloadSnapshotFile` operationId).
+func (c *Client) DownloadSnapshotFile(ctx context.Context, protectedEntityID SnapshotIDPath, params *DownloadSnapshotFileParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDownloadSnapshotFileRequest(c.Server, protectedEntityID, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ListSnapshotFiles One page of a directory of a snapshot's file tree
+//
+// The entries of a directory of a snapshot's tree, sorted by name
+// (byte order), at most `limit` of them; `nextCursor` is there when
+// more follow and goes into the next request's `cursor`. An fs
+// snapshot's tree is its files; a local disk snapshot's holds a
+// directory per partition (p1, p2, ... or disk), mounted read-only
+// for recovery on first use and taken down when idle. A path with
+// `..`, `.`, an empty element or a leading or trailing slash is
+// refused with 400; a snapshot without a file tree too.
+//
+// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/files (the `ListSnapshotFiles` operationId).
+func (c *Client) ListSnapshotFiles(ctx context.Context, protectedEntityID SnapshotIDPath, params *ListSnapshotFilesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListSnapshotFilesRequest(c.Server, protectedEntityID, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SearchSnapshotFiles Find files by name in an fs snapshot's tree, paged
+//
+// The entries of an fs snapshot's tree whose name (the last element
+// of the path) contains `q`, without regard to case, in the order
+// the snapshot holds them, at most `limit` of them; `nextCursor` is
+// there when more may follow. Disk snapshots' partitions are not
+// searched (400).
+//
+// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/search (the `SearchSnapshotFiles` operationId).
+func (c *Client) SearchSnapshotFiles(ctx context.Context, protectedEntityID SnapshotIDPath, params *SearchSnapshotFilesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSearchSnapshotFilesRequest(c.Server, protectedEntityID, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ListBrowseSnapshots The snapshots of a PE, local and in the repository, newest first
+//
+// Each snapshot of the PE (a snapshot ID in the path stands for its
+// PE) with where it lives, when it was taken and its size, newest
+// first: the appliance's own and, where it has a repository, those
+// in the repository.
+//
+// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/snapshots (the `ListBrowseSnapshots` operationId).
+func (c *Client) ListBrowseSnapshots(ctx context.Context, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListBrowseSnapshotsRequest(c.Server, protectedEntityID)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DownloadSnapshotFolder Download a folder of a snapshot's tree as a zip, streamed
+//
+// The regular files and directories below a directory of a
+// snapshot's tree (the root: empty path) as a zip, written as the
+// files are read: nothing is copied on the appliance first, and the
+// answer has no length. Names start with the folder's own name;
+// symlinks and special files are left out. A path that is not a
+// directory answers 400.
+//
+// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/zip (the `DownloadSnapshotFolder` operationId).
+func (c *Client) DownloadSnapshotFolder(ctx context.Context, protectedEntityID SnapshotIDPath, params *DownloadSnapshotFolderParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDownloadSnapshotFolderRequest(c.Server, protectedEntityID, params)
 	if err != nil {
 		return nil, err
 	}
@@ -2239,6 +2631,87 @@ func (c *Client) CreateSnapshot(ctx context.Context, service ServicePath, protec
 	return c.Client.Do(req)
 }
 
+// Logout Log out; ends the session and clears the cookie
+//
+// Ends the session of the cookie (it needs the CSRF token) and clears the cookie.
+//
+// Corresponds with DELETE /v1/session (the `Logout` operationId).
+func (c *Client) Logout(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewLogoutRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetSession The current session's CSRF token
+//
+// For a page loaded again while its session lasts: answers the
+// session's CSRF token, or 401 without a valid session cookie.
+//
+// Corresponds with GET /v1/session (the `GetSession` operationId).
+func (c *Client) GetSession(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetSessionRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// LoginWithBody Log in with the API token; sets the session cookie
+//
+// Exchanges the API token for a session: the answer sets the
+// `astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict) and
+// carries the CSRF token to send in `X-CSRF-Token` on every request
+// but GET and HEAD. Sessions last 8 hours and end with the
+// appliance. A wrong token answers 401 and makes no session.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/session (the `Login` operationId).
+func (c *Client) LoginWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewLoginRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// Login Log in with the API token; sets the session cookie
+//
+// Exchanges the API token for a session: the answer sets the
+// `astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict) and
+// carries the CSRF token to send in `X-CSRF-Token` on every request
+// but GET and HEAD. Sessions last 8 hours and end with the
+// appliance. A wrong token answers 401 and makes no session.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/session (the `Login` operationId).
+func (c *Client) Login(ctx context.Context, body LoginJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewLoginRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // NewHealthRequest constructs an http.Request for the Health method
 func NewHealthRequest(server string) (*http.Request, error) {
 	var err error
@@ -2256,6 +2729,376 @@ func NewHealthRequest(server string) (*http.Request, error) {
 	queryURL, err := serverURL.Parse(operationPath)
 	if err != nil {
 		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDownloadSnapshotFileRequest constructs an http.Request for the DownloadSnapshotFile method
+func NewDownloadSnapshotFileRequest(server string, protectedEntityID SnapshotIDPath, params *DownloadSnapshotFileParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "protectedEntityID", protectedEntityID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/appliance/browse/%s/content", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Location != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "location", *params.Location, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Path != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "path", *params.Path, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewListSnapshotFilesRequest constructs an http.Request for the ListSnapshotFiles method
+func NewListSnapshotFilesRequest(server string, protectedEntityID SnapshotIDPath, params *ListSnapshotFilesParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "protectedEntityID", protectedEntityID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/appliance/browse/%s/files", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Location != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "location", *params.Location, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Path != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "path", *params.Path, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int32"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewSearchSnapshotFilesRequest constructs an http.Request for the SearchSnapshotFiles method
+func NewSearchSnapshotFilesRequest(server string, protectedEntityID SnapshotIDPath, params *SearchSnapshotFilesParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "protectedEntityID", protectedEntityID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/appliance/browse/%s/search", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Location != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "location", *params.Location, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "q", params.Q, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int32"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewListBrowseSnapshotsRequest constructs an http.Request for the ListBrowseSnapshots method
+func NewListBrowseSnapshotsRequest(server string, protectedEntityID PEIDPath) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "protectedEntityID", protectedEntityID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/appliance/browse/%s/snapshots", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDownloadSnapshotFolderRequest constructs an http.Request for the DownloadSnapshotFolder method
+func NewDownloadSnapshotFolderRequest(server string, protectedEntityID SnapshotIDPath, params *DownloadSnapshotFolderParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "protectedEntityID", protectedEntityID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/appliance/browse/%s/zip", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Location != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "location", *params.Location, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Path != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "path", *params.Path, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
 	}
 
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
@@ -3782,6 +4625,100 @@ func NewCreateSnapshotRequestWithBody(server string, service ServicePath, protec
 	return req, nil
 }
 
+// NewLogoutRequest constructs an http.Request for the Logout method
+func NewLogoutRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/session")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetSessionRequest constructs an http.Request for the GetSession method
+func NewGetSessionRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/session")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewLoginRequest calls the generic Login builder with application/json body
+func NewLoginRequest(server string, body LoginJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewLoginRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewLoginRequestWithBody constructs an http.Request for the Login method, with any body, and a specified content type
+func NewLoginRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/session")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 func (c *Client) applyEditors(ctx context.Context, req *http.Request, additionalEditors []RequestEditorFn) error {
 	for _, r := range c.RequestEditors {
 		if err := r(ctx, req); err != nil {
@@ -3836,6 +4773,73 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /healthz (the `Health` operationId).
 	HealthWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*HealthResponse, error)
+
+	// DownloadSnapshotFileWithResponse Download one regular file of a snapshot's tree (HTTP Range supported)
+	//
+	// The bytes of a regular file of a snapshot's tree (a hard link
+	// gives its file's), as an attachment, with `Range` (one or more
+	// ranges) and `If-Range` as RFC 9110 has them. A path that is not a
+	// regular file answers 400, one that is not there 404.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/content (the `DownloadSnapshotFile` operationId).
+	DownloadSnapshotFileWithResponse(ctx context.Context, protectedEntityID SnapshotIDPath, params *DownloadSnapshotFileParams, reqEditors ...RequestEditorFn) (*DownloadSnapshotFileResponse, error)
+
+	// ListSnapshotFilesWithResponse One page of a directory of a snapshot's file tree
+	//
+	// The entries of a directory of a snapshot's tree, sorted by name
+	// (byte order), at most `limit` of them; `nextCursor` is there when
+	// more follow and goes into the next request's `cursor`. An fs
+	// snapshot's tree is its files; a local disk snapshot's holds a
+	// directory per partition (p1, p2, ... or disk), mounted read-only
+	// for recovery on first use and taken down when idle. A path with
+	// `..`, `.`, an empty element or a leading or trailing slash is
+	// refused with 400; a snapshot without a file tree too.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/files (the `ListSnapshotFiles` operationId).
+	ListSnapshotFilesWithResponse(ctx context.Context, protectedEntityID SnapshotIDPath, params *ListSnapshotFilesParams, reqEditors ...RequestEditorFn) (*ListSnapshotFilesResponse, error)
+
+	// SearchSnapshotFilesWithResponse Find files by name in an fs snapshot's tree, paged
+	//
+	// The entries of an fs snapshot's tree whose name (the last element
+	// of the path) contains `q`, without regard to case, in the order
+	// the snapshot holds them, at most `limit` of them; `nextCursor` is
+	// there when more may follow. Disk snapshots' partitions are not
+	// searched (400).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/search (the `SearchSnapshotFiles` operationId).
+	SearchSnapshotFilesWithResponse(ctx context.Context, protectedEntityID SnapshotIDPath, params *SearchSnapshotFilesParams, reqEditors ...RequestEditorFn) (*SearchSnapshotFilesResponse, error)
+
+	// ListBrowseSnapshotsWithResponse The snapshots of a PE, local and in the repository, newest first
+	//
+	// Each snapshot of the PE (a snapshot ID in the path stands for its
+	// PE) with where it lives, when it was taken and its size, newest
+	// first: the appliance's own and, where it has a repository, those
+	// in the repository.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/snapshots (the `ListBrowseSnapshots` operationId).
+	ListBrowseSnapshotsWithResponse(ctx context.Context, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*ListBrowseSnapshotsResponse, error)
+
+	// DownloadSnapshotFolderWithResponse Download a folder of a snapshot's tree as a zip, streamed
+	//
+	// The regular files and directories below a directory of a
+	// snapshot's tree (the root: empty path) as a zip, written as the
+	// files are read: nothing is copied on the appliance first, and the
+	// answer has no length. Names start with the folder's own name;
+	// symlinks and special files are left out. A path that is not a
+	// directory answers 400.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/zip (the `DownloadSnapshotFolder` operationId).
+	DownloadSnapshotFolderWithResponse(ctx context.Context, protectedEntityID SnapshotIDPath, params *DownloadSnapshotFolderParams, reqEditors ...RequestEditorFn) (*DownloadSnapshotFolderResponse, error)
 
 	// ListInstantVMsWithResponse The VMs running from the appliance's NFS datastore
 	//
@@ -4376,6 +5380,51 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/astrolabe/{service}/{protectedEntityID}/snapshots (the `CreateSnapshot` operationId).
 	CreateSnapshotWithResponse(ctx context.Context, service ServicePath, protectedEntityID PEIDPath, body CreateSnapshotJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateSnapshotResponse, error)
+
+	// LogoutWithResponse Log out; ends the session and clears the cookie
+	//
+	// Ends the session of the cookie (it needs the CSRF token) and clears the cookie.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/session (the `Logout` operationId).
+	LogoutWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*LogoutResponse, error)
+
+	// GetSessionWithResponse The current session's CSRF token
+	//
+	// For a page loaded again while its session lasts: answers the
+	// session's CSRF token, or 401 without a valid session cookie.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/session (the `GetSession` operationId).
+	GetSessionWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*GetSessionResponse, error)
+
+	// LoginWithBodyWithResponse Log in with the API token; sets the session cookie
+	//
+	// Exchanges the API token for a session: the answer sets the
+	// `astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict) and
+	// carries the CSRF token to send in `X-CSRF-Token` on every request
+	// but GET and HEAD. Sessions last 8 hours and end with the
+	// appliance. A wrong token answers 401 and makes no session.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/session (the `Login` operationId).
+	LoginWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*LoginResponse, error)
+
+	// LoginWithResponse Log in with the API token; sets the session cookie
+	//
+	// Exchanges the API token for a session: the answer sets the
+	// `astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict) and
+	// carries the CSRF token to send in `X-CSRF-Token` on every request
+	// but GET and HEAD. Sessions last 8 hours and end with the
+	// appliance. A wrong token answers 401 and makes no session.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/session (the `Login` operationId).
+	LoginWithResponse(ctx context.Context, body LoginJSONRequestBody, reqEditors ...RequestEditorFn) (*LoginResponse, error)
 }
 
 type HealthResponse struct {
@@ -4420,6 +5469,337 @@ func (r HealthResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r HealthResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DownloadSnapshotFileResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r DownloadSnapshotFileResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r DownloadSnapshotFileResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r DownloadSnapshotFileResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r DownloadSnapshotFileResponse) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DownloadSnapshotFileResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DownloadSnapshotFileResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DownloadSnapshotFileResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DownloadSnapshotFileResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ListSnapshotFilesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *FileList
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListSnapshotFilesResponse) GetJSON200() *FileList {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ListSnapshotFilesResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListSnapshotFilesResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r ListSnapshotFilesResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r ListSnapshotFilesResponse) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ListSnapshotFilesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListSnapshotFilesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListSnapshotFilesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListSnapshotFilesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type SearchSnapshotFilesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *FileSearchResult
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r SearchSnapshotFilesResponse) GetJSON200() *FileSearchResult {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r SearchSnapshotFilesResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r SearchSnapshotFilesResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r SearchSnapshotFilesResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r SearchSnapshotFilesResponse) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r SearchSnapshotFilesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SearchSnapshotFilesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SearchSnapshotFilesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SearchSnapshotFilesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ListBrowseSnapshotsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *BrowseSnapshotList
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListBrowseSnapshotsResponse) GetJSON200() *BrowseSnapshotList {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ListBrowseSnapshotsResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListBrowseSnapshotsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r ListBrowseSnapshotsResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r ListBrowseSnapshotsResponse) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ListBrowseSnapshotsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListBrowseSnapshotsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListBrowseSnapshotsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListBrowseSnapshotsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DownloadSnapshotFolderResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r DownloadSnapshotFolderResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r DownloadSnapshotFolderResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r DownloadSnapshotFolderResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r DownloadSnapshotFolderResponse) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DownloadSnapshotFolderResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DownloadSnapshotFolderResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DownloadSnapshotFolderResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DownloadSnapshotFolderResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -6715,6 +8095,192 @@ func (r CreateSnapshotResponse) ContentType() string {
 	return ""
 }
 
+// LogoutResponse204Headers the declared response headers of an HTTP 204 response for Logout
+type LogoutResponse204Headers struct {
+	SetCookie *string
+}
+
+type LogoutResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+	// Headers204 the parsed response headers for an HTTP 204 response
+	Headers204 *LogoutResponse204Headers
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r LogoutResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r LogoutResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r LogoutResponse) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r LogoutResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r LogoutResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r LogoutResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r LogoutResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetSessionResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Session
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetSessionResponse) GetJSON200() *Session {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetSessionResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r GetSessionResponse) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r GetSessionResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetSessionResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetSessionResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetSessionResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// LoginResponse200Headers the declared response headers of an HTTP 200 response for Login
+type LoginResponse200Headers struct {
+	SetCookie *string
+}
+
+type LoginResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Session
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSONDefault the response for an HTTP default `application/json` response
+	JSONDefault *Error
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *LoginResponse200Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r LoginResponse) GetJSON200() *Session {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r LoginResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r LoginResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSONDefault returns the response for an HTTP default `application/json` response
+func (r LoginResponse) GetJSONDefault() *Error {
+	return r.JSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r LoginResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r LoginResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r LoginResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r LoginResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // HealthWithResponse Liveness check; needs no token
 //
 // Answers 200 while the appliance serves requests, with the version of
@@ -6730,6 +8296,103 @@ func (c *ClientWithResponses) HealthWithResponse(ctx context.Context, reqEditors
 		return nil, err
 	}
 	return ParseHealthResponse(rsp)
+}
+
+// DownloadSnapshotFileWithResponse Download one regular file of a snapshot's tree (HTTP Range supported)
+//
+// The bytes of a regular file of a snapshot's tree (a hard link
+// gives its file's), as an attachment, with `Range` (one or more
+// ranges) and `If-Range` as RFC 9110 has them. A path that is not a
+// regular file answers 400, one that is not there 404.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/content (the `DownloadSnapshotFile` operationId).
+func (c *ClientWithResponses) DownloadSnapshotFileWithResponse(ctx context.Context, protectedEntityID SnapshotIDPath, params *DownloadSnapshotFileParams, reqEditors ...RequestEditorFn) (*DownloadSnapshotFileResponse, error) {
+	rsp, err := c.DownloadSnapshotFile(ctx, protectedEntityID, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDownloadSnapshotFileResponse(rsp)
+}
+
+// ListSnapshotFilesWithResponse One page of a directory of a snapshot's file tree
+//
+// The entries of a directory of a snapshot's tree, sorted by name
+// (byte order), at most `limit` of them; `nextCursor` is there when
+// more follow and goes into the next request's `cursor`. An fs
+// snapshot's tree is its files; a local disk snapshot's holds a
+// directory per partition (p1, p2, ... or disk), mounted read-only
+// for recovery on first use and taken down when idle. A path with
+// `..`, `.`, an empty element or a leading or trailing slash is
+// refused with 400; a snapshot without a file tree too.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/files (the `ListSnapshotFiles` operationId).
+func (c *ClientWithResponses) ListSnapshotFilesWithResponse(ctx context.Context, protectedEntityID SnapshotIDPath, params *ListSnapshotFilesParams, reqEditors ...RequestEditorFn) (*ListSnapshotFilesResponse, error) {
+	rsp, err := c.ListSnapshotFiles(ctx, protectedEntityID, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListSnapshotFilesResponse(rsp)
+}
+
+// SearchSnapshotFilesWithResponse Find files by name in an fs snapshot's tree, paged
+//
+// The entries of an fs snapshot's tree whose name (the last element
+// of the path) contains `q`, without regard to case, in the order
+// the snapshot holds them, at most `limit` of them; `nextCursor` is
+// there when more may follow. Disk snapshots' partitions are not
+// searched (400).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/search (the `SearchSnapshotFiles` operationId).
+func (c *ClientWithResponses) SearchSnapshotFilesWithResponse(ctx context.Context, protectedEntityID SnapshotIDPath, params *SearchSnapshotFilesParams, reqEditors ...RequestEditorFn) (*SearchSnapshotFilesResponse, error) {
+	rsp, err := c.SearchSnapshotFiles(ctx, protectedEntityID, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSearchSnapshotFilesResponse(rsp)
+}
+
+// ListBrowseSnapshotsWithResponse The snapshots of a PE, local and in the repository, newest first
+//
+// Each snapshot of the PE (a snapshot ID in the path stands for its
+// PE) with where it lives, when it was taken and its size, newest
+// first: the appliance's own and, where it has a repository, those
+// in the repository.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/snapshots (the `ListBrowseSnapshots` operationId).
+func (c *ClientWithResponses) ListBrowseSnapshotsWithResponse(ctx context.Context, protectedEntityID PEIDPath, reqEditors ...RequestEditorFn) (*ListBrowseSnapshotsResponse, error) {
+	rsp, err := c.ListBrowseSnapshots(ctx, protectedEntityID, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListBrowseSnapshotsResponse(rsp)
+}
+
+// DownloadSnapshotFolderWithResponse Download a folder of a snapshot's tree as a zip, streamed
+//
+// The regular files and directories below a directory of a
+// snapshot's tree (the root: empty path) as a zip, written as the
+// files are read: nothing is copied on the appliance first, and the
+// answer has no length. Names start with the folder's own name;
+// symlinks and special files are left out. A path that is not a
+// directory answers 400.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/appliance/browse/{protectedEntityID}/zip (the `DownloadSnapshotFolder` operationId).
+func (c *ClientWithResponses) DownloadSnapshotFolderWithResponse(ctx context.Context, protectedEntityID SnapshotIDPath, params *DownloadSnapshotFolderParams, reqEditors ...RequestEditorFn) (*DownloadSnapshotFolderResponse, error) {
+	rsp, err := c.DownloadSnapshotFolder(ctx, protectedEntityID, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDownloadSnapshotFolderResponse(rsp)
 }
 
 // ListInstantVMsWithResponse The VMs running from the appliance's NFS datastore
@@ -7554,6 +9217,75 @@ func (c *ClientWithResponses) CreateSnapshotWithResponse(ctx context.Context, se
 	return ParseCreateSnapshotResponse(rsp)
 }
 
+// LogoutWithResponse Log out; ends the session and clears the cookie
+//
+// Ends the session of the cookie (it needs the CSRF token) and clears the cookie.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/session (the `Logout` operationId).
+func (c *ClientWithResponses) LogoutWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*LogoutResponse, error) {
+	rsp, err := c.Logout(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseLogoutResponse(rsp)
+}
+
+// GetSessionWithResponse The current session's CSRF token
+//
+// For a page loaded again while its session lasts: answers the
+// session's CSRF token, or 401 without a valid session cookie.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/session (the `GetSession` operationId).
+func (c *ClientWithResponses) GetSessionWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*GetSessionResponse, error) {
+	rsp, err := c.GetSession(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetSessionResponse(rsp)
+}
+
+// LoginWithBodyWithResponse Log in with the API token; sets the session cookie
+//
+// Exchanges the API token for a session: the answer sets the
+// `astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict) and
+// carries the CSRF token to send in `X-CSRF-Token` on every request
+// but GET and HEAD. Sessions last 8 hours and end with the
+// appliance. A wrong token answers 401 and makes no session.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/session (the `Login` operationId).
+func (c *ClientWithResponses) LoginWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*LoginResponse, error) {
+	rsp, err := c.LoginWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseLoginResponse(rsp)
+}
+
+// LoginWithResponse Log in with the API token; sets the session cookie
+//
+// Exchanges the API token for a session: the answer sets the
+// `astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict) and
+// carries the CSRF token to send in `X-CSRF-Token` on every request
+// but GET and HEAD. Sessions last 8 hours and end with the
+// appliance. A wrong token answers 401 and makes no session.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/session (the `Login` operationId).
+func (c *ClientWithResponses) LoginWithResponse(ctx context.Context, body LoginJSONRequestBody, reqEditors ...RequestEditorFn) (*LoginResponse, error) {
+	rsp, err := c.Login(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseLoginResponse(rsp)
+}
+
 // ParseHealthResponse parses an HTTP response from a HealthWithResponse call
 func ParseHealthResponse(rsp *http.Response) (*HealthResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -7581,6 +9313,265 @@ func ParseHealthResponse(rsp *http.Response) (*HealthResponse, error) {
 			return nil, err
 		}
 		response.JSON4XX = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDownloadSnapshotFileResponse parses an HTTP response from a DownloadSnapshotFileWithResponse call
+func ParseDownloadSnapshotFileResponse(rsp *http.Response) (*DownloadSnapshotFileResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DownloadSnapshotFileResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case rsp.StatusCode == 416:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseListSnapshotFilesResponse parses an HTTP response from a ListSnapshotFilesWithResponse call
+func ParseListSnapshotFilesResponse(rsp *http.Response) (*ListSnapshotFilesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListSnapshotFilesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest FileList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseSearchSnapshotFilesResponse parses an HTTP response from a SearchSnapshotFilesWithResponse call
+func ParseSearchSnapshotFilesResponse(rsp *http.Response) (*SearchSnapshotFilesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SearchSnapshotFilesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest FileSearchResult
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseListBrowseSnapshotsResponse parses an HTTP response from a ListBrowseSnapshotsWithResponse call
+func ParseListBrowseSnapshotsResponse(rsp *http.Response) (*ListBrowseSnapshotsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListBrowseSnapshotsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest BrowseSnapshotList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDownloadSnapshotFolderResponse parses an HTTP response from a DownloadSnapshotFolderWithResponse call
+func ParseDownloadSnapshotFolderResponse(rsp *http.Response) (*DownloadSnapshotFolderResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DownloadSnapshotFolderResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
 
 	}
 
@@ -9347,11 +11338,182 @@ func ParseCreateSnapshotResponse(rsp *http.Response) (*CreateSnapshotResponse, e
 	return response, nil
 }
 
+// ParseLogoutResponse parses an HTTP response from a LogoutWithResponse call
+func ParseLogoutResponse(rsp *http.Response) (*LogoutResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &LogoutResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		var headers LogoutResponse204Headers
+		if values := rsp.Header.Values("Set-Cookie"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Set-Cookie", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.SetCookie = &value
+		}
+		response.Headers204 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseGetSessionResponse parses an HTTP response from a GetSessionWithResponse call
+func ParseGetSessionResponse(rsp *http.Response) (*GetSessionResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetSessionResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Session
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseLoginResponse parses an HTTP response from a LoginWithResponse call
+func ParseLoginResponse(rsp *http.Response) (*LoginResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &LoginResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Session
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers LoginResponse200Headers
+		if values := rsp.Header.Values("Set-Cookie"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Set-Cookie", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.SetCookie = &value
+		}
+		response.Headers200 = &headers
+	}
+
+	return response, nil
+}
+
 // ServerInterface represents all server handlers.
 type ServerInterface interface {
 	// Health Liveness check; needs no token
 	// (GET /healthz)
 	Health(w http.ResponseWriter, r *http.Request)
+	// DownloadSnapshotFile Download one regular file of a snapshot's tree (HTTP Range supported)
+	// (GET /v1/appliance/browse/{protectedEntityID}/content)
+	DownloadSnapshotFile(w http.ResponseWriter, r *http.Request, protectedEntityID SnapshotIDPath, params DownloadSnapshotFileParams)
+	// ListSnapshotFiles One page of a directory of a snapshot's file tree
+	// (GET /v1/appliance/browse/{protectedEntityID}/files)
+	ListSnapshotFiles(w http.ResponseWriter, r *http.Request, protectedEntityID SnapshotIDPath, params ListSnapshotFilesParams)
+	// SearchSnapshotFiles Find files by name in an fs snapshot's tree, paged
+	// (GET /v1/appliance/browse/{protectedEntityID}/search)
+	SearchSnapshotFiles(w http.ResponseWriter, r *http.Request, protectedEntityID SnapshotIDPath, params SearchSnapshotFilesParams)
+	// ListBrowseSnapshots The snapshots of a PE, local and in the repository, newest first
+	// (GET /v1/appliance/browse/{protectedEntityID}/snapshots)
+	ListBrowseSnapshots(w http.ResponseWriter, r *http.Request, protectedEntityID PEIDPath)
+	// DownloadSnapshotFolder Download a folder of a snapshot's tree as a zip, streamed
+	// (GET /v1/appliance/browse/{protectedEntityID}/zip)
+	DownloadSnapshotFolder(w http.ResponseWriter, r *http.Request, protectedEntityID SnapshotIDPath, params DownloadSnapshotFolderParams)
 	// ListInstantVMs The VMs running from the appliance's NFS datastore
 	// (GET /v1/appliance/instant/vms)
 	ListInstantVMs(w http.ResponseWriter, r *http.Request)
@@ -9460,6 +11622,15 @@ type ServerInterface interface {
 	// CreateSnapshot Snapshot a PE
 	// (POST /v1/astrolabe/{service}/{protectedEntityID}/snapshots)
 	CreateSnapshot(w http.ResponseWriter, r *http.Request, service ServicePath, protectedEntityID PEIDPath)
+	// Logout Log out; ends the session and clears the cookie
+	// (DELETE /v1/session)
+	Logout(w http.ResponseWriter, r *http.Request)
+	// GetSession The current session's CSRF token
+	// (GET /v1/session)
+	GetSession(w http.ResponseWriter, r *http.Request)
+	// Login Log in with the API token; sets the session cookie
+	// (POST /v1/session)
+	Login(w http.ResponseWriter, r *http.Request)
 }
 
 // Unimplemented server implementation that returns http.StatusNotImplemented for each endpoint.
@@ -9469,6 +11640,36 @@ type Unimplemented struct{}
 // Health Liveness check; needs no token
 // (GET /healthz)
 func (_ Unimplemented) Health(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DownloadSnapshotFile Download one regular file of a snapshot's tree (HTTP Range supported)
+// (GET /v1/appliance/browse/{protectedEntityID}/content)
+func (_ Unimplemented) DownloadSnapshotFile(w http.ResponseWriter, r *http.Request, protectedEntityID SnapshotIDPath, params DownloadSnapshotFileParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ListSnapshotFiles One page of a directory of a snapshot's file tree
+// (GET /v1/appliance/browse/{protectedEntityID}/files)
+func (_ Unimplemented) ListSnapshotFiles(w http.ResponseWriter, r *http.Request, protectedEntityID SnapshotIDPath, params ListSnapshotFilesParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// SearchSnapshotFiles Find files by name in an fs snapshot's tree, paged
+// (GET /v1/appliance/browse/{protectedEntityID}/search)
+func (_ Unimplemented) SearchSnapshotFiles(w http.ResponseWriter, r *http.Request, protectedEntityID SnapshotIDPath, params SearchSnapshotFilesParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ListBrowseSnapshots The snapshots of a PE, local and in the repository, newest first
+// (GET /v1/appliance/browse/{protectedEntityID}/snapshots)
+func (_ Unimplemented) ListBrowseSnapshots(w http.ResponseWriter, r *http.Request, protectedEntityID PEIDPath) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DownloadSnapshotFolder Download a folder of a snapshot's tree as a zip, streamed
+// (GET /v1/appliance/browse/{protectedEntityID}/zip)
+func (_ Unimplemented) DownloadSnapshotFolder(w http.ResponseWriter, r *http.Request, protectedEntityID SnapshotIDPath, params DownloadSnapshotFolderParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -9688,6 +11889,24 @@ func (_ Unimplemented) CreateSnapshot(w http.ResponseWriter, r *http.Request, se
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// Logout Log out; ends the session and clears the cookie
+// (DELETE /v1/session)
+func (_ Unimplemented) Logout(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// GetSession The current session's CSRF token
+// (GET /v1/session)
+func (_ Unimplemented) GetSession(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// Login Log in with the API token; sets the session cookie
+// (POST /v1/session)
+func (_ Unimplemented) Login(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // ServerInterfaceWrapper converts contexts to parameters.
 type ServerInterfaceWrapper struct {
 	Handler            ServerInterface
@@ -9702,6 +11921,304 @@ func (siw *ServerInterfaceWrapper) Health(w http.ResponseWriter, r *http.Request
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.Health(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DownloadSnapshotFile operation middleware
+func (siw *ServerInterfaceWrapper) DownloadSnapshotFile(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "protectedEntityID" -------------
+	var protectedEntityID SnapshotIDPath
+
+	err = runtime.BindStyledParameterWithOptions("simple", "protectedEntityID", chi.URLParam(r, "protectedEntityID"), &protectedEntityID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "protectedEntityID", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DownloadSnapshotFileParams
+
+	// ------------- Optional query parameter "location" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "location", r.URL.Query(), &params.Location, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "location"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "location", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "path" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "path", r.URL.Query(), &params.Path, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "path"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "path", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DownloadSnapshotFile(w, r, protectedEntityID, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ListSnapshotFiles operation middleware
+func (siw *ServerInterfaceWrapper) ListSnapshotFiles(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "protectedEntityID" -------------
+	var protectedEntityID SnapshotIDPath
+
+	err = runtime.BindStyledParameterWithOptions("simple", "protectedEntityID", chi.URLParam(r, "protectedEntityID"), &protectedEntityID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "protectedEntityID", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ListSnapshotFilesParams
+
+	// ------------- Optional query parameter "location" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "location", r.URL.Query(), &params.Location, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "location"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "location", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "path" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "path", r.URL.Query(), &params.Path, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "path"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "path", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: "int32"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ListSnapshotFiles(w, r, protectedEntityID, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// SearchSnapshotFiles operation middleware
+func (siw *ServerInterfaceWrapper) SearchSnapshotFiles(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "protectedEntityID" -------------
+	var protectedEntityID SnapshotIDPath
+
+	err = runtime.BindStyledParameterWithOptions("simple", "protectedEntityID", chi.URLParam(r, "protectedEntityID"), &protectedEntityID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "protectedEntityID", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params SearchSnapshotFilesParams
+
+	// ------------- Optional query parameter "location" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "location", r.URL.Query(), &params.Location, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "location"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "location", Err: err})
+		}
+		return
+	}
+
+	// ------------- Required query parameter "q" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, true, "q", r.URL.Query(), &params.Q, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "q"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "q", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: "int32"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.SearchSnapshotFiles(w, r, protectedEntityID, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ListBrowseSnapshots operation middleware
+func (siw *ServerInterfaceWrapper) ListBrowseSnapshots(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "protectedEntityID" -------------
+	var protectedEntityID PEIDPath
+
+	err = runtime.BindStyledParameterWithOptions("simple", "protectedEntityID", chi.URLParam(r, "protectedEntityID"), &protectedEntityID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "protectedEntityID", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ListBrowseSnapshots(w, r, protectedEntityID)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DownloadSnapshotFolder operation middleware
+func (siw *ServerInterfaceWrapper) DownloadSnapshotFolder(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "protectedEntityID" -------------
+	var protectedEntityID SnapshotIDPath
+
+	err = runtime.BindStyledParameterWithOptions("simple", "protectedEntityID", chi.URLParam(r, "protectedEntityID"), &protectedEntityID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "protectedEntityID", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DownloadSnapshotFolderParams
+
+	// ------------- Optional query parameter "location" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "location", r.URL.Query(), &params.Location, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "location"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "location", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "path" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "path", r.URL.Query(), &params.Path, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "path"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "path", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DownloadSnapshotFolder(w, r, protectedEntityID, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -10655,6 +13172,48 @@ func (siw *ServerInterfaceWrapper) CreateSnapshot(w http.ResponseWriter, r *http
 	handler.ServeHTTP(w, r)
 }
 
+// Logout operation middleware
+func (siw *ServerInterfaceWrapper) Logout(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.Logout(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// GetSession operation middleware
+func (siw *ServerInterfaceWrapper) GetSession(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetSession(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// Login operation middleware
+func (siw *ServerInterfaceWrapper) Login(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.Login(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 type UnescapedCookieParamError struct {
 	ParamName string
 	Err       error
@@ -10859,6 +13418,30 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 		r.Post(options.BaseURL+"/v1/appliance/repository/restores", wrapper.StartRestore)
 	})
 	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/v1/session", wrapper.Logout)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/session", wrapper.GetSession)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/session", wrapper.Login)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/appliance/browse/{protectedEntityID}/snapshots", wrapper.ListBrowseSnapshots)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/appliance/browse/{protectedEntityID}/files", wrapper.ListSnapshotFiles)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/appliance/browse/{protectedEntityID}/search", wrapper.SearchSnapshotFiles)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/appliance/browse/{protectedEntityID}/zip", wrapper.DownloadSnapshotFolder)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/appliance/browse/{protectedEntityID}/content", wrapper.DownloadSnapshotFile)
+	})
+	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/v1/appliance/jobs", wrapper.ListJobs)
 	})
 	r.Group(func(r chi.Router) {
@@ -10890,6 +13473,8 @@ type ClientErrorJSONResponse Error
 type ConflictJSONResponse Error
 
 type ErrorJSONResponse Error
+
+type ForbiddenJSONResponse Error
 
 type NotFoundJSONResponse Error
 
@@ -10924,6 +13509,455 @@ type Health4XXJSONResponse struct {
 }
 
 func (response Health4XXJSONResponse) VisitHealthResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DownloadSnapshotFileRequestObject struct {
+	ProtectedEntityID SnapshotIDPath `json:"protectedEntityID"`
+	Params            DownloadSnapshotFileParams
+}
+
+type DownloadSnapshotFileResponseObject interface {
+	VisitDownloadSnapshotFileResponse(w http.ResponseWriter) error
+}
+
+type DownloadSnapshotFile200ApplicationoctetStreamResponse struct {
+	Body          io.Reader
+	ContentLength int64
+}
+
+func (response DownloadSnapshotFile200ApplicationoctetStreamResponse) VisitDownloadSnapshotFileResponse(w http.ResponseWriter) error {
+
+	w.Header().Set("Content-Type", "application/octet-stream")
+	if response.ContentLength != 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(response.ContentLength))
+	}
+	w.WriteHeader(200)
+
+	if closer, ok := response.Body.(io.ReadCloser); ok {
+		defer closer.Close()
+	}
+	_, err := io.Copy(w, response.Body)
+	return err
+}
+
+type DownloadSnapshotFile206ApplicationoctetStreamResponse struct {
+	Body          io.Reader
+	ContentLength int64
+}
+
+func (response DownloadSnapshotFile206ApplicationoctetStreamResponse) VisitDownloadSnapshotFileResponse(w http.ResponseWriter) error {
+
+	w.Header().Set("Content-Type", "application/octet-stream")
+	if response.ContentLength != 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(response.ContentLength))
+	}
+	w.WriteHeader(206)
+
+	if closer, ok := response.Body.(io.ReadCloser); ok {
+		defer closer.Close()
+	}
+	_, err := io.Copy(w, response.Body)
+	return err
+}
+
+type DownloadSnapshotFile400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response DownloadSnapshotFile400JSONResponse) VisitDownloadSnapshotFileResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DownloadSnapshotFile401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response DownloadSnapshotFile401JSONResponse) VisitDownloadSnapshotFileResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DownloadSnapshotFile404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response DownloadSnapshotFile404JSONResponse) VisitDownloadSnapshotFileResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DownloadSnapshotFile416Response struct {
+}
+
+func (response DownloadSnapshotFile416Response) VisitDownloadSnapshotFileResponse(w http.ResponseWriter) error {
+	w.WriteHeader(416)
+	return nil
+}
+
+type DownloadSnapshotFiledefaultJSONResponse struct {
+	Body       Error
+	StatusCode int
+}
+
+func (response DownloadSnapshotFiledefaultJSONResponse) VisitDownloadSnapshotFileResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSnapshotFilesRequestObject struct {
+	ProtectedEntityID SnapshotIDPath `json:"protectedEntityID"`
+	Params            ListSnapshotFilesParams
+}
+
+type ListSnapshotFilesResponseObject interface {
+	VisitListSnapshotFilesResponse(w http.ResponseWriter) error
+}
+
+type ListSnapshotFiles200JSONResponse FileList
+
+func (response ListSnapshotFiles200JSONResponse) VisitListSnapshotFilesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSnapshotFiles400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response ListSnapshotFiles400JSONResponse) VisitListSnapshotFilesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSnapshotFiles401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ListSnapshotFiles401JSONResponse) VisitListSnapshotFilesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSnapshotFiles404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response ListSnapshotFiles404JSONResponse) VisitListSnapshotFilesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSnapshotFilesdefaultJSONResponse struct {
+	Body       Error
+	StatusCode int
+}
+
+func (response ListSnapshotFilesdefaultJSONResponse) VisitListSnapshotFilesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchSnapshotFilesRequestObject struct {
+	ProtectedEntityID SnapshotIDPath `json:"protectedEntityID"`
+	Params            SearchSnapshotFilesParams
+}
+
+type SearchSnapshotFilesResponseObject interface {
+	VisitSearchSnapshotFilesResponse(w http.ResponseWriter) error
+}
+
+type SearchSnapshotFiles200JSONResponse FileSearchResult
+
+func (response SearchSnapshotFiles200JSONResponse) VisitSearchSnapshotFilesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchSnapshotFiles400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response SearchSnapshotFiles400JSONResponse) VisitSearchSnapshotFilesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchSnapshotFiles401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response SearchSnapshotFiles401JSONResponse) VisitSearchSnapshotFilesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchSnapshotFiles404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response SearchSnapshotFiles404JSONResponse) VisitSearchSnapshotFilesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchSnapshotFilesdefaultJSONResponse struct {
+	Body       Error
+	StatusCode int
+}
+
+func (response SearchSnapshotFilesdefaultJSONResponse) VisitSearchSnapshotFilesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListBrowseSnapshotsRequestObject struct {
+	ProtectedEntityID PEIDPath `json:"protectedEntityID"`
+}
+
+type ListBrowseSnapshotsResponseObject interface {
+	VisitListBrowseSnapshotsResponse(w http.ResponseWriter) error
+}
+
+type ListBrowseSnapshots200JSONResponse BrowseSnapshotList
+
+func (response ListBrowseSnapshots200JSONResponse) VisitListBrowseSnapshotsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListBrowseSnapshots400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response ListBrowseSnapshots400JSONResponse) VisitListBrowseSnapshotsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListBrowseSnapshots401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response ListBrowseSnapshots401JSONResponse) VisitListBrowseSnapshotsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListBrowseSnapshots404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response ListBrowseSnapshots404JSONResponse) VisitListBrowseSnapshotsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListBrowseSnapshotsdefaultJSONResponse struct {
+	Body       Error
+	StatusCode int
+}
+
+func (response ListBrowseSnapshotsdefaultJSONResponse) VisitListBrowseSnapshotsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DownloadSnapshotFolderRequestObject struct {
+	ProtectedEntityID SnapshotIDPath `json:"protectedEntityID"`
+	Params            DownloadSnapshotFolderParams
+}
+
+type DownloadSnapshotFolderResponseObject interface {
+	VisitDownloadSnapshotFolderResponse(w http.ResponseWriter) error
+}
+
+type DownloadSnapshotFolder200ApplicationzipResponse struct {
+	Body          io.Reader
+	ContentLength int64
+}
+
+func (response DownloadSnapshotFolder200ApplicationzipResponse) VisitDownloadSnapshotFolderResponse(w http.ResponseWriter) error {
+
+	w.Header().Set("Content-Type", "application/zip")
+	if response.ContentLength != 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(response.ContentLength))
+	}
+	w.WriteHeader(200)
+
+	if closer, ok := response.Body.(io.ReadCloser); ok {
+		defer closer.Close()
+	}
+	_, err := io.Copy(w, response.Body)
+	return err
+}
+
+type DownloadSnapshotFolder400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response DownloadSnapshotFolder400JSONResponse) VisitDownloadSnapshotFolderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DownloadSnapshotFolder401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response DownloadSnapshotFolder401JSONResponse) VisitDownloadSnapshotFolderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DownloadSnapshotFolder404JSONResponse struct{ NotFoundJSONResponse }
+
+func (response DownloadSnapshotFolder404JSONResponse) VisitDownloadSnapshotFolderResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DownloadSnapshotFolderdefaultJSONResponse struct {
+	Body       Error
+	StatusCode int
+}
+
+func (response DownloadSnapshotFolderdefaultJSONResponse) VisitDownloadSnapshotFolderResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -13495,11 +16529,223 @@ func (response CreateSnapshotdefaultJSONResponse) VisitCreateSnapshotResponse(w 
 	return err
 }
 
+type LogoutRequestObject struct {
+}
+
+type LogoutResponseObject interface {
+	VisitLogoutResponse(w http.ResponseWriter) error
+}
+
+type Logout204ResponseHeaders struct {
+	SetCookie *string
+}
+
+type Logout204Response struct {
+	Headers Logout204ResponseHeaders
+}
+
+func (response Logout204Response) VisitLogoutResponse(w http.ResponseWriter) error {
+	if response.Headers.SetCookie != nil {
+		w.Header().Set("Set-Cookie", fmt.Sprint(*response.Headers.SetCookie))
+	}
+	w.WriteHeader(204)
+	return nil
+}
+
+type Logout401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response Logout401JSONResponse) VisitLogoutResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type Logout403JSONResponse struct{ ForbiddenJSONResponse }
+
+func (response Logout403JSONResponse) VisitLogoutResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type LogoutdefaultJSONResponse struct {
+	Body       Error
+	StatusCode int
+}
+
+func (response LogoutdefaultJSONResponse) VisitLogoutResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetSessionRequestObject struct {
+}
+
+type GetSessionResponseObject interface {
+	VisitGetSessionResponse(w http.ResponseWriter) error
+}
+
+type GetSession200JSONResponse Session
+
+func (response GetSession200JSONResponse) VisitGetSessionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetSession401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response GetSession401JSONResponse) VisitGetSessionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetSessiondefaultJSONResponse struct {
+	Body       Error
+	StatusCode int
+}
+
+func (response GetSessiondefaultJSONResponse) VisitGetSessionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type LoginRequestObject struct {
+	Body *LoginJSONRequestBody
+}
+
+type LoginResponseObject interface {
+	VisitLoginResponse(w http.ResponseWriter) error
+}
+
+type Login200ResponseHeaders struct {
+	SetCookie *string
+}
+
+type Login200JSONResponse struct {
+	Body    Session
+	Headers Login200ResponseHeaders
+}
+
+func (response Login200JSONResponse) VisitLoginResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if response.Headers.SetCookie != nil {
+		w.Header().Set("Set-Cookie", fmt.Sprint(*response.Headers.SetCookie))
+	}
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type Login400JSONResponse struct{ BadRequestJSONResponse }
+
+func (response Login400JSONResponse) VisitLoginResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type Login401JSONResponse struct{ UnauthorizedJSONResponse }
+
+func (response Login401JSONResponse) VisitLoginResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type LogindefaultJSONResponse struct {
+	Body       Error
+	StatusCode int
+}
+
+func (response LogindefaultJSONResponse) VisitLoginResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 // StrictServerInterface represents all server handlers.
 type StrictServerInterface interface {
 	// Health Liveness check; needs no token
 	// (GET /healthz)
 	Health(ctx context.Context, request HealthRequestObject) (HealthResponseObject, error)
+	// DownloadSnapshotFile Download one regular file of a snapshot's tree (HTTP Range supported)
+	// (GET /v1/appliance/browse/{protectedEntityID}/content)
+	DownloadSnapshotFile(ctx context.Context, request DownloadSnapshotFileRequestObject) (DownloadSnapshotFileResponseObject, error)
+	// ListSnapshotFiles One page of a directory of a snapshot's file tree
+	// (GET /v1/appliance/browse/{protectedEntityID}/files)
+	ListSnapshotFiles(ctx context.Context, request ListSnapshotFilesRequestObject) (ListSnapshotFilesResponseObject, error)
+	// SearchSnapshotFiles Find files by name in an fs snapshot's tree, paged
+	// (GET /v1/appliance/browse/{protectedEntityID}/search)
+	SearchSnapshotFiles(ctx context.Context, request SearchSnapshotFilesRequestObject) (SearchSnapshotFilesResponseObject, error)
+	// ListBrowseSnapshots The snapshots of a PE, local and in the repository, newest first
+	// (GET /v1/appliance/browse/{protectedEntityID}/snapshots)
+	ListBrowseSnapshots(ctx context.Context, request ListBrowseSnapshotsRequestObject) (ListBrowseSnapshotsResponseObject, error)
+	// DownloadSnapshotFolder Download a folder of a snapshot's tree as a zip, streamed
+	// (GET /v1/appliance/browse/{protectedEntityID}/zip)
+	DownloadSnapshotFolder(ctx context.Context, request DownloadSnapshotFolderRequestObject) (DownloadSnapshotFolderResponseObject, error)
 	// ListInstantVMs The VMs running from the appliance's NFS datastore
 	// (GET /v1/appliance/instant/vms)
 	ListInstantVMs(ctx context.Context, request ListInstantVMsRequestObject) (ListInstantVMsResponseObject, error)
@@ -13608,6 +16854,15 @@ type StrictServerInterface interface {
 	// CreateSnapshot Snapshot a PE
 	// (POST /v1/astrolabe/{service}/{protectedEntityID}/snapshots)
 	CreateSnapshot(ctx context.Context, request CreateSnapshotRequestObject) (CreateSnapshotResponseObject, error)
+	// Logout Log out; ends the session and clears the cookie
+	// (DELETE /v1/session)
+	Logout(ctx context.Context, request LogoutRequestObject) (LogoutResponseObject, error)
+	// GetSession The current session's CSRF token
+	// (GET /v1/session)
+	GetSession(ctx context.Context, request GetSessionRequestObject) (GetSessionResponseObject, error)
+	// Login Log in with the API token; sets the session cookie
+	// (POST /v1/session)
+	Login(ctx context.Context, request LoginRequestObject) (LoginResponseObject, error)
 }
 
 type StrictHandlerFunc func(ctx context.Context, w http.ResponseWriter, r *http.Request, request any) (any, error)
@@ -13666,6 +16921,140 @@ func (sh *strictHandler) Health(w http.ResponseWriter, r *http.Request) {
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(HealthResponseObject); ok {
 		if err := validResponse.VisitHealthResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DownloadSnapshotFile operation middleware
+func (sh *strictHandler) DownloadSnapshotFile(w http.ResponseWriter, r *http.Request, protectedEntityID SnapshotIDPath, params DownloadSnapshotFileParams) {
+	var request DownloadSnapshotFileRequestObject
+
+	request.ProtectedEntityID = protectedEntityID
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DownloadSnapshotFile(ctx, request.(DownloadSnapshotFileRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DownloadSnapshotFile")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DownloadSnapshotFileResponseObject); ok {
+		if err := validResponse.VisitDownloadSnapshotFileResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ListSnapshotFiles operation middleware
+func (sh *strictHandler) ListSnapshotFiles(w http.ResponseWriter, r *http.Request, protectedEntityID SnapshotIDPath, params ListSnapshotFilesParams) {
+	var request ListSnapshotFilesRequestObject
+
+	request.ProtectedEntityID = protectedEntityID
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ListSnapshotFiles(ctx, request.(ListSnapshotFilesRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ListSnapshotFiles")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ListSnapshotFilesResponseObject); ok {
+		if err := validResponse.VisitListSnapshotFilesResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// SearchSnapshotFiles operation middleware
+func (sh *strictHandler) SearchSnapshotFiles(w http.ResponseWriter, r *http.Request, protectedEntityID SnapshotIDPath, params SearchSnapshotFilesParams) {
+	var request SearchSnapshotFilesRequestObject
+
+	request.ProtectedEntityID = protectedEntityID
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.SearchSnapshotFiles(ctx, request.(SearchSnapshotFilesRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "SearchSnapshotFiles")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(SearchSnapshotFilesResponseObject); ok {
+		if err := validResponse.VisitSearchSnapshotFilesResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ListBrowseSnapshots operation middleware
+func (sh *strictHandler) ListBrowseSnapshots(w http.ResponseWriter, r *http.Request, protectedEntityID PEIDPath) {
+	var request ListBrowseSnapshotsRequestObject
+
+	request.ProtectedEntityID = protectedEntityID
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ListBrowseSnapshots(ctx, request.(ListBrowseSnapshotsRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ListBrowseSnapshots")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ListBrowseSnapshotsResponseObject); ok {
+		if err := validResponse.VisitListBrowseSnapshotsResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DownloadSnapshotFolder operation middleware
+func (sh *strictHandler) DownloadSnapshotFolder(w http.ResponseWriter, r *http.Request, protectedEntityID SnapshotIDPath, params DownloadSnapshotFolderParams) {
+	var request DownloadSnapshotFolderRequestObject
+
+	request.ProtectedEntityID = protectedEntityID
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DownloadSnapshotFolder(ctx, request.(DownloadSnapshotFolderRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DownloadSnapshotFolder")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DownloadSnapshotFolderResponseObject); ok {
+		if err := validResponse.VisitDownloadSnapshotFolderResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -14666,6 +18055,85 @@ func (sh *strictHandler) CreateSnapshot(w http.ResponseWriter, r *http.Request, 
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(CreateSnapshotResponseObject); ok {
 		if err := validResponse.VisitCreateSnapshotResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// Logout operation middleware
+func (sh *strictHandler) Logout(w http.ResponseWriter, r *http.Request) {
+	var request LogoutRequestObject
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.Logout(ctx, request.(LogoutRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "Logout")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(LogoutResponseObject); ok {
+		if err := validResponse.VisitLogoutResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// GetSession operation middleware
+func (sh *strictHandler) GetSession(w http.ResponseWriter, r *http.Request) {
+	var request GetSessionRequestObject
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.GetSession(ctx, request.(GetSessionRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "GetSession")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(GetSessionResponseObject); ok {
+		if err := validResponse.VisitGetSessionResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// Login operation middleware
+func (sh *strictHandler) Login(w http.ResponseWriter, r *http.Request) {
+	var request LoginRequestObject
+
+	var body LoginJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.Login(ctx, request.(LoginRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "Login")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(LoginResponseObject); ok {
+		if err := validResponse.VisitLoginResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {

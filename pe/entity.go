@@ -22,6 +22,9 @@ var (
 	// (expansion of untrusted input, free space on the target); what the
 	// copy wrote is removed.
 	ErrLimit = errors.New("limit exceeded")
+	// ErrIncomplete is returned for a live PE a live restore has not
+	// finished filling: it holds only part of its data.
+	ErrIncomplete = errors.New("incomplete")
 )
 
 // Params are type-specific parameters of snapshot and copy requests, keyed by

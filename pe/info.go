@@ -35,6 +35,10 @@ type Info struct {
 	ComponentSpecs     []ComponentSpec `json:"componentSpecs"`
 	// Created is set on snapshots: when the point in time was taken.
 	Created *time.Time `json:"created,omitempty"`
+	// Details are what a type tells of its PEs beyond the above (a
+	// PostgreSQL cluster's databases and where it listens); clients that
+	// do not know the type can ignore them.
+	Details map[string]any `json:"details,omitempty"`
 }
 
 // MarshalJSON writes empty lists as [] rather than null, as the reference does.

@@ -26,10 +26,21 @@ type DataWriter interface {
 	WritableData(ctx context.Context) (WritableImage, error)
 }
 
-// InPlaceType is offered by type managers whose live PEs are DataWriters
-// and Removers: a live restore makes one, fills it in place and, given
+// InPlaceType is offered by type managers whose live PEs are DataWriters,
+// Fillers and Removers: a live restore makes one, fills it in place and, given
 // up, removes it. Asking before the PE is made leaves nothing behind for
 // a type that could not.
 type InPlaceType interface {
 	WritesInPlace() bool
+}
+
+// Filler is offered by the live PEs of InPlaceTypes. A live restore marks
+// its target unfinished before it writes into it and done once the data
+// is whole; the mark is kept with the PE, so it outlasts a crash. An
+// unfinished PE refuses snapshots (ErrIncomplete): they would hold holes
+// where the restore had not reached. A successful update (Copy with
+// Update, Overwrite) makes the data whole and clears the mark.
+type Filler interface {
+	StartFilling(ctx context.Context) error
+	DoneFilling(ctx context.Context) error
 }

@@ -84,7 +84,7 @@ func FuzzOpenIndex(f *testing.F) {
 			if st == nil {
 				continue
 			}
-			im := &streamImage{r: r, st: st, cache: newChunkCache(1)}
+			im := &streamImage{r: r, st: st, cache: newChunkCache(1 << 20)}
 			im.Extents(context.Background(), 0, st.Size)
 			for _, c := range st.Chunks {
 				if !validID(c.Pack) {

@@ -76,7 +76,7 @@ func (s *snapshotPE) Data(ctx context.Context) (pe.Image, error) {
 	if s.idx.Data == nil {
 		return nil, fmt.Errorf("data of %s: %w", s.id, pe.ErrNoData)
 	}
-	img := newStreamImage(s.r, s.idx.Data, cacheChunks)
+	img := newStreamImage(s.r, s.idx.Data, cacheBytes)
 	if s.idx.TOC != nil {
 		return &tocImage{img, s.idx.TOC}, nil
 	}
@@ -98,8 +98,9 @@ func (s *snapshotPE) Overwrite(ctx context.Context, src pe.ProtectedEntity, with
 	return fmt.Errorf("overwrite %s: repository snapshots are read-only: %w", s.id, pe.ErrNotSupported)
 }
 
-// cacheChunks bounds the chunks an open image keeps (1 MiB each for disks).
-const cacheChunks = 64
+// cacheBytes bounds the decoded chunks an open image keeps: 64 of a
+// disk's 1 MiB chunks, fewer of a stream's larger ones.
+const cacheBytes = 64 << 20
 
 // streamImage is a chunked stream as a pe.Image. Sequential reads (a
 // restore, dd through FUSE, an NBD copy) make it fetch the next chunks in
@@ -116,6 +117,7 @@ type streamImage struct {
 	mu       sync.Mutex
 	inflight map[string]chan struct{} // chunks being fetched
 	next     int                      // chunk a sequential reader wants next
+	end      int64                    // where the last read ended
 	fetching int                      // background fetches running
 	bg       sync.WaitGroup           // the background fetches, for Close
 }
@@ -128,9 +130,9 @@ var (
 	_ pe.ContextReaderAt = (*streamImage)(nil)
 )
 
-func newStreamImage(r *Repository, st *stream, cached int) *streamImage {
+func newStreamImage(r *Repository, st *stream, cachedBytes int) *streamImage {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &streamImage{r: r, st: st, cache: newChunkCache(cached), ctx: ctx, cancel: cancel}
+	return &streamImage{r: r, st: st, cache: newChunkCache(cachedBytes), ctx: ctx, cancel: cancel}
 }
 
 func (im *streamImage) Size() int64 { return im.st.Size }
@@ -163,6 +165,13 @@ func (im *streamImage) ReadAtContext(ctx context.Context, p []byte, off int64) (
 		want, short = int(im.st.Size-off), io.EOF
 	}
 	p = p[:want]
+	im.mu.Lock()
+	// A read where the last one ended goes on reading forward, however
+	// small its reads; one elsewhere in the chunk just read does not (a
+	// random reader reading a block again must not fetch ahead).
+	contiguous := off == im.end
+	im.end = off + int64(want)
+	im.mu.Unlock()
 	cs := im.st.Chunks
 	i := sort.Search(len(cs), func(i int) bool { return cs[i].Off+cs[i].Len > off })
 	pos := 0
@@ -184,18 +193,22 @@ func (im *streamImage) ReadAtContext(ctx context.Context, p []byte, off int64) (
 			return pos, err
 		}
 		pos += copy(p[pos:], data[at-c.Off:])
-		im.sequential(i)
+		im.sequential(i, contiguous)
+		contiguous = true // within one read, the next chunk follows on
 		i++
 	}
 	return want, short
 }
 
 // sequential notes a read of chunk i and, when reads go forward chunk by
-// chunk, fetches the following chunks in the background.
-func (im *streamImage) sequential(i int) {
+// chunk (the next chunk, or the same one read on where the last read
+// ended: contiguous), fetches the following chunks in the background.
+// Several readers going forward at once (NBD requests in flight) read
+// chunks about in order, so the next chunk counts whatever the offset.
+func (im *streamImage) sequential(i int, contiguous bool) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
-	seq := i == im.next || i == im.next-1
+	seq := i == im.next || (contiguous && i == im.next-1)
 	im.next = i + 1
 	if !seq {
 		return
@@ -294,10 +307,13 @@ type tocImage struct {
 
 func (t *tocImage) TOC(ctx context.Context) ([]pe.TOCEntry, error) { return t.toc, nil }
 
-// chunkCache is a small LRU of decoded chunks, safe for concurrent use.
+// chunkCache is a small LRU of decoded chunks, bounded in bytes, safe for
+// concurrent use. The newest chunk stays even past the bound, so that
+// a reader always finds what it just fetched.
 type chunkCache struct {
 	mu    sync.Mutex
-	max   int
+	max   int // bytes
+	size  int // bytes held
 	ll    *list.List
 	items map[string]*list.Element
 }
@@ -307,8 +323,8 @@ type cacheItem struct {
 	data []byte
 }
 
-func newChunkCache(max int) *chunkCache {
-	return &chunkCache{max: max, ll: list.New(), items: map[string]*list.Element{}}
+func newChunkCache(maxBytes int) *chunkCache {
+	return &chunkCache{max: maxBytes, ll: list.New(), items: map[string]*list.Element{}}
 }
 
 func (c *chunkCache) get(id string) ([]byte, bool) {
@@ -328,9 +344,12 @@ func (c *chunkCache) put(id string, data []byte) {
 		return
 	}
 	c.items[id] = c.ll.PushFront(&cacheItem{id, data})
-	for c.ll.Len() > c.max {
+	c.size += len(data)
+	for c.size > c.max && c.ll.Len() > 1 {
 		e := c.ll.Back()
 		c.ll.Remove(e)
-		delete(c.items, e.Value.(*cacheItem).id)
+		it := e.Value.(*cacheItem)
+		delete(c.items, it.id)
+		c.size -= len(it.data)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	pedisk "github.com/astrolabe-appliance/astrolabe/pe/disk"
 	pefs "github.com/astrolabe-appliance/astrolabe/pe/fs"
 	peivd "github.com/astrolabe-appliance/astrolabe/pe/ivd"
+	pepg "github.com/astrolabe-appliance/astrolabe/pe/pg"
 	pevm "github.com/astrolabe-appliance/astrolabe/pe/vm"
 )
 
@@ -63,6 +64,13 @@ func Factories() map[string]Factory {
 				return nil, err
 			}
 			return pedisk.NewTypeManager(root)
+		},
+		"pg": func(dir string, raw json.RawMessage) (pe.TypeManager, error) {
+			cfg, err := pepg.ParseConfig(dir, raw)
+			if err != nil {
+				return nil, err
+			}
+			return pepg.NewTypeManager(cfg, nil)
 		},
 		"ivd": func(dir string, raw json.RawMessage) (pe.TypeManager, error) {
 			cfg, err := vsphereConfig("ivd", dir, raw)

@@ -32,7 +32,7 @@ func TestLoad(t *testing.T) {
 	}
 
 	for name, tc := range map[string]struct{ file, body, want string }{
-		"unknown type":  {"nosuch.pe.json", `{"root":"/"}`, `unknown PE type "nosuch" (known: disk, fs, ivd, vm)`},
+		"unknown type":  {"nosuch.pe.json", `{"root":"/"}`, `unknown PE type "nosuch" (known: disk, fs, ivd, pg, vm)`},
 		"missing root":  {"fs.pe.json", `{}`, `missing "root"`},
 		"unknown field": {"fs.pe.json", `{"root":"/tmp","rooot":1}`, `unknown field`},
 		"missing dir":   {"disk.pe.json", `{"root":"/nonexistent/astrolabe"}`, `no such file`},

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/appliance/config"
+	"github.com/astrolabe-appliance/astrolabe/appliance/flrmount"
 	"github.com/astrolabe-appliance/astrolabe/appliance/jobs"
 	"github.com/astrolabe-appliance/astrolabe/appliance/rest"
 	"github.com/astrolabe-appliance/astrolabe/appliance/s3export"
@@ -32,6 +33,7 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/internal/atomicfile"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/repo"
+	"github.com/astrolabe-appliance/astrolabe/web"
 )
 
 // Options configure the daemon. Addresses are host:port; an empty one
@@ -195,7 +197,7 @@ func Run(ctx context.Context, opts Options) error {
 	defer cancelTasks()
 	tm := tasks.NewManager(tasks.Options{Logger: log})
 	for _, ir := range uc.ResumedRestores() {
-		if _, err := tm.Start(taskCtx, "restore", ir.Details(), "", ir.Task()); err != nil {
+		if _, err := tm.StartAs(taskCtx, ir.TaskID(), "restore", ir.Details(), "", ir.Task()); err != nil {
 			return err
 		}
 	}
@@ -228,7 +230,14 @@ func Run(ctx context.Context, opts Options) error {
 		ep.S3 = run.serveHTTP("S3", ls.s3, met.instrumentS3(s3h), certs.http, opts.HTTP, log)
 	}
 	if ls.api != nil {
-		api := apiHandler(taskCtx, opts, uc, tm, sched, token, ep.S3, s3h, src != nil, met)
+		// The web page's browsing of disk snapshots mounts their
+		// partitions; they go when idle, and all when serve stops.
+		rm, err := flrmount.New(ctx, filepath.Join(opts.ConfigDir, config.StateDir, recoveryMountDir), recoveryMountIdle, log)
+		if err != nil {
+			return err
+		}
+		defer rm.Close()
+		api := apiHandler(taskCtx, opts, uc, tm, sched, token, ep.S3, s3h, src != nil, met, rm)
 		ep.API = run.serveHTTP("API", ls.api, api, certs.http, opts.HTTP, log)
 	}
 	if opts.Ready != nil {
@@ -311,11 +320,20 @@ func (opts Options) checkInsecure() error {
 	return nil
 }
 
+// recoveryMountDir (in the state directory) holds the recovery mounts of
+// disk snapshots the web page browses; they are taken down once idle for
+// recoveryMountIdle.
+const (
+	recoveryMountDir  = "flr"
+	recoveryMountIdle = 5 * time.Minute
+)
+
 // apiHandler is the REST API over the use cases, with /metrics beside it.
-func apiHandler(taskCtx context.Context, opts Options, uc *usecase.Service, tm *tasks.Manager, sched *jobs.Scheduler, token, s3URL string, s3h *s3export.Handler, nbd bool, met *metrics) http.Handler {
+func apiHandler(taskCtx context.Context, opts Options, uc *usecase.Service, tm *tasks.Manager, sched *jobs.Scheduler, token, s3URL string, s3h *s3export.Handler, nbd bool, met *metrics, rm *flrmount.Manager) http.Handler {
 	cfg := rest.Config{
 		UseCases: uc, Mounts: uc, Tasks: tm, Logger: opts.Logger, Version: opts.Version, Token: token, Context: taskCtx,
-		Jobs: sched, PasswordRoot: filepath.Join(opts.ConfigDir, passwordDir),
+		RecoveryMounts: rm,
+		Jobs:           sched, PasswordRoot: filepath.Join(opts.ConfigDir, passwordDir),
 		Transports: func(id pe.ID) (data, md, combined []pe.Transport) {
 			if s3h != nil {
 				data, md, combined = s3export.Transports(s3URL, id)
@@ -338,6 +356,13 @@ func apiHandler(taskCtx context.Context, opts Options, uc *usecase.Service, tm *
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", requireToken(token, met.handler()))
 	mux.Handle("/", met.instrument(rest.NewHandler(cfg)))
+	page := web.Handler()
+	for _, p := range web.Paths() {
+		if p == "/" {
+			p = "/{$}"
+		}
+		mux.Handle("GET "+p, page)
+	}
 	return mux
 }
 

@@ -60,6 +60,8 @@ type exportState struct {
 	// Live says the export is an instant restore into Target that is
 	// still being filled from the snapshot (in the repository).
 	Live bool `json:"live,omitempty"`
+	// Task is the ID of the task filling a Live export.
+	Task string `json:"task,omitempty"`
 }
 
 type mountState struct {
@@ -128,6 +130,9 @@ func exportRecord(e usecase.Export) exportState {
 	switch {
 	case !e.Target.IsZero():
 		rec.Target, rec.Name, rec.Live = e.Target.String(), e.Name, e.Live
+		if e.Live {
+			rec.Task = e.Task
+		}
 	case e.Writable:
 		rec.Writable, rec.Name = true, e.Name
 	}
@@ -273,7 +278,7 @@ func resumeExport(ctx context.Context, uc *usecase.Service, e exportState) (usec
 	if err != nil {
 		return usecase.Export{}, err
 	}
-	x := usecase.Export{ID: id, Name: e.Name, Writable: e.Writable, Live: e.Live}
+	x := usecase.Export{ID: id, Name: e.Name, Writable: e.Writable, Live: e.Live, Task: e.Task}
 	if e.Target != "" {
 		if x.Target, err = pe.ParseID(e.Target); err != nil {
 			return usecase.Export{}, err

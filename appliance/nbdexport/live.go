@@ -74,7 +74,7 @@ func (s *Source) addLive(ctx context.Context, p pe.ProtectedEntity, target pe.ID
 		return fail(err)
 	}
 	h := overlay.NewHydration()
-	ov, err := open(filepath.Join(s.overlays, t), base, layer, overlay.Options{OnMiss: h.Miss, SyncEvery: syncEvery})
+	ov, err := open(filepath.Join(s.overlays, t), base, layer, overlay.Options{OnMiss: h.Miss, SyncEvery: syncEvery, Base: id.String()})
 	if err != nil {
 		return fail(err)
 	}

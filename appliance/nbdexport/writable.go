@@ -94,7 +94,7 @@ func (s *Source) openOverlay(ctx context.Context, id pe.ID, token string, open f
 		base.Close()
 		return nil, fmt.Errorf("export %s writable: %w", id, err)
 	}
-	ov, err := open(filepath.Join(s.overlays, token), base, nil, overlay.Options{SyncEvery: syncEvery})
+	ov, err := open(filepath.Join(s.overlays, token), base, nil, overlay.Options{SyncEvery: syncEvery, Base: id.String()})
 	if err != nil {
 		base.Close()
 		return nil, fmt.Errorf("export %s writable: %w", id, err)
@@ -119,7 +119,7 @@ func (s *Source) Keep(ctx context.Context, id pe.ID, tm pe.TypeManager, progress
 		return nil, fmt.Errorf("keep the writes of %s: no writable export of it with an overlay: %w", id, pe.ErrNotFound)
 	}
 	defer ov.release(false)
-	ov.freeze(true)
+	ov.ov.Freeze()
 	kept, err := func() (pe.ProtectedEntity, error) {
 		if err := ov.ov.Sync(); err != nil {
 			return nil, err
@@ -127,7 +127,7 @@ func (s *Source) Keep(ctx context.Context, id pe.ID, tm pe.TypeManager, progress
 		return tm.Copy(ctx, overlay.Over(ov.p, ov.ov), pe.CopyOptions{Mode: pe.CreateNew, Progress: progress})
 	}()
 	if err != nil {
-		ov.freeze(false)
+		ov.ov.Thaw()
 		return nil, fmt.Errorf("keep the writes of %s: %w", id, err)
 	}
 	return kept, nil
@@ -160,44 +160,6 @@ type shared struct {
 	mu      sync.Mutex
 	refs    int
 	discard bool // remove the overlay once the last reference goes
-
-	// frozen refuses clients' writes (Keep); wmu lets the writes under
-	// way end first.
-	wmu    sync.RWMutex
-	frozen bool
-}
-
-// errFrozen answers a write into an export whose writes are being kept.
-var errFrozen = errors.New("the export's writes are being kept as a new PE: it takes no more")
-
-func (sh *shared) freeze(on bool) {
-	sh.wmu.Lock()
-	sh.frozen = on
-	sh.wmu.Unlock()
-}
-
-// guarded is the overlay as clients write it: refused while frozen.
-type guarded struct {
-	*overlay.Overlay
-	sh *shared
-}
-
-func (g guarded) WriteAt(p []byte, off int64) (int, error) {
-	g.sh.wmu.RLock()
-	defer g.sh.wmu.RUnlock()
-	if g.sh.frozen {
-		return 0, errFrozen
-	}
-	return g.Overlay.WriteAt(p, off)
-}
-
-func (g guarded) Zero(off, length int64, punch bool) error {
-	g.sh.wmu.RLock()
-	defer g.sh.wmu.RUnlock()
-	if g.sh.frozen {
-		return errFrozen
-	}
-	return g.Overlay.Zero(off, length, punch)
 }
 
 // acquire takes a reference, unless the last one is gone.
@@ -239,7 +201,7 @@ func (sh *shared) open(read *atomic.Int64) (nbd.Export, error) {
 	}
 	var once sync.Once
 	var err error
-	return writableExport{export{sh.ov.Borrowed(), read}, guarded{sh.ov, sh}, func() error {
+	return writableExport{export{sh.ov.Borrowed(), read}, sh.ov, func() error {
 		once.Do(func() { err = sh.release(false) })
 		return err
 	}}, nil

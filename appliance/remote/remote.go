@@ -342,6 +342,7 @@ func fromAPIInfo(a api.ProtectedEntityInfo) (pe.Info, error) {
 		DataTransports:     fromAPITransports(a.DataTransports),
 		MetadataTransports: fromAPITransports(a.MetadataTransports),
 		CombinedTransports: fromAPITransports(a.CombinedTransports),
+		Details:            deref(a.Details),
 	}
 	for _, c := range a.ComponentSpecs {
 		cid, err := pe.ParseID(c.Id)

@@ -16,6 +16,10 @@ func toAPIInfo(i pe.Info) api.ProtectedEntityInfo {
 		CombinedTransports: toAPITransports(i.CombinedTransports),
 		ComponentSpecs:     []api.ComponentSpec{},
 	}
+	if i.Details != nil {
+		details := i.Details
+		out.Details = &details
+	}
 	for _, c := range i.ComponentSpecs {
 		spec := api.ComponentSpec{Id: c.ID.String()}
 		if c.Server != "" {

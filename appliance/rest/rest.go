@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/astrolabe-appliance/astrolabe/api"
+	"github.com/astrolabe-appliance/astrolabe/appliance/flrmount"
 	"github.com/astrolabe-appliance/astrolabe/appliance/jobs"
 	"github.com/astrolabe-appliance/astrolabe/appliance/redact"
 	"github.com/astrolabe-appliance/astrolabe/appliance/tasks"
@@ -73,11 +75,23 @@ type Repository interface {
 	// RepositorySnapshots lists the repository's snapshots, of one PE if
 	// filter is not zero.
 	RepositorySnapshots(ctx context.Context, filter pe.ID) ([]pe.ID, error)
+	// RepositorySnapshotList is RepositorySnapshots with their info.
+	RepositorySnapshotList(ctx context.Context, filter pe.ID) ([]repo.Snapshot, error)
+	// OpenRepositorySnapshot opens a repository snapshot to read it.
+	OpenRepositorySnapshot(ctx context.Context, id pe.ID) (pe.ProtectedEntity, error)
 	Backup(ctx context.Context, id pe.ID, progress pe.Progress) (repo.Summary, error)
 	Restore(ctx context.Context, id pe.ID, typ string, opts pe.CopyOptions, progress pe.Progress) (pe.ProtectedEntity, error)
 	// RestoreInstant makes the restored PE at once and exports it while
 	// the restore's Task fills it.
 	RestoreInstant(ctx context.Context, id pe.ID, typ string, opts pe.CopyOptions) (*usecase.InstantRestore, error)
+}
+
+// RecoveryMounts are the file-level-recovery mounts of disk snapshots
+// (package flrmount).
+type RecoveryMounts interface {
+	// Acquire mounts the partitions of p (or finds them mounted): root
+	// holds a directory per partition. The caller calls release.
+	Acquire(ctx context.Context, p pe.ProtectedEntity) (root *os.Root, parts []flrmount.Partition, release func(), err error)
 }
 
 // Transports tells where a PE's data can be fetched (S3 URLs, NBD URIs).
@@ -105,6 +119,9 @@ type Config struct {
 	SnapshotDeleted func(id pe.ID)
 	// Jobs is the job scheduler; nil answers 501.
 	Jobs Jobs
+	// RecoveryMounts mounts the partitions of disk snapshots for
+	// browsing their files; nil: disk snapshots have no file tree here.
+	RecoveryMounts RecoveryMounts
 	// PasswordRoot is the directory password files of jobs created
 	// through the API must be in (see checkJobPaths); empty: none may be
 	// given.
@@ -126,7 +143,8 @@ func NewHandler(cfg Config) http.Handler {
 	if cfg.Context == nil {
 		cfg.Context = context.Background()
 	}
-	s := &server{cfg: cfg, uc: cfg.UseCases, m: cfg.UseCases.Manager(), log: cfg.Logger}
+	s := &server{cfg: cfg, uc: cfg.UseCases, m: cfg.UseCases.Manager(), log: cfg.Logger,
+		sessions: newSessions(sessionLifetime, maxSessions), indexes: newIndexCache(maxIndexes)}
 	strict := api.NewStrictHandlerWithOptions(s, nil, api.StrictHTTPServerOptions{
 		RequestErrorHandlerFunc:  s.requestError,
 		ResponseErrorHandlerFunc: s.responseError,
@@ -146,23 +164,28 @@ func NewHandler(cfg Config) http.Handler {
 }
 
 type server struct {
-	cfg Config
-	uc  *usecase.Service
-	m   pe.Manager
-	log *slog.Logger
+	cfg      Config
+	uc       *usecase.Service
+	m        pe.Manager
+	log      *slog.Logger
+	sessions *sessions
+	indexes  *indexCache
 }
 
 var _ api.StrictServerInterface = (*server)(nil)
 
-// authenticate checks the bearer token on every endpoint but /healthz and
-// bounds the request body.
+// authenticate checks the bearer token or the session cookie (with its
+// CSRF token on unsafe methods) on every endpoint but /healthz and the
+// login, and bounds the request body.
 func (s *server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
-		if r.URL.Path != "/healthz" && !ValidToken(r.Header.Get("Authorization"), s.cfg.Token) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="astrolabe"`)
-			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
-			return
+		if !public(r) {
+			if status, msg := s.authorized(r); status != 0 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="astrolabe"`)
+				writeError(w, status, msg)
+				return
+			}
 		}
 		r, err := keepJobBody(r)
 		if err != nil {
@@ -216,7 +239,7 @@ func statusOf(err error) int {
 		return http.StatusNotImplemented
 	case errors.Is(err, pe.ErrNotFound), errors.Is(err, tasks.ErrNotFound), errors.Is(err, jobs.ErrNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, pe.ErrExists), errors.Is(err, jobs.ErrExists), errors.Is(err, jobs.ErrRunning):
+	case errors.Is(err, pe.ErrExists), errors.Is(err, pe.ErrIncomplete), errors.Is(err, jobs.ErrExists), errors.Is(err, jobs.ErrRunning):
 		return http.StatusConflict
 	case errors.Is(err, jobs.ErrInvalid):
 		return http.StatusBadRequest
@@ -377,26 +400,7 @@ func (s *server) DeleteProtectedEntity(ctx context.Context, req api.DeleteProtec
 	if !id.HasSnapshot() {
 		return nil, badRequest("delete %s: only snapshots can be deleted", id)
 	}
-	p, err := s.m.Get(ctx, id.Base())
-	if err != nil {
-		return nil, err
-	}
-	if s.cfg.Exports != nil {
-		// Stopping its export would throw the writes away.
-		for _, e := range s.cfg.Exports.Exports() {
-			if e.ID == id && e.Writable {
-				return nil, fmt.Errorf("delete %s: it has a writable NBD export: stop it first, keeping its writes if wanted: %w", id, pe.ErrExists)
-			}
-		}
-	}
-	if s.cfg.NFS != nil {
-		for _, e := range s.cfg.NFS.NFSExports() {
-			if e.ID == id {
-				return nil, fmt.Errorf("delete %s: it has the NFS export %s: stop it first, keeping its writes if wanted: %w", id, e.Name, pe.ErrExists)
-			}
-		}
-	}
-	if err := p.DeleteSnapshot(ctx, id.Snapshot()); err != nil {
+	if err := s.uc.DeleteSnapshot(ctx, id); err != nil {
 		return nil, err
 	}
 	s.forget(ctx, id)
@@ -500,7 +504,7 @@ func (s *server) CopyProtectedEntity(ctx context.Context, req api.CopyProtectedE
 			if err != nil {
 				return nil, err
 			}
-			return map[string]string{"id": out.ID().String()}, nil
+			return copyResult(ctx, out), nil
 		})
 	if err != nil {
 		return nil, err
@@ -872,7 +876,7 @@ func (s *server) startInstantRestore(ctx context.Context, id pe.ID, service stri
 	if err != nil {
 		return nil, err
 	}
-	info, err := s.cfg.Tasks.Start(s.cfg.Context, "restore", ir.Details(), nexus, ir.Task())
+	info, err := s.cfg.Tasks.StartAs(s.cfg.Context, ir.TaskID(), "restore", ir.Details(), nexus, ir.Task())
 	if err != nil {
 		return nil, errors.Join(err, ir.Abort(context.WithoutCancel(ctx)))
 	}
@@ -895,4 +899,23 @@ func deref[T any](p *T) T {
 func ValidToken(header, token string) bool {
 	got, ok := strings.CutPrefix(header, "Bearer ")
 	return ok && token != "" && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
+}
+
+// copyResult is the result of a copy task: the new PE's ID and, where
+// its type tells them (a restored pg cluster's host, port and data
+// directory), how to reach it.
+func copyResult(ctx context.Context, p pe.ProtectedEntity) map[string]string {
+	res := map[string]string{"id": p.ID().String()}
+	if c, ok := p.(interface {
+		Connection(context.Context) (map[string]string, error)
+	}); ok {
+		if conn, err := c.Connection(ctx); err == nil {
+			for k, v := range conn {
+				if k != "id" {
+					res[k] = v
+				}
+			}
+		}
+	}
+	return res
 }

@@ -151,6 +151,9 @@ func NewManager(opts Options) *Manager {
 	}
 }
 
+// NewID returns a new task ID, for StartAs.
+func NewID() string { return newID("task-") }
+
 func newID(prefix string) string {
 	var b [8]byte
 	rand.Read(b[:])
@@ -161,7 +164,18 @@ func newID(prefix string) string {
 // derived from ctx (the appliance's lifetime, not a request's). With a
 // nexus ID the task is associated with that nexus, which must exist.
 func (m *Manager) Start(ctx context.Context, kind, details, nexusID string, fn Func) (Info, error) {
+	return m.StartAs(ctx, NewID(), kind, details, nexusID, fn)
+}
+
+// StartAs is Start with the task's ID given (from NewID): a task that
+// goes on after a restart of the appliance keeps the ID its clients
+// know. An ID in use is refused.
+func (m *Manager) StartAs(ctx context.Context, id, kind, details, nexusID string, fn Func) (Info, error) {
 	m.mu.Lock()
+	if _, dup := m.tasks[id]; dup || id == "" {
+		m.mu.Unlock()
+		return Info{}, fmt.Errorf("start %s task: task ID %q in use or empty", kind, id)
+	}
 	if m.closed {
 		m.mu.Unlock()
 		return Info{}, fmt.Errorf("start %s task: %w", kind, ErrShutdown)
@@ -175,7 +189,7 @@ func (m *Manager) Start(ctx context.Context, kind, details, nexusID string, fn F
 	}
 	tctx, cancel := context.WithCancelCause(ctx)
 	t := &task{
-		info:   Info{ID: newID("task-"), Kind: kind, Status: Running, Details: details, Started: m.opts.Now()},
+		info:   Info{ID: id, Kind: kind, Status: Running, Details: details, Started: m.opts.Now()},
 		cancel: cancel,
 	}
 	m.tasks[t.info.ID] = t

@@ -318,3 +318,28 @@ func (l lockedWriter) Write(b []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(b)
 }
+
+// TestStartAs: a task started with a given ID (one that outlives a
+// restart) is found under it; the ID cannot be taken twice.
+func TestStartAs(t *testing.T) {
+	m := NewManager(Options{})
+	id := NewID()
+	done := make(chan struct{})
+	info, err := m.StartAs(context.Background(), id, "restore", "resumed", "", func(ctx context.Context, p pe.Progress) (map[string]string, error) {
+		<-done
+		return nil, nil
+	})
+	if err != nil || info.ID != id {
+		t.Fatalf("StartAs: %+v %v", info, err)
+	}
+	if _, err := m.StartAs(context.Background(), id, "restore", "again", "", nil); err == nil {
+		t.Error("a second task under the same ID was started")
+	}
+	if _, err := m.StartAs(context.Background(), "", "restore", "empty", "", nil); err == nil {
+		t.Error("a task with an empty ID was started")
+	}
+	close(done)
+	if got, err := m.Wait(context.Background(), id); err != nil || got.Status != Success {
+		t.Errorf("wait for %s: %+v %v", id, got, err)
+	}
+}

@@ -113,3 +113,22 @@ func (s *Service) repository() (*repo.Repository, error) {
 	}
 	return s.repo, nil
 }
+
+// RepositorySnapshotList lists the repository's snapshots with their
+// info, oldest first; of one PE if filter is not zero.
+func (s *Service) RepositorySnapshotList(ctx context.Context, filter pe.ID) ([]repo.Snapshot, error) {
+	r, err := s.repository()
+	if err != nil {
+		return nil, err
+	}
+	return r.Snapshots(ctx, filter)
+}
+
+// OpenRepositorySnapshot opens a snapshot in the repository to read it.
+func (s *Service) OpenRepositorySnapshot(ctx context.Context, id pe.ID) (pe.ProtectedEntity, error) {
+	r, err := s.repository()
+	if err != nil {
+		return nil, err
+	}
+	return r.OpenSnapshot(ctx, id)
+}

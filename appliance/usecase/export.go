@@ -22,6 +22,9 @@ type Export struct {
 	// Live says Target is being filled from the snapshot (an instant
 	// restore under way).
 	Live bool
+	// Task is the ID of the task that fills a live restore's Target,
+	// recorded so that it stays the same across restarts.
+	Task string
 }
 
 func (s *Service) describe(x nbdexport.Export) Export {

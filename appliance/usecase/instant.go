@@ -60,6 +60,17 @@ func (s *Service) RestoreInstant(ctx context.Context, id pe.ID, typ string, opts
 	if err != nil {
 		return nil, fmt.Errorf("instant restore of %s: %w", id, err)
 	}
+	// Marked before anything can write into it, so that a crash at any
+	// later point leaves a PE that says it is unfinished, never one that
+	// looks whole with holes.
+	filler, ok := target.(pe.Filler)
+	if !ok {
+		err = fmt.Errorf("instant restore of %s: %s cannot be marked unfinished while it is filled: %w", id, target.ID(), pe.ErrNotSupported)
+		return nil, errors.Join(err, s.removePE(context.WithoutCancel(ctx), target.ID()))
+	}
+	if err := filler.StartFilling(ctx); err != nil {
+		return nil, errors.Join(fmt.Errorf("instant restore of %s: %w", id, err), s.removePE(context.WithoutCancel(ctx), target.ID()))
+	}
 	x, live, err := src.AddLive(ctx, p, target.ID())
 	if errors.Is(err, pe.ErrExists) {
 		err = fmt.Errorf("instant restore of %s: the snapshot is exported already (by an earlier instant restore that goes on serving its PE, or an NBD export): stop that export first: %w", id, err)
@@ -68,6 +79,7 @@ func (s *Service) RestoreInstant(ctx context.Context, id pe.ID, typ string, opts
 		return nil, errors.Join(err, s.removePE(context.WithoutCancel(ctx), target.ID()))
 	}
 	e := s.describe(x)
+	e.Task = tasks.NewID()
 	if err := s.journal.ExportStarted(e); err != nil {
 		return nil, errors.Join(err, live.Abort(), s.removePE(context.WithoutCancel(ctx), target.ID()))
 	}
@@ -81,6 +93,12 @@ func (s *Service) RestoreInstant(ctx context.Context, id pe.ID, typ string, opts
 // up again (ResumedRestores).
 func (ir *InstantRestore) Fill(ctx context.Context, progress pe.Progress) error {
 	if err := ir.live.Run(ctx, progress); err != nil {
+		return err
+	}
+	// Whole: cleared before the journal says done, as a crash in between
+	// resumes a fill that then finds nothing left to do, where the other
+	// order could leave the mark for good.
+	if err := ir.s.doneFilling(ctx, ir.Target); err != nil {
 		return err
 	}
 	e := ir.Export
@@ -124,6 +142,11 @@ func (ir *InstantRestore) Task() tasks.Func {
 	}
 }
 
+// TaskID is the ID the fill's task runs as (tasks.Manager.StartAs),
+// the same after a restart; "" for a restore journaled before tasks kept
+// their IDs.
+func (ir *InstantRestore) TaskID() string { return ir.Export.Task }
+
 // Details describes the restore for a task list.
 func (ir *InstantRestore) Details() string {
 	return fmt.Sprintf("instant restore %s into %s", ir.Export.ID, ir.Target)
@@ -155,6 +178,10 @@ func (s *Service) resumeInstant(ctx context.Context, src *nbdexport.Source, e Ex
 		return Export{}, err
 	}
 	out := s.describe(x)
+	out.Task = e.Task
+	if out.Task == "" { // journaled by a version before task IDs were
+		out.Task = tasks.NewID()
+	}
 	s.mu.Lock()
 	s.resumed = append(s.resumed, &InstantRestore{Export: out, Target: e.Target, s: s, live: live})
 	s.mu.Unlock()
@@ -172,6 +199,19 @@ func (s *Service) removePE(ctx context.Context, id pe.ID) error {
 		return fmt.Errorf("remove %s: %s PEs cannot be removed: %w", id, id.Type(), pe.ErrNotSupported)
 	}
 	return r.Remove(ctx)
+}
+
+// doneFilling clears the unfinished mark of the live restore target id.
+func (s *Service) doneFilling(ctx context.Context, id pe.ID) error {
+	p, err := s.m.Get(ctx, id)
+	if err != nil {
+		return fmt.Errorf("instant restore into %s done, but: %w", id, err)
+	}
+	f, ok := p.(pe.Filler)
+	if !ok {
+		return fmt.Errorf("instant restore into %s done, but it cannot be marked whole: %w", id, pe.ErrNotSupported)
+	}
+	return f.DoneFilling(ctx)
 }
 
 func dataSize(ctx context.Context, p pe.ProtectedEntity) (int64, error) {

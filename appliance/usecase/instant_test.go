@@ -54,6 +54,12 @@ func TestRestoreInstant(t *testing.T) {
 		t.Fatalf("stop of a live restore's export: %v", err)
 	}
 
+	// Unfilled, the target refuses snapshots (a backup would hold holes),
+	// and says so across the restart below.
+	if _, err := e.uc.Snapshot(ctx, ir.Target, nil); !errors.Is(err, pe.ErrIncomplete) {
+		t.Fatalf("snapshot of an unfilled instant restore target: %v", err)
+	}
+
 	// The appliance stops before any fill, and starts again: the journal
 	// has the live restore.
 	must(t, e.uc.Close())
@@ -82,6 +88,9 @@ func TestRestoreInstant(t *testing.T) {
 	must(t, err)
 	if !bytes.Equal(b, want) {
 		t.Fatal("the filled PE differs from the snapshot with the write")
+	}
+	if _, err := fresh.Snapshot(ctx, ir.Target, nil); err != nil {
+		t.Errorf("snapshot of the filled target: %v", err)
 	}
 	if rec := e.journal.recorded(); rec[len(rec)-1] != fmt.Sprintf("update %s %s %s false", ir.Export.ID, ir.Export.Name, ir.Target) {
 		t.Errorf("journal after the fill %q", rec)

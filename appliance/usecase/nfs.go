@@ -146,7 +146,7 @@ func (s *Service) openNFS(ctx context.Context, p pe.ProtectedEntity, e NFSExport
 	if err != nil {
 		return fmt.Errorf("NFS export of %s: %w", e.ID, err)
 	}
-	ov, err := open(filepath.Join(s.overlayDir, "nfs-"+e.Name), base, nil, overlay.Options{})
+	ov, err := open(filepath.Join(s.overlayDir, "nfs-"+e.Name), base, nil, overlay.Options{Base: e.ID.String()})
 	if err != nil {
 		base.Close()
 		return fmt.Errorf("NFS export of %s: %w", e.ID, err)
@@ -256,11 +256,17 @@ func (s *Service) keepOverlay(ctx context.Context, id pe.ID, ov *overlay.Overlay
 	if err != nil {
 		return nil, fmt.Errorf("keep the writes of %s: %w", id, err)
 	}
-	if err := ov.Sync(); err != nil {
-		return nil, fmt.Errorf("keep the writes of %s: %w", id, err)
-	}
-	kept, err := tm.Copy(ctx, overlay.Over(p, ov), pe.CopyOptions{Mode: pe.CreateNew, Progress: progress})
+	// Frozen first, as NBD's Keep does: the copy is the export as its
+	// clients left it, not torn by writes landing while it is made.
+	ov.Freeze()
+	kept, err := func() (pe.ProtectedEntity, error) {
+		if err := ov.Sync(); err != nil {
+			return nil, err
+		}
+		return tm.Copy(ctx, overlay.Over(p, ov), pe.CopyOptions{Mode: pe.CreateNew, Progress: progress})
+	}()
 	if err != nil {
+		ov.Thaw() // the export goes on
 		return nil, fmt.Errorf("keep the writes of %s: %w", id, err)
 	}
 	return kept, nil

@@ -14,6 +14,7 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/appliance/usecase"
 	"github.com/astrolabe-appliance/astrolabe/internal/atomicfile"
 	"github.com/astrolabe-appliance/astrolabe/pe"
+	pepg "github.com/astrolabe-appliance/astrolabe/pe/pg"
 )
 
 func cpCommand() *cli.Command {
@@ -60,6 +61,7 @@ unless --keep-privileges is given; what it may write is bounded by
 			if err != nil {
 				return err
 			}
+			printDetails(c.Context, uc.Manager(), out, c.App.ErrWriter)
 			fmt.Fprintln(c.App.Writer, out)
 			return nil
 		},
@@ -71,12 +73,39 @@ func restoreFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.BoolFlag{Name: "keep-privileges", Usage: "restore untrusted input (a zip) with its owners, setuid/setgid bits, file capabilities, trusted.*/security.* xattrs and device nodes; without it they are dropped (trusted snapshots keep them anyway); logged"},
 		&cli.IntFlag{Name: "max-expansion", Value: pe.DefaultMaxExpansion, Usage: "a restore of untrusted input (a zip) may write at most `N` times the compressed size of its data (all-zero blocks, left as holes, do not count); 0 means the default, a negative N no bound"},
+		&cli.StringFlag{Name: "to-time", Usage: "pg: replay archived WAL up to `TIME` (RFC 3339, e.g. 2026-11-30T05:00:00Z) and promote"},
+		&cli.StringFlag{Name: "to-lsn", Usage: "pg: replay archived WAL up to the WAL location `LSN` (e.g. 0/3000060) and promote"},
 	}
 }
 
 // restoreOptions are the copy options restoreFlags set.
 func restoreOptions(c *cli.Context) pe.CopyOptions {
-	return pe.CopyOptions{KeepPrivileges: c.Bool("keep-privileges"), MaxExpansion: c.Int("max-expansion")}
+	opts := pe.CopyOptions{KeepPrivileges: c.Bool("keep-privileges"), MaxExpansion: c.Int("max-expansion")}
+	target := map[string]any{}
+	if t := c.String("to-time"); t != "" {
+		target[pepg.ParamToTime] = t
+	}
+	if l := c.String("to-lsn"); l != "" {
+		target[pepg.ParamToLSN] = l
+	}
+	if len(target) > 0 {
+		opts.Params = pe.Params{pepg.Type: target}
+	}
+	return opts
+}
+
+// printDetails prints where a restored PE that has them (a pg cluster)
+// can be reached.
+func printDetails(ctx context.Context, m pe.Manager, id pe.ID, w io.Writer) {
+	p, err := m.Get(ctx, id)
+	if err != nil {
+		return
+	}
+	info, err := p.Info(ctx)
+	if err != nil || info.Details["port"] == nil || info.Details["dataDir"] == nil {
+		return
+	}
+	fmt.Fprintf(w, "%s: server on %v port %v, data directory %v\n", id, info.Details["host"], info.Details["port"], info.Details["dataDir"])
 }
 
 // copyPE runs one cp and returns the PE ID of the result. opts.Mode 0

@@ -256,3 +256,32 @@ func TestServeWritableExportKill9(t *testing.T) {
 	}
 	a.stop()
 }
+
+// TestRmsnUnderWritableExport: the CLI deletes no snapshot a writable
+// export of another process writes over (before, only the API refused):
+// its overlay names the snapshot. Once the export is gone, it does.
+func TestRmsnUnderWritableExport(t *testing.T) {
+	needNBDTools(t)
+	cfg := filepath.Join(t.TempDir(), "cfg")
+	mustRun(t, cfg, "init", cfg)
+	randomFile(t, filepath.Join(cfg, "disk", "small.img"), 4*mib)
+	snap := mustRun(t, cfg, "snap", "disk:small.img").lastLine()
+	s := startNBD(t, cfg, 1, "--writable", snap)
+	runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x33 0 65536", "-c", "flush", s.uri(0))
+
+	res := runBinaryWithin(t, "", time.Minute, "--config", cfg, "rmsn", snap)
+	if res.code == 0 || !strings.Contains(res.stderr, "holds writes made over it") {
+		t.Errorf("rmsn of a snapshot under a writable export: exit %d, stderr %q", res.code, res.stderr)
+	}
+	if out := mustRun(t, cfg, "lssn", "disk:small.img").stdout; !strings.Contains(out, snap) {
+		t.Fatalf("the snapshot is gone after a refused rmsn:\n%s", out)
+	}
+	if out := runTool(t, "qemu-io", "-f", "raw", "-r", "-c", "read -P 0x33 0 65536", s.uri(0)); strings.Contains(out, "fail") {
+		t.Errorf("the export after a refused rmsn:\n%s", out)
+	}
+	s.stop(syscall.SIGTERM)
+	mustRun(t, cfg, "rmsn", snap)
+	if out := mustRun(t, cfg, "lssn", "disk:small.img").stdout; strings.Contains(out, snap) {
+		t.Errorf("rmsn after the export stopped left the snapshot:\n%s", out)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/astrolabe-appliance/astrolabe/appliance/config"
+	"github.com/astrolabe-appliance/astrolabe/appliance/daemon"
 	"github.com/astrolabe-appliance/astrolabe/appliance/remote"
 	"github.com/astrolabe-appliance/astrolabe/appliance/usecase"
 	"github.com/astrolabe-appliance/astrolabe/pe"
@@ -43,8 +44,10 @@ func useCases(c *cli.Context, r *repo.Repository) (*usecase.Service, error) {
 	}
 	cfg := usecase.Config{Manager: m, Repository: r, Logger: slog.Default()}
 	if c.String("server") == "" {
-		// The appliance's own record, shared with its jobs.
+		// The appliance's own record, shared with its jobs, and the
+		// overlays of its writable exports.
 		cfg.StateDir = filepath.Join(c.String("config"), config.StateDir)
+		cfg.OverlayDir = filepath.Join(cfg.StateDir, daemon.OverlayDir)
 	}
 	return usecase.New(cfg)
 }
@@ -250,9 +253,11 @@ func rmsnCommand() *cli.Command {
 		Name:      "rmsn",
 		Usage:     "delete a snapshot",
 		ArgsUsage: "PEID:SNAPSHOT",
-		Action: withPE("PEID:SNAPSHOT", 1, func(c *cli.Context, id pe.ID, p pe.ProtectedEntity) error {
-			if err := p.DeleteSnapshot(c.Context, id.Snapshot()); err != nil {
-				return fmt.Errorf("delete snapshot %s: %w", id, err)
+		Action: withID("PEID:SNAPSHOT", 1, func(c *cli.Context, id pe.ID, uc *usecase.Service) error {
+			// Through the use case, which refuses while writes are kept
+			// over the snapshot, here or by the appliance.
+			if err := uc.DeleteSnapshot(c.Context, id); err != nil {
+				return err
 			}
 			fmt.Fprintf(c.App.ErrWriter, "deleted %s\n", id)
 			return nil

@@ -27,6 +27,10 @@ import (
 // a command neither run nor listed here fails the test, and so does an
 // entry here that README.md no longer has.
 var readmeNotRun = map[string]string{
+	"astrolabe snap pg:main": pgNotRun,
+	"astrolabe restore --repo /srv/backup pg:main:SNAPSHOT --to pg":                                          pgNotRun,
+	"astrolabe restore --repo /srv/backup pg:main:SNAPSHOT --to pg:yesterday --to-time 2026-11-29T18:00:00Z": pgNotRun,
+	"astrolabe cp --mode update pg:main:SNAPSHOT pg:yesterday":                                               pgNotRun,
 	"make demo": "TestMakeDemo runs it (scripts/demo.sh, with the binary TestMain built) and every command it prints to try",
 	"make test": "runs this test among all others",
 	"go build -o bin/astrolabe ./cmd/astrolabe": "TestMain builds the same binary; bin/astrolabe is a link to it",
@@ -34,6 +38,9 @@ var readmeNotRun = map[string]string{
 		"('nbd client-cert'); security_nbd_test.go runs nbdcopy and qemu-img over nbds:// with client certificates",
 	`qemu-img convert -n --object tls-creds-x509,id=tls0,dir=OUT,endpoint=client -f raw -O raw restore.img 'json:{"driver":"raw","file":{"driver":"nbd","host":"HOST","port":"10809","export":"EXPORT","tls-creds":"tls0"}}'`: "as the nbdcopy line above",
 }
+
+// pgNotRun: the pg commands need a PostgreSQL cluster configured.
+const pgNotRun = "needs a running PostgreSQL cluster in pes/pg.pe.json; pg_test.go runs the same commands against one it starts"
 
 // readmeAlternatives picks one of the alternatives a synopsis offers.
 var readmeAlternatives = map[string]string{

@@ -399,6 +399,7 @@ a restart of 'astrolabe serve' and resume.)`,
 				return err
 			}
 			fmt.Fprintf(c.App.ErrWriter, "restored %s as %s in %s\n", id, out.ID(), time.Since(start).Round(time.Millisecond))
+			printDetails(c.Context, uc.Manager(), out.ID(), c.App.ErrWriter)
 			fmt.Fprintln(c.App.Writer, out.ID())
 			return nil
 		}),

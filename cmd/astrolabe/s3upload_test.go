@@ -296,7 +296,7 @@ func (u *s3Uploader) restored(t *testing.T, key string) string {
 	}
 	res, _ := ti["result"].(map[string]any)
 	id, _ := res["id"].(string)
-	if ti["status"] != "success" || !strings.HasPrefix(id, "disk:") {
+	if ti["status"] != "success" || !strings.Contains(id, ":") {
 		t.Fatalf("restore task of %s: %v", key, ti)
 	}
 	return id

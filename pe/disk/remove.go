@@ -35,5 +35,10 @@ func (e *entity) Remove(ctx context.Context) error {
 	if err := os.Remove(e.disks.Path(id.Name())); err != nil {
 		return fmt.Errorf("remove %s: %w", id, err)
 	}
-	return e.disks.Sync()
+	if err := e.disks.Sync(); err != nil {
+		return fmt.Errorf("remove %s: %w", id, err)
+	}
+	// Gone, so no longer unfinished: a PE made again under the name
+	// must not inherit the mark.
+	return e.disks.ClearFilling(id.Name())
 }

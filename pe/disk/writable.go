@@ -9,7 +9,10 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/fileimage"
 )
 
-var _ pe.DataWriter = (*entity)(nil)
+var (
+	_ pe.DataWriter = (*entity)(nil)
+	_ pe.Filler     = (*entity)(nil)
+)
 
 // WritableData implements pe.DataWriter for the live image (a file or a
 // block device); snapshots are read-only.
@@ -37,6 +40,6 @@ func (e *entity) WritableData(ctx context.Context) (pe.WritableImage, error) {
 
 var _ pe.InPlaceType = (*TypeManager)(nil)
 
-// WritesInPlace implements pe.InPlaceType: disk PEs are DataWriters and
-// Removers.
+// WritesInPlace implements pe.InPlaceType: disk PEs are DataWriters,
+// Fillers and Removers.
 func (*TypeManager) WritesInPlace() bool { return true }

@@ -106,6 +106,11 @@ func (o *Overlay) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 || off > o.size || int64(len(p)) > o.size-off {
 		return 0, fmt.Errorf("write of %d bytes at %d: past the end of the %d-byte image", len(p), off, o.size)
 	}
+	o.wmu.RLock()
+	defer o.wmu.RUnlock()
+	if o.frozen {
+		return 0, ErrFrozen
+	}
 	if err := o.broken(); err != nil {
 		return 0, err
 	}
@@ -164,11 +169,35 @@ func (o *Overlay) writeBlock(b, in int64, data []byte, n int64, zero func(off, n
 	return nil
 }
 
+// ErrFrozen is the error of a write into a frozen overlay.
+var ErrFrozen = errors.New("the overlay's writes are being kept as a new PE: it takes no more")
+
+// Freeze makes WriteAt and Zero fail with ErrFrozen until Thaw, once the
+// writes under way have ended: from then on the overlay reads as its
+// writers left it, for a copy of it to be one point in time.
+func (o *Overlay) Freeze() {
+	o.wmu.Lock()
+	o.frozen = true
+	o.wmu.Unlock()
+}
+
+// Thaw lets writes in again after Freeze.
+func (o *Overlay) Thaw() {
+	o.wmu.Lock()
+	o.frozen = false
+	o.wmu.Unlock()
+}
+
 // Zero implements pe.WritableImage: whole blocks are zeroed (or punched)
 // in the layer, parts of blocks written as zeros.
 func (o *Overlay) Zero(off, length int64, punch bool) error {
 	if off < 0 || length < 0 || off > o.size || length > o.size-off {
 		return fmt.Errorf("zero %d bytes at %d: past the end of the %d-byte image", length, off, o.size)
+	}
+	o.wmu.RLock()
+	defer o.wmu.RUnlock()
+	if o.frozen {
+		return ErrFrozen
 	}
 	if err := o.broken(); err != nil {
 		return err

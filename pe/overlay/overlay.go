@@ -54,6 +54,9 @@ type header struct {
 	// OwnLayer says the layer is the file "layer" in the directory;
 	// otherwise the caller hands it in (a restore target).
 	OwnLayer bool `json:"ownLayer"`
+	// Base names what the overlay is over (Options.Base), so that what
+	// would delete it can find the overlays that need it.
+	Base string `json:"base,omitempty"`
 }
 
 // Options tune an overlay.
@@ -65,6 +68,9 @@ type Options struct {
 	// writes not synced, as a disk's cache is written back: a process
 	// killed loses at most that much of what its clients never flushed.
 	SyncEvery time.Duration
+	// Base, given to Create, names the base (a snapshot's PE ID); BaseOf
+	// reads it back.
+	Base string
 }
 
 // Overlay is a writable pe.Image over a read-only base. Its methods are
@@ -88,6 +94,11 @@ type Overlay struct {
 	syncMu  sync.Mutex // one Sync at a time: pages are saved in order
 	// failed is the error of a failed sync of the layer (see broken).
 	failed atomic.Pointer[error]
+
+	// frozen refuses writes (Freeze); wmu lets the writes under way end
+	// first.
+	wmu    sync.RWMutex
+	frozen bool
 
 	// A block missing from the layer is filled under its stripe's lock, so
 	// that a partial write's copy of the base cannot undo another write.
@@ -140,7 +151,7 @@ func Create(dir string, base pe.Image, layer pe.WritableImage, opts Options) (o 
 	if err != nil {
 		return nil, fmt.Errorf("overlay bitmap: %w", err)
 	}
-	h := header{Version: formatVersion, Size: size, BlockSize: BlockSize, OwnLayer: layer == nil}
+	h := header{Version: formatVersion, Size: size, BlockSize: BlockSize, OwnLayer: layer == nil, Base: opts.Base}
 	err = atomicfile.Write(filepath.Join(dir, headerFile), 0o600, func(w io.Writer) error {
 		return json.NewEncoder(w).Encode(h)
 	})
@@ -226,6 +237,13 @@ func (o *Overlay) syncLoop(every time.Duration) {
 			}
 		}
 	}
+}
+
+// BaseOf returns what the overlay in dir is over, as Options.Base named
+// it at Create ("" if it named nothing).
+func BaseOf(dir string) (string, error) {
+	h, err := readHeader(dir)
+	return h.Base, err
 }
 
 func readHeader(dir string) (header, error) {

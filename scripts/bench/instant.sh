@@ -57,57 +57,10 @@ DATA_MIB=${DATA_MIB:-0}
 for pair in qemu-system-x86_64:qemu-system-x86 qemu-nbd:qemu-utils curl:curl bc:bc; do
 	command -v "${pair%%:*}" >/dev/null || { echo "missing ${pair%%:*}: apt-get install -y ${pair#*:}" >&2; exit 1; }
 done
-# libnbd's Python binding is installed for Debian's python3, which need not
-# be the python3 first on PATH.
-PY=
-for p in /usr/bin/python3 python3; do
-	if "$p" -c 'import nbd' 2>/dev/null; then PY=$p; break; fi
-done
-[[ -n $PY ]] || { echo "missing libnbd's Python binding: apt-get install -y python3-libnbd" >&2; exit 1; }
-
 WORK=$(mktemp -d /var/tmp/astrolabe-bench-instant.XXXXXX)
-PIDS=() T_LOCAL=() T_EXPORT=() T_INSTANT=() T_RESTORE=() T_RESTORED=()
-cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-	scripts/s3-server.sh stop "$WORK/s3" >/dev/null 2>&1 || true
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-now() { date +%s.%N; }
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-fail() { echo "instant bench failed: $*" >&2; exit 1; }
-
-# stop PID kills one process this script started and forgets it.
-stop() {
-	kill "$1" 2>/dev/null || true
-	wait "$1" 2>/dev/null || true
-	local keep=() p
-	for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-	PIDS=("${keep[@]}")
-}
-
-# boot NAME DRIVE_SPEC starts qemu on the drive and waits, at most LIMIT
-# seconds, until /healthz answers; it leaves qemu running as $QEMU.
-boot() {
-	local name=$1 drive=$2 port start
-	port=$(free_port)
-	qemu-system-x86_64 -accel "$ACCEL" -m 1024 -smp 2 -nographic -no-reboot \
-		-drive "$drive,if=virtio" -device virtio-net-pci,netdev=n0 \
-		-netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$port-:8443" \
-		-serial "file:$WORK/console-$name.log" -monitor none -display none 2>"$WORK/qemu-$name.log" &
-	QEMU=$!
-	PIDS+=("$QEMU")
-	echo "boot $name ($ACCEL): waiting up to ${LIMIT}s for https://127.0.0.1:$port/healthz" >&2
-	start=$SECONDS
-	until curl -fsk --max-time 2 "https://127.0.0.1:$port/healthz" >/dev/null 2>&1; do
-		kill -0 "$QEMU" 2>/dev/null || fail "boot $name: qemu exited: $(cat "$WORK/qemu-$name.log"); console: $(tail -20 "$WORK/console-$name.log")"
-		((SECONDS - start < LIMIT)) || fail "boot $name: no /healthz after ${LIMIT}s; console: $(tail -20 "$WORK/console-$name.log")"
-		sleep 0.5
-	done
-}
+BENCH=instant
+. scripts/bench/lib/vmboot.sh
+T_LOCAL=() T_EXPORT=() T_INSTANT=() T_RESTORE=() T_RESTORED=()
 
 # serve NAME [--writable] starts `astrolabe nbd serve` of the repository
 # snapshot and waits, at most LIMIT seconds, for the export's URI ($URI);
@@ -127,22 +80,7 @@ serve() {
 	done
 }
 
-BIN=${ASTROLABE:-$WORK/astrolabe}
-[[ -n ${ASTROLABE:-} ]] || go build -o "$BIN" ./cmd/astrolabe
-eval "$(scripts/s3-server.sh start "$WORK/s3")"
-export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY ASTROLABE_PASSWORD=bench
-A="timeout $((LIMIT * 4)) $BIN --config $WORK/cfg --log-level error"
-REPO=s3+http://$S3_ENDPOINT/bench/instant
-"$BIN" init "$WORK/cfg" >/dev/null 2>&1
-cp --sparse=always "$RAW" "$WORK/cfg/disk/appliance.img"
-# Data past the partitions, which the guest never reads.
-((DATA_MIB == 0)) || head -c "${DATA_MIB}M" /dev/urandom >>"$WORK/cfg/disk/appliance.img"
-$A repo init --repo "$REPO" >/dev/null 2>&1
-t0=$(now)
-SNAP=$($A backup --repo "$REPO" disk:appliance.img 2>/dev/null | tail -n1)
-t_backup=$(echo "$(now) - $t0" | bc)
-[[ $SNAP == disk:appliance.img:* ]] || fail "backup printed no snapshot ID: '$SNAP'"
-echo "backed up $RAW ($(du -h "$RAW" | cut -f1) allocated) + ${DATA_MIB} MiB as $SNAP in $(printf %.1f "$t_backup")s" >&2
+backup_image instant "$DATA_MIB"
 
 # One round: a, b, c in turn, so that the machine's drift touches all
 # three alike. All three boots take the guest's writes in a throwaway

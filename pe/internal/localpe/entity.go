@@ -40,6 +40,9 @@ func (e *Entity) Snapshot(ctx context.Context, params pe.Params) (pe.ID, error) 
 	if e.id.HasSnapshot() {
 		return pe.ID{}, fmt.Errorf("snapshot %s: is a snapshot itself, snapshot %s: %w", e.id, e.id.Base(), pe.ErrNotSupported)
 	}
+	if err := e.refuseUnfinished("snapshot"); err != nil {
+		return pe.ID{}, err
+	}
 	snap, err := e.m.b.TakeSnapshot(ctx, e.id.Name())
 	if err != nil {
 		return pe.ID{}, fmt.Errorf("snapshot %s: %w", e.id, err)

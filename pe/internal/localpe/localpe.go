@@ -306,7 +306,11 @@ func (m *Manager) update(ctx context.Context, name string, src pe.ProtectedEntit
 	defer img.Close()
 	if u, ok := m.b.(InPlaceUpdater); ok {
 		if done, err := u.UpdateInPlace(ctx, name, img, opts); done || err != nil {
-			return err
+			if err != nil {
+				return err
+			}
+			// Whole now, whatever an unfinished restore left.
+			return m.root.ClearFilling(name)
 		}
 	}
 	tmp, err := m.b.WriteTemp(ctx, src, img, opts)
@@ -316,7 +320,7 @@ func (m *Manager) update(ctx context.Context, name string, src pe.ProtectedEntit
 	if err := m.b.Replace(name, tmp); err != nil {
 		return discard(tmp, err)
 	}
-	err = m.root.Sync()
+	err = errors.Join(m.root.Sync(), m.root.ClearFilling(name))
 	// tmp now holds the old data, if anything.
 	if rerr := os.RemoveAll(tmp); rerr != nil {
 		err = errors.Join(err, fmt.Errorf("updated, but removing the old data at %s failed: %w", tmp, rerr))
