@@ -138,7 +138,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err := opts.checkInsecure(); err != nil {
 		return err
 	}
-	m, err := config.Load(opts.ConfigDir, config.Factories())
+	m, err := config.Load(opts.ConfigDir, factories(opts.Repository))
 	if err != nil {
 		return err
 	}

@@ -6,8 +6,19 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/astrolabe-appliance/astrolabe/appliance/config"
 	"github.com/astrolabe-appliance/astrolabe/appliance/walarchive"
+	"github.com/astrolabe-appliance/astrolabe/repo"
 )
+
+// factories are the PE types, the pg type's restores reading the WAL
+// archived in r (if any).
+func factories(r *repo.Repository) map[string]config.Factory {
+	if r == nil {
+		return config.Factories()
+	}
+	return config.Factories(config.PGWAL(walarchive.Source{Repo: r}))
+}
 
 // walReceivers archive the WAL of the configured PostgreSQL clusters
 // into the repository while the daemon runs.

@@ -11,20 +11,20 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/astrolabe-appliance/astrolabe/pe/pg"
 	"github.com/astrolabe-appliance/astrolabe/repo"
 )
 
 // Target is how far a point-in-time restore replays WAL: a time or an
-// LSN (one set). It has the fields of the pg PE's RecoveryTarget.
-type Target struct {
-	Time time.Time
-	LSN  string
-}
+// LSN (one set).
+type Target = pg.RecoveryTarget
 
 // Source gives point-in-time restores the WAL archived in a repository.
 type Source struct {
 	Repo *repo.Repository
 }
+
+var _ pg.WALSource = Source{}
 
 // ErrNoWAL is returned when a cluster has no WAL in the repository.
 var ErrNoWAL = errors.New("no WAL archived")
@@ -208,9 +208,6 @@ func (s Source) Stage(ctx context.Context, cluster string, systemID uint64, time
 	}
 	return RestoreCommand(dir), nil
 }
-
-// IsZero reports whether no target is set.
-func (t Target) IsZero() bool { return t.Time.IsZero() && t.LSN == "" }
 
 // beyond says why the archive does not reach target.
 func beyond(t Target) string {

@@ -23,15 +23,6 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/repo/backend"
 )
 
-// walSource is the pg PE's WALSource (pe/pg/walsource.go on the pg-core
-// branch), copied until that branch is merged: Source must satisfy it.
-type walSource interface {
-	Range(ctx context.Context, cluster string, systemID uint64) (oldest, newest time.Time, err error)
-	Stage(ctx context.Context, cluster string, systemID uint64, timeline uint32, startLSN string, target Target, dir string) (restoreCommand string, err error)
-}
-
-var _ walSource = Source{}
-
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // newRepo is an encrypted repository in a directory, with its backend

@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/astrolabe-appliance/astrolabe/appliance/config"
 	"github.com/astrolabe-appliance/astrolabe/appliance/walarchive"
 	"github.com/astrolabe-appliance/astrolabe/pe/pg/pgtest"
 	"github.com/astrolabe-appliance/astrolabe/repo"
@@ -121,4 +123,85 @@ func TestPGWALCommands(t *testing.T) {
 	}
 	mustFail(t, cfg, "not in the repository", "pg", "wal-fetch", "--repo", repoDir, "main", segs[0], dest)
 	mustRun(t, cfg, "pg", "wal-fetch", "--repo", repoDir, "main", segs[1], dest)
+}
+
+// TestPGServeArchivesWAL: astrolabe serve with a repository archives a
+// cluster's WAL into it, and a repository backup restores to a time after
+// it from that WAL alone (the cluster has no archive directory).
+func TestPGServeArchivesWAL(t *testing.T) {
+	ctx := context.Background()
+	cfg, srv := pgSetup(t)
+	// The WAL comes from the repository only.
+	path := filepath.Join(cfg, "pes", "pg.pe.json")
+	var pgcfg map[string]any
+	b, err := os.ReadFile(path)
+	if err == nil {
+		err = json.Unmarshal(b, &pgcfg)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cl := range pgcfg["clusters"].([]any) {
+		delete(cl.(map[string]any), "walArchiveDir")
+	}
+	if err := config.WritePEConfig(cfg, "pg", pgcfg); err != nil {
+		t.Fatal(err)
+	}
+	repoDir := filepath.Join(filepath.Dir(cfg), "repo")
+	mustRun(t, cfg, "repo", "init", "--repo", repoDir, "--insecure-no-password")
+	a := startServe(t, cfg, "--repo", repoDir)
+
+	srv.Psql(t, "postgres", "CREATE TABLE t (n int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)")
+	backedUp := mustRun(t, cfg, "backup", "--repo", repoDir, "pg:main").lastLine()
+	for i := 101; i <= 110; i++ {
+		srv.Psql(t, "postgres", "INSERT INTO t VALUES ("+strconv.Itoa(i)+")")
+		time.Sleep(20 * time.Millisecond)
+	}
+	commit := func(n int) time.Time {
+		s := srv.Psql(t, "postgres", "SELECT to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM t WHERE n = "+strconv.Itoa(n))
+		tm, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tm
+	}
+	target := commit(105).Add(time.Millisecond)
+	srv.Psql(t, "postgres", "SELECT pg_switch_wal()")
+	// The written position: after a switch, the start of the next segment.
+	want, err := walarchive.ParseLSN(srv.Psql(t, "postgres", "SELECT pg_current_wal_lsn()"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := openTestRepo(ctx, repoDir, repo.Options{Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		sums, err := walarchive.Summaries(ctx, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(sums) == 1 {
+			if end, _ := walarchive.ParseLSN(sums[0].EndLSN); end >= want {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("serve did not archive the WAL to %s within a minute: %+v\n%s", walarchive.FormatLSN(want), sums, a.stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if status, body := a.call("GET", "/metrics", a.info["token"], ""); status != 200 || !strings.Contains(body, `astrolabe_wal_connected{cluster="main"} 1`) {
+		t.Errorf("metrics: %d, no astrolabe_wal_connected of main:\n%s", status, body)
+	}
+
+	res := mustRun(t, cfg, "restore", "--repo", repoDir, "--to", "pg:pitr", "--to-time", target.Format(time.RFC3339Nano), backedUp)
+	if got := pgQuery(t, srv, pgPort(t, res), "SELECT max(n) FROM t"); got != "105" {
+		t.Errorf("restored to %s from the WAL serve archived: rows up to %s, want 105", target.Format(time.RFC3339Nano), got)
+	}
+	after := commit(110).Add(time.Hour)
+	mustFail(t, cfg, "newest archived WAL", "restore", "--repo", repoDir, "--to", "pg:late", "--to-time", after.Format(time.RFC3339Nano), backedUp)
+	a.stop()
 }
