@@ -56,29 +56,47 @@ readable by the server's account.`,
 			},
 		}, {
 			Name:      "wal-forget",
-			Usage:     "remove the archived segments of CLUSTER before segment --before (their data goes with the next prune)",
+			Usage:     "remove the archived segments of CLUSTER that no restore needs (their data goes with the next prune)",
 			ArgsUsage: "CLUSTER",
+			Description: `Removes the segments before --before SEGMENT, or with --before-oldest-backup
+those before the first segment the oldest base backup of CLUSTER in the
+repository replays from. Timeline history files stay.`,
 			Flags: append(repoFlags(), systemID,
-				&cli.StringFlag{Name: "before", Required: true, Usage: "keep `SEGMENT` and those after it (the first segment the oldest base backup kept needs)"}),
+				&cli.StringFlag{Name: "before", Usage: "keep `SEGMENT` and those after it"},
+				&cli.BoolFlag{Name: "before-oldest-backup", Usage: "keep what the oldest base backup of the cluster in the repository needs"}),
 			Action: func(c *cli.Context) error {
 				a, err := args(c, 1, "CLUSTER")
 				if err != nil {
 					return err
 				}
-				if err := repo.ValidWALName(c.String("before")); err != nil || len(c.String("before")) != 24 {
-					return usagef("--before %q: want a segment name (24 hex digits)", c.String("before"))
+				before, oldest := c.String("before"), c.Bool("before-oldest-backup")
+				if (before == "") == !oldest {
+					return usagef("pg wal-forget: give --before SEGMENT or --before-oldest-backup")
+				}
+				if before != "" && (repo.ValidWALName(before) != nil || len(before) != 24) {
+					return usagef("--before %q: want a segment name (24 hex digits)", before)
 				}
 				return withRepo(func(c *cli.Context, r *repo.Repository) error {
 					id, err := walSystem(c.Context, r, a[0], c.Uint64("system-id"))
 					if err != nil {
 						return err
 					}
-					n, err := r.ForgetWAL(c.Context, a[0], id, c.String("before"))
-					fmt.Fprintf(c.App.Writer, "forgot %d segments of %s before %s\n", n, a[0], c.String("before"))
+					if oldest {
+						seg, found, err := walarchive.OldestBackupSegment(c.Context, r, a[0], id)
+						if err != nil {
+							return err
+						}
+						if !found {
+							return fmt.Errorf("the repository has no base backup of pg:%s (system %d): nothing is known to be unneeded", a[0], id)
+						}
+						before = seg
+					}
+					n, err := r.ForgetWAL(c.Context, a[0], id, before)
+					fmt.Fprintf(c.App.Writer, "forgot %d segments of %s before %s\n", n, a[0], before)
 					return err
 				})(c)
 			},
-		}},
+				}},
 	}
 }
 

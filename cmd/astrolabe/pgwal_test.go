@@ -201,6 +201,17 @@ func TestPGServeArchivesWAL(t *testing.T) {
 	if got := pgQuery(t, srv, pgPort(t, res), "SELECT max(n) FROM t"); got != "105" {
 		t.Errorf("restored to %s from the WAL serve archived: rows up to %s, want 105", target.Format(time.RFC3339Nano), got)
 	}
+	// What the oldest backup does not need goes; a restore from it
+	// still replays to the target.
+	mustFail(t, cfg, "give --before SEGMENT or --before-oldest-backup", "pg", "wal-forget", "--repo", repoDir, "main")
+	if out := mustRun(t, cfg, "pg", "wal-forget", "--repo", repoDir, "--before-oldest-backup", "main").stdout; !strings.HasPrefix(out, "forgot ") {
+		t.Errorf("wal-forget --before-oldest-backup: %s", out)
+	}
+	mustRun(t, cfg, "repo", "prune", "--repo", repoDir)
+	res = mustRun(t, cfg, "restore", "--repo", repoDir, "--to", "pg:pitr2", "--to-time", target.Format(time.RFC3339Nano), backedUp)
+	if got := pgQuery(t, srv, pgPort(t, res), "SELECT max(n) FROM t"); got != "105" {
+		t.Errorf("restored to %s after wal-forget and prune: rows up to %s, want 105", target.Format(time.RFC3339Nano), got)
+	}
 	after := commit(110).Add(time.Hour)
 	mustFail(t, cfg, "newest archived WAL", "restore", "--repo", repoDir, "--to", "pg:late", "--to-time", after.Format(time.RFC3339Nano), backedUp)
 	a.stop()
