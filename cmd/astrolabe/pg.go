@@ -96,7 +96,7 @@ repository replays from. Timeline history files stay.`,
 					return err
 				})(c)
 			},
-				}},
+		}},
 	}
 }
 
