@@ -68,7 +68,7 @@ func TestBadInput(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "stop its server first") {
 			t.Fatalf("update of a running cluster: %v", err)
 		}
-		if err := m.server("copy").stop(ctx); err != nil {
+		if err := mustServer(t, m, "copy").stop(ctx); err != nil {
 			t.Fatal(err)
 		}
 		// Its port, taken by another process, is named before anything

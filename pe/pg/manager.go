@@ -25,6 +25,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/snapdir"
@@ -32,6 +33,9 @@ import (
 
 // Type is the PE type name.
 const Type = "pg"
+
+// infoTimeout bounds how long Info waits for a configured cluster.
+const infoTimeout = 5 * time.Second
 
 // clustersDir, in the root, holds the restored clusters.
 const clustersDir = "clusters"
@@ -164,8 +168,11 @@ func (e *entity) Info(ctx context.Context) (pe.Info, error) {
 	info := pe.Info{ID: e.id, Name: e.id.Name(), Size: pe.SizeUnknown}
 	if cl, ok := e.m.cluster(e.id.Name()); ok {
 		info.Details = map[string]any{"host": cl.Host, "port": cl.Port}
-		// The cluster may be down: its info says so rather than fail.
-		if md, err := describe(ctx, cl); err != nil {
+		// The cluster may be down or unreachable: its info says so
+		// rather than fail, and soon.
+		dctx, cancel := context.WithTimeout(ctx, infoTimeout)
+		defer cancel()
+		if md, err := describe(dctx, cl); err != nil {
 			info.Details["error"] = err.Error()
 		} else {
 			info.Details["databases"] = md.Databases
@@ -176,9 +183,14 @@ func (e *entity) Info(ctx context.Context) (pe.Info, error) {
 	if err != nil {
 		return pe.Info{}, fmt.Errorf("info %s: %w", e.id, err)
 	}
-	up, _ := e.m.server(e.id.Name()).running(ctx)
 	info.Details = rc.details(e.m.clusterDir(e.id.Name()))
-	info.Details["running"] = up
+	srv, err := e.m.server(e.id.Name())
+	if err == nil {
+		info.Details["running"], err = srv.running(ctx)
+	}
+	if err != nil {
+		info.Details["error"] = err.Error()
+	}
 	return info, nil
 }
 
