@@ -204,9 +204,8 @@ func (e *entity) Connection(ctx context.Context) (map[string]string, error) {
 	return map[string]string{"host": rc.Host, "port": strconv.Itoa(rc.Port), "dataDir": filepath.Join(e.m.clusterDir(e.id.Name()), dataDir)}, nil
 }
 
-// Snapshot implements pe.ProtectedEntity: a base backup. A restored
-// cluster is backed up with the credentials of the cluster it was
-// restored from (its roles are those).
+// Snapshot implements pe.ProtectedEntity: a base backup of a configured
+// cluster.
 func (e *entity) Snapshot(ctx context.Context, params pe.Params) (pe.ID, error) {
 	if e.id.HasSnapshot() {
 		return pe.ID{}, fmt.Errorf("snapshot %s: is a snapshot itself: %w", e.id, pe.ErrNotSupported)
@@ -222,7 +221,10 @@ func (e *entity) Snapshot(ctx context.Context, params pe.Params) (pe.ID, error) 
 	return e.id.WithSnapshot(snap), nil
 }
 
-// connection is how to reach the cluster name for a base backup.
+// connection is how to reach the cluster name for a base backup. A
+// restored cluster has none: the only credentials astrolabe knows for it
+// are its origin's, and the superusers of the clone (who can make its
+// pg_hba.conf ask for a clear-text password) must not get them.
 func (m *TypeManager) connection(name string) (Cluster, error) {
 	if cl, ok := m.cluster(name); ok {
 		return cl, nil
@@ -231,13 +233,7 @@ func (m *TypeManager) connection(name string) (Cluster, error) {
 	if err != nil {
 		return Cluster{}, err
 	}
-	cl, ok := m.cluster(rc.Cluster)
-	if !ok {
-		return Cluster{}, fmt.Errorf("restored from cluster %q, which is not configured here: its credentials are unknown: %w", rc.Cluster, pe.ErrNotSupported)
-	}
-	cl.Name, cl.Host, cl.Port = name, rc.Host, rc.Port
-	cl.WALArchiveDir = ""
-	return cl, nil
+	return Cluster{}, fmt.Errorf("a cluster restored from %s: backing it up would send the credentials of cluster %q to a server whose superusers could capture them; snapshot %q instead: %w", rc.From, rc.Cluster, rc.Cluster, pe.ErrNotSupported)
 }
 
 func (e *entity) ListSnapshots(ctx context.Context) ([]pe.ID, error) {

@@ -108,6 +108,23 @@ func TestRestoreConfinesTheAccount(t *testing.T) {
 		}
 	})
 
+	t.Run("metadata without secrets", func(t *testing.T) {
+		srv.Psql(t, "postgres", "ALTER SYSTEM SET primary_conninfo = 'host=elsewhere password=hunter2'")
+		srv.Psql(t, "postgres", "ALTER SYSTEM SET work_mem = '5MB'")
+		srv.Psql(t, "postgres", "SELECT pg_reload_conf()")
+		defer func() {
+			srv.Psql(t, "postgres", "ALTER SYSTEM RESET ALL")
+			srv.Psql(t, "postgres", "SELECT pg_reload_conf()")
+		}()
+		md, err := describe(ctx, clusterOf("main", srv))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := md.Settings["primary_conninfo"]; ok || md.Settings["work_mem"] != "5120" {
+			t.Errorf("metadata settings %v: want work_mem, no primary_conninfo", md.Settings)
+		}
+	})
+
 	t.Run("untrusted configuration", func(t *testing.T) {
 		srv.Psql(t, "postgres", "ALTER SYSTEM SET work_mem = '7MB'")
 		srv.Psql(t, "postgres", "ALTER SYSTEM SET shared_preload_libraries = './evil'")
