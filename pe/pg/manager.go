@@ -7,8 +7,8 @@
 // root/.snapshots/<name>/<snapshot>/; its metadata is JSON (Metadata).
 //
 // A copy to pg (TypeManager.Copy) restores a base backup as a new cluster
-// under root/clusters/<name>/ (data/ owned by the restore account, the
-// server's log and socket), started with pg_ctl on a free port of the
+// under root/clusters/<name>/ (root's; data/, the socket directory and
+// the server's log owned by the restore account), started with pg_ctl on a free port of the
 // configured range; restored clusters are PEs too. With a recovery target
 // (Params["pg"]["toTime"] or ["toLSN"]) it replays archived WAL from a
 // WALSource up to the target and promotes.
