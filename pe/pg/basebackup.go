@@ -101,7 +101,7 @@ func baseBackup(ctx context.Context, conn *pgconn.PgConn, label string, w io.Wri
 	if err != nil {
 		return res, err
 	}
-	if len(sets) != 3 || len(sets[0]) != 1 || len(sets[2]) != 1 {
+	if len(sets) != 3 || len(sets[0]) != 1 || len(sets[0][0]) < 2 || len(sets[2]) != 1 || len(sets[2][0]) < 1 {
 		return res, fmt.Errorf("BASE_BACKUP: unexpected result sets %q", sets)
 	}
 	for _, row := range sets[1] {

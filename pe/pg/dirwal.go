@@ -168,7 +168,8 @@ func (d DirWAL) Stage(ctx context.Context, cluster string, systemID uint64, time
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
-	return "cp " + shellQuote(archive) + "/%f %p", nil
+	// PostgreSQL replaces % escapes in all of restore_command.
+	return "cp " + strings.ReplaceAll(shellQuote(archive), "%", "%%") + "/%f %p", nil
 }
 
 // segmentName is the file name of segment no of timeline.

@@ -157,3 +157,12 @@ func mustID(t *testing.T, name string) pe.ID {
 	}
 	return id
 }
+
+func mustServer(t *testing.T, m *TypeManager, name string) server {
+	t.Helper()
+	srv, err := m.server(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv
+}

@@ -7,8 +7,8 @@
 // root/.snapshots/<name>/<snapshot>/; its metadata is JSON (Metadata).
 //
 // A copy to pg (TypeManager.Copy) restores a base backup as a new cluster
-// under root/clusters/<name>/ (data/ owned by the restore account, the
-// server's log and socket), started with pg_ctl on a free port of the
+// under root/clusters/<name>/ (root's; data/, the socket directory and
+// the server's log owned by the restore account), started with pg_ctl on a free port of the
 // configured range; restored clusters are PEs too. With a recovery target
 // (Params["pg"]["toTime"] or ["toLSN"]) it replays archived WAL from a
 // WALSource up to the target and promotes.
@@ -25,6 +25,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/snapdir"
@@ -32,6 +33,9 @@ import (
 
 // Type is the PE type name.
 const Type = "pg"
+
+// infoTimeout bounds how long Info waits for a configured cluster.
+const infoTimeout = 5 * time.Second
 
 // clustersDir, in the root, holds the restored clusters.
 const clustersDir = "clusters"
@@ -168,8 +172,11 @@ func (e *entity) Info(ctx context.Context) (pe.Info, error) {
 	info := pe.Info{ID: e.id, Name: e.id.Name(), Size: pe.SizeUnknown}
 	if cl, ok := e.m.cluster(e.id.Name()); ok {
 		info.Details = map[string]any{"host": cl.Host, "port": cl.Port}
-		// The cluster may be down: its info says so rather than fail.
-		if md, err := describe(ctx, cl); err != nil {
+		// The cluster may be down or unreachable: its info says so
+		// rather than fail, and soon.
+		dctx, cancel := context.WithTimeout(ctx, infoTimeout)
+		defer cancel()
+		if md, err := describe(dctx, cl); err != nil {
 			info.Details["error"] = err.Error()
 		} else {
 			info.Details["databases"] = md.Databases
@@ -180,9 +187,14 @@ func (e *entity) Info(ctx context.Context) (pe.Info, error) {
 	if err != nil {
 		return pe.Info{}, fmt.Errorf("info %s: %w", e.id, err)
 	}
-	up, _ := e.m.server(e.id.Name()).running(ctx)
 	info.Details = rc.details(e.m.clusterDir(e.id.Name()))
-	info.Details["running"] = up
+	srv, err := e.m.server(e.id.Name())
+	if err == nil {
+		info.Details["running"], err = srv.running(ctx)
+	}
+	if err != nil {
+		info.Details["error"] = err.Error()
+	}
 	return info, nil
 }
 
@@ -196,9 +208,8 @@ func (e *entity) Connection(ctx context.Context) (map[string]string, error) {
 	return map[string]string{"host": rc.Host, "port": strconv.Itoa(rc.Port), "dataDir": filepath.Join(e.m.clusterDir(e.id.Name()), dataDir)}, nil
 }
 
-// Snapshot implements pe.ProtectedEntity: a base backup. A restored
-// cluster is backed up with the credentials of the cluster it was
-// restored from (its roles are those).
+// Snapshot implements pe.ProtectedEntity: a base backup of a configured
+// cluster.
 func (e *entity) Snapshot(ctx context.Context, params pe.Params) (pe.ID, error) {
 	if e.id.HasSnapshot() {
 		return pe.ID{}, fmt.Errorf("snapshot %s: is a snapshot itself: %w", e.id, pe.ErrNotSupported)
@@ -214,7 +225,10 @@ func (e *entity) Snapshot(ctx context.Context, params pe.Params) (pe.ID, error) 
 	return e.id.WithSnapshot(snap), nil
 }
 
-// connection is how to reach the cluster name for a base backup.
+// connection is how to reach the cluster name for a base backup. A
+// restored cluster has none: the only credentials astrolabe knows for it
+// are its origin's, and the superusers of the clone (who can make its
+// pg_hba.conf ask for a clear-text password) must not get them.
 func (m *TypeManager) connection(name string) (Cluster, error) {
 	if cl, ok := m.cluster(name); ok {
 		return cl, nil
@@ -223,13 +237,7 @@ func (m *TypeManager) connection(name string) (Cluster, error) {
 	if err != nil {
 		return Cluster{}, err
 	}
-	cl, ok := m.cluster(rc.Cluster)
-	if !ok {
-		return Cluster{}, fmt.Errorf("restored from cluster %q, which is not configured here: its credentials are unknown: %w", rc.Cluster, pe.ErrNotSupported)
-	}
-	cl.Name, cl.Host, cl.Port = name, rc.Host, rc.Port
-	cl.WALArchiveDir = ""
-	return cl, nil
+	return Cluster{}, fmt.Errorf("a cluster restored from %s: backing it up would send the credentials of cluster %q to a server whose superusers could capture them; snapshot %q instead: %w", rc.From, rc.Cluster, rc.Cluster, pe.ErrNotSupported)
 }
 
 func (e *entity) ListSnapshots(ctx context.Context) ([]pe.ID, error) {

@@ -93,11 +93,12 @@ func (m *TypeManager) create(ctx context.Context, src pe.ProtectedEntity, name s
 	if err != nil {
 		return "", err
 	}
-	defer os.RemoveAll(tmp) // once placed, nothing is left here
-	if err := ownedDir(tmp, acct); err != nil {
+	defer removeLogged(tmp) // once placed, nothing is left here
+	// root's, searchable by the account (which reaches data/ through it)
+	if err := os.Chmod(tmp, 0o711); err != nil {
 		return "", err
 	}
-	bk, rec, err := m.extractPlanned(ctx, src, filepath.Join(tmp, dataDir), target, acct, opts)
+	bk, rec, err := m.extractPlanned(ctx, src, filepath.Join(tmp, dataDir), target, opts)
 	if err != nil {
 		return "", err
 	}
@@ -115,7 +116,7 @@ func (m *TypeManager) create(ctx context.Context, src pe.ProtectedEntity, name s
 		err = m.startRestored(ctx, dir, rc, src, bk, rec, acct)
 	}
 	if err != nil {
-		if serr := m.serverIn(dir).stop(context.Background()); serr != nil {
+		if serr := m.serverIn(dir, acct).stop(context.Background()); serr != nil {
 			err = fmt.Errorf("%w (and stopping the restored server failed: %v)", err, serr)
 		}
 		if rerr := os.RemoveAll(dir); rerr != nil {
@@ -135,7 +136,7 @@ func (m *TypeManager) update(ctx context.Context, src pe.ProtectedEntity, name s
 		return err
 	}
 	dir := m.clusterDir(name)
-	srv := m.server(name)
+	srv := m.serverIn(dir, acct)
 	if up, err := srv.running(ctx); err != nil {
 		return err
 	} else if up {
@@ -150,8 +151,8 @@ func (m *TypeManager) update(ctx context.Context, src pe.ProtectedEntity, name s
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(fresh)
-	bk, rec, err := m.extractPlanned(ctx, src, fresh, target, acct, opts)
+	defer removeLogged(fresh)
+	bk, rec, err := m.extractPlanned(ctx, src, fresh, target, opts)
 	if err != nil {
 		return err
 	}
@@ -160,7 +161,9 @@ func (m *TypeManager) update(ctx context.Context, src pe.ProtectedEntity, name s
 		return errors.Join(err, fmt.Errorf("pg:%s was started during the restore: %w", name, pe.ErrExists))
 	}
 	old := filepath.Join(dir, ".data-old")
-	os.RemoveAll(old)
+	if err := os.RemoveAll(old); err != nil {
+		return fmt.Errorf("remove the data directory left by an earlier update: %w", err)
+	}
 	if err := os.Rename(srv.dataDir, old); err != nil {
 		return fmt.Errorf("move the old data directory aside: %w", err)
 	}
@@ -213,35 +216,48 @@ func (m *TypeManager) freePort() (int, error) {
 }
 
 // startRestored configures the placed cluster in dir as rc says,
-// records it, starts its server and, for a point-in-time restore, waits
-// until it has promoted.
+// records it, starts its server and waits until it has promoted onto a
+// new timeline: a clone never writes WAL under its origin's segment
+// names. Its data directory, root's until now, is handed over to acct
+// once root has written its configuration.
 func (m *TypeManager) startRestored(ctx context.Context, dir string, rc restoredCluster, src pe.ProtectedEntity, bk backupFacts, rec *recovery, acct account) error {
-	srv := m.serverIn(dir)
+	srv := m.serverIn(dir, acct)
 	rc.Restored = time.Now().UTC()
 	settings := []string{
 		"port = " + fmt.Sprint(rc.Port),
 		"listen_addresses = " + confQuote(m.cfg.Restore.ListenAddress),
 		// The restored cluster must not archive into its origin's archive.
 		"archive_mode = off",
+		"archive_command = ''",
 		"primary_conninfo = ''",
+		"recovery_target_action = 'promote'",
 	}
-	if len(filepath.Join(dir, ".s.PGSQL.65535")) <= maxSocketPath {
-		rc.SocketDir = dir
-		settings = append(settings, "unix_socket_directories = "+confQuote(dir))
+	sockets := filepath.Join(dir, socketDir)
+	if len(filepath.Join(sockets, ".s.PGSQL.65535")) <= maxSocketPath {
+		rc.SocketDir = sockets
+		settings = append(settings, "unix_socket_directories = "+confQuote(sockets))
+		if err := ownedDirAt(sockets, acct); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
 	} else {
 		settings = append(settings, "unix_socket_directories = ''")
 	}
+	if err := ownedFileAt(srv.logFile, acct); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
 	if rec != nil {
 		stage := filepath.Join(dir, walDir)
-		os.RemoveAll(stage)
-		if err := ownedDir(stage, acct); err != nil {
+		if err := os.RemoveAll(stage); err != nil {
+			return err
+		}
+		if err := ownedDirAt(stage, acct); err != nil {
 			return err
 		}
 		cmd, err := rec.wal.Stage(ctx, bk.cluster, bk.systemID, bk.timeline, bk.startLSN, rec.target, stage)
 		if err != nil {
 			return fmt.Errorf("point-in-time restore: %w", err)
 		}
-		settings = append(settings, "restore_command = "+confQuote(cmd), "recovery_target_action = 'promote'")
+		settings = append(settings, "restore_command = "+confQuote(cmd))
 		if !rec.target.Time.IsZero() {
 			rc.RecoveryTo = rec.target.Time.UTC().Format(time.RFC3339Nano)
 			settings = append(settings, "recovery_target_time = "+confQuote(rec.target.Time.UTC().Format("2006-01-02 15:04:05.999999")+"+00"))
@@ -249,12 +265,18 @@ func (m *TypeManager) startRestored(ctx context.Context, dir string, rc restored
 			rc.RecoveryTo = rec.target.LSN
 			settings = append(settings, "recovery_target_lsn = "+confQuote(rec.target.LSN))
 		}
-		if err := ownedFile(filepath.Join(srv.dataDir, "recovery.signal"), nil, acct); err != nil {
-			return err
-		}
+	} else {
+		// The WAL of the base backup only: the end of the backup, then
+		// promotion.
+		settings = append(settings, "restore_command = 'false'", "recovery_target = 'immediate'")
 	}
-	if err := appendOwnedFile(filepath.Join(srv.dataDir, "postgresql.auto.conf"),
-		"\n# restored by astrolabe from "+src.ID().String()+"\n"+strings.Join(settings, "\n")+"\n", acct); err != nil {
+	if err := writeConfig(srv.dataDir, src, settings, pe.Untrusted(src)); err != nil {
+		return fmt.Errorf("configure the restored server: %w", err)
+	}
+	if err := createFile(filepath.Join(srv.dataDir, "recovery.signal"), nil); err != nil {
+		return err
+	}
+	if err := handOver(srv.dataDir, acct); err != nil {
 		return err
 	}
 	if err := writeRestored(dir, rc); err != nil {
@@ -266,18 +288,21 @@ func (m *TypeManager) startRestored(ctx context.Context, dir string, rc restored
 	if err := srv.start(ctx); err != nil {
 		return err
 	}
-	if rec == nil {
-		return nil
-	}
 	if err := srv.waitPromoted(ctx); err != nil {
 		return err
 	}
 	// Promoted, the server reads no more archived WAL: what was staged
 	// for it is only taking room.
-	if err := os.RemoveAll(filepath.Join(dir, walDir)); err != nil {
-		slog.Warn("restored cluster promoted, but its staged WAL is left", "dir", filepath.Join(dir, walDir), "err", err)
-	}
+	removeLogged(filepath.Join(dir, walDir))
 	return nil
+}
+
+// removeLogged removes path, logging a failure (for cleanups whose
+// failure leaves only room taken).
+func removeLogged(path string) {
+	if err := os.RemoveAll(path); err != nil {
+		slog.Warn("left behind", "path", path, "err", err)
+	}
 }
 
 // confQuote quotes s as a postgresql.conf string.
@@ -296,7 +321,7 @@ type backupFacts struct {
 // dir and plans its recovery to target. The recovery is planned before the
 // cluster appears, so that a target out of range is refused with nothing
 // made; where src's metadata says enough, before anything is written.
-func (m *TypeManager) extractPlanned(ctx context.Context, src pe.ProtectedEntity, dir string, target RecoveryTarget, acct account, opts pe.CopyOptions) (backupFacts, *recovery, error) {
+func (m *TypeManager) extractPlanned(ctx context.Context, src pe.ProtectedEntity, dir string, target RecoveryTarget, opts pe.CopyOptions) (backupFacts, *recovery, error) {
 	bk := backupFacts{cluster: src.ID().Name()}
 	md, err := sourceMetadata(ctx, src)
 	if err != nil {
@@ -314,16 +339,16 @@ func (m *TypeManager) extractPlanned(ctx context.Context, src pe.ProtectedEntity
 			}
 		}
 	}
-	if err := m.extract(ctx, src, dir, acct, opts, &bk); err != nil {
+	if err := m.extract(ctx, src, dir, opts, &bk); err != nil {
 		return bk, nil, err
 	}
 	rec, err := m.planRecovery(ctx, src, bk, target)
 	return bk, rec, err
 }
 
-// extract writes src's base backup into the new data directory dir,
-// owned by acct, and reads what it needs to know of it into bk.
-func (m *TypeManager) extract(ctx context.Context, src pe.ProtectedEntity, dir string, acct account, opts pe.CopyOptions, bk *backupFacts) error {
+// extract writes src's base backup into the new data directory dir
+// (root's, private) and reads what it needs to know of it into bk.
+func (m *TypeManager) extract(ctx context.Context, src pe.ProtectedEntity, dir string, opts pe.CopyOptions, bk *backupFacts) error {
 	img, err := src.Data(ctx)
 	if err != nil {
 		return fmt.Errorf("%w: data of %s: %w", pe.ErrInvalidSource, src.ID(), err)
@@ -331,7 +356,7 @@ func (m *TypeManager) extract(ctx context.Context, src pe.ProtectedEntity, dir s
 	defer img.Close()
 	opts.StartProgress(img.Size())
 	r := bufio.NewReaderSize(&progressReader{ctx: ctx, r: pe.NewReader(img), opts: opts}, 1<<20)
-	if err := untar(ctx, r, dir, acct, opts.ExpansionLimit(src)); err != nil {
+	if err := untar(ctx, r, dir, opts.ExpansionLimit(src)); err != nil {
 		return err
 	}
 	label, err := os.ReadFile(filepath.Join(dir, "backup_label"))
@@ -343,30 +368,6 @@ func (m *TypeManager) extract(ctx context.Context, src pe.ProtectedEntity, dir s
 	}
 	if bk.systemID, err = readSystemID(filepath.Join(dir, "global", "pg_control")); err != nil {
 		return fmt.Errorf("%w: %s: %w", pe.ErrInvalidSource, src.ID(), err)
-	}
-	return ensureConfigFiles(dir, acct)
-}
-
-// ensureConfigFiles writes the configuration files a server needs in its
-// data directory where the backup has none: Debian's and Ubuntu's clusters
-// keep them in /etc/postgresql, outside the data directory and so outside
-// base backups. The restored server then runs with the defaults, the
-// settings of postgresql.auto.conf and the ones the restore adds, and
-// takes password logins over TCP and its account's over the socket.
-func ensureConfigFiles(dir string, acct account) error {
-	files := []struct{ name, text string }{
-		{"postgresql.conf", "# The base backup had no postgresql.conf (it was kept outside the data\n# directory); astrolabe's settings are in postgresql.auto.conf.\n"},
-		{"pg_hba.conf", "# Written by astrolabe: the base backup had no pg_hba.conf.\nlocal all all peer\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n"},
-		{"pg_ident.conf", ""},
-	}
-	for _, f := range files {
-		path := filepath.Join(dir, f.name)
-		if _, err := os.Lstat(path); err == nil {
-			continue
-		}
-		if err := ownedFile(path, []byte(f.text), acct); err != nil {
-			return err
-		}
 	}
 	return nil
 }
@@ -441,39 +442,4 @@ func (p *progressReader) Read(b []byte) (int, error) {
 	n, err := p.r.Read(b)
 	p.opts.AddProgress(int64(n))
 	return n, err
-}
-
-// ownedDir makes dir (if missing) owned by acct, mode 0700.
-func ownedDir(dir string, acct account) error {
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-		return err
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return err
-	}
-	return os.Lchown(dir, acct.uid, acct.gid)
-}
-
-// ownedFile writes a new file owned by acct, mode 0600.
-func ownedFile(path string, b []byte, acct account) error {
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		return err
-	}
-	return os.Lchown(path, acct.uid, acct.gid)
-}
-
-// appendOwnedFile appends text to a file owned by acct.
-func appendOwnedFile(path, text string, acct account) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.WriteString(text)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	return os.Lchown(path, acct.uid, acct.gid)
 }

@@ -21,6 +21,7 @@ const (
 	dataDir    = "data"
 	logFile    = "server.log"
 	walDir     = "wal" // where WAL for a point-in-time restore is staged
+	socketDir  = "socket"
 )
 
 // restoredCluster is the cluster.json of a restored cluster.
@@ -90,17 +91,15 @@ func writeRestored(dir string, rc restoredCluster) error {
 }
 
 // server is the server of the restored cluster name.
-func (m *TypeManager) server(name string) server {
-	return m.serverIn(m.clusterDir(name))
-}
-
-func (m *TypeManager) serverIn(dir string) server {
-	// An account that does not exist fails what runs as it (runuser
-	// names it); Copy checks it first.
+func (m *TypeManager) server(name string) (server, error) {
 	acct, err := lookupAccount(m.cfg.Restore.OSUser)
 	if err != nil {
-		acct.name = m.cfg.Restore.OSUser
+		return server{}, err
 	}
+	return m.serverIn(m.clusterDir(name), acct), nil
+}
+
+func (m *TypeManager) serverIn(dir string, acct account) server {
 	return server{acct: acct, binDir: m.cfg.Restore.BinDir, dataDir: filepath.Join(dir, dataDir), logFile: filepath.Join(dir, logFile)}
 }
 
@@ -109,7 +108,11 @@ func (m *TypeManager) removeRestored(ctx context.Context, name string) error {
 	if _, err := m.readRestored(name); err != nil {
 		return err
 	}
-	if err := m.server(name).stop(ctx); err != nil {
+	srv, err := m.server(name)
+	if err != nil {
+		return fmt.Errorf("remove pg:%s: %w", name, err)
+	}
+	if err := srv.stop(ctx); err != nil {
 		return fmt.Errorf("remove pg:%s: stop its server: %w", name, err)
 	}
 	if err := os.RemoveAll(m.clusterDir(name)); err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -12,7 +13,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // account is the operating-system account restored servers run as.
@@ -111,8 +115,24 @@ func (s server) waitPromoted(ctx context.Context) error {
 }
 
 // logTail is the end of the server's log, for errors.
+// It is read only if it is the regular file of the account's that the
+// restore made, never through a link.
 func (s server) logTail() string {
-	b, err := os.ReadFile(s.logFile)
+	f, err := os.OpenFile(s.logFile, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() || fi.Sys().(*syscall.Stat_t).Uid != uint32(s.acct.uid) {
+		return ""
+	}
+	if fi.Size() > maxLogTail {
+		if _, err := f.Seek(-maxLogTail, io.SeekEnd); err != nil {
+			return ""
+		}
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxLogTail))
 	if err != nil || len(b) == 0 {
 		return ""
 	}
@@ -122,6 +142,9 @@ func (s server) logTail() string {
 	}
 	return "\nserver log (" + s.logFile + "):\n" + strings.Join(lines, "\n")
 }
+
+// maxLogTail is what an error reads of the end of a server's log.
+const maxLogTail = 64 << 10
 
 // portFree reports whether addr:port can be listened on now.
 func portFree(addr string, port int) bool {

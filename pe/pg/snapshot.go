@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -216,9 +217,24 @@ SELECT name, setting FROM pg_settings WHERE source NOT IN ('default', 'override'
 		md.Tablespaces = append(md.Tablespaces, Tablespace{Name: string(row[0]), Location: string(row[1])})
 	}
 	for _, row := range res[2].Rows {
-		md.Settings[string(row[0])] = string(row[1])
+		if !secretSetting(string(row[0])) {
+			md.Settings[string(row[0])] = string(row[1])
+		}
 	}
 	return md, nil
+}
+
+// secretSetting reports whether the setting name may hold a password or
+// run a command (primary_conninfo, ssl_passphrase_command,
+// archive_command...): metadata goes to REST clients, zips and
+// repositories, and these stay out of it.
+func secretSetting(name string) bool {
+	for _, s := range []string{"conninfo", "password", "passphrase", "command", "secret"} {
+		if strings.Contains(name, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // readSnapshotInfo reads the info.json of a snapshot.

@@ -19,12 +19,12 @@ import (
 const maxTrailing = 1 << 20
 
 // untar extracts a base backup's tar stream into the new data directory
-// dir, every entry owned by acct and private to it (PostgreSQL wants its
-// data directory 0700). A base backup holds directories and regular files
+// dir, every entry root's and private (PostgreSQL wants its data
+// directory 0700) until handOver gives it to the restore account. A base backup holds directories and regular files
 // only: anything else, or a name that leaves dir, is refused as invalid
 // input. limit (if not negative) bounds the bytes written.
-func untar(ctx context.Context, r io.Reader, dir string, acct account, limit int64) error {
-	if err := ownedDir(dir, acct); err != nil {
+func untar(ctx context.Context, r io.Reader, dir string, limit int64) error {
+	if err := privateDir(dir); err != nil {
 		return err
 	}
 	tr := tar.NewReader(r)
@@ -48,19 +48,19 @@ func untar(ctx context.Context, r io.Reader, dir string, acct account, limit int
 			return fmt.Errorf("%w: base backup archive: member %q leaves the data directory", pe.ErrInvalidSource, h.Name)
 		}
 		path := filepath.Join(dir, filepath.FromSlash(name))
-		if err := ownedParents(dir, filepath.Dir(filepath.FromSlash(name)), acct); err != nil {
+		if err := makeParents(dir, filepath.Dir(filepath.FromSlash(name))); err != nil {
 			return err
 		}
 		switch h.Typeflag {
 		case tar.TypeDir:
-			if err := ownedDir(path, acct); err != nil {
+			if err := privateDir(path); err != nil {
 				return err
 			}
 		case tar.TypeReg:
 			if limit >= 0 && written+h.Size > limit {
 				return fmt.Errorf("restore would write more than %d bytes (--max-expansion): %w", limit, pe.ErrLimit)
 			}
-			if err := writeFile(path, tr, h, acct); err != nil {
+			if err := writeFile(path, tr, h); err != nil {
 				return err
 			}
 			written += h.Size
@@ -74,12 +74,12 @@ func untar(ctx context.Context, r io.Reader, dir string, acct account, limit int
 	return syncFS(dir)
 }
 
-// ownedParents makes the directories of rel under dir that are missing.
-func ownedParents(dir, rel string, acct account) error {
+// makeParents makes the directories of rel under dir that are missing.
+func makeParents(dir, rel string) error {
 	if rel == "." {
 		return nil
 	}
-	if err := ownedParents(dir, filepath.Dir(rel), acct); err != nil {
+	if err := makeParents(dir, filepath.Dir(rel)); err != nil {
 		return err
 	}
 	p := filepath.Join(dir, rel)
@@ -89,18 +89,15 @@ func ownedParents(dir, rel string, acct account) error {
 		}
 		return nil
 	}
-	return ownedDir(p, acct)
+	return privateDir(p)
 }
 
-func writeFile(path string, r io.Reader, h *tar.Header, acct account) error {
+func writeFile(path string, r io.Reader, h *tar.Header) error {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return fmt.Errorf("restore %s: %w", h.Name, err)
 	}
 	_, err = io.CopyN(f, r, h.Size)
-	if err == nil {
-		err = f.Chown(acct.uid, acct.gid)
-	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

@@ -42,8 +42,8 @@ func tarOf(t *testing.T, members ...member) []byte {
 	return b.Bytes()
 }
 
-// A base backup's archive is extracted owned by the server's account and
-// private to it; names that leave the data directory, links and archives
+// A base backup's archive is extracted private to root, then handed over
+// to the server's account; names that leave the data directory, links and archives
 // past the expansion bound are refused as invalid input, writing nothing
 // outside the directory.
 func TestUntar(t *testing.T) {
@@ -56,29 +56,32 @@ func TestUntar(t *testing.T) {
 	dir := filepath.Join(base, "data")
 	good := tarOf(t, member{name: "./global/", typ: tar.TypeDir}, member{name: "base/1/1259", typ: tar.TypeReg, body: "relation"},
 		member{name: "PG_VERSION", typ: tar.TypeReg, body: "15\n"})
-	if err := untar(ctx, bytes.NewReader(good), dir, acct, -1); err != nil {
+	if err := untar(ctx, bytes.NewReader(good), dir, -1); err != nil {
 		t.Fatal(err)
 	}
-	for _, rel := range []string{".", "global", "base", "base/1", "base/1/1259", "PG_VERSION"} {
-		fi, err := os.Stat(filepath.Join(dir, rel))
-		if err != nil {
-			t.Fatal(err)
-		}
-		st := fi.Sys().(*syscall.Stat_t)
-		want := os.FileMode(0o600)
-		if fi.IsDir() {
-			want = 0o700 | os.ModeDir
-		}
-		if int(st.Uid) != acct.uid || fi.Mode() != want {
-			t.Errorf("%s: uid %d mode %v, want %d %v", rel, st.Uid, fi.Mode(), acct.uid, want)
+	owners := func(uid int) {
+		t.Helper()
+		for _, rel := range []string{".", "global", "base", "base/1", "base/1/1259", "PG_VERSION"} {
+			fi, err := os.Lstat(filepath.Join(dir, rel))
+			if err != nil {
+				t.Fatal(err)
+			}
+			st := fi.Sys().(*syscall.Stat_t)
+			want := os.FileMode(0o600)
+			if fi.IsDir() {
+				want = 0o700 | os.ModeDir
+			}
+			if int(st.Uid) != uid || fi.Mode() != want {
+				t.Errorf("%s: uid %d mode %v, want %d %v", rel, st.Uid, fi.Mode(), uid, want)
+			}
 		}
 	}
-	if err := ensureConfigFiles(dir, acct); err != nil {
+	// root's while root writes in it, then the account's
+	owners(0)
+	if err := handOver(dir, acct); err != nil {
 		t.Fatal(err)
 	}
-	if b, err := os.ReadFile(filepath.Join(dir, "pg_hba.conf")); err != nil || !strings.Contains(string(b), "scram-sha-256") {
-		t.Errorf("pg_hba.conf for a backup without one: %q, %v", b, err)
-	}
+	owners(acct.uid)
 
 	for name, tc := range map[string]struct {
 		archive []byte
@@ -94,7 +97,7 @@ func TestUntar(t *testing.T) {
 		"garbage":   {[]byte(strings.Repeat("not a tar ", 100)), -1, pe.ErrInvalidSource},
 	} {
 		d := filepath.Join(base, name)
-		err := untar(ctx, bytes.NewReader(tc.archive), d, acct, tc.limit)
+		err := untar(ctx, bytes.NewReader(tc.archive), d, tc.limit)
 		if !errors.Is(err, tc.want) {
 			t.Errorf("%s: %v, want %v", name, err, tc.want)
 		}
