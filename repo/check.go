@@ -140,6 +140,11 @@ func (r *Repository) CheckWith(ctx context.Context, opts CheckOptions, progress 
 			}
 		}
 	}
+	walProblems, err := r.checkWAL(ctx, users, refs, byPack)
+	if err != nil {
+		return sum, err
+	}
+	problems = append(problems, walProblems...)
 	for _, p := range slices.Sorted(maps.Keys(byPack)) {
 		size, ok := r.packSize(ctx, packs, p)
 		for _, c := range byPack[p] {
@@ -327,8 +332,8 @@ type PruneSummary struct {
 	Incomplete   int // snapshot indexes without info (failed backups)
 }
 
-// Prune removes the packs no snapshot uses, and the leftovers of failed
-// backups. Packs that some snapshot uses stay whole (they are not
+// Prune removes the packs no snapshot or archived WAL file uses, and the
+// leftovers of failed backups. Packs that some snapshot uses stay whole (they are not
 // repacked), so chunk positions in snapshot indexes never move.
 //
 // Prune holds the exclusive lock throughout: no backup runs meanwhile
@@ -352,6 +357,9 @@ func (r *Repository) Prune(ctx context.Context) (PruneSummary, error) {
 	if err != nil {
 		return sum, err
 	}
+	if err := r.markWALUsed(ctx, used); err != nil {
+		return sum, fmt.Errorf("prune: %w (run check)", err)
+	}
 	if err := r.refreshIndex(ctx); err != nil {
 		return sum, fmt.Errorf("prune: %w", err)
 	}
@@ -364,6 +372,9 @@ func (r *Repository) Prune(ctx context.Context) (PruneSummary, error) {
 	}
 	if _, err := r.markUsed(ctx, used, seen); err != nil {
 		return sum, err
+	}
+	if err := r.markWALUsed(ctx, used); err != nil {
+		return sum, fmt.Errorf("prune: %w (run check)", err)
 	}
 	var remove []string
 	for _, id := range slices.Sorted(maps.Keys(sizes)) {

@@ -48,8 +48,25 @@ type RootConfig struct {
 // config directory, against which relative paths are resolved.
 type Factory func(dir string, raw json.RawMessage) (pe.TypeManager, error)
 
+// FactoryOption changes what the factories build.
+type FactoryOption func(*factoryOptions)
+
+type factoryOptions struct {
+	pgWAL pepg.WALSource
+}
+
+// PGWAL gives the pg type's point-in-time restores their WAL: the WAL
+// archived in the appliance's repository.
+func PGWAL(src pepg.WALSource) FactoryOption {
+	return func(o *factoryOptions) { o.pgWAL = src }
+}
+
 // Factories returns the PE types this build knows.
-func Factories() map[string]Factory {
+func Factories(opts ...FactoryOption) map[string]Factory {
+	var o factoryOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	return map[string]Factory{
 		"fs": func(dir string, raw json.RawMessage) (pe.TypeManager, error) {
 			root, err := rootOf(dir, raw)
@@ -70,7 +87,7 @@ func Factories() map[string]Factory {
 			if err != nil {
 				return nil, err
 			}
-			return pepg.NewTypeManager(cfg, nil)
+			return pepg.NewTypeManager(cfg, o.pgWAL)
 		},
 		"ivd": func(dir string, raw json.RawMessage) (pe.TypeManager, error) {
 			cfg, err := vsphereConfig("ivd", dir, raw)

@@ -138,7 +138,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err := opts.checkInsecure(); err != nil {
 		return err
 	}
-	m, err := config.Load(opts.ConfigDir, config.Factories())
+	m, err := config.Load(opts.ConfigDir, factories(opts.Repository))
 	if err != nil {
 		return err
 	}
@@ -205,6 +205,16 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	wal, err := startWAL(ctx, opts)
+	if err != nil {
+		return err
+	}
+	// Each receiver stores what it received of its open segment before
+	// the repository is closed; on an early return they are stopped.
+	defer func() {
+		stop()
+		wal.wait()
+	}()
 	// Uploads into the S3 copy bucket are restored as tasks of tm.
 	uploads := s3export.UploadOptions{Restorer: uc, Tasks: tm, TaskContext: taskCtx}
 	s3h, err := newS3Handler(opts, m, ls.s3, &ep, uploads)
@@ -215,6 +225,7 @@ func Run(ctx context.Context, opts Options) error {
 		go s3h.Janitor(ctx)
 	}
 	met := newMetrics(tm, src, s3h)
+	wal.register(met.reg)
 	if s3h != nil {
 		ep.S3 = run.serveHTTP("S3", ls.s3, met.instrumentS3(s3h), certs.http, opts.HTTP, log)
 	}

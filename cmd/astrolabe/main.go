@@ -126,6 +126,7 @@ verb's arguments; '--' ends them. --help anywhere prints the verb's help;
 			backupCommand(),
 			restoreCommand(),
 			instantCommand(),
+			pgCommand(),
 		},
 	}
 	reportUsageErrors(app.Commands, "astrolabe")

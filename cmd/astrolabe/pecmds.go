@@ -14,6 +14,7 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/appliance/daemon"
 	"github.com/astrolabe-appliance/astrolabe/appliance/remote"
 	"github.com/astrolabe-appliance/astrolabe/appliance/usecase"
+	"github.com/astrolabe-appliance/astrolabe/appliance/walarchive"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/repo"
 )
@@ -21,6 +22,12 @@ import (
 // loadManager returns the PEs to work on: those of the configuration
 // directory, or those of a running appliance with --server.
 func loadManager(c *cli.Context) (pe.Manager, error) {
+	return loadManagerWith(c, nil)
+}
+
+// loadManagerWith is loadManager whose pg restores read the WAL archived
+// in r (if not nil).
+func loadManagerWith(c *cli.Context, r *repo.Repository) (pe.Manager, error) {
 	if url := c.String("server"); url != "" {
 		ca := c.String("server-ca")
 		if ca == "" {
@@ -32,13 +39,16 @@ func loadManager(c *cli.Context) (pe.Manager, error) {
 		}
 		return remote.New(remote.Options{URL: url, Token: c.String("token"), CAFile: ca})
 	}
+	if r != nil {
+		return config.Load(c.String("config"), config.Factories(config.PGWAL(walarchive.Source{Repo: r})))
+	}
 	return config.Load(c.String("config"), config.Factories())
 }
 
 // useCases are the use cases over the PEs of loadManager, backing up to
 // and restoring from r if it is not nil.
 func useCases(c *cli.Context, r *repo.Repository) (*usecase.Service, error) {
-	m, err := loadManager(c)
+	m, err := loadManagerWith(c, r)
 	if err != nil {
 		return nil, err
 	}

@@ -57,8 +57,9 @@ type TypeManager struct {
 var _ pe.TypeManager = (*TypeManager)(nil)
 
 // NewTypeManager returns the manager of cfg's clusters. wal gives point-
-// in-time restores their WAL; nil means the clusters' walArchiveDir
-// (DirWAL), and a cluster without one has no archived WAL.
+// in-time restores their WAL (the appliance's repository archive), but for
+// the clusters with a walArchiveDir, which read theirs from there
+// (DirWAL); with wal nil a cluster without one has no archived WAL.
 func NewTypeManager(cfg Config, wal WALSource) (*TypeManager, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -70,14 +71,17 @@ func NewTypeManager(cfg Config, wal WALSource) (*TypeManager, error) {
 	if err := os.MkdirAll(filepath.Join(root, clustersDir), 0o711); err != nil {
 		return nil, fmt.Errorf("pg root: %w", err)
 	}
-	if wal == nil {
-		dirs := map[string]string{}
-		for _, cl := range cfg.Clusters {
-			if cl.WALArchiveDir != "" {
-				dirs[cl.Name] = cl.WALArchiveDir
-			}
+	dirs := map[string]string{}
+	for _, cl := range cfg.Clusters {
+		if cl.WALArchiveDir != "" {
+			dirs[cl.Name] = cl.WALArchiveDir
 		}
+	}
+	switch {
+	case wal == nil:
 		wal = DirWAL{Dirs: dirs}
+	case len(dirs) > 0:
+		wal = clusterWAL{dirs: DirWAL{Dirs: dirs}, other: wal}
 	}
 	return &TypeManager{cfg: cfg, root: root, snaps: snapdir.New(root), wal: wal}, nil
 }

@@ -25,3 +25,25 @@ type WALSource interface {
 	// a gap in the archive before target is an error naming the missing segment.
 	Stage(ctx context.Context, cluster string, systemID uint64, timeline uint32, startLSN string, target RecoveryTarget, dir string) (restoreCommand string, err error)
 }
+
+// clusterWAL reads the WAL of the clusters with an archive directory of
+// their own from there, that of the others from other.
+type clusterWAL struct {
+	dirs  DirWAL
+	other WALSource
+}
+
+func (w clusterWAL) source(cluster string) WALSource {
+	if _, ok := w.dirs.Dirs[cluster]; ok {
+		return w.dirs
+	}
+	return w.other
+}
+
+func (w clusterWAL) Range(ctx context.Context, cluster string, systemID uint64) (time.Time, time.Time, error) {
+	return w.source(cluster).Range(ctx, cluster, systemID)
+}
+
+func (w clusterWAL) Stage(ctx context.Context, cluster string, systemID uint64, timeline uint32, startLSN string, target RecoveryTarget, dir string) (string, error) {
+	return w.source(cluster).Stage(ctx, cluster, systemID, timeline, startLSN, target, dir)
+}

@@ -262,3 +262,47 @@ func (s *Server) WaitReady(t testing.TB, d time.Duration) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// StartDataDir starts a server on a data directory made elsewhere (a
+// restored base backup, owned by OSUser) on a free port of 127.0.0.1,
+// with settings appended to its postgresql.conf, and stops it when the
+// test ends. Recovery settings and signal files are the caller's.
+func StartDataDir(t testing.TB, dataDir string, settings ...string) *Server {
+	t.Helper()
+	bin, err := BinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{BinDir: bin, DataDir: dataDir, SocketDir: filepath.Dir(dataDir), Host: "127.0.0.1", Port: FreePort(t)}
+	conf := append([]string{
+		"listen_addresses = '127.0.0.1'",
+		"port = " + strconv.Itoa(s.Port),
+		"unix_socket_directories = '" + s.SocketDir + "'",
+	}, settings...)
+	appendFile(t, filepath.Join(dataDir, "postgresql.conf"), strings.Join(conf, "\n")+"\n")
+	s.startServer(t)
+	t.Cleanup(func() { s.Stop(t) })
+	return s
+}
+
+// OwnedDir makes a new temporary directory owned by OSUser (mode 0700),
+// removed when the test ends: where a server's account writes (a base
+// backup, a data directory, staged WAL).
+func OwnedDir(t testing.TB) string {
+	t.Helper()
+	u, err := user.Lookup(OSUser)
+	if err != nil {
+		t.Fatalf("%v: %s", err, InstallHint)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	dir, err := os.MkdirTemp("", "pgtest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chown(dir, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}

@@ -1,0 +1,88 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/astrolabe-appliance/astrolabe/repo/backend"
+)
+
+func TestWALStoreReadPrune(t *testing.T) {
+	e := newEnv(t, nil, Options{Password: "pw"})
+	ctx := context.Background()
+	seg := make([]byte, 16*mib)
+	rand.Read(seg[:3*mib]) // the rest zeros, as the end of a switched segment
+	f := WALFile{Cluster: "main db", SystemID: 7311, Name: "000000010000000000000003", StartLSN: 3 << 24, EndLSN: 4 << 24}
+
+	partial := f
+	partial.Partial = true
+	if stored, err := e.r.PutWAL(ctx, partial, seg[:mib]); err != nil || !stored {
+		t.Fatalf("put partial: %v %v", stored, err)
+	}
+	got, data, err := e.r.ReadWAL(ctx, f.Cluster, f.SystemID, f.Name, true)
+	if err != nil || !got.Partial || !bytes.Equal(data, seg[:mib]) {
+		t.Fatalf("read partial: %+v %d bytes %v", got, len(data), err)
+	}
+	if _, _, err := e.r.ReadWAL(ctx, f.Cluster, f.SystemID, f.Name, false); !errors.Is(err, ErrWALNotFound) {
+		t.Fatalf("read complete before it is stored: %v", err)
+	}
+	if stored, err := e.r.PutWAL(ctx, f, seg); err != nil || !stored {
+		t.Fatalf("put: %v %v", stored, err)
+	}
+	// Again: nothing stored twice.
+	if stored, err := e.r.PutWAL(ctx, f, seg); err != nil || stored {
+		t.Fatalf("put again: %v %v", stored, err)
+	}
+	files, err := e.r.WALFiles(ctx, f.Cluster, f.SystemID)
+	if err != nil || len(files) != 1 || files[0].Partial || files[0].Size != 16*mib {
+		t.Fatalf("files: %+v %v (want the complete segment only: it replaced the partial one)", files, err)
+	}
+	if _, data, err = e.r.ReadWAL(ctx, f.Cluster, f.SystemID, f.Name, false); err != nil || !bytes.Equal(data, seg) {
+		t.Fatalf("read: %v", err)
+	}
+	st, err := e.r.Stats(ctx)
+	if err != nil || st.PackBytes > 4*mib+mib/2 {
+		t.Fatalf("a 16 MiB segment of 3 MiB data stored in %d bytes: %v", st.PackBytes, err)
+	}
+
+	// Prune keeps what WAL uses; check finds it sound.
+	if _, err := e.r.Prune(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if probs, err := e.r.Check(ctx, true, nil); err != nil || len(probs) != 0 {
+		t.Fatalf("check: %v %v", probs, err)
+	}
+	if _, data, err = e.r.ReadWAL(ctx, f.Cluster, f.SystemID, f.Name, false); err != nil || !bytes.Equal(data, seg) {
+		t.Fatalf("read after prune: %v", err)
+	}
+
+	// A segment moved under another name does not open as that one.
+	other := "000000010000000000000004"
+	raw, err := backend.ReadAll(ctx, e.be, walObjectName(f.Cluster, f.SystemID, f.Name, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.r.saveObject(ctx, walObjectName(f.Cluster, f.SystemID, other, false), raw); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.r.ReadWAL(ctx, f.Cluster, f.SystemID, other, false); err == nil || !strings.Contains(err.Error(), "damaged or not this file's") {
+		t.Fatalf("moved segment: %v", err)
+	}
+	if _, err := e.r.Prune(ctx); err == nil {
+		t.Fatal("prune went on past a WAL object it cannot read")
+	}
+
+	if n, err := e.r.ForgetWAL(ctx, f.Cluster, f.SystemID, "000000010000000000000004"); err != nil || n != 1 {
+		t.Fatalf("forget: %d %v", n, err)
+	}
+	if _, err := e.r.PutWAL(ctx, WALFile{Cluster: "a/b", Name: f.Name}, seg); err == nil {
+		t.Fatal("a cluster name with '/' was taken")
+	}
+	if _, err := e.r.PutWAL(ctx, WALFile{Cluster: "a", Name: "../config"}, seg); err == nil {
+		t.Fatal("a bad WAL name was taken")
+	}
+}
