@@ -25,12 +25,16 @@ type Partition struct {
 	Name   string // p1, p2, ... or disk
 	FSType string
 	Size   int64
+	// Root is the partition's mount point, opened once: no path looked
+	// up through it leaves the partition, by ".." or a symlink, for the
+	// directory above (which holds the mount's state file) or another
+	// partition.
+	Root *os.Root
 }
 
 type mount struct {
 	dir      string
 	parts    []Partition
-	root     *os.Root // dir, opened once: paths below it cannot leave it
 	users    int
 	lastUsed time.Time
 }
@@ -71,14 +75,13 @@ func New(ctx context.Context, dir string, idle time.Duration, log *slog.Logger) 
 }
 
 // Acquire mounts the partitions of snapshot p (or finds them mounted) and
-// returns the directory that holds them, one subdirectory per partition,
-// as an os.Root. The caller calls release when done with it.
-func (m *Manager) Acquire(ctx context.Context, p pe.ProtectedEntity) (root *os.Root, parts []Partition, release func(), err error) {
+// returns them. The caller calls release when done with them.
+func (m *Manager) Acquire(ctx context.Context, p pe.ProtectedEntity) (parts []Partition, release func(), err error) {
 	key := p.ID().String()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
-		return nil, nil, nil, errors.New("recovery mounts: the appliance is stopping")
+		return nil, nil, errors.New("recovery mounts: the appliance is stopping")
 	}
 	mt, ok := m.mounts[key]
 	if !ok {
@@ -87,24 +90,26 @@ func (m *Manager) Acquire(ctx context.Context, p pe.ProtectedEntity) (root *os.R
 		mounted, err := flr.Mount(ctx, p, dir)
 		if err != nil {
 			os.Remove(dir)
-			return nil, nil, nil, err
+			return nil, nil, err
 		}
-		root, err := os.OpenRoot(dir)
-		if err != nil {
-			return nil, nil, nil, errors.Join(fmt.Errorf("recovery mount of %s: %w", key, err), m.unmount(dir))
-		}
-		mt = &mount{dir: dir, root: root}
+		mt = &mount{dir: dir}
 		for _, pm := range mounted {
-			if pm.Dir != "" {
-				mt.parts = append(mt.parts, Partition{Name: pm.Name, FSType: pm.FSType, Size: pm.Size})
+			if pm.Dir == "" {
+				continue
 			}
+			root, err := os.OpenRoot(pm.Dir)
+			if err != nil {
+				mt.closeRoots()
+				return nil, nil, errors.Join(fmt.Errorf("recovery mount of %s: %w", key, err), m.unmount(dir))
+			}
+			mt.parts = append(mt.parts, Partition{Name: pm.Name, FSType: pm.FSType, Size: pm.Size, Root: root})
 		}
 		m.mounts[key] = mt
 		m.log.Info("recovery mount", "snapshot", key, "partitions", len(mt.parts))
 	}
 	mt.users++
 	var once sync.Once
-	return mt.root, mt.parts, func() {
+	return mt.parts, func() {
 		once.Do(func() {
 			m.mu.Lock()
 			defer m.mu.Unlock()
@@ -150,15 +155,35 @@ func (m *Manager) reapIdle(now time.Time) {
 
 // drop unmounts one mount; m.mu is held.
 func (m *Manager) drop(key string, mt *mount) {
-	// The root is the directory above the mount points: open, it keeps
-	// none of them busy.
+	// Open roots would keep the mount points busy: closed first, and
+	// opened again if the unmount fails.
+	mt.closeRoots()
 	if err := m.unmount(mt.dir); err != nil {
 		m.log.Warn("recovery mount: unmount", "snapshot", key, "err", err)
+		mt.reopenRoots(m.log)
 		return // tried again at the next tick, or at start
 	}
-	mt.root.Close()
 	delete(m.mounts, key)
 	m.log.Info("recovery mount taken down", "snapshot", key)
+}
+
+func (mt *mount) closeRoots() {
+	for _, p := range mt.parts {
+		p.Root.Close()
+	}
+}
+
+// reopenRoots opens the partitions' roots again after a failed unmount
+// (the mount stays, and its users may come back).
+func (mt *mount) reopenRoots(log *slog.Logger) {
+	for i, p := range mt.parts {
+		root, err := os.OpenRoot(filepath.Join(mt.dir, p.Name))
+		if err != nil {
+			log.Warn("recovery mount: reopen", "partition", p.Name, "err", err)
+			continue
+		}
+		mt.parts[i].Root = root
+	}
 }
 
 // Mounted lists the snapshots mounted now.

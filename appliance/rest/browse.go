@@ -282,18 +282,18 @@ func (s *server) mountSnapshot(ctx context.Context, p pe.ProtectedEntity, loc ap
 	if loc != api.Local {
 		return nil, badRequest("snapshot %s: the partitions of disk snapshots in the repository cannot be browsed yet: restore it first", p.ID())
 	}
-	root, parts, release, err := s.cfg.RecoveryMounts.Acquire(ctx, p)
+	parts, release, err := s.cfg.RecoveryMounts.Acquire(ctx, p)
 	if errors.Is(err, pe.ErrNotSupported) {
 		return nil, &httpError{http.StatusBadRequest, err}
 	}
 	if err != nil {
 		return nil, err
 	}
-	names := make([]string, len(parts))
-	for i, part := range parts {
-		names[i] = part.Name
+	roots := make(map[string]*os.Root, len(parts))
+	for _, part := range parts {
+		roots[part.Name] = part.Root
 	}
-	return mountTree{Mounted: browse.Mounted{Root: root, Partitions: names}, release: release}, nil
+	return mountTree{Mounted: browse.Mounted{Partitions: roots}, release: release}, nil
 }
 
 // browseError marks the browse package's refusals as the client's.

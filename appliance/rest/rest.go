@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -89,9 +88,9 @@ type Repository interface {
 // RecoveryMounts are the file-level-recovery mounts of disk snapshots
 // (package flrmount).
 type RecoveryMounts interface {
-	// Acquire mounts the partitions of p (or finds them mounted): root
-	// holds a directory per partition. The caller calls release.
-	Acquire(ctx context.Context, p pe.ProtectedEntity) (root *os.Root, parts []flrmount.Partition, release func(), err error)
+	// Acquire mounts the partitions of p (or finds them mounted), each
+	// with its own os.Root. The caller calls release.
+	Acquire(ctx context.Context, p pe.ProtectedEntity) (parts []flrmount.Partition, release func(), err error)
 }
 
 // Transports tells where a PE's data can be fetched (S3 URLs, NBD URIs).
