@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/astrolabe-appliance/astrolabe/api"
 	"github.com/astrolabe-appliance/astrolabe/appliance/browse"
@@ -446,7 +447,7 @@ func (s *server) DownloadSnapshotFolder(ctx context.Context, req api.DownloadSna
 		return nil, browseError(err)
 	}
 	name := "snapshot"
-	if dir != "" {
+	if dir != "" && zipSafe(path.Base(dir)) {
 		name = path.Base(dir)
 	}
 	return folderZip{ctx: ctx, tree: tree, dir: dir, name: name, log: s.log}, nil
@@ -485,9 +486,22 @@ func (z folderZip) write(zw *zip.Writer) error {
 	if _, err := zw.CreateHeader(&zip.FileHeader{Name: z.name + "/", Modified: time.Now()}); err != nil {
 		return err
 	}
-	return z.tree.Walk(z.dir, func(p string, e browse.Entry) error {
+	var leftOut []string // directories left out, with what is below them
+	err := z.tree.Walk(z.dir, func(p string, e browse.Entry) error {
 		if err := z.ctx.Err(); err != nil {
 			return err
+		}
+		for _, d := range leftOut {
+			if strings.HasPrefix(p, d+"/") {
+				return nil
+			}
+		}
+		if !zipSafe(path.Base(p)) {
+			z.log.Warn("zip of a snapshot folder: a name unsafe in a zip left out", "path", p)
+			if e.Kind == browse.KindDir {
+				leftOut = append(leftOut, p)
+			}
+			return nil
 		}
 		rel := z.name + "/" + strings.TrimPrefix(strings.TrimPrefix(p, z.dir), "/")
 		if e.Kind == browse.KindDir {
@@ -505,5 +519,18 @@ func (z folderZip) write(zw *zip.Writer) error {
 		}
 		_, err = io.Copy(out, f)
 		return err
+	})
+	return err
+}
+
+// zipSafe tells whether name, legal in a Linux filesystem, is safe as an
+// element of a zip entry's name. Windows extractors take "\" for a
+// separator (so "..\..\x" leaves the target folder) and ":" for a drive
+// or an NTFS stream, and control characters are what no extractor
+// agrees on. Such entries are left out rather than renamed, which could
+// collide with a name that is there.
+func zipSafe(name string) bool {
+	return !strings.ContainsFunc(name, func(r rune) bool {
+		return r == '\\' || r == ':' || unicode.IsControl(r)
 	})
 }

@@ -292,3 +292,47 @@ func fetchZip(t *testing.T, f *fixture, snap, dir string) *zip.Reader {
 	}
 	return zr
 }
+
+// TestZipLeavesOutUnsafeNames: names legal on Linux that Windows
+// extractors would take for separators, drives or streams ("\", ":"),
+// and names with control characters, are left out of a folder's zip,
+// with what is below them; the rest of the folder is there.
+func TestZipLeavesOutUnsafeNames(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	tree := filepath.Join(f.cfgDir, "fs", "b")
+	for _, p := range []string{`sub/..\..\evil.bat`, "sub/c:evil.txt", "sub/bell\a.txt", `bad\dir/inside.txt`, "sub/kept.txt"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(tree, p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(tree, p), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snapResp, err := f.client.CreateSnapshotWithResponse(ctx, "fs", "fs:b", api.CreateSnapshotJSONRequestBody{})
+	if err != nil || snapResp.JSON200 == nil {
+		t.Fatalf("snapshot: %v %s", err, body(snapResp))
+	}
+	var names []string
+	for _, zf := range fetchZip(t, f, *snapResp.JSON200, "").File {
+		if strings.ContainsAny(zf.Name, "\\:\a") {
+			t.Errorf("zip entry %q", zf.Name)
+		}
+		names = append(names, zf.Name)
+	}
+	joined := strings.Join(names, " ")
+	if !strings.Contains(joined, "snapshot/sub/kept.txt") || !strings.Contains(joined, "snapshot/README.txt") {
+		t.Errorf("zip of the root: %v", names)
+	}
+	if strings.Contains(joined, "inside.txt") {
+		t.Errorf("what is below a directory left out is in the zip: %v", names)
+	}
+	// A folder whose own name is unsafe: its zip is named snapshot.
+	var inside []string
+	for _, zf := range fetchZip(t, f, *snapResp.JSON200, `bad\dir`).File {
+		inside = append(inside, zf.Name)
+	}
+	if strings.Join(inside, " ") != "snapshot/ snapshot/inside.txt" {
+		t.Errorf(`zip of bad\dir: %v`, inside)
+	}
+}
