@@ -95,6 +95,7 @@ func (m *Manager) Acquire(ctx context.Context, p pe.ProtectedEntity) (parts []Pa
 		mt = &mount{dir: dir}
 		for _, pm := range mounted {
 			if pm.Dir == "" {
+				m.log.Info("recovery mount: partition left out", "snapshot", key, "partition", pm.Name, "why", pm.Skipped)
 				continue
 			}
 			root, err := os.OpenRoot(pm.Dir)
