@@ -18,6 +18,18 @@ import (
 // holds the mount's state file, nor for another partition.
 type Mounted struct {
 	Partitions map[string]*os.Root
+	// Names, if set, keeps the sorted names of directories between
+	// requests, under Key (the snapshot's ID: its tree never changes)
+	// and the directory's path, so that the pages of a large directory
+	// do not each read it whole.
+	Names DirNames
+	Key   string
+}
+
+// DirNames keeps directories' sorted names.
+type DirNames interface {
+	Get(key string) ([]string, bool)
+	Put(key string, names []string)
 }
 
 // resolve splits p into its partition's root and the path below it
@@ -43,9 +55,9 @@ func (m Mounted) names() []string {
 	return names
 }
 
-// List answers up to limit entries of dir after cursor. It reads the
-// whole directory to sort it: a 100,000-entry directory takes a few
-// megabytes for the length of the request, and pages still go out small.
+// List answers up to limit entries of dir after cursor. The first page
+// reads the whole directory to sort it; with m.Names the next ones look
+// up only their own entries.
 func (m Mounted) List(dir, cursor string, limit int) (Page, error) {
 	if err := CheckPath(dir); err != nil {
 		return Page{}, err
@@ -65,42 +77,56 @@ func (m Mounted) List(dir, cursor string, limit int) (Page, error) {
 	if err != nil {
 		return Page{}, err
 	}
-	f, err := root.Open(rel)
+	names, err := m.sortedNames(root, rel, dir)
 	if err != nil {
-		return Page{}, notFound(dir, err)
+		return Page{}, err
 	}
-	defer f.Close()
-	if fi, err := f.Stat(); err != nil || !fi.IsDir() {
-		return Page{}, fmt.Errorf("%s: not a directory: %w", dir, ErrBadPath)
-	}
-	all, err := f.ReadDir(-1)
-	if err != nil {
-		return Page{}, fmt.Errorf("directory %s: %w", dir, err)
-	}
-	byName := make(map[string]fs.DirEntry, len(all))
-	names := make([]string, 0, len(all))
-	for _, e := range all {
-		byName[e.Name()] = e
-		names = append(names, e.Name())
-	}
-	sort.Strings(names)
 	page, names, err := pageOf(names, cursor, limit)
 	if err != nil {
 		return Page{}, err
 	}
 	for _, n := range names {
-		page.Entries = append(page.Entries, entry(root, rel+"/"+n, byName[n]))
+		p := rel + "/" + n
+		e := Entry{Name: n, Kind: KindOther}
+		if fi, err := root.Lstat(p); err == nil {
+			e = entry(root, p, fi)
+		}
+		page.Entries = append(page.Entries, e)
 	}
 	return page, nil
 }
 
-// entry describes d, at p below root.
-func entry(root *os.Root, p string, d fs.DirEntry) Entry {
-	e := Entry{Name: d.Name(), Kind: KindOther}
-	fi, err := d.Info()
-	if err != nil {
-		return e
+// sortedNames answers the names in directory rel of root (dir in the
+// whole tree), sorted, from m.Names when it has them.
+func (m Mounted) sortedNames(root *os.Root, rel, dir string) ([]string, error) {
+	key := m.Key + "\x00" + dir
+	if m.Names != nil {
+		if names, ok := m.Names.Get(key); ok {
+			return names, nil
+		}
 	}
+	f, err := root.Open(rel)
+	if err != nil {
+		return nil, notFound(dir, err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("%s: not a directory: %w", dir, ErrBadPath)
+	}
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return nil, fmt.Errorf("directory %s: %w", dir, err)
+	}
+	sort.Strings(names)
+	if m.Names != nil {
+		m.Names.Put(key, names)
+	}
+	return names, nil
+}
+
+// entry describes fi, at p below root.
+func entry(root *os.Root, p string, fi fs.FileInfo) Entry {
+	e := Entry{Name: fi.Name(), Kind: KindOther}
 	e.Modified = fi.ModTime()
 	switch {
 	case fi.IsDir():
@@ -192,7 +218,11 @@ func walk(root *os.Root, dir, rel string, fn func(p string, e Entry) error) erro
 		if p == rel {
 			return nil
 		}
-		e := entry(root, p, d)
+		fi, err := d.Info()
+		if err != nil {
+			return nil // gone: not in the tree
+		}
+		e := entry(root, p, fi)
 		if e.Kind == KindDir || e.Kind == KindFile {
 			if rel != "." {
 				p = strings.TrimPrefix(p, rel+"/")

@@ -336,3 +336,25 @@ func TestZipLeavesOutUnsafeNames(t *testing.T) {
 		t.Errorf(`zip of bad\dir: %v`, inside)
 	}
 }
+
+// TestLRUBound: the cache keeps what was used last within its bound in
+// cost, and keeps nothing costlier than the bound.
+func TestLRUBound(t *testing.T) {
+	c := newLRU(5, func(names []string) int { return len(names) })
+	c.put("a", []string{"1", "2"})
+	c.put("b", []string{"1", "2"})
+	c.get("a")
+	c.put("c", []string{"1", "2"}) // over 5: b, the least recently used, goes
+	if _, ok := c.get("b"); ok {
+		t.Error("b stayed over the bound")
+	}
+	for _, k := range []string{"a", "c"} {
+		if _, ok := c.get(k); !ok {
+			t.Errorf("%s went", k)
+		}
+	}
+	c.put("huge", make([]string, 6))
+	if _, ok := c.get("huge"); ok || c.total != 4 {
+		t.Errorf("an entry over the bound: kept %v, total %d", ok, c.total)
+	}
+}

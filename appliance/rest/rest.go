@@ -20,6 +20,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/astrolabe-appliance/astrolabe/api"
+	"github.com/astrolabe-appliance/astrolabe/appliance/browse"
 	"github.com/astrolabe-appliance/astrolabe/appliance/flrmount"
 	"github.com/astrolabe-appliance/astrolabe/appliance/jobs"
 	"github.com/astrolabe-appliance/astrolabe/appliance/redact"
@@ -143,7 +144,8 @@ func NewHandler(cfg Config) http.Handler {
 		cfg.Context = context.Background()
 	}
 	s := &server{cfg: cfg, uc: cfg.UseCases, m: cfg.UseCases.Manager(), log: cfg.Logger,
-		sessions: newSessions(sessionLifetime, maxSessions), indexes: newIndexCache(maxIndexes)}
+		sessions: newSessions(sessionLifetime, maxSessions), indexes: newLRU(maxIndexes, func(*browse.Index) int { return 1 }),
+		dirNames: dirNames{newLRU(maxDirNames, func(names []string) int { return len(names) })}}
 	strict := api.NewStrictHandlerWithOptions(s, nil, api.StrictHTTPServerOptions{
 		RequestErrorHandlerFunc:  s.requestError,
 		ResponseErrorHandlerFunc: s.responseError,
@@ -168,7 +170,8 @@ type server struct {
 	m        pe.Manager
 	log      *slog.Logger
 	sessions *sessions
-	indexes  *indexCache
+	indexes  *lru[*browse.Index]
+	dirNames dirNames
 }
 
 var _ api.StrictServerInterface = (*server)(nil)
