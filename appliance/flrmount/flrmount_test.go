@@ -2,16 +2,20 @@ package flrmount
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/appliance/browse"
 	"github.com/astrolabe-appliance/astrolabe/appliance/config"
+	"github.com/astrolabe-appliance/astrolabe/appliance/flr"
 	"github.com/astrolabe-appliance/astrolabe/appliance/samples"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 )
@@ -207,4 +211,110 @@ func TestShareIdleAndClose(t *testing.T) {
 		t.Errorf("after a restart, %s holds %v", mdir, left)
 	}
 	mm.Close()
+}
+
+// fakeMounts stands for flr in TestMountOutsideTheLock: a snapshot's
+// mount makes a directory per partition and waits for its gate, if it
+// has one, or for its context.
+type fakeMounts struct {
+	mu    sync.Mutex
+	gates map[string]chan struct{}
+	made  map[string]int
+}
+
+func (f *fakeMounts) mount(ctx context.Context, p pe.ProtectedEntity, dir string) ([]flr.Mounted, error) {
+	f.mu.Lock()
+	f.made[p.ID().String()]++
+	gate := f.gates[p.ID().String()]
+	f.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "p1"), 0o755); err != nil {
+		return nil, err
+	}
+	return []flr.Mounted{{Name: "p1", Dir: filepath.Join(dir, "p1"), FSType: "ext4"}}, nil
+}
+
+func unmountFake(_ context.Context, dir string) error { return os.RemoveAll(dir) }
+
+// TestMountOutsideTheLock: while one snapshot's mount is being made,
+// another snapshot's users and Mounted are served; the first snapshot's
+// users share the one mount being made; a user that gives up leaves it
+// to the others; a mount that hangs is given up after the timeout, and
+// the next user tries again.
+func TestMountOutsideTheLock(t *testing.T) {
+	ctx := context.Background()
+	slow, quick := diskSnapshot(t, t.TempDir()), diskSnapshot(t, t.TempDir())
+	fake := &fakeMounts{gates: map[string]chan struct{}{slow.ID().String(): make(chan struct{})}, made: map[string]int{}}
+	mm := &Manager{dir: filepath.Join(t.TempDir(), "flr"), idle: time.Hour, timeout: time.Hour,
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)), mountFS: fake.mount, unmountFS: unmountFake}
+	if err := mm.start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer mm.Close()
+
+	type result struct {
+		parts []Partition
+		err   error
+	}
+	results := make(chan result, 2)
+	for range 2 {
+		go func() {
+			parts, _, err := mm.Acquire(ctx, slow)
+			results <- result{parts, err}
+		}()
+	}
+	// A user that gives up waiting.
+	cctx, cancel := context.WithCancel(ctx)
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, _, err := mm.Acquire(cctx, slow)
+		gaveUp <- err
+	}()
+	cancel()
+	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+		t.Errorf("a user that gave up: %v", err)
+	}
+	// The slow mount is being made: the quick one is served meanwhile.
+	parts, release, err := mm.Acquire(ctx, quick)
+	if err != nil || len(parts) != 1 {
+		t.Fatalf("another snapshot while one is being mounted: %v %v", parts, err)
+	}
+	release()
+	if got := mm.Mounted(); len(got) != 1 || got[0] != quick.ID().String() {
+		t.Errorf("mounted while the slow one is being made: %v", got)
+	}
+	close(fake.gates[slow.ID().String()])
+	a, b := <-results, <-results
+	if a.err != nil || b.err != nil || a.parts[0].Root != b.parts[0].Root {
+		t.Fatalf("the slow snapshot's users: %v %v", a.err, b.err)
+	}
+	if n := fake.made[slow.ID().String()]; n != 1 {
+		t.Errorf("the slow snapshot was mounted %d times for its three users", n)
+	}
+
+	// A mount that hangs is given up after the timeout; the next user
+	// tries again.
+	hung := diskSnapshot(t, t.TempDir())
+	fake.mu.Lock()
+	fake.gates[hung.ID().String()] = make(chan struct{})
+	fake.mu.Unlock()
+	mm.mu.Lock()
+	mm.timeout = 10 * time.Millisecond
+	mm.mu.Unlock()
+	if _, _, err := mm.Acquire(ctx, hung); !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "gave up") {
+		t.Errorf("a hung mount: %v", err)
+	}
+	close(fake.gates[hung.ID().String()])
+	if _, _, err := mm.Acquire(ctx, hung); err != nil {
+		t.Errorf("after a hung mount, the next one: %v", err)
+	}
+	if n := fake.made[hung.ID().String()]; n != 2 {
+		t.Errorf("the hung snapshot was tried %d times, want 2", n)
+	}
 }
