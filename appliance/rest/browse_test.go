@@ -358,3 +358,31 @@ func TestLRUBound(t *testing.T) {
 		t.Errorf("an entry over the bound: kept %v, total %d", ok, c.total)
 	}
 }
+
+// TestBadPathMessages: a bad path's error says what is wrong with the
+// path the client sent, whole (not an absolute path cut to its last
+// element by the API's redaction).
+func TestBadPathMessages(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	snapResp, err := f.client.CreateSnapshotWithResponse(ctx, "fs", "fs:a", api.CreateSnapshotJSONRequestBody{})
+	if err != nil || snapResp.JSON200 == nil {
+		t.Fatalf("snapshot: %v %s", err, body(snapResp))
+	}
+	for p, want := range map[string]string{
+		"/etc/passwd":      "path starts with a slash",
+		"docs/":            "path ends with a slash",
+		"docs//notes":      "empty element",
+		"docs/../../etc":   `a ".." element`,
+		"./docs":           `a "." element`,
+		"docs/\x00/passwd": "NUL byte",
+	} {
+		r, err := f.client.DownloadSnapshotFileWithResponse(ctx, *snapResp.JSON200, &api.DownloadSnapshotFileParams{Path: &p})
+		if err != nil || r.StatusCode() != 400 || r.JSON400 == nil {
+			t.Fatalf("path %q: %v %d", p, err, r.StatusCode())
+		}
+		if !strings.Contains(r.JSON400.Message, want) {
+			t.Errorf("path %q: %q, want %q in it", p, r.JSON400.Message, want)
+		}
+	}
+}
