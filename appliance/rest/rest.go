@@ -157,10 +157,21 @@ func NewHandler(cfg Config) http.Handler {
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed on "+r.URL.Path)
 	})
-	return api.HandlerWithOptions(strict, api.ChiServerOptions{
+	return noRendering(api.HandlerWithOptions(strict, api.ChiServerOptions{
 		BaseRouter:       r,
 		Middlewares:      []api.MiddlewareFunc{s.authenticate},
 		ErrorHandlerFunc: s.requestError,
+	}))
+}
+
+// noRendering tells browsers that no answer of the API is a page: not
+// to sniff one (an error message quoting a client's "<script>") and to
+// load and run nothing from one.
+func noRendering(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.Header().Set("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+		next.ServeHTTP(w, r)
 	})
 }
 
