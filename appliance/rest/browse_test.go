@@ -207,8 +207,8 @@ func TestSessions(t *testing.T) {
 		t.Fatalf("login: %d", resp.StatusCode)
 	}
 	c := resp.Cookies()[0]
-	if !c.Secure || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Path != "/" {
-		t.Errorf("session cookie %+v: want Secure, HttpOnly, SameSite=Strict, Path=/", c)
+	if c.Name != "__Host-astrolabe_session" || !c.Secure || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Path != "/" || c.Domain != "" {
+		t.Errorf("session cookie %+v: want __Host-astrolabe_session, Secure, HttpOnly, SameSite=Strict, Path=/, no Domain", c)
 	}
 	cookie := c.Name + "=" + c.Value
 
