@@ -1521,7 +1521,8 @@ type ClientInterface interface {
 	// LoginWithBody Log in with the API token; sets the session cookie
 	//
 	// Exchanges the API token for a session: the answer sets the
-	// `astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict) and
+	// `__Host-astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict,
+	// Path=/; the `__Host-` prefix keeps other hosts from setting it) and
 	// carries the CSRF token to send in `X-CSRF-Token` on every request
 	// but GET and HEAD. Sessions last 8 hours and end with the
 	// appliance. A wrong token answers 401 and makes no session.
@@ -1534,7 +1535,8 @@ type ClientInterface interface {
 	// Login Log in with the API token; sets the session cookie
 	//
 	// Exchanges the API token for a session: the answer sets the
-	// `astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict) and
+	// `__Host-astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict,
+	// Path=/; the `__Host-` prefix keeps other hosts from setting it) and
 	// carries the CSRF token to send in `X-CSRF-Token` on every request
 	// but GET and HEAD. Sessions last 8 hours and end with the
 	// appliance. A wrong token answers 401 and makes no session.
@@ -2669,7 +2671,8 @@ func (c *Client) GetSession(ctx context.Context, reqEditors ...RequestEditorFn) 
 // LoginWithBody Log in with the API token; sets the session cookie
 //
 // Exchanges the API token for a session: the answer sets the
-// `astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict) and
+// `__Host-astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict,
+// Path=/; the `__Host-` prefix keeps other hosts from setting it) and
 // carries the CSRF token to send in `X-CSRF-Token` on every request
 // but GET and HEAD. Sessions last 8 hours and end with the
 // appliance. A wrong token answers 401 and makes no session.
@@ -2692,7 +2695,8 @@ func (c *Client) LoginWithBody(ctx context.Context, contentType string, body io.
 // Login Log in with the API token; sets the session cookie
 //
 // Exchanges the API token for a session: the answer sets the
-// `astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict) and
+// `__Host-astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict,
+// Path=/; the `__Host-` prefix keeps other hosts from setting it) and
 // carries the CSRF token to send in `X-CSRF-Token` on every request
 // but GET and HEAD. Sessions last 8 hours and end with the
 // appliance. A wrong token answers 401 and makes no session.
@@ -5403,7 +5407,8 @@ type ClientWithResponsesInterface interface {
 	// LoginWithBodyWithResponse Log in with the API token; sets the session cookie
 	//
 	// Exchanges the API token for a session: the answer sets the
-	// `astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict) and
+	// `__Host-astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict,
+	// Path=/; the `__Host-` prefix keeps other hosts from setting it) and
 	// carries the CSRF token to send in `X-CSRF-Token` on every request
 	// but GET and HEAD. Sessions last 8 hours and end with the
 	// appliance. A wrong token answers 401 and makes no session.
@@ -5416,7 +5421,8 @@ type ClientWithResponsesInterface interface {
 	// LoginWithResponse Log in with the API token; sets the session cookie
 	//
 	// Exchanges the API token for a session: the answer sets the
-	// `astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict) and
+	// `__Host-astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict,
+	// Path=/; the `__Host-` prefix keeps other hosts from setting it) and
 	// carries the CSRF token to send in `X-CSRF-Token` on every request
 	// but GET and HEAD. Sessions last 8 hours and end with the
 	// appliance. A wrong token answers 401 and makes no session.
@@ -9251,7 +9257,8 @@ func (c *ClientWithResponses) GetSessionWithResponse(ctx context.Context, reqEdi
 // LoginWithBodyWithResponse Log in with the API token; sets the session cookie
 //
 // Exchanges the API token for a session: the answer sets the
-// `astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict) and
+// `__Host-astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict,
+// Path=/; the `__Host-` prefix keeps other hosts from setting it) and
 // carries the CSRF token to send in `X-CSRF-Token` on every request
 // but GET and HEAD. Sessions last 8 hours and end with the
 // appliance. A wrong token answers 401 and makes no session.
@@ -9270,7 +9277,8 @@ func (c *ClientWithResponses) LoginWithBodyWithResponse(ctx context.Context, con
 // LoginWithResponse Log in with the API token; sets the session cookie
 //
 // Exchanges the API token for a session: the answer sets the
-// `astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict) and
+// `__Host-astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict,
+// Path=/; the `__Host-` prefix keeps other hosts from setting it) and
 // carries the CSRF token to send in `X-CSRF-Token` on every request
 // but GET and HEAD. Sessions last 8 hours and end with the
 // appliance. A wrong token answers 401 and makes no session.

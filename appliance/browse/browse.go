@@ -30,15 +30,25 @@ func CheckPath(p string) error {
 	if p == "" {
 		return nil
 	}
-	if len(p) > 4096 {
-		return fmt.Errorf("path of %d bytes: %w", len(p), ErrBadPath)
+	// The messages do not quote p: the API cuts absolute paths in its
+	// errors to their last element (package redact), and the client
+	// knows what it sent.
+	switch {
+	case len(p) > 4096:
+		return fmt.Errorf("path of %d bytes: at most 4096: %w", len(p), ErrBadPath)
+	case strings.HasPrefix(p, "/"):
+		return fmt.Errorf("path starts with a slash: paths are relative to the snapshot's root (empty for the root): %w", ErrBadPath)
+	case strings.HasSuffix(p, "/"):
+		return fmt.Errorf("path ends with a slash: %w", ErrBadPath)
+	case strings.ContainsRune(p, 0):
+		return fmt.Errorf("path holds a NUL byte: %w", ErrBadPath)
 	}
 	for _, elem := range strings.Split(p, "/") {
-		switch {
-		case elem == "", elem == ".", elem == "..":
-			return fmt.Errorf("path %q: element %q: %w", p, elem, ErrBadPath)
-		case strings.ContainsRune(elem, 0):
-			return fmt.Errorf("path %q: NUL byte: %w", p, ErrBadPath)
+		switch elem {
+		case "":
+			return fmt.Errorf("path holds an empty element (two slashes in a row): %w", ErrBadPath)
+		case ".", "..":
+			return fmt.Errorf("path holds a %q element: paths name entries down from the snapshot's root: %w", elem, ErrBadPath)
 		}
 	}
 	return nil

@@ -12,72 +12,121 @@ import (
 )
 
 // Mounted is the tree of a disk snapshot's recovery mount (package
-// flrmount): its root holds one directory per mounted partition, and
-// every path is looked up through an os.Root, which no "..", absolute
-// path or symlink leaves.
+// flrmount): one directory per mounted partition, by name. Every path
+// is looked up through its partition's own os.Root, which no "..",
+// absolute path or symlink leaves: not for the directory above, which
+// holds the mount's state file, nor for another partition.
 type Mounted struct {
-	Root       *os.Root
-	Partitions []string
+	Partitions map[string]*os.Root
+	// Names, if set, keeps the sorted names of directories between
+	// requests, under Key (the snapshot's ID: its tree never changes)
+	// and the directory's path, so that the pages of a large directory
+	// do not each read it whole.
+	Names DirNames
+	Key   string
 }
 
-// List answers up to limit entries of dir after cursor. It reads the
-// whole directory to sort it: a 100,000-entry directory takes a few
-// megabytes for the length of the request, and pages still go out small.
+// DirNames keeps directories' sorted names.
+type DirNames interface {
+	Get(key string) ([]string, bool)
+	Put(key string, names []string)
+}
+
+// resolve splits p into its partition's root and the path below it
+// ("." for the partition itself).
+func (m Mounted) resolve(p string) (*os.Root, string, error) {
+	first, rest, _ := strings.Cut(p, "/")
+	root, ok := m.Partitions[first]
+	if !ok {
+		return nil, "", fmt.Errorf("partition %s: %w", first, errNotFound)
+	}
+	if rest == "" {
+		rest = "."
+	}
+	return root, rest, nil
+}
+
+func (m Mounted) names() []string {
+	names := make([]string, 0, len(m.Partitions))
+	for n := range m.Partitions {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// List answers up to limit entries of dir after cursor. The first page
+// reads the whole directory to sort it; with m.Names the next ones look
+// up only their own entries.
 func (m Mounted) List(dir, cursor string, limit int) (Page, error) {
 	if err := CheckPath(dir); err != nil {
 		return Page{}, err
 	}
 	if dir == "" {
-		names := append([]string(nil), m.Partitions...)
-		sort.Strings(names)
-		page, names, err := pageOf(names, cursor, limit)
+		page, names, err := pageOf(m.names(), cursor, limit)
 		for _, n := range names {
 			e := Entry{Name: n, Kind: KindDir}
-			if fi, err := m.Root.Lstat(n); err == nil {
+			if fi, err := m.Partitions[n].Stat("."); err == nil {
 				e.Modified = fi.ModTime()
 			}
 			page.Entries = append(page.Entries, e)
 		}
 		return page, err
 	}
-	if err := m.inPartition(dir); err != nil {
+	root, rel, err := m.resolve(dir)
+	if err != nil {
 		return Page{}, err
 	}
-	f, err := m.Root.Open(dir)
+	names, err := m.sortedNames(root, rel, dir)
 	if err != nil {
-		return Page{}, notFound(dir, err)
+		return Page{}, err
 	}
-	defer f.Close()
-	if fi, err := f.Stat(); err != nil || !fi.IsDir() {
-		return Page{}, fmt.Errorf("%s: not a directory: %w", dir, ErrBadPath)
-	}
-	all, err := f.ReadDir(-1)
-	if err != nil {
-		return Page{}, fmt.Errorf("directory %s: %w", dir, err)
-	}
-	byName := make(map[string]fs.DirEntry, len(all))
-	names := make([]string, 0, len(all))
-	for _, e := range all {
-		byName[e.Name()] = e
-		names = append(names, e.Name())
-	}
-	sort.Strings(names)
 	page, names, err := pageOf(names, cursor, limit)
 	if err != nil {
 		return Page{}, err
 	}
 	for _, n := range names {
-		page.Entries = append(page.Entries, m.entry(dir+"/"+n, byName[n]))
+		p := rel + "/" + n
+		e := Entry{Name: n, Kind: KindOther}
+		if fi, err := root.Lstat(p); err == nil {
+			e = entry(root, p, fi)
+		}
+		page.Entries = append(page.Entries, e)
 	}
 	return page, nil
 }
 
-func (m Mounted) entry(p string, d fs.DirEntry) Entry {
-	e := Entry{Name: d.Name(), Kind: KindOther}
-	fi, err := d.Info()
-	if err != nil {
-		return e
+// sortedNames answers the names in directory rel of root (dir in the
+// whole tree), sorted, from m.Names when it has them.
+func (m Mounted) sortedNames(root *os.Root, rel, dir string) ([]string, error) {
+	key := m.Key + "\x00" + dir
+	if m.Names != nil {
+		if names, ok := m.Names.Get(key); ok {
+			return names, nil
+		}
 	}
+	f, err := root.Open(rel)
+	if err != nil {
+		return nil, notFound(dir, err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("%s: not a directory: %w", dir, ErrBadPath)
+	}
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return nil, fmt.Errorf("directory %s: %w", dir, err)
+	}
+	sort.Strings(names)
+	if m.Names != nil {
+		m.Names.Put(key, names)
+	}
+	return names, nil
+}
+
+// entry describes fi, at p below root.
+func entry(root *os.Root, p string, fi fs.FileInfo) Entry {
+	e := Entry{Name: fi.Name(), Kind: KindOther}
 	e.Modified = fi.ModTime()
 	switch {
 	case fi.IsDir():
@@ -86,21 +135,9 @@ func (m Mounted) entry(p string, d fs.DirEntry) Entry {
 		e.Kind, e.Size = KindFile, fi.Size()
 	case fi.Mode()&fs.ModeSymlink != 0:
 		e.Kind = KindSymlink
-		e.LinkTarget, _ = m.Root.Readlink(p)
+		e.LinkTarget, _ = root.Readlink(p)
 	}
 	return e
-}
-
-// inPartition refuses paths outside the partitions' directories (the
-// mount's state file is beside them).
-func (m Mounted) inPartition(p string) error {
-	first, _, _ := strings.Cut(p, "/")
-	for _, name := range m.Partitions {
-		if first == name {
-			return nil
-		}
-	}
-	return fmt.Errorf("partition %s: %w", first, errNotFound)
 }
 
 var errNotFound = pe.ErrNotFound
@@ -118,23 +155,21 @@ func (m Mounted) Open(p string) (*os.File, fs.FileInfo, error) {
 	if err := CheckPath(p); err != nil {
 		return nil, nil, err
 	}
-	if p == "" || !strings.Contains(p, "/") {
-		if err := m.inPartition(p); err != nil {
-			return nil, nil, err
-		}
-		return nil, nil, fmt.Errorf("%s is a partition: %w", p, ErrNotFile)
-	}
-	if err := m.inPartition(p); err != nil {
+	root, rel, err := m.resolve(p)
+	if err != nil {
 		return nil, nil, err
 	}
-	fi, err := m.Root.Lstat(p)
+	if rel == "." {
+		return nil, nil, fmt.Errorf("%s is a partition: %w", p, ErrNotFile)
+	}
+	fi, err := root.Lstat(rel)
 	if err != nil {
 		return nil, nil, notFound(p, err)
 	}
 	if !fi.Mode().IsRegular() {
 		return nil, nil, fmt.Errorf("%s: %w", p, ErrNotFile)
 	}
-	f, err := m.Root.Open(p)
+	f, err := root.Open(rel)
 	if err != nil {
 		return nil, nil, notFound(p, err)
 	}
@@ -149,42 +184,50 @@ func (m Mounted) Walk(dir string, fn func(p string, e Entry) error) error {
 		return err
 	}
 	if dir == "" {
-		names := append([]string(nil), m.Partitions...)
-		sort.Strings(names)
-		for _, n := range names {
+		for _, n := range m.names() {
 			if err := fn(n, Entry{Name: n, Kind: KindDir}); err != nil {
 				return err
 			}
-			if err := m.walk(n, fn); err != nil {
+			if err := walk(m.Partitions[n], n, ".", fn); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	if err := m.inPartition(dir); err != nil {
+	root, rel, err := m.resolve(dir)
+	if err != nil {
 		return err
 	}
-	fi, err := m.Root.Lstat(dir)
+	fi, err := root.Lstat(rel)
 	if err != nil {
 		return notFound(dir, err)
 	}
 	if !fi.IsDir() {
 		return fmt.Errorf("%s: not a directory: %w", dir, ErrBadPath)
 	}
-	return m.walk(dir, fn)
+	return walk(root, dir, rel, fn)
 }
 
-func (m Mounted) walk(dir string, fn func(p string, e Entry) error) error {
-	return fs.WalkDir(m.Root.FS(), dir, func(p string, d fs.DirEntry, err error) error {
+// walk walks rel below root, naming what it finds by dir, rel's name in
+// the whole tree.
+func walk(root *os.Root, dir, rel string, fn func(p string, e Entry) error) error {
+	return fs.WalkDir(root.FS(), rel, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if p == dir {
+		if p == rel {
 			return nil
 		}
-		e := m.entry(p, d)
+		fi, err := d.Info()
+		if err != nil {
+			return nil // gone: not in the tree
+		}
+		e := entry(root, p, fi)
 		if e.Kind == KindDir || e.Kind == KindFile {
-			return fn(p, e)
+			if rel != "." {
+				p = strings.TrimPrefix(p, rel+"/")
+			}
+			return fn(dir+"/"+p, e)
 		}
 		return nil
 	})

@@ -109,6 +109,8 @@ func Mount(ctx context.Context, p pe.ProtectedEntity, dir string) ([]Mounted, er
 		}
 		return nil, err
 	}
+	var refused []string
+	mountedAny := false
 	for _, part := range parts {
 		if err := ctx.Err(); err != nil {
 			return fail(err)
@@ -131,6 +133,12 @@ func Mount(ctx context.Context, p pe.ProtectedEntity, dir string) ([]Mounted, er
 			st.Mounts[len(st.Mounts)-1].Skipped = "no mountable filesystem"
 			continue
 		}
+		if !allowedFS[fstype] {
+			st.Mounts[len(st.Mounts)-1].Skipped = notAllowed(fstype)
+			refused = append(refused, fmt.Sprintf("%s is %s", name, fstype))
+			continue
+		}
+		mountedAny = true
 		mdir := filepath.Join(dir, name)
 		if err := os.Mkdir(mdir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 			return fail(err)
@@ -143,13 +151,31 @@ func Mount(ctx context.Context, p pe.ProtectedEntity, dir string) ([]Mounted, er
 			return fail(fmt.Errorf("flr %s: mount %s (%s): %w", p.ID(), name, fstype, err))
 		}
 	}
+	if !mountedAny && len(refused) > 0 {
+		return fail(fmt.Errorf("flr %s: %s: %w", p.ID(), strings.Join(refused, ", "), errNotAllowed))
+	}
 	return st.Mounts, nil
+}
+
+// allowedFS are the filesystems (as blkid names them) that recovery
+// mounts: those of the disks an appliance backs up. The kernel's drivers
+// for the others (squashfs, btrfs, hfsplus, minix...) are less hardened
+// against crafted images, and a disk snapshot's content is whatever its
+// guest wrote.
+var allowedFS = map[string]bool{
+	"ext2": true, "ext3": true, "ext4": true, "xfs": true,
+	"vfat": true, "ntfs": true, "exfat": true,
+}
+
+var errNotAllowed = fmt.Errorf("not mounted for recovery (only ext2, ext3, ext4, xfs, vfat, ntfs and exfat are): %w", pe.ErrNotSupported)
+
+func notAllowed(fstype string) string {
+	return fmt.Sprintf("filesystem %s is not mounted for recovery", fstype)
 }
 
 // fuseDrivers mount filesystems the kernel may lack from user space.
 var fuseDrivers = map[string]struct{ cmd, pkg string }{
 	"vfat":  {"fusefat", "fusefat"},
-	"msdos": {"fusefat", "fusefat"},
 	"ntfs":  {"ntfs-3g", "ntfs-3g"},
 	"exfat": {"mount.exfat-fuse", "exfat-fuse"},
 }

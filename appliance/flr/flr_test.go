@@ -3,6 +3,7 @@ package flr
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -172,5 +173,52 @@ func TestWholeDisk(t *testing.T) {
 	}
 	if err := Unmount(ctx, mnt); err == nil {
 		t.Error("a second umount found something to undo")
+	}
+}
+
+// TestRefusesOtherFilesystems: a disk whose filesystem is not among those
+// recovery mounts (here squashfs, which the kernel has) is refused with
+// an error naming the type, and nothing stays mounted or to undo.
+func TestRefusesOtherFilesystems(t *testing.T) {
+	needTools(t)
+	if _, err := exec.LookPath("mksquashfs"); err != nil {
+		t.Fatal("mksquashfs missing: apt-get install -y squashfs-tools (scripts/deps.d/web.sh)")
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	config.Init(dir)
+	tree := filepath.Join(t.TempDir(), "tree")
+	os.MkdirAll(tree, 0o755)
+	os.WriteFile(filepath.Join(tree, "a.txt"), []byte("squashed"), 0o644)
+	img := filepath.Join(dir, "disk", "raw.img")
+	sh(t, "mksquashfs", tree, img, "-quiet", "-noappend")
+	// A disk's size is whole sectors.
+	if fi, err := os.Stat(img); err != nil {
+		t.Fatal(err)
+	} else if err := os.Truncate(img, (fi.Size()+4095)/4096*4096); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := config.Load(dir, config.Factories())
+	id, _ := pe.ParseID("disk:raw.img")
+	live, _ := m.Get(ctx, id)
+	snapID, err := live.Snapshot(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, _ := m.Get(ctx, snapID)
+	mnt := filepath.Join(t.TempDir(), "flr")
+	mounted, err := Mount(ctx, snap, mnt)
+	if err == nil {
+		Unmount(ctx, mnt)
+		t.Fatalf("a squashfs disk mounted: %+v", mounted)
+	}
+	if !errors.Is(err, pe.ErrNotSupported) || !strings.Contains(err.Error(), "disk is squashfs") {
+		t.Errorf("error %q: want one naming the filesystem, and not supported", err)
+	}
+	if mp := mountsBelow(mnt); len(mp) != 0 {
+		t.Errorf("left mounted: %v", mp)
+	}
+	if _, err := os.Stat(filepath.Join(mnt, StateFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the state file stays (%v): something was left to undo", err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/astrolabe-appliance/astrolabe/api"
 	"github.com/astrolabe-appliance/astrolabe/appliance/browse"
@@ -25,43 +26,59 @@ import (
 // one is what a page browsing a snapshot needs, a few serve a few pages.
 const maxIndexes = 4
 
-// indexCache keeps the file indexes of the snapshots browsed last, so
-// that each page of a directory does not read the table of contents
-// again. Snapshots do not change; a deleted one is refused before its
-// index is looked up (openSnapshot).
-type indexCache struct {
+// maxDirNames bounds the names of disk snapshots' directories kept
+// between requests (a few tens of megabytes): a 300,000-entry directory
+// is read and sorted once, not for each page of it.
+const maxDirNames = 1_000_000
+
+// lru keeps what was used last, up to max in cost. Snapshots do not
+// change, so what it keeps of one stays true; a deleted one is refused
+// before its entries are looked up (openSnapshot).
+type lru[V any] struct {
 	mu    sync.Mutex
 	max   int
+	cost  func(V) int
+	total int
 	keys  []string // least recently used first
-	byKey map[string]*browse.Index
+	byKey map[string]V
 }
 
-func newIndexCache(max int) *indexCache {
-	return &indexCache{max: max, byKey: map[string]*browse.Index{}}
+func newLRU[V any](max int, cost func(V) int) *lru[V] {
+	return &lru[V]{max: max, cost: cost, byKey: map[string]V{}}
 }
 
-func (c *indexCache) get(key string) (*browse.Index, bool) {
+func (c *lru[V]) get(key string) (V, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	x, ok := c.byKey[key]
+	v, ok := c.byKey[key]
 	if ok {
 		c.touch(key)
 	}
-	return x, ok
+	return v, ok
 }
 
-func (c *indexCache) put(key string, x *browse.Index) {
+func (c *lru[V]) put(key string, v V) {
+	cost := c.cost(v)
+	if cost > c.max {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.byKey[key]; !ok && len(c.keys) >= c.max {
-		delete(c.byKey, c.keys[0])
+	if old, ok := c.byKey[key]; ok {
+		c.total -= c.cost(old)
+	}
+	c.byKey[key] = v
+	c.total += cost
+	c.touch(key)
+	for c.total > c.max {
+		oldest := c.keys[0]
+		c.total -= c.cost(c.byKey[oldest])
+		delete(c.byKey, oldest)
 		c.keys = c.keys[1:]
 	}
-	c.byKey[key] = x
-	c.touch(key)
 }
 
-func (c *indexCache) touch(key string) {
+func (c *lru[V]) touch(key string) {
 	for i, k := range c.keys {
 		if k == key {
 			c.keys = append(c.keys[:i], c.keys[i+1:]...)
@@ -70,6 +87,12 @@ func (c *indexCache) touch(key string) {
 	}
 	c.keys = append(c.keys, key)
 }
+
+// dirNames is browse.DirNames over an lru.
+type dirNames struct{ *lru[[]string] }
+
+func (d dirNames) Get(key string) ([]string, bool) { return d.get(key) }
+func (d dirNames) Put(key string, names []string)  { d.put(key, names) }
 
 func (s *server) ListBrowseSnapshots(ctx context.Context, req api.ListBrowseSnapshotsRequestObject) (api.ListBrowseSnapshotsResponseObject, error) {
 	id, err := parseID(req.ProtectedEntityID)
@@ -282,18 +305,18 @@ func (s *server) mountSnapshot(ctx context.Context, p pe.ProtectedEntity, loc ap
 	if loc != api.Local {
 		return nil, badRequest("snapshot %s: the partitions of disk snapshots in the repository cannot be browsed yet: restore it first", p.ID())
 	}
-	root, parts, release, err := s.cfg.RecoveryMounts.Acquire(ctx, p)
+	parts, release, err := s.cfg.RecoveryMounts.Acquire(ctx, p)
 	if errors.Is(err, pe.ErrNotSupported) {
 		return nil, &httpError{http.StatusBadRequest, err}
 	}
 	if err != nil {
 		return nil, err
 	}
-	names := make([]string, len(parts))
-	for i, part := range parts {
-		names[i] = part.Name
+	roots := make(map[string]*os.Root, len(parts))
+	for _, part := range parts {
+		roots[part.Name] = part.Root
 	}
-	return mountTree{Mounted: browse.Mounted{Root: root, Partitions: names}, release: release}, nil
+	return mountTree{Mounted: browse.Mounted{Partitions: roots, Names: s.dirNames, Key: p.ID().String()}, release: release}, nil
 }
 
 // browseError marks the browse package's refusals as the client's.
@@ -446,7 +469,7 @@ func (s *server) DownloadSnapshotFolder(ctx context.Context, req api.DownloadSna
 		return nil, browseError(err)
 	}
 	name := "snapshot"
-	if dir != "" {
+	if dir != "" && zipSafe(path.Base(dir)) {
 		name = path.Base(dir)
 	}
 	return folderZip{ctx: ctx, tree: tree, dir: dir, name: name, log: s.log}, nil
@@ -485,9 +508,22 @@ func (z folderZip) write(zw *zip.Writer) error {
 	if _, err := zw.CreateHeader(&zip.FileHeader{Name: z.name + "/", Modified: time.Now()}); err != nil {
 		return err
 	}
-	return z.tree.Walk(z.dir, func(p string, e browse.Entry) error {
+	var leftOut []string // directories left out, with what is below them
+	err := z.tree.Walk(z.dir, func(p string, e browse.Entry) error {
 		if err := z.ctx.Err(); err != nil {
 			return err
+		}
+		for _, d := range leftOut {
+			if strings.HasPrefix(p, d+"/") {
+				return nil
+			}
+		}
+		if !zipSafe(path.Base(p)) {
+			z.log.Warn("zip of a snapshot folder: a name unsafe in a zip left out", "path", p)
+			if e.Kind == browse.KindDir {
+				leftOut = append(leftOut, p)
+			}
+			return nil
 		}
 		rel := z.name + "/" + strings.TrimPrefix(strings.TrimPrefix(p, z.dir), "/")
 		if e.Kind == browse.KindDir {
@@ -505,5 +541,18 @@ func (z folderZip) write(zw *zip.Writer) error {
 		}
 		_, err = io.Copy(out, f)
 		return err
+	})
+	return err
+}
+
+// zipSafe tells whether name, legal in a Linux filesystem, is safe as an
+// element of a zip entry's name. Windows extractors take "\" for a
+// separator (so "..\..\x" leaves the target folder) and ":" for a drive
+// or an NTFS stream, and control characters are what no extractor
+// agrees on. Such entries are left out rather than renamed, which could
+// collide with a name that is there.
+func zipSafe(name string) bool {
+	return !strings.ContainsFunc(name, func(r rune) bool {
+		return r == '\\' || r == ':' || unicode.IsControl(r)
 	})
 }

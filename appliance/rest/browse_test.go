@@ -207,8 +207,8 @@ func TestSessions(t *testing.T) {
 		t.Fatalf("login: %d", resp.StatusCode)
 	}
 	c := resp.Cookies()[0]
-	if !c.Secure || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Path != "/" {
-		t.Errorf("session cookie %+v: want Secure, HttpOnly, SameSite=Strict, Path=/", c)
+	if c.Name != "__Host-astrolabe_session" || !c.Secure || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Path != "/" || c.Domain != "" {
+		t.Errorf("session cookie %+v: want __Host-astrolabe_session, Secure, HttpOnly, SameSite=Strict, Path=/, no Domain", c)
 	}
 	cookie := c.Name + "=" + c.Value
 
@@ -291,4 +291,98 @@ func fetchZip(t *testing.T, f *fixture, snap, dir string) *zip.Reader {
 		t.Fatalf("zip of %q: %v", dir, err)
 	}
 	return zr
+}
+
+// TestZipLeavesOutUnsafeNames: names legal on Linux that Windows
+// extractors would take for separators, drives or streams ("\", ":"),
+// and names with control characters, are left out of a folder's zip,
+// with what is below them; the rest of the folder is there.
+func TestZipLeavesOutUnsafeNames(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	tree := filepath.Join(f.cfgDir, "fs", "b")
+	for _, p := range []string{`sub/..\..\evil.bat`, "sub/c:evil.txt", "sub/bell\a.txt", `bad\dir/inside.txt`, "sub/kept.txt"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(tree, p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(tree, p), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snapResp, err := f.client.CreateSnapshotWithResponse(ctx, "fs", "fs:b", api.CreateSnapshotJSONRequestBody{})
+	if err != nil || snapResp.JSON200 == nil {
+		t.Fatalf("snapshot: %v %s", err, body(snapResp))
+	}
+	var names []string
+	for _, zf := range fetchZip(t, f, *snapResp.JSON200, "").File {
+		if strings.ContainsAny(zf.Name, "\\:\a") {
+			t.Errorf("zip entry %q", zf.Name)
+		}
+		names = append(names, zf.Name)
+	}
+	joined := strings.Join(names, " ")
+	if !strings.Contains(joined, "snapshot/sub/kept.txt") || !strings.Contains(joined, "snapshot/README.txt") {
+		t.Errorf("zip of the root: %v", names)
+	}
+	if strings.Contains(joined, "inside.txt") {
+		t.Errorf("what is below a directory left out is in the zip: %v", names)
+	}
+	// A folder whose own name is unsafe: its zip is named snapshot.
+	var inside []string
+	for _, zf := range fetchZip(t, f, *snapResp.JSON200, `bad\dir`).File {
+		inside = append(inside, zf.Name)
+	}
+	if strings.Join(inside, " ") != "snapshot/ snapshot/inside.txt" {
+		t.Errorf(`zip of bad\dir: %v`, inside)
+	}
+}
+
+// TestLRUBound: the cache keeps what was used last within its bound in
+// cost, and keeps nothing costlier than the bound.
+func TestLRUBound(t *testing.T) {
+	c := newLRU(5, func(names []string) int { return len(names) })
+	c.put("a", []string{"1", "2"})
+	c.put("b", []string{"1", "2"})
+	c.get("a")
+	c.put("c", []string{"1", "2"}) // over 5: b, the least recently used, goes
+	if _, ok := c.get("b"); ok {
+		t.Error("b stayed over the bound")
+	}
+	for _, k := range []string{"a", "c"} {
+		if _, ok := c.get(k); !ok {
+			t.Errorf("%s went", k)
+		}
+	}
+	c.put("huge", make([]string, 6))
+	if _, ok := c.get("huge"); ok || c.total != 4 {
+		t.Errorf("an entry over the bound: kept %v, total %d", ok, c.total)
+	}
+}
+
+// TestBadPathMessages: a bad path's error says what is wrong with the
+// path the client sent, whole (not an absolute path cut to its last
+// element by the API's redaction).
+func TestBadPathMessages(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	snapResp, err := f.client.CreateSnapshotWithResponse(ctx, "fs", "fs:a", api.CreateSnapshotJSONRequestBody{})
+	if err != nil || snapResp.JSON200 == nil {
+		t.Fatalf("snapshot: %v %s", err, body(snapResp))
+	}
+	for p, want := range map[string]string{
+		"/etc/passwd":      "path starts with a slash",
+		"docs/":            "path ends with a slash",
+		"docs//notes":      "empty element",
+		"docs/../../etc":   `a ".." element`,
+		"./docs":           `a "." element`,
+		"docs/\x00/passwd": "NUL byte",
+	} {
+		r, err := f.client.DownloadSnapshotFileWithResponse(ctx, *snapResp.JSON200, &api.DownloadSnapshotFileParams{Path: &p})
+		if err != nil || r.StatusCode() != 400 || r.JSON400 == nil {
+			t.Fatalf("path %q: %v %d", p, err, r.StatusCode())
+		}
+		if !strings.Contains(r.JSON400.Message, want) {
+			t.Errorf("path %q: %q, want %q in it", p, r.JSON400.Message, want)
+		}
+	}
 }

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -21,6 +20,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/astrolabe-appliance/astrolabe/api"
+	"github.com/astrolabe-appliance/astrolabe/appliance/browse"
 	"github.com/astrolabe-appliance/astrolabe/appliance/flrmount"
 	"github.com/astrolabe-appliance/astrolabe/appliance/jobs"
 	"github.com/astrolabe-appliance/astrolabe/appliance/redact"
@@ -89,9 +89,9 @@ type Repository interface {
 // RecoveryMounts are the file-level-recovery mounts of disk snapshots
 // (package flrmount).
 type RecoveryMounts interface {
-	// Acquire mounts the partitions of p (or finds them mounted): root
-	// holds a directory per partition. The caller calls release.
-	Acquire(ctx context.Context, p pe.ProtectedEntity) (root *os.Root, parts []flrmount.Partition, release func(), err error)
+	// Acquire mounts the partitions of p (or finds them mounted), each
+	// with its own os.Root. The caller calls release.
+	Acquire(ctx context.Context, p pe.ProtectedEntity) (parts []flrmount.Partition, release func(), err error)
 }
 
 // Transports tells where a PE's data can be fetched (S3 URLs, NBD URIs).
@@ -144,7 +144,8 @@ func NewHandler(cfg Config) http.Handler {
 		cfg.Context = context.Background()
 	}
 	s := &server{cfg: cfg, uc: cfg.UseCases, m: cfg.UseCases.Manager(), log: cfg.Logger,
-		sessions: newSessions(sessionLifetime, maxSessions), indexes: newIndexCache(maxIndexes)}
+		sessions: newSessions(sessionLifetime, maxSessions), indexes: newLRU(maxIndexes, func(*browse.Index) int { return 1 }),
+		dirNames: dirNames{newLRU(maxDirNames, func(names []string) int { return len(names) })}}
 	strict := api.NewStrictHandlerWithOptions(s, nil, api.StrictHTTPServerOptions{
 		RequestErrorHandlerFunc:  s.requestError,
 		ResponseErrorHandlerFunc: s.responseError,
@@ -156,10 +157,21 @@ func NewHandler(cfg Config) http.Handler {
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed on "+r.URL.Path)
 	})
-	return api.HandlerWithOptions(strict, api.ChiServerOptions{
+	return noRendering(api.HandlerWithOptions(strict, api.ChiServerOptions{
 		BaseRouter:       r,
 		Middlewares:      []api.MiddlewareFunc{s.authenticate},
 		ErrorHandlerFunc: s.requestError,
+	}))
+}
+
+// noRendering tells browsers that no answer of the API is a page: not
+// to sniff one (an error message quoting a client's "<script>") and to
+// load and run nothing from one.
+func noRendering(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.Header().Set("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+		next.ServeHTTP(w, r)
 	})
 }
 
@@ -169,7 +181,8 @@ type server struct {
 	m        pe.Manager
 	log      *slog.Logger
 	sessions *sessions
-	indexes  *indexCache
+	indexes  *lru[*browse.Index]
+	dirNames dirNames
 }
 
 var _ api.StrictServerInterface = (*server)(nil)

@@ -273,3 +273,33 @@ func TestStatusOfRefusedInput(t *testing.T) {
 		}
 	}
 }
+
+// TestSecurityErrorsAreNotPages: the API's answers, errors included
+// (refused credentials, no such endpoint, a bad path), tell browsers not
+// to sniff them and to load nothing from them.
+func TestSecurityErrorsAreNotPages(t *testing.T) {
+	f := newFixture(t)
+	for _, c := range []struct {
+		path, auth string
+		status     int
+	}{
+		{"/v1/astrolabe", "", 401},
+		{"/v1/no-such-endpoint", "Bearer " + token, 404},
+		{"/v1/appliance/browse/fs:a@x/content?path=%2Fetc%2Fpasswd", "Bearer " + token, 400},
+	} {
+		req, _ := http.NewRequest("GET", f.url+c.path, nil)
+		if c.auth != "" {
+			req.Header.Set("Authorization", c.auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != c.status || resp.Header.Get("X-Content-Type-Options") != "nosniff" ||
+			!strings.HasPrefix(resp.Header.Get("Content-Security-Policy"), "default-src 'none'") {
+			t.Errorf("GET %s: %d, nosniff %q, CSP %q", c.path, resp.StatusCode,
+				resp.Header.Get("X-Content-Type-Options"), resp.Header.Get("Content-Security-Policy"))
+		}
+	}
+}

@@ -13,10 +13,12 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/api"
 )
 
-// sessionCookie is the web page's session cookie; csrfHeader carries the
-// session's CSRF token on unsafe methods.
+// sessionCookie is the web page's session cookie: its __Host- prefix has
+// browsers take it only Secure, for Path=/ and with no Domain, so no
+// other host (a sibling subdomain) can set or shadow it. csrfHeader
+// carries the session's CSRF token on unsafe methods.
 const (
-	sessionCookie = "astrolabe_session"
+	sessionCookie = "__Host-astrolabe_session"
 	csrfHeader    = "X-CSRF-Token"
 )
 

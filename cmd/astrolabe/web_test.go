@@ -361,7 +361,7 @@ func checkWebAPI(t *testing.T, a *appliance, token, snap string, target []byte) 
 	var sess struct{ CsrfToken string }
 	json.NewDecoder(resp.Body).Decode(&sess)
 	setCookie := resp.Header.Get("Set-Cookie")
-	if resp.StatusCode != 200 || sess.CsrfToken == "" || !strings.Contains(setCookie, "Secure") || !strings.Contains(setCookie, "HttpOnly") || !strings.Contains(setCookie, "SameSite=Strict") {
+	if resp.StatusCode != 200 || sess.CsrfToken == "" || !strings.Contains(setCookie, "Secure") || !strings.Contains(setCookie, "HttpOnly") || !strings.Contains(setCookie, "SameSite=Strict") || !strings.HasPrefix(setCookie, "__Host-astrolabe_session=") {
 		t.Fatalf("login: %d, Set-Cookie %q", resp.StatusCode, setCookie)
 	}
 	cookie := resp.Cookies()[0]

@@ -540,7 +540,8 @@ export interface paths {
         /**
          * Log in with the API token; sets the session cookie
          * @description Exchanges the API token for a session: the answer sets the
-         *     `astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict) and
+         *     `__Host-astrolabe_session` cookie (Secure, HttpOnly, SameSite=Strict,
+         *     Path=/; the `__Host-` prefix keeps other hosts from setting it) and
          *     carries the CSRF token to send in `X-CSRF-Token` on every request
          *     but GET and HEAD. Sessions last 8 hours and end with the
          *     appliance. A wrong token answers 401 and makes no session.
