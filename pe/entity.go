@@ -222,3 +222,24 @@ func (o CopyOptions) TargetName(src ID) string {
 	}
 	return src.Name()
 }
+
+// Reader returns r reporting what it reads to o's Progress and failing
+// once ctx is done: the stream a copy reads its source through.
+func (o CopyOptions) Reader(ctx context.Context, r io.Reader) io.Reader {
+	return &progressReader{ctx: ctx, r: r, opts: o}
+}
+
+type progressReader struct {
+	ctx  context.Context
+	r    io.Reader
+	opts CopyOptions
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	if err := p.ctx.Err(); err != nil {
+		return 0, err
+	}
+	n, err := p.r.Read(b)
+	p.opts.AddProgress(int64(n))
+	return n, err
+}

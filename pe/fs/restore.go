@@ -77,7 +77,7 @@ func (t *trees) WriteTemp(ctx context.Context, src pe.ProtectedEntity, img pe.Im
 	}
 	// tar reads 512-byte blocks; buffer so that the source sees large
 	// reads (it may be remote).
-	r := bufio.NewReaderSize(&progressReader{ctx: ctx, r: pe.NewReader(img), opts: opts}, 1<<20)
+	r := bufio.NewReaderSize(opts.Reader(ctx, pe.NewReader(img)), 1<<20)
 	xo := extractOptions{dropPrivileges: pe.Untrusted(src) && !opts.KeepPrivileges, budget: b}
 	err = extract(ctx, tmp, r, xo)
 	if err == nil {
@@ -100,20 +100,4 @@ func (t *trees) WriteTemp(ctx context.Context, src pe.ProtectedEntity, img pe.Im
 		return "", err
 	}
 	return tmp, nil
-}
-
-// progressReader reports what it reads and stops when ctx is done.
-type progressReader struct {
-	ctx  context.Context
-	r    io.Reader
-	opts pe.CopyOptions
-}
-
-func (p *progressReader) Read(b []byte) (int, error) {
-	if err := p.ctx.Err(); err != nil {
-		return 0, err
-	}
-	n, err := p.r.Read(b)
-	p.opts.AddProgress(int64(n))
-	return n, err
 }

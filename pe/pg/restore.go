@@ -355,7 +355,7 @@ func (m *TypeManager) extract(ctx context.Context, src pe.ProtectedEntity, dir s
 	}
 	defer img.Close()
 	opts.StartProgress(img.Size())
-	r := bufio.NewReaderSize(&progressReader{ctx: ctx, r: pe.NewReader(img), opts: opts}, 1<<20)
+	r := bufio.NewReaderSize(opts.Reader(ctx, pe.NewReader(img)), 1<<20)
 	if err := untar(ctx, r, dir, opts.ExpansionLimit(src)); err != nil {
 		return err
 	}
@@ -426,20 +426,4 @@ func readSystemID(path string) (uint64, error) {
 		id = id<<8 | uint64(b[i])
 	}
 	return id, nil
-}
-
-// progressReader reports what it reads and stops when ctx is done.
-type progressReader struct {
-	ctx  context.Context
-	r    io.Reader
-	opts pe.CopyOptions
-}
-
-func (p *progressReader) Read(b []byte) (int, error) {
-	if err := p.ctx.Err(); err != nil {
-		return 0, err
-	}
-	n, err := p.r.Read(b)
-	p.opts.AddProgress(int64(n))
-	return n, err
 }
