@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/astrolabe-appliance/astrolabe/internal/atomicfile"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/budget"
 )
@@ -90,7 +91,7 @@ func (t *trees) WriteTemp(ctx context.Context, src pe.ProtectedEntity, img pe.Im
 		}
 	}
 	if err == nil {
-		err = syncFS(tmp)
+		err = atomicfile.SyncFS(tmp)
 	}
 	if err != nil {
 		err = budget.Full(err)

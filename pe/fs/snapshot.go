@@ -2,13 +2,10 @@ package fs
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/astrolabe-appliance/astrolabe/internal/atomicfile"
 	"github.com/astrolabe-appliance/astrolabe/pe/internal/localpe"
 )
 
@@ -56,7 +53,7 @@ func (t *trees) TakeSnapshot(ctx context.Context, name string) (string, error) {
 		info.Created = now
 		// One syncfs instead of an fsync per file: the rename must not
 		// reach the disk before the tree does.
-		return info, syncFS(dir)
+		return info, atomicfile.SyncFS(dir)
 	})
 }
 
@@ -95,17 +92,4 @@ func (t *trees) readSnapshotInfo(name, snap string) (snapshotInfo, error) {
 func (t *trees) SnapshotInfo(name, snap string) (localpe.Snapshot, error) {
 	si, err := t.readSnapshotInfo(name, snap)
 	return localpe.Snapshot{Created: si.Created, Size: si.ImageSize}, err
-}
-
-// syncFS flushes the filesystem that holds path.
-func syncFS(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := unix.Syncfs(int(f.Fd())); err != nil {
-		return fmt.Errorf("syncfs %s: %w", path, err)
-	}
-	return nil
 }

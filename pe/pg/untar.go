@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/astrolabe-appliance/astrolabe/internal/atomicfile"
 	"github.com/astrolabe-appliance/astrolabe/pe"
 )
 
@@ -71,7 +72,7 @@ func untar(ctx context.Context, r io.Reader, dir string, limit int64) error {
 	if _, err := io.CopyN(io.Discard, r, maxTrailing); err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
-	return syncFS(dir)
+	return atomicfile.SyncFS(dir)
 }
 
 // makeParents makes the directories of rel under dir that are missing.
@@ -106,19 +107,6 @@ func writeFile(path string, r io.Reader, h *tar.Header) error {
 	}
 	if err != nil {
 		return fmt.Errorf("restore %s: %w", h.Name, err)
-	}
-	return nil
-}
-
-// syncFS flushes the filesystem that holds path.
-func syncFS(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := unix.Syncfs(int(f.Fd())); err != nil {
-		return fmt.Errorf("syncfs %s: %w", path, err)
 	}
 	return nil
 }
