@@ -3,6 +3,8 @@ package repo
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -26,12 +28,17 @@ import (
 // the packs holding the chunks and their index file, so a segment is
 // visible only once completely stored. Its chunks are cut by content,
 // deduplicated, compressed and sealed as a snapshot's are; prune keeps
-// the packs WAL files use. The wal/ prefix is an addition versions
-// before it ignore (they neither list nor read it; their prune would not
-// keep its packs).
+// the packs WAL files use. Versions before WAL archiving ignore the wal/
+// prefix and their prune would not keep its packs: the first WAL file
+// stored raises the repository to walFormatVersion, which they refuse.
 
 // ErrWALNotFound is returned for a WAL file the repository lacks.
 var ErrWALNotFound = errors.New("not in the repository")
+
+// ErrWALConflict is returned when a WAL file is stored again with other
+// bytes than the repository holds under its name: two histories (a
+// failover, a restored clone) wrote the same segment name.
+var ErrWALConflict = errors.New("the repository holds other bytes under this name")
 
 // WALFile is one archived WAL file of a cluster.
 type WALFile struct {
@@ -58,6 +65,9 @@ type WALFile struct {
 	// byte; Stored when the repository committed the file.
 	ServerTime time.Time `json:"serverTime,omitzero"`
 	Stored     time.Time `json:"stored"`
+	// SHA256 is the hex SHA-256 of the file's bytes (empty in files
+	// stored before it was recorded).
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // IsHistory reports whether the file is a timeline history file.
@@ -133,7 +143,12 @@ func (r *Repository) PutWAL(ctx context.Context, f WALFile, data []byte) (stored
 	fail := func(err error) (bool, error) {
 		return false, fmt.Errorf("store WAL %s of %s: %w", f.Name, f.Cluster, err)
 	}
+	sum := sha256.Sum256(data)
+	f.SHA256 = hex.EncodeToString(sum[:])
 	if _, err := r.be.Stat(ctx, walObjectName(f.Cluster, f.SystemID, f.Name, false)); err == nil {
+		if err := r.sameWAL(ctx, f, data); err != nil {
+			return fail(err)
+		}
 		if !f.Partial {
 			r.removePartial(ctx, f)
 		}
@@ -153,6 +168,9 @@ func (r *Repository) PutWAL(ctx context.Context, f WALFile, data []byte) (stored
 		return fail(err)
 	}
 	defer lock.release()
+	if err := r.upgradeConfig(ctx, walFormatVersion); err != nil {
+		return fail(err)
+	}
 	if err := r.refreshIndex(ctx); err != nil {
 		return fail(err)
 	}
@@ -180,6 +198,32 @@ func (r *Repository) PutWAL(ctx context.Context, f WALFile, data []byte) (stored
 		r.removePartial(ctx, f)
 	}
 	return true, nil
+}
+
+// sameWAL checks that the complete file the repository holds under f's
+// name has f's bytes: a partial f must be its start.
+func (r *Repository) sameWAL(ctx context.Context, f WALFile, data []byte) error {
+	o, err := r.loadWALObject(ctx, walObjectName(f.Cluster, f.SystemID, f.Name, false))
+	if err != nil {
+		return err
+	}
+	if !f.Partial && o.SHA256 != "" {
+		if o.SHA256 != f.SHA256 {
+			return ErrWALConflict
+		}
+		return nil
+	}
+	_, have, err := r.ReadWAL(ctx, f.Cluster, f.SystemID, f.Name, false)
+	if err != nil {
+		return err
+	}
+	if f.Partial {
+		have = have[:min(len(have), len(data))]
+	}
+	if !bytes.Equal(have, data) {
+		return ErrWALConflict
+	}
+	return nil
 }
 
 // removePartial removes the partial segment a complete one replaced; one

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -84,5 +85,70 @@ func TestWALStoreReadPrune(t *testing.T) {
 	}
 	if _, err := e.r.PutWAL(ctx, WALFile{Cluster: "a", Name: "../config"}, seg); err == nil {
 		t.Fatal("a bad WAL name was taken")
+	}
+}
+
+// TestWALConflict: a segment stored again under its name with other
+// bytes (another history wrote it) is refused, not taken as stored.
+func TestWALConflict(t *testing.T) {
+	e := newEnv(t, nil, Options{Password: "pw"})
+	ctx := context.Background()
+	seg := make([]byte, mib)
+	rand.Read(seg)
+	f := WALFile{Cluster: "main", SystemID: 1, Name: "000000010000000000000004"}
+	if _, err := e.r.PutWAL(ctx, f, seg); err != nil {
+		t.Fatal(err)
+	}
+	other := bytes.Clone(seg)
+	other[len(other)/2] ^= 1
+	if _, err := e.r.PutWAL(ctx, f, other); !errors.Is(err, ErrWALConflict) {
+		t.Fatalf("other bytes under a stored name: %v, want ErrWALConflict", err)
+	}
+	partial := f
+	partial.Partial = true
+	if _, err := e.r.PutWAL(ctx, partial, other[:len(other)*3/4]); !errors.Is(err, ErrWALConflict) {
+		t.Fatalf("a partial segment of other bytes: %v, want ErrWALConflict", err)
+	}
+	if stored, err := e.r.PutWAL(ctx, partial, seg[:len(seg)/4]); err != nil || stored {
+		t.Fatalf("the start of the stored segment: %v %v", stored, err)
+	}
+	if stored, err := e.r.PutWAL(ctx, f, seg); err != nil || stored {
+		t.Fatalf("the same bytes again: %v %v", stored, err)
+	}
+}
+
+// TestWALRaisesFormat: the first WAL file raises the repository to the
+// WAL format, which versions before WAL archiving refuse (their prune
+// would delete the WAL's packs); this version still opens it.
+func TestWALRaisesFormat(t *testing.T) {
+	e := newEnv(t, nil, Options{Password: "pw"})
+	ctx := context.Background()
+	version := func() int {
+		b, err := backend.ReadAll(ctx, e.be, "config")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c config
+		if err := json.Unmarshal(b, &c); err != nil {
+			t.Fatal(err)
+		}
+		return c.Version
+	}
+	if v := version(); v != formatVersion {
+		t.Fatalf("new repository at format %d", v)
+	}
+	if _, err := e.r.PutWAL(ctx, WALFile{Cluster: "main", SystemID: 1, Name: "00000002.history"}, []byte("1\t0/4000058\tno recovery target specified\n")); err != nil {
+		t.Fatal(err)
+	}
+	if v := version(); v != walFormatVersion || walFormatVersion <= formatVersion {
+		t.Fatalf("format %d after the first WAL file, want %d", v, walFormatVersion)
+	}
+	r, err := Open(ctx, e.be, Options{Password: "pw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if files, err := r.WALFiles(ctx, "main", 1); err != nil || len(files) != 1 {
+		t.Fatalf("WAL after reopening: %v %v", files, err)
 	}
 }

@@ -225,7 +225,7 @@ func (s *session) prepare(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if end, ok := archiveEnd(files, s.segSize); ok {
+	if end, ok := archiveEnd(files, history, uint32(sys.Timeline), s.segSize); ok {
 		start = end
 		if end < slotStart {
 			gap := fmt.Sprintf("%s to %s", FormatLSN(end), FormatLSN(slotStart))
@@ -243,15 +243,23 @@ func (s *session) prepare(ctx context.Context) (uint64, error) {
 	return start, nil
 }
 
-// archiveEnd is the end of the newest complete segment archived.
-func archiveEnd(files []repo.WALFile, segSize uint64) (uint64, bool) {
+// archiveEnd is the end of the newest complete segment archived on the
+// server's history: the segments of timeline current and of its
+// ancestors up to where each ended. Segments of other histories (an old
+// primary's beyond the point a standby was promoted at) do not count:
+// the server's own WAL there is not archived.
+func archiveEnd(files []repo.WALFile, history []switchPoint, current uint32, segSize uint64) (uint64, bool) {
 	var end uint64
 	found := false
 	for _, f := range files {
 		if f.IsHistory() || f.Partial {
 			continue
 		}
-		if _, start, err := parseSegmentName(f.Name, segSize); err == nil && start+segSize > end {
+		tl, start, err := parseSegmentName(f.Name, segSize)
+		if err != nil || tl != timelineOf(history, current, start, segSize) {
+			continue
+		}
+		if start+segSize > end {
 			end, found = start+segSize, true
 		}
 	}

@@ -43,6 +43,8 @@ type archive struct {
 	history  map[uint32]bool
 	latestTL uint32
 	segs     []repo.WALFile // complete and partial segments, in order
+	// switches is the history of latestTL (nil if not archived).
+	switches []switchPoint
 }
 
 func (s Source) load(ctx context.Context, cluster string, systemID uint64) (*archive, error) {
@@ -70,19 +72,26 @@ func (s Source) load(ctx context.Context, cluster string, systemID uint64) (*arc
 	if len(a.segs) == 0 {
 		return nil, fmt.Errorf("cluster %s (system %d): %w", cluster, systemID, ErrNoWAL)
 	}
+	if a.history[a.latestTL] {
+		_, b, err := s.Repo.ReadWAL(ctx, a.cluster, a.systemID, historyName(a.latestTL), false)
+		if err != nil {
+			return nil, err
+		}
+		if a.switches, err = parseHistory(b); err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", cluster, err)
+		}
+	}
 	return a, nil
 }
 
-// switchPoints reads the history of the archive's latest timeline.
-func (s Source) switchPoints(ctx context.Context, a *archive) ([]switchPoint, error) {
-	if !a.history[a.latestTL] {
-		return nil, nil
+// onPath reports whether segment f is on the latest timeline's history:
+// of the timeline a replay reads its position from. Without that
+// timeline's history file every segment counts.
+func (a *archive) onPath(f repo.WALFile, pos uint64) bool {
+	if a.latestTL > 1 && !a.history[a.latestTL] {
+		return true
 	}
-	_, b, err := s.Repo.ReadWAL(ctx, a.cluster, a.systemID, historyName(a.latestTL), false)
-	if err != nil {
-		return nil, err
-	}
-	return parseHistory(b)
+	return f.Timeline() == timelineOf(a.switches, a.latestTL, pos, a.segSize)
 }
 
 // segmentTime is the newest time a segment is known to cover: its last
@@ -128,10 +137,7 @@ func (s Source) Stage(ctx context.Context, cluster string, systemID uint64, time
 	if err != nil {
 		return "", err
 	}
-	history, err := s.switchPoints(ctx, a)
-	if err != nil {
-		return "", err
-	}
+	history := a.switches
 	st, err := os.Stat(dir)
 	if err != nil {
 		return "", fmt.Errorf("stage WAL: %w", err)
@@ -252,14 +258,15 @@ type Summary struct {
 
 func (a *archive) summary() Summary {
 	sum := Summary{Cluster: a.cluster, SystemID: a.systemID, Timeline: a.latestTL, Segments: len(a.complete)}
-	// Positions covered, whatever the timeline: a partial segment is a
-	// gap unless it is the archive's end (its segment was not received
-	// whole).
+	// Positions covered along the latest timeline's history (a segment
+	// of another history does not replace the missing one of this): a
+	// partial segment is a gap unless it is the archive's end (its
+	// segment was not received whole).
 	byPos := map[uint64]repo.WALFile{}
 	var endPos uint64
 	for _, f := range a.segs {
 		_, pos, err := parseSegmentName(f.Name, a.segSize)
-		if err != nil {
+		if err != nil || !a.onPath(f, pos) {
 			continue
 		}
 		if old, ok := byPos[pos]; !ok || old.Partial || (!f.Partial && f.Timeline() > old.Timeline()) {
