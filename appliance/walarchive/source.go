@@ -8,8 +8,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/astrolabe-appliance/astrolabe/pe/pg"
 	"github.com/astrolabe-appliance/astrolabe/repo"
@@ -138,23 +139,12 @@ func (s Source) Stage(ctx context.Context, cluster string, systemID uint64, time
 		return "", err
 	}
 	history := a.switches
-	st, err := os.Stat(dir)
+	sd, err := openStageDir(dir)
 	if err != nil {
-		return "", fmt.Errorf("stage WAL: %w", err)
+		return "", err
 	}
-	owner, _ := st.Sys().(*syscall.Stat_t)
-	write := func(name string, data []byte) error {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			return fmt.Errorf("stage WAL: %w", err)
-		}
-		if owner != nil {
-			if err := os.Chown(path, int(owner.Uid), int(owner.Gid)); err != nil {
-				return fmt.Errorf("stage WAL: %w", err)
-			}
-		}
-		return nil
-	}
+	defer sd.close()
+	write := sd.write
 	for tl := range a.history {
 		_, b, err := s.Repo.ReadWAL(ctx, cluster, systemID, historyName(tl), false)
 		if err != nil {
@@ -382,6 +372,47 @@ func Fetch(ctx context.Context, r *repo.Repository, cluster string, systemID uin
 	if err := os.Rename(tmp, dest); err != nil {
 		os.Remove(tmp)
 		return err
+	}
+	return nil
+}
+
+// stageDir is the directory WAL is staged in, held open: its owner (the
+// restored server's account) may plant links in it, so each file is
+// created new beside its descriptor, never through a link or over an
+// existing file, and given to the owner through its own descriptor.
+type stageDir struct {
+	path     string
+	fd       int
+	uid, gid int
+}
+
+func openStageDir(dir string) (*stageDir, error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("stage WAL in %s: %w", dir, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("stage WAL in %s: %w", dir, err)
+	}
+	return &stageDir{path: dir, fd: fd, uid: int(st.Uid), gid: int(st.Gid)}, nil
+}
+
+func (d *stageDir) close() { unix.Close(d.fd) }
+
+func (d *stageDir) write(name string, data []byte) error {
+	fd, err := unix.Openat(d.fd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("stage WAL %s in %s: %w", name, d.path, err)
+	}
+	f := os.NewFile(uintptr(fd), filepath.Join(d.path, name))
+	err = f.Chown(d.uid, d.gid)
+	if err == nil {
+		_, err = f.Write(data)
+	}
+	if err = errors.Join(err, f.Close()); err != nil {
+		return fmt.Errorf("stage WAL %s: %w", name, err)
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -635,4 +636,60 @@ func mustReadWAL(t *testing.T, r *repo.Repository, cluster string, systemID uint
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestStageFollowsNoLink: the staging directory belongs to the restored
+// server's account, which may plant links in it; Stage (run as root)
+// neither writes through them nor changes their targets' owners.
+func TestStageFollowsNoLink(t *testing.T) {
+	r, _ := newRepo(t)
+	ctx := context.Background()
+	const segSize = 1 << 20
+	for pos := uint64(segSize); pos < 3*segSize; pos += segSize {
+		seg := make([]byte, segSize)
+		seg[0] = byte(pos >> 20)
+		f := repo.WALFile{Cluster: "c", SystemID: 1, Name: segmentName(1, pos, segSize), StartLSN: pos, EndLSN: pos + segSize}
+		if _, err := r.PutWAL(ctx, f, seg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("root's"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stage := pgtest.OwnedDir(t)
+	if err := os.Symlink(secret, filepath.Join(stage, segmentName(1, 2*segSize, segSize))); err != nil {
+		t.Fatal(err)
+	}
+	_, err := (Source{Repo: r}).Stage(ctx, "c", 1, 1, FormatLSN(segSize), Target{}, stage)
+	if err == nil {
+		t.Fatal("staged over a planted link")
+	}
+	b, rerr := os.ReadFile(secret)
+	st, serr := os.Stat(secret)
+	if rerr != nil || serr != nil || string(b) != "root's" || st.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Fatalf("the link's target was written or given away: %q %v %v", b, rerr, serr)
+	}
+	t.Logf("refused: %v", err)
+
+	// The directory itself a link: refused too.
+	link := filepath.Join(t.TempDir(), "wal")
+	if err := os.Symlink(pgtest.OwnedDir(t), link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (Source{Repo: r}).Stage(ctx, "c", 1, 1, FormatLSN(segSize), Target{}, link); err == nil {
+		t.Fatal("staged into a linked directory")
+	}
+	// A clean directory gets both segments, owned by its owner.
+	clean := pgtest.OwnedDir(t)
+	if _, err := (Source{Repo: r}).Stage(ctx, "c", 1, 1, FormatLSN(segSize), Target{}, clean); err != nil {
+		t.Fatal(err)
+	}
+	dst, _ := os.Stat(clean)
+	for _, name := range []string{segmentName(1, segSize, segSize), segmentName(1, 2*segSize, segSize)} {
+		st, err := os.Stat(filepath.Join(clean, name))
+		if err != nil || st.Size() != segSize || st.Sys().(*syscall.Stat_t).Uid != dst.Sys().(*syscall.Stat_t).Uid {
+			t.Fatalf("staged %s: %v %v", name, st, err)
+		}
+	}
 }
