@@ -693,3 +693,33 @@ func TestStageFollowsNoLink(t *testing.T) {
 		}
 	}
 }
+
+// TestLoadClusters: pg.pe.json is read as the pg PE reads it: strictly,
+// and the password is the first line of its file.
+func TestLoadClusters(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "pes"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "pgpass"), []byte("first\nsecond line\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	write := func(cfg string) {
+		if err := os.WriteFile(filepath.Join(dir, ConfigFile), []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`{"root": "/srv/pg", "clusters": [{"name": "main", "host": "127.0.0.1", "user": "astrolabe", "passwordFile": "pgpass"}]}`)
+	cl, err := LoadClusters(dir)
+	if err != nil || len(cl) != 1 {
+		t.Fatalf("clusters: %v %v", cl, err)
+	}
+	cs, err := cl[0].connString()
+	if err != nil || !strings.Contains(cs, "password='first'") || strings.Contains(cs, "second") {
+		t.Fatalf("connection string %q %v: want the password file's first line", cs, err)
+	}
+	write(`{"root": "/srv/pg", "clusters": [{"name": "main", "host": "127.0.0.1", "user": "astrolabe", "pasword": "typo"}]}`)
+	if _, err := LoadClusters(dir); err == nil || !strings.Contains(err.Error(), "pasword") {
+		t.Fatalf("unknown field: %v", err)
+	}
+}

@@ -34,7 +34,7 @@ func TestPGWALCommands(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(cfg, "pgpass"), []byte(pgtest.Password+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	pgcfg, _ := json.Marshal(map[string]any{"clusters": []map[string]any{{
+	pgcfg, _ := json.Marshal(map[string]any{"root": filepath.Join(cfg, "pg"), "clusters": []map[string]any{{
 		"name": "main", "host": s.Host, "port": s.Port, "user": pgtest.ReplicationUser, "passwordFile": "pgpass", "sslmode": "disable"}}})
 	if err := os.WriteFile(filepath.Join(cfg, "pes", "pg.pe.json"), pgcfg, 0o600); err != nil {
 		t.Fatal(err)
