@@ -524,3 +524,35 @@ func ServerPosition(ctx context.Context, c Cluster) (systemID, lsn uint64, err e
 	}
 	return systemID, uint64(sys.XLogPos), nil
 }
+
+// ErrSlotActive is returned by DropSlot while a receiver streams from
+// the slot.
+var ErrSlotActive = errors.New("a receiver is streaming from it (stop astrolabe serve first)")
+
+// DropSlot drops the replication slot of a cluster's receiver, so that
+// the server stops keeping WAL for an archive that is given up (found
+// reports whether there was one). WAL the server then removes is not
+// archived: a receiver started again later reports it as a gap.
+func DropSlot(ctx context.Context, c Cluster) (found bool, err error) {
+	connStr, err := c.connString()
+	if err != nil {
+		return false, err
+	}
+	conn, err := pgconn.Connect(ctx, connStr)
+	if err != nil {
+		return false, fmt.Errorf("cluster %s: %w", c.Name, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	slot := SlotName(c.Name)
+	if _, _, found, err = readSlot(ctx, conn, slot); err != nil || !found {
+		return false, err
+	}
+	if _, err := conn.Exec(ctx, "DROP_REPLICATION_SLOT "+slot).ReadAll(); err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "55006" { // object_in_use
+			return true, fmt.Errorf("drop slot %s of cluster %s: %w", slot, c.Name, ErrSlotActive)
+		}
+		return true, fmt.Errorf("drop slot %s of cluster %s: %w", slot, c.Name, err)
+	}
+	return true, nil
+}
