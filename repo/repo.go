@@ -105,6 +105,8 @@ type Repository struct {
 
 	claimMu sync.Mutex
 	claims  map[string]chan struct{} // snapshots being backed up: closed when done
+
+	walCache walObjectCache
 }
 
 // Options open or create a repository.

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/repo/backend"
@@ -137,6 +138,9 @@ func (r *Repository) PutWAL(ctx context.Context, f WALFile, data []byte) (stored
 	}
 	if f.IsHistory() && f.Partial {
 		return false, fmt.Errorf("WAL %s: a history file is not partial", f.Name)
+	}
+	if len(data) > maxWALFileSize {
+		return false, fmt.Errorf("WAL %s: %d bytes, more than a segment holds", f.Name, len(data))
 	}
 	f.Size = int64(len(data))
 	name := walObjectName(f.Cluster, f.SystemID, f.Name, f.Partial)
@@ -304,10 +308,15 @@ func (r *Repository) WALFiles(ctx context.Context, cluster string, systemID uint
 }
 
 func (r *Repository) walObjects(ctx context.Context, cluster string, systemID uint64) ([]walObject, error) {
-	var names []string
-	err := r.be.List(ctx, walDir(cluster, systemID), func(name string, _ int64) error {
-		if c, _, _, ok := parseWALObject(name); ok && c.Name == cluster && c.SystemID == systemID {
-			names = append(names, name)
+	type listed struct {
+		name    string
+		size    int64
+		partial bool
+	}
+	var names []listed
+	err := r.be.List(ctx, walDir(cluster, systemID), func(name string, size int64) error {
+		if c, _, partial, ok := parseWALObject(name); ok && c.Name == cluster && c.SystemID == systemID {
+			names = append(names, listed{name, size, partial})
 		}
 		return nil
 	})
@@ -315,13 +324,20 @@ func (r *Repository) walObjects(ctx context.Context, cluster string, systemID ui
 		return nil, fmt.Errorf("list WAL of %s: %w", cluster, err)
 	}
 	out := make([]walObject, 0, len(names))
-	for _, name := range names {
-		o, err := r.loadWALObject(ctx, name)
+	for _, l := range names {
+		if o, ok := r.walCache.get(l.name, l.size); ok {
+			out = append(out, o)
+			continue
+		}
+		o, err := r.loadWALObject(ctx, l.name)
 		if errors.Is(err, ErrWALNotFound) {
 			continue // replaced meanwhile
 		}
 		if err != nil {
 			return nil, err
+		}
+		if !l.partial {
+			r.walCache.put(l.name, l.size, o)
 		}
 		out = append(out, o)
 	}
@@ -360,6 +376,10 @@ func (r *Repository) loadWALObject(ctx context.Context, name string) (walObject,
 	return o, nil
 }
 
+// maxWALFileSize is PostgreSQL's largest WAL segment size: ReadWAL holds
+// a file in memory and reads no more.
+const maxWALFileSize = 1 << 30
+
 // ReadWAL returns the bytes of a WAL file: the complete segment, else
 // the partial one if partialOK.
 func (r *Repository) ReadWAL(ctx context.Context, cluster string, systemID uint64, name string, partialOK bool) (WALFile, []byte, error) {
@@ -375,6 +395,9 @@ func (r *Repository) ReadWAL(ctx context.Context, cluster string, systemID uint6
 	}
 	if err != nil {
 		return WALFile{}, nil, err
+	}
+	if o.Size > maxWALFileSize {
+		return WALFile{}, nil, badObject("WAL %s of %s: %d bytes, more than a segment can hold", name, cluster, o.Size)
 	}
 	img := newStreamImage(r, o.Data, 2)
 	defer img.Close()
@@ -403,6 +426,7 @@ func (r *Repository) ForgetWAL(ctx context.Context, cluster string, systemID uin
 		return 0, fmt.Errorf("list WAL of %s: %w", cluster, err)
 	}
 	for i, name := range names {
+		r.walCache.drop(name)
 		if err := r.be.Remove(ctx, name); err != nil {
 			return i, fmt.Errorf("forget WAL: %w", err)
 		}
@@ -478,4 +502,45 @@ func (r *Repository) checkWAL(ctx context.Context, users map[string][]string, re
 		}
 	}
 	return problems, nil
+}
+
+// walObjectCache keeps the WAL objects read, by name and sealed size, so
+// that listing a cluster's WAL (every restore_command of a replay, every
+// point-in-time restore) decrypts only the objects new since the last
+// listing. Complete segments and history files only: they are not
+// rewritten under their name (partial ones are, as they grow); one
+// forgotten is dropped.
+type walObjectCache struct {
+	mu      sync.Mutex
+	objects map[string]cachedWALObject
+}
+
+type cachedWALObject struct {
+	size int64
+	o    walObject
+}
+
+func (c *walObjectCache) get(name string, size int64) (walObject, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.objects[name]
+	if !ok || e.size != size {
+		return walObject{}, false
+	}
+	return e.o, true
+}
+
+func (c *walObjectCache) put(name string, size int64, o walObject) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.objects == nil {
+		c.objects = map[string]cachedWALObject{}
+	}
+	c.objects[name] = cachedWALObject{size, o}
+}
+
+func (c *walObjectCache) drop(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.objects, name)
 }

@@ -6,7 +6,10 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"io"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/astrolabe-appliance/astrolabe/repo/backend"
@@ -150,5 +153,75 @@ func TestWALRaisesFormat(t *testing.T) {
 	defer r.Close()
 	if files, err := r.WALFiles(ctx, "main", 1); err != nil || len(files) != 1 {
 		t.Fatalf("WAL after reopening: %v %v", files, err)
+	}
+}
+
+// walLoads counts the loads of WAL objects.
+type walLoads struct {
+	backend.Backend
+	mu sync.Mutex
+	n  int
+}
+
+func (b *walLoads) Load(ctx context.Context, name string, off, length int64) (io.ReadCloser, error) {
+	if strings.HasPrefix(name, "wal/") {
+		b.mu.Lock()
+		b.n++
+		b.mu.Unlock()
+	}
+	return b.Backend.Load(ctx, name, off, length)
+}
+
+func (b *walLoads) count() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.n
+}
+
+// TestWALListingCached: listing a cluster's WAL again reads only the
+// objects new or rewritten since (partial ones always), not every
+// segment's object again; a forgotten segment is gone from the list.
+func TestWALListingCached(t *testing.T) {
+	dir, err := backend.NewDir(filepath.Join(t.TempDir(), "repo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := &walLoads{Backend: dir}
+	e := newEnv(t, be, Options{Password: "pw"})
+	ctx := context.Background()
+	seg := make([]byte, 64<<10)
+	put := func(name string, partial bool) {
+		t.Helper()
+		rand.Read(seg)
+		if _, err := e.r.PutWAL(ctx, WALFile{Cluster: "main", SystemID: 1, Name: name, Partial: partial}, seg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range []string{"000000010000000000000001", "000000010000000000000002", "000000010000000000000003"} {
+		put(n, false)
+	}
+	put("000000010000000000000004", true)
+	list := func() int {
+		t.Helper()
+		before := be.count()
+		files, err := e.r.WALFiles(ctx, "main", 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return be.count() - before + 100*len(files)
+	}
+	list()
+	if got := list(); got != 401 {
+		t.Fatalf("listed again: %d files, %d objects read; want 4 and 1 (the partial one)", got/100, got%100)
+	}
+	put("000000010000000000000005", false)
+	if got := list(); got != 502 {
+		t.Fatalf("after a new segment: %d files, %d objects read; want 5 and 2", got/100, got%100)
+	}
+	if _, err := e.r.ForgetWAL(ctx, "main", 1, "000000010000000000000002"); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(); got != 401 {
+		t.Fatalf("after forgetting one: %d files, %d objects read; want 4 and 1", got/100, got%100)
 	}
 }
