@@ -51,7 +51,7 @@ func (r *Repository) Backup(ctx context.Context, p pe.ProtectedEntity, progress 
 		return Summary{}, fmt.Errorf("backup %s: %w", p.ID(), err)
 	}
 	defer lock.release()
-	if err := r.upgradeConfig(ctx); err != nil {
+	if err := r.upgradeConfig(ctx, formatVersion); err != nil {
 		return Summary{}, err
 	}
 	// Under the shared lock no prune removes a pack: what the refreshed

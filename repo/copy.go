@@ -66,7 +66,7 @@ func (r *Repository) Copy(ctx context.Context, src *Repository, filter []pe.ID, 
 	if err != nil {
 		return CopySummary{}, fmt.Errorf("copy from %s: %w", src.Location(), err)
 	}
-	if err := r.upgradeConfig(ctx); err != nil {
+	if err := r.upgradeConfig(ctx, formatVersion); err != nil {
 		return CopySummary{}, err
 	}
 	c := &copyRun{r: r, src: src, ctx: ctx, progress: progress, done: map[pe.ID]bool{}, path: map[pe.ID]bool{}, zeros: map[int64]string{}}

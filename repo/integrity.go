@@ -101,7 +101,7 @@ func (r *Repository) Migrate(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	defer lock.release()
-	if err := r.upgradeConfig(ctx); err != nil {
+	if err := r.upgradeConfig(ctx, formatVersion); err != nil {
 		return 0, err
 	}
 	ids, err := r.committedIDs(ctx, pe.ID{})

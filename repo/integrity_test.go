@@ -246,9 +246,9 @@ func TestBackupUpgradesConfig(t *testing.T) {
 	if !bytes.Contains(b, []byte(`"version": 2`)) {
 		t.Errorf("config after a backup:\n%s", b)
 	}
-	b = bytes.Replace(b, []byte(`"version": 2`), []byte(`"version": 3`), 1)
+	b = bytes.Replace(b, []byte(`"version": 2`), []byte(`"version": 4`), 1)
 	e.be.Save(ctx, "config", bytes.NewReader(b), int64(len(b)))
-	if _, err := Open(ctx, e.be, Options{Password: "pw", Logger: quiet()}); err == nil || !strings.Contains(err.Error(), "format 3") {
+	if _, err := Open(ctx, e.be, Options{Password: "pw", Logger: quiet()}); err == nil || !strings.Contains(err.Error(), "format 4") {
 		t.Errorf("open of a newer format: %v", err)
 	}
 }

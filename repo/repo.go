@@ -51,10 +51,17 @@ import (
 	"github.com/astrolabe-appliance/astrolabe/repo/backend"
 )
 
-// formatVersion is the format this package writes; it reads 1 as well.
-// A repository is raised to it by the first backup or migration, so that
-// older versions refuse it rather than fail on its newer snapshots.
+// formatVersion is the format this package writes snapshots in; it reads
+// 1 as well. A repository is raised to it by the first backup or
+// migration, so that older versions refuse it rather than fail on its
+// newer snapshots.
 const formatVersion = 2
+
+// walFormatVersion is the format of a repository that holds PostgreSQL
+// WAL: the first WAL file stored raises it, so that versions before WAL
+// archiving (whose prune would delete the packs WAL uses) refuse the
+// repository rather than destroy the archive.
+const walFormatVersion = 3
 
 // ErrWrongPassword is returned when the password does not open the key.
 var ErrWrongPassword = errors.New("wrong password or corrupt key")
@@ -98,6 +105,8 @@ type Repository struct {
 
 	claimMu sync.Mutex
 	claims  map[string]chan struct{} // snapshots being backed up: closed when done
+
+	walCache walObjectCache
 }
 
 // Options open or create a repository.
@@ -168,8 +177,8 @@ func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, e
 	if err := json.Unmarshal(b, &cfg); err != nil {
 		return nil, fmt.Errorf("%s: config: %w", be.Location(), err)
 	}
-	if cfg.Version < 1 || cfg.Version > formatVersion {
-		return nil, fmt.Errorf("%s: repository format %d, this astrolabe reads 1 to %d", be.Location(), cfg.Version, formatVersion)
+	if cfg.Version < 1 || cfg.Version > walFormatVersion {
+		return nil, fmt.Errorf("%s: repository format %d, this astrolabe reads 1 to %d", be.Location(), cfg.Version, walFormatVersion)
 	}
 	r := &Repository{be: be, cfg: cfg, log: opts.Logger, now: opts.Now, idx: newIndex(), claims: map[string]chan struct{}{}, released: map[string]bool{}, lockStatEvery: time.Minute}
 	if cfg.Encrypted {
@@ -204,24 +213,25 @@ func Open(ctx context.Context, be backend.Backend, opts Options) (*Repository, e
 	return r, nil
 }
 
-// upgradeConfig raises the config's format version before a format 2
-// snapshot is written into a format 1 repository.
-func (r *Repository) upgradeConfig(ctx context.Context) error {
+// upgradeConfig raises the config's format version to version (unless it
+// is there already) before something of that format is written: a format
+// 2 snapshot, the first WAL file.
+func (r *Repository) upgradeConfig(ctx context.Context, version int) error {
 	r.cfgMu.Lock()
 	defer r.cfgMu.Unlock()
-	if r.cfg.Version >= formatVersion {
+	if r.cfg.Version >= version {
 		return nil
 	}
 	cfg := r.cfg
-	cfg.Version = formatVersion
+	cfg.Version = version
 	b, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return err
 	}
 	if err := r.be.Save(ctx, "config", bytes.NewReader(b), int64(len(b))); err != nil {
-		return fmt.Errorf("upgrade the repository to format %d: %w", formatVersion, err)
+		return fmt.Errorf("upgrade the repository to format %d: %w", version, err)
 	}
-	r.log.Info("repository upgraded", "format", formatVersion, "location", r.Location())
+	r.log.Info("repository upgraded", "format", version, "location", r.Location())
 	r.cfg.Version = cfg.Version // only: backups read the rest meanwhile
 	return nil
 }

@@ -3,6 +3,8 @@ package repo
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/astrolabe-appliance/astrolabe/repo/backend"
@@ -26,12 +29,17 @@ import (
 // the packs holding the chunks and their index file, so a segment is
 // visible only once completely stored. Its chunks are cut by content,
 // deduplicated, compressed and sealed as a snapshot's are; prune keeps
-// the packs WAL files use. The wal/ prefix is an addition versions
-// before it ignore (they neither list nor read it; their prune would not
-// keep its packs).
+// the packs WAL files use. Versions before WAL archiving ignore the wal/
+// prefix and their prune would not keep its packs: the first WAL file
+// stored raises the repository to walFormatVersion, which they refuse.
 
 // ErrWALNotFound is returned for a WAL file the repository lacks.
 var ErrWALNotFound = errors.New("not in the repository")
+
+// ErrWALConflict is returned when a WAL file is stored again with other
+// bytes than the repository holds under its name: two histories (a
+// failover, a restored clone) wrote the same segment name.
+var ErrWALConflict = errors.New("the repository holds other bytes under this name")
 
 // WALFile is one archived WAL file of a cluster.
 type WALFile struct {
@@ -58,6 +66,9 @@ type WALFile struct {
 	// byte; Stored when the repository committed the file.
 	ServerTime time.Time `json:"serverTime,omitzero"`
 	Stored     time.Time `json:"stored"`
+	// SHA256 is the hex SHA-256 of the file's bytes (empty in files
+	// stored before it was recorded).
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // IsHistory reports whether the file is a timeline history file.
@@ -128,12 +139,20 @@ func (r *Repository) PutWAL(ctx context.Context, f WALFile, data []byte) (stored
 	if f.IsHistory() && f.Partial {
 		return false, fmt.Errorf("WAL %s: a history file is not partial", f.Name)
 	}
+	if len(data) > maxWALFileSize {
+		return false, fmt.Errorf("WAL %s: %d bytes, more than a segment holds", f.Name, len(data))
+	}
 	f.Size = int64(len(data))
 	name := walObjectName(f.Cluster, f.SystemID, f.Name, f.Partial)
 	fail := func(err error) (bool, error) {
 		return false, fmt.Errorf("store WAL %s of %s: %w", f.Name, f.Cluster, err)
 	}
+	sum := sha256.Sum256(data)
+	f.SHA256 = hex.EncodeToString(sum[:])
 	if _, err := r.be.Stat(ctx, walObjectName(f.Cluster, f.SystemID, f.Name, false)); err == nil {
+		if err := r.sameWAL(ctx, f, data); err != nil {
+			return fail(err)
+		}
 		if !f.Partial {
 			r.removePartial(ctx, f)
 		}
@@ -153,6 +172,9 @@ func (r *Repository) PutWAL(ctx context.Context, f WALFile, data []byte) (stored
 		return fail(err)
 	}
 	defer lock.release()
+	if err := r.upgradeConfig(ctx, walFormatVersion); err != nil {
+		return fail(err)
+	}
 	if err := r.refreshIndex(ctx); err != nil {
 		return fail(err)
 	}
@@ -180,6 +202,32 @@ func (r *Repository) PutWAL(ctx context.Context, f WALFile, data []byte) (stored
 		r.removePartial(ctx, f)
 	}
 	return true, nil
+}
+
+// sameWAL checks that the complete file the repository holds under f's
+// name has f's bytes: a partial f must be its start.
+func (r *Repository) sameWAL(ctx context.Context, f WALFile, data []byte) error {
+	o, err := r.loadWALObject(ctx, walObjectName(f.Cluster, f.SystemID, f.Name, false))
+	if err != nil {
+		return err
+	}
+	if !f.Partial && o.SHA256 != "" {
+		if o.SHA256 != f.SHA256 {
+			return ErrWALConflict
+		}
+		return nil
+	}
+	_, have, err := r.ReadWAL(ctx, f.Cluster, f.SystemID, f.Name, false)
+	if err != nil {
+		return err
+	}
+	if f.Partial {
+		have = have[:min(len(have), len(data))]
+	}
+	if !bytes.Equal(have, data) {
+		return ErrWALConflict
+	}
+	return nil
 }
 
 // removePartial removes the partial segment a complete one replaced; one
@@ -260,10 +308,15 @@ func (r *Repository) WALFiles(ctx context.Context, cluster string, systemID uint
 }
 
 func (r *Repository) walObjects(ctx context.Context, cluster string, systemID uint64) ([]walObject, error) {
-	var names []string
-	err := r.be.List(ctx, walDir(cluster, systemID), func(name string, _ int64) error {
-		if c, _, _, ok := parseWALObject(name); ok && c.Name == cluster && c.SystemID == systemID {
-			names = append(names, name)
+	type listed struct {
+		name    string
+		size    int64
+		partial bool
+	}
+	var names []listed
+	err := r.be.List(ctx, walDir(cluster, systemID), func(name string, size int64) error {
+		if c, _, partial, ok := parseWALObject(name); ok && c.Name == cluster && c.SystemID == systemID {
+			names = append(names, listed{name, size, partial})
 		}
 		return nil
 	})
@@ -271,13 +324,20 @@ func (r *Repository) walObjects(ctx context.Context, cluster string, systemID ui
 		return nil, fmt.Errorf("list WAL of %s: %w", cluster, err)
 	}
 	out := make([]walObject, 0, len(names))
-	for _, name := range names {
-		o, err := r.loadWALObject(ctx, name)
+	for _, l := range names {
+		if o, ok := r.walCache.get(l.name, l.size); ok {
+			out = append(out, o)
+			continue
+		}
+		o, err := r.loadWALObject(ctx, l.name)
 		if errors.Is(err, ErrWALNotFound) {
 			continue // replaced meanwhile
 		}
 		if err != nil {
 			return nil, err
+		}
+		if !l.partial {
+			r.walCache.put(l.name, l.size, o)
 		}
 		out = append(out, o)
 	}
@@ -316,6 +376,10 @@ func (r *Repository) loadWALObject(ctx context.Context, name string) (walObject,
 	return o, nil
 }
 
+// maxWALFileSize is PostgreSQL's largest WAL segment size: ReadWAL holds
+// a file in memory and reads no more.
+const maxWALFileSize = 1 << 30
+
 // ReadWAL returns the bytes of a WAL file: the complete segment, else
 // the partial one if partialOK.
 func (r *Repository) ReadWAL(ctx context.Context, cluster string, systemID uint64, name string, partialOK bool) (WALFile, []byte, error) {
@@ -331,6 +395,9 @@ func (r *Repository) ReadWAL(ctx context.Context, cluster string, systemID uint6
 	}
 	if err != nil {
 		return WALFile{}, nil, err
+	}
+	if o.Size > maxWALFileSize {
+		return WALFile{}, nil, badObject("WAL %s of %s: %d bytes, more than a segment can hold", name, cluster, o.Size)
 	}
 	img := newStreamImage(r, o.Data, 2)
 	defer img.Close()
@@ -359,6 +426,7 @@ func (r *Repository) ForgetWAL(ctx context.Context, cluster string, systemID uin
 		return 0, fmt.Errorf("list WAL of %s: %w", cluster, err)
 	}
 	for i, name := range names {
+		r.walCache.drop(name)
 		if err := r.be.Remove(ctx, name); err != nil {
 			return i, fmt.Errorf("forget WAL: %w", err)
 		}
@@ -434,4 +502,45 @@ func (r *Repository) checkWAL(ctx context.Context, users map[string][]string, re
 		}
 	}
 	return problems, nil
+}
+
+// walObjectCache keeps the WAL objects read, by name and sealed size, so
+// that listing a cluster's WAL (every restore_command of a replay, every
+// point-in-time restore) decrypts only the objects new since the last
+// listing. Complete segments and history files only: they are not
+// rewritten under their name (partial ones are, as they grow); one
+// forgotten is dropped.
+type walObjectCache struct {
+	mu      sync.Mutex
+	objects map[string]cachedWALObject
+}
+
+type cachedWALObject struct {
+	size int64
+	o    walObject
+}
+
+func (c *walObjectCache) get(name string, size int64) (walObject, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.objects[name]
+	if !ok || e.size != size {
+		return walObject{}, false
+	}
+	return e.o, true
+}
+
+func (c *walObjectCache) put(name string, size int64, o walObject) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.objects == nil {
+		c.objects = map[string]cachedWALObject{}
+	}
+	c.objects[name] = cachedWALObject{size, o}
+}
+
+func (c *walObjectCache) drop(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.objects, name)
 }

@@ -11,7 +11,6 @@
 package walarchive
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -20,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/astrolabe-appliance/astrolabe/pe/pg"
 	"github.com/astrolabe-appliance/astrolabe/repo"
 )
 
@@ -38,9 +38,8 @@ type Cluster struct {
 // ConfigFile is the pg PE's configuration file in a config directory.
 const ConfigFile = "pes/pg.pe.json"
 
-// LoadClusters reads the clusters of <configDir>/pes/pg.pe.json; none if
-// the file is absent. Fields of the PE's own (restore roots, ports) are
-// left to it.
+// LoadClusters reads the clusters of <configDir>/pes/pg.pe.json as the
+// pg PE does (strictly); none if the file is absent.
 func LoadClusters(configDir string) ([]Cluster, error) {
 	path := filepath.Join(configDir, ConfigFile)
 	b, err := os.ReadFile(path)
@@ -50,37 +49,26 @@ func LoadClusters(configDir string) ([]Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	var cfg struct {
-		Clusters []Cluster `json:"clusters"`
-	}
-	if err := json.Unmarshal(b, &cfg); err != nil {
+	cfg, err := pg.ParseConfig(configDir, b)
+	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	seen := map[string]bool{}
+	out := make([]Cluster, 0, len(cfg.Clusters))
 	for i, c := range cfg.Clusters {
 		if err := repo.ValidClusterName(c.Name); err != nil {
 			return nil, fmt.Errorf("%s: cluster %d: %w", path, i+1, err)
 		}
-		if seen[c.Name] {
-			return nil, fmt.Errorf("%s: cluster %q named twice", path, c.Name)
-		}
-		seen[c.Name] = true
-		if c.PasswordFile != "" && !filepath.IsAbs(c.PasswordFile) {
-			cfg.Clusters[i].PasswordFile = filepath.Join(configDir, c.PasswordFile)
-		}
+		out = append(out, Cluster{Name: c.Name, Host: c.Host, Port: c.Port, User: c.User,
+			Password: c.Password, PasswordFile: c.PasswordFile, SSLMode: c.SSLMode})
 	}
-	return cfg.Clusters, nil
+	return out, nil
 }
 
 // connString is the replication connection's libpq key/value string.
 func (c Cluster) connString() (string, error) {
-	pw := c.Password
-	if c.PasswordFile != "" {
-		b, err := os.ReadFile(c.PasswordFile)
-		if err != nil {
-			return "", fmt.Errorf("cluster %s: password file: %w", c.Name, err)
-		}
-		pw = strings.TrimRight(string(b), "\r\n")
+	pw, err := pg.Cluster{Name: c.Name, Password: c.Password, PasswordFile: c.PasswordFile}.ReadPassword()
+	if err != nil {
+		return "", err
 	}
 	host, port := c.Host, c.Port
 	if host == "" {

@@ -225,7 +225,7 @@ func (s *session) prepare(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if end, ok := archiveEnd(files, s.segSize); ok {
+	if end, ok := archiveEnd(files, history, uint32(sys.Timeline), s.segSize); ok {
 		start = end
 		if end < slotStart {
 			gap := fmt.Sprintf("%s to %s", FormatLSN(end), FormatLSN(slotStart))
@@ -243,15 +243,23 @@ func (s *session) prepare(ctx context.Context) (uint64, error) {
 	return start, nil
 }
 
-// archiveEnd is the end of the newest complete segment archived.
-func archiveEnd(files []repo.WALFile, segSize uint64) (uint64, bool) {
+// archiveEnd is the end of the newest complete segment archived on the
+// server's history: the segments of timeline current and of its
+// ancestors up to where each ended. Segments of other histories (an old
+// primary's beyond the point a standby was promoted at) do not count:
+// the server's own WAL there is not archived.
+func archiveEnd(files []repo.WALFile, history []switchPoint, current uint32, segSize uint64) (uint64, bool) {
 	var end uint64
 	found := false
 	for _, f := range files {
 		if f.IsHistory() || f.Partial {
 			continue
 		}
-		if _, start, err := parseSegmentName(f.Name, segSize); err == nil && start+segSize > end {
+		tl, start, err := parseSegmentName(f.Name, segSize)
+		if err != nil || tl != timelineOf(history, current, start, segSize) {
+			continue
+		}
+		if start+segSize > end {
 			end, found = start+segSize, true
 		}
 	}
@@ -515,4 +523,36 @@ func ServerPosition(ctx context.Context, c Cluster) (systemID, lsn uint64, err e
 		return 0, 0, fmt.Errorf("cluster %s: system identifier %q: %w", c.Name, sys.SystemID, err)
 	}
 	return systemID, uint64(sys.XLogPos), nil
+}
+
+// ErrSlotActive is returned by DropSlot while a receiver streams from
+// the slot.
+var ErrSlotActive = errors.New("a receiver is streaming from it (stop astrolabe serve first)")
+
+// DropSlot drops the replication slot of a cluster's receiver, so that
+// the server stops keeping WAL for an archive that is given up (found
+// reports whether there was one). WAL the server then removes is not
+// archived: a receiver started again later reports it as a gap.
+func DropSlot(ctx context.Context, c Cluster) (found bool, err error) {
+	connStr, err := c.connString()
+	if err != nil {
+		return false, err
+	}
+	conn, err := pgconn.Connect(ctx, connStr)
+	if err != nil {
+		return false, fmt.Errorf("cluster %s: %w", c.Name, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	slot := SlotName(c.Name)
+	if _, _, found, err = readSlot(ctx, conn, slot); err != nil || !found {
+		return false, err
+	}
+	if _, err := conn.Exec(ctx, "DROP_REPLICATION_SLOT "+slot).ReadAll(); err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "55006" { // object_in_use
+			return true, fmt.Errorf("drop slot %s of cluster %s: %w", slot, c.Name, ErrSlotActive)
+		}
+		return true, fmt.Errorf("drop slot %s of cluster %s: %w", slot, c.Name, err)
+	}
+	return true, nil
 }

@@ -8,8 +8,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/astrolabe-appliance/astrolabe/pe/pg"
 	"github.com/astrolabe-appliance/astrolabe/repo"
@@ -43,6 +44,8 @@ type archive struct {
 	history  map[uint32]bool
 	latestTL uint32
 	segs     []repo.WALFile // complete and partial segments, in order
+	// switches is the history of latestTL (nil if not archived).
+	switches []switchPoint
 }
 
 func (s Source) load(ctx context.Context, cluster string, systemID uint64) (*archive, error) {
@@ -70,19 +73,26 @@ func (s Source) load(ctx context.Context, cluster string, systemID uint64) (*arc
 	if len(a.segs) == 0 {
 		return nil, fmt.Errorf("cluster %s (system %d): %w", cluster, systemID, ErrNoWAL)
 	}
+	if a.history[a.latestTL] {
+		_, b, err := s.Repo.ReadWAL(ctx, a.cluster, a.systemID, historyName(a.latestTL), false)
+		if err != nil {
+			return nil, err
+		}
+		if a.switches, err = parseHistory(b); err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", cluster, err)
+		}
+	}
 	return a, nil
 }
 
-// switchPoints reads the history of the archive's latest timeline.
-func (s Source) switchPoints(ctx context.Context, a *archive) ([]switchPoint, error) {
-	if !a.history[a.latestTL] {
-		return nil, nil
+// onPath reports whether segment f is on the latest timeline's history:
+// of the timeline a replay reads its position from. Without that
+// timeline's history file every segment counts.
+func (a *archive) onPath(f repo.WALFile, pos uint64) bool {
+	if a.latestTL > 1 && !a.history[a.latestTL] {
+		return true
 	}
-	_, b, err := s.Repo.ReadWAL(ctx, a.cluster, a.systemID, historyName(a.latestTL), false)
-	if err != nil {
-		return nil, err
-	}
-	return parseHistory(b)
+	return f.Timeline() == timelineOf(a.switches, a.latestTL, pos, a.segSize)
 }
 
 // segmentTime is the newest time a segment is known to cover: its last
@@ -128,27 +138,13 @@ func (s Source) Stage(ctx context.Context, cluster string, systemID uint64, time
 	if err != nil {
 		return "", err
 	}
-	history, err := s.switchPoints(ctx, a)
+	history := a.switches
+	sd, err := openStageDir(dir)
 	if err != nil {
 		return "", err
 	}
-	st, err := os.Stat(dir)
-	if err != nil {
-		return "", fmt.Errorf("stage WAL: %w", err)
-	}
-	owner, _ := st.Sys().(*syscall.Stat_t)
-	write := func(name string, data []byte) error {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			return fmt.Errorf("stage WAL: %w", err)
-		}
-		if owner != nil {
-			if err := os.Chown(path, int(owner.Uid), int(owner.Gid)); err != nil {
-				return fmt.Errorf("stage WAL: %w", err)
-			}
-		}
-		return nil
-	}
+	defer sd.close()
+	write := sd.write
 	for tl := range a.history {
 		_, b, err := s.Repo.ReadWAL(ctx, cluster, systemID, historyName(tl), false)
 		if err != nil {
@@ -252,14 +248,15 @@ type Summary struct {
 
 func (a *archive) summary() Summary {
 	sum := Summary{Cluster: a.cluster, SystemID: a.systemID, Timeline: a.latestTL, Segments: len(a.complete)}
-	// Positions covered, whatever the timeline: a partial segment is a
-	// gap unless it is the archive's end (its segment was not received
-	// whole).
+	// Positions covered along the latest timeline's history (a segment
+	// of another history does not replace the missing one of this): a
+	// partial segment is a gap unless it is the archive's end (its
+	// segment was not received whole).
 	byPos := map[uint64]repo.WALFile{}
 	var endPos uint64
 	for _, f := range a.segs {
 		_, pos, err := parseSegmentName(f.Name, a.segSize)
-		if err != nil {
+		if err != nil || !a.onPath(f, pos) {
 			continue
 		}
 		if old, ok := byPos[pos]; !ok || old.Partial || (!f.Partial && f.Timeline() > old.Timeline()) {
@@ -375,6 +372,47 @@ func Fetch(ctx context.Context, r *repo.Repository, cluster string, systemID uin
 	if err := os.Rename(tmp, dest); err != nil {
 		os.Remove(tmp)
 		return err
+	}
+	return nil
+}
+
+// stageDir is the directory WAL is staged in, held open: its owner (the
+// restored server's account) may plant links in it, so each file is
+// created new beside its descriptor, never through a link or over an
+// existing file, and given to the owner through its own descriptor.
+type stageDir struct {
+	path     string
+	fd       int
+	uid, gid int
+}
+
+func openStageDir(dir string) (*stageDir, error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("stage WAL in %s: %w", dir, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("stage WAL in %s: %w", dir, err)
+	}
+	return &stageDir{path: dir, fd: fd, uid: int(st.Uid), gid: int(st.Gid)}, nil
+}
+
+func (d *stageDir) close() { unix.Close(d.fd) }
+
+func (d *stageDir) write(name string, data []byte) error {
+	fd, err := unix.Openat(d.fd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("stage WAL %s in %s: %w", name, d.path, err)
+	}
+	f := os.NewFile(uintptr(fd), filepath.Join(d.path, name))
+	err = f.Chown(d.uid, d.gid)
+	if err == nil {
+		_, err = f.Write(data)
+	}
+	if err = errors.Join(err, f.Close()); err != nil {
+		return fmt.Errorf("stage WAL %s: %w", name, err)
 	}
 	return nil
 }

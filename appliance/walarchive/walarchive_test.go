@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -540,4 +541,185 @@ func TestTimelineSwitch(t *testing.T) {
 		t.Fatalf("summary: %+v %v (files %v)", sums, err, names)
 	}
 	t.Logf("archived across the promotion: %v", names)
+}
+
+// TestFailoverToLaggingStandby: the primary's WAL is archived well past
+// where an asynchronous standby stopped; the standby is promoted and
+// becomes the cluster. Its timeline 2 from the switch point on is
+// archived (not resumed past, from the old primary's segments), the
+// archive reports no gap, and a replay along timeline 2 can be staged.
+func TestFailoverToLaggingStandby(t *testing.T) {
+	primary := pgtest.Start(t, pgtest.Options{})
+	data := filepath.Join(pgtest.OwnedDir(t), "data")
+	primary.Run(t, "pg_basebackup", "-h", primary.Host, "-p", strconv.Itoa(primary.Port), "-U", pgtest.ReplicationUser,
+		"-D", data, "-Fp", "-X", "stream", "-R", "--no-sync", "-c", "fast")
+	standby := pgtest.StartDataDir(t, data)
+	standby.WaitReady(t, time.Minute)
+	standby.Stop(t)
+
+	r, _ := newRepo(t)
+	ctx := context.Background()
+	c := clusterOf(primary, "main")
+	opts := ReceiverOptions{StatusInterval: time.Second, PartialEvery: -1}
+	first := startReceiver(t, r, c, opts)
+	pconn := connect(t, primary)
+	start := currentLSN(t, pconn)
+	if _, err := pconn.Exec(ctx, "CREATE TABLE t (n int)"); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		if _, err := pconn.Exec(ctx, "INSERT INTO t SELECT generate_series(1, 100)"); err != nil {
+			t.Fatal(err)
+		}
+		switchAndWait(t, pconn, first.rc)
+	}
+	primaryEnd := first.rc.Status().ArchivedLSN
+	first.stop()
+	pconn.Close(ctx)
+	primary.Stop(t)
+
+	standby.Restart(t)
+	standby.Run(t, "pg_ctl", "-D", data, "-w", "-t", "60", "promote")
+	sconn := connect(t, standby)
+	if _, err := sconn.Exec(ctx, "CREATE TABLE after_failover AS SELECT generate_series(1, 1000) AS n"); err != nil {
+		t.Fatal(err)
+	}
+	var switchText string
+	if err := sconn.QueryRow(ctx, "SELECT pg_walfile_name(pg_current_wal_lsn())").Scan(&switchText); err != nil {
+		t.Fatal(err)
+	}
+	c = clusterOf(standby, "main")
+	second := startReceiver(t, r, c, opts)
+	switchAndWait(t, sconn, second.rc)
+	second.stop()
+
+	st := second.rc.Status()
+	sums, err := Summaries(ctx, r)
+	if err != nil || len(sums) != 1 {
+		t.Fatalf("summaries: %+v %v", sums, err)
+	}
+	files, err := r.WALFiles(ctx, c.Name, st.SystemID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range files {
+		names = append(names, f.Name)
+	}
+	t.Logf("primary archived to %s; archive: %v; status gaps %v; summary gaps %v", FormatLSN(primaryEnd), names, st.Gaps, sums[0].Gaps)
+	if st.Timeline != 2 || len(st.Gaps) != 0 || len(sums[0].Gaps) != 0 {
+		t.Fatalf("after the failover: status %+v, summary %+v: want timeline 2 archived from its switch point without a gap", st, sums[0])
+	}
+	// Every segment of timeline 2 from the switch point's on is there.
+	sw, err := parseHistory(mustReadWAL(t, r, c.Name, st.SystemID, "00000002.history"))
+	if err != nil || len(sw) != 1 {
+		t.Fatalf("history of timeline 2: %v %v", sw, err)
+	}
+	if sw[0].end >= primaryEnd {
+		t.Fatalf("the standby was promoted at %s, not behind the primary's archive end %s: the test proves nothing", FormatLSN(sw[0].end), FormatLSN(primaryEnd))
+	}
+	segSize := uint64(16 << 20)
+	for pos := sw[0].end - sw[0].end%segSize; pos < st.ArchivedLSN; pos += segSize {
+		if name := segmentName(2, pos, segSize); !slices.Contains(names, name) {
+			t.Fatalf("segment %s of timeline 2 not archived: %v", name, names)
+		}
+	}
+	if _, err := (Source{Repo: r}).Stage(ctx, c.Name, st.SystemID, 1, FormatLSN(start), Target{}, pgtest.OwnedDir(t)); err != nil {
+		t.Fatalf("stage along timeline 2: %v", err)
+	}
+}
+
+func mustReadWAL(t *testing.T, r *repo.Repository, cluster string, systemID uint64, name string) []byte {
+	t.Helper()
+	_, b, err := r.ReadWAL(context.Background(), cluster, systemID, name, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestStageFollowsNoLink: the staging directory belongs to the restored
+// server's account, which may plant links in it; Stage (run as root)
+// neither writes through them nor changes their targets' owners.
+func TestStageFollowsNoLink(t *testing.T) {
+	r, _ := newRepo(t)
+	ctx := context.Background()
+	const segSize = 1 << 20
+	for pos := uint64(segSize); pos < 3*segSize; pos += segSize {
+		seg := make([]byte, segSize)
+		seg[0] = byte(pos >> 20)
+		f := repo.WALFile{Cluster: "c", SystemID: 1, Name: segmentName(1, pos, segSize), StartLSN: pos, EndLSN: pos + segSize}
+		if _, err := r.PutWAL(ctx, f, seg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("root's"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stage := pgtest.OwnedDir(t)
+	if err := os.Symlink(secret, filepath.Join(stage, segmentName(1, 2*segSize, segSize))); err != nil {
+		t.Fatal(err)
+	}
+	_, err := (Source{Repo: r}).Stage(ctx, "c", 1, 1, FormatLSN(segSize), Target{}, stage)
+	if err == nil {
+		t.Fatal("staged over a planted link")
+	}
+	b, rerr := os.ReadFile(secret)
+	st, serr := os.Stat(secret)
+	if rerr != nil || serr != nil || string(b) != "root's" || st.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Fatalf("the link's target was written or given away: %q %v %v", b, rerr, serr)
+	}
+	t.Logf("refused: %v", err)
+
+	// The directory itself a link: refused too.
+	link := filepath.Join(t.TempDir(), "wal")
+	if err := os.Symlink(pgtest.OwnedDir(t), link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (Source{Repo: r}).Stage(ctx, "c", 1, 1, FormatLSN(segSize), Target{}, link); err == nil {
+		t.Fatal("staged into a linked directory")
+	}
+	// A clean directory gets both segments, owned by its owner.
+	clean := pgtest.OwnedDir(t)
+	if _, err := (Source{Repo: r}).Stage(ctx, "c", 1, 1, FormatLSN(segSize), Target{}, clean); err != nil {
+		t.Fatal(err)
+	}
+	dst, _ := os.Stat(clean)
+	for _, name := range []string{segmentName(1, segSize, segSize), segmentName(1, 2*segSize, segSize)} {
+		st, err := os.Stat(filepath.Join(clean, name))
+		if err != nil || st.Size() != segSize || st.Sys().(*syscall.Stat_t).Uid != dst.Sys().(*syscall.Stat_t).Uid {
+			t.Fatalf("staged %s: %v %v", name, st, err)
+		}
+	}
+}
+
+// TestLoadClusters: pg.pe.json is read as the pg PE reads it: strictly,
+// and the password is the first line of its file.
+func TestLoadClusters(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "pes"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "pgpass"), []byte("first\nsecond line\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	write := func(cfg string) {
+		if err := os.WriteFile(filepath.Join(dir, ConfigFile), []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`{"root": "/srv/pg", "clusters": [{"name": "main", "host": "127.0.0.1", "user": "astrolabe", "passwordFile": "pgpass"}]}`)
+	cl, err := LoadClusters(dir)
+	if err != nil || len(cl) != 1 {
+		t.Fatalf("clusters: %v %v", cl, err)
+	}
+	cs, err := cl[0].connString()
+	if err != nil || !strings.Contains(cs, "password='first'") || strings.Contains(cs, "second") {
+		t.Fatalf("connection string %q %v: want the password file's first line", cs, err)
+	}
+	write(`{"root": "/srv/pg", "clusters": [{"name": "main", "host": "127.0.0.1", "user": "astrolabe", "pasword": "typo"}]}`)
+	if _, err := LoadClusters(dir); err == nil || !strings.Contains(err.Error(), "pasword") {
+		t.Fatalf("unknown field: %v", err)
+	}
 }

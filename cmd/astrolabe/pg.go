@@ -96,6 +96,44 @@ repository replays from. Timeline history files stay.`,
 					return err
 				})(c)
 			},
+		}, {
+			Name:      "drop-slot",
+			Usage:     "drop the replication slot astrolabe_CLUSTER the WAL archiver keeps on the server",
+			ArgsUsage: "CLUSTER",
+			Description: `Drops the physical replication slot through which astrolabe serve archives
+the WAL of CLUSTER (a cluster of pes/pg.pe.json), so that the server no
+longer keeps WAL for it: do it when the cluster's WAL archiving is given
+up (before removing the cluster from the configuration), else the server
+keeps its WAL for the slot forever (bound it with max_slot_wal_keep_size).
+Refused while a receiver streams from the slot: stop astrolabe serve
+first. WAL the
+server removes afterwards is not archived; a receiver started again
+reports it as a gap.`,
+			Action: func(c *cli.Context) error {
+				a, err := args(c, 1, "CLUSTER")
+				if err != nil {
+					return err
+				}
+				clusters, err := walarchive.LoadClusters(c.String("config"))
+				if err != nil {
+					return err
+				}
+				for _, cl := range clusters {
+					if cl.Name != a[0] {
+						continue
+					}
+					found, err := walarchive.DropSlot(c.Context, cl)
+					if err != nil {
+						return err
+					}
+					if !found {
+						return fmt.Errorf("cluster %s has no slot %s", cl.Name, walarchive.SlotName(cl.Name))
+					}
+					fmt.Fprintf(c.App.Writer, "dropped slot %s of %s\n", walarchive.SlotName(cl.Name), cl.Name)
+					return nil
+				}
+				return usagef("no cluster %q in %s: drop its slot on the server with SELECT pg_drop_replication_slot('%s')", a[0], walarchive.ConfigFile, walarchive.SlotName(a[0]))
+			},
 		}},
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -34,7 +35,7 @@ func TestPGWALCommands(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(cfg, "pgpass"), []byte(pgtest.Password+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	pgcfg, _ := json.Marshal(map[string]any{"clusters": []map[string]any{{
+	pgcfg, _ := json.Marshal(map[string]any{"root": filepath.Join(cfg, "pg"), "clusters": []map[string]any{{
 		"name": "main", "host": s.Host, "port": s.Port, "user": pgtest.ReplicationUser, "passwordFile": "pgpass", "sslmode": "disable"}}})
 	if err := os.WriteFile(filepath.Join(cfg, "pes", "pg.pe.json"), pgcfg, 0o600); err != nil {
 		t.Fatal(err)
@@ -59,7 +60,8 @@ func TestPGWALCommands(t *testing.T) {
 		defer close(done)
 		rc.Run(rctx)
 	}()
-	defer func() { stop(); <-done }()
+	var stopOnce sync.Once
+	defer stopOnce.Do(func() { stop(); <-done })
 
 	conn, err := pgx.Connect(ctx, s.ConnString(pgtest.Superuser, "postgres"))
 	if err != nil {
@@ -122,6 +124,20 @@ func TestPGWALCommands(t *testing.T) {
 		t.Fatalf("wal-forget: %s", out)
 	}
 	mustFail(t, cfg, "not in the repository", "pg", "wal-fetch", "--repo", repoDir, "main", segs[0], dest)
+
+	// The slot: refused while the receiver streams from it, dropped once
+	// it stopped, and gone from the server.
+	mustFail(t, cfg, "a receiver is streaming from it", "pg", "drop-slot", "main")
+	stopOnce.Do(func() { stop(); <-done })
+	if out := mustRun(t, cfg, "pg", "drop-slot", "main").stdout; !strings.Contains(out, "dropped slot astrolabe_main") {
+		t.Fatalf("drop-slot: %s", out)
+	}
+	var slots int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots").Scan(&slots); err != nil || slots != 0 {
+		t.Fatalf("slots after drop-slot: %d %v", slots, err)
+	}
+	mustFail(t, cfg, "has no slot", "pg", "drop-slot", "main")
+	mustFail(t, cfg, "no cluster \"other\"", "pg", "drop-slot", "other")
 	mustRun(t, cfg, "pg", "wal-fetch", "--repo", repoDir, "main", segs[1], dest)
 }
 

@@ -144,6 +144,11 @@ func (c *Config) validate() error {
 	return nil
 }
 
+// ReadPassword returns the cluster's password, read from its file if so
+// configured (the first line): for other users of pg.pe.json (the WAL
+// archiver).
+func (cl Cluster) ReadPassword() (string, error) { return cl.password() }
+
 // password returns the cluster's password, read from its file if so
 // configured (the first line).
 func (cl Cluster) password() (string, error) {
