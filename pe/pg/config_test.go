@@ -1,10 +1,14 @@
 package pg
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/astrolabe-appliance/astrolabe/pe"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -35,6 +39,28 @@ func TestParseConfig(t *testing.T) {
 	} {
 		if _, err := ParseConfig(dir, []byte(tc.json)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error containing %q", name, err, tc.want)
+		}
+	}
+}
+
+// TestParseTargetTimes: a recovery target time is taken in RFC 3339 and
+// as psql prints a timestamptz; one without a zone is refused, not
+// guessed.
+func TestParseTargetTimes(t *testing.T) {
+	want := time.Date(2026, 11, 30, 6, 39, 53, 470722000, time.UTC)
+	for _, s := range []string{"2026-11-30T06:39:53.470722Z", "2026-11-30 06:39:53.470722+00", "2026-11-30 07:39:53.470722+01:00", "2026-11-30T07:39:53.470722+01:00"} {
+		tg, err := parseTarget(pe.Params{Type: {ParamToTime: s}})
+		if err != nil || !tg.Time.Equal(want) {
+			t.Errorf("%q: %v %v, want %v", s, tg.Time, err, want)
+		}
+	}
+	for s, msg := range map[string]string{
+		"2026-11-30 06:39:53": "without a time zone",
+		"2026-11-30T06:39:53": "without a time zone",
+		"yesterday":           "as psql prints it",
+	} {
+		if _, err := parseTarget(pe.Params{Type: {ParamToTime: s}}); err == nil || !strings.Contains(err.Error(), msg) || !errors.Is(err, pe.ErrNotSupported) {
+			t.Errorf("%q: %v, want an error saying %q", s, err, msg)
 		}
 	}
 }

@@ -140,7 +140,7 @@ func (m *TypeManager) update(ctx context.Context, src pe.ProtectedEntity, name s
 	if up, err := srv.running(ctx); err != nil {
 		return err
 	} else if up {
-		return fmt.Errorf("pg:%s runs (port %d): stop its server first (pg_ctl stop -D %s): %w", name, rc.Port, srv.dataDir, pe.ErrExists)
+		return fmt.Errorf("pg:%s runs (port %d): stop its server first (runuser -u %s -- %s/pg_ctl stop -D %s): %w", name, rc.Port, srv.acct.name, srv.binDir, srv.dataDir, pe.ErrExists)
 	}
 	// The cluster keeps its port: one taken meanwhile fails now, not
 	// after the extraction.

@@ -2,6 +2,7 @@ package pg
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -27,9 +28,9 @@ func parseTarget(params pe.Params) (RecoveryTarget, error) {
 		}
 		switch k {
 		case ParamToTime:
-			tm, err := time.Parse(time.RFC3339Nano, s)
+			tm, err := parseTime(s)
 			if err != nil {
-				return t, fmt.Errorf("parameter %s.%s %q: want an RFC 3339 time (2006-01-02T15:04:05Z): %w", Type, k, s, pe.ErrNotSupported)
+				return t, fmt.Errorf("parameter %s.%s %q: %w: %w", Type, k, s, err, pe.ErrNotSupported)
 			}
 			t.Time = tm
 		case ParamToLSN:
@@ -46,6 +47,32 @@ func parseTarget(params pe.Params) (RecoveryTarget, error) {
 		return t, fmt.Errorf("give %s or %s, not both: %w", ParamToTime, ParamToLSN, pe.ErrNotSupported)
 	}
 	return t, nil
+}
+
+// timeLayouts are the forms of a recovery target time taken: RFC 3339,
+// and those psql prints for a timestamptz (`select now()`), which is where
+// a DBA copies a time from.
+var timeLayouts = []string{
+	time.RFC3339Nano,
+	"2006-01-02 15:04:05.999999999Z07:00",
+	"2006-01-02 15:04:05.999999999Z07",
+}
+
+// parseTime reads a recovery target time. One without a time zone is
+// refused rather than guessed: the server's zone and the appliance's
+// may differ by hours.
+func parseTime(s string) (time.Time, error) {
+	for _, layout := range timeLayouts {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t, nil
+		}
+	}
+	for _, layout := range []string{"2006-01-02T15:04:05.999999999", "2006-01-02 15:04:05.999999999"} {
+		if _, err := time.Parse(layout, s); err == nil {
+			return time.Time{}, errors.New("a time without a time zone: add one (Z, +00 or +01:00)")
+		}
+	}
+	return time.Time{}, errors.New("want an RFC 3339 time (2006-01-02T15:04:05Z) or one as psql prints it (2006-01-02 15:04:05.999999+00)")
 }
 
 // recovery is a planned point-in-time recovery.
