@@ -68,7 +68,7 @@ func readHeader(path string) (walLongHeader, error) {
 func (d DirWAL) segments(cluster string, systemID uint64) (string, []segment, uint64, error) {
 	dir := d.Dirs[cluster]
 	if dir == "" {
-		return "", nil, 0, fmt.Errorf("no archived WAL for cluster %s (no walArchiveDir configured for it)", cluster)
+		return "", nil, 0, fmt.Errorf("no archived WAL for cluster %s (no walArchiveDir configured for it, and no repository given: the WAL astrolabe serve archives is read by restore --repo REPO)", cluster)
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
