@@ -35,8 +35,9 @@ type ReceiverOptions struct {
 	StatusInterval time.Duration
 	// PartialEvery is how often the segment being received is stored as
 	// a partial one when it grew (default 1 min; negative: only when the
-	// receiver stops): it bounds what a restore may lack on a quiet
-	// server, where a segment takes long to fill.
+	// receiver stops or the server asks for a reply): it bounds what a
+	// restore may lack on a quiet server, where a segment takes long to
+	// fill.
 	PartialEvery time.Duration
 	// Retry is the first wait before connecting again after a failure
 	// (default 1 s, doubling up to 1 min).
@@ -51,8 +52,8 @@ type Status struct {
 	Slot      string `json:"slot"`
 	Connected bool   `json:"connected"`
 	// ReceivedLSN is the end of the WAL received, ArchivedLSN the end of
-	// the complete segments committed (the slot's flush position), and
-	// ServerLSN the server's end of WAL as it last said.
+	// the complete segments committed, and ServerLSN the server's end of
+	// WAL as it last said.
 	ReceivedLSN uint64 `json:"receivedLSN,omitempty"`
 	ArchivedLSN uint64 `json:"archivedLSN,omitempty"`
 	ServerLSN   uint64 `json:"serverLSN,omitempty"`
@@ -386,6 +387,13 @@ func (s *session) receive(ctx context.Context, start uint64) error {
 				}
 				rc.update(func(st *Status) { st.ServerLSN = uint64(k.ServerWALEnd) })
 				if k.ReplyRequested {
+					// A walsender shutting down asks, and exits only once
+					// the reported flush position reaches what it sent:
+					// the open segment is committed as partial first, so
+					// that the report may cover it.
+					if err := s.storePartial(ctx); err != nil {
+						return err
+					}
 					nextStatus = time.Now()
 				}
 			case pglogrepl.XLogDataByteID:
@@ -484,12 +492,24 @@ func (s *session) storePartial(ctx context.Context) error {
 	return nil
 }
 
+// committed is the end of the WAL committed to the repository: the
+// complete segments, and the open one's start stored partial. The server
+// keeps the whole segment holding the slot's restart position, so a
+// receiver starting that segment again still finds it.
+func (s *session) committed() uint64 {
+	if s.partialLen > 0 {
+		return s.segStart + uint64(s.partialLen)
+	}
+	return s.archived
+}
+
 func (s *session) sendStatus(ctx context.Context) error {
 	received := s.segStart + uint64(len(s.seg))
+	flushed := s.committed()
 	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: pglogrepl.LSN(received),
-		WALFlushPosition: pglogrepl.LSN(s.archived),
-		WALApplyPosition: pglogrepl.LSN(s.archived),
+		WALFlushPosition: pglogrepl.LSN(flushed),
+		WALApplyPosition: pglogrepl.LSN(flushed),
 	})
 	if err != nil {
 		return fmt.Errorf("standby status update: %w", err)
