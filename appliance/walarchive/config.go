@@ -26,13 +26,7 @@ import (
 // Cluster is a PostgreSQL cluster whose WAL is archived, as the pg PE's
 // configuration (pes/pg.pe.json) names it.
 type Cluster struct {
-	Name         string `json:"name"`
-	Host         string `json:"host"`
-	Port         int    `json:"port"`
-	User         string `json:"user"`
-	Password     string `json:"password,omitempty"`
-	PasswordFile string `json:"passwordFile,omitempty"`
-	SSLMode      string `json:"sslmode,omitempty"`
+	pg.Cluster
 }
 
 // ConfigFile is the pg PE's configuration file in a config directory.
@@ -58,15 +52,14 @@ func LoadClusters(configDir string) ([]Cluster, error) {
 		if err := repo.ValidClusterName(c.Name); err != nil {
 			return nil, fmt.Errorf("%s: cluster %d: %w", path, i+1, err)
 		}
-		out = append(out, Cluster{Name: c.Name, Host: c.Host, Port: c.Port, User: c.User,
-			Password: c.Password, PasswordFile: c.PasswordFile, SSLMode: c.SSLMode})
+		out = append(out, Cluster{c})
 	}
 	return out, nil
 }
 
 // connString is the replication connection's libpq key/value string.
 func (c Cluster) connString() (string, error) {
-	pw, err := pg.Cluster{Name: c.Name, Password: c.Password, PasswordFile: c.PasswordFile}.ReadPassword()
+	pw, err := c.ReadPassword()
 	if err != nil {
 		return "", err
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/astrolabe-appliance/astrolabe/pe/pg"
 	"github.com/astrolabe-appliance/astrolabe/pe/pg/pgtest"
 	"github.com/astrolabe-appliance/astrolabe/repo"
 	"github.com/astrolabe-appliance/astrolabe/repo/backend"
@@ -49,7 +50,7 @@ func newRepo(t *testing.T) (*repo.Repository, string) {
 }
 
 func clusterOf(s *pgtest.Server, name string) Cluster {
-	return Cluster{Name: name, Host: s.Host, Port: s.Port, User: pgtest.ReplicationUser, Password: pgtest.Password, SSLMode: "disable"}
+	return Cluster{pg.Cluster{Name: name, Host: s.Host, Port: s.Port, User: pgtest.ReplicationUser, Password: pgtest.Password, SSLMode: "disable"}}
 }
 
 // running is a Receiver running until stop.
