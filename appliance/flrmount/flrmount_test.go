@@ -125,34 +125,11 @@ func TestShareIdleAndClose(t *testing.T) {
 		t.Fatal("recovery mounts need root (loop devices and mounts)")
 	}
 	ctx := context.Background()
-	dir := t.TempDir()
-	if err := config.Init(dir); err != nil {
-		t.Fatal(err)
-	}
 	tree := filepath.Join(t.TempDir(), "tree")
 	if err := samples.WriteTree(tree); err != nil {
 		t.Fatal(err)
 	}
-	if err := samples.WriteDisk(ctx, filepath.Join(dir, "disk", "d.img"), tree); err != nil {
-		t.Fatalf("sample disk (needs mke2fs from e2fsprogs): %v", err)
-	}
-	m, err := config.Load(dir, config.Factories())
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, _ := pe.ParseID("disk:d.img")
-	live, err := m.Get(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	snapID, err := live.Snapshot(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	snap, err := m.Get(ctx, snapID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	snap := diskSnapshot(t, tree)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	mdir := filepath.Join(t.TempDir(), "flr")
 	mm, err := New(ctx, mdir, time.Second, log)

@@ -101,6 +101,28 @@ func pgPort(t *testing.T, r result) int {
 	return port
 }
 
+// insertRowsApart inserts rows from..to into table t, 20 ms apart, each
+// its own transaction: points in time to restore between.
+func insertRowsApart(t *testing.T, srv *pgtest.Server, from, to int) {
+	t.Helper()
+	for i := from; i <= to; i++ {
+		srv.Psql(t, "postgres", "INSERT INTO t VALUES ("+strconv.Itoa(i)+")")
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// commitTime is when the row n of table t was committed (the server
+// tracks commit timestamps).
+func commitTime(t *testing.T, srv *pgtest.Server, n int) time.Time {
+	t.Helper()
+	s := srv.Psql(t, "postgres", "SELECT to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM t WHERE n = "+strconv.Itoa(n))
+	tm, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tm
+}
+
 func pgQuery(t *testing.T, srv *pgtest.Server, port int, sql string) string {
 	t.Helper()
 	out, err := srv.Command("psql", "-X", "-q", "-A", "-t", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-U", pgtest.Superuser, "-d", "postgres", "-c", sql).CombinedOutput()
@@ -146,19 +168,8 @@ func TestPGCommands(t *testing.T) {
 	repoDir := filepath.Join(filepath.Dir(cfg), "repo")
 	mustRun(t, cfg, "repo", "init", "--repo", repoDir, "--insecure-no-password")
 	backedUp := mustRun(t, cfg, "backup", "--repo", repoDir, "pg:main").lastLine()
-	for i := 101; i <= 110; i++ {
-		srv.Psql(t, "postgres", "INSERT INTO t VALUES ("+strconv.Itoa(i)+")")
-		time.Sleep(20 * time.Millisecond)
-	}
-	at := func(n int) time.Time {
-		s := srv.Psql(t, "postgres", "SELECT to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM t WHERE n = "+strconv.Itoa(n))
-		tm, err := time.Parse(time.RFC3339Nano, s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tm
-	}
-	target := at(105).Add(time.Millisecond)
+	insertRowsApart(t, srv, 101, 110)
+	target := commitTime(t, srv, 105).Add(time.Millisecond)
 	seg := srv.Psql(t, "postgres", "SELECT pg_walfile_name(pg_switch_wal())")
 	for i := 0; srv.Psql(t, "postgres", "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < seg; i++ {
 		if i > 600 {
@@ -177,7 +188,7 @@ func TestPGCommands(t *testing.T) {
 	if err := json.Unmarshal([]byte(mustRun(t, cfg, "show", "pg:pitr").stdout), &info); err != nil || info.Details["dataDir"] == nil {
 		t.Errorf("show pg:pitr: %v %v", info.Details, err)
 	}
-	mustFail(t, cfg, "can be restored to points from", "restore", "--repo", repoDir, "--to", "pg:early", "--to-time", at(1).Add(-time.Second).Format(time.RFC3339Nano), backedUp)
+	mustFail(t, cfg, "can be restored to points from", "restore", "--repo", repoDir, "--to", "pg:early", "--to-time", commitTime(t, srv, 1).Add(-time.Second).Format(time.RFC3339Nano), backedUp)
 	mustFail(t, cfg, "want an RFC 3339 time", "restore", "--repo", repoDir, "--to", "pg:bad", "--to-time", "yesterday", backedUp)
 }
 

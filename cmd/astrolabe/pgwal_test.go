@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -169,19 +168,8 @@ func TestPGServeArchivesWAL(t *testing.T) {
 
 	srv.Psql(t, "postgres", "CREATE TABLE t (n int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)")
 	backedUp := mustRun(t, cfg, "backup", "--repo", repoDir, "pg:main").lastLine()
-	for i := 101; i <= 110; i++ {
-		srv.Psql(t, "postgres", "INSERT INTO t VALUES ("+strconv.Itoa(i)+")")
-		time.Sleep(20 * time.Millisecond)
-	}
-	commit := func(n int) time.Time {
-		s := srv.Psql(t, "postgres", "SELECT to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM t WHERE n = "+strconv.Itoa(n))
-		tm, err := time.Parse(time.RFC3339Nano, s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tm
-	}
-	target := commit(105).Add(time.Millisecond)
+	insertRowsApart(t, srv, 101, 110)
+	target := commitTime(t, srv, 105).Add(time.Millisecond)
 	srv.Psql(t, "postgres", "SELECT pg_switch_wal()")
 	// The written position: after a switch, the start of the next segment.
 	want, err := walarchive.ParseLSN(srv.Psql(t, "postgres", "SELECT pg_current_wal_lsn()"))
@@ -228,7 +216,7 @@ func TestPGServeArchivesWAL(t *testing.T) {
 	if got := pgQuery(t, srv, pgPort(t, res), "SELECT max(n) FROM t"); got != "105" {
 		t.Errorf("restored to %s after wal-forget and prune: rows up to %s, want 105", target.Format(time.RFC3339Nano), got)
 	}
-	after := commit(110).Add(time.Hour)
+	after := commitTime(t, srv, 110).Add(time.Hour)
 	mustFail(t, cfg, "newest archived WAL", "restore", "--repo", repoDir, "--to", "pg:late", "--to-time", after.Format(time.RFC3339Nano), backedUp)
 	a.stop()
 }
